@@ -1,0 +1,18 @@
+//! The wire formats precomp speaks, with no I/O beyond byte slices and paths it is handed.
+//!
+//! - [`registry`]: Hex registry resources (`/names`, `/versions`, `/packages/NAME`):
+//!   protobuf messages, RSA signatures, origin checks.
+//! - [`tarball`]: Hex package tarballs (version 3): reading, creating, safe extraction.
+//! - [`term`]: Erlang and Elixir term text, the syntax of `metadata.config`, `.app` files,
+//!   `rebar.config` and `mix.lock`.
+//! - [`metadata`]: a package's `metadata.config`.
+//! - [`lock`]: a project's `mix.lock`.
+//!
+//! This crate sits at the bottom of the workspace: every other crate depends on it, it depends
+//! on none of them.
+
+pub mod lock;
+pub mod metadata;
+pub mod registry;
+pub mod tarball;
+pub mod term;

@@ -1,0 +1,11 @@
+//! The registry: everything that makes and serves Hex repositories.
+//!
+//! - [`source`]: a Mix / rebar3 / erlang.mk project directory → the package tarball its own
+//!   tooling would publish.
+//! - [`static_repo`]: build and verify static, signed Hex repositories (private packages,
+//!   test upstreams).
+//!
+//! Depends on `precomp-proto` for every wire format.
+
+pub mod source;
+pub mod static_repo;
