@@ -211,9 +211,11 @@ fn rebar_requirements(path: &Path) -> Result<Vec<Requirement>, SourceError> {
                         pkg_name(source),
                     )
                 }
-                [Term::Atom(app), ..] => return Err(invalid(format!(
+                [Term::Atom(app), ..] => {
+                    return Err(invalid(format!(
                     "dependency {app} is not a Hex package (only Hex packages can be dependencies)"
-                ))),
+                )))
+                }
                 _ => return Err(invalid(format!("unrecognised dependency {dep:?}"))),
             },
             _ => return Err(invalid(format!("unrecognised dependency {dep:?}"))),

@@ -1,0 +1,132 @@
+//! The CLI's contract: documented commands, clear errors, exit codes, keys never overwritten.
+
+use std::process::{Command, Output};
+
+fn precomp(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_precomp"))
+        .args(args)
+        .output()
+        .expect("run precomp")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[test]
+fn help_documents_commands_and_global_options() {
+    let help = text(&precomp(&["--help"]));
+    for word in ["repo", "demo", "--data", "PRECOMP_DATA", "--log"] {
+        assert!(help.contains(word), "--help lacks {word}: {help}");
+    }
+    let help = text(&precomp(&["repo", "build", "--help"]));
+    for word in [
+        "--packages",
+        "--key",
+        "--name",
+        "--out",
+        "mix.exs",
+        "app.src",
+    ] {
+        assert!(
+            help.contains(word),
+            "repo build --help lacks {word}: {help}"
+        );
+    }
+    let help = text(&precomp(&["repo", "verify", "--help"]));
+    assert!(help.contains("--public-key"), "{help}");
+}
+
+#[test]
+fn keygen_writes_a_private_key_and_never_overwrites_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k.pem");
+    let out = precomp(&["repo", "keygen", "--out", key.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let pem = std::fs::read_to_string(&key).unwrap();
+    assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"));
+    let public = std::fs::read_to_string(dir.path().join("k.pem.pub")).unwrap();
+    assert!(public.starts_with("-----BEGIN PUBLIC KEY-----"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "private key is readable by others: {mode:o}"
+        );
+    }
+
+    let again = precomp(&["repo", "keygen", "--out", key.to_str().unwrap()]);
+    assert!(!again.status.success());
+    assert!(text(&again).contains("already exists"), "{}", text(&again));
+    assert_eq!(std::fs::read_to_string(&key).unwrap(), pem);
+
+    let small = precomp(&[
+        "repo",
+        "keygen",
+        "--out",
+        dir.path().join("s.pem").to_str().unwrap(),
+        "--bits",
+        "1024",
+    ]);
+    assert!(!small.status.success());
+    assert!(text(&small).contains("at least 2048"), "{}", text(&small));
+}
+
+#[test]
+fn errors_name_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.pem");
+    let out = precomp(&[
+        "repo",
+        "build",
+        "--packages",
+        dir.path().to_str().unwrap(),
+        "--key",
+        missing.to_str().unwrap(),
+        "--out",
+        dir.path().join("out").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("missing.pem"), "{}", text(&out));
+
+    let bad = dir.path().join("bad.pem");
+    std::fs::write(&bad, "not a key").unwrap();
+    let out = precomp(&[
+        "repo",
+        "verify",
+        dir.path().to_str().unwrap(),
+        "--public-key",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("not an RSA public key"),
+        "{}",
+        text(&out)
+    );
+
+    // An empty directory is not a repository: every index file is reported missing.
+    let key = dir.path().join("k.pem");
+    assert!(precomp(&["repo", "keygen", "--out", key.to_str().unwrap()])
+        .status
+        .success());
+    let empty = tempfile::tempdir().unwrap();
+    let out = precomp(&[
+        "repo",
+        "verify",
+        empty.path().to_str().unwrap(),
+        "--public-key",
+        dir.path().join("k.pem.pub").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("FAIL names: cannot read"), "{stdout}");
+    assert!(stdout.contains("FAIL versions: cannot read"), "{stdout}");
+}
