@@ -3,7 +3,7 @@
 //! on. Any flipped byte in a registry file or tarball makes rebar3 refuse, and
 //! `precomp repo verify` names the file.
 
-use std::io::{Read, Write};
+use precomp_testkit::{copy_dir, gunzip, gzip};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -85,19 +85,6 @@ impl Repo {
             "--public-key",
             self.public_key().to_str().unwrap(),
         ])
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
     }
 }
 
@@ -242,20 +229,6 @@ fn assert_tamper_refused(
         !fetched(scratch.path(), "erl_counter"),
         "tampered {file}: erl_counter was fetched"
     );
-}
-
-fn gunzip(bytes: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(bytes)
-        .read_to_end(&mut out)
-        .unwrap();
-    out
-}
-
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    e.write_all(bytes).unwrap();
-    e.finish().unwrap()
 }
 
 /// rebar3 3.19 reports both a bad signature and a failed origin check (hex_core's

@@ -1,7 +1,8 @@
 //! Registry resources: signing, verification, origin checks, and interop with the real
 //! hex_core (embedded in Debian's rebar3) in both directions.
 
-use std::io::{Read, Write};
+use precomp_testkit::{gunzip, gzip};
+use std::io::Write;
 use std::path::Path;
 use std::sync::OnceLock;
 
@@ -61,20 +62,6 @@ fn sample_package(repository: &str) -> Package {
         ],
         advisories: vec![],
     }
-}
-
-fn gunzip(bytes: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(bytes)
-        .read_to_end(&mut out)
-        .unwrap();
-    out
-}
-
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    e.write_all(bytes).unwrap();
-    e.finish().unwrap()
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! Tests of `precomp_proto::tarball`, with rebar3's embedded hex_core as the reference.
 
+use precomp_testkit::{gunzip, gzip};
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
@@ -88,18 +89,6 @@ fn expected_snapshot(files: &[PackageFile]) -> BTreeMap<String, OnDisk> {
             (f.path.clone(), v)
         })
         .collect()
-}
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut gz = GzEncoder::new(Vec::new(), Compression::default());
-    gz.write_all(data).unwrap();
-    gz.finish().unwrap()
-}
-
-fn gunzip(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(data), &mut out).unwrap();
-    out
 }
 
 /// Appends one entry written with the low-level header API, so any name, type or link the

@@ -1,21 +1,13 @@
 //! Property tests: no input makes `read`, `list_contents` or `unpack_contents` panic, and
 //! whatever `unpack_contents` accepts stays inside its destination.
 
+use precomp_testkit::gzip;
 use std::fs;
-use std::io::Write;
 use std::path::Path;
 
-use flate2::write::GzEncoder;
-use flate2::Compression;
 use precomp_proto::tarball::{self, create, list_contents, read, unpack_contents, PackageFile};
 use proptest::prelude::*;
 use tar::EntryType;
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
-    gz.write_all(data).unwrap();
-    gz.finish().unwrap()
-}
 
 fn raw_entry(
     out: &mut Vec<u8>,

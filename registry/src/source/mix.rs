@@ -7,7 +7,7 @@ use std::process::Command;
 use precomp_proto::metadata::{PackageMetadata, Requirement};
 use precomp_proto::term::{parse_erlang_terms, Term};
 
-use super::{guess_build_tools, SourceError};
+use super::{guess_build_tools, link_pairs, string_list, SourceError};
 
 const PROBE: &str = include_str!("mix_probe.exs");
 
@@ -73,36 +73,15 @@ pub(super) fn read(dir: &Path) -> Result<(PackageMetadata, Vec<String>), SourceE
             .ok_or_else(|| invalid(format!("probe output has no {key}")))
     };
     let optional_string = |key: &str| get(key).and_then(Term::as_str).map(str::to_string);
-    let strings = |key: &str| -> Vec<String> {
-        get(key)
-            .and_then(Term::as_list)
-            .map(|l| {
-                l.iter()
-                    .filter_map(Term::as_str)
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let strings = |key: &str| string_list(get(key));
 
     let files = strings("files");
-    let build_tools = match get("build_tools").and_then(Term::as_list) {
-        Some(tools) => tools
-            .iter()
-            .filter_map(Term::as_str)
-            .map(str::to_string)
-            .collect(),
-        None => guess_build_tools(&files, "mix"),
+    // `undefined` when mix.exs sets none: then Hex guesses from the files.
+    let build_tools = match get("build_tools") {
+        Some(tools) if tools.as_list().is_some() => string_list(Some(tools)),
+        _ => guess_build_tools(&files, "mix"),
     };
-    let links = get("links")
-        .and_then(Term::as_list)
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|link| match link.as_tuple()? {
-            [k, v] => Some((k.as_str()?.to_string(), v.as_str()?.to_string())),
-            _ => None,
-        })
-        .collect();
+    let links = link_pairs(get("links"));
     let mut requirements = Vec::new();
     for req in get("requirements")
         .and_then(Term::as_list)

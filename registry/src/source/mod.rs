@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use precomp_proto::metadata::PackageMetadata;
 use precomp_proto::tarball::{self, CreatedTarball, PackageFile, PackageFileKind, TarballError};
+use precomp_proto::term::Term;
 
 /// How a project directory is built, which decides how its metadata is read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -206,6 +207,28 @@ fn collect_files(
         out.insert(relative);
     }
     Ok(())
+}
+
+/// The strings of a list term (binaries or charlists); other elements are skipped.
+fn string_list(term: Option<&Term>) -> Vec<String> {
+    term.and_then(Term::as_list)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(Term::as_str)
+        .map(str::to_string)
+        .collect()
+}
+
+/// Package links, `[{Name, Url}]` with both as strings; malformed entries are skipped.
+fn link_pairs(term: Option<&Term>) -> Vec<(String, String)> {
+    term.and_then(Term::as_list)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|link| match link.as_tuple()? {
+            [k, v] => Some((k.as_str()?.to_string(), v.as_str()?.to_string())),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The single file in `dir` whose name ends with `suffix`, if there is exactly one.

@@ -9,7 +9,9 @@ use std::path::Path;
 use precomp_proto::metadata::{PackageMetadata, Requirement};
 use precomp_proto::term::{parse_erlang_terms, Term};
 
-use super::{expand_files, find_one, guess_build_tools, SourceError, SourceKind};
+use super::{
+    expand_files, find_one, guess_build_tools, link_pairs, string_list, SourceError, SourceKind,
+};
 
 /// rebar3_hex's default package files.
 const REBAR3_FILES: &[&str] = &[
@@ -94,17 +96,7 @@ pub(super) fn read(
             _ => None,
         })
     };
-    let strings = |key: &str| -> Vec<String> {
-        prop(key)
-            .and_then(Term::as_list)
-            .map(|l| {
-                l.iter()
-                    .filter_map(Term::as_str)
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let strings = |key: &str| string_list(prop(key));
 
     let version = prop("vsn").and_then(Term::as_str).ok_or_else(|| {
         invalid(
@@ -120,15 +112,7 @@ pub(super) fn read(
             .to_string(),
         None => app.clone(),
     };
-    let links = prop("links")
-        .and_then(Term::as_list)
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|link| match link.as_tuple()? {
-            [k, v] => Some((k.as_str()?.to_string(), v.as_str()?.to_string())),
-            _ => None,
-        })
-        .collect();
+    let links = link_pairs(prop("links"));
 
     let patterns: Vec<String> = match prop("files") {
         Some(_) => strings("files"),
