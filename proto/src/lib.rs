@@ -7,10 +7,12 @@
 //!   `rebar.config` and `mix.lock`.
 //! - [`metadata`]: a package's `metadata.config`.
 //! - [`lock`]: a project's `mix.lock`.
+//! - [`buildkey`]: the build key of a precompiled artifact, and a lock's closures.
 //!
 //! This crate sits at the bottom of the workspace: every other crate depends on it, it depends
 //! on none of them.
 
+pub mod buildkey;
 pub mod lock;
 pub mod metadata;
 pub mod registry;
