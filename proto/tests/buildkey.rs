@@ -210,7 +210,8 @@ fn every_input_changes_the_key() {
 
 #[test]
 fn ambiguous_inputs_are_refused() {
-    let cases: Vec<(Box<dyn Fn(&mut BuildInputs)>, &str)> = vec![
+    type Change = Box<dyn Fn(&mut BuildInputs)>;
+    let cases: Vec<(Change, &str)> = vec![
         (
             Box::new(|i| i.package.name = "shape user".into()),
             "package name",

@@ -1,8 +1,11 @@
 //! Elixir literal syntax, as `mix.lock` is written (`inspect/2` of maps, tuples, lists,
 //! atoms, strings and numbers).
 
-use super::scan::{describe_char, float, magnitude, signed, to_char, Cursor, Loc};
-use super::{Position, Term, TermError, MAX_DEPTH};
+use super::parse::{list, nested, Parser, TokenKind};
+use super::scan::{
+    describe_char, letter_escape, magnitude, signed, to_char, tokenize, Cursor, Number,
+};
+use super::{Term, TermError};
 
 #[derive(Debug, Clone, PartialEq)]
 enum Tok {
@@ -12,31 +15,38 @@ enum Tok {
     Key(String),
     Str(Vec<u8>),
     Charlist(String),
-    /// `?a`: a character code.
-    Char(u32),
-    Int(u128),
-    Float(f64),
+    /// `?a` is a [`Number::Char`].
+    Num(Number),
     Punct(&'static str),
 }
 
-impl Tok {
+impl TokenKind for Tok {
+    const TRAILING_COMMA: bool = true;
+
     fn describe(&self) -> String {
         match self {
             Tok::Atom(a) => format!("atom :{a}"),
             Tok::Key(k) => format!("keyword key {k}:"),
             Tok::Str(_) => "string".into(),
             Tok::Charlist(_) => "charlist".into(),
-            Tok::Char(_) => "character literal".into(),
-            Tok::Int(_) => "integer".into(),
-            Tok::Float(_) => "float".into(),
+            Tok::Num(n) => n.describe().into(),
             Tok::Punct(p) => format!("'{p}'"),
         }
     }
-}
 
-struct Token {
-    tok: Tok,
-    start: usize,
+    fn punct(&self) -> Option<&'static str> {
+        match self {
+            Tok::Punct(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    fn number(&self) -> Option<Number> {
+        match self {
+            Tok::Num(n) => Some(*n),
+            _ => None,
+        }
+    }
 }
 
 /// Reads one Elixir literal term, such as the map that makes up a `mix.lock` file.
@@ -47,14 +57,9 @@ struct Token {
 /// heredocs, sigils other than `~c`, structs, variables and calls are rejected: `mix.lock`
 /// never contains them.
 pub fn parse_elixir_term(text: &str) -> Result<Term, TermError> {
-    let tokens = tokenize(text)?;
-    let mut parser = Parser {
-        src: text,
-        tokens,
-        i: 0,
-    };
+    let mut parser = Parser::new(text, tokenize(text, '#', token)?);
     let term = parser.term(0)?;
-    if parser.i < parser.tokens.len() {
+    if !parser.at_end() {
         return Err(parser.unexpected("the end of input after the term"));
     }
     Ok(term)
@@ -86,177 +91,137 @@ const OPERATOR_ATOMS: &[&str] = &[
     "\\\\", "::", "+", "-", "*", "/", "<", ">", "!", "^", "&", "|", "@", ".", "=", "%",
 ];
 
-fn tokenize(text: &str) -> Result<Vec<Token>, TermError> {
-    let mut cur = Cursor::new(text);
-    let mut tokens = Vec::new();
-    loop {
-        match cur.peek() {
-            None => break,
-            Some(c) if c.is_whitespace() || c <= ' ' => {
-                cur.bump();
-                continue;
+/// Punctuation tokens, each before any shorter one it starts with.
+const PUNCTUATION: &[&str] = &[
+    "%{", "<<", ">>", "=>", "{", "}", "[", "]", ",", "|", "-", "+",
+];
+
+/// Scans one token whose first character `c`, at offset `start`, was consumed.
+fn token(cur: &mut Cursor<'_>, c: char, start: usize) -> Result<Tok, TermError> {
+    let loc = cur.loc(start);
+    Ok(match c {
+        ':' => colon_atom(cur, start)?,
+        '"' => {
+            if cur.rest().starts_with("\"\"") {
+                return Err(TermError::NotAllowed {
+                    at: loc.pos(),
+                    what: "heredoc".into(),
+                });
             }
-            Some('#') => {
-                while let Some(c) = cur.bump() {
-                    if c == '\n' {
-                        break;
-                    }
-                }
-                continue;
+            let bytes = units_to_bytes(&cur.quoted('"', start, "string", unit)?);
+            if eat_key_colon(cur) {
+                let key = String::from_utf8(bytes).map_err(|_| TermError::NotAllowed {
+                    at: loc.pos(),
+                    what: "a keyword key that is not valid UTF-8".into(),
+                })?;
+                Tok::Key(key)
+            } else {
+                Tok::Str(bytes)
             }
-            Some(_) => {}
         }
-        let start = cur.pos;
-        let loc = cur.loc(start);
-        let Some(c) = cur.bump() else { break };
-        let tok = match c {
-            ':' => colon_atom(&mut cur, start)?,
-            '"' => {
-                if cur.rest().starts_with("\"\"") {
-                    return Err(TermError::NotAllowed {
-                        at: loc.pos(),
-                        what: "heredoc".into(),
-                    });
-                }
-                let units = quoted(&mut cur, '"', start, "string")?;
-                let bytes = units_to_bytes(&units);
-                if cur.peek() == Some(':') && cur.peek_nth(1) != Some(':') {
-                    cur.bump();
-                    let key = String::from_utf8(bytes).map_err(|_| TermError::NotAllowed {
-                        at: loc.pos(),
-                        what: "a keyword key that is not valid UTF-8".into(),
-                    })?;
-                    Tok::Key(key)
-                } else {
-                    Tok::Str(bytes)
-                }
+        '\'' => Tok::Charlist(units_to_string(&cur.quoted('\'', start, "charlist", unit)?)),
+        '~' => match (cur.peek(), cur.peek_nth(1)) {
+            (Some('c'), Some(q @ ('"' | '\''))) => {
+                cur.bump();
+                cur.bump();
+                Tok::Charlist(units_to_string(&cur.quoted(q, start, "charlist", unit)?))
             }
-            '\'' => Tok::Charlist(units_to_string(
-                &quoted(&mut cur, '\'', start, "charlist")?,
-                loc,
-            )?),
-            '~' => match (cur.peek(), cur.peek_nth(1)) {
-                (Some('c'), Some(q @ ('"' | '\''))) => {
-                    cur.bump();
-                    cur.bump();
-                    let units = quoted(&mut cur, q, start, "charlist")?;
-                    Tok::Charlist(units_to_string(&units, loc)?)
-                }
-                _ => {
-                    return Err(TermError::NotAllowed {
-                        at: loc.pos(),
-                        what: "a sigil other than ~c".into(),
-                    })
-                }
-            },
-            '?' => match cur.bump() {
-                Some('\\') => {
-                    let unit = escape(&mut cur, start)?;
-                    match unit {
-                        Some(Unit::Char(c)) => Tok::Char(c),
-                        Some(Unit::Byte(b)) => Tok::Char(u32::from(b)),
-                        None => {
-                            return Err(TermError::InvalidEscape {
-                                at: loc.pos(),
-                                sequence: "?\\<newline>".into(),
-                            })
-                        }
-                    }
-                }
-                Some(ch) => Tok::Char(u32::from(ch)),
+            _ => {
+                return Err(TermError::NotAllowed {
+                    at: loc.pos(),
+                    what: "a sigil other than ~c".into(),
+                })
+            }
+        },
+        '?' => match cur.bump() {
+            Some('\\') => match escape(cur, start)? {
+                Some(Unit::Char(c)) => Tok::Num(Number::Char(u32::from(c))),
+                Some(Unit::Byte(b)) => Tok::Num(Number::Char(u32::from(b))),
                 None => {
-                    return Err(TermError::UnexpectedEnd {
+                    return Err(TermError::InvalidEscape {
                         at: loc.pos(),
-                        expected: "a character after '?'",
+                        sequence: "?\\<newline>".into(),
                     })
                 }
             },
-            '0'..='9' => number(&mut cur, start)?,
-            c if is_lower_ident_start(c) => {
-                let mut name = String::from(c);
-                while let Some(n) = cur.peek().filter(|&n| is_ident_char(n)) {
-                    name.push(n);
-                    cur.bump();
-                }
-                if let Some(s @ ('?' | '!')) = cur.peek() {
-                    name.push(s);
-                    cur.bump();
-                }
-                if cur.peek() == Some(':') && cur.peek_nth(1) != Some(':') {
-                    cur.bump();
-                    Tok::Key(name)
-                } else {
-                    match name.as_str() {
-                        "true" | "false" | "nil" => Tok::Atom(name),
-                        _ => {
-                            return Err(TermError::NotAllowed {
-                                at: loc.pos(),
-                                what: format!("identifier {name} (variables and calls)"),
-                            })
-                        }
+            Some(ch) => Tok::Num(Number::Char(u32::from(ch))),
+            None => {
+                return Err(TermError::UnexpectedEnd {
+                    at: loc.pos(),
+                    expected: "a character after '?'",
+                })
+            }
+        },
+        '0'..='9' => Tok::Num(number(cur, start)?),
+        c if is_lower_ident_start(c) => {
+            let name = format!("{c}{}", ident(cur));
+            if eat_key_colon(cur) {
+                Tok::Key(name)
+            } else {
+                match name.as_str() {
+                    "true" | "false" | "nil" => Tok::Atom(name),
+                    _ => {
+                        return Err(TermError::NotAllowed {
+                            at: loc.pos(),
+                            what: format!("identifier {name} (variables and calls)"),
+                        })
                     }
                 }
             }
-            c if c.is_ascii_uppercase() => {
-                let mut alias = String::from(c);
-                loop {
-                    while let Some(n) = cur
-                        .peek()
-                        .filter(|&n| n.is_ascii_alphanumeric() || n == '_')
-                    {
-                        alias.push(n);
-                        cur.bump();
-                    }
-                    if cur.peek() == Some('.')
-                        && cur.peek_nth(1).is_some_and(|n| n.is_ascii_uppercase())
-                    {
-                        cur.bump();
-                        alias.push('.');
-                    } else {
-                        break;
-                    }
-                }
-                if cur.peek() == Some(':') && cur.peek_nth(1) != Some(':') && !alias.contains('.') {
+        }
+        c if c.is_ascii_uppercase() => {
+            let mut alias = String::from(c);
+            loop {
+                alias.push_str(cur.eat_while(|n| n.is_ascii_alphanumeric() || n == '_'));
+                if cur.peek() == Some('.')
+                    && cur.peek_nth(1).is_some_and(|n| n.is_ascii_uppercase())
+                {
                     cur.bump();
-                    Tok::Key(alias)
-                } else if alias == "Elixir" || alias.starts_with("Elixir.") {
-                    Tok::Atom(alias)
+                    alias.push('.');
                 } else {
-                    Tok::Atom(format!("Elixir.{alias}"))
+                    break;
                 }
             }
-            '%' => {
-                if cur.eat('{') {
-                    Tok::Punct("%{")
-                } else {
-                    return Err(TermError::NotAllowed {
-                        at: loc.pos(),
-                        what: "a struct".into(),
-                    });
-                }
+            if !alias.contains('.') && eat_key_colon(cur) {
+                Tok::Key(alias)
+            } else if alias == "Elixir" || alias.starts_with("Elixir.") {
+                Tok::Atom(alias)
+            } else {
+                Tok::Atom(format!("Elixir.{alias}"))
             }
-            '<' if cur.eat('<') => Tok::Punct("<<"),
-            '>' if cur.eat('>') => Tok::Punct(">>"),
-            '=' if cur.eat('>') => Tok::Punct("=>"),
-            '{' => Tok::Punct("{"),
-            '}' => Tok::Punct("}"),
-            '[' => Tok::Punct("["),
-            ']' => Tok::Punct("]"),
-            ',' => Tok::Punct(","),
-            '|' => Tok::Punct("|"),
-            '-' => Tok::Punct("-"),
-            '+' => Tok::Punct("+"),
-            other => {
+        }
+        '%' if cur.peek() != Some('{') => {
+            return Err(TermError::NotAllowed {
+                at: loc.pos(),
+                what: "a struct".into(),
+            })
+        }
+        other => match cur.punct(other, PUNCTUATION) {
+            Some(p) => Tok::Punct(p),
+            None => {
                 return Err(TermError::Unexpected {
                     at: loc.pos(),
                     found: describe_char(other),
                     expected: "an Elixir literal",
                 })
             }
-        };
-        tokens.push(Token { tok, start });
+        },
+    })
+}
+
+/// Consumes the `:` that makes a name or string a keyword key (`::` is not one).
+fn eat_key_colon(cur: &mut Cursor<'_>) -> bool {
+    cur.peek() == Some(':') && cur.peek_nth(1) != Some(':') && cur.eat(':')
+}
+
+/// Identifier characters from here on, and an optional trailing `?` or `!`.
+fn ident(cur: &mut Cursor<'_>) -> String {
+    let mut name = cur.eat_while(is_ident_char).to_string();
+    if let Some(s @ ('?' | '!')) = cur.peek() {
+        name.push(s);
+        cur.bump();
     }
-    Ok(tokens)
+    name
 }
 
 /// An atom after its `:`: `:foo?`, `:"quoted"`, `:Foo`, `:+`.
@@ -265,7 +230,7 @@ fn colon_atom(cur: &mut Cursor<'_>, start: usize) -> Result<Tok, TermError> {
     match cur.peek() {
         Some(q @ ('"' | '\'')) => {
             cur.bump();
-            let units = quoted(cur, q, start, "quoted atom")?;
+            let units = cur.quoted(q, start, "quoted atom", unit)?;
             let name =
                 String::from_utf8(units_to_bytes(&units)).map_err(|_| TermError::NotAllowed {
                     at: loc.pos(),
@@ -273,18 +238,7 @@ fn colon_atom(cur: &mut Cursor<'_>, start: usize) -> Result<Tok, TermError> {
                 })?;
             Ok(Tok::Atom(name))
         }
-        Some(c) if is_ident_start(c) => {
-            let mut name = String::new();
-            while let Some(n) = cur.peek().filter(|&n| is_ident_char(n)) {
-                name.push(n);
-                cur.bump();
-            }
-            if let Some(s @ ('?' | '!')) = cur.peek() {
-                name.push(s);
-                cur.bump();
-            }
-            Ok(Tok::Atom(name))
-        }
+        Some(c) if is_ident_start(c) => Ok(Tok::Atom(ident(cur))),
         _ => {
             for op in OPERATOR_ATOMS {
                 if cur.eat_str(op) {
@@ -307,7 +261,7 @@ fn colon_atom(cur: &mut Cursor<'_>, start: usize) -> Result<Tok, TermError> {
 }
 
 /// Integers (`1_000`, `0x1F`, `0o17`, `0b101`) and floats (`1.5`, `1.0e-7`).
-fn number(cur: &mut Cursor<'_>, start: usize) -> Result<Tok, TermError> {
+fn number(cur: &mut Cursor<'_>, start: usize) -> Result<Number, TermError> {
     cur.pos = start;
     let loc = cur.loc(start);
     let radix = match (cur.peek(), cur.peek_nth(1)) {
@@ -327,39 +281,17 @@ fn number(cur: &mut Cursor<'_>, start: usize) -> Result<Tok, TermError> {
                 reason: "no digits after the base prefix",
             });
         }
-        return Ok(Tok::Int(magnitude(&digits, radix, loc)?));
+        return Ok(Number::Int(magnitude(&digits, radix, loc)?));
     }
     let int_digits = cur.digits(10);
-    if cur.peek() == Some('.') && cur.peek_nth(1).is_some_and(|c| c.is_ascii_digit()) {
-        cur.bump();
-        let frac = cur.digits(10);
-        let mut text = format!("{int_digits}.{frac}");
-        if matches!(cur.peek(), Some('e' | 'E')) {
-            let save = cur.pos;
-            cur.bump();
-            let mut exp = String::from("e");
-            if let Some(sign @ ('+' | '-')) = cur.peek() {
-                exp.push(sign);
-                cur.bump();
-            }
-            let exp_digits = cur.digits(10);
-            if exp_digits.is_empty() {
-                cur.pos = save;
-            } else {
-                text.push_str(&exp);
-                text.push_str(&exp_digits);
-            }
-        }
-        return Ok(Tok::Float(float(&text, loc)?));
-    }
-    Ok(Tok::Int(magnitude(&int_digits, 10, loc)?))
+    cur.decimal(&int_digits, loc)
 }
 
 /// A piece of a quoted literal: `\xFF` in a string is a raw byte, everything else a
 /// character (UTF-8 encoded in strings, a code in charlists).
 #[derive(Clone, Copy)]
 enum Unit {
-    Char(u32),
+    Char(char),
     Byte(u8),
 }
 
@@ -368,169 +300,67 @@ fn units_to_bytes(units: &[Unit]) -> Vec<u8> {
     for unit in units {
         match *unit {
             Unit::Byte(b) => out.push(b),
-            Unit::Char(c) => {
-                // Codes were checked when scanned; the fallback is unreachable.
-                let ch = char::from_u32(c).unwrap_or(char::REPLACEMENT_CHARACTER);
-                let mut buf = [0u8; 4];
-                out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
-            }
+            Unit::Char(c) => out.extend_from_slice(c.encode_utf8(&mut [0u8; 4]).as_bytes()),
         }
     }
     out
 }
 
-fn units_to_string(units: &[Unit], loc: Loc<'_>) -> Result<String, TermError> {
+fn units_to_string(units: &[Unit]) -> String {
     units
         .iter()
         .map(|u| match *u {
-            Unit::Char(c) => to_char(c, loc),
-            Unit::Byte(b) => Ok(char::from(b)),
+            Unit::Char(c) => c,
+            Unit::Byte(b) => char::from(b),
         })
         .collect()
 }
 
-/// Scans a quoted literal after its opening quote. `#{` starts interpolation, which a lock
-/// file never needs: it is rejected rather than kept as text that Elixir would not produce.
-fn quoted(
-    cur: &mut Cursor<'_>,
-    quote: char,
-    start: usize,
-    what: &'static str,
-) -> Result<Vec<Unit>, TermError> {
-    let mut units = Vec::new();
-    loop {
-        let here = cur.pos;
-        match cur.bump() {
-            None => {
-                return Err(TermError::Unterminated {
-                    at: cur.position(start),
-                    what,
-                })
-            }
-            Some(c) if c == quote => return Ok(units),
-            Some('#') if cur.peek() == Some('{') => {
-                return Err(TermError::NotAllowed {
-                    at: cur.position(here),
-                    what: "string interpolation #{...}".into(),
-                })
-            }
-            Some('\\') => {
-                if let Some(unit) = escape(cur, here)? {
-                    units.push(unit);
-                }
-            }
-            Some(c) => units.push(Unit::Char(u32::from(c))),
-        }
+/// One character `c`, at offset `at`, of a quoted literal, or the escape it starts. `#{`
+/// starts interpolation, which a lock file never needs: it is rejected rather than kept as
+/// text that Elixir would not produce.
+fn unit(cur: &mut Cursor<'_>, c: char, at: usize) -> Result<Option<Unit>, TermError> {
+    match c {
+        '#' if cur.peek() == Some('{') => Err(TermError::NotAllowed {
+            at: cur.position(at),
+            what: "string interpolation #{...}".into(),
+        }),
+        '\\' => escape(cur, at),
+        c => Ok(Some(Unit::Char(c))),
     }
 }
 
 /// Resolves an escape after its backslash; `None` for a line continuation.
 fn escape(cur: &mut Cursor<'_>, esc_start: usize) -> Result<Option<Unit>, TermError> {
-    let invalid = |cur: &Cursor<'_>| TermError::InvalidEscape {
-        at: cur.position(esc_start),
-        sequence: cur
-            .src
-            .get(esc_start..cur.pos)
-            .unwrap_or("\\")
-            .chars()
-            .take(12)
-            .collect(),
-    };
-    let Some(c) = cur.bump() else {
-        return Err(TermError::Unterminated {
-            at: cur.position(esc_start),
-            what: "escape sequence",
-        });
-    };
-    let code = match c {
+    let code = match cur.escaped(esc_start)? {
         '\n' => return Ok(None),
         '\r' if cur.eat('\n') => return Ok(None),
         'a' => 7,
-        'b' => 8,
-        'd' => 127,
-        'e' => 27,
-        'f' => 12,
-        'n' => 10,
-        'r' => 13,
-        's' => 32,
-        't' => 9,
-        'v' => 11,
         '0' => 0,
+        'x' | 'u' if cur.eat('{') => cur
+            .braced_hex(6)
+            .ok_or_else(|| cur.invalid_escape(esc_start))?,
+        'u' => cur.hex(4).ok_or_else(|| cur.invalid_escape(esc_start))?,
         'x' => {
-            if cur.eat('{') {
-                let code = braced_hex(cur).ok_or_else(|| invalid(cur))?;
-                return Ok(Some(Unit::Char(check_code(code, cur, esc_start)?)));
-            }
-            let mut value: u32 = 0;
-            let mut n = 0;
-            while n < 2 {
-                match cur.peek().and_then(|d| d.to_digit(16)) {
-                    Some(d) => {
-                        value = value * 16 + d;
-                        cur.bump();
-                        n += 1;
-                    }
-                    None => break,
-                }
-            }
-            if n == 0 {
-                return Err(invalid(cur));
-            }
-            return Ok(Some(Unit::Byte(u8::try_from(value).unwrap_or(0))));
+            // One or two hex digits: a raw byte.
+            let digits: String = cur
+                .rest()
+                .chars()
+                .take_while(char::is_ascii_hexdigit)
+                .take(2)
+                .collect();
+            cur.pos += digits.len();
+            let byte =
+                u8::from_str_radix(&digits, 16).map_err(|_| cur.invalid_escape(esc_start))?;
+            return Ok(Some(Unit::Byte(byte)));
         }
-        'u' => {
-            let code = if cur.eat('{') {
-                braced_hex(cur).ok_or_else(|| invalid(cur))?
-            } else {
-                let mut value: u32 = 0;
-                for _ in 0..4 {
-                    match cur.bump().and_then(|d| d.to_digit(16)) {
-                        Some(d) => value = value * 16 + d,
-                        None => return Err(invalid(cur)),
-                    }
-                }
-                value
-            };
-            check_code(code, cur, esc_start)?
-        }
-        other => u32::from(other),
+        other => letter_escape(other).unwrap_or(u32::from(other)),
     };
-    Ok(Some(Unit::Char(code)))
-}
-
-/// 1 to 6 hex digits and a closing `}`.
-fn braced_hex(cur: &mut Cursor<'_>) -> Option<u32> {
-    let mut value: u32 = 0;
-    let mut n = 0;
-    loop {
-        match cur.bump()? {
-            '}' if n > 0 => return Some(value),
-            d if n < 6 => {
-                value = value * 16 + d.to_digit(16)?;
-                n += 1;
-            }
-            _ => return None,
-        }
-    }
-}
-
-fn check_code(code: u32, cur: &Cursor<'_>, at: usize) -> Result<u32, TermError> {
-    char::from_u32(code)
-        .map(u32::from)
-        .ok_or_else(|| TermError::InvalidCodepoint {
-            at: cur.position(at),
-            code: u64::from(code),
-        })
+    Ok(Some(Unit::Char(to_char(code, cur.loc(esc_start))?)))
 }
 
 // ---------------------------------------------------------------------------------------------
 // Parser
-
-struct Parser<'a> {
-    src: &'a str,
-    tokens: Vec<Token>,
-    i: usize,
-}
 
 /// The body of a list or tuple: positional items, the keyword pairs after them (as
 /// `{atom, value}` tuples) and a list's `| tail`.
@@ -546,53 +376,9 @@ enum Item {
     Keyword(String, Term),
 }
 
-impl<'a> Parser<'a> {
-    fn peek(&self) -> Option<&Tok> {
-        self.tokens.get(self.i).map(|t| &t.tok)
-    }
-
-    fn loc(&self) -> Loc<'a> {
-        Loc {
-            src: self.src,
-            offset: self.tokens.get(self.i).map_or(self.src.len(), |t| t.start),
-        }
-    }
-
-    fn at(&self) -> Position {
-        self.loc().pos()
-    }
-
-    fn unexpected(&self, expected: &'static str) -> TermError {
-        match self.peek() {
-            Some(t) => TermError::Unexpected {
-                at: self.at(),
-                found: t.describe(),
-                expected,
-            },
-            None => TermError::UnexpectedEnd {
-                at: self.at(),
-                expected,
-            },
-        }
-    }
-
-    fn is_punct(&self, p: &str) -> bool {
-        matches!(self.peek(), Some(Tok::Punct(q)) if *q == p)
-    }
-
-    fn expect_punct(&mut self, p: &'static str, expected: &'static str) -> Result<(), TermError> {
-        if self.is_punct(p) {
-            self.i += 1;
-            Ok(())
-        } else {
-            Err(self.unexpected(expected))
-        }
-    }
-
+impl Parser<'_, Tok> {
     fn term(&mut self, depth: usize) -> Result<Term, TermError> {
-        let start = self.loc().offset;
-        let src = self.src;
-        let at = Loc { src, offset: start };
+        let at = self.loc();
         let Some(tok) = self.peek().cloned() else {
             return Err(self.unexpected("a term"));
         };
@@ -609,46 +395,14 @@ impl<'a> Parser<'a> {
                 self.i += 1;
                 Ok(Term::Charlist(s))
             }
-            Tok::Char(c) => {
-                self.i += 1;
-                Ok(Term::Integer(i128::from(c)))
-            }
-            Tok::Int(m) => {
-                self.i += 1;
-                Ok(Term::Integer(signed(m, false, at)?))
-            }
-            Tok::Float(f) => {
-                self.i += 1;
-                Ok(Term::Float(f))
-            }
-            Tok::Punct(p @ ("-" | "+")) => {
-                self.i += 1;
-                let negative = p == "-";
-                let tok = self.peek().cloned();
-                let term = match tok {
-                    Some(Tok::Int(m)) => Term::Integer(signed(m, negative, at)?),
-                    Some(Tok::Char(c)) => {
-                        let v = i128::from(c);
-                        Term::Integer(if negative { -v } else { v })
-                    }
-                    Some(Tok::Float(f)) => Term::Float(if negative { -f } else { f }),
-                    _ => return Err(self.unexpected("a number after the sign")),
-                };
-                self.i += 1;
-                Ok(term)
-            }
+            Tok::Num(_) | Tok::Punct("-" | "+") => self.number(),
             Tok::Punct(p @ ("{" | "[" | "%{" | "<<")) => {
-                if depth >= MAX_DEPTH {
-                    return Err(TermError::TooDeep {
-                        at: at.pos(),
-                        max: MAX_DEPTH,
-                    });
-                }
+                let depth = nested(depth, at)?;
                 self.i += 1;
                 match p {
-                    "{" => self.tuple(depth + 1),
-                    "[" => self.list(depth + 1),
-                    "%{" => self.map(depth + 1),
+                    "{" => self.tuple(depth),
+                    "[" => self.list(depth),
+                    "%{" => self.map(depth),
                     _ => self.binary(),
                 }
             }
@@ -681,36 +435,24 @@ impl<'a> Parser<'a> {
         let mut positional = Vec::new();
         let mut keywords = Vec::new();
         let mut tail = None;
-        loop {
-            if self.is_punct(close) {
-                self.i += 1;
-                break;
-            }
-            let at = self.loc();
-            match self.item(depth)? {
-                Item::Positional(t) => {
-                    if !keywords.is_empty() {
-                        return Err(TermError::NotAllowed {
-                            at: at.pos(),
-                            what: "a positional element after keyword pairs".into(),
-                        });
-                    }
-                    positional.push(t);
+        self.seq(close, expected, |p| {
+            let at = p.loc();
+            match p.item(depth)? {
+                Item::Positional(_) if !keywords.is_empty() => {
+                    return Err(TermError::NotAllowed {
+                        at: at.pos(),
+                        what: "a positional element after keyword pairs".into(),
+                    });
                 }
+                Item::Positional(t) => positional.push(t),
                 Item::Keyword(k, v) => keywords.push(Term::Tuple(vec![Term::Atom(k), v])),
             }
-            if self.is_punct(",") {
-                self.i += 1;
-            } else if allow_tail && self.is_punct("|") && keywords.is_empty() {
-                self.i += 1;
-                tail = Some(self.term(depth)?);
-                self.expect_punct(close, "']' after the tail of a list")?;
-                break;
-            } else {
-                self.expect_punct(close, expected)?;
-                break;
+            if allow_tail && keywords.is_empty() && p.eat_punct("|") {
+                tail = Some(p.term(depth)?);
+                p.end_of_tail()?;
             }
-        }
+            Ok(())
+        })?;
         Ok(Items {
             positional,
             keywords,
@@ -725,18 +467,7 @@ impl<'a> Parser<'a> {
             tail,
         } = self.items(depth, "]", "',' or ']' in a list", true)?;
         items.extend(keywords);
-        Ok(match tail {
-            None => Term::List(items),
-            Some(Term::List(rest)) => {
-                items.extend(rest);
-                Term::List(items)
-            }
-            Some(Term::ImproperList(rest, t)) => {
-                items.extend(rest);
-                Term::ImproperList(items, t)
-            }
-            Some(other) => Term::ImproperList(items, Box::new(other)),
-        })
+        Ok(list(items, tail))
     }
 
     /// `{a, b: 1}` is `{a, [b: 1]}` in Elixir: trailing keyword pairs form the last element.
@@ -753,75 +484,50 @@ impl<'a> Parser<'a> {
     }
 
     fn map(&mut self, depth: usize) -> Result<Term, TermError> {
-        let mut pairs = Vec::new();
         let mut seen_keyword = false;
-        loop {
-            if self.is_punct("}") {
-                self.i += 1;
-                return Ok(Term::Map(pairs));
-            }
-            let at = self.loc();
-            match self.item(depth)? {
+        let pairs = self.seq("}", "',' or '}' in a map", |p| {
+            let at = p.loc();
+            match p.item(depth)? {
                 Item::Keyword(k, v) => {
                     seen_keyword = true;
-                    pairs.push((Term::Atom(k), v));
+                    Ok((Term::Atom(k), v))
                 }
+                Item::Positional(_) if seen_keyword => Err(TermError::NotAllowed {
+                    at: at.pos(),
+                    what: "a `key => value` pair after keyword pairs".into(),
+                }),
                 Item::Positional(key) => {
-                    if seen_keyword {
-                        return Err(TermError::NotAllowed {
-                            at: at.pos(),
-                            what: "a `key => value` pair after keyword pairs".into(),
-                        });
-                    }
-                    self.expect_punct("=>", "'=>' after a map key")?;
-                    let value = self.term(depth)?;
-                    pairs.push((key, value));
+                    p.expect_punct("=>", "'=>' after a map key")?;
+                    Ok((key, p.term(depth)?))
                 }
             }
-            if self.is_punct(",") {
-                self.i += 1;
-            } else {
-                self.expect_punct("}", "',' or '}' in a map")?;
-                return Ok(Term::Map(pairs));
-            }
-        }
+        })?;
+        Ok(Term::Map(pairs))
     }
 
     /// `<<1, 2, "abc">>`: how `inspect` prints binaries that are not valid UTF-8.
     fn binary(&mut self) -> Result<Term, TermError> {
-        let mut bytes = Vec::new();
-        loop {
-            if self.is_punct(">>") {
-                self.i += 1;
-                return Ok(Term::Binary(bytes));
-            }
-            let at = self.loc();
-            match self.peek().cloned() {
-                Some(Tok::Str(b)) => bytes.extend_from_slice(&b),
-                Some(Tok::Int(m)) => {
-                    // Out-of-range values wrap to a byte, as in Elixir.
-                    bytes.push((m % 256) as u8);
-                }
-                Some(Tok::Char(c)) => bytes.push((c % 256) as u8),
+        let segments = self.seq(">>", "',' or '>>' in a binary", |p| {
+            let at = p.loc();
+            let bytes = match p.peek().cloned() {
+                Some(Tok::Str(b)) => b,
+                // Out-of-range values wrap to a byte, as in Elixir.
+                Some(Tok::Num(Number::Int(m))) => vec![(m % 256) as u8],
+                Some(Tok::Num(Number::Char(c))) => vec![(c % 256) as u8],
                 Some(Tok::Punct("-")) => {
-                    self.i += 1;
-                    match self.peek().cloned() {
-                        Some(Tok::Int(m)) => {
-                            let v = signed(m, true, at)?;
-                            bytes.push(v.rem_euclid(256) as u8);
+                    p.i += 1;
+                    match p.peek() {
+                        Some(&Tok::Num(Number::Int(m))) => {
+                            vec![signed(m, true, at)?.rem_euclid(256) as u8]
                         }
-                        _ => return Err(self.unexpected("an integer after '-'")),
+                        _ => return Err(p.unexpected("an integer after '-'")),
                     }
                 }
-                _ => return Err(self.unexpected("an integer or string in a binary")),
-            }
-            self.i += 1;
-            if self.is_punct(",") {
-                self.i += 1;
-            } else {
-                self.expect_punct(">>", "',' or '>>' in a binary")?;
-                return Ok(Term::Binary(bytes));
-            }
-        }
+                _ => return Err(p.unexpected("an integer or string in a binary")),
+            };
+            p.i += 1;
+            Ok(bytes)
+        })?;
+        Ok(Term::Binary(segments.concat()))
     }
 }

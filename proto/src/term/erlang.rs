@@ -1,7 +1,10 @@
 //! Erlang term text: the `file:consult` format and a printer for it.
 
-use super::scan::{describe_char, float, magnitude, signed, to_char, Cursor, Loc};
-use super::{Position, Term, TermError, MAX_DEPTH};
+use super::parse::{list, nested, Parser, TokenKind};
+use super::scan::{
+    describe_char, letter_escape, magnitude, signed, to_char, tokenize, Cursor, Number,
+};
+use super::{Term, TermError};
 
 #[derive(Debug, Clone, PartialEq)]
 enum Tok {
@@ -9,31 +12,37 @@ enum Tok {
     Var(String),
     /// Character codes; not yet checked to be Unicode scalar values.
     Str(Vec<u32>),
-    Char(u32),
-    Int(u128),
-    Float(f64),
+    Num(Number),
     /// `.` followed by whitespace, a comment or the end: ends a term.
     Dot,
     Punct(&'static str),
 }
 
-#[derive(Debug)]
-struct Token {
-    tok: Tok,
-    start: usize,
-}
+impl TokenKind for Tok {
+    const TRAILING_COMMA: bool = false;
 
-impl Tok {
     fn describe(&self) -> String {
         match self {
             Tok::Atom(a) => format!("atom '{a}'"),
             Tok::Var(v) => format!("variable {v}"),
             Tok::Str(_) => "string".into(),
-            Tok::Char(_) => "character literal".into(),
-            Tok::Int(_) => "integer".into(),
-            Tok::Float(_) => "float".into(),
+            Tok::Num(n) => n.describe().into(),
             Tok::Dot => "'.'".into(),
             Tok::Punct(p) => format!("'{p}'"),
+        }
+    }
+
+    fn punct(&self) -> Option<&'static str> {
+        match self {
+            Tok::Punct(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    fn number(&self) -> Option<Number> {
+        match self {
+            Tok::Num(n) => Some(*n),
+            _ => None,
         }
     }
 }
@@ -45,14 +54,9 @@ impl Tok {
 /// `rebar.config` files. Pids, references, funs, records, variables and expressions other
 /// than a sign on a number are rejected.
 pub fn parse_erlang_terms(text: &str) -> Result<Vec<Term>, TermError> {
-    let tokens = tokenize(text)?;
-    let mut parser = Parser {
-        src: text,
-        tokens,
-        i: 0,
-    };
+    let mut parser = Parser::new(text, tokenize(text, '%', token)?);
     let mut terms = Vec::new();
-    while parser.i < parser.tokens.len() {
+    while !parser.at_end() {
         let term = parser.term(0)?;
         parser.expect_dot()?;
         terms.push(term);
@@ -78,106 +82,55 @@ fn is_name_char(c: char) -> bool {
         || (('\u{c0}'..='\u{ff}').contains(&c) && c != '\u{d7}' && c != '\u{f7}')
 }
 
-fn tokenize(text: &str) -> Result<Vec<Token>, TermError> {
-    let mut cur = Cursor::new(text);
-    let mut tokens = Vec::new();
-    loop {
-        // Whitespace and comments.
-        match cur.peek() {
-            None => break,
-            Some(c) if c <= ' ' || c.is_whitespace() => {
-                cur.bump();
-                continue;
-            }
-            Some('%') => {
-                while let Some(c) = cur.bump() {
-                    if c == '\n' {
-                        break;
-                    }
-                }
-                continue;
-            }
-            Some(_) => {}
+/// Punctuation tokens, each before any shorter one it starts with.
+const PUNCTUATION: &[&str] = &[
+    "<<", ">>", "=>", ":=", "=", "{", "}", "[", "]", "(", ")", ",", "|", "#", "/", ":", "-", "+",
+];
+
+/// Scans one token whose first character `c`, at offset `start`, was consumed.
+fn token(cur: &mut Cursor<'_>, c: char, start: usize) -> Result<Tok, TermError> {
+    let loc = cur.loc(start);
+    Ok(match c {
+        c if is_atom_start(c) => Tok::Atom(format!("{c}{}", cur.eat_while(is_name_char))),
+        c if is_var_start(c) => Tok::Var(format!("{c}{}", cur.eat_while(is_name_char))),
+        '0'..='9' => Tok::Num(number(cur, start)?),
+        '\'' => {
+            let codes = cur.quoted('\'', start, "quoted atom", unit)?;
+            let name: Result<String, _> = codes.into_iter().map(|c| to_char(c, loc)).collect();
+            Tok::Atom(name?)
         }
-        let start = cur.pos;
-        let loc = cur.loc(start);
-        let Some(c) = cur.bump() else { break };
-        let tok = match c {
-            c if is_atom_start(c) => {
-                let mut name = String::from(c);
-                while let Some(n) = cur.peek().filter(|&n| is_name_char(n)) {
-                    name.push(n);
-                    cur.bump();
-                }
-                Tok::Atom(name)
+        '"' => Tok::Str(cur.quoted('"', start, "string", unit)?),
+        '$' => match cur.bump() {
+            None => {
+                return Err(TermError::UnexpectedEnd {
+                    at: loc.pos(),
+                    expected: "a character after '$'",
+                })
             }
-            c if is_var_start(c) => {
-                let mut name = String::from(c);
-                while let Some(n) = cur.peek().filter(|&n| is_name_char(n)) {
-                    name.push(n);
-                    cur.bump();
-                }
-                Tok::Var(name)
-            }
-            '0'..='9' => number(&mut cur, start)?,
-            '\'' => {
-                let codes = quoted(&mut cur, '\'', start, "quoted atom")?;
-                let mut name = String::with_capacity(codes.len());
-                for code in codes {
-                    name.push(to_char(code, loc)?);
-                }
-                Tok::Atom(name)
-            }
-            '"' => Tok::Str(quoted(&mut cur, '"', start, "string")?),
-            '$' => match cur.bump() {
-                None => {
-                    return Err(TermError::UnexpectedEnd {
-                        at: loc.pos(),
-                        expected: "a character after '$'",
-                    })
-                }
-                Some('\\') => Tok::Char(escape(&mut cur, start)?),
-                Some(ch) => Tok::Char(u32::from(ch)),
-            },
-            '.' => match cur.peek() {
-                None | Some('%') => Tok::Dot,
-                Some(n) if n <= ' ' || n.is_whitespace() => Tok::Dot,
-                Some(_) => Tok::Punct("."),
-            },
-            '<' if cur.eat('<') => Tok::Punct("<<"),
-            '>' if cur.eat('>') => Tok::Punct(">>"),
-            '=' if cur.eat('>') => Tok::Punct("=>"),
-            ':' if cur.eat('=') => Tok::Punct(":="),
-            '=' => Tok::Punct("="),
-            '{' => Tok::Punct("{"),
-            '}' => Tok::Punct("}"),
-            '[' => Tok::Punct("["),
-            ']' => Tok::Punct("]"),
-            '(' => Tok::Punct("("),
-            ')' => Tok::Punct(")"),
-            ',' => Tok::Punct(","),
-            '|' => Tok::Punct("|"),
-            '#' => Tok::Punct("#"),
-            '/' => Tok::Punct("/"),
-            ':' => Tok::Punct(":"),
-            '-' => Tok::Punct("-"),
-            '+' => Tok::Punct("+"),
-            other => {
+            Some('\\') => Tok::Num(Number::Char(escape(cur, start)?)),
+            Some(ch) => Tok::Num(Number::Char(u32::from(ch))),
+        },
+        '.' => match cur.peek() {
+            None | Some('%') => Tok::Dot,
+            Some(n) if n <= ' ' || n.is_whitespace() => Tok::Dot,
+            Some(_) => Tok::Punct("."),
+        },
+        other => match cur.punct(other, PUNCTUATION) {
+            Some(p) => Tok::Punct(p),
+            None => {
                 return Err(TermError::Unexpected {
                     at: loc.pos(),
                     found: describe_char(other),
                     expected: "a term",
                 })
             }
-        };
-        tokens.push(Token { tok, start });
-    }
-    Ok(tokens)
+        },
+    })
 }
 
 /// Scans a number whose first digit was consumed: decimal or `Radix#Digits` integers and
 /// floats such as `1.5e-3`.
-fn number(cur: &mut Cursor<'_>, start: usize) -> Result<Tok, TermError> {
+fn number(cur: &mut Cursor<'_>, start: usize) -> Result<Number, TermError> {
     cur.pos = start;
     let at = cur.loc(start);
     let int_digits = cur.digits(10);
@@ -207,78 +160,23 @@ fn number(cur: &mut Cursor<'_>, start: usize) -> Result<Tok, TermError> {
                 reason: "digit out of range for the radix",
             });
         }
-        return Ok(Tok::Int(magnitude(&digits, radix, at)?));
+        return Ok(Number::Int(magnitude(&digits, radix, at)?));
     }
-    if cur.peek() == Some('.') && cur.peek_nth(1).is_some_and(|c| c.is_ascii_digit()) {
-        cur.bump();
-        let frac = cur.digits(10);
-        let mut text = format!("{int_digits}.{frac}");
-        if matches!(cur.peek(), Some('e' | 'E')) {
-            let save = cur.pos;
-            cur.bump();
-            let mut exp = String::from("e");
-            if let Some(sign @ ('+' | '-')) = cur.peek() {
-                exp.push(sign);
-                cur.bump();
-            }
-            let exp_digits = cur.digits(10);
-            if exp_digits.is_empty() {
-                // `1.5e` is the float 1.5 followed by the atom `e`, which the parser rejects.
-                cur.pos = save;
-            } else {
-                text.push_str(&exp);
-                text.push_str(&exp_digits);
-            }
-        }
-        return Ok(Tok::Float(float(&text, at)?));
-    }
-    Ok(Tok::Int(magnitude(&int_digits, 10, at)?))
+    cur.decimal(&int_digits, at)
 }
 
-/// Scans the body of a quoted atom or string after its opening quote, resolving escapes.
-fn quoted(
-    cur: &mut Cursor<'_>,
-    quote: char,
-    start: usize,
-    what: &'static str,
-) -> Result<Vec<u32>, TermError> {
-    let mut codes = Vec::new();
-    loop {
-        match cur.bump() {
-            None => {
-                return Err(TermError::Unterminated {
-                    at: cur.position(start),
-                    what,
-                })
-            }
-            Some(c) if c == quote => return Ok(codes),
-            Some('\\') => {
-                let esc_start = cur.pos - 1;
-                codes.push(escape(cur, esc_start)?);
-            }
-            Some(c) => codes.push(u32::from(c)),
-        }
-    }
+/// One character `c`, at offset `at`, of a quoted atom or string, or the escape it starts.
+fn unit(cur: &mut Cursor<'_>, c: char, at: usize) -> Result<Option<u32>, TermError> {
+    Ok(Some(if c == '\\' {
+        escape(cur, at)?
+    } else {
+        u32::from(c)
+    }))
 }
 
 /// Resolves an escape sequence after its backslash, as `erl_scan` does.
 fn escape(cur: &mut Cursor<'_>, esc_start: usize) -> Result<u32, TermError> {
-    let invalid = |cur: &Cursor<'_>| TermError::InvalidEscape {
-        at: cur.position(esc_start),
-        sequence: cur
-            .src
-            .get(esc_start..cur.pos)
-            .unwrap_or("\\")
-            .chars()
-            .take(12)
-            .collect(),
-    };
-    let Some(c) = cur.bump() else {
-        return Err(TermError::Unterminated {
-            at: cur.position(esc_start),
-            what: "escape sequence",
-        });
-    };
+    let c = cur.escaped(esc_start)?;
     Ok(match c {
         '0'..='7' => {
             let mut value = c as u32 - '0' as u32;
@@ -294,105 +192,25 @@ fn escape(cur: &mut Cursor<'_>, esc_start: usize) -> Result<u32, TermError> {
             value
         }
         'x' => {
-            if cur.eat('{') {
-                let mut value: u32 = 0;
-                let mut n = 0;
-                loop {
-                    match cur.bump() {
-                        Some('}') if n > 0 => break,
-                        Some(d) if d.is_ascii_hexdigit() && n < 8 => {
-                            value = value * 16 + d.to_digit(16).unwrap_or(0);
-                            n += 1;
-                        }
-                        _ => return Err(invalid(cur)),
-                    }
-                }
-                if value > 0x10FFFF {
-                    return Err(invalid(cur));
-                }
-                value
+            let value = if cur.eat('{') {
+                cur.braced_hex(8).filter(|&v| v <= 0x10FFFF)
             } else {
-                let mut value = 0;
-                for _ in 0..2 {
-                    match cur.bump() {
-                        Some(d) if d.is_ascii_hexdigit() => {
-                            value = value * 16 + d.to_digit(16).unwrap_or(0);
-                        }
-                        _ => return Err(invalid(cur)),
-                    }
-                }
-                value
-            }
+                cur.hex(2)
+            };
+            value.ok_or_else(|| cur.invalid_escape(esc_start))?
         }
         '^' => match cur.bump() {
             Some(ch) => u32::from(ch) & 31,
-            None => return Err(invalid(cur)),
+            None => return Err(cur.invalid_escape(esc_start)),
         },
-        'b' => 8,
-        'd' => 127,
-        'e' => 27,
-        'f' => 12,
-        'n' => 10,
-        'r' => 13,
-        's' => 32,
-        't' => 9,
-        'v' => 11,
-        other => u32::from(other),
+        other => letter_escape(other).unwrap_or(u32::from(other)),
     })
 }
 
 // ---------------------------------------------------------------------------------------------
 // Parser
 
-struct Parser<'a> {
-    src: &'a str,
-    tokens: Vec<Token>,
-    i: usize,
-}
-
-impl<'a> Parser<'a> {
-    fn peek(&self) -> Option<&Tok> {
-        self.tokens.get(self.i).map(|t| &t.tok)
-    }
-
-    fn loc(&self) -> Loc<'a> {
-        Loc {
-            src: self.src,
-            offset: self.tokens.get(self.i).map_or(self.src.len(), |t| t.start),
-        }
-    }
-
-    fn at(&self) -> Position {
-        self.loc().pos()
-    }
-
-    fn unexpected(&self, expected: &'static str) -> TermError {
-        match self.peek() {
-            Some(t) => TermError::Unexpected {
-                at: self.at(),
-                found: t.describe(),
-                expected,
-            },
-            None => TermError::UnexpectedEnd {
-                at: self.at(),
-                expected,
-            },
-        }
-    }
-
-    fn is_punct(&self, p: &str) -> bool {
-        matches!(self.peek(), Some(Tok::Punct(q)) if *q == p)
-    }
-
-    fn expect_punct(&mut self, p: &'static str, expected: &'static str) -> Result<(), TermError> {
-        if self.is_punct(p) {
-            self.i += 1;
-            Ok(())
-        } else {
-            Err(self.unexpected(expected))
-        }
-    }
-
+impl Parser<'_, Tok> {
     fn expect_dot(&mut self) -> Result<(), TermError> {
         if self.peek() == Some(&Tok::Dot) {
             self.i += 1;
@@ -402,16 +220,8 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn next(&mut self) -> Option<Tok> {
-        let t = self.tokens.get(self.i).map(|t| t.tok.clone());
-        self.i += 1;
-        t
-    }
-
     fn term(&mut self, depth: usize) -> Result<Term, TermError> {
-        let start = self.loc().offset;
-        let src = self.src;
-        let at = Loc { src, offset: start };
+        let at = self.loc();
         let Some(tok) = self.peek().cloned() else {
             return Err(self.unexpected("a term"));
         };
@@ -428,45 +238,13 @@ impl<'a> Parser<'a> {
                 let codes = self.strings();
                 Ok(codes_to_term(codes))
             }
-            Tok::Char(c) => {
-                self.i += 1;
-                Ok(Term::Integer(i128::from(c)))
-            }
-            Tok::Int(m) => {
-                self.i += 1;
-                Ok(Term::Integer(signed(m, false, at)?))
-            }
-            Tok::Float(f) => {
-                self.i += 1;
-                Ok(Term::Float(f))
-            }
-            Tok::Punct(p @ ("-" | "+")) => {
-                self.i += 1;
-                let negative = p == "-";
-                match self.next() {
-                    Some(Tok::Int(m)) => Ok(Term::Integer(signed(m, negative, at)?)),
-                    Some(Tok::Char(c)) => {
-                        let v = i128::from(c);
-                        Ok(Term::Integer(if negative { -v } else { v }))
-                    }
-                    Some(Tok::Float(f)) => Ok(Term::Float(if negative { -f } else { f })),
-                    _ => {
-                        self.i -= 1;
-                        Err(self.unexpected("a number after the sign"))
-                    }
-                }
-            }
+            Tok::Num(_) | Tok::Punct("-" | "+") => self.number(),
             Tok::Punct(p @ ("{" | "[" | "<<" | "#")) => {
-                if depth >= MAX_DEPTH {
-                    return Err(TermError::TooDeep {
-                        at: at.pos(),
-                        max: MAX_DEPTH,
-                    });
-                }
+                let depth = nested(depth, at)?;
                 self.i += 1;
                 match p {
-                    "{" => self.tuple(depth + 1),
-                    "[" => self.list(depth + 1),
+                    "{" => self.tuple(depth),
+                    "[" => self.list(depth),
                     "<<" => self.binary(),
                     _ => {
                         if let Some(Tok::Atom(name)) = self.peek() {
@@ -476,7 +254,7 @@ impl<'a> Parser<'a> {
                             });
                         }
                         self.expect_punct("{", "'{' after '#' to open a map")?;
-                        self.map(depth + 1)
+                        self.map(depth)
                     }
                 }
             }
@@ -495,165 +273,108 @@ impl<'a> Parser<'a> {
     }
 
     fn tuple(&mut self, depth: usize) -> Result<Term, TermError> {
-        let mut items = Vec::new();
-        if self.is_punct("}") {
-            self.i += 1;
-            return Ok(Term::Tuple(items));
-        }
-        loop {
-            items.push(self.term(depth)?);
-            if self.is_punct(",") {
-                self.i += 1;
-            } else {
-                self.expect_punct("}", "',' or '}' in a tuple")?;
-                return Ok(Term::Tuple(items));
-            }
-        }
+        let items = self.seq("}", "',' or '}' in a tuple", |p| p.term(depth))?;
+        Ok(Term::Tuple(items))
     }
 
     fn list(&mut self, depth: usize) -> Result<Term, TermError> {
-        let mut items = Vec::new();
-        if self.is_punct("]") {
-            self.i += 1;
-            return Ok(Term::List(items));
-        }
-        loop {
-            items.push(self.term(depth)?);
-            if self.is_punct(",") {
-                self.i += 1;
-            } else if self.is_punct("|") {
-                self.i += 1;
-                let tail = self.term(depth)?;
-                self.expect_punct("]", "']' after the tail of a list")?;
-                return Ok(cons(items, tail));
-            } else {
-                self.expect_punct("]", "',', '|' or ']' in a list")?;
-                return Ok(Term::List(items));
+        let mut tail = None;
+        let items = self.seq("]", "',', '|' or ']' in a list", |p| {
+            let item = p.term(depth)?;
+            if p.eat_punct("|") {
+                tail = Some(p.term(depth)?);
+                p.end_of_tail()?;
             }
-        }
+            Ok(item)
+        })?;
+        // A string tail is a list of character codes: `[$a | "bc"]` is `"abc"`.
+        let tail = tail.map(|t| match t {
+            Term::Charlist(s) => Term::List(
+                s.chars()
+                    .map(|c| Term::Integer(i128::from(u32::from(c))))
+                    .collect(),
+            ),
+            t => t,
+        });
+        Ok(list(items, tail))
     }
 
     fn map(&mut self, depth: usize) -> Result<Term, TermError> {
-        let mut pairs = Vec::new();
-        if self.is_punct("}") {
-            self.i += 1;
-            return Ok(Term::Map(pairs));
-        }
-        loop {
-            let key = self.term(depth)?;
-            self.expect_punct("=>", "'=>' after a map key")?;
-            let value = self.term(depth)?;
-            pairs.push((key, value));
-            if self.is_punct(",") {
-                self.i += 1;
-            } else {
-                self.expect_punct("}", "',' or '}' in a map")?;
-                return Ok(Term::Map(pairs));
-            }
-        }
+        let pairs = self.seq("}", "',' or '}' in a map", |p| {
+            let key = p.term(depth)?;
+            p.expect_punct("=>", "'=>' after a map key")?;
+            Ok((key, p.term(depth)?))
+        })?;
+        Ok(Term::Map(pairs))
     }
 
     fn binary(&mut self) -> Result<Term, TermError> {
-        let mut bytes = Vec::new();
-        if self.is_punct(">>") {
-            self.i += 1;
-            return Ok(Term::Binary(bytes));
-        }
-        loop {
-            self.bin_element(&mut bytes)?;
-            if self.is_punct(",") {
-                self.i += 1;
-            } else {
-                self.expect_punct(">>", "',' or '>>' in a binary")?;
-                return Ok(Term::Binary(bytes));
-            }
-        }
+        let segments = self.seq(">>", "',' or '>>' in a binary", Self::bin_element)?;
+        Ok(Term::Binary(segments.concat()))
     }
 
-    /// One `Value[:Size][/Type-Specifiers]` element of a binary.
-    fn bin_element(&mut self, out: &mut Vec<u8>) -> Result<(), TermError> {
+    /// The bytes of one `Value[:Size][/Type-Specifiers]` element of a binary.
+    fn bin_element(&mut self) -> Result<Vec<u8>, TermError> {
         enum Value {
             Codes(Vec<u32>),
             Int(i128),
         }
-        let src = self.src;
-        let at = Loc {
-            src,
-            offset: self.loc().offset,
-        };
+        let at = self.loc();
         let value = match self.peek().cloned() {
             Some(Tok::Str(_)) => Value::Codes(self.strings()),
-            Some(Tok::Char(c)) => {
-                self.i += 1;
-                Value::Int(i128::from(c))
-            }
-            Some(Tok::Int(m)) => {
-                self.i += 1;
-                Value::Int(signed(m, false, at)?)
-            }
-            Some(Tok::Punct(p @ ("-" | "+"))) => {
-                self.i += 1;
-                let negative = p == "-";
-                match self.next() {
-                    Some(Tok::Int(m)) => Value::Int(signed(m, negative, at)?),
-                    Some(Tok::Char(c)) => {
-                        let v = i128::from(c);
-                        Value::Int(if negative { -v } else { v })
-                    }
-                    _ => {
-                        self.i -= 1;
-                        return Err(self.unexpected("an integer after the sign"));
-                    }
-                }
-            }
-            Some(Tok::Float(_)) => {
+            Some(Tok::Num(Number::Float(_))) => {
                 return Err(TermError::InvalidBinary {
                     at: at.pos(),
                     reason: "float segments are not supported".into(),
                 })
             }
-            _ => return Err(self.unexpected("a string or integer binary segment")),
-        };
-        let mut size: Option<u128> = None;
-        if self.is_punct(":") {
-            self.i += 1;
-            match self.next() {
-                Some(Tok::Int(m)) => size = Some(m),
-                _ => {
-                    self.i -= 1;
-                    return Err(self.unexpected("an integer segment size after ':'"));
+            Some(Tok::Num(_) | Tok::Punct("-" | "+")) => {
+                let negative = self.sign();
+                match self.peek().and_then(Tok::number).and_then(Number::integer) {
+                    Some(m) => {
+                        self.i += 1;
+                        Value::Int(signed(m, negative, at)?)
+                    }
+                    None => return Err(self.unexpected("an integer after the sign")),
                 }
             }
-        }
+            _ => return Err(self.unexpected("a string or integer binary segment")),
+        };
+        let size = if self.eat_punct(":") {
+            match self.peek() {
+                Some(&Tok::Num(Number::Int(m))) => {
+                    self.i += 1;
+                    Some(m)
+                }
+                _ => return Err(self.unexpected("an integer segment size after ':'")),
+            }
+        } else {
+            None
+        };
         let mut encoding: Option<&'static str> = None;
         let mut little = false;
-        if self.is_punct("/") {
-            self.i += 1;
+        if self.eat_punct("/") {
             loop {
-                let spec_at = self.loc().offset;
-                match self.next() {
-                    Some(Tok::Atom(spec)) => match spec.as_str() {
-                        "utf8" => encoding = Some("utf8"),
-                        "utf16" => encoding = Some("utf16"),
-                        "utf32" => encoding = Some("utf32"),
-                        "big" => little = false,
-                        "little" => little = true,
-                        "integer" | "signed" | "unsigned" => {}
-                        other => {
-                            return Err(TermError::InvalidBinary {
-                                at: Position::of(src, spec_at),
-                                reason: format!("unsupported type specifier {other}"),
-                            })
-                        }
-                    },
-                    _ => {
-                        self.i -= 1;
-                        return Err(self.unexpected("a type specifier after '/'"));
+                let spec_at = self.loc();
+                let Some(Tok::Atom(spec)) = self.peek() else {
+                    return Err(self.unexpected("a type specifier after '/'"));
+                };
+                match spec.as_str() {
+                    "utf8" => encoding = Some("utf8"),
+                    "utf16" => encoding = Some("utf16"),
+                    "utf32" => encoding = Some("utf32"),
+                    "big" => little = false,
+                    "little" => little = true,
+                    "integer" | "signed" | "unsigned" => {}
+                    other => {
+                        return Err(TermError::InvalidBinary {
+                            at: spec_at.pos(),
+                            reason: format!("unsupported type specifier {other}"),
+                        })
                     }
                 }
-                if self.is_punct("-") {
-                    self.i += 1;
-                } else {
+                self.i += 1;
+                if !self.eat_punct("-") {
                     break;
                 }
             }
@@ -664,6 +385,7 @@ impl<'a> Parser<'a> {
                 reason: "a size is not allowed with utf8/utf16/utf32".into(),
             });
         }
+        let mut out = Vec::new();
         match (value, encoding) {
             (Value::Codes(codes), None) => {
                 if size.is_some() {
@@ -684,7 +406,7 @@ impl<'a> Parser<'a> {
             }
             (Value::Codes(codes), Some(enc)) => {
                 for code in codes {
-                    encode_char(out, to_char(code, at)?, enc, little);
+                    encode_char(&mut out, to_char(code, at)?, enc, little);
                 }
             }
             (Value::Int(v), Some(enc)) => {
@@ -692,7 +414,7 @@ impl<'a> Parser<'a> {
                     at: at.pos(),
                     code: u64::try_from(v).unwrap_or(u64::MAX),
                 })?;
-                encode_char(out, to_char(code, at)?, enc, little);
+                encode_char(&mut out, to_char(code, at)?, enc, little);
             }
             (Value::Int(v), None) => {
                 let bits = size.unwrap_or(8);
@@ -717,7 +439,7 @@ impl<'a> Parser<'a> {
                 out.extend_from_slice(&seg);
             }
         }
-        Ok(())
+        Ok(out)
     }
 }
 
@@ -761,25 +483,6 @@ fn codes_to_term(codes: Vec<u32>) -> Term {
                 .map(|c| Term::Integer(i128::from(c)))
                 .collect(),
         ),
-    }
-}
-
-/// `[items | tail]`, flattened into a proper list when the tail is one.
-fn cons(mut items: Vec<Term>, tail: Term) -> Term {
-    match tail {
-        Term::List(rest) => {
-            items.extend(rest);
-            Term::List(items)
-        }
-        Term::Charlist(s) => {
-            items.extend(s.chars().map(|c| Term::Integer(i128::from(u32::from(c)))));
-            Term::List(items)
-        }
-        Term::ImproperList(rest, tail) => {
-            items.extend(rest);
-            Term::ImproperList(items, tail)
-        }
-        other => Term::ImproperList(items, Box::new(other)),
     }
 }
 

@@ -15,6 +15,7 @@
 
 mod elixir;
 mod erlang;
+mod parse;
 mod scan;
 
 pub use elixir::parse_elixir_term;
