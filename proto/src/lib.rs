@@ -8,12 +8,14 @@
 //! - [`metadata`]: a package's `metadata.config`.
 //! - [`lock`]: a project's `mix.lock`.
 //! - [`buildkey`]: the build key of a precompiled artifact, and a lock's closures.
+//! - [`manifest`]: artifact manifests and their ed25519 signatures.
 //!
 //! This crate sits at the bottom of the workspace: every other crate depends on it, it depends
 //! on none of them.
 
 pub mod buildkey;
 pub mod lock;
+pub mod manifest;
 pub mod metadata;
 pub mod registry;
 pub mod tarball;
