@@ -11,14 +11,11 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "precomp", version, about, long_about = None)]
 struct Cli {
-    /// Directory for everything precomp stores (keys, caches, databases, artifacts).
-    #[arg(
-        long,
-        global = true,
-        env = "PRECOMP_DATA",
-        default_value = "./precomp-data"
-    )]
-    data: PathBuf,
+    /// Directory for everything precomp stores (keys, caches, databases, artifacts)
+    /// [default: ./precomp-data, or `data` in the --config file of `serve`
+    /// and `mirror sync`].
+    #[arg(long, global = true, env = "PRECOMP_DATA")]
+    data: Option<PathBuf>,
 
     /// Log filter, e.g. `info`, `debug`, `precomp_registry=debug` (tracing EnvFilter syntax).
     #[arg(long, global = true, env = "PRECOMP_LOG", default_value = "warn")]
@@ -33,13 +30,33 @@ enum Command {
     /// Static, signed Hex repositories: build one from package sources, verify one.
     #[command(subcommand)]
     Repo(commands::repo::RepoCommand),
+    /// Runs the pull-through Hex mirror.
+    Serve(commands::serve::ServeArgs),
+    /// The mirror's store: prefetch packages for offline use.
+    #[command(subcommand)]
+    Mirror(commands::mirror::MirrorCommand),
+    /// Toolchain images and the build sandbox: build, list, verify, run a command inside.
+    #[command(subcommand)]
+    Toolchain(commands::toolchain::ToolchainCommand),
     /// Runs the main job end to end on this machine with embedded defaults.
     Demo(commands::demo::DemoArgs),
 }
 
 /// Global settings every command sees.
 pub struct Context {
-    pub data: PathBuf,
+    /// `--data` / `PRECOMP_DATA` when given.
+    pub data_flag: Option<PathBuf>,
+}
+
+impl Context {
+    pub const DEFAULT_DATA: &'static str = "./precomp-data";
+
+    /// The data directory: `--data`, else `PRECOMP_DATA`, else the default.
+    pub fn data(&self) -> PathBuf {
+        self.data_flag
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(Self::DEFAULT_DATA))
+    }
 }
 
 fn main() -> ExitCode {
@@ -51,9 +68,14 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let context = Context { data: cli.data };
+    let context = Context {
+        data_flag: cli.data,
+    };
     let result = match cli.command {
         Command::Repo(command) => commands::repo::run(&context, command),
+        Command::Serve(args) => commands::serve::run(&context, args),
+        Command::Mirror(command) => commands::mirror::run(&context, command),
+        Command::Toolchain(command) => commands::toolchain::run(&context, command),
         Command::Demo(args) => commands::demo::run(&context, args),
     };
     match result {

@@ -7,6 +7,7 @@
 //!   `rebar.config` and `mix.lock`.
 //! - [`metadata`]: a package's `metadata.config`.
 //! - [`lock`]: a project's `mix.lock`.
+//! - [`rebar_lock`]: a rebar3 project's `rebar.lock`.
 //! - [`buildkey`]: the build key of a precompiled artifact, and a lock's closures.
 //! - [`manifest`]: artifact manifests and their ed25519 signatures.
 //!
@@ -17,6 +18,7 @@ pub mod buildkey;
 pub mod lock;
 pub mod manifest;
 pub mod metadata;
+pub mod rebar_lock;
 pub mod registry;
 pub mod tarball;
 pub mod term;

@@ -156,7 +156,10 @@ pub enum ManifestError {
     #[error("manifest: {0}")]
     Incomplete(&'static str),
     #[error("manifest: {field}: {message}")]
-    Field { field: &'static str, message: String },
+    Field {
+        field: &'static str,
+        message: String,
+    },
     #[error("manifest inputs: {0}")]
     Inputs(#[from] BuildKeyError),
     #[error("manifest claims key {claimed} but its inputs give {computed}")]
@@ -293,7 +296,11 @@ impl PackageId {
             outer_checksum: self.outer_checksum.as_slice().try_into().map_err(|_| {
                 ManifestError::Field {
                     field: "outer_checksum",
-                    message: format!("{} has {} bytes, not 32", self.name, self.outer_checksum.len()),
+                    message: format!(
+                        "{} has {} bytes, not 32",
+                        self.name,
+                        self.outer_checksum.len()
+                    ),
                 }
             })?,
         })
@@ -450,11 +457,15 @@ impl SignedManifest {
         if signers.is_empty() {
             let all: Vec<&str> = self.signatures.iter().map(|s| s.key_id.as_str()).collect();
             return Err(ManifestError::Untrusted {
-                signers: if all.is_empty() { "nobody".to_string() } else { all.join(", ") },
+                signers: if all.is_empty() {
+                    "nobody".to_string()
+                } else {
+                    all.join(", ")
+                },
             });
         }
-        let manifest =
-            <Manifest as Message>::decode(self.manifest.as_slice()).map_err(ManifestError::DecodeManifest)?;
+        let manifest = <Manifest as Message>::decode(self.manifest.as_slice())
+            .map_err(ManifestError::DecodeManifest)?;
         manifest.check_key()?;
         Ok((manifest, signers))
     }

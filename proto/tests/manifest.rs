@@ -5,8 +5,8 @@ use std::process::Command;
 
 use precomp_proto::buildkey::{BuildInputs, CompileEnvEntry, PackageRef, Target};
 use precomp_proto::manifest::{
-    ArtifactPublicKey, ArtifactSigningKey, FileRecord, Manifest, ManifestError, Output,
-    Provenance, SignedManifest, SIGNATURE_CONTEXT,
+    ArtifactPublicKey, ArtifactSigningKey, FileRecord, Manifest, ManifestError, Output, Provenance,
+    SignedManifest, SIGNATURE_CONTEXT,
 };
 use precomp_proto::term::Term;
 use prost::Message;
@@ -19,13 +19,24 @@ fn inputs() -> BuildInputs {
             outer_checksum: [7; 32],
         },
         closure: vec![
-            PackageRef { name: "b_dep".into(), version: "0.1.0".into(), outer_checksum: [2; 32] },
-            PackageRef { name: "a_dep".into(), version: "2.0.0-rc.1".into(), outer_checksum: [1; 32] },
+            PackageRef {
+                name: "b_dep".into(),
+                version: "0.1.0".into(),
+                outer_checksum: [2; 32],
+            },
+            PackageRef {
+                name: "a_dep".into(),
+                version: "2.0.0-rc.1".into(),
+                outer_checksum: [1; 32],
+            },
         ],
         otp_major: "25".into(),
         elixir: "1.14.0".into(),
         mix_env: "prod".into(),
-        target: Target::Native { arch: "x86_64".into(), libc: "linux-gnu".into() },
+        target: Target::Native {
+            arch: "x86_64".into(),
+            libc: "linux-gnu".into(),
+        },
         compile_env: vec![
             CompileEnvEntry {
                 app: "env_reader".into(),
@@ -42,7 +53,10 @@ fn inputs() -> BuildInputs {
                 path: vec![Term::atom("opts")],
                 value: Some(Term::Map(vec![
                     (Term::atom("limit"), Term::Integer(-3)),
-                    (Term::binary("k"), Term::Tuple(vec![Term::atom("ok"), Term::Float(0.5)])),
+                    (
+                        Term::binary("k"),
+                        Term::Tuple(vec![Term::atom("ok"), Term::Float(0.5)]),
+                    ),
                 ])),
             },
         ],
@@ -88,7 +102,10 @@ fn a_signed_manifest_round_trips_and_lists_its_signers() {
     let trusted = [builder.public_key(), auditor.public_key()];
     let (read, signers) = decoded.verify(&trusted).unwrap();
     assert_eq!(read, manifest());
-    assert_eq!(signers, [builder.public_key().key_id(), auditor.public_key().key_id()]);
+    assert_eq!(
+        signers,
+        [builder.public_key().key_id(), auditor.public_key().key_id()]
+    );
 
     // The manifest reconstructs the exact inputs, hence the key.
     let back = read.check_key().unwrap();
@@ -112,38 +129,61 @@ fn any_change_is_refused() {
         let mut tampered = signed.clone();
         tampered.manifest[i] ^= 0x01;
         assert!(
-            matches!(tampered.verify(&trusted), Err(ManifestError::BadSignature { .. })),
+            matches!(
+                tampered.verify(&trusted),
+                Err(ManifestError::BadSignature { .. })
+            ),
             "flipped manifest byte {i}"
         );
     }
     let mut tampered = signed.clone();
     tampered.signatures[0].signature[10] ^= 0x01;
-    assert!(matches!(tampered.verify(&trusted), Err(ManifestError::BadSignature { .. })));
+    assert!(matches!(
+        tampered.verify(&trusted),
+        Err(ManifestError::BadSignature { .. })
+    ));
     let mut tampered = signed.clone();
     tampered.signatures[0].signature.truncate(10);
-    assert!(matches!(tampered.verify(&trusted), Err(ManifestError::BadSignature { .. })));
+    assert!(matches!(
+        tampered.verify(&trusted),
+        Err(ManifestError::BadSignature { .. })
+    ));
 
     // Untrusted signers, or none at all.
     let stranger = ArtifactSigningKey::generate();
     let err = signed.verify(&[stranger.public_key()]).unwrap_err();
     assert!(matches!(err, ManifestError::Untrusted { .. }));
-    assert!(err.to_string().contains(&builder.public_key().key_id()), "{err}");
+    assert!(
+        err.to_string().contains(&builder.public_key().key_id()),
+        "{err}"
+    );
     let mut unsigned = signed.clone();
     unsigned.signatures.clear();
-    assert!(unsigned.verify(&trusted).unwrap_err().to_string().contains("nobody"));
+    assert!(unsigned
+        .verify(&trusted)
+        .unwrap_err()
+        .to_string()
+        .contains("nobody"));
 
     // A validly signed manifest whose inputs do not give its key (a builder bug).
     let mut wrong = manifest();
     wrong.elixir = "1.18.3".into();
-    let err = SignedManifest::sign(&wrong, &builder).verify(&trusted).unwrap_err();
+    let err = SignedManifest::sign(&wrong, &builder)
+        .verify(&trusted)
+        .unwrap_err();
     assert!(matches!(err, ManifestError::KeyMismatch { .. }), "{err}");
 
     let mut future = manifest();
     future.format = 2;
-    let err = SignedManifest::sign(&future, &builder).verify(&trusted).unwrap_err();
+    let err = SignedManifest::sign(&future, &builder)
+        .verify(&trusted)
+        .unwrap_err();
     assert!(matches!(err, ManifestError::Format(2)), "{err}");
 
-    assert!(matches!(SignedManifest::decode(b"\xff\xff\xff"), Err(ManifestError::DecodeEnvelope(_))));
+    assert!(matches!(
+        SignedManifest::decode(b"\xff\xff\xff"),
+        Err(ManifestError::DecodeEnvelope(_))
+    ));
 }
 
 #[test]
@@ -161,9 +201,16 @@ fn keys_and_signatures_interoperate_with_openssl() {
         .arg(&private)
         .output()
         .expect("run openssl (apt-get install openssl)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let openssl_public = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(ArtifactPublicKey::from_pem(&openssl_public).unwrap(), key.public_key());
+    assert_eq!(
+        ArtifactPublicKey::from_pem(&openssl_public).unwrap(),
+        key.public_key()
+    );
     assert_eq!(openssl_public, key.public_key().to_pem().unwrap());
 
     // OpenSSL verifies our signature over the context-prefixed manifest bytes.
@@ -186,7 +233,12 @@ fn keys_and_signatures_interoperate_with_openssl() {
             .unwrap()
     };
     let out = verify(&message);
-    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     // And refuses it over other bytes.
     let other = dir.path().join("other");
     std::fs::write(&other, &signed.manifest).unwrap();

@@ -2,10 +2,12 @@
 //!
 //! - [`source`]: a Mix / rebar3 / erlang.mk project directory → the package tarball its own
 //!   tooling would publish.
+//! - [`mirror`]: the pull-through Hex mirror (`precomp serve`): verified, stored, served.
 //! - [`static_repo`]: build and verify static, signed Hex repositories (private packages,
 //!   test upstreams).
 //!
 //! Depends on `precomp-proto` for every wire format.
 
+pub mod mirror;
 pub mod source;
 pub mod static_repo;

@@ -1,5 +1,55 @@
 //! The sandbox: the hermetic container every build runs in — bubblewrap, no network, a
-//! read-only toolchain image identified by digest, a clean environment, fixed paths, limits.
+//! read-only toolchain root identified by digest, a clean environment, fixed paths, limits —
+//! and the toolchain images it runs.
 //!
-//! Not built yet: this crate marks its place in the workspace. It will depend on
-//! `precomp-proto` only.
+//! - [`Spec`] says what runs: the toolchain [`Root`] (an image or the host's system
+//!   directories, read-only), read-only sources, exactly one writable output directory, the
+//!   working path, the exact environment, the [`Limits`] and the command. [`Spec::build`] is
+//!   the build policy.
+//! - [`Sandbox::run`] turns it into a bwrap invocation (every namespace, loopback only, no
+//!   capabilities, no new privileges, nested user namespaces disabled), runs it as an
+//!   unprivileged uid (`nobody` when we are root), enforces the limits (cgroup v2 when
+//!   delegated to us, rlimits otherwise), kills the whole tree on time-out and returns an
+//!   [`Outcome`].
+//! - [`toolchain::Store`] builds Debian images with debootstrap, digests them
+//!   ([`tree::manifest`]), stores them content-addressed under the data directory, finds them
+//!   by id, digest, suite or `host`, and verifies them.
+//!
+//! The threat model — what a hostile package can and cannot do — is in `docs/sandbox.md`.
+
+mod bwrap;
+mod cgroup;
+mod error;
+mod run;
+mod spec;
+pub mod toolchain;
+pub mod tree;
+
+pub use bwrap::{arguments as bwrap_arguments, SHM_BYTES, SYSTEM_DIRS};
+pub use cgroup::Enforcement;
+pub use error::{Error, Result};
+pub use run::{command_line, Captured, Identity, Outcome, Sandbox, Status};
+pub use spec::{
+    build_env, Limits, Mount, Root, Spec, Stdio, BUILD_DIR, DEFAULT_SOURCE_DATE_EPOCH, HOME_DIR,
+    HOSTNAME, PATH,
+};
+
+/// A new temporary directory the sandbox user can reach (mode 0755; `tempfile` makes them
+/// 0700), removed when dropped: an output directory for a one-off run.
+pub fn scratch_dir(prefix: &str) -> Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .map_err(|e| Error::Io {
+            path: std::env::temp_dir(),
+            source: e,
+        })?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).map_err(|e| {
+        Error::Io {
+            path: dir.path().to_path_buf(),
+            source: e,
+        }
+    })?;
+    Ok(dir)
+}

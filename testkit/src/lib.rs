@@ -7,7 +7,7 @@
 
 mod nginx;
 
-pub use nginx::Nginx;
+pub use nginx::{AccessLogEntry, Nginx, NginxOptions};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

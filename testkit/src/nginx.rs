@@ -1,5 +1,6 @@
 //! nginx from Debian serving a directory on loopback: a real static web server with strong
-//! ETags, which rebar3 requires on tarball responses.
+//! ETags, which rebar3 requires on tarball responses. [`NginxOptions`] add what tests of a
+//! client of that server need: an access log to count requests, and slow files.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -10,12 +11,65 @@ use std::time::{Duration, Instant};
 pub struct Nginx {
     child: Child,
     pub port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    access_log: bool,
+}
+
+/// Settings beyond [`Nginx::serve`]'s plain static server.
+#[derive(Clone, Debug, Default)]
+pub struct NginxOptions {
+    access_log: bool,
+    limit_rates: Vec<(String, String)>,
+}
+
+impl NginxOptions {
+    pub fn new() -> NginxOptions {
+        NginxOptions::default()
+    }
+
+    /// Logs every request, once it has ended, for [`Nginx::access_log`].
+    pub fn access_log(mut self) -> NginxOptions {
+        self.access_log = true;
+        self
+    }
+
+    /// Sends the file at exactly `path` (`/tarballs/x-1.0.0.tar`) at about `rate` per second,
+    /// nginx's `limit_rate` syntax (`256k`, `1m`); nginx sends the first second's worth at once.
+    pub fn limit_rate(mut self, path: &str, rate: &str) -> NginxOptions {
+        let plain = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '-' | '_' | '+'))
+        };
+        assert!(
+            path.starts_with('/') && plain(path) && plain(rate),
+            "limit_rate({path:?}, {rate:?})"
+        );
+        self.limit_rates.push((path.to_string(), rate.to_string()));
+        self
+    }
+}
+
+/// One request from nginx's access log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessLogEntry {
+    pub method: String,
+    /// The request target as the client sent it.
+    pub uri: String,
+    pub status: u16,
+    pub body_bytes_sent: u64,
+    /// Whether the whole response was sent (`$request_completion`).
+    pub complete: bool,
 }
 
 impl Nginx {
     /// Serves `root` on a free 127.0.0.1 port.
     pub fn serve(root: &Path) -> Nginx {
+        Nginx::start(root, &NginxOptions::default())
+    }
+
+    /// Serves `root` on a free 127.0.0.1 port, with `options`.
+    pub fn start(root: &Path, options: &NginxOptions) -> Nginx {
         assert!(
             Path::new("/usr/sbin/nginx").exists(),
             "/usr/sbin/nginx is missing: install it with `apt-get install nginx`"
@@ -26,7 +80,8 @@ impl Nginx {
             let port = free_port();
             let dir = tempfile::tempdir().expect("nginx scratch dir");
             let conf = dir.path().join("nginx.conf");
-            std::fs::write(&conf, config(dir.path(), &root, port)).expect("write nginx.conf");
+            std::fs::write(&conf, config(dir.path(), &root, port, options))
+                .expect("write nginx.conf");
             let mut child = Command::new("/usr/sbin/nginx")
                 .arg("-p")
                 .arg(dir.path())
@@ -48,7 +103,8 @@ impl Nginx {
                     return Nginx {
                         child,
                         port,
-                        _dir: dir,
+                        dir,
+                        access_log: options.access_log,
                     };
                 }
                 std::thread::sleep(Duration::from_millis(20));
@@ -66,6 +122,38 @@ impl Nginx {
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
+
+    /// Every request that has ended so far, oldest first. Needs [`NginxOptions::access_log`].
+    pub fn access_log(&self) -> Vec<AccessLogEntry> {
+        assert!(
+            self.access_log,
+            "this nginx was started without NginxOptions::access_log"
+        );
+        let text = std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default();
+        text.lines()
+            .map(|line| {
+                let fields: Vec<&str> = line.split(' ').collect();
+                let [method, uri, status, bytes, completion] = fields[..] else {
+                    panic!("unexpected access log line {line:?}");
+                };
+                AccessLogEntry {
+                    method: method.to_string(),
+                    uri: uri.to_string(),
+                    status: status.parse().expect("status in the access log"),
+                    body_bytes_sent: bytes.parse().expect("byte count in the access log"),
+                    complete: completion == "OK",
+                }
+            })
+            .collect()
+    }
+
+    /// The ended requests for exactly `uri`, any method.
+    pub fn requests_for(&self, uri: &str) -> Vec<AccessLogEntry> {
+        self.access_log()
+            .into_iter()
+            .filter(|entry| entry.uri == uri)
+            .collect()
+    }
 }
 
 impl Drop for Nginx {
@@ -82,8 +170,22 @@ fn free_port() -> u16 {
         .expect("bind an ephemeral port")
 }
 
-fn config(dir: &Path, root: &Path, port: u16) -> String {
+fn config(dir: &Path, root: &Path, port: u16, options: &NginxOptions) -> String {
     let d = |sub: &str| -> PathBuf { dir.join(sub) };
+    let access_log = if options.access_log {
+        format!(
+            "log_format precomp '$request_method $request_uri $status $body_bytes_sent $request_completion';
+    access_log {} precomp;",
+            d("access.log").display()
+        )
+    } else {
+        "access_log off;".to_string()
+    };
+    let locations: String = options
+        .limit_rates
+        .iter()
+        .map(|(path, rate)| format!("\n        location = {path} {{ limit_rate {rate}; }}"))
+        .collect();
     format!(
         "daemon off;
 master_process off;
@@ -92,7 +194,7 @@ pid {pid};
 error_log {log} warn;
 events {{ worker_connections 1024; }}
 http {{
-    access_log off;
+    {access_log}
     client_body_temp_path {body};
     proxy_temp_path {proxy};
     fastcgi_temp_path {fastcgi};
@@ -104,7 +206,7 @@ http {{
     etag on;
     server {{
         listen 127.0.0.1:{port};
-        root {root};
+        root {root};{locations}
     }}
 }}
 ",

@@ -29,7 +29,7 @@ pub fn run(context: &Context, args: DemoArgs) -> anyhow::Result<ExitCode> {
             args.packages.display()
         );
     }
-    let dir = context.data.join("demo");
+    let dir = context.data().join("demo");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
 
     let started = Instant::now();

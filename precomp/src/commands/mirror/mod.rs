@@ -1,0 +1,122 @@
+//! `precomp mirror`: work on the pull-through mirror's store without serving it; and the
+//! settings every command that opens the mirror shares (`precomp serve`, `precomp mirror
+//! sync`): upstream, its key and repository name, timeouts, the data directory, and the
+//! `--config` TOML file they can come from.
+
+mod sync;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Subcommand};
+use precomp_proto::registry::RepoPublicKey;
+use precomp_registry::mirror::MirrorConfig;
+use serde::Deserialize;
+
+use crate::Context;
+
+#[derive(Subcommand)]
+pub enum MirrorCommand {
+    Sync(sync::SyncArgs),
+}
+
+pub fn run(context: &Context, command: MirrorCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        MirrorCommand::Sync(args) => sync::run(context, args),
+    }
+}
+
+/// The mirror settings shared by `precomp serve` and `precomp mirror sync`. Each comes from its
+/// flag, else its environment variable, else the --config file, else the embedded default.
+#[derive(Args, Debug, Default)]
+pub struct MirrorSettings {
+    /// TOML file with any of these settings (same names with `_` for `-`, plus `data`). One
+    /// file serves `precomp serve` and `precomp mirror sync`; each ignores the other's keys.
+    #[arg(long, env = "PRECOMP_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Upstream Hex repository [default: https://repo.hex.pm].
+    #[arg(long, env = "PRECOMP_UPSTREAM")]
+    pub upstream: Option<String>,
+    /// PEM public key upstream signs its registry with [default: hex.pm's key, built in].
+    #[arg(long, env = "PRECOMP_UPSTREAM_KEY")]
+    pub upstream_key: Option<PathBuf>,
+    /// Repository name upstream's registry files must carry (origin check) [default: hexpm].
+    #[arg(long, env = "PRECOMP_UPSTREAM_REPOSITORY")]
+    pub upstream_repository: Option<String>,
+    /// Seconds a registry file is taken from the store before upstream is asked whether it
+    /// changed [default: 300].
+    #[arg(long, env = "PRECOMP_REGISTRY_TTL")]
+    pub registry_ttl: Option<u64>,
+    /// Seconds one upstream request may take, body included [default: 30].
+    #[arg(long, env = "PRECOMP_UPSTREAM_TIMEOUT")]
+    pub upstream_timeout: Option<u64>,
+}
+
+/// The --config file: every setting of every mirror command, all optional. One file serves
+/// `precomp serve` and `precomp mirror sync` alike; each reads the keys it knows.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub upstream: Option<String>,
+    pub upstream_key: Option<PathBuf>,
+    pub upstream_repository: Option<String>,
+    pub registry_ttl: Option<u64>,
+    pub upstream_timeout: Option<u64>,
+    pub memory_cache_mb: Option<u64>,
+}
+
+impl MirrorSettings {
+    /// Reads the --config file, if any, and applies the shared settings over the embedded
+    /// defaults. Returns the file too, for the settings only one command has.
+    pub fn resolve(self, context: &Context) -> anyhow::Result<(MirrorConfig, FileConfig)> {
+        let file = match &self.config {
+            Some(path) => read_config(path)?,
+            None => FileConfig::default(),
+        };
+        let data = context
+            .data_flag
+            .clone()
+            .or_else(|| file.data.clone())
+            .unwrap_or_else(|| PathBuf::from(Context::DEFAULT_DATA));
+        let mut config = MirrorConfig::defaults(data.join("mirror"));
+        if let Some(upstream) = self.upstream.or_else(|| file.upstream.clone()) {
+            if !(upstream.starts_with("http://") || upstream.starts_with("https://")) {
+                bail!("upstream {upstream:?} must be an http:// or https:// URL");
+            }
+            config.upstream = upstream;
+        }
+        if let Some(path) = self.upstream_key.or_else(|| file.upstream_key.clone()) {
+            let pem = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading the upstream key {}", path.display()))?;
+            config.upstream_key = RepoPublicKey::from_pem(&pem)
+                .with_context(|| format!("loading the upstream key {}", path.display()))?;
+        }
+        if let Some(repository) = self
+            .upstream_repository
+            .or_else(|| file.upstream_repository.clone())
+        {
+            config.upstream_repository = repository;
+        }
+        if let Some(seconds) = self.registry_ttl.or(file.registry_ttl) {
+            config.registry_ttl = Duration::from_secs(seconds);
+        }
+        if let Some(seconds) = self.upstream_timeout.or(file.upstream_timeout) {
+            if seconds == 0 {
+                bail!("upstream timeout must be at least 1 second");
+            }
+            config.upstream_timeout = Duration::from_secs(seconds);
+        }
+        Ok((config, file))
+    }
+}
+
+fn read_config(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing the config file {}", path.display()))
+}

@@ -1,0 +1,81 @@
+//! `precomp serve`: the pull-through Hex mirror.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Args;
+use precomp_registry::mirror::{self, Mirror, MirrorConfig};
+
+use super::mirror::MirrorSettings;
+use crate::Context;
+
+/// Runs the pull-through Hex mirror.
+///
+/// Serves the Hex repository protocol (/names, /versions, /packages/NAME,
+/// /tarballs/NAME-VERSION.tar, /docs/NAME-VERSION.tar.gz, /public_key, /installs/*) from the
+/// store under DATA/mirror, fetching what it lacks from upstream and verifying it before it is
+/// stored: registry files by signature and origin, tarballs by the checksum in the verified
+/// package record. Point clients at it with HEX_MIRROR=URL (mix) or HEX_CDN=URL (rebar3).
+/// Also serves /healthz and /metrics (Prometheus). Stops gracefully on SIGTERM or Ctrl-C.
+///
+/// Each setting comes from its flag, else its environment variable, else the --config TOML
+/// file (same names with `_` for `-`, plus `data`), else the embedded default.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    mirror: MirrorSettings,
+    /// Address to listen on [default: 127.0.0.1:4000]. Port 0 picks a free port.
+    #[arg(long, env = "PRECOMP_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// MiB of hot objects kept in memory [default: 256].
+    #[arg(long, env = "PRECOMP_MEMORY_CACHE_MB")]
+    memory_cache_mb: Option<u64>,
+}
+
+pub fn run(context: &Context, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let config = resolve(context, args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let mirror = Mirror::open(config.clone())?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listening on {}", config.listen))?;
+        let address = listener.local_addr()?;
+        // Scripts and tests read this line to learn the port.
+        println!("precomp mirror listening on http://{address}");
+        tracing::info!(%address, upstream = %config.upstream, "mirror listening");
+        mirror::serve(mirror, listener, shutdown_signal()).await?;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn resolve(context: &Context, args: ServeArgs) -> anyhow::Result<MirrorConfig> {
+    let (mut config, file) = args.mirror.resolve(context)?;
+    if let Some(listen) = args.listen.or(file.listen) {
+        config.listen = listen;
+    }
+    if let Some(mib) = args.memory_cache_mb.or(file.memory_cache_mb) {
+        config.memory_cache_bytes = mib.saturating_mul(1024 * 1024);
+    }
+    Ok(config)
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+    }
+}

@@ -1,0 +1,230 @@
+//! `precomp toolchain`: the commands' contract, with real bwrap, the host toolchain and the
+//! cached bookworm image (the store under `$PRECOMP_TOOLCHAIN_CACHE`, default
+//! `/var/cache/precomp-test`, shared with the sandbox crate's tests; built there on first use).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn precomp(data: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_precomp"))
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .output()
+        .expect("run precomp")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn data_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("precomp-cli-toolchain-")
+        .tempdir()
+        .unwrap()
+}
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("PRECOMP_TOOLCHAIN_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/precomp-test"))
+}
+
+#[test]
+fn help_documents_the_toolchain_commands() {
+    let data = data_dir();
+    let help = text(&precomp(data.path(), &["toolchain", "--help"]));
+    for word in ["build", "list", "verify", "run"] {
+        assert!(help.contains(word), "toolchain --help lacks {word}: {help}");
+    }
+    let help = text(&precomp(data.path(), &["toolchain", "build", "--help"]));
+    for word in [
+        "--suite",
+        "bookworm",
+        "trixie",
+        "debootstrap",
+        "--mirror",
+        "--rebuild",
+    ] {
+        assert!(help.contains(word), "build --help lacks {word}: {help}");
+    }
+    let help = text(&precomp(data.path(), &["toolchain", "run", "--help"]));
+    for word in ["--timeout", "--output", "--ro", "--env", "124", "/build"] {
+        assert!(help.contains(word), "run --help lacks {word}: {help}");
+    }
+    assert!(text(&precomp(data.path(), &["toolchain", "list", "--help"])).contains("--json"));
+}
+
+#[test]
+fn run_returns_the_commands_status_and_streams_its_output() {
+    let data = data_dir();
+    let out = precomp(
+        data.path(),
+        &[
+            "toolchain",
+            "run",
+            "host",
+            "--",
+            "elixir",
+            "-e",
+            "IO.puts(System.version())",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1.14.0\n");
+
+    let out = precomp(
+        data.path(),
+        &["toolchain", "run", "host", "--", "sh", "-c", "exit 3"],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+
+    // The output directory and environment options.
+    let output = data.path().join("out");
+    let out = precomp(
+        data.path(),
+        &[
+            "toolchain",
+            "run",
+            "host",
+            "--output",
+            output.to_str().unwrap(),
+            "--env",
+            "MIX_ENV=prod",
+            "--",
+            "sh",
+            "-c",
+            "echo $MIX_ENV > /build/env; echo $PWD",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "/build\n");
+    assert_eq!(
+        std::fs::read_to_string(output.join("env")).unwrap(),
+        "prod\n"
+    );
+}
+
+#[test]
+fn run_times_out_with_124_and_a_message() {
+    let data = data_dir();
+    let started = std::time::Instant::now();
+    let out = precomp(
+        data.path(),
+        &[
+            "toolchain",
+            "run",
+            "host",
+            "--timeout",
+            "1",
+            "--",
+            "sh",
+            "-c",
+            "sleep 60 & sleep 60",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(124), "{}", text(&out));
+    assert!(text(&out).contains("timed out after"), "{}", text(&out));
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+}
+
+#[test]
+fn errors_say_what_to_do() {
+    let data = data_dir();
+    let out = precomp(
+        data.path(),
+        &["toolchain", "run", "no-such-toolchain", "--", "true"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("precomp toolchain list"),
+        "{}",
+        text(&out)
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_precomp"))
+        .arg("--data")
+        .arg(data.path())
+        .args(["toolchain", "run", "host", "--", "true"])
+        .env("PRECOMP_BWRAP", "/nonexistent/bwrap")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("apt-get install bubblewrap"),
+        "{}",
+        text(&out)
+    );
+
+    let out = precomp(data.path(), &["toolchain", "build", "--suite", "sid"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("bookworm and trixie"), "{}", text(&out));
+}
+
+#[test]
+fn list_json_has_the_host_toolchain() {
+    let data = data_dir();
+    let out = precomp(data.path(), &["toolchain", "list", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert!(json.trim_start().starts_with('['), "{json}");
+    for field in [
+        "\"id\": \"host\"",
+        "\"kind\": \"host\"",
+        "\"otp\": \"25\"",
+        "\"elixir\": \"1.14.0\"",
+        "\"suite\": \"bookworm\"",
+        "\"digest\": \"",
+    ] {
+        assert!(json.contains(field), "{field} missing: {json}");
+    }
+    let out = precomp(data.path(), &["toolchain", "verify", "host"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).starts_with("ok: host digest "), "{}", text(&out));
+}
+
+#[test]
+fn build_list_verify_and_run_a_bookworm_image() {
+    let cache = cache_dir();
+    std::fs::create_dir_all(&cache).unwrap();
+    let out = precomp(&cache, &["toolchain", "build", "--suite", "bookworm"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let summary = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(summary.contains("bookworm image: OTP 25"), "{summary}");
+    assert!(summary.contains("Elixir 1.14.0"), "{summary}");
+    let id = summary.split_whitespace().next().unwrap().to_string();
+    assert_eq!(id.len(), 12, "{summary}");
+
+    let out = precomp(&cache, &["toolchain", "list", "--json"]);
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert!(json.contains(&format!("\"id\": \"{id}\"")), "{json}");
+
+    let out = precomp(&cache, &["toolchain", "verify", &id]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("ok: {id} digest")),
+        "{}",
+        text(&out)
+    );
+
+    let out = precomp(
+        &cache,
+        &[
+            "toolchain",
+            "run",
+            &id,
+            "--",
+            "erl",
+            "-noshell",
+            "-eval",
+            "io:format(\"~s~n\", [erlang:system_info(otp_release)]), halt().",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "25\n");
+}

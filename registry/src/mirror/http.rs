@@ -1,0 +1,223 @@
+//! The mirror's HTTP front: hyper, HTTP/1.1 with keep-alive, GET and HEAD.
+//!
+//! Bodies are sent exactly as stored: no `Content-Encoding`, ever — registry files are gzip
+//! bodies and Mix would gunzip one twice (`../shared/design/hex-protocol.md` §1). Every 200
+//! carries a strong ETag (the body's sha256), and `If-None-Match` gets a 304.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use super::metrics::{RouteLabel, RouteStatus};
+use super::{Mirror, Outcome, Route};
+
+/// Serves until `shutdown` resolves, then stops accepting, lets requests in flight finish
+/// (up to 30 seconds), and returns.
+pub async fn serve(
+    mirror: Arc<Mirror>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let mirror = Arc::clone(&mirror);
+                let service = service_fn(move |request| {
+                    let mirror = Arc::clone(&mirror);
+                    async move { Ok::<_, Infallible>(handle(&mirror, request).await) }
+                });
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(true)
+                    .serve_connection(TokioIo::new(stream), service);
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(%peer, "connection ended: {e}");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tracing::info!("shutting down: waiting for requests in flight");
+    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still in flight after 30 s; closing them");
+    }
+    Ok(())
+}
+
+async fn handle(mirror: &Arc<Mirror>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let head = request.method() == Method::HEAD;
+    if request.method() != Method::GET && !head {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET and HEAD are supported",
+            head,
+        );
+    }
+    let Some(route) = Route::parse(request.uri().path()) else {
+        let response = text(StatusCode::NOT_FOUND, "not found", head);
+        count(mirror, "unknown", &response);
+        return response;
+    };
+    let response = match &route {
+        Route::Healthz => text(StatusCode::OK, "ok", head),
+        Route::Metrics => {
+            let mut response = Response::new(Full::new(Bytes::from(mirror.metrics().render())));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            response
+        }
+        _ => match mirror.object(&route).await {
+            Outcome::Found { meta, body } => {
+                let etag_bytes = etag(&meta.sha256);
+                let etag = std::str::from_utf8(&etag_bytes).expect("quotes and hex are ASCII");
+                let not_modified = request
+                    .headers()
+                    .get_all(IF_NONE_MATCH)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(','))
+                    .map(str::trim)
+                    .any(|tag| tag == etag || tag == "*" || tag.strip_prefix("W/") == Some(etag));
+                let status = if not_modified {
+                    StatusCode::NOT_MODIFIED
+                } else {
+                    StatusCode::OK
+                };
+                let size = body.len();
+                let mut response = Response::new(Full::new(if head || not_modified {
+                    Bytes::new()
+                } else {
+                    body
+                }));
+                *response.status_mut() = status;
+                let headers = response.headers_mut();
+                headers.insert(
+                    ETAG,
+                    HeaderValue::from_bytes(&etag_bytes).expect("hex is a valid header"),
+                );
+                headers.insert(
+                    CACHE_CONTROL,
+                    HeaderValue::from_static(route.cache_control()),
+                );
+                headers.insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
+                if status == StatusCode::OK {
+                    headers.insert(CONTENT_LENGTH, HeaderValue::from(size));
+                    if !head {
+                        mirror
+                            .metrics()
+                            .bytes_served
+                            .get_or_create(&RouteLabel {
+                                route: route.label(),
+                            })
+                            .inc_by(size as u64);
+                    }
+                }
+                response
+            }
+            Outcome::NotFound => text(StatusCode::NOT_FOUND, &format!("{route}: not found"), head),
+            Outcome::BadGateway(reason) => text(StatusCode::BAD_GATEWAY, &reason, head),
+            Outcome::Internal(reason) => text(StatusCode::INTERNAL_SERVER_ERROR, &reason, head),
+        },
+    };
+    count(mirror, route.label(), &response);
+    response
+}
+
+/// Our strong ETag, the same as `ObjectMeta::etag` (the body's sha256 in hex, quoted), written
+/// into a stack buffer: every response carries one, and `etag()` allocates three times.
+fn etag(sha256: &[u8; 32]) -> [u8; 66] {
+    let mut etag = [b'"'; 66];
+    hex::encode_to_slice(sha256, &mut etag[1..65]).expect("32 bytes are 64 hex digits");
+    etag
+}
+
+fn count(mirror: &Mirror, route: &'static str, response: &Response<Full<Bytes>>) {
+    mirror
+        .metrics()
+        .requests
+        .get_or_create(&RouteStatus {
+            route,
+            status: response.status().as_u16(),
+        })
+        .inc();
+}
+
+fn text(status: StatusCode, message: &str, head: bool) -> Response<Full<Bytes>> {
+    let body = format!("{message}\n");
+    let size = body.len();
+    let mut response = Response::new(Full::new(if head {
+        Bytes::new()
+    } else {
+        Bytes::from(body)
+    }));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+        .headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from(size));
+    if status != StatusCode::OK {
+        response
+            .headers_mut()
+            .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mirror::ObjectMeta;
+
+    #[test]
+    fn etag_is_the_quoted_sha256() {
+        let mut sha256 = [0u8; 32];
+        for (i, byte) in sha256.iter_mut().enumerate() {
+            *byte = (i as u8).wrapping_mul(37).wrapping_add(0xa5);
+        }
+        let meta = ObjectMeta {
+            sha256,
+            size: 0,
+            upstream_etag: None,
+            checked_at: 0,
+        };
+        assert_eq!(etag(&sha256).as_slice(), meta.etag().as_bytes());
+    }
+}

@@ -1,0 +1,481 @@
+//! The pull-through mirror: serves the Hex repository protocol from its store, fetching what
+//! it lacks from upstream, verifying it, and storing it before anyone sees it.
+//!
+//! - Registry files (`/names`, `/versions`, `/packages/NAME`) are verified (signature with the
+//!   upstream key, origin) and revalidated upstream with a conditional request once older than
+//!   the TTL; when upstream fails, the stored copy is served (stale) and the failure counted.
+//! - Tarballs are verified against the outer checksum in the verified `/packages/NAME` and
+//!   are immutable once stored. Docs are checked to be well-formed gzip (Hex signs no docs).
+//! - Concurrent misses for one object share one upstream request.
+//! - What fails verification is never stored; the client gets 502 naming the failed check.
+
+mod http;
+mod metrics;
+mod routes;
+mod store;
+mod upstream;
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt, Shared};
+use precomp_proto::registry::{self, RepoPublicKey};
+use sha2::{Digest, Sha256};
+
+pub use http::serve;
+pub use metrics::Metrics;
+pub use routes::Route;
+pub use store::{ObjectMeta, Store, StoreError};
+pub use upstream::{Upstream, UpstreamError};
+
+/// hex.pm, the default upstream.
+pub const HEXPM_URL: &str = "https://repo.hex.pm";
+
+/// Bounds on upstream bodies, by kind (hex_core's tarball limit; generous for the rest).
+const MAX_REGISTRY_BYTES: u64 = registry::MAX_COMPRESSED_SIZE;
+const MAX_TARBALL_BYTES: u64 = precomp_proto::tarball::MAX_TARBALL_SIZE;
+const MAX_DOCS_BYTES: u64 = 64 * 1024 * 1024;
+const MAX_DOCS_UNPACKED_BYTES: u64 = 512 * 1024 * 1024;
+const MAX_INSTALLS_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Everything the mirror needs to run.
+#[derive(Clone, Debug)]
+pub struct MirrorConfig {
+    pub listen: SocketAddr,
+    /// Base URL of the upstream repository.
+    pub upstream: String,
+    /// The key upstream signs registry files with.
+    pub upstream_key: RepoPublicKey,
+    /// The repository name upstream's registry files carry (the origin check).
+    pub upstream_repository: String,
+    /// Directory for the mirror's database and blobs.
+    pub data: PathBuf,
+    /// How long a registry file is served without asking upstream whether it changed.
+    pub registry_ttl: Duration,
+    /// Bound on one upstream exchange, body included.
+    pub upstream_timeout: Duration,
+    /// Bytes of hot object bodies kept in memory.
+    pub memory_cache_bytes: u64,
+}
+
+impl MirrorConfig {
+    /// The embedded defaults: hex.pm upstream with its built-in key, 127.0.0.1:4000.
+    pub fn defaults(data: PathBuf) -> MirrorConfig {
+        MirrorConfig {
+            listen: "127.0.0.1:4000".parse().expect("a valid address"),
+            upstream: HEXPM_URL.to_string(),
+            upstream_key: RepoPublicKey::hexpm(),
+            upstream_repository: registry::HEXPM.to_string(),
+            data,
+            registry_ttl: Duration::from_secs(300),
+            upstream_timeout: Duration::from_secs(30),
+            memory_cache_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// How a request for an object ended.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    Found {
+        meta: ObjectMeta,
+        body: Bytes,
+    },
+    NotFound,
+    /// Upstream failed, sent something that failed verification, or broke the protocol.
+    BadGateway(String),
+    /// Our own storage failed.
+    Internal(String),
+}
+
+type SharedFetch = Shared<BoxFuture<'static, Outcome>>;
+
+pub struct Mirror {
+    config: MirrorConfig,
+    store: Store,
+    upstream: Upstream,
+    metrics: Metrics,
+    inflight: Mutex<HashMap<String, SharedFetch>>,
+    public_key_pem: Bytes,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("upstream key: {0}")]
+    Key(#[from] registry::KeyError),
+}
+
+impl Mirror {
+    pub fn open(config: MirrorConfig) -> Result<Arc<Mirror>, MirrorError> {
+        let store = Store::open(&config.data, config.memory_cache_bytes)?;
+        let upstream = Upstream::new(&config.upstream, config.upstream_timeout)?;
+        let public_key_pem = Bytes::from(config.upstream_key.to_spki_pem()?);
+        tracing::info!(
+            upstream = %config.upstream,
+            data = %config.data.display(),
+            objects = store.len(),
+            "mirror store opened"
+        );
+        Ok(Arc::new(Mirror {
+            config,
+            store,
+            upstream,
+            metrics: Metrics::default(),
+            inflight: Mutex::new(HashMap::new()),
+            public_key_pem,
+        }))
+    }
+
+    pub fn config(&self) -> &MirrorConfig {
+        &self.config
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The object for `route`, from the store or from upstream. Routes that are not objects
+    /// (health, metrics) are `NotFound` here.
+    pub async fn object(self: &Arc<Self>, route: &Route) -> Outcome {
+        match route {
+            Route::Names | Route::Versions | Route::Package(_) => {
+                self.registry_file(route, false).await
+            }
+            Route::Installs(rest) if is_install_index(rest) => {
+                self.registry_file(route, false).await
+            }
+            Route::Tarball { .. } | Route::Docs { .. } | Route::Installs(_) => {
+                match self.stored(route) {
+                    Some(outcome) => {
+                        self.metrics.cache(route.label(), "hit");
+                        outcome
+                    }
+                    None => self.single_flight(route.clone()).await,
+                }
+            }
+            Route::PublicKey => Outcome::Found {
+                meta: ObjectMeta {
+                    sha256: Sha256::digest(&self.public_key_pem).into(),
+                    size: self.public_key_pem.len() as u64,
+                    upstream_etag: None,
+                    checked_at: 0,
+                },
+                body: self.public_key_pem.clone(),
+            },
+            Route::Healthz | Route::Metrics => Outcome::NotFound,
+        }
+    }
+
+    /// A registry file: served from the store while younger than the TTL, else revalidated
+    /// (or, with `force`, always revalidated).
+    async fn registry_file(self: &Arc<Self>, route: &Route, force: bool) -> Outcome {
+        if !force {
+            if let Some(meta) = self.store.get(&route.object_path()) {
+                if now() - meta.checked_at < self.config.registry_ttl.as_secs() as i64 {
+                    self.metrics.cache(route.label(), "hit");
+                    return self.read(meta);
+                }
+            }
+        }
+        self.single_flight(route.clone()).await
+    }
+
+    fn stored(&self, route: &Route) -> Option<Outcome> {
+        self.store
+            .get(&route.object_path())
+            .map(|meta| self.read(meta))
+    }
+
+    fn read(&self, meta: ObjectMeta) -> Outcome {
+        match self.store.read(&meta) {
+            Ok(body) => Outcome::Found { meta, body },
+            Err(e) => {
+                tracing::error!("{e}");
+                Outcome::Internal(e.to_string())
+            }
+        }
+    }
+
+    /// Runs the upstream fetch for `route` once, however many requests wait for it. The fetch
+    /// runs as its own task, so it completes (and fills the cache) even if every waiting
+    /// client goes away.
+    async fn single_flight(self: &Arc<Self>, route: Route) -> Outcome {
+        let key = route.object_path();
+        let shared = {
+            let mut inflight = self.inflight.lock().expect("inflight lock");
+            if let Some(shared) = inflight.get(&key) {
+                shared.clone()
+            } else {
+                let mirror = Arc::clone(self);
+                let task_key = key.clone();
+                let task = tokio::spawn(async move {
+                    let outcome = Arc::clone(&mirror).fetch(route).await;
+                    mirror
+                        .inflight
+                        .lock()
+                        .expect("inflight lock")
+                        .remove(&task_key);
+                    outcome
+                });
+                let shared = async move {
+                    task.await
+                        .unwrap_or_else(|e| Outcome::Internal(format!("fetch task failed: {e}")))
+                }
+                .boxed()
+                .shared();
+                inflight.insert(key, shared.clone());
+                shared
+            }
+        };
+        shared.await
+    }
+
+    /// Boxed because a tarball fetch awaits its package record through `single_flight`,
+    /// which spawns `fetch` again: the cycle needs a named, `Send` future type.
+    fn fetch(self: Arc<Self>, route: Route) -> BoxFuture<'static, Outcome> {
+        async move {
+            match &route {
+                Route::Tarball { name, version } => self.fetch_tarball(&route, name, version).await,
+                _ => self.fetch_object(&route).await,
+            }
+        }
+        .boxed()
+    }
+
+    /// Registry files, docs and installs: conditional GET, verify, store.
+    async fn fetch_object(self: &Arc<Self>, route: &Route) -> Outcome {
+        let path = route.object_path();
+        let label = route.label();
+        // Re-read: another process sharing the store (a sync) may have refreshed it.
+        let existing = self.store.reload(&path).unwrap_or_else(|e| {
+            tracing::warn!("{e}");
+            None
+        });
+        let limit = match route {
+            Route::Docs { .. } => MAX_DOCS_BYTES,
+            Route::Installs(_) => MAX_INSTALLS_BYTES,
+            _ => MAX_REGISTRY_BYTES,
+        };
+        self.metrics
+            .upstream_requests
+            .get_or_create(&metrics::RouteLabel { route: label })
+            .inc();
+        let conditional = existing.as_ref().and_then(|m| m.upstream_etag.as_deref());
+        let fetched = self.upstream.get(&path, conditional, limit).await;
+        match fetched {
+            Ok(upstream::Fetched::Body { bytes, etag }) => {
+                if let Err(check) = verify(route, &bytes, &self.config) {
+                    self.metrics
+                        .verification_failures
+                        .get_or_create(&metrics::RouteLabel { route: label })
+                        .inc();
+                    tracing::error!(path = %route, "refused upstream object: {check}");
+                    // A copy that passed verification earlier is still safe to serve.
+                    if let Some(meta) = existing {
+                        self.metrics.cache(label, "stale");
+                        return self.read(meta);
+                    }
+                    return Outcome::BadGateway(check);
+                }
+                self.metrics.cache(label, "miss");
+                self.put(&path, bytes, etag).await
+            }
+            Ok(upstream::Fetched::NotModified { etag }) => match existing {
+                Some(_) => {
+                    self.metrics.cache(label, "revalidated");
+                    let store = &self.store;
+                    match store.touch(&path, etag, now()) {
+                        Ok(Some(meta)) => self.read(meta),
+                        Ok(None) => Outcome::Internal(format!("{route} vanished from the store")),
+                        Err(e) => Outcome::Internal(e.to_string()),
+                    }
+                }
+                None => Outcome::BadGateway(format!(
+                    "upstream answered 304 Not Modified to an unconditional request for {route}"
+                )),
+            },
+            Ok(upstream::Fetched::NotFound) => Outcome::NotFound,
+            Err(e) => self.upstream_failed(route, existing, e),
+        }
+    }
+
+    /// Tarballs: the release's outer checksum comes from the verified `/packages/NAME`; the
+    /// tarball is stored only if its sha256 equals it.
+    async fn fetch_tarball(self: &Arc<Self>, route: &Route, name: &str, version: &str) -> Outcome {
+        let package_route = Route::Package(name.to_string());
+        let mut forced = false;
+        let expected = loop {
+            let package = match self.registry_file(&package_route, forced).await {
+                Outcome::Found { body, .. } => body,
+                Outcome::NotFound => return Outcome::NotFound,
+                other => return other,
+            };
+            // Verified when stored; decoding verifies again, which costs a millisecond on a
+            // miss and guards against a store changed behind our back.
+            let decoded = match registry::decode_package(
+                &package,
+                &self.config.upstream_key,
+                &self.config.upstream_repository,
+                name,
+            ) {
+                Ok(decoded) => decoded,
+                Err(e) => return Outcome::Internal(format!("stored {package_route}: {e}")),
+            };
+            match decoded.releases.iter().find(|r| r.version == version) {
+                Some(release) => match &release.outer_checksum {
+                    Some(outer) => break outer.clone(),
+                    None => {
+                        return Outcome::BadGateway(format!(
+                            "{package_route} has no outer checksum for {version}; cannot verify {route}"
+                        ))
+                    }
+                },
+                // Perhaps published since the record was cached: ask upstream once.
+                None if !forced => forced = true,
+                None => return Outcome::NotFound,
+            }
+        };
+
+        let path = route.object_path();
+        self.metrics
+            .upstream_requests
+            .get_or_create(&metrics::RouteLabel {
+                route: route.label(),
+            })
+            .inc();
+        match self.upstream.get(&path, None, MAX_TARBALL_BYTES).await {
+            Ok(upstream::Fetched::Body { bytes, etag }) => {
+                let actual = Sha256::digest(&bytes);
+                if actual.as_slice() != expected.as_slice() {
+                    self.metrics
+                        .verification_failures
+                        .get_or_create(&metrics::RouteLabel {
+                            route: route.label(),
+                        })
+                        .inc();
+                    let check = format!(
+                        "{route}: checksum check failed: sha256 is {}, {package_route} says {}",
+                        hex::encode(actual),
+                        hex::encode(&expected)
+                    );
+                    tracing::error!("refused upstream object: {check}");
+                    return Outcome::BadGateway(check);
+                }
+                self.metrics.cache(route.label(), "miss");
+                self.put(&path, bytes, etag).await
+            }
+            Ok(upstream::Fetched::NotFound) => Outcome::NotFound,
+            Ok(upstream::Fetched::NotModified { .. }) => Outcome::BadGateway(format!(
+                "upstream answered 304 Not Modified to an unconditional request for {route}"
+            )),
+            Err(e) => self.upstream_failed(route, None, e),
+        }
+    }
+
+    fn upstream_failed(
+        &self,
+        route: &Route,
+        existing: Option<ObjectMeta>,
+        e: UpstreamError,
+    ) -> Outcome {
+        self.metrics
+            .upstream_errors
+            .get_or_create(&metrics::RouteLabel {
+                route: route.label(),
+            })
+            .inc();
+        match existing {
+            Some(meta) => {
+                tracing::warn!(path = %route, "upstream failed, serving the stored copy: {e}");
+                self.metrics.cache(route.label(), "stale");
+                self.read(meta)
+            }
+            None => {
+                tracing::warn!(path = %route, "upstream failed: {e}");
+                Outcome::BadGateway(e.to_string())
+            }
+        }
+    }
+
+    async fn put(self: &Arc<Self>, path: &str, bytes: Bytes, etag: Option<String>) -> Outcome {
+        let mirror = Arc::clone(self);
+        let path = path.to_string();
+        let stored = tokio::task::spawn_blocking(move || {
+            let meta = mirror.store.put(&path, &bytes, etag, now())?;
+            Ok::<_, StoreError>(Outcome::Found { meta, body: bytes })
+        })
+        .await;
+        match stored {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(e)) => {
+                tracing::error!("storing failed: {e}");
+                Outcome::Internal(e.to_string())
+            }
+            Err(e) => Outcome::Internal(format!("store task failed: {e}")),
+        }
+    }
+}
+
+/// `/installs/*.csv` and their `.signed` files change as Hex releases; everything else under
+/// `/installs` is a versioned, immutable file.
+fn is_install_index(rest: &str) -> bool {
+    rest.ends_with(".csv") || rest.ends_with(".csv.signed")
+}
+
+/// The checks an upstream body must pass before it is stored. The error names the check.
+fn verify(route: &Route, bytes: &[u8], config: &MirrorConfig) -> Result<(), String> {
+    let key = &config.upstream_key;
+    let repo = &config.upstream_repository;
+    let result = match route {
+        Route::Names => registry::decode_names(bytes, key, repo).map(drop),
+        Route::Versions => registry::decode_versions(bytes, key, repo).map(drop),
+        Route::Package(name) => registry::decode_package(bytes, key, repo, name).map(drop),
+        Route::Docs { .. } => return check_gzip(route, bytes),
+        // Hex's installer indexes are signed with a separate builds key that Mix checks
+        // itself; they are passed through verbatim.
+        _ => return Ok(()),
+    };
+    result.map_err(|e| e.to_string())
+}
+
+/// Docs tarballs are not signed by Hex; the least we check is that they are complete gzip
+/// streams of bounded size.
+fn check_gzip(route: &Route, bytes: &[u8]) -> Result<(), String> {
+    let mut decoder = flate2::read::GzDecoder::new(bytes).take(MAX_DOCS_UNPACKED_BYTES + 1);
+    let mut sink = [0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        match decoder.read(&mut sink) {
+            Ok(0) => return Ok(()),
+            Ok(n) => {
+                total += n as u64;
+                if total > MAX_DOCS_UNPACKED_BYTES {
+                    return Err(format!(
+                        "{route}: size check failed: over {MAX_DOCS_UNPACKED_BYTES} bytes unpacked"
+                    ));
+                }
+            }
+            Err(e) => return Err(format!("{route}: gzip check failed: {e}")),
+        }
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
