@@ -130,3 +130,32 @@ fn errors_name_what_is_wrong() {
     assert!(stdout.contains("FAIL names: cannot read"), "{stdout}");
     assert!(stdout.contains("FAIL versions: cannot read"), "{stdout}");
 }
+
+/// The README's first command: the demo runs the whole loop that exists today.
+#[test]
+fn demo_runs_the_main_job() {
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_precomp"))
+        .args(["--data", data.path().to_str().unwrap(), "demo"])
+        .current_dir(workspace)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(stdout.contains("11 releases"), "{stdout}");
+    assert!(stdout.contains("identical to upstream, cold"), "{stdout}");
+    assert!(stdout.contains("identical to upstream, warm"), "{stdout}");
+    assert!(
+        stdout.contains("fetched and compiled erl_counter, erl_ids, rebar3_app through the mirror"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(r#"rebar3_app:run() = [<<"order-1">>,<<"order-2">>,<<"order-3">>]"#),
+        "{stdout}"
+    );
+    // The mirror stored what it served.
+    assert!(data.path().join("demo/mirror/mirror.db").exists());
+}

@@ -31,7 +31,7 @@ pub use http::serve;
 pub use metrics::Metrics;
 pub use routes::Route;
 pub use store::{ObjectMeta, Store, StoreError};
-pub use upstream::{Upstream, UpstreamError};
+pub use upstream::{Fetched, Upstream, UpstreamError};
 
 /// hex.pm, the default upstream.
 pub const HEXPM_URL: &str = "https://repo.hex.pm";
@@ -222,13 +222,13 @@ impl Mirror {
                 let mirror = Arc::clone(self);
                 let task_key = key.clone();
                 let task = tokio::spawn(async move {
-                    let outcome = Arc::clone(&mirror).fetch(route).await;
-                    mirror
-                        .inflight
-                        .lock()
-                        .expect("inflight lock")
-                        .remove(&task_key);
-                    outcome
+                    // Removes the entry however the fetch ends, a panic included, so a failed
+                    // fetch never blocks later requests for the same object.
+                    let _done = InflightGuard {
+                        mirror: Arc::clone(&mirror),
+                        key: task_key,
+                    };
+                    Arc::clone(&mirror).fetch(route).await
                 });
                 let shared = async move {
                     task.await
@@ -425,6 +425,19 @@ impl Mirror {
                 Outcome::Internal(e.to_string())
             }
             Err(e) => Outcome::Internal(format!("store task failed: {e}")),
+        }
+    }
+}
+
+struct InflightGuard {
+    mirror: Arc<Mirror>,
+    key: String,
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        if let Ok(mut inflight) = self.mirror.inflight.lock() {
+            inflight.remove(&self.key);
         }
     }
 }

@@ -1,5 +1,7 @@
 //! The upstream Hex repository, over HTTP(S): conditional GETs with bounded bodies and a
-//! timeout on every request.
+//! timeout on every request. A `file:///DIR` upstream reads a repository directory (as
+//! `precomp repo build` writes one) instead: for air-gapped mirrors, and verified exactly
+//! like a remote one.
 
 use std::time::Duration;
 
@@ -63,6 +65,9 @@ impl Upstream {
         limit: u64,
     ) -> Result<Fetched, UpstreamError> {
         let url = self.url(path);
+        if let Some(dir) = self.base.strip_prefix("file://") {
+            return read_file(&url, &std::path::Path::new(dir).join(path), limit).await;
+        }
         match tokio::time::timeout(self.timeout, self.exchange(&url, etag, limit)).await {
             Ok(result) => result,
             Err(_) => Err(UpstreamError::Timeout {
@@ -126,4 +131,40 @@ impl Upstream {
             etag,
         })
     }
+}
+
+/// A `file://` upstream: the object's file, bounded. No ETag, so every revalidation reads and
+/// verifies the file again; local reads are cheap.
+async fn read_file(
+    url: &str,
+    path: &std::path::Path,
+    limit: u64,
+) -> Result<Fetched, UpstreamError> {
+    let request_error = |e: std::io::Error| UpstreamError::Request {
+        url: url.to_string(),
+        reason: e.to_string(),
+    };
+    let meta = match tokio::fs::metadata(path).await {
+        Ok(meta) if meta.is_file() => meta,
+        Ok(_) => return Ok(Fetched::NotFound),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Fetched::NotFound),
+        Err(e) => return Err(request_error(e)),
+    };
+    if meta.len() > limit {
+        return Err(UpstreamError::TooLarge {
+            url: url.to_string(),
+            limit,
+        });
+    }
+    let bytes = tokio::fs::read(path).await.map_err(request_error)?;
+    if bytes.len() as u64 > limit {
+        return Err(UpstreamError::TooLarge {
+            url: url.to_string(),
+            limit,
+        });
+    }
+    Ok(Fetched::Body {
+        bytes: Bytes::from(bytes),
+        etag: None,
+    })
 }

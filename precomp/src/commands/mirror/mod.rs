@@ -37,7 +37,8 @@ pub struct MirrorSettings {
     /// file serves `precomp serve` and `precomp mirror sync`; each ignores the other's keys.
     #[arg(long, env = "PRECOMP_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Upstream Hex repository [default: https://repo.hex.pm].
+    /// Upstream Hex repository: an http(s) URL, or file:///DIR for a repository directory such
+    /// as `precomp repo build` writes [default: https://repo.hex.pm].
     #[arg(long, env = "PRECOMP_UPSTREAM")]
     pub upstream: Option<String>,
     /// PEM public key upstream signs its registry with [default: hex.pm's key, built in].
@@ -85,8 +86,11 @@ impl MirrorSettings {
             .unwrap_or_else(|| PathBuf::from(Context::DEFAULT_DATA));
         let mut config = MirrorConfig::defaults(data.join("mirror"));
         if let Some(upstream) = self.upstream.or_else(|| file.upstream.clone()) {
-            if !(upstream.starts_with("http://") || upstream.starts_with("https://")) {
-                bail!("upstream {upstream:?} must be an http:// or https:// URL");
+            if !["http://", "https://", "file:///"]
+                .iter()
+                .any(|scheme| upstream.starts_with(scheme))
+            {
+                bail!("upstream {upstream:?} must be an http://, https:// or file:/// URL");
             }
             config.upstream = upstream;
         }
