@@ -3,6 +3,9 @@
 //! what the sync asked for. What a sync stores, `precomp serve` then serves with upstream gone,
 //! whether it was started afterwards or was running all along.
 
+mod common;
+
+use common::*;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -11,39 +14,6 @@ use std::time::Duration;
 
 use precomp_proto::registry::{decode_package, Release, RepoPublicKey};
 use precomp_testkit::{copy_dir, Nginx, NginxOptions};
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn precomp(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_precomp"))
-        .args(args)
-        .env_remove("PRECOMP_DATA")
-        .env_remove("PRECOMP_CONFIG")
-        .env_remove("PRECOMP_UPSTREAM")
-        .env_remove("PRECOMP_LOG")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run precomp")
-}
-
-fn describe(output: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-fn ok(output: Output) -> String {
-    assert!(output.status.success(), "{}", describe(&output));
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 /// The upstream repository, built once per test process and never modified.
 struct Fixture {
@@ -722,7 +692,7 @@ fn usage_errors_are_clear() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        text(&out).contains("must be an http:// or https:// URL"),
+        text(&out).contains("must be an http://, https:// or file:/// URL"),
         "{}",
         text(&out)
     );

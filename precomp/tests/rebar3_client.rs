@@ -3,6 +3,9 @@
 //! on. Any flipped byte in a registry file or tarball makes rebar3 refuse, and
 //! `precomp repo verify` names the file.
 
+mod common;
+
+use common::*;
 use precomp_testkit::{copy_dir, gunzip, gzip};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -10,31 +13,6 @@ use std::process::{Command, Output};
 use precomp_proto::registry::Signed;
 use precomp_testkit::Nginx;
 use prost::Message;
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn precomp(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_precomp"))
-        .args(args)
-        .output()
-        .expect("run precomp")
-}
-
-fn ok(output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "failed: {}\nstdout: {}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 /// A signed repository of the fixture packages, and its keys.
 struct Repo {
@@ -86,58 +64,6 @@ impl Repo {
             self.public_key().to_str().unwrap(),
         ])
     }
-}
-
-/// Runs `rebar3 compile` in a fresh copy of the consumer project, with a fresh HOME and cache,
-/// against `url`, trusting `public_key` for the hexpm repository.
-fn rebar3_compile(url: &str, public_key: &Path) -> (Output, tempfile::TempDir) {
-    let scratch = tempfile::tempdir().unwrap();
-    let project = scratch.path().join("rebar3_app");
-    copy_dir(
-        &workspace().join("tests/fixtures/consumers/rebar3_app"),
-        &project,
-    );
-    let home = scratch.path().join("home");
-    let config_dir = home.join(".config/rebar3");
-    std::fs::create_dir_all(&config_dir).unwrap();
-    let pem = std::fs::read_to_string(public_key).unwrap();
-    std::fs::write(
-        config_dir.join("rebar.config"),
-        format!(
-            "{{hex, [{{repos, [#{{name => <<\"hexpm\">>, repo_public_key => <<\"{}\">>}}]}}]}}.\n",
-            pem.trim()
-        ),
-    )
-    .unwrap();
-    let output = Command::new("rebar3")
-        .arg("compile")
-        .current_dir(&project)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap())
-        .env("HOME", &home)
-        .env("REBAR_CACHE_DIR", scratch.path().join("cache"))
-        .env("HEX_CDN", url)
-        .env("LANG", "C.UTF-8")
-        .output()
-        .expect("run rebar3 (install it with `apt-get install rebar3`)");
-    (output, scratch)
-}
-
-fn fetched(scratch: &Path, app: &str) -> bool {
-    scratch
-        .join(format!(
-            "rebar3_app/_build/default/lib/{app}/ebin/{app}.beam"
-        ))
-        .exists()
-}
-
-fn describe(output: &Output) -> String {
-    format!(
-        "status {}\nstdout: {}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 #[test]

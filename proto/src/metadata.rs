@@ -128,7 +128,7 @@ impl PackageMetadata {
             let Some((key, value)) = pair else {
                 return Err(MetadataError::NotKeyValue {
                     index: i + 1,
-                    found: describe(&term),
+                    found: term.summary(),
                 });
             };
             match index.get(&key).and_then(|&at| entries.get_mut(at)) {
@@ -272,17 +272,6 @@ fn key_text(t: &Term) -> Option<String> {
     t.as_str().or_else(|| t.as_atom()).map(str::to_string)
 }
 
-/// What kind of term this is, for error messages.
-fn describe(t: &Term) -> String {
-    let text = to_erlang_text(t);
-    if text.chars().count() > 60 {
-        let short: String = text.chars().take(57).collect();
-        format!("{short}...")
-    } else {
-        text
-    }
-}
-
 fn invalid(key: &str, problem: String) -> MetadataError {
     MetadataError::InvalidField {
         key: key.to_string(),
@@ -294,7 +283,7 @@ fn string(t: &Term, key: &str) -> Result<String, MetadataError> {
     t.as_str().map(str::to_string).ok_or_else(|| {
         invalid(
             key,
-            format!("expected a UTF-8 string, found {}", describe(t)),
+            format!("expected a UTF-8 string, found {}", t.summary()),
         )
     })
 }
@@ -309,7 +298,7 @@ fn required_string(t: Option<&Term>, key: &'static str) -> Result<String, Metada
 
 fn list<'t>(t: &'t Term, key: &str) -> Result<&'t [Term], MetadataError> {
     t.as_list()
-        .ok_or_else(|| invalid(key, format!("expected a list, found {}", describe(t))))
+        .ok_or_else(|| invalid(key, format!("expected a list, found {}", t.summary())))
 }
 
 fn string_list(t: &Term, key: &str) -> Result<Vec<String>, MetadataError> {
@@ -339,7 +328,7 @@ fn links(t: &Term) -> Result<Vec<(String, String)>, MetadataError> {
                 Some([k, v]) => pair(i, k, v),
                 _ => Err(invalid(
                     &format!("links[{i}]"),
-                    format!("expected a {{name, url}} pair, found {}", describe(item)),
+                    format!("expected a {{name, url}} pair, found {}", item.summary()),
                 )),
             })
             .collect(),
@@ -376,7 +365,7 @@ fn requirements(t: &Term) -> Result<Vec<Requirement>, MetadataError> {
                     &format!("requirements[{i}]"),
                     format!(
                         "expected {{Name, Fields}} or a list with a \"name\" key, found {}",
-                        describe(other)
+                        other.summary()
                     ),
                 )),
             })
@@ -389,7 +378,7 @@ fn keyed_requirement(i: usize, name: &Term, fields: &Term) -> Result<Requirement
     if !matches!(fields, Term::List(_) | Term::Map(_) | Term::Charlist(_)) {
         return Err(invalid(
             &format!("requirements.{name}"),
-            format!("expected a proplist or map, found {}", describe(fields)),
+            format!("expected a proplist or map, found {}", fields.summary()),
         ));
     }
     requirement_fields(name, fields)
@@ -411,7 +400,7 @@ fn requirement_fields(name: String, fields: &Term) -> Result<Requirement, Metada
         Some(t) => t.as_bool().ok_or_else(|| {
             invalid(
                 &key("optional"),
-                format!("expected true or false, found {}", describe(t)),
+                format!("expected true or false, found {}", t.summary()),
             )
         })?,
     };

@@ -25,7 +25,7 @@
 //! Hex. Checksums are keyed by app name, as rebar3's `rebar_config:consult_lock_file/1` reads
 //! them; rebar.lock records no repository, so every package is from the default one.
 
-use crate::term::{parse_erlang_terms, to_erlang_text, Term, TermError};
+use crate::term::{parse_erlang_terms, Term, TermError};
 
 /// Larger lock files are refused before parsing; real ones are a few KiB.
 pub const MAX_REBAR_LOCK_SIZE: usize = 16 * 1024 * 1024;
@@ -158,18 +158,7 @@ impl RebarLock {
 
 fn not_a_lock(found: &Term) -> RebarLockError {
     RebarLockError::NotALock {
-        found: describe(found),
-    }
-}
-
-/// Short printed form of a term for error messages.
-fn describe(t: &Term) -> String {
-    let text = to_erlang_text(t);
-    if text.chars().count() > 60 {
-        let short: String = text.chars().take(57).collect();
-        format!("{short}...")
-    } else {
-        text
+        found: found.summary(),
     }
 }
 
@@ -192,7 +181,7 @@ fn hashes(
             section: "checksums",
             problem: format!(
                 "expected a list such as [{{pkg_hash, [...]}}] after the locks, found {}",
-                describe(attrs)
+                attrs.summary()
             ),
         });
     }
@@ -201,7 +190,7 @@ fn hashes(
     };
     let items = list
         .as_list()
-        .ok_or_else(|| invalid(format!("expected a list, found {}", describe(list))))?;
+        .ok_or_else(|| invalid(format!("expected a list, found {}", list.summary())))?;
     items
         .iter()
         .map(|item| match item.as_tuple() {
@@ -209,7 +198,7 @@ fn hashes(
                 let app = name(app).ok_or_else(|| {
                     invalid(format!(
                         "expected an app name as a binary, found {}",
-                        describe(app)
+                        app.summary()
                     ))
                 })?;
                 let hash =
@@ -218,7 +207,7 @@ fn hashes(
             }
             _ => Err(invalid(format!(
                 "expected {{App, Checksum}}, found {}",
-                describe(item)
+                item.summary()
             ))),
         })
         .collect()
@@ -231,7 +220,7 @@ fn checksum(t: &Term) -> Result<String, String> {
         }
         _ => Err(format!(
             "a checksum must be 64 hexadecimal digits, found {}",
-            describe(t)
+            t.summary()
         )),
     }
 }
@@ -252,13 +241,13 @@ fn entry(
     let Some([app, source, level]) = lock.as_tuple() else {
         return Err(RebarLockError::InvalidLock {
             index,
-            problem: format!("expected {{App, Source, Level}}, found {}", describe(lock)),
+            problem: format!("expected {{App, Source, Level}}, found {}", lock.summary()),
         });
     };
     let app = name(app)
         .ok_or_else(|| RebarLockError::InvalidLock {
             index,
-            problem: format!("the app name must be a binary, found {}", describe(app)),
+            problem: format!("the app name must be a binary, found {}", app.summary()),
         })?
         .to_string();
     let invalid = |problem: String| RebarLockError::InvalidEntry {
@@ -271,33 +260,33 @@ fn entry(
         .ok_or_else(|| {
             invalid(format!(
                 "the level must be a non-negative integer, found {}",
-                describe(level)
+                level.summary()
             ))
         })?;
     let items = source.as_tuple().unwrap_or_default();
     let kind = items.first().and_then(Term::as_atom).ok_or_else(|| {
         invalid(format!(
             "expected a source such as {{pkg, Name, Version}}, found {}",
-            describe(source)
+            source.summary()
         ))
     })?;
     let source = if kind == "pkg" {
         let [_, package, version] = items else {
             return Err(invalid(format!(
                 "expected {{pkg, Name, Version}}, found {}",
-                describe(source)
+                source.summary()
             )));
         };
         let package = name(package).ok_or_else(|| {
             invalid(format!(
                 "the package name must be a binary, found {}",
-                describe(package)
+                package.summary()
             ))
         })?;
         let version = version.as_str().filter(|v| !v.is_empty()).ok_or_else(|| {
             invalid(format!(
                 "the version must be a non-empty binary, found {}",
-                describe(version)
+                version.summary()
             ))
         })?;
         RebarSource::Pkg(RebarPkg {

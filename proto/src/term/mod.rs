@@ -54,6 +54,17 @@ pub enum Term {
 }
 
 impl Term {
+    /// The term as Erlang text, cut to 60 characters: for error messages.
+    pub fn summary(&self) -> String {
+        let text = to_erlang_text(self);
+        if text.chars().count() > 60 {
+            let short: String = text.chars().take(57).collect();
+            format!("{short}...")
+        } else {
+            text
+        }
+    }
+
     /// The atom's name, if this is an atom.
     pub fn as_atom(&self) -> Option<&str> {
         match self {

@@ -1,0 +1,139 @@
+//! Helpers shared by the precomp CLI's integration tests: running the binary, bounded child
+//! processes, and rebar3 as a real Hex client.
+#![allow(dead_code)] // each test crate uses its own subset
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use precomp_testkit::copy_dir;
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// `precomp` with none of the test environment's PRECOMP_* settings.
+pub fn precomp_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_precomp"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("PRECOMP_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+pub fn precomp(args: &[&str]) -> Output {
+    precomp_command().args(args).output().expect("run precomp")
+}
+
+pub fn ok(output: Output) -> String {
+    assert!(output.status.success(), "failed: {}", describe(&output));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn describe(output: &Output) -> String {
+    format!(
+        "status {}\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Runs `command` to completion, killing it after `limit`.
+pub fn output_within(command: Command, limit: Duration) -> Output {
+    try_output_within(command, limit).expect("spawn")
+}
+
+/// [`output_within`], with the error if `command` cannot be started.
+pub fn try_output_within(mut command: Command, limit: Duration) -> std::io::Result<Output> {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stdout.read_to_end(&mut buf);
+        buf
+    });
+    let err = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf);
+        buf
+    });
+    let status = wait_within(&mut child, limit).unwrap_or_else(|| {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{command:?} still running after {limit:?}");
+    });
+    Ok(Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    })
+}
+
+pub fn wait_within(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for child") {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `rebar3 compile` in a fresh copy of the consumer project (erl_ids, and erl_counter through
+/// it), with a fresh HOME and cache, against `url` (HEX_CDN), trusting `public_key` for the
+/// hexpm repository: signature and origin checks on.
+pub fn rebar3_compile(url: &str, public_key: &Path) -> (Output, tempfile::TempDir) {
+    let scratch = tempfile::tempdir().unwrap();
+    let project = scratch.path().join("rebar3_app");
+    copy_dir(
+        &workspace().join("tests/fixtures/consumers/rebar3_app"),
+        &project,
+    );
+    let home = scratch.path().join("home");
+    let config_dir = home.join(".config/rebar3");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    let pem = std::fs::read_to_string(public_key).unwrap();
+    std::fs::write(
+        config_dir.join("rebar.config"),
+        format!(
+            "{{hex, [{{repos, [#{{name => <<\"hexpm\">>, repo_public_key => <<\"{}\">>}}]}}]}}.\n",
+            pem.trim()
+        ),
+    )
+    .unwrap();
+    let mut command = Command::new("rebar3");
+    command
+        .arg("compile")
+        .current_dir(&project)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .env("HOME", &home)
+        .env("REBAR_CACHE_DIR", scratch.path().join("cache"))
+        .env("HEX_CDN", url)
+        .env("LANG", "C.UTF-8");
+    let output = output_within(command, Duration::from_secs(120));
+    (output, scratch)
+}
+
+pub fn fetched(scratch: &Path, app: &str) -> bool {
+    scratch
+        .join(format!(
+            "rebar3_app/_build/default/lib/{app}/ebin/{app}.beam"
+        ))
+        .exists()
+}
