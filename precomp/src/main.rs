@@ -30,6 +30,9 @@ enum Command {
     /// Static, signed Hex repositories: build one from package sources, verify one.
     #[command(subcommand)]
     Repo(commands::repo::RepoCommand),
+    /// ed25519 keys that sign artifact manifests.
+    #[command(subcommand)]
+    Keys(commands::keys::KeysCommand),
     /// Runs the pull-through Hex mirror.
     Serve(commands::serve::ServeArgs),
     /// The mirror's store: prefetch packages for offline use.
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Repo(command) => commands::repo::run(&context, command),
+        Command::Keys(command) => commands::keys::run(&context, command),
         Command::Serve(args) => commands::serve::run(&context, args),
         Command::Mirror(command) => commands::mirror::run(&context, command),
         Command::Toolchain(command) => commands::toolchain::run(&context, command),

@@ -159,3 +159,60 @@ fn demo_runs_the_main_job() {
     // The mirror stored what it served.
     assert!(data.path().join("demo/mirror/mirror.db").exists());
 }
+
+#[test]
+fn keys_generate_writes_an_ed25519_pair_openssl_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = precomp(&[
+        "keys",
+        "generate",
+        "--name",
+        "builder-1",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("ed25519:"), "{stdout}");
+    let private = dir.path().join("builder-1.key");
+    let public = std::fs::read_to_string(dir.path().join("builder-1.pub")).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&private).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "private key is readable by others: {mode:o}"
+        );
+    }
+    // OpenSSL derives the same public key from the private key.
+    let derived = Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&private)
+        .output()
+        .unwrap();
+    assert!(derived.status.success(), "{}", text(&derived));
+    assert_eq!(String::from_utf8_lossy(&derived.stdout), public);
+
+    let again = precomp(&[
+        "keys",
+        "generate",
+        "--name",
+        "builder-1",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(!again.status.success());
+    assert!(text(&again).contains("already exists"), "{}", text(&again));
+    let bad = precomp(&[
+        "keys",
+        "generate",
+        "--name",
+        "../x",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(!bad.status.success());
+    assert!(text(&bad).contains("must be letters"), "{}", text(&bad));
+}

@@ -1,13 +1,13 @@
 //! `precomp repo keygen`: a new RSA key for signing a repository's registry files.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 use clap::Args;
 use precomp_proto::registry::RepoSigningKey;
 
+use crate::commands::write_new;
 use crate::Context;
 
 /// Writes a new RSA private key (PKCS#8 PEM, mode 0600) for `precomp repo build --key`, and
@@ -38,19 +38,4 @@ pub fn run(_context: &Context, args: KeygenArgs) -> anyhow::Result<ExitCode> {
     write_new(&public_path, public.to_spki_pem()?.as_bytes(), 0o644)?;
     println!("{} {}", args.out.display(), public.fingerprint());
     Ok(ExitCode::SUCCESS)
-}
-
-fn write_new(path: &std::path::Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
-    #[cfg(not(unix))]
-    let _ = mode;
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("writing {}", path.display()))
 }
