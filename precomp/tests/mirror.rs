@@ -62,17 +62,8 @@ impl Fixture {
         copy_dir(&workspace().join("tests/fixtures/packages"), &packages);
         write_big_package(&packages.join("big_blob"));
         let key = dir.join("key.pem");
-        ok(precomp(&["repo", "keygen", "--out", key.to_str().unwrap()]));
-        let out = ok(precomp(&[
-            "repo",
-            "build",
-            "--packages",
-            packages.to_str().unwrap(),
-            "--key",
-            key.to_str().unwrap(),
-            "--out",
-            dir.join("repo").to_str().unwrap(),
-        ]));
+        keygen(&key);
+        let out = repo_build(&packages, &key, "hexpm", &dir.join("repo"));
         for release in ["erl_counter 1.0.0", "erl_ids 1.0.0", "big_blob 1.0.0"] {
             assert!(out.contains(release), "{out}");
         }
@@ -152,18 +143,12 @@ fn build_repo_named(name: &str) -> tempfile::TempDir {
             &dir.path().join("packages").join(package),
         );
     }
-    ok(precomp(&[
-        "repo",
-        "build",
-        "--packages",
-        dir.path().join("packages").to_str().unwrap(),
-        "--key",
-        fixture.key().to_str().unwrap(),
-        "--name",
+    repo_build(
+        &dir.path().join("packages"),
+        &fixture.key(),
         name,
-        "--out",
-        dir.path().join("repo").to_str().unwrap(),
-    ]));
+        &dir.path().join("repo"),
+    );
     dir
 }
 

@@ -27,20 +27,13 @@ impl Fixture {
         FIXTURE.get_or_init(|| {
             let dir = tempfile::tempdir().unwrap();
             let key = dir.path().join("key.pem");
-            ok(precomp(&["repo", "keygen", "--out", key.to_str().unwrap()]));
-            ok(precomp(&[
-                "repo",
-                "build",
-                "--packages",
-                workspace()
-                    .join("tests/fixtures/packages")
-                    .to_str()
-                    .unwrap(),
-                "--key",
-                key.to_str().unwrap(),
-                "--out",
-                dir.path().join("repo").to_str().unwrap(),
-            ]));
+            keygen(&key);
+            repo_build(
+                &workspace().join("tests/fixtures/packages"),
+                &key,
+                "hexpm",
+                &dir.path().join("repo"),
+            );
             let pem = std::fs::read_to_string(dir.path().join("key.pem.pub")).unwrap();
             Fixture {
                 key: RepoPublicKey::from_pem(&pem).unwrap(),

@@ -23,18 +23,9 @@ impl Repo {
     fn build() -> Repo {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("key.pem");
-        ok(precomp(&["repo", "keygen", "--out", key.to_str().unwrap()]));
+        keygen(&key);
         let packages = workspace().join("tests/fixtures/packages");
-        let out = ok(precomp(&[
-            "repo",
-            "build",
-            "--packages",
-            packages.to_str().unwrap(),
-            "--key",
-            key.to_str().unwrap(),
-            "--out",
-            dir.path().join("repo").to_str().unwrap(),
-        ]));
+        let out = repo_build(&packages, &key, "hexpm", &dir.path().join("repo"));
         assert!(out.contains("erl_counter 1.0.0"), "{out}");
         assert!(out.contains("erl_ids 1.0.0"), "{out}");
         Repo { dir }
@@ -238,16 +229,12 @@ fn rebar3_refuses_tampered_tarballs() {
     text.push_str("\n%% A change the registry does not know about.\n");
     std::fs::write(&module, text).unwrap();
     let substitute = tempfile::tempdir().unwrap();
-    ok(precomp(&[
-        "repo",
-        "build",
-        "--packages",
-        sources.path().to_str().unwrap(),
-        "--key",
-        repo.dir.path().join("key.pem").to_str().unwrap(),
-        "--out",
-        substitute.path().join("repo").to_str().unwrap(),
-    ]));
+    repo_build(
+        sources.path(),
+        &repo.dir.path().join("key.pem"),
+        "hexpm",
+        &substitute.path().join("repo"),
+    );
     let forged = std::fs::read(substitute.path().join("repo").join(file)).unwrap();
     assert_tamper_refused(
         &repo,
@@ -261,20 +248,11 @@ fn rebar3_refuses_tampered_tarballs() {
 /// The fixture repository again, signed by the same key but named `name`.
 fn build_repo_named(repo: &Repo, name: &str) -> tempfile::TempDir {
     let other = tempfile::tempdir().unwrap();
-    ok(precomp(&[
-        "repo",
-        "build",
-        "--packages",
-        workspace()
-            .join("tests/fixtures/packages")
-            .to_str()
-            .unwrap(),
-        "--key",
-        repo.dir.path().join("key.pem").to_str().unwrap(),
-        "--name",
+    repo_build(
+        &workspace().join("tests/fixtures/packages"),
+        &repo.dir.path().join("key.pem"),
         name,
-        "--out",
-        other.path().join("repo").to_str().unwrap(),
-    ]));
+        &other.path().join("repo"),
+    );
     other
 }

@@ -137,3 +137,24 @@ pub fn fetched(scratch: &Path, app: &str) -> bool {
         ))
         .exists()
 }
+
+/// `precomp repo keygen --out KEY`: a repository signing key, and KEY.pub beside it.
+pub fn keygen(key: &Path) {
+    ok(precomp(&["repo", "keygen", "--out", key.to_str().unwrap()]));
+}
+
+/// `precomp repo build`: the signed repository `name` of `packages` in `out`; its stdout.
+pub fn repo_build(packages: &Path, key: &Path, name: &str, out: &Path) -> String {
+    ok(precomp(&[
+        "repo",
+        "build",
+        "--packages",
+        packages.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "--name",
+        name,
+        "--out",
+        out.to_str().unwrap(),
+    ]))
+}
