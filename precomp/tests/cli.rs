@@ -1,21 +1,10 @@
 //! The CLI's contract: documented commands, clear errors, exit codes, keys never overwritten.
 
-use std::process::{Command, Output};
+mod common;
 
-fn precomp(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_precomp"))
-        .args(args)
-        .output()
-        .expect("run precomp")
-}
+use std::process::Command;
 
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
+use common::{precomp, text};
 
 #[test]
 fn help_documents_commands_and_global_options() {

@@ -9,11 +9,10 @@ mod common;
 
 use common::*;
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command, ExitStatus, Output};
 use std::sync::{Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -207,37 +206,13 @@ impl Mirror {
     /// Spawns `command` (a `precomp serve`) and waits for its "listening" line.
     fn spawn(mut command: Command) -> Mirror {
         let log = tempfile::NamedTempFile::new().unwrap();
-        let mut child = command
+        command
             .env("PRECOMP_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log.reopen().unwrap())
-            .spawn()
-            .expect("spawn precomp serve");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let _ = tx.send(lines.next());
-            // Keep reading so the mirror never writes into a closed pipe.
-            for _ in lines {}
+            .stderr(log.reopen().unwrap());
+        let log_path = log.path().to_path_buf();
+        let (child, url) = spawn_serve(command, || {
+            std::fs::read_to_string(&log_path).unwrap_or_default()
         });
-        let first = rx.recv_timeout(Duration::from_secs(30));
-        let line = match first {
-            Ok(Some(Ok(line))) => line,
-            other => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "precomp serve did not start ({other:?}): {}",
-                    std::fs::read_to_string(log.path()).unwrap_or_default()
-                );
-            }
-        };
-        let url = line
-            .strip_prefix("precomp mirror listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
         let addr = url.strip_prefix("http://").unwrap().to_string();
         Mirror {
             child,
@@ -462,20 +437,7 @@ fn assert_rebar3_built_and_runs(output: &Output, scratch: &Path, mirror: &Mirror
     );
     assert!(fetched(scratch, "erl_ids"));
     assert!(fetched(scratch, "erl_counter"));
-    let lib = scratch.join("rebar3_app/_build/default/lib");
-    let run = Command::new("erl")
-        .args(["-noshell", "-pa"])
-        .args(["erl_ids", "erl_counter", "rebar3_app"].map(|a| lib.join(a).join("ebin")))
-        .args(["-eval", "io:format(\"~p\", [rebar3_app:run()]), halt()."])
-        .env("ERL_CRASH_DUMP_SECONDS", "0")
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&run.stdout),
-        "[<<\"order-1\">>,<<\"order-2\">>,<<\"order-3\">>]",
-        "{}",
-        describe(&run)
-    );
+    assert_consumer_runs(&scratch.join("rebar3_app/_build/default/lib"));
 }
 
 // ---------------------------------------------------------------------------------------------

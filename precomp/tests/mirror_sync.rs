@@ -6,10 +6,9 @@
 mod common;
 
 use common::*;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{mpsc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use precomp_proto::registry::{decode_package, Release, RepoPublicKey};
@@ -132,36 +131,15 @@ struct Serve {
 
 impl Serve {
     fn start(data: &Path, upstream: &str) -> Serve {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_precomp"))
+        let mut command = precomp_command();
+        command
             .arg("--data")
             .arg(data)
             .args(["serve", "--listen", "127.0.0.1:0", "--upstream", upstream])
             .arg("--upstream-key")
             .arg(Fixture::get().public_key())
-            .env_remove("PRECOMP_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn precomp serve");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let _ = tx.send(lines.next());
-            for _ in lines {}
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(Some(Ok(line))) => line,
-            other => {
-                let _ = child.kill();
-                panic!("precomp serve did not start: {other:?}");
-            }
-        };
-        let url = line
-            .strip_prefix("precomp mirror listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
+            .stderr(Stdio::null());
+        let (child, url) = spawn_serve(command, String::new);
         Serve { child, url }
     }
 

@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use precomp_testkit::{copy_dir, gunzip, gzip};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use precomp_proto::registry::Signed;
 use precomp_testkit::Nginx;
@@ -72,19 +72,7 @@ fn rebar3_fetches_verified_packages_and_runs_them() {
     assert!(fetched(scratch.path(), "erl_counter"));
 
     // The fetched packages load and run.
-    let lib = scratch.path().join("rebar3_app/_build/default/lib");
-    let run = Command::new("erl")
-        .args(["-noshell", "-pa"])
-        .args(["erl_ids", "erl_counter", "rebar3_app"].map(|a| lib.join(a).join("ebin")))
-        .args(["-eval", "io:format(\"~p\", [rebar3_app:run()]), halt()."])
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&run.stdout),
-        "[<<\"order-1\">>,<<\"order-2\">>,<<\"order-3\">>]",
-        "{}",
-        describe(&run)
-    );
+    assert_consumer_runs(&scratch.path().join("rebar3_app/_build/default/lib"));
 
     // Without the right key configured, rebar3 refuses the repository outright.
     let wrong = tempfile::tempdir().unwrap();

@@ -2,24 +2,20 @@
 //! cached bookworm image (the store under `$PRECOMP_TOOLCHAIN_CACHE`, default
 //! `/var/cache/precomp-test`, shared with the sandbox crate's tests; built there on first use).
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
+
+use common::{precomp_command, text};
 
 fn precomp(data: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_precomp"))
+    precomp_command()
         .arg("--data")
         .arg(data)
         .args(args)
         .output()
         .expect("run precomp")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 fn data_dir() -> tempfile::TempDir {
@@ -147,7 +143,7 @@ fn errors_say_what_to_do() {
         text(&out)
     );
 
-    let out = Command::new(env!("CARGO_BIN_EXE_precomp"))
+    let out = precomp_command()
         .arg("--data")
         .arg(data.path())
         .args(["toolchain", "run", "host", "--", "true"])

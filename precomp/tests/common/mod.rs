@@ -158,3 +158,62 @@ pub fn repo_build(packages: &Path, key: &Path, name: &str, out: &Path) -> String
         out.to_str().unwrap(),
     ]))
 }
+
+/// stdout then stderr, for assertion messages and `contains` checks.
+pub fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Starts `command`, a `precomp serve --listen 127.0.0.1:0 …` whose stderr the caller has set,
+/// and waits up to 30 s for its first stdout line, "precomp mirror listening on URL". Returns
+/// the child and the URL. If it does not start, kills it and panics with `diagnostics()`.
+pub fn spawn_serve(mut command: Command, diagnostics: impl Fn() -> String) -> (Child, String) {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn precomp serve");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let _ = tx.send(lines.next());
+        // Keep reading so the mirror never writes into a closed pipe.
+        for _ in lines {}
+    });
+    let line = match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(Some(Ok(line))) => line,
+        other => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("precomp serve did not start ({other:?}): {}", diagnostics());
+        }
+    };
+    let url = line
+        .strip_prefix("precomp mirror listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    (child, url)
+}
+
+/// The rebar3 consumer built in `lib` (`_build/default/lib`) runs on the fetched packages.
+pub fn assert_consumer_runs(lib: &Path) {
+    let run = Command::new("erl")
+        .args(["-noshell", "-pa"])
+        .args(["erl_ids", "erl_counter", "rebar3_app"].map(|a| lib.join(a).join("ebin")))
+        .args(["-eval", "io:format(\"~p\", [rebar3_app:run()]), halt()."])
+        .env("ERL_CRASH_DUMP_SECONDS", "0")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout),
+        "[<<\"order-1\">>,<<\"order-2\">>,<<\"order-3\">>]",
+        "{}",
+        describe(&run)
+    );
+}
