@@ -101,7 +101,8 @@ pub struct Mirror {
     upstream: Upstream,
     metrics: Metrics,
     inflight: Mutex<HashMap<String, SharedFetch>>,
-    public_key_pem: Bytes,
+    /// `/public_key`: the upstream key as SPKI PEM, with its digest, made once at startup.
+    public_key: Outcome,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,7 +119,16 @@ impl Mirror {
     pub fn open(config: MirrorConfig) -> Result<Arc<Mirror>, MirrorError> {
         let store = Store::open(&config.data, config.memory_cache_bytes)?;
         let upstream = Upstream::new(&config.upstream, config.upstream_timeout)?;
-        let public_key_pem = Bytes::from(config.upstream_key.to_spki_pem()?);
+        let pem = Bytes::from(config.upstream_key.to_spki_pem()?);
+        let public_key = Outcome::Found {
+            meta: ObjectMeta {
+                sha256: Sha256::digest(&pem).into(),
+                size: pem.len() as u64,
+                upstream_etag: None,
+                checked_at: 0,
+            },
+            body: pem,
+        };
         tracing::info!(
             upstream = %config.upstream,
             data = %config.data.display(),
@@ -131,7 +141,7 @@ impl Mirror {
             upstream,
             metrics: Metrics::default(),
             inflight: Mutex::new(HashMap::new()),
-            public_key_pem,
+            public_key,
         }))
     }
 
@@ -166,15 +176,7 @@ impl Mirror {
                     None => self.single_flight(route.clone()).await,
                 }
             }
-            Route::PublicKey => Outcome::Found {
-                meta: ObjectMeta {
-                    sha256: Sha256::digest(&self.public_key_pem).into(),
-                    size: self.public_key_pem.len() as u64,
-                    upstream_etag: None,
-                    checked_at: 0,
-                },
-                body: self.public_key_pem.clone(),
-            },
+            Route::PublicKey => self.public_key.clone(),
             Route::Healthz | Route::Metrics => Outcome::NotFound,
         }
     }
