@@ -1,6 +1,18 @@
 //! The builder: compiles a Hex package version against its exact dependency closure, in the
-//! sandbox, into a reproducible beam tarball signed with ed25519.
+//! sandbox, into a reproducible artifact with a signed manifest.
 //!
-//! Not built yet: this crate marks its place in the workspace. It will depend on
-//! `precomp-proto` (build keys, manifests) and `precomp-sandbox` (hermetic execution), and
-//! the `precomp` CLI on it.
+//! - [`sources`]: release tarballs through the mirror, checked against the lock.
+//! - [`project`]: the generated Mix project at the canonical path `/build`.
+//! - [`build`]: one package: sandboxed `mix deps.compile`, artifact, manifest, signature.
+//! - [`run`]: a lock's packages as a DAG, in parallel, reusing stored builds.
+//! - [`store`]: the local store of artifacts, manifests and failure logs.
+
+pub mod build;
+pub mod config;
+pub mod error;
+pub mod project;
+pub mod run;
+pub mod sources;
+pub mod store;
+
+pub use error::{BuildError, Result};

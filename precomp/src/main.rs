@@ -41,6 +41,15 @@ enum Command {
     /// Toolchain images and the build sandbox: build, list, verify, run a command inside.
     #[command(subcommand)]
     Toolchain(commands::toolchain::ToolchainCommand),
+    /// Builds precompiled artifacts of Hex packages in the sandbox, signs and publishes them.
+    Build(commands::build::BuildArgs),
+    /// Installs precompiled dependencies into a Mix project's `_build` after `mix deps.get`.
+    Fetch(commands::fetch::FetchArgs),
+    /// Shows a manifest or an artifact, signatures checked.
+    Inspect(commands::inspect::InspectArgs),
+    /// Upload tokens for builders publishing to the mirror.
+    #[command(subcommand)]
+    Token(commands::token::TokenCommand),
     /// Runs the main job end to end on this machine with embedded defaults.
     Demo(commands::demo::DemoArgs),
 }
@@ -80,6 +89,10 @@ fn main() -> ExitCode {
         Command::Serve(args) => commands::serve::run(&context, args),
         Command::Mirror(command) => commands::mirror::run(&context, command),
         Command::Toolchain(command) => commands::toolchain::run(&context, command),
+        Command::Build(args) => commands::build::run(&context, args),
+        Command::Fetch(args) => commands::fetch::run(&context, args),
+        Command::Inspect(args) => commands::inspect::run(&context, args),
+        Command::Token(command) => commands::token::run(&context, command),
         Command::Demo(args) => commands::demo::run(&context, args),
     };
     match result {

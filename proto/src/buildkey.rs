@@ -315,6 +315,16 @@ impl MixLock {
     /// The Hex release of `app` and its closure as this lock resolves it: every transitive
     /// dependency, optional ones included when the lock has them (they change compilation).
     pub fn closure(&self, app: &str) -> Result<(PackageRef, Vec<PackageRef>), BuildKeyError> {
+        let (package, closure) = self.closure_by_app(app)?;
+        Ok((package, closure.into_values().collect()))
+    }
+
+    /// [`MixLock::closure`] keyed by each dependency's app name (the `deps/<app>` directory
+    /// and the lock's key, which may differ from the package name).
+    pub fn closure_by_app(
+        &self,
+        app: &str,
+    ) -> Result<(PackageRef, std::collections::BTreeMap<String, PackageRef>), BuildKeyError> {
         let root = self.hex_entry(app)?;
         let mut seen = std::collections::BTreeMap::new();
         let mut stack = vec![(app.to_string(), root)];
@@ -339,7 +349,7 @@ impl MixLock {
                 }
             }
         }
-        Ok((package_ref(app, root)?, seen.into_values().collect()))
+        Ok((package_ref(app, root)?, seen))
     }
 
     fn hex_entry(&self, app: &str) -> Result<&HexLockEntry, BuildKeyError> {

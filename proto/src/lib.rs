@@ -10,11 +10,17 @@
 //! - [`rebar_lock`]: a rebar3 project's `rebar.lock`.
 //! - [`buildkey`]: the build key of a precompiled artifact, and a lock's closures.
 //! - [`manifest`]: artifact manifests and their ed25519 signatures.
+//! - [`artifact`]: artifact tarballs: reproducible packing, safe unpacking, checks against a
+//!   manifest.
+//! - [`config`]: a Mix project's compile-time config values, as `Application.compile_env`
+//!   reads them.
 //!
 //! This crate sits at the bottom of the workspace: every other crate depends on it, it depends
 //! on none of them.
 
+pub mod artifact;
 pub mod buildkey;
+pub mod config;
 pub mod lock;
 pub mod manifest;
 pub mod metadata;

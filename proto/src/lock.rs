@@ -132,6 +132,60 @@ impl MixLock {
         Ok(MixLock { entries })
     }
 
+    /// The lock as Mix writes it: `%{` then one `"app": {:hex, ...},` line per entry, sorted
+    /// by app, then `}`. Only Hex entries can be written (a lock of git or path deps comes
+    /// from Mix itself).
+    pub fn to_text(&self) -> Result<String, LockError> {
+        let mut text = String::from("%{\n");
+        for (app, entry) in &self.entries {
+            let LockEntry::Hex(entry) = entry else {
+                return Err(LockError::InvalidEntry {
+                    dep: app.clone(),
+                    problem: "only Hex entries can be written".into(),
+                });
+            };
+            if !entry.extra.is_empty() {
+                return Err(LockError::InvalidEntry {
+                    dep: app.clone(),
+                    problem: "entries with fields newer than Hex 2 cannot be written".into(),
+                });
+            }
+            let managers: Vec<String> = entry.managers.iter().map(|m| atom(m)).collect();
+            let deps: Vec<String> = entry
+                .deps
+                .iter()
+                .map(|dep| {
+                    format!(
+                        "{{{}, {}, [hex: {}, repo: {}, optional: {}]}}",
+                        atom(&dep.app),
+                        dep.requirement
+                            .as_deref()
+                            .map_or_else(|| "nil".to_string(), elixir_string),
+                        atom(&dep.package),
+                        elixir_string(&dep.repo),
+                        dep.optional
+                    )
+                })
+                .collect();
+            text.push_str(&format!(
+                "  {}: {{:hex, {}, {}, {}, [{}], [{}], {}",
+                elixir_string(app),
+                atom(&entry.package),
+                elixir_string(&entry.version),
+                elixir_string(&entry.inner_checksum),
+                managers.join(", "),
+                deps.join(", "),
+                elixir_string(&entry.repo),
+            ));
+            if let Some(outer) = &entry.outer_checksum {
+                text.push_str(&format!(", {}", elixir_string(outer)));
+            }
+            text.push_str("},\n");
+        }
+        text.push_str("}\n");
+        Ok(text)
+    }
+
     /// Entries resolved from Hex, by app name.
     pub fn hex(&self) -> impl Iterator<Item = (&str, &HexLockEntry)> + '_ {
         self.entries.iter().filter_map(|(name, e)| match e {
@@ -147,6 +201,34 @@ impl MixLock {
             .filter(|(_, e)| !matches!(e, LockEntry::Hex(_)))
             .map(|(name, e)| (name.as_str(), e))
     }
+}
+
+/// `:name`, quoted when it is not a plain identifier.
+fn atom(name: &str) -> String {
+    let plain = name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if plain {
+        format!(":{name}")
+    } else {
+        format!(":{}", elixir_string(name))
+    }
+}
+
+/// A double-quoted Elixir string.
+fn elixir_string(text: &str) -> String {
+    let mut out = String::from("\"");
+    for c in text.chars() {
+        match c {
+            '"' | '\\' | '#' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// Short printed form of a term for error messages.

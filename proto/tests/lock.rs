@@ -429,3 +429,36 @@ fn mix_written_lock() {
     let lock = MixLock::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     check_elixir_lock(&lock, &text);
 }
+
+/// `MixLock::to_text` writes what Mix's own writer writes, byte for byte, and reads back.
+#[test]
+fn to_text_matches_mix_written_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let hex_only = r#"
+a = String.duplicate("a", 64)
+b = String.duplicate("b", 64)
+lock = %{
+  cowboy: {:hex, :cowboy, "2.10.0", a, [:make, :rebar3],
+           [{:cowlib, "2.12.1", [hex: :cowlib, repo: "hexpm", optional: false]},
+            {:ranch, nil, [hex: :ranch, repo: "hexpm:acme", optional: true]}], "hexpm", b},
+  mid: {:hex, :mid_package, "1.0.0-rc.1", b, [:mix], [{:old, "~> 0.1 or \"x\"", [hex: :old, repo: "hexpm", optional: false]}], "hexpm:acme", a},
+  old: {:hex, :old, "0.1.0", a, [:mix], [], "hexpm"}
+}
+"#;
+    elixir(
+        dir.path(),
+        &format!(
+            "{hex_only}\nMix.start()\ntry do\n  Mix.Dep.Lock.write(\"mix.lock\", lock)\nrescue\n  _ -> :ok\nend"
+        ),
+    );
+    let written = std::fs::read_to_string(dir.path().join("mix.lock")).unwrap();
+    let lock = MixLock::parse(&written).unwrap();
+    assert_eq!(lock.to_text().unwrap(), written);
+    assert_eq!(MixLock::parse(&lock.to_text().unwrap()).unwrap(), lock);
+
+    let with_git = MixLock::parse(
+        r#"%{"g": {:git, "https://example.invalid/g.git", "0123456789abcdef0123456789abcdef01234567", []}}"#,
+    )
+    .unwrap();
+    assert!(with_git.to_text().is_err());
+}

@@ -3,11 +3,15 @@
 //! - [`source`]: a Mix / rebar3 / erlang.mk project directory → the package tarball its own
 //!   tooling would publish.
 //! - [`mirror`]: the pull-through Hex mirror (`precomp serve`): verified, stored, served.
+//! - [`artifacts`]: precompiled artifacts beside it: upload tokens, verified manifests,
+//!   content-addressed artifacts, the per-package index, failed builds and clients' misses;
+//!   and the client `precomp build` and `precomp fetch` use.
 //! - [`static_repo`]: build and verify static, signed Hex repositories (private packages,
 //!   test upstreams).
 //!
 //! Depends on `precomp-proto` for every wire format.
 
+pub mod artifacts;
 pub mod mirror;
 pub mod source;
 pub mod static_repo;

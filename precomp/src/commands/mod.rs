@@ -1,10 +1,14 @@
 //! One module per subcommand.
 
+pub mod build;
 pub mod demo;
+pub mod fetch;
+pub mod inspect;
 pub mod keys;
 pub mod mirror;
 pub mod repo;
 pub mod serve;
+pub mod token;
 pub mod toolchain;
 
 /// Creates `path` with `bytes` and `mode`, failing if it exists: keys are never overwritten.

@@ -1,10 +1,13 @@
 //! `precomp serve`: the pull-through Hex mirror.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Args;
+use precomp_proto::manifest::ArtifactPublicKey;
+use precomp_registry::artifacts::{Artifacts, ArtifactsConfig};
 use precomp_registry::mirror::{self, Mirror, MirrorConfig};
 
 use super::mirror::MirrorSettings;
@@ -19,6 +22,10 @@ use crate::Context;
 /// package record. Point clients at it with HEX_MIRROR=URL (mix) or HEX_CDN=URL (rebar3).
 /// Also serves /healthz and /metrics (Prometheus). Stops gracefully on SIGTERM or Ctrl-C.
 ///
+/// Precompiled artifacts are served and accepted under /precomp/v1/ from DATA/artifacts:
+/// builders upload with a token from `precomp token create`; a manifest is published only if
+/// signed by the token's key or, for a token bound to none, by a --builder-key.
+///
 /// Each setting comes from its flag, else its environment variable, else the --config TOML
 /// file (same names with `_` for `-`, plus `data`), else the embedded default.
 #[derive(Args, Debug)]
@@ -31,16 +38,27 @@ pub struct ServeArgs {
     /// MiB of hot objects kept in memory [default: 256].
     #[arg(long, env = "PRECOMP_MEMORY_CACHE_MB")]
     memory_cache_mb: Option<u64>,
+    /// Public key (SPKI PEM, as `precomp keys generate` writes NAME.pub) of a builder whose
+    /// signed manifests tokens bound to no key may publish. Repeat for several; in the
+    /// environment, separate them with commas. Replaces `builder_keys` of the config file.
+    #[arg(
+        long = "builder-key",
+        value_name = "FILE",
+        env = "PRECOMP_BUILDER_KEYS",
+        value_delimiter = ','
+    )]
+    builder_keys: Vec<PathBuf>,
 }
 
 pub fn run(context: &Context, args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let config = resolve(context, args)?;
+    let (config, artifacts_config) = resolve(context, args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
         let mirror = Mirror::open(config.clone())?;
+        let artifacts = Artifacts::open(artifacts_config).context("opening the artifact store")?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listening on {}", config.listen))?;
@@ -48,21 +66,49 @@ pub fn run(context: &Context, args: ServeArgs) -> anyhow::Result<ExitCode> {
         // Scripts and tests read this line to learn the port.
         println!("precomp mirror listening on http://{address}");
         tracing::info!(%address, upstream = %config.upstream, "mirror listening");
-        mirror::serve(mirror, listener, shutdown_signal()).await?;
+        mirror::serve_with_artifacts(mirror, Some(artifacts), listener, shutdown_signal()).await?;
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn resolve(context: &Context, args: ServeArgs) -> anyhow::Result<MirrorConfig> {
+fn resolve(context: &Context, args: ServeArgs) -> anyhow::Result<(MirrorConfig, ArtifactsConfig)> {
     let (mut config, file) = args.mirror.resolve(context)?;
+    // As MirrorSettings::resolve finds it: the flag or environment, else the file's `data`.
+    let data = context
+        .data_flag
+        .clone()
+        .or_else(|| file.data.clone())
+        .unwrap_or_else(|| PathBuf::from(Context::DEFAULT_DATA));
+    let key_files = if args.builder_keys.is_empty() {
+        file.builder_keys.clone().unwrap_or_default()
+    } else {
+        args.builder_keys
+    };
+    let builder_keys = key_files
+        .iter()
+        .map(|path| {
+            let pem = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the builder key {}", path.display()))?;
+            ArtifactPublicKey::from_pem(&pem).with_context(|| {
+                format!(
+                    "loading the builder key {} (an ed25519 public key, as `precomp keys generate` writes NAME.pub)",
+                    path.display()
+                )
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     if let Some(listen) = args.listen.or(file.listen) {
         config.listen = listen;
     }
     if let Some(mib) = args.memory_cache_mb.or(file.memory_cache_mb) {
         config.memory_cache_bytes = mib.saturating_mul(1024 * 1024);
     }
-    Ok(config)
+    let artifacts = ArtifactsConfig {
+        data: data.join("artifacts"),
+        builder_keys,
+    };
+    Ok((config, artifacts))
 }
 
 async fn shutdown_signal() {

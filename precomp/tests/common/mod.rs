@@ -217,3 +217,45 @@ pub fn assert_consumer_runs(lib: &Path) {
         describe(&run)
     );
 }
+
+/// A running `precomp serve`, killed when dropped; its stderr goes to a temporary file shown
+/// if it fails to start.
+pub struct ServeProcess {
+    child: Child,
+    url: String,
+    _log: tempfile::NamedTempFile,
+}
+
+impl ServeProcess {
+    /// Starts `command` (a `precomp … serve --listen 127.0.0.1:0 …`) and waits for its URL.
+    pub fn spawn(mut command: Command) -> ServeProcess {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        command.stderr(log.reopen().unwrap());
+        let log_path = log.path().to_path_buf();
+        let (child, url) = spawn_serve(command, move || {
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        });
+        ServeProcess {
+            child,
+            url,
+            _log: log,
+        }
+    }
+
+    /// The base URL, e.g. `http://127.0.0.1:PORT`.
+    pub fn base(&self) -> &str {
+        &self.url
+    }
+
+    /// The URL of `path` (starting with `/`).
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -3,6 +3,10 @@
 //! Bodies are sent exactly as stored: no `Content-Encoding`, ever — registry files are gzip
 //! bodies and Mix would gunzip one twice (`../shared/design/hex-protocol.md` §1). Every 200
 //! carries a strong ETag (the body's sha256), and `If-None-Match` gets a 304.
+//!
+//! With an artifact store ([`serve_with_artifacts`]), `/precomp/v1/...` goes to the artifact
+//! API ([`crate::artifacts`]), which also takes PUT and POST; every other path is answered
+//! exactly as without it.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -20,11 +24,22 @@ use tokio::net::TcpListener;
 
 use super::metrics::{RouteLabel, RouteStatus};
 use super::{Mirror, Outcome, Route};
+use crate::artifacts::{self, Artifacts};
 
 /// Serves until `shutdown` resolves, then stops accepting, lets requests in flight finish
 /// (up to 30 seconds), and returns.
 pub async fn serve(
     mirror: Arc<Mirror>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    serve_with_artifacts(mirror, None, listener, shutdown).await
+}
+
+/// [`serve`], with the artifact API under `/precomp/v1/` when `artifacts` is given.
+pub async fn serve_with_artifacts(
+    mirror: Arc<Mirror>,
+    artifacts: Option<Arc<Artifacts>>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
@@ -44,9 +59,18 @@ pub async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 let mirror = Arc::clone(&mirror);
+                let artifacts = artifacts.clone();
                 let service = service_fn(move |request| {
                     let mirror = Arc::clone(&mirror);
-                    async move { Ok::<_, Infallible>(handle(&mirror, request).await) }
+                    let artifacts = artifacts.clone();
+                    async move {
+                        Ok::<_, Infallible>(match artifacts {
+                            Some(artifacts) if artifacts::is_api_path(request.uri().path()) => {
+                                handle_api(&mirror, &artifacts, request).await
+                            }
+                            _ => handle(&mirror, request).await,
+                        })
+                    }
                 });
                 let connection = hyper::server::conn::http1::Builder::new()
                     .keep_alive(true)
@@ -70,6 +94,32 @@ pub async fn serve(
         tracing::warn!("requests still in flight after 30 s; closing them");
     }
     Ok(())
+}
+
+/// The artifact API: counted in the mirror's metrics like every other route, with the bytes
+/// of what it serves.
+async fn handle_api(
+    mirror: &Mirror,
+    artifacts: &Arc<Artifacts>,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let head = request.method() == Method::HEAD;
+    let (route, response) = artifacts::handle(artifacts, request).await;
+    if response.status() == StatusCode::OK && !head {
+        let size = response
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        mirror
+            .metrics()
+            .bytes_served
+            .get_or_create(&RouteLabel { route })
+            .inc_by(size);
+    }
+    count(mirror, route, &response);
+    response
 }
 
 async fn handle(mirror: &Arc<Mirror>, request: Request<Incoming>) -> Response<Full<Bytes>> {

@@ -27,7 +27,7 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use precomp_proto::registry::{self, RepoPublicKey};
 use sha2::{Digest, Sha256};
 
-pub use http::serve;
+pub use http::{serve, serve_with_artifacts};
 pub use metrics::Metrics;
 pub use routes::Route;
 pub use store::{ObjectMeta, Store, StoreError};

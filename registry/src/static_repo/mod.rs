@@ -5,6 +5,7 @@
 //! `mix hex.repo add --fetch-public-key`.
 
 mod build;
+mod lock;
 mod verify;
 
 use std::io::Write;
@@ -15,6 +16,7 @@ use precomp_proto::registry::KeyError;
 use crate::source::SourceError;
 
 pub use build::{build, BuiltRepo};
+pub use lock::lock_for;
 pub use verify::{verify, VerifyFailure, VerifyReport};
 
 /// File names inside a repository.

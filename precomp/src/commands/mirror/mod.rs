@@ -69,6 +69,8 @@ pub struct FileConfig {
     pub registry_ttl: Option<u64>,
     pub upstream_timeout: Option<u64>,
     pub memory_cache_mb: Option<u64>,
+    /// `precomp serve`: public keys (SPKI PEM files) of the builders it trusts.
+    pub builder_keys: Option<Vec<PathBuf>>,
 }
 
 impl MirrorSettings {

@@ -2,6 +2,7 @@
 
 mod build;
 mod keygen;
+mod lock;
 mod verify;
 
 use std::process::ExitCode;
@@ -15,6 +16,7 @@ pub enum RepoCommand {
     Build(build::BuildArgs),
     Verify(verify::VerifyArgs),
     Keygen(keygen::KeygenArgs),
+    Lock(lock::LockArgs),
 }
 
 pub fn run(context: &Context, command: RepoCommand) -> anyhow::Result<ExitCode> {
@@ -22,5 +24,6 @@ pub fn run(context: &Context, command: RepoCommand) -> anyhow::Result<ExitCode> 
         RepoCommand::Build(args) => build::run(context, args),
         RepoCommand::Verify(args) => verify::run(context, args),
         RepoCommand::Keygen(args) => keygen::run(context, args),
+        RepoCommand::Lock(args) => lock::run(context, args),
     }
 }

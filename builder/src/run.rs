@@ -1,0 +1,359 @@
+//! A lock's packages as a DAG: each package builds once all its dependencies have an
+//! artifact, up to `jobs` builds at a time, and any package whose key is already in the
+//! store is reused instead of rebuilt.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use precomp_proto::buildkey::{BuildInputs, CompileEnvEntry, PackageRef, Target};
+use precomp_proto::lock::{LockEntry, MixLock};
+use precomp_proto::manifest::ArtifactPublicKey;
+
+use crate::build::{build_package, native_target, BuildContext, BuildOutcome, DependencyArtifact};
+use crate::error::{io, BuildError, Result};
+use crate::store::{BuildStore, StoredBuild};
+
+/// How one package ended.
+#[derive(Clone, Debug)]
+pub enum Status {
+    /// Built in this run.
+    Built { duration: Duration },
+    /// Already in the store with the same key.
+    Reused,
+    /// It did not compile; the log is kept at `log`. `base_key` is the key the build would
+    /// have had without native code and compile env (what clients report as a miss).
+    Failed {
+        reason: String,
+        log: std::path::PathBuf,
+        base_key: String,
+    },
+    /// Not attempted: a dependency failed or could not be built.
+    Skipped { reason: String },
+}
+
+/// One package's result.
+#[derive(Clone, Debug)]
+pub struct PackageResult {
+    pub app: String,
+    pub package: PackageRef,
+    pub status: Status,
+    /// The stored build when it was built or reused.
+    pub build: Option<StoredBuild>,
+}
+
+/// Progress callbacks (the CLI draws them).
+pub trait Progress: Sync {
+    fn started(&self, _app: &str) {}
+    fn finished(&self, _result: &PackageResult) {}
+}
+
+impl Progress for () {}
+
+/// Decides whether a stored build is valid for this run's config: looks at the compile-env
+/// paths it records and returns this run's values for them.
+pub trait CompileEnvSource: Sync {
+    fn values_for(&self, recorded: &[CompileEnvEntry]) -> Result<Vec<CompileEnvEntry>>;
+}
+
+struct Node {
+    app: String,
+    package: PackageRef,
+    closure: BTreeMap<String, PackageRef>,
+    /// Direct dependencies (indices), each of which must finish first.
+    deps: Vec<usize>,
+}
+
+#[derive(Clone)]
+enum State {
+    Waiting,
+    Running,
+    Done(Box<PackageResult>),
+}
+
+/// Where finished builds are kept and which of them may be reused.
+pub struct Reuse<'a> {
+    pub store: &'a BuildStore,
+    /// Keys whose signatures make a stored build trustworthy.
+    pub trusted: &'a [ArtifactPublicKey],
+    /// This run's compile-env values, for stored builds that record some.
+    pub compile_env: &'a dyn CompileEnvSource,
+}
+
+/// Builds `apps` of `lock` and everything they depend on, reusing stored builds.
+pub fn build_lock(
+    context: &BuildContext<'_>,
+    reuse: &Reuse<'_>,
+    lock: &MixLock,
+    apps: &[String],
+    jobs: usize,
+    progress: &dyn Progress,
+) -> Result<Vec<PackageResult>> {
+    let nodes = plan(lock, apps)?;
+    let dependents: Vec<usize> = nodes
+        .iter()
+        .map(|node| {
+            nodes
+                .iter()
+                .filter(|other| other.closure.contains_key(&node.app))
+                .count()
+        })
+        .collect();
+    let states = Mutex::new(vec![State::Waiting; nodes.len()]);
+    let wake = Condvar::new();
+    let error: Mutex<Option<BuildError>> = Mutex::new(None);
+
+    let worker = || loop {
+        // Take the next package whose dependencies are all done, or stop when none is left.
+        let next = {
+            let mut guard = states.lock().unwrap();
+            loop {
+                if error.lock().unwrap().is_some() {
+                    return;
+                }
+                let mut waiting = false;
+                let mut pick: Option<usize> = None;
+                for (i, node) in nodes.iter().enumerate() {
+                    if !matches!(guard[i], State::Waiting) {
+                        continue;
+                    }
+                    waiting = true;
+                    let ready = node
+                        .deps
+                        .iter()
+                        .all(|&d| matches!(guard[d], State::Done(_)));
+                    // Of the ready packages, the one most others wait for goes first.
+                    if ready && pick.map_or(true, |p| dependents[i] > dependents[p]) {
+                        pick = Some(i);
+                    }
+                }
+                match pick {
+                    Some(i) => {
+                        let failed_dep = nodes[i].deps.iter().find_map(|&d| match &guard[d] {
+                            State::Done(r) if r.build.is_none() => Some(r.app.clone()),
+                            _ => None,
+                        });
+                        if let Some(dep) = failed_dep {
+                            let result = PackageResult {
+                                app: nodes[i].app.clone(),
+                                package: nodes[i].package.clone(),
+                                status: Status::Skipped {
+                                    reason: format!("its dependency {dep} has no artifact"),
+                                },
+                                build: None,
+                            };
+                            progress.finished(&result);
+                            guard[i] = State::Done(Box::new(result));
+                            wake.notify_all();
+                            continue;
+                        }
+                        guard[i] = State::Running;
+                        let dependencies: Vec<StoredBuild> = nodes[i]
+                            .closure
+                            .keys()
+                            .map(|app| {
+                                let index = nodes.iter().position(|n| &n.app == app).unwrap();
+                                match &guard[index] {
+                                    State::Done(r) => r.build.clone().unwrap(),
+                                    _ => unreachable!("the closure finished before its dependents"),
+                                }
+                            })
+                            .collect();
+                        break Some((i, dependencies));
+                    }
+                    None if waiting => guard = wake.wait(guard).unwrap(),
+                    None => break None,
+                }
+            }
+        };
+        let Some((i, dependencies)) = next else {
+            return;
+        };
+        let node = &nodes[i];
+        progress.started(&node.app);
+        let result = build_node(context, reuse, lock, node, &dependencies);
+        let mut guard = states.lock().unwrap();
+        match result {
+            Ok(result) => {
+                progress.finished(&result);
+                guard[i] = State::Done(Box::new(result));
+            }
+            Err(e) => {
+                error.lock().unwrap().get_or_insert(e);
+            }
+        }
+        wake.notify_all();
+    };
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.max(1) {
+            scope.spawn(worker);
+        }
+    });
+    if let Some(e) = error.into_inner().unwrap() {
+        return Err(e);
+    }
+    Ok(states
+        .into_inner()
+        .unwrap()
+        .into_iter()
+        .map(|state| match state {
+            State::Done(result) => *result,
+            _ => unreachable!("every package finishes"),
+        })
+        .collect())
+}
+
+fn build_node(
+    context: &BuildContext<'_>,
+    reuse: &Reuse<'_>,
+    lock: &MixLock,
+    node: &Node,
+    dependencies: &[StoredBuild],
+) -> Result<PackageResult> {
+    let result = |status, build| PackageResult {
+        app: node.app.clone(),
+        package: node.package.clone(),
+        status,
+        build,
+    };
+    if let Some(stored) = reusable(context, reuse, node)? {
+        return Ok(result(Status::Reused, Some(stored)));
+    }
+    let artifacts = dependencies
+        .iter()
+        .zip(node.closure.keys())
+        .map(|(stored, app)| {
+            Ok(DependencyArtifact {
+                app: app.clone(),
+                artifact: std::fs::read(&stored.artifact_path)
+                    .map_err(io(&stored.artifact_path))?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let started = Instant::now();
+    match build_package(context, lock, &node.app, &artifacts)? {
+        BuildOutcome::Built(built) => {
+            let stored = reuse.store.put(&built)?;
+            Ok(result(
+                Status::Built {
+                    duration: started.elapsed(),
+                },
+                Some(stored),
+            ))
+        }
+        BuildOutcome::Failed { reason, log } => {
+            let base = base_inputs(context, node, Target::Any).base_key()?;
+            let name = format!("{}-{}-{}", node.package.name, node.package.version, base);
+            let log = reuse.store.record_failure(&name, &log)?;
+            Ok(result(
+                Status::Failed {
+                    reason,
+                    log,
+                    base_key: base.to_string(),
+                },
+                None,
+            ))
+        }
+    }
+}
+
+/// A stored build with this node's key, if there is one: the base key (for either target)
+/// matches and the compile-env values it was built with are this run's.
+fn reusable(
+    context: &BuildContext<'_>,
+    reuse: &Reuse<'_>,
+    node: &Node,
+) -> Result<Option<StoredBuild>> {
+    for target in [Target::Any, native_target(&context.toolchain.architecture)] {
+        let mut inputs = base_inputs(context, node, target);
+        for stored in reuse
+            .store
+            .with_base_key(&inputs.base_key()?, reuse.trusted)?
+        {
+            inputs.compile_env = if stored.manifest.compile_env.is_empty() {
+                Vec::new()
+            } else {
+                reuse
+                    .compile_env
+                    .values_for(&stored.manifest.inputs()?.compile_env)?
+            };
+            if inputs.key()?.to_string() == stored.manifest.key {
+                return Ok(Some(stored));
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn base_inputs(context: &BuildContext<'_>, node: &Node, target: Target) -> BuildInputs {
+    BuildInputs {
+        package: node.package.clone(),
+        closure: node.closure.values().cloned().collect(),
+        otp_major: context.toolchain.otp.clone(),
+        elixir: context.toolchain.elixir.clone(),
+        mix_env: context.mix_env.clone(),
+        target,
+        compile_env: Vec::new(),
+    }
+}
+
+/// The packages to build: `apps` and their closures, each with its direct dependencies.
+fn plan(lock: &MixLock, apps: &[String]) -> Result<Vec<Node>> {
+    let mut wanted = BTreeSet::new();
+    for app in apps {
+        let (_, closure) = lock.closure_by_app(app)?;
+        wanted.insert(app.clone());
+        wanted.extend(closure.into_keys());
+    }
+    let order: Vec<String> = wanted.into_iter().collect();
+    let mut nodes = Vec::new();
+    for app in &order {
+        let (package, closure) = lock.closure_by_app(app)?;
+        let Some(LockEntry::Hex(entry)) = lock.entries.get(app) else {
+            unreachable!("closure_by_app checked it")
+        };
+        let deps = entry
+            .deps
+            .iter()
+            .filter(|dep| lock.entries.contains_key(&dep.app) && &dep.app != app)
+            .map(|dep| {
+                order
+                    .iter()
+                    .position(|a| a == &dep.app)
+                    .expect("in the closure")
+            })
+            .collect();
+        nodes.push(Node {
+            app: app.clone(),
+            package,
+            closure,
+            deps,
+        });
+    }
+    check_acyclic(&nodes)?;
+    Ok(nodes)
+}
+
+fn check_acyclic(nodes: &[Node]) -> Result<()> {
+    for (i, node) in nodes.iter().enumerate() {
+        if node.closure.contains_key(&node.app) || node.deps.contains(&i) {
+            return Err(BuildError::Invalid(format!(
+                "mix.lock: {} depends on itself",
+                node.app
+            )));
+        }
+    }
+    // A cycle would put some node into its own closure; closure_by_app excludes the root
+    // itself, so check that no dependency's closure contains the node.
+    for node in nodes {
+        for &d in &node.deps {
+            if nodes[d].closure.contains_key(&node.app) {
+                return Err(BuildError::Invalid(format!(
+                    "mix.lock: {} and {} depend on each other",
+                    node.app, nodes[d].app
+                )));
+            }
+        }
+    }
+    Ok(())
+}

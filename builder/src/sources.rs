@@ -1,0 +1,131 @@
+//! Package sources: release tarballs fetched through the mirror, checked against the lock's
+//! outer checksum (which the build key carries), cached by that checksum, and unpacked.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use precomp_proto::buildkey::PackageRef;
+use precomp_proto::tarball;
+
+use crate::error::{io, BuildError, Result};
+
+/// Downloads and caches release tarballs.
+pub struct SourceCache {
+    dir: PathBuf,
+    mirror: String,
+    client: reqwest::blocking::Client,
+}
+
+impl SourceCache {
+    /// `dir` holds `<outer checksum>.tar`; `mirror` is a Hex repository URL (the precomp
+    /// mirror, or any Hex repository) or `file:///DIR`.
+    pub fn new(dir: PathBuf, mirror: &str) -> Result<SourceCache> {
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let client = reqwest::blocking::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(300))
+            .user_agent(concat!("precomp-builder/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| BuildError::Fetch {
+                url: mirror.to_string(),
+                message: e.to_string(),
+            })?;
+        Ok(SourceCache {
+            dir,
+            mirror: mirror.trim_end_matches('/').to_string(),
+            client,
+        })
+    }
+
+    /// The verified tarball of `package`: from the cache, or fetched, checked and cached.
+    pub fn tarball(&self, package: &PackageRef) -> Result<tarball::Tarball> {
+        let outer = hex::encode(package.outer_checksum);
+        let cached = self.dir.join(format!("{outer}.tar"));
+        let bytes = match std::fs::read(&cached) {
+            Ok(bytes) if Sha256::digest(&bytes).as_slice() == package.outer_checksum => bytes,
+            _ => {
+                let bytes = self.download(package)?;
+                let tmp = tempfile::NamedTempFile::new_in(&self.dir).map_err(io(&self.dir))?;
+                std::fs::write(tmp.path(), &bytes).map_err(io(tmp.path()))?;
+                tmp.persist(&cached).map_err(|e| BuildError::Io {
+                    path: cached.clone(),
+                    source: e.error,
+                })?;
+                bytes
+            }
+        };
+        tarball::read(&bytes).map_err(|source| BuildError::Tarball {
+            package: package.name.clone(),
+            version: package.version.clone(),
+            source: Box::new(source),
+        })
+    }
+
+    fn download(&self, package: &PackageRef) -> Result<Vec<u8>> {
+        let name = format!("{}-{}.tar", package.name, package.version);
+        let url = format!("{}/tarballs/{name}", self.mirror);
+        let bytes = if let Some(dir) = self.mirror.strip_prefix("file://") {
+            let path = Path::new(dir).join("tarballs").join(&name);
+            read_bounded(&path)?
+        } else {
+            let fail = |message: String| BuildError::Fetch {
+                url: url.clone(),
+                message,
+            };
+            let response = self
+                .client
+                .get(&url)
+                .send()
+                .map_err(|e| fail(e.to_string()))?;
+            if !response.status().is_success() {
+                return Err(fail(format!("HTTP {}", response.status())));
+            }
+            if response
+                .content_length()
+                .is_some_and(|n| n > tarball::MAX_TARBALL_SIZE)
+            {
+                return Err(fail("larger than the tarball size limit".into()));
+            }
+            let bytes = response.bytes().map_err(|e| fail(e.to_string()))?;
+            if bytes.len() as u64 > tarball::MAX_TARBALL_SIZE {
+                return Err(fail("larger than the tarball size limit".into()));
+            }
+            bytes.to_vec()
+        };
+        let actual = Sha256::digest(&bytes);
+        if actual.as_slice() != package.outer_checksum {
+            return Err(BuildError::ChecksumMismatch {
+                package: package.name.clone(),
+                version: package.version.clone(),
+                expected: hex::encode(package.outer_checksum),
+                actual: hex::encode(actual),
+            });
+        }
+        Ok(bytes)
+    }
+}
+
+fn read_bounded(path: &Path) -> Result<Vec<u8>> {
+    let len = std::fs::metadata(path).map_err(io(path))?.len();
+    if len > tarball::MAX_TARBALL_SIZE {
+        return Err(BuildError::Invalid(format!(
+            "{} is larger than the tarball size limit",
+            path.display()
+        )));
+    }
+    std::fs::read(path).map_err(io(path))
+}
+
+/// Unpacks a verified tarball's contents into `dest` (created).
+pub fn unpack(package: &PackageRef, tarball: &tarball::Tarball, dest: &Path) -> Result<()> {
+    tarball::unpack_contents(&tarball.contents_tar_gz, dest).map_err(|source| {
+        BuildError::Tarball {
+            package: package.name.clone(),
+            version: package.version.clone(),
+            source: Box::new(source),
+        }
+    })?;
+    Ok(())
+}

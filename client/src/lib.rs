@@ -1,0 +1,22 @@
+//! The consumer side: what `precomp fetch` does in a Mix project after `mix deps.get`.
+//!
+//! - [`project`]: the Mix project as Mix sees it (build path, declared deps, toolchain),
+//!   read with the local `elixir`.
+//! - [`trust`]: trusted keys, the signature policy, the config file.
+//! - [`mirror`]: the mirror's artifact API (index, manifests, artifacts, misses), bounded and
+//!   retried.
+//! - [`install`]: atomic installs into `_build/<env>/lib/<app>` with the markers Mix checks,
+//!   and recovery after an interrupted run.
+//! - [`fetch`]: the whole run: keys, lookup, verification, install, report.
+
+pub mod consumer_config;
+pub mod error;
+pub mod fetch;
+pub mod install;
+pub mod mirror;
+pub mod process;
+pub mod project;
+pub mod trust;
+
+pub use error::ClientError;
+pub use fetch::{fetch, DepReport, FetchOptions, FetchReport, MissKind, Observer, Outcome};

@@ -1,0 +1,343 @@
+//! The consumer's Mix project, as Mix itself sees it: where the build directory is, which
+//! deps it declares with which options, and the local toolchain.
+//!
+//! mix.exs is code, so the local `elixir` evaluates it with `project_probe.exs` (nothing is
+//! fetched or compiled), with the consumer's `MIX_ENV` and `MIX_TARGET`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use precomp_proto::buildkey::Target;
+use precomp_proto::term::{parse_erlang_terms, Term};
+
+use crate::error::ClientError;
+use crate::process::output_within;
+
+const PROBE: &str = include_str!("project_probe.exs");
+
+/// How long evaluating mix.exs may take.
+const PROBE_LIMIT: Duration = Duration::from_secs(120);
+
+/// What `precomp fetch` needs to know about the project and the local toolchain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Project {
+    /// The project directory (where mix.exs is).
+    pub dir: PathBuf,
+    /// The project's app, or every child app of an umbrella.
+    pub apps: Vec<String>,
+    pub umbrella: bool,
+    /// `_build/<env>` (or whatever MIX_BUILD_PATH, MIX_BUILD_ROOT, `build_path:`,
+    /// `build_per_environment:` and MIX_TARGET make it): deps go to `<build_path>/lib/<app>`.
+    pub build_path: PathBuf,
+    /// `deps/`: the unpacked sources `mix deps.get` fetched.
+    pub deps_path: PathBuf,
+    pub lockfile: PathBuf,
+    /// `config/config.exs` or the project's `config_path:`.
+    pub config_path: PathBuf,
+    /// The project's `compile.lock` files (one per umbrella child): touched after installing,
+    /// as Mix's `will_recompile` does.
+    pub compile_locks: Vec<PathBuf>,
+    pub mix_env: String,
+    pub mix_target: String,
+    /// The exact Elixir version, e.g. `1.14.0`.
+    pub elixir: String,
+    /// The OTP major release, e.g. `25`.
+    pub otp_major: String,
+    /// `erlang:system_info(system_architecture)`, e.g. `x86_64-pc-linux-gnu`.
+    pub system_architecture: String,
+    /// The SCM module Mix gives Hex deps (`Hex.SCM`).
+    pub hex_scm: String,
+    /// The bytes of `compile.elixir_scm` Mix writes for a dep it compiled with Elixir:
+    /// `term_to_binary({1, {ElixirVersion, OtpRelease}, Scm})`.
+    pub elixir_scm: Vec<u8>,
+    /// The deps the project (or each umbrella child) declares.
+    pub deps: Vec<DeclaredDep>,
+}
+
+/// A dependency declared in mix.exs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeclaredDep {
+    pub app: String,
+    /// `env:`, `prod` by default: the env Mix compiles the dependency in.
+    pub env: String,
+    /// False when `only:` or `targets:` leave it out of this env and target.
+    pub active: bool,
+    /// False for git, path and umbrella deps.
+    pub hex: bool,
+    /// Options that make Mix build it differently from the package's own build (`compile:`,
+    /// `manager:`, `app:`, `system_env:`, `config:`).
+    pub custom: Vec<String>,
+}
+
+impl Project {
+    /// Evaluates `dir/mix.exs` with the local `elixir` for `mix_env` (and the MIX_TARGET of
+    /// this process's environment).
+    pub fn probe(dir: &Path, mix_env: &str) -> Result<Project, ClientError> {
+        if !dir.join("mix.exs").is_file() {
+            return Err(ClientError::NotAMixProject {
+                dir: dir.to_path_buf(),
+            });
+        }
+        let scratch = tempfile::tempdir().map_err(ClientError::io("a temporary directory"))?;
+        let probe = scratch.path().join("precomp_fetch_probe.exs");
+        let out = scratch.path().join("project.term");
+        std::fs::write(&probe, PROBE).map_err(ClientError::io(&probe))?;
+        let mut command = Command::new("elixir");
+        command
+            .arg(&probe)
+            .arg(&out)
+            .current_dir(dir)
+            .env("MIX_ENV", mix_env)
+            .env_remove("MIX_EXS");
+        let failed = |reason: String| ClientError::Probe {
+            dir: dir.to_path_buf(),
+            reason,
+        };
+        let output = output_within(command, PROBE_LIMIT).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => failed(
+                "`elixir` is not on PATH; install Elixir (precomp fetch runs where `mix` runs)"
+                    .into(),
+            ),
+            _ => failed(format!("running elixir: {e}")),
+        })?;
+        let text = std::fs::read_to_string(&out).map_err(|_| {
+            failed(format!(
+                "elixir exited with {}: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ))
+        })?;
+        parse_probe(dir, &text).map_err(failed)
+    }
+
+    /// `<build_path>/lib`: where deps are installed.
+    pub fn lib_dir(&self) -> PathBuf {
+        self.build_path.join("lib")
+    }
+
+    /// The declared options of `app`, if the project declares it.
+    pub fn declared(&self, app: &str) -> Option<&DeclaredDep> {
+        self.deps.iter().find(|d| d.app == app)
+    }
+
+    /// The build-key target of native code built on this machine, e.g. `x86_64-linux-gnu`.
+    pub fn native_target(&self) -> Result<Target, ClientError> {
+        native_target(&self.system_architecture).ok_or_else(|| ClientError::Target {
+            value: self.system_architecture.clone(),
+        })
+    }
+}
+
+/// The build-key target for an Erlang `system_architecture` such as `x86_64-pc-linux-gnu`:
+/// the architecture (Debian and Apple names mapped to GNU ones), the vendor dropped, and
+/// version numbers stripped (`aarch64-apple-darwin23.1.0` → `aarch64-darwin`).
+pub fn native_target(system_architecture: &str) -> Option<Target> {
+    let lower = system_architecture.trim().to_ascii_lowercase();
+    let parts: Vec<&str> = lower.split('-').collect();
+    let arch = match parts.first().copied()? {
+        "amd64" => "x86_64",
+        "arm64" => "aarch64",
+        "i386" | "i486" | "i586" => "i686",
+        other => other,
+    };
+    let rest: &[&str] = match parts.len() {
+        0 | 1 => return None,
+        2 => &parts[1..],
+        _ => &parts[2..],
+    };
+    let libc: Vec<String> = rest
+        .iter()
+        .map(|part| {
+            part.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.')
+                .to_string()
+        })
+        .filter(|part| !part.is_empty())
+        .collect();
+    let libc = libc.join("-");
+    let valid_arch = !arch.is_empty()
+        && arch
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    let valid_libc = !libc.is_empty()
+        && libc
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    (valid_arch && valid_libc).then(|| Target::Native {
+        arch: arch.to_string(),
+        libc,
+    })
+}
+
+/// Parses `ARCH-LIBC` (a `--target` value).
+pub fn parse_target(text: &str) -> Option<Target> {
+    let (arch, libc) = text.split_once('-')?;
+    let word = |s: &str, extra: char| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == extra)
+    };
+    (word(arch, '_') && word(libc, '-')).then(|| Target::Native {
+        arch: arch.to_string(),
+        libc: libc.to_string(),
+    })
+}
+
+fn parse_probe(dir: &Path, text: &str) -> Result<Project, String> {
+    let terms = parse_erlang_terms(text).map_err(|e| format!("probe output: {e}"))?;
+    let info = match terms.as_slice() {
+        [Term::Tuple(items)] => match items.as_slice() {
+            [ok, Term::Map(info)] if ok.as_atom() == Some("ok") => info,
+            [error, message] if error.as_atom() == Some("error") => {
+                return Err(message.as_str().unwrap_or("unknown error").to_string())
+            }
+            _ => return Err("probe output is neither {ok, _} nor {error, _}".into()),
+        },
+        _ => return Err("probe output is not one tuple".into()),
+    };
+    let map = Fields(info);
+    let deps = map
+        .list("deps")?
+        .iter()
+        .map(|dep| {
+            let Term::Map(fields) = dep else {
+                return Err(format!("probe output: dep {} is not a map", dep.summary()));
+            };
+            let dep = Fields(fields);
+            Ok(DeclaredDep {
+                app: dep.string("app")?,
+                env: dep.string("env")?,
+                active: dep.bool("active")?,
+                hex: dep.bool("hex")?,
+                custom: dep.strings("custom")?,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let elixir_scm = hex::decode(map.string("elixir_scm")?)
+        .map_err(|e| format!("probe output: elixir_scm: {e}"))?;
+    Ok(Project {
+        dir: dir.to_path_buf(),
+        apps: map.strings("apps")?,
+        umbrella: map.bool("umbrella")?,
+        build_path: map.string("build_path")?.into(),
+        deps_path: map.string("deps_path")?.into(),
+        lockfile: map.string("lockfile")?.into(),
+        config_path: map.string("config_path")?.into(),
+        compile_locks: map
+            .strings("compile_locks")?
+            .into_iter()
+            .map(PathBuf::from)
+            .collect(),
+        mix_env: map.string("mix_env")?,
+        mix_target: map.string("mix_target")?,
+        elixir: map.string("elixir")?,
+        otp_major: map.string("otp_release")?,
+        system_architecture: map.string("system_architecture")?,
+        hex_scm: map.string("hex_scm")?,
+        elixir_scm,
+        deps,
+    })
+}
+
+struct Fields<'a>(&'a [(Term, Term)]);
+
+impl Fields<'_> {
+    fn get(&self, key: &str) -> Result<&Term, String> {
+        self.0
+            .iter()
+            .find(|(k, _)| k.as_atom() == Some(key))
+            .map(|(_, v)| v)
+            .ok_or_else(|| format!("probe output has no {key}"))
+    }
+
+    fn string(&self, key: &str) -> Result<String, String> {
+        self.get(key)?
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("probe output: {key} is not a string"))
+    }
+
+    fn bool(&self, key: &str) -> Result<bool, String> {
+        self.get(key)?
+            .as_bool()
+            .ok_or_else(|| format!("probe output: {key} is not a boolean"))
+    }
+
+    fn list(&self, key: &str) -> Result<&[Term], String> {
+        self.get(key)?
+            .as_list()
+            .ok_or_else(|| format!("probe output: {key} is not a list"))
+    }
+
+    fn strings(&self, key: &str) -> Result<Vec<String>, String> {
+        self.list(key)?
+            .iter()
+            .map(|t| {
+                t.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| format!("probe output: {key} holds {}", t.summary()))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn native(arch: &str, libc: &str) -> Option<Target> {
+        Some(Target::Native {
+            arch: arch.into(),
+            libc: libc.into(),
+        })
+    }
+
+    #[test]
+    fn targets_from_system_architecture() {
+        assert_eq!(
+            native_target("x86_64-pc-linux-gnu"),
+            native("x86_64", "linux-gnu")
+        );
+        assert_eq!(
+            native_target("aarch64-unknown-linux-gnu"),
+            native("aarch64", "linux-gnu")
+        );
+        assert_eq!(
+            native_target("x86_64-alpine-linux-musl"),
+            native("x86_64", "linux-musl")
+        );
+        assert_eq!(
+            native_target("aarch64-apple-darwin23.1.0"),
+            native("aarch64", "darwin")
+        );
+        assert_eq!(native_target("x86_64"), None);
+        assert_eq!(native_target("x86 64-pc-linux"), None);
+        assert_eq!(
+            parse_target("x86_64-linux-gnu"),
+            native("x86_64", "linux-gnu")
+        );
+        assert_eq!(parse_target("any"), None);
+        assert_eq!(parse_target("X86-linux"), None);
+    }
+
+    #[test]
+    fn the_probe_output_is_read() {
+        let text = r#"{ok,#{apps => [<<"mix_app">>], umbrella => false,
+            build_path => <<"/p/_build/dev">>, deps_path => <<"/p/deps">>,
+            lockfile => <<"/p/mix.lock">>, config_path => <<"/p/config/config.exs">>,
+            compile_locks => [<<"/p/_build/dev/lib/mix_app/.mix/compile.lock">>],
+            mix_env => <<"dev">>, mix_target => <<"host">>, elixir => <<"1.14.0">>,
+            otp_release => <<"25">>, system_architecture => <<"x86_64-pc-linux-gnu">>,
+            hex_scm => <<"Hex.SCM">>, elixir_scm => <<"8368">>,
+            deps => [#{app => <<"jason">>, env => <<"prod">>, active => true, hex => true,
+                       custom => [<<"manager">>]}]}}."#;
+        let project = parse_probe(Path::new("/p"), text).unwrap();
+        assert_eq!(project.lib_dir(), Path::new("/p/_build/dev/lib"));
+        assert_eq!(project.elixir_scm, vec![0x83, 0x68]);
+        assert_eq!(project.declared("jason").unwrap().custom, vec!["manager"]);
+        assert_eq!(
+            parse_probe(Path::new("/p"), r#"{error, <<"mix.exs has no :app">>}."#),
+            Err("mix.exs has no :app".to_string())
+        );
+    }
+}

@@ -1,0 +1,499 @@
+//! `precomp build`: precompiled artifacts of Hex packages, built in the sandbox against the
+//! exact closure a lock resolves, signed, kept in `DATA/builds/` and optionally published.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+use precomp_builder::build::BuildContext;
+use precomp_builder::config::SandboxedConfig;
+use precomp_builder::run::{self, PackageResult, Progress, Status};
+use precomp_builder::sources::SourceCache;
+use precomp_builder::store::BuildStore;
+use precomp_proto::lock::{LockEntry, MixLock};
+use precomp_proto::manifest::{ArtifactPublicKey, ArtifactSigningKey};
+use precomp_registry::artifacts::ArtifactClient;
+use precomp_registry::artifacts::FailureReport;
+use precomp_sandbox::toolchain::{Store, Toolchain};
+use precomp_sandbox::Sandbox;
+
+use crate::Context;
+
+/// Builds precompiled artifacts: `NAME@VERSION` and its dependencies as `--lock` resolves
+/// them, every Hex package of the lock, or the misses clients reported to the mirror.
+///
+/// Each package builds in the sandbox (no network, the toolchain read-only, the generated
+/// project at /build) with `mix deps.compile`, after its dependencies, up to --jobs at a
+/// time. A package whose key is already in DATA/builds is reused. Each artifact is a
+/// reproducible tar.gz of `_build/ENV/lib/APP`; its manifest records every key input and
+/// is signed with --key, which is never visible inside the sandbox. A package that fails to
+/// compile is recorded with its log and never published; its dependents are skipped.
+#[derive(Args)]
+pub struct BuildArgs {
+    /// The package to build, as NAME@VERSION (as in mix.lock); requires --lock.
+    package: Option<String>,
+    /// The mix.lock that resolves the closure; without NAME@VERSION, every Hex package in it
+    /// is built.
+    #[arg(long)]
+    lock: Option<PathBuf>,
+    /// Build the misses clients reported to the mirror (`precomp fetch --request-builds`);
+    /// needs --token.
+    #[arg(long, conflicts_with_all = ["package", "lock"])]
+    missing: bool,
+    /// The Hex repository sources come from: the precomp mirror (or file:///DIR).
+    #[arg(long, env = "PRECOMP_MIRROR")]
+    mirror: String,
+    /// The toolchain: `host`, an image id, a digest prefix or a suite (bookworm, trixie).
+    #[arg(long, default_value = "host")]
+    toolchain: String,
+    /// Where toolchain images are stored [default: the data directory].
+    #[arg(long, env = "PRECOMP_TOOLCHAINS")]
+    toolchains: Option<PathBuf>,
+    /// The builder's ed25519 signing key (`precomp keys generate`).
+    #[arg(long, env = "PRECOMP_BUILDER_KEY")]
+    key: PathBuf,
+    /// Also trust stored builds signed by this public key for reuse (repeatable; the
+    /// builder's own key is always trusted).
+    #[arg(long = "trust", value_name = "FILE.pub")]
+    trust: Vec<PathBuf>,
+    /// The dependencies' Mix env.
+    #[arg(long, default_value = "prod")]
+    mix_env: String,
+    /// Compile-time config: a config/ directory or one config.exs (evaluated in the sandbox).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The env the config is evaluated for (the consumer's MIX_ENV).
+    #[arg(long, default_value = "prod")]
+    config_env: String,
+    /// Copy each artifact and manifest to DIR as NAME-VERSION-KEY12.tar.gz / .manifest.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Upload each built artifact and manifest (and each failure's log) to --mirror.
+    #[arg(long, requires = "token")]
+    publish: bool,
+    /// The builder token (`precomp token create`).
+    #[arg(long, env = "PRECOMP_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Builds at a time [default: the number of CPUs].
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// One JSON object per package on stdout: package, version, app, status, key, base_key,
+    /// artifact_sha256, artifact, manifest (paths), and for failures reason and log.
+    #[arg(long)]
+    json: bool,
+    /// Keep each build's project directory (under DATA/builds/work) for debugging.
+    #[arg(long)]
+    keep_work: bool,
+    /// Build nothing: write the generated project of the packages and their closures to DIR
+    /// (sources at deps/APP, mix.exs, config/) to reproduce a build by hand with
+    /// `MIX_REBAR3=$(command -v rebar3) mix deps.compile` (DIR must not exist).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["publish", "out"])]
+    prepare: Option<PathBuf>,
+}
+
+pub fn run(context: &Context, args: BuildArgs) -> anyhow::Result<ExitCode> {
+    let data = context.data();
+    let key_pem = std::fs::read_to_string(&args.key)
+        .with_context(|| format!("reading the signing key {}", args.key.display()))?;
+    let key = ArtifactSigningKey::from_pem(&key_pem)
+        .with_context(|| format!("{} is not an ed25519 signing key", args.key.display()))?;
+    let mut trusted = vec![key.public_key()];
+    for path in &args.trust {
+        let pem =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        trusted.push(
+            ArtifactPublicKey::from_pem(&pem)
+                .with_context(|| format!("{} is not an ed25519 public key", path.display()))?,
+        );
+    }
+
+    let sandbox = Sandbox::new()?;
+    let toolchains_dir = args.toolchains.clone().unwrap_or_else(|| data.clone());
+    let toolchain = Store::open(&toolchains_dir)
+        .with_context(|| {
+            format!(
+                "opening the toolchain store in {}",
+                toolchains_dir.display()
+            )
+        })?
+        .resolve(&args.toolchain, &sandbox)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the HTTP client")?;
+    // Only publishing and --missing talk to the mirror's artifact API.
+    let mirror_client = if args.publish || args.missing {
+        Some(
+            ArtifactClient::new(&args.mirror, args.token.clone())
+                .with_context(|| format!("the mirror URL {:?}", args.mirror))?,
+        )
+    } else {
+        None
+    };
+    let work_list = if let (true, Some(client)) = (args.missing, &mirror_client) {
+        missing_work(&runtime, client, &toolchain, &args)?
+    } else {
+        let lock_path = args
+            .lock
+            .as_ref()
+            .context("give --lock mix.lock (or --missing)")?;
+        let lock = read_lock(lock_path)?;
+        let apps = match &args.package {
+            Some(spec) => vec![app_for(&lock, spec, lock_path)?],
+            None => lock.hex().map(|(app, _)| app.to_string()).collect(),
+        };
+        vec![(lock, apps)]
+    };
+    let store = BuildStore::open(&data.join("builds"))?;
+    let sources = SourceCache::new(data.join("builds/sources"), &args.mirror)?;
+    let build_context = BuildContext {
+        sandbox: &sandbox,
+        toolchain: &toolchain,
+        sources: &sources,
+        key: &key,
+        mix_env: args.mix_env.clone(),
+        config_env: args.config_env.clone(),
+        config: args.config.clone(),
+        work_root: data.join("builds/work"),
+        keep_work: args.keep_work,
+    };
+    if let Some(dir) = &args.prepare {
+        return prepare(&build_context, &work_list, dir);
+    }
+    let config = SandboxedConfig::new(&build_context);
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if let Some(out) = &args.out {
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    }
+
+    let started = Instant::now();
+    let reporter = Reporter { json: args.json };
+    let mut failed = 0;
+    let mut counts = [0usize; 3];
+    for (lock, apps) in &work_list {
+        let reuse = run::Reuse {
+            store: &store,
+            trusted: &trusted,
+            compile_env: &config,
+        };
+        let results = run::build_lock(&build_context, &reuse, lock, apps, jobs, &reporter)?;
+        for result in &results {
+            if let Some(out) = &args.out {
+                copy_out(result, out)?;
+            }
+            match result.status {
+                Status::Built { .. } => counts[0] += 1,
+                Status::Reused => counts[1] += 1,
+                Status::Failed { .. } | Status::Skipped { .. } => {
+                    counts[2] += 1;
+                    failed += 1;
+                }
+            }
+            let published = match (&mirror_client, args.publish) {
+                (Some(client), true) => Some(publish(&runtime, client, &toolchain, result)),
+                _ => None,
+            };
+            if let Some(Err(e)) = &published {
+                failed += 1;
+                eprintln!(
+                    "error: publishing {} {}: {e:#}",
+                    result.package.name, result.package.version
+                );
+            }
+            if args.json {
+                let mut line = json_line(result, args.out.as_deref());
+                if let Some(published) = published {
+                    line["published"] = published.is_ok().into();
+                }
+                println!("{line}");
+            }
+        }
+    }
+    if !args.json {
+        eprintln!(
+            "{} built, {} reused, {} failed or skipped, in {:.1} s (toolchain {}: OTP {}, Elixir {})",
+            counts[0],
+            counts[1],
+            counts[2],
+            started.elapsed().as_secs_f64(),
+            toolchain.id,
+            toolchain.otp,
+            toolchain.elixir
+        );
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `--prepare`: the generated project of every package to build and its closure.
+fn prepare(
+    context: &BuildContext<'_>,
+    work_list: &[(MixLock, Vec<String>)],
+    dir: &Path,
+) -> anyhow::Result<ExitCode> {
+    let [(lock, apps)] = work_list else {
+        bail!("--prepare takes one lock");
+    };
+    if dir.exists() {
+        bail!("{} exists; --prepare writes a new directory", dir.display());
+    }
+    let mut members = std::collections::BTreeMap::new();
+    for app in apps {
+        let (package, closure) = lock.closure_by_app(app)?;
+        members.insert(app.clone(), package);
+        members.extend(closure);
+    }
+    let members: Vec<_> = members.into_iter().collect();
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    precomp_builder::build::lay_out(context, lock, &members, dir)?;
+    eprintln!(
+        "wrote the project of {} packages to {}",
+        members.len(),
+        dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_lock(path: &Path) -> anyhow::Result<MixLock> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    MixLock::parse(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// The lock's app for `NAME@VERSION` (the package name; the app name may differ).
+fn app_for(lock: &MixLock, spec: &str, lock_path: &Path) -> anyhow::Result<String> {
+    let (name, version) = spec
+        .split_once('@')
+        .with_context(|| format!("{spec:?}: give the package as NAME@VERSION"))?;
+    for (app, entry) in &lock.entries {
+        if let LockEntry::Hex(entry) = entry {
+            if entry.package == name {
+                if entry.version != version {
+                    bail!(
+                        "{} locks {name} at {}, not {version}",
+                        lock_path.display(),
+                        entry.version
+                    );
+                }
+                return Ok(app.clone());
+            }
+        }
+    }
+    bail!("{} has no Hex package {name}", lock_path.display())
+}
+
+fn out_name(result: &PackageResult, key: &str) -> String {
+    format!(
+        "{}-{}-{}",
+        result.package.name,
+        result.package.version,
+        &key[..12]
+    )
+}
+
+fn copy_out(result: &PackageResult, out: &Path) -> anyhow::Result<()> {
+    let Some(build) = &result.build else {
+        return Ok(());
+    };
+    let name = out_name(result, &build.manifest.key);
+    for (from, to) in [
+        (&build.artifact_path, out.join(format!("{name}.tar.gz"))),
+        (&build.manifest_path, out.join(format!("{name}.manifest"))),
+    ] {
+        std::fs::copy(from, &to)
+            .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    }
+    Ok(())
+}
+
+fn json_line(result: &PackageResult, out: Option<&Path>) -> serde_json::Value {
+    let mut object = serde_json::json!({
+        "package": result.package.name,
+        "version": result.package.version,
+        "app": result.app,
+    });
+    let fields = object.as_object_mut().expect("an object");
+    let status = match &result.status {
+        Status::Built { duration } => {
+            fields.insert("duration_ms".into(), (duration.as_millis() as u64).into());
+            "built"
+        }
+        Status::Reused => "reused",
+        Status::Failed { reason, log, .. } => {
+            fields.insert("reason".into(), reason.clone().into());
+            fields.insert("log".into(), log.display().to_string().into());
+            "failed"
+        }
+        Status::Skipped { reason } => {
+            fields.insert("reason".into(), reason.clone().into());
+            "skipped"
+        }
+    };
+    fields.insert("status".into(), status.into());
+    if let Some(build) = &result.build {
+        let manifest = &build.manifest;
+        let output = manifest
+            .output
+            .as_ref()
+            .expect("stored builds have an output");
+        let (artifact, manifest_path) = match out {
+            Some(out) => {
+                let name = out_name(result, &manifest.key);
+                (
+                    out.join(format!("{name}.tar.gz")),
+                    out.join(format!("{name}.manifest")),
+                )
+            }
+            None => (build.artifact_path.clone(), build.manifest_path.clone()),
+        };
+        fields.insert("key".into(), manifest.key.clone().into());
+        fields.insert("base_key".into(), manifest.base_key.clone().into());
+        fields.insert("target".into(), manifest.target.clone().into());
+        fields.insert(
+            "artifact_sha256".into(),
+            hex::encode(&output.artifact_sha256).into(),
+        );
+        fields.insert("artifact_size".into(), output.artifact_size.into());
+        fields.insert("artifact".into(), artifact.display().to_string().into());
+        fields.insert(
+            "manifest".into(),
+            manifest_path.display().to_string().into(),
+        );
+    }
+    object
+}
+
+/// Uploads a build (artifact, then manifest) or records a failure with its log.
+fn publish(
+    runtime: &tokio::runtime::Runtime,
+    client: &ArtifactClient,
+    toolchain: &Toolchain,
+    result: &PackageResult,
+) -> anyhow::Result<()> {
+    runtime.block_on(async {
+        if let Some(build) = &result.build {
+            let output = build
+                .manifest
+                .output
+                .as_ref()
+                .expect("stored builds have an output");
+            let sha256: [u8; 32] = output
+                .artifact_sha256
+                .as_slice()
+                .try_into()
+                .context("artifact digest")?;
+            if !client.has_artifact(&sha256).await? {
+                let bytes = std::fs::read(&build.artifact_path)
+                    .with_context(|| format!("reading {}", build.artifact_path.display()))?;
+                client.upload_artifact(&sha256, bytes).await?;
+            }
+            client
+                .upload_manifest(&build.manifest.key, build.signed_bytes.clone())
+                .await?;
+        } else if let Status::Failed { log, base_key, .. } = &result.status {
+            let text = std::fs::read(log).with_context(|| format!("reading {}", log.display()))?;
+            client
+                .record_failure(&FailureReport {
+                    package: result.package.name.clone(),
+                    version: result.package.version.clone(),
+                    base_key: base_key.clone(),
+                    toolchain_id: toolchain.id.clone(),
+                    log: String::from_utf8_lossy(&text).into_owned(),
+                })
+                .await?;
+        }
+        Ok(())
+    })
+}
+
+/// `--missing`: the open misses this builder can build (same OTP major, Elixir, Mix env and
+/// target as its toolchain and flags), each with its own lock; the others are listed.
+fn missing_work(
+    runtime: &tokio::runtime::Runtime,
+    client: &ArtifactClient,
+    toolchain: &Toolchain,
+    args: &BuildArgs,
+) -> anyhow::Result<Vec<(MixLock, Vec<String>)>> {
+    let misses = runtime
+        .block_on(client.misses())
+        .context("listing the mirror's misses")?;
+    let native = precomp_builder::build::native_target(&toolchain.architecture).to_string();
+    let mut work = Vec::new();
+    for miss in misses.misses {
+        let what = format!("{} {}", miss.package, miss.version);
+        let skip = if miss.otp_major != toolchain.otp || miss.elixir != toolchain.elixir {
+            Some(format!(
+                "needs OTP {} and Elixir {}; toolchain {} has OTP {} and Elixir {}",
+                miss.otp_major, miss.elixir, toolchain.id, toolchain.otp, toolchain.elixir
+            ))
+        } else if miss.mix_env != args.mix_env {
+            Some(format!("needs --mix-env {}", miss.mix_env))
+        } else if miss.target != "any" && miss.target != native {
+            Some(format!(
+                "needs target {}; this builder makes {native}",
+                miss.target
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = skip {
+            eprintln!("skipping the miss of {what}: {reason}");
+            continue;
+        }
+        let lock = MixLock::parse(&miss.lock)
+            .with_context(|| format!("the lock reported with the miss of {what}"))?;
+        let spec = format!("{}@{}", miss.package, miss.version);
+        let app = app_for(&lock, &spec, Path::new("the reported lock"))?;
+        work.push((lock, vec![app]));
+    }
+    if work.is_empty() {
+        eprintln!("no open misses for this builder");
+    }
+    Ok(work)
+}
+
+/// Progress on stderr (the JSON lines go to stdout).
+struct Reporter {
+    json: bool,
+}
+
+impl Progress for Reporter {
+    fn started(&self, app: &str) {
+        if !self.json {
+            eprintln!("building {app}");
+        }
+    }
+
+    fn finished(&self, result: &PackageResult) {
+        if self.json {
+            return;
+        }
+        let line = match &result.status {
+            Status::Built { duration } => format!(
+                "built {} {} in {:.1} s",
+                result.package.name,
+                result.package.version,
+                duration.as_secs_f64()
+            ),
+            Status::Reused => format!("reused {} {}", result.package.name, result.package.version),
+            Status::Failed { reason, log, .. } => format!(
+                "FAILED {} {}: {reason} (log: {})",
+                result.package.name,
+                result.package.version,
+                log.display()
+            ),
+            Status::Skipped { reason } => format!(
+                "skipped {} {}: {reason}",
+                result.package.name, result.package.version
+            ),
+        };
+        eprintln!("{line}");
+    }
+}

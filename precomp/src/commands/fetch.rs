@@ -1,0 +1,342 @@
+//! `precomp fetch`: installs precompiled dependencies into a Mix project's `_build`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Args;
+use precomp_client::fetch::{human_bytes, DepReport, FetchOptions, Observer, Outcome};
+use precomp_client::project::parse_target;
+use precomp_client::trust::{read_keys, signer_ids, SettingsFile, TrustPolicy};
+
+use crate::Context;
+
+/// The config file looked for in the project when --config is not given.
+const PROJECT_CONFIG: &str = ".precomp.toml";
+
+/// Exit status of `--require-all` when something was missed.
+const MISSED: u8 = 3;
+
+/// Installs precompiled dependencies into a Mix project's `_build` after `mix deps.get`.
+///
+/// Reads mix.lock, the local Elixir and OTP, MIX_ENV (default dev) and the project's
+/// compile-time config; computes each Hex dependency's build key as the builder does; looks
+/// it up on the mirror; verifies the signed manifest against the trusted keys and policy and
+/// the artifact against the manifest; installs it atomically into
+/// `_build/<MIX_ENV>/lib/<app>` with the markers Mix checks. `mix compile` then compiles only
+/// what was missed. Every miss is listed with its reason and left to Mix.
+///
+/// Settings come from flags, then environment variables, then the config file (--config, or
+/// `.precomp.toml` in the project): `mirror`, `jobs`, `retries` and a `[trust]` table with
+/// `keys`, `min_signatures`, `require` and `revoked` (see docs/client.md).
+///
+/// Exit status: 0 (misses included), 3 with --require-all when anything was missed, 1 on
+/// errors (no mix.lock, no trusted keys, a project Mix cannot read).
+#[derive(Args, Debug)]
+pub struct FetchArgs {
+    /// The Mix project directory.
+    #[arg(long, default_value = ".")]
+    project: PathBuf,
+    /// The mirror's URL [env: PRECOMP_MIRROR, then HEX_MIRROR; else `mirror` in the config
+    /// file].
+    #[arg(long)]
+    mirror: Option<String>,
+    /// A trusted public key file (PEM; may hold several keys). Repeatable; added to the
+    /// config file's keys.
+    #[arg(long = "trust", value_name = "FILE")]
+    trust: Vec<PathBuf>,
+    /// The config file [env: PRECOMP_FETCH_CONFIG; default: .precomp.toml in the project,
+    /// when present].
+    #[arg(long, env = "PRECOMP_FETCH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Distinct trusted signatures a manifest needs [default: 1, or the config file's].
+    #[arg(long)]
+    min_signatures: Option<usize>,
+    /// A signer every manifest must have: a key id (ed25519:…) or a public key file.
+    /// Repeatable.
+    #[arg(long = "require-signer", value_name = "KEY")]
+    require_signer: Vec<String>,
+    /// A revoked signer, whose signatures never count: a key id or a public key file.
+    /// Repeatable.
+    #[arg(long = "revoked", value_name = "KEY")]
+    revoked: Vec<String>,
+    /// The consumer's Mix env.
+    #[arg(long = "env", env = "MIX_ENV", default_value = "dev")]
+    mix_env: String,
+    /// This machine's target for native code, ARCH-LIBC (e.g. x86_64-linux-gnu) [default:
+    /// from Erlang's system architecture].
+    #[arg(long)]
+    target: Option<String>,
+    /// Downloads at a time [default: 8, or the config file's].
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// Extra attempts for a request that fails transiently [default: 3, or the config
+    /// file's].
+    #[arg(long)]
+    retries: Option<u32>,
+    /// Report misses to the mirror, so builders build them.
+    #[arg(long)]
+    request_builds: bool,
+    /// Exit with status 3 if any dependency was missed.
+    #[arg(long)]
+    require_all: bool,
+    /// Print only the names of the dependencies Mix still has to compile (misses, git and
+    /// path deps), space-separated on stdout, for `mix deps.compile`; the report goes to
+    /// stderr.
+    #[arg(long, conflicts_with = "json")]
+    print_missing: bool,
+    /// One JSON object per dependency on stdout, then a summary object (`hits`, `misses`,
+    /// `bytes`, `seconds`, `missing`, …) as the last line.
+    #[arg(long)]
+    json: bool,
+    /// Also list skipped dependencies (not needed in this env, git and path deps).
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+pub fn run(_context: &Context, args: FetchArgs) -> anyhow::Result<ExitCode> {
+    let project_dir = std::path::absolute(&args.project)
+        .with_context(|| format!("resolving {}", args.project.display()))?;
+    let settings_path = match &args.config {
+        Some(path) => Some(path.clone()),
+        None => Some(project_dir.join(PROJECT_CONFIG)).filter(|p| p.is_file()),
+    };
+    let settings = match &settings_path {
+        Some(path) => SettingsFile::read(path)?,
+        None => SettingsFile {
+            base: project_dir.clone(),
+            ..SettingsFile::default()
+        },
+    };
+
+    let mirror = args
+        .mirror
+        .clone()
+        .or_else(|| non_empty_env("PRECOMP_MIRROR"))
+        .or_else(|| non_empty_env("HEX_MIRROR"))
+        .or_else(|| settings.mirror.clone())
+        .context(
+            "no mirror: pass --mirror URL, or set PRECOMP_MIRROR or HEX_MIRROR, or `mirror` in \
+             the config file",
+        )?;
+
+    let cwd = std::env::current_dir().context("the current directory")?;
+    let mut keys = settings.keys()?;
+    for file in &args.trust {
+        keys.extend(read_keys(file)?);
+    }
+    let mut required = Vec::new();
+    for reference in &settings.trust.require {
+        required.extend(signer_ids(reference, &settings.base)?);
+    }
+    for reference in &args.require_signer {
+        required.extend(signer_ids(reference, &cwd)?);
+    }
+    let mut revoked = Vec::new();
+    for reference in &settings.trust.revoked {
+        revoked.extend(signer_ids(reference, &settings.base)?);
+    }
+    for reference in &args.revoked {
+        revoked.extend(signer_ids(reference, &cwd)?);
+    }
+    required.sort();
+    required.dedup();
+    revoked.sort();
+    revoked.dedup();
+    let min_signatures = args
+        .min_signatures
+        .or(settings.trust.min_signatures)
+        .unwrap_or(1);
+    let policy = TrustPolicy::new(keys, min_signatures, required, revoked)?;
+
+    let target = match &args.target {
+        Some(text) => Some(parse_target(text).with_context(|| {
+            format!("--target {text:?}: give ARCH-LIBC, e.g. x86_64-linux-gnu")
+        })?),
+        None => None,
+    };
+    let jobs = args.jobs.or(settings.jobs).unwrap_or(8).clamp(1, 64);
+    let options = FetchOptions {
+        project_dir,
+        mix_env: args.mix_env.clone(),
+        mirror,
+        policy,
+        jobs,
+        retries: args.retries.or(settings.retries).unwrap_or(3),
+        target,
+        request_builds: args.request_builds,
+    };
+
+    let progress = Arc::new(Progress::new(!args.json && std::io::stderr().is_terminal()));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let report = runtime.block_on(precomp_client::fetch(options, progress.clone()));
+    progress.finish();
+    let report = report?;
+
+    if args.json {
+        let mut out = String::new();
+        for dep in &report.deps {
+            out.push_str(&dep.to_json().to_string());
+            out.push('\n');
+        }
+        out.push_str(&report.summary_json().to_string());
+        out.push('\n');
+        print!("{out}");
+    } else {
+        let mut text = String::new();
+        for line in &report.recovered {
+            text.push_str(&format!("recovered  {line}\n"));
+        }
+        for dep in &report.deps {
+            if let Some(line) = dep_line(dep, args.verbose) {
+                text.push_str(&line);
+                text.push('\n');
+            }
+        }
+        if args.request_builds {
+            text.push_str(&format!(
+                "requested builds for {} miss(es)\n",
+                report.requested
+            ));
+        }
+        for error in &report.request_errors {
+            text.push_str(&format!("could not request a build: {error}\n"));
+        }
+        text.push_str(&report.summary_line());
+        text.push('\n');
+        if report.misses() > 0 {
+            text.push_str(
+                "missed dependencies are left to Mix: `mix compile` builds them (see `precomp \
+                 fetch --help` and docs/client.md)\n",
+            );
+        }
+        if args.print_missing {
+            eprint!("{text}");
+            println!("{}", report.missing_apps().join(" "));
+        } else {
+            print!("{text}");
+        }
+    }
+
+    if args.require_all && report.misses() > 0 {
+        if !args.json {
+            eprintln!(
+                "error: {} dependenc{} missed and --require-all is set",
+                report.misses(),
+                if report.misses() == 1 {
+                    "y was"
+                } else {
+                    "ies were"
+                }
+            );
+        }
+        return Ok(ExitCode::from(MISSED));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn non_empty_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// A human line for one dependency, or none for a skipped one unless `verbose`.
+fn dep_line(dep: &DepReport, verbose: bool) -> Option<String> {
+    let name = match (&dep.package, &dep.version) {
+        (Some(package), Some(version)) if package == &dep.app => format!("{package} {version}"),
+        (Some(package), Some(version)) => format!("{} ({package} {version})", dep.app),
+        _ => dep.app.clone(),
+    };
+    Some(match &dep.outcome {
+        Outcome::Installed { bytes, .. } => {
+            format!("installed  {name} ({})", human_bytes(*bytes))
+        }
+        Outcome::Current { .. } => format!("current    {name}"),
+        Outcome::Miss {
+            kind,
+            reason,
+            removed_stale,
+        } => format!(
+            "miss       {name}: {reason} [{}]{}",
+            kind.as_str(),
+            if *removed_stale {
+                " (removed the stale precompiled build)"
+            } else {
+                ""
+            }
+        ),
+        Outcome::Skipped { reason, mix_builds } if verbose || *mix_builds => {
+            format!("skipped    {name}: {reason}")
+        }
+        Outcome::Skipped { .. } => return None,
+    })
+}
+
+/// The progress bar: dependencies done, bytes received. Drawn only on a terminal.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    bytes: AtomicU64,
+}
+
+impl Progress {
+    fn new(visible: bool) -> Progress {
+        let bar = visible.then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_message("reading the Mix project");
+            bar.enable_steady_tick(std::time::Duration::from_millis(120));
+            bar
+        });
+        Progress {
+            bar,
+            bytes: AtomicU64::new(0),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Observer for Progress {
+    fn started(&self, deps: usize) {
+        if let Some(bar) = &self.bar {
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} fetching [{bar:30}] {pos}/{len} deps {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            bar.set_length(deps as u64);
+            bar.set_message("");
+        }
+    }
+
+    fn bytes(&self, bytes: u64) {
+        let total = self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if let Some(bar) = &self.bar {
+            bar.set_message(human_bytes(total));
+        }
+    }
+
+    fn finished(&self, dep: &DepReport) {
+        if let Some(bar) = &self.bar {
+            bar.inc(1);
+            if dep.is_miss() {
+                bar.set_message(format!(
+                    "{} (missed {})",
+                    human_bytes(self.bytes.load(Ordering::Relaxed)),
+                    dep.app
+                ));
+            }
+        }
+    }
+}

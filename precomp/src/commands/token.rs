@@ -1,0 +1,131 @@
+//! `precomp token`: upload tokens for builders publishing to the mirror, kept in the artifact
+//! store (DATA/artifacts/artifacts.db) that `precomp serve` reads on every upload, so a token
+//! created or revoked here takes effect at once, without a restart.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use precomp_proto::manifest::ArtifactPublicKey;
+use precomp_registry::artifacts::ArtifactStore;
+
+use crate::Context;
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    Create(CreateArgs),
+    List,
+    Revoke(RevokeArgs),
+}
+
+/// Creates an upload token and prints it, once: only its SHA-256 is stored, so it cannot be
+/// shown again. Builders send it as `Authorization: Bearer TOKEN` (`precomp build --publish
+/// --token TOKEN`).
+///
+/// With --key, the token publishes only manifests signed by that key. Without, it publishes
+/// manifests signed by one of the keys `precomp serve --builder-key` trusts.
+#[derive(Args)]
+pub struct CreateArgs {
+    /// Who the token is for, e.g. the builder's host name: letters, digits, `-`, `_`, `.`.
+    #[arg(long)]
+    name: String,
+    /// The builder's public key (SPKI PEM, as `precomp keys generate` writes NAME.pub).
+    #[arg(long, value_name = "FILE.pub")]
+    key: Option<PathBuf>,
+}
+
+/// Revokes a token: the mirror refuses it from its next request on.
+#[derive(Args)]
+pub struct RevokeArgs {
+    name: String,
+}
+
+pub fn run(context: &Context, command: TokenCommand) -> anyhow::Result<ExitCode> {
+    let dir = context.data().join("artifacts");
+    let store = ArtifactStore::open(&dir)
+        .with_context(|| format!("opening the artifact store {}", dir.display()))?;
+    match command {
+        TokenCommand::Create(args) => {
+            let key = match &args.key {
+                Some(path) => {
+                    let pem = std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    Some(ArtifactPublicKey::from_pem(&pem).with_context(|| {
+                        format!(
+                            "{} is not an ed25519 public key (SPKI PEM, as `precomp keys generate` writes NAME.pub)",
+                            path.display()
+                        )
+                    })?)
+                }
+                None => None,
+            };
+            let token = store.create_token(&args.name, key.as_ref())?;
+            println!("{token}");
+            eprintln!(
+                "token {:?} created, {}. It is shown only this once: store it now.",
+                args.name,
+                match &key {
+                    Some(key) => format!("bound to key {}", key.key_id()),
+                    None =>
+                        "bound to no key (it publishes what the mirror's --builder-key keys signed)"
+                            .to_string(),
+                }
+            );
+        }
+        TokenCommand::List => {
+            let tokens = store.list_tokens()?;
+            if tokens.is_empty() {
+                eprintln!("no tokens; create one with `precomp token create --name NAME`");
+            }
+            for token in tokens {
+                println!(
+                    "{}\t{}\tcreated {}\t{}",
+                    token.name,
+                    token.key_id.as_deref().unwrap_or("any-builder-key"),
+                    utc(token.created_at),
+                    match token.revoked_at {
+                        Some(at) => format!("revoked {}", utc(at)),
+                        None => "active".to_string(),
+                    }
+                );
+            }
+        }
+        TokenCommand::Revoke(args) => {
+            store.revoke_token(&args.name)?;
+            eprintln!("token {:?} revoked", args.name);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ` (days to civil date: Howard Hinnant's algorithm).
+fn utc(seconds: i64) -> String {
+    let days = seconds.div_euclid(86_400);
+    let secs = seconds.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats_utc() {
+        assert_eq!(super::utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::utc(315_532_800), "1980-01-01T00:00:00Z");
+        assert_eq!(super::utc(1_709_251_199), "2024-02-29T23:59:59Z");
+    }
+}

@@ -1,0 +1,669 @@
+//! `precomp build` with the fixture packages, on the host toolchain (bookworm: OTP 25,
+//! Elixir 1.14) and the trixie image (OTP 27, Elixir 1.18; the store under
+//! `$PRECOMP_TOOLCHAIN_CACHE`, default `/var/cache/precomp-test`, built there on first use).
+//!
+//! Sources come from a signed static repository of the fixtures (`precomp repo build`), locks
+//! from `precomp repo lock`, builds run in the real sandbox.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use common::*;
+use precomp_proto::manifest::{Manifest, SignedManifest};
+use precomp_proto::term::parse_erlang_terms;
+
+/// The fixture repository and a builder key, made once per test process.
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn get() -> &'static Fixture {
+        static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+        FIXTURE.get_or_init(|| {
+            let dir = tempfile::Builder::new()
+                .prefix("precomp-build-fixture-")
+                .tempdir()
+                .unwrap();
+            let packages = dir.path().join("packages");
+            precomp_testkit::copy_dir(&workspace().join("tests/fixtures/packages"), &packages);
+            precomp_testkit::copy_dir(
+                &workspace().join("tests/fixtures/broken/broken_ex"),
+                &packages.join("broken_ex"),
+            );
+            let repo_key = dir.path().join("repo.pem");
+            keygen(&repo_key);
+            repo_build(&packages, &repo_key, "hexpm", &dir.path().join("repo"));
+            ok(precomp(&[
+                "keys",
+                "generate",
+                "--name",
+                "builder",
+                "--out",
+                dir.path().join("keys").to_str().unwrap(),
+            ]));
+            Fixture { dir }
+        })
+    }
+
+    fn repo(&self) -> PathBuf {
+        self.dir.path().join("repo")
+    }
+
+    fn mirror(&self) -> String {
+        format!("file://{}", self.repo().display())
+    }
+
+    fn key(&self) -> PathBuf {
+        self.dir.path().join("keys/builder.key")
+    }
+
+    /// A mix.lock of these releases, written to `dir/mix.lock`.
+    fn lock(&self, dir: &Path, releases: &[&str]) -> PathBuf {
+        let path = dir.join("mix.lock");
+        let mut args = vec![
+            "repo".to_string(),
+            "lock".into(),
+            "--repo".into(),
+            self.repo().display().to_string(),
+            "--public-key".into(),
+            self.dir.path().join("repo.pem.pub").display().to_string(),
+            "--out".into(),
+            path.display().to_string(),
+        ];
+        args.extend(releases.iter().map(|r| r.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        ok(precomp(&args));
+        path
+    }
+}
+
+/// Every fixture release that builds, with shapes at 1.0.0.
+const ALL: &[&str] = &[
+    "counter_ex@1.0.0",
+    "env_reader@1.0.0",
+    "erl_counter@1.0.0",
+    "erl_ids@1.0.0",
+    "mk_erl@1.0.0",
+    "opt_user@1.0.0",
+    "plain_ex@1.0.0",
+    "shape_user@1.0.0",
+    "shapes@1.0.0",
+    "tiny_nif@1.0.0",
+];
+
+fn toolchain_cache() -> PathBuf {
+    std::env::var_os("PRECOMP_TOOLCHAIN_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/precomp-test"))
+}
+
+/// A data directory the sandbox user can reach (tempfile makes them 0700).
+fn data_dir(prefix: &str) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// One package's line of `precomp build --json`.
+#[derive(Clone, Debug)]
+struct Line(serde_json::Value);
+
+impl Line {
+    fn str(&self, field: &str) -> &str {
+        self.0[field]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {field} in {}", self.0))
+    }
+
+    fn manifest(&self) -> Manifest {
+        let bytes = std::fs::read(self.str("manifest")).unwrap();
+        let (manifest, _) = SignedManifest::decode(&bytes)
+            .unwrap()
+            .verify(&[builder_public_key()])
+            .unwrap();
+        manifest.check_key().unwrap();
+        manifest
+    }
+
+    /// SHA-256 of one file of the artifact, from the manifest.
+    fn file_digest(&self, path: &str) -> String {
+        let manifest = self.manifest();
+        let file = manifest
+            .output
+            .unwrap()
+            .files
+            .into_iter()
+            .find(|f| f.path == path)
+            .unwrap_or_else(|| panic!("{path} not in the artifact of {}", self.0));
+        hex::encode(file.sha256)
+    }
+}
+
+fn builder_public_key() -> precomp_proto::manifest::ArtifactPublicKey {
+    let pem = std::fs::read_to_string(Fixture::get().dir.path().join("keys/builder.pub")).unwrap();
+    precomp_proto::manifest::ArtifactPublicKey::from_pem(&pem).unwrap()
+}
+
+/// Runs `precomp build --json` and returns its lines by app, with the raw output.
+fn build(
+    data: &Path,
+    toolchain: &str,
+    lock: &Path,
+    extra: &[&str],
+) -> (BTreeMap<String, Line>, Output) {
+    let fixture = Fixture::get();
+    let mut command = precomp_command();
+    command
+        .arg("--data")
+        .arg(data)
+        .args(["build", "--json", "--lock"])
+        .arg(lock)
+        .args(["--mirror", &fixture.mirror(), "--toolchain", toolchain])
+        .arg("--toolchains")
+        .arg(toolchain_cache())
+        .arg("--key")
+        .arg(fixture.key())
+        .args(extra);
+    let output = command.output().expect("run precomp build");
+    let lines = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{e}: {line}\n{}", describe(&output)));
+            (value["app"].as_str().unwrap().to_string(), Line(value))
+        })
+        .collect();
+    (lines, output)
+}
+
+fn build_ok(data: &Path, toolchain: &str, lock: &Path, extra: &[&str]) -> BTreeMap<String, Line> {
+    let (lines, output) = build(data, toolchain, lock, extra);
+    assert!(output.status.success(), "{}", describe(&output));
+    lines
+}
+
+/// Runs `code` on `toolchain` (in the sandbox: an image's beams need its own OTP) with the
+/// artifacts unpacked into `dir` and their ebin directories on the code path; its stdout.
+fn run_with_artifacts(
+    dir: &Path,
+    toolchain: &str,
+    lines: &BTreeMap<String, Line>,
+    code: &str,
+) -> String {
+    let mut command = precomp_command();
+    command
+        .arg("--data")
+        .arg(toolchain_cache())
+        .args(["toolchain", "run", toolchain, "--output"])
+        .arg(dir)
+        .args(["--", "elixir"]);
+    for (app, line) in lines {
+        let dest = dir.join(app);
+        std::fs::create_dir_all(&dest).unwrap();
+        let status = Command::new("tar")
+            .arg("-xzf")
+            .arg(line.str("artifact"))
+            .arg("-C")
+            .arg(&dest)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        command.arg("-pa").arg(format!("{app}/ebin"));
+    }
+    let output = command.args(["-e", code]).output().unwrap();
+    assert!(output.status.success(), "{}", describe(&output));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The same inputs in two host directories give the same bytes; the artifacts load and run.
+fn reproducible_and_runnable(toolchain: &str) {
+    let fixture = Fixture::get();
+    let scratch = data_dir("precomp-build-scratch-");
+    let lock = fixture.lock(scratch.path(), ALL);
+    let first = data_dir("precomp-build-a-");
+    let second_parent = data_dir("precomp-build-b-");
+    let second = second_parent.path().join("somewhere/else");
+    std::fs::create_dir_all(&second).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for dir in [second.parent().unwrap(), second.as_path()] {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+    let a = build_ok(first.path(), toolchain, &lock, &[]);
+    let b = build_ok(&second, toolchain, &lock, &["--jobs", "1"]);
+    assert_eq!(a.len(), ALL.len(), "{a:?}");
+    for (app, line) in &a {
+        assert_eq!(line.str("status"), "built", "{app}: {:?}", line.0);
+        assert_eq!(
+            (line.str("key"), line.str("artifact_sha256")),
+            (b[app].str("key"), b[app].str("artifact_sha256")),
+            "{app} differs between host directories"
+        );
+        let bytes = std::fs::read(line.str("artifact")).unwrap();
+        assert_eq!(
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)),
+            line.str("artifact_sha256")
+        );
+    }
+    assert_eq!(a["tiny_nif"].str("target"), "x86_64-linux-gnu");
+    assert_eq!(a["shapes"].str("target"), "any");
+    assert!(a["tiny_nif"].manifest().output.unwrap().native_code);
+
+    // erlang.mk-style: Mix symlinks _build/.../mk_erl/ebin into deps/; the artifact holds the
+    // real files.
+    let listing = Command::new("tar")
+        .arg("-tvzf")
+        .arg(a["mk_erl"].str("artifact"))
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.contains("ebin/mk_erl.beam"), "{listing}");
+    assert!(!listing.lines().any(|l| l.starts_with('l')), "{listing}");
+
+    let run = data_dir("precomp-build-run-");
+    let out = run_with_artifacts(
+        run.path(),
+        toolchain,
+        &a,
+        "IO.inspect({ShapeUser.summary(), :erl_ids.default_step(), TinyNif.add(40, 2), :mk_erl.version(), EnvReader.greet(\"ci\"), CounterEx.ids(\"a\", 2), OptUser.mode()})",
+    );
+    for expected in [
+        "compiled_against: \"1.0.0\"",
+        "square_area: 9",
+        ", 1, 42, ",
+        "\"hello, ci!\"",
+        "[\"a-1\", \"a-2\"]",
+        ":with_plain_ex",
+    ] {
+        assert!(out.contains(expected), "{expected} not in {out}");
+    }
+
+    // A second run in the same data directory reuses every artifact.
+    let again = build_ok(first.path(), toolchain, &lock, &[]);
+    for (app, line) in &again {
+        assert_eq!(line.str("status"), "reused", "{app}");
+        assert_eq!(line.str("key"), a[app].str("key"));
+    }
+}
+
+#[test]
+fn host_builds_are_reproducible_and_run() {
+    reproducible_and_runnable("host");
+}
+
+#[test]
+fn trixie_builds_are_reproducible_and_run() {
+    reproducible_and_runnable("trixie");
+}
+
+/// Inputs that change compilation change the key and the beams: the macro package's version,
+/// an optional dependency present or not, the compile-time config.
+fn inputs_change_keys_and_beams(toolchain: &str) {
+    let fixture = Fixture::get();
+    let data = data_dir("precomp-build-inputs-");
+    let (v1_dir, v2_dir) = (data_dir("lock-v1-"), data_dir("lock-v2-"));
+    let v1 = build_ok(
+        data.path(),
+        toolchain,
+        &fixture.lock(v1_dir.path(), &["shapes@1.0.0", "shape_user@1.0.0"]),
+        &[],
+    );
+    let v2 = build_ok(
+        data.path(),
+        toolchain,
+        &fixture.lock(v2_dir.path(), &["shapes@2.0.0", "shape_user@1.0.0"]),
+        &[],
+    );
+    assert_ne!(v1["shape_user"].str("key"), v2["shape_user"].str("key"));
+    assert_ne!(
+        v1["shape_user"].file_digest("ebin/Elixir.ShapeUser.beam"),
+        v2["shape_user"].file_digest("ebin/Elixir.ShapeUser.beam")
+    );
+    assert_eq!(
+        v1["shape_user"].manifest().closure[0].version,
+        "1.0.0",
+        "the closure records the macro package's version"
+    );
+
+    let (alone_dir, with_dir) = (data_dir("lock-alone-"), data_dir("lock-with-"));
+    let alone = build_ok(
+        data.path(),
+        toolchain,
+        &fixture.lock(alone_dir.path(), &["opt_user@1.0.0"]),
+        &[],
+    );
+    let with = build_ok(
+        data.path(),
+        toolchain,
+        &fixture.lock(with_dir.path(), &["opt_user@1.0.0", "plain_ex@1.0.0"]),
+        &[],
+    );
+    assert_ne!(alone["opt_user"].str("key"), with["opt_user"].str("key"));
+    assert_ne!(
+        alone["opt_user"].file_digest("ebin/Elixir.OptUser.beam"),
+        with["opt_user"].file_digest("ebin/Elixir.OptUser.beam")
+    );
+
+    // compile_env: the manifest lists what the .app records, with the config's values.
+    let config_dir = data_dir("config-");
+    let config = config_dir.path().join("config.exs");
+    std::fs::write(
+        &config,
+        "import Config\nconfig :env_reader, greeting: \"howdy\", format: [punctuation: \"?\"]\n",
+    )
+    .unwrap();
+    let env_lock_dir = data_dir("lock-env-");
+    let env_lock = fixture.lock(env_lock_dir.path(), &["env_reader@1.0.0"]);
+    let plain = build_ok(data.path(), toolchain, &env_lock, &[]);
+    let configured = build_ok(
+        data.path(),
+        toolchain,
+        &env_lock,
+        &["--config", config.to_str().unwrap()],
+    );
+    let manifest = configured["env_reader"].manifest();
+    let entries: Vec<(String, String, Option<String>)> = manifest
+        .compile_env
+        .iter()
+        .map(|e| (e.app.clone(), e.path.clone(), e.value.clone()))
+        .collect();
+    assert!(
+        entries.contains(&(
+            "env_reader".into(),
+            "[greeting]".into(),
+            Some("<<\"howdy\">>".into())
+        )),
+        "{entries:?}"
+    );
+    assert!(
+        entries.contains(&(
+            "env_reader".into(),
+            "[format,punctuation]".into(),
+            Some("<<\"?\">>".into())
+        )),
+        "{entries:?}"
+    );
+    assert_eq!(
+        plain["env_reader"].str("base_key"),
+        configured["env_reader"].str("base_key")
+    );
+    assert_ne!(
+        plain["env_reader"].str("key"),
+        configured["env_reader"].str("key")
+    );
+    assert_ne!(
+        plain["env_reader"].file_digest("ebin/Elixir.EnvReader.beam"),
+        configured["env_reader"].file_digest("ebin/Elixir.EnvReader.beam")
+    );
+    // The same config again: its values are evaluated (in the sandbox) and the build reused.
+    let again = build_ok(
+        data.path(),
+        toolchain,
+        &env_lock,
+        &["--config", config.to_str().unwrap()],
+    );
+    assert_eq!(again["env_reader"].str("status"), "reused");
+    assert_eq!(
+        again["env_reader"].str("key"),
+        configured["env_reader"].str("key")
+    );
+}
+
+#[test]
+fn host_inputs_change_keys_and_beams() {
+    inputs_change_keys_and_beams("host");
+}
+
+#[test]
+fn trixie_inputs_change_keys_and_beams() {
+    inputs_change_keys_and_beams("trixie");
+}
+
+#[test]
+fn a_compile_error_is_recorded_with_its_log_and_nothing_is_stored() {
+    let fixture = Fixture::get();
+    let data = data_dir("precomp-build-broken-");
+    let lock_dir = data_dir("lock-broken-");
+    let lock = fixture.lock(lock_dir.path(), &["broken_ex@1.0.0", "plain_ex@1.0.0"]);
+    let (lines, output) = build(data.path(), "host", &lock, &[]);
+    assert!(!output.status.success(), "{}", describe(&output));
+    let broken = &lines["broken_ex"];
+    assert_eq!(broken.str("status"), "failed", "{:?}", broken.0);
+    assert!(broken.0.get("artifact").is_none());
+    let log = std::fs::read_to_string(broken.str("log")).unwrap();
+    assert!(log.contains("BrokenEx.NoSuchStruct"), "{log}");
+    assert_eq!(lines["plain_ex"].str("status"), "built");
+    let manifests: Vec<_> = std::fs::read_dir(data.path().join("builds/manifests"))
+        .unwrap()
+        .collect();
+    assert_eq!(manifests.len(), 1, "only plain_ex's manifest is stored");
+}
+
+#[test]
+fn build_names_a_tampered_source_and_a_missing_release() {
+    let fixture = Fixture::get();
+    let lock_dir = data_dir("lock-tamper-");
+    let lock = fixture.lock(lock_dir.path(), &["plain_ex@1.0.0"]);
+    let text = std::fs::read_to_string(&lock).unwrap();
+    let outer = text.rsplit('"').nth(1).unwrap().to_string();
+    let flipped = format!(
+        "{}{}",
+        if outer.starts_with('0') { '1' } else { '0' },
+        &outer[1..]
+    );
+    std::fs::write(&lock, text.replace(&outer, &flipped)).unwrap();
+    let data = data_dir("precomp-build-tamper-");
+    let (_, output) = build(data.path(), "host", &lock, &[]);
+    assert!(!output.status.success());
+    let message = text_of(&output);
+    assert!(
+        message.contains("plain_ex 1.0.0") && message.contains("refusing"),
+        "{message}"
+    );
+
+    let (_, output) = build(data.path(), "host", &lock, &["plain_ex@9.9.9"]);
+    assert!(!output.status.success());
+    assert!(
+        text_of(&output).contains("not 9.9.9"),
+        "{}",
+        text_of(&output)
+    );
+}
+
+fn text_of(output: &Output) -> String {
+    text(output)
+}
+
+/// Check the .app the artifact carries is a real application file.
+#[test]
+fn artifact_app_file_parses() {
+    let fixture = Fixture::get();
+    let lock_dir = data_dir("lock-app-");
+    let lock = fixture.lock(lock_dir.path(), &["plain_ex@1.0.0"]);
+    let data = data_dir("precomp-build-app-");
+    let lines = build_ok(data.path(), "host", &lock, &[]);
+    let dir = data_dir("unpacked-");
+    run_with_artifacts(dir.path(), "host", &lines, "IO.puts(:ok)");
+    let app = std::fs::read_to_string(dir.path().join("plain_ex/ebin/plain_ex.app")).unwrap();
+    let terms = parse_erlang_terms(&app).unwrap();
+    assert_eq!(terms.len(), 1);
+}
+
+/// Builds fetched through `precomp serve` and published to it with a token: the mirror serves
+/// the same manifest and artifact bytes and indexes the keys; a compile error is recorded
+/// there with its log and nothing published; `--missing` builds what a client reported.
+#[test]
+fn builds_are_published_to_the_mirror_and_misses_are_built() {
+    let fixture = Fixture::get();
+    let mirror_data = data_dir("precomp-build-mirror-");
+    let token = ok(precomp(&[
+        "--data",
+        mirror_data.path().to_str().unwrap(),
+        "token",
+        "create",
+        "--name",
+        "builder",
+        "--key",
+        fixture
+            .dir
+            .path()
+            .join("keys/builder.pub")
+            .to_str()
+            .unwrap(),
+    ]))
+    .trim()
+    .to_string();
+    let mut command = precomp_command();
+    command
+        .arg("--data")
+        .arg(mirror_data.path())
+        .args(["serve", "--listen", "127.0.0.1:0", "--upstream"])
+        .arg(fixture.mirror())
+        .arg("--upstream-key")
+        .arg(fixture.dir.path().join("repo.pem.pub"));
+    let server = ServeProcess::spawn(command);
+
+    let lock_dir = data_dir("lock-publish-");
+    let lock = fixture.lock(
+        lock_dir.path(),
+        &["shapes@1.0.0", "shape_user@1.0.0", "broken_ex@1.0.0"],
+    );
+    let data = data_dir("precomp-build-publish-");
+    let mut command = precomp_command();
+    command
+        .arg("--data")
+        .arg(data.path())
+        .args(["build", "--json", "--publish", "--lock"])
+        .arg(&lock)
+        .args(["--mirror", server.base(), "--token", &token, "--key"])
+        .arg(fixture.key());
+    let output = command.output().unwrap();
+    assert!(
+        !output.status.success(),
+        "broken_ex fails: {}",
+        describe(&output)
+    );
+    let lines: BTreeMap<String, serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["app"].as_str().unwrap().to_string(), v)
+        })
+        .collect();
+    for app in ["shapes", "shape_user", "broken_ex"] {
+        assert_eq!(lines[app]["published"], true, "{}", describe(&output));
+    }
+
+    let client = reqwest::blocking::Client::new();
+    let get = |path: &str| {
+        let response = client.get(server.url(path)).send().unwrap();
+        assert!(
+            response.status().is_success(),
+            "GET {path}: {}",
+            response.status()
+        );
+        response.bytes().unwrap().to_vec()
+    };
+    let user = &lines["shape_user"];
+    let key = user["key"].as_str().unwrap();
+    assert_eq!(
+        get(&format!("/precomp/v1/manifests/{key}")),
+        std::fs::read(user["manifest"].as_str().unwrap()).unwrap()
+    );
+    assert_eq!(
+        get(&format!(
+            "/precomp/v1/artifacts/{}",
+            user["artifact_sha256"].as_str().unwrap()
+        )),
+        std::fs::read(user["artifact"].as_str().unwrap()).unwrap()
+    );
+    let index: serde_json::Value =
+        serde_json::from_slice(&get("/precomp/v1/index/shape_user")).unwrap();
+    assert!(index.to_string().contains(key), "{index}");
+    let failures = String::from_utf8(get("/precomp/v1/failures/broken_ex")).unwrap();
+    assert!(failures.contains("BrokenEx.NoSuchStruct"), "{failures}");
+    let index: serde_json::Value =
+        serde_json::from_slice(&get("/precomp/v1/index/broken_ex")).unwrap();
+    assert_eq!(index["builds"].as_array().unwrap().len(), 0, "{index}");
+
+    // A client reports that opt_user (with plain_ex in its lock) has no artifact.
+    let miss_lock_dir = data_dir("lock-miss-");
+    let miss_lock = fixture.lock(miss_lock_dir.path(), &["opt_user@1.0.0", "plain_ex@1.0.0"]);
+    let miss_lock_text = std::fs::read_to_string(&miss_lock).unwrap();
+    let toolchains = ok(precomp(&[
+        "--data",
+        data.path().to_str().unwrap(),
+        "toolchain",
+        "list",
+        "--json",
+    ]));
+    let host: serde_json::Value = serde_json::from_str(&toolchains).unwrap();
+    let host = host
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == "host")
+        .unwrap()
+        .clone();
+    let base_key = {
+        let parsed = precomp_proto::lock::MixLock::parse(&miss_lock_text).unwrap();
+        let (package, closure) = parsed.closure("opt_user").unwrap();
+        precomp_proto::buildkey::BuildInputs {
+            package,
+            closure,
+            otp_major: host["otp"].as_str().unwrap().into(),
+            elixir: host["elixir"].as_str().unwrap().into(),
+            mix_env: "prod".into(),
+            target: precomp_proto::buildkey::Target::Any,
+            compile_env: Vec::new(),
+        }
+        .base_key()
+        .unwrap()
+        .to_string()
+    };
+    let report = serde_json::json!({
+        "package": "opt_user", "version": "1.0.0", "base_key": base_key, "reason": "not built",
+        "otp_major": host["otp"], "elixir": host["elixir"], "mix_env": "prod", "target": "any",
+        "lock": miss_lock_text,
+    });
+    let response = client
+        .post(server.url("/precomp/v1/misses"))
+        .body(report.to_string())
+        .send()
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{}",
+        response.text().unwrap()
+    );
+
+    let mut command = precomp_command();
+    command
+        .arg("--data")
+        .arg(data.path())
+        .args(["build", "--json", "--publish", "--missing"])
+        .args(["--mirror", server.base(), "--token", &token, "--key"])
+        .arg(fixture.key());
+    let output = command.output().unwrap();
+    assert!(output.status.success(), "{}", describe(&output));
+    let built = String::from_utf8_lossy(&output.stdout);
+    assert!(built.contains("\"app\":\"opt_user\""), "{built}");
+    let misses = client
+        .get(server.url("/precomp/v1/misses"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(!misses.contains("opt_user"), "the miss is closed: {misses}");
+    let index: serde_json::Value =
+        serde_json::from_slice(&get("/precomp/v1/index/opt_user")).unwrap();
+    assert!(index.to_string().contains(&base_key), "{index}");
+}

@@ -1,0 +1,1644 @@
+//! `precomp fetch` in a real Mix project (tests/fixtures/consumers/mix_app) against a real
+//! `precomp serve` over loopback, with real `mix`, `elixir`, `erl` and `rebar3`.
+//!
+//! The artifacts are built once per run, the way the builder does but on the host: the
+//! consumer's Hex deps are compiled by `mix compile` in a copy of the project (each dep in
+//! its Mix env, prod, with the consumer's config), then each `_build/dev/lib/<dep>` is packed
+//! with `proto::artifact`, described by a manifest with the build key's inputs from the
+//! lock and the local toolchain, signed with a builder key and published through the
+//! mirror's API with an upload token. Making them here lets tests tamper with, withhold or
+//! re-sign single builds; one test instead builds with `precomp build` itself and checks that
+//! the builder's keys are the client's.
+//!
+//! Mix's Hex client is not installed on these machines, so `mix deps.get` cannot run: each
+//! consumer copy gets `deps/<app>` unpacked from the repository's tarballs, the `mix.lock`
+//! `precomp repo lock` writes, a `.fetch` marker as `mix deps.get` leaves it, and a stand-in
+//! SCM (Precomp.TestSCM, fetchable like Hex, refusing to fetch) prepended to its mix.exs so
+//! Mix accepts `{:name, "~> x"}` deps. The end-to-end test with the real Hex client runs
+//! where `mix hex.info` works and says why it is skipped elsewhere.
+
+mod common;
+
+use common::*;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use precomp_proto::artifact;
+use precomp_proto::buildkey::{BuildInputs, Target};
+use precomp_proto::lock::MixLock;
+use precomp_proto::manifest::{ArtifactSigningKey, Manifest, Provenance, SignedManifest};
+use precomp_registry::artifacts::ArtifactClient;
+use prost::Message;
+use sha2::{Digest, Sha256};
+
+/// The consumer's Hex deps that get artifacts (plain_ex is `only: :test`).
+const BUILT: &[&str] = &[
+    "env_reader",
+    "erl_counter",
+    "mk_erl",
+    "shape_user",
+    "shapes",
+    "tiny_nif",
+];
+
+/// Built with Elixir by Mix: they get `compile.elixir_scm`.
+const MIX_BUILT: &[&str] = &["env_reader", "shape_user", "shapes", "tiny_nif"];
+
+const RELEASES: &[&str] = &[
+    "env_reader@1.0.0",
+    "erl_counter@1.0.0",
+    "mk_erl@1.0.0",
+    "plain_ex@1.0.0",
+    "shape_user@1.0.0",
+    "shapes@2.0.0",
+    "tiny_nif@1.0.0",
+];
+
+/// What `MixApp.run()` prints with the fixture's config.
+const RUN_OUTPUT: &str = r#"%{greeting: "howdy, ci?", id: "order-1", mk_erl: "a=1&b=x", mk_erl_version: '1.0.0', nif: 42, origin: %{label: "origin", x: 0.0, y: 0.0, z: 0.0}, shapes: "2.0.0"}"#;
+
+const RUN: &str = "IO.puts(inspect(MixApp.run(), limit: :infinity, width: 10_000))";
+
+/// A fetchable SCM standing in for Hex.SCM where the Hex client is not installed: deps are
+/// already unpacked under deps/ and never fetched.
+const TEST_SCM: &str = r#"# Test stand-in for Hex.SCM (precomp/tests/fetch.rs): deps are unpacked by the test.
+defmodule Precomp.TestSCM do
+  @behaviour Mix.SCM
+  def fetchable?, do: true
+  def format(_opts), do: "test"
+  def format_lock(_opts), do: nil
+
+  def accepts_options(app, opts) do
+    if opts[:path] || opts[:git] || opts[:github] || opts[:in_umbrella] do
+      nil
+    else
+      Keyword.put(opts, :dest, Path.join(Mix.Project.deps_path(), Atom.to_string(app)))
+    end
+  end
+
+  def checked_out?(opts), do: File.dir?(opts[:dest])
+  def lock_status(_opts), do: :ok
+  def equal?(opts1, opts2), do: opts1[:dest] == opts2[:dest]
+  def managers(_opts), do: []
+  def checkout(opts), do: Mix.raise("Precomp.TestSCM: #{opts[:dest]} is not unpacked")
+  def update(opts), do: checkout(opts)
+end
+
+Mix.SCM.append(Precomp.TestSCM)
+
+"#;
+
+// ---------------------------------------------------------------------------------------------
+// The shared fixture: repository, lock, artifacts
+// ---------------------------------------------------------------------------------------------
+
+struct Build {
+    artifact: Vec<u8>,
+    manifest: Manifest,
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    lock: String,
+    builder: ArtifactSigningKey,
+    otp: String,
+    elixir: String,
+    native: Target,
+    builds: BTreeMap<String, Build>,
+    /// `compile.elixir_scm` as real Mix wrote it for each Mix-built dep.
+    mix_elixir_scm: BTreeMap<String, Vec<u8>>,
+}
+
+impl Fixture {
+    fn get() -> &'static Fixture {
+        static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+        FIXTURE.get_or_init(Fixture::build)
+    }
+
+    fn build() -> Fixture {
+        let dir = tempfile::Builder::new()
+            .prefix("precomp-fetch-fixture-")
+            .tempdir()
+            .unwrap();
+        let root = dir.path();
+        let repo_key = root.join("repo.pem");
+        keygen(&repo_key);
+        repo_build(
+            &workspace().join("tests/fixtures/packages"),
+            &repo_key,
+            "hexpm",
+            &root.join("repo"),
+        );
+        let lock_path = root.join("mix.lock");
+        let mut args: Vec<String> = ["repo", "lock", "--repo"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.push(root.join("repo").display().to_string());
+        args.push("--public-key".into());
+        args.push(root.join("repo.pem.pub").display().to_string());
+        args.push("--out".into());
+        args.push(lock_path.display().to_string());
+        args.extend(RELEASES.iter().map(|r| r.to_string()));
+        ok(precomp(
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        ));
+        let lock = std::fs::read_to_string(&lock_path).unwrap();
+
+        let builder = ArtifactSigningKey::generate();
+        std::fs::write(
+            root.join("builder.pub"),
+            builder.public_key().to_pem().unwrap(),
+        )
+        .unwrap();
+        std::fs::write(root.join("builder.pem"), builder.to_pem().unwrap()).unwrap();
+        let stranger = ArtifactSigningKey::generate();
+        std::fs::write(
+            root.join("stranger.pub"),
+            stranger.public_key().to_pem().unwrap(),
+        )
+        .unwrap();
+
+        let otp = capture(Command::new("erl").args([
+            "-noshell",
+            "-eval",
+            "io:format(\"~s\", [erlang:system_info(otp_release)]), halt().",
+        ]));
+        let architecture = capture(Command::new("erl").args([
+            "-noshell",
+            "-eval",
+            "io:format(\"~s\", [erlang:system_info(system_architecture)]), halt().",
+        ]));
+        let elixir = capture(Command::new("elixir").args(["-e", "IO.write(System.version())"]));
+        let native = precomp_client::project::native_target(&architecture).unwrap();
+
+        // Compile every dep in a copy of the consumer, as the builder would.
+        let project = root.join("build");
+        let fixture = Fixture {
+            dir,
+            lock,
+            builder,
+            otp,
+            elixir,
+            native,
+            builds: BTreeMap::new(),
+            mix_elixir_scm: BTreeMap::new(),
+        };
+        fixture.make_consumer(&project);
+        let compile = fixture.mix(&project, &["compile"]);
+        assert!(compile.status.success(), "{}", describe(&compile));
+        let lock = MixLock::parse(&fixture.lock).unwrap();
+        let mut builds = BTreeMap::new();
+        let mut scm = BTreeMap::new();
+        for app in BUILT {
+            let app_dir = project.join("_build/dev/lib").join(app);
+            let packed = artifact::pack(&app_dir, &project).unwrap();
+            let compile_env = precomp_builder::build::read_compile_env(
+                app,
+                &app_dir.join(format!("ebin/{app}.app")),
+            )
+            .unwrap();
+            let (package, closure) = lock.closure(app).unwrap();
+            let inputs = BuildInputs {
+                package,
+                closure,
+                otp_major: fixture.otp.clone(),
+                elixir: fixture.elixir.clone(),
+                mix_env: "prod".into(),
+                target: if packed.native_code {
+                    fixture.native.clone()
+                } else {
+                    Target::Any
+                },
+                compile_env,
+            };
+            let mut manifest = Manifest::default();
+            manifest.set_inputs(&inputs).unwrap();
+            manifest.output = Some(packed.output());
+            manifest.provenance = Some(Provenance {
+                toolchain_id: "host".into(),
+                toolchain_digest: "0".repeat(64),
+                builder_id: fixture.builder.public_key().key_id(),
+                build_duration_ms: 1,
+                build_log_sha256: vec![0; 32],
+            });
+            if MIX_BUILT.contains(app) {
+                scm.insert(
+                    app.to_string(),
+                    std::fs::read(app_dir.join(".mix/compile.elixir_scm")).unwrap(),
+                );
+            }
+            builds.insert(
+                app.to_string(),
+                Build {
+                    artifact: packed.bytes,
+                    manifest,
+                },
+            );
+        }
+        assert_eq!(
+            builds["tiny_nif"].manifest.target,
+            fixture.native.to_string(),
+            "tiny_nif holds native code"
+        );
+        assert!(
+            !builds["env_reader"].manifest.compile_env.is_empty(),
+            "env_reader records its compile env"
+        );
+        Fixture {
+            builds,
+            mix_elixir_scm: scm,
+            ..fixture
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn key_of(&self, app: &str) -> &str {
+        &self.builds[app].manifest.key
+    }
+
+    /// A consumer project at `dir`: the fixture with the test SCM, the lock, deps unpacked
+    /// and their `.fetch` markers.
+    fn make_consumer(&self, dir: &Path) {
+        let source = workspace().join("tests/fixtures/consumers/mix_app");
+        precomp_testkit::copy_dir(&source, dir);
+        let mix_exs = std::fs::read_to_string(source.join("mix.exs")).unwrap();
+        std::fs::write(dir.join("mix.exs"), format!("{TEST_SCM}{mix_exs}")).unwrap();
+        std::fs::write(dir.join("mix.lock"), &self.lock).unwrap();
+        for release in RELEASES {
+            let (name, version) = release.split_once('@').unwrap();
+            let tarball = std::fs::read(
+                self.path("repo/tarballs")
+                    .join(format!("{name}-{version}.tar")),
+            )
+            .unwrap();
+            let tarball = precomp_proto::tarball::read(&tarball).unwrap();
+            let dest = dir.join("deps").join(name);
+            precomp_proto::tarball::unpack_contents(&tarball.contents_tar_gz, &dest).unwrap();
+            std::fs::write(dest.join(".fetch"), "").unwrap();
+        }
+    }
+
+    /// `mix ARGS` in `dir` (MIX_ENV=dev).
+    fn mix(&self, dir: &Path, args: &[&str]) -> Output {
+        let mut command = Command::new("mix");
+        command
+            .args(args)
+            .current_dir(dir)
+            .env("MIX_ENV", "dev")
+            .env("MIX_REBAR3", "/usr/bin/rebar3")
+            .env_remove("MIX_BUILD_PATH")
+            .env_remove("MIX_TARGET");
+        output_within(command, Duration::from_secs(300))
+    }
+}
+
+fn capture(command: &mut Command) -> String {
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{command:?}: {}",
+        describe(&output)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The mirror, publishing, and a proxy that can lie
+// ---------------------------------------------------------------------------------------------
+
+/// A `precomp serve` of the fixture repository with the builder's key trusted for uploads,
+/// killed when dropped.
+struct Mirror {
+    child: Child,
+    url: String,
+    /// The mirror's data directory, removed after the mirror is killed.
+    _data: tempfile::TempDir,
+    token: String,
+    log: tempfile::NamedTempFile,
+}
+
+impl Mirror {
+    fn start(fixture: &Fixture) -> Mirror {
+        let data = tempfile::tempdir().unwrap();
+        let mut create = precomp_command();
+        create.arg("--data").arg(data.path()).args([
+            "token",
+            "create",
+            "--name",
+            "fixture-builder",
+        ]);
+        let token = ok(output_within(create, Duration::from_secs(30)))
+            .trim()
+            .to_string();
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let mut command = precomp_command();
+        command
+            .arg("--data")
+            .arg(data.path())
+            .args(["serve", "--listen", "127.0.0.1:0", "--upstream"])
+            .arg(format!("file://{}", fixture.path("repo").display()))
+            .arg("--upstream-key")
+            .arg(fixture.path("repo.pem.pub"))
+            .arg("--builder-key")
+            .arg(fixture.path("builder.pub"))
+            .env("PRECOMP_LOG", "info")
+            .stderr(log.reopen().unwrap());
+        let log_path = log.path().to_path_buf();
+        let (child, url) = spawn_serve(command, move || {
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        });
+        Mirror {
+            child,
+            url,
+            _data: data,
+            token,
+            log,
+        }
+    }
+
+    fn client(&self) -> ArtifactClient {
+        ArtifactClient::new(&self.url, Some(self.token.clone())).unwrap()
+    }
+
+    /// Publishes the builds of `apps`, each signed by the builder.
+    fn publish(&self, fixture: &Fixture, apps: &[&str]) {
+        let runtime = runtime();
+        let client = self.client();
+        for app in apps {
+            let build = &fixture.builds[*app];
+            let sha: [u8; 32] = Sha256::digest(&build.artifact).into();
+            let signed = SignedManifest::sign(&build.manifest, &fixture.builder).encode_to_vec();
+            runtime.block_on(async {
+                client
+                    .upload_artifact(&sha, build.artifact.clone())
+                    .await
+                    .unwrap_or_else(|e| panic!("{app}: {e}\n{}", self.log()));
+                client
+                    .upload_manifest(&build.manifest.key, signed)
+                    .await
+                    .unwrap_or_else(|e| panic!("{app}: {e}\n{}", self.log()));
+            });
+        }
+    }
+
+    fn log(&self) -> String {
+        format!(
+            "mirror log:\n{}",
+            std::fs::read_to_string(self.log.path()).unwrap_or_default()
+        )
+    }
+}
+
+impl Drop for Mirror {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// What the proxy does to an answer: `(path, status, body) -> (status, body)`.
+type Rule = dyn Fn(&str, u16, Vec<u8>) -> (u16, Vec<u8>) + Send + Sync;
+
+/// A loopback HTTP proxy in front of the mirror that rewrites answers: a compromised mirror
+/// or network. Every request path is recorded.
+struct Proxy {
+    url: String,
+    paths: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proxy {
+    fn start(
+        upstream: &str,
+        rule: impl Fn(&str, u16, Vec<u8>) -> (u16, Vec<u8>) + Send + Sync + 'static,
+    ) -> Proxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let paths = Arc::new(Mutex::new(Vec::new()));
+        let rule: Arc<Rule> = Arc::new(rule);
+        let upstream = upstream.to_string();
+        let seen = paths.clone();
+        std::thread::spawn(move || {
+            let client = reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap();
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let (client, rule, upstream, seen) =
+                    (client.clone(), rule.clone(), upstream.clone(), seen.clone());
+                std::thread::spawn(move || {
+                    let _ = proxy_one(stream, &client, &upstream, &*rule, &seen);
+                });
+            }
+        });
+        Proxy { url, paths }
+    }
+
+    fn paths(&self) -> Vec<String> {
+        self.paths.lock().unwrap().clone()
+    }
+}
+
+fn proxy_one(
+    mut stream: std::net::TcpStream,
+    client: &reqwest::blocking::Client,
+    upstream: &str,
+    rule: &Rule,
+    seen: &Mutex<Vec<String>>,
+) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    let mut parts = request_line.split_whitespace();
+    let (method, path) = (
+        parts.next().unwrap_or("GET").to_string(),
+        parts.next().unwrap_or("/").to_string(),
+    );
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body)?;
+    seen.lock().unwrap().push(path.clone());
+    let response = client
+        .request(method.parse().unwrap(), format!("{upstream}{path}"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send();
+    let (status, body) = match response {
+        Ok(response) => (
+            response.status().as_u16(),
+            response.bytes().map(|b| b.to_vec()).unwrap_or_default(),
+        ),
+        Err(e) => (502, e.to_string().into_bytes()),
+    };
+    let (status, body) = rule(&path, status, body);
+    write!(
+        stream,
+        "HTTP/1.1 {status} Proxied\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    )?;
+    stream.write_all(&body)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Consumers
+// ---------------------------------------------------------------------------------------------
+
+/// A fresh consumer project, as after `mix deps.get`.
+struct Consumer {
+    dir: tempfile::TempDir,
+}
+
+impl Consumer {
+    fn new(fixture: &Fixture) -> Consumer {
+        let dir = tempfile::Builder::new()
+            .prefix("precomp-fetch-consumer-")
+            .tempdir()
+            .unwrap();
+        fixture.make_consumer(dir.path());
+        Consumer { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn lib(&self) -> PathBuf {
+        self.path().join("_build/dev/lib")
+    }
+
+    fn fetch_command(&self, fixture: &Fixture, mirror: &str, args: &[&str]) -> Command {
+        let mut command = precomp_command();
+        command
+            .arg("fetch")
+            .arg("--project")
+            .arg(self.path())
+            .args(["--mirror", mirror])
+            .arg("--trust")
+            .arg(fixture.path("builder.pub"))
+            .args(args)
+            .env("MIX_ENV", "dev")
+            .env_remove("HEX_MIRROR")
+            .env_remove("MIX_BUILD_PATH")
+            .env_remove("MIX_TARGET");
+        command
+    }
+
+    /// `precomp fetch --json ARGS`: the output, the per-dep objects by app, the summary.
+    fn fetch_json(&self, fixture: &Fixture, mirror: &str, args: &[&str]) -> Fetched {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let output = output_within(
+            self.fetch_command(fixture, mirror, &all),
+            Duration::from_secs(300),
+        );
+        Fetched::parse(output)
+    }
+
+    fn mix(&self, fixture: &Fixture, args: &[&str]) -> Output {
+        fixture.mix(self.path(), args)
+    }
+
+    /// `mix run` of MixApp.run(): its stdout's last line.
+    fn run_app(&self, fixture: &Fixture) -> String {
+        let output = self.mix(fixture, &["run", "-e", RUN]);
+        assert!(output.status.success(), "{}", describe(&output));
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Every file under `lib/<app>` with its contents and mtime.
+    fn snapshot(&self, app: &str) -> BTreeMap<PathBuf, (Vec<u8>, SystemTime)> {
+        fn walk(dir: &Path, root: &Path, out: &mut BTreeMap<PathBuf, (Vec<u8>, SystemTime)>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let entry = entry.unwrap();
+                let path = entry.path();
+                let meta = std::fs::symlink_metadata(&path).unwrap();
+                if meta.is_dir() {
+                    walk(&path, root, out);
+                } else {
+                    out.insert(
+                        path.strip_prefix(root).unwrap().to_path_buf(),
+                        (std::fs::read(&path).unwrap(), meta.modified().unwrap()),
+                    );
+                }
+            }
+        }
+        let mut out = BTreeMap::new();
+        walk(&self.lib().join(app), &self.lib().join(app), &mut out);
+        out
+    }
+
+    /// Staging leftovers in lib/.
+    fn leftovers(&self) -> Vec<String> {
+        match std::fs::read_dir(self.lib()) {
+            Ok(entries) => entries
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(".precomp-tmp-"))
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+/// A `precomp fetch --json` run.
+struct Fetched {
+    output: Output,
+    deps: BTreeMap<String, serde_json::Value>,
+    summary: serde_json::Value,
+}
+
+impl Fetched {
+    fn parse(output: Output) -> Fetched {
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let mut lines: Vec<serde_json::Value> = stdout
+            .lines()
+            .map(|line| {
+                serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("not JSON ({e}): {line}\n{}", describe(&output)))
+            })
+            .collect();
+        let summary = lines
+            .pop()
+            .unwrap_or_else(|| panic!("no output: {}", describe(&output)));
+        assert_eq!(summary["summary"], true, "{}", describe(&output));
+        let deps = lines
+            .into_iter()
+            .map(|d| (d["app"].as_str().unwrap().to_string(), d))
+            .collect();
+        Fetched {
+            output,
+            deps,
+            summary,
+        }
+    }
+
+    fn status(&self, app: &str) -> &str {
+        self.deps[app]["status"].as_str().unwrap()
+    }
+
+    fn kind(&self, app: &str) -> &str {
+        self.deps[app]["kind"].as_str().unwrap_or("")
+    }
+
+    fn reason(&self, app: &str) -> &str {
+        self.deps[app]["reason"].as_str().unwrap_or("")
+    }
+
+    fn describe(&self) -> String {
+        describe(&self.output)
+    }
+}
+
+/// The install of `app` in `lib` is complete: exactly the manifest's files with their
+/// digests, real directories, and the markers.
+fn assert_installed(lib: &Path, fixture: &Fixture, app: &str) {
+    let dir = lib.join(app);
+    let build = &fixture.builds[app];
+    for file in &build.manifest.output.as_ref().unwrap().files {
+        let path = dir.join(&file.path);
+        let bytes =
+            std::fs::read(&path).unwrap_or_else(|e| panic!("{app}: {}: {e}", path.display()));
+        assert_eq!(
+            Sha256::digest(&bytes).to_vec(),
+            file.sha256,
+            "{app}: {}",
+            file.path
+        );
+    }
+    for top in ["ebin", "priv", "include"] {
+        if let Ok(meta) = std::fs::symlink_metadata(dir.join(top)) {
+            assert!(meta.is_dir(), "{app}/{top} is a real directory, not a link");
+        }
+    }
+    assert_eq!(
+        std::fs::read_to_string(dir.join(".mix/precomp.key"))
+            .unwrap()
+            .trim(),
+        build.manifest.key
+    );
+    assert!(dir.join(".mix/compile.fetch").is_file(), "{app}");
+}
+
+type Snapshot = BTreeMap<PathBuf, (Vec<u8>, SystemTime)>;
+
+/// The same files with the same contents and mtimes; else the differences.
+fn assert_same_files(before: &[Snapshot], after: &[Snapshot], what: &str) {
+    let mut differences = Vec::new();
+    for (app, (a, b)) in BUILT.iter().zip(before.iter().zip(after)) {
+        for path in a.keys().chain(b.keys()) {
+            match (a.get(path), b.get(path)) {
+                (Some(x), Some(y)) if x == y => {}
+                (x, y) => differences.push(format!(
+                    "{app}/{}: {:?} -> {:?}",
+                    path.display(),
+                    x.map(|v| v.1),
+                    y.map(|v| v.1)
+                )),
+            }
+        }
+    }
+    differences.dedup();
+    assert!(
+        differences.is_empty(),
+        "{what} changed installed files: {differences:#?}"
+    );
+}
+
+fn mtime(path: &Path) -> SystemTime {
+    std::fs::metadata(path).unwrap().modified().unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn fetch_installs_every_dependency_and_mix_compiles_none_of_them() {
+    let fixture = Fixture::get();
+    let mirror = Mirror::start(fixture);
+    mirror.publish(fixture, BUILT);
+    let consumer = Consumer::new(fixture);
+    // `mix deps.get` just ran: Elixir 1.14 recompiles a dep whose `.fetch` is newer than its
+    // `compile.fetch`, in whole seconds.
+    let fetched_at = SystemTime::now();
+    for app in BUILT {
+        std::fs::File::options()
+            .write(true)
+            .open(consumer.path().join("deps").join(app).join(".fetch"))
+            .unwrap()
+            .set_modified(fetched_at)
+            .unwrap();
+    }
+
+    let fetched = consumer.fetch_json(fixture, &mirror.url, &[]);
+    assert!(fetched.output.status.success(), "{}", fetched.describe());
+    for app in BUILT {
+        assert_eq!(
+            fetched.status(app),
+            "installed",
+            "{app}: {}",
+            fetched.describe()
+        );
+        assert_eq!(fetched.deps[*app]["key"], fixture.key_of(app));
+        assert_installed(&consumer.lib(), fixture, app);
+        let compile_fetch = consumer.lib().join(app).join(".mix/compile.fetch");
+        assert!(
+            mtime(&compile_fetch) >= fetched_at,
+            "{app}: compile.fetch not older than .fetch"
+        );
+        // compile.elixir_scm: byte for byte what Mix writes, for Mix-built deps only.
+        let scm = std::fs::read(consumer.lib().join(app).join(".mix/compile.elixir_scm")).ok();
+        assert_eq!(
+            scm.as_ref(),
+            fixture.mix_elixir_scm.get(*app),
+            "{app}: compile.elixir_scm"
+        );
+    }
+    assert_eq!(fetched.status("plain_ex"), "skipped", "only: :test");
+    assert!(!consumer.lib().join("plain_ex").exists());
+    assert_eq!(fetched.summary["hits"], BUILT.len());
+    assert_eq!(fetched.summary["misses"], 0);
+    let bytes = fetched.summary["bytes"].as_u64().unwrap();
+    let artifacts: u64 = BUILT
+        .iter()
+        .map(|a| fixture.builds[*a].artifact.len() as u64)
+        .sum();
+    assert!(
+        bytes >= artifacts,
+        "{bytes} bytes received, artifacts are {artifacts}"
+    );
+    // mk_erl: Mix would symlink ebin into deps/mk_erl; the install is a real directory
+    // holding the beams.
+    assert!(consumer.lib().join("mk_erl/ebin/mk_erl.beam").is_file());
+    assert!(!consumer
+        .path()
+        .join("deps/mk_erl/ebin/mk_erl.beam")
+        .exists());
+    assert!(consumer
+        .path()
+        .join("_build/dev/lib/mix_app/.mix/compile.lock")
+        .is_file());
+
+    // `mix compile` compiles the project only: no dep is compiled, no installed file changes.
+    let before: Vec<_> = BUILT.iter().map(|a| consumer.snapshot(a)).collect();
+    let compile = consumer.mix(fixture, &["compile"]);
+    assert!(compile.status.success(), "{}", describe(&compile));
+    let log = text(&compile);
+    for app in BUILT {
+        assert!(
+            !log.contains(&format!("==> {app}")),
+            "{app} compiled:\n{log}"
+        );
+        assert!(
+            !log.contains(&format!("Generated {app} app")),
+            "{app} compiled:\n{log}"
+        );
+        assert!(
+            !log.contains(&format!("Compiling {app}")),
+            "{app} compiled:\n{log}"
+        );
+    }
+    assert!(log.contains("Generated mix_app app"), "{log}");
+    let after: Vec<_> = BUILT.iter().map(|a| consumer.snapshot(a)).collect();
+    assert_same_files(&before, &after, "mix compile");
+
+    // The installed beams load and run: the NIF, the erlang.mk app, the compile-time config.
+    assert_eq!(consumer.run_app(fixture), RUN_OUTPUT);
+    let erl = Command::new("erl")
+        .arg("-noshell")
+        .arg("-pa")
+        .args(BUILT.iter().map(|a| consumer.lib().join(a).join("ebin")))
+        .args([
+            "-eval",
+            "io:format(\"~s ~s\", [mk_erl:encode([{k, 1}]), 'Elixir.EnvReader':greet(<<\"erl\">>)]), halt().",
+        ])
+        .env("ERL_CRASH_DUMP_SECONDS", "0")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&erl.stdout),
+        "k=1 howdy, erl?",
+        "{}",
+        describe(&erl)
+    );
+
+    // A second fetch, with the mirror gone: everything is current, nothing is downloaded,
+    // nothing is touched.
+    drop(mirror);
+    let again = consumer.fetch_json(fixture, "http://127.0.0.1:9", &[]);
+    assert!(again.output.status.success(), "{}", again.describe());
+    for app in BUILT {
+        assert_eq!(again.status(app), "current", "{app}: {}", again.describe());
+    }
+    assert_eq!(again.summary["bytes"], 0);
+    assert_eq!(again.summary["misses"], 0);
+    let unchanged: Vec<_> = BUILT.iter().map(|a| consumer.snapshot(a)).collect();
+    assert_same_files(&after, &unchanged, "a second fetch");
+}
+
+#[test]
+fn artifacts_from_precomp_build_are_hits_and_mix_compiles_none_of_them() {
+    // The builder's keys and the client's agree: `precomp build` of the consumer's lock,
+    // with its config, published to the mirror; then `precomp fetch` finds every one.
+    let fixture = Fixture::get();
+    let mirror = Mirror::start(fixture);
+    let consumer = Consumer::new(fixture);
+    let data = tempfile::tempdir().unwrap();
+    let mut build = precomp_command();
+    build
+        .arg("--data")
+        .arg(data.path())
+        .args(["build", "--lock"])
+        .arg(consumer.path().join("mix.lock"))
+        .args(["--mirror", &mirror.url, "--toolchain", "host", "--key"])
+        .arg(fixture.path("builder.pem"))
+        .arg("--config")
+        .arg(consumer.path().join("config"))
+        .args([
+            "--config-env",
+            "dev",
+            "--publish",
+            "--token",
+            &mirror.token,
+            "--json",
+        ]);
+    let built = output_within(build, Duration::from_secs(600));
+    assert!(
+        built.status.success(),
+        "{}\n{}",
+        describe(&built),
+        mirror.log()
+    );
+
+    let fetched = consumer.fetch_json(fixture, &mirror.url, &["--require-all"]);
+    assert!(fetched.output.status.success(), "{}", fetched.describe());
+    for app in BUILT {
+        assert_eq!(
+            fetched.status(app),
+            "installed",
+            "{app}: {}",
+            fetched.describe()
+        );
+    }
+    let compile = consumer.mix(fixture, &["compile"]);
+    let log = text(&compile);
+    assert!(compile.status.success(), "{log}");
+    for app in BUILT {
+        assert!(
+            !log.contains(&format!("==> {app}")),
+            "{app} compiled:\n{log}"
+        );
+    }
+    assert_eq!(consumer.run_app(fixture), RUN_OUTPUT);
+}
+
+/// Where toolchain images are kept between test runs (as `precomp/tests/build.rs` has it).
+fn toolchain_cache() -> PathBuf {
+    std::env::var_os("PRECOMP_TOOLCHAIN_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/precomp-test"))
+}
+
+/// A directory of `elixir`, `mix` and `erl` commands that run those of the toolchain image
+/// at `root` over this machine's filesystem (bubblewrap puts the image's /usr and /etc in
+/// place, every other path is the host's), so a project and precomp see the same paths.
+fn toolchain_commands(root: &Path, dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for name in ["elixir", "mix", "erl"] {
+        let path = dir.join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\nexec bwrap --bind / / --dev-bind /dev /dev --ro-bind '{root}/usr' /usr \
+                 --ro-bind '{root}/etc' /etc -- /usr/bin/{name} \"$@\"\n",
+                root = root.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
+#[test]
+fn with_elixir_1_18_the_markers_keep_mix_from_compiling_installed_deps() {
+    // The trixie image (OTP 27, Elixir 1.18) if this machine has one.
+    let cache = toolchain_cache();
+    let listed = precomp_command()
+        .arg("--data")
+        .arg(&cache)
+        .args(["toolchain", "list", "--json"])
+        .output()
+        .unwrap();
+    let images: serde_json::Value =
+        serde_json::from_slice(&listed.stdout).unwrap_or(serde_json::Value::Null);
+    let trixie = images.as_array().and_then(|images| {
+        images
+            .iter()
+            .find(|i| i["suite"] == "trixie" && i["kind"] == "image")
+    });
+    let Some(trixie) = trixie else {
+        println!(
+            "skipped: no trixie toolchain image in {} (make one with `precomp --data {} \
+             toolchain build --suite trixie`, or point PRECOMP_TOOLCHAIN_CACHE at one)",
+            cache.display(),
+            cache.display()
+        );
+        return;
+    };
+    let root = PathBuf::from(trixie["root"].as_str().unwrap());
+    let elixir = trixie["elixir"].as_str().unwrap().to_string();
+    let otp = trixie["otp"].as_str().unwrap().to_string();
+    let fixture = Fixture::get();
+    let scratch = tempfile::tempdir().unwrap();
+    let bin = scratch.path().join("bin");
+    toolchain_commands(&root, &bin);
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let version = Command::new(bin.join("elixir"))
+        .args(["-e", "IO.write(System.version())"])
+        .output()
+        .unwrap();
+    if String::from_utf8_lossy(&version.stdout) != elixir {
+        println!(
+            "skipped: the trixie image's elixir does not run under bubblewrap here: {}",
+            describe(&version)
+        );
+        return;
+    }
+
+    // Builds for Elixir 1.18 by the builder, with the consumer's config.
+    let mirror = Mirror::start(fixture);
+    let consumer = Consumer::new(fixture);
+    let data = tempfile::tempdir().unwrap();
+    let mut build = precomp_command();
+    build
+        .arg("--data")
+        .arg(data.path())
+        .args(["build", "--lock"])
+        .arg(consumer.path().join("mix.lock"))
+        .args([
+            "--mirror",
+            &mirror.url,
+            "--toolchain",
+            "trixie",
+            "--toolchains",
+        ])
+        .arg(&cache)
+        .arg("--key")
+        .arg(fixture.path("builder.pem"))
+        .arg("--config")
+        .arg(consumer.path().join("config"))
+        .args([
+            "--config-env",
+            "dev",
+            "--publish",
+            "--token",
+            &mirror.token,
+            "--json",
+        ]);
+    let built = output_within(build, Duration::from_secs(900));
+    assert!(
+        built.status.success(),
+        "{}\n{}",
+        describe(&built),
+        mirror.log()
+    );
+
+    // precomp fetch with Elixir 1.18 on PATH: its keys, its markers.
+    let mut fetch = consumer.fetch_command(fixture, &mirror.url, &["--json", "--require-all"]);
+    fetch.env("PATH", &path);
+    let fetched = Fetched::parse(output_within(fetch, Duration::from_secs(300)));
+    assert!(fetched.output.status.success(), "{}", fetched.describe());
+    assert_eq!(fetched.summary["elixir"], elixir.as_str());
+    assert_eq!(fetched.summary["otp"], otp.as_str());
+    for app in BUILT {
+        assert_eq!(
+            fetched.status(app),
+            "installed",
+            "{app}: {}",
+            fetched.describe()
+        );
+    }
+    let scm = Command::new(bin.join("erl"))
+        .args([
+            "-noshell",
+            "-eval",
+            "{ok, B} = file:read_file(\"_build/dev/lib/shapes/.mix/compile.elixir_scm\"), \
+             io:format(\"~0p\", [binary_to_term(B)]), halt().",
+        ])
+        .current_dir(consumer.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&scm.stdout),
+        format!("{{1,{{<<\"{elixir}\">>,\"{otp}\"}},'Elixir.Precomp.TestSCM'}}"),
+        "{}",
+        describe(&scm)
+    );
+
+    // Mix 1.18 compiles none of them (compile.fetch present, the .app's compile_env valid
+    // under this config, compile.elixir_scm equal to its own), and the app runs.
+    let mix = |args: &[&str]| {
+        let mut command = Command::new("mix");
+        command
+            .args(args)
+            .current_dir(consumer.path())
+            .env("PATH", &path)
+            .env("MIX_ENV", "dev")
+            .env("MIX_REBAR3", "/usr/bin/rebar3");
+        output_within(command, Duration::from_secs(300))
+    };
+    let compile = mix(&["compile"]);
+    let log = text(&compile);
+    assert!(compile.status.success(), "{log}");
+    for app in BUILT {
+        assert!(
+            !log.contains(&format!("==> {app}")),
+            "{app} compiled:\n{log}"
+        );
+    }
+    assert!(log.contains("Generated mix_app app"), "{log}");
+    let run = mix(&["run", "-e", RUN]);
+    assert!(text(&run).contains("nif: 42"), "{}", describe(&run));
+    assert!(
+        text(&run).contains("greeting: \"howdy, ci?\""),
+        "{}",
+        describe(&run)
+    );
+}
+
+#[test]
+fn tampered_artifacts_manifests_and_signatures_are_refused_and_nothing_is_installed() {
+    let fixture = Fixture::get();
+    let mirror = Mirror::start(fixture);
+    mirror.publish(fixture, BUILT);
+    // A mirror (or network) that changes one byte of env_reader's artifact, one byte of
+    // shapes' manifest and one byte of mk_erl's signature, and answers for tiny_nif with
+    // shape_user's manifest: genuine, validly signed, but another build.
+    let artifact_path = format!(
+        "/precomp/v1/artifacts/{}",
+        hex::encode(Sha256::digest(&fixture.builds["env_reader"].artifact))
+    );
+    let shapes_manifest = format!("/precomp/v1/manifests/{}", fixture.key_of("shapes"));
+    let mk_erl_manifest = format!("/precomp/v1/manifests/{}", fixture.key_of("mk_erl"));
+    let tiny_nif_manifest = format!("/precomp/v1/manifests/{}", fixture.key_of("tiny_nif"));
+    let other_build =
+        SignedManifest::sign(&fixture.builds["shape_user"].manifest, &fixture.builder)
+            .encode_to_vec();
+    let proxy = Proxy::start(&mirror.url, move |path, status, mut body| {
+        if path == artifact_path {
+            let middle = body.len() / 2;
+            body[middle] ^= 0x40;
+        } else if path == shapes_manifest {
+            let mut signed = SignedManifest::decode(&body).unwrap();
+            let mut manifest = Manifest::decode(signed.manifest.as_slice()).unwrap();
+            manifest.provenance.as_mut().unwrap().builder_id = "someone else".into();
+            signed.manifest = manifest.encode_to_vec();
+            body = signed.encode_to_vec();
+        } else if path == mk_erl_manifest {
+            let mut signed = SignedManifest::decode(&body).unwrap();
+            signed.signatures[0].signature[10] ^= 1;
+            body = signed.encode_to_vec();
+        } else if path == tiny_nif_manifest {
+            body = other_build.clone();
+        }
+        (status, body)
+    });
+
+    let consumer = Consumer::new(fixture);
+    let fetched = consumer.fetch_json(fixture, &proxy.url, &[]);
+    assert!(fetched.output.status.success(), "{}", fetched.describe());
+    for (app, needle) in [
+        ("env_reader", "does not match its signed manifest"),
+        ("shapes", "bad signature"),
+        ("mk_erl", "bad signature"),
+        ("tiny_nif", "served manifest"),
+    ] {
+        assert_eq!(fetched.status(app), "miss", "{app}: {}", fetched.describe());
+        assert_eq!(fetched.kind(app), "verification_failed", "{app}");
+        assert!(
+            fetched.reason(app).contains(needle),
+            "{app}: {}",
+            fetched.reason(app)
+        );
+        assert!(
+            !consumer.lib().join(app).exists(),
+            "{app}: nothing may be installed for a refused artifact"
+        );
+    }
+    for app in ["erl_counter", "shape_user"] {
+        assert_eq!(
+            fetched.status(app),
+            "installed",
+            "{app}: {}",
+            fetched.describe()
+        );
+    }
+    assert_eq!(fetched.summary["misses"], 4);
+    assert!(
+        consumer.leftovers().is_empty(),
+        "{:?}",
+        consumer.leftovers()
+    );
+
+    // The human report names each refused dependency with its reason.
+    let human = output_within(
+        consumer.fetch_command(fixture, &proxy.url, &[]),
+        Duration::from_secs(300),
+    );
+    let stdout = String::from_utf8_lossy(&human.stdout);
+    for app in ["env_reader", "shapes", "mk_erl", "tiny_nif"] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with("miss")
+                && l.contains(app)
+                && l.contains("verification_failed")),
+            "{app}:\n{stdout}"
+        );
+    }
+    assert!(stdout.contains("precomp fetch: 2 hits"), "{stdout}");
+
+    // Mix builds the missed ones itself; the app runs.
+    let compile = consumer.mix(fixture, &["compile"]);
+    assert!(compile.status.success(), "{}", describe(&compile));
+    let log = text(&compile);
+    assert!(log.contains("==> env_reader"), "{log}");
+    assert!(!log.contains("==> shape_user"), "{log}");
+    assert_eq!(consumer.run_app(fixture), RUN_OUTPUT);
+}
+
+#[test]
+fn untrusted_revoked_and_too_few_signers_are_misses() {
+    let fixture = Fixture::get();
+    let mirror = Mirror::start(fixture);
+    mirror.publish(fixture, &["shapes"]);
+    let consumer = Consumer::new(fixture);
+    let stranger = fixture.path("stranger.pub");
+    let builder = fixture.path("builder.pub");
+    let run = |args: &[&str], trust_builder: bool| {
+        let mut command = precomp_command();
+        command
+            .arg("fetch")
+            .arg("--project")
+            .arg(consumer.path())
+            .args(["--mirror", &mirror.url, "--json"])
+            .args(args)
+            .env("MIX_ENV", "dev");
+        if trust_builder {
+            command.arg("--trust").arg(&builder);
+        }
+        Fetched::parse(output_within(command, Duration::from_secs(300)))
+    };
+    let stranger_s = stranger.to_str().unwrap();
+    let builder_s = builder.to_str().unwrap();
+
+    let untrusted = run(&["--trust", stranger_s], false);
+    assert_eq!(
+        untrusted.kind("shapes"),
+        "untrusted",
+        "{}",
+        untrusted.describe()
+    );
+    assert!(untrusted
+        .reason("shapes")
+        .contains(&fixture.builder.public_key().key_id()));
+
+    let revoked = run(&["--trust", stranger_s, "--revoked", builder_s], true);
+    assert_eq!(revoked.kind("shapes"), "revoked", "{}", revoked.describe());
+
+    let two = run(&["--trust", stranger_s, "--min-signatures", "2"], true);
+    assert_eq!(two.kind("shapes"), "policy", "{}", two.describe());
+    assert!(
+        two.reason("shapes").contains("needs 2"),
+        "{}",
+        two.reason("shapes")
+    );
+
+    let required = run(
+        &["--trust", stranger_s, "--require-signer", stranger_s],
+        true,
+    );
+    assert_eq!(required.kind("shapes"), "policy", "{}", required.describe());
+
+    for fetched in [&untrusted, &revoked, &two, &required] {
+        assert_eq!(fetched.summary["hits"], 0, "{}", fetched.describe());
+        assert!(!consumer.lib().join("shapes").exists());
+    }
+    // Unpublished deps are plain misses.
+    assert_eq!(untrusted.kind("env_reader"), "no_artifact");
+
+    // A policy nothing can meet is an error, not a run full of misses.
+    let mut command = consumer.fetch_command(fixture, &mirror.url, &["--revoked", builder_s]);
+    command.arg("--json");
+    let output = output_within(command, Duration::from_secs(60));
+    assert!(!output.status.success());
+    assert!(
+        text(&output).contains("every trusted key is revoked"),
+        "{}",
+        describe(&output)
+    );
+}
+
+#[test]
+fn another_compile_env_is_a_miss_and_a_stale_install_is_left_to_mix() {
+    let fixture = Fixture::get();
+    let mirror = Mirror::start(fixture);
+    mirror.publish(fixture, BUILT);
+    let consumer = Consumer::new(fixture);
+    let first = consumer.fetch_json(fixture, &mirror.url, &[]);
+    assert_eq!(
+        first.status("env_reader"),
+        "installed",
+        "{}",
+        first.describe()
+    );
+
+    // The consumer changes the greeting env_reader reads at compile time.
+    std::fs::write(
+        consumer.path().join("config/config.exs"),
+        "import Config\nconfig :env_reader, greeting: \"hi\", format: [punctuation: \"?\"]\n",
+    )
+    .unwrap();
+    let lock_before = mtime(
+        &consumer
+            .path()
+            .join("_build/dev/lib/mix_app/.mix/compile.lock"),
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    let second = consumer.fetch_json(fixture, &mirror.url, &[]);
+    assert_eq!(second.status("env_reader"), "miss", "{}", second.describe());
+    assert_eq!(second.kind("env_reader"), "compile_env_mismatch");
+    let reason = second.reason("env_reader");
+    assert!(
+        reason.contains("[greeting]") && reason.contains("howdy") && reason.contains("hi"),
+        "{reason}"
+    );
+    assert_eq!(second.deps["env_reader"]["removed_stale"], true);
+    assert!(!consumer.lib().join("env_reader").exists());
+    for app in ["shape_user", "shapes", "erl_counter", "mk_erl", "tiny_nif"] {
+        assert_eq!(second.status(app), "current", "{app}");
+    }
+    assert!(
+        mtime(
+            &consumer
+                .path()
+                .join("_build/dev/lib/mix_app/.mix/compile.lock")
+        ) > lock_before,
+        "compile.lock is touched when a dependency changed"
+    );
+
+    // Mix compiles env_reader with the new config, and nothing else.
+    let compile = consumer.mix(fixture, &["compile"]);
+    assert!(compile.status.success(), "{}", describe(&compile));
+    let log = text(&compile);
+    assert!(log.contains("==> env_reader"), "{log}");
+    for app in ["shape_user", "shapes", "tiny_nif"] {
+        assert!(!log.contains(&format!("==> {app}")), "{log}");
+    }
+    assert!(consumer.run_app(fixture).contains("greeting: \"hi, ci?\""));
+
+    // A Mix-compiled dependency that misses is left alone.
+    let third = consumer.fetch_json(fixture, &mirror.url, &[]);
+    assert_eq!(third.kind("env_reader"), "compile_env_mismatch");
+    assert_eq!(third.deps["env_reader"]["removed_stale"], false);
+    assert!(consumer
+        .lib()
+        .join("env_reader/ebin/env_reader.app")
+        .is_file());
+}
+
+#[test]
+fn native_code_for_another_target_is_a_miss() {
+    let fixture = Fixture::get();
+    let mirror = Mirror::start(fixture);
+    mirror.publish(fixture, BUILT);
+    let consumer = Consumer::new(fixture);
+    let other = match fixture.native.to_string().as_str() {
+        "aarch64-linux-gnu" => "x86_64-linux-gnu",
+        _ => "aarch64-linux-gnu",
+    };
+    let fetched = consumer.fetch_json(fixture, &mirror.url, &["--target", other]);
+    assert_eq!(
+        fetched.kind("tiny_nif"),
+        "other_target",
+        "{}",
+        fetched.describe()
+    );
+    let reason = fetched.reason("tiny_nif");
+    assert!(
+        reason.contains(&fixture.native.to_string()) && reason.contains(other),
+        "{reason}"
+    );
+    assert!(!consumer.lib().join("tiny_nif").exists());
+    // Target-independent artifacts are still used.
+    assert_eq!(
+        fetched.status("shapes"),
+        "installed",
+        "{}",
+        fetched.describe()
+    );
+    assert_eq!(fetched.summary["misses"], 1);
+}
+
+#[test]
+fn print_missing_require_all_and_request_builds_hand_misses_to_mix_and_builders() {
+    let fixture = Fixture::get();
+    let mirror = Mirror::start(fixture);
+    // shape_user is not built yet.
+    mirror.publish(
+        fixture,
+        &["env_reader", "erl_counter", "mk_erl", "shapes", "tiny_nif"],
+    );
+    let consumer = Consumer::new(fixture);
+
+    let output = output_within(
+        consumer.fetch_command(
+            fixture,
+            &mirror.url,
+            &["--print-missing", "--require-all", "--request-builds"],
+        ),
+        Duration::from_secs(300),
+    );
+    assert_eq!(output.status.code(), Some(3), "{}", describe(&output));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "shape_user\n");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("miss       shape_user 1.0.0") && stderr.contains("[no_artifact]"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("requested builds for 1 miss"), "{stderr}");
+
+    // The mirror has the miss, with the base key the builder needs.
+    let misses = runtime().block_on(mirror.client().misses()).unwrap();
+    assert_eq!(misses.misses.len(), 1, "{misses:?}");
+    let miss = &misses.misses[0];
+    assert_eq!(
+        (miss.package.as_str(), miss.version.as_str()),
+        ("shape_user", "1.0.0")
+    );
+    assert_eq!(
+        miss.base_key,
+        fixture.builds["shape_user"].manifest.base_key
+    );
+    assert_eq!(miss.target, "any");
+    let subset = MixLock::parse(&miss.lock).unwrap();
+    assert_eq!(
+        subset.entries.keys().collect::<Vec<_>>(),
+        ["shape_user", "shapes"]
+    );
+
+    // The JSON summary is the last line; with everything current the exit status is 0.
+    let json = consumer.fetch_json(fixture, &mirror.url, &["--require-all"]);
+    assert_eq!(json.output.status.code(), Some(3));
+    assert_eq!(json.summary["misses"], 1);
+    assert_eq!(json.summary["hits"], 5);
+    assert_eq!(json.summary["missing"], serde_json::json!(["shape_user"]));
+    assert!(json.deps["shape_user"]["base_key"].is_string());
+
+    // The deps.compile flow: compile just the misses, then nothing is left to compile.
+    let deps_compile = consumer.mix(fixture, &["deps.compile", "shape_user"]);
+    assert!(deps_compile.status.success(), "{}", describe(&deps_compile));
+    let log = text(&deps_compile);
+    assert!(log.contains("==> shape_user"), "{log}");
+    for app in ["env_reader", "shapes", "tiny_nif"] {
+        assert!(!log.contains(&format!("==> {app}")), "{log}");
+    }
+    let compile = consumer.mix(fixture, &["compile"]);
+    let log = text(&compile);
+    assert!(compile.status.success(), "{log}");
+    for app in BUILT {
+        assert!(!log.contains(&format!("==> {app}")), "{log}");
+    }
+    assert_eq!(consumer.run_app(fixture), RUN_OUTPUT);
+
+    // Once published, the next fetch installs it over Mix's build; nothing is missing.
+    mirror.publish(fixture, &["shape_user"]);
+    let last = output_within(
+        consumer.fetch_command(fixture, &mirror.url, &["--print-missing", "--require-all"]),
+        Duration::from_secs(300),
+    );
+    assert!(last.status.success(), "{}", describe(&last));
+    assert_eq!(String::from_utf8_lossy(&last.stdout), "\n");
+    assert_installed(&consumer.lib(), fixture, "shape_user");
+}
+
+#[test]
+fn killed_mid_install_leaves_each_dependency_as_it_was_or_fully_installed() {
+    let fixture = Fixture::get();
+    let mirror = Mirror::start(fixture);
+    mirror.publish(fixture, BUILT);
+    let consumer = Consumer::new(fixture);
+    // env_reader compiled by Mix first: the fetch will replace that build.
+    let compile = consumer.mix(fixture, &["deps.compile", "env_reader"]);
+    assert!(compile.status.success(), "{}", describe(&compile));
+    let mix_build = consumer.snapshot("env_reader");
+
+    // Stop the fetch while env_reader's replacement is staged, then kill -9 it.
+    let mut command = consumer.fetch_command(fixture, &mirror.url, &["--jobs", "1"]);
+    command
+        .env(precomp_client::install::PAUSE_BEFORE_SWAP_ENV, "env_reader")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("pausing before swapping env_reader") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let paused = rx.recv_timeout(Duration::from_secs(120));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(paused.is_ok(), "the fetch never reached the swap");
+
+    // env_reader is exactly Mix's build; every other dep is absent or complete.
+    assert!(
+        consumer.snapshot("env_reader") == mix_build,
+        "env_reader changed"
+    );
+    for app in BUILT.iter().filter(|a| **a != "env_reader") {
+        if consumer.lib().join(app).exists() {
+            assert_installed(&consumer.lib(), fixture, app);
+        }
+    }
+    assert!(
+        !consumer.leftovers().is_empty(),
+        "the staged install is left over"
+    );
+    // Mix still works on that state.
+    let compile = consumer.mix(fixture, &["compile"]);
+    assert!(compile.status.success(), "{}", describe(&compile));
+
+    // Kill -9 at assorted moments: never a partial dependency.
+    let started = Instant::now();
+    for delay_ms in [150u64, 400, 700, 900, 1100, 1400] {
+        let fresh = Consumer::new(fixture);
+        let mut child = fresh
+            .fetch_command(fixture, &mirror.url, &[])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        child.wait().unwrap();
+        for app in BUILT {
+            if fresh.lib().join(app).exists() {
+                assert_installed(&fresh.lib(), fixture, app);
+            }
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(120));
+
+    // The next run recovers: everything installed, no leftovers.
+    let fetched = consumer.fetch_json(fixture, &mirror.url, &[]);
+    assert!(fetched.output.status.success(), "{}", fetched.describe());
+    for app in BUILT {
+        assert!(
+            ["installed", "current"].contains(&fetched.status(app)),
+            "{app}: {}",
+            fetched.describe()
+        );
+        assert_installed(&consumer.lib(), fixture, app);
+    }
+    assert!(
+        consumer.leftovers().is_empty(),
+        "{:?}",
+        consumer.leftovers()
+    );
+    assert_eq!(consumer.run_app(fixture), RUN_OUTPUT);
+}
+
+#[test]
+fn transient_mirror_errors_are_retried() {
+    let fixture = Fixture::get();
+    let mirror = Mirror::start(fixture);
+    mirror.publish(fixture, &["shapes"]);
+    // Every first request for a path fails with 503.
+    let failed = Arc::new(Mutex::new(std::collections::HashSet::new()));
+    let proxy = Proxy::start(&mirror.url, move |path, status, body| {
+        if failed.lock().unwrap().insert(path.to_string()) {
+            (503, b"try again".to_vec())
+        } else {
+            (status, body)
+        }
+    });
+    let consumer = Consumer::new(fixture);
+    let fetched = consumer.fetch_json(fixture, &proxy.url, &[]);
+    assert_eq!(
+        fetched.status("shapes"),
+        "installed",
+        "{}",
+        fetched.describe()
+    );
+    let artifact = format!(
+        "/precomp/v1/artifacts/{}",
+        hex::encode(Sha256::digest(&fixture.builds["shapes"].artifact))
+    );
+    assert_eq!(
+        proxy.paths().iter().filter(|p| **p == artifact).count(),
+        2,
+        "{:?}",
+        proxy.paths()
+    );
+    // With no retries, a 503 is a miss that says so.
+    let consumer = Consumer::new(fixture);
+    let proxy = Proxy::start(&mirror.url, |_, _, _| (503, b"down".to_vec()));
+    let fetched = consumer.fetch_json(fixture, &proxy.url, &["--retries", "0"]);
+    assert_eq!(
+        fetched.kind("shapes"),
+        "unavailable",
+        "{}",
+        fetched.describe()
+    );
+    assert!(fetched.reason("shapes").contains("503"));
+}
+
+#[test]
+fn with_the_hex_client_deps_get_fetch_and_compile_end_to_end() {
+    let probe = Command::new("mix").args(["hex.info"]).output();
+    match probe {
+        Ok(output) if output.status.success() => {}
+        Ok(output) => {
+            println!(
+                "skipped: Mix's Hex client is not installed here (`mix hex.info`: {}); \
+                 install it with `mix local.hex` to run this test",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+            return;
+        }
+        Err(e) => {
+            println!("skipped: `mix` cannot run ({e})");
+            return;
+        }
+    }
+    let fixture = Fixture::get();
+    let mirror = Mirror::start(fixture);
+    mirror.publish(fixture, BUILT);
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("mix_app");
+    precomp_testkit::copy_dir(
+        &workspace().join("tests/fixtures/consumers/mix_app"),
+        &project,
+    );
+    let hex_home = dir.path().join("hex");
+    let mix = |args: &[&str]| {
+        let mut command = Command::new("mix");
+        command
+            .args(args)
+            .current_dir(&project)
+            .env("MIX_ENV", "dev")
+            .env("HEX_HOME", &hex_home)
+            .env("HEX_MIRROR", &mirror.url)
+            .env("MIX_REBAR3", "/usr/bin/rebar3");
+        output_within(command, Duration::from_secs(300))
+    };
+    let pem = fixture.path("repo.pem.pub");
+    let set = mix(&[
+        "hex.repo",
+        "set",
+        "hexpm",
+        "--url",
+        &mirror.url,
+        "--public-key",
+        pem.to_str().unwrap(),
+    ]);
+    assert!(set.status.success(), "{}", describe(&set));
+    let get = mix(&["deps.get"]);
+    assert!(get.status.success(), "{}", describe(&get));
+
+    let mut fetch = precomp_command();
+    fetch
+        .args(["fetch", "--json", "--require-all", "--project"])
+        .arg(&project)
+        .arg("--trust")
+        .arg(fixture.path("builder.pub"))
+        .env("HEX_MIRROR", &mirror.url)
+        .env("MIX_ENV", "dev");
+    let fetched = Fetched::parse(output_within(fetch, Duration::from_secs(300)));
+    assert!(fetched.output.status.success(), "{}", fetched.describe());
+    assert_eq!(fetched.summary["hits"], BUILT.len());
+
+    let compile = mix(&["compile"]);
+    let log = text(&compile);
+    assert!(compile.status.success(), "{log}");
+    for app in BUILT {
+        assert!(
+            !log.contains(&format!("==> {app}")),
+            "{app} compiled:\n{log}"
+        );
+    }
+    let run = mix(&["run", "-e", RUN]);
+    assert!(text(&run).contains(RUN_OUTPUT), "{}", describe(&run));
+}

@@ -1,0 +1,163 @@
+//! The JSON bodies of the artifact API (`docs/protocol.md`, "Precompiled artifacts API"),
+//! shared by the server and [`crate::artifacts::ArtifactClient`].
+
+use serde::{Deserialize, Serialize};
+
+/// `GET /precomp/v1/index/PACKAGE`: every published build of a package.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Index {
+    pub package: String,
+    /// Sorted by version (SemVer order), then key.
+    pub builds: Vec<IndexBuild>,
+}
+
+/// One published manifest, as the index lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexBuild {
+    pub version: String,
+    /// The build key (lowercase hex): `GET /precomp/v1/manifests/KEY`.
+    pub key: String,
+    pub base_key: String,
+    pub otp_major: String,
+    pub elixir: String,
+    pub mix_env: String,
+    pub target: String,
+    /// `GET /precomp/v1/artifacts/SHA256`.
+    pub artifact_sha256: String,
+    pub artifact_size: u64,
+    /// The compile-env entries the manifest records, in its order.
+    pub compile_env: Vec<CompileEnvJson>,
+    /// Key ids of the signatures the mirror verified when it accepted the manifest.
+    pub signers: Vec<String>,
+}
+
+/// A manifest's compile-env record: Erlang term text, `value` null when the config set none.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompileEnvJson {
+    pub app: String,
+    pub path: String,
+    pub value: Option<String>,
+}
+
+/// `POST /precomp/v1/failures`: a build that failed, with its log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureReport {
+    pub package: String,
+    pub version: String,
+    pub base_key: String,
+    pub toolchain_id: String,
+    /// At most [`crate::artifacts::MAX_FAILURE_LOG`] bytes of UTF-8.
+    pub log: String,
+}
+
+/// The answer to a [`FailureReport`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureRecorded {
+    pub base_key: String,
+    pub toolchain_id: String,
+    pub log_sha256: String,
+    /// How many failures were reported for this base key and toolchain, this one included.
+    pub attempts: u64,
+    /// Misses closed by this report (0 or 1).
+    pub closed_misses: u64,
+}
+
+/// `GET /precomp/v1/failures/PACKAGE`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failures {
+    pub package: String,
+    /// Most recent first.
+    pub failures: Vec<Failure>,
+}
+
+/// One recorded failure: the latest log for a base key and toolchain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub package: String,
+    pub version: String,
+    pub base_key: String,
+    pub toolchain_id: String,
+    pub log_sha256: String,
+    pub log: String,
+    pub attempts: u64,
+    /// The name of the token that reported it.
+    pub reported_by: String,
+    /// Unix seconds.
+    pub first_reported: i64,
+    pub last_reported: i64,
+}
+
+/// `POST /precomp/v1/misses`: a client found no usable artifact.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MissReport {
+    pub package: String,
+    pub version: String,
+    /// Must equal the base key of `package` in `lock` with this toolchain, env and target.
+    pub base_key: String,
+    /// Why the client could not use what the mirror has, e.g. `not built`.
+    pub reason: String,
+    pub otp_major: String,
+    pub elixir: String,
+    pub mix_env: String,
+    pub target: String,
+    /// mix.lock text holding the package and its closure.
+    pub lock: String,
+}
+
+/// The answer to a [`MissReport`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MissRecorded {
+    pub base_key: String,
+    /// Reports of this base key so far, this one included.
+    pub count: u64,
+    /// False when a manifest with this base key was published or a failure was recorded.
+    pub open: bool,
+}
+
+/// `GET /precomp/v1/misses`: the open misses, most reported first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Misses {
+    pub misses: Vec<Miss>,
+}
+
+/// An open miss: the first report's fields, and how often it was reported.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Miss {
+    pub package: String,
+    pub version: String,
+    pub base_key: String,
+    pub reason: String,
+    pub otp_major: String,
+    pub elixir: String,
+    pub mix_env: String,
+    pub target: String,
+    pub lock: String,
+    pub count: u64,
+    /// Unix seconds.
+    pub first_reported: i64,
+    pub last_reported: i64,
+}
+
+/// The answer to `PUT /precomp/v1/artifacts/SHA256`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactStored {
+    pub sha256: String,
+    pub size: u64,
+    /// False when the mirror already had it.
+    pub created: bool,
+}
+
+/// The answer to `PUT /precomp/v1/manifests/KEY`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestStored {
+    pub key: String,
+    pub base_key: String,
+    pub package: String,
+    pub version: String,
+    /// Every verified signer of the stored manifest.
+    pub signers: Vec<String>,
+    /// `created`, `unchanged` (the same bytes were there) or `countersigned` (the same
+    /// manifest was there; the new signatures were added to it).
+    pub result: String,
+    pub closed_misses: u64,
+}

@@ -1,0 +1,619 @@
+//! Precompiled artifacts on the mirror: builders publish, clients fetch and report misses.
+//!
+//! Everything is under `/precomp/v1/` on the mirror's server (`docs/protocol.md`,
+//! "Precompiled artifacts API"; `docs/mirror.md` for tokens and operations):
+//!
+//! - `PUT artifacts/SHA256` (token): an artifact tarball, stored only if its sha256 is the
+//!   one in the path. `GET` serves it, immutable.
+//! - `PUT manifests/KEY` (token): a [`SignedManifest`], stored and indexed only once it
+//!   decodes, its key is what its inputs give and what the path says, it is signed by the
+//!   token's key (or, for a token bound to none, by one of the mirror's builder keys), and its
+//!   artifact is here with the digest and size it names. `GET` serves the stored bytes.
+//! - `GET index/PACKAGE`: every build of a package, as JSON.
+//! - `POST failures` (token), `GET failures/PACKAGE`: failed builds with their logs. A failed
+//!   build is never an artifact.
+//! - `POST misses` (anyone, validated against its lock), `GET misses` (token): what clients
+//!   looked for and did not find, deduplicated by base key, closed by a publish or a failure.
+//!
+//! Tokens are made with `precomp token create`; only their SHA-256 is stored ([`token`]).
+//! [`ArtifactClient`] speaks the API for `precomp build` and `precomp fetch`.
+
+mod api;
+mod client;
+mod server;
+mod store;
+pub mod token;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use precomp_proto::buildkey::{BuildInputs, Target};
+use precomp_proto::lock::MixLock;
+use precomp_proto::manifest::{ArtifactPublicKey, ManifestError, SignedManifest};
+
+pub use api::{
+    ArtifactStored, CompileEnvJson, Failure, FailureRecorded, FailureReport, Failures, Index,
+    IndexBuild, ManifestStored, Miss, MissRecorded, MissReport, Misses,
+};
+pub use client::{ArtifactClient, ClientError, Uploaded};
+pub use server::{handle, is_api_path};
+pub use store::{
+    ArtifactCheck, ArtifactStore, ArtifactStoreError, ManifestPut, ManifestRecord, Publisher,
+    TokenInfo, TokenLookup,
+};
+
+/// The API's path prefix.
+pub const API_PREFIX: &str = "/precomp/v1";
+
+/// Bound on an artifact tarball (uploads and downloads): proto's, 256 MiB.
+pub const MAX_ARTIFACT_SIZE: u64 = precomp_proto::artifact::MAX_ARTIFACT_SIZE;
+
+/// Bound on a failure's log, in bytes of UTF-8. [`ArtifactClient::record_failure`] keeps the
+/// end of a longer log.
+pub const MAX_FAILURE_LOG: usize = 1024 * 1024;
+
+/// Bound on a `POST failures` body: the log JSON-escaped (up to 6 bytes per byte) and the rest.
+pub const MAX_FAILURE_BODY: usize = 6 * MAX_FAILURE_LOG + 64 * 1024;
+
+/// Bound on a miss's `lock` text.
+pub const MAX_MISS_LOCK: usize = 1024 * 1024;
+
+/// Bound on a `POST misses` body.
+pub const MAX_MISS_BODY: usize = 2 * MAX_MISS_LOCK + 64 * 1024;
+
+/// Bound on a miss's `reason`.
+pub const MAX_MISS_REASON: usize = 256;
+
+/// At most this many open misses are listed, most reported first.
+pub const MAX_MISSES_LISTED: usize = 1000;
+
+/// ... and only as many as have locks adding up to this, so the list stays well under
+/// [`MAX_JSON_RESPONSE`].
+pub const MAX_MISSES_LOCK_BYTES: usize = 32 * 1024 * 1024;
+
+/// Bound on JSON answers a client reads (index, failures, misses).
+pub const MAX_JSON_RESPONSE: u64 = 64 * 1024 * 1024;
+
+/// Where the artifact store lives and which builder keys the mirror trusts.
+#[derive(Clone, Debug)]
+pub struct ArtifactsConfig {
+    /// `DATA/artifacts`.
+    pub data: PathBuf,
+    /// Keys whose signatures a token bound to no key may publish manifests with.
+    pub builder_keys: Vec<ArtifactPublicKey>,
+}
+
+/// A request the API refuses: the HTTP status and a message saying what failed and what to
+/// do about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(status: u16, message: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn internal(error: impl std::fmt::Display) -> Refusal {
+        tracing::error!("artifact store: {error}");
+        Refusal::new(500, error.to_string())
+    }
+}
+
+impl From<ArtifactStoreError> for Refusal {
+    fn from(error: ArtifactStoreError) -> Refusal {
+        Refusal::internal(error)
+    }
+}
+
+/// The artifact service: the store and the trust configuration.
+pub struct Artifacts {
+    store: ArtifactStore,
+    builder_keys: Vec<ArtifactPublicKey>,
+}
+
+impl Artifacts {
+    pub fn open(config: ArtifactsConfig) -> Result<Arc<Artifacts>, ArtifactStoreError> {
+        let store = ArtifactStore::open(&config.data)?;
+        tracing::info!(
+            data = %config.data.display(),
+            builder_keys = ?config.builder_keys.iter().map(ArtifactPublicKey::key_id).collect::<Vec<_>>(),
+            "artifact store opened"
+        );
+        Ok(Arc::new(Artifacts {
+            store,
+            builder_keys: config.builder_keys,
+        }))
+    }
+
+    pub fn store(&self) -> &ArtifactStore {
+        &self.store
+    }
+
+    pub fn builder_keys(&self) -> &[ArtifactPublicKey] {
+        &self.builder_keys
+    }
+
+    /// The token of an `Authorization` header value: 401 when absent, malformed, unknown or
+    /// revoked.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Publisher, Refusal> {
+        let Some(header) = authorization else {
+            return Err(Refusal::new(
+                401,
+                "this needs an upload token: send `Authorization: Bearer TOKEN`; an operator \
+                 creates one on the mirror with `precomp token create --name NAME`",
+            ));
+        };
+        let token = token::bearer(header).ok_or_else(|| {
+            Refusal::new(
+                401,
+                "the Authorization header is not `Bearer TOKEN`: send the token \
+                 `precomp token create` printed",
+            )
+        })?;
+        if !token::well_formed(token) {
+            return Err(Refusal::new(
+                401,
+                "the token is malformed: precomp tokens are `pct_` and 43 base64url characters, \
+                 as `precomp token create` prints them",
+            ));
+        }
+        match self.store.lookup_token(token)? {
+            TokenLookup::Active(publisher) => Ok(publisher),
+            TokenLookup::Revoked { name, .. } => Err(Refusal::new(
+                401,
+                format!(
+                    "token {name:?} was revoked: ask the mirror's operator for a new one \
+                     (`precomp token create --name NAME`)"
+                ),
+            )),
+            TokenLookup::Unknown => Err(Refusal::new(
+                401,
+                "unknown token: it was never created on this mirror (check the mirror URL and \
+                 the token), or its name was reused after a revoke; `precomp token create \
+                 --name NAME` on the mirror makes a new one",
+            )),
+        }
+    }
+
+    /// The keys whose signature a manifest uploaded with `publisher`'s token needs: the
+    /// token's own key, else the mirror's builder keys; 403 when there are none.
+    pub fn trusted_for(&self, publisher: &Publisher) -> Result<Vec<ArtifactPublicKey>, Refusal> {
+        match &publisher.key {
+            Some(key) => Ok(vec![key.clone()]),
+            None if !self.builder_keys.is_empty() => Ok(self.builder_keys.clone()),
+            None => Err(Refusal::new(
+                403,
+                format!(
+                    "token {:?} is bound to no key and this mirror trusts no builder keys, so \
+                     nothing it uploads could be published: start `precomp serve` with \
+                     --builder-key FILE.pub (or `builder_keys = [\"FILE.pub\"]` in its config), \
+                     or create a token bound to the builder's key with `precomp token create \
+                     --name NAME --key FILE.pub`",
+                    publisher.name
+                ),
+            )),
+        }
+    }
+
+    /// Verifies a signed manifest uploaded to `PUT manifests/KEY` and stores it. The checks,
+    /// in order: decodes; signed by a key [`Artifacts::trusted_for`] the token (every such
+    /// signature verifies, at least one present); the manifest decodes, has a known format,
+    /// and its key and base key are what its inputs give; its key is `url_key`; its artifact
+    /// is here with the sha256 and size it names.
+    pub fn publish_manifest(
+        &self,
+        url_key: &str,
+        bytes: &[u8],
+        publisher: &Publisher,
+    ) -> Result<ManifestStored, Refusal> {
+        let trusted = self.trusted_for(publisher)?;
+        let signed = SignedManifest::decode(bytes)
+            .map_err(|e| Refusal::new(422, format!("manifest refused: {e}")))?;
+        let (manifest, signers) = signed.verify(&trusted).map_err(|e| match e {
+            ManifestError::Untrusted { signers } => Refusal::new(
+                403,
+                format!(
+                    "manifest refused: signature check failed: it has no signature by {} \
+                     (signed by: {signers}); sign it with {}",
+                    key_ids(&trusted),
+                    match &publisher.key {
+                        Some(_) => format!("the key token {:?} is bound to", publisher.name),
+                        None => "a builder key this mirror trusts (--builder-key), or bind \
+                                 the token to your key (`precomp token create --key`)"
+                            .to_string(),
+                    }
+                ),
+            ),
+            ManifestError::BadSignature { .. } => Refusal::new(
+                422,
+                format!("manifest refused: signature check failed: {e}"),
+            ),
+            other => Refusal::new(422, format!("manifest refused: key check failed: {other}")),
+        })?;
+        if manifest.key != url_key {
+            return Err(Refusal::new(
+                422,
+                format!(
+                    "manifest refused: key check failed: the manifest is for key {}, but was \
+                     uploaded to /precomp/v1/manifests/{url_key}",
+                    manifest.key
+                ),
+            ));
+        }
+        let package = manifest
+            .package
+            .as_ref()
+            .ok_or_else(|| Refusal::new(422, "manifest refused: it names no package"))?;
+        let output = manifest
+            .output
+            .as_ref()
+            .ok_or_else(|| Refusal::new(422, "manifest refused: it has no output"))?;
+        let sha256: [u8; 32] = output.artifact_sha256.as_slice().try_into().map_err(|_| {
+            Refusal::new(
+                422,
+                format!(
+                    "manifest refused: its artifact sha256 has {} bytes, not 32",
+                    output.artifact_sha256.len()
+                ),
+            )
+        })?;
+        let sha_hex = hex::encode(sha256);
+        match self.store.check_artifact(&sha256, output.artifact_size)? {
+            ArtifactCheck::Present => {}
+            ArtifactCheck::Missing => {
+                return Err(Refusal::new(
+                    422,
+                    format!(
+                        "manifest refused: artifact check failed: artifact {sha_hex} is not on \
+                         this mirror; upload it first (PUT /precomp/v1/artifacts/{sha_hex})"
+                    ),
+                ))
+            }
+            ArtifactCheck::SizeMismatch { stored } => {
+                return Err(Refusal::new(
+                    422,
+                    format!(
+                        "manifest refused: artifact check failed: the manifest says artifact \
+                         {sha_hex} has {} bytes, the stored one has {stored}",
+                        output.artifact_size
+                    ),
+                ))
+            }
+        }
+        // The artifact holds exactly the files the manifest lists, with their digests.
+        if let Some(bytes) = self.store.read_artifact(&sha256)? {
+            precomp_proto::artifact::check(&bytes, output).map_err(|e| {
+                Refusal::new(422, format!("manifest refused: artifact check failed: {e}"))
+            })?;
+        }
+        let record = ManifestRecord {
+            key: manifest.key.clone(),
+            base_key: manifest.base_key.clone(),
+            package: package.name.clone(),
+            version: package.version.clone(),
+            otp_major: manifest.otp_major.clone(),
+            elixir: manifest.elixir.clone(),
+            mix_env: manifest.mix_env.clone(),
+            target: manifest.target.clone(),
+            artifact_sha256: sha_hex,
+            artifact_size: output.artifact_size,
+            compile_env: manifest
+                .compile_env
+                .iter()
+                .map(|r| CompileEnvJson {
+                    app: r.app.clone(),
+                    path: r.path.clone(),
+                    value: r.value.clone(),
+                })
+                .collect(),
+            signers,
+        };
+        let (result, signers, closed_misses) =
+            match self
+                .store
+                .put_manifest(&record, &signed, bytes, &publisher.name)?
+            {
+                ManifestPut::Created { closed_misses } => {
+                    ("created", record.signers.clone(), closed_misses)
+                }
+                ManifestPut::Unchanged { signers } => ("unchanged", signers, 0),
+                ManifestPut::Countersigned { signers } => ("countersigned", signers, 0),
+                ManifestPut::Conflict { existing_sha256 } => {
+                    tracing::warn!(
+                        key = %record.key,
+                        publisher = %publisher.name,
+                        "a different manifest was uploaded for a published key"
+                    );
+                    return Err(Refusal::new(
+                        409,
+                        format!(
+                            "manifest refused: key {} is already published with another \
+                             manifest (sha256 {existing_sha256}); published manifests are \
+                             immutable, only signatures over the same manifest can be added",
+                            record.key
+                        ),
+                    ));
+                }
+            };
+        tracing::info!(
+            key = %record.key,
+            package = %record.package,
+            version = %record.version,
+            publisher = %publisher.name,
+            result,
+            "manifest published"
+        );
+        Ok(ManifestStored {
+            key: record.key,
+            base_key: record.base_key,
+            package: record.package,
+            version: record.version,
+            signers,
+            result: result.to_string(),
+            closed_misses,
+        })
+    }
+
+    /// Validates and records a failed build.
+    pub fn record_failure(
+        &self,
+        report: &FailureReport,
+        publisher: &Publisher,
+    ) -> Result<FailureRecorded, Refusal> {
+        check_failure(report)?;
+        let recorded = self.store.record_failure(report, &publisher.name)?;
+        tracing::info!(
+            package = %report.package,
+            version = %report.version,
+            toolchain = %report.toolchain_id,
+            publisher = %publisher.name,
+            "build failure recorded"
+        );
+        Ok(recorded)
+    }
+
+    /// Validates a miss against its lock, then counts it.
+    pub fn record_miss(&self, report: &MissReport) -> Result<MissRecorded, Refusal> {
+        check_miss(report)?;
+        Ok(self.store.record_miss(report)?)
+    }
+}
+
+fn key_ids(keys: &[ArtifactPublicKey]) -> String {
+    keys.iter()
+        .map(ArtifactPublicKey::key_id)
+        .collect::<Vec<_>>()
+        .join(" or ")
+}
+
+/// Hex package names, as the mirror's routes accept them.
+pub(crate) fn valid_package(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && name.len() <= 128
+}
+
+/// 64 lowercase hex digits: keys and digests.
+pub(crate) fn valid_digest(text: &str) -> bool {
+    text.len() == 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn valid_toolchain_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '@' | '+'))
+}
+
+fn unprocessable(message: String) -> Refusal {
+    Refusal::new(422, message)
+}
+
+fn check_release(package: &str, version: &str, base_key: &str) -> Result<(), Refusal> {
+    if !valid_package(package) {
+        return Err(unprocessable(format!(
+            "package {package:?} is not a Hex package name"
+        )));
+    }
+    if semver::Version::parse(version).is_err() {
+        return Err(unprocessable(format!(
+            "version {version:?} is not a SemVer version"
+        )));
+    }
+    if !valid_digest(base_key) {
+        return Err(unprocessable(format!(
+            "base_key {base_key:?} is not 64 lowercase hex digits"
+        )));
+    }
+    Ok(())
+}
+
+fn check_failure(report: &FailureReport) -> Result<(), Refusal> {
+    check_release(&report.package, &report.version, &report.base_key)?;
+    if !valid_toolchain_id(&report.toolchain_id) {
+        return Err(unprocessable(format!(
+            "toolchain_id {:?} must be 1 to 128 letters, digits and `._-:@+`",
+            report.toolchain_id
+        )));
+    }
+    if report.log.len() > MAX_FAILURE_LOG {
+        return Err(Refusal::new(
+            413,
+            format!(
+                "the log is {} bytes, over the limit of {MAX_FAILURE_LOG}: send its end",
+                report.log.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A miss must name a release its lock holds, and its base key must be what that lock, the
+/// toolchain, env and target give: so the builder can build exactly what the client missed,
+/// and junk reports are refused.
+fn check_miss(report: &MissReport) -> Result<(), Refusal> {
+    check_release(&report.package, &report.version, &report.base_key)?;
+    if report.reason.is_empty()
+        || report.reason.len() > MAX_MISS_REASON
+        || report.reason.chars().any(char::is_control)
+    {
+        return Err(unprocessable(format!(
+            "reason must be 1 to {MAX_MISS_REASON} bytes of text on one line"
+        )));
+    }
+    if report.lock.len() > MAX_MISS_LOCK {
+        return Err(Refusal::new(
+            413,
+            format!(
+                "the lock is {} bytes, over the limit of {MAX_MISS_LOCK}",
+                report.lock.len()
+            ),
+        ));
+    }
+    let lock = MixLock::parse(&report.lock)
+        .map_err(|e| unprocessable(format!("lock: not a mix.lock: {e}")))?;
+    let app = lock
+        .hex()
+        .find(|(_, entry)| entry.package == report.package && entry.version == report.version)
+        .map(|(app, _)| app.to_string())
+        .ok_or_else(|| {
+            unprocessable(format!(
+                "lock: no Hex entry for {} {}",
+                report.package, report.version
+            ))
+        })?;
+    let (package, closure) = lock
+        .closure(&app)
+        .map_err(|e| unprocessable(format!("lock: {e}")))?;
+    let target = match report.target.as_str() {
+        "any" => Target::Any,
+        other => match other.split_once('-') {
+            Some((arch, libc)) => Target::Native {
+                arch: arch.to_string(),
+                libc: libc.to_string(),
+            },
+            None => {
+                return Err(unprocessable(format!(
+                    "target {other:?} is neither `any` nor ARCH-LIBC"
+                )))
+            }
+        },
+    };
+    let inputs = BuildInputs {
+        package,
+        closure,
+        otp_major: report.otp_major.clone(),
+        elixir: report.elixir.clone(),
+        mix_env: report.mix_env.clone(),
+        target,
+        compile_env: Vec::new(),
+    };
+    let computed = inputs
+        .base_key()
+        .map_err(|e| unprocessable(format!("build inputs: {e}")))?
+        .to_string();
+    if computed != report.base_key {
+        return Err(unprocessable(format!(
+            "base_key {} is not what the lock and toolchain give ({computed}); compute it as \
+             docs/protocol.md says",
+            report.base_key
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOCK: &str = r#"%{
+  "shape_user": {:hex, :shape_user, "1.0.0", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", [:mix], [{:shapes, ">= 1.0.0", [hex: :shapes, repo: "hexpm", optional: false]}], "hexpm", "1111111111111111111111111111111111111111111111111111111111111111"},
+  "shapes": {:hex, :shapes, "2.0.0", "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb", [:mix], [], "hexpm", "2222222222222222222222222222222222222222222222222222222222222222"},
+}
+"#;
+
+    fn report() -> MissReport {
+        MissReport {
+            package: "shape_user".into(),
+            version: "1.0.0".into(),
+            // docs/protocol.md's test vector.
+            base_key: "de365659f741db5dc7538b234f688183704aba5bc1cf874159c4ed5dfd0bfe72".into(),
+            reason: "not built".into(),
+            otp_major: "25".into(),
+            elixir: "1.14.0".into(),
+            mix_env: "prod".into(),
+            target: "any".into(),
+            lock: LOCK.into(),
+        }
+    }
+
+    #[test]
+    fn misses_are_checked_against_their_lock() {
+        check_miss(&report()).unwrap();
+        let mut native = report();
+        native.target = "x86_64".into();
+        assert_eq!(check_miss(&native).unwrap_err().status, 422);
+        native.target = "x86_64-linux-gnu".into();
+        let refusal = check_miss(&native).unwrap_err();
+        assert!(refusal.message.contains("not what the lock"), "{refusal:?}");
+        let mut shapes = report();
+        shapes.package = "shapes".into();
+        shapes.version = "2.0.0".into();
+        assert_eq!(check_miss(&shapes).unwrap_err().status, 422);
+        let mut multiline = report();
+        multiline.reason = "a\nb".into();
+        assert_eq!(check_miss(&multiline).unwrap_err().status, 422);
+        let mut not_a_lock = report();
+        not_a_lock.lock = "%{".into();
+        assert!(check_miss(&not_a_lock)
+            .unwrap_err()
+            .message
+            .contains("not a mix.lock"));
+    }
+
+    /// Two stores on one directory stand for `precomp serve` and `precomp token`.
+    #[test]
+    fn tokens_are_seen_and_revoked_across_processes() {
+        let dir = tempfile::tempdir().unwrap();
+        let cli = ArtifactStore::open(dir.path()).unwrap();
+        let server = ArtifactStore::open(dir.path()).unwrap();
+        let key = precomp_proto::manifest::ArtifactSigningKey::generate().public_key();
+        let token = cli.create_token("b1", Some(&key)).unwrap();
+        match server.lookup_token(&token).unwrap() {
+            TokenLookup::Active(publisher) => {
+                assert_eq!(publisher.name, "b1");
+                assert_eq!(publisher.key, Some(key));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            server.lookup_token(&token::new_token()).unwrap(),
+            TokenLookup::Unknown
+        ));
+        cli.revoke_token("b1").unwrap();
+        assert!(matches!(
+            server.lookup_token(&token).unwrap(),
+            TokenLookup::Revoked { .. }
+        ));
+        let renewed = cli.create_token("b1", None).unwrap();
+        assert!(matches!(
+            server.lookup_token(&token).unwrap(),
+            TokenLookup::Unknown
+        ));
+        assert!(matches!(
+            server.lookup_token(&renewed).unwrap(),
+            TokenLookup::Active(Publisher { key: None, .. })
+        ));
+    }
+}

@@ -1,0 +1,922 @@
+//! The artifact store: metadata in its own SQLite database, artifacts as content-addressed
+//! blobs beside it.
+//!
+//! ```text
+//! DATA/artifacts/artifacts.db            tokens, artifacts, manifests, failures, misses (WAL)
+//! DATA/artifacts/blobs/sha256/ab/abcd…   artifact tarballs, named by their sha256
+//! DATA/artifacts/tmp/                    uploads being received
+//! DATA/artifacts/store.lock              held (shared) by every process with the store open
+//! ```
+//!
+//! A separate database from the mirror's (`DATA/mirror/mirror.db`) because the two hold
+//! different kinds of data: the mirror's store is a cache of upstream that can be deleted and
+//! refilled, this one is the only copy of what builders published and of the tokens. It is
+//! backed up, kept and collected on its own terms, and `precomp token` opens it without
+//! touching the mirror's cache.
+//!
+//! An upload is written to `tmp/` while its sha256 is computed, synced, and renamed into
+//! `blobs/` only if the digest is the one the path names; its row is committed after. Signed
+//! manifests (bounded, small) are rows: a manifest, its index entry and the misses it closes
+//! are one transaction. Several processes may share the store (`precomp serve` and `precomp
+//! token`): SQLite in WAL mode with a busy timeout serialises their writes, and `tmp/` is
+//! emptied only by a process that has the store to itself.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use precomp_proto::manifest::{ArtifactPublicKey, SignedManifest};
+use prost::Message;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rustix::fs::{flock, FlockOperation};
+use sha2::{Digest, Sha256};
+
+use super::api::{
+    CompileEnvJson, Failure, FailureRecorded, FailureReport, IndexBuild, Miss, MissRecorded,
+    MissReport,
+};
+use super::token::{digests_equal, new_token, token_sha256, valid_token_name};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactStoreError {
+    #[error("artifact database {path}: {source}")]
+    Db {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("artifact {path} is corrupt: its sha256 is {actual}, expected {expected}")]
+    Corrupt {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
+    #[error("artifact database {path} has schema version {found}; this precomp knows {SCHEMA_VERSION}: use a newer precomp")]
+    NewerSchema { path: PathBuf, found: i64 },
+    #[error(
+        "token name {0:?} must be 1 to 64 letters, digits, `-`, `_` and `.`, not starting with `.`"
+    )]
+    BadTokenName(String),
+    #[error("a token named {0:?} exists; revoke it first (`precomp token revoke {0}`) or choose another name")]
+    TokenExists(String),
+    #[error("no token named {0:?} (`precomp token list` shows them)")]
+    NoSuchToken(String),
+    #[error("token {0:?} is already revoked")]
+    AlreadyRevoked(String),
+    #[error("token {name:?}: its stored key is not readable: {reason}")]
+    StoredKey { name: String, reason: String },
+}
+
+/// The database's `user_version`.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS tokens (
+    name       TEXT PRIMARY KEY NOT NULL,
+    sha256     BLOB NOT NULL UNIQUE,
+    key_pem    TEXT,
+    key_id     TEXT,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER
+) STRICT;
+CREATE TABLE IF NOT EXISTS artifacts (
+    sha256      TEXT PRIMARY KEY NOT NULL,
+    size        INTEGER NOT NULL,
+    uploaded_by TEXT NOT NULL,
+    uploaded_at INTEGER NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS manifests (
+    key             TEXT PRIMARY KEY NOT NULL,
+    base_key        TEXT NOT NULL,
+    package         TEXT NOT NULL,
+    version         TEXT NOT NULL,
+    otp_major       TEXT NOT NULL,
+    elixir          TEXT NOT NULL,
+    mix_env         TEXT NOT NULL,
+    target          TEXT NOT NULL,
+    artifact_sha256 TEXT NOT NULL,
+    artifact_size   INTEGER NOT NULL,
+    compile_env     TEXT NOT NULL,
+    signers         TEXT NOT NULL,
+    signed_manifest BLOB NOT NULL,
+    manifest_sha256 TEXT NOT NULL,
+    published_by    TEXT NOT NULL,
+    published_at    INTEGER NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS manifests_package ON manifests (package);
+CREATE INDEX IF NOT EXISTS manifests_base_key ON manifests (base_key);
+CREATE TABLE IF NOT EXISTS failures (
+    base_key       TEXT NOT NULL,
+    toolchain_id   TEXT NOT NULL,
+    package        TEXT NOT NULL,
+    version        TEXT NOT NULL,
+    log            TEXT NOT NULL,
+    log_sha256     TEXT NOT NULL,
+    reported_by    TEXT NOT NULL,
+    attempts       INTEGER NOT NULL,
+    first_reported INTEGER NOT NULL,
+    last_reported  INTEGER NOT NULL,
+    PRIMARY KEY (base_key, toolchain_id)
+) STRICT;
+CREATE INDEX IF NOT EXISTS failures_package ON failures (package);
+CREATE TABLE IF NOT EXISTS misses (
+    base_key       TEXT PRIMARY KEY NOT NULL,
+    package        TEXT NOT NULL,
+    version        TEXT NOT NULL,
+    reason         TEXT NOT NULL,
+    otp_major      TEXT NOT NULL,
+    elixir         TEXT NOT NULL,
+    mix_env        TEXT NOT NULL,
+    target         TEXT NOT NULL,
+    lock           TEXT NOT NULL,
+    count          INTEGER NOT NULL,
+    first_reported INTEGER NOT NULL,
+    last_reported  INTEGER NOT NULL,
+    closed_at      INTEGER,
+    closed_by      TEXT
+) STRICT;
+CREATE INDEX IF NOT EXISTS misses_open ON misses (closed_at, count);
+";
+
+/// Who an upload token belongs to, and the key it is bound to, if any.
+#[derive(Clone, Debug)]
+pub struct Publisher {
+    pub name: String,
+    pub key: Option<ArtifactPublicKey>,
+}
+
+/// What a presented token is.
+#[derive(Clone, Debug)]
+pub enum TokenLookup {
+    Active(Publisher),
+    Revoked { name: String, revoked_at: i64 },
+    Unknown,
+}
+
+/// `precomp token list`: what is known of a token (never the token, never its hash).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenInfo {
+    pub name: String,
+    pub key_id: Option<String>,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+/// Whether an artifact a manifest names is on the mirror.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ArtifactCheck {
+    Present,
+    Missing,
+    SizeMismatch { stored: u64 },
+}
+
+/// A verified manifest, as it is indexed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestRecord {
+    pub key: String,
+    pub base_key: String,
+    pub package: String,
+    pub version: String,
+    pub otp_major: String,
+    pub elixir: String,
+    pub mix_env: String,
+    pub target: String,
+    pub artifact_sha256: String,
+    pub artifact_size: u64,
+    pub compile_env: Vec<CompileEnvJson>,
+    /// Key ids whose signatures were verified.
+    pub signers: Vec<String>,
+}
+
+/// How storing a manifest ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ManifestPut {
+    Created {
+        closed_misses: u64,
+    },
+    /// The same bytes were there, or nothing new to add.
+    Unchanged {
+        signers: Vec<String>,
+    },
+    /// The same manifest was there; the new verified signatures were added to it.
+    Countersigned {
+        signers: Vec<String>,
+    },
+    /// Another manifest is published under this key.
+    Conflict {
+        existing_sha256: String,
+    },
+}
+
+pub struct ArtifactStore {
+    root: PathBuf,
+    db_path: PathBuf,
+    db: Mutex<Connection>,
+    _lock: std::fs::File,
+}
+
+impl ArtifactStore {
+    /// Opens (creating if needed) the store under `root` (`DATA/artifacts`).
+    pub fn open(root: &Path) -> Result<ArtifactStore, ArtifactStoreError> {
+        for dir in ["blobs/sha256", "tmp"] {
+            let dir = root.join(dir);
+            std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        }
+        // As the mirror's store: a process that gets store.lock exclusively is alone, so what
+        // is in tmp/ belongs to uploads that never finished.
+        let lock_path = root.join("store.lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
+        if flock(&lock, FlockOperation::NonBlockingLockExclusive).is_ok() {
+            let tmp = root.join("tmp");
+            for entry in std::fs::read_dir(&tmp).map_err(io(&tmp))?.flatten() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        flock(&lock, FlockOperation::LockShared).map_err(|e| ArtifactStoreError::Io {
+            path: lock_path.clone(),
+            source: e.into(),
+        })?;
+
+        let db_path = root.join("artifacts.db");
+        let db_err = |source| ArtifactStoreError::Db {
+            path: db_path.clone(),
+            source,
+        };
+        let db = Connection::open(&db_path).map_err(db_err)?;
+        db.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(db_err)?;
+        db.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db_err)?;
+        // FULL: a publish answered 201 survives a power cut.
+        db.pragma_update(None, "synchronous", "FULL")
+            .map_err(db_err)?;
+        let found: i64 = db
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(db_err)?;
+        if found > SCHEMA_VERSION {
+            return Err(ArtifactStoreError::NewerSchema {
+                path: db_path,
+                found,
+            });
+        }
+        db.execute_batch(SCHEMA).map_err(db_err)?;
+        db.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(db_err)?;
+        Ok(ArtifactStore {
+            root: root.to_path_buf(),
+            db_path,
+            db: Mutex::new(db),
+            _lock: lock,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where uploads are received before they are verified.
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    fn db_err(&self) -> impl Fn(rusqlite::Error) -> ArtifactStoreError + '_ {
+        |source| ArtifactStoreError::Db {
+            path: self.db_path.clone(),
+            source,
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Tokens
+    // -----------------------------------------------------------------------------------------
+
+    /// Creates a token named `name`, bound to `key` if given, and returns it: the only time
+    /// it exists outside the caller. A revoked token's name can be reused.
+    pub fn create_token(
+        &self,
+        name: &str,
+        key: Option<&ArtifactPublicKey>,
+    ) -> Result<String, ArtifactStoreError> {
+        if !valid_token_name(name) {
+            return Err(ArtifactStoreError::BadTokenName(name.to_string()));
+        }
+        let key_pem = match key {
+            Some(key) => Some(key.to_pem().map_err(|e| ArtifactStoreError::StoredKey {
+                name: name.to_string(),
+                reason: e.to_string(),
+            })?),
+            None => None,
+        };
+        let token = new_token();
+        let mut db = self.db.lock().expect("db lock");
+        let tx = db
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.db_err())?;
+        let existing: Option<Option<i64>> = tx
+            .query_row(
+                "SELECT revoked_at FROM tokens WHERE name = ?1",
+                params![name],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(self.db_err())?;
+        match existing {
+            Some(None) => return Err(ArtifactStoreError::TokenExists(name.to_string())),
+            Some(Some(_)) => {
+                tx.execute("DELETE FROM tokens WHERE name = ?1", params![name])
+                    .map_err(self.db_err())?;
+            }
+            None => {}
+        }
+        tx.execute(
+            "INSERT INTO tokens (name, sha256, key_pem, key_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                name,
+                token_sha256(&token).as_slice(),
+                key_pem,
+                key.map(ArtifactPublicKey::key_id),
+                now()
+            ],
+        )
+        .map_err(self.db_err())?;
+        tx.commit().map_err(self.db_err())?;
+        Ok(token)
+    }
+
+    pub fn list_tokens(&self) -> Result<Vec<TokenInfo>, ArtifactStoreError> {
+        let db = self.db.lock().expect("db lock");
+        let mut stmt = db
+            .prepare("SELECT name, key_id, created_at, revoked_at FROM tokens ORDER BY name")
+            .map_err(self.db_err())?;
+        let rows = stmt
+            .query_map([], |row| {
+                Ok(TokenInfo {
+                    name: row.get(0)?,
+                    key_id: row.get(1)?,
+                    created_at: row.get(2)?,
+                    revoked_at: row.get(3)?,
+                })
+            })
+            .map_err(self.db_err())?;
+        rows.collect::<Result<_, _>>().map_err(self.db_err())
+    }
+
+    pub fn revoke_token(&self, name: &str) -> Result<(), ArtifactStoreError> {
+        let db = self.db.lock().expect("db lock");
+        let revoked: Option<Option<i64>> = db
+            .query_row(
+                "SELECT revoked_at FROM tokens WHERE name = ?1",
+                params![name],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(self.db_err())?;
+        match revoked {
+            None => Err(ArtifactStoreError::NoSuchToken(name.to_string())),
+            Some(Some(_)) => Err(ArtifactStoreError::AlreadyRevoked(name.to_string())),
+            Some(None) => {
+                db.execute(
+                    "UPDATE tokens SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL",
+                    params![name, now()],
+                )
+                .map_err(self.db_err())?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Looks a presented token up by its SHA-256 (read from the database on every call, so a
+    /// `precomp token revoke` takes effect at once).
+    pub fn lookup_token(&self, token: &str) -> Result<TokenLookup, ArtifactStoreError> {
+        let hash = token_sha256(token);
+        let db = self.db.lock().expect("db lock");
+        let row = db
+            .query_row(
+                "SELECT name, sha256, key_pem, revoked_at FROM tokens WHERE sha256 = ?1",
+                params![hash.as_slice()],
+                |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, Vec<u8>>(1)?,
+                        row.get::<_, Option<String>>(2)?,
+                        row.get::<_, Option<i64>>(3)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(self.db_err())?;
+        let Some((name, stored, key_pem, revoked_at)) = row else {
+            return Ok(TokenLookup::Unknown);
+        };
+        if !digests_equal(&stored, &hash) {
+            return Ok(TokenLookup::Unknown);
+        }
+        if let Some(revoked_at) = revoked_at {
+            return Ok(TokenLookup::Revoked { name, revoked_at });
+        }
+        let key = match key_pem {
+            Some(pem) => Some(ArtifactPublicKey::from_pem(&pem).map_err(|e| {
+                ArtifactStoreError::StoredKey {
+                    name: name.clone(),
+                    reason: e.to_string(),
+                }
+            })?),
+            None => None,
+        };
+        Ok(TokenLookup::Active(Publisher { name, key }))
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Artifacts
+    // -----------------------------------------------------------------------------------------
+
+    pub fn artifact_path(&self, sha256: &[u8; 32]) -> PathBuf {
+        let hex = hex::encode(sha256);
+        self.root.join("blobs/sha256").join(&hex[..2]).join(hex)
+    }
+
+    /// Moves a received, synced upload whose sha256 the caller computed into place (unless it
+    /// is there already) and records it. Returns whether it was new.
+    pub fn put_artifact(
+        &self,
+        tmp: tempfile::NamedTempFile,
+        sha256: &[u8; 32],
+        size: u64,
+        uploaded_by: &str,
+    ) -> Result<bool, ArtifactStoreError> {
+        let blob = self.artifact_path(sha256);
+        let created = !blob.exists();
+        if created {
+            let dir = blob.parent().expect("blob paths have a parent");
+            std::fs::create_dir_all(dir).map_err(io(dir))?;
+            tmp.persist(&blob).map_err(|e| ArtifactStoreError::Io {
+                path: blob.clone(),
+                source: e.error,
+            })?;
+            // The rename itself is durable once the directory is.
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(dir))?;
+        }
+        self.db
+            .lock()
+            .expect("db lock")
+            .execute(
+                "INSERT INTO artifacts (sha256, size, uploaded_by, uploaded_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(sha256) DO NOTHING",
+                params![hex::encode(sha256), size as i64, uploaded_by, now()],
+            )
+            .map_err(self.db_err())?;
+        Ok(created)
+    }
+
+    /// The artifact's bytes, checked against their digest; `None` if absent.
+    pub fn read_artifact(&self, sha256: &[u8; 32]) -> Result<Option<Bytes>, ArtifactStoreError> {
+        let path = self.artifact_path(sha256);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let actual: [u8; 32] = Sha256::digest(&bytes).into();
+        if actual != *sha256 {
+            return Err(ArtifactStoreError::Corrupt {
+                path,
+                expected: hex::encode(sha256),
+                actual: hex::encode(actual),
+            });
+        }
+        Ok(Some(Bytes::from(bytes)))
+    }
+
+    /// Whether the artifact a manifest names is here with that size; its bytes are hashed
+    /// again, so a damaged blob is never indexed.
+    pub fn check_artifact(
+        &self,
+        sha256: &[u8; 32],
+        size: u64,
+    ) -> Result<ArtifactCheck, ArtifactStoreError> {
+        let path = self.artifact_path(sha256);
+        let stored = match std::fs::metadata(&path) {
+            Ok(meta) => meta.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(ArtifactCheck::Missing)
+            }
+            Err(e) => return Err(io(&path)(e)),
+        };
+        if stored != size {
+            return Ok(ArtifactCheck::SizeMismatch { stored });
+        }
+        let mut file = std::fs::File::open(&path).map_err(io(&path))?;
+        let mut hasher = Sha256::new();
+        std::io::copy(&mut file, &mut hasher).map_err(io(&path))?;
+        let actual: [u8; 32] = hasher.finalize().into();
+        if actual != *sha256 {
+            return Err(ArtifactStoreError::Corrupt {
+                path,
+                expected: hex::encode(sha256),
+                actual: hex::encode(actual),
+            });
+        }
+        Ok(ArtifactCheck::Present)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Manifests and the index
+    // -----------------------------------------------------------------------------------------
+
+    /// Stores a verified manifest (`bytes`, decoded as `signed`) and closes the misses of its
+    /// base key, in one transaction.
+    pub fn put_manifest(
+        &self,
+        record: &ManifestRecord,
+        signed: &SignedManifest,
+        bytes: &[u8],
+        published_by: &str,
+    ) -> Result<ManifestPut, ArtifactStoreError> {
+        let mut db = self.db.lock().expect("db lock");
+        let tx = db
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.db_err())?;
+        let existing: Option<(Vec<u8>, String, String)> = tx
+            .query_row(
+                "SELECT signed_manifest, signers, manifest_sha256 FROM manifests WHERE key = ?1",
+                params![record.key],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .optional()
+            .map_err(self.db_err())?;
+        let outcome = match existing {
+            None => {
+                tx.execute(
+                    "INSERT INTO manifests (key, base_key, package, version, otp_major, elixir,
+                        mix_env, target, artifact_sha256, artifact_size, compile_env, signers,
+                        signed_manifest, manifest_sha256, published_by, published_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                    params![
+                        record.key,
+                        record.base_key,
+                        record.package,
+                        record.version,
+                        record.otp_major,
+                        record.elixir,
+                        record.mix_env,
+                        record.target,
+                        record.artifact_sha256,
+                        record.artifact_size as i64,
+                        to_json(&record.compile_env),
+                        to_json(&record.signers),
+                        bytes,
+                        hex::encode(Sha256::digest(bytes)),
+                        published_by,
+                        now()
+                    ],
+                )
+                .map_err(self.db_err())?;
+                let closed_misses =
+                    close_misses(&tx, &record.base_key, &format!("published {}", record.key))
+                        .map_err(self.db_err())?;
+                ManifestPut::Created { closed_misses }
+            }
+            Some((old_bytes, old_signers, old_sha256)) => {
+                let mut signers: Vec<String> = from_json(&old_signers);
+                if old_bytes == bytes {
+                    ManifestPut::Unchanged { signers }
+                } else {
+                    match SignedManifest::decode(&old_bytes) {
+                        Ok(mut old) if old.manifest == signed.manifest => {
+                            let present: HashSet<String> =
+                                old.signatures.iter().map(|s| s.key_id.clone()).collect();
+                            let added: Vec<_> = signed
+                                .signatures
+                                .iter()
+                                .filter(|s| {
+                                    record.signers.contains(&s.key_id)
+                                        && !present.contains(&s.key_id)
+                                })
+                                .cloned()
+                                .collect();
+                            if added.is_empty() {
+                                ManifestPut::Unchanged { signers }
+                            } else {
+                                for signature in added {
+                                    if !signers.contains(&signature.key_id) {
+                                        signers.push(signature.key_id.clone());
+                                    }
+                                    old.signatures.push(signature);
+                                }
+                                let merged = old.encode_to_vec();
+                                tx.execute(
+                                    "UPDATE manifests SET signed_manifest = ?2, manifest_sha256 = ?3,
+                                        signers = ?4 WHERE key = ?1",
+                                    params![
+                                        record.key,
+                                        merged,
+                                        hex::encode(Sha256::digest(&merged)),
+                                        to_json(&signers)
+                                    ],
+                                )
+                                .map_err(self.db_err())?;
+                                ManifestPut::Countersigned { signers }
+                            }
+                        }
+                        _ => ManifestPut::Conflict {
+                            existing_sha256: old_sha256,
+                        },
+                    }
+                }
+            }
+        };
+        tx.commit().map_err(self.db_err())?;
+        Ok(outcome)
+    }
+
+    /// The signed manifest published under `key`.
+    pub fn manifest(&self, key: &str) -> Result<Option<Vec<u8>>, ArtifactStoreError> {
+        self.db
+            .lock()
+            .expect("db lock")
+            .query_row(
+                "SELECT signed_manifest FROM manifests WHERE key = ?1",
+                params![key],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(self.db_err())
+    }
+
+    /// Every build of `package`, by version (SemVer order), then key.
+    pub fn index(&self, package: &str) -> Result<Vec<IndexBuild>, ArtifactStoreError> {
+        let db = self.db.lock().expect("db lock");
+        let mut stmt = db
+            .prepare(
+                "SELECT version, key, base_key, otp_major, elixir, mix_env, target,
+                    artifact_sha256, artifact_size, compile_env, signers
+                 FROM manifests WHERE package = ?1",
+            )
+            .map_err(self.db_err())?;
+        let rows = stmt
+            .query_map(params![package], |row| {
+                Ok(IndexBuild {
+                    version: row.get(0)?,
+                    key: row.get(1)?,
+                    base_key: row.get(2)?,
+                    otp_major: row.get(3)?,
+                    elixir: row.get(4)?,
+                    mix_env: row.get(5)?,
+                    target: row.get(6)?,
+                    artifact_sha256: row.get(7)?,
+                    artifact_size: row.get::<_, i64>(8)? as u64,
+                    compile_env: from_json(&row.get::<_, String>(9)?),
+                    signers: from_json(&row.get::<_, String>(10)?),
+                })
+            })
+            .map_err(self.db_err())?;
+        let mut builds: Vec<IndexBuild> = rows.collect::<Result<_, _>>().map_err(self.db_err())?;
+        builds.sort_by(|a, b| {
+            let va = semver::Version::parse(&a.version).ok();
+            let vb = semver::Version::parse(&b.version).ok();
+            va.cmp(&vb)
+                .then_with(|| a.version.cmp(&b.version))
+                .then_with(|| a.key.cmp(&b.key))
+        });
+        Ok(builds)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Failures
+    // -----------------------------------------------------------------------------------------
+
+    /// Records a failed build (the latest log per base key and toolchain, with a count of
+    /// attempts) and closes the misses of its base key.
+    pub fn record_failure(
+        &self,
+        report: &FailureReport,
+        reported_by: &str,
+    ) -> Result<FailureRecorded, ArtifactStoreError> {
+        let log_sha256 = hex::encode(Sha256::digest(report.log.as_bytes()));
+        let now = now();
+        let mut db = self.db.lock().expect("db lock");
+        let tx = db
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.db_err())?;
+        let attempts: i64 = tx
+            .query_row(
+                "INSERT INTO failures (base_key, toolchain_id, package, version, log, log_sha256,
+                    reported_by, attempts, first_reported, last_reported)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8, ?8)
+                 ON CONFLICT(base_key, toolchain_id) DO UPDATE SET
+                    package = ?3, version = ?4, log = ?5, log_sha256 = ?6, reported_by = ?7,
+                    attempts = attempts + 1, last_reported = ?8
+                 RETURNING attempts",
+                params![
+                    report.base_key,
+                    report.toolchain_id,
+                    report.package,
+                    report.version,
+                    report.log,
+                    log_sha256,
+                    reported_by,
+                    now
+                ],
+                |row| row.get(0),
+            )
+            .map_err(self.db_err())?;
+        let closed_misses = close_misses(
+            &tx,
+            &report.base_key,
+            &format!("failed on {}", report.toolchain_id),
+        )
+        .map_err(self.db_err())?;
+        tx.commit().map_err(self.db_err())?;
+        Ok(FailureRecorded {
+            base_key: report.base_key.clone(),
+            toolchain_id: report.toolchain_id.clone(),
+            log_sha256,
+            attempts: attempts as u64,
+            closed_misses,
+        })
+    }
+
+    /// The failures recorded for `package`, most recent first.
+    pub fn failures(&self, package: &str) -> Result<Vec<Failure>, ArtifactStoreError> {
+        let db = self.db.lock().expect("db lock");
+        let mut stmt = db
+            .prepare(
+                "SELECT package, version, base_key, toolchain_id, log_sha256, log, attempts,
+                    reported_by, first_reported, last_reported
+                 FROM failures WHERE package = ?1
+                 ORDER BY last_reported DESC, base_key, toolchain_id",
+            )
+            .map_err(self.db_err())?;
+        let rows = stmt
+            .query_map(params![package], |row| {
+                Ok(Failure {
+                    package: row.get(0)?,
+                    version: row.get(1)?,
+                    base_key: row.get(2)?,
+                    toolchain_id: row.get(3)?,
+                    log_sha256: row.get(4)?,
+                    log: row.get(5)?,
+                    attempts: row.get::<_, i64>(6)? as u64,
+                    reported_by: row.get(7)?,
+                    first_reported: row.get(8)?,
+                    last_reported: row.get(9)?,
+                })
+            })
+            .map_err(self.db_err())?;
+        rows.collect::<Result<_, _>>().map_err(self.db_err())
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Misses
+    // -----------------------------------------------------------------------------------------
+
+    /// Counts a (validated) miss. The first report of a base key opens it, unless a manifest
+    /// or a failure with that base key exists already; later reports only count.
+    pub fn record_miss(&self, report: &MissReport) -> Result<MissRecorded, ArtifactStoreError> {
+        let now = now();
+        let mut db = self.db.lock().expect("db lock");
+        let tx = db
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.db_err())?;
+        let closed_by: Option<String> = tx
+            .query_row(
+                "SELECT 'published ' || key FROM manifests WHERE base_key = ?1
+                 UNION ALL
+                 SELECT 'failed on ' || toolchain_id FROM failures WHERE base_key = ?1
+                 LIMIT 1",
+                params![report.base_key],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(self.db_err())?;
+        let (count, closed_at): (i64, Option<i64>) = tx
+            .query_row(
+                "INSERT INTO misses (base_key, package, version, reason, otp_major, elixir,
+                    mix_env, target, lock, count, first_reported, last_reported, closed_at,
+                    closed_by)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 1, ?10, ?10, ?11, ?12)
+                 ON CONFLICT(base_key) DO UPDATE SET count = count + 1, last_reported = ?10
+                 RETURNING count, closed_at",
+                params![
+                    report.base_key,
+                    report.package,
+                    report.version,
+                    report.reason,
+                    report.otp_major,
+                    report.elixir,
+                    report.mix_env,
+                    report.target,
+                    report.lock,
+                    now,
+                    closed_by.as_ref().map(|_| now),
+                    closed_by
+                ],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .map_err(self.db_err())?;
+        tx.commit().map_err(self.db_err())?;
+        Ok(MissRecorded {
+            base_key: report.base_key.clone(),
+            count: count as u64,
+            open: closed_at.is_none(),
+        })
+    }
+
+    /// The open misses, most reported first: at most `limit`, and no more once their locks
+    /// add up to `max_bytes` (the first is always listed).
+    pub fn open_misses(
+        &self,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Miss>, ArtifactStoreError> {
+        let db = self.db.lock().expect("db lock");
+        let mut stmt = db
+            .prepare(
+                "SELECT package, version, base_key, reason, otp_major, elixir, mix_env, target,
+                    lock, count, first_reported, last_reported
+                 FROM misses WHERE closed_at IS NULL
+                 ORDER BY count DESC, first_reported, base_key LIMIT ?1",
+            )
+            .map_err(self.db_err())?;
+        let rows = stmt
+            .query_map(params![limit as i64], |row| {
+                Ok(Miss {
+                    package: row.get(0)?,
+                    version: row.get(1)?,
+                    base_key: row.get(2)?,
+                    reason: row.get(3)?,
+                    otp_major: row.get(4)?,
+                    elixir: row.get(5)?,
+                    mix_env: row.get(6)?,
+                    target: row.get(7)?,
+                    lock: row.get(8)?,
+                    count: row.get::<_, i64>(9)? as u64,
+                    first_reported: row.get(10)?,
+                    last_reported: row.get(11)?,
+                })
+            })
+            .map_err(self.db_err())?;
+        let mut misses = Vec::new();
+        let mut bytes = 0;
+        for miss in rows {
+            let miss = miss.map_err(self.db_err())?;
+            bytes += miss.lock.len();
+            if bytes > max_bytes && !misses.is_empty() {
+                break;
+            }
+            misses.push(miss);
+        }
+        Ok(misses)
+    }
+}
+
+fn close_misses(
+    tx: &rusqlite::Transaction<'_>,
+    base_key: &str,
+    closed_by: &str,
+) -> rusqlite::Result<u64> {
+    tx.execute(
+        "UPDATE misses SET closed_at = ?2, closed_by = ?3 WHERE base_key = ?1 AND closed_at IS NULL",
+        params![base_key, now(), closed_by],
+    )
+    .map(|n| n as u64)
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("plain data serialises")
+}
+
+/// Columns this module wrote; a malformed one reads as empty rather than failing the index.
+fn from_json<T: serde::de::DeserializeOwned + Default>(text: &str) -> T {
+    serde_json::from_str(text).unwrap_or_else(|e| {
+        tracing::warn!("malformed JSON column in the artifact database: {e}");
+        T::default()
+    })
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> ArtifactStoreError + '_ {
+    move |source| ArtifactStoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+pub(crate) fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
