@@ -164,7 +164,7 @@ fn finish(
         source,
     })?;
     let target = if packed.native_code {
-        native_target(&context.toolchain.architecture)
+        native_target(&context.toolchain.architecture)?
     } else {
         Target::Any
     };
@@ -293,19 +293,15 @@ pub fn read_compile_env(app: &str, path: &Path) -> Result<Vec<CompileEnvEntry>> 
     Ok(entries)
 }
 
-/// The build-key target of native code built on a Debian `architecture`.
-pub fn native_target(architecture: &str) -> Target {
-    let arch = match architecture {
-        "amd64" => "x86_64",
-        "arm64" => "aarch64",
-        "i386" => "i686",
-        "armhf" => "arm",
-        other => other,
-    };
-    Target::Native {
-        arch: arch.to_string(),
-        libc: "linux-gnu".to_string(),
-    }
+/// The build-key target of native code built on a Debian `architecture`: the same target
+/// `precomp fetch` computes from Erlang's system architecture there
+/// ([`Target::from_debian_architecture`]).
+pub fn native_target(architecture: &str) -> Result<Target> {
+    Target::from_debian_architecture(architecture).ok_or_else(|| {
+        BuildError::Invalid(format!(
+            "toolchain architecture {architecture:?} has no known native target"
+        ))
+    })
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<()> {

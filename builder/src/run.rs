@@ -264,7 +264,7 @@ fn reusable(
     reuse: &Reuse<'_>,
     node: &Node,
 ) -> Result<Option<StoredBuild>> {
-    for target in [Target::Any, native_target(&context.toolchain.architecture)] {
+    for target in [Target::Any, native_target(&context.toolchain.architecture)?] {
         let mut inputs = base_inputs(context, node, target);
         for stored in reuse
             .store

@@ -15,6 +15,12 @@ const LIMIT: Duration = Duration::from_secs(120);
 
 /// Evaluates the project's config; the error says why, with elixir's output.
 pub fn evaluate(project: &Project) -> Result<AppConfig, String> {
+    // Usually the probe already printed it from its own VM.
+    if let Some(dump) = &project.config_dump {
+        if let Ok(config) = AppConfig::parse(dump) {
+            return Ok(config);
+        }
+    }
     let scratch = tempfile::tempdir().map_err(|e| format!("a temporary directory: {e}"))?;
     let script = scratch.path().join("precomp_dump_config.exs");
     std::fs::write(&script, DUMP_CONFIG_EXS).map_err(|e| format!("{}: {e}", script.display()))?;

@@ -1303,6 +1303,7 @@ mod tests {
             hex_scm: "Hex.SCM".into(),
             elixir_scm: vec![],
             deps,
+            config_dump: None,
         }
     }
 

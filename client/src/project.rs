@@ -53,6 +53,9 @@ pub struct Project {
     pub elixir_scm: Vec<u8>,
     /// The deps the project (or each umbrella child) declares.
     pub deps: Vec<DeclaredDep>,
+    /// The compile-time config dump the probe printed from the same VM
+    /// (`precomp_proto::config`), when the config evaluated.
+    pub config_dump: Option<String>,
 }
 
 /// A dependency declared in mix.exs.
@@ -82,11 +85,15 @@ impl Project {
         let scratch = tempfile::tempdir().map_err(ClientError::io("a temporary directory"))?;
         let probe = scratch.path().join("precomp_fetch_probe.exs");
         let out = scratch.path().join("project.term");
+        let dump = scratch.path().join("precomp_dump_config.exs");
         std::fs::write(&probe, PROBE).map_err(ClientError::io(&probe))?;
+        std::fs::write(&dump, precomp_proto::config::DUMP_CONFIG_EXS)
+            .map_err(ClientError::io(&dump))?;
         let mut command = Command::new("elixir");
         command
             .arg(&probe)
             .arg(&out)
+            .arg(&dump)
             .current_dir(dir)
             .env("MIX_ENV", mix_env)
             .env_remove("MIX_EXS");
@@ -108,7 +115,12 @@ impl Project {
                 String::from_utf8_lossy(&output.stderr).trim()
             ))
         })?;
-        parse_probe(dir, &text).map_err(failed)
+        let mut project = parse_probe(dir, &text).map_err(failed)?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        if stdout.contains(precomp_proto::config::DUMP_END) {
+            project.config_dump = Some(stdout.into_owned());
+        }
+        Ok(project)
     }
 
     /// `<build_path>/lib`: where deps are installed.
@@ -129,44 +141,10 @@ impl Project {
     }
 }
 
-/// The build-key target for an Erlang `system_architecture` such as `x86_64-pc-linux-gnu`:
-/// the architecture (Debian and Apple names mapped to GNU ones), the vendor dropped, and
-/// version numbers stripped (`aarch64-apple-darwin23.1.0` → `aarch64-darwin`).
+/// The build-key target for an Erlang `system_architecture`: shared with the builder
+/// ([`Target::from_system_architecture`]).
 pub fn native_target(system_architecture: &str) -> Option<Target> {
-    let lower = system_architecture.trim().to_ascii_lowercase();
-    let parts: Vec<&str> = lower.split('-').collect();
-    let arch = match parts.first().copied()? {
-        "amd64" => "x86_64",
-        "arm64" => "aarch64",
-        "i386" | "i486" | "i586" => "i686",
-        other => other,
-    };
-    let rest: &[&str] = match parts.len() {
-        0 | 1 => return None,
-        2 => &parts[1..],
-        _ => &parts[2..],
-    };
-    let libc: Vec<String> = rest
-        .iter()
-        .map(|part| {
-            part.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.')
-                .to_string()
-        })
-        .filter(|part| !part.is_empty())
-        .collect();
-    let libc = libc.join("-");
-    let valid_arch = !arch.is_empty()
-        && arch
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    let valid_libc = !libc.is_empty()
-        && libc
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
-    (valid_arch && valid_libc).then(|| Target::Native {
-        arch: arch.to_string(),
-        libc,
-    })
+    Target::from_system_architecture(system_architecture)
 }
 
 /// Parses `ARCH-LIBC` (a `--target` value).
@@ -236,6 +214,7 @@ fn parse_probe(dir: &Path, text: &str) -> Result<Project, String> {
         hex_scm: map.string("hex_scm")?,
         elixir_scm,
         deps,
+        config_dump: None,
     })
 }
 

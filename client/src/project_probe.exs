@@ -8,7 +8,7 @@
 # Nothing is fetched or compiled, and deps are not converged: the top-level deps come from
 # the project config (every umbrella child's, for an umbrella), the rest from mix.lock.
 
-[out] = System.argv()
+[out | _] = System.argv()
 
 # Anything mix.exs prints must not end up in our output file.
 Mix.start()
@@ -120,3 +120,19 @@ result =
   end
 
 File.write!(out, :io_lib.format(~c"~tp.~n", [result]))
+
+# With a second argument, precomp_proto's config dump script: the consumer's compile-time
+# config is printed to stdout from this same VM, saving precomp fetch a second VM start when
+# a package reads compile_env. A config that does not evaluate prints nothing here; fetch
+# evaluates it again on its own when it needs it, and reports that error then.
+with [_out, dump_script] <- System.argv(),
+     {:ok, %{config_path: config_path, mix_env: env, mix_target: target}} <- result do
+  try do
+    System.argv([config_path, env, target])
+    Code.require_file(dump_script)
+  rescue
+    _ -> :ok
+  catch
+    _, _ -> :ok
+  end
+end

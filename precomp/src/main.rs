@@ -50,6 +50,14 @@ enum Command {
     /// Upload tokens for builders publishing to the mirror.
     #[command(subcommand)]
     Token(commands::token::TokenCommand),
+    /// Rebuilds published artifacts independently and signs verdicts.
+    Audit(commands::audit::AuditArgs),
+    /// Removes artifacts no recent lock needs (dry run by default).
+    Gc(commands::gc::GcArgs),
+    /// A consistent snapshot of the data directory.
+    Backup(commands::backup::BackupArgs),
+    /// Restores a snapshot into an empty data directory.
+    Restore(commands::backup::RestoreArgs),
     /// Runs the main job end to end on this machine with embedded defaults.
     Demo(commands::demo::DemoArgs),
 }
@@ -93,6 +101,10 @@ fn main() -> ExitCode {
         Command::Fetch(args) => commands::fetch::run(&context, args),
         Command::Inspect(args) => commands::inspect::run(&context, args),
         Command::Token(command) => commands::token::run(&context, command),
+        Command::Audit(args) => commands::audit::run(&context, args),
+        Command::Gc(args) => commands::gc::run(&context, args),
+        Command::Backup(args) => commands::backup::run_backup(&context, args),
+        Command::Restore(args) => commands::backup::run_restore(&context, args),
         Command::Demo(args) => commands::demo::run(&context, args),
     };
     match result {

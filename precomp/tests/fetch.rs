@@ -13,7 +13,7 @@
 //! Mix's Hex client is not installed on these machines, so `mix deps.get` cannot run: each
 //! consumer copy gets `deps/<app>` unpacked from the repository's tarballs, the `mix.lock`
 //! `precomp repo lock` writes, a `.fetch` marker as `mix deps.get` leaves it, and a stand-in
-//! SCM (Precomp.TestSCM, fetchable like Hex, refusing to fetch) prepended to its mix.exs so
+//! SCM (Precomp.BuildSCM, fetchable like Hex, refusing to fetch) prepended to its mix.exs so
 //! Mix accepts `{:name, "~> x"}` deps. The end-to-end test with the real Hex client runs
 //! where `mix hex.info` works and says why it is skipped elsewhere.
 
@@ -64,33 +64,8 @@ const RUN_OUTPUT: &str = r#"%{greeting: "howdy, ci?", id: "order-1", mk_erl: "a=
 const RUN: &str = "IO.puts(inspect(MixApp.run(), limit: :infinity, width: 10_000))";
 
 /// A fetchable SCM standing in for Hex.SCM where the Hex client is not installed: deps are
-/// already unpacked under deps/ and never fetched.
-const TEST_SCM: &str = r#"# Test stand-in for Hex.SCM (precomp/tests/fetch.rs): deps are unpacked by the test.
-defmodule Precomp.TestSCM do
-  @behaviour Mix.SCM
-  def fetchable?, do: true
-  def format(_opts), do: "test"
-  def format_lock(_opts), do: nil
-
-  def accepts_options(app, opts) do
-    if opts[:path] || opts[:git] || opts[:github] || opts[:in_umbrella] do
-      nil
-    else
-      Keyword.put(opts, :dest, Path.join(Mix.Project.deps_path(), Atom.to_string(app)))
-    end
-  end
-
-  def checked_out?(opts), do: File.dir?(opts[:dest])
-  def lock_status(_opts), do: :ok
-  def equal?(opts1, opts2), do: opts1[:dest] == opts2[:dest]
-  def managers(_opts), do: []
-  def checkout(opts), do: Mix.raise("Precomp.TestSCM: #{opts[:dest]} is not unpacked")
-  def update(opts), do: checkout(opts)
-end
-
-Mix.SCM.append(Precomp.TestSCM)
-
-"#;
+/// already unpacked under deps/ and never fetched (the builder's own, `Precomp.BuildSCM`).
+const TEST_SCM: &str = precomp_builder::project::SCM;
 
 // ---------------------------------------------------------------------------------------------
 // The shared fixture: repository, lock, artifacts
@@ -1040,7 +1015,7 @@ fn with_elixir_1_18_the_markers_keep_mix_from_compiling_installed_deps() {
         .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&scm.stdout),
-        format!("{{1,{{<<\"{elixir}\">>,\"{otp}\"}},'Elixir.Precomp.TestSCM'}}"),
+        format!("{{1,{{<<\"{elixir}\">>,\"{otp}\"}},'Elixir.Precomp.BuildSCM'}}"),
         "{}",
         describe(&scm)
     );

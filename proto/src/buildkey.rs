@@ -75,6 +75,65 @@ pub enum Target {
     Native { arch: String, libc: String },
 }
 
+impl Target {
+    /// The build-key target for an Erlang `system_architecture` such as `x86_64-pc-linux-gnu`:
+    /// the architecture (Debian and Apple names mapped to GNU ones), the vendor dropped, and
+    /// version numbers stripped (`aarch64-apple-darwin23.1.0` → `aarch64-darwin`).
+    pub fn from_system_architecture(system_architecture: &str) -> Option<Target> {
+        let lower = system_architecture.trim().to_ascii_lowercase();
+        let parts: Vec<&str> = lower.split('-').collect();
+        let arch = match parts.first().copied()? {
+            "amd64" => "x86_64",
+            "arm64" => "aarch64",
+            "i386" | "i486" | "i586" => "i686",
+            other => other,
+        };
+        let rest: &[&str] = match parts.len() {
+            0 | 1 => return None,
+            2 => &parts[1..],
+            _ => &parts[2..],
+        };
+        let libc: Vec<String> = rest
+            .iter()
+            .map(|part| {
+                part.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.')
+                    .to_string()
+            })
+            .filter(|part| !part.is_empty())
+            .collect();
+        let libc = libc.join("-");
+        let valid_arch = !arch.is_empty()
+            && arch
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        let valid_libc = !libc.is_empty()
+            && libc
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+        (valid_arch && valid_libc).then(|| Target::Native {
+            arch: arch.to_string(),
+            libc,
+        })
+    }
+
+    /// The target of native code built on a Debian `architecture` (`amd64`, `arm64`, …): that
+    /// of the GNU triplet Debian's Erlang reports there.
+    pub fn from_debian_architecture(architecture: &str) -> Option<Target> {
+        let triplet = match architecture {
+            "amd64" => "x86_64-pc-linux-gnu",
+            "arm64" => "aarch64-unknown-linux-gnu",
+            "armhf" => "arm-unknown-linux-gnueabihf",
+            "armel" => "arm-unknown-linux-gnueabi",
+            "i386" => "i686-pc-linux-gnu",
+            "ppc64el" => "powerpc64le-unknown-linux-gnu",
+            "s390x" => "s390x-ibm-linux-gnu",
+            "riscv64" => "riscv64-unknown-linux-gnu",
+            _ => return None,
+        };
+        Target::from_system_architecture(triplet)
+    }
+}
+
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -332,3 +332,28 @@ fn closures_come_from_the_lock() {
         "{err}"
     );
 }
+
+/// Builders name a native target from the toolchain's Debian architecture, clients from
+/// Erlang's system architecture; on the same machine both must give the same target.
+#[test]
+fn builder_and_client_name_the_same_native_target() {
+    use precomp_proto::buildkey::Target;
+    for (debian, erlang, expected) in [
+        ("amd64", "x86_64-pc-linux-gnu", "x86_64-linux-gnu"),
+        ("arm64", "aarch64-unknown-linux-gnu", "aarch64-linux-gnu"),
+        ("armhf", "arm-unknown-linux-gnueabihf", "arm-linux-gnueabihf"),
+        ("i386", "i686-pc-linux-gnu", "i686-linux-gnu"),
+    ] {
+        let from_debian = Target::from_debian_architecture(debian).unwrap();
+        let from_erlang = Target::from_system_architecture(erlang).unwrap();
+        assert_eq!(from_debian, from_erlang, "{debian} / {erlang}");
+        assert_eq!(from_debian.to_string(), expected);
+    }
+    assert_eq!(Target::from_debian_architecture("pdp11"), None);
+    assert_eq!(
+        Target::from_system_architecture("aarch64-apple-darwin23.1.0")
+            .unwrap()
+            .to_string(),
+        "aarch64-darwin"
+    );
+}

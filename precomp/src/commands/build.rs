@@ -424,7 +424,7 @@ fn missing_work(
     let misses = runtime
         .block_on(client.misses())
         .context("listing the mirror's misses")?;
-    let native = precomp_builder::build::native_target(&toolchain.architecture).to_string();
+    let native = precomp_builder::build::native_target(&toolchain.architecture)?.to_string();
     let mut work = Vec::new();
     for miss in misses.misses {
         let what = format!("{} {}", miss.package, miss.version);

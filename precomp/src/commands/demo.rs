@@ -6,8 +6,14 @@
 //!    byte with the upstream's.
 //! 4. rebar3, a real Hex client, fetching and compiling a project's dependencies through the
 //!    mirror with signature and origin checks on, and the result run.
+//! 5. A builder key and an upload token; `precomp build` of the sample Mix project's lock in the
+//!    sandbox, published to the mirror.
+//! 6. The sample project with its deps unpacked as `mix deps.get` leaves them; `precomp fetch`
+//!    installs every dependency from the mirror, verified.
+//! 7. The proof: `mix compile` compiles none of the dependencies and the sample code runs on
+//!    them; `mix deps.compile` from scratch, timed in a copy, for comparison.
 //!
-//! Each stage prints its timing. Builds and `precomp fetch` join as they land.
+//! Each stage prints its timing.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -15,15 +21,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
 use clap::Args;
-use precomp_proto::registry::RepoSigningKey;
+use precomp_proto::registry::{RepoPublicKey, RepoSigningKey};
+use precomp_registry::artifacts::{Artifacts, ArtifactsConfig};
 use precomp_registry::mirror::{self, Mirror, MirrorConfig, Upstream};
 use precomp_registry::static_repo;
 
 use crate::Context;
 
 /// Builds a signed Hex repository from the fixture packages, puts the mirror in front of it,
-/// fetches everything through the mirror, and has rebar3 build a project through it. All
-/// under DATA/demo.
+/// fetches everything through the mirror, has rebar3 build a project through it, builds the
+/// sample Mix project's dependencies in the sandbox and publishes them, installs them with
+/// `precomp fetch`, and shows that `mix compile` compiles none of them. All under DATA/demo.
 #[derive(Args)]
 pub struct DemoArgs {
     /// Package sources to publish (run from the repository root, or point this elsewhere).
@@ -32,7 +40,27 @@ pub struct DemoArgs {
     /// The rebar3 project to build through the mirror.
     #[arg(long, default_value = "tests/fixtures/consumers/rebar3_app")]
     consumer: PathBuf,
+    /// The Mix project whose dependencies are built and fetched.
+    #[arg(long, default_value = "tests/fixtures/consumers/mix_app")]
+    sample: PathBuf,
+    /// The sample's dependencies, as NAME@VERSION (its mix.lock).
+    #[arg(
+        long = "release",
+        default_values_t = SAMPLE_RELEASES.iter().map(|r| r.to_string()),
+    )]
+    releases: Vec<String>,
 }
+
+/// The sample project's lock: what `mix deps.get` resolves for tests/fixtures/consumers/mix_app.
+const SAMPLE_RELEASES: &[&str] = &[
+    "env_reader@1.0.0",
+    "erl_counter@1.0.0",
+    "mk_erl@1.0.0",
+    "plain_ex@1.0.0",
+    "shape_user@1.0.0",
+    "shapes@2.0.0",
+    "tiny_nif@1.0.0",
+];
 
 pub fn run(context: &Context, args: DemoArgs) -> anyhow::Result<ExitCode> {
     if !args.packages.is_dir() {
@@ -74,8 +102,11 @@ pub fn run(context: &Context, args: DemoArgs) -> anyhow::Result<ExitCode> {
 
     // 2. The mirror, with an empty store.
     let store = dir.join("mirror");
-    if store.exists() {
-        std::fs::remove_dir_all(&store).with_context(|| format!("clearing {}", store.display()))?;
+    let artifacts_data = dir.join("artifacts");
+    for old in [&store, &artifacts_data] {
+        if old.exists() {
+            std::fs::remove_dir_all(old).with_context(|| format!("clearing {}", old.display()))?;
+        }
     }
     let mut config = MirrorConfig::defaults(store);
     config.listen = "127.0.0.1:0".parse()?;
@@ -85,13 +116,22 @@ pub fn run(context: &Context, args: DemoArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let artifacts = Artifacts::open(ArtifactsConfig {
+        data: artifacts_data.clone(),
+        builder_keys: Vec::new(),
+    })?;
     let (url, server) = runtime.block_on(async {
         let mirror = Mirror::open(config)?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
-        let server = tokio::spawn(mirror::serve(mirror, listener, async {
-            let _ = stopped.await;
-        }));
+        let server = tokio::spawn(mirror::serve_with_artifacts(
+            mirror,
+            Some(artifacts),
+            listener,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         Ok::<_, anyhow::Error>((url, server))
     })?;
     println!("mirror   {url} in front of {}", upstream.display());
@@ -112,14 +152,242 @@ pub fn run(context: &Context, args: DemoArgs) -> anyhow::Result<ExitCode> {
 
     // 4. rebar3 through the mirror.
     let outcome = rebar3_through(&url, &dir, &upstream.join("public_key"), &args.consumer);
+    match outcome {
+        Ok(Some(line)) => println!("{line}"),
+        Ok(None) => println!("rebar3   skipped: rebar3 is not installed (apt-get install rebar3)"),
+        Err(e) => {
+            let _ = stop.send(());
+            return Err(e);
+        }
+    }
 
+    // 5-7. Builds, precomp fetch, and the proof.
+    let outcome = mix_loop(&url, &dir, &upstream, &key.public_key(), &args);
     let _ = stop.send(());
     runtime.block_on(server)??;
-    match outcome? {
-        Some(line) => println!("{line}"),
-        None => println!("rebar3   skipped: rebar3 is not installed (apt-get install rebar3)"),
-    }
+    outcome?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Builds the sample's lock and publishes it, fetches it into the sample, and shows that Mix
+/// compiles none of the installed dependencies.
+fn mix_loop(
+    url: &str,
+    dir: &Path,
+    upstream: &Path,
+    repo_key: &RepoPublicKey,
+    args: &DemoArgs,
+) -> anyhow::Result<()> {
+    ensure!(
+        args.sample.is_dir(),
+        "{} is not a directory; pass --sample",
+        args.sample.display()
+    );
+    let exe = std::env::current_exe().context("finding the precomp binary")?;
+    let precomp = |what: &str, command_args: &[&std::ffi::OsStr]| -> anyhow::Result<String> {
+        let output = Command::new(&exe)
+            .args(command_args)
+            .env_remove("PRECOMP_DATA")
+            .output()
+            .with_context(|| format!("running precomp {what}"))?;
+        ensure!(
+            output.status.success(),
+            "precomp {what} failed:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    let os = |s: &str| std::ffi::OsString::from(s);
+
+    // 5. Keys, token, lock, builds.
+    let keys = dir.join("keys");
+    if !keys.join("demo.key").exists() {
+        precomp(
+            "keys generate",
+            &[
+                os("keys").as_os_str(),
+                &os("generate"),
+                &os("--name"),
+                &os("demo"),
+                &os("--out"),
+                keys.as_os_str(),
+            ],
+        )?;
+    }
+    let token = precomp(
+        "token create",
+        &[
+            &os("--data"),
+            dir.as_os_str(),
+            &os("token"),
+            &os("create"),
+            &os("--name"),
+            &os("demo-builder"),
+            &os("--key"),
+            keys.join("demo.pub").as_os_str(),
+        ],
+    )?
+    .trim()
+    .to_string();
+    let pins = args
+        .releases
+        .iter()
+        .map(|r| {
+            r.split_once('@')
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .with_context(|| format!("{r:?}: give releases as NAME@VERSION"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let lock = static_repo::lock_for(upstream, repo_key, "hexpm", &pins)?;
+    let project = dir.join("project");
+    if project.exists() {
+        std::fs::remove_dir_all(&project)?;
+    }
+    copy_dir(&args.sample, &project)?;
+    std::fs::write(project.join("mix.lock"), lock.to_text()?)?;
+    let builder_data = dir.join("builder");
+    if builder_data.exists() {
+        std::fs::remove_dir_all(&builder_data)?;
+    }
+    std::fs::create_dir_all(&builder_data)?;
+    for path in [dir, &builder_data] {
+        use std::os::unix::fs::PermissionsExt;
+        // The sandbox user must reach the builds' work directories.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let started = Instant::now();
+    let built = precomp(
+        "build",
+        &[
+            &os("--data"),
+            builder_data.as_os_str(),
+            &os("build"),
+            &os("--json"),
+            &os("--lock"),
+            project.join("mix.lock").as_os_str(),
+            &os("--mirror"),
+            &os(url),
+            &os("--toolchain"),
+            &os("host"),
+            &os("--key"),
+            keys.join("demo.key").as_os_str(),
+            &os("--config"),
+            project.join("config").as_os_str(),
+            &os("--config-env"),
+            &os("dev"),
+            &os("--publish"),
+            &os("--token"),
+            &os(&token),
+        ],
+    )?;
+    println!(
+        "build    {} packages of the sample's lock built in the sandbox (host toolchain), signed and published ({:.2?})",
+        built.lines().count(),
+        started.elapsed()
+    );
+
+    // 6. The sample with its deps unpacked as `mix deps.get` leaves them, then precomp fetch.
+    for (app, entry) in lock.hex() {
+        let tarball = std::fs::read(
+            upstream.join(static_repo::layout::tarball(&entry.package, &entry.version)),
+        )?;
+        let tarball = precomp_proto::tarball::read(&tarball)?;
+        let dest = project.join("deps").join(app);
+        precomp_proto::tarball::unpack_contents(&tarball.contents_tar_gz, &dest)?;
+        std::fs::write(dest.join(".fetch"), "")?;
+    }
+    // Mix's Hex client is not needed: the deps are unpacked, an offline SCM serves them.
+    let mix_exs = std::fs::read_to_string(project.join("mix.exs"))?;
+    std::fs::write(
+        project.join("mix.exs"),
+        format!("{}{mix_exs}", precomp_builder::project::SCM),
+    )?;
+    let started = Instant::now();
+    let fetched = precomp(
+        "fetch",
+        &[
+            &os("fetch"),
+            &os("--json"),
+            &os("--project"),
+            project.as_os_str(),
+            &os("--mirror"),
+            &os(url),
+            &os("--trust"),
+            keys.join("demo.pub").as_os_str(),
+            &os("--env"),
+            &os("dev"),
+        ],
+    )?;
+    let fetch_time = started.elapsed();
+    let summary: serde_json::Value = serde_json::from_str(fetched.lines().last().unwrap_or("{}"))
+        .context("precomp fetch --json summary")?;
+    println!(
+        "fetch    precomp fetch installed {} dependencies, {} missed, {} bytes ({fetch_time:.2?})",
+        summary["hits"], summary["misses"], summary["bytes"]
+    );
+    ensure!(
+        summary["misses"] == 0,
+        "precomp fetch missed dependencies:\n{fetched}"
+    );
+
+    // 7. The proof.
+    let mix = |dir: &Path, mix_args: &[&str]| -> anyhow::Result<String> {
+        let output = Command::new("mix")
+            .args(mix_args)
+            .current_dir(dir)
+            .env("MIX_ENV", "dev")
+            .env("MIX_REBAR3", "/usr/bin/rebar3")
+            .env_remove("MIX_BUILD_PATH")
+            .output()
+            .context("running mix")?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        ensure!(
+            output.status.success(),
+            "mix {} failed:\n{text}",
+            mix_args.join(" ")
+        );
+        Ok(text)
+    };
+    let scratch = dir.join("project-from-scratch");
+    if scratch.exists() {
+        std::fs::remove_dir_all(&scratch)?;
+    }
+    copy_dir(&project, &scratch)?;
+    std::fs::remove_dir_all(scratch.join("_build"))?;
+
+    let started = Instant::now();
+    let compiled = mix(&project, &["compile"])?;
+    let compile_time = started.elapsed();
+    let deps_compiled: Vec<&str> = lock
+        .hex()
+        .map(|(app, _)| app)
+        .filter(|app| compiled.lines().any(|l| l.trim() == format!("==> {app}")))
+        .collect();
+    ensure!(
+        deps_compiled.is_empty(),
+        "mix compile compiled {} after precomp fetch:\n{compiled}",
+        deps_compiled.join(", ")
+    );
+    let ran = mix(
+        &project,
+        &["run", "--no-compile", "-e", "IO.inspect(MixApp.run())"],
+    )?;
+    println!(
+        "proof    mix compile after precomp fetch compiled none of the dependencies, only the sample ({compile_time:.2?}); MixApp.run() = {}",
+        ran.split_whitespace().collect::<Vec<_>>().join(" ")
+    );
+    let started = Instant::now();
+    mix(&scratch, &["deps.compile"])?;
+    println!(
+        "compare  mix deps.compile of the same dependencies from scratch: {:.2?}, against {fetch_time:.2?} for precomp fetch",
+        started.elapsed()
+    );
+    Ok(())
 }
 
 /// Every file of a static repository, as request paths.

@@ -1,8 +1,11 @@
 //! One module per subcommand.
 
+pub mod audit;
+pub mod backup;
 pub mod build;
 pub mod demo;
 pub mod fetch;
+pub mod gc;
 pub mod inspect;
 pub mod keys;
 pub mod mirror;
