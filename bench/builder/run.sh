@@ -45,19 +45,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-now() { date +%s.%N; }
-median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-
-"$PRECOMP" repo keygen --out "$SCRATCH/repo.pem" >/dev/null
-"$PRECOMP" repo build --packages "$ROOT/tests/fixtures/packages" --key "$SCRATCH/repo.pem" \
-  --out "$SCRATCH/repo" >/dev/null
-"$PRECOMP" keys generate --name bench --out "$SCRATCH/keys" >/dev/null
-RELEASES="counter_ex@1.0.0 env_reader@1.0.0 erl_counter@1.0.0 erl_ids@1.0.0 mk_erl@1.0.0
-  opt_user@1.0.0 plain_ex@1.0.0 shape_user@1.0.0 shapes@1.0.0 tiny_nif@1.0.0"
-# shellcheck disable=SC2086
-"$PRECOMP" repo lock --repo "$SCRATCH/repo" --public-key "$SCRATCH/repo.pem.pub" \
-  --out "$SCRATCH/mix.lock" $RELEASES
-PACKAGES=$(echo $RELEASES | wc -w)
+# shellcheck source=bench/fixture_lock.sh
+. "$ROOT/bench/fixture_lock.sh"
+make_fixture_lock
 
 build_args=(build --lock "$SCRATCH/mix.lock" --mirror "file://$SCRATCH/repo"
   --toolchain "$TOOLCHAIN" --key "$SCRATCH/keys/bench.key")
@@ -76,7 +66,7 @@ for round in $(seq "$ROUNDS"); do
     MIX_REBAR3=$(command -v rebar3) HEX_OFFLINE=1 mix deps.compile >"$SCRATCH/baseline.log" 2>&1) || {
     cat "$SCRATCH/baseline.log"; exit 1; }
   end=$(now)
-  t=$(awk -v a="$start" -v b="$end" 'BEGIN { print b - a }')
+  t=$(elapsed "$start" "$end")
   baseline+=("$t")
   printf '  mix deps.compile      round %d: %6.2f s\n' "$round" "$t"
 done
@@ -90,7 +80,7 @@ for round in $(seq "$ROUNDS"); do
   "$PRECOMP" --data "$data" "${build_args[@]}" >"$SCRATCH/precomp.log" 2>&1 || {
     cat "$SCRATCH/precomp.log"; exit 1; }
   end=$(now)
-  t=$(awk -v a="$start" -v b="$end" 'BEGIN { print b - a }')
+  t=$(elapsed "$start" "$end")
   precomp+=("$t")
   printf '  precomp build (sandbox) round %d: %6.2f s\n' "$round" "$t"
 done

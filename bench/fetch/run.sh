@@ -45,23 +45,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { print b - a }'; }
-median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-
-"$PRECOMP" repo keygen --out "$SCRATCH/repo.pem" >/dev/null
-"$PRECOMP" repo build --packages "$ROOT/tests/fixtures/packages" --key "$SCRATCH/repo.pem" \
-  --out "$SCRATCH/repo" >/dev/null
-"$PRECOMP" keys generate --name bench --out "$SCRATCH/keys" >/dev/null
-RELEASES="counter_ex@1.0.0 env_reader@1.0.0 erl_counter@1.0.0 erl_ids@1.0.0 mk_erl@1.0.0
-  opt_user@1.0.0 plain_ex@1.0.0 shape_user@1.0.0 shapes@1.0.0 tiny_nif@1.0.0"
-# shellcheck disable=SC2086
-"$PRECOMP" repo lock --repo "$SCRATCH/repo" --public-key "$SCRATCH/repo.pem.pub" \
-  --out "$SCRATCH/mix.lock" $RELEASES
+# shellcheck source=bench/fixture_lock.sh
+. "$ROOT/bench/fixture_lock.sh"
+make_fixture_lock
 
 # The mirror, with an upload token for the bench key.
 mkdir -p "$SCRATCH/mirror"
-TOKEN=$("$PRECOMP" --data "$SCRATCH/mirror" token create --name bench --key "$SCRATCH/keys/bench.pub")
+TOKEN=$("$PRECOMP" --data "$SCRATCH/mirror" token create --name bench --key "$SCRATCH/keys/bench.pub" 2>/dev/null)
 "$PRECOMP" --data "$SCRATCH/mirror" serve --listen 127.0.0.1:0 --upstream "file://$SCRATCH/repo" \
   --upstream-key "$SCRATCH/repo.pem.pub" >"$SCRATCH/serve.out" 2>"$SCRATCH/serve.err" &
 SERVER_PID=$!
@@ -83,7 +73,6 @@ PROJECT="$SCRATCH/project"
   --key "$SCRATCH/keys/bench.key" --prepare "$PROJECT" 2>/dev/null
 cp "$SCRATCH/mix.lock" "$PROJECT/mix.lock"
 for dep in "$PROJECT"/deps/*; do touch "$dep/.fetch"; done
-PACKAGES=$(echo $RELEASES | wc -w)
 ARTIFACT_BYTES=$(python3 -c 'import json,sys; print(sum(json.loads(l)["artifact_size"] for l in open(sys.argv[1])))' "$SCRATCH/built.json")
 
 echo "bench/fetch: $PACKAGES packages ($ARTIFACT_BYTES bytes of artifacts), $(nproc) CPUs, $ROUNDS rounds"

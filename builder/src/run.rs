@@ -233,7 +233,14 @@ fn build_node(
     let started = Instant::now();
     match build_package(context, lock, &node.app, &artifacts)? {
         BuildOutcome::Built(built) => {
+            let before_store = started.elapsed();
             let stored = reuse.store.put(&built)?;
+            tracing::debug!(
+                app = %node.app,
+                built_ms = before_store.as_millis() as u64,
+                stored_ms = started.elapsed().as_millis() as u64,
+                "stored"
+            );
             Ok(result(
                 Status::Built {
                     duration: started.elapsed(),

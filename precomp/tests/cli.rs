@@ -147,6 +147,24 @@ fn demo_runs_the_main_job() {
     );
     // The mirror stored what it served.
     assert!(data.path().join("demo/mirror/mirror.db").exists());
+    // The Mix loop: 7 packages built and published, 6 installed for dev (plain_ex is
+    // test-only), none compiled by mix, the sample ran on them.
+    assert!(
+        stdout.contains("build    7 packages of the sample's lock built in the sandbox"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("precomp fetch installed 6 dependencies, 0 missed"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("mix compile after precomp fetch compiled none of the dependencies"),
+        "{stdout}"
+    );
+    for value in ["greeting: \"howdy, ci?\"", "nif: 42", "shapes: \"2.0.0\""] {
+        assert!(stdout.contains(value), "{value} not in {stdout}");
+    }
+    assert!(stdout.contains("compare  mix deps.compile"), "{stdout}");
 }
 
 #[test]

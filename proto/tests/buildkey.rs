@@ -341,7 +341,11 @@ fn builder_and_client_name_the_same_native_target() {
     for (debian, erlang, expected) in [
         ("amd64", "x86_64-pc-linux-gnu", "x86_64-linux-gnu"),
         ("arm64", "aarch64-unknown-linux-gnu", "aarch64-linux-gnu"),
-        ("armhf", "arm-unknown-linux-gnueabihf", "arm-linux-gnueabihf"),
+        (
+            "armhf",
+            "arm-unknown-linux-gnueabihf",
+            "arm-linux-gnueabihf",
+        ),
         ("i386", "i686-pc-linux-gnu", "i686-linux-gnu"),
     ] {
         let from_debian = Target::from_debian_architecture(debian).unwrap();

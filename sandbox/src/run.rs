@@ -186,6 +186,12 @@ impl Sandbox {
         Ok(self)
     }
 
+    /// Whether the sandbox user can read `path` and search every directory above it: where a
+    /// caller may put build directories (the error names the first directory in the way).
+    pub fn check_readable(&self, path: &Path) -> Result<()> {
+        check_access(path, self.identity, Access::Read)
+    }
+
     /// Forces rlimits even where cgroups are usable.
     pub fn without_cgroups(mut self) -> Sandbox {
         self.enforcement = Enforcement::Rlimits {

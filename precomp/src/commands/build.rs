@@ -83,9 +83,13 @@ pub struct BuildArgs {
     /// artifact_sha256, artifact, manifest (paths), and for failures reason and log.
     #[arg(long)]
     json: bool,
-    /// Keep each build's project directory (under DATA/builds/work) for debugging.
+    /// Keep each build's project directory (under the work directory) for debugging.
     #[arg(long)]
     keep_work: bool,
+    /// Where build projects are made [default: DATA/builds/work, or a directory under the
+    /// system's temporary directory when the sandbox user cannot reach DATA].
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
     /// Build nothing: write the generated project of the packages and their closures to DIR
     /// (sources at deps/APP, mix.exs, config/) to reproduce a build by hand with
     /// `MIX_REBAR3=$(command -v rebar3) mix deps.compile` (DIR must not exist).
@@ -156,7 +160,7 @@ pub fn run(context: &Context, args: BuildArgs) -> anyhow::Result<ExitCode> {
         mix_env: args.mix_env.clone(),
         config_env: args.config_env.clone(),
         config: args.config.clone(),
-        work_root: data.join("builds/work"),
+        work_root: work_root(&sandbox, &data, args.work_dir.as_deref())?,
         keep_work: args.keep_work,
     };
     if let Some(dir) = &args.prepare {
@@ -259,6 +263,41 @@ fn prepare(
         dir.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The directory builds are made in: the sandbox user must reach it.
+fn work_root(sandbox: &Sandbox, data: &Path, given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let make = |dir: &Path| -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("making {} searchable", dir.display()))
+    };
+    if let Some(dir) = given {
+        make(dir)?;
+        sandbox
+            .check_readable(dir)
+            .with_context(|| format!("--work-dir {}", dir.display()))?;
+        return Ok(dir.to_path_buf());
+    }
+    let preferred = data.join("builds/work");
+    make(&preferred)?;
+    match sandbox.check_readable(&preferred) {
+        Ok(()) => Ok(preferred),
+        Err(e) => {
+            let fallback = std::env::temp_dir().join("precomp-build-work");
+            make(&fallback)?;
+            sandbox
+                .check_readable(&fallback)
+                .with_context(|| format!("{e}; and {}", fallback.display()))?;
+            tracing::info!(
+                "the sandbox user cannot reach {} ({e}); building in {}",
+                preferred.display(),
+                fallback.display()
+            );
+            Ok(fallback)
+        }
+    }
 }
 
 fn read_lock(path: &Path) -> anyhow::Result<MixLock> {
