@@ -21,3 +21,58 @@ make_fixture_lock() {
   "$PRECOMP" repo lock --repo "$SCRATCH/repo" --public-key "$SCRATCH/repo.pem.pub" \
     --out "$SCRATCH/mix.lock" $RELEASES
 }
+
+# The same, for N generated Mix packages of M modules each (SYNTHETIC=N MODULES=M): a lock of
+# the size the issues' targets speak of (a 26-package Phoenix-style lock), made of our own
+# generated code. synth_01 is a dependency of every other package, as telemetry or plug are.
+make_synthetic_lock() {
+  local n=$1 m=$2 dir="$SCRATCH/packages" i j name
+  RELEASES=""
+  for i in $(seq -w 1 "$n"); do
+    name="synth_$i"
+    mkdir -p "$dir/$name/lib/$name"
+    local deps="[]"
+    [ "$i" != "01" ] && deps='[{:synth_01, "~> 1.0"}]'
+    cat >"$dir/$name/mix.exs" <<MIX
+defmodule Synth$i.MixProject do
+  use Mix.Project
+
+  def project do
+    [app: :$name, version: "1.0.0", elixir: "~> 1.14", deps: $deps,
+     description: "precomp bench: generated package $i of $n.",
+     package: [licenses: ["Apache-2.0"], links: %{}]]
+  end
+
+  def application, do: [extra_applications: [:logger]]
+end
+MIX
+    for j in $(seq -w 1 "$m"); do
+      cat >"$dir/$name/lib/$name/mod_$j.ex" <<EX
+defmodule Synth$i.Mod$j do
+  @moduledoc "Generated module $j of package $i."
+  defstruct [:id, :name, tags: [], count: 0]
+
+  @doc "Builds a value."
+  def new(id, name), do: %__MODULE__{id: id, name: name}
+
+  def tag(%__MODULE__{} = v, tag), do: %{v | tags: [tag | v.tags], count: v.count + 1}
+
+  def describe(%__MODULE__{id: id, name: name, count: count}) do
+    "#{__MODULE__}:#{id}:#{name}:#{count}" |> String.upcase() |> String.split(":") |> Enum.join("/")
+  end
+
+  def sum(list) when is_list(list), do: Enum.reduce(list, 0, fn x, acc -> x * $j + acc end)
+  for k <- 1..20, do: def unquote(:"f#{k}")(x), do: x * unquote(k) + $j
+end
+EX
+    done
+    RELEASES="$RELEASES $name@1.0.0"
+  done
+  PACKAGES=$n
+  "$PRECOMP" repo keygen --out "$SCRATCH/repo.pem" >/dev/null
+  "$PRECOMP" repo build --packages "$dir" --key "$SCRATCH/repo.pem" --out "$SCRATCH/repo" >/dev/null
+  "$PRECOMP" keys generate --name bench --out "$SCRATCH/keys" >/dev/null
+  # shellcheck disable=SC2086
+  "$PRECOMP" repo lock --repo "$SCRATCH/repo" --public-key "$SCRATCH/repo.pem.pub" \
+    --out "$SCRATCH/mix.lock" $RELEASES
+}

@@ -20,7 +20,9 @@
 #      as a DAG, --jobs = CPUs); each run is timed;
 #   5. prints each run, the medians, and the ratio precomp / baseline (target: <= 1.15).
 #
-# Settings (environment): ROUNDS (default 3), TOOLCHAIN (host), KEEP (0), PRECOMP (a precomp
+# Settings (environment): SYNTHETIC=N (instead of the fixture lock, N generated Mix packages
+# of MODULES modules each, default 40: a lock the size of the issues' 26-package reference),
+# ROUNDS (default 3), TOOLCHAIN (host), KEEP (0), PRECOMP (a precomp
 # binary to measure instead of building one), TOOLCHAINS (toolchain store, default the
 # scratch data directory; set it to /var/cache/precomp-test to use the test images).
 # Needs: cargo, elixir, rebar3, bubblewrap (.ci/setup installs them). Exits non-zero only if
@@ -47,7 +49,11 @@ trap cleanup EXIT
 
 # shellcheck source=bench/fixture_lock.sh
 . "$ROOT/bench/fixture_lock.sh"
-make_fixture_lock
+if [ "${SYNTHETIC:-0}" -gt 0 ]; then
+  make_synthetic_lock "$SYNTHETIC" "${MODULES:-40}"
+else
+  make_fixture_lock
+fi
 
 build_args=(build --lock "$SCRATCH/mix.lock" --mirror "file://$SCRATCH/repo"
   --toolchain "$TOOLCHAIN" --key "$SCRATCH/keys/bench.key")

@@ -21,7 +21,9 @@
 #   6. prints each run, the medians and the ratios: fetch / tar (target <= 2.0) and
 #      mix deps.compile / fetch.
 #
-# Settings (environment): ROUNDS (default 5), KEEP (0), PRECOMP (a precomp binary to measure
+# Settings (environment): SYNTHETIC=N (instead of the fixture lock, N generated Mix packages
+# of MODULES modules each, default 40: a lock the size of the issues' 26-package reference),
+# ROUNDS (default 5), KEEP (0), PRECOMP (a precomp binary to measure
 # instead of building one). Needs: cargo, elixir, rebar3, bubblewrap, curl (.ci/setup).
 # Exits non-zero only if a step fails; a missed target is reported, not an error.
 set -euo pipefail
@@ -47,7 +49,11 @@ trap cleanup EXIT
 
 # shellcheck source=bench/fixture_lock.sh
 . "$ROOT/bench/fixture_lock.sh"
-make_fixture_lock
+if [ "${SYNTHETIC:-0}" -gt 0 ]; then
+  make_synthetic_lock "$SYNTHETIC" "${MODULES:-40}"
+else
+  make_fixture_lock
+fi
 
 # The mirror, with an upload token for the bench key.
 mkdir -p "$SCRATCH/mirror"
