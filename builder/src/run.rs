@@ -30,6 +30,9 @@ pub enum Status {
     },
     /// Not attempted: a dependency failed or could not be built.
     Skipped { reason: String },
+    /// Cannot be precompiled from this lock: its closure has a git or path dependency, or an
+    /// entry without an outer checksum (the key could not say what it was built against).
+    NotBuildable { reason: String },
 }
 
 /// One package's result.
@@ -89,7 +92,27 @@ pub fn build_lock(
     jobs: usize,
     progress: &dyn Progress,
 ) -> Result<Vec<PackageResult>> {
-    let nodes = plan(lock, apps)?;
+    // Packages whose closure the lock cannot give (a git or path dependency, a missing
+    // entry, no outer checksum) cannot be keyed: they are skipped, the others still build.
+    let mut unbuildable = Vec::new();
+    let mut buildable = Vec::new();
+    for app in apps {
+        match lock.closure_by_app(app) {
+            Ok(_) => buildable.push(app.clone()),
+            Err(e) => unbuildable.push(PackageResult {
+                app: app.clone(),
+                package: lock_package(lock, app),
+                status: Status::NotBuildable {
+                    reason: e.to_string(),
+                },
+                build: None,
+            }),
+        }
+    }
+    for result in &unbuildable {
+        progress.finished(result);
+    }
+    let nodes = plan(lock, &buildable)?;
     let dependents: Vec<usize> = nodes
         .iter()
         .map(|node| {
@@ -192,15 +215,39 @@ pub fn build_lock(
     if let Some(e) = error.into_inner().unwrap() {
         return Err(e);
     }
-    Ok(states
-        .into_inner()
-        .unwrap()
-        .into_iter()
-        .map(|state| match state {
-            State::Done(result) => *result,
-            _ => unreachable!("every package finishes"),
-        })
-        .collect())
+    let mut results = unbuildable;
+    results.extend(
+        states
+            .into_inner()
+            .unwrap()
+            .into_iter()
+            .map(|state| match state {
+                State::Done(result) => *result,
+                _ => unreachable!("every package finishes"),
+            }),
+    );
+    Ok(results)
+}
+
+/// What the lock says of `app`, for reporting a package that cannot be built: its package
+/// name, version and outer checksum when it has them.
+fn lock_package(lock: &MixLock, app: &str) -> PackageRef {
+    let (name, version, outer) = match lock.entries.get(app) {
+        Some(LockEntry::Hex(entry)) => (
+            entry.package.clone(),
+            entry.version.clone(),
+            entry.outer_checksum.as_deref().unwrap_or_default(),
+        ),
+        _ => (app.to_string(), String::new(), ""),
+    };
+    PackageRef {
+        name,
+        version,
+        outer_checksum: hex::decode(outer)
+            .ok()
+            .and_then(|bytes| bytes.try_into().ok())
+            .unwrap_or([0; 32]),
+    }
 }
 
 fn build_node(

@@ -667,3 +667,51 @@ fn builds_are_published_to_the_mirror_and_misses_are_built() {
         serde_json::from_slice(&get("/precomp/v1/index/opt_user")).unwrap();
     assert!(index.to_string().contains(&base_key), "{index}");
 }
+
+/// A package whose closure has a git dependency cannot be keyed: it is reported as not
+/// buildable, the rest of the lock still builds, and the run succeeds.
+#[test]
+fn a_closure_with_a_git_dependency_is_not_buildable_and_the_rest_builds() {
+    let fixture = Fixture::get();
+    let lock_dir = data_dir("lock-git-");
+    let lock = fixture.lock(lock_dir.path(), &["plain_ex@1.0.0", "shapes@1.0.0"]);
+    let text = std::fs::read_to_string(&lock).unwrap();
+    let text: String = text
+        .lines()
+        .map(|line| {
+            let line = if line.contains("\"plain_ex\":") {
+                line.replace(
+                    "[:mix], [], \"hexpm\"",
+                    "[:mix], [{:my_fork, \"~> 1.0\", [hex: :my_fork, repo: \"hexpm\", optional: false]}], \"hexpm\"",
+                )
+            } else {
+                line.to_string()
+            };
+            format!("{line}\n")
+        })
+        .collect::<String>()
+        .replacen(
+            "%{\n",
+            "%{\n  \"my_fork\": {:git, \"https://example.invalid/my_fork.git\", \"0123456789abcdef0123456789abcdef01234567\", []},\n",
+            1,
+        );
+    std::fs::write(&lock, &text).unwrap();
+    let data = data_dir("precomp-build-git-");
+    let (lines, output) = build(data.path(), "host", &lock, &[]);
+    assert!(output.status.success(), "{}", describe(&output));
+    let plain = &lines["plain_ex"];
+    assert_eq!(
+        plain.str("status"),
+        "not_buildable",
+        "{text}\n{:?}",
+        plain.0
+    );
+    assert!(plain.str("reason").contains("my_fork"), "{:?}", plain.0);
+    assert_eq!(
+        lines["shapes"].str("status"),
+        "built",
+        "{:?}",
+        lines["shapes"].0
+    );
+    assert_eq!(lines.len(), 2, "{lines:?}");
+}

@@ -177,7 +177,7 @@ pub fn run(context: &Context, args: BuildArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let reporter = Reporter { json: args.json };
     let mut failed = 0;
-    let mut counts = [0usize; 3];
+    let mut counts = [0usize; 4];
     for (lock, apps) in &work_list {
         let reuse = run::Reuse {
             store: &store,
@@ -196,6 +196,8 @@ pub fn run(context: &Context, args: BuildArgs) -> anyhow::Result<ExitCode> {
                     counts[2] += 1;
                     failed += 1;
                 }
+                // Expected for git and path deps: reported, not an error.
+                Status::NotBuildable { .. } => counts[3] += 1,
             }
             let published = match (&mirror_client, args.publish) {
                 (Some(client), true) => Some(publish(&runtime, client, &toolchain, result)),
@@ -219,10 +221,11 @@ pub fn run(context: &Context, args: BuildArgs) -> anyhow::Result<ExitCode> {
     }
     if !args.json {
         eprintln!(
-            "{} built, {} reused, {} failed or skipped, in {:.1} s (toolchain {}: OTP {}, Elixir {})",
+            "{} built, {} reused, {} failed or skipped, {} not buildable from this lock, in {:.1} s (toolchain {}: OTP {}, Elixir {})",
             counts[0],
             counts[1],
             counts[2],
+            counts[3],
             started.elapsed().as_secs_f64(),
             toolchain.id,
             toolchain.otp,
@@ -373,6 +376,10 @@ fn json_line(result: &PackageResult, out: Option<&Path>) -> serde_json::Value {
         Status::Skipped { reason } => {
             fields.insert("reason".into(), reason.clone().into());
             "skipped"
+        }
+        Status::NotBuildable { reason } => {
+            fields.insert("reason".into(), reason.clone().into());
+            "not_buildable"
         }
     };
     fields.insert("status".into(), status.into());
@@ -530,6 +537,10 @@ impl Progress for Reporter {
             ),
             Status::Skipped { reason } => format!(
                 "skipped {} {}: {reason}",
+                result.package.name, result.package.version
+            ),
+            Status::NotBuildable { reason } => format!(
+                "not buildable {} {}: {reason}",
                 result.package.name, result.package.version
             ),
         };
