@@ -81,8 +81,10 @@ pub enum MissKind {
     Untrusted,
     /// Signed only by revoked keys.
     Revoked,
-    /// Trusted signatures that do not meet the policy (count, required signers).
+    /// Trusted signatures that do not meet the policy (count, required signers, auditors).
     Policy,
+    /// An auditor rebuilt it and got other bytes (the policy names auditors).
+    Flagged,
     /// The mirror could not be reached or answered with an error.
     Unavailable,
     /// No build key: the closure is not all Hex, or the lock entry is incomplete.
@@ -107,6 +109,7 @@ impl MissKind {
             MissKind::Untrusted => "untrusted",
             MissKind::Revoked => "revoked",
             MissKind::Policy => "policy",
+            MissKind::Flagged => "flagged",
             MissKind::Unavailable => "unavailable",
             MissKind::NotBuildable => "not_buildable",
             MissKind::CustomOptions => "custom_options",
@@ -796,6 +799,11 @@ async fn lookup(run: &Run, app: &str, dep_env: &str) -> Result<Outcome, Missed> 
         ));
     };
 
+    // With auditors in the policy, a build an audit found not reproducible is not used.
+    if candidate.flagged && run.policy.has_auditors() {
+        return Err(missed(MissKind::Flagged, flagged_reason(candidate)));
+    }
+
     // The signed manifest, verified against the policy, its key and our inputs.
     let manifest_bytes = match run.client.manifest(&key, &run.counter).await {
         Ok(Some(bytes)) => bytes,
@@ -979,7 +987,7 @@ fn verify_manifest(
     let (manifest, signers) = run.policy.verify(&signed).map_err(|refusal| {
         missed(
             MissKind::of_refusal(&refusal),
-            format!("manifest {key}: {refusal}"),
+            format!("manifest {key}: {}", run.policy.explain(&refusal)),
         )
     })?;
     let theirs = manifest
@@ -998,6 +1006,24 @@ fn verify_manifest(
         ));
     }
     Ok((manifest, signers))
+}
+
+/// `flagged by audit: …`: what each auditor that found a mismatch said.
+fn flagged_reason(build: &IndexBuild) -> String {
+    let verdicts: Vec<String> = build
+        .verdicts
+        .iter()
+        .filter(|v| v.result == "mismatch")
+        .map(|v| format!("{} (auditor {})", v.summary, v.auditor))
+        .collect();
+    format!(
+        "flagged by audit: {}",
+        if verdicts.is_empty() {
+            "an auditor's rebuild gave other bytes".to_string()
+        } else {
+            verdicts.join("; ")
+        }
+    )
 }
 
 /// The first input that differs between our build and a manifest's, if any.

@@ -44,6 +44,21 @@ pub struct IndexBuild {
     pub compile_env: Vec<IndexCompileEnv>,
     #[serde(default)]
     pub signers: Vec<String>,
+    /// An auditor's rebuild gave other bytes (`precomp audit`): see `verdicts`.
+    #[serde(default)]
+    pub flagged: bool,
+    #[serde(default)]
+    pub verdicts: Vec<IndexVerdict>,
+}
+
+/// An auditor's verdict on a build, as the index lists it.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct IndexVerdict {
+    pub auditor: String,
+    /// `match` or `mismatch`.
+    pub result: String,
+    #[serde(default)]
+    pub summary: String,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]

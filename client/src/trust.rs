@@ -33,6 +33,13 @@ pub struct TrustPolicy {
     pub required: Vec<String>,
     /// Key ids whose signatures never count.
     pub revoked: Vec<String>,
+    /// Key ids of auditors (also in `keys`): their signature says they rebuilt the artifact
+    /// and got the same bytes. With any, builds an audit flagged are skipped.
+    pub auditors: Vec<String>,
+    /// Distinct auditors who must have signed.
+    pub min_auditors: usize,
+    /// Why a key was revoked (key id → reason, as the trust document says), for messages.
+    pub revocation_reasons: std::collections::BTreeMap<String, String>,
 }
 
 /// Why a signed manifest was refused.
@@ -50,6 +57,11 @@ pub enum Refusal {
     TooFewSignatures { signers: Vec<String>, needed: usize },
     /// A required signer did not sign.
     MissingRequired { missing: Vec<String> },
+    /// Fewer auditors signed than the policy needs.
+    TooFewAuditors {
+        auditors: Vec<String>,
+        needed: usize,
+    },
 }
 
 impl Refusal {
@@ -59,7 +71,9 @@ impl Refusal {
             Refusal::Invalid(_) | Refusal::BadSignature { .. } => "verification_failed",
             Refusal::Untrusted { .. } => "untrusted",
             Refusal::Revoked { .. } => "revoked",
-            Refusal::TooFewSignatures { .. } | Refusal::MissingRequired { .. } => "policy",
+            Refusal::TooFewSignatures { .. }
+            | Refusal::MissingRequired { .. }
+            | Refusal::TooFewAuditors { .. } => "policy",
         }
     }
 }
@@ -96,6 +110,17 @@ impl fmt::Display for Refusal {
             Refusal::MissingRequired { missing } => {
                 write!(f, "not signed by required signer(s) {}", missing.join(", "))
             }
+            Refusal::TooFewAuditors { auditors, needed } => write!(
+                f,
+                "audited by {} trusted auditor(s){}, the policy needs {needed}: not yet \
+                 rebuilt and countersigned by enough auditors",
+                auditors.len(),
+                if auditors.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", auditors.join(", "))
+                }
+            ),
         }
     }
 }
@@ -147,7 +172,79 @@ impl TrustPolicy {
         if !missing.is_empty() {
             return Err(Refusal::MissingRequired { missing });
         }
+        let auditors: Vec<String> = signers
+            .iter()
+            .filter(|id| self.auditors.contains(id))
+            .cloned()
+            .collect();
+        if auditors.len() < self.min_auditors {
+            return Err(Refusal::TooFewAuditors {
+                auditors,
+                needed: self.min_auditors,
+            });
+        }
         Ok((manifest, signers))
+    }
+
+    /// Adds auditors' keys (trusted, and counted as auditors) and how many of them must have
+    /// signed; refuses a minimum more unrevoked auditors than there are could meet.
+    pub fn with_auditors(
+        mut self,
+        auditors: Vec<TrustedKey>,
+        min_auditors: usize,
+    ) -> Result<TrustPolicy, ClientError> {
+        for key in auditors {
+            if !self.auditors.contains(&key.id) {
+                self.auditors.push(key.id.clone());
+            }
+            if !self.keys.iter().any(|k| k.id == key.id) {
+                self.keys.push(key);
+            }
+        }
+        let usable = self
+            .auditors
+            .iter()
+            .filter(|id| !self.revoked.contains(id))
+            .count();
+        if min_auditors > usable {
+            return Err(ClientError::Policy(format!(
+                "the policy needs {min_auditors} auditor signature(s) but only {usable} \
+                 auditor key(s) are trusted and not revoked; add them with --auditor FILE.pub"
+            )));
+        }
+        self.min_auditors = min_auditors;
+        Ok(self)
+    }
+
+    /// Records why keys were revoked (key id → reason), so that a refusal names it. The ids
+    /// themselves are revoked by [`TrustPolicy::new`]'s `revoked`.
+    pub fn with_revocation_reasons(
+        mut self,
+        reasons: std::collections::BTreeMap<String, String>,
+    ) -> TrustPolicy {
+        self.revocation_reasons.extend(reasons);
+        self
+    }
+
+    /// `refusal` as a message, with the reasons of the revocations it names.
+    pub fn explain(&self, refusal: &Refusal) -> String {
+        let Refusal::Revoked { key_ids } = refusal else {
+            return refusal.to_string();
+        };
+        let reasons: Vec<String> = key_ids
+            .iter()
+            .filter_map(|id| Some(format!("{id}: {}", self.revocation_reasons.get(id)?)))
+            .collect();
+        if reasons.is_empty() {
+            refusal.to_string()
+        } else {
+            format!("{refusal}: revoked {}", reasons.join("; "))
+        }
+    }
+
+    /// Whether the policy names auditors: then builds an audit flagged are not used.
+    pub fn has_auditors(&self) -> bool {
+        !self.auditors.is_empty()
     }
 
     /// Builds a policy from its parts, checking that it can be met: at least one key, a
@@ -201,6 +298,9 @@ impl TrustPolicy {
             min_signatures,
             required,
             revoked,
+            auditors: Vec::new(),
+            min_auditors: 0,
+            revocation_reasons: std::collections::BTreeMap::new(),
         })
     }
 }
@@ -269,6 +369,9 @@ pub fn signer_ids(reference: &str, base: &Path) -> Result<Vec<String>, ClientErr
 /// min_signatures = 2
 /// require = ["keys/auditor.pub"]        # key files or key ids
 /// revoked = ["ed25519:0123456789abcdef"]
+/// auditors = ["keys/auditor.pub"]       # auditors' public keys (trusted as such)
+/// require_auditors = 1                  # distinct auditors who must have countersigned
+/// root = "keys/precomp-root.pub"        # pin the root of the mirror's trust document
 /// ```
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -293,6 +396,13 @@ pub struct TrustSection {
     pub require: Vec<String>,
     #[serde(default)]
     pub revoked: Vec<String>,
+    /// Auditors' public key files.
+    #[serde(default)]
+    pub auditors: Vec<String>,
+    pub require_auditors: Option<usize>,
+    /// The root key file (SPKI PEM) that signs the mirror's trust document: its builder and
+    /// auditor keys are then trusted too (`precomp fetch --root-key`).
+    pub root: Option<String>,
 }
 
 impl SettingsFile {
@@ -323,6 +433,15 @@ impl SettingsFile {
     pub fn keys(&self) -> Result<Vec<TrustedKey>, ClientError> {
         let mut keys = Vec::new();
         for file in &self.trust.keys {
+            keys.extend(read_keys(&self.base.join(file))?);
+        }
+        Ok(keys)
+    }
+
+    /// The auditors' keys the file lists (`[trust] auditors`).
+    pub fn auditor_keys(&self) -> Result<Vec<TrustedKey>, ClientError> {
+        let mut keys = Vec::new();
+        for file in &self.trust.auditors {
             keys.extend(read_keys(&self.base.join(file))?);
         }
         Ok(keys)
@@ -418,6 +537,72 @@ mod tests {
         assert_eq!(
             one.verify(&tampered).unwrap_err(),
             Refusal::BadSignature { key_id: builder_id }
+        );
+    }
+
+    #[test]
+    fn auditor_policies_count_auditors_only() {
+        let (builder, auditor, other_auditor) = (
+            ArtifactSigningKey::generate(),
+            ArtifactSigningKey::generate(),
+            ArtifactSigningKey::generate(),
+        );
+        let policy = TrustPolicy::new(vec![trusted(&builder)], 1, vec![], vec![])
+            .unwrap()
+            .with_auditors(vec![trusted(&auditor), trusted(&other_auditor)], 1)
+            .unwrap();
+        assert!(policy.has_auditors());
+        let mut signed = SignedManifest::sign(&manifest(), &builder);
+        assert_eq!(
+            policy.verify(&signed).unwrap_err(),
+            Refusal::TooFewAuditors {
+                auditors: vec![],
+                needed: 1
+            }
+        );
+        assert_eq!(policy.verify(&signed).unwrap_err().kind(), "policy");
+        signed.countersign(&auditor);
+        assert_eq!(policy.verify(&signed).unwrap().1.len(), 2);
+        // Two auditors needed: one is not enough, and a second builder signature is no auditor.
+        let two = policy.clone().with_auditors(vec![], 2).unwrap();
+        assert!(matches!(
+            two.verify(&signed),
+            Err(Refusal::TooFewAuditors { needed: 2, .. })
+        ));
+        signed.countersign(&other_auditor);
+        assert!(two.verify(&signed).is_ok());
+        // More auditors than there are keys is an error up front.
+        assert!(policy.with_auditors(vec![], 3).is_err());
+        // Auditor keys count as trusted keys for min_signatures too.
+        let only_auditor = TrustPolicy::new(vec![trusted(&builder)], 1, vec![], vec![])
+            .unwrap()
+            .with_auditors(vec![trusted(&auditor)], 0)
+            .unwrap();
+        let by_auditor = SignedManifest::sign(&manifest(), &auditor);
+        assert!(only_auditor.verify(&by_auditor).is_ok());
+    }
+
+    #[test]
+    fn a_revoked_signer_is_refused_with_the_reason() {
+        let builder = ArtifactSigningKey::generate();
+        let other = ArtifactSigningKey::generate();
+        let id = builder.public_key().key_id();
+        let policy = TrustPolicy::new(
+            vec![trusted(&builder), trusted(&other)],
+            1,
+            vec![],
+            vec![id.clone()],
+        )
+        .unwrap()
+        .with_revocation_reasons([(id.clone(), "laptop stolen".to_string())].into());
+        let refusal = policy
+            .verify(&SignedManifest::sign(&manifest(), &builder))
+            .unwrap_err();
+        assert_eq!(refusal.kind(), "revoked");
+        let message = policy.explain(&refusal);
+        assert!(
+            message.contains(&id) && message.contains("laptop stolen"),
+            "{message}"
         );
     }
 

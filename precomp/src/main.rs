@@ -30,7 +30,8 @@ enum Command {
     /// Static, signed Hex repositories: build one from package sources, verify one.
     #[command(subcommand)]
     Repo(commands::repo::RepoCommand),
-    /// ed25519 keys that sign artifact manifests.
+    /// Keys that sign manifests and verdicts, and the signed trust document (roles,
+    /// rotation, revocation).
     #[command(subcommand)]
     Keys(commands::keys::KeysCommand),
     /// Runs the pull-through Hex mirror.

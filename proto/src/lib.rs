@@ -10,10 +10,12 @@
 //! - [`rebar_lock`]: a rebar3 project's `rebar.lock`.
 //! - [`buildkey`]: the build key of a precompiled artifact, and a lock's closures.
 //! - [`manifest`]: artifact manifests and their ed25519 signatures.
+//! - [`verdict`]: audit verdicts, signed by auditors who rebuilt a published artifact.
 //! - [`artifact`]: artifact tarballs: reproducible packing, safe unpacking, checks against a
 //!   manifest.
 //! - [`config`]: a Mix project's compile-time config values, as `Application.compile_env`
 //!   reads them.
+//! - [`trust`]: the signed trust document: keys, roles, validity, revocations, rotations.
 //!
 //! This crate sits at the bottom of the workspace: every other crate depends on it, it depends
 //! on none of them.
@@ -28,3 +30,5 @@ pub mod rebar_lock;
 pub mod registry;
 pub mod tarball;
 pub mod term;
+pub mod trust;
+pub mod verdict;

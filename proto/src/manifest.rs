@@ -370,6 +370,20 @@ impl ArtifactSigningKey {
             signature: self.key.sign(&signed_message(manifest)).to_bytes().to_vec(),
         }
     }
+
+    /// A signature over `context` followed by `bytes`: for the other signed documents of this
+    /// crate (audit verdicts), each with its own context so no signature can be taken for
+    /// another kind.
+    pub(crate) fn sign_in_context(&self, context: &[u8], bytes: &[u8]) -> Signature {
+        Signature {
+            key_id: self.public_key().key_id(),
+            signature: self
+                .key
+                .sign(&[context, bytes].concat())
+                .to_bytes()
+                .to_vec(),
+        }
+    }
 }
 
 impl ArtifactPublicKey {
@@ -398,6 +412,16 @@ impl ArtifactPublicKey {
         };
         self.key
             .verify(&signed_message(manifest), &signature)
+            .is_ok()
+    }
+
+    /// Verifies a [`ArtifactSigningKey::sign_in_context`] signature.
+    pub(crate) fn verify_in_context(&self, context: &[u8], bytes: &[u8], signature: &[u8]) -> bool {
+        let Ok(signature) = ed25519_dalek::Signature::from_slice(signature) else {
+            return false;
+        };
+        self.key
+            .verify(&[context, bytes].concat(), &signature)
             .is_ok()
     }
 }

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use clap::Args;
 use precomp_client::fetch::{human_bytes, DepReport, FetchOptions, Observer, Outcome};
 use precomp_client::project::parse_target;
-use precomp_client::trust::{read_keys, signer_ids, SettingsFile, TrustPolicy};
+use precomp_client::trust::{read_keys, signer_ids, SettingsFile, TrustPolicy, TrustedKey};
 
 use crate::Context;
 
@@ -31,7 +31,8 @@ const MISSED: u8 = 3;
 ///
 /// Settings come from flags, then environment variables, then the config file (--config, or
 /// `.precomp.toml` in the project): `mirror`, `jobs`, `retries` and a `[trust]` table with
-/// `keys`, `min_signatures`, `require` and `revoked` (see docs/client.md).
+/// `keys`, `min_signatures`, `require`, `revoked`, `auditors` and `require_auditors` (see
+/// docs/client.md, docs/audit.md).
 ///
 /// Exit status: 0 (misses included), 3 with --require-all when anything was missed, 1 on
 /// errors (no mix.lock, no trusted keys, a project Mix cannot read).
@@ -63,6 +64,25 @@ pub struct FetchArgs {
     /// Repeatable.
     #[arg(long = "revoked", value_name = "KEY")]
     revoked: Vec<String>,
+    /// An auditor's public key file (PEM): trusted, and counted as an auditor who rebuilt
+    /// the artifact (`precomp audit`). With any auditor, builds an audit flagged (its rebuild
+    /// gave other bytes) are misses. Repeatable; added to the config file's `auditors`.
+    #[arg(long = "auditor", value_name = "FILE")]
+    auditor: Vec<PathBuf>,
+    /// Distinct auditors who must have countersigned a manifest, e.g. 1 for "a builder and
+    /// an auditor who rebuilt it" [default: 0, or the config file's `require_auditors`].
+    #[arg(long)]
+    require_auditors: Option<usize>,
+    /// The root key (SPKI PEM) that signs the mirror's trust document (`precomp keys init`):
+    /// the document's builder and auditor keys are trusted in their roles, its revoked keys
+    /// refused. The document is verified, followed across rotations and cached [default:
+    /// `root` under [trust] in the config file].
+    #[arg(long = "root-key", value_name = "FILE")]
+    root_key: Option<PathBuf>,
+    /// Where the last trust document verified is kept (rollback protection) [default:
+    /// ~/.cache/precomp/trust/ROOT-KEY-ID.doc].
+    #[arg(long, env = "PRECOMP_TRUST_CACHE", value_name = "FILE")]
+    trust_cache: Option<PathBuf>,
     /// The consumer's Mix env.
     #[arg(long = "env", env = "MIX_ENV", default_value = "dev")]
     mix_env: String,
@@ -150,7 +170,43 @@ pub fn run(_context: &Context, args: FetchArgs) -> anyhow::Result<ExitCode> {
         .min_signatures
         .or(settings.trust.min_signatures)
         .unwrap_or(1);
-    let policy = TrustPolicy::new(keys, min_signatures, required, revoked)?;
+    let mut auditors = settings.auditor_keys()?;
+    for file in &args.auditor {
+        auditors.extend(read_keys(file)?);
+    }
+    // The mirror's trust document, when a root key is pinned.
+    let root_key = args.root_key.clone().or_else(|| {
+        settings
+            .trust
+            .root
+            .as_ref()
+            .map(|root| settings.base.join(root))
+    });
+    let mut revocation_reasons = std::collections::BTreeMap::new();
+    if let Some(root) = &root_key {
+        let document = trust_document(&mirror, root, args.trust_cache.as_deref())?;
+        keys.extend(document.builders);
+        auditors.extend(document.auditors);
+        revoked.extend(document.revoked.keys().cloned());
+        revoked.sort();
+        revoked.dedup();
+        revocation_reasons = document.revoked;
+    }
+    let require_auditors = args
+        .require_auditors
+        .or(settings.trust.require_auditors)
+        .unwrap_or(0);
+    if require_auditors > 0 && auditors.is_empty() {
+        anyhow::bail!(
+            "--require-auditors {require_auditors} needs the auditors' public keys: pass \
+             --auditor FILE.pub (or `auditors` under [trust] in the config file)"
+        );
+    }
+    // Auditors' keys are trusted keys too (a policy may list only auditors besides builders).
+    keys.extend(auditors.iter().cloned());
+    let policy = TrustPolicy::new(keys, min_signatures, required, revoked)?
+        .with_auditors(auditors, require_auditors)?
+        .with_revocation_reasons(revocation_reasons);
 
     let target = match &args.target {
         Some(text) => Some(parse_target(text).with_context(|| {
@@ -240,6 +296,107 @@ pub fn run(_context: &Context, args: FetchArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(MISSED));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the mirror's trust document makes trusted.
+struct DocumentKeys {
+    builders: Vec<TrustedKey>,
+    auditors: Vec<TrustedKey>,
+    /// Revoked key id → why and when.
+    revoked: std::collections::BTreeMap<String, String>,
+}
+
+/// Fetches the mirror's trust document, verifies it against the pinned root (following
+/// rotations from the cached version) and caches it: its builders, auditors and revocations.
+fn trust_document(
+    mirror: &str,
+    root: &std::path::Path,
+    cache: Option<&std::path::Path>,
+) -> anyhow::Result<DocumentKeys> {
+    use precomp_ops::trust;
+    use precomp_proto::trust::Role;
+    let pem = std::fs::read_to_string(root)
+        .with_context(|| format!("reading the root key {}", root.display()))?;
+    let pinned = precomp_proto::manifest::ArtifactPublicKey::from_pem(&pem).with_context(|| {
+        format!(
+            "{}: expected the trust document's root public key (SPKI PEM)",
+            root.display()
+        )
+    })?;
+    let cache = cache
+        .map(std::path::Path::to_path_buf)
+        .or_else(|| trust::default_cache_path(&pinned));
+    let cached = cache.as_deref().and_then(trust::load_cache);
+    let client = precomp_registry::artifacts::ArtifactClient::with_timeout(
+        mirror,
+        None,
+        std::time::Duration::from_secs(60),
+    )?;
+    let now = trust::unix_now();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let refreshed = runtime
+        .block_on(trust::refresh(&client, &pinned, cached, now))
+        .context("the mirror's trust document")?;
+    if let Some(error) = &refreshed.offline {
+        eprintln!(
+            "warning: using the cached trust document version {}: the mirror could not be              asked ({error})",
+            refreshed.held.document.version
+        );
+    }
+    if let Some(path) = &cache {
+        if !refreshed.followed.is_empty() {
+            // Without the cache, the next run checks the chain from the pinned root again.
+            if let Err(e) = trust::store_cache(path, &refreshed.held) {
+                eprintln!("warning: the trust document is not cached: {e}");
+            }
+        }
+    }
+    let document = &refreshed.held.document;
+    let source = PathBuf::from(format!(
+        "{mirror}/precomp/v1/trust (version {})",
+        document.version
+    ));
+    let mut keys = DocumentKeys {
+        builders: Vec::new(),
+        auditors: Vec::new(),
+        revoked: std::collections::BTreeMap::new(),
+    };
+    for (key, roles) in document.signing_keys(now) {
+        let trusted = TrustedKey {
+            id: key.key_id(),
+            key,
+            source: source.clone(),
+        };
+        if roles.contains(&Role::Auditor) {
+            keys.auditors.push(trusted.clone());
+        }
+        if roles.contains(&Role::Builder) {
+            keys.builders.push(trusted);
+        }
+    }
+    for revocation in &document.revocations {
+        keys.revoked.insert(
+            revocation.key_id.clone(),
+            format!(
+                "{} (trust document version {}, {})",
+                revocation.reason,
+                document.version,
+                trust::utc(revocation.revoked_at)
+            ),
+        );
+    }
+    tracing::info!(
+        version = document.version,
+        followed = ?refreshed.followed,
+        builders = keys.builders.len(),
+        auditors = keys.auditors.len(),
+        revoked = keys.revoked.len(),
+        "trust document verified"
+    );
+    Ok(keys)
 }
 
 fn non_empty_env(name: &str) -> Option<String> {

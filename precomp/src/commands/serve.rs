@@ -24,7 +24,8 @@ use crate::Context;
 ///
 /// Precompiled artifacts are served and accepted under /precomp/v1/ from DATA/artifacts:
 /// builders upload with a token from `precomp token create`; a manifest is published only if
-/// signed by the token's key or, for a token bound to none, by a --builder-key.
+/// signed by the token's key or, for a token bound to none, by a --builder-key. Auditors
+/// (--auditor-key, `precomp audit`) countersign manifests and post verdicts.
 ///
 /// Each setting comes from its flag, else its environment variable, else the --config TOML
 /// file (same names with `_` for `-`, plus `data`), else the embedded default.
@@ -48,9 +49,33 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     builder_keys: Vec<PathBuf>,
+    /// Public key of an auditor (`precomp audit --key`): its countersignatures are listed as
+    /// `auditors` in the index and it may post verdicts (a mismatch flags the build). Repeat
+    /// for several; in the environment, separate them with commas.
+    #[arg(
+        long = "auditor-key",
+        value_name = "FILE",
+        env = "PRECOMP_AUDITOR_KEYS",
+        value_delimiter = ','
+    )]
+    auditor_keys: Vec<PathBuf>,
 }
 
 pub fn run(context: &Context, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let auditor_keys = args
+        .auditor_keys
+        .iter()
+        .map(|path| {
+            let pem = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the auditor key {}", path.display()))?;
+            ArtifactPublicKey::from_pem(&pem).with_context(|| {
+                format!(
+                    "loading the auditor key {} (an ed25519 public key, as `precomp keys generate` writes NAME.pub)",
+                    path.display()
+                )
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let (config, artifacts_config) = resolve(context, args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -58,7 +83,17 @@ pub fn run(context: &Context, args: ServeArgs) -> anyhow::Result<ExitCode> {
         .context("starting the async runtime")?;
     runtime.block_on(async move {
         let mirror = Mirror::open(config.clone())?;
-        let artifacts = Artifacts::open(artifacts_config).context("opening the artifact store")?;
+        let artifacts = Artifacts::open_with_auditors(artifacts_config, auditor_keys)
+            .context("opening the artifact store")?;
+        // /metrics: the stored audit verdicts and the reproducibility rate.
+        let verdicts = artifacts.clone();
+        mirror.metrics().set_verdict_source(move || {
+            verdicts
+                .store()
+                .verdict_counts()
+                .map_err(|e| tracing::warn!("counting audit verdicts: {e}"))
+                .ok()
+        });
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listening on {}", config.listen))?;

@@ -24,13 +24,16 @@ pub enum TokenCommand {
 /// --token TOKEN`).
 ///
 /// With --key, the token publishes only manifests signed by that key. Without, it publishes
-/// manifests signed by one of the keys `precomp serve --builder-key` trusts.
+/// manifests signed by one of the keys `precomp serve --builder-key` trusts. An auditor's
+/// token is bound to the auditor's key (one of `precomp serve --auditor-key`): it countersigns
+/// manifests and posts verdicts (`precomp audit`).
 #[derive(Args)]
 pub struct CreateArgs {
     /// Who the token is for, e.g. the builder's host name: letters, digits, `-`, `_`, `.`.
     #[arg(long)]
     name: String,
-    /// The builder's public key (SPKI PEM, as `precomp keys generate` writes NAME.pub).
+    /// The builder's (or auditor's) public key (SPKI PEM, as `precomp keys generate` writes
+    /// NAME.pub).
     #[arg(long, value_name = "FILE.pub")]
     key: Option<PathBuf>,
 }

@@ -29,6 +29,102 @@ pub struct IndexBuild {
     pub compile_env: Vec<CompileEnvJson>,
     /// Key ids of the signatures the mirror verified when it accepted the manifest.
     pub signers: Vec<String>,
+    /// Of `signers`, the mirror's auditor keys (`precomp serve --auditor-key`): auditors who
+    /// rebuilt the artifact and got the same bytes. The others are builders. Absent when
+    /// empty, as are `flagged` when false and `verdicts` when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub auditors: Vec<String>,
+    /// True when an auditor's rebuild gave other bytes (a `mismatch` verdict).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub flagged: bool,
+    /// The verdicts auditors posted for this build, by auditor.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verdicts: Vec<VerdictSummary>,
+}
+
+/// One auditor's verdict on a build, as the index lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerdictSummary {
+    /// The auditor's key id.
+    pub auditor: String,
+    /// `match` or `mismatch`.
+    pub result: String,
+    pub summary: String,
+    pub toolchain_id: String,
+    /// Unix seconds.
+    pub received_at: i64,
+}
+
+/// `GET /precomp/v1/index`: the packages that have at least one build.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Packages {
+    /// Sorted.
+    pub packages: Vec<String>,
+}
+
+/// `GET /precomp/v1/verdicts/KEY`: every verdict on a build.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verdicts {
+    pub key: String,
+    pub flagged: bool,
+    /// By auditor.
+    pub verdicts: Vec<VerdictRecord>,
+}
+
+/// One stored verdict: its fields decoded, and the signed bytes to check them by.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerdictRecord {
+    pub auditor: String,
+    pub result: String,
+    pub summary: String,
+    pub toolchain_id: String,
+    pub toolchain_digest: String,
+    pub published_sha256: String,
+    pub rebuilt_sha256: String,
+    pub rebuilt_size: u64,
+    pub files: Vec<FileDifferenceJson>,
+    /// The name of the token that posted it.
+    pub reported_by: String,
+    /// Unix seconds.
+    pub received_at: i64,
+    /// The `SignedVerdict` (protobuf), base64: verify it with the auditor's public key.
+    pub signed_verdict: String,
+}
+
+/// A file that differs between the published artifact and an auditor's rebuild.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileDifferenceJson {
+    pub path: String,
+    /// `changed`, `only_published`, `only_rebuilt` or `executable`.
+    pub change: String,
+    pub published_sha256: String,
+    pub rebuilt_sha256: String,
+    pub published_size: u64,
+    pub rebuilt_size: u64,
+    pub chunks: Vec<ChunkDifferenceJson>,
+    pub explanation: String,
+}
+
+/// A beam chunk that differs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkDifferenceJson {
+    pub id: String,
+    pub change: String,
+    pub published_size: u64,
+    pub rebuilt_size: u64,
+    pub explanation: String,
+}
+
+/// The answer to `POST /precomp/v1/verdicts/KEY`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerdictStored {
+    pub key: String,
+    pub auditor: String,
+    pub result: String,
+    /// `created`, `replaced` (this auditor's earlier verdict) or `unchanged`.
+    pub stored: String,
+    /// Whether the build is flagged now.
+    pub flagged: bool,
 }
 
 /// A manifest's compile-env record: Erlang term text, `value` null when the config set none.

@@ -17,6 +17,7 @@ use super::{
     ArtifactStored, FailureRecorded, FailureReport, Failures, Index, ManifestStored, MissRecorded,
     MissReport, Misses, API_PREFIX, MAX_ARTIFACT_SIZE, MAX_FAILURE_LOG, MAX_JSON_RESPONSE,
 };
+use super::{Packages, VerdictStored, Verdicts};
 
 /// Bound on the text of an error answer kept for the message.
 const MAX_ERROR_BODY: u64 = 64 * 1024;
@@ -208,6 +209,43 @@ impl ArtifactClient {
         parse(&url, &body)
     }
 
+    /// `GET index`: the packages with at least one build.
+    pub async fn packages(&self) -> Result<Packages, ClientError> {
+        let url = self.url("index");
+        let (_, body) = self
+            .send(Method::GET, &url, None, false, MAX_JSON_RESPONSE)
+            .await?;
+        parse(&url, &body)
+    }
+
+    /// `GET verdicts/KEY`: the audit verdicts on a build.
+    pub async fn verdicts(&self, key: &str) -> Result<Verdicts, ClientError> {
+        let url = self.url(&format!("verdicts/{key}"));
+        let (_, body) = self
+            .send(Method::GET, &url, None, false, MAX_JSON_RESPONSE)
+            .await?;
+        parse(&url, &body)
+    }
+
+    /// `POST verdicts/KEY` with an encoded `SignedVerdict` (an auditor's token).
+    pub async fn post_verdict(
+        &self,
+        key: &str,
+        signed_verdict: impl Into<Bytes>,
+    ) -> Result<VerdictStored, ClientError> {
+        let url = self.url(&format!("verdicts/{key}"));
+        let (_, body) = self
+            .send(
+                Method::POST,
+                &url,
+                Some(signed_verdict.into()),
+                true,
+                MAX_ERROR_BODY,
+            )
+            .await?;
+        parse(&url, &body)
+    }
+
     /// `GET failures/PACKAGE`.
     pub async fn failures(&self, package: &str) -> Result<Failures, ClientError> {
         let url = self.url(&format!("failures/{package}"));
@@ -253,6 +291,17 @@ impl ArtifactClient {
             });
         }
         Ok(Some(body))
+    }
+
+    /// `GET trust` (the current signed trust document) or `GET trust/VERSION`; `None` if the
+    /// mirror has none. The caller verifies it (`precomp_ops::trust::refresh`).
+    pub async fn trust_document(&self, version: Option<u64>) -> Result<Option<Bytes>, ClientError> {
+        let url = match version {
+            Some(version) => self.url(&format!("trust/{version}")),
+            None => self.url("trust"),
+        };
+        let limit = precomp_proto::trust::MAX_TRUST_DOCUMENT_SIZE as u64;
+        not_found_is_none(self.send(Method::GET, &url, None, false, limit).await)
     }
 
     /// One exchange: the status and the body (at most `limit` bytes) of a 2xx answer, else the

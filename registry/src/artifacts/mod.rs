@@ -14,6 +14,10 @@
 //!   build is never an artifact.
 //! - `POST misses` (anyone, validated against its lock), `GET misses` (token): what clients
 //!   looked for and did not find, deduplicated by base key, closed by a publish or a failure.
+//! - `POST verdicts/KEY` (an auditor's token), `GET verdicts/KEY`: audit verdicts; a build
+//!   with a mismatch is flagged in the index. `GET index` lists the packages with builds.
+//! - `GET trust`, `GET trust/VERSION`: the signed trust document `precomp keys` issues into
+//!   `DATA/trust` (clients verify it against the root key they pin).
 //!
 //! Tokens are made with `precomp token create`; only their SHA-256 is stored ([`token`]).
 //! [`ArtifactClient`] speaks the API for `precomp build` and `precomp fetch`.
@@ -35,8 +39,13 @@ pub use api::{
     ArtifactStored, CompileEnvJson, Failure, FailureRecorded, FailureReport, Failures, Index,
     IndexBuild, ManifestStored, Miss, MissRecorded, MissReport, Misses,
 };
+pub use api::{
+    ChunkDifferenceJson, FileDifferenceJson, Packages, VerdictRecord, VerdictStored,
+    VerdictSummary, Verdicts,
+};
 pub use client::{ArtifactClient, ClientError, Uploaded};
 pub use server::{handle, is_api_path};
+pub use store::verdicts::files_json as verdict_files_json;
 pub use store::{
     ArtifactCheck, ArtifactStore, ArtifactStoreError, ManifestPut, ManifestRecord, Publisher,
     TokenInfo, TokenLookup,
@@ -70,6 +79,9 @@ pub const MAX_MISSES_LISTED: usize = 1000;
 /// ... and only as many as have locks adding up to this, so the list stays well under
 /// [`MAX_JSON_RESPONSE`].
 pub const MAX_MISSES_LOCK_BYTES: usize = 32 * 1024 * 1024;
+
+/// Bound on a `POST verdicts/KEY` body: a signed verdict.
+pub const MAX_VERDICT_BODY: usize = precomp_proto::verdict::MAX_SIGNED_VERDICT_SIZE;
 
 /// Bound on JSON answers a client reads (index, failures, misses).
 pub const MAX_JSON_RESPONSE: u64 = 64 * 1024 * 1024;
@@ -115,24 +127,47 @@ impl From<ArtifactStoreError> for Refusal {
 pub struct Artifacts {
     store: ArtifactStore,
     builder_keys: Vec<ArtifactPublicKey>,
+    /// Keys whose signatures are auditors' (they rebuilt the artifact), and who may post
+    /// verdicts (`store::verdicts`).
+    auditor_keys: Vec<ArtifactPublicKey>,
 }
 
 impl Artifacts {
     pub fn open(config: ArtifactsConfig) -> Result<Arc<Artifacts>, ArtifactStoreError> {
+        Artifacts::open_with_auditors(config, Vec::new())
+    }
+
+    /// [`Artifacts::open`] with the auditors' public keys (`precomp serve --auditor-key`).
+    pub fn open_with_auditors(
+        config: ArtifactsConfig,
+        auditor_keys: Vec<ArtifactPublicKey>,
+    ) -> Result<Arc<Artifacts>, ArtifactStoreError> {
         let store = ArtifactStore::open(&config.data)?;
         tracing::info!(
             data = %config.data.display(),
             builder_keys = ?config.builder_keys.iter().map(ArtifactPublicKey::key_id).collect::<Vec<_>>(),
+            auditor_keys = ?auditor_keys.iter().map(ArtifactPublicKey::key_id).collect::<Vec<_>>(),
             "artifact store opened"
         );
         Ok(Arc::new(Artifacts {
             store,
             builder_keys: config.builder_keys,
+            auditor_keys,
         }))
     }
 
     pub fn store(&self) -> &ArtifactStore {
         &self.store
+    }
+
+    /// `DATA/trust` beside the store (`DATA/artifacts`): the trust document `precomp keys`
+    /// issues, served as `GET /precomp/v1/trust[/VERSION]`.
+    pub fn trust_dir(&self) -> PathBuf {
+        self.store
+            .root()
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join("trust")
     }
 
     pub fn builder_keys(&self) -> &[ArtifactPublicKey] {
@@ -265,7 +300,8 @@ impl Artifacts {
         })?;
         let sha_hex = hex::encode(sha256);
         match self.store.check_artifact(&sha256, output.artifact_size)? {
-            ArtifactCheck::Present => {}
+            // A manifest naming it is a use: `precomp gc` keeps it.
+            ArtifactCheck::Present => self.store.touch_artifact(&sha256),
             ArtifactCheck::Missing => {
                 return Err(Refusal::new(
                     422,

@@ -21,6 +21,7 @@ use super::{
     MissReport, Misses, Publisher, Refusal, MAX_ARTIFACT_SIZE, MAX_FAILURE_BODY, MAX_MISSES_LISTED,
     MAX_MISSES_LOCK_BYTES, MAX_MISS_BODY,
 };
+use super::{Packages, MAX_VERDICT_BODY};
 
 /// `Cache-Control` of an artifact: content-addressed, so cached forever.
 pub const IMMUTABLE: &str = "public, max-age=31536000, immutable";
@@ -44,6 +45,12 @@ enum ApiRoute {
     Failures,
     FailuresOf(String),
     Misses,
+    /// `verdicts/KEY`: audit verdicts on a build.
+    Verdicts(String),
+    /// `index`: the packages with builds.
+    Packages,
+    /// `trust` (the current trust document) or `trust/VERSION`.
+    Trust(Option<u64>),
 }
 
 impl ApiRoute {
@@ -65,6 +72,10 @@ impl ApiRoute {
                     Some(ApiRoute::FailuresOf(package.to_string()))
                 }
                 ["misses"] => Some(ApiRoute::Misses),
+                ["verdicts", key] if valid_digest(key) => Some(ApiRoute::Verdicts(key.to_string())),
+                ["index"] => Some(ApiRoute::Packages),
+                ["trust"] => Some(ApiRoute::Trust(None)),
+                ["trust", version] => trust_version(version).map(|v| ApiRoute::Trust(Some(v))),
                 _ => None,
             },
             _ => None,
@@ -79,6 +90,9 @@ impl ApiRoute {
             ApiRoute::Index(_) => "precomp_index",
             ApiRoute::Failures | ApiRoute::FailuresOf(_) => "precomp_failures",
             ApiRoute::Misses => "precomp_misses",
+            ApiRoute::Verdicts(_) => "precomp_verdicts",
+            ApiRoute::Packages => "precomp_index",
+            ApiRoute::Trust(_) => "precomp_trust",
         }
     }
 
@@ -88,6 +102,9 @@ impl ApiRoute {
             ApiRoute::Index(_) | ApiRoute::FailuresOf(_) => "GET, HEAD",
             ApiRoute::Failures => "POST",
             ApiRoute::Misses => "GET, HEAD, POST",
+            ApiRoute::Verdicts(_) => "GET, HEAD, POST",
+            ApiRoute::Packages => "GET, HEAD",
+            ApiRoute::Trust(_) => "GET, HEAD",
         }
     }
 }
@@ -113,8 +130,8 @@ where
             text(
                 StatusCode::NOT_FOUND,
                 "not found: the artifact API has /precomp/v1/artifacts/SHA256, \
-                 /precomp/v1/manifests/KEY, /precomp/v1/index/PACKAGE, /precomp/v1/failures[/PACKAGE] \
-                 and /precomp/v1/misses",
+                 /precomp/v1/manifests/KEY, /precomp/v1/index[/PACKAGE], /precomp/v1/failures[/PACKAGE], \
+                 /precomp/v1/misses and /precomp/v1/verdicts/KEY",
                 head,
             ),
         );
@@ -141,7 +158,7 @@ where
             let package = package.clone();
             let index = blocking(artifacts, move |a| {
                 Ok(Index {
-                    builds: a.store().index(&package)?,
+                    builds: a.index_builds(&package)?,
                     package,
                 })
             })
@@ -176,6 +193,34 @@ where
             "precomp_miss_reports",
             post_miss(artifacts, headers, &mut body).await,
         ),
+        (ApiRoute::Verdicts(key), _) if read => {
+            let key = key.clone();
+            let verdicts = blocking(artifacts, move |a| Ok(a.store().verdicts(&key)?)).await;
+            (
+                route.label(),
+                verdicts.map(|v| json_revalidated(&v, headers, head)),
+            )
+        }
+        (ApiRoute::Verdicts(key), &Method::POST) => (
+            "precomp_verdict_reports",
+            post_verdict(artifacts, key, headers, &mut body).await,
+        ),
+        (ApiRoute::Trust(version), _) if read => (
+            route.label(),
+            get_trust(artifacts, *version, headers, head).await,
+        ),
+        (ApiRoute::Packages, _) if read => {
+            let packages = blocking(artifacts, |a| {
+                Ok(Packages {
+                    packages: a.store().packages()?,
+                })
+            })
+            .await;
+            (
+                route.label(),
+                packages.map(|p| json_revalidated(&p, headers, head)),
+            )
+        }
         _ => {
             let mut response = text(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -220,7 +265,15 @@ async fn get_artifact(
     head: bool,
 ) -> Result<Response<Full<Bytes>>, Refusal> {
     let digest = parse_digest(sha);
-    let body = blocking(artifacts, move |a| Ok(a.store().read_artifact(&digest)?)).await?;
+    let body = blocking(artifacts, move |a| {
+        let body = a.store().read_artifact(&digest)?;
+        if body.is_some() && !head {
+            // For `precomp gc`: when it was last fetched (throttled; never fails the read).
+            a.store().touch_artifact(&digest);
+        }
+        Ok(body)
+    })
+    .await?;
     match body {
         Some(body) => Ok(content(
             body,
@@ -235,6 +288,81 @@ async fn get_artifact(
             format!("artifact {sha} is not on this mirror"),
         )),
     }
+}
+
+/// `GET trust[/VERSION]`: the signed trust document the operator issued with `precomp keys`
+/// (`DATA/trust/trust.doc`, `DATA/trust/history/VERSION.doc`), as stored. Clients verify it
+/// against the root key they pin.
+async fn get_trust(
+    artifacts: &Arc<Artifacts>,
+    version: Option<u64>,
+    headers: &HeaderMap,
+    head: bool,
+) -> Result<Response<Full<Bytes>>, Refusal> {
+    let dir = artifacts.trust_dir();
+    let path = match version {
+        Some(version) => dir.join("history").join(format!("{version}.doc")),
+        None => dir.join("trust.doc"),
+    };
+    let limit = precomp_proto::trust::MAX_TRUST_DOCUMENT_SIZE as u64;
+    let body = blocking(artifacts, move |_| {
+        use std::io::Read;
+        match std::fs::File::open(&path) {
+            Ok(file) => {
+                let mut bytes = Vec::new();
+                file.take(limit + 1)
+                    .read_to_end(&mut bytes)
+                    .map_err(|e| Refusal::internal(format!("{}: {e}", path.display())))?;
+                if bytes.len() as u64 > limit {
+                    return Err(Refusal::internal(format!(
+                        "{} is over the limit of {limit} bytes",
+                        path.display()
+                    )));
+                }
+                Ok(Some(bytes))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Refusal::internal(format!("{}: {e}", path.display()))),
+        }
+    })
+    .await?;
+    match body {
+        Some(body) => {
+            let digest: [u8; 32] = Sha256::digest(&body).into();
+            Ok(content(
+                Bytes::from(body),
+                &digest,
+                if version.is_some() {
+                    IMMUTABLE
+                } else {
+                    REVALIDATE
+                },
+                "application/octet-stream",
+                headers,
+                head,
+            ))
+        }
+        None => Err(Refusal::new(
+            404,
+            match version {
+                Some(version) => format!("this mirror has no trust document version {version}"),
+                None => "this mirror publishes no trust document: its operator creates one with \
+                         `precomp keys init --root ROOT.key`"
+                    .to_string(),
+            },
+        )),
+    }
+}
+
+/// A trust document version in a path: decimal, no leading zero.
+fn trust_version(text: &str) -> Option<u64> {
+    if text.is_empty() || text.len() > 20 || text.starts_with('0') {
+        return None;
+    }
+    if !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
 }
 
 async fn get_manifest(
@@ -393,6 +521,39 @@ where
         StatusCode::OK
     };
     Ok(json(status, &recorded, "no-store", false))
+}
+
+/// `POST verdicts/KEY`: an auditor's signed verdict.
+async fn post_verdict<B>(
+    artifacts: &Arc<Artifacts>,
+    key: &str,
+    headers: &HeaderMap,
+    body: &mut Option<B>,
+) -> Result<Response<Full<Bytes>>, Refusal>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let authorization = authorization(headers)?;
+    let publisher = blocking(artifacts, move |a| {
+        let publisher = a.authenticate(authorization.as_deref())?;
+        a.verdict_keys(&publisher)?;
+        Ok(publisher)
+    })
+    .await?;
+    check_length(headers, MAX_VERDICT_BODY as u64, "the verdict")?;
+    let bytes = read_body(body, MAX_VERDICT_BODY, "the verdict").await?;
+    let key = key.to_string();
+    let stored = blocking(artifacts, move |a| {
+        a.record_verdict(&key, &bytes, &publisher)
+    })
+    .await?;
+    let status = if stored.stored == "created" {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(json(status, &stored, "no-store", false))
 }
 
 async fn post_miss<B>(
@@ -707,6 +868,21 @@ mod tests {
             ApiRoute::parse("/precomp/v1/misses"),
             Some(ApiRoute::Misses)
         );
+        assert_eq!(
+            ApiRoute::parse("/precomp/v1/trust"),
+            Some(ApiRoute::Trust(None))
+        );
+        assert_eq!(
+            ApiRoute::parse("/precomp/v1/trust/12"),
+            Some(ApiRoute::Trust(Some(12)))
+        );
+        for bad in [
+            "/precomp/v1/trust/012",
+            "/precomp/v1/trust/x",
+            "/precomp/v1/trust/0",
+        ] {
+            assert_eq!(ApiRoute::parse(bad), None, "{bad}");
+        }
         for bad in [
             "/precomp/v1/artifacts/ABAB",
             &format!("/precomp/v1/artifacts/{}", "AB".repeat(32)),

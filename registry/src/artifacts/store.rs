@@ -38,6 +38,11 @@ use super::api::{
 };
 use super::token::{digests_equal, new_token, token_sha256, valid_token_name};
 
+// Audit verdicts: their table's queries and the API's checks (a child module, for the
+// store's connection).
+#[path = "verdicts.rs"]
+pub(super) mod verdicts;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactStoreError {
     #[error("artifact database {path}: {source}")]
@@ -141,7 +146,29 @@ CREATE TABLE IF NOT EXISTS misses (
     closed_by      TEXT
 ) STRICT;
 CREATE INDEX IF NOT EXISTS misses_open ON misses (closed_at, count);
+CREATE TABLE IF NOT EXISTS verdicts (
+    key            TEXT NOT NULL,
+    auditor_id     TEXT NOT NULL,
+    result         TEXT NOT NULL,
+    summary        TEXT NOT NULL,
+    toolchain_id   TEXT NOT NULL,
+    signed_verdict BLOB NOT NULL,
+    verdict_sha256 TEXT NOT NULL,
+    reported_by    TEXT NOT NULL,
+    received_at    INTEGER NOT NULL,
+    PRIMARY KEY (key, auditor_id)
+) STRICT;
+CREATE TABLE IF NOT EXISTS artifact_use (
+    sha256    TEXT PRIMARY KEY NOT NULL,
+    last_used INTEGER NOT NULL
+) STRICT;
 ";
+
+/// `artifact_use.last_used` is written at most this often per artifact and process.
+const TOUCH_INTERVAL: i64 = 3600;
+
+/// Bound on the artifacts whose last write one process remembers.
+const MAX_TOUCHED: usize = 100_000;
 
 /// Who an upload token belongs to, and the key it is bound to, if any.
 #[derive(Clone, Debug)]
@@ -218,6 +245,8 @@ pub struct ArtifactStore {
     db_path: PathBuf,
     db: Mutex<Connection>,
     _lock: std::fs::File,
+    /// When this process last wrote `artifact_use` for an artifact (throttles the writes).
+    touched: Mutex<std::collections::HashMap<[u8; 32], i64>>,
 }
 
 impl ArtifactStore {
@@ -278,6 +307,7 @@ impl ArtifactStore {
             db_path,
             db: Mutex::new(db),
             _lock: lock,
+            touched: Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -500,6 +530,50 @@ impl ArtifactStore {
         Ok(Some(Bytes::from(bytes)))
     }
 
+    /// Records that the artifact was used now (served, or named by a manifest being
+    /// published), for `precomp gc`: at most once an hour per artifact and process. A failed
+    /// write is logged, never an error: it must not fail a download.
+    pub fn touch_artifact(&self, sha256: &[u8; 32]) {
+        let now = now();
+        {
+            let mut touched = self.touched.lock().expect("touched lock");
+            if touched
+                .get(sha256)
+                .is_some_and(|at| now - at < TOUCH_INTERVAL)
+            {
+                return;
+            }
+            if touched.len() >= MAX_TOUCHED {
+                touched.clear();
+            }
+            touched.insert(*sha256, now);
+        }
+        let result = self.db.lock().expect("db lock").execute(
+            "INSERT INTO artifact_use (sha256, last_used) VALUES (?1, ?2)
+             ON CONFLICT(sha256) DO UPDATE SET last_used = max(last_used, ?2)",
+            params![hex::encode(sha256), now],
+        );
+        if let Err(e) = result {
+            tracing::warn!(sha256 = %hex::encode(sha256), "recording an artifact's use: {e}");
+        }
+    }
+
+    /// The stored audit verdicts (the latest per build and auditor) by result: `(matches,
+    /// mismatches)`, for the reproducibility rate on `/metrics`.
+    pub fn verdict_counts(&self) -> Result<(u64, u64), ArtifactStoreError> {
+        self.db
+            .lock()
+            .expect("db lock")
+            .query_row(
+                "SELECT count(*) FILTER (WHERE result = 'match'),
+                        count(*) FILTER (WHERE result = 'mismatch')
+                 FROM verdicts",
+                [],
+                |row| Ok((row.get::<_, i64>(0)? as u64, row.get::<_, i64>(1)? as u64)),
+            )
+            .map_err(self.db_err())
+    }
+
     /// Whether the artifact a manifest names is here with that size; its bytes are hashed
     /// again, so a damaged blob is never indexed.
     pub fn check_artifact(
@@ -680,10 +754,15 @@ impl ArtifactStore {
                     artifact_size: row.get::<_, i64>(8)? as u64,
                     compile_env: from_json(&row.get::<_, String>(9)?),
                     signers: from_json(&row.get::<_, String>(10)?),
+                    auditors: Vec::new(),
+                    flagged: false,
+                    verdicts: Vec::new(),
                 })
             })
             .map_err(self.db_err())?;
         let mut builds: Vec<IndexBuild> = rows.collect::<Result<_, _>>().map_err(self.db_err())?;
+        drop(stmt);
+        verdicts::attach(&db, &mut builds).map_err(self.db_err())?;
         builds.sort_by(|a, b| {
             let va = semver::Version::parse(&a.version).ok();
             let vb = semver::Version::parse(&b.version).ok();
@@ -919,4 +998,50 @@ pub(crate) fn now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod ops_tests {
+    use super::*;
+
+    /// What `precomp gc` and `/metrics` read: uses recorded (throttled), verdicts counted.
+    #[test]
+    fn uses_are_recorded_hourly_and_verdicts_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(dir.path()).unwrap();
+        let other = Connection::open(dir.path().join("artifacts.db")).unwrap();
+        let last_used = |sha: &str| -> Option<i64> {
+            other
+                .query_row(
+                    "SELECT last_used FROM artifact_use WHERE sha256 = ?1",
+                    params![sha],
+                    |row| row.get(0),
+                )
+                .optional()
+                .unwrap()
+        };
+        let sha = [7u8; 32];
+        store.touch_artifact(&sha);
+        let first = last_used(&hex::encode(sha)).expect("recorded");
+        assert!(now() - first < 60);
+        // Within the hour a second use writes nothing.
+        other
+            .execute("UPDATE artifact_use SET last_used = 1", [])
+            .unwrap();
+        store.touch_artifact(&sha);
+        assert_eq!(last_used(&hex::encode(sha)), Some(1));
+
+        assert_eq!(store.verdict_counts().unwrap(), (0, 0));
+        for (key, result) in [("a", "match"), ("b", "match"), ("c", "mismatch")] {
+            other
+                .execute(
+                    "INSERT INTO verdicts (key, auditor_id, result, summary, toolchain_id,
+                        signed_verdict, verdict_sha256, reported_by, received_at)
+                     VALUES (?1, 'ed25519:0000000000000000', ?2, '', 'host', x'', '', 't', 0)",
+                    params![key, result],
+                )
+                .unwrap();
+        }
+        assert_eq!(store.verdict_counts().unwrap(), (2, 1));
+    }
 }
