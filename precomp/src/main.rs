@@ -51,6 +51,8 @@ enum Command {
     /// Upload tokens for builders publishing to the mirror.
     #[command(subcommand)]
     Token(commands::token::TokenCommand),
+    /// A build worker: leases reported misses from the mirror, builds, signs and publishes them.
+    Worker(commands::worker::WorkerArgs),
     /// Rebuilds published artifacts independently and signs verdicts.
     Audit(commands::audit::AuditArgs),
     /// Removes artifacts no recent lock needs (dry run by default).
@@ -102,6 +104,7 @@ fn main() -> ExitCode {
         Command::Fetch(args) => commands::fetch::run(&context, args),
         Command::Inspect(args) => commands::inspect::run(&context, args),
         Command::Token(command) => commands::token::run(&context, command),
+        Command::Worker(args) => commands::worker::run(&context, args),
         Command::Audit(args) => commands::audit::run(&context, args),
         Command::Gc(args) => commands::gc::run(&context, args),
         Command::Backup(args) => commands::backup::run_backup(&context, args),

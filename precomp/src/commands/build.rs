@@ -99,10 +99,7 @@ pub struct BuildArgs {
 
 pub fn run(context: &Context, args: BuildArgs) -> anyhow::Result<ExitCode> {
     let data = context.data();
-    let key_pem = std::fs::read_to_string(&args.key)
-        .with_context(|| format!("reading the signing key {}", args.key.display()))?;
-    let key = ArtifactSigningKey::from_pem(&key_pem)
-        .with_context(|| format!("{} is not an ed25519 signing key", args.key.display()))?;
+    let key = load_signing_key(&args.key)?;
     let mut trusted = vec![key.public_key()];
     for path in &args.trust {
         let pem =
@@ -114,15 +111,8 @@ pub fn run(context: &Context, args: BuildArgs) -> anyhow::Result<ExitCode> {
     }
 
     let sandbox = Sandbox::new()?;
-    let toolchains_dir = args.toolchains.clone().unwrap_or_else(|| data.clone());
-    let toolchain = Store::open(&toolchains_dir)
-        .with_context(|| {
-            format!(
-                "opening the toolchain store in {}",
-                toolchains_dir.display()
-            )
-        })?
-        .resolve(&args.toolchain, &sandbox)?;
+    let toolchain =
+        resolve_toolchain(&data, args.toolchains.as_deref(), &args.toolchain, &sandbox)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -184,8 +174,20 @@ pub fn run(context: &Context, args: BuildArgs) -> anyhow::Result<ExitCode> {
             trusted: &trusted,
             compile_env: &config,
         };
-        let results = run::build_lock(&build_context, &reuse, lock, apps, jobs, &reporter)?;
-        for result in &results {
+        let publish_to = match (&mirror_client, args.publish) {
+            (Some(client), true) => Some((&runtime, client)),
+            _ => None,
+        };
+        let results = build_and_publish(
+            &build_context,
+            &reuse,
+            lock,
+            apps,
+            jobs,
+            &reporter,
+            publish_to,
+        )?;
+        for (result, published) in &results {
             if let Some(out) = &args.out {
                 copy_out(result, out)?;
             }
@@ -199,11 +201,7 @@ pub fn run(context: &Context, args: BuildArgs) -> anyhow::Result<ExitCode> {
                 // Expected for git and path deps: reported, not an error.
                 Status::NotBuildable { .. } => counts[3] += 1,
             }
-            let published = match (&mirror_client, args.publish) {
-                (Some(client), true) => Some(publish(&runtime, client, &toolchain, result)),
-                _ => None,
-            };
-            if let Some(Err(e)) = &published {
+            if let Some(Err(e)) = published {
                 failed += 1;
                 eprintln!(
                     "error: publishing {} {}: {e:#}",
@@ -239,6 +237,58 @@ pub fn run(context: &Context, args: BuildArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Reads the builder's ed25519 signing key (`precomp keys generate`).
+pub(crate) fn load_signing_key(path: &Path) -> anyhow::Result<ArtifactSigningKey> {
+    let pem = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the signing key {}", path.display()))?;
+    ArtifactSigningKey::from_pem(&pem)
+        .with_context(|| format!("{} is not an ed25519 signing key", path.display()))
+}
+
+/// The toolchain `spec` names (`host`, an image id, a digest prefix or a suite) in the store
+/// at `toolchains` (default: the data directory).
+pub(crate) fn resolve_toolchain(
+    data: &Path,
+    toolchains: Option<&Path>,
+    spec: &str,
+    sandbox: &Sandbox,
+) -> anyhow::Result<Toolchain> {
+    let toolchains_dir = toolchains.unwrap_or(data);
+    Ok(Store::open(toolchains_dir)
+        .with_context(|| {
+            format!(
+                "opening the toolchain store in {}",
+                toolchains_dir.display()
+            )
+        })?
+        .resolve(spec, sandbox)?)
+}
+
+/// One lock's builds (`run::build_lock`), each then published to the mirror when
+/// `publish_to` is given (artifact and manifest, or the failure's log): what `precomp build`
+/// does per lock and `precomp worker` per job. Each result comes with how its publication
+/// went (`None` when not published).
+pub(crate) fn build_and_publish(
+    build_context: &BuildContext<'_>,
+    reuse: &run::Reuse<'_>,
+    lock: &MixLock,
+    apps: &[String],
+    jobs: usize,
+    progress: &dyn Progress,
+    publish_to: Option<(&tokio::runtime::Runtime, &ArtifactClient)>,
+) -> anyhow::Result<Vec<(PackageResult, Option<anyhow::Result<()>>)>> {
+    let results = run::build_lock(build_context, reuse, lock, apps, jobs, progress)?;
+    Ok(results
+        .into_iter()
+        .map(|result| {
+            let published = publish_to.map(|(runtime, client)| {
+                publish(runtime, client, build_context.toolchain, &result)
+            });
+            (result, published)
+        })
+        .collect())
+}
+
 /// `--prepare`: the generated project of every package to build and its closure.
 fn prepare(
     context: &BuildContext<'_>,
@@ -269,7 +319,11 @@ fn prepare(
 }
 
 /// The directory builds are made in: the sandbox user must reach it.
-fn work_root(sandbox: &Sandbox, data: &Path, given: Option<&Path>) -> anyhow::Result<PathBuf> {
+pub(crate) fn work_root(
+    sandbox: &Sandbox,
+    data: &Path,
+    given: Option<&Path>,
+) -> anyhow::Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let make = |dir: &Path| -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -310,7 +364,7 @@ fn read_lock(path: &Path) -> anyhow::Result<MixLock> {
 }
 
 /// The lock's app for `NAME@VERSION` (the package name; the app name may differ).
-fn app_for(lock: &MixLock, spec: &str, lock_path: &Path) -> anyhow::Result<String> {
+pub(crate) fn app_for(lock: &MixLock, spec: &str, lock_path: &Path) -> anyhow::Result<String> {
     let (name, version) = spec
         .split_once('@')
         .with_context(|| format!("{spec:?}: give the package as NAME@VERSION"))?;
@@ -355,7 +409,7 @@ fn copy_out(result: &PackageResult, out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn json_line(result: &PackageResult, out: Option<&Path>) -> serde_json::Value {
+pub(crate) fn json_line(result: &PackageResult, out: Option<&Path>) -> serde_json::Value {
     let mut object = serde_json::json!({
         "package": result.package.name,
         "version": result.package.version,
@@ -417,7 +471,7 @@ fn json_line(result: &PackageResult, out: Option<&Path>) -> serde_json::Value {
 }
 
 /// Uploads a build (artifact, then manifest) or records a failure with its log.
-fn publish(
+pub(crate) fn publish(
     runtime: &tokio::runtime::Runtime,
     client: &ArtifactClient,
     toolchain: &Toolchain,
@@ -506,8 +560,8 @@ fn missing_work(
 }
 
 /// Progress on stderr (the JSON lines go to stdout).
-struct Reporter {
-    json: bool,
+pub(crate) struct Reporter {
+    pub(crate) json: bool,
 }
 
 impl Progress for Reporter {

@@ -257,3 +257,58 @@ pub struct ManifestStored {
     pub result: String,
     pub closed_misses: u64,
 }
+
+/// `POST /precomp/v1/jobs/lease`: a build worker asks for the most-reported open miss it can
+/// build.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRequest {
+    /// The worker's name (for the operator): 1 to 64 letters, digits, `-`, `_`, `.`.
+    pub worker: String,
+    pub otp_major: String,
+    pub elixir: String,
+    pub mix_env: String,
+    /// The targets the worker builds, e.g. `["any", "x86_64-linux-gnu"]` (1 to 16).
+    pub targets: Vec<String>,
+    /// How long the lease lasts without a heartbeat, within
+    /// [`crate::artifacts::MIN_LEASE_SECONDS`]..=[`crate::artifacts::MAX_LEASE_SECONDS`].
+    pub lease_seconds: u64,
+}
+
+/// The answer to a [`LeaseRequest`] when a job was leased (`200`; `204` when none).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The job id: `POST /precomp/v1/jobs/ID/heartbeat` and `.../release`.
+    pub job: u64,
+    /// Unix seconds; the job goes back to the queue after this without a heartbeat.
+    pub lease_expires_at: i64,
+    pub lease_seconds: u64,
+    /// What to build.
+    pub miss: Miss,
+}
+
+/// `POST /precomp/v1/jobs/ID/heartbeat` (body optional).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatRequest {
+    /// A new lease length; the lease's own when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_seconds: Option<u64>,
+}
+
+/// The answer to a heartbeat: the lease is renewed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRenewed {
+    pub job: u64,
+    pub base_key: String,
+    /// Unix seconds.
+    pub lease_expires_at: i64,
+    pub lease_seconds: u64,
+}
+
+/// The answer to `POST /precomp/v1/jobs/ID/release`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseReleased {
+    pub job: u64,
+    pub base_key: String,
+    /// `released`, `already_released`, or `closed` (the miss was closed meanwhile).
+    pub result: String,
+}

@@ -17,6 +17,7 @@ use super::{
     ArtifactStored, FailureRecorded, FailureReport, Failures, Index, ManifestStored, MissRecorded,
     MissReport, Misses, API_PREFIX, MAX_ARTIFACT_SIZE, MAX_FAILURE_LOG, MAX_JSON_RESPONSE,
 };
+use super::{HeartbeatRequest, Lease, LeaseReleased, LeaseRenewed, LeaseRequest};
 use super::{Packages, VerdictStored, Verdicts};
 
 /// Bound on the text of an error answer kept for the message.
@@ -196,6 +197,52 @@ impl ArtifactClient {
         let url = self.url("misses");
         let (_, body) = self
             .send(Method::GET, &url, None, true, MAX_JSON_RESPONSE)
+            .await?;
+        parse(&url, &body)
+    }
+
+    /// `POST jobs/lease` (token): the most-reported open miss `request` matches, leased to
+    /// this worker; `None` when there is none (`204`).
+    pub async fn lease(&self, request: &LeaseRequest) -> Result<Option<Lease>, ClientError> {
+        let url = self.url("jobs/lease");
+        let body = serde_json::to_vec(request).expect("plain data serialises");
+        let (status, body) = self
+            .send(
+                Method::POST,
+                &url,
+                Some(body.into()),
+                true,
+                MAX_JSON_RESPONSE,
+            )
+            .await?;
+        if status == StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        parse(&url, &body).map(Some)
+    }
+
+    /// `POST jobs/ID/heartbeat` (the token that leased the job): renews the lease, for
+    /// `lease_seconds` if given, else for its own length. A lost lease or a closed job is
+    /// [`ClientError::Refused`] with status `409`: stop building it.
+    pub async fn heartbeat(
+        &self,
+        job: u64,
+        lease_seconds: Option<u64>,
+    ) -> Result<LeaseRenewed, ClientError> {
+        let url = self.url(&format!("jobs/{job}/heartbeat"));
+        let body =
+            serde_json::to_vec(&HeartbeatRequest { lease_seconds }).expect("plain data serialises");
+        let (_, body) = self
+            .send(Method::POST, &url, Some(body.into()), true, MAX_ERROR_BODY)
+            .await?;
+        parse(&url, &body)
+    }
+
+    /// `POST jobs/ID/release` (the token that leased the job): gives it back to the queue.
+    pub async fn release(&self, job: u64) -> Result<LeaseReleased, ClientError> {
+        let url = self.url(&format!("jobs/{job}/release"));
+        let (_, body) = self
+            .send(Method::POST, &url, Some(Bytes::new()), true, MAX_ERROR_BODY)
             .await?;
         parse(&url, &body)
     }

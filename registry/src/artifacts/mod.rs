@@ -16,6 +16,9 @@
 //!   looked for and did not find, deduplicated by base key, closed by a publish or a failure.
 //! - `POST verdicts/KEY` (an auditor's token), `GET verdicts/KEY`: audit verdicts; a build
 //!   with a mismatch is flagged in the index. `GET index` lists the packages with builds.
+//! - `POST jobs/lease`, `POST jobs/ID/heartbeat`, `POST jobs/ID/release` (token): build
+//!   workers on other machines lease open misses, renew the lease while they build, and
+//!   report with `PUT manifests/KEY` or `POST failures` (`store::jobs`).
 //! - `GET trust`, `GET trust/VERSION`: the signed trust document `precomp keys` issues into
 //!   `DATA/trust` (clients verify it against the root key they pin).
 //!
@@ -43,6 +46,7 @@ pub use api::{
     ChunkDifferenceJson, FileDifferenceJson, Packages, VerdictRecord, VerdictStored,
     VerdictSummary, Verdicts,
 };
+pub use api::{HeartbeatRequest, Lease, LeaseReleased, LeaseRenewed, LeaseRequest};
 pub use client::{ArtifactClient, ClientError, Uploaded};
 pub use server::{handle, is_api_path};
 pub use store::verdicts::files_json as verdict_files_json;
@@ -82,6 +86,13 @@ pub const MAX_MISSES_LOCK_BYTES: usize = 32 * 1024 * 1024;
 
 /// Bound on a `POST verdicts/KEY` body: a signed verdict.
 pub const MAX_VERDICT_BODY: usize = precomp_proto::verdict::MAX_SIGNED_VERDICT_SIZE;
+
+/// Bounds on a job lease's length (`POST jobs/lease`, `lease_seconds`).
+pub const MIN_LEASE_SECONDS: u64 = 2;
+pub const MAX_LEASE_SECONDS: u64 = 3600;
+
+/// Bound on the body of `POST jobs/lease` and `POST jobs/ID/heartbeat|release`.
+pub const MAX_JOB_BODY: usize = 16 * 1024;
 
 /// Bound on JSON answers a client reads (index, failures, misses).
 pub const MAX_JSON_RESPONSE: u64 = 64 * 1024 * 1024;

@@ -21,6 +21,7 @@ use super::{
     MissReport, Misses, Publisher, Refusal, MAX_ARTIFACT_SIZE, MAX_FAILURE_BODY, MAX_MISSES_LISTED,
     MAX_MISSES_LOCK_BYTES, MAX_MISS_BODY,
 };
+use super::{HeartbeatRequest, LeaseRequest, MAX_JOB_BODY};
 use super::{Packages, MAX_VERDICT_BODY};
 
 /// `Cache-Control` of an artifact: content-addressed, so cached forever.
@@ -51,6 +52,12 @@ enum ApiRoute {
     Packages,
     /// `trust` (the current trust document) or `trust/VERSION`.
     Trust(Option<u64>),
+    /// `jobs/lease`: a build worker leases a miss.
+    JobLease,
+    /// `jobs/ID/heartbeat`.
+    JobHeartbeat(u64),
+    /// `jobs/ID/release`.
+    JobRelease(u64),
 }
 
 impl ApiRoute {
@@ -76,6 +83,9 @@ impl ApiRoute {
                 ["index"] => Some(ApiRoute::Packages),
                 ["trust"] => Some(ApiRoute::Trust(None)),
                 ["trust", version] => trust_version(version).map(|v| ApiRoute::Trust(Some(v))),
+                ["jobs", "lease"] => Some(ApiRoute::JobLease),
+                ["jobs", job, "heartbeat"] => trust_version(job).map(ApiRoute::JobHeartbeat),
+                ["jobs", job, "release"] => trust_version(job).map(ApiRoute::JobRelease),
                 _ => None,
             },
             _ => None,
@@ -93,6 +103,9 @@ impl ApiRoute {
             ApiRoute::Verdicts(_) => "precomp_verdicts",
             ApiRoute::Packages => "precomp_index",
             ApiRoute::Trust(_) => "precomp_trust",
+            ApiRoute::JobLease => "precomp_job_leases",
+            ApiRoute::JobHeartbeat(_) => "precomp_job_heartbeats",
+            ApiRoute::JobRelease(_) => "precomp_job_releases",
         }
     }
 
@@ -105,6 +118,7 @@ impl ApiRoute {
             ApiRoute::Verdicts(_) => "GET, HEAD, POST",
             ApiRoute::Packages => "GET, HEAD",
             ApiRoute::Trust(_) => "GET, HEAD",
+            ApiRoute::JobLease | ApiRoute::JobHeartbeat(_) | ApiRoute::JobRelease(_) => "POST",
         }
     }
 }
@@ -131,7 +145,7 @@ where
                 StatusCode::NOT_FOUND,
                 "not found: the artifact API has /precomp/v1/artifacts/SHA256, \
                  /precomp/v1/manifests/KEY, /precomp/v1/index[/PACKAGE], /precomp/v1/failures[/PACKAGE], \
-                 /precomp/v1/misses and /precomp/v1/verdicts/KEY",
+                 /precomp/v1/misses, /precomp/v1/verdicts/KEY and /precomp/v1/jobs/...",
                 head,
             ),
         );
@@ -204,6 +218,18 @@ where
         (ApiRoute::Verdicts(key), &Method::POST) => (
             "precomp_verdict_reports",
             post_verdict(artifacts, key, headers, &mut body).await,
+        ),
+        (ApiRoute::JobLease, &Method::POST) => (
+            route.label(),
+            post_lease(artifacts, headers, &mut body).await,
+        ),
+        (ApiRoute::JobHeartbeat(job), &Method::POST) => (
+            route.label(),
+            post_heartbeat(artifacts, *job, headers, &mut body).await,
+        ),
+        (ApiRoute::JobRelease(job), &Method::POST) => (
+            route.label(),
+            post_release(artifacts, *job, headers, &mut body).await,
         ),
         (ApiRoute::Trust(version), _) if read => (
             route.label(),
@@ -578,6 +604,82 @@ where
 }
 
 // ---------------------------------------------------------------------------------------------
+// Build jobs
+// ---------------------------------------------------------------------------------------------
+
+/// `POST jobs/lease`: `200` with the lease, `204` when no open miss matches.
+async fn post_lease<B>(
+    artifacts: &Arc<Artifacts>,
+    headers: &HeaderMap,
+    body: &mut Option<B>,
+) -> Result<Response<Full<Bytes>>, Refusal>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let publisher = publisher(artifacts, headers).await?;
+    check_length(headers, MAX_JOB_BODY as u64, "the lease request")?;
+    let bytes = read_body(body, MAX_JOB_BODY, "the lease request").await?;
+    let request: LeaseRequest = parse_json(&bytes, "lease request")?;
+    let lease = blocking(artifacts, move |a| a.lease_job(&request, &publisher)).await?;
+    Ok(match lease {
+        Some(lease) => json(StatusCode::OK, &lease, "no-store", false),
+        None => {
+            let mut response = Response::new(Full::new(Bytes::new()));
+            *response.status_mut() = StatusCode::NO_CONTENT;
+            response
+                .headers_mut()
+                .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+    })
+}
+
+/// `POST jobs/ID/heartbeat`: the body, optional, is a [`HeartbeatRequest`].
+async fn post_heartbeat<B>(
+    artifacts: &Arc<Artifacts>,
+    job: u64,
+    headers: &HeaderMap,
+    body: &mut Option<B>,
+) -> Result<Response<Full<Bytes>>, Refusal>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let publisher = publisher(artifacts, headers).await?;
+    check_length(headers, MAX_JOB_BODY as u64, "the heartbeat")?;
+    let bytes = read_body(body, MAX_JOB_BODY, "the heartbeat").await?;
+    let request: HeartbeatRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
+        HeartbeatRequest::default()
+    } else {
+        parse_json(&bytes, "heartbeat")?
+    };
+    let renewed = blocking(artifacts, move |a| {
+        a.heartbeat_job(job, &request, &publisher)
+    })
+    .await?;
+    Ok(json(StatusCode::OK, &renewed, "no-store", false))
+}
+
+/// `POST jobs/ID/release`: the body is ignored.
+async fn post_release<B>(
+    artifacts: &Arc<Artifacts>,
+    job: u64,
+    headers: &HeaderMap,
+    body: &mut Option<B>,
+) -> Result<Response<Full<Bytes>>, Refusal>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let publisher = publisher(artifacts, headers).await?;
+    check_length(headers, MAX_JOB_BODY as u64, "the release")?;
+    read_body(body, MAX_JOB_BODY, "the release").await?;
+    let released = blocking(artifacts, move |a| a.release_job(job, &publisher)).await?;
+    Ok(json(StatusCode::OK, &released, "no-store", false))
+}
+
+// ---------------------------------------------------------------------------------------------
 // Bodies
 // ---------------------------------------------------------------------------------------------
 
@@ -876,6 +978,20 @@ mod tests {
             ApiRoute::parse("/precomp/v1/trust/12"),
             Some(ApiRoute::Trust(Some(12)))
         );
+        assert_eq!(
+            ApiRoute::parse("/precomp/v1/jobs/lease"),
+            Some(ApiRoute::JobLease)
+        );
+        assert_eq!(
+            ApiRoute::parse("/precomp/v1/jobs/17/heartbeat"),
+            Some(ApiRoute::JobHeartbeat(17))
+        );
+        assert_eq!(
+            ApiRoute::parse("/precomp/v1/jobs/17/release"),
+            Some(ApiRoute::JobRelease(17))
+        );
+        assert_eq!(ApiRoute::parse("/precomp/v1/jobs/017/release"), None);
+        assert_eq!(ApiRoute::parse("/precomp/v1/jobs/x/heartbeat"), None);
         for bad in [
             "/precomp/v1/trust/012",
             "/precomp/v1/trust/x",

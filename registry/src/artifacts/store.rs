@@ -2,7 +2,8 @@
 //! blobs beside it.
 //!
 //! ```text
-//! DATA/artifacts/artifacts.db            tokens, artifacts, manifests, failures, misses (WAL)
+//! DATA/artifacts/artifacts.db            tokens, artifacts, manifests, failures, misses,
+//!                                        leases (WAL)
 //! DATA/artifacts/blobs/sha256/ab/abcd…   artifact tarballs, named by their sha256
 //! DATA/artifacts/tmp/                    uploads being received
 //! DATA/artifacts/store.lock              held (shared) by every process with the store open
@@ -42,6 +43,10 @@ use super::token::{digests_equal, new_token, token_sha256, valid_token_name};
 // store's connection).
 #[path = "verdicts.rs"]
 pub(super) mod verdicts;
+
+// Build jobs leased to workers (`precomp worker`): the `leases` table.
+#[path = "jobs.rs"]
+mod jobs;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactStoreError {
@@ -158,6 +163,18 @@ CREATE TABLE IF NOT EXISTS verdicts (
     received_at    INTEGER NOT NULL,
     PRIMARY KEY (key, auditor_id)
 ) STRICT;
+CREATE TABLE IF NOT EXISTS leases (
+    job        INTEGER PRIMARY KEY AUTOINCREMENT,
+    base_key   TEXT NOT NULL,
+    worker     TEXT NOT NULL,
+    token_name TEXT NOT NULL,
+    lease_ms   INTEGER NOT NULL,
+    leased_at  INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    ended_at   INTEGER,
+    ended      TEXT
+) STRICT;
+CREATE INDEX IF NOT EXISTS leases_base_key ON leases (base_key, ended_at);
 CREATE TABLE IF NOT EXISTS artifact_use (
     sha256    TEXT PRIMARY KEY NOT NULL,
     last_used INTEGER NOT NULL

@@ -1,0 +1,453 @@
+//! Build workers (`precomp worker`) against a real `precomp serve`: job leases over HTTP
+//! (exclusive while live, back in the queue once expired, lost leases refused), and a worker
+//! building a reported miss in the sandbox on the host toolchain and publishing it.
+//!
+//! The fixture packages are served from a signed static repository (`precomp repo build`)
+//! as the mirror's upstream; locks come from `precomp repo lock`.
+
+mod common;
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::*;
+use precomp_proto::buildkey::{BuildInputs, Target};
+use precomp_proto::lock::MixLock;
+use serde_json::{json, Value};
+
+/// The fixture repository and a builder key pair, made once per test process.
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn get() -> &'static Fixture {
+        static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+        FIXTURE.get_or_init(|| {
+            let dir = tempfile::Builder::new()
+                .prefix("precomp-worker-fixture-")
+                .tempdir()
+                .unwrap();
+            let packages = dir.path().join("packages");
+            precomp_testkit::copy_dir(&workspace().join("tests/fixtures/packages"), &packages);
+            let repo_key = dir.path().join("repo.pem");
+            keygen(&repo_key);
+            repo_build(&packages, &repo_key, "hexpm", &dir.path().join("repo"));
+            ok(precomp(&[
+                "keys",
+                "generate",
+                "--name",
+                "builder",
+                "--out",
+                dir.path().join("keys").to_str().unwrap(),
+            ]));
+            Fixture { dir }
+        })
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// `precomp repo lock` of `releases`: the mix.lock text.
+    fn lock(&self, releases: &[&str]) -> String {
+        let out = tempfile::tempdir().unwrap();
+        let path = out.path().join("mix.lock");
+        let mut args = vec![
+            "repo".to_string(),
+            "lock".into(),
+            "--repo".into(),
+            self.path("repo").display().to_string(),
+            "--public-key".into(),
+            self.path("repo.pem.pub").display().to_string(),
+            "--out".into(),
+            path.display().to_string(),
+        ];
+        args.extend(releases.iter().map(|r| r.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        ok(precomp(&args));
+        std::fs::read_to_string(path).unwrap()
+    }
+}
+
+/// A directory the sandbox user can reach (tempfile makes them 0700).
+fn data_dir(prefix: &str) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// A mirror of the fixture repository on its own data directory, with worker tokens.
+struct Mirror {
+    server: ServeProcess,
+    _data: tempfile::TempDir,
+    data: PathBuf,
+}
+
+impl Mirror {
+    fn start() -> Mirror {
+        let fixture = Fixture::get();
+        let data = data_dir("precomp-worker-mirror-");
+        let mut command = precomp_command();
+        command
+            .arg("--data")
+            .arg(data.path())
+            .args(["serve", "--listen", "127.0.0.1:0", "--upstream"])
+            .arg(format!("file://{}", fixture.path("repo").display()))
+            .arg("--upstream-key")
+            .arg(fixture.path("repo.pem.pub"));
+        let server = ServeProcess::spawn(command);
+        Mirror {
+            server,
+            data: data.path().to_path_buf(),
+            _data: data,
+        }
+    }
+
+    /// `precomp token create --name NAME --key builder.pub` on the mirror's data.
+    fn token(&self, name: &str) -> String {
+        ok(precomp(&[
+            "--data",
+            self.data.to_str().unwrap(),
+            "token",
+            "create",
+            "--name",
+            name,
+            "--key",
+            Fixture::get().path("keys/builder.pub").to_str().unwrap(),
+        ]))
+        .trim()
+        .to_string()
+    }
+
+    fn post(&self, path: &str, token: Option<&str>, body: &Value) -> (u16, String) {
+        let client = reqwest::blocking::Client::new();
+        let mut request = client.post(self.server.url(path)).body(body.to_string());
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().unwrap())
+    }
+
+    fn get(&self, path: &str, token: Option<&str>) -> String {
+        let client = reqwest::blocking::Client::new();
+        let mut request = client.get(self.server.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().unwrap();
+        assert!(response.status().is_success(), "GET {path}");
+        response.text().unwrap()
+    }
+
+    /// Reports a miss of `package@version` in `lock` for this toolchain; its base key.
+    fn report_miss(&self, lock: &str, package: &str, otp: &str, elixir: &str) -> String {
+        let parsed = MixLock::parse(lock).unwrap();
+        let (app, entry) = parsed.hex().find(|(_, e)| e.package == package).unwrap();
+        let version = entry.version.clone();
+        let (pkg, closure) = parsed.closure(app).unwrap();
+        let base_key = BuildInputs {
+            package: pkg,
+            closure,
+            otp_major: otp.into(),
+            elixir: elixir.into(),
+            mix_env: "prod".into(),
+            target: Target::Any,
+            compile_env: Vec::new(),
+        }
+        .base_key()
+        .unwrap()
+        .to_string();
+        let (status, text) = self.post(
+            "/precomp/v1/misses",
+            None,
+            &json!({"package": package, "version": version, "base_key": base_key,
+                    "reason": "not built", "otp_major": otp, "elixir": elixir,
+                    "mix_env": "prod", "target": "any", "lock": lock}),
+        );
+        assert!(status == 200 || status == 201, "{status} {text}");
+        base_key
+    }
+}
+
+fn lease_body(worker: &str, otp: &str, lease_seconds: u64) -> Value {
+    json!({"worker": worker, "otp_major": otp, "elixir": "1.14.0", "mix_env": "prod",
+           "targets": ["any", "x86_64-linux-gnu"], "lease_seconds": lease_seconds})
+}
+
+/// Two workers never hold the same job while a lease is live; an expired lease goes back to
+/// the queue; the worker that lost it gets 409 on its heartbeat; a release gives a job back.
+#[test]
+fn leases_are_exclusive_expire_back_to_the_queue_and_lost_leases_are_refused() {
+    let fixture = Fixture::get();
+    let mirror = Mirror::start();
+    let w1 = mirror.token("w1");
+    let w2 = mirror.token("w2");
+    // Two misses (keys computed for OTP 25, Elixir 1.14.0; nothing is built here): shapes is
+    // reported twice, so it is leased first.
+    let lock = fixture.lock(&["shapes@1.0.0", "plain_ex@1.0.0"]);
+    let shapes = mirror.report_miss(&lock, "shapes", "25", "1.14.0");
+    mirror.report_miss(&lock, "shapes", "25", "1.14.0");
+    let plain = mirror.report_miss(&lock, "plain_ex", "25", "1.14.0");
+
+    let lease = |token: &str, worker: &str, seconds: u64| {
+        mirror.post(
+            "/precomp/v1/jobs/lease",
+            Some(token),
+            &lease_body(worker, "25", seconds),
+        )
+    };
+    let leased = |answer: (u16, String)| -> Value {
+        assert_eq!(answer.0, 200, "{}", answer.1);
+        serde_json::from_str(&answer.1).unwrap()
+    };
+
+    // Refusals: no token, a lease length out of bounds.
+    let (status, _) = mirror.post("/precomp/v1/jobs/lease", None, &lease_body("a", "25", 60));
+    assert_eq!(status, 401);
+    let (status, text) = lease(&w1, "a", 1);
+    assert_eq!(status, 422, "{text}");
+    // Another toolchain matches nothing.
+    let (status, text) = mirror.post(
+        "/precomp/v1/jobs/lease",
+        Some(&w1),
+        &lease_body("a", "26", 60),
+    );
+    assert_eq!(status, 204, "{text}");
+
+    let first = leased(lease(&w1, "one", 2));
+    assert_eq!(first["miss"]["base_key"], shapes.as_str(), "{first}");
+    assert_eq!(first["miss"]["count"], 2);
+    assert!(first["miss"]["lock"].as_str().unwrap().contains("shapes"));
+    let job1 = first["job"].as_u64().unwrap();
+    let second = leased(lease(&w2, "two", 60));
+    assert_eq!(second["miss"]["base_key"], plain.as_str(), "{second}");
+    let job2 = second["job"].as_u64().unwrap();
+    assert_ne!(job1, job2);
+    // Both misses are under live leases: nothing for anyone.
+    let (status, text) = lease(&w2, "two", 60);
+    assert_eq!(status, 204, "{text}");
+    let (status, text) = lease(&w1, "one", 60);
+    assert_eq!(status, 204, "{text}");
+
+    // Only the token that leased a job renews it.
+    let heartbeat = |token: &str, job: u64| {
+        mirror.post(
+            &format!("/precomp/v1/jobs/{job}/heartbeat"),
+            Some(token),
+            &json!({}),
+        )
+    };
+    let (status, text) = heartbeat(&w1, job1);
+    assert_eq!(status, 200, "{text}");
+    let renewed: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(renewed["base_key"], shapes.as_str());
+    assert_eq!(renewed["lease_seconds"], 2);
+    let (status, text) = heartbeat(&w2, job1);
+    assert_eq!(status, 403, "{text}");
+    let (status, _) = heartbeat(&w1, 999_999);
+    assert_eq!(status, 404);
+
+    // No heartbeat for longer than the lease: shapes goes back to the queue, to w2.
+    std::thread::sleep(Duration::from_millis(2600));
+    let third = leased(lease(&w2, "two", 60));
+    assert_eq!(third["miss"]["base_key"], shapes.as_str(), "{third}");
+    let job3 = third["job"].as_u64().unwrap();
+    assert_ne!(job3, job1);
+    let (status, text) = heartbeat(&w1, job1);
+    assert_eq!(status, 409, "the lost lease is refused: {text}");
+    assert!(text.contains("leased again"), "{text}");
+    let (status, text) = lease(&w1, "one", 60);
+    assert_eq!(status, 204, "w2 holds both: {text}");
+
+    // w2 gives shapes back; w1 gets it.
+    let (status, text) = mirror.post(
+        &format!("/precomp/v1/jobs/{job3}/release"),
+        Some(&w2),
+        &json!({}),
+    );
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("\"released\""), "{text}");
+    let (status, _) = heartbeat(&w2, job3);
+    assert_eq!(status, 409, "a released job is not renewed");
+    let fourth = leased(lease(&w1, "one", 60));
+    assert_eq!(fourth["miss"]["base_key"], shapes.as_str(), "{fourth}");
+
+    // Closing the miss (a failure record) ends the job: its heartbeat is 409.
+    let (status, text) = mirror.post(
+        "/precomp/v1/failures",
+        Some(&w2),
+        &json!({"package": "plain_ex", "version": "1.0.0", "base_key": plain,
+                "toolchain_id": "host", "log": "boom"}),
+    );
+    assert!(status == 201 || status == 200, "{text}");
+    let (status, text) = heartbeat(&w2, job2);
+    assert_eq!(status, 409, "{text}");
+    assert!(text.contains("closed"), "{text}");
+}
+
+/// The host toolchain's OTP major and Elixir version, as `precomp toolchain list` gives them.
+fn host_toolchain(data: &Path) -> (String, String) {
+    let listed = ok(precomp(&[
+        "--data",
+        data.to_str().unwrap(),
+        "toolchain",
+        "list",
+        "--json",
+    ]));
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    let host = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == "host")
+        .unwrap()
+        .clone();
+    (
+        host["otp"].as_str().unwrap().to_string(),
+        host["elixir"].as_str().unwrap().to_string(),
+    )
+}
+
+fn worker(data: &Path, mirror: &Mirror, token: &str, extra: &[&str]) -> std::process::Output {
+    output_within(
+        worker_command(data, mirror, token, extra),
+        Duration::from_secs(600),
+    )
+}
+
+/// `precomp worker --once` against `mirror`, signing with the fixture's builder key.
+fn worker_command(data: &Path, mirror: &Mirror, token: &str, extra: &[&str]) -> Command {
+    let mut command: Command = precomp_command();
+    command
+        .arg("--data")
+        .arg(data)
+        .args(["worker", "--once", "--mirror", mirror.server.base()])
+        .args(["--token", token, "--key"])
+        .arg(Fixture::get().path("keys/builder.key"))
+        .args(extra);
+    command
+}
+
+/// `precomp worker --once` leases a reported miss, builds it in the sandbox, publishes it
+/// (the miss is closed, the index lists the build); with nothing open it says so and exits 0.
+#[test]
+fn a_worker_builds_and_publishes_a_reported_miss() {
+    let fixture = Fixture::get();
+    let mirror = Mirror::start();
+    let token = mirror.token("worker");
+    let data = data_dir("precomp-worker-data-");
+    let (otp, elixir) = host_toolchain(data.path());
+
+    let lock = fixture.lock(&["opt_user@1.0.0", "plain_ex@1.0.0"]);
+    let base_key = mirror.report_miss(&lock, "opt_user", &otp, &elixir);
+
+    // A 2 s lease, renewed by the worker's heartbeat while it builds: once the worker has
+    // the job, another worker asking for the same toolchain never gets it.
+    let other = mirror.token("other");
+    let mut command = worker_command(
+        data.path(),
+        &mirror,
+        &token,
+        &["--json", "--lease-seconds", "2"],
+    );
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let stdout = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap());
+    let stderr = child.stderr.take().unwrap();
+    let (leased_tx, leased_rx) = std::sync::mpsc::channel();
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in std::io::BufReader::new(stderr).lines() {
+            let line = line.unwrap();
+            if line.contains(": building opt_user") {
+                let _ = leased_tx.send(());
+            }
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    });
+    let leased = leased_rx.recv_timeout(Duration::from_secs(120)).is_ok();
+    let mut polls = 0;
+    while leased && child.try_wait().unwrap().is_none() {
+        let mut body = lease_body("other", &otp, 60);
+        body["elixir"] = elixir.as_str().into();
+        let (status, text) = mirror.post("/precomp/v1/jobs/lease", Some(&other), &body);
+        if status != 204 {
+            let _ = child.kill();
+        }
+        assert_eq!(status, 204, "the job is leased while it builds: {text}");
+        polls += 1;
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let status = wait_within(&mut child, Duration::from_secs(600)).unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("precomp worker still running after 600 s");
+    });
+    let output = std::process::Output {
+        status,
+        stdout: stdout.join().unwrap().into_bytes(),
+        stderr: stderr.join().unwrap().into_bytes(),
+    };
+    assert!(leased, "the worker leased no job: {}", describe(&output));
+    eprintln!("polled {polls} times while the worker built");
+    assert!(output.status.success(), "{}", describe(&output));
+    let line: Value = serde_json::from_str(
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .last()
+            .unwrap_or_else(|| panic!("no output: {}", describe(&output))),
+    )
+    .unwrap();
+    assert_eq!(line["outcome"], "published", "{line}");
+    assert_eq!(line["package"], "opt_user");
+    assert_eq!(line["base_key"], base_key.as_str());
+    assert_eq!(line["lease_lost"], false);
+    let key = line["key"].as_str().unwrap().to_string();
+
+    let misses = mirror.get("/precomp/v1/misses", Some(&token));
+    assert!(!misses.contains(&base_key), "the miss is closed: {misses}");
+    let index: Value =
+        serde_json::from_str(&mirror.get("/precomp/v1/index/opt_user", None)).unwrap();
+    let builds = index["builds"].as_array().unwrap();
+    assert!(
+        builds
+            .iter()
+            .any(|b| b["key"] == key.as_str() && b["base_key"] == base_key.as_str()),
+        "{index}"
+    );
+    // The manifest the mirror serves is the worker's, signed by its key.
+    let manifest =
+        reqwest::blocking::get(mirror.server.url(&format!("/precomp/v1/manifests/{key}")))
+            .unwrap()
+            .bytes()
+            .unwrap();
+    let pem = std::fs::read_to_string(fixture.path("keys/builder.pub")).unwrap();
+    let public = precomp_proto::manifest::ArtifactPublicKey::from_pem(&pem).unwrap();
+    let (manifest, _) = precomp_proto::manifest::SignedManifest::decode(&manifest)
+        .unwrap()
+        .verify(&[public])
+        .unwrap();
+    assert_eq!(manifest.base_key, base_key);
+
+    // Nothing open: --once says so and exits 0.
+    let output = worker(data.path(), &mirror, &token, &[]);
+    assert!(output.status.success(), "{}", describe(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("no open misses"),
+        "{}",
+        describe(&output)
+    );
+}
