@@ -7,8 +7,6 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use crate::error::ClientError;
 
 /// Bound on an index document.
@@ -20,68 +18,7 @@ pub const MAX_ARTIFACT_SIZE: u64 = precomp_proto::artifact::MAX_ARTIFACT_SIZE;
 /// Bound on the text of a miss report's lock.
 pub const MAX_MISS_LOCK: usize = 256 * 1024;
 
-/// `GET /precomp/v1/index/PACKAGE`.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-pub struct Index {
-    pub package: String,
-    pub builds: Vec<IndexBuild>,
-}
-
-/// One published build, as the index lists it.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-pub struct IndexBuild {
-    pub version: String,
-    pub key: String,
-    pub base_key: String,
-    pub otp_major: String,
-    pub elixir: String,
-    pub mix_env: String,
-    pub target: String,
-    pub artifact_sha256: String,
-    pub artifact_size: u64,
-    /// The compile-env entries: Erlang term text, `value` null when the config set none.
-    #[serde(default)]
-    pub compile_env: Vec<IndexCompileEnv>,
-    #[serde(default)]
-    pub signers: Vec<String>,
-    /// An auditor's rebuild gave other bytes (`precomp audit`): see `verdicts`.
-    #[serde(default)]
-    pub flagged: bool,
-    #[serde(default)]
-    pub verdicts: Vec<IndexVerdict>,
-}
-
-/// An auditor's verdict on a build, as the index lists it.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-pub struct IndexVerdict {
-    pub auditor: String,
-    /// `match` or `mismatch`.
-    pub result: String,
-    #[serde(default)]
-    pub summary: String,
-}
-
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-pub struct IndexCompileEnv {
-    pub app: String,
-    pub path: String,
-    pub value: Option<String>,
-}
-
-/// `POST /precomp/v1/misses`.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-pub struct MissReport {
-    pub package: String,
-    pub version: String,
-    pub base_key: String,
-    pub reason: String,
-    pub otp_major: String,
-    pub elixir: String,
-    pub mix_env: String,
-    pub target: String,
-    /// mix.lock text holding the package and its closure.
-    pub lock: String,
-}
+pub use precomp_proto::api::{CompileEnvJson, Index, IndexBuild, MissReport, VerdictSummary};
 
 /// Why a request failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

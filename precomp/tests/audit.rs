@@ -37,17 +37,9 @@ const ALL: &[&str] = &[
 /// reproducible, one nobody audited.
 const CONSUMER: &[&str] = &["nonrepro_ex@1.0.0", "plain_ex@1.0.0", "shapes@1.0.0"];
 
-/// A directory the sandbox user can reach (tempfile makes them 0700).
-fn data_dir(prefix: &str) -> tempfile::TempDir {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    dir
-}
-
 /// The repository, the keys, and every release built once by the builder.
 struct Fixture {
-    dir: tempfile::TempDir,
+    repo: FixtureRepo,
     /// The builder's data directory: publishing reuses these builds.
     builder_data: tempfile::TempDir,
 }
@@ -56,28 +48,13 @@ impl Fixture {
     fn get() -> &'static Fixture {
         static FIXTURE: OnceLock<Fixture> = OnceLock::new();
         FIXTURE.get_or_init(|| {
-            let dir = data_dir("precomp-audit-fixture-");
-            let packages = dir.path().join("packages");
-            precomp_testkit::copy_dir(&workspace().join("tests/fixtures/packages"), &packages);
-            precomp_testkit::copy_dir(
-                &workspace().join("tests/fixtures/nonrepro/nonrepro_ex"),
-                &packages.join("nonrepro_ex"),
+            let repo = FixtureRepo::new(
+                "precomp-audit-fixture-",
+                &["nonrepro/nonrepro_ex"],
+                &["builder", "auditor"],
             );
-            let repo_key = dir.path().join("repo.pem");
-            keygen(&repo_key);
-            repo_build(&packages, &repo_key, "hexpm", &dir.path().join("repo"));
-            for name in ["builder", "auditor"] {
-                ok(precomp(&[
-                    "keys",
-                    "generate",
-                    "--name",
-                    name,
-                    "--out",
-                    dir.path().join("keys").to_str().unwrap(),
-                ]));
-            }
             let fixture = Fixture {
-                dir,
+                repo,
                 builder_data: data_dir("precomp-audit-builder-"),
             };
             let mut everything = ALL.to_vec();
@@ -98,11 +75,11 @@ impl Fixture {
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.repo.path(name)
     }
 
     fn key(&self, name: &str) -> PathBuf {
-        self.path("keys").join(name)
+        self.repo.key(name)
     }
 
     fn public_key(&self, name: &str) -> ArtifactPublicKey {
@@ -110,7 +87,7 @@ impl Fixture {
     }
 
     fn repo_url(&self) -> String {
-        format!("file://{}", self.path("repo").display())
+        self.repo.repo_url()
     }
 
     /// `precomp repo lock` of `releases`, as `NAME.lock` in the fixture directory.
@@ -119,20 +96,7 @@ impl Fixture {
         if path.exists() {
             return path;
         }
-        let mut args = vec![
-            "repo".to_string(),
-            "lock".into(),
-            "--repo".into(),
-            self.path("repo").display().to_string(),
-            "--public-key".into(),
-            self.path("repo.pem.pub").display().to_string(),
-            "--out".into(),
-            path.display().to_string(),
-        ];
-        args.extend(releases.iter().map(|r| r.to_string()));
-        ok(precomp(
-            &args.iter().map(String::as_str).collect::<Vec<_>>(),
-        ));
+        self.repo.write_lock(&path, releases);
         path
     }
 }
@@ -332,13 +296,6 @@ fn every_fixture_artifact_rebuilds_to_the_same_bytes_and_is_countersigned() {
         "{}",
         describe(&output)
     );
-}
-
-/// Where toolchain images are kept between test runs (as precomp/tests/build.rs has it).
-fn toolchain_cache() -> PathBuf {
-    std::env::var_os("PRECOMP_TOOLCHAIN_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/precomp-test"))
 }
 
 /// Builds made on the host toolchain, audited on the bookworm image (the same OTP and

@@ -16,68 +16,33 @@ use common::*;
 use precomp_proto::manifest::{Manifest, SignedManifest};
 use precomp_proto::term::parse_erlang_terms;
 
-/// The fixture repository and a builder key, made once per test process.
-struct Fixture {
-    dir: tempfile::TempDir,
-}
+/// The fixture repository (with broken_ex) and a builder key, made once per test process.
+struct Fixture(FixtureRepo);
 
 impl Fixture {
     fn get() -> &'static Fixture {
         static FIXTURE: OnceLock<Fixture> = OnceLock::new();
         FIXTURE.get_or_init(|| {
-            let dir = tempfile::Builder::new()
-                .prefix("precomp-build-fixture-")
-                .tempdir()
-                .unwrap();
-            let packages = dir.path().join("packages");
-            precomp_testkit::copy_dir(&workspace().join("tests/fixtures/packages"), &packages);
-            precomp_testkit::copy_dir(
-                &workspace().join("tests/fixtures/broken/broken_ex"),
-                &packages.join("broken_ex"),
-            );
-            let repo_key = dir.path().join("repo.pem");
-            keygen(&repo_key);
-            repo_build(&packages, &repo_key, "hexpm", &dir.path().join("repo"));
-            ok(precomp(&[
-                "keys",
-                "generate",
-                "--name",
-                "builder",
-                "--out",
-                dir.path().join("keys").to_str().unwrap(),
-            ]));
-            Fixture { dir }
+            Fixture(FixtureRepo::new(
+                "precomp-build-fixture-",
+                &["broken/broken_ex"],
+                &["builder"],
+            ))
         })
     }
 
-    fn repo(&self) -> PathBuf {
-        self.dir.path().join("repo")
-    }
-
     fn mirror(&self) -> String {
-        format!("file://{}", self.repo().display())
+        self.0.repo_url()
     }
 
     fn key(&self) -> PathBuf {
-        self.dir.path().join("keys/builder.key")
+        self.0.key("builder.key")
     }
 
     /// A mix.lock of these releases, written to `dir/mix.lock`.
     fn lock(&self, dir: &Path, releases: &[&str]) -> PathBuf {
         let path = dir.join("mix.lock");
-        let mut args = vec![
-            "repo".to_string(),
-            "lock".into(),
-            "--repo".into(),
-            self.repo().display().to_string(),
-            "--public-key".into(),
-            self.dir.path().join("repo.pem.pub").display().to_string(),
-            "--out".into(),
-            path.display().to_string(),
-        ];
-        args.extend(releases.iter().map(|r| r.to_string()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        ok(precomp(&args));
+        self.0.write_lock(&path, releases);
         path
     }
 }
@@ -95,20 +60,6 @@ const ALL: &[&str] = &[
     "shapes@1.0.0",
     "tiny_nif@1.0.0",
 ];
-
-fn toolchain_cache() -> PathBuf {
-    std::env::var_os("PRECOMP_TOOLCHAIN_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/precomp-test"))
-}
-
-/// A data directory the sandbox user can reach (tempfile makes them 0700).
-fn data_dir(prefix: &str) -> tempfile::TempDir {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    dir
-}
 
 /// One package's line of `precomp build --json`.
 #[derive(Clone, Debug)]
@@ -146,7 +97,7 @@ impl Line {
 }
 
 fn builder_public_key() -> precomp_proto::manifest::ArtifactPublicKey {
-    let pem = std::fs::read_to_string(Fixture::get().dir.path().join("keys/builder.pub")).unwrap();
+    let pem = std::fs::read_to_string(Fixture::get().0.key("builder.pub")).unwrap();
     precomp_proto::manifest::ArtifactPublicKey::from_pem(&pem).unwrap()
 }
 
@@ -511,12 +462,7 @@ fn builds_are_published_to_the_mirror_and_misses_are_built() {
         "--name",
         "builder",
         "--key",
-        fixture
-            .dir
-            .path()
-            .join("keys/builder.pub")
-            .to_str()
-            .unwrap(),
+        fixture.0.key("builder.pub").to_str().unwrap(),
     ]))
     .trim()
     .to_string();
@@ -527,7 +473,7 @@ fn builds_are_published_to_the_mirror_and_misses_are_built() {
         .args(["serve", "--listen", "127.0.0.1:0", "--upstream"])
         .arg(fixture.mirror())
         .arg("--upstream-key")
-        .arg(fixture.dir.path().join("repo.pem.pub"));
+        .arg(fixture.0.path("repo.pem.pub"));
     let server = ServeProcess::spawn(command);
 
     let lock_dir = data_dir("lock-publish-");

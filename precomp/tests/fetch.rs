@@ -876,13 +876,6 @@ fn artifacts_from_precomp_build_are_hits_and_mix_compiles_none_of_them() {
     assert_eq!(consumer.run_app(fixture), RUN_OUTPUT);
 }
 
-/// Where toolchain images are kept between test runs (as `precomp/tests/build.rs` has it).
-fn toolchain_cache() -> PathBuf {
-    std::env::var_os("PRECOMP_TOOLCHAIN_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/precomp-test"))
-}
-
 /// A directory of `elixir`, `mix` and `erl` commands that run those of the toolchain image
 /// at `root` over this machine's filesystem (bubblewrap puts the image's /usr and /etc in
 /// place, every other path is the host's), so a project and precomp see the same paths.

@@ -26,9 +26,7 @@ fn data_dir() -> tempfile::TempDir {
 }
 
 fn cache_dir() -> PathBuf {
-    std::env::var_os("PRECOMP_TOOLCHAIN_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/precomp-test"))
+    common::toolchain_cache()
 }
 
 #[test]

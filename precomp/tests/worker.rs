@@ -19,66 +19,31 @@ use precomp_proto::lock::MixLock;
 use serde_json::{json, Value};
 
 /// The fixture repository and a builder key pair, made once per test process.
-struct Fixture {
-    dir: tempfile::TempDir,
-}
+struct Fixture(FixtureRepo);
 
 impl Fixture {
     fn get() -> &'static Fixture {
         static FIXTURE: OnceLock<Fixture> = OnceLock::new();
         FIXTURE.get_or_init(|| {
-            let dir = tempfile::Builder::new()
-                .prefix("precomp-worker-fixture-")
-                .tempdir()
-                .unwrap();
-            let packages = dir.path().join("packages");
-            precomp_testkit::copy_dir(&workspace().join("tests/fixtures/packages"), &packages);
-            let repo_key = dir.path().join("repo.pem");
-            keygen(&repo_key);
-            repo_build(&packages, &repo_key, "hexpm", &dir.path().join("repo"));
-            ok(precomp(&[
-                "keys",
-                "generate",
-                "--name",
-                "builder",
-                "--out",
-                dir.path().join("keys").to_str().unwrap(),
-            ]));
-            Fixture { dir }
+            Fixture(FixtureRepo::new(
+                "precomp-worker-fixture-",
+                &[],
+                &["builder"],
+            ))
         })
     }
 
     fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
+        self.0.path(rel)
     }
 
     /// `precomp repo lock` of `releases`: the mix.lock text.
     fn lock(&self, releases: &[&str]) -> String {
         let out = tempfile::tempdir().unwrap();
         let path = out.path().join("mix.lock");
-        let mut args = vec![
-            "repo".to_string(),
-            "lock".into(),
-            "--repo".into(),
-            self.path("repo").display().to_string(),
-            "--public-key".into(),
-            self.path("repo.pem.pub").display().to_string(),
-            "--out".into(),
-            path.display().to_string(),
-        ];
-        args.extend(releases.iter().map(|r| r.to_string()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        ok(precomp(&args));
+        self.0.write_lock(&path, releases);
         std::fs::read_to_string(path).unwrap()
     }
-}
-
-/// A directory the sandbox user can reach (tempfile makes them 0700).
-fn data_dir(prefix: &str) -> tempfile::TempDir {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    dir
 }
 
 /// A mirror of the fixture repository on its own data directory, with worker tokens.

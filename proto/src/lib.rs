@@ -11,6 +11,7 @@
 //! - [`buildkey`]: the build key of a precompiled artifact, and a lock's closures.
 //! - [`manifest`]: artifact manifests and their ed25519 signatures.
 //! - [`verdict`]: audit verdicts, signed by auditors who rebuilt a published artifact.
+//! - [`api`]: the JSON bodies of the mirror's artifact API.
 //! - [`artifact`]: artifact tarballs: reproducible packing, safe unpacking, checks against a
 //!   manifest.
 //! - [`config`]: a Mix project's compile-time config values, as `Application.compile_env`
@@ -20,6 +21,7 @@
 //! This crate sits at the bottom of the workspace: every other crate depends on it, it depends
 //! on none of them.
 
+pub mod api;
 pub mod artifact;
 pub mod buildkey;
 pub mod config;

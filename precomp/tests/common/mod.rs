@@ -259,3 +259,85 @@ impl Drop for ServeProcess {
         let _ = self.child.wait();
     }
 }
+
+/// A directory the sandbox user can reach (tempfile makes them 0700): data directories and
+/// anything a build reads.
+pub fn data_dir(prefix: &str) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// The toolchain store the tests share (`$PRECOMP_TOOLCHAIN_CACHE`, default
+/// `/var/cache/precomp-test`): images are built there once.
+pub fn toolchain_cache() -> PathBuf {
+    std::env::var_os("PRECOMP_TOOLCHAIN_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/precomp-test"))
+}
+
+/// A signed static repository of `tests/fixtures/packages` (plus `extra` package directories
+/// under `tests/fixtures`) at `repo/`, its key at `repo.pem`, and ed25519 keys
+/// `keys/NAME.key` / `.pub` for each of `keys`, in a directory the sandbox user can reach.
+pub struct FixtureRepo {
+    pub dir: tempfile::TempDir,
+}
+
+impl FixtureRepo {
+    pub fn new(prefix: &str, extra: &[&str], keys: &[&str]) -> FixtureRepo {
+        let dir = data_dir(prefix);
+        let packages = dir.path().join("packages");
+        copy_dir(&workspace().join("tests/fixtures/packages"), &packages);
+        for package in extra {
+            let source = workspace().join("tests/fixtures").join(package);
+            copy_dir(&source, &packages.join(source.file_name().unwrap()));
+        }
+        let repo_key = dir.path().join("repo.pem");
+        keygen(&repo_key);
+        repo_build(&packages, &repo_key, "hexpm", &dir.path().join("repo"));
+        for name in keys {
+            ok(precomp(&[
+                "keys",
+                "generate",
+                "--name",
+                name,
+                "--out",
+                dir.path().join("keys").to_str().unwrap(),
+            ]));
+        }
+        FixtureRepo { dir }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// `keys/NAME` (e.g. `builder.key`, `builder.pub`).
+    pub fn key(&self, name: &str) -> PathBuf {
+        self.path("keys").join(name)
+    }
+
+    /// The repository as a `--mirror` / `--upstream` URL.
+    pub fn repo_url(&self) -> String {
+        format!("file://{}", self.path("repo").display())
+    }
+
+    /// `precomp repo lock` of `releases` (NAME@VERSION), written to `path`.
+    pub fn write_lock(&self, path: &Path, releases: &[&str]) {
+        let mut args = vec![
+            "repo".to_string(),
+            "lock".into(),
+            "--repo".into(),
+            self.path("repo").display().to_string(),
+            "--public-key".into(),
+            self.path("repo.pem.pub").display().to_string(),
+            "--out".into(),
+            path.display().to_string(),
+        ];
+        args.extend(releases.iter().map(|r| r.to_string()));
+        ok(precomp(
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        ));
+    }
+}

@@ -25,7 +25,7 @@
 //! Tokens are made with `precomp token create`; only their SHA-256 is stored ([`token`]).
 //! [`ArtifactClient`] speaks the API for `precomp build` and `precomp fetch`.
 
-mod api;
+use precomp_proto::api;
 mod client;
 mod server;
 mod store;

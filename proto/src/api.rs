@@ -1,5 +1,6 @@
-//! The JSON bodies of the artifact API (`docs/protocol.md`, "Precompiled artifacts API"),
-//! shared by the server and [`crate::artifacts::ArtifactClient`].
+//! The JSON bodies of the mirror's artifact API (`docs/protocol.md`, "Precompiled artifacts
+//! API"): one definition for the server and every client (builders, workers, auditors,
+//! `precomp fetch`).
 
 use serde::{Deserialize, Serialize};
 
