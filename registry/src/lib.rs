@@ -12,6 +12,7 @@
 //! Depends on `precomp-proto` for every wire format.
 
 pub mod artifacts;
+mod blob_dir;
 pub mod mirror;
 pub mod source;
 pub mod static_repo;

@@ -100,15 +100,7 @@ pub struct BuildArgs {
 pub fn run(context: &Context, args: BuildArgs) -> anyhow::Result<ExitCode> {
     let data = context.data();
     let key = load_signing_key(&args.key)?;
-    let mut trusted = vec![key.public_key()];
-    for path in &args.trust {
-        let pem =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        trusted.push(
-            ArtifactPublicKey::from_pem(&pem)
-                .with_context(|| format!("{} is not an ed25519 public key", path.display()))?,
-        );
-    }
+    let trusted = trusted_keys(&key, &args.trust)?;
 
     let sandbox = Sandbox::new()?;
     let toolchain =
@@ -355,6 +347,23 @@ pub(crate) fn work_root(
             Ok(fallback)
         }
     }
+}
+
+/// The keys whose signatures make a stored build reusable: the builder's own and `--trust`.
+pub(crate) fn trusted_keys(
+    key: &ArtifactSigningKey,
+    trust: &[PathBuf],
+) -> anyhow::Result<Vec<ArtifactPublicKey>> {
+    let mut trusted = vec![key.public_key()];
+    for path in trust {
+        let pem =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        trusted.push(
+            ArtifactPublicKey::from_pem(&pem)
+                .with_context(|| format!("{} is not an ed25519 public key", path.display()))?,
+        );
+    }
+    Ok(trusted)
 }
 
 fn read_lock(path: &Path) -> anyhow::Result<MixLock> {

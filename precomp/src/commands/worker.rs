@@ -15,7 +15,6 @@ use precomp_builder::run::{self, PackageResult, Status};
 use precomp_builder::sources::SourceCache;
 use precomp_builder::store::BuildStore;
 use precomp_proto::lock::MixLock;
-use precomp_proto::manifest::ArtifactPublicKey;
 use precomp_registry::artifacts::{
     ArtifactClient, ClientError, FailureReport, Lease, LeaseRequest, MAX_LEASE_SECONDS,
     MIN_LEASE_SECONDS,
@@ -23,7 +22,8 @@ use precomp_registry::artifacts::{
 use precomp_sandbox::Sandbox;
 
 use super::build::{
-    app_for, build_and_publish, json_line, load_signing_key, resolve_toolchain, work_root, Reporter,
+    app_for, build_and_publish, json_line, load_signing_key, resolve_toolchain, trusted_keys,
+    work_root, Reporter,
 };
 use crate::Context;
 
@@ -90,15 +90,7 @@ pub fn run(context: &Context, args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let poll = Duration::from_secs(args.poll_seconds.max(1));
     let data = context.data();
     let key = load_signing_key(&args.key)?;
-    let mut trusted = vec![key.public_key()];
-    for path in &args.trust {
-        let pem =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        trusted.push(
-            ArtifactPublicKey::from_pem(&pem)
-                .with_context(|| format!("{} is not an ed25519 public key", path.display()))?,
-        );
-    }
+    let trusted = trusted_keys(&key, &args.trust)?;
     let sandbox = Sandbox::new()?;
     let toolchain =
         resolve_toolchain(&data, args.toolchains.as_deref(), &args.toolchain, &sandbox)?;

@@ -484,11 +484,7 @@ where
     if created {
         tracing::info!(sha256 = %sha, size, publisher = %publisher.name, "artifact stored");
     }
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let status = created_or_ok(created);
     Ok(json(
         status,
         &ArtifactStored {
@@ -512,18 +508,13 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let publisher = publisher(artifacts, headers).await?;
-    check_length(headers, MAX_SIGNED_MANIFEST_SIZE as u64, "the manifest")?;
-    let bytes = read_body(body, MAX_SIGNED_MANIFEST_SIZE, "the manifest").await?;
+    let bytes = read_body(headers, body, MAX_SIGNED_MANIFEST_SIZE, "the manifest").await?;
     let key = key.to_string();
     let stored = blocking(artifacts, move |a| {
         a.publish_manifest(&key, &bytes, &publisher)
     })
     .await?;
-    let status = if stored.result == "created" {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let status = created_or_ok(stored.result == "created");
     Ok(json(status, &stored, "no-store", false))
 }
 
@@ -537,15 +528,10 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let publisher = publisher(artifacts, headers).await?;
-    check_length(headers, MAX_FAILURE_BODY as u64, "the failure report")?;
-    let bytes = read_body(body, MAX_FAILURE_BODY, "the failure report").await?;
+    let bytes = read_body(headers, body, MAX_FAILURE_BODY, "the failure report").await?;
     let report: FailureReport = parse_json(&bytes, "failure report")?;
     let recorded = blocking(artifacts, move |a| a.record_failure(&report, &publisher)).await?;
-    let status = if recorded.attempts == 1 {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let status = created_or_ok(recorded.attempts == 1);
     Ok(json(status, &recorded, "no-store", false))
 }
 
@@ -567,18 +553,13 @@ where
         Ok(publisher)
     })
     .await?;
-    check_length(headers, MAX_VERDICT_BODY as u64, "the verdict")?;
-    let bytes = read_body(body, MAX_VERDICT_BODY, "the verdict").await?;
+    let bytes = read_body(headers, body, MAX_VERDICT_BODY, "the verdict").await?;
     let key = key.to_string();
     let stored = blocking(artifacts, move |a| {
         a.record_verdict(&key, &bytes, &publisher)
     })
     .await?;
-    let status = if stored.stored == "created" {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let status = created_or_ok(stored.stored == "created");
     Ok(json(status, &stored, "no-store", false))
 }
 
@@ -591,15 +572,10 @@ where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    check_length(headers, MAX_MISS_BODY as u64, "the miss report")?;
-    let bytes = read_body(body, MAX_MISS_BODY, "the miss report").await?;
+    let bytes = read_body(headers, body, MAX_MISS_BODY, "the miss report").await?;
     let report: MissReport = parse_json(&bytes, "miss report")?;
     let recorded = blocking(artifacts, move |a| a.record_miss(&report)).await?;
-    let status = if recorded.count == 1 {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let status = created_or_ok(recorded.count == 1);
     Ok(json(status, &recorded, "no-store", false))
 }
 
@@ -618,8 +594,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let publisher = publisher(artifacts, headers).await?;
-    check_length(headers, MAX_JOB_BODY as u64, "the lease request")?;
-    let bytes = read_body(body, MAX_JOB_BODY, "the lease request").await?;
+    let bytes = read_body(headers, body, MAX_JOB_BODY, "the lease request").await?;
     let request: LeaseRequest = parse_json(&bytes, "lease request")?;
     let lease = blocking(artifacts, move |a| a.lease_job(&request, &publisher)).await?;
     Ok(match lease {
@@ -647,8 +622,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let publisher = publisher(artifacts, headers).await?;
-    check_length(headers, MAX_JOB_BODY as u64, "the heartbeat")?;
-    let bytes = read_body(body, MAX_JOB_BODY, "the heartbeat").await?;
+    let bytes = read_body(headers, body, MAX_JOB_BODY, "the heartbeat").await?;
     let request: HeartbeatRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
         HeartbeatRequest::default()
     } else {
@@ -673,8 +647,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let publisher = publisher(artifacts, headers).await?;
-    check_length(headers, MAX_JOB_BODY as u64, "the release")?;
-    read_body(body, MAX_JOB_BODY, "the release").await?;
+    read_body(headers, body, MAX_JOB_BODY, "the release").await?;
     let released = blocking(artifacts, move |a| a.release_job(job, &publisher)).await?;
     Ok(json(StatusCode::OK, &released, "no-store", false))
 }
@@ -705,15 +678,32 @@ fn check_length(headers: &HeaderMap, limit: u64, what: &str) -> Result<(), Refus
     }
 }
 
+/// `201 Created` for something new, `200 OK` for what was already there.
+fn created_or_ok(created: bool) -> StatusCode {
+    if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    }
+}
+
 fn too_large(what: &str, limit: u64) -> Refusal {
     Refusal::new(413, format!("{what} is over the limit of {limit} bytes"))
 }
 
-async fn read_body<B>(body: &mut Option<B>, limit: usize, what: &str) -> Result<Bytes, Refusal>
+/// Reads a request body of at most `limit` bytes: refused before reading when its declared
+/// length is over, and while reading when it turns out to be.
+async fn read_body<B>(
+    headers: &HeaderMap,
+    body: &mut Option<B>,
+    limit: usize,
+    what: &str,
+) -> Result<Bytes, Refusal>
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    check_length(headers, limit as u64, what)?;
     let body = body.take().expect("the body is read once");
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),

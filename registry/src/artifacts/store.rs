@@ -30,7 +30,6 @@ use bytes::Bytes;
 use precomp_proto::manifest::{ArtifactPublicKey, SignedManifest};
 use prost::Message;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use rustix::fs::{flock, FlockOperation};
 use sha2::{Digest, Sha256};
 
 use super::api::{
@@ -269,30 +268,8 @@ pub struct ArtifactStore {
 impl ArtifactStore {
     /// Opens (creating if needed) the store under `root` (`DATA/artifacts`).
     pub fn open(root: &Path) -> Result<ArtifactStore, ArtifactStoreError> {
-        for dir in ["blobs/sha256", "tmp"] {
-            let dir = root.join(dir);
-            std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        }
-        // As the mirror's store: a process that gets store.lock exclusively is alone, so what
-        // is in tmp/ belongs to uploads that never finished.
-        let lock_path = root.join("store.lock");
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io(&lock_path))?;
-        if flock(&lock, FlockOperation::NonBlockingLockExclusive).is_ok() {
-            let tmp = root.join("tmp");
-            for entry in std::fs::read_dir(&tmp).map_err(io(&tmp))?.flatten() {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
-        flock(&lock, FlockOperation::LockShared).map_err(|e| ArtifactStoreError::Io {
-            path: lock_path.clone(),
-            source: e.into(),
-        })?;
+        let lock = crate::blob_dir::open(root)
+            .map_err(|(path, source)| ArtifactStoreError::Io { path, source })?;
 
         let db_path = root.join("artifacts.db");
         let db_err = |source| ArtifactStoreError::Db {

@@ -26,7 +26,6 @@ use std::sync::{Mutex, RwLock};
 
 use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension};
-use rustix::fs::{flock, FlockOperation};
 use sha2::{Digest, Sha256};
 
 #[derive(Debug, thiserror::Error)]
@@ -91,31 +90,8 @@ impl Store {
     /// Opens (creating if needed) the store under `root`, keeping up to `cache_bytes` of hot
     /// bodies in memory.
     pub fn open(root: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
-        for dir in ["blobs/sha256", "tmp"] {
-            let dir = root.join(dir);
-            std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        }
-        // Every process with the store open holds a shared lock on store.lock. One that gets it
-        // exclusively is alone: whatever is in tmp/ then belongs to downloads that never
-        // finished. Otherwise tmp/ may hold another process's blob between write and rename.
-        let lock_path = root.join("store.lock");
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io(&lock_path))?;
-        if flock(&lock, FlockOperation::NonBlockingLockExclusive).is_ok() {
-            let tmp = root.join("tmp");
-            for entry in std::fs::read_dir(&tmp).map_err(io(&tmp))?.flatten() {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
-        flock(&lock, FlockOperation::LockShared).map_err(|e| StoreError::Io {
-            path: lock_path.clone(),
-            source: e.into(),
-        })?;
+        let lock = crate::blob_dir::open(root)
+            .map_err(|(path, source)| StoreError::Io { path, source })?;
 
         let db_path = root.join("mirror.db");
         let db_err = |source| StoreError::Db {
