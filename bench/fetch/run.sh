@@ -79,7 +79,7 @@ PROJECT="$SCRATCH/project"
   --key "$SCRATCH/keys/bench.key" --prepare "$PROJECT" 2>/dev/null
 cp "$SCRATCH/mix.lock" "$PROJECT/mix.lock"
 for dep in "$PROJECT"/deps/*; do touch "$dep/.fetch"; done
-ARTIFACT_BYTES=$(python3 -c 'import json,sys; print(sum(json.loads(l)["artifact_size"] for l in open(sys.argv[1])))' "$SCRATCH/built.json")
+ARTIFACT_BYTES=$(sed -n 's/.*"artifact_size":\([0-9]*\).*/\1/p' "$SCRATCH/built.json" | awk '{ s += $1 } END { print s }')
 
 echo "bench/fetch: $PACKAGES packages ($ARTIFACT_BYTES bytes of artifacts), $(nproc) CPUs, $ROUNDS rounds"
 compile=(); fetch=(); untar=()
