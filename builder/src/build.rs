@@ -14,13 +14,15 @@ use precomp_proto::lock::{LockEntry, MixLock};
 use precomp_proto::manifest::{ArtifactSigningKey, Manifest, Output, Provenance, SignedManifest};
 use precomp_proto::term::{parse_erlang_terms, Term};
 use precomp_sandbox::toolchain::Toolchain;
-use precomp_sandbox::{Sandbox, Spec};
+use precomp_sandbox::{Cancel, Sandbox, Spec, Status};
 
 use crate::error::{io, BuildError, Result};
 use crate::project::{self, ProjectDep, PROJECT_APP};
 use crate::sources::{self, SourceCache};
 
-/// What every build of one run shares.
+/// What every build of one run shares. Cloning it is cheap (references and a few strings):
+/// give a clone another [`Cancel`] handle to cancel one run without the others.
+#[derive(Clone)]
 pub struct BuildContext<'a> {
     pub sandbox: &'a Sandbox,
     pub toolchain: &'a Toolchain,
@@ -36,6 +38,9 @@ pub struct BuildContext<'a> {
     pub work_root: PathBuf,
     /// Keep the project directory after the build (debugging).
     pub keep_work: bool,
+    /// Cancels the run: no package starts once it is cancelled, and running sandboxes are
+    /// killed. `Cancel::new()` for a run nobody cancels.
+    pub cancel: Cancel,
 }
 
 /// A dependency's artifact, installed into the project before the build.
@@ -60,6 +65,11 @@ pub enum BuildOutcome {
         reason: String,
         log: Vec<u8>,
     },
+    /// [`BuildContext::cancel`] was cancelled before or while it compiled: its sandbox was
+    /// killed and its project directory removed; nothing was built.
+    Cancelled {
+        reason: String,
+    },
 }
 
 /// Builds `app` of `lock` with its closure's artifacts already built.
@@ -76,6 +86,9 @@ pub fn build_package(
         )));
     }
     let (package, closure) = lock.closure_by_app(app)?;
+    if let Some(reason) = context.cancel.reason() {
+        return Ok(BuildOutcome::Cancelled { reason });
+    }
     std::fs::create_dir_all(&context.work_root).map_err(io(&context.work_root))?;
     let work = tempfile::Builder::new()
         .prefix(&format!("{app}-"))
@@ -120,7 +133,11 @@ pub fn build_package(
     // other builds. (Scheduler flags do not change what the compiler emits.)
     .env("ERL_FLAGS", "+sbwt none +sbwtdcpu none +sbwtdio none");
     let prepared = started.elapsed();
-    let outcome = context.sandbox.run(&spec)?;
+    // Fetching sources may have taken a while: look again before starting the sandbox.
+    if let Some(reason) = context.cancel.reason() {
+        return Ok(BuildOutcome::Cancelled { reason });
+    }
+    let outcome = context.sandbox.run_cancellable(&spec, &context.cancel)?;
     tracing::debug!(
         app,
         sources_ms = laid_out.as_millis() as u64,
@@ -128,6 +145,12 @@ pub fn build_package(
         sandbox_ms = outcome.elapsed.as_millis() as u64,
         "compiled"
     );
+    if let Status::Cancelled { reason } = outcome.status {
+        // Every process of the sandbox is dead; `work` (the half-built project) is removed
+        // when it is dropped here.
+        tracing::info!(app, %reason, "build cancelled");
+        return Ok(BuildOutcome::Cancelled { reason });
+    }
     let mut log = outcome.stdout.bytes.clone();
     log.extend_from_slice(&outcome.stderr.bytes);
     let result = if !outcome.status.success() {

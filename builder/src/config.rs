@@ -4,11 +4,11 @@
 //! run's values for those paths must give the same key. The config is evaluated at most once
 //! per run, and only when a stored build records compile-env entries.
 
-use std::sync::OnceLock;
+use std::sync::Mutex;
 
 use precomp_proto::buildkey::CompileEnvEntry;
 use precomp_proto::config::{AppConfig, DUMP_CONFIG_EXS};
-use precomp_sandbox::Spec;
+use precomp_sandbox::{Spec, Status};
 
 use crate::build::BuildContext;
 use crate::error::{io, BuildError, Result};
@@ -18,30 +18,38 @@ use crate::run::CompileEnvSource;
 /// [`CompileEnvSource`] backed by the build's config, evaluated in the sandbox.
 pub struct SandboxedConfig<'a> {
     context: &'a BuildContext<'a>,
-    evaluated: OnceLock<std::result::Result<AppConfig, String>>,
+    /// The evaluation's result, once there is one. A cancelled evaluation is not kept: the
+    /// next run sharing this config (a worker's next job) evaluates it again.
+    evaluated: Mutex<Option<std::result::Result<AppConfig, String>>>,
 }
 
 impl<'a> SandboxedConfig<'a> {
     pub fn new(context: &'a BuildContext<'a>) -> SandboxedConfig<'a> {
         SandboxedConfig {
             context,
-            evaluated: OnceLock::new(),
+            evaluated: Mutex::new(None),
         }
-    }
-
-    fn config(&self) -> Result<&AppConfig> {
-        self.evaluated
-            .get_or_init(|| evaluate(self.context).map_err(|e| e.to_string()))
-            .as_ref()
-            .map_err(|message| BuildError::Config(message.clone()))
     }
 }
 
 impl CompileEnvSource for SandboxedConfig<'_> {
     fn values_for(&self, recorded: &[CompileEnvEntry]) -> Result<Vec<CompileEnvEntry>> {
-        self.config()?
-            .entries_for(recorded)
-            .map_err(|e| BuildError::Config(e.to_string()))
+        // Held while evaluating: concurrent callers wait for the one evaluation.
+        let mut evaluated = self.evaluated.lock().unwrap_or_else(|e| e.into_inner());
+        if evaluated.is_none() {
+            match evaluate(self.context) {
+                Err(BuildError::Cancelled { reason }) => {
+                    return Err(BuildError::Cancelled { reason })
+                }
+                result => *evaluated = Some(result.map_err(|e| e.to_string())),
+            }
+        }
+        match evaluated.as_ref().expect("evaluated above") {
+            Ok(config) => config
+                .entries_for(recorded)
+                .map_err(|e| BuildError::Config(e.to_string())),
+            Err(message) => Err(BuildError::Config(message.clone())),
+        }
     }
 }
 
@@ -71,7 +79,10 @@ pub fn evaluate(context: &BuildContext<'_>) -> Result<AppConfig> {
             "host",
         ],
     );
-    let outcome = context.sandbox.run(&spec)?;
+    let outcome = context.sandbox.run_cancellable(&spec, &context.cancel)?;
+    if let Status::Cancelled { reason } = outcome.status {
+        return Err(BuildError::Cancelled { reason });
+    }
     if !outcome.status.success() {
         return Err(BuildError::Config(format!(
             "evaluating the config failed ({}):\n{}",

@@ -52,6 +52,9 @@ pub enum BuildError {
     Config(String),
     #[error("{0}")]
     Invalid(String),
+    /// The run's [`Cancel`](crate::Cancel) handle was cancelled with this reason.
+    #[error("the build was cancelled: {reason}")]
+    Cancelled { reason: String },
 }
 
 pub type Result<T, E = BuildError> = std::result::Result<T, E>;

@@ -6,6 +6,10 @@
 //! - [`build`]: one package: sandboxed `mix deps.compile`, artifact, manifest, signature.
 //! - [`run`]: a lock's packages as a DAG, in parallel, reusing stored builds.
 //! - [`store`]: the local store of artifacts, manifests and failure logs.
+//!
+//! A run is cancelled through the [`Cancel`] handle in its [`build::BuildContext`]: nothing
+//! new starts, running sandboxes are killed, and those packages end as
+//! [`run::Status::Cancelled`].
 
 pub mod build;
 pub mod config;
@@ -16,3 +20,4 @@ pub mod sources;
 pub mod store;
 
 pub use error::{BuildError, Result};
+pub use precomp_sandbox::Cancel;

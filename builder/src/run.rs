@@ -1,6 +1,8 @@
 //! A lock's packages as a DAG: each package builds once all its dependencies have an
 //! artifact, up to `jobs` builds at a time, and any package whose key is already in the
-//! store is reused instead of rebuilt.
+//! store is reused instead of rebuilt. Once the context's [`Cancel`](crate::Cancel) handle is
+//! cancelled, no package starts and running builds are killed: those packages end as
+//! [`Status::Cancelled`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Condvar, Mutex};
@@ -30,6 +32,10 @@ pub enum Status {
     },
     /// Not attempted: a dependency failed or could not be built.
     Skipped { reason: String },
+    /// The run was cancelled (`reason` as given to [`Cancel::cancel`](crate::Cancel::cancel))
+    /// before this package started, or while it compiled (its sandbox was killed). Nothing
+    /// of it was stored and no failure was recorded: it may be built again later.
+    Cancelled { reason: String },
     /// Cannot be precompiled from this lock: its closure has a git or path dependency, or an
     /// entry without an outer checksum (the key could not say what it was built against).
     NotBuildable { reason: String },
@@ -133,6 +139,25 @@ pub fn build_lock(
             loop {
                 if error.lock().unwrap().is_some() {
                     return;
+                }
+                // Cancelled: whatever has not started ends here; running builds end on
+                // their own (their sandboxes are killed) and wake the waiting workers.
+                if let Some(reason) = context.cancel.reason() {
+                    for (i, node) in nodes.iter().enumerate() {
+                        if matches!(guard[i], State::Waiting) {
+                            let result = PackageResult {
+                                app: node.app.clone(),
+                                package: node.package.clone(),
+                                status: Status::Cancelled {
+                                    reason: reason.clone(),
+                                },
+                                build: None,
+                            };
+                            progress.finished(&result);
+                            guard[i] = State::Done(Box::new(result));
+                        }
+                    }
+                    wake.notify_all();
                 }
                 let mut waiting = false;
                 let mut pick: Option<usize> = None;
@@ -257,6 +282,25 @@ fn build_node(
     node: &Node,
     dependencies: &[StoredBuild],
 ) -> Result<PackageResult> {
+    match build_or_reuse(context, reuse, lock, node, dependencies) {
+        // Cancelled while evaluating the config for reuse.
+        Err(BuildError::Cancelled { reason }) => Ok(PackageResult {
+            app: node.app.clone(),
+            package: node.package.clone(),
+            status: Status::Cancelled { reason },
+            build: None,
+        }),
+        other => other,
+    }
+}
+
+fn build_or_reuse(
+    context: &BuildContext<'_>,
+    reuse: &Reuse<'_>,
+    lock: &MixLock,
+    node: &Node,
+    dependencies: &[StoredBuild],
+) -> Result<PackageResult> {
     let result = |status, build| PackageResult {
         app: node.app.clone(),
         package: node.package.clone(),
@@ -295,6 +339,8 @@ fn build_node(
                 Some(stored),
             ))
         }
+        // Nothing is stored: no artifact, and no failure (the package did not fail).
+        BuildOutcome::Cancelled { reason } => Ok(result(Status::Cancelled { reason }, None)),
         BuildOutcome::Failed { reason, log } => {
             let base = base_inputs(context, node, Target::Any).base_key()?;
             let name = format!("{}-{}-{}", node.package.name, node.package.version, base);

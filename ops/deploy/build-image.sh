@@ -1,21 +1,40 @@
 #!/usr/bin/env bash
 # Builds the precomp container image from target/release/precomp (build it first, on Debian
-# bookworm: `cargo build --release -p precomp`). Usage: ops/deploy/build-image.sh [TAG]
-# Uses docker, or podman when docker is absent.
+# bookworm: `cargo build --release -p precomp`).
+#
+#   ops/deploy/build-image.sh [TAG] [BUILD OPTIONS...]
+#
+# BUILD OPTIONS go to `ENGINE build` as they are, e.g. `--build-arg BASE=IMAGE` for another
+# bookworm base image, or `--network=host` where the engine's bridge network cannot reach the
+# Debian mirror. ENGINE is $CONTAINER_ENGINE when set, else docker when its daemon answers,
+# else podman.
 set -euo pipefail
 tag=${1:-precomp:latest}
+shift || true
 root=$(cd "$(dirname "$0")/../.." && pwd)
 binary="$root/target/release/precomp"
 if [ ! -x "$binary" ]; then
   echo "no $binary: run \`cargo build --release -p precomp\` first" >&2
   exit 1
 fi
-engine=$(command -v docker || command -v podman || true)
+engine=${CONTAINER_ENGINE:-}
 if [ -z "$engine" ]; then
-  echo "neither docker nor podman is installed" >&2
-  exit 1
+  # A docker client without a daemon (or without access to it) cannot build.
+  if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
+    engine=docker
+  elif command -v podman >/dev/null; then
+    engine=podman
+  elif command -v docker >/dev/null; then
+    echo "docker is installed but its daemon does not answer (docker info failed), and podman" \
+      "is not installed: start the daemon, or apt-get install podman" >&2
+    exit 1
+  else
+    echo "neither docker nor podman is installed: apt-get install podman" >&2
+    exit 1
+  fi
 fi
 context=$(mktemp -d)
 trap 'rm -rf "$context"' EXIT
 cp "$binary" "$context/precomp"
-"$engine" build -f "$root/ops/deploy/Containerfile" -t "$tag" "$context"
+echo "building $tag with $engine from $binary" >&2
+"$engine" build -f "$root/ops/deploy/Containerfile" -t "$tag" "$@" "$context"

@@ -51,7 +51,8 @@ enum Command {
     /// Upload tokens for builders publishing to the mirror.
     #[command(subcommand)]
     Token(commands::token::TokenCommand),
-    /// A build worker: leases reported misses from the mirror, builds, signs and publishes them.
+    /// A build or audit worker: leases jobs from the mirror (misses to build, with --audit
+    /// published builds to rebuild and compare) and reports signed results.
     Worker(commands::worker::WorkerArgs),
     /// Rebuilds published artifacts independently and signs verdicts.
     Audit(commands::audit::AuditArgs),

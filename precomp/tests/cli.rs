@@ -153,10 +153,38 @@ fn demo_runs_the_main_job() {
         stdout.contains("build    7 packages of the sample's lock built in the sandbox"),
         "{stdout}"
     );
+    // Builder + auditor: before the audit, a fetch that requires one auditor installs
+    // nothing; the auditor rebuilds all 7 builds and every one matches; then the same fetch
+    // installs them all, each countersigned by the auditor.
     assert!(
-        stdout.contains("precomp fetch installed 6 dependencies, 0 missed"),
+        stdout.contains(
+            "policy   before any audit, precomp fetch --require-auditors 1 installs nothing: \
+             6 missed, not yet audited"
+        ),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("rebuilt the 7 published builds from source: 7 matched, 0 mismatched,"),
+        "{stdout}"
+    );
+    let fetch = stdout
+        .lines()
+        .find(|l| l.starts_with("fetch    precomp fetch installed"))
+        .unwrap_or_else(|| panic!("no precomp fetch line in {stdout}"));
+    assert!(
+        fetch.starts_with("fetch    precomp fetch installed 6 dependencies, 0 missed, "),
+        "{fetch}"
+    );
+    assert!(
+        fetch.contains(
+            " bytes, each signed by the builder and countersigned by the auditor \
+             (--require-auditors 1)"
+        ),
+        "{fetch}"
+    );
+    // The auditor worked in its own data directory, with its own key.
+    assert!(data.path().join("demo/auditor").is_dir());
+    assert!(data.path().join("demo/keys/demo-auditor.key").is_file());
     assert!(
         stdout.contains("mix compile after precomp fetch compiled none of the dependencies"),
         "{stdout}"

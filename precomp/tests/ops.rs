@@ -433,6 +433,8 @@ fn a_backup_restored_into_an_empty_data_dir_serves_the_same_bytes() {
             "init",
             "--root",
             root.join("keys/root.key").to_str().unwrap(),
+            "--builder",
+            root.join("builder.pub").to_str().unwrap(),
         ],
     ));
 

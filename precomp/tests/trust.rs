@@ -7,6 +7,12 @@
 //! The artifact is real: plain_ex (a fixture package) compiled by `mix compile` in a copy of
 //! the consumer, packed with `proto::artifact`, described by a manifest of its build inputs
 //! and signed by builder keys made with `precomp keys generate`.
+//!
+//! Then the mirror's own upload authorization following the document (the second half):
+//! keys added, revoked and given roles with `precomp keys` count for uploads from the next
+//! request on, without restarting `precomp serve`; `auditor_keys` and `trust_root` in the
+//! serve config file; a damaged or unverifiable document refuses uploads. Those manifests are
+//! signed in the test with proto's API over small packed artifacts (nothing is compiled).
 
 mod common;
 
@@ -16,9 +22,10 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use precomp_proto::buildkey::{BuildInputs, Target};
+use precomp_proto::buildkey::{BuildInputs, PackageRef, Target};
 use precomp_proto::lock::MixLock;
 use precomp_proto::manifest::{ArtifactSigningKey, Manifest, Provenance, SignedManifest};
+use precomp_proto::verdict::{manifest_digest, Verdict, MATCH, MISMATCH};
 use precomp_registry::artifacts::ArtifactClient;
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -347,8 +354,10 @@ fn clients_trust_the_documents_keys_refuse_revoked_ones_and_follow_rotations() {
     assert_eq!(cached_version(&cache), 2);
 
     // The root rotates (version 3, signed by both roots), then the new root alone adds
-    // builder-3 (version 4), who countersigns the build. The client holds version 2 and
-    // still pins the old root: it follows 3 and 4 and trusts builder-3.
+    // builder-3 (version 4), who countersigns the build: it has the auditor role too, since
+    // the mirror takes signatures added to a published manifest only from auditor keys. The
+    // client holds version 2 and still pins the old root: it follows 3 and 4 and trusts
+    // builder-3.
     ok(precomp_data(
         &data,
         &[
@@ -370,6 +379,8 @@ fn clients_trust_the_documents_keys_refuse_revoked_ones_and_follow_rotations() {
             b3_pub.to_str().unwrap(),
             "--role",
             "builder",
+            "--role",
+            "auditor",
             "--root",
             &key("root2.key"),
         ],
@@ -432,4 +443,567 @@ fn clients_trust_the_documents_keys_refuse_revoked_ones_and_follow_rotations() {
         "{}",
         describe(&stranger)
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The mirror's uploads follow the trust document
+// ---------------------------------------------------------------------------------------------
+
+/// A data directory, keys made with `precomp keys generate`, and what the CLI does with them.
+struct Site {
+    dir: tempfile::TempDir,
+}
+
+impl Site {
+    fn new() -> Site {
+        Site {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn keys(&self) -> PathBuf {
+        self.dir.path().join("keys")
+    }
+
+    /// `keys/NAME.key` and `.pub`: (private key, .pub path, key id).
+    fn key(&self, name: &str) -> (ArtifactSigningKey, PathBuf, String) {
+        generate(&self.keys(), name)
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.keys().join(name).to_str().unwrap().to_string()
+    }
+
+    /// `precomp --data DATA keys ARGS… --root keys/root.key`, which must succeed.
+    fn keys_cli(&self, args: &[&str]) {
+        let mut all = vec!["keys"];
+        all.extend(args);
+        let root = self.file("root.key");
+        all.extend(["--root", root.as_str()]);
+        ok(precomp_data(&self.data(), &all));
+    }
+
+    /// `precomp --data DATA token create --name NAME [--key KEY.pub]`: the token.
+    fn token(&self, name: &str, key: Option<&Path>) -> String {
+        let mut args = vec!["token", "create", "--name", name];
+        if let Some(key) = key {
+            args.extend(["--key", key.to_str().unwrap()]);
+        }
+        ok(precomp_data(&self.data(), &args)).trim().to_string()
+    }
+
+    /// `precomp --data DATA serve` on an empty upstream directory, with `args`.
+    fn serve(&self, args: &[&str]) -> ServeProcess {
+        let upstream = self.dir.path().join("empty-upstream");
+        std::fs::create_dir_all(&upstream).unwrap();
+        let mut command = precomp_command();
+        command
+            .arg("--data")
+            .arg(self.data())
+            .args(["serve", "--listen", "127.0.0.1:0", "--upstream"])
+            .arg(format!("file://{}", upstream.display()))
+            .args(args);
+        ServeProcess::spawn(command)
+    }
+}
+
+/// A packed artifact and the manifest of a build of shape_user 1.0.0 for Elixir `elixir`
+/// (each Elixir version another build key).
+struct Build {
+    artifact: Vec<u8>,
+    manifest: Manifest,
+}
+
+impl Build {
+    fn new(elixir: &str) -> Build {
+        let dir = tempfile::tempdir().unwrap();
+        let app = dir.path().join("shape_user");
+        std::fs::create_dir_all(app.join("ebin")).unwrap();
+        std::fs::write(
+            app.join("ebin/shape_user.app"),
+            format!("{{application,shape_user,[{{vsn,\"1.0.0\"}},{{elixir,\"{elixir}\"}}]}}.\n"),
+        )
+        .unwrap();
+        let packed = precomp_proto::artifact::pack(&app, dir.path()).unwrap();
+        let inputs = BuildInputs {
+            package: PackageRef {
+                name: "shape_user".into(),
+                version: "1.0.0".into(),
+                outer_checksum: [0x11; 32],
+            },
+            closure: vec![],
+            otp_major: "25".into(),
+            elixir: elixir.into(),
+            mix_env: "prod".into(),
+            target: Target::Any,
+            compile_env: Vec::new(),
+        };
+        let mut manifest = Manifest::default();
+        manifest.set_inputs(&inputs).unwrap();
+        manifest.output = Some(packed.output());
+        manifest.provenance = Some(Provenance {
+            toolchain_id: "host".into(),
+            toolchain_digest: "0".repeat(64),
+            builder_id: "trust-test".into(),
+            build_duration_ms: 1,
+            build_log_sha256: vec![0; 32],
+        });
+        Build {
+            artifact: packed.bytes,
+            manifest,
+        }
+    }
+
+    fn key(&self) -> &str {
+        &self.manifest.key
+    }
+
+    fn signed(&self, signers: &[&ArtifactSigningKey]) -> Vec<u8> {
+        let mut signed = SignedManifest::sign(&self.manifest, signers[0]);
+        for signer in &signers[1..] {
+            signed.countersign(signer);
+        }
+        signed.encode_to_vec()
+    }
+
+    /// A verdict by `auditor` on this build, as published (a match, or a mismatch).
+    fn verdict(&self, auditor: &ArtifactSigningKey, result: &str) -> Vec<u8> {
+        let published: [u8; 32] = Sha256::digest(&self.artifact).into();
+        let rebuilt = if result == MATCH { published } else { [9; 32] };
+        Verdict {
+            key: self.manifest.key.clone(),
+            manifest_sha256: manifest_digest(&self.manifest.encode_to_vec()).to_vec(),
+            result: result.into(),
+            published_sha256: published.to_vec(),
+            rebuilt_sha256: rebuilt.to_vec(),
+            rebuilt_size: self.artifact.len() as u64,
+            toolchain_id: "host".into(),
+            toolchain_digest: "0".repeat(64),
+            summary: if result == MATCH {
+                String::new()
+            } else {
+                "1 file differs: ebin/shape_user.app".into()
+            },
+            ..Default::default()
+        }
+        .sign(auditor)
+        .unwrap()
+        .encode_to_vec()
+    }
+}
+
+/// An HTTP answer: status and body text.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    text: String,
+}
+
+impl Answer {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("{e}: {}", self.text))
+    }
+
+    /// Asserts the status and that the body holds each of `expected`.
+    fn refused(&self, status: u16, expected: &[&str]) {
+        assert_eq!(self.status, status, "{}", self.text);
+        for text in expected {
+            assert!(self.text.contains(text), "no {text:?} in: {}", self.text);
+        }
+    }
+}
+
+fn send(method: &str, url: String, token: Option<&str>, body: Vec<u8>) -> Answer {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let mut request = client.request(method.parse().unwrap(), url).body(body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().unwrap();
+    Answer {
+        status: response.status().as_u16(),
+        text: response.text().unwrap(),
+    }
+}
+
+/// `PUT artifacts/SHA256` of the build's artifact.
+fn upload_artifact(server: &ServeProcess, token: &str, build: &Build) -> Answer {
+    let sha = hex::encode(Sha256::digest(&build.artifact));
+    send(
+        "PUT",
+        server.url(&format!("/precomp/v1/artifacts/{sha}")),
+        Some(token),
+        build.artifact.clone(),
+    )
+}
+
+/// `PUT manifests/KEY` of `signed` (the artifact uploaded first, as builders do).
+fn upload(server: &ServeProcess, token: &str, build: &Build, signed: Vec<u8>) -> Answer {
+    let artifact = upload_artifact(server, token, build);
+    if !matches!(artifact.status, 200 | 201) {
+        return artifact;
+    }
+    send(
+        "PUT",
+        server.url(&format!("/precomp/v1/manifests/{}", build.key())),
+        Some(token),
+        signed,
+    )
+}
+
+fn post_verdict(server: &ServeProcess, token: &str, build: &Build, verdict: Vec<u8>) -> Answer {
+    send(
+        "POST",
+        server.url(&format!("/precomp/v1/verdicts/{}", build.key())),
+        Some(token),
+        verdict,
+    )
+}
+
+/// A list field of an index entry (the index leaves out empty ones).
+fn listed(entry: &serde_json::Value, field: &str) -> Vec<String> {
+    entry
+        .get(field)
+        .map(|v| serde_json::from_value(v.clone()).unwrap())
+        .unwrap_or_default()
+}
+
+/// The index's entry for `build`.
+fn indexed(server: &ServeProcess, build: &Build) -> serde_json::Value {
+    let answer = send(
+        "GET",
+        server.url("/precomp/v1/index/shape_user"),
+        None,
+        Vec::new(),
+    );
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    answer.json()["builds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["key"] == build.key())
+        .cloned()
+        .unwrap_or_else(|| panic!("{} is not indexed: {}", build.key(), answer.text))
+}
+
+#[test]
+fn a_builder_key_the_document_adds_publishes_at_once_and_nothing_once_revoked() {
+    let site = Site::new();
+    site.key("root");
+    let (builder, builder_pub, builder_id) = site.key("builder-1");
+    let (_, auditor_pub, _) = site.key("auditor-1");
+    site.keys_cli(&["init", "--auditor", auditor_pub.to_str().unwrap()]);
+    let token = site.token("ci", None);
+    let server = site.serve(&[]);
+    let (first, second) = (Build::new("1.14.0"), Build::new("1.15.0"));
+
+    // Not in the document, not configured: refused.
+    upload(&server, &token, &first, first.signed(&[&builder])).refused(403, &["no signature by"]);
+
+    // `precomp keys add --role builder` on the mirror's data directory: the next upload by a
+    // token bound to no key is published, without a restart.
+    site.keys_cli(&["add", builder_pub.to_str().unwrap(), "--role", "builder"]);
+    let published = upload(&server, &token, &first, first.signed(&[&builder]));
+    assert_eq!(published.status, 201, "{}", published.text);
+    assert_eq!(published.json()["signers"], serde_json::json!([builder_id]));
+
+    // Revoked: the next upload it signed is refused, naming the key, version and reason.
+    site.keys_cli(&["revoke", &builder_id, "--reason", "laptop stolen"]);
+    upload(&server, &token, &second, second.signed(&[&builder])).refused(
+        403,
+        &[&builder_id, "trust document version 3", "\"laptop stolen\""],
+    );
+    // Nothing was published under the second key.
+    let missing = send(
+        "GET",
+        server.url(&format!("/precomp/v1/manifests/{}", second.key())),
+        None,
+        Vec::new(),
+    );
+    assert_eq!(missing.status, 404, "{}", missing.text);
+}
+
+#[test]
+fn a_token_bound_to_a_revoked_key_is_refused_though_it_published_before() {
+    let site = Site::new();
+    site.key("root");
+    let (builder, builder_pub, builder_id) = site.key("builder-1");
+    let (stranger, stranger_pub, stranger_id) = site.key("stranger");
+    site.keys_cli(&["init", "--builder", builder_pub.to_str().unwrap()]);
+    let token = site.token("builder-1", Some(&builder_pub));
+    let stranger_token = site.token("stranger", Some(&stranger_pub));
+    let server = site.serve(&[]);
+    let (first, second) = (Build::new("1.14.0"), Build::new("1.15.0"));
+
+    let published = upload(&server, &token, &first, first.signed(&[&builder]));
+    assert_eq!(published.status, 201, "{}", published.text);
+
+    // With a trust document, a token's own key counts only with a role in it (without one
+    // the mirror trusts a token's bound key unconditionally).
+    upload(
+        &server,
+        &stranger_token,
+        &second,
+        second.signed(&[&stranger]),
+    )
+    .refused(403, &[&stranger_id, "neither a builder nor an auditor key"]);
+
+    site.keys_cli(&["revoke", &builder_id, "--reason", "key leaked"]);
+    // Refused before any body is stored: the artifact upload already.
+    upload_artifact(&server, &token, &second).refused(
+        403,
+        &[
+            &builder_id,
+            "\"key leaked\"",
+            "version 2",
+            "precomp token revoke builder-1",
+        ],
+    );
+    let manifest = send(
+        "PUT",
+        server.url(&format!("/precomp/v1/manifests/{}", second.key())),
+        Some(&token),
+        second.signed(&[&builder]),
+    );
+    manifest.refused(403, &["key leaked"]);
+}
+
+#[test]
+fn an_auditor_key_the_document_adds_countersigns_and_posts_verdicts_until_revoked() {
+    let site = Site::new();
+    site.key("root");
+    let (builder, builder_pub, builder_id) = site.key("builder-1");
+    let (auditor, auditor_pub, auditor_id) = site.key("auditor-1");
+    site.keys_cli(&["init", "--builder", builder_pub.to_str().unwrap()]);
+    let builder_token = site.token("builder-1", Some(&builder_pub));
+    let auditor_token = site.token("auditor-1", Some(&auditor_pub));
+    let server = site.serve(&[]);
+    let (build, other) = (Build::new("1.14.0"), Build::new("1.15.0"));
+    let published = upload(&server, &builder_token, &build, build.signed(&[&builder]));
+    assert_eq!(published.status, 201, "{}", published.text);
+
+    // Not an auditor yet: neither verdicts nor countersignatures.
+    post_verdict(
+        &server,
+        &auditor_token,
+        &build,
+        build.verdict(&auditor, MATCH),
+    )
+    .refused(403, &["trusts no auditor keys"]);
+    upload(
+        &server,
+        &auditor_token,
+        &build,
+        build.signed(&[&builder, &auditor]),
+    )
+    .refused(403, &[&auditor_id]);
+
+    // `precomp keys add --role auditor`: from the next request on.
+    site.keys_cli(&["add", auditor_pub.to_str().unwrap(), "--role", "auditor"]);
+    let countersigned = upload(
+        &server,
+        &auditor_token,
+        &build,
+        build.signed(&[&builder, &auditor]),
+    );
+    assert_eq!(countersigned.status, 200, "{}", countersigned.text);
+    assert_eq!(countersigned.json()["result"], "countersigned");
+    let entry = indexed(&server, &build);
+    assert_eq!(
+        listed(&entry, "signers"),
+        [builder_id.clone(), auditor_id.clone()]
+    );
+    assert_eq!(
+        listed(&entry, "auditors"),
+        vec![auditor_id.clone()],
+        "{entry}"
+    );
+    let verdict = post_verdict(
+        &server,
+        &auditor_token,
+        &build,
+        build.verdict(&auditor, MATCH),
+    );
+    assert_eq!(verdict.status, 201, "{}", verdict.text);
+    // An auditor countersigns; it does not publish new manifests.
+    upload(&server, &auditor_token, &other, other.signed(&[&auditor]))
+        .refused(403, &["role check failed", "builder key"]);
+    // The builder uploading what it published again changes nothing.
+    let again = upload(&server, &builder_token, &build, build.signed(&[&builder]));
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(again.json()["result"], "unchanged");
+
+    // Revoked: no more verdicts, and its countersignature no longer makes an auditor.
+    site.keys_cli(&["revoke", &auditor_id, "--reason", "audits faked"]);
+    post_verdict(
+        &server,
+        &auditor_token,
+        &build,
+        build.verdict(&auditor, MISMATCH),
+    )
+    .refused(403, &[&auditor_id, "\"audits faked\"", "version 3"]);
+    let entry = indexed(&server, &build);
+    assert!(listed(&entry, "auditors").is_empty(), "{entry}");
+    assert_eq!(
+        listed(&entry, "signers").len(),
+        2,
+        "the countersignature stays: {entry}"
+    );
+    assert_ne!(
+        entry.get("flagged"),
+        Some(&serde_json::json!(true)),
+        "the refused mismatch was stored: {entry}"
+    );
+}
+
+#[test]
+fn auditor_keys_and_trust_root_in_the_config_file_are_honoured() {
+    let site = Site::new();
+    let (root, _, _) = site.key("root");
+    let (_, stranger_root_pub, _) = site.key("stranger-root");
+    let (builder, builder_pub, _) = site.key("builder-1");
+    let (auditor, auditor_pub, auditor_id) = site.key("auditor-1");
+    let (_, other_pub, _) = site.key("other-auditor");
+    let token = site.token("ci", None);
+    let auditor_token = site.token("auditor-1", Some(&auditor_pub));
+    let config = |extra: &str| {
+        let path = site.dir.path().join("precomp.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "builder_keys = [{:?}]\nauditor_keys = [{:?}]\n{extra}",
+                builder_pub.to_str().unwrap(),
+                auditor_pub.to_str().unwrap(),
+            ),
+        )
+        .unwrap();
+        path.to_str().unwrap().to_string()
+    };
+
+    // No trust document: the file's auditor key posts verdicts and is listed as an auditor.
+    let server = site.serve(&["--config", &config("")]);
+    let build = Build::new("1.14.0");
+    let published = upload(&server, &token, &build, build.signed(&[&builder]));
+    assert_eq!(published.status, 201, "{}", published.text);
+    let countersigned = upload(
+        &server,
+        &auditor_token,
+        &build,
+        build.signed(&[&builder, &auditor]),
+    );
+    assert_eq!(countersigned.status, 200, "{}", countersigned.text);
+    assert_eq!(
+        listed(&indexed(&server, &build), "auditors"),
+        vec![auditor_id.clone()]
+    );
+    let verdict = post_verdict(
+        &server,
+        &auditor_token,
+        &build,
+        build.verdict(&auditor, MATCH),
+    );
+    assert_eq!(verdict.status, 201, "{}", verdict.text);
+    drop(server);
+
+    // --auditor-key replaces the file's list.
+    let server = site.serve(&[
+        "--config",
+        &config(""),
+        "--auditor-key",
+        other_pub.to_str().unwrap(),
+    ]);
+    post_verdict(
+        &server,
+        &auditor_token,
+        &build,
+        build.verdict(&auditor, MATCH),
+    )
+    .refused(403, &["not one of this mirror's auditor keys"]);
+    assert!(listed(&indexed(&server, &build), "auditors").is_empty());
+    drop(server);
+
+    // trust_root pins a root: with none issued yet, and with a document another root issued,
+    // uploads are refused; --trust-root replaces the file's.
+    let pinned_stranger = config(&format!(
+        "trust_root = {:?}\n",
+        stranger_root_pub.to_str().unwrap()
+    ));
+    let server = site.serve(&["--config", &pinned_stranger]);
+    let other = Build::new("1.15.0");
+    upload(&server, &token, &other, other.signed(&[&builder]))
+        .refused(503, &["no trust document", "precomp keys init"]);
+    site.keys_cli(&["init", "--builder", builder_pub.to_str().unwrap()]);
+    upload(&server, &token, &other, other.signed(&[&builder]))
+        .refused(503, &["root check failed", &root.public_key().key_id()]);
+    drop(server);
+    let server = site.serve(&[
+        "--config",
+        &pinned_stranger,
+        "--trust-root",
+        &site.file("root.pub"),
+    ]);
+    let published = upload(&server, &token, &other, other.signed(&[&builder]));
+    assert_eq!(published.status, 201, "{}", published.text);
+}
+
+#[test]
+fn a_tampered_trust_document_refuses_uploads_until_it_is_restored() {
+    let site = Site::new();
+    site.key("root");
+    let (builder, builder_pub, _) = site.key("builder-1");
+    let (auditor, auditor_pub, _) = site.key("auditor-1");
+    site.keys_cli(&[
+        "init",
+        "--builder",
+        builder_pub.to_str().unwrap(),
+        "--auditor",
+        auditor_pub.to_str().unwrap(),
+    ]);
+    let token = site.token("ci", None);
+    let auditor_token = site.token("auditor-1", Some(&auditor_pub));
+    // The same keys configured too: a broken document must not fall back to them.
+    let server = site.serve(&[
+        "--builder-key",
+        builder_pub.to_str().unwrap(),
+        "--auditor-key",
+        auditor_pub.to_str().unwrap(),
+    ]);
+    let (first, second) = (Build::new("1.14.0"), Build::new("1.15.0"));
+    let published = upload(&server, &token, &first, first.signed(&[&builder]));
+    assert_eq!(published.status, 201, "{}", published.text);
+
+    // One byte flipped in the middle of DATA/trust/trust.doc.
+    let path = site.data().join("trust/trust.doc");
+    let original = std::fs::read(&path).unwrap();
+    let mut tampered = original.clone();
+    let middle = tampered.len() / 2;
+    tampered[middle] ^= 0x01;
+    std::fs::write(&path, &tampered).unwrap();
+    let expected = [
+        "uploads are refused until the mirror's trust document can be used",
+        "check failed",
+        "trust.doc",
+    ];
+    upload(&server, &token, &second, second.signed(&[&builder])).refused(503, &expected);
+    post_verdict(
+        &server,
+        &auditor_token,
+        &first,
+        first.verdict(&auditor, MATCH),
+    )
+    .refused(503, &expected);
+    // Reading goes on.
+    assert_eq!(listed(&indexed(&server, &first), "signers").len(), 1);
+
+    // Put back: uploads resume without a restart.
+    std::fs::write(&path, &original).unwrap();
+    let published = upload(&server, &token, &second, second.signed(&[&builder]));
+    assert_eq!(published.status, 201, "{}", published.text);
 }

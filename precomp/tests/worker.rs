@@ -2,6 +2,9 @@
 //! (exclusive while live, back in the queue once expired, lost leases refused), and a worker
 //! building a reported miss in the sandbox on the host toolchain and publishing it.
 //!
+//! A worker stops a job's build when it gets SIGTERM (and releases the job) or when the mirror
+//! ends its lease (and leaves it).
+//!
 //! The fixture packages are served from a signed static repository (`precomp repo build`)
 //! as the mirror's upstream; locks come from `precomp repo lock`.
 
@@ -25,9 +28,10 @@ impl Fixture {
     fn get() -> &'static Fixture {
         static FIXTURE: OnceLock<Fixture> = OnceLock::new();
         FIXTURE.get_or_init(|| {
+            // slow_ex (tests/fixtures/slow) compiles for a minute: a build to stop.
             Fixture(FixtureRepo::new(
                 "precomp-worker-fixture-",
-                &[],
+                &["slow/slow_ex"],
                 &["builder"],
             ))
         })
@@ -415,4 +419,224 @@ fn a_worker_builds_and_publishes_a_reported_miss() {
         "{}",
         describe(&output)
     );
+}
+
+/// A worker building slow_ex (which compiles for a minute), started in the background; its
+/// output collected, `building` signalled once it has the job.
+struct SlowJob {
+    child: std::process::Child,
+    stdout: std::thread::JoinHandle<String>,
+    stderr: std::thread::JoinHandle<String>,
+    data: tempfile::TempDir,
+    base_key: String,
+    otp: String,
+    elixir: String,
+}
+
+impl SlowJob {
+    fn start(mirror: &Mirror, token: &str, extra: &[&str]) -> SlowJob {
+        let fixture = Fixture::get();
+        let data = data_dir("precomp-worker-slow-");
+        let (otp, elixir) = host_toolchain(data.path());
+        let lock = fixture.lock(&["slow_ex@1.0.0"]);
+        let base_key = mirror.report_miss(&lock, "slow_ex", &otp, &elixir);
+        let mut command = precomp_command();
+        command
+            .arg("--data")
+            .arg(data.path())
+            .args(["worker", "--json", "--poll-seconds", "1", "--mirror"])
+            .arg(mirror.server.base())
+            .args(["--token", token, "--key"])
+            .arg(fixture.path("keys/builder.key"))
+            .args(extra);
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let stdout = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap());
+        let stderr = child.stderr.take().unwrap();
+        let (building_tx, building_rx) = std::sync::mpsc::channel();
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            for line in std::io::BufReader::new(stderr).lines() {
+                let line = line.unwrap();
+                if line.contains(": building slow_ex") {
+                    let _ = building_tx.send(());
+                }
+                text.push_str(&line);
+                text.push('\n');
+            }
+            text
+        });
+        let mut job = SlowJob {
+            child,
+            stdout,
+            stderr,
+            data,
+            base_key,
+            otp,
+            elixir,
+        };
+        if building_rx.recv_timeout(Duration::from_secs(120)).is_err() {
+            let _ = job.child.kill();
+            panic!("the worker never started building slow_ex");
+        }
+        // Until its sandbox runs: a bwrap naming the worker's data directory.
+        let started = std::time::Instant::now();
+        while job.sandboxes() == 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "no sandbox of the worker appeared"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        job
+    }
+
+    /// Processes whose command line names the worker's data directory other than the worker
+    /// itself: its sandboxes (bwrap binds the build directory from there).
+    fn sandboxes(&self) -> usize {
+        let data = self.data.path().to_str().unwrap().to_string();
+        let worker = self.child.id().to_string();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|entry| {
+                let name = entry.ok()?.file_name().into_string().ok()?;
+                name.parse::<u32>().ok()?;
+                (name != worker).then_some(name)
+            })
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .map(|cmdline| String::from_utf8_lossy(&cmdline).contains(&data))
+                    .unwrap_or(false)
+            })
+            .count()
+    }
+
+    /// Waits for the worker to exit (within `limit`); its output and the time it took.
+    fn finish(mut self, limit: Duration) -> (std::process::Output, Duration, SlowJobLeft) {
+        let started = std::time::Instant::now();
+        let status = wait_within(&mut self.child, limit).unwrap_or_else(|| {
+            let _ = self.child.kill();
+            panic!("the worker still ran {limit:?} after it was told to stop");
+        });
+        let took = started.elapsed();
+        let sandboxes = self.sandboxes();
+        let output = std::process::Output {
+            status,
+            stdout: self.stdout.join().unwrap().into_bytes(),
+            stderr: self.stderr.join().unwrap().into_bytes(),
+        };
+        let left = SlowJobLeft {
+            sandboxes,
+            // The store's manifests, artifacts and failure logs (DATA/builds/…).
+            stored: ["manifests", "artifacts", "failures"]
+                .iter()
+                .map(|dir| {
+                    std::fs::read_dir(self.data.path().join("builds").join(dir))
+                        .map(|entries| entries.count())
+                        .unwrap_or(0)
+                })
+                .sum(),
+        };
+        (output, took, left)
+    }
+}
+
+/// What a stopped worker left behind.
+struct SlowJobLeft {
+    sandboxes: usize,
+    stored: usize,
+}
+
+fn last_json_line(output: &std::process::Output) -> Value {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .last()
+        .unwrap_or_else(|| panic!("no output: {}", describe(output)));
+    serde_json::from_str(line).unwrap()
+}
+
+/// SIGTERM while a job's sandbox compiles: the sandbox is killed, nothing is published, the
+/// job goes back to the queue (another worker leases it at once), and the worker exits 0.
+#[test]
+fn sigterm_stops_the_build_releases_the_job_and_exits() {
+    let mirror = Mirror::start();
+    let token = mirror.token("stopping");
+    let job = SlowJob::start(&mirror, &token, &["--lease-seconds", "60"]);
+    let status = Command::new("kill")
+        .args(["-TERM", &job.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (base_key, otp, elixir) = (job.base_key.clone(), job.otp.clone(), job.elixir.clone());
+    let (output, took, left) = job.finish(Duration::from_secs(30));
+    eprintln!("the worker stopped {took:?} after SIGTERM");
+    assert!(output.status.success(), "{}", describe(&output));
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    let line = last_json_line(&output);
+    assert_eq!(line["outcome"], "cancelled", "{line}");
+    assert!(
+        line["reason"].as_str().unwrap().contains("SIGTERM"),
+        "{line}"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("released for another worker"), "{stderr}");
+    assert_eq!(left.sandboxes, 0, "a sandbox outlived the worker");
+    assert_eq!(left.stored, 0, "a cancelled build was stored");
+    // Not published, and back in the queue: another worker (a live 60 s lease aside) gets it.
+    let index = reqwest::blocking::get(mirror.server.url("/precomp/v1/index/slow_ex")).unwrap();
+    assert!(
+        index.status() == 404 || !index.text().unwrap().contains(&base_key),
+        "nothing of slow_ex is published"
+    );
+    let other = mirror.token("other");
+    let mut body = lease_body("other", &otp, 60);
+    body["elixir"] = elixir.as_str().into();
+    let (status, text) = mirror.post("/precomp/v1/jobs/lease", Some(&other), &body);
+    assert_eq!(status, 200, "{text}");
+    let lease: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(lease["miss"]["base_key"], base_key.as_str(), "{lease}");
+}
+
+/// The mirror ends the lease while the job builds (here: someone records the miss's failure,
+/// which closes it): the next heartbeat is refused, the build is stopped at once, nothing is
+/// reported, and `--once` exits with the outcome `lease_lost`.
+#[test]
+fn a_lease_the_mirror_ends_stops_the_build() {
+    let mirror = Mirror::start();
+    let token = mirror.token("losing");
+    let job = SlowJob::start(&mirror, &token, &["--once", "--lease-seconds", "3"]);
+    let other = mirror.token("closer");
+    let (status, text) = mirror.post(
+        "/precomp/v1/failures",
+        Some(&other),
+        &json!({"package": "slow_ex", "version": "1.0.0", "base_key": job.base_key,
+                "toolchain_id": "elsewhere", "log": "built and failed elsewhere\n"}),
+    );
+    assert!(status == 200 || status == 201, "{status} {text}");
+    // A heartbeat every second: the build stops within a few.
+    let (output, took, left) = job.finish(Duration::from_secs(30));
+    eprintln!("the worker stopped {took:?} after the lease ended");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(!output.status.success(), "{}", describe(&output));
+    let line = last_json_line(&output);
+    assert_eq!(line["outcome"], "lease_lost", "{line}");
+    assert_eq!(line["lease_lost"], true, "{line}");
+    assert!(
+        line["reason"].as_str().unwrap().contains("ended the lease"),
+        "{line}"
+    );
+    assert_eq!(left.sandboxes, 0, "a sandbox outlived the worker");
+    assert_eq!(left.stored, 0, "a cancelled build was stored");
+    // Only the failure someone else recorded: the worker reported nothing.
+    let failures = mirror.get("/precomp/v1/failures/slow_ex", None);
+    let failures: Value = serde_json::from_str(&failures).unwrap();
+    let failures = failures["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0]["toolchain_id"], "elsewhere");
 }

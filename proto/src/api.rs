@@ -259,10 +259,51 @@ pub struct ManifestStored {
     pub closed_misses: u64,
 }
 
-/// `POST /precomp/v1/jobs/lease`: a build worker asks for the most-reported open miss it can
-/// build.
+/// Bound on `fewer_than` in an audit [`LeaseRequest`].
+pub const MAX_FEWER_THAN: u32 = 64;
+
+/// Bound on the `reason` of a [`ReleaseRequest`], in bytes.
+pub const MAX_RELEASE_REASON: usize = 1024;
+
+/// What a job is: building an open miss, or auditing a published build.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    /// Build an open miss and publish it (or record its failure).
+    #[default]
+    Build,
+    /// Rebuild a published build and post a verdict on it (docs/audit.md).
+    Audit,
+}
+
+impl JobKind {
+    /// `build` or `audit`, as the API and the `leases` table spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Build => "build",
+            JobKind::Audit => "audit",
+        }
+    }
+}
+
+impl std::fmt::Display for JobKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// `POST /precomp/v1/jobs/lease`: a worker asks for the next job it can do. Build jobs (the
+/// default): the most-reported open miss for its toolchain. Audit jobs: the published build
+/// with the fewest audits that its auditor key has not audited.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseRequest {
+    /// `build` when absent, so clients that predate audit jobs keep working.
+    #[serde(default)]
+    pub kind: JobKind,
     /// The worker's name (for the operator): 1 to 64 letters, digits, `-`, `_`, `.`.
     pub worker: String,
     pub otp_major: String,
@@ -271,8 +312,25 @@ pub struct LeaseRequest {
     /// The targets the worker builds, e.g. `["any", "x86_64-linux-gnu"]` (1 to 16).
     pub targets: Vec<String>,
     /// How long the lease lasts without a heartbeat, within
-    /// [`crate::artifacts::MIN_LEASE_SECONDS`]..=[`crate::artifacts::MAX_LEASE_SECONDS`].
+    /// `MIN_LEASE_SECONDS..=MAX_LEASE_SECONDS` (registry's `artifacts`).
     pub lease_seconds: u64,
+    /// Audit jobs: only builds that fewer than this many distinct auditors have audited
+    /// (countersigned or posted a verdict on); 1 to [`MAX_FEWER_THAN`], default 1. Ignored for
+    /// build jobs.
+    #[serde(default = "one")]
+    pub fewer_than: u32,
+    /// Audit jobs: the key id (`ed25519:…`) of the key the worker signs verdicts with. Optional
+    /// when the token allows a single auditor key (a token bound to it); else required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auditor: Option<String>,
+}
+
+/// A published build to audit: its package and its index entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditBuild {
+    pub package: String,
+    #[serde(flatten)]
+    pub build: IndexBuild,
 }
 
 /// The answer to a [`LeaseRequest`] when a job was leased (`200`; `204` when none).
@@ -280,11 +338,18 @@ pub struct LeaseRequest {
 pub struct Lease {
     /// The job id: `POST /precomp/v1/jobs/ID/heartbeat` and `.../release`.
     pub job: u64,
+    /// `build` (then `miss` is set) or `audit` (then `build` is set); `build` when absent.
+    #[serde(default)]
+    pub kind: JobKind,
     /// Unix seconds; the job goes back to the queue after this without a heartbeat.
     pub lease_expires_at: i64,
     pub lease_seconds: u64,
-    /// What to build.
-    pub miss: Miss,
+    /// A build job: the miss to build.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub miss: Option<Miss>,
+    /// An audit job: the published build to rebuild and compare.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<AuditBuild>,
 }
 
 /// `POST /precomp/v1/jobs/ID/heartbeat` (body optional).
@@ -299,17 +364,59 @@ pub struct HeartbeatRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseRenewed {
     pub job: u64,
+    #[serde(default)]
+    pub kind: JobKind,
+    /// The miss's base key; for an audit job, the audited build's.
     pub base_key: String,
+    /// An audit job: the audited build's key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     /// Unix seconds.
     pub lease_expires_at: i64,
     pub lease_seconds: u64,
+}
+
+/// How a worker gives a job back (`POST /precomp/v1/jobs/ID/release`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReleaseOutcome {
+    /// Back in the queue, for any worker.
+    #[default]
+    Released,
+    /// Audit jobs: the rebuild failed here; never offered to this token again.
+    Failed,
+}
+
+impl ReleaseOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReleaseOutcome::Released => "released",
+            ReleaseOutcome::Failed => "failed",
+        }
+    }
+}
+
+/// The body of `POST /precomp/v1/jobs/ID/release` (optional: empty is a plain release).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseRequest {
+    #[serde(default)]
+    pub outcome: ReleaseOutcome,
+    /// Why (for `failed`): one line, at most [`MAX_RELEASE_REASON`] bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// The answer to `POST /precomp/v1/jobs/ID/release`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseReleased {
     pub job: u64,
+    #[serde(default)]
+    pub kind: JobKind,
     pub base_key: String,
-    /// `released`, `already_released`, or `closed` (the miss was closed meanwhile).
+    /// An audit job: the audited build's key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// `released`, `failed` (an audit job ended as failed), `already_released` (a repeat),
+    /// or `closed` (the miss was closed, or the audit's verdict posted, meanwhile).
     pub result: String,
 }

@@ -10,7 +10,9 @@ pub enum Error {
     #[error(
         "bwrap could not set up the sandbox: {message}. Check that unprivileged user namespaces \
          are enabled (sysctl kernel.unprivileged_userns_clone=1, user.max_user_namespaces > 0) \
-         and that every path handed to the sandbox exists"
+         and that every path handed to the sandbox exists. Inside a container, the runtime must \
+         also let bwrap create namespaces and mount a /proc (podman: --security-opt \
+         seccomp=unconfined --security-opt unmask=ALL; see docs/operations.md \"Container\")"
     )]
     Setup { message: String },
 

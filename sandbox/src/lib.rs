@@ -10,7 +10,8 @@
 //!   capabilities, no new privileges, nested user namespaces disabled), runs it as an
 //!   unprivileged uid (`nobody` when we are root), enforces the limits (cgroup v2 when
 //!   delegated to us, rlimits otherwise), kills the whole tree on time-out and returns an
-//!   [`Outcome`].
+//!   [`Outcome`]. [`Sandbox::run_cancellable`] also kills it when a [`Cancel`] handle is
+//!   cancelled from another thread.
 //! - [`toolchain::Store`] builds Debian images with debootstrap, digests them
 //!   ([`tree::manifest`]), stores them content-addressed under the data directory, finds them
 //!   by id, digest, suite or `host`, and verifies them.
@@ -18,6 +19,7 @@
 //! The threat model — what a hostile package can and cannot do — is in `docs/sandbox.md`.
 
 mod bwrap;
+mod cancel;
 mod cgroup;
 mod error;
 mod run;
@@ -26,6 +28,7 @@ pub mod toolchain;
 pub mod tree;
 
 pub use bwrap::{arguments as bwrap_arguments, SHM_BYTES, SYSTEM_DIRS};
+pub use cancel::Cancel;
 pub use cgroup::Enforcement;
 pub use error::{Error, Result};
 pub use run::{command_line, Captured, Identity, Outcome, Sandbox, Status};

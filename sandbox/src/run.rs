@@ -13,10 +13,17 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::bwrap;
+use crate::cancel::Cancel;
 use crate::cgroup::{Cgroup, Enforcement};
 use crate::error::{Error, Result};
 use crate::spec::{Root, Spec, Stdio};
 use crate::tree;
+
+/// The longest the watcher sleeps between looks at the sandbox (exit, cancel, limits).
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// How long a kill waits for bwrap to report the namespace's init (see the watcher loop).
+const INIT_REPORT_GRACE: Duration = Duration::from_secs(2);
 
 /// The host uid and gid a sandbox runs as.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +64,9 @@ pub enum Status {
     OutputTooLarge { bytes: u64 },
     /// bwrap itself was killed by this signal (for example by the kernel's OOM killer).
     Killed(i32),
+    /// The run was cancelled ([`Sandbox::run_cancellable`]); every process of the sandbox was
+    /// killed. `reason` is the one given to [`Cancel::cancel`].
+    Cancelled { reason: String },
 }
 
 impl Status {
@@ -65,13 +75,15 @@ impl Status {
     }
 
     /// The exit code a CLI should end with: the command's own, 124 on time-out (as
-    /// `timeout(1)`), 125 when the output was too large, 128 + N for a signal.
+    /// `timeout(1)`), 125 when the output was too large, 128 + N for a signal, 130 (as for
+    /// SIGINT) when cancelled.
     pub fn exit_code(&self) -> i32 {
         match self {
             Status::Exited(code) => *code,
             Status::TimedOut(_) => 124,
             Status::OutputTooLarge { .. } => 125,
             Status::Killed(signal) => 128 + signal,
+            Status::Cancelled { .. } => 128 + libc::SIGINT,
         }
     }
 }
@@ -90,6 +102,10 @@ impl std::fmt::Display for Status {
                 "the output directory reached {bytes} bytes, over its limit; the sandbox was killed"
             ),
             Status::Killed(signal) => write!(f, "bwrap was killed by signal {signal}"),
+            Status::Cancelled { reason } => write!(
+                f,
+                "cancelled ({reason}); every process of the sandbox was killed"
+            ),
         }
     }
 }
@@ -215,9 +231,31 @@ impl Sandbox {
     /// Runs the spec's command to its end (or its limits) and reports how it went. Blocks; the
     /// sandbox is tied to the calling thread (`--die-with-parent` fires when it exits).
     pub fn run(&self, spec: &Spec) -> Result<Outcome> {
+        self.run_cancellable(spec, &Cancel::new())
+    }
+
+    /// [`Sandbox::run`], also watching `cancel`: once it is cancelled (before or during the
+    /// run), every process of the sandbox is killed as on a time-out — within the watcher's
+    /// poll interval (at most 50 ms) — reaped, and the status is [`Status::Cancelled`]. The
+    /// output directory is left as the killed command left it: the caller removes it.
+    pub fn run_cancellable(&self, spec: &Spec, cancel: &Cancel) -> Result<Outcome> {
         let started = Instant::now();
         let drop_identity = is_root() && self.identity != Identity::current();
         self.prepare(spec, drop_identity)?;
+        if let Some(reason) = cancel.reason() {
+            // Nothing started.
+            return Ok(Outcome {
+                status: Status::Cancelled { reason },
+                stdout: Captured::default(),
+                stderr: Captured::default(),
+                elapsed: started.elapsed(),
+                max_rss_bytes: 0,
+                output_bytes: 0,
+                enforcement: self.enforcement.clone(),
+                oom_kills: 0,
+                pids_refused: 0,
+            });
+        }
 
         let (status_read, status_write) = pipe()?;
         let args = bwrap::arguments(spec, status_write.as_raw_fd())?;
@@ -302,6 +340,8 @@ impl Sandbox {
         let mut poll = Duration::from_millis(2);
         let mut next_output_check = Instant::now() + Duration::from_millis(500);
         let mut verdict: Option<Status> = None;
+        // When the verdict (cancelled, timed out, output too large) was reached.
+        let mut condemned: Option<Instant> = None;
         let (wait_status, rusage) = loop {
             if let Some(done) = reap(pid, libc::WNOHANG)? {
                 break done;
@@ -310,27 +350,43 @@ impl Sandbox {
                 watch.adopt_init(init);
             }
             let now = Instant::now();
-            if verdict.is_none() && now >= deadline {
-                tracing::info!(pid, "sandbox timed out; killing it");
-                verdict = Some(Status::TimedOut(now - started));
-                watch.kill_all();
-                break reap(pid, 0)?.expect("blocking wait4 returns the child");
+            if verdict.is_none() {
+                if let Some(reason) = cancel.reason() {
+                    tracing::info!(pid, %reason, "sandbox cancelled; killing it");
+                    verdict = Some(Status::Cancelled { reason });
+                } else if now >= deadline {
+                    tracing::info!(pid, "sandbox timed out; killing it");
+                    verdict = Some(Status::TimedOut(now - started));
+                } else if now >= next_output_check {
+                    let checked = Instant::now();
+                    let (bytes, _) = tree::usage(&spec.output.host, spec.limits.output_bytes + 1);
+                    if bytes > spec.limits.output_bytes {
+                        tracing::info!(pid, bytes, "sandbox output too large; killing it");
+                        verdict = Some(Status::OutputTooLarge { bytes });
+                    }
+                    // Walk at most ~10% of the time.
+                    next_output_check =
+                        Instant::now() + (checked.elapsed() * 10).max(Duration::from_millis(500));
+                }
+                if verdict.is_some() {
+                    condemned = Some(now);
+                }
             }
-            if verdict.is_none() && now >= next_output_check {
-                let checked = Instant::now();
-                let (bytes, _) = tree::usage(&spec.output.host, spec.limits.output_bytes + 1);
-                if bytes > spec.limits.output_bytes {
-                    tracing::info!(pid, bytes, "sandbox output too large; killing it");
-                    verdict = Some(Status::OutputTooLarge { bytes });
+            if let Some(since) = condemned {
+                // Kill through the namespace's init once bwrap has reported it. Killing bwrap
+                // alone before that can leave the init running: its `--die-with-parent` is
+                // set up by the init itself once it runs (and reset when it changes uid).
+                // bwrap reports it within milliseconds; give up waiting after a while (a
+                // bwrap stuck in its setup has no namespace to leave behind).
+                if watch.started || now - since >= INIT_REPORT_GRACE {
                     watch.kill_all();
                     break reap(pid, 0)?.expect("blocking wait4 returns the child");
                 }
-                // Walk at most ~10% of the time.
-                next_output_check =
-                    Instant::now() + (checked.elapsed() * 10).max(Duration::from_millis(500));
+                std::thread::sleep(Duration::from_millis(2));
+                continue;
             }
             std::thread::sleep(poll.min(deadline.saturating_duration_since(now)));
-            poll = (poll * 2).min(Duration::from_millis(50));
+            poll = (poll * 2).min(POLL_INTERVAL);
         };
         // bwrap is gone; its pid namespace dies with its init. Make sure nothing is left.
         while let Ok(init) = status_rx.try_recv() {
@@ -367,9 +423,16 @@ impl Sandbox {
                         ),
                         message => message.to_string(),
                     };
-                    // The namespace was set up (bwrap reported its init) but the command did not
-                    // start: it could not be executed.
-                    return Err(if started_command {
+                    // bwrap reports its init before the init has set the namespace up (mounts,
+                    // hostname), so a reported init does not mean the setup succeeded: bwrap says
+                    // `execvp CMD` when the command itself could not be executed. Without its
+                    // message (stderr not captured), a reported init is the best hint.
+                    let exec_failed = if text.trim().is_empty() {
+                        started_command
+                    } else {
+                        text.contains("execvp")
+                    };
+                    return Err(if exec_failed {
                         Error::Exec {
                             command: spec.command[0].to_string_lossy().into_owned(),
                             message,

@@ -19,6 +19,10 @@
 //!   reported as **failed**; nothing is posted: that says nothing about the published bytes.
 //! - A build for another OTP/Elixir or native target than the auditor's toolchain is
 //!   **skipped**.
+//!
+//! `precomp audit` selects builds from the index ([`select`]) and audits them all
+//! ([`Auditor::audit`]); `precomp worker --audit` audits the builds the mirror leases to it,
+//! one at a time ([`Auditor::audit_leased`], a [`Candidate`] from the lease's build).
 
 pub mod beam;
 pub mod diff;
@@ -35,7 +39,7 @@ use precomp_builder::sources::SourceCache;
 use precomp_builder::store::BuildStore;
 use precomp_proto::manifest::{ArtifactSigningKey, Manifest, SignedManifest};
 use precomp_proto::verdict::{self, Verdict, MATCH, MISMATCH};
-use precomp_registry::artifacts::{ArtifactClient, IndexBuild};
+use precomp_registry::artifacts::{ArtifactClient, AuditBuild, IndexBuild};
 use precomp_sandbox::toolchain::Toolchain;
 use precomp_sandbox::Sandbox;
 use prost::Message;
@@ -62,6 +66,38 @@ pub enum AuditError {
     Artifact(String),
     #[error("{0}")]
     Invalid(String),
+    /// The rebuild was cancelled through [`Auditor::cancel`]: it says nothing about the
+    /// published bytes.
+    #[error("the rebuild was cancelled: {reason}")]
+    Cancelled { reason: String },
+}
+
+impl AuditError {
+    /// Whether the same audit may succeed later or elsewhere: the mirror unreachable, slow or
+    /// failing (5xx), a fetch, the sandbox or local files failing. Anything else — an
+    /// inconsistent manifest, a refused verdict, an input that cannot be reproduced — would
+    /// fail the same way again.
+    pub fn may_pass(&self) -> bool {
+        use precomp_builder::BuildError;
+        use precomp_registry::artifacts::ClientError;
+        match self {
+            AuditError::Io { .. } | AuditError::Cancelled { .. } => true,
+            AuditError::Mirror(error) => match error {
+                ClientError::Connect { .. } | ClientError::Timeout { .. } => true,
+                ClientError::Status { status, .. } => *status >= 500,
+                _ => false,
+            },
+            AuditError::Build(error) => matches!(
+                error,
+                BuildError::Io { .. }
+                    | BuildError::Fetch { .. }
+                    | BuildError::Sandbox(_)
+                    | BuildError::Store { .. }
+                    | BuildError::Cancelled { .. }
+            ),
+            _ => false,
+        }
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AuditError + '_ {
@@ -97,6 +133,16 @@ pub fn audits(build: &IndexBuild) -> usize {
 pub struct Candidate {
     pub package: String,
     pub build: IndexBuild,
+}
+
+/// The build of an audit job's lease (`precomp worker --audit`).
+impl From<AuditBuild> for Candidate {
+    fn from(leased: AuditBuild) -> Candidate {
+        Candidate {
+            package: leased.package,
+            build: leased.build,
+        }
+    }
 }
 
 /// The builds of the mirror that `selection` picks, sorted by package, version and key.
@@ -183,6 +229,9 @@ pub struct Auditor<'a> {
     pub dry_run: bool,
     /// Keep each build's project directory.
     pub keep_work: bool,
+    /// Stops the rebuild (its sandboxes killed, nothing stored): a worker's lost lease or
+    /// shutdown. An audit cancelled this way is [`AuditError::Cancelled`].
+    pub cancel: precomp_builder::Cancel,
 }
 
 /// How one build's audit ended.
@@ -289,6 +338,29 @@ impl Auditor<'_> {
         candidates: &[Candidate],
         progress: &dyn Progress,
     ) -> Result<Vec<AuditReport>, AuditError> {
+        let (sources, store) = self.prepare()?;
+        candidates
+            .iter()
+            .map(|candidate| self.audit_candidate(candidate, &sources, &store, progress, false))
+            .collect()
+    }
+
+    /// Audits one build leased from the mirror (`precomp worker --audit`), as
+    /// [`Auditor::audit`] does, in this auditor's fresh `work` directory. An error that
+    /// [may pass](AuditError::may_pass) — the mirror or the sandbox failing — is the call's,
+    /// so the job goes back to the queue (`progress` then saw `started` only); every other
+    /// problem is the report's `Failed`, which ends the job for this auditor.
+    pub fn audit_leased(
+        &self,
+        candidate: &Candidate,
+        progress: &dyn Progress,
+    ) -> Result<AuditReport, AuditError> {
+        let (sources, store) = self.prepare()?;
+        self.audit_candidate(candidate, &sources, &store, progress, true)
+    }
+
+    /// The run's directories, source cache and build store.
+    fn prepare(&self) -> Result<(SourceCache, BuildStore), AuditError> {
         for dir in ["sources", "store", "work", "inputs", "diff"] {
             let path = self.work.join(dir);
             std::fs::create_dir_all(&path).map_err(io(&path))?;
@@ -296,32 +368,42 @@ impl Auditor<'_> {
         }
         let sources = SourceCache::new(self.work.join("sources"), &self.mirror)?;
         let store = BuildStore::open(&self.work.join("store"))?;
-        let mut reports = Vec::new();
-        for candidate in candidates {
-            let build = &candidate.build;
-            progress.started(candidate);
-            let started = Instant::now();
-            let outcome = match fits(build, self.toolchain) {
-                Err(reason) => Outcome::Skipped { reason },
-                Ok(()) => {
-                    self.audit_one(build, &sources, &store)
-                        .unwrap_or_else(|e| Outcome::Failed {
-                            reason: e.to_string(),
-                            log: None,
-                        })
-                }
-            };
-            let report = AuditReport {
-                package: candidate.package.clone(),
-                version: build.version.clone(),
-                key: build.key.clone(),
-                outcome,
-                duration: started.elapsed(),
-            };
-            progress.finished(&report);
-            reports.push(report);
-        }
-        Ok(reports)
+        Ok((sources, store))
+    }
+
+    /// One build's audit and report; with `passing_errors`, an error that may pass is
+    /// returned rather than reported as `Failed`.
+    fn audit_candidate(
+        &self,
+        candidate: &Candidate,
+        sources: &SourceCache,
+        store: &BuildStore,
+        progress: &dyn Progress,
+        passing_errors: bool,
+    ) -> Result<AuditReport, AuditError> {
+        let build = &candidate.build;
+        progress.started(candidate);
+        let started = Instant::now();
+        let outcome = match fits(build, self.toolchain) {
+            Err(reason) => Outcome::Skipped { reason },
+            Ok(()) => match self.audit_one(build, sources, store) {
+                Ok(outcome) => outcome,
+                Err(e) if passing_errors && e.may_pass() => return Err(e),
+                Err(e) => Outcome::Failed {
+                    reason: e.to_string(),
+                    log: None,
+                },
+            },
+        };
+        let report = AuditReport {
+            package: candidate.package.clone(),
+            version: build.version.clone(),
+            key: build.key.clone(),
+            outcome,
+            duration: started.elapsed(),
+        };
+        progress.finished(&report);
+        Ok(report)
     }
 
     fn audit_one(
@@ -379,6 +461,7 @@ impl Auditor<'_> {
             config,
             work_root: self.work.join("work"),
             keep_work: self.keep_work,
+            cancel: self.cancel.clone(),
         };
         let compile_env = SandboxedConfig::new(&context);
         let trusted = [self.key.public_key()];
@@ -401,6 +484,7 @@ impl Auditor<'_> {
             .ok_or_else(|| AuditError::Invalid(format!("the rebuild did not report {app}")))?;
         let rebuilt = match (result.status, result.build) {
             (_, Some(stored)) => stored,
+            (Status::Cancelled { reason }, None) => return Err(AuditError::Cancelled { reason }),
             (Status::Failed { reason, log, .. }, None) => {
                 return Ok(Outcome::Failed {
                     reason: format!("the rebuild failed: {reason}"),

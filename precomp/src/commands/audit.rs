@@ -15,8 +15,9 @@ use precomp_sandbox::Sandbox;
 
 use crate::Context;
 
-/// Exit status when some rebuild gave other bytes than the published artifact.
-const MISMATCH: u8 = 2;
+/// Exit status when some rebuild gave other bytes than the published artifact (`precomp audit`,
+/// and `precomp worker --audit --once`).
+pub(crate) const MISMATCH: u8 = 2;
 
 /// Rebuilds published artifacts independently and compares them byte for byte.
 ///
@@ -138,6 +139,7 @@ pub fn run(context: &Context, args: AuditArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         dry_run: args.dry_run,
         keep_work: args.keep_work,
+        cancel: precomp_builder::Cancel::new(),
     };
     let reporter = Reporter { json: args.json };
     let reports = auditor.audit(&candidates, &reporter);
@@ -183,7 +185,7 @@ pub fn run(context: &Context, args: AuditArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// A new directory `root/run-PID-N` for this run (0755: the sandbox user reads its sources).
-fn new_run_dir(root: &std::path::Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn new_run_dir(root: &std::path::Path) -> anyhow::Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -203,9 +205,10 @@ fn new_run_dir(root: &std::path::Path) -> anyhow::Result<PathBuf> {
     bail!("no free run directory name in {}", root.display())
 }
 
-/// Progress on stderr; with --json, one line per build on stdout.
-struct Reporter {
-    json: bool,
+/// Progress on stderr; with --json, one line per build on stdout (`precomp worker --audit`
+/// prints its own JSON, and uses this for stderr only).
+pub(crate) struct Reporter {
+    pub(crate) json: bool,
 }
 
 impl audit::Progress for Reporter {

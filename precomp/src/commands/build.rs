@@ -144,6 +144,7 @@ pub fn run(context: &Context, args: BuildArgs) -> anyhow::Result<ExitCode> {
         config: args.config.clone(),
         work_root: work_root(&sandbox, &data, args.work_dir.as_deref())?,
         keep_work: args.keep_work,
+        cancel: precomp_builder::Cancel::new(),
     };
     if let Some(dir) = &args.prepare {
         return prepare(&build_context, &work_list, dir);
@@ -186,7 +187,7 @@ pub fn run(context: &Context, args: BuildArgs) -> anyhow::Result<ExitCode> {
             match result.status {
                 Status::Built { .. } => counts[0] += 1,
                 Status::Reused => counts[1] += 1,
-                Status::Failed { .. } | Status::Skipped { .. } => {
+                Status::Failed { .. } | Status::Skipped { .. } | Status::Cancelled { .. } => {
                     counts[2] += 1;
                     failed += 1;
                 }
@@ -440,6 +441,10 @@ pub(crate) fn json_line(result: &PackageResult, out: Option<&Path>) -> serde_jso
             fields.insert("reason".into(), reason.clone().into());
             "skipped"
         }
+        Status::Cancelled { reason } => {
+            fields.insert("reason".into(), reason.clone().into());
+            "cancelled"
+        }
         Status::NotBuildable { reason } => {
             fields.insert("reason".into(), reason.clone().into());
             "not_buildable"
@@ -600,6 +605,10 @@ impl Progress for Reporter {
             ),
             Status::Skipped { reason } => format!(
                 "skipped {} {}: {reason}",
+                result.package.name, result.package.version
+            ),
+            Status::Cancelled { reason } => format!(
+                "cancelled {} {}: {reason}",
                 result.package.name, result.package.version
             ),
             Status::NotBuildable { reason } => format!(

@@ -8,9 +8,14 @@
 //!    mirror with signature and origin checks on, and the result run.
 //! 5. A builder key and an upload token; `precomp build` of the sample Mix project's lock in the
 //!    sandbox, published to the mirror.
-//! 6. The sample project with its deps unpacked as `mix deps.get` leaves them; `precomp fetch`
-//!    installs every dependency from the mirror, verified.
-//! 7. The proof: `mix compile` compiles none of the dependencies and the sample code runs on
+//! 6. The sample project with its deps unpacked as `mix deps.get` leaves them. A fetch whose
+//!    policy requires one auditor installs nothing yet: no auditor has rebuilt the builds.
+//! 7. An independent audit: `precomp audit --all`, with the auditor's own key, token and data
+//!    directory (the mirror trusts the auditor's key), rebuilds every published build from
+//!    source and countersigns those whose bytes match.
+//! 8. `precomp fetch`, requiring one auditor, installs every dependency from the mirror,
+//!    verified: each signed by the builder and countersigned by the auditor.
+//! 9. The proof: `mix compile` compiles none of the dependencies and the sample code runs on
 //!    them; `mix deps.compile` from scratch, timed in a copy, for comparison.
 //!
 //! Each stage prints its timing.
@@ -21,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
 use clap::Args;
+use precomp_proto::manifest::ArtifactPublicKey;
 use precomp_proto::registry::{RepoPublicKey, RepoSigningKey};
 use precomp_registry::artifacts::{Artifacts, ArtifactsConfig};
 use precomp_registry::mirror::{self, Mirror, MirrorConfig, Upstream};
@@ -30,8 +36,9 @@ use crate::Context;
 
 /// Builds a signed Hex repository from the fixture packages, puts the mirror in front of it,
 /// fetches everything through the mirror, has rebar3 build a project through it, builds the
-/// sample Mix project's dependencies in the sandbox and publishes them, installs them with
-/// `precomp fetch`, and shows that `mix compile` compiles none of them. All under DATA/demo.
+/// sample Mix project's dependencies in the sandbox and publishes them, has an independent
+/// auditor rebuild and countersign them, installs them with `precomp fetch` requiring that
+/// auditor, and shows that `mix compile` compiles none of them. All under DATA/demo.
 #[derive(Args)]
 pub struct DemoArgs {
     /// Package sources to publish (run from the repository root, or point this elsewhere).
@@ -100,6 +107,25 @@ pub fn run(context: &Context, args: DemoArgs) -> anyhow::Result<ExitCode> {
         started.elapsed()
     );
 
+    // The builder's and the auditor's keys; the mirror trusts the auditor's.
+    let keys = dir.join("keys");
+    for name in [BUILDER, AUDITOR] {
+        if !keys.join(format!("{name}.key")).exists() {
+            precomp(
+                "keys generate",
+                &[
+                    "keys".as_ref(),
+                    "generate".as_ref(),
+                    "--name".as_ref(),
+                    name.as_ref(),
+                    "--out".as_ref(),
+                    keys.as_os_str(),
+                ],
+            )?;
+        }
+    }
+    let auditor_key = read_public_key(&keys.join(format!("{AUDITOR}.pub")))?;
+
     // 2. The mirror, with an empty store.
     let store = dir.join("mirror");
     let artifacts_data = dir.join("artifacts");
@@ -118,7 +144,8 @@ pub fn run(context: &Context, args: DemoArgs) -> anyhow::Result<ExitCode> {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let artifacts = Artifacts::open(ArtifactsConfig {
         data: artifacts_data.clone(),
-        builder_keys: Vec::new(),
+        auditor_keys: vec![auditor_key],
+        ..ArtifactsConfig::default()
     })?;
     let (url, server) = runtime.block_on(async {
         let mirror = Mirror::open(config)?;
@@ -161,7 +188,7 @@ pub fn run(context: &Context, args: DemoArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
-    // 5-7. Builds, precomp fetch, and the proof.
+    // 5-9. Builds, the audit, precomp fetch, and the proof.
     let outcome = mix_loop(&url, &dir, &upstream, &key.public_key(), &args);
     let _ = stop.send(());
     runtime.block_on(server)??;
@@ -169,8 +196,9 @@ pub fn run(context: &Context, args: DemoArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Builds the sample's lock and publishes it, fetches it into the sample, and shows that Mix
-/// compiles none of the installed dependencies.
+/// Builds the sample's lock and publishes it, has an auditor rebuild and countersign it,
+/// fetches it into the sample requiring that auditor, and shows that Mix compiles none of the
+/// installed dependencies.
 fn mix_loop(
     url: &str,
     dir: &Path,
@@ -183,38 +211,10 @@ fn mix_loop(
         "{} is not a directory; pass --sample",
         args.sample.display()
     );
-    let exe = std::env::current_exe().context("finding the precomp binary")?;
-    let precomp = |what: &str, command_args: &[&std::ffi::OsStr]| -> anyhow::Result<String> {
-        let output = Command::new(&exe)
-            .args(command_args)
-            .env_remove("PRECOMP_DATA")
-            .output()
-            .with_context(|| format!("running precomp {what}"))?;
-        ensure!(
-            output.status.success(),
-            "precomp {what} failed:\n{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    };
     let os = |s: &str| std::ffi::OsString::from(s);
 
-    // 5. Keys, token, lock, builds.
+    // 5. Token, lock, builds.
     let keys = dir.join("keys");
-    if !keys.join("demo.key").exists() {
-        precomp(
-            "keys generate",
-            &[
-                os("keys").as_os_str(),
-                &os("generate"),
-                &os("--name"),
-                &os("demo"),
-                &os("--out"),
-                keys.as_os_str(),
-            ],
-        )?;
-    }
     let token = precomp(
         "token create",
         &[
@@ -225,7 +225,7 @@ fn mix_loop(
             &os("--name"),
             &os("demo-builder"),
             &os("--key"),
-            keys.join("demo.pub").as_os_str(),
+            keys.join(format!("{BUILDER}.pub")).as_os_str(),
         ],
     )?
     .trim()
@@ -271,7 +271,7 @@ fn mix_loop(
             &os("--toolchain"),
             &os("host"),
             &os("--key"),
-            keys.join("demo.key").as_os_str(),
+            keys.join(format!("{BUILDER}.key")).as_os_str(),
             &os("--config"),
             project.join("config").as_os_str(),
             &os("--config-env"),
@@ -287,7 +287,7 @@ fn mix_loop(
         started.elapsed()
     );
 
-    // 6. The sample with its deps unpacked as `mix deps.get` leaves them, then precomp fetch.
+    // 6. The sample with its deps unpacked as `mix deps.get` leaves them.
     for (app, entry) in lock.hex() {
         let tarball = std::fs::read(
             upstream.join(static_repo::layout::tarball(&entry.package, &entry.version)),
@@ -303,35 +303,84 @@ fn mix_loop(
         project.join("mix.exs"),
         format!("{}{mix_exs}", precomp_builder::project::SCM),
     )?;
-    let started = Instant::now();
-    let fetched = precomp(
-        "fetch",
-        &[
-            &os("fetch"),
-            &os("--json"),
-            &os("--project"),
-            project.as_os_str(),
-            &os("--mirror"),
-            &os(url),
-            &os("--trust"),
-            keys.join("demo.pub").as_os_str(),
-            &os("--env"),
-            &os("dev"),
-        ],
-    )?;
-    let fetch_time = started.elapsed();
-    let summary: serde_json::Value = serde_json::from_str(fetched.lines().last().unwrap_or("{}"))
-        .context("precomp fetch --json summary")?;
+    // A consumer that requires a builder and an auditor: nothing is installed before the audit.
+    let fetch = || -> anyhow::Result<(Vec<serde_json::Value>, serde_json::Value, Duration)> {
+        let started = Instant::now();
+        let fetched = precomp(
+            "fetch",
+            &[
+                &os("fetch"),
+                &os("--json"),
+                &os("--project"),
+                project.as_os_str(),
+                &os("--mirror"),
+                &os(url),
+                &os("--trust"),
+                keys.join(format!("{BUILDER}.pub")).as_os_str(),
+                &os("--auditor"),
+                keys.join(format!("{AUDITOR}.pub")).as_os_str(),
+                &os("--require-auditors"),
+                &os("1"),
+                &os("--env"),
+                &os("dev"),
+            ],
+        )?;
+        let elapsed = started.elapsed();
+        let mut lines = fetched
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<Vec<serde_json::Value>, _>>()
+            .with_context(|| format!("precomp fetch --json printed:\n{fetched}"))?;
+        let summary = lines
+            .pop()
+            .context("precomp fetch --json printed nothing")?;
+        Ok((lines, summary, elapsed))
+    };
+    let (deps, summary, _) = fetch()?;
+    // Every dependency Mix uses here (plain_ex is test-only: skipped) is refused for want of
+    // an auditor.
+    let unaudited = deps
+        .iter()
+        .filter(|dep| dep["status"] == "miss" && dep["kind"] == "policy")
+        .count();
+    ensure!(
+        summary["hits"] == 0 && unaudited > 0 && summary["misses"] == unaudited,
+        "before the audit, precomp fetch --require-auditors 1 should install nothing, but:\n{}",
+        serde_json::Value::from(deps.clone())
+    );
     println!(
-        "fetch    precomp fetch installed {} dependencies, {} missed, {} bytes ({fetch_time:.2?})",
+        "policy   before any audit, precomp fetch --require-auditors 1 installs nothing: {unaudited} missed, not yet audited"
+    );
+
+    // 7. The audit: another key, another token, its own data directory.
+    let audit = audit_all(url, dir, &keys)?;
+    println!("{audit}");
+
+    // 8. The same fetch, now that the auditor has countersigned.
+    let (deps, summary, fetch_time) = fetch()?;
+    let builder_id = read_public_key(&keys.join(format!("{BUILDER}.pub")))?.key_id();
+    let auditor_id = read_public_key(&keys.join(format!("{AUDITOR}.pub")))?.key_id();
+    for dep in deps.iter().filter(|dep| dep["status"] == "installed") {
+        let signers = dep["signers"].as_array().cloned().unwrap_or_default();
+        ensure!(
+            [&builder_id, &auditor_id]
+                .iter()
+                .all(|id| signers.iter().any(|s| s == id.as_str())),
+            "{} was installed without the builder's and the auditor's signatures: {dep}",
+            dep["app"]
+        );
+    }
+    println!(
+        "fetch    precomp fetch installed {} dependencies, {} missed, {} bytes, each signed by the builder and countersigned by the auditor (--require-auditors 1) ({fetch_time:.2?})",
         summary["hits"], summary["misses"], summary["bytes"]
     );
     ensure!(
         summary["misses"] == 0,
-        "precomp fetch missed dependencies:\n{fetched}"
+        "precomp fetch missed dependencies:\n{}",
+        serde_json::Value::from(deps)
     );
 
-    // 7. The proof.
+    // 9. The proof.
     let mix = |dir: &Path, mix_args: &[&str]| -> anyhow::Result<String> {
         let output = Command::new("mix")
             .args(mix_args)
@@ -388,6 +437,113 @@ fn mix_loop(
         started.elapsed()
     );
     Ok(())
+}
+
+/// The demo's key names, under DATA/demo/keys.
+const BUILDER: &str = "demo";
+const AUDITOR: &str = "demo-auditor";
+
+fn exe() -> anyhow::Result<PathBuf> {
+    std::env::current_exe().context("finding the precomp binary")
+}
+
+/// Runs this precomp binary; its stdout, or an error with everything it printed.
+fn precomp(what: &str, args: &[&std::ffi::OsStr]) -> anyhow::Result<String> {
+    let output = Command::new(exe()?)
+        .args(args)
+        .env_remove("PRECOMP_DATA")
+        .output()
+        .with_context(|| format!("running precomp {what}"))?;
+    ensure!(
+        output.status.success(),
+        "precomp {what} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn read_public_key(path: &Path) -> anyhow::Result<ArtifactPublicKey> {
+    let pem =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    ArtifactPublicKey::from_pem(&pem)
+        .with_context(|| format!("{} is not an ed25519 public key", path.display()))
+}
+
+/// `precomp audit --all` as an independent auditor: its own token (bound to its key, which the
+/// mirror trusts as an auditor's) and its own data directory, DATA/demo/auditor. The line to
+/// print; an error when a rebuild failed or gave other bytes.
+fn audit_all(url: &str, dir: &Path, keys: &Path) -> anyhow::Result<String> {
+    let os = |s: &str| std::ffi::OsString::from(s);
+    let token = precomp(
+        "token create",
+        &[
+            &os("--data"),
+            dir.as_os_str(),
+            &os("token"),
+            &os("create"),
+            &os("--name"),
+            &os("demo-auditor"),
+            &os("--key"),
+            keys.join(format!("{AUDITOR}.pub")).as_os_str(),
+        ],
+    )?
+    .trim()
+    .to_string();
+    let data = dir.join("auditor");
+    if data.exists() {
+        std::fs::remove_dir_all(&data).with_context(|| format!("clearing {}", data.display()))?;
+    }
+    std::fs::create_dir_all(&data)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // The sandbox user must reach the rebuilds' work directories.
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let started = Instant::now();
+    let output = Command::new(exe()?)
+        .arg("--data")
+        .arg(&data)
+        .args([
+            "audit",
+            "--all",
+            "--json",
+            "--toolchain",
+            "host",
+            "--mirror",
+            url,
+        ])
+        .arg("--key")
+        .arg(keys.join(format!("{AUDITOR}.key")))
+        .args(["--token", &token])
+        .env_remove("PRECOMP_DATA")
+        .output()
+        .context("running precomp audit")?;
+    let elapsed = started.elapsed();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let results: Vec<String> = stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .map(|line| line["result"].as_str().unwrap_or("?").to_string())
+        .collect();
+    let count = |result: &str| results.iter().filter(|r| *r == result).count();
+    let line = format!(
+        "audit    an independent auditor (own key, token and directory) rebuilt the {} published builds from source: {} matched, {} mismatched{}, matches countersigned on the mirror ({elapsed:.2?})",
+        results.len(),
+        count("match"),
+        count("mismatch"),
+        match (count("failed"), count("skipped")) {
+            (0, 0) => String::new(),
+            (failed, skipped) => format!(", {failed} failed, {skipped} skipped"),
+        }
+    );
+    ensure!(
+        output.status.success() && !results.is_empty() && count("match") == results.len(),
+        "{line}\nprecomp audit (exit status {}):\n{stdout}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(line)
 }
 
 /// Every file of a static repository, as request paths.

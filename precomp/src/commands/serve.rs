@@ -1,7 +1,7 @@
 //! `precomp serve`: the pull-through Hex mirror.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -23,9 +23,12 @@ use crate::Context;
 /// Also serves /healthz and /metrics (Prometheus). Stops gracefully on SIGTERM or Ctrl-C.
 ///
 /// Precompiled artifacts are served and accepted under /precomp/v1/ from DATA/artifacts:
-/// builders upload with a token from `precomp token create`; a manifest is published only if
-/// signed by the token's key or, for a token bound to none, by a --builder-key. Auditors
-/// (--auditor-key, `precomp audit`) countersign manifests and post verdicts.
+/// builders upload with a token from `precomp token create`. Without a trust document, a
+/// manifest is published only if signed by the token's key or, for a token bound to none, by
+/// a --builder-key; auditors (--auditor-key, `precomp audit`) countersign manifests and post
+/// verdicts. Once `precomp keys init` has issued DATA/trust/trust.doc, it is verified (against
+/// --trust-root when given) and followed on every upload, without a restart: its builder and
+/// auditor keys count too, by role, and the keys it revokes or that expired never count.
 ///
 /// Each setting comes from its flag, else its environment variable, else the --config TOML
 /// file (same names with `_` for `-`, plus `data`), else the embedded default.
@@ -59,23 +62,15 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     auditor_keys: Vec<PathBuf>,
+    /// Root public key (SPKI PEM, the root's NAME.pub) the trust document in DATA/trust must be
+    /// signed by, directly or through the root rotations in DATA/trust/history. Without it the
+    /// document is checked against the root keys it lists itself. With it, uploads are refused
+    /// while there is no trust document.
+    #[arg(long = "trust-root", value_name = "FILE", env = "PRECOMP_TRUST_ROOT")]
+    trust_root: Option<PathBuf>,
 }
 
 pub fn run(context: &Context, args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let auditor_keys = args
-        .auditor_keys
-        .iter()
-        .map(|path| {
-            let pem = std::fs::read_to_string(path)
-                .with_context(|| format!("reading the auditor key {}", path.display()))?;
-            ArtifactPublicKey::from_pem(&pem).with_context(|| {
-                format!(
-                    "loading the auditor key {} (an ed25519 public key, as `precomp keys generate` writes NAME.pub)",
-                    path.display()
-                )
-            })
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
     let (config, artifacts_config) = resolve(context, args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -83,8 +78,7 @@ pub fn run(context: &Context, args: ServeArgs) -> anyhow::Result<ExitCode> {
         .context("starting the async runtime")?;
     runtime.block_on(async move {
         let mirror = Mirror::open(config.clone())?;
-        let artifacts = Artifacts::open_with_auditors(artifacts_config, auditor_keys)
-            .context("opening the artifact store")?;
+        let artifacts = Artifacts::open(artifacts_config).context("opening the artifact store")?;
         // /metrics: the stored audit verdicts and the reproducibility rate.
         let verdicts = artifacts.clone();
         mirror.metrics().set_verdict_source(move || {
@@ -115,24 +109,27 @@ fn resolve(context: &Context, args: ServeArgs) -> anyhow::Result<(MirrorConfig, 
         .clone()
         .or_else(|| file.data.clone())
         .unwrap_or_else(|| PathBuf::from(Context::DEFAULT_DATA));
-    let key_files = if args.builder_keys.is_empty() {
-        file.builder_keys.clone().unwrap_or_default()
-    } else {
-        args.builder_keys
+    // A list from the flag or the environment replaces the file's.
+    let builder_keys = load_keys(
+        "builder",
+        &if args.builder_keys.is_empty() {
+            file.builder_keys.clone().unwrap_or_default()
+        } else {
+            args.builder_keys
+        },
+    )?;
+    let auditor_keys = load_keys(
+        "auditor",
+        &if args.auditor_keys.is_empty() {
+            file.auditor_keys.clone().unwrap_or_default()
+        } else {
+            args.auditor_keys
+        },
+    )?;
+    let trust_root = match args.trust_root.or_else(|| file.trust_root.clone()) {
+        Some(path) => Some(load_key("trust root", &path)?),
+        None => None,
     };
-    let builder_keys = key_files
-        .iter()
-        .map(|path| {
-            let pem = std::fs::read_to_string(path)
-                .with_context(|| format!("reading the builder key {}", path.display()))?;
-            ArtifactPublicKey::from_pem(&pem).with_context(|| {
-                format!(
-                    "loading the builder key {} (an ed25519 public key, as `precomp keys generate` writes NAME.pub)",
-                    path.display()
-                )
-            })
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
     if let Some(listen) = args.listen.or(file.listen) {
         config.listen = listen;
     }
@@ -142,8 +139,27 @@ fn resolve(context: &Context, args: ServeArgs) -> anyhow::Result<(MirrorConfig, 
     let artifacts = ArtifactsConfig {
         data: data.join("artifacts"),
         builder_keys,
+        auditor_keys,
+        trust_root,
     };
     Ok((config, artifacts))
+}
+
+/// The public keys in `paths`, each an ed25519 SPKI PEM file (`what`: for errors).
+fn load_keys(what: &str, paths: &[PathBuf]) -> anyhow::Result<Vec<ArtifactPublicKey>> {
+    paths.iter().map(|path| load_key(what, path)).collect()
+}
+
+fn load_key(what: &str, path: &Path) -> anyhow::Result<ArtifactPublicKey> {
+    let pem = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the {what} key {}", path.display()))?;
+    ArtifactPublicKey::from_pem(&pem).with_context(|| {
+        format!(
+            "loading the {what} key {} (an ed25519 public key, as `precomp keys generate` writes \
+             NAME.pub)",
+            path.display()
+        )
+    })
 }
 
 async fn shutdown_signal() {

@@ -19,6 +19,7 @@ use super::{
 };
 use super::{HeartbeatRequest, Lease, LeaseReleased, LeaseRenewed, LeaseRequest};
 use super::{Packages, VerdictStored, Verdicts};
+use super::{ReleaseOutcome, ReleaseRequest, MAX_RELEASE_REASON};
 
 /// Bound on the text of an error answer kept for the message.
 const MAX_ERROR_BODY: u64 = 64 * 1024;
@@ -201,7 +202,8 @@ impl ArtifactClient {
         parse(&url, &body)
     }
 
-    /// `POST jobs/lease` (token): the most-reported open miss `request` matches, leased to
+    /// `POST jobs/lease` (token): the next job `request` matches (a build job: the
+    /// most-reported open miss; an audit job: the build with the fewest audits), leased to
     /// this worker; `None` when there is none (`204`).
     pub async fn lease(&self, request: &LeaseRequest) -> Result<Option<Lease>, ClientError> {
         let url = self.url("jobs/lease");
@@ -243,6 +245,26 @@ impl ArtifactClient {
         let url = self.url(&format!("jobs/{job}/release"));
         let (_, body) = self
             .send(Method::POST, &url, Some(Bytes::new()), true, MAX_ERROR_BODY)
+            .await?;
+        parse(&url, &body)
+    }
+
+    /// `POST jobs/ID/release` with outcome `failed` (audit jobs: the rebuild failed here), so
+    /// the mirror never offers the job to this token again. `reason` is sent as one line, cut
+    /// to [`MAX_RELEASE_REASON`] bytes.
+    pub async fn release_failed(
+        &self,
+        job: u64,
+        reason: &str,
+    ) -> Result<LeaseReleased, ClientError> {
+        let url = self.url(&format!("jobs/{job}/release"));
+        let request = ReleaseRequest {
+            outcome: ReleaseOutcome::Failed,
+            reason: Some(one_line(reason, MAX_RELEASE_REASON)),
+        };
+        let body = serde_json::to_vec(&request).expect("plain data serialises");
+        let (_, body) = self
+            .send(Method::POST, &url, Some(body.into()), true, MAX_ERROR_BODY)
             .await?;
         parse(&url, &body)
     }
@@ -474,6 +496,20 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// `text` on one line (control characters as spaces), cut to at most `limit` bytes at a
+/// character boundary.
+pub(crate) fn one_line(text: &str, limit: usize) -> String {
+    let mut line = String::new();
+    for c in text.trim().chars() {
+        let c = if c.is_control() { ' ' } else { c };
+        if line.len() + c.len_utf8() > limit {
+            break;
+        }
+        line.push(c);
+    }
+    line
+}
+
 /// The last `limit` bytes of `log` (at a character boundary), marked as cut.
 pub(crate) fn log_tail(log: &str, limit: usize) -> String {
     if log.len() <= limit {
@@ -499,6 +535,13 @@ mod tests {
         assert!(cut.len() <= 64, "{}", cut.len());
         assert!(cut.ends_with("é the error"));
         assert!(cut.starts_with("[precomp: log cut"));
+    }
+
+    #[test]
+    fn reasons_are_one_line_within_the_limit() {
+        assert_eq!(one_line(" a\nb\tc ", 100), "a b c");
+        let cut = one_line(&"é".repeat(100), 7);
+        assert_eq!(cut, "ééé");
     }
 
     #[test]

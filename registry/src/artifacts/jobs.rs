@@ -1,34 +1,116 @@
-//! Build jobs leased to workers on other machines (`precomp worker`):
-//! `POST /precomp/v1/jobs/lease`, `POST /precomp/v1/jobs/ID/heartbeat`,
-//! `POST /precomp/v1/jobs/ID/release`, all with a token that may publish.
+//! Jobs leased to workers on other machines: `POST /precomp/v1/jobs/lease`,
+//! `POST /precomp/v1/jobs/ID/heartbeat`, `POST /precomp/v1/jobs/ID/release`, with a token.
 //!
-//! A job is an open miss leased to one worker: the `leases` table holds one row per lease,
-//! its id the job id. A miss is leasable while it is open and has no live lease (not ended,
-//! not expired). Leasing a miss whose earlier lease expired ends that lease as `lost`: a
-//! heartbeat on it is then `409`, so its worker stops. A heartbeat on an expired lease that
-//! nobody took since renews it. Results are reported with `PUT manifests/KEY` or
-//! `POST failures`, which close the miss and so end the job; a heartbeat on a job whose miss
-//! is closed is `409`. Times are kept in milliseconds so short leases expire on time.
+//! A job is one lease of one unit of work; the `leases` table holds one row per lease, its id
+//! the job id, its `kind` what the work is:
+//!
+//! - **build** (`precomp worker`, a token that may publish): an open miss to build
+//!   ([`select_miss`]). The job is closed once the miss is (`PUT manifests/KEY` with its base
+//!   key, or `POST failures`).
+//! - **audit** (`precomp worker --audit`, a token that may post verdicts): a published build
+//!   that fewer than `fewer_than` distinct auditors have audited (countersigned or posted a
+//!   verdict on), that the leasing auditor key has not audited and the leasing token has not
+//!   released as failed ([`select_audit`]). The job is closed once that auditor posts a verdict
+//!   on the build (`POST verdicts/KEY`), or the build is no longer published.
+//!
+//! Both kinds lease the same way. A unit of work is leasable while it has no *live* lease: not
+//! ended, not expired, not closed. Leasing one whose earlier lease expired ends that lease as
+//! `lost`: a heartbeat on it is then `409`, so its worker stops. A heartbeat on an expired
+//! lease that nobody took since renews it; on a closed job it is `409`. A release ends the
+//! lease as `released` (back in the queue at once), or for an audit job as `failed` (with a
+//! reason: never offered to that token again; a failed rebuild says nothing about the
+//! published bytes, but offering it forever to the same machine is pointless). Only the token
+//! that leased a job renews or releases it. Times are kept in milliseconds so short leases
+//! expire on time.
 
-use rusqlite::{params, OptionalExtension, TransactionBehavior};
+use precomp_proto::manifest::ArtifactPublicKey;
+use rusqlite::{params, OptionalExtension, Transaction, TransactionBehavior};
 
-use super::super::api::{HeartbeatRequest, Lease, LeaseReleased, LeaseRenewed, LeaseRequest, Miss};
+use super::super::api::{
+    AuditBuild, HeartbeatRequest, JobKind, Lease, LeaseReleased, LeaseRenewed, LeaseRequest, Miss,
+    ReleaseOutcome, ReleaseRequest, MAX_FEWER_THAN, MAX_RELEASE_REASON,
+};
 use super::super::token::valid_token_name;
 use super::super::{Artifacts, Publisher, Refusal, MAX_LEASE_SECONDS, MIN_LEASE_SECONDS};
-use super::{ArtifactStore, ArtifactStoreError};
+use super::{
+    index_build_row, miss_row, ArtifactStore, ArtifactStoreError, INDEX_BUILD_COLUMNS, MISS_COLUMNS,
+};
 
 /// Bound on the targets one lease request names.
 const MAX_TARGETS: usize = 16;
 
+/// Bound on the `auditor` key id of a lease request.
+const MAX_AUDITOR_ID: usize = 128;
+
+/// SQL: the audit lease `l` is done, its auditor having posted a verdict on its build.
+const AUDIT_DONE: &str =
+    "EXISTS (SELECT 1 FROM verdicts v WHERE v.key = l.key AND v.auditor_id = l.auditor)";
+
+/// What one lease is for.
+enum Job {
+    Build(Miss),
+    Audit(AuditBuild),
+}
+
+impl Job {
+    fn kind(&self) -> JobKind {
+        match self {
+            Job::Build(_) => JobKind::Build,
+            Job::Audit(_) => JobKind::Audit,
+        }
+    }
+
+    fn base_key(&self) -> &str {
+        match self {
+            Job::Build(miss) => &miss.base_key,
+            Job::Audit(audit) => &audit.build.base_key,
+        }
+    }
+
+    /// The audited build's key.
+    fn key(&self) -> Option<&str> {
+        match self {
+            Job::Build(_) => None,
+            Job::Audit(audit) => Some(&audit.build.key),
+        }
+    }
+
+    fn package_version(&self) -> (&str, &str) {
+        match self {
+            Job::Build(miss) => (&miss.package, &miss.version),
+            Job::Audit(audit) => (&audit.package, &audit.build.version),
+        }
+    }
+}
+
 impl Artifacts {
-    /// Leases the most-reported open miss that `request` matches and no live lease holds, to
-    /// the worker of `publisher`'s token; `None` when there is none.
+    /// Leases the next job `request` asks for to `publisher`'s token: for a build job the
+    /// most-reported open miss it matches, for an audit job the matching published build with
+    /// the fewest audits; `None` when there is none. A build job needs a token that may
+    /// publish, an audit job one that may post verdicts (`403` otherwise).
     pub fn lease_job(
         &self,
         request: &LeaseRequest,
         publisher: &Publisher,
     ) -> Result<Option<Lease>, Refusal> {
         check_lease_request(request)?;
+        // Who may lease what; for audits, the auditor the lease is for, and the keys whose
+        // signatures count as audits (the index's `auditors`).
+        let (auditor, auditor_ids) = match request.kind {
+            JobKind::Build => {
+                self.trusted_for(publisher)?;
+                (None, Vec::new())
+            }
+            JobKind::Audit => {
+                let auditor = self.lease_auditor(request, publisher)?;
+                let ids: Vec<String> = self
+                    .auditor_keys()
+                    .iter()
+                    .map(ArtifactPublicKey::key_id)
+                    .collect();
+                (Some(auditor), ids)
+            }
+        };
         let store = &self.store;
         let err = store.db_err();
         let now = now_ms();
@@ -36,102 +118,57 @@ impl Artifacts {
         let tx = db
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(&err)?;
-        let chosen: Option<String> = {
-            let mut stmt = tx
-                .prepare(
-                    "SELECT base_key, target FROM misses m
-                     WHERE closed_at IS NULL AND otp_major = ?1 AND elixir = ?2 AND mix_env = ?3
-                       AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.base_key = m.base_key
-                                       AND l.ended_at IS NULL AND l.expires_ms > ?4)
-                     ORDER BY count DESC, first_reported, base_key",
-                )
-                .map_err(&err)?;
-            let mut rows = stmt
-                .query(params![
-                    request.otp_major,
-                    request.elixir,
-                    request.mix_env,
-                    now
-                ])
-                .map_err(&err)?;
-            let mut chosen = None;
-            while let Some(row) = rows.next().map_err(&err)? {
-                let target: String = row.get(1).map_err(&err)?;
-                if request.targets.contains(&target) {
-                    chosen = Some(row.get(0).map_err(&err)?);
-                    break;
-                }
-            }
-            chosen
+        let job = match &auditor {
+            None => select_miss(&tx, request, now)
+                .map_err(&err)?
+                .map(Job::Build),
+            Some(auditor) => select_audit(&tx, request, auditor, publisher, &auditor_ids, now)
+                .map_err(&err)?
+                .map(Job::Audit),
         };
-        let Some(base_key) = chosen else {
+        let Some(job) = job else {
             return Ok(None);
         };
-        // Any earlier lease of this miss expired: its worker lost it.
-        tx.execute(
-            "UPDATE leases SET ended_at = ?2, ended = 'lost' WHERE base_key = ?1 AND ended_at IS NULL",
-            params![base_key, now / 1000],
-        )
-        .map_err(&err)?;
         let lease_ms = request.lease_seconds as i64 * 1000;
-        tx.execute(
-            "INSERT INTO leases (base_key, worker, token_name, lease_ms, leased_at, expires_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                base_key,
-                request.worker,
-                publisher.name,
-                lease_ms,
-                now / 1000,
-                now + lease_ms
-            ],
+        let id = insert_lease(
+            &tx,
+            &job,
+            request,
+            publisher,
+            auditor.as_deref(),
+            now,
+            lease_ms,
         )
         .map_err(&err)?;
-        let job = tx.last_insert_rowid() as u64;
-        let miss = tx
-            .query_row(
-                "SELECT package, version, base_key, reason, otp_major, elixir, mix_env, target,
-                    lock, count, first_reported, last_reported
-                 FROM misses WHERE base_key = ?1",
-                params![base_key],
-                |row| {
-                    Ok(Miss {
-                        package: row.get(0)?,
-                        version: row.get(1)?,
-                        base_key: row.get(2)?,
-                        reason: row.get(3)?,
-                        otp_major: row.get(4)?,
-                        elixir: row.get(5)?,
-                        mix_env: row.get(6)?,
-                        target: row.get(7)?,
-                        lock: row.get(8)?,
-                        count: row.get::<_, i64>(9)? as u64,
-                        first_reported: row.get(10)?,
-                        last_reported: row.get(11)?,
-                    })
-                },
-            )
-            .map_err(&err)?;
         tx.commit().map_err(&err)?;
+        let (package, version) = job.package_version();
         tracing::info!(
-            job,
-            base_key = %base_key,
-            package = %miss.package,
-            version = %miss.version,
+            job = id,
+            kind = %job.kind(),
+            base_key = %job.base_key(),
+            key = job.key().unwrap_or(""),
+            package = %package,
+            version = %version,
             worker = %request.worker,
             token = %publisher.name,
             "job leased"
         );
+        let (miss, build) = match job {
+            Job::Build(miss) => (Some(miss), None),
+            Job::Audit(audit) => (None, Some(audit)),
+        };
         Ok(Some(Lease {
-            job,
+            job: id,
+            kind: request.kind,
             lease_expires_at: expires_at(now + lease_ms),
             lease_seconds: request.lease_seconds,
             miss,
+            build,
         }))
     }
 
     /// Renews the lease of `job` for the token that leased it: `409` when it was lost (it
-    /// expired and was leased again), released, or its miss is closed.
+    /// expired and was leased again), released, or the job is closed.
     pub fn heartbeat_job(
         &self,
         job: u64,
@@ -149,13 +186,14 @@ impl Artifacts {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(&err)?;
         let held = held_job(store, &tx, job, publisher).map_err(Refusal::from)??;
+        self.may_work_on(held.kind, publisher)?;
         if let Some(ended) = &held.ended {
             return Err(Refusal::new(409, ended_message(job, ended)));
         }
         if let Some(closed_by) = &held.closed_by {
             return Err(Refusal::new(
                 409,
-                format!("job {job} is closed ({closed_by}): stop building it"),
+                format!("job {job} is closed ({closed_by}): stop working on it"),
             ));
         }
         let lease_ms = request
@@ -169,14 +207,23 @@ impl Artifacts {
         tx.commit().map_err(&err)?;
         Ok(LeaseRenewed {
             job,
+            kind: held.kind,
             base_key: held.base_key,
+            key: held.key,
             lease_expires_at: expires_at(now + lease_ms),
             lease_seconds: (lease_ms / 1000) as u64,
         })
     }
 
-    /// Gives `job` back to the queue (the token that leased it): its miss is leasable again.
-    pub fn release_job(&self, job: u64, publisher: &Publisher) -> Result<LeaseReleased, Refusal> {
+    /// Ends the lease of `job` (the token that leased it): `released` puts the work back in the
+    /// queue; `failed` (audit jobs) keeps it from this token for good.
+    pub fn release_job(
+        &self,
+        job: u64,
+        request: &ReleaseRequest,
+        publisher: &Publisher,
+    ) -> Result<LeaseReleased, Refusal> {
+        let reason = check_release_request(request)?;
         let store = &self.store;
         let err = store.db_err();
         let now = now_ms();
@@ -185,65 +232,297 @@ impl Artifacts {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(&err)?;
         let held = held_job(store, &tx, job, publisher).map_err(Refusal::from)??;
+        self.may_work_on(held.kind, publisher)?;
+        if held.kind == JobKind::Build && request.outcome == ReleaseOutcome::Failed {
+            return Err(Refusal::new(
+                422,
+                format!(
+                    "job {job} is a build job: report a failed build with POST \
+                     /precomp/v1/failures (it keeps the log and closes the miss), or release \
+                     it without an outcome"
+                ),
+            ));
+        }
         let result = match held.ended.as_deref() {
-            Some("released") => "already_released",
+            Some("released" | "failed") => "already_released",
             Some(ended) => return Err(Refusal::new(409, ended_message(job, ended))),
             None => {
                 tx.execute(
-                    "UPDATE leases SET ended_at = ?2, ended = 'released' WHERE job = ?1",
-                    params![job as i64, now / 1000],
+                    "UPDATE leases SET ended_at = ?2, ended = ?3, reason = ?4 WHERE job = ?1",
+                    params![job as i64, now / 1000, request.outcome.as_str(), reason],
                 )
                 .map_err(&err)?;
                 if held.closed_by.is_some() {
                     "closed"
                 } else {
-                    "released"
+                    request.outcome.as_str()
                 }
             }
         };
         tx.commit().map_err(&err)?;
-        tracing::info!(job, base_key = %held.base_key, token = %publisher.name, result, "job released");
+        tracing::info!(
+            job,
+            kind = %held.kind,
+            base_key = %held.base_key,
+            key = held.key.as_deref().unwrap_or(""),
+            token = %publisher.name,
+            result,
+            reason = reason.unwrap_or(""),
+            "job released"
+        );
         Ok(LeaseReleased {
             job,
+            kind: held.kind,
             base_key: held.base_key,
+            key: held.key,
             result: result.to_string(),
         })
     }
+
+    /// The auditor key id an audit lease of `publisher`'s token is for: one of the keys it may
+    /// post verdicts with (`403` for a token that may post none), the one `request` names.
+    fn lease_auditor(
+        &self,
+        request: &LeaseRequest,
+        publisher: &Publisher,
+    ) -> Result<String, Refusal> {
+        let ids: Vec<String> = self
+            .verdict_keys(publisher)?
+            .iter()
+            .map(ArtifactPublicKey::key_id)
+            .collect();
+        match &request.auditor {
+            Some(id) if ids.contains(id) => Ok(id.clone()),
+            Some(id) => Err(Refusal::new(
+                403,
+                format!(
+                    "auditor {id:?} is not a key token {:?} may post verdicts with ({}): lease \
+                     with the key id of the key the worker signs with",
+                    publisher.name,
+                    ids.join(", ")
+                ),
+            )),
+            None if ids.len() == 1 => Ok(ids[0].clone()),
+            None => Err(Refusal::new(
+                422,
+                format!(
+                    "token {:?} may post verdicts signed by any of {} auditor keys: name the one \
+                     this worker signs with in `auditor` (its key id, `ed25519:…`)",
+                    publisher.name,
+                    ids.len()
+                ),
+            )),
+        }
+    }
+
+    /// Whether `publisher`'s token may (still) work on a job of `kind`: publish builds, or
+    /// post verdicts (`403` otherwise).
+    fn may_work_on(&self, kind: JobKind, publisher: &Publisher) -> Result<(), Refusal> {
+        match kind {
+            JobKind::Build => self.effective_keys()?.builder_keys_for(publisher).map(drop),
+            JobKind::Audit => self.verdict_keys(publisher).map(drop),
+        }
+    }
+}
+
+/// The open miss a build lease gets: exactly the request's OTP major, Elixir and Mix env, a
+/// target among its targets, no live build lease; most reported first, then oldest, then by
+/// base key.
+fn select_miss(
+    tx: &Transaction<'_>,
+    request: &LeaseRequest,
+    now: i64,
+) -> rusqlite::Result<Option<Miss>> {
+    tx.query_row(
+        &format!(
+            "SELECT {MISS_COLUMNS} FROM misses m
+             WHERE closed_at IS NULL AND otp_major = ?1 AND elixir = ?2 AND mix_env = ?3
+               AND target IN (SELECT value FROM json_each(?4))
+               AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.kind = 'build'
+                               AND l.base_key = m.base_key AND l.ended_at IS NULL
+                               AND l.expires_ms > ?5)
+             ORDER BY count DESC, first_reported, base_key LIMIT 1"
+        ),
+        params![
+            request.otp_major,
+            request.elixir,
+            request.mix_env,
+            json_list(&request.targets),
+            now
+        ],
+        miss_row,
+    )
+    .optional()
+}
+
+/// The published build an audit lease for `auditor` gets: exactly the request's OTP major,
+/// Elixir and Mix env, a target among its targets, fewer than `fewer_than` audits (distinct
+/// auditors among its signers and its verdicts' authors), none by `auditor`, no live audit
+/// lease, not released as failed by this token; fewest audits first, then oldest published,
+/// then by key. `auditor_ids` are the mirror's auditor keys, whose signatures count as audits.
+fn select_audit(
+    tx: &Transaction<'_>,
+    request: &LeaseRequest,
+    auditor: &str,
+    publisher: &Publisher,
+    auditor_ids: &[String],
+    now: i64,
+) -> rusqlite::Result<Option<AuditBuild>> {
+    let key: Option<String> = tx
+        .query_row(
+            &format!(
+                "SELECT key FROM (
+                   SELECT m.key, m.published_at,
+                     (SELECT count(*) FROM (
+                        SELECT v.auditor_id FROM verdicts v WHERE v.key = m.key
+                        UNION
+                        SELECT s.value FROM json_each(m.signers) s
+                        WHERE s.value IN (SELECT value FROM json_each(?6)))) AS audits
+                   FROM manifests m
+                   WHERE m.otp_major = ?1 AND m.elixir = ?2 AND m.mix_env = ?3
+                     AND m.target IN (SELECT value FROM json_each(?4))
+                     AND NOT EXISTS (SELECT 1 FROM verdicts v
+                                     WHERE v.key = m.key AND v.auditor_id = ?5)
+                     AND NOT EXISTS (SELECT 1 FROM json_each(m.signers) s WHERE s.value = ?5)
+                     AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.kind = 'audit'
+                                     AND l.key = m.key AND l.ended_at IS NULL
+                                     AND l.expires_ms > ?7 AND NOT {AUDIT_DONE})
+                     AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.kind = 'audit'
+                                     AND l.key = m.key AND l.token_name = ?8
+                                     AND l.ended = 'failed'))
+                 WHERE audits < ?9
+                 ORDER BY audits, published_at, key LIMIT 1"
+            ),
+            params![
+                request.otp_major,
+                request.elixir,
+                request.mix_env,
+                json_list(&request.targets),
+                auditor,
+                json_list(auditor_ids),
+                now,
+                publisher.name,
+                request.fewer_than
+            ],
+            |row| row.get(0),
+        )
+        .optional()?;
+    let Some(key) = key else {
+        return Ok(None);
+    };
+    // `index_build_row` reads the first columns; the package comes after them.
+    let package_column = INDEX_BUILD_COLUMNS.split(',').count();
+    let (package, mut build) = tx.query_row(
+        &format!("SELECT {INDEX_BUILD_COLUMNS}, package FROM manifests WHERE key = ?1"),
+        params![key],
+        |row| Ok((row.get(package_column)?, index_build_row(row)?)),
+    )?;
+    build.auditors = build
+        .signers
+        .iter()
+        .filter(|s| auditor_ids.contains(s))
+        .cloned()
+        .collect();
+    super::verdicts::attach(tx, std::slice::from_mut(&mut build))?;
+    Ok(Some(AuditBuild { package, build }))
+}
+
+/// Ends the earlier leases of `job`'s work, which expired (it was leasable): their workers
+/// lost them. Then leases it to `publisher`'s token; the new job id.
+fn insert_lease(
+    tx: &Transaction<'_>,
+    job: &Job,
+    request: &LeaseRequest,
+    publisher: &Publisher,
+    auditor: Option<&str>,
+    now: i64,
+    lease_ms: i64,
+) -> rusqlite::Result<u64> {
+    match job {
+        Job::Build(miss) => tx.execute(
+            "UPDATE leases SET ended_at = ?2, ended = 'lost'
+             WHERE kind = 'build' AND base_key = ?1 AND ended_at IS NULL",
+            params![miss.base_key, now / 1000],
+        )?,
+        // An audit lease whose verdict was posted is done, not lost.
+        Job::Audit(audit) => tx.execute(
+            &format!(
+                "UPDATE leases AS l SET ended_at = ?2, ended = 'lost'
+                 WHERE kind = 'audit' AND key = ?1 AND ended_at IS NULL AND NOT {AUDIT_DONE}"
+            ),
+            params![audit.build.key, now / 1000],
+        )?,
+    };
+    tx.execute(
+        "INSERT INTO leases (kind, base_key, key, auditor, worker, token_name, lease_ms,
+            leased_at, expires_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            job.kind().as_str(),
+            job.base_key(),
+            job.key(),
+            auditor,
+            request.worker,
+            publisher.name,
+            lease_ms,
+            now / 1000,
+            now + lease_ms
+        ],
+    )?;
+    Ok(tx.last_insert_rowid() as u64)
 }
 
 /// A lease row as a heartbeat or a release sees it.
 struct HeldJob {
+    kind: JobKind,
     base_key: String,
+    /// An audit job's build key.
+    key: Option<String>,
     lease_ms: i64,
-    /// `lost` or `released`.
+    /// `lost`, `released` or `failed`.
     ended: Option<String>,
-    /// Set when the miss is closed.
+    /// Set when the job is closed: what closed it.
     closed_by: Option<String>,
 }
 
 /// The lease `job`, if it exists and `publisher`'s token leased it (`404`, `403` otherwise).
 fn held_job(
     store: &ArtifactStore,
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Transaction<'_>,
     job: u64,
     publisher: &Publisher,
 ) -> Result<Result<HeldJob, Refusal>, ArtifactStoreError> {
     let row: Option<(String, HeldJob)> = tx
         .query_row(
-            "SELECT l.base_key, l.token_name, l.lease_ms, l.ended, m.closed_at, m.closed_by
-             FROM leases l LEFT JOIN misses m ON m.base_key = l.base_key WHERE l.job = ?1",
+            &format!(
+                "SELECT l.kind, l.base_key, l.key, l.token_name, l.lease_ms, l.ended,
+                   CASE l.kind
+                     WHEN 'audit' THEN CASE
+                       WHEN NOT EXISTS (SELECT 1 FROM manifests WHERE key = l.key)
+                         THEN 'the build is no longer published'
+                       WHEN {AUDIT_DONE} THEN 'verdict posted by ' || l.auditor
+                     END
+                     ELSE (SELECT coalesce(m.closed_by, 'closed') FROM misses m
+                           WHERE m.base_key = l.base_key AND m.closed_at IS NOT NULL)
+                   END
+                 FROM leases l WHERE l.job = ?1"
+            ),
             params![job as i64],
             |row| {
-                let closed_at: Option<i64> = row.get(4)?;
-                let closed_by: Option<String> = row.get(5)?;
+                let kind: String = row.get(0)?;
                 Ok((
-                    row.get(1)?,
+                    row.get(3)?,
                     HeldJob {
-                        base_key: row.get(0)?,
-                        lease_ms: row.get(2)?,
-                        ended: row.get(3)?,
-                        closed_by: closed_at
-                            .map(|_| closed_by.unwrap_or_else(|| "closed".to_string())),
+                        kind: if kind == "audit" {
+                            JobKind::Audit
+                        } else {
+                            JobKind::Build
+                        },
+                        base_key: row.get(1)?,
+                        key: row.get(2)?,
+                        lease_ms: row.get(4)?,
+                        ended: row.get(5)?,
+                        closed_by: row.get(6)?,
                     },
                 ))
             },
@@ -272,7 +551,7 @@ fn held_job(
 fn ended_message(job: u64, ended: &str) -> String {
     match ended {
         "lost" => format!(
-            "job {job}: the lease expired and the job was leased again; stop building it \
+            "job {job}: the lease expired and the job was leased again; stop working on it \
              (heartbeat more often than the lease lasts)"
         ),
         _ => format!("job {job} was released; lease a new job"),
@@ -336,7 +615,58 @@ fn check_lease_request(request: &LeaseRequest) -> Result<(), Refusal> {
             ));
         }
     }
+    if request.kind == JobKind::Audit {
+        if !(1..=MAX_FEWER_THAN).contains(&request.fewer_than) {
+            return Err(Refusal::new(
+                422,
+                format!(
+                    "fewer_than {} is not within 1..={MAX_FEWER_THAN} (1: builds nobody audited)",
+                    request.fewer_than
+                ),
+            ));
+        }
+        if let Some(auditor) = &request.auditor {
+            if auditor.is_empty()
+                || auditor.len() > MAX_AUDITOR_ID
+                || auditor.chars().any(char::is_control)
+            {
+                return Err(Refusal::new(
+                    422,
+                    format!("auditor must be a key id (`ed25519:…`), 1 to {MAX_AUDITOR_ID} bytes"),
+                ));
+            }
+        }
+    }
     check_lease_seconds(request.lease_seconds)
+}
+
+/// The release's reason, checked: one line of at most [`MAX_RELEASE_REASON`] bytes.
+fn check_release_request(request: &ReleaseRequest) -> Result<Option<&str>, Refusal> {
+    let reason = request.reason.as_deref().filter(|r| !r.is_empty());
+    if let Some(reason) = reason {
+        if reason.len() > MAX_RELEASE_REASON {
+            return Err(Refusal::new(
+                413,
+                format!(
+                    "the reason is {} bytes, over the limit of {MAX_RELEASE_REASON}: send its \
+                     first line, cut",
+                    reason.len()
+                ),
+            ));
+        }
+        if reason.chars().any(char::is_control) {
+            return Err(Refusal::new(
+                422,
+                "the reason must be one line of text (no control characters)",
+            ));
+        }
+    }
+    Ok(reason)
+}
+
+/// `values` as a JSON array, for `json_each(?)`.
+fn json_list(values: &[String]) -> String {
+    serde_json::to_string(values).expect("strings serialise")
 }
 
 /// Unix seconds at or after `ms`.
@@ -349,4 +679,458 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::artifacts::store::ManifestRecord;
+    use crate::artifacts::ArtifactsConfig;
+    use precomp_proto::buildkey::{BuildInputs, PackageRef, Target};
+    use precomp_proto::manifest::{ArtifactSigningKey, Manifest, Output, SignedManifest};
+    use prost::Message;
+
+    struct Mirror {
+        _dir: tempfile::TempDir,
+        artifacts: Arc<Artifacts>,
+        builder: ArtifactSigningKey,
+        auditors: [ArtifactSigningKey; 2],
+    }
+
+    impl Mirror {
+        fn new() -> Mirror {
+            let dir = tempfile::tempdir().unwrap();
+            let builder = ArtifactSigningKey::generate();
+            let auditors = [
+                ArtifactSigningKey::generate(),
+                ArtifactSigningKey::generate(),
+            ];
+            let artifacts = Artifacts::open(ArtifactsConfig {
+                data: dir.path().to_path_buf(),
+                builder_keys: vec![builder.public_key()],
+                auditor_keys: auditors
+                    .iter()
+                    .map(ArtifactSigningKey::public_key)
+                    .collect(),
+                ..ArtifactsConfig::default()
+            })
+            .unwrap();
+            Mirror {
+                _dir: dir,
+                artifacts,
+                builder,
+                auditors,
+            }
+        }
+
+        /// Publishes a build of `package` 1.0.0 for OTP `otp` and `target`, published at
+        /// `published_at`: its key.
+        fn publish(&self, package: &str, otp: &str, target: &str, published_at: i64) -> String {
+            let mut manifest = Manifest::default();
+            manifest
+                .set_inputs(&BuildInputs {
+                    package: PackageRef {
+                        name: package.into(),
+                        version: "1.0.0".into(),
+                        outer_checksum: [7; 32],
+                    },
+                    closure: vec![],
+                    otp_major: otp.into(),
+                    elixir: "1.14.0".into(),
+                    mix_env: "prod".into(),
+                    target: match target.split_once('-') {
+                        Some((arch, libc)) => Target::Native {
+                            arch: arch.into(),
+                            libc: libc.into(),
+                        },
+                        None => Target::Any,
+                    },
+                    compile_env: vec![],
+                })
+                .unwrap();
+            manifest.output = Some(Output {
+                artifact_sha256: vec![1; 32],
+                artifact_size: 10,
+                ..Default::default()
+            });
+            let signed = SignedManifest::sign(&manifest, &self.builder);
+            let record = ManifestRecord {
+                key: manifest.key.clone(),
+                base_key: manifest.base_key.clone(),
+                package: package.into(),
+                version: "1.0.0".into(),
+                otp_major: otp.into(),
+                elixir: "1.14.0".into(),
+                mix_env: "prod".into(),
+                target: target.into(),
+                artifact_sha256: hex::encode([1; 32]),
+                artifact_size: 10,
+                compile_env: vec![],
+                signers: vec![self.builder.public_key().key_id()],
+            };
+            let store = self.artifacts.store();
+            store
+                .put_manifest(&record, &signed, &signed.encode_to_vec(), "builder")
+                .unwrap();
+            self.sql(
+                "UPDATE manifests SET published_at = ?2 WHERE key = ?1",
+                params![manifest.key, published_at],
+            );
+            manifest.key
+        }
+
+        fn sql(&self, sql: &str, params: impl rusqlite::Params) {
+            let db = self.artifacts.store().db.lock().unwrap();
+            db.execute(sql, params).unwrap();
+        }
+
+        /// A stored verdict of auditor `n` on `key` (the row only: selection reads nothing
+        /// else).
+        fn verdict(&self, key: &str, n: usize) {
+            self.sql(
+                "INSERT INTO verdicts (key, auditor_id, result, summary, toolchain_id,
+                    signed_verdict, verdict_sha256, reported_by, received_at)
+                 VALUES (?1, ?2, 'match', '', 'host', x'', '', 'auditor', 0)",
+                params![key, self.auditor_id(n)],
+            );
+        }
+
+        /// Auditor `n` countersigned `key`.
+        fn countersigned(&self, key: &str, n: usize) {
+            let signers =
+                serde_json::json!([self.builder.public_key().key_id(), self.auditor_id(n)]);
+            self.sql(
+                "UPDATE manifests SET signers = ?2 WHERE key = ?1",
+                params![key, signers.to_string()],
+            );
+        }
+
+        fn auditor_id(&self, n: usize) -> String {
+            self.auditors[n].public_key().key_id()
+        }
+
+        /// A token bound to auditor `n`'s key, named `name`.
+        fn auditor(&self, n: usize, name: &str) -> Publisher {
+            Publisher {
+                name: name.into(),
+                key: Some(self.auditors[n].public_key()),
+            }
+        }
+
+        /// Expires every lease now, as if nobody had renewed them.
+        fn expire_all(&self) {
+            self.sql("UPDATE leases SET expires_ms = 0", params![]);
+        }
+
+        fn lease(
+            &self,
+            publisher: &Publisher,
+            targets: &[&str],
+            fewer_than: u32,
+        ) -> Result<Option<Lease>, Refusal> {
+            self.artifacts.lease_job(
+                &LeaseRequest {
+                    kind: JobKind::Audit,
+                    worker: "w".into(),
+                    otp_major: "25".into(),
+                    elixir: "1.14.0".into(),
+                    mix_env: "prod".into(),
+                    targets: targets.iter().map(|t| t.to_string()).collect(),
+                    lease_seconds: 60,
+                    fewer_than,
+                    auditor: None,
+                },
+                publisher,
+            )
+        }
+
+        /// The key of the build an audit lease gives `publisher`; `None` when none.
+        fn leased(
+            &self,
+            publisher: &Publisher,
+            targets: &[&str],
+            fewer_than: u32,
+        ) -> Option<String> {
+            self.lease(publisher, targets, fewer_than)
+                .unwrap()
+                .map(|lease| {
+                    assert_eq!(lease.kind, JobKind::Audit);
+                    assert!(lease.miss.is_none());
+                    lease
+                        .build
+                        .expect("an audit lease names its build")
+                        .build
+                        .key
+                })
+        }
+    }
+
+    const ANY: &[&str] = &["any"];
+
+    #[test]
+    fn audit_jobs_are_the_builds_with_fewest_audits_then_the_oldest_for_this_toolchain() {
+        let mirror = Mirror::new();
+        let old = mirror.publish("old_one", "25", "any", 100);
+        let newer = mirror.publish("newer", "25", "any", 200);
+        let newest = mirror.publish("newest", "25", "any", 300);
+        let native = mirror.publish("native", "25", "x86_64-linux-gnu", 50);
+        mirror.publish("other_otp", "26", "any", 10);
+        // `old` has one audit (a verdict by auditor 1), `newer` one (auditor 1 countersigned).
+        mirror.verdict(&old, 1);
+        mirror.countersigned(&newer, 1);
+        let (a0, a1) = (mirror.auditor(0, "a0"), mirror.auditor(1, "a1"));
+
+        // Fewest audits first, though it is the newest: nothing else has none (native and
+        // other_otp are not for these targets / this OTP).
+        let lease = mirror.lease(&a0, ANY, 2).unwrap().unwrap();
+        let build = lease.build.unwrap();
+        assert_eq!(build.package, "newest");
+        assert_eq!(build.build.key, newest);
+        assert_eq!(
+            build.build.signers,
+            vec![mirror.builder.public_key().key_id()]
+        );
+        // Fewer than 1: nothing else, and newest is leased (exclusive while live).
+        assert_eq!(mirror.leased(&a0, ANY, 1), None);
+        assert_eq!(mirror.leased(&a1, ANY, 1), None);
+        // Then the oldest with one audit; the index fields come along.
+        let lease = mirror.lease(&a0, ANY, 2).unwrap().unwrap();
+        let build = lease.build.unwrap().build;
+        assert_eq!(build.key, old);
+        assert_eq!(build.verdicts.len(), 1, "{build:?}");
+        assert_eq!(build.verdicts[0].auditor, mirror.auditor_id(1));
+        let build = mirror
+            .lease(&a0, ANY, 2)
+            .unwrap()
+            .unwrap()
+            .build
+            .unwrap()
+            .build;
+        assert_eq!(build.key, newer);
+        assert_eq!(build.auditors, vec![mirror.auditor_id(1)]);
+        // Auditor 1 audited old and newer already; newest is leased.
+        assert_eq!(mirror.leased(&a1, ANY, 2), None);
+        // Native code for a target the worker builds.
+        assert_eq!(
+            mirror.leased(&a1, &["any", "x86_64-linux-gnu"], 1),
+            Some(native)
+        );
+    }
+
+    #[test]
+    fn expired_audit_leases_go_back_to_the_queue_and_verdicts_close_them() {
+        let mirror = Mirror::new();
+        let key = mirror.publish("plain_ex", "25", "any", 100);
+        let (a0, a1) = (mirror.auditor(0, "a0"), mirror.auditor(1, "a1"));
+        let first = mirror.lease(&a0, ANY, 2).unwrap().unwrap();
+        assert_eq!(mirror.leased(&a1, ANY, 2), None, "exclusive while live");
+        let artifacts = &mirror.artifacts;
+        let renewed = artifacts
+            .heartbeat_job(first.job, &HeartbeatRequest::default(), &a0)
+            .unwrap();
+        assert_eq!(renewed.kind, JobKind::Audit);
+        assert_eq!(renewed.key.as_deref(), Some(key.as_str()));
+        // Another token: 403; no such job: 404.
+        let refused = artifacts
+            .heartbeat_job(first.job, &HeartbeatRequest::default(), &a1)
+            .unwrap_err();
+        assert_eq!(refused.status, 403, "{refused:?}");
+        let missing = artifacts
+            .heartbeat_job(999, &HeartbeatRequest::default(), &a0)
+            .unwrap_err();
+        assert_eq!(missing.status, 404);
+
+        // Expired: another auditor gets it, and the first lease is lost.
+        mirror.expire_all();
+        let second = mirror.lease(&a1, ANY, 2).unwrap().unwrap();
+        assert_ne!(second.job, first.job);
+        let lost = artifacts
+            .heartbeat_job(first.job, &HeartbeatRequest::default(), &a0)
+            .unwrap_err();
+        assert_eq!(lost.status, 409);
+        assert!(lost.message.contains("leased again"), "{lost:?}");
+
+        // Auditor 1 posts its verdict: the job is closed, and the build is free for the
+        // next auditor at once (fewer than 2), though the lease has not expired.
+        mirror.verdict(&key, 1);
+        let closed = artifacts
+            .heartbeat_job(second.job, &HeartbeatRequest::default(), &a1)
+            .unwrap_err();
+        assert_eq!(closed.status, 409);
+        assert!(closed.message.contains("closed"), "{closed:?}");
+        assert!(closed.message.contains(&mirror.auditor_id(1)), "{closed:?}");
+        let third = mirror.lease(&a0, ANY, 2).unwrap().unwrap();
+        // Its verdict made it done, not lost (409), when auditor 0 leased the build again.
+        let released = artifacts
+            .release_job(second.job, &ReleaseRequest::default(), &a1)
+            .unwrap();
+        assert_eq!(released.result, "closed");
+        assert_eq!(
+            artifacts
+                .release_job(second.job, &ReleaseRequest::default(), &a1)
+                .unwrap()
+                .result,
+            "already_released"
+        );
+        // Two audits now with auditor 0's: nothing has fewer than 2.
+        mirror.verdict(&key, 0);
+        assert!(artifacts
+            .heartbeat_job(third.job, &HeartbeatRequest::default(), &a0)
+            .is_err());
+        assert_eq!(mirror.leased(&a0, ANY, 2), None);
+        assert_eq!(mirror.leased(&a1, ANY, 2), None);
+    }
+
+    #[test]
+    fn a_failed_audit_is_not_offered_again_to_that_token() {
+        let mirror = Mirror::new();
+        let key = mirror.publish("plain_ex", "25", "any", 100);
+        let a0 = mirror.auditor(0, "a0");
+        let artifacts = &mirror.artifacts;
+        let lease = mirror.lease(&a0, ANY, 1).unwrap().unwrap();
+        // A plain release puts it back in the queue.
+        let released = artifacts
+            .release_job(lease.job, &ReleaseRequest::default(), &a0)
+            .unwrap();
+        assert_eq!(released.result, "released");
+        assert_eq!(released.key.as_deref(), Some(key.as_str()));
+        let lease = mirror.lease(&a0, ANY, 1).unwrap().unwrap();
+        // Reasons are bounded and on one line.
+        let long = ReleaseRequest {
+            outcome: ReleaseOutcome::Failed,
+            reason: Some("x".repeat(MAX_RELEASE_REASON + 1)),
+        };
+        assert_eq!(
+            artifacts
+                .release_job(lease.job, &long, &a0)
+                .unwrap_err()
+                .status,
+            413
+        );
+        let failed = ReleaseRequest {
+            outcome: ReleaseOutcome::Failed,
+            reason: Some("the rebuild failed: mix compile exited 1".into()),
+        };
+        let released = artifacts.release_job(lease.job, &failed, &a0).unwrap();
+        assert_eq!(released.result, "failed");
+        assert_eq!(mirror.leased(&a0, ANY, 1), None, "not offered to a0 again");
+        // The same auditor key with another token, and another auditor, still get it.
+        let other_token = mirror.auditor(0, "a0-second-machine");
+        assert_eq!(mirror.leased(&other_token, ANY, 1), Some(key.clone()));
+        mirror.expire_all();
+        assert_eq!(mirror.leased(&mirror.auditor(1, "a1"), ANY, 1), Some(key));
+    }
+
+    #[test]
+    fn only_auditors_lease_audit_jobs_and_build_jobs_keep_their_rules() {
+        let mirror = Mirror::new();
+        mirror.publish("plain_ex", "25", "any", 100);
+        let artifacts = &mirror.artifacts;
+        let builder = Publisher {
+            name: "builder".into(),
+            key: Some(mirror.builder.public_key()),
+        };
+        let refused = mirror.lease(&builder, ANY, 1).unwrap_err();
+        assert_eq!(refused.status, 403, "{refused:?}");
+        assert!(refused.message.contains("auditor"), "{refused:?}");
+        // fewer_than is bounded.
+        assert_eq!(
+            mirror
+                .lease(&mirror.auditor(0, "a0"), ANY, 0)
+                .unwrap_err()
+                .status,
+            422
+        );
+        assert_eq!(
+            mirror
+                .lease(&mirror.auditor(0, "a0"), ANY, MAX_FEWER_THAN + 1)
+                .unwrap_err()
+                .status,
+            422
+        );
+        // A token bound to no key may use any auditor key: it must say which.
+        let unbound = Publisher {
+            name: "unbound".into(),
+            key: None,
+        };
+        let refused = mirror.lease(&unbound, ANY, 1).unwrap_err();
+        assert_eq!(refused.status, 422, "{refused:?}");
+        let mut request = LeaseRequest {
+            kind: JobKind::Audit,
+            worker: "w".into(),
+            otp_major: "25".into(),
+            elixir: "1.14.0".into(),
+            mix_env: "prod".into(),
+            targets: vec!["any".into()],
+            lease_seconds: 60,
+            fewer_than: 1,
+            auditor: Some("ed25519:0000000000000000".into()),
+        };
+        assert_eq!(
+            artifacts.lease_job(&request, &unbound).unwrap_err().status,
+            403
+        );
+        request.auditor = Some(mirror.auditor_id(1));
+        let lease = artifacts.lease_job(&request, &unbound).unwrap().unwrap();
+        assert!(artifacts
+            .heartbeat_job(lease.job, &HeartbeatRequest::default(), &unbound)
+            .is_ok());
+        // The same token name, now bound to a builder's key (re-created): it may no longer
+        // work on audits.
+        let rebound = Publisher {
+            name: "unbound".into(),
+            key: Some(mirror.builder.public_key()),
+        };
+        let refused = artifacts
+            .heartbeat_job(lease.job, &HeartbeatRequest::default(), &rebound)
+            .unwrap_err();
+        assert_eq!(refused.status, 403);
+        assert!(refused.message.contains("auditor keys"), "{refused:?}");
+
+        // Build jobs: the default kind; "failed" is for audits (a build failure is POST
+        // failures); an audit lease does not hold a miss of the same base key.
+        let request: LeaseRequest = serde_json::from_str(
+            r#"{"worker": "b", "otp_major": "25", "elixir": "1.14.0", "mix_env": "prod",
+                "targets": ["any"], "lease_seconds": 60}"#,
+        )
+        .unwrap();
+        assert_eq!(request.kind, JobKind::Build);
+        assert_eq!(request.fewer_than, 1);
+        assert_eq!(artifacts.lease_job(&request, &builder).unwrap(), None);
+        mirror.sql(
+            "INSERT INTO misses (base_key, package, version, reason, otp_major, elixir, mix_env,
+                target, lock, count, first_reported, last_reported)
+             VALUES ('b1', 'shapes', '1.0.0', 'not built', '25', '1.14.0', 'prod', 'any', '', 1,
+                0, 0)",
+            params![],
+        );
+        let build = artifacts.lease_job(&request, &builder).unwrap().unwrap();
+        assert_eq!(build.kind, JobKind::Build);
+        assert_eq!(build.miss.as_ref().unwrap().base_key, "b1");
+        assert!(build.build.is_none());
+        let json = serde_json::to_value(&build).unwrap();
+        assert_eq!(json["kind"], "build");
+        assert!(json.get("build").is_none(), "{json}");
+        let failed = ReleaseRequest {
+            outcome: ReleaseOutcome::Failed,
+            reason: None,
+        };
+        let refused = artifacts
+            .release_job(build.job, &failed, &builder)
+            .unwrap_err();
+        assert_eq!(refused.status, 422);
+        assert!(
+            refused.message.contains("POST /precomp/v1/failures"),
+            "{refused:?}"
+        );
+        assert_eq!(
+            artifacts
+                .release_job(build.job, &ReleaseRequest::default(), &builder)
+                .unwrap()
+                .result,
+            "released"
+        );
+    }
 }

@@ -6,9 +6,9 @@
 //! - `PUT artifacts/SHA256` (token): an artifact tarball, stored only if its sha256 is the
 //!   one in the path. `GET` serves it, immutable.
 //! - `PUT manifests/KEY` (token): a [`SignedManifest`], stored and indexed only once it
-//!   decodes, its key is what its inputs give and what the path says, it is signed by the
-//!   token's key (or, for a token bound to none, by one of the mirror's builder keys), and its
-//!   artifact is here with the digest and size it names. `GET` serves the stored bytes.
+//!   decodes, its key is what its inputs give and what the path says, it is signed by a key
+//!   the token may publish with (below), and its artifact is here with the digest and size it
+//!   names. `GET` serves the stored bytes.
 //! - `GET index/PACKAGE`: every build of a package, as JSON.
 //! - `POST failures` (token), `GET failures/PACKAGE`: failed builds with their logs. A failed
 //!   build is never an artifact.
@@ -16,20 +16,50 @@
 //!   looked for and did not find, deduplicated by base key, closed by a publish or a failure.
 //! - `POST verdicts/KEY` (an auditor's token), `GET verdicts/KEY`: audit verdicts; a build
 //!   with a mismatch is flagged in the index. `GET index` lists the packages with builds.
-//! - `POST jobs/lease`, `POST jobs/ID/heartbeat`, `POST jobs/ID/release` (token): build
-//!   workers on other machines lease open misses, renew the lease while they build, and
-//!   report with `PUT manifests/KEY` or `POST failures` (`store::jobs`).
+//! - `POST jobs/lease`, `POST jobs/ID/heartbeat`, `POST jobs/ID/release` (token): workers on
+//!   other machines lease jobs and renew the lease while they work (`store::jobs`). Build
+//!   jobs (a token that may publish) are open misses, reported with `PUT manifests/KEY` or
+//!   `POST failures`; audit jobs (a token that may post verdicts) are published builds with
+//!   fewer than N audits, reported with `POST verdicts/KEY` (and the countersignature), or
+//!   released as `failed` when the rebuild failed.
 //! - `GET trust`, `GET trust/VERSION`: the signed trust document `precomp keys` issues into
 //!   `DATA/trust` (clients verify it against the root key they pin).
 //!
 //! Tokens are made with `precomp token create`; only their SHA-256 is stored ([`token`]).
 //! [`ArtifactClient`] speaks the API for `precomp build` and `precomp fetch`.
+//!
+//! ## Who may upload what
+//!
+//! A token authenticates an upload; the keys decide what it may publish ([`trust_policy`]).
+//! The mirror trusts the keys its operator configured (`--builder-key`, `--auditor-key`, or
+//! `builder_keys` / `auditor_keys` in the config file) and, when `DATA/trust/trust.doc`
+//! exists, the trust document's keys by role:
+//!
+//! - **No trust document** (the rules as they always were): a token bound to a key (`precomp
+//!   token create --key`) publishes manifests signed by that key — new ones and signatures
+//!   added to published ones — whatever the configured keys; a token bound to none, manifests
+//!   signed by a configured builder key. Verdicts: signed by a configured auditor key (the
+//!   token's own, when it is bound to one).
+//! - **A trust document**: it is verified on each authorization (again only when its bytes
+//!   changed; against its own roots, or the pinned `trust_root` and the rotations from it) and
+//!   must not have expired; if it cannot be used every upload is refused (503) with the check
+//!   that failed — never a silent fallback to the configured keys. The effective builder keys
+//!   are the configured ones plus the document's keys valid now with the builder role,
+//!   auditors likewise; a key it revokes or whose validity ended is excluded even if
+//!   configured. A token bound to K is refused (403, naming the revocation) when K is
+//!   excluded; K must be a builder key to publish a new manifest, an auditor key to
+//!   countersign a published one or post a verdict. For a token bound to no key, a new
+//!   manifest needs a builder key's signature and signatures added to a published one must
+//!   be auditor keys'. `precomp keys revoke` takes effect on the next upload, no restart.
+//!
+//! The index's `auditors` are the signers of a build that are effective auditor keys.
 
 use precomp_proto::api;
 mod client;
 mod server;
 mod store;
 pub mod token;
+pub mod trust_policy;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -43,10 +73,13 @@ pub use api::{
     IndexBuild, ManifestStored, Miss, MissRecorded, MissReport, Misses,
 };
 pub use api::{
+    AuditBuild, HeartbeatRequest, JobKind, Lease, LeaseReleased, LeaseRenewed, LeaseRequest,
+    ReleaseOutcome, ReleaseRequest, MAX_FEWER_THAN, MAX_RELEASE_REASON,
+};
+pub use api::{
     ChunkDifferenceJson, FileDifferenceJson, Packages, VerdictRecord, VerdictStored,
     VerdictSummary, Verdicts,
 };
-pub use api::{HeartbeatRequest, Lease, LeaseReleased, LeaseRenewed, LeaseRequest};
 pub use client::{ArtifactClient, ClientError, Uploaded};
 pub use server::{handle, is_api_path};
 pub use store::verdicts::files_json as verdict_files_json;
@@ -54,6 +87,7 @@ pub use store::{
     ArtifactCheck, ArtifactStore, ArtifactStoreError, ManifestPut, ManifestRecord, Publisher,
     TokenInfo, TokenLookup,
 };
+pub use trust_policy::{EffectiveKeys, TrustPolicy};
 
 /// The API's path prefix.
 pub const API_PREFIX: &str = "/precomp/v1";
@@ -97,13 +131,22 @@ pub const MAX_JOB_BODY: usize = 16 * 1024;
 /// Bound on JSON answers a client reads (index, failures, misses).
 pub const MAX_JSON_RESPONSE: u64 = 64 * 1024 * 1024;
 
-/// Where the artifact store lives and which builder keys the mirror trusts.
-#[derive(Clone, Debug)]
+/// Where the artifact store lives and which keys the mirror trusts for uploads, besides the
+/// trust document in `DATA/trust` ([`trust_policy`]).
+#[derive(Clone, Debug, Default)]
 pub struct ArtifactsConfig {
     /// `DATA/artifacts`.
     pub data: PathBuf,
-    /// Keys whose signatures a token bound to no key may publish manifests with.
+    /// Builders' keys (`--builder-key`, `builder_keys`): a token bound to no key may publish
+    /// manifests signed by them.
     pub builder_keys: Vec<ArtifactPublicKey>,
+    /// Auditors' keys (`--auditor-key`, `auditor_keys`): they post verdicts and their
+    /// countersignatures are listed as `auditors` in the index.
+    pub auditor_keys: Vec<ArtifactPublicKey>,
+    /// The root the trust document must be signed by, directly or through the root
+    /// rotations in `DATA/trust/history` (`--trust-root`, `trust_root`); `None`: the document
+    /// is checked against the root keys it lists itself.
+    pub trust_root: Option<ArtifactPublicKey>,
 }
 
 /// A request the API refuses: the HTTP status and a message saying what failed and what to
@@ -137,34 +180,69 @@ impl From<ArtifactStoreError> for Refusal {
 /// The artifact service: the store and the trust configuration.
 pub struct Artifacts {
     store: ArtifactStore,
-    builder_keys: Vec<ArtifactPublicKey>,
-    /// Keys whose signatures are auditors' (they rebuilt the artifact), and who may post
-    /// verdicts (`store::verdicts`).
-    auditor_keys: Vec<ArtifactPublicKey>,
+    /// Which keys may sign what is uploaded: the configured keys and the trust document.
+    trust: TrustPolicy,
 }
 
 impl Artifacts {
+    /// Opens the store and logs the trust setup: the configured keys, the pinned root, and
+    /// the trust document in effect (or why it cannot be used: uploads are then refused
+    /// until it is fixed; serving goes on).
     pub fn open(config: ArtifactsConfig) -> Result<Arc<Artifacts>, ArtifactStoreError> {
-        Artifacts::open_with_auditors(config, Vec::new())
-    }
-
-    /// [`Artifacts::open`] with the auditors' public keys (`precomp serve --auditor-key`).
-    pub fn open_with_auditors(
-        config: ArtifactsConfig,
-        auditor_keys: Vec<ArtifactPublicKey>,
-    ) -> Result<Arc<Artifacts>, ArtifactStoreError> {
         let store = ArtifactStore::open(&config.data)?;
+        let trust = TrustPolicy::new(
+            trust_dir_of(&store),
+            config.builder_keys,
+            config.auditor_keys,
+            config.trust_root,
+        );
+        let ids = |keys: &[ArtifactPublicKey]| {
+            keys.iter()
+                .map(ArtifactPublicKey::key_id)
+                .collect::<Vec<_>>()
+        };
         tracing::info!(
             data = %config.data.display(),
-            builder_keys = ?config.builder_keys.iter().map(ArtifactPublicKey::key_id).collect::<Vec<_>>(),
-            auditor_keys = ?auditor_keys.iter().map(ArtifactPublicKey::key_id).collect::<Vec<_>>(),
+            builder_keys = ?ids(trust.configured_builder_keys()),
+            auditor_keys = ?ids(trust.configured_auditor_keys()),
+            trust_root = ?trust.trust_root().map(ArtifactPublicKey::key_id),
             "artifact store opened"
         );
-        Ok(Arc::new(Artifacts {
-            store,
-            builder_keys: config.builder_keys,
-            auditor_keys,
-        }))
+        let document = trust.document_path();
+        match trust.keys() {
+            Ok(keys) => match keys.document_version() {
+                Some(version) => tracing::info!(
+                    document = %document.display(),
+                    version,
+                    builder_keys = ?keys.builder_ids(),
+                    auditor_keys = ?keys.auditor_ids(),
+                    "uploads follow the trust document (re-read on every upload) and the \
+                     configured keys"
+                ),
+                None => tracing::info!(
+                    document = %document.display(),
+                    builder_keys = ?keys.builder_ids(),
+                    auditor_keys = ?keys.auditor_ids(),
+                    "no trust document: uploads are authorised by tokens and the configured \
+                     keys; once `precomp keys init` issues one, it is followed without a restart"
+                ),
+            },
+            // Logged by the policy; the mirror still serves, uploads are refused.
+            Err(_) => tracing::warn!(
+                document = %document.display(),
+                "the trust document cannot be used: every upload is refused until it is fixed"
+            ),
+        }
+        Ok(Arc::new(Artifacts { store, trust }))
+    }
+
+    /// [`Artifacts::open`] with `auditor_keys` added to the configured auditor keys.
+    pub fn open_with_auditors(
+        mut config: ArtifactsConfig,
+        auditor_keys: Vec<ArtifactPublicKey>,
+    ) -> Result<Arc<Artifacts>, ArtifactStoreError> {
+        config.auditor_keys.extend(auditor_keys);
+        Artifacts::open(config)
     }
 
     pub fn store(&self) -> &ArtifactStore {
@@ -174,15 +252,20 @@ impl Artifacts {
     /// `DATA/trust` beside the store (`DATA/artifacts`): the trust document `precomp keys`
     /// issues, served as `GET /precomp/v1/trust[/VERSION]`.
     pub fn trust_dir(&self) -> PathBuf {
-        self.store
-            .root()
-            .parent()
-            .unwrap_or(std::path::Path::new("."))
-            .join("trust")
+        trust_dir_of(&self.store)
     }
 
-    pub fn builder_keys(&self) -> &[ArtifactPublicKey] {
-        &self.builder_keys
+    /// The keys in effect now: the configured ones and the trust document's
+    /// ([`trust_policy`]); a refusal (503) when the trust document cannot be used.
+    pub fn effective_keys(&self) -> Result<EffectiveKeys, Refusal> {
+        self.trust.keys()
+    }
+
+    /// The builder keys in effect now; none while the trust document cannot be used.
+    pub fn builder_keys(&self) -> Vec<ArtifactPublicKey> {
+        self.effective_keys()
+            .map(|keys| keys.builders().to_vec())
+            .unwrap_or_default()
     }
 
     /// The token of an `Authorization` header value: 401 when absent, malformed, unknown or
@@ -227,38 +310,32 @@ impl Artifacts {
         }
     }
 
-    /// The keys whose signature a manifest uploaded with `publisher`'s token needs: the
-    /// token's own key, else the mirror's builder keys; 403 when there are none.
+    /// The keys whose signature on a manifest uploaded with `publisher`'s token can count
+    /// (checked before an upload's body is read): without a trust document the token's own
+    /// key, else the configured builder keys; with one, the token's key if it is an effective
+    /// builder or auditor key, else every effective builder and auditor key. 403 when there
+    /// are none or the token's key is revoked (naming the revocation); 503 when the trust
+    /// document cannot be used ([`trust_policy`]).
     pub fn trusted_for(&self, publisher: &Publisher) -> Result<Vec<ArtifactPublicKey>, Refusal> {
-        match &publisher.key {
-            Some(key) => Ok(vec![key.clone()]),
-            None if !self.builder_keys.is_empty() => Ok(self.builder_keys.clone()),
-            None => Err(Refusal::new(
-                403,
-                format!(
-                    "token {:?} is bound to no key and this mirror trusts no builder keys, so \
-                     nothing it uploads could be published: start `precomp serve` with \
-                     --builder-key FILE.pub (or `builder_keys = [\"FILE.pub\"]` in its config), \
-                     or create a token bound to the builder's key with `precomp token create \
-                     --name NAME --key FILE.pub`",
-                    publisher.name
-                ),
-            )),
-        }
+        self.effective_keys()?.manifest_keys(publisher)
     }
 
     /// Verifies a signed manifest uploaded to `PUT manifests/KEY` and stores it. The checks,
-    /// in order: decodes; signed by a key [`Artifacts::trusted_for`] the token (every such
-    /// signature verifies, at least one present); the manifest decodes, has a known format,
-    /// and its key and base key are what its inputs give; its key is `url_key`; its artifact
-    /// is here with the sha256 and size it names.
+    /// in order: the trust document, if any, can be used (503); decodes; signed by a key
+    /// [`Artifacts::trusted_for`] the token (every such signature verifies, at least one
+    /// present; 403 naming any revoked signer); the manifest decodes, has a known format,
+    /// and its key and base key are what its inputs give; its key is `url_key`; with a trust
+    /// document, the roles ([`EffectiveKeys::check_roles`]: a builder's signature on a new
+    /// manifest, only auditors' added to a published one; 403); its artifact is here with the
+    /// sha256 and size it names.
     pub fn publish_manifest(
         &self,
         url_key: &str,
         bytes: &[u8],
         publisher: &Publisher,
     ) -> Result<ManifestStored, Refusal> {
-        let trusted = self.trusted_for(publisher)?;
+        let keys = self.effective_keys()?;
+        let trusted = keys.manifest_keys(publisher)?;
         let signed = SignedManifest::decode(bytes)
             .map_err(|e| Refusal::new(422, format!("manifest refused: {e}")))?;
         let (manifest, signers) = signed.verify(&trusted).map_err(|e| match e {
@@ -266,13 +343,20 @@ impl Artifacts {
                 403,
                 format!(
                     "manifest refused: signature check failed: it has no signature by {} \
-                     (signed by: {signers}); sign it with {}",
+                     (signed by: {signers}){}; sign it with {}",
                     key_ids(&trusted),
-                    match &publisher.key {
-                        Some(_) => format!("the key token {:?} is bound to", publisher.name),
-                        None => "a builder key this mirror trusts (--builder-key), or bind \
-                                 the token to your key (`precomp token create --key`)"
+                    keys.explain_signers(signed.signatures.iter().map(|s| s.key_id.as_str())),
+                    match (&publisher.key, keys.document_version()) {
+                        (Some(_), _) => format!("the key token {:?} is bound to", publisher.name),
+                        (None, None) => "a builder key this mirror trusts (--builder-key), or \
+                                         bind the token to your key (`precomp token create \
+                                         --key`)"
                             .to_string(),
+                        (None, Some(version)) => format!(
+                            "a builder key this mirror trusts (trust document version \
+                             {version}, --builder-key), or bind the token to your key \
+                             (`precomp token create --key`)"
+                        ),
                     }
                 ),
             ),
@@ -291,6 +375,30 @@ impl Artifacts {
                     manifest.key
                 ),
             ));
+        }
+        // Roles, with a trust document: whether this publishes a new manifest or adds
+        // signatures to the published one. A different manifest under a published key is
+        // refused below (409) whoever signed it. (Between this look-up and the store's
+        // transaction another upload can publish the same manifest first; this one's builder
+        // signature is then added to it: what it signed is what is published.)
+        if keys.document_version().is_some() {
+            // None: nothing published under the key; Some(None): another manifest is.
+            let published = self.store.manifest(&manifest.key)?.map(|stored| {
+                match SignedManifest::decode(&stored) {
+                    Ok(old) if old.manifest == signed.manifest => Some(
+                        old.signatures
+                            .iter()
+                            .map(|s| s.key_id.clone())
+                            .collect::<Vec<_>>(),
+                    ),
+                    _ => None,
+                }
+            });
+            match published {
+                None => keys.check_roles(&manifest.key, &signers, None)?,
+                Some(Some(present)) => keys.check_roles(&manifest.key, &signers, Some(&present))?,
+                Some(None) => {}
+            }
         }
         let package = manifest
             .package
@@ -430,6 +538,15 @@ impl Artifacts {
         check_miss(report)?;
         Ok(self.store.record_miss(report)?)
     }
+}
+
+/// `DATA/trust` beside the store (`DATA/artifacts`).
+fn trust_dir_of(store: &ArtifactStore) -> PathBuf {
+    store
+        .root()
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .join("trust")
 }
 
 fn key_ids(keys: &[ArtifactPublicKey]) -> String {

@@ -21,7 +21,7 @@ use super::{
     MissReport, Misses, Publisher, Refusal, MAX_ARTIFACT_SIZE, MAX_FAILURE_BODY, MAX_MISSES_LISTED,
     MAX_MISSES_LOCK_BYTES, MAX_MISS_BODY,
 };
-use super::{HeartbeatRequest, LeaseRequest, MAX_JOB_BODY};
+use super::{HeartbeatRequest, LeaseRequest, ReleaseRequest, MAX_JOB_BODY};
 use super::{Packages, MAX_VERDICT_BODY};
 
 /// `Cache-Control` of an artifact: content-addressed, so cached forever.
@@ -52,7 +52,7 @@ enum ApiRoute {
     Packages,
     /// `trust` (the current trust document) or `trust/VERSION`.
     Trust(Option<u64>),
-    /// `jobs/lease`: a build worker leases a miss.
+    /// `jobs/lease`: a worker leases a job (a miss to build, a build to audit).
     JobLease,
     /// `jobs/ID/heartbeat`.
     JobHeartbeat(u64),
@@ -580,10 +580,29 @@ where
 }
 
 // ---------------------------------------------------------------------------------------------
-// Build jobs
+// Jobs (build and audit)
 // ---------------------------------------------------------------------------------------------
 
-/// `POST jobs/lease`: `200` with the lease, `204` when no open miss matches.
+/// Authenticates a job request. What the token may do depends on the job's kind (publish
+/// builds, post verdicts): the store checks that once it knows the kind.
+async fn job_token(artifacts: &Arc<Artifacts>, headers: &HeaderMap) -> Result<Publisher, Refusal> {
+    let authorization = authorization(headers)?;
+    blocking(artifacts, move |a| a.authenticate(authorization.as_deref())).await
+}
+
+/// An optional JSON body: empty (or blank) is `T::default()`.
+fn optional_json<T: serde::de::DeserializeOwned + Default>(
+    bytes: &[u8],
+    what: &str,
+) -> Result<T, Refusal> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        Ok(T::default())
+    } else {
+        parse_json(bytes, what)
+    }
+}
+
+/// `POST jobs/lease`: `200` with the lease, `204` when no job matches.
 async fn post_lease<B>(
     artifacts: &Arc<Artifacts>,
     headers: &HeaderMap,
@@ -593,7 +612,7 @@ where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let publisher = publisher(artifacts, headers).await?;
+    let publisher = job_token(artifacts, headers).await?;
     let bytes = read_body(headers, body, MAX_JOB_BODY, "the lease request").await?;
     let request: LeaseRequest = parse_json(&bytes, "lease request")?;
     let lease = blocking(artifacts, move |a| a.lease_job(&request, &publisher)).await?;
@@ -621,13 +640,9 @@ where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let publisher = publisher(artifacts, headers).await?;
+    let publisher = job_token(artifacts, headers).await?;
     let bytes = read_body(headers, body, MAX_JOB_BODY, "the heartbeat").await?;
-    let request: HeartbeatRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
-        HeartbeatRequest::default()
-    } else {
-        parse_json(&bytes, "heartbeat")?
-    };
+    let request: HeartbeatRequest = optional_json(&bytes, "heartbeat")?;
     let renewed = blocking(artifacts, move |a| {
         a.heartbeat_job(job, &request, &publisher)
     })
@@ -635,7 +650,7 @@ where
     Ok(json(StatusCode::OK, &renewed, "no-store", false))
 }
 
-/// `POST jobs/ID/release`: the body is ignored.
+/// `POST jobs/ID/release`: the body, optional, is a [`ReleaseRequest`].
 async fn post_release<B>(
     artifacts: &Arc<Artifacts>,
     job: u64,
@@ -646,9 +661,10 @@ where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let publisher = publisher(artifacts, headers).await?;
-    read_body(headers, body, MAX_JOB_BODY, "the release").await?;
-    let released = blocking(artifacts, move |a| a.release_job(job, &publisher)).await?;
+    let publisher = job_token(artifacts, headers).await?;
+    let bytes = read_body(headers, body, MAX_JOB_BODY, "the release").await?;
+    let request: ReleaseRequest = optional_json(&bytes, "release")?;
+    let released = blocking(artifacts, move |a| a.release_job(job, &request, &publisher)).await?;
     Ok(json(StatusCode::OK, &released, "no-store", false))
 }
 

@@ -43,7 +43,7 @@ use super::token::{digests_equal, new_token, token_sha256, valid_token_name};
 #[path = "verdicts.rs"]
 pub(super) mod verdicts;
 
-// Build jobs leased to workers (`precomp worker`): the `leases` table.
+// Build and audit jobs leased to workers (`precomp worker [--audit]`): the `leases` table.
 #[path = "jobs.rs"]
 mod jobs;
 
@@ -81,8 +81,9 @@ pub enum ArtifactStoreError {
     StoredKey { name: String, reason: String },
 }
 
-/// The database's `user_version`.
-const SCHEMA_VERSION: i64 = 1;
+/// The database's `user_version`: 2 since leases have a kind (build or audit jobs); a
+/// version-1 database is migrated when it is opened ([`migrate`]).
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tokens (
@@ -171,14 +172,29 @@ CREATE TABLE IF NOT EXISTS leases (
     leased_at  INTEGER NOT NULL,
     expires_ms INTEGER NOT NULL,
     ended_at   INTEGER,
-    ended      TEXT
+    ended      TEXT,
+    kind       TEXT NOT NULL DEFAULT 'build',
+    key        TEXT,
+    auditor    TEXT,
+    reason     TEXT
 ) STRICT;
 CREATE INDEX IF NOT EXISTS leases_base_key ON leases (base_key, ended_at);
+CREATE INDEX IF NOT EXISTS leases_key ON leases (key, ended_at);
 CREATE TABLE IF NOT EXISTS artifact_use (
     sha256    TEXT PRIMARY KEY NOT NULL,
     last_used INTEGER NOT NULL
 ) STRICT;
 ";
+
+/// Columns version 2 added to `leases` (audit jobs), as `ALTER TABLE … ADD COLUMN` takes them:
+/// the job's kind (`build`, `audit`), the audited build's key, the auditor key id it is for,
+/// and the reason a worker gave when it released the job as failed.
+const LEASES_V2_COLUMNS: &[(&str, &str)] = &[
+    ("kind", "kind TEXT NOT NULL DEFAULT 'build'"),
+    ("key", "key TEXT"),
+    ("auditor", "auditor TEXT"),
+    ("reason", "reason TEXT"),
+];
 
 /// `artifact_use.last_used` is written at most this often per artifact and process.
 const TOUCH_INTERVAL: i64 = 3600;
@@ -284,7 +300,13 @@ impl ArtifactStore {
         // FULL: a publish answered 201 survives a power cut.
         db.pragma_update(None, "synchronous", "FULL")
             .map_err(db_err)?;
-        let found: i64 = db
+        let mut db = db;
+        // One transaction, so a process opening the store at the same time sees the old
+        // schema or the new one.
+        let tx = db
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        let found: i64 = tx
             .query_row("PRAGMA user_version", [], |row| row.get(0))
             .map_err(db_err)?;
         if found > SCHEMA_VERSION {
@@ -293,9 +315,21 @@ impl ArtifactStore {
                 found,
             });
         }
-        db.execute_batch(SCHEMA).map_err(db_err)?;
-        db.pragma_update(None, "user_version", SCHEMA_VERSION)
+        if found < SCHEMA_VERSION {
+            migrate(&tx).map_err(db_err)?;
+        }
+        tx.execute_batch(SCHEMA).map_err(db_err)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        if found != 0 && found < SCHEMA_VERSION {
+            tracing::info!(
+                path = %db_path.display(),
+                from = found,
+                to = SCHEMA_VERSION,
+                "artifact database schema migrated"
+            );
+        }
         Ok(ArtifactStore {
             root: root.to_path_buf(),
             db_path,
@@ -728,31 +762,12 @@ impl ArtifactStore {
     pub fn index(&self, package: &str) -> Result<Vec<IndexBuild>, ArtifactStoreError> {
         let db = self.db.lock().expect("db lock");
         let mut stmt = db
-            .prepare(
-                "SELECT version, key, base_key, otp_major, elixir, mix_env, target,
-                    artifact_sha256, artifact_size, compile_env, signers
-                 FROM manifests WHERE package = ?1",
-            )
+            .prepare(&format!(
+                "SELECT {INDEX_BUILD_COLUMNS} FROM manifests WHERE package = ?1"
+            ))
             .map_err(self.db_err())?;
         let rows = stmt
-            .query_map(params![package], |row| {
-                Ok(IndexBuild {
-                    version: row.get(0)?,
-                    key: row.get(1)?,
-                    base_key: row.get(2)?,
-                    otp_major: row.get(3)?,
-                    elixir: row.get(4)?,
-                    mix_env: row.get(5)?,
-                    target: row.get(6)?,
-                    artifact_sha256: row.get(7)?,
-                    artifact_size: row.get::<_, i64>(8)? as u64,
-                    compile_env: from_json(&row.get::<_, String>(9)?),
-                    signers: from_json(&row.get::<_, String>(10)?),
-                    auditors: Vec::new(),
-                    flagged: false,
-                    verdicts: Vec::new(),
-                })
-            })
+            .query_map(params![package], index_build_row)
             .map_err(self.db_err())?;
         let mut builds: Vec<IndexBuild> = rows.collect::<Result<_, _>>().map_err(self.db_err())?;
         drop(stmt);
@@ -917,30 +932,13 @@ impl ArtifactStore {
     ) -> Result<Vec<Miss>, ArtifactStoreError> {
         let db = self.db.lock().expect("db lock");
         let mut stmt = db
-            .prepare(
-                "SELECT package, version, base_key, reason, otp_major, elixir, mix_env, target,
-                    lock, count, first_reported, last_reported
-                 FROM misses WHERE closed_at IS NULL
-                 ORDER BY count DESC, first_reported, base_key LIMIT ?1",
-            )
+            .prepare(&format!(
+                "SELECT {MISS_COLUMNS} FROM misses WHERE closed_at IS NULL
+                 ORDER BY count DESC, first_reported, base_key LIMIT ?1"
+            ))
             .map_err(self.db_err())?;
         let rows = stmt
-            .query_map(params![limit as i64], |row| {
-                Ok(Miss {
-                    package: row.get(0)?,
-                    version: row.get(1)?,
-                    base_key: row.get(2)?,
-                    reason: row.get(3)?,
-                    otp_major: row.get(4)?,
-                    elixir: row.get(5)?,
-                    mix_env: row.get(6)?,
-                    target: row.get(7)?,
-                    lock: row.get(8)?,
-                    count: row.get::<_, i64>(9)? as u64,
-                    first_reported: row.get(10)?,
-                    last_reported: row.get(11)?,
-                })
-            })
+            .query_map(params![limit as i64], miss_row)
             .map_err(self.db_err())?;
         let mut misses = Vec::new();
         let mut bytes = 0;
@@ -954,6 +952,74 @@ impl ArtifactStore {
         }
         Ok(misses)
     }
+}
+
+/// Upgrades a database of an older schema version in `tx`, before [`SCHEMA`] runs (whose
+/// `IF NOT EXISTS` leaves existing tables as they are). A fresh database has no tables yet:
+/// nothing to do.
+fn migrate(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    // 1 → 2: leases gain a kind and the audit job's columns; existing leases are build jobs.
+    let columns: Vec<String> = {
+        let mut stmt = tx.prepare("SELECT name FROM pragma_table_info('leases')")?;
+        let rows = stmt.query_map([], |row| row.get(0))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    if columns.is_empty() {
+        return Ok(());
+    }
+    for (name, definition) in LEASES_V2_COLUMNS {
+        if !columns.iter().any(|c| c == name) {
+            tx.execute_batch(&format!("ALTER TABLE leases ADD COLUMN {definition}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The columns [`miss_row`] reads, in its order.
+const MISS_COLUMNS: &str = "package, version, base_key, reason, otp_major, elixir, \
+    mix_env, target, lock, count, first_reported, last_reported";
+
+/// A `misses` row selected as [`MISS_COLUMNS`].
+fn miss_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Miss> {
+    Ok(Miss {
+        package: row.get(0)?,
+        version: row.get(1)?,
+        base_key: row.get(2)?,
+        reason: row.get(3)?,
+        otp_major: row.get(4)?,
+        elixir: row.get(5)?,
+        mix_env: row.get(6)?,
+        target: row.get(7)?,
+        lock: row.get(8)?,
+        count: row.get::<_, i64>(9)? as u64,
+        first_reported: row.get(10)?,
+        last_reported: row.get(11)?,
+    })
+}
+
+/// The columns [`index_build_row`] reads, in its order.
+const INDEX_BUILD_COLUMNS: &str = "version, key, base_key, otp_major, elixir, \
+    mix_env, target, artifact_sha256, artifact_size, compile_env, signers";
+
+/// A `manifests` row selected as [`INDEX_BUILD_COLUMNS`]; `auditors`, `flagged` and
+/// `verdicts` are left for the caller.
+fn index_build_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<IndexBuild> {
+    Ok(IndexBuild {
+        version: row.get(0)?,
+        key: row.get(1)?,
+        base_key: row.get(2)?,
+        otp_major: row.get(3)?,
+        elixir: row.get(4)?,
+        mix_env: row.get(5)?,
+        target: row.get(6)?,
+        artifact_sha256: row.get(7)?,
+        artifact_size: row.get::<_, i64>(8)? as u64,
+        compile_env: from_json(&row.get::<_, String>(9)?),
+        signers: from_json(&row.get::<_, String>(10)?),
+        auditors: Vec::new(),
+        flagged: false,
+        verdicts: Vec::new(),
+    })
 }
 
 fn close_misses(
@@ -992,6 +1058,98 @@ pub(crate) fn now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod schema_tests {
+    use super::*;
+    use crate::artifacts::{Artifacts, ArtifactsConfig, HeartbeatRequest, JobKind};
+
+    /// The `leases` table as schema version 1 made it.
+    const LEASES_V1: &str = "
+        CREATE TABLE leases (
+            job        INTEGER PRIMARY KEY AUTOINCREMENT,
+            base_key   TEXT NOT NULL,
+            worker     TEXT NOT NULL,
+            token_name TEXT NOT NULL,
+            lease_ms   INTEGER NOT NULL,
+            leased_at  INTEGER NOT NULL,
+            expires_ms INTEGER NOT NULL,
+            ended_at   INTEGER,
+            ended      TEXT
+        ) STRICT;
+        CREATE INDEX leases_base_key ON leases (base_key, ended_at);
+        PRAGMA user_version = 1;";
+
+    /// A version-1 database is migrated when it is opened: its leases are build jobs, live
+    /// and renewable, and the database says version 2.
+    #[test]
+    fn a_version_1_database_is_migrated_and_keeps_its_leases() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let old = Connection::open(dir.path().join("artifacts.db")).unwrap();
+            old.execute_batch(LEASES_V1).unwrap();
+            old.execute(
+                "INSERT INTO leases (base_key, worker, token_name, lease_ms, leased_at,
+                    expires_ms) VALUES ('b1', 'w', 'w1', 60000, 0, ?1)",
+                params![(now() + 600) * 1000],
+            )
+            .unwrap();
+        }
+        let builder = precomp_proto::manifest::ArtifactSigningKey::generate().public_key();
+        let artifacts = Artifacts::open(ArtifactsConfig {
+            data: dir.path().to_path_buf(),
+            ..ArtifactsConfig::default()
+        })
+        .unwrap();
+        let worker = Publisher {
+            name: "w1".into(),
+            key: Some(builder),
+        };
+        let renewed = artifacts
+            .heartbeat_job(1, &HeartbeatRequest::default(), &worker)
+            .unwrap();
+        assert_eq!(renewed.kind, JobKind::Build);
+        assert_eq!(renewed.base_key, "b1");
+        assert_eq!(renewed.key, None);
+        drop(artifacts);
+
+        let db = Connection::open(dir.path().join("artifacts.db")).unwrap();
+        let version: i64 = db
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let kind: String = db
+            .query_row("SELECT kind FROM leases WHERE job = 1", [], |row| {
+                row.get(0)
+            })
+            .unwrap();
+        assert_eq!(kind, "build");
+        // Opening a migrated database again changes nothing.
+        ArtifactStore::open(dir.path()).unwrap();
+        let columns: i64 = db
+            .query_row(
+                "SELECT count(*) FROM pragma_table_info('leases')",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(columns, 13);
+    }
+
+    /// A database of a newer precomp is refused, untouched.
+    #[test]
+    fn a_newer_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        Connection::open(dir.path().join("artifacts.db"))
+            .unwrap()
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        assert!(matches!(
+            ArtifactStore::open(dir.path()),
+            Err(ArtifactStoreError::NewerSchema { .. })
+        ));
+    }
 }
 
 #[cfg(test)]

@@ -2,11 +2,13 @@
 //! `GET /precomp/v1/verdicts/KEY`, and what the index says about them (`auditors`,
 //! `flagged`, `verdicts`).
 //!
-//! A verdict is accepted only when it is signed by one of the mirror's auditor keys
-//! (`precomp serve --auditor-key`) — the token's own key when the token is bound to one —
-//! and names the manifest published under its key by that manifest's digest, and its
-//! artifact. One verdict is kept per build and auditor: a later one replaces it. A build
-//! with a `mismatch` verdict is flagged in the index.
+//! A verdict is accepted only when it is signed by one of the auditor keys in effect — the
+//! configured ones (`precomp serve --auditor-key`, `auditor_keys`) and the trust document's
+//! keys with the auditor role, less those it revokes or whose validity ended
+//! (`super::trust_policy`) — the token's own key when the token is bound to one; and when it
+//! names the manifest published under its key by that manifest's digest, and its artifact.
+//! One verdict is kept per build and auditor: a later one replaces it. A build with a
+//! `mismatch` verdict is flagged in the index.
 
 use base64::Engine as _;
 use precomp_proto::manifest::{ArtifactPublicKey, Manifest, SignedManifest};
@@ -19,7 +21,7 @@ use super::super::api::{
     ChunkDifferenceJson, FileDifferenceJson, IndexBuild, VerdictRecord, VerdictStored,
     VerdictSummary, Verdicts,
 };
-use super::super::{Artifacts, Publisher, Refusal};
+use super::super::{Artifacts, EffectiveKeys, Publisher, Refusal};
 use super::{now, ArtifactStore, ArtifactStoreError};
 
 /// Fills `flagged` and `verdicts` of each build from the verdicts table.
@@ -257,15 +259,20 @@ pub fn files_json(verdict: &Verdict) -> Vec<FileDifferenceJson> {
 }
 
 impl Artifacts {
-    /// The mirror's auditor keys (`precomp serve --auditor-key`).
-    pub fn auditor_keys(&self) -> &[ArtifactPublicKey] {
-        &self.auditor_keys
+    /// The auditor keys in effect now: the configured ones (`precomp serve --auditor-key`,
+    /// `auditor_keys`) and the trust document's, less the keys it excludes. None while the
+    /// trust document cannot be used (fail closed; the policy logs why).
+    pub fn auditor_keys(&self) -> Vec<ArtifactPublicKey> {
+        self.effective_keys()
+            .map(|keys| keys.auditors().to_vec())
+            .unwrap_or_default()
     }
 
-    /// Every build of `package` for the index, with `auditors` filled from the auditor keys.
+    /// Every build of `package` for the index, with `auditors` filled from the auditor keys
+    /// in effect ([`Artifacts::auditor_keys`]): the build's signers that are one of them.
     pub fn index_builds(&self, package: &str) -> Result<Vec<IndexBuild>, ArtifactStoreError> {
         let auditors: Vec<String> = self
-            .auditor_keys
+            .auditor_keys()
             .iter()
             .map(ArtifactPublicKey::key_id)
             .collect();
@@ -282,65 +289,51 @@ impl Artifacts {
     }
 
     /// Verifies a verdict posted to `POST verdicts/KEY` and stores it. The checks, in order:
-    /// the mirror has auditor keys (403); the body decodes (422); it is signed by an auditor
-    /// key — the token's key when the token is bound to one (403); the signature verifies and
-    /// the verdict is well formed (422); its key is `url_key` (422); a manifest is published
-    /// under it (404) and it is the one the verdict names, with its artifact (422).
+    /// the trust document, if any, can be used (503); the token may post verdicts
+    /// ([`Artifacts::verdict_keys`], 403); the body decodes (422); it is signed by an auditor
+    /// key — the token's key when the token is bound to one (403, naming a revocation); the
+    /// signature verifies and the verdict is well formed (422); its key is `url_key` (422); a
+    /// manifest is published under it (404) and it is the one the verdict names, with its
+    /// artifact (422).
     pub fn record_verdict(
         &self,
         url_key: &str,
         bytes: &[u8],
         publisher: &Publisher,
     ) -> Result<VerdictStored, Refusal> {
-        let trusted = self.verdict_keys(publisher)?;
+        let keys = self.effective_keys()?;
+        let trusted = keys.verdict_keys(publisher)?;
         let signed = SignedVerdict::decode(bytes)
             .map_err(|e| Refusal::new(422, format!("verdict refused: {e}")))?;
-        self.store_verdict(url_key, bytes, &signed, &trusted, publisher)
+        self.store_verdict(url_key, bytes, &signed, &trusted, &keys, publisher)
     }
 
     /// The keys a verdict posted with `publisher`'s token may be signed by: the token's key
-    /// if it is an auditor key, any auditor key for a token bound to none; 403 otherwise
-    /// (checked before the body is read).
+    /// if it is an auditor key in effect, any auditor key in effect for a token bound to none
+    /// (the configured ones and the trust document's, less those it excludes); 403 otherwise
+    /// (naming the revocation of a revoked key), 503 when the trust document cannot be used.
+    /// Checked before the body is read, and by job leasing.
     pub fn verdict_keys(&self, publisher: &Publisher) -> Result<Vec<ArtifactPublicKey>, Refusal> {
-        if self.auditor_keys.is_empty() {
-            return Err(Refusal::new(
-                403,
-                "this mirror trusts no auditor keys, so it takes no verdicts: start `precomp \
-                 serve` with --auditor-key FILE.pub (the auditor's public key)",
-            ));
-        }
-        Ok(match &publisher.key {
-            Some(key) if self.auditor_keys.contains(key) => vec![key.clone()],
-            Some(key) => {
-                return Err(Refusal::new(
-                    403,
-                    format!(
-                        "token {:?} is bound to {}, which is not one of this mirror's auditor \
-                         keys (--auditor-key); only auditors post verdicts",
-                        publisher.name,
-                        key.key_id()
-                    ),
-                ))
-            }
-            None => self.auditor_keys.clone(),
-        })
+        self.effective_keys()?.verdict_keys(publisher)
     }
 
     /// Records a verified verdict (see [`Artifacts::record_verdict`]); `signed` and `trusted`
-    /// as it checked them.
+    /// as it checked them, `keys` the keys in effect.
     fn store_verdict(
         &self,
         url_key: &str,
         bytes: &[u8],
         signed: &SignedVerdict,
         trusted: &[ArtifactPublicKey],
+        keys: &EffectiveKeys,
         publisher: &Publisher,
     ) -> Result<VerdictStored, Refusal> {
         let verdict = signed.verify(trusted).map_err(|e| match e {
             VerdictError::Untrusted { .. } | VerdictError::Unsigned => Refusal::new(
                 403,
                 format!(
-                    "verdict refused: {e}; it must be signed by {}",
+                    "verdict refused: {e}{}; it must be signed by {}",
+                    keys.explain_signers(signed.signer()),
                     trusted
                         .iter()
                         .map(ArtifactPublicKey::key_id)

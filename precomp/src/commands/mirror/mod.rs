@@ -71,6 +71,11 @@ pub struct FileConfig {
     pub memory_cache_mb: Option<u64>,
     /// `precomp serve`: public keys (SPKI PEM files) of the builders it trusts.
     pub builder_keys: Option<Vec<PathBuf>>,
+    /// `precomp serve`: public keys (SPKI PEM files) of the auditors it trusts.
+    pub auditor_keys: Option<Vec<PathBuf>>,
+    /// `precomp serve`: the root public key (SPKI PEM file) the trust document in
+    /// DATA/trust must be signed by, directly or through root rotations.
+    pub trust_root: Option<PathBuf>,
 }
 
 impl MirrorSettings {
