@@ -28,6 +28,7 @@
 use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
 
+use precomp_proto::time::unix_now as now;
 use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -577,11 +578,4 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BackupError + '_ {
         path: path.to_path_buf(),
         source,
     }
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }

@@ -32,5 +32,6 @@ pub mod rebar_lock;
 pub mod registry;
 pub mod tarball;
 pub mod term;
+pub mod time;
 pub mod trust;
 pub mod verdict;

@@ -37,6 +37,7 @@ use super::api::{
     MissReport,
 };
 use super::token::{digests_equal, new_token, token_sha256, valid_token_name};
+pub(crate) use precomp_proto::time::unix_now as now;
 
 // Audit verdicts: their table's queries and the API's checks (a child module, for the
 // store's connection).
@@ -1051,13 +1052,6 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> ArtifactStoreError + '_ {
         path: path.to_path_buf(),
         source,
     }
-}
-
-pub(crate) fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -46,6 +46,7 @@ use precomp_proto::trust::{
 use sha2::{Digest, Sha256};
 
 use super::{Publisher, Refusal};
+pub(crate) use precomp_proto::time::{unix_now, utc};
 
 /// At most this many versions are followed from the pinned root to the current document.
 pub const MAX_TRUST_CHAIN_STEPS: u64 = 1000;
@@ -813,35 +814,6 @@ fn named(ids: &[String]) -> String {
         text.push_str(&format!(" and {} more", ids.len() - MAX_KEYS_NAMED));
     }
     text
-}
-
-pub(crate) fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-/// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ` (days to civil date: Howard Hinnant's algorithm;
-/// as `precomp keys list` shows times).
-fn utc(seconds: i64) -> String {
-    let days = seconds.div_euclid(86_400);
-    let secs = seconds.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
@@ -29,6 +29,7 @@ use sha2::{Digest, Sha256};
 
 pub use http::{serve, serve_with_artifacts};
 pub use metrics::Metrics;
+use precomp_proto::time::unix_now as now;
 pub use routes::Route;
 pub use store::{ObjectMeta, Store, StoreError};
 pub use upstream::{Fetched, Upstream, UpstreamError};
@@ -486,11 +487,4 @@ fn check_gzip(route: &Route, bytes: &[u8]) -> Result<(), String> {
             Err(e) => return Err(format!("{route}: gzip check failed: {e}")),
         }
     }
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
