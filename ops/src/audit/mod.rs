@@ -223,7 +223,7 @@ pub struct Auditor<'a> {
     /// A fresh, empty directory of this run (sources, store, work): nothing is shared with
     /// a builder's data directory.
     pub work: PathBuf,
-    /// Builds at a time.
+    /// Builds at a time: [`Auditor::audit`] audits up to this many candidates at once.
     pub jobs: usize,
     /// Compare only: countersign nothing, post nothing.
     pub dry_run: bool,
@@ -331,17 +331,40 @@ pub trait Progress {
 impl Progress for () {}
 
 impl Auditor<'_> {
-    /// Audits `builds` one after the other (each rebuild uses up to `jobs` builds at a
-    /// time). A build's own problems are its report's; only the run's setup fails the call.
+    /// Audits `candidates`, up to `jobs` of them at a time (each rebuild then gets its share
+    /// of the `jobs` builds at a time), sharing the run's source cache and store: a closure
+    /// package two rebuilds need is built by either, or by both at once (the same bytes,
+    /// stored atomically). The reports come in the candidates' order. A build's own problems
+    /// are its report's; only the run's setup fails the call.
     pub fn audit(
         &self,
         candidates: &[Candidate],
-        progress: &dyn Progress,
+        progress: &(dyn Progress + Sync),
     ) -> Result<Vec<AuditReport>, AuditError> {
         let (sources, store) = self.prepare()?;
-        candidates
-            .iter()
-            .map(|candidate| self.audit_candidate(candidate, &sources, &store, progress, false))
+        let lanes = self.jobs.clamp(1, candidates.len().max(1));
+        let jobs = (self.jobs / lanes).max(1);
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let reports: std::sync::Mutex<Vec<Option<Result<AuditReport, AuditError>>>> =
+            std::sync::Mutex::new((0..candidates.len()).map(|_| None).collect());
+        std::thread::scope(|scope| {
+            for _ in 0..lanes {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(candidate) = candidates.get(i) else {
+                        return;
+                    };
+                    let report =
+                        self.audit_candidate(candidate, &sources, &store, progress, jobs, false);
+                    reports.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(report);
+                });
+            }
+        });
+        reports
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner())
+            .into_iter()
+            .map(|report| report.expect("every candidate is audited"))
             .collect()
     }
 
@@ -356,7 +379,7 @@ impl Auditor<'_> {
         progress: &dyn Progress,
     ) -> Result<AuditReport, AuditError> {
         let (sources, store) = self.prepare()?;
-        self.audit_candidate(candidate, &sources, &store, progress, true)
+        self.audit_candidate(candidate, &sources, &store, progress, self.jobs, true)
     }
 
     /// The run's directories, source cache and build store.
@@ -371,14 +394,15 @@ impl Auditor<'_> {
         Ok((sources, store))
     }
 
-    /// One build's audit and report; with `passing_errors`, an error that may pass is
-    /// returned rather than reported as `Failed`.
+    /// One build's audit and report, its rebuild with up to `jobs` builds at a time; with
+    /// `passing_errors`, an error that may pass is returned rather than reported as `Failed`.
     fn audit_candidate(
         &self,
         candidate: &Candidate,
         sources: &SourceCache,
         store: &BuildStore,
         progress: &dyn Progress,
+        jobs: usize,
         passing_errors: bool,
     ) -> Result<AuditReport, AuditError> {
         let build = &candidate.build;
@@ -386,7 +410,7 @@ impl Auditor<'_> {
         let started = Instant::now();
         let outcome = match fits(build, self.toolchain) {
             Err(reason) => Outcome::Skipped { reason },
-            Ok(()) => match self.audit_one(build, sources, store) {
+            Ok(()) => match self.audit_one(build, sources, store, jobs) {
                 Ok(outcome) => outcome,
                 Err(e) if passing_errors && e.may_pass() => return Err(e),
                 Err(e) => Outcome::Failed {
@@ -411,6 +435,7 @@ impl Auditor<'_> {
         build: &IndexBuild,
         sources: &SourceCache,
         store: &BuildStore,
+        jobs: usize,
     ) -> Result<Outcome, AuditError> {
         let published_bytes = self
             .runtime
@@ -475,7 +500,7 @@ impl Auditor<'_> {
             &reuse,
             &lock,
             std::slice::from_ref(&app),
-            self.jobs,
+            jobs,
             &(),
         )?;
         let result = results

@@ -65,7 +65,8 @@ pub struct AuditArgs {
     /// Where toolchain images are stored [default: the data directory].
     #[arg(long, env = "PRECOMP_TOOLCHAINS")]
     toolchains: Option<PathBuf>,
-    /// Builds at a time within one rebuild [default: the number of CPUs].
+    /// Builds at a time: up to N builds are audited at once, each rebuild getting its share
+    /// [default: the number of CPUs].
     #[arg(long)]
     jobs: Option<usize>,
     /// Compare only: countersign nothing, post no verdict.
