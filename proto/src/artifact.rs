@@ -21,11 +21,9 @@
 //! sizes ([`MAX_ARTIFACT_SIZE`], [`MAX_CONTENT_SIZE`], [`MAX_ENTRIES`]). `docs/protocol.md`,
 //! "Artifact tarball", specifies the format.
 
-use std::cell::Cell;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 
 use flate2::bufread::GzDecoder;
 use flate2::{Compression, GzBuilder};
@@ -33,6 +31,7 @@ use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
 
 use crate::manifest::{FileRecord, Output};
+use crate::unpack::{staging_dir, Counter, Limited};
 
 /// mtime of every entry: `SOURCE_DATE_EPOCH` 315532800, 1980-01-01T00:00:00Z (the earliest
 /// time a zip can hold; what reproducible-builds tooling commonly uses).
@@ -572,7 +571,8 @@ pub fn unpack(bytes: &[u8], dest: &Path) -> Result<Vec<FileRecord>, ArtifactErro
         _ => PathBuf::from("."),
     };
     fs::create_dir_all(&parent).map_err(io_error("create the parent directory", &parent))?;
-    let staging = staging_dir(&parent, name)?;
+    let staging =
+        staging_dir(&parent, name).map_err(io_error("create a staging directory in", &parent))?;
     let result = (|| {
         let mut sink = DiskSink {
             root: staging.clone(),
@@ -593,34 +593,6 @@ pub fn unpack(bytes: &[u8], dest: &Path) -> Result<Vec<FileRecord>, ArtifactErro
         let _ = fs::remove_dir_all(&staging);
     }
     result
-}
-
-fn staging_dir(parent: &Path, name: &std::ffi::OsStr) -> Result<PathBuf, ArtifactError> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let mut last = None;
-    for _ in 0..64 {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let mut staging_name = std::ffi::OsString::from(".");
-        staging_name.push(name);
-        staging_name.push(format!(".unpack-{}-{nanos:x}-{n}", std::process::id()));
-        let staging = parent.join(staging_name);
-        let mut builder = fs::DirBuilder::new();
-        #[cfg(unix)]
-        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-        match builder.create(&staging) {
-            Ok(()) => return Ok(staging),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
-            Err(e) => return Err(io_error("create a staging directory", &staging)(e)),
-        }
-    }
-    Err(io_error("create a staging directory in", parent)(
-        last.unwrap_or_else(|| io::Error::other("no free name")),
-    ))
 }
 
 /// Checks `bytes` against a manifest's `Output`: every file's path, SHA-256, size and
@@ -807,39 +779,6 @@ fn set_mode(_path: &Path, _mode: u32) -> io::Result<()> {
     Ok(())
 }
 
-/// Bytes that came out of the gzip stream so far, shared between the reader the tar parser
-/// owns and the walker that tells a size-limit error from a corrupt stream.
-#[derive(Default)]
-struct Counter {
-    read: Cell<u64>,
-    exceeded: Cell<bool>,
-}
-
-/// Fails the read that would take the stream past `limit`.
-struct Limited<R> {
-    inner: R,
-    counter: Rc<Counter>,
-    limit: u64,
-}
-
-impl<R: Read> Read for Limited<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let so_far = self.counter.read.get();
-        let allowed = self.limit.saturating_sub(so_far).saturating_add(1);
-        let cap = usize::try_from(allowed)
-            .unwrap_or(usize::MAX)
-            .min(buf.len());
-        let n = self.inner.read(&mut buf[..cap])?;
-        let total = so_far.saturating_add(n as u64);
-        if total > self.limit {
-            self.counter.exceeded.set(true);
-            return Err(io::Error::other("decompressed size limit exceeded"));
-        }
-        self.counter.read.set(total);
-        Ok(n)
-    }
-}
-
 struct Walked {
     files: Vec<FileRecord>,
     native_code: bool,
@@ -888,16 +827,11 @@ fn walk(bytes: &[u8], sink: &mut dyn Sink) -> Result<Walked, ArtifactError> {
             limit: MAX_ARTIFACT_SIZE,
         });
     }
-    let counter = Rc::new(Counter::default());
-    let reader = Limited {
-        inner: GzDecoder::new(bytes),
-        counter: Rc::clone(&counter),
-        limit: MAX_TAR_SIZE,
-    };
+    let (reader, counter) = Limited::new(GzDecoder::new(bytes), MAX_TAR_SIZE);
     let mut archive = tar::Archive::new(reader);
     let mut current: Option<String> = None;
     let stream_error = |counter: &Counter, after: &Option<String>, source: io::Error| {
-        if counter.exceeded.get() {
+        if counter.exceeded() {
             ArtifactError::TooLarge {
                 what: "decompressed tar stream",
                 limit: MAX_TAR_SIZE,
@@ -1065,7 +999,7 @@ fn walk(bytes: &[u8], sink: &mut dyn Sink) -> Result<Walked, ArtifactError> {
     // nothing follows it.
     let mut limited = archive.into_inner();
     io::copy(&mut limited, &mut io::sink()).map_err(|e| stream_error(&counter, &current, e))?;
-    let rest = limited.inner.into_inner();
+    let rest = limited.into_inner().into_inner();
     if !rest.is_empty() {
         return Err(ArtifactError::Malformed {
             after: current,

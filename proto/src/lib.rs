@@ -34,4 +34,5 @@ pub mod tarball;
 pub mod term;
 pub mod time;
 pub mod trust;
+mod unpack;
 pub mod verdict;

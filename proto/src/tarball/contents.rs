@@ -1,10 +1,8 @@
 //! `contents.tar.gz`: listing and safe extraction.
 
-use std::cell::Cell;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 
 use flate2::read::GzDecoder;
 use tar::EntryType;
@@ -12,6 +10,7 @@ use tar::EntryType;
 use super::error::{EntryProblem, TarballError};
 use super::tree::{archive_path, symlink_target, Inserted, NodeKind, Tree};
 use super::MAX_UNPACKED_SIZE;
+use crate::unpack::{staging_dir, Counter, Limited};
 
 /// What an entry of `contents.tar.gz` creates.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,7 +96,11 @@ pub fn unpack_contents(contents_tar_gz: &[u8], dest: &Path) -> Result<UnpackSumm
         path: parent.clone(),
         source,
     })?;
-    let staging = make_staging_dir(&parent, name)?;
+    let staging = staging_dir(&parent, name).map_err(|source| TarballError::Io {
+        action: "create a staging directory in",
+        path: parent.to_path_buf(),
+        source,
+    })?;
     let result = extract_into(contents_tar_gz, &staging).and_then(|summary| {
         set_mode(&staging, 0o755).map_err(|source| TarballError::Io {
             action: "set permissions of",
@@ -144,42 +147,6 @@ fn check_destination(dest: &Path) -> Result<(), TarballError> {
             }
         }
     }
-}
-
-fn make_staging_dir(parent: &Path, name: &std::ffi::OsStr) -> Result<PathBuf, TarballError> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let mut last_error = None;
-    for _ in 0..64 {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let mut staging_name = std::ffi::OsString::from(".");
-        staging_name.push(name);
-        staging_name.push(format!(".unpack-{}-{nanos:x}-{n}", std::process::id()));
-        let staging = parent.join(staging_name);
-        let mut builder = fs::DirBuilder::new();
-        #[cfg(unix)]
-        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-        match builder.create(&staging) {
-            Ok(()) => return Ok(staging),
-            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => last_error = Some(err),
-            Err(source) => {
-                return Err(TarballError::Io {
-                    action: "create staging directory",
-                    path: staging,
-                    source,
-                })
-            }
-        }
-    }
-    Err(TarballError::Io {
-        action: "create a staging directory in",
-        path: parent.to_path_buf(),
-        source: last_error.unwrap_or_else(|| io::Error::other("no free name")),
-    })
 }
 
 fn move_into_place(staging: &Path, dest: &Path) -> Result<(), TarballError> {
@@ -239,41 +206,6 @@ fn extract_into(contents_tar_gz: &[u8], root: &Path) -> Result<UnpackSummary, Ta
     })
 }
 
-/// Bytes that came out of the gzip stream so far, shared between the reader the tar parser
-/// owns and the walker that has to tell a size-limit error from a corrupt stream.
-#[derive(Default)]
-struct Counter {
-    read: Cell<u64>,
-    exceeded: Cell<bool>,
-}
-
-/// Fails the read that would take the stream past `limit`.
-struct Limited<R> {
-    inner: R,
-    counter: Rc<Counter>,
-    limit: u64,
-}
-
-impl<R: Read> Read for Limited<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let so_far = self.counter.read.get();
-        // One byte past the limit is enough to know it was crossed; never ask for more, so
-        // memory and time stay bounded whatever the compression ratio.
-        let allowed = self.limit.saturating_sub(so_far).saturating_add(1);
-        let cap = usize::try_from(allowed)
-            .unwrap_or(usize::MAX)
-            .min(buf.len());
-        let n = self.inner.read(&mut buf[..cap])?;
-        let total = so_far.saturating_add(n as u64);
-        if total > self.limit {
-            self.counter.exceeded.set(true);
-            return Err(io::Error::other("decompressed size limit exceeded"));
-        }
-        self.counter.read.set(total);
-        Ok(n)
-    }
-}
-
 /// Where the walker sends what it accepted.
 trait Sink {
     fn directory(&mut self, path: &[String]) -> Result<(), TarballError>;
@@ -324,7 +256,7 @@ struct Walked {
 }
 
 fn stream_error(counter: &Counter, after: &Option<String>, source: io::Error) -> TarballError {
-    if counter.exceeded.get() {
+    if counter.exceeded() {
         TarballError::ContentsTooLarge {
             limit: MAX_UNPACKED_SIZE,
             what: "decompressed tar stream",
@@ -366,12 +298,7 @@ fn describe_type(entry_type: EntryType) -> String {
 /// Reads `contents.tar.gz` entry by entry, checks each against the model of what the archive
 /// has created so far, and hands accepted ones to `sink`.
 fn walk(contents_tar_gz: &[u8], sink: &mut dyn Sink) -> Result<Walked, TarballError> {
-    let counter = Rc::new(Counter::default());
-    let reader = Limited {
-        inner: GzDecoder::new(contents_tar_gz),
-        counter: Rc::clone(&counter),
-        limit: MAX_UNPACKED_SIZE,
-    };
+    let (reader, counter) = Limited::new(GzDecoder::new(contents_tar_gz), MAX_UNPACKED_SIZE);
     let mut archive = tar::Archive::new(reader);
     let mut tree = Tree::new();
     let mut entries = Vec::new();
@@ -521,7 +448,7 @@ fn walk(contents_tar_gz: &[u8], sink: &mut dyn Sink) -> Result<Walked, TarballEr
 
     Ok(Walked {
         entries,
-        decompressed: counter.read.get(),
+        decompressed: counter.read(),
         written,
     })
 }
