@@ -29,6 +29,7 @@ use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
 
 use precomp_proto::time::unix_now as now;
+use precomp_registry::blob_relative_path;
 use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -181,7 +182,7 @@ fn write_backup(
                 files.push(describe(&snapshot, &relative)?);
                 databases.push(relative);
                 for sha in blob_names(&snapshot, part)? {
-                    let relative = format!("{part}/blobs/sha256/{}/{sha}", &sha[..2]);
+                    let relative = format!("{part}/{}", blob_relative_path(&sha).display());
                     let from = options.data.join(&relative);
                     if !from.is_file() {
                         return Err(BackupError::MissingBlob { path: from });

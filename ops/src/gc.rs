@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use precomp_proto::buildkey::PackageRef;
 use precomp_proto::lock::MixLock;
 use precomp_proto::manifest::{Manifest, SignedManifest};
+use precomp_registry::blob_relative_path;
 use prost::Message;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
@@ -319,7 +320,7 @@ pub fn collect(options: &GcOptions) -> Result<GcReport, GcError> {
     for artifact in &dropped_artifacts {
         bytes += artifact.size;
         if options.apply {
-            remove_if_present(&blob_path(&blobs, &artifact.sha256))?;
+            remove_if_present(&options.store.join(blob_relative_path(&artifact.sha256)))?;
         }
     }
     let dropped: HashSet<&str> = dropped_artifacts
@@ -339,7 +340,7 @@ pub fn collect(options: &GcOptions) -> Result<GcReport, GcError> {
     }
     let mut missing_blobs: Vec<String> = needed_artifacts
         .iter()
-        .filter(|sha| !blob_path(&blobs, sha).exists())
+        .filter(|sha| !options.store.join(blob_relative_path(sha)).exists())
         .cloned()
         .collect();
     missing_blobs.sort();
@@ -384,10 +385,6 @@ fn fingerprint(package: &PackageRef, mut closure: Vec<PackageRef>) -> String {
         text.push_str(&one(member));
     }
     text
-}
-
-fn blob_path(blobs: &Path, sha256: &str) -> PathBuf {
-    blobs.join(&sha256[..2.min(sha256.len())]).join(sha256)
 }
 
 /// Every `blobs/sha256/ab/abcd…` file: name, path, size, modification time.

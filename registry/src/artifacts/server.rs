@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{
     HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE,
-    ETAG, IF_NONE_MATCH, WWW_AUTHENTICATE,
+    WWW_AUTHENTICATE,
 };
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -23,6 +23,7 @@ use super::{
 };
 use super::{HeartbeatRequest, LeaseRequest, ReleaseRequest, MAX_JOB_BODY};
 use super::{Packages, MAX_VERDICT_BODY};
+use crate::content::content;
 
 /// `Cache-Control` of an artifact: content-addressed, so cached forever.
 pub const IMMUTABLE: &str = "public, max-age=31536000, immutable";
@@ -440,13 +441,26 @@ async fn get_misses(
 // Uploads
 // ---------------------------------------------------------------------------------------------
 
-/// Authenticates an upload and checks the token could publish at all, before any body is read.
-async fn publisher(artifacts: &Arc<Artifacts>, headers: &HeaderMap) -> Result<Publisher, Refusal> {
+/// Authenticates the request's token and checks with `may` that it may do this at all, before
+/// any body is read.
+async fn token(
+    artifacts: &Arc<Artifacts>,
+    headers: &HeaderMap,
+    may: fn(&Artifacts, &Publisher) -> Result<(), Refusal>,
+) -> Result<Publisher, Refusal> {
     let authorization = authorization(headers)?;
     blocking(artifacts, move |a| {
         let publisher = a.authenticate(authorization.as_deref())?;
-        a.trusted_for(&publisher)?;
+        may(a, &publisher)?;
         Ok(publisher)
+    })
+    .await
+}
+
+/// An upload: the token could publish something.
+async fn publisher(artifacts: &Arc<Artifacts>, headers: &HeaderMap) -> Result<Publisher, Refusal> {
+    token(artifacts, headers, |a, publisher| {
+        a.trusted_for(publisher).map(drop)
     })
     .await
 }
@@ -546,11 +560,8 @@ where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let authorization = authorization(headers)?;
-    let publisher = blocking(artifacts, move |a| {
-        let publisher = a.authenticate(authorization.as_deref())?;
-        a.verdict_keys(&publisher)?;
-        Ok(publisher)
+    let publisher = token(artifacts, headers, |a, publisher| {
+        a.verdict_keys(publisher).map(drop)
     })
     .await?;
     let bytes = read_body(headers, body, MAX_VERDICT_BODY, "the verdict").await?;
@@ -583,11 +594,10 @@ where
 // Jobs (build and audit)
 // ---------------------------------------------------------------------------------------------
 
-/// Authenticates a job request. What the token may do depends on the job's kind (publish
-/// builds, post verdicts): the store checks that once it knows the kind.
+/// A job request. What the token may do depends on the job's kind (publish builds, post
+/// verdicts): the store checks that once it knows the kind.
 async fn job_token(artifacts: &Arc<Artifacts>, headers: &HeaderMap) -> Result<Publisher, Refusal> {
-    let authorization = authorization(headers)?;
-    blocking(artifacts, move |a| a.authenticate(authorization.as_deref())).await
+    token(artifacts, headers, |_, _| Ok(())).await
 }
 
 /// An optional JSON body: empty (or blank) is `T::default()`.
@@ -832,44 +842,6 @@ where
 // ---------------------------------------------------------------------------------------------
 // Responses
 // ---------------------------------------------------------------------------------------------
-
-/// A stored body with its strong ETag (the body's sha256), answering `If-None-Match` with 304.
-fn content(
-    body: Bytes,
-    sha256: &[u8; 32],
-    cache_control: &'static str,
-    content_type: &'static str,
-    headers: &HeaderMap,
-    head: bool,
-) -> Response<Full<Bytes>> {
-    let etag = format!("\"{}\"", hex::encode(sha256));
-    let not_modified = headers
-        .get_all(IF_NONE_MATCH)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .any(|tag| tag == etag || tag == "*" || tag.strip_prefix("W/") == Some(&etag));
-    let size = body.len();
-    let mut response = Response::new(Full::new(if head || not_modified {
-        Bytes::new()
-    } else {
-        body
-    }));
-    let out = response.headers_mut();
-    out.insert(
-        ETAG,
-        HeaderValue::from_str(&etag).expect("hex is a valid header"),
-    );
-    out.insert(CACHE_CONTROL, HeaderValue::from_static(cache_control));
-    out.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    if not_modified {
-        *response.status_mut() = StatusCode::NOT_MODIFIED;
-    } else {
-        out.insert(CONTENT_LENGTH, HeaderValue::from(size));
-    }
-    response
-}
 
 fn json_revalidated<T: Serialize>(
     value: &T,

@@ -293,15 +293,8 @@ impl ArtifactStore {
             path: db_path.clone(),
             source,
         };
-        let db = Connection::open(&db_path).map_err(db_err)?;
-        db.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(db_err)?;
-        db.pragma_update(None, "journal_mode", "WAL")
-            .map_err(db_err)?;
         // FULL: a publish answered 201 survives a power cut.
-        db.pragma_update(None, "synchronous", "FULL")
-            .map_err(db_err)?;
-        let mut db = db;
+        let mut db = crate::blob_dir::open_index(&db_path, "FULL").map_err(db_err)?;
         // One transaction, so a process opening the store at the same time sees the old
         // schema or the new one.
         let tx = db
@@ -501,8 +494,8 @@ impl ArtifactStore {
     // -----------------------------------------------------------------------------------------
 
     pub fn artifact_path(&self, sha256: &[u8; 32]) -> PathBuf {
-        let hex = hex::encode(sha256);
-        self.root.join("blobs/sha256").join(&hex[..2]).join(hex)
+        self.root
+            .join(crate::blob_relative_path(&hex::encode(sha256)))
     }
 
     /// Moves a received, synced upload whose sha256 the caller computed into place (unless it

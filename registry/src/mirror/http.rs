@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -150,52 +150,23 @@ async fn handle(mirror: &Arc<Mirror>, request: Request<Incoming>) -> Response<Fu
         }
         _ => match mirror.object(&route).await {
             Outcome::Found { meta, body } => {
-                let etag_bytes = etag(&meta.sha256);
-                let etag = std::str::from_utf8(&etag_bytes).expect("quotes and hex are ASCII");
-                let not_modified = request
-                    .headers()
-                    .get_all(IF_NONE_MATCH)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok())
-                    .flat_map(|v| v.split(','))
-                    .map(str::trim)
-                    .any(|tag| tag == etag || tag == "*" || tag.strip_prefix("W/") == Some(etag));
-                let status = if not_modified {
-                    StatusCode::NOT_MODIFIED
-                } else {
-                    StatusCode::OK
-                };
-                let size = body.len();
-                let mut response = Response::new(Full::new(if head || not_modified {
-                    Bytes::new()
-                } else {
-                    body
-                }));
-                *response.status_mut() = status;
-                let headers = response.headers_mut();
-                headers.insert(
-                    ETAG,
-                    HeaderValue::from_bytes(&etag_bytes).expect("hex is a valid header"),
+                let size = body.len() as u64;
+                let response = crate::content::content(
+                    body,
+                    &meta.sha256,
+                    route.cache_control(),
+                    "application/octet-stream",
+                    request.headers(),
+                    head,
                 );
-                headers.insert(
-                    CACHE_CONTROL,
-                    HeaderValue::from_static(route.cache_control()),
-                );
-                headers.insert(
-                    CONTENT_TYPE,
-                    HeaderValue::from_static("application/octet-stream"),
-                );
-                if status == StatusCode::OK {
-                    headers.insert(CONTENT_LENGTH, HeaderValue::from(size));
-                    if !head {
-                        mirror
-                            .metrics()
-                            .bytes_served
-                            .get_or_create(&RouteLabel {
-                                route: route.label(),
-                            })
-                            .inc_by(size as u64);
-                    }
+                if response.status() == StatusCode::OK && !head {
+                    mirror
+                        .metrics()
+                        .bytes_served
+                        .get_or_create(&RouteLabel {
+                            route: route.label(),
+                        })
+                        .inc_by(size);
                 }
                 response
             }
@@ -206,14 +177,6 @@ async fn handle(mirror: &Arc<Mirror>, request: Request<Incoming>) -> Response<Fu
     };
     count(mirror, route.label(), &response);
     response
-}
-
-/// Our strong ETag, the same as `ObjectMeta::etag` (the body's sha256 in hex, quoted), written
-/// into a stack buffer: every response carries one, and `etag()` allocates three times.
-fn etag(sha256: &[u8; 32]) -> [u8; 66] {
-    let mut etag = [b'"'; 66];
-    hex::encode_to_slice(sha256, &mut etag[1..65]).expect("32 bytes are 64 hex digits");
-    etag
 }
 
 fn count(mirror: &Mirror, route: &'static str, response: &Response<Full<Bytes>>) {
@@ -249,25 +212,4 @@ fn text(status: StatusCode, message: &str, head: bool) -> Response<Full<Bytes>> 
             .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     response
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::mirror::ObjectMeta;
-
-    #[test]
-    fn etag_is_the_quoted_sha256() {
-        let mut sha256 = [0u8; 32];
-        for (i, byte) in sha256.iter_mut().enumerate() {
-            *byte = (i as u8).wrapping_mul(37).wrapping_add(0xa5);
-        }
-        let meta = ObjectMeta {
-            sha256,
-            size: 0,
-            upstream_etag: None,
-            checked_at: 0,
-        };
-        assert_eq!(etag(&sha256).as_slice(), meta.etag().as_bytes());
-    }
 }

@@ -98,14 +98,8 @@ impl Store {
             path: db_path.clone(),
             source,
         };
-        let db = Connection::open(&db_path).map_err(db_err)?;
-        // First, so that opening waits for another process's write instead of failing.
-        db.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(db_err)?;
-        db.pragma_update(None, "journal_mode", "WAL")
-            .map_err(db_err)?;
-        db.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(db_err)?;
+        // NORMAL: a lost write is fetched from upstream again.
+        let db = crate::blob_dir::open_index(&db_path, "NORMAL").map_err(db_err)?;
         db.execute_batch(SCHEMA).map_err(db_err)?;
 
         let mut index = HashMap::new();
@@ -321,8 +315,8 @@ impl Store {
     }
 
     fn blob_path(&self, sha256: &[u8; 32]) -> PathBuf {
-        let hex = hex::encode(sha256);
-        self.root.join("blobs/sha256").join(&hex[..2]).join(hex)
+        self.root
+            .join(crate::blob_relative_path(&hex::encode(sha256)))
     }
 }
 
