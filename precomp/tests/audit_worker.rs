@@ -11,9 +11,8 @@
 
 mod common;
 
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -301,54 +300,28 @@ fn an_audit_worker_countersigns_a_reproducible_build_and_then_finds_no_job() {
     let tuple = host_tuple();
     let data = data_dir("precomp-audit-worker-data-");
 
-    let mut child = audit_worker(
-        &mirror,
-        data.path(),
-        &mirror.auditor,
-        &["--lease-seconds", "2"],
-    )
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let stdout = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap());
-    let stderr = child.stderr.take().unwrap();
-    let (leased_tx, leased_rx) = std::sync::mpsc::channel();
-    let stderr = std::thread::spawn(move || {
-        let mut text = String::new();
-        for line in std::io::BufReader::new(stderr).lines() {
-            let line = line.unwrap();
-            if line.contains(": auditing plain_ex") {
-                let _ = leased_tx.send(());
-            }
-            text.push_str(&line);
-            text.push('\n');
-        }
-        text
-    });
-    let leased = leased_rx.recv_timeout(Duration::from_secs(120)).is_ok();
+    let mut worker = Watched::spawn(
+        audit_worker(
+            &mirror,
+            data.path(),
+            &mirror.auditor,
+            &["--lease-seconds", "2"],
+        ),
+        ": auditing plain_ex",
+    );
+    let leased = worker.saw_marker(Duration::from_secs(120));
     // Leased 2 s at a time and renewed by the heartbeat: auditor2 never gets it meanwhile.
     let mut polls = 0;
-    while leased && child.try_wait().unwrap().is_none() {
+    while leased && worker.child.try_wait().unwrap().is_none() {
         let (status, text) = mirror.lease(&mirror.auditor2, &tuple, 60);
         if status != 204 {
-            let _ = child.kill();
+            let _ = worker.child.kill();
         }
         assert_eq!(status, 204, "the job is leased while it is audited: {text}");
         polls += 1;
         std::thread::sleep(Duration::from_millis(250));
     }
-    let status = wait_within(&mut child, Duration::from_secs(600)).unwrap_or_else(|| {
-        let _ = child.kill();
-        panic!("precomp worker --audit still running after 600 s");
-    });
-    let output = Output {
-        status,
-        stdout: stdout.join().unwrap().into_bytes(),
-        stderr: stderr.join().unwrap().into_bytes(),
-    };
+    let output = worker.finish(Duration::from_secs(600));
     assert!(leased, "the worker leased no job: {}", describe(&output));
     eprintln!("polled {polls} times while the worker audited");
     assert_eq!(output.status.code(), Some(0), "{}", describe(&output));

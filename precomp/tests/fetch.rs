@@ -524,6 +524,46 @@ impl Consumer {
         command
     }
 
+    /// `precomp build` of this project's lock with its config (dev), in a data directory of its
+    /// own, on the toolchain `toolchain` gives (`--toolchain …`), published to `mirror` with
+    /// the builder's key and token; fails the test unless it succeeds within `limit`.
+    fn build_and_publish(
+        &self,
+        fixture: &Fixture,
+        mirror: &Mirror,
+        toolchain: &[&std::ffi::OsStr],
+        limit: Duration,
+    ) {
+        let data = tempfile::tempdir().unwrap();
+        let mut build = precomp_command();
+        build
+            .arg("--data")
+            .arg(data.path())
+            .args(["build", "--lock"])
+            .arg(self.path().join("mix.lock"))
+            .args(["--mirror", &mirror.url])
+            .args(toolchain)
+            .arg("--key")
+            .arg(fixture.path("builder.pem"))
+            .arg("--config")
+            .arg(self.path().join("config"))
+            .args([
+                "--config-env",
+                "dev",
+                "--publish",
+                "--token",
+                &mirror.token,
+                "--json",
+            ]);
+        let built = output_within(build, limit);
+        assert!(
+            built.status.success(),
+            "{}\n{}",
+            describe(&built),
+            mirror.log()
+        );
+    }
+
     /// `precomp fetch --json ARGS`: the output, the per-dep objects by app, the summary.
     fn fetch_json(&self, fixture: &Fixture, mirror: &str, args: &[&str]) -> Fetched {
         let mut all = vec!["--json"];
@@ -827,31 +867,11 @@ fn artifacts_from_precomp_build_are_hits_and_mix_compiles_none_of_them() {
     let fixture = Fixture::get();
     let mirror = Mirror::start(fixture);
     let consumer = Consumer::new(fixture);
-    let data = tempfile::tempdir().unwrap();
-    let mut build = precomp_command();
-    build
-        .arg("--data")
-        .arg(data.path())
-        .args(["build", "--lock"])
-        .arg(consumer.path().join("mix.lock"))
-        .args(["--mirror", &mirror.url, "--toolchain", "host", "--key"])
-        .arg(fixture.path("builder.pem"))
-        .arg("--config")
-        .arg(consumer.path().join("config"))
-        .args([
-            "--config-env",
-            "dev",
-            "--publish",
-            "--token",
-            &mirror.token,
-            "--json",
-        ]);
-    let built = output_within(build, Duration::from_secs(600));
-    assert!(
-        built.status.success(),
-        "{}\n{}",
-        describe(&built),
-        mirror.log()
+    consumer.build_and_publish(
+        fixture,
+        &mirror,
+        &["--toolchain".as_ref(), "host".as_ref()],
+        Duration::from_secs(600),
     );
 
     let fetched = consumer.fetch_json(fixture, &mirror.url, &["--require-all"]);
@@ -946,39 +966,16 @@ fn with_elixir_1_18_the_markers_keep_mix_from_compiling_installed_deps() {
     // Builds for Elixir 1.18 by the builder, with the consumer's config.
     let mirror = Mirror::start(fixture);
     let consumer = Consumer::new(fixture);
-    let data = tempfile::tempdir().unwrap();
-    let mut build = precomp_command();
-    build
-        .arg("--data")
-        .arg(data.path())
-        .args(["build", "--lock"])
-        .arg(consumer.path().join("mix.lock"))
-        .args([
-            "--mirror",
-            &mirror.url,
-            "--toolchain",
-            "trixie",
-            "--toolchains",
-        ])
-        .arg(&cache)
-        .arg("--key")
-        .arg(fixture.path("builder.pem"))
-        .arg("--config")
-        .arg(consumer.path().join("config"))
-        .args([
-            "--config-env",
-            "dev",
-            "--publish",
-            "--token",
-            &mirror.token,
-            "--json",
-        ]);
-    let built = output_within(build, Duration::from_secs(900));
-    assert!(
-        built.status.success(),
-        "{}\n{}",
-        describe(&built),
-        mirror.log()
+    consumer.build_and_publish(
+        fixture,
+        &mirror,
+        &[
+            "--toolchain".as_ref(),
+            "trixie".as_ref(),
+            "--toolchains".as_ref(),
+            cache.as_os_str(),
+        ],
+        Duration::from_secs(900),
     );
 
     // precomp fetch with Elixir 1.18 on PATH: its keys, its markers.

@@ -10,9 +10,8 @@
 
 mod common;
 
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -320,56 +319,29 @@ fn a_worker_builds_and_publishes_a_reported_miss() {
     // A 2 s lease, renewed by the worker's heartbeat while it builds: once the worker has
     // the job, another worker asking for the same toolchain never gets it.
     let other = mirror.token("other");
-    let mut command = worker_command(
-        data.path(),
-        &mirror,
-        &token,
-        &["--json", "--lease-seconds", "2"],
+    let mut building = Watched::spawn(
+        worker_command(
+            data.path(),
+            &mirror,
+            &token,
+            &["--json", "--lease-seconds", "2"],
+        ),
+        ": building opt_user",
     );
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let stdout = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap());
-    let stderr = child.stderr.take().unwrap();
-    let (leased_tx, leased_rx) = std::sync::mpsc::channel();
-    let stderr = std::thread::spawn(move || {
-        let mut text = String::new();
-        for line in std::io::BufReader::new(stderr).lines() {
-            let line = line.unwrap();
-            if line.contains(": building opt_user") {
-                let _ = leased_tx.send(());
-            }
-            text.push_str(&line);
-            text.push('\n');
-        }
-        text
-    });
-    let leased = leased_rx.recv_timeout(Duration::from_secs(120)).is_ok();
+    let leased = building.saw_marker(Duration::from_secs(120));
     let mut polls = 0;
-    while leased && child.try_wait().unwrap().is_none() {
+    while leased && building.child.try_wait().unwrap().is_none() {
         let mut body = lease_body("other", &otp, 60);
         body["elixir"] = elixir.as_str().into();
         let (status, text) = mirror.post("/precomp/v1/jobs/lease", Some(&other), &body);
         if status != 204 {
-            let _ = child.kill();
+            let _ = building.child.kill();
         }
         assert_eq!(status, 204, "the job is leased while it builds: {text}");
         polls += 1;
         std::thread::sleep(Duration::from_millis(250));
     }
-    let status = wait_within(&mut child, Duration::from_secs(600)).unwrap_or_else(|| {
-        let _ = child.kill();
-        panic!("precomp worker still running after 600 s");
-    });
-    let output = std::process::Output {
-        status,
-        stdout: stdout.join().unwrap().into_bytes(),
-        stderr: stderr.join().unwrap().into_bytes(),
-    };
+    let output = building.finish(Duration::from_secs(600));
     assert!(leased, "the worker leased no job: {}", describe(&output));
     eprintln!("polled {polls} times while the worker built");
     assert!(output.status.success(), "{}", describe(&output));
@@ -424,9 +396,7 @@ fn a_worker_builds_and_publishes_a_reported_miss() {
 /// A worker building slow_ex (which compiles for a minute), started in the background; its
 /// output collected, `building` signalled once it has the job.
 struct SlowJob {
-    child: std::process::Child,
-    stdout: std::thread::JoinHandle<String>,
-    stderr: std::thread::JoinHandle<String>,
+    worker: Watched,
     data: tempfile::TempDir,
     base_key: String,
     otp: String,
@@ -449,39 +419,15 @@ impl SlowJob {
             .args(["--token", token, "--key"])
             .arg(fixture.path("keys/builder.key"))
             .args(extra);
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let stdout = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap());
-        let stderr = child.stderr.take().unwrap();
-        let (building_tx, building_rx) = std::sync::mpsc::channel();
-        let stderr = std::thread::spawn(move || {
-            let mut text = String::new();
-            for line in std::io::BufReader::new(stderr).lines() {
-                let line = line.unwrap();
-                if line.contains(": building slow_ex") {
-                    let _ = building_tx.send(());
-                }
-                text.push_str(&line);
-                text.push('\n');
-            }
-            text
-        });
         let mut job = SlowJob {
-            child,
-            stdout,
-            stderr,
+            worker: Watched::spawn(command, ": building slow_ex"),
             data,
             base_key,
             otp,
             elixir,
         };
-        if building_rx.recv_timeout(Duration::from_secs(120)).is_err() {
-            let _ = job.child.kill();
+        if !job.worker.saw_marker(Duration::from_secs(120)) {
+            let _ = job.worker.child.kill();
             panic!("the worker never started building slow_ex");
         }
         // Until its sandbox runs: a bwrap naming the worker's data directory.
@@ -496,40 +442,17 @@ impl SlowJob {
         job
     }
 
-    /// Processes whose command line names the worker's data directory other than the worker
-    /// itself: its sandboxes (bwrap binds the build directory from there).
     fn sandboxes(&self) -> usize {
-        let data = self.data.path().to_str().unwrap().to_string();
-        let worker = self.child.id().to_string();
-        std::fs::read_dir("/proc")
-            .unwrap()
-            .filter_map(|entry| {
-                let name = entry.ok()?.file_name().into_string().ok()?;
-                name.parse::<u32>().ok()?;
-                (name != worker).then_some(name)
-            })
-            .filter(|pid| {
-                std::fs::read(format!("/proc/{pid}/cmdline"))
-                    .map(|cmdline| String::from_utf8_lossy(&cmdline).contains(&data))
-                    .unwrap_or(false)
-            })
-            .count()
+        sandboxes(self.data.path(), self.worker.child.id())
     }
 
     /// Waits for the worker to exit (within `limit`); its output and the time it took.
-    fn finish(mut self, limit: Duration) -> (std::process::Output, Duration, SlowJobLeft) {
+    fn finish(self, limit: Duration) -> (std::process::Output, Duration, SlowJobLeft) {
+        let pid = self.worker.child.id();
         let started = std::time::Instant::now();
-        let status = wait_within(&mut self.child, limit).unwrap_or_else(|| {
-            let _ = self.child.kill();
-            panic!("the worker still ran {limit:?} after it was told to stop");
-        });
+        let output = self.worker.finish(limit);
         let took = started.elapsed();
-        let sandboxes = self.sandboxes();
-        let output = std::process::Output {
-            status,
-            stdout: self.stdout.join().unwrap().into_bytes(),
-            stderr: self.stderr.join().unwrap().into_bytes(),
-        };
+        let sandboxes = sandboxes(self.data.path(), pid);
         let left = SlowJobLeft {
             sandboxes,
             // The store's manifests, artifacts and failure logs (DATA/builds/…).
@@ -544,6 +467,26 @@ impl SlowJob {
         };
         (output, took, left)
     }
+}
+
+/// Processes whose command line names the worker's data directory `data`, other than the
+/// worker `worker` itself: its sandboxes (bwrap binds the build directory from there).
+fn sandboxes(data: &Path, worker: u32) -> usize {
+    let data = data.to_str().unwrap().to_string();
+    let worker = worker.to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name().into_string().ok()?;
+            name.parse::<u32>().ok()?;
+            (name != worker).then_some(name)
+        })
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|cmdline| String::from_utf8_lossy(&cmdline).contains(&data))
+                .unwrap_or(false)
+        })
+        .count()
 }
 
 /// What a stopped worker left behind.
@@ -569,7 +512,7 @@ fn sigterm_stops_the_build_releases_the_job_and_exits() {
     let token = mirror.token("stopping");
     let job = SlowJob::start(&mirror, &token, &["--lease-seconds", "60"]);
     let status = Command::new("kill")
-        .args(["-TERM", &job.child.id().to_string()])
+        .args(["-TERM", &job.worker.child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());

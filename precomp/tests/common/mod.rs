@@ -94,6 +94,69 @@ pub fn wait_within(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     }
 }
 
+/// A process run in the background with its output collected, that says when a line of its
+/// stderr first contains `marker` (a worker saying it has a job, say).
+pub struct Watched {
+    pub child: Child,
+    stdout: std::thread::JoinHandle<String>,
+    stderr: std::thread::JoinHandle<String>,
+    marker: std::sync::mpsc::Receiver<()>,
+}
+
+impl Watched {
+    pub fn spawn(mut command: Command, marker: &str) -> Watched {
+        use std::io::BufRead;
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let stdout = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap());
+        let stderr = child.stderr.take().unwrap();
+        let marker = marker.to_string();
+        let (seen, seen_rx) = std::sync::mpsc::channel();
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            for line in std::io::BufReader::new(stderr).lines() {
+                let line = line.unwrap();
+                if line.contains(&marker) {
+                    let _ = seen.send(());
+                }
+                text.push_str(&line);
+                text.push('\n');
+            }
+            text
+        });
+        Watched {
+            child,
+            stdout,
+            stderr,
+            marker: seen_rx,
+        }
+    }
+
+    /// Whether the marker appeared within `limit`.
+    pub fn saw_marker(&self, limit: Duration) -> bool {
+        self.marker.recv_timeout(limit).is_ok()
+    }
+
+    /// Waits for the process to exit within `limit` (killing it and panicking after that);
+    /// all it printed.
+    pub fn finish(mut self, limit: Duration) -> Output {
+        let status = wait_within(&mut self.child, limit).unwrap_or_else(|| {
+            let _ = self.child.kill();
+            panic!("still running after {limit:?}");
+        });
+        Output {
+            status,
+            stdout: self.stdout.join().unwrap().into_bytes(),
+            stderr: self.stderr.join().unwrap().into_bytes(),
+        }
+    }
+}
+
 /// `rebar3 compile` in a fresh copy of the consumer project (erl_ids, and erl_counter through
 /// it), with a fresh HOME and cache, against `url` (HEX_CDN), trusting `public_key` for the
 /// hexpm repository: signature and origin checks on.
