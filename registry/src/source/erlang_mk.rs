@@ -130,19 +130,13 @@ pub(super) fn read(dir: &Path) -> Result<Read, SourceError> {
     }
     let description = words(&value("PROJECT_DESCRIPTION")?).join(" ");
 
-    let mut requirements = Vec::new();
-    for dep in words(&value("DEPS")?) {
-        requirements.push(requirement(&make, dep).map_err(invalid)?);
-    }
-    requirements.sort_by(|a, b| a.name.cmp(&b.name));
     // The plugin builds a map keyed by package: a later duplicate replaces an earlier one.
-    requirements.dedup_by(|later, earlier| {
-        let same = later.name == earlier.name;
-        if same {
-            std::mem::swap(later, earlier);
-        }
-        same
-    });
+    let mut by_package = std::collections::BTreeMap::new();
+    for dep in words(&value("DEPS")?) {
+        let requirement = requirement(&make, dep).map_err(invalid)?;
+        by_package.insert(requirement.name.clone(), requirement);
+    }
+    let requirements = by_package.into_values().collect();
 
     let files = if make.sets("HEX_TARBALL_FILES") {
         words(&value("HEX_TARBALL_FILES")?)
