@@ -1,7 +1,7 @@
 //! Package sources: a Mix, rebar3 or erlang.mk project directory turned into the Hex package
 //! tarball its own publishing tool would build (`mix hex.build`, `rebar3 hex build`, erlang.mk's
 //! `make hex-tarball-create`). Each tool's rules, and the source they were read from, are in
-//! its module: [`mix`], [`rebar`], [`erlang_mk`].
+//! its module: `mix`, `rebar`, `erlang_mk`.
 //!
 //! The package's name and version come from the project (mix.exs, `src/APP.app.src` or the
 //! Makefile), never from the directory's name, so several versions of one package can sit side
