@@ -398,6 +398,7 @@ pub fn revoke(
             key_id: key_id.to_string(),
             reason: reason.to_string(),
             revoked_at: issue.now,
+            version: document.version,
         });
         Ok(())
     })
@@ -647,9 +648,6 @@ async fn walk(
 
 /// Stores the verified document for the next run (temporary file, then rename).
 pub fn store_cache(path: &Path, held: &Held) -> Result<(), TrustOpsError> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(io(parent))?;
-    }
     write_atomically(path, &held.bytes)
 }
 
@@ -672,7 +670,11 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>, TrustOpsError> {
 
 /// Temporary file beside `path`, synced, renamed over it, directory synced.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), TrustOpsError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    // A bare file name (`--trust-cache rel.doc`) has the empty path as its parent.
+    let dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io(dir))?;
     tmp.write_all(bytes)

@@ -847,6 +847,7 @@ mod tests {
             key_id: key.public_key().key_id(),
             reason: reason.into(),
             revoked_at: T0 + DAY,
+            version: 0,
         }
     }
 
