@@ -216,8 +216,14 @@ impl Issue {
         }
     }
 
-    fn expires_at(&self) -> i64 {
-        self.now + i64::from(self.valid_days.max(1)) * DAY
+    /// When a document issued now expires; a validity of 0 days is refused, never rounded up.
+    fn expires_at(&self) -> Result<i64, TrustOpsError> {
+        if self.valid_days == 0 {
+            return Err(TrustOpsError::Usage(
+                "a trust document must be valid for at least 1 day (--valid-days)".into(),
+            ));
+        }
+        Ok(self.now + i64::from(self.valid_days) * DAY)
     }
 }
 
@@ -238,7 +244,7 @@ pub fn init(
         format: TRUST_FORMAT,
         version: 1,
         issued_at: issue.now,
-        expires_at: issue.expires_at(),
+        expires_at: issue.expires_at()?,
         keys: vec![TrustKey::new(
             &root.public_key(),
             root_name,
@@ -440,7 +446,7 @@ fn reissue(
     let mut document = current.document.clone();
     document.version += 1;
     document.issued_at = issue.now;
-    document.expires_at = issue.expires_at();
+    document.expires_at = issue.expires_at()?;
     edit(&mut document)?;
     document.validate()?;
     let mut signers = vec![root];

@@ -484,6 +484,61 @@ fn clients_trust_the_documents_keys_refuse_revoked_ones_and_follow_rotations() {
     );
 }
 
+#[test]
+fn keys_commands_refuse_a_zero_validity_and_say_who_serves_what_they_wrote() {
+    let scratch = tempfile::tempdir().unwrap();
+    let keys = scratch.path().join("keys");
+    generate(&keys, "root");
+    let root = keys.join("root.key");
+    let data = scratch.path().join("data");
+
+    // 0 days was silently 1 day: now a usage error, and nothing written.
+    let zero = precomp_data(
+        &data,
+        &[
+            "keys",
+            "init",
+            "--root",
+            root.to_str().unwrap(),
+            "--valid-days",
+            "0",
+        ],
+    );
+    assert!(!zero.status.success(), "{}", describe(&zero));
+    assert!(text(&zero).contains("--valid-days"), "{}", describe(&zero));
+    assert!(!data.join("trust/trust.doc").exists());
+
+    // Into the mirror's data directory: served now.
+    let served = ok(precomp_data(
+        &data,
+        &["keys", "init", "--root", root.to_str().unwrap()],
+    ));
+    assert!(
+        served.contains("`precomp serve` with this --data serves it now"),
+        "{served}"
+    );
+
+    // Into another directory (an offline machine): nobody serves it until it is copied.
+    let offline = scratch.path().join("offline-trust");
+    let written = ok(precomp_data(
+        &data,
+        &[
+            "keys",
+            "init",
+            "--root",
+            root.to_str().unwrap(),
+            "--trust-dir",
+            offline.to_str().unwrap(),
+        ],
+    ));
+    assert!(
+        !written.contains("serves it now")
+            && written.contains(&format!("copy {}", offline.display())),
+        "{written}"
+    );
+    assert!(offline.join("trust.doc").is_file());
+}
+
 // ---------------------------------------------------------------------------------------------
 // The mirror's uploads follow the trust document
 // ---------------------------------------------------------------------------------------------
