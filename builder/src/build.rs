@@ -89,12 +89,7 @@ pub fn build_package(
     if let Some(reason) = context.cancel.reason() {
         return Ok(BuildOutcome::Cancelled { reason });
     }
-    std::fs::create_dir_all(&context.work_root).map_err(io(&context.work_root))?;
-    let work = tempfile::Builder::new()
-        .prefix(&format!("{app}-"))
-        .tempdir_in(&context.work_root)
-        .map_err(io(&context.work_root))?;
-    set_mode(work.path(), 0o755)?;
+    let work = crate::workdir::WorkDir::create(&context.work_root, &format!("{app}-"), 0o755)?;
 
     let members: Vec<(String, PackageRef)> = std::iter::once((app.to_string(), package.clone()))
         .chain(closure.iter().map(|(a, p)| (a.clone(), p.clone())))
@@ -337,9 +332,4 @@ pub fn native_target(architecture: &str) -> Result<Target> {
             "toolchain architecture {architecture:?} has no known native target"
         ))
     })
-}
-
-fn set_mode(path: &Path, mode: u32) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io(path))
 }

@@ -540,6 +540,65 @@ fn a_backup_restored_into_an_empty_data_dir_serves_the_same_bytes() {
         target.display()
     );
 
+    // A blob deleted together with its line in the listing: every file left still matches
+    // the listing, but the database names the blob, so check and restore refuse, naming it.
+    let incomplete = root.join("incomplete");
+    precomp_testkit::copy_dir(&backup, &incomplete);
+    let relative = format!(
+        "artifacts/blobs/sha256/{}/{}",
+        &build.sha()[..2],
+        build.sha()
+    );
+    std::fs::remove_file(incomplete.join(&relative)).unwrap();
+    let listing_path = incomplete.join("precomp-backup.json");
+    let mut edited: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&listing_path).unwrap()).unwrap();
+    edited["files"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|f| f["path"] != relative.as_str());
+    std::fs::write(&listing_path, serde_json::to_vec_pretty(&edited).unwrap()).unwrap();
+    let check = precomp_data(
+        &root.join("unused"),
+        &["restore", "--check", "--from", incomplete.to_str().unwrap()],
+    );
+    assert!(
+        !check.status.success()
+            && text(&check).contains("incomplete")
+            && text(&check).contains(&relative),
+        "{}",
+        describe(&check)
+    );
+    let target = root.join("from-incomplete");
+    let refused = precomp_data(
+        &target,
+        &["restore", "--from", incomplete.to_str().unwrap()],
+    );
+    assert!(
+        !refused.status.success() && text(&refused).contains(&relative),
+        "{}",
+        describe(&refused)
+    );
+    assert!(
+        !target.exists(),
+        "a refused restore left {}",
+        target.display()
+    );
+
+    // A file the listing does not name: the listing does not describe this backup.
+    let unlisted = root.join("unlisted");
+    precomp_testkit::copy_dir(&backup, &unlisted);
+    std::fs::write(unlisted.join("trust/extra.doc"), b"not listed").unwrap();
+    let check = precomp_data(
+        &root.join("unused"),
+        &["restore", "--check", "--from", unlisted.to_str().unwrap()],
+    );
+    assert!(
+        !check.status.success() && text(&check).contains("trust/extra.doc"),
+        "{}",
+        describe(&check)
+    );
+
     // Restored into an empty directory, with upstream gone: the same bytes.
     let restored = root.join("restored");
     std::fs::create_dir(&restored).unwrap();

@@ -583,3 +583,101 @@ fn a_lease_the_mirror_ends_stops_the_build() {
     assert_eq!(failures.len(), 1, "{failures:?}");
     assert_eq!(failures[0]["toolchain_id"], "elsewhere");
 }
+
+/// A worker killed with SIGKILL cannot remove its build's work directory; the next builder or
+/// worker on that data directory does (once nothing holds it), and leaves live ones alone.
+#[test]
+fn a_work_directory_left_by_a_killed_worker_is_removed_by_the_next_one() {
+    let mirror = Mirror::start();
+    let token = mirror.token("killed");
+    let job = SlowJob::start(&mirror, &token, &["--lease-seconds", "60"]);
+    let work = job.data.path().join("builds/work");
+    let left_behind = |work: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(work)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("slow_ex-")
+            })
+            .collect()
+    };
+    assert_eq!(
+        left_behind(&work).len(),
+        1,
+        "the build works in one directory"
+    );
+
+    let status = Command::new("kill")
+        .args(["-KILL", &job.worker.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let data = job.data.path().to_path_buf();
+    let pid = job.worker.child.id();
+    let started = std::time::Instant::now();
+    let SlowJob {
+        worker: killed,
+        data: _data_guard,
+        ..
+    } = job;
+    let _ = killed.finish(Duration::from_secs(30));
+    while sandboxes(&data, pid) > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the sandbox outlived its worker"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let leftovers = left_behind(&work);
+    assert_eq!(
+        leftovers.len(),
+        1,
+        "SIGKILL leaves the directory: the case to recover from"
+    );
+
+    // Older than the minute a sweep leaves young directories alone (one being created).
+    for dir in &leftovers {
+        assert!(Command::new("touch")
+            .args(["-d", "2 hours ago"])
+            .arg(dir)
+            .status()
+            .unwrap()
+            .success());
+    }
+    // A directory another live process holds is not touched by the sweep.
+    let live = work.join("slow_ex-live");
+    std::fs::create_dir(&live).unwrap();
+    let mut holder = Command::new("flock")
+        .args(["--exclusive", "--close"])
+        .arg(&live)
+        .args(["sleep", "60"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(Command::new("touch")
+        .args(["-d", "2 hours ago"])
+        .arg(&live)
+        .status()
+        .unwrap()
+        .success());
+
+    // The next worker on this data directory (no job for it: the killed one's lease is live).
+    let next = worker(&data, &mirror, &token, &[]);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    for dir in &leftovers {
+        assert!(
+            !dir.exists(),
+            "{} is still there: {}",
+            dir.display(),
+            describe(&next)
+        );
+    }
+    assert!(
+        live.exists(),
+        "a directory a live process holds was removed"
+    );
+}

@@ -311,8 +311,19 @@ fn prepare(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The directory builds are made in: the sandbox user must reach it.
+/// The directory builds are made in: the sandbox user must reach it. Directories left there
+/// by builds whose process was killed are removed first.
 pub(crate) fn work_root(
+    sandbox: &Sandbox,
+    data: &Path,
+    given: Option<&Path>,
+) -> anyhow::Result<PathBuf> {
+    let root = choose_work_root(sandbox, data, given)?;
+    precomp_builder::workdir::sweep(&root);
+    Ok(root)
+}
+
+fn choose_work_root(
     sandbox: &Sandbox,
     data: &Path,
     given: Option<&Path>,

@@ -143,6 +143,11 @@ pub fn default_mirror() -> String {
 
 pub(super) fn build(store: &Store, sandbox: &Sandbox, request: &ImageRequest) -> Result<Built> {
     let started = Instant::now();
+    // The image is checked and used from inside the sandbox: a store the sandbox user cannot
+    // reach (a data directory under /root) would otherwise fail only after minutes of
+    // debootstrap.
+    std::fs::create_dir_all(store.dir()).map_err(|e| Error::io(store.dir(), e))?;
+    sandbox.check_readable(store.dir())?;
     let suite = request.suite.name();
     let mut packages = request.packages.clone();
     packages.sort();
