@@ -241,8 +241,8 @@ pub fn check_installed(lib_dir: &Path, app: &str, files: &[FileRecord]) -> Resul
                 Ok(_) => {}
             }
         }
-        let meta = std::fs::symlink_metadata(&path)
-            .map_err(|_| Drift::Missing(file.path.clone()))?;
+        let meta =
+            std::fs::symlink_metadata(&path).map_err(|_| Drift::Missing(file.path.clone()))?;
         if !meta.is_file() {
             return Err(Drift::NotAFile(file.path.clone()));
         }
