@@ -1,5 +1,6 @@
 //! Real toolchain images: debootstrap'd bookworm and trixie roots (built once per machine in
-//! the cache, see `common`), the host toolchain, digests and verification.
+//! the shared store, see `precomp_testkit::toolchain`), the host toolchain, digests and
+//! verification.
 
 mod common;
 
@@ -141,8 +142,8 @@ fn building_the_same_image_twice_gives_the_same_digest() {
     let scratch = tempfile::Builder::new()
         .prefix("scratch-")
         .tempdir_in({
-            std::fs::create_dir_all(cache_dir()).unwrap();
-            cache_dir()
+            std::fs::create_dir_all(toolchain_cache()).unwrap();
+            toolchain_cache()
         })
         .unwrap();
     chmod(scratch.path(), 0o755);
@@ -162,10 +163,10 @@ fn building_the_same_image_twice_gives_the_same_digest() {
         cached.digest,
         "two builds of the same packages differ; compare {} and {}",
         store.dir().display(),
-        cache_store().dir().display()
+        toolchain_store().dir().display()
     );
     // Asking again for the same inputs is instant: nothing is built.
-    let again = cache_store()
+    let again = toolchain_store()
         .build(&sandbox(), &ImageRequest::new(Suite::Bookworm))
         .unwrap();
     assert!(again.reused);
