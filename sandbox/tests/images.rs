@@ -148,14 +148,23 @@ fn building_the_same_image_twice_gives_the_same_digest() {
         .unwrap();
     chmod(scratch.path(), 0o755);
     let store = Store::open(scratch.path()).unwrap();
-    let mut request = ImageRequest::new(Suite::Bookworm);
-    request.rebuild = true;
-    let fresh = store.build(&sandbox(), &request).unwrap();
+    // Two builders of the same image at once: one builds, the other waits on the store's lock
+    // and reuses that image. (Threads here; separate processes are alike: the lock is a
+    // `flock` on a file opened by each builder.)
+    let request = ImageRequest::new(Suite::Bookworm);
+    let (a, b) = std::thread::scope(|scope| {
+        let a = scope.spawn(|| store.build(&sandbox(), &request).unwrap());
+        let b = scope.spawn(|| store.build(&sandbox(), &request).unwrap());
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let (fresh, waited) = if a.reused { (b, a) } else { (a, b) };
     eprintln!(
         "second bookworm build: {:.1} s",
         fresh.elapsed.as_secs_f64()
     );
-    assert!(!fresh.reused);
+    assert!(!fresh.reused, "neither builder built: {fresh:?}");
+    assert!(waited.reused, "both builders built: {waited:?}");
+    assert_eq!(waited.toolchain, fresh.toolchain);
 
     let cached = image(Suite::Bookworm);
     assert_eq!(
