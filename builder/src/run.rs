@@ -171,7 +171,7 @@ pub fn build_lock(
                         .iter()
                         .all(|&d| matches!(guard[d], State::Done(_)));
                     // Of the ready packages, the one most others wait for goes first.
-                    if ready && pick.map_or(true, |p| dependents[i] > dependents[p]) {
+                    if ready && pick.is_none_or(|p| dependents[i] > dependents[p]) {
                         pick = Some(i);
                     }
                 }

@@ -20,7 +20,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use precomp_proto::artifact;
 use precomp_proto::manifest::FileRecord;
@@ -31,10 +31,12 @@ pub const STAGING_PREFIX: &str = ".precomp-tmp-";
 /// The lock file in `lib/` that serialises fetches of one build directory.
 pub const LOCK_FILE: &str = ".precomp.lock";
 
-/// Test hook: when this environment variable names the app being installed, the install
-/// stops (for a minute) with everything staged, right before the swap, after printing
-/// `pausing before swapping APP` to stderr, so a test can kill the process at the worst
-/// moment. Inert otherwise.
+/// Test hook, only in builds with the `test-hooks` feature (the workspace's tests turn it on;
+/// `cargo build` and `cargo install` leave it off): when this environment variable names the
+/// app being installed, the install stops (for a minute) with everything staged, right before
+/// the swap, after printing `pausing before swapping APP` to stderr, so a test can kill the
+/// process at the worst moment.
+#[cfg(feature = "test-hooks")]
 #[doc(hidden)]
 pub const PAUSE_BEFORE_SWAP_ENV: &str = "PRECOMP_TEST_PAUSE_BEFORE_SWAP";
 
@@ -109,9 +111,10 @@ pub fn install(spec: &Install<'_>) -> Result<(), InstallError> {
     write_file(&new.join(KEY_MARKER), format!("{}\n", spec.key).as_bytes())?;
     touch_fetch_marker(&new, spec.fetch_marker)?;
 
+    #[cfg(feature = "test-hooks")]
     if std::env::var_os(PAUSE_BEFORE_SWAP_ENV).is_some_and(|app| app == spec.app) {
         eprintln!("pausing before swapping {}", spec.app);
-        std::thread::sleep(Duration::from_secs(60));
+        std::thread::sleep(std::time::Duration::from_secs(60));
     }
     let target = spec.lib_dir.join(spec.app);
     replace(&new, &target, &staging.path().join("old"))?;
@@ -407,6 +410,7 @@ impl LibLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     /// A packed app with `ebin/<app>.app` (when `with_app`) and a beam holding `content`.
     fn artifact(app: &str, content: &str, with_app: bool) -> Vec<u8> {

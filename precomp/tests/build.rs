@@ -1,6 +1,7 @@
 //! `precomp build` with the fixture packages, on the host toolchain (bookworm: OTP 25,
 //! Elixir 1.14) and the trixie image (OTP 27, Elixir 1.18; the store under
-//! `$PRECOMP_TOOLCHAIN_CACHE`, default `/var/cache/precomp-test`, built there on first use).
+//! `$PRECOMP_TOOLCHAIN_CACHE`, default `/var/cache/precomp-test`, built there on first use by
+//! `common::image_id`).
 //!
 //! Sources come from a signed static repository of the fixtures (`precomp repo build`), locks
 //! from `precomp repo lock`, builds run in the real sandbox.
@@ -251,7 +252,7 @@ fn host_builds_are_reproducible_and_run() {
 
 #[test]
 fn trixie_builds_are_reproducible_and_run() {
-    reproducible_and_runnable("trixie");
+    reproducible_and_runnable(&image_id(Suite::Trixie));
 }
 
 /// Inputs that change compilation change the key and the beams: the macro package's version,
@@ -374,7 +375,7 @@ fn host_inputs_change_keys_and_beams() {
 
 #[test]
 fn trixie_inputs_change_keys_and_beams() {
-    inputs_change_keys_and_beams("trixie");
+    inputs_change_keys_and_beams(&image_id(Suite::Trixie));
 }
 
 #[test]

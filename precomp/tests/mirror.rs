@@ -1200,31 +1200,9 @@ fn serve_help_documents_every_setting() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+#[ignore = "needs Mix's Hex client, which only hex.pm provides (`mix local.hex`)"]
 fn mix_deps_get_through_the_mirror() {
-    // Hex is an archive Mix installs separately (`mix local.hex`); without it there is no
-    // client to test.
-    let probe_dir = tempfile::tempdir().unwrap();
-    let mut probe = Command::new("mix");
-    probe
-        .arg("hex.info")
-        .current_dir(probe_dir.path())
-        .env("HEX_OFFLINE", "1");
-    let hex = match try_output_within(probe, Duration::from_secs(120)) {
-        Ok(output) => output,
-        Err(e) => {
-            eprintln!("skipped: Mix is not installed (running `mix`: {e})");
-            return;
-        }
-    };
-    if !hex.status.success() {
-        eprintln!(
-            "skipped: Mix's Hex client is not installed (mix hex.info failed); install it with \
-             `mix local.hex` to run `mix deps.get` through the mirror. mix said: {}",
-            String::from_utf8_lossy(&hex.stderr).trim()
-        );
-        return;
-    }
-
+    require_mix_hex_client();
     let fixture = Fixture::get();
     let nginx = Nginx::start(&fixture.root(), &NginxOptions::new());
     let data = tempfile::tempdir().unwrap();

@@ -163,7 +163,7 @@ pub fn select(
     }
     let mut builds: Vec<(String, IndexBuild)> = builds
         .into_iter()
-        .filter(|(_, b)| selection.fewer_than.map_or(true, |n| audits(b) < n))
+        .filter(|(_, b)| selection.fewer_than.is_none_or(|n| audits(b) < n))
         .collect();
     if let Some(n) = selection.sample {
         builds.retain(|(_, b)| fits(b, toolchain).is_ok());
