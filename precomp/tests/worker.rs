@@ -10,13 +10,14 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::*;
-use precomp_proto::buildkey::{BuildInputs, Target};
+use precomp_proto::buildkey::{KeyParts, KeyToolchain, Target};
 use precomp_proto::lock::MixLock;
 use serde_json::{json, Value};
 
@@ -114,33 +115,58 @@ impl Mirror {
         response.text().unwrap()
     }
 
-    /// Reports a miss of `package@version` in `lock` for this toolchain; its base key.
+    /// Reports a miss of `package@version` in `lock` for this toolchain, as a client that
+    /// found no build of anything: its closure members' keys are unknown. Its miss key: the
+    /// base key for a package without dependencies, else the request key.
     fn report_miss(&self, lock: &str, package: &str, otp: &str, elixir: &str) -> String {
         let parsed = MixLock::parse(lock).unwrap();
         let (app, entry) = parsed.hex().find(|(_, e)| e.package == package).unwrap();
         let version = entry.version.clone();
-        let (pkg, closure) = parsed.closure(app).unwrap();
-        let base_key = BuildInputs {
-            package: pkg,
-            closure,
+        let (_, closure) = parsed.closure_by_app(app).unwrap();
+        let manager = |app: &str| parsed.manager(app, |_| false).unwrap();
+        let mut parts = BTreeMap::new();
+        parts.insert(
+            app.to_string(),
+            KeyParts {
+                manager: manager(app),
+                target: Some(Target::Any),
+                compile_env: Vec::new(),
+            },
+        );
+        let mut members = Vec::new();
+        for (member, release) in &closure {
+            parts.insert(
+                member.clone(),
+                KeyParts {
+                    manager: manager(member),
+                    target: None,
+                    compile_env: Vec::new(),
+                },
+            );
+            members.push(json!({"name": release.name, "version": release.version,
+                                "manager": manager(member).to_string(), "compile_env": []}));
+        }
+        let toolchain = KeyToolchain {
             otp_major: otp.into(),
             elixir: elixir.into(),
             mix_env: "prod".into(),
-            target: Target::Any,
-            compile_env: Vec::new(),
-        }
-        .base_key()
-        .unwrap()
-        .to_string();
-        let (status, text) = self.post(
-            "/precomp/v1/misses",
-            None,
-            &json!({"package": package, "version": version, "base_key": base_key,
-                    "reason": "not built", "otp_major": otp, "elixir": elixir,
-                    "mix_env": "prod", "target": "any", "lock": lock}),
-        );
+        };
+        let inputs = parsed
+            .inputs_bottom_up(app, Target::Any, &parts, &toolchain)
+            .unwrap();
+        let (field, key) = if closure.is_empty() {
+            ("base_key", inputs.base_key().unwrap().to_string())
+        } else {
+            ("request_key", inputs.request_key().unwrap().to_string())
+        };
+        let mut report = json!({"package": package, "version": version,
+                "reason": "not built", "otp_major": otp, "elixir": elixir,
+                "mix_env": "prod", "target": "any", "lock": lock,
+                "manager": manager(app).to_string(), "compile_env": [], "closure": members});
+        report[field] = key.clone().into();
+        let (status, text) = self.post("/precomp/v1/misses", None, &report);
         assert!(status == 200 || status == 201, "{status} {text}");
-        base_key
+        key
     }
 }
 
@@ -313,8 +339,9 @@ fn a_worker_builds_and_publishes_a_reported_miss() {
     let data = data_dir("precomp-worker-data-");
     let (otp, elixir) = host_toolchain(data.path());
 
+    // Nothing of opt_user's closure is built: the miss is named by its request key.
     let lock = fixture.lock(&["opt_user@1.0.0", "plain_ex@1.0.0"]);
-    let base_key = mirror.report_miss(&lock, "opt_user", &otp, &elixir);
+    let request_key = mirror.report_miss(&lock, "opt_user", &otp, &elixir);
 
     // A 2 s lease, renewed by the worker's heartbeat while it builds: once the worker has
     // the job, another worker asking for the same toolchain never gets it.
@@ -354,21 +381,23 @@ fn a_worker_builds_and_publishes_a_reported_miss() {
     .unwrap();
     assert_eq!(line["outcome"], "published", "{line}");
     assert_eq!(line["package"], "opt_user");
-    assert_eq!(line["base_key"], base_key.as_str());
+    assert_eq!(line["request_key"], request_key.as_str());
+    assert_eq!(line["base_key"], Value::Null);
     assert_eq!(line["lease_lost"], false);
     let key = line["key"].as_str().unwrap().to_string();
 
+    // The publish closed the miss: the build satisfies it (plain_ex built in the same job).
     let misses = mirror.get("/precomp/v1/misses", Some(&token));
-    assert!(!misses.contains(&base_key), "the miss is closed: {misses}");
+    assert!(
+        !misses.contains(&request_key),
+        "the miss is closed: {misses}"
+    );
     let index: Value =
         serde_json::from_str(&mirror.get("/precomp/v1/index/opt_user", None)).unwrap();
     let builds = index["builds"].as_array().unwrap();
-    assert!(
-        builds
-            .iter()
-            .any(|b| b["key"] == key.as_str() && b["base_key"] == base_key.as_str()),
-        "{index}"
-    );
+    assert!(builds.iter().any(|b| b["key"] == key.as_str()), "{index}");
+    let failures = mirror.get("/precomp/v1/failures/opt_user", None);
+    assert!(!failures.contains(&request_key), "{failures}");
     // The manifest the mirror serves is the worker's, signed by its key.
     let manifest =
         reqwest::blocking::get(mirror.server.url(&format!("/precomp/v1/manifests/{key}")))
@@ -381,7 +410,9 @@ fn a_worker_builds_and_publishes_a_reported_miss() {
         .unwrap()
         .verify(&[public])
         .unwrap();
-    assert_eq!(manifest.base_key, base_key);
+    assert_eq!(manifest.key, key);
+    assert_eq!(manifest.closure[0].name, "plain_ex");
+    assert_eq!(manifest.closure[0].key.len(), 64);
 
     // Nothing open: --once says so and exits 0.
     let output = worker(data.path(), &mirror, &token, &[]);
