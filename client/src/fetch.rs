@@ -1141,10 +1141,12 @@ async fn resolve_key(run: &Run, app: &str, env: &str) -> KeyResolution {
 
     if let Some((member, member_miss)) = unknown_member {
         let miss = match member_miss.kind {
+            // Nothing a build would fix: said as it is.
             kind @ (MissKind::Unavailable
             | MissKind::Config
             | MissKind::NotBuildable
-            | MissKind::CustomOptions) => missed(
+            | MissKind::CustomOptions
+            | MissKind::VerificationFailed) => missed(
                 kind,
                 format!("its dependency {member}: {}", member_miss.reason),
             ),

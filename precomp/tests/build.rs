@@ -365,6 +365,53 @@ fn inputs_change_keys_and_beams(toolchain: &str) {
         again["env_reader"].str("key"),
         configured["env_reader"].str("key")
     );
+
+    // A dependency's config reaches its dependent through its macro (cfg_macro_user reads no
+    // config): key format v2 names cfg_macro by its own key, so cfg_macro_user's base key,
+    // key and beam follow cfg_macro's label, and reuse compares the whole key.
+    let cfg_lock_dir = data_dir("lock-cfg-");
+    let cfg_lock = fixture.lock(
+        cfg_lock_dir.path(),
+        &["cfg_macro@1.0.0", "cfg_macro_user@1.0.0"],
+    );
+    let label = |name: &str, label: &str| {
+        let path = config_dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!("import Config\nconfig :cfg_macro, label: {label:?}\n"),
+        )
+        .unwrap();
+        path
+    };
+    let (red_config, blue_config) = (label("red.exs", "red"), label("blue.exs", "blue"));
+    let with = |config: &Path| {
+        build_ok(
+            data.path(),
+            toolchain,
+            &cfg_lock,
+            &["--config", config.to_str().unwrap()],
+        )
+    };
+    let red = with(&red_config);
+    let blue = with(&blue_config);
+    let user = |lines: &BTreeMap<String, Line>| lines["cfg_macro_user"].clone();
+    assert_ne!(user(&red).str("base_key"), user(&blue).str("base_key"));
+    assert_ne!(user(&red).str("key"), user(&blue).str("key"));
+    assert!(user(&blue).manifest().compile_env.is_empty());
+    assert_eq!(
+        user(&blue).manifest().closure[0].key,
+        blue["cfg_macro"].str("key"),
+        "the dependent's manifest names the build of its dependency it was made against"
+    );
+    assert_ne!(
+        user(&red).file_digest("ebin/Elixir.CfgMacroUser.beam"),
+        user(&blue).file_digest("ebin/Elixir.CfgMacroUser.beam")
+    );
+    let again = with(&red_config);
+    for app in ["cfg_macro", "cfg_macro_user"] {
+        assert_eq!(again[app].str("status"), "reused", "{app}");
+        assert_eq!(again[app].str("key"), red[app].str("key"), "{app}");
+    }
 }
 
 #[test]

@@ -1649,8 +1649,8 @@ fn with_the_hex_client_deps_get_fetch_and_compile_end_to_end() {
 // ---------------------------------------------------------------------------------------------
 
 /// A consumer of cfg_macro_user (and through it cfg_macro), as after `mix deps.get`, whose
-/// config sets cfg_macro's label.
-fn cfg_consumer(fixture: &Fixture, dir: &Path, label: &str) {
+/// config sets cfg_macro's label (or nothing).
+fn cfg_consumer(fixture: &Fixture, dir: &Path, label: Option<&str>) {
     std::fs::create_dir_all(dir.join("config")).unwrap();
     std::fs::write(
         dir.join("mix.exs"),
@@ -1661,7 +1661,10 @@ fn cfg_consumer(fixture: &Fixture, dir: &Path, label: &str) {
         ),
     )
     .unwrap();
-    set_label(dir, label);
+    match label {
+        Some(label) => set_label(dir, label),
+        None => std::fs::write(dir.join("config/config.exs"), "import Config\n").unwrap(),
+    }
     let releases = ["cfg_macro@1.0.0", "cfg_macro_user@1.0.0"];
     let mut args = vec![
         "repo".to_string(),
@@ -1761,7 +1764,7 @@ fn a_dependencys_config_change_misses_its_dependents_and_rebuilds_them_with_othe
             .tempdir()
             .unwrap(),
     };
-    cfg_consumer(fixture, consumer.path(), "red");
+    cfg_consumer(fixture, consumer.path(), Some("red"));
 
     // Built and published with the consumer's config: both are hits.
     let red_data = tempfile::tempdir().unwrap();
@@ -1961,4 +1964,68 @@ fn builds_of_key_format_v1_are_misses_never_errors() {
 
     let current = consumer.fetch_json(fixture, &mirror.url, &["--require-all"]);
     assert!(current.output.status.success(), "{}", current.describe());
+}
+
+/// The hit-rate promise with Merkle keys: a consumer with the default config, against a
+/// mirror that has built nothing, reports every miss — cfg_macro_user by its request key, as
+/// cfg_macro's key cannot be known yet — builders build what was reported, and the next run
+/// hits everything.
+#[test]
+fn after_builders_build_the_reported_misses_a_default_config_hits_everything() {
+    let fixture = Fixture::get();
+    let mirror = Mirror::start(fixture);
+    let consumer = Consumer {
+        dir: tempfile::Builder::new()
+            .prefix("precomp-fetch-default-")
+            .tempdir()
+            .unwrap(),
+    };
+    cfg_consumer(fixture, consumer.path(), None);
+
+    let first = consumer.fetch_json(fixture, &mirror.url, &["--request-builds"]);
+    assert!(first.output.status.success(), "{}", first.describe());
+    assert_eq!(
+        first.kind("cfg_macro"),
+        "no_artifact",
+        "{}",
+        first.describe()
+    );
+    assert_eq!(first.kind("cfg_macro_user"), "dependency_not_built");
+    assert!(
+        first
+            .reason("cfg_macro_user")
+            .contains("needs a build of cfg_macro first"),
+        "{}",
+        first.describe()
+    );
+    assert!(first.deps["cfg_macro"]["base_key"].is_string());
+    let request_key = first.deps["cfg_macro_user"]["request_key"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{}", first.describe()))
+        .to_string();
+    assert_eq!(first.summary["requested_builds"], 2, "{}", first.describe());
+    let misses = runtime().block_on(mirror.client().misses()).unwrap().misses;
+    assert_eq!(misses.len(), 2, "{misses:?}");
+    assert!(misses
+        .iter()
+        .any(|m| m.request_key.as_deref() == Some(request_key.as_str())));
+
+    let data = tempfile::tempdir().unwrap();
+    let (output, built) = build_json(fixture, &mirror, data.path(), &["--missing".as_ref()]);
+    assert!(output.status.success(), "{}", describe(&output));
+    assert_eq!(
+        built["cfg_macro_user"]["published"],
+        true,
+        "{}",
+        describe(&output)
+    );
+    assert!(runtime()
+        .block_on(mirror.client().misses())
+        .unwrap()
+        .misses
+        .is_empty());
+
+    let second = consumer.fetch_json(fixture, &mirror.url, &["--require-all"]);
+    assert!(second.output.status.success(), "{}", second.describe());
+    assert_eq!(second.summary["hits"], 2, "{}", second.describe());
 }
