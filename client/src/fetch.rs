@@ -651,7 +651,7 @@ fn plan(project: &Project, lock: &MixLock) -> (Vec<(String, String)>, Vec<DepRep
 struct Missed {
     kind: MissKind,
     reason: String,
-    request: Option<BuildRequest>,
+    request: Option<Box<BuildRequest>>,
 }
 
 fn missed(kind: MissKind, reason: impl Into<String>) -> Missed {
@@ -741,7 +741,7 @@ async fn resolve(run: &Run, app: &str, dep_env: &str) -> DepReport {
                 reason: miss.reason,
                 removed_stale,
             },
-            build_request: miss.request,
+            build_request: miss.request.map(|request| *request),
         },
     }
 }
@@ -1260,13 +1260,13 @@ fn with_request(
             compile_env: compile_env_json(&member.compile_env),
         });
     }
-    miss.request = Some(BuildRequest {
+    miss.request = Some(Box::new(BuildRequest {
         key,
         target: inputs.target.to_string(),
         manager: own.manager.to_string(),
         compile_env: compile_env_json(&own.compile_env),
         closure,
-    });
+    }));
     miss
 }
 

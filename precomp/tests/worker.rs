@@ -119,6 +119,18 @@ impl Mirror {
     /// found no build of anything: its closure members' keys are unknown. Its miss key: the
     /// base key for a package without dependencies, else the request key.
     fn report_miss(&self, lock: &str, package: &str, otp: &str, elixir: &str) -> String {
+        self.report_miss_with(lock, package, otp, elixir, json!([]))
+    }
+
+    /// [`Mirror::report_miss`], the package's own compile-env entries being `compile_env`.
+    fn report_miss_with(
+        &self,
+        lock: &str,
+        package: &str,
+        otp: &str,
+        elixir: &str,
+        compile_env: Value,
+    ) -> String {
         let parsed = MixLock::parse(lock).unwrap();
         let (app, entry) = parsed.hex().find(|(_, e)| e.package == package).unwrap();
         let version = entry.version.clone();
@@ -162,7 +174,8 @@ impl Mirror {
         let mut report = json!({"package": package, "version": version,
                 "reason": "not built", "otp_major": otp, "elixir": elixir,
                 "mix_env": "prod", "target": "any", "lock": lock,
-                "manager": manager(app).to_string(), "compile_env": [], "closure": members});
+                "manager": manager(app).to_string(), "compile_env": compile_env,
+                "closure": members});
         report[field] = key.clone().into();
         let (status, text) = self.post("/precomp/v1/misses", None, &report);
         assert!(status == 200 || status == 201, "{status} {text}");
@@ -422,6 +435,55 @@ fn a_worker_builds_and_publishes_a_reported_miss() {
         "{}",
         describe(&output)
     );
+}
+
+/// A miss whose compile-time values the worker's config (it has none) does not give is not
+/// built (config variants are a later feature): the worker records it as a failure saying
+/// why, so it is closed and no worker gets it again.
+#[test]
+fn a_miss_needing_other_config_values_is_recorded_as_not_built() {
+    let fixture = Fixture::get();
+    let mirror = Mirror::start();
+    let token = mirror.token("worker");
+    let data = data_dir("precomp-worker-variant-");
+    let (otp, elixir) = host_toolchain(data.path());
+    let lock = fixture.lock(&["env_reader@1.0.0"]);
+    let base_key = mirror.report_miss_with(
+        &lock,
+        "env_reader",
+        &otp,
+        &elixir,
+        json!([{"app": "env_reader", "path": "[greeting]", "value": "<<\"hi\">>"}]),
+    );
+
+    let output = worker(data.path(), &mirror, &token, &["--json"]);
+    assert!(output.status.success(), "{}", describe(&output));
+    let line: Value = serde_json::from_str(
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .last()
+            .unwrap_or_else(|| panic!("no output: {}", describe(&output))),
+    )
+    .unwrap();
+    assert_eq!(line["outcome"], "skipped", "{line}");
+    assert_eq!(line["base_key"], base_key.as_str());
+    let reason = line["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("config variants") && reason.contains("<<\"hi\">>"),
+        "{reason}"
+    );
+    // Nothing built or published; the failure says why and closed the miss.
+    assert!(
+        !data.path().join("builds/manifests").exists()
+            || std::fs::read_dir(data.path().join("builds/manifests"))
+                .unwrap()
+                .next()
+                .is_none()
+    );
+    let failures = mirror.get("/precomp/v1/failures/env_reader", None);
+    assert!(failures.contains("config variants"), "{failures}");
+    let misses = mirror.get("/precomp/v1/misses", Some(&token));
+    assert!(!misses.contains(&base_key), "{misses}");
 }
 
 /// A worker building slow_ex (which compiles for a minute), started in the background; its
