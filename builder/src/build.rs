@@ -9,7 +9,9 @@ use std::time::Instant;
 use sha2::{Digest, Sha256};
 
 use precomp_proto::artifact::{self, PackedArtifact};
-use precomp_proto::buildkey::{BuildInputs, CompileEnvEntry, PackageRef, Target};
+use precomp_proto::buildkey::{
+    BuildInputs, BuildKey, ClosureMember, CompileEnvEntry, PackageRef, Target,
+};
 use precomp_proto::lock::{LockEntry, MixLock};
 use precomp_proto::manifest::{ArtifactSigningKey, Manifest, Output, Provenance, SignedManifest};
 use precomp_proto::term::{parse_erlang_terms, Term};
@@ -46,6 +48,8 @@ pub struct BuildContext<'a> {
 /// A dependency's artifact, installed into the project before the build.
 pub struct DependencyArtifact {
     pub app: String,
+    /// Its build key: what the package's key records for it.
+    pub key: BuildKey,
     pub artifact: Vec<u8>,
 }
 
@@ -154,7 +158,17 @@ pub fn build_package(
             log,
         })
     } else {
-        finish(context, app, &package, &closure, work.path(), log, started)
+        finish(
+            context,
+            lock,
+            app,
+            &package,
+            &closure,
+            dependencies,
+            work.path(),
+            log,
+            started,
+        )
     };
     if context.keep_work {
         let kept = work.keep();
@@ -163,11 +177,14 @@ pub fn build_package(
     result
 }
 
+#[allow(clippy::too_many_arguments)]
 fn finish(
     context: &BuildContext<'_>,
+    lock: &MixLock,
     app: &str,
     package: &PackageRef,
     closure: &BTreeMap<String, PackageRef>,
+    dependencies: &[DependencyArtifact],
     work: &Path,
     log: Vec<u8>,
     started: Instant,
@@ -198,9 +215,28 @@ fn finish(
     } else {
         Target::Any
     };
+    // Each member with the key of the build installed for it; the manager as Mix chose it.
+    let closure = closure
+        .iter()
+        .map(|(member, package)| {
+            let dependency = dependencies
+                .iter()
+                .find(|d| &d.app == member)
+                .ok_or_else(|| {
+                    BuildError::Invalid(format!("{app}: no build of its dependency {member}"))
+                })?;
+            Ok(ClosureMember {
+                package: package.clone(),
+                key: Some(dependency.key),
+            })
+        })
+        .collect::<Result<_>>()?;
+    let sources = work.join("deps").join(app);
+    let manager = lock.manager(app, |name| sources.join(name).is_file())?;
     let inputs = BuildInputs {
         package: package.clone(),
-        closure: closure.values().cloned().collect(),
+        manager,
+        closure,
         otp_major: context.toolchain.otp.clone(),
         elixir: context.toolchain.elixir.clone(),
         mix_env: context.mix_env.clone(),

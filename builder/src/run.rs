@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use precomp_proto::buildkey::{BuildInputs, CompileEnvEntry, PackageRef, Target};
+use precomp_proto::buildkey::{
+    BuildInputs, BuildKey, ClosureMember, CompileEnvEntry, Manager, PackageRef, Target,
+};
 use precomp_proto::lock::{LockEntry, MixLock};
 use precomp_proto::manifest::ArtifactPublicKey;
 
@@ -68,6 +70,8 @@ pub trait CompileEnvSource: Sync {
 struct Node {
     app: String,
     package: PackageRef,
+    /// The build tool Mix uses for it (part of its key).
+    manager: Manager,
     closure: BTreeMap<String, PackageRef>,
     /// Direct dependencies (indices), each of which must finish first.
     deps: Vec<usize>,
@@ -100,25 +104,41 @@ pub fn build_lock(
 ) -> Result<Vec<PackageResult>> {
     // Packages whose closure the lock cannot give (a git or path dependency, a missing
     // entry, no outer checksum) cannot be keyed: they are skipped, the others still build.
+    // So are those Mix could not pick a build tool for (the manager is part of the key).
     let mut unbuildable = Vec::new();
     let mut buildable = Vec::new();
+    let mut managers = BTreeMap::new();
     for app in apps {
-        match lock.closure_by_app(app) {
-            Ok(_) => buildable.push(app.clone()),
-            Err(e) => unbuildable.push(PackageResult {
-                app: app.clone(),
-                package: lock_package(lock, app),
-                status: Status::NotBuildable {
-                    reason: e.to_string(),
-                },
-                build: None,
-            }),
+        let keyable =
+            lock.closure_by_app(app)
+                .map_err(BuildError::from)
+                .and_then(|(_, closure)| {
+                    for member in closure.keys().chain([app]) {
+                        if !managers.contains_key(member) {
+                            managers.insert(member.clone(), manager_of(context, lock, member)?);
+                        }
+                    }
+                    Ok(())
+                });
+        match keyable {
+            Ok(()) => buildable.push(app.clone()),
+            Err(e @ (BuildError::Lock(_) | BuildError::Invalid(_))) => {
+                unbuildable.push(PackageResult {
+                    app: app.clone(),
+                    package: lock_package(lock, app),
+                    status: Status::NotBuildable {
+                        reason: e.to_string(),
+                    },
+                    build: None,
+                })
+            }
+            Err(e) => return Err(e),
         }
     }
     for result in &unbuildable {
         progress.finished(result);
     }
-    let nodes = plan(lock, &buildable)?;
+    let nodes = plan(lock, &buildable, &managers)?;
     let dependents: Vec<usize> = nodes
         .iter()
         .map(|node| {
@@ -307,7 +327,7 @@ fn build_or_reuse(
         status,
         build,
     };
-    if let Some(stored) = reusable(context, reuse, node)? {
+    if let Some(stored) = reusable(context, reuse, node, dependencies)? {
         return Ok(result(Status::Reused, Some(stored)));
     }
     let artifacts = dependencies
@@ -316,6 +336,7 @@ fn build_or_reuse(
         .map(|(stored, app)| {
             Ok(DependencyArtifact {
                 app: app.clone(),
+                key: stored_key(stored)?,
                 artifact: std::fs::read(&stored.artifact_path)
                     .map_err(io(&stored.artifact_path))?,
             })
@@ -342,7 +363,7 @@ fn build_or_reuse(
         // Nothing is stored: no artifact, and no failure (the package did not fail).
         BuildOutcome::Cancelled { reason } => Ok(result(Status::Cancelled { reason }, None)),
         BuildOutcome::Failed { reason, log } => {
-            let base = base_inputs(context, node, Target::Any).base_key()?;
+            let base = base_inputs(context, node, dependencies, Target::Any)?.base_key()?;
             let name = format!("{}-{}-{}", node.package.name, node.package.version, base);
             let log = reuse.store.record_failure(&name, &log)?;
             Ok(result(
@@ -357,15 +378,17 @@ fn build_or_reuse(
     }
 }
 
-/// A stored build with this node's key, if there is one: the base key (for either target)
-/// matches and the compile-env values it was built with are this run's.
+/// A stored build with this node's full key, if there is one: the base key (for either
+/// target; it holds the keys of the closure's builds of this run) matches and the
+/// compile-env values it was built with are this run's.
 fn reusable(
     context: &BuildContext<'_>,
     reuse: &Reuse<'_>,
     node: &Node,
+    dependencies: &[StoredBuild],
 ) -> Result<Option<StoredBuild>> {
     for target in [Target::Any, native_target(&context.toolchain.architecture)?] {
-        let mut inputs = base_inputs(context, node, target);
+        let mut inputs = base_inputs(context, node, dependencies, target)?;
         for stored in reuse
             .store
             .with_base_key(&inputs.base_key()?, reuse.trusted)?
@@ -385,20 +408,78 @@ fn reusable(
     Ok(None)
 }
 
-fn base_inputs(context: &BuildContext<'_>, node: &Node, target: Target) -> BuildInputs {
-    BuildInputs {
+/// The key inputs of `node` without its compile env: each closure member with the key of its
+/// build in this run (`dependencies`, in the closure's order).
+fn base_inputs(
+    context: &BuildContext<'_>,
+    node: &Node,
+    dependencies: &[StoredBuild],
+    target: Target,
+) -> Result<BuildInputs> {
+    let closure = node
+        .closure
+        .values()
+        .zip(dependencies)
+        .map(|(package, stored)| {
+            Ok(ClosureMember {
+                package: package.clone(),
+                key: Some(stored_key(stored)?),
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(BuildInputs {
         package: node.package.clone(),
-        closure: node.closure.values().cloned().collect(),
+        manager: node.manager,
+        closure,
         otp_major: context.toolchain.otp.clone(),
         elixir: context.toolchain.elixir.clone(),
         mix_env: context.mix_env.clone(),
         target,
         compile_env: Vec::new(),
-    }
+    })
 }
 
-/// The packages to build: `apps` and their closures, each with its direct dependencies.
-fn plan(lock: &MixLock, apps: &[String]) -> Result<Vec<Node>> {
+fn stored_key(stored: &StoredBuild) -> Result<BuildKey> {
+    BuildKey::parse(&stored.manifest.key).ok_or_else(|| {
+        BuildError::Invalid(format!(
+            "stored build {:?} has no valid key",
+            stored.manifest.key
+        ))
+    })
+}
+
+/// The build tool Mix uses for `app` ([`MixLock::manager`]); only when the lock's build tools
+/// do not decide it are the release's files looked at.
+fn manager_of(context: &BuildContext<'_>, lock: &MixLock, app: &str) -> Result<Manager> {
+    if let Some(LockEntry::Hex(entry)) = lock.entries.get(app) {
+        if let Some(manager) = entry.mix_manager() {
+            return Ok(manager);
+        }
+    }
+    let (package, _) = lock.closure_by_app(app)?;
+    let tarball = context.sources.tarball(&package)?;
+    let files = precomp_proto::tarball::list_contents(&tarball.contents_tar_gz).map_err(|e| {
+        BuildError::Tarball {
+            package: package.name.clone(),
+            version: package.version.clone(),
+            source: Box::new(e),
+        }
+    })?;
+    Ok(lock.manager(app, |name| {
+        files.iter().any(|entry| {
+            entry.path == name
+                && matches!(entry.kind, precomp_proto::tarball::EntryKind::File { .. })
+        })
+    })?)
+}
+
+/// The packages to build: `apps` and their closures, each with its direct dependencies and
+/// its manager (from `managers`, by app).
+fn plan(
+    lock: &MixLock,
+    apps: &[String],
+    managers: &BTreeMap<String, Manager>,
+) -> Result<Vec<Node>> {
     let mut wanted = BTreeSet::new();
     for app in apps {
         let (_, closure) = lock.closure_by_app(app)?;
@@ -426,6 +507,9 @@ fn plan(lock: &MixLock, apps: &[String]) -> Result<Vec<Node>> {
         nodes.push(Node {
             app: app.clone(),
             package,
+            manager: *managers
+                .get(app)
+                .expect("the manager of every app to build is decided first"),
             closure,
             deps,
         });

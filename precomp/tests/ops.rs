@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use precomp_proto::buildkey::{BuildInputs, PackageRef, Target};
+use precomp_proto::buildkey::{BuildInputs, BuildKey, ClosureMember, Manager, PackageRef, Target};
 use precomp_proto::manifest::{
     ArtifactSigningKey, Manifest, Output as BuildOutput, Provenance, SignedManifest,
 };
@@ -38,7 +38,15 @@ fn package(name: &str, version: &str, checksum: u8) -> PackageRef {
 fn inputs(package: PackageRef, closure: Vec<PackageRef>, otp: &str, elixir: &str) -> BuildInputs {
     BuildInputs {
         package,
-        closure,
+        manager: Manager::Mix,
+        // Any keys: gc keeps builds by the releases of their closures.
+        closure: closure
+            .into_iter()
+            .map(|package| ClosureMember {
+                package,
+                key: Some(BuildKey([7; 32])),
+            })
+            .collect(),
         otp_major: otp.into(),
         elixir: elixir.into(),
         mix_env: "prod".into(),

@@ -22,7 +22,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use precomp_proto::buildkey::{BuildInputs, PackageRef, Target};
+use precomp_proto::buildkey::{BuildInputs, Manager, PackageRef, Target};
 use precomp_proto::lock::MixLock;
 use precomp_proto::manifest::{ArtifactSigningKey, Manifest, Provenance, SignedManifest};
 use precomp_proto::verdict::{manifest_digest, Verdict, MATCH, MISMATCH};
@@ -106,9 +106,11 @@ impl Fixture {
         let lock =
             MixLock::parse(&std::fs::read_to_string(fixture.path("mix.lock")).unwrap()).unwrap();
         let (package, closure) = lock.closure("plain_ex").unwrap();
+        assert!(closure.is_empty(), "plain_ex has no dependencies");
         let inputs = BuildInputs {
             package,
-            closure,
+            manager: Manager::Mix,
+            closure: vec![],
             otp_major: erl_eval("erlang:system_info(otp_release)"),
             elixir: capture(Command::new("elixir").args(["-e", "IO.write(System.version())"])),
             mix_env: "prod".into(),
@@ -629,6 +631,7 @@ impl Build {
                 version: "1.0.0".into(),
                 outer_checksum: [0x11; 32],
             },
+            manager: Manager::Mix,
             closure: vec![],
             otp_major: "25".into(),
             elixir: elixir.into(),

@@ -10,13 +10,14 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::*;
-use precomp_proto::buildkey::{BuildInputs, Target};
+use precomp_proto::buildkey::{KeyParts, KeyToolchain, Target};
 use precomp_proto::lock::MixLock;
 use serde_json::{json, Value};
 
@@ -114,33 +115,71 @@ impl Mirror {
         response.text().unwrap()
     }
 
-    /// Reports a miss of `package@version` in `lock` for this toolchain; its base key.
+    /// Reports a miss of `package@version` in `lock` for this toolchain, as a client that
+    /// found no build of anything: its closure members' keys are unknown. Its miss key: the
+    /// base key for a package without dependencies, else the request key.
     fn report_miss(&self, lock: &str, package: &str, otp: &str, elixir: &str) -> String {
+        self.report_miss_with(lock, package, otp, elixir, json!([]))
+    }
+
+    /// [`Mirror::report_miss`], the package's own compile-env entries being `compile_env`.
+    fn report_miss_with(
+        &self,
+        lock: &str,
+        package: &str,
+        otp: &str,
+        elixir: &str,
+        compile_env: Value,
+    ) -> String {
         let parsed = MixLock::parse(lock).unwrap();
         let (app, entry) = parsed.hex().find(|(_, e)| e.package == package).unwrap();
         let version = entry.version.clone();
-        let (pkg, closure) = parsed.closure(app).unwrap();
-        let base_key = BuildInputs {
-            package: pkg,
-            closure,
+        let (_, closure) = parsed.closure_by_app(app).unwrap();
+        let manager = |app: &str| parsed.manager(app, |_| false).unwrap();
+        let mut parts = BTreeMap::new();
+        parts.insert(
+            app.to_string(),
+            KeyParts {
+                manager: manager(app),
+                target: Some(Target::Any),
+                compile_env: Vec::new(),
+            },
+        );
+        let mut members = Vec::new();
+        for (member, release) in &closure {
+            parts.insert(
+                member.clone(),
+                KeyParts {
+                    manager: manager(member),
+                    target: None,
+                    compile_env: Vec::new(),
+                },
+            );
+            members.push(json!({"name": release.name, "version": release.version,
+                                "manager": manager(member).to_string(), "compile_env": []}));
+        }
+        let toolchain = KeyToolchain {
             otp_major: otp.into(),
             elixir: elixir.into(),
             mix_env: "prod".into(),
-            target: Target::Any,
-            compile_env: Vec::new(),
-        }
-        .base_key()
-        .unwrap()
-        .to_string();
-        let (status, text) = self.post(
-            "/precomp/v1/misses",
-            None,
-            &json!({"package": package, "version": version, "base_key": base_key,
-                    "reason": "not built", "otp_major": otp, "elixir": elixir,
-                    "mix_env": "prod", "target": "any", "lock": lock}),
-        );
+        };
+        let inputs = parsed
+            .inputs_bottom_up(app, Target::Any, &parts, &toolchain)
+            .unwrap();
+        let (field, key) = if closure.is_empty() {
+            ("base_key", inputs.base_key().unwrap().to_string())
+        } else {
+            ("request_key", inputs.request_key().unwrap().to_string())
+        };
+        let mut report = json!({"package": package, "version": version,
+                "reason": "not built", "otp_major": otp, "elixir": elixir,
+                "mix_env": "prod", "target": "any", "lock": lock,
+                "manager": manager(app).to_string(), "compile_env": compile_env,
+                "closure": members});
+        report[field] = key.clone().into();
+        let (status, text) = self.post("/precomp/v1/misses", None, &report);
         assert!(status == 200 || status == 201, "{status} {text}");
-        base_key
+        key
     }
 }
 
@@ -313,8 +352,9 @@ fn a_worker_builds_and_publishes_a_reported_miss() {
     let data = data_dir("precomp-worker-data-");
     let (otp, elixir) = host_toolchain(data.path());
 
+    // Nothing of opt_user's closure is built: the miss is named by its request key.
     let lock = fixture.lock(&["opt_user@1.0.0", "plain_ex@1.0.0"]);
-    let base_key = mirror.report_miss(&lock, "opt_user", &otp, &elixir);
+    let request_key = mirror.report_miss(&lock, "opt_user", &otp, &elixir);
 
     // A 2 s lease, renewed by the worker's heartbeat while it builds: once the worker has
     // the job, another worker asking for the same toolchain never gets it.
@@ -354,21 +394,23 @@ fn a_worker_builds_and_publishes_a_reported_miss() {
     .unwrap();
     assert_eq!(line["outcome"], "published", "{line}");
     assert_eq!(line["package"], "opt_user");
-    assert_eq!(line["base_key"], base_key.as_str());
+    assert_eq!(line["request_key"], request_key.as_str());
+    assert_eq!(line["base_key"], Value::Null);
     assert_eq!(line["lease_lost"], false);
     let key = line["key"].as_str().unwrap().to_string();
 
+    // The publish closed the miss: the build satisfies it (plain_ex built in the same job).
     let misses = mirror.get("/precomp/v1/misses", Some(&token));
-    assert!(!misses.contains(&base_key), "the miss is closed: {misses}");
+    assert!(
+        !misses.contains(&request_key),
+        "the miss is closed: {misses}"
+    );
     let index: Value =
         serde_json::from_str(&mirror.get("/precomp/v1/index/opt_user", None)).unwrap();
     let builds = index["builds"].as_array().unwrap();
-    assert!(
-        builds
-            .iter()
-            .any(|b| b["key"] == key.as_str() && b["base_key"] == base_key.as_str()),
-        "{index}"
-    );
+    assert!(builds.iter().any(|b| b["key"] == key.as_str()), "{index}");
+    let failures = mirror.get("/precomp/v1/failures/opt_user", None);
+    assert!(!failures.contains(&request_key), "{failures}");
     // The manifest the mirror serves is the worker's, signed by its key.
     let manifest =
         reqwest::blocking::get(mirror.server.url(&format!("/precomp/v1/manifests/{key}")))
@@ -381,7 +423,9 @@ fn a_worker_builds_and_publishes_a_reported_miss() {
         .unwrap()
         .verify(&[public])
         .unwrap();
-    assert_eq!(manifest.base_key, base_key);
+    assert_eq!(manifest.key, key);
+    assert_eq!(manifest.closure[0].name, "plain_ex");
+    assert_eq!(manifest.closure[0].key.len(), 64);
 
     // Nothing open: --once says so and exits 0.
     let output = worker(data.path(), &mirror, &token, &[]);
@@ -391,6 +435,55 @@ fn a_worker_builds_and_publishes_a_reported_miss() {
         "{}",
         describe(&output)
     );
+}
+
+/// A miss whose compile-time values the worker's config (it has none) does not give is not
+/// built (config variants are a later feature): the worker records it as a failure saying
+/// why, so it is closed and no worker gets it again.
+#[test]
+fn a_miss_needing_other_config_values_is_recorded_as_not_built() {
+    let fixture = Fixture::get();
+    let mirror = Mirror::start();
+    let token = mirror.token("worker");
+    let data = data_dir("precomp-worker-variant-");
+    let (otp, elixir) = host_toolchain(data.path());
+    let lock = fixture.lock(&["env_reader@1.0.0"]);
+    let base_key = mirror.report_miss_with(
+        &lock,
+        "env_reader",
+        &otp,
+        &elixir,
+        json!([{"app": "env_reader", "path": "[greeting]", "value": "<<\"hi\">>"}]),
+    );
+
+    let output = worker(data.path(), &mirror, &token, &["--json"]);
+    assert!(output.status.success(), "{}", describe(&output));
+    let line: Value = serde_json::from_str(
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .last()
+            .unwrap_or_else(|| panic!("no output: {}", describe(&output))),
+    )
+    .unwrap();
+    assert_eq!(line["outcome"], "skipped", "{line}");
+    assert_eq!(line["base_key"], base_key.as_str());
+    let reason = line["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("config variants") && reason.contains("<<\"hi\">>"),
+        "{reason}"
+    );
+    // Nothing built or published; the failure says why and closed the miss.
+    assert!(
+        !data.path().join("builds/manifests").exists()
+            || std::fs::read_dir(data.path().join("builds/manifests"))
+                .unwrap()
+                .next()
+                .is_none()
+    );
+    let failures = mirror.get("/precomp/v1/failures/env_reader", None);
+    assert!(failures.contains("config variants"), "{failures}");
+    let misses = mirror.get("/precomp/v1/misses", Some(&token));
+    assert!(!misses.contains(&base_key), "{misses}");
 }
 
 /// A worker building slow_ex (which compiles for a minute), started in the background; its

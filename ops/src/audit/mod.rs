@@ -188,6 +188,13 @@ fn shuffle<T>(items: &mut [T]) {
 /// Whether `toolchain` can rebuild `build`: the same OTP major and Elixir, and for native
 /// code the same target.
 pub fn fits(build: &IndexBuild, toolchain: &Toolchain) -> Result<(), String> {
+    if build.key_format != precomp_proto::manifest::MANIFEST_FORMAT {
+        return Err(format!(
+            "of key format v{}: a rebuild gives a key format v2 key, so it cannot be compared \
+             (builders rebuild it with key format v2)",
+            build.key_format
+        ));
+    }
     if build.otp_major != toolchain.otp || build.elixir != toolchain.elixir {
         return Err(format!(
             "built with OTP {} / Elixir {}; toolchain {} has OTP {} / Elixir {} (audit it with \
@@ -461,9 +468,24 @@ impl Auditor<'_> {
             .as_ref()
             .ok_or_else(|| AuditError::Invalid("the manifest describes no artifact".into()))?;
 
-        // The inputs, from the manifest alone.
+        // The inputs, from the manifest alone, and the compile env its closure members'
+        // manifests record (their keys name them; one the mirror lacks leaves its values to
+        // the defaults, and a key that then differs says so).
         let (lock, app) = inputs::lock(&manifest, sources)?;
-        let config = match inputs::config_exs(&manifest.inputs()?.compile_env) {
+        let mut compile_env = manifest.inputs()?.compile_env;
+        for member in &manifest.closure {
+            let Some(bytes) = self.runtime.block_on(self.client.manifest(&member.key))? else {
+                continue;
+            };
+            let member_manifest = SignedManifest::decode(&bytes)
+                .and_then(|signed| {
+                    Manifest::decode(signed.manifest.as_slice())
+                        .map_err(precomp_proto::manifest::ManifestError::DecodeManifest)
+                })
+                .and_then(|m| m.check_key())?;
+            compile_env.extend(member_manifest.compile_env);
+        }
+        let config = match inputs::config_exs(&compile_env) {
             Some(text) => {
                 let path = self
                     .work
@@ -658,6 +680,23 @@ fn inputs_difference(published: &Manifest, rebuilt: &Manifest) -> String {
         return format!(
             "target: published {}, rebuilt {}",
             published.target, rebuilt.target
+        );
+    }
+    let differing: Vec<String> = published
+        .closure
+        .iter()
+        .filter(|member| {
+            rebuilt
+                .closure
+                .iter()
+                .any(|other| other.name == member.name && other.key != member.key)
+        })
+        .map(|member| member.name.clone())
+        .collect();
+    if !differing.is_empty() {
+        return format!(
+            "the builds of its dependencies {} (their keys) differ",
+            differing.join(", ")
         );
     }
     "the closure or toolchain".into()

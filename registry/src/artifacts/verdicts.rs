@@ -404,7 +404,7 @@ impl Artifacts {
 mod tests {
     use super::*;
     use crate::artifacts::store::ManifestRecord;
-    use precomp_proto::buildkey::{BuildInputs, PackageRef, Target};
+    use precomp_proto::buildkey::{BuildInputs, Manager, PackageRef, Target};
     use precomp_proto::manifest::{ArtifactSigningKey, Output};
     use precomp_proto::verdict::{manifest_digest, MATCH};
 
@@ -420,6 +420,7 @@ mod tests {
                     version: "1.0.0".into(),
                     outer_checksum: [7; 32],
                 },
+                manager: Manager::Mix,
                 closure: vec![],
                 otp_major: "25".into(),
                 elixir: "1.14.0".into(),
@@ -447,6 +448,8 @@ mod tests {
             artifact_size: 10,
             compile_env: vec![],
             signers: vec![builder.public_key().key_id()],
+            key_format: manifest.format,
+            base_text: manifest.check_key().unwrap().base_text().unwrap(),
         };
         store
             .put_manifest(&record, &signed, &signed.encode_to_vec(), "builder")
