@@ -30,7 +30,7 @@ struct Server {
     main: SocketAddr,
     admin: SocketAddr,
     log: tempfile::NamedTempFile,
-    _data: tempfile::TempDir,
+    data: tempfile::TempDir,
 }
 
 impl Server {
@@ -102,7 +102,7 @@ impl Server {
             main,
             admin,
             log,
-            _data: data,
+            data,
         }
     }
 
@@ -560,4 +560,99 @@ async fn http2_with_prior_knowledge_and_http1_share_the_port() {
         .unwrap();
     drop(stream);
     assert_healthy(&server, Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_turns_unhealthy_when_a_database_is_unusable() {
+    let server = Server::start(1024, &[]);
+    assert_healthy(&server, Duration::from_secs(2)).await;
+    // Another process breaks the artifact database's schema: the server can no longer use
+    // it, and /healthz says so instead of `ok`.
+    let db = rusqlite::Connection::open(server.data.path().join("artifacts/artifacts.db")).unwrap();
+    db.execute_batch("DROP TABLE tokens").unwrap();
+    let (status, body) = get(NORMAL, server.admin, "/healthz").await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("unhealthy: artifact store: "), "{body}");
+    // The main listener's /healthz agrees.
+    let (status, _) = get(NORMAL, server.main, "/healthz").await.unwrap();
+    assert_eq!(status, 503);
+}
+
+/// `PROXY TCP4 SOURCE 127.0.0.1 PORT 4000\r\n`: a load balancer's header for `source`.
+fn proxy_header(source: &str, port: u16) -> String {
+    format!("PROXY TCP4 {source} 127.0.0.1 {port} 4000\r\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_proxy_protocol_balancer_clients_are_limited_by_their_own_address() {
+    let server = Server::start(
+        1024,
+        &[
+            "--proxy-protocol",
+            "--max-connections-per-client",
+            "2",
+            "--header-read-timeout",
+            "5",
+        ],
+    );
+    // Every connection comes from the balancer (127.0.0.1); the header names the client.
+    let mut held = Vec::new();
+    for port in [40001, 40002] {
+        let mut stream = connect(NORMAL, server.main).await.unwrap();
+        stream
+            .write_all(proxy_header("203.0.113.7", port).as_bytes())
+            .await
+            .unwrap();
+        held.push(stream);
+    }
+    // A third from the same client is refused...
+    let mut third = connect(NORMAL, server.main).await.unwrap();
+    third
+        .write_all(proxy_header("203.0.113.7", 40003).as_bytes())
+        .await
+        .unwrap();
+    assert!(
+        closed_within(&mut third, Duration::from_secs(2))
+            .await
+            .is_some(),
+        "a third connection of one client was kept\n{}",
+        server.log()
+    );
+    // ... another client behind the same balancer is served.
+    let mut other = connect(NORMAL, server.main).await.unwrap();
+    let request = format!(
+        "{}GET /public_key HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        proxy_header("198.51.100.2", 40004)
+    );
+    other.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), other.read_to_string(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(answer.contains("BEGIN PUBLIC KEY"), "{answer}");
+    // A connection without the header is closed.
+    let (status, _) = get(NORMAL, server.main, "/public_key")
+        .await
+        .unwrap_or((0, String::new()));
+    assert_ne!(status, 200, "a request without a PROXY header was served");
+    assert!(
+        server
+            .metric("precomp_mirror_connections_refused_total", &["per_client"])
+            .await
+            >= 1.0
+    );
+    // Counted as the server drops the connection: look again for a moment.
+    let mut closed = 0.0;
+    for _ in 0..20 {
+        closed = server
+            .metric("precomp_mirror_connections_closed_total", &["proxy_header"])
+            .await;
+        if closed >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(closed >= 1.0, "{}", server.log());
 }

@@ -62,9 +62,9 @@ content-type: text/plain; charset=utf-8\r\n\
 cache-control: no-store\r\n\
 retry-after: 1\r\n\
 connection: close\r\n\
-content-length: 58\r\n\
+content-length: 55\r\n\
 \r\n\
-the mirror has too many connections; retry in a second\r\n\r\n";
+the mirror has too many connections; retry in a second\n";
 
 pub(crate) async fn run(
     state: AppState,
@@ -553,6 +553,43 @@ impl AsyncWrite for ActivityIo {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_refusal_is_a_complete_http_answer() {
+        let text = std::str::from_utf8(REFUSED).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 503 "));
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        assert_eq!(body.lines().count(), 1);
+    }
+
+    #[test]
+    fn connections_are_limited_in_total_and_per_client() {
+        let limits = Arc::new(ConnectionLimits {
+            max_total: 3,
+            max_per_client: 2,
+            open: AtomicUsize::new(0),
+            per_client: Mutex::new(HashMap::new()),
+        });
+        let a: IpAddr = "127.0.0.2".parse().unwrap();
+        let b: IpAddr = "127.0.0.3".parse().unwrap();
+        let first = limits.admit(a, true).unwrap();
+        let _second = limits.admit(a, true).unwrap();
+        assert_eq!(limits.admit(a, true).err(), Some("per_client"));
+        // A trusted proxy's connections are not counted per client.
+        let proxied = limits.admit(a, false).unwrap();
+        assert_eq!(limits.admit(b, true).err(), Some("total"));
+        drop(proxied);
+        let _third = limits.admit(b, true).unwrap();
+        drop(first);
+        assert_eq!(limits.open.load(Ordering::Relaxed), 2);
+        assert_eq!(limits.per_client.lock().get(&a), Some(&1));
     }
 }
 
