@@ -166,7 +166,7 @@ fn connection_limit(configured: usize) -> usize {
     let mut limit = getrlimit(Resource::Nofile);
     if limit.current < limit.maximum {
         limit.current = limit.maximum;
-        if let Err(e) = setrlimit(Resource::Nofile, limit.clone()) {
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
             tracing::warn!("raising the open file limit: {e}");
             limit = getrlimit(Resource::Nofile);
         }
