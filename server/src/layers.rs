@@ -1,6 +1,6 @@
 //! What every request on the main listener passes through, outermost first:
 //!
-//! 1. [`guard`]: the concurrency limit (503 at once when `max_requests` are in progress), the
+//! 1. [`guard_layer`]: the concurrency limit (503 at once when `max_requests` are in progress), the
 //!    client's address (the TCP peer, or from `X-Forwarded-For` when the peer is a trusted
 //!    proxy), the request body guarded against stalls and slow senders ([`GuardedBody`]) and
 //!    its memory budget ([`BodyBudget`]), the per-request timeout (503), and the metrics: the
@@ -45,7 +45,17 @@ pub struct Peer(pub SocketAddr);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientAddr(pub IpAddr);
 
-/// The state of the [`guard`] layer.
+/// The client's address of a request: [`ClientAddr`] when a trusted proxy named it, else the
+/// connection's [`Peer`].
+pub fn client<B>(request: &http::Request<B>) -> Option<IpAddr> {
+    let extensions = request.extensions();
+    extensions
+        .get::<ClientAddr>()
+        .map(|c| c.0)
+        .or_else(|| extensions.get::<Peer>().map(|p| p.0.ip()))
+}
+
+/// The state of the [`guard_layer`].
 pub struct Guard {
     state: AppState,
     config: Arc<ServerConfig>,
@@ -75,7 +85,7 @@ pub fn main_service(
                         "request",
                         method = %request.method(),
                         path = %request.uri().path(),
-                        client = ?request.extensions().get::<ClientAddr>().map(|c| c.0),
+                        client = ?client(request),
                     )
                 })
                 // The routes log their own failures, with what failed.
@@ -141,12 +151,15 @@ async fn guard_layer(
     }
     let _in_progress = InProgress(&guard.in_progress);
 
-    if let Some(Peer(peer)) = request.extensions().get::<Peer>().copied() {
-        let client = client_addr(peer.ip(), &request, &config.trusted_proxies);
-        request.extensions_mut().insert(ClientAddr(client));
+    // Without trusted proxies the client is the peer: nothing to work out (see `client`).
+    if !config.trusted_proxies.is_empty() {
+        if let Some(Peer(peer)) = request.extensions().get::<Peer>().copied() {
+            let client = client_addr(peer.ip(), &request, &config.trusted_proxies);
+            request.extensions_mut().insert(ClientAddr(client));
+        }
     }
-    request.extensions_mut().insert(guard.budget.clone());
     if !http_body::Body::is_end_stream(request.body()) {
+        request.extensions_mut().insert(guard.budget.clone());
         let mirror = Arc::clone(&guard.state.mirror);
         request = request.map(|body| {
             Body::new(GuardedBody::new(
