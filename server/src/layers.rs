@@ -1,6 +1,6 @@
 //! What every request on the main listener passes through, outermost first:
 //!
-//! 1. [`guard_layer`]: the concurrency limit (503 at once when `max_requests` are in progress), the
+//! 1. the guard ([`GuardService`]): the concurrency limit (503 at once when `max_requests` are in progress), the
 //!    client's address (the TCP peer, or from `X-Forwarded-For` when the peer is a trusted
 //!    proxy), the request body guarded against stalls and slow senders ([`GuardedBody`]) and
 //!    its memory budget ([`BodyBudget`]), the per-request timeout (503), and the metrics: the
@@ -55,7 +55,7 @@ pub fn client<B>(request: &http::Request<B>) -> Option<IpAddr> {
         .or_else(|| extensions.get::<Peer>().map(|p| p.0.ip()))
 }
 
-/// The state of the [`guard_layer`].
+/// The state of the guard ([`GuardService`]).
 pub struct Guard {
     state: AppState,
     config: Arc<ServerConfig>,
@@ -76,8 +76,8 @@ pub fn main_service(
         in_progress: AtomicUsize::new(0),
     });
     let router = routes::router(state).layer(CatchPanicLayer::custom(panicked));
-    ServiceBuilder::new()
-        .layer(middleware::from_fn_with_state(guard, guard_layer))
+    let inner = ServiceBuilder::new()
+        .map_response(|response: http::Response<_>| response.map(Body::new))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|request: &Request| {
@@ -92,7 +92,8 @@ pub fn main_service(
                 .on_failure(()),
         )
         .map_request(normalize_path)
-        .service(router)
+        .service(router);
+    GuardService { inner, guard }
 }
 
 /// The admin listener's service: health and metrics, counted, panics caught; none of the
@@ -122,66 +123,136 @@ async fn count_layer(State(state): State<AppState>, request: Request, next: Next
     response
 }
 
-/// The requests in progress, counted down when dropped.
-struct InProgress<'a>(&'a AtomicUsize);
+/// A request in progress, counted down when dropped.
+struct InProgress(Arc<Guard>);
 
-impl Drop for InProgress<'_> {
+impl Drop for InProgress {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.in_progress.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-async fn guard_layer(
-    State(guard): State<Arc<Guard>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let config = &guard.config;
-    let metrics = guard.state.mirror.metrics();
-    let head = request.method() == Method::HEAD;
-    if guard.in_progress.fetch_add(1, Ordering::Relaxed) >= config.max_requests {
-        guard.in_progress.fetch_sub(1, Ordering::Relaxed);
-        metrics.limited("concurrency");
-        let response = retry_later(&format!(
-            "the mirror is handling its limit of {} requests; retry in a few seconds",
-            config.max_requests
-        ));
-        count(&guard.state, head, &response);
-        return response;
-    }
-    let _in_progress = InProgress(&guard.in_progress);
+/// The guard around the rest of the stack. A plain `tower::Service` (no boxed
+/// future): it is on the path of every request.
+#[derive(Clone)]
+pub struct GuardService<S> {
+    inner: S,
+    guard: Arc<Guard>,
+}
 
-    // Without trusted proxies the client is the peer: nothing to work out (see `client`).
-    if !config.trusted_proxies.is_empty() {
-        if let Some(Peer(peer)) = request.extensions().get::<Peer>().copied() {
-            let client = client_addr(peer.ip(), &request, &config.trusted_proxies);
-            request.extensions_mut().insert(ClientAddr(client));
+impl<S> Service<Request> for GuardService<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = GuardFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    /// The guard layer: see the module's documentation.
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        let guard = &self.guard;
+        let config = &guard.config;
+        let head = request.method() == Method::HEAD;
+        if guard.in_progress.fetch_add(1, Ordering::Relaxed) >= config.max_requests {
+            guard.in_progress.fetch_sub(1, Ordering::Relaxed);
+            guard.state.mirror.metrics().limited("concurrency");
+            let response = retry_later(&format!(
+                "the mirror is handling its limit of {} requests; retry in a few seconds",
+                config.max_requests
+            ));
+            count(&guard.state, head, &response);
+            return GuardFuture::Refused {
+                response: Some(response),
+            };
+        }
+        let in_progress = InProgress(Arc::clone(guard));
+        // Without trusted proxies the client is the peer: nothing to work out (see `client`).
+        if !config.trusted_proxies.is_empty() {
+            if let Some(Peer(peer)) = request.extensions().get::<Peer>().copied() {
+                let client = client_addr(peer.ip(), &request, &config.trusted_proxies);
+                request.extensions_mut().insert(ClientAddr(client));
+            }
+        }
+        if !http_body::Body::is_end_stream(request.body()) {
+            request.extensions_mut().insert(guard.budget.clone());
+            let mirror = Arc::clone(&guard.state.mirror);
+            let (stall, min_rate) = (config.body_read_timeout, config.body_min_rate);
+            request = request.map(|body| {
+                Body::new(GuardedBody::new(
+                    body,
+                    stall,
+                    min_rate,
+                    Box::new(move |reason| mirror.metrics().limited(reason)),
+                ))
+            });
+        }
+        GuardFuture::Running {
+            deadline: tokio::time::sleep(config.request_timeout),
+            future: self.inner.call(request),
+            head,
+            in_progress,
         }
     }
-    if !http_body::Body::is_end_stream(request.body()) {
-        request.extensions_mut().insert(guard.budget.clone());
-        let mirror = Arc::clone(&guard.state.mirror);
-        request = request.map(|body| {
-            Body::new(GuardedBody::new(
-                body,
-                config.body_read_timeout,
-                config.body_min_rate,
-                Box::new(move |reason| mirror.metrics().limited(reason)),
-            ))
-        });
+}
+
+pin_project_lite::pin_project! {
+    /// The answer of [`GuardService`]: the inner service's, or `503` at the request timeout;
+    /// counted in the metrics either way.
+    #[project = GuardProjection]
+    pub enum GuardFuture<F> {
+        Refused { response: Option<Response> },
+        Running {
+            #[pin]
+            future: F,
+            #[pin]
+            deadline: Sleep,
+            head: bool,
+            in_progress: InProgress,
+        },
     }
-    let response = match tokio::time::timeout(config.request_timeout, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => {
-            metrics.limited("request_timeout");
-            retry_later(&format!(
-                "the request took longer than the mirror's limit of {:?}",
-                config.request_timeout
-            ))
+}
+
+impl<F> Future for GuardFuture<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            GuardProjection::Refused { response } => {
+                Poll::Ready(Ok(response.take().expect("polled after it was ready")))
+            }
+            GuardProjection::Running {
+                future,
+                deadline,
+                head,
+                in_progress,
+            } => {
+                let guard = &in_progress.0;
+                let response = match future.poll(cx) {
+                    Poll::Ready(Ok(response)) => response,
+                    Poll::Ready(Err(never)) => match never {},
+                    Poll::Pending => {
+                        if deadline.poll(cx).is_pending() {
+                            return Poll::Pending;
+                        }
+                        guard.state.mirror.metrics().limited("request_timeout");
+                        retry_later(&format!(
+                            "the request took longer than the mirror's limit of {:?}",
+                            guard.config.request_timeout
+                        ))
+                    }
+                };
+                count(&guard.state, *head, &response);
+                Poll::Ready(Ok(response))
+            }
         }
-    };
-    count(&guard.state, head, &response);
-    response
+    }
 }
 
 /// `503` with `Retry-After`.

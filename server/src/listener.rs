@@ -44,7 +44,7 @@ use precomp_registry::mirror::{ConnectionLabel, Metrics, Mirror, ReasonLabel};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
-use tower::{Service, ServiceExt};
+use tower::Service;
 
 use crate::layers::{self, Peer};
 use crate::{AppState, Listeners, ServerConfig};
@@ -316,7 +316,9 @@ where
         let hyper_service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
             request.extensions_mut().insert(Peer(client));
             let in_flight = InFlight::start(&tracked);
-            let response = service.clone().oneshot(request.map(Body::new));
+            // Every layer of ours and axum's router is always ready: no `poll_ready` (and no
+            // `Oneshot` state machine) per request.
+            let response = service.clone().call(request.map(Body::new));
             async move {
                 let response = response.await;
                 drop(in_flight);

@@ -2,79 +2,68 @@
 //! object served verbatim from the store or upstream, with a strong ETag, never a
 //! `Content-Encoding`. GET and HEAD only.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::response::Response;
 use http::header::{HeaderValue, ALLOW};
-use http::{HeaderMap, Method, StatusCode};
+use http::request::Parts;
+use http::{Method, StatusCode};
 use precomp_registry::mirror::{Outcome, Route};
 
 use crate::respond::{content, labelled, mirror_failure, text};
 use crate::AppState;
 
-pub async fn names(State(app): State<AppState>, method: Method, headers: HeaderMap) -> Response {
-    object(&app, Some(Route::Names), &method, &headers).await
+pub async fn names(State(app): State<AppState>, request: Request) -> Response {
+    object(&app, Some(Route::Names), request).await
 }
 
-pub async fn versions(State(app): State<AppState>, method: Method, headers: HeaderMap) -> Response {
-    object(&app, Some(Route::Versions), &method, &headers).await
+pub async fn versions(State(app): State<AppState>, request: Request) -> Response {
+    object(&app, Some(Route::Versions), request).await
 }
 
-pub async fn public_key(
-    State(app): State<AppState>,
-    method: Method,
-    headers: HeaderMap,
-) -> Response {
-    object(&app, Some(Route::PublicKey), &method, &headers).await
+pub async fn public_key(State(app): State<AppState>, request: Request) -> Response {
+    object(&app, Some(Route::PublicKey), request).await
 }
 
 pub async fn package(
     State(app): State<AppState>,
     name: super::Param,
-    method: Method,
-    headers: HeaderMap,
+    request: Request,
 ) -> Response {
     let route = name
         .ok()
         .and_then(|Path(name)| Route::from_segments(&["packages", &name]));
-    object(&app, route, &method, &headers).await
+    object(&app, route, request).await
 }
 
 pub async fn tarball(
     State(app): State<AppState>,
     file: super::Param,
-    method: Method,
-    headers: HeaderMap,
+    request: Request,
 ) -> Response {
     let route = file
         .ok()
         .and_then(|Path(file)| Route::from_segments(&["tarballs", &file]));
-    object(&app, route, &method, &headers).await
+    object(&app, route, request).await
 }
 
-pub async fn docs(
-    State(app): State<AppState>,
-    file: super::Param,
-    method: Method,
-    headers: HeaderMap,
-) -> Response {
+pub async fn docs(State(app): State<AppState>, file: super::Param, request: Request) -> Response {
     let route = file
         .ok()
         .and_then(|Path(file)| Route::from_segments(&["docs", &file]));
-    object(&app, route, &method, &headers).await
+    object(&app, route, request).await
 }
 
 pub async fn installs(
     State(app): State<AppState>,
     rest: super::Param,
-    method: Method,
-    headers: HeaderMap,
+    request: Request,
 ) -> Response {
     let route = rest.ok().and_then(|Path(rest)| {
         let mut segments = vec!["installs"];
         segments.extend(rest.split('/').filter(|s| !s.is_empty()));
         Route::from_segments(&segments)
     });
-    object(&app, route, &method, &headers).await
+    object(&app, route, request).await
 }
 
 /// `405` for the mirror's paths: only GET and HEAD.
@@ -90,13 +79,11 @@ pub fn not_allowed(route: &'static str, head: bool) -> Response {
     labelled(route, response)
 }
 
-/// The object of `route` (`None`: the path is not one the mirror serves, 404).
-async fn object(
-    app: &AppState,
-    route: Option<Route>,
-    method: &Method,
-    headers: &HeaderMap,
-) -> Response {
+/// The object of `route` (`None`: the path is not one the mirror serves, 404). The request
+/// is taken whole, not as extracted headers: a `HeaderMap` extractor clones the map.
+async fn object(app: &AppState, route: Option<Route>, request: Request) -> Response {
+    let (parts, _body): (Parts, _) = request.into_parts();
+    let (method, headers) = (&parts.method, &parts.headers);
     let head = method == Method::HEAD;
     let label = route.as_ref().map_or("unknown", Route::label);
     if !super::read_method(method) {
