@@ -114,7 +114,7 @@ impl Artifacts {
         let store = &self.store;
         let err = store.db_err();
         let now = now_ms();
-        let mut db = store.db.lock().expect("db lock");
+        let mut db = store.db.lock();
         let tx = db
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(&err)?;
@@ -181,7 +181,7 @@ impl Artifacts {
         let store = &self.store;
         let err = store.db_err();
         let now = now_ms();
-        let mut db = store.db.lock().expect("db lock");
+        let mut db = store.db.lock();
         let tx = db
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(&err)?;
@@ -227,7 +227,7 @@ impl Artifacts {
         let store = &self.store;
         let err = store.db_err();
         let now = now_ms();
-        let mut db = store.db.lock().expect("db lock");
+        let mut db = store.db.lock();
         let tx = db
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(&err)?;
@@ -786,7 +786,7 @@ mod tests {
         }
 
         fn sql(&self, sql: &str, params: impl rusqlite::Params) {
-            let db = self.artifacts.store().db.lock().unwrap();
+            let db = self.artifacts.store().db.lock();
             db.execute(sql, params).unwrap();
         }
 

@@ -56,7 +56,6 @@
 
 use precomp_proto::api;
 mod client;
-mod server;
 mod store;
 pub mod token;
 pub mod trust_policy;
@@ -84,7 +83,6 @@ pub use api::{
     VerdictSummary, Verdicts,
 };
 pub use client::{ArtifactClient, ClientError, Uploaded};
-pub use server::{handle, is_api_path};
 pub use store::verdicts::files_json as verdict_files_json;
 pub use store::{
     ArtifactCheck, ArtifactStore, ArtifactStoreError, ManifestPut, ManifestRecord, MissRecord,
@@ -174,7 +172,8 @@ impl Refusal {
         }
     }
 
-    fn internal(error: impl std::fmt::Display) -> Refusal {
+    /// A failure of the mirror's own storage (500), logged.
+    pub fn internal(error: impl std::fmt::Display) -> Refusal {
         tracing::error!("artifact store: {error}");
         Refusal::new(500, error.to_string())
     }
@@ -577,7 +576,7 @@ fn key_ids(keys: &[ArtifactPublicKey]) -> String {
 }
 
 /// Hex package names, as the mirror's routes accept them.
-pub(crate) fn valid_package(name: &str) -> bool {
+pub fn valid_package(name: &str) -> bool {
     let mut chars = name.chars();
     chars.next().is_some_and(|c| c.is_ascii_lowercase())
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
@@ -585,7 +584,7 @@ pub(crate) fn valid_package(name: &str) -> bool {
 }
 
 /// 64 lowercase hex digits: keys and digests.
-pub(crate) fn valid_digest(text: &str) -> bool {
+pub fn valid_digest(text: &str) -> bool {
     text.len() == 64
         && text
             .bytes()

@@ -22,9 +22,9 @@
 //! token`): SQLite in WAL mode with a busy timeout serialises their writes, and `tmp/` is
 //! emptied only by a process that has the store to itself.
 
+use parking_lot::Mutex;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use bytes::Bytes;
 use precomp_proto::manifest::{ArtifactPublicKey, SignedManifest};
@@ -383,6 +383,18 @@ impl ArtifactStore {
         &self.root
     }
 
+    /// Whether the database answers a query: for `/healthz`.
+    pub fn check(&self) -> Result<(), ArtifactStoreError> {
+        self.db
+            .lock()
+            .query_row(
+                "SELECT count(*) FROM tokens WHERE name = ''",
+                [],
+                |_| Ok(()),
+            )
+            .map_err(self.db_err())
+    }
+
     /// Where uploads are received before they are verified.
     pub fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
@@ -417,7 +429,7 @@ impl ArtifactStore {
             None => None,
         };
         let token = new_token();
-        let mut db = self.db.lock().expect("db lock");
+        let mut db = self.db.lock();
         let tx = db
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(self.db_err())?;
@@ -453,7 +465,7 @@ impl ArtifactStore {
     }
 
     pub fn list_tokens(&self) -> Result<Vec<TokenInfo>, ArtifactStoreError> {
-        let db = self.db.lock().expect("db lock");
+        let db = self.db.lock();
         let mut stmt = db
             .prepare("SELECT name, key_id, created_at, revoked_at FROM tokens ORDER BY name")
             .map_err(self.db_err())?;
@@ -471,7 +483,7 @@ impl ArtifactStore {
     }
 
     pub fn revoke_token(&self, name: &str) -> Result<(), ArtifactStoreError> {
-        let db = self.db.lock().expect("db lock");
+        let db = self.db.lock();
         let revoked: Option<Option<i64>> = db
             .query_row(
                 "SELECT revoked_at FROM tokens WHERE name = ?1",
@@ -498,7 +510,7 @@ impl ArtifactStore {
     /// `precomp token revoke` takes effect at once).
     pub fn lookup_token(&self, token: &str) -> Result<TokenLookup, ArtifactStoreError> {
         let hash = token_sha256(token);
-        let db = self.db.lock().expect("db lock");
+        let db = self.db.lock();
         let row = db
             .query_row(
                 "SELECT name, sha256, key_pem, revoked_at FROM tokens WHERE sha256 = ?1",
@@ -569,7 +581,6 @@ impl ArtifactStore {
         }
         self.db
             .lock()
-            .expect("db lock")
             .execute(
                 "INSERT INTO artifacts (sha256, size, uploaded_by, uploaded_at) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT(sha256) DO NOTHING",
@@ -604,7 +615,7 @@ impl ArtifactStore {
     pub fn touch_artifact(&self, sha256: &[u8; 32]) {
         let now = now();
         {
-            let mut touched = self.touched.lock().expect("touched lock");
+            let mut touched = self.touched.lock();
             if touched
                 .get(sha256)
                 .is_some_and(|at| now - at < TOUCH_INTERVAL)
@@ -616,7 +627,7 @@ impl ArtifactStore {
             }
             touched.insert(*sha256, now);
         }
-        let result = self.db.lock().expect("db lock").execute(
+        let result = self.db.lock().execute(
             "INSERT INTO artifact_use (sha256, last_used) VALUES (?1, ?2)
              ON CONFLICT(sha256) DO UPDATE SET last_used = max(last_used, ?2)",
             params![hex::encode(sha256), now],
@@ -631,7 +642,6 @@ impl ArtifactStore {
     pub fn verdict_counts(&self) -> Result<(u64, u64), ArtifactStoreError> {
         self.db
             .lock()
-            .expect("db lock")
             .query_row(
                 "SELECT count(*) FILTER (WHERE result = 'match'),
                         count(*) FILTER (WHERE result = 'mismatch')
@@ -687,7 +697,7 @@ impl ArtifactStore {
         bytes: &[u8],
         published_by: &str,
     ) -> Result<ManifestPut, ArtifactStoreError> {
-        let mut db = self.db.lock().expect("db lock");
+        let mut db = self.db.lock();
         let tx = db
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(self.db_err())?;
@@ -790,7 +800,6 @@ impl ArtifactStore {
     pub fn manifest(&self, key: &str) -> Result<Option<Vec<u8>>, ArtifactStoreError> {
         self.db
             .lock()
-            .expect("db lock")
             .query_row(
                 "SELECT signed_manifest FROM manifests WHERE key = ?1",
                 params![key],
@@ -802,7 +811,7 @@ impl ArtifactStore {
 
     /// Every build of `package`, by version (SemVer order), then key.
     pub fn index(&self, package: &str) -> Result<Vec<IndexBuild>, ArtifactStoreError> {
-        let db = self.db.lock().expect("db lock");
+        let db = self.db.lock();
         let mut stmt = db
             .prepare(&format!(
                 "SELECT {INDEX_BUILD_COLUMNS} FROM manifests WHERE package = ?1"
@@ -837,7 +846,7 @@ impl ArtifactStore {
     ) -> Result<FailureRecorded, ArtifactStoreError> {
         let log_sha256 = hex::encode(Sha256::digest(report.log.as_bytes()));
         let now = now();
-        let mut db = self.db.lock().expect("db lock");
+        let mut db = self.db.lock();
         let tx = db
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(self.db_err())?;
@@ -881,7 +890,7 @@ impl ArtifactStore {
 
     /// The failures recorded for `package`, most recent first.
     pub fn failures(&self, package: &str) -> Result<Vec<Failure>, ArtifactStoreError> {
-        let db = self.db.lock().expect("db lock");
+        let db = self.db.lock();
         let mut stmt = db
             .prepare(
                 "SELECT package, version, base_key, toolchain_id, log_sha256, log, attempts,
@@ -919,7 +928,7 @@ impl ArtifactStore {
     pub fn record_miss(&self, miss: &MissRecord<'_>) -> Result<MissRecorded, ArtifactStoreError> {
         let report = miss.report;
         let now = now();
-        let mut db = self.db.lock().expect("db lock");
+        let mut db = self.db.lock();
         let tx = db
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(self.db_err())?;
@@ -986,7 +995,7 @@ impl ArtifactStore {
         limit: usize,
         max_bytes: usize,
     ) -> Result<Vec<Miss>, ArtifactStoreError> {
-        let db = self.db.lock().expect("db lock");
+        let db = self.db.lock();
         let mut stmt = db
             .prepare(&format!(
                 "SELECT {MISS_COLUMNS} FROM misses WHERE closed_at IS NULL
@@ -1403,6 +1412,27 @@ mod schema_tests {
     }
 
     /// A database of a newer precomp is refused, untouched.
+    /// A panic while the database is locked (a bug in one request) must not turn every later
+    /// request into an error, as a poisoned `std::sync::Mutex` did.
+    #[test]
+    fn a_panic_while_the_database_is_locked_leaves_it_usable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(ArtifactStore::open(dir.path()).unwrap());
+        let token = store.create_token("b1", None).unwrap();
+        let panicking = std::sync::Arc::clone(&store);
+        let result = std::thread::spawn(move || {
+            let _db = panicking.db.lock();
+            panic!("a bug while the database is locked");
+        })
+        .join();
+        assert!(result.is_err(), "the thread did not panic");
+        store.check().unwrap();
+        assert!(matches!(
+            store.lookup_token(&token).unwrap(),
+            TokenLookup::Active(_)
+        ));
+    }
+
     #[test]
     fn a_newer_database_is_refused() {
         let dir = tempfile::tempdir().unwrap();

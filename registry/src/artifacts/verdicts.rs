@@ -71,7 +71,7 @@ impl ArtifactStore {
         bytes: &[u8],
         reported_by: &str,
     ) -> Result<VerdictPut, ArtifactStoreError> {
-        let mut db = self.db.lock().expect("db lock");
+        let mut db = self.db.lock();
         let tx = db
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(self.db_err())?;
@@ -157,7 +157,7 @@ impl ArtifactStore {
 
     /// Every verdict on `key`, by auditor.
     pub fn verdicts(&self, key: &str) -> Result<Verdicts, ArtifactStoreError> {
-        let db = self.db.lock().expect("db lock");
+        let db = self.db.lock();
         let mut stmt = db
             .prepare(
                 "SELECT signed_verdict, reported_by, received_at FROM verdicts WHERE key = ?1
@@ -196,7 +196,7 @@ impl ArtifactStore {
 
     /// The packages with at least one published build, sorted.
     pub fn packages(&self) -> Result<Vec<String>, ArtifactStoreError> {
-        let db = self.db.lock().expect("db lock");
+        let db = self.db.lock();
         let mut stmt = db
             .prepare("SELECT DISTINCT package FROM manifests ORDER BY package")
             .map_err(self.db_err())?;
