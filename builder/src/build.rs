@@ -91,33 +91,42 @@ pub fn build_package(
     if let Some(reason) = context.cancel.reason() {
         return Ok(BuildOutcome::Cancelled { reason });
     }
-    // Pass 1 and pass 2 (crate::atoms) compile the same project, laid out twice: pass 1's is
-    // thrown away once its atom table is recorded, pass 2's `work` gives the artifact. Both
-    // are at /build in the sandbox.
-    let pass1 = work_dir(context, app)?;
+    // Pass 1 and pass 2 (crate::atoms) compile the same project, laid out twice, both at
+    // /build in the sandbox: pass 1's is thrown away once its atom table is recorded, pass
+    // 2's (`work`) gives the artifact.
+    let mut pass1 = Some(work_dir(context, app)?);
     let work = work_dir(context, app)?;
     let members: Vec<(String, PackageRef)> = std::iter::once((app.to_string(), package.clone()))
         .chain(closure.iter().map(|(a, p)| (a.clone(), p.clone())))
         .collect();
-    for dir in [pass1.path(), work.path()] {
+    for dir in [pass1.as_ref().unwrap().path(), work.path()] {
         lay_out(context, lock, &members, dir)?;
         install_dependencies(context, dependencies, dir)?;
     }
     let prepared = started.elapsed();
 
     let mut log = Vec::new();
-    let passes = [
-        (Pass::Record, pass1.path().to_path_buf()),
-        (Pass::Precreated, work.path().to_path_buf()),
-    ];
-    for (pass, dir) in passes {
+    for pass in [Pass::Record, Pass::Precreated] {
         // Fetching sources (or pass 1) may have taken a while: look again before starting.
         if let Some(reason) = context.cancel.reason() {
             return Ok(BuildOutcome::Cancelled { reason });
         }
-        if pass == Pass::Precreated {
-            atoms::carry_boot_file(pass1.path(), work.path())?;
-        }
+        let dir = match pass {
+            Pass::Record => pass1.as_ref().unwrap().path().to_path_buf(),
+            Pass::Precreated => {
+                let recorded = pass1.take().unwrap();
+                let carried = atoms::carry_boot_file(recorded.path(), work.path());
+                keep_if_asked(context, recorded);
+                if let Err(e) = carried {
+                    keep_if_asked(context, work);
+                    return Ok(BuildOutcome::Failed {
+                        reason: e.to_string(),
+                        log,
+                    });
+                }
+                work.path().to_path_buf()
+            }
+        };
         let outcome = context
             .sandbox
             .run_cancellable(&pass_spec(context, app, &dir, pass), &context.cancel)?;
@@ -141,7 +150,10 @@ pub fn build_package(
         log.extend_from_slice(&outcome.stdout.bytes);
         log.extend_from_slice(&outcome.stderr.bytes);
         if !outcome.status.success() {
-            keep_if_asked(context, [pass1, work]);
+            if let Some(recorded) = pass1.take() {
+                keep_if_asked(context, recorded);
+            }
+            keep_if_asked(context, work);
             return Ok(BuildOutcome::Failed {
                 reason: format!("mix deps.compile {app}: {}", outcome.status),
                 log,
@@ -149,7 +161,7 @@ pub fn build_package(
         }
     }
     let result = finish(context, app, &package, &closure, work.path(), log, started);
-    keep_if_asked(context, [pass1, work]);
+    keep_if_asked(context, work);
     result
 }
 
@@ -207,13 +219,11 @@ fn pass_spec(context: &BuildContext<'_>, app: &str, dir: &Path, pass: Pass) -> S
     spec
 }
 
-/// With `--keep-work`, leaves the build's project directories (both passes) behind.
-fn keep_if_asked(context: &BuildContext<'_>, dirs: [tempfile::TempDir; 2]) {
+/// With `--keep-work`, leaves a project directory of the build behind; otherwise removes it.
+fn keep_if_asked(context: &BuildContext<'_>, dir: tempfile::TempDir) {
     if context.keep_work {
-        for dir in dirs {
-            let kept = dir.keep();
-            tracing::info!(dir = %kept.display(), "kept the build directory");
-        }
+        let kept = dir.keep();
+        tracing::info!(dir = %kept.display(), "kept the build directory");
     }
 }
 
