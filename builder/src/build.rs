@@ -1,5 +1,6 @@
 //! One package, built once: sources and the closure's artifacts laid out in the generated
-//! project, `mix deps.compile <app>` in the sandbox, the app's build directory packed into a
+//! project, `mix deps.compile <app>` in the sandbox — twice, the second time with the first's
+//! atom table created at boot (crate::atoms) —, the app's build directory packed into a
 //! reproducible artifact, and a manifest with every key input, signed.
 
 use std::collections::BTreeMap;
@@ -18,9 +19,11 @@ use precomp_proto::term::{parse_erlang_terms, Term};
 use precomp_sandbox::toolchain::Toolchain;
 use precomp_sandbox::{Cancel, Sandbox, Spec, Status};
 
+use crate::atoms::{self, Pass};
 use crate::error::{io, BuildError, Result};
 use crate::project::{self, ProjectDep, PROJECT_APP};
 use crate::sources::{self, SourceCache};
+use crate::workdir::WorkDir;
 
 /// What every build of one run shares. Cloning it is cheap (references and a few strings):
 /// give a clone another [`Cancel`] handle to cancel one run without the others.
@@ -93,20 +96,103 @@ pub fn build_package(
     if let Some(reason) = context.cancel.reason() {
         return Ok(BuildOutcome::Cancelled { reason });
     }
-    let work = crate::workdir::WorkDir::create(&context.work_root, &format!("{app}-"), 0o755)?;
-
+    // Pass 1 and pass 2 (crate::atoms) compile the same project, laid out twice, both at
+    // /build in the sandbox: pass 1's is thrown away once its atom table is recorded, pass
+    // 2's (`work`) gives the artifact.
+    let mut pass1 = Some(work_dir(context, app)?);
+    let work = work_dir(context, app)?;
     let members: Vec<(String, PackageRef)> = std::iter::once((app.to_string(), package.clone()))
         .chain(closure.iter().map(|(a, p)| (a.clone(), p.clone())))
         .collect();
-    lay_out(context, lock, &members, work.path())?;
-    let laid_out = started.elapsed();
+    for dir in [pass1.as_ref().unwrap().path(), work.path()] {
+        lay_out(context, lock, &members, dir)?;
+        install_dependencies(context, dependencies, dir)?;
+    }
+    let prepared = started.elapsed();
 
-    // The closure's artifacts, installed the way precomp fetch installs them.
-    let lib = work
-        .path()
-        .join("_build")
-        .join(&context.config_env)
-        .join("lib");
+    let mut log = Vec::new();
+    for pass in [Pass::Record, Pass::Precreated] {
+        // Fetching sources (or pass 1) may have taken a while: look again before starting.
+        if let Some(reason) = context.cancel.reason() {
+            return Ok(BuildOutcome::Cancelled { reason });
+        }
+        let dir = match pass {
+            Pass::Record => pass1.as_ref().unwrap().path().to_path_buf(),
+            Pass::Precreated => {
+                let recorded = pass1.take().unwrap();
+                let carried = atoms::carry_boot_file(recorded.path(), work.path());
+                keep_if_asked(context, recorded);
+                if let Err(e) = carried {
+                    keep_if_asked(context, work);
+                    return Ok(BuildOutcome::Failed {
+                        reason: e.to_string(),
+                        log,
+                    });
+                }
+                work.path().to_path_buf()
+            }
+        };
+        let outcome = context
+            .sandbox
+            .run_cancellable(&pass_spec(context, app, &dir, pass), &context.cancel)?;
+        tracing::debug!(
+            app,
+            ?pass,
+            prepared_ms = prepared.as_millis() as u64,
+            sandbox_ms = outcome.elapsed.as_millis() as u64,
+            "compiled"
+        );
+        if let Status::Cancelled { reason } = outcome.status {
+            // Every process of the sandbox is dead; the half-built projects are removed when
+            // they are dropped here.
+            tracing::info!(app, %reason, "build cancelled");
+            return Ok(BuildOutcome::Cancelled { reason });
+        }
+        log.extend_from_slice(match pass {
+            Pass::Record => b"== precomp: pass 1 of 2, records the atom table ==\n",
+            Pass::Precreated => b"== precomp: pass 2 of 2, with those atoms created at boot ==\n",
+        });
+        log.extend_from_slice(&outcome.stdout.bytes);
+        log.extend_from_slice(&outcome.stderr.bytes);
+        if !outcome.status.success() {
+            if let Some(recorded) = pass1.take() {
+                keep_if_asked(context, recorded);
+            }
+            keep_if_asked(context, work);
+            return Ok(BuildOutcome::Failed {
+                reason: format!("mix deps.compile {app}: {}", outcome.status),
+                log,
+            });
+        }
+    }
+    let result = finish(
+        context,
+        lock,
+        app,
+        &package,
+        &closure,
+        dependencies,
+        work.path(),
+        log,
+        started,
+    );
+    keep_if_asked(context, work);
+    result
+}
+
+/// A fresh project directory under the work root, readable by the sandbox's user, held
+/// while it is in use (crate::workdir).
+fn work_dir(context: &BuildContext<'_>, app: &str) -> Result<WorkDir> {
+    WorkDir::create(&context.work_root, &format!("{app}-"), 0o755)
+}
+
+/// The closure's artifacts, installed into the project the way precomp fetch installs them.
+fn install_dependencies(
+    context: &BuildContext<'_>,
+    dependencies: &[DependencyArtifact],
+    project: &Path,
+) -> Result<()> {
+    let lib = project.join("_build").join(&context.config_env).join("lib");
     std::fs::create_dir_all(&lib).map_err(io(&lib))?;
     for dependency in dependencies {
         let dest = lib.join(&dependency.app);
@@ -119,62 +205,36 @@ pub fn build_package(
         let marker = marker_dir.join("compile.fetch");
         std::fs::write(&marker, b"").map_err(io(&marker))?;
     }
+    Ok(())
+}
 
-    let spec = Spec::build(
-        context.toolchain.sandbox_root(),
-        work.path(),
-        ["mix", "deps.compile", app],
-    )
-    .env("MIX_ENV", &context.config_env)
-    .env("MIX_REBAR3", "/usr/bin/rebar3")
-    .env("HEX_OFFLINE", "1")
-    // Builds run side by side: schedulers that spin while idle would take the CPU from the
-    // other builds. (Scheduler flags do not change what the compiler emits.)
-    .env("ERL_FLAGS", "+sbwt none +sbwtdcpu none +sbwtdio none");
-    let prepared = started.elapsed();
-    // Fetching sources may have taken a while: look again before starting the sandbox.
-    if let Some(reason) = context.cancel.reason() {
-        return Ok(BuildOutcome::Cancelled { reason });
-    }
-    let outcome = context.sandbox.run_cancellable(&spec, &context.cancel)?;
-    tracing::debug!(
-        app,
-        sources_ms = laid_out.as_millis() as u64,
-        prepared_ms = prepared.as_millis() as u64,
-        sandbox_ms = outcome.elapsed.as_millis() as u64,
-        "compiled"
+/// One pass of `app`'s build in the sandbox, in project `dir`: `mix deps.compile <app>` with
+/// the atom hook (crate::atoms), the build environment and nothing else.
+fn pass_spec(context: &BuildContext<'_>, app: &str, dir: &Path, pass: Pass) -> Spec {
+    let app_ebin = format!(
+        "{}/_build/{}/lib/{app}/ebin",
+        precomp_sandbox::BUILD_DIR,
+        context.config_env
     );
-    if let Status::Cancelled { reason } = outcome.status {
-        // Every process of the sandbox is dead; `work` (the half-built project) is removed
-        // when it is dropped here.
-        tracing::info!(app, %reason, "build cancelled");
-        return Ok(BuildOutcome::Cancelled { reason });
+    let mut spec = Spec::build(context.toolchain.sandbox_root(), dir, atoms::command(app))
+        .env("MIX_ENV", &context.config_env)
+        .env("MIX_REBAR3", "/usr/bin/rebar3")
+        .env("HEX_OFFLINE", "1")
+        // Builds run side by side: schedulers that spin while idle would take the CPU from
+        // the other builds. (Scheduler flags do not change what the compiler emits.)
+        .env("ERL_FLAGS", "+sbwt none +sbwtdcpu none +sbwtdio none");
+    for (name, value) in atoms::env(pass, &app_ebin) {
+        spec = spec.env(name, value);
     }
-    let mut log = outcome.stdout.bytes.clone();
-    log.extend_from_slice(&outcome.stderr.bytes);
-    let result = if !outcome.status.success() {
-        Ok(BuildOutcome::Failed {
-            reason: format!("mix deps.compile {app}: {}", outcome.status),
-            log,
-        })
-    } else {
-        finish(
-            context,
-            lock,
-            app,
-            &package,
-            &closure,
-            dependencies,
-            work.path(),
-            log,
-            started,
-        )
-    };
+    spec
+}
+
+/// With `--keep-work`, leaves a project directory of the build behind; otherwise removes it.
+fn keep_if_asked(context: &BuildContext<'_>, dir: WorkDir) {
     if context.keep_work {
-        let kept = work.keep();
+        let kept = dir.keep();
         tracing::info!(dir = %kept.display(), "kept the build directory");
     }
-    result
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -292,7 +352,8 @@ pub fn lay_out(
     }
     project_deps.sort_by_key(|dep| dep.app);
     let mix_exs = project::mix_exs(&project_deps, &context.mix_env);
-    project::write(dir, &mix_exs, context.config.as_deref())
+    project::write(dir, &mix_exs, context.config.as_deref())?;
+    atoms::write_hook(dir)
 }
 
 /// The `compile_env` entries Mix recorded in the `.app`: `{App, [Key | Path], {ok, V} | error}`.
@@ -369,3 +430,4 @@ pub fn native_target(architecture: &str) -> Result<Target> {
         ))
     })
 }
+

@@ -12,6 +12,7 @@
 //! new starts, running sandboxes are killed, and those packages end as
 //! [`run::Status::Cancelled`].
 
+pub mod atoms;
 pub mod build;
 pub mod config;
 pub mod error;

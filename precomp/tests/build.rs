@@ -255,6 +255,94 @@ fn trixie_builds_are_reproducible_and_run() {
     reproducible_and_runnable(&image_id(Suite::Trixie));
 }
 
+/// atom_maps (tests/fixtures/packages/atom_maps) generates code by iterating atom-keyed maps at
+/// compile time while its other files create the same atoms in parallel: without the
+/// builder's two passes (builder/src/atoms.rs) its beams differ in nearly every build. Five
+/// builds in five data directories at different host paths must give one artifact, each
+/// build's second pass must have found every atom it needed created at boot, and the code
+/// must still work.
+fn atom_order_is_reproducible(toolchain: &str) {
+    let fixture = Fixture::get();
+    let lock_dir = data_dir("lock-atoms-");
+    let lock = fixture.lock(lock_dir.path(), &["atom_maps@1.0.0"]);
+    let mut builds = Vec::new();
+    for round in 1..=5 {
+        let parent = data_dir(&format!("precomp-build-atoms-{round}-"));
+        // Paths of different lengths and depths, so nothing can depend on where DATA is.
+        let data = parent.path().join("d".repeat(round)).join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            for dir in [data.parent().unwrap(), data.as_path()] {
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
+        }
+        let lines = build_ok(&data, toolchain, &lock, &[]);
+        let line = lines["atom_maps"].clone();
+        assert_eq!(line.str("status"), "built", "{:?}", line.0);
+        let log_path = data
+            .join("builds/logs")
+            .join(format!("{}.log", line.str("key")));
+        let log = std::fs::read_to_string(&log_path).unwrap();
+        assert!(
+            log.contains("== precomp: pass 2 of 2") && log.contains("; created later: 0"),
+            "round {round}: pass 2 created atoms pass 1 did not: {log}"
+        );
+        builds.push((parent, line));
+    }
+    let first = &builds[0].1;
+    for (round, (_, line)) in builds.iter().enumerate() {
+        if line.str("artifact_sha256") == first.str("artifact_sha256") {
+            continue;
+        }
+        // Name the beams that differ, for whoever has to find out why.
+        let files = |line: &Line| -> BTreeMap<String, Vec<u8>> {
+            let output = line.manifest().output.unwrap();
+            output
+                .files
+                .into_iter()
+                .map(|f| (f.path, f.sha256))
+                .collect()
+        };
+        let (a, b) = (files(first), files(line));
+        let differing: Vec<&String> = a
+            .keys()
+            .filter(|path| a.get(*path) != b.get(*path))
+            .collect();
+        panic!(
+            "build {} of atom_maps differs from build 1 ({} vs {}): {differing:?}",
+            round + 1,
+            line.str("artifact_sha256"),
+            first.str("artifact_sha256")
+        );
+    }
+
+    let run = data_dir("precomp-build-atoms-run-");
+    let lines = BTreeMap::from([("atom_maps".to_string(), first.clone())]);
+    let out = run_with_artifacts(
+        run.path(),
+        toolchain,
+        &lines,
+        "IO.inspect({length(AtomMaps.classes()), AtomMaps.names_in(:jade_vole), length(AtomMaps.Severity.levels()), map_size(AtomMaps.Ledgers.blank()), AtomMaps.Tags.blank?(%AtomMaps.Tag{})})",
+    );
+    assert!(
+        out.contains(
+            "{40, [:jade_vole_drifted, :jade_vole_refused, :jade_vole_stalled], 12, 41, true}"
+        ),
+        "{out}"
+    );
+}
+
+#[test]
+fn host_atom_order_is_reproducible() {
+    atom_order_is_reproducible("host");
+}
+
+#[test]
+fn trixie_atom_order_is_reproducible() {
+    atom_order_is_reproducible("trixie");
+}
+
 /// Inputs that change compilation change the key and the beams: the macro package's version,
 /// an optional dependency present or not, the compile-time config.
 fn inputs_change_keys_and_beams(toolchain: &str) {
