@@ -321,6 +321,8 @@ pub(super) fn build(store: &Store, sandbox: &Sandbox, request: &ImageRequest) ->
             files: manifest.files,
             bytes: manifest.bytes,
             root: None,
+            rebar3_path: None,
+            image: None,
         };
         write_json(&dir.join("toolchain.json"), &toolchain)?;
     }
@@ -696,9 +698,9 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// An exclusive `flock` held until dropped.
-struct Lock(std::fs::File);
+pub(super) struct Lock(std::fs::File);
 
-fn lock(path: &Path) -> Result<Lock> {
+pub(super) fn lock(path: &Path) -> Result<Lock> {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
