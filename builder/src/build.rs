@@ -122,7 +122,8 @@ pub fn build_package(
         ["mix", "deps.compile", app],
     )
     .env("MIX_ENV", &context.config_env)
-    .env("MIX_REBAR3", "/usr/bin/rebar3")
+    // Debian's /usr/bin/rebar3, or where an imported image has it (/usr/local/bin).
+    .env("MIX_REBAR3", context.toolchain.rebar3_command())
     .env("HEX_OFFLINE", "1")
     // Builds run side by side: schedulers that spin while idle would take the CPU from the
     // other builds. (Scheduler flags do not change what the compiler emits.)

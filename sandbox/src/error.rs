@@ -112,7 +112,7 @@ pub enum Error {
     #[error("dpkg-query failed ({0}): the host toolchain needs a Debian-based host with dpkg")]
     Dpkg(String),
 
-    #[error("importing the image failed: {0}")]
+    #[error(transparent)]
     Import(#[from] crate::toolchain::ImportError),
 }
 

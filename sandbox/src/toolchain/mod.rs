@@ -229,8 +229,9 @@ impl Store {
         Ok(Some(toolchain))
     }
 
-    /// Finds a toolchain by `host`, id, digest or digest prefix (at least 4 hex digits), or
-    /// suite name (the most recently built image of that suite).
+    /// Finds a toolchain by `host`, id, digest or digest prefix (at least 4 hex digits), suite
+    /// name (the most recently built image of that suite; `imported` for imported ones), or
+    /// the image reference a toolchain was imported from.
     pub fn resolve(&self, id: &str, sandbox: &Sandbox) -> Result<Toolchain> {
         if id == HOST {
             return self.host(sandbox);
@@ -255,6 +256,18 @@ impl Store {
                 })
                 .expect("non-empty");
             return Ok(newest.clone());
+        }
+        // An imported image by the reference it was imported from (the newest import).
+        let by_reference = images
+            .iter()
+            .filter(|t| t.image.as_ref().is_some_and(|i| i.reference == id))
+            .max_by_key(|t| {
+                std::fs::metadata(self.dir.join(&t.digest).join("toolchain.json"))
+                    .and_then(|m| m.modified())
+                    .ok()
+            });
+        if let Some(imported) = by_reference {
+            return Ok(imported.clone());
         }
         let lower = id.to_ascii_lowercase();
         if lower.len() < 4 || !lower.bytes().all(|b| b.is_ascii_hexdigit()) {

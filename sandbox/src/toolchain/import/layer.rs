@@ -6,8 +6,9 @@
 //! the layers below, `.wh..wh..opq` in a directory hides everything the layers below put in it
 //! (OCI image spec, "Representing Changes"). The rules, and where they come from:
 //!
-//! - **Paths stay in the root.** Entry names and hard-link names with a `..` component or an
-//!   absolute path are refused. Parent directories are resolved *inside the root*, following
+//! - **Paths stay in the root.** Entry names and hard-link names with a `..` component are
+//!   refused; a leading `/` means the image's root (as for Docker and containerd), never the
+//!   host's. Parent directories are resolved *inside the root*, following
 //!   symlinks as a chroot would (containerd's `fs.RootPath`): an absolute target restarts at
 //!   the root, `..` stops at it. So a layer that plants `etc -> /etc` or `x -> ../../..` and
 //!   then writes `etc/passwd` or `x/y` writes inside the root, never outside. The last
@@ -512,14 +513,12 @@ fn fatal(path: &Path, error: io::Error) -> Problem {
     Problem::Fatal(ImportError::io(path, error))
 }
 
-/// An entry name as components: `.` and empty components dropped, `..` and absolute paths
-/// refused. Empty for the root itself.
+/// An entry name as components: `.` and empty components dropped, `..` refused. A leading
+/// `/` names the image's root, as for Docker and containerd (umoci writes `/` for the root
+/// directory). Empty for the root itself.
 fn entry_path(name: &[u8]) -> Result<Vec<OsString>, Problem> {
     if name.len() > MAX_PATH_BYTES {
         return Err(Problem::Entry("the name is longer than 4095 bytes".into()));
-    }
-    if name.starts_with(b"/") {
-        return Err(Problem::Entry("an absolute path".into()));
     }
     let mut components = Vec::new();
     for part in name.split(|&b| b == b'/') {
@@ -731,7 +730,7 @@ mod tests {
     }
 
     #[test]
-    fn escape_by_dotdot_or_absolute_path_is_refused() {
+    fn escape_by_dotdot_is_refused_and_absolute_paths_stay_in_the_root() {
         let f = fixture();
         refused(
             apply(&f, &[&[E::File("../../outside/x", 0o644, b"x")]]),
@@ -739,14 +738,18 @@ mod tests {
         );
         refused(apply(&f, &[&[E::File("usr/../../x", 0o644, b"x")]]), "`..`");
         refused(
-            apply(&f, &[&[E::File("/etc/passwd", 0o644, b"x")]]),
-            "absolute",
-        );
-        refused(
             apply(&f, &[&[E::Hard("x", "../../outside/secret")]]),
             "`..`",
         );
-        refused(apply(&f, &[&[E::Hard("x", "/etc/passwd")]]), "absolute");
+        // An absolute name is the image's own path.
+        let outside = format!("{}", f.outside.join("secret").display());
+        apply(
+            &f,
+            &[&[E::File(&outside, 0o644, b"x"), E::Hard("/h", &outside)]],
+        )
+        .unwrap();
+        assert_eq!(std::fs::read(f.root.join(&outside[1..])).unwrap(), b"x");
+        assert!(f.root.join("h").is_file());
         outside_untouched(&f);
     }
 

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 pub use layer::{Applied, Bounds};
+pub use registry::is_loopback;
 
 use super::{set_mode, write_json, Kind, Store, Toolchain};
 use crate::error::{Error, Result};
@@ -159,16 +160,16 @@ pub enum ImportError {
     #[error("refused entry {path:?}: {why}")]
     BadEntry { path: String, why: String },
 
-    #[error("layer {index} of {count} ({digest}): {source}")]
+    #[error("layer {index} of {count} ({digest}): {problem}")]
     Layer {
         index: usize,
         count: usize,
         digest: String,
-        source: Box<ImportError>,
+        problem: Box<ImportError>,
     },
 
-    #[error("reading a layer: {0}")]
-    LayerIo(std::io::Error),
+    #[error("reading a layer: {error}")]
+    LayerIo { error: std::io::Error },
 
     #[error(
         "no image for {wanted} in {index}: it has {available}. Builds run the image's binaries \
@@ -183,23 +184,24 @@ pub enum ImportError {
     #[error("{image} is not a toolchain precomp can use: {why}")]
     NotToolchain { image: String, why: String },
 
-    #[error("{path}: {source}")]
+    // `error`, not `source`: the message already says it (anyhow would repeat a source).
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
 impl ImportError {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> ImportError {
+    pub(crate) fn io(path: impl Into<PathBuf>, error: std::io::Error) -> ImportError {
         ImportError::Io {
             path: path.into(),
-            source,
+            error,
         }
     }
 
     pub(crate) fn layer_io(source: std::io::Error) -> ImportError {
-        ImportError::LayerIo(source)
+        ImportError::LayerIo { error: source }
     }
 }
 
@@ -357,15 +359,45 @@ const CONFIG_TYPES: &[&str] = &[
     "application/vnd.docker.container.image.v1+json",
 ];
 
-pub(super) fn import(
-    store: &Store,
-    sandbox: &Sandbox,
-    request: &ImportRequest,
-) -> Result<Imported> {
-    let started = Instant::now();
-    std::fs::create_dir_all(store.dir()).map_err(|e| Error::io(store.dir(), e))?;
-    // The root is checked and used from inside the sandbox.
-    sandbox.check_readable(store.dir())?;
+/// An image resolved to this platform's manifest: what will be pulled.
+struct Resolved {
+    source: Box<dyn Source>,
+    describe: String,
+    manifest_digest: Option<String>,
+    index_digest: Option<String>,
+    config: Blob,
+    layers: Vec<Blob>,
+}
+
+impl Resolved {
+    /// The manifest digest (the config's for an old `docker save` archive): what a re-import
+    /// is recognised by.
+    fn identity(&self) -> &str {
+        self.manifest_digest
+            .as_deref()
+            .unwrap_or(&self.config.digest)
+    }
+}
+
+/// What [`unpack`] made.
+#[derive(Clone, Debug)]
+pub struct Unpacked {
+    /// The image's root directory.
+    pub root: PathBuf,
+    /// `registry`, `oci-layout` or `docker-archive`.
+    pub format: String,
+    pub manifest_digest: Option<String>,
+    pub index_digest: Option<String>,
+    pub config_digest: String,
+    /// `linux/amd64`, from the image config.
+    pub platform: String,
+    pub layers: usize,
+    pub applied: Applied,
+}
+
+/// Finds the image, picks this platform's manifest and checks what it names (media types,
+/// descriptor sizes) before anything large is fetched.
+fn resolve(request: &ImportRequest) -> Result<Resolved, ImportError> {
     let mut source: Box<dyn Source> = match locate(&request.image) {
         Location::Registry(reference) => {
             let credentials = match &request.credentials {
@@ -377,9 +409,7 @@ pub(super) fn import(
         Location::Local { path, tag } => source::open_local(&path, tag)?,
     };
     let describe = source.describe();
-    tracing::info!(image = %describe, "importing");
-
-    // The manifest for this platform.
+    tracing::info!(image = %describe, "resolving");
     let top = source.top()?;
     let (manifest_bytes, manifest_digest, index_digest) = if is_index(&top.bytes)? {
         let chosen = select_platform(&top.bytes, &describe)?;
@@ -388,30 +418,29 @@ pub(super) fn import(
             return Err(ImportError::Unsupported(format!(
                 "{describe}: an index inside an index ({})",
                 chosen.digest
-            ))
-            .into());
+            )));
         }
         (bytes, Some(chosen.digest), top.digest)
     } else {
         (top.bytes, top.digest, None)
     };
     if manifest_bytes.len() as u64 > MAX_MANIFEST_BYTES {
-        return Err(ImportError::TooLarge("the manifest".into()).into());
+        return Err(ImportError::TooLarge("the manifest".into()));
     }
     let manifest: oci_spec::image::ImageManifest = serde_json::from_slice(&manifest_bytes)
         .map_err(|e| ImportError::BadImage(format!("{describe}: the image manifest: {e}")))?;
-    let config_blob = Blob {
+    let config = Blob {
         media_type: manifest.config().media_type().to_string(),
         digest: manifest.config().digest().to_string(),
         size: manifest.config().size(),
     };
-    if !CONFIG_TYPES.contains(&config_blob.media_type.as_str()) {
+    if !CONFIG_TYPES.contains(&config.media_type.as_str()) {
         return Err(ImportError::BadImage(format!(
             "{describe} is not a container image: its config is {:?} (an artifact, not an image)",
-            config_blob.media_type
-        ))
-        .into());
+            config.media_type
+        )));
     }
+    source::check_descriptor(&config, MAX_CONFIG_BYTES)?;
     let layers: Vec<Blob> = manifest
         .layers()
         .iter()
@@ -427,16 +456,118 @@ pub(super) fn import(
                 "{describe}: layer {} has media type {:?} (foreign and non-distributable layers \
                  are not fetched)",
                 layer.digest, layer.media_type
-            ))
-            .into());
+            )));
         }
         source::check_descriptor(layer, request.bounds.max_layer_stream)?;
     }
-    let identity = manifest_digest
-        .clone()
-        .unwrap_or(config_blob.digest.clone());
-    source::parse_digest(&identity)?;
-    let index_file = store.dir().join("imports").join(identity.replace(':', "-"));
+    let resolved = Resolved {
+        source,
+        describe,
+        manifest_digest,
+        index_digest,
+        config,
+        layers,
+    };
+    source::parse_digest(resolved.identity())?;
+    Ok(resolved)
+}
+
+/// Fetches the config and the layers into `dir` (`dir/blobs`, removed at the end) and applies
+/// the layers to `dir/root`: each blob checked against its descriptor before it is applied,
+/// each layer against its diff_id after.
+fn unpack_resolved(
+    resolved: &mut Resolved,
+    dir: &Path,
+    bounds: Bounds,
+) -> Result<Unpacked, ImportError> {
+    let describe = resolved.describe.clone();
+    let blobs = dir.join("blobs");
+    std::fs::create_dir(&blobs).map_err(|e| ImportError::io(&blobs, e))?;
+    let config_bytes = resolved
+        .source
+        .blob_bytes(&resolved.config, MAX_CONFIG_BYTES, &blobs)?;
+    let config: oci_spec::image::ImageConfiguration = serde_json::from_slice(&config_bytes)
+        .map_err(|e| ImportError::BadImage(format!("{describe}: the image config: {e}")))?;
+    let (arch, _) = host_platform();
+    let platform = format!("{}/{}", config.os(), config.architecture());
+    if platform != format!("linux/{arch}") {
+        return Err(ImportError::NoPlatform {
+            wanted: format!("linux/{arch}"),
+            index: describe,
+            available: platform,
+        });
+    }
+    let diff_ids = config.rootfs().diff_ids();
+    let count = resolved.layers.len();
+    if diff_ids.len() != count {
+        return Err(ImportError::BadImage(format!(
+            "{describe}: the config lists {} layers, the manifest {count}",
+            diff_ids.len(),
+        )));
+    }
+    let root = dir.join("root");
+    std::fs::create_dir(&root).map_err(|e| ImportError::io(&root, e))?;
+    std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .map_err(|e| ImportError::io(&root, e))?;
+    let mut applier = layer::Applier::new(&root, bounds);
+    for (index, (layer, diff_id)) in resolved.layers.iter().zip(diff_ids).enumerate() {
+        let in_layer = |source: ImportError| ImportError::Layer {
+            index: index + 1,
+            count,
+            digest: layer.digest.clone(),
+            problem: Box::new(source),
+        };
+        tracing::info!(layer = index + 1, of = count, digest = %layer.digest, bytes = layer.size, "layer");
+        let file = blobs.join(format!("layer-{index}"));
+        resolved
+            .source
+            .blob_to_file(layer, &file, bounds.max_layer_stream)
+            .map_err(in_layer)?;
+        let actual = applier.apply_file(&file).map_err(in_layer)?;
+        let _ = std::fs::remove_file(&file);
+        if format!("sha256:{actual}") != *diff_id {
+            return Err(in_layer(ImportError::DigestMismatch {
+                what: "the uncompressed layer (its diff_id in the image config)".into(),
+                expected: diff_id.clone(),
+                actual: format!("sha256:{actual}"),
+            }));
+        }
+    }
+    std::fs::remove_dir_all(&blobs).map_err(|e| ImportError::io(&blobs, e))?;
+    Ok(Unpacked {
+        root,
+        format: resolved.source.format().into(),
+        manifest_digest: resolved.manifest_digest.clone(),
+        index_digest: resolved.index_digest.clone(),
+        config_digest: resolved.config.digest.clone(),
+        platform,
+        layers: count,
+        applied: applier.applied.clone(),
+    })
+}
+
+/// Fetches, verifies and applies an image into the new directory `dir/root`, without storing
+/// or running anything: what [`Store::import`] does before it checks the toolchain. On error,
+/// `dir` may hold a partial root for the caller to remove.
+pub fn unpack(request: &ImportRequest, dir: &Path) -> Result<Unpacked, ImportError> {
+    let mut resolved = resolve(request)?;
+    unpack_resolved(&mut resolved, dir, request.bounds)
+}
+
+pub(super) fn import(
+    store: &Store,
+    sandbox: &Sandbox,
+    request: &ImportRequest,
+) -> Result<Imported> {
+    let started = Instant::now();
+    std::fs::create_dir_all(store.dir()).map_err(|e| Error::io(store.dir(), e))?;
+    // The root is checked and used from inside the sandbox.
+    sandbox.check_readable(store.dir())?;
+    let mut resolved = resolve(request)?;
+    let index_file = store
+        .dir()
+        .join("imports")
+        .join(resolved.identity().replace(':', "-"));
     if !request.reimport {
         if let Some(toolchain) = lookup(store, &index_file)? {
             return Ok(Imported {
@@ -451,8 +582,10 @@ pub(super) fn import(
     }
     let locks = store.dir().join(".locks");
     std::fs::create_dir_all(&locks).map_err(|e| Error::io(&locks, e))?;
-    let _lock =
-        super::image::lock(&locks.join(format!("import-{}.lock", identity.replace(':', "-"))))?;
+    let _lock = super::image::lock(&locks.join(format!(
+        "import-{}.lock",
+        resolved.identity().replace(':', "-")
+    )))?;
     if !request.reimport {
         if let Some(toolchain) = lookup(store, &index_file)? {
             return Ok(Imported {
@@ -462,74 +595,18 @@ pub(super) fn import(
             });
         }
     }
-
+    // Private while blobs are fetched and layers applied; removed on any error.
     let staging = tempfile::Builder::new()
         .prefix(".staging-import-")
         .tempdir_in(store.dir())
         .map_err(|e| Error::io(store.dir(), e))?;
-    let blobs = staging.path().join("blobs");
-    std::fs::create_dir(&blobs).map_err(|e| Error::io(&blobs, e))?;
-    set_mode(&blobs, 0o700)?;
-    let config_bytes = source.blob_bytes(&config_blob, MAX_CONFIG_BYTES, &blobs)?;
-    let config: oci_spec::image::ImageConfiguration = serde_json::from_slice(&config_bytes)
-        .map_err(|e| ImportError::BadImage(format!("{describe}: the image config: {e}")))?;
-    let (arch, _) = host_platform();
-    let platform = format!("{}/{}", config.os(), config.architecture());
-    if platform != format!("linux/{arch}") {
-        return Err(ImportError::NoPlatform {
-            wanted: format!("linux/{arch}"),
-            index: describe.clone(),
-            available: platform,
-        }
-        .into());
-    }
-    let diff_ids = config.rootfs().diff_ids();
-    if diff_ids.len() != layers.len() {
-        return Err(ImportError::BadImage(format!(
-            "{describe}: the config lists {} layers, the manifest {}",
-            diff_ids.len(),
-            layers.len()
-        ))
-        .into());
-    }
-
-    // The layers, each verified in full before it is applied.
-    let root = staging.path().join("root");
-    std::fs::create_dir(&root).map_err(|e| Error::io(&root, e))?;
-    set_mode(&root, 0o755)?;
-    let mut applier = layer::Applier::new(&root, request.bounds);
-    let count = layers.len();
-    for (index, (layer, diff_id)) in layers.iter().zip(diff_ids).enumerate() {
-        let in_layer = |source: ImportError| ImportError::Layer {
-            index: index + 1,
-            count,
-            digest: layer.digest.clone(),
-            source: Box::new(source),
-        };
-        tracing::info!(layer = index + 1, of = count, digest = %layer.digest, bytes = layer.size, "layer");
-        let file = blobs.join(format!("layer-{index}"));
-        source
-            .blob_to_file(layer, &file, request.bounds.max_layer_stream)
-            .map_err(in_layer)?;
-        let actual = applier.apply_file(&file).map_err(in_layer)?;
-        let _ = std::fs::remove_file(&file);
-        if format!("sha256:{actual}") != *diff_id {
-            return Err(in_layer(ImportError::DigestMismatch {
-                what: "the uncompressed layer (its diff_id in the image config)".into(),
-                expected: diff_id.clone(),
-                actual: format!("sha256:{actual}"),
-            })
-            .into());
-        }
-    }
-    std::fs::remove_dir_all(&blobs).map_err(|e| Error::io(&blobs, e))?;
-    let applied = applier.applied.clone();
-    // The staging directory is searchable by the sandbox user from here on: the toolchain is
-    // checked by running it before anything is stored.
+    let unpacked = unpack_resolved(&mut resolved, staging.path(), request.bounds)?;
+    // The toolchain is checked by running it, in the sandbox, before anything is stored: the
+    // staging directory must be searchable by the sandbox user from here on.
     set_mode(staging.path(), 0o755)?;
-    let detected = detect_imported(sandbox, &root, &describe)?;
+    let detected = detect_imported(sandbox, &unpacked.root, &resolved.describe)?;
 
-    let manifest_text = tree::manifest(&root)?;
+    let manifest_text = tree::manifest(&unpacked.root)?;
     let digest = manifest_text.digest.clone();
     write_file(&staging.path().join("manifest"), &manifest_text.text)?;
     let dir = store.dir().join(&digest);
@@ -561,16 +638,16 @@ pub(super) fn import(
             rebar3_path: detected.rebar3_path,
             image: Some(ImageOrigin {
                 reference: request.image.clone(),
-                format: source.format().into(),
-                manifest_digest,
-                index_digest,
-                config_digest: config_blob.digest.clone(),
-                platform,
-                layers: count,
+                format: unpacked.format,
+                manifest_digest: unpacked.manifest_digest,
+                index_digest: unpacked.index_digest,
+                config_digest: unpacked.config_digest,
+                platform: unpacked.platform,
+                layers: unpacked.layers,
                 system_architecture: detected.system_architecture,
                 libc: detected.libc,
                 os: detected.os,
-                setid_cleared: applied.setid_cleared,
+                setid_cleared: unpacked.applied.setid_cleared,
             }),
         };
         write_json(&dir.join("toolchain.json"), &toolchain)?;
@@ -579,7 +656,7 @@ pub(super) fn import(
     let toolchain = store
         .load_image(&digest)?
         .expect("the record was just written");
-    tracing::info!(id = %toolchain.id, elapsed = ?started.elapsed(), ?applied, "imported");
+    tracing::info!(id = %toolchain.id, elapsed = ?started.elapsed(), applied = ?unpacked.applied, "imported");
     Ok(Imported {
         toolchain,
         reused: false,

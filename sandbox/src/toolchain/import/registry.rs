@@ -254,7 +254,7 @@ impl tokio::io::AsyncWrite for VerifyingWriter {
 }
 
 /// Whether `registry` (`host[:port]`) is on this machine: `localhost`, `127.0.0.0/8`, `::1`.
-pub(super) fn is_loopback(registry: &str) -> bool {
+pub fn is_loopback(registry: &str) -> bool {
     let host = if let Some(rest) = registry.strip_prefix('[') {
         rest.split(']').next().unwrap_or("")
     } else {
