@@ -215,41 +215,34 @@ enum Location {
 fn locate(image: &str) -> Location {
     for prefix in ["oci:", "oci-archive:", "docker-archive:"] {
         if let Some(rest) = image.strip_prefix(prefix) {
-            return local_with_tag(rest);
+            return split_local(rest).unwrap_or(Location::Local {
+                path: rest.into(),
+                tag: None,
+            });
         }
     }
     if let Some(rest) = image.strip_prefix("docker://") {
         return Location::Registry(rest.to_string());
     }
-    if Path::new(image).exists() {
-        return Location::Local {
-            path: image.into(),
-            tag: None,
-        };
-    }
-    match image.rsplit_once(':') {
-        Some((path, _)) if !path.is_empty() && Path::new(path).exists() => local_with_tag(image),
-        _ => Location::Registry(image.to_string()),
-    }
+    split_local(image).unwrap_or_else(|| Location::Registry(image.to_string()))
 }
 
-fn local_with_tag(rest: &str) -> Location {
-    if Path::new(rest).exists() {
-        return Location::Local {
-            path: rest.into(),
+/// `PATH` or `PATH:TAG` where `PATH` exists (the shortest existing prefix before a `:`; a tag
+/// may hold `:` itself, as `docker-archive:FILE:NAME:TAG` does).
+fn split_local(text: &str) -> Option<Location> {
+    if Path::new(text).exists() {
+        return Some(Location::Local {
+            path: text.into(),
             tag: None,
-        };
+        });
     }
-    match rest.rsplit_once(':') {
-        Some((path, tag)) if !tag.contains('/') => Location::Local {
+    text.match_indices(':').find_map(|(i, _)| {
+        let (path, tag) = (&text[..i], &text[i + 1..]);
+        (!path.is_empty() && Path::new(path).exists()).then(|| Location::Local {
             path: path.into(),
             tag: Some(tag.to_string()),
-        },
-        _ => Location::Local {
-            path: rest.into(),
-            tag: None,
-        },
-    }
+        })
+    })
 }
 
 /// This machine's platform in OCI terms: (`amd64`, variant).
@@ -343,6 +336,52 @@ fn is_index(bytes: &[u8]) -> Result<bool, ImportError> {
         _ => Err(ImportError::BadImage(
             "the manifest has neither `manifests` nor `layers`".into(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_are_located_by_prefix_or_by_what_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("img.tar");
+        std::fs::write(&file, b"").unwrap();
+        let f = file.display().to_string();
+        let local = |path: &str, tag: Option<&str>| Location::Local {
+            path: path.into(),
+            tag: tag.map(str::to_string),
+        };
+        assert_eq!(locate(&f), local(&f, None));
+        assert_eq!(
+            locate(&format!("docker-archive:{f}:ci:1")),
+            local(&f, Some("ci:1"))
+        );
+        assert_eq!(locate(&format!("oci:{f}:t")), local(&f, Some("t")));
+        assert_eq!(locate(&format!("{f}:t")), local(&f, Some("t")));
+        assert_eq!(
+            locate("127.0.0.1:5000/ci/elixir:1.16"),
+            Location::Registry("127.0.0.1:5000/ci/elixir:1.16".into())
+        );
+        assert_eq!(
+            locate("docker://elixir:1.16"),
+            Location::Registry("elixir:1.16".into())
+        );
+    }
+
+    #[test]
+    fn glibc_architectures_only() {
+        assert_eq!(
+            debian_architecture("x86_64-pc-linux-gnu"),
+            Some(("amd64".into(), "glibc"))
+        );
+        assert_eq!(
+            debian_architecture("aarch64-unknown-linux-gnu"),
+            Some(("arm64".into(), "glibc"))
+        );
+        assert_eq!(debian_architecture("x86_64-alpine-linux-musl"), None);
+        assert_eq!(debian_architecture("aarch64-apple-darwin23.1.0"), None);
     }
 }
 
