@@ -19,7 +19,9 @@ use crate::spec::{Root, DEFAULT_SOURCE_DATE_EPOCH};
 use crate::tree;
 
 /// The packages of a toolchain image (and what `host` is expected to have).
+/// `ca-certificates`: OTP 27's `httpc` fails without CA certificates, even for plain HTTP.
 pub const DEFAULT_PACKAGES: &[&str] = &[
+    "ca-certificates",
     "elixir",
     "erlang-base",
     "erlang-dev",
