@@ -23,8 +23,8 @@ pub enum ToolchainCommand {
 /// Builds a Debian toolchain image (or finds the one built from the same inputs).
 ///
 /// `debootstrap --variant=minbase SUITE`, then `apt-get install --no-install-recommends` of
-/// erlang-base, erlang-dev, elixir, rebar3, gcc, make, libc6-dev and ca-certificates inside the root; logs,
-/// caches and generated ids are removed (docs/sandbox.md lists them), the tree is digested and
+/// erlang-base, erlang-dev, elixir, rebar3, gcc, make, libc6-dev and ca-certificates inside
+/// the root; logs, caches and generated ids are removed (docs/sandbox.md lists them), the tree is digested and
 /// stored under DATA/toolchains/<digest>/. Keyed by the suite, architecture, packages and the
 /// suite's signed InRelease: a second build with the same inputs is instant. Needs root and
 /// `apt-get install debootstrap`; bookworm takes a few minutes and ~1.1 GB, trixie ~1.3 GB.

@@ -190,10 +190,13 @@ fn copy_verified(mut reader: impl Read, blob: &Blob, dest: &Path) -> Result<(), 
     verifier.finish()
 }
 
+/// An opened file and its size.
+type Opened<'a> = (Box<dyn Read + 'a>, u64);
+
 /// Files by relative path: a directory, or the members of a tar archive.
 trait Files {
     /// The file at `path` (relative, `/`-separated) and its size, if there is one.
-    fn open(&self, path: &str) -> Result<Option<(Box<dyn Read + '_>, u64)>, ImportError>;
+    fn open(&self, path: &str) -> Result<Option<Opened<'_>>, ImportError>;
     fn describe(&self) -> String;
 
     fn read_small(&self, path: &str, limit: u64) -> Result<Option<Vec<u8>>, ImportError> {
@@ -218,7 +221,7 @@ trait Files {
 struct DirFiles(PathBuf);
 
 impl Files for DirFiles {
-    fn open(&self, path: &str) -> Result<Option<(Box<dyn Read + '_>, u64)>, ImportError> {
+    fn open(&self, path: &str) -> Result<Option<Opened<'_>>, ImportError> {
         let full = self.0.join(path);
         match File::open(&full) {
             Ok(file) => {
@@ -315,7 +318,7 @@ fn normalize_member(name: &str) -> String {
 }
 
 impl Files for ArchiveFiles {
-    fn open(&self, path: &str) -> Result<Option<(Box<dyn Read + '_>, u64)>, ImportError> {
+    fn open(&self, path: &str) -> Result<Option<Opened<'_>>, ImportError> {
         let mut name = normalize_member(path);
         for _ in 0..8 {
             match self.members.get(&name) {
