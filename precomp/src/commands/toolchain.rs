@@ -85,8 +85,9 @@ pub struct ImportArgs {
 /// Lists the toolchains: the images in the data directory, and `host`.
 #[derive(Args)]
 pub struct ListArgs {
-    /// JSON: a list of objects with id, kind, suite, digest, otp, otp_full, elixir, rebar3,
-    /// architecture, packages (and for images root, files, bytes, input_key).
+    /// JSON: a list of objects with id, kind (image, imported, host), suite, digest, otp,
+    /// otp_full, elixir, rebar3, architecture, packages (and for images root, files, bytes,
+    /// input_key; for imported ones image: reference, manifest_digest, platform, libc...).
     #[arg(long)]
     json: bool,
 }
