@@ -218,7 +218,8 @@ fn pass_spec(context: &BuildContext<'_>, app: &str, dir: &Path, pass: Pass) -> S
     );
     let mut spec = Spec::build(context.toolchain.sandbox_root(), dir, atoms::command(app))
         .env("MIX_ENV", &context.config_env)
-        .env("MIX_REBAR3", "/usr/bin/rebar3")
+        // Debian's /usr/bin/rebar3, or where an imported image has it (/usr/local/bin).
+        .env("MIX_REBAR3", context.toolchain.rebar3_command())
         .env("HEX_OFFLINE", "1")
         // Builds run side by side: schedulers that spin while idle would take the CPU from
         // the other builds. (Scheduler flags do not change what the compiler emits.)
