@@ -31,7 +31,7 @@ use precomp_proto::buildkey::{
 };
 use precomp_proto::config::AppConfig;
 use precomp_proto::lock::{LockEntry, MixLock};
-use precomp_proto::manifest::{Manifest, SignedManifest};
+use precomp_proto::manifest::{FileRecord, Manifest, SignedManifest};
 use precomp_proto::term::{parse_erlang_terms, to_erlang_text, Term};
 
 use crate::error::ClientError;
@@ -157,6 +157,10 @@ pub enum Outcome {
         /// Artifact size.
         bytes: u64,
         signers: Vec<String>,
+        /// Set when it replaced an install with our key whose files no longer were the
+        /// signed ones (a `mix deps.compile` rebuilt it in place, or files were changed):
+        /// the first difference found.
+        replaced: Option<String>,
     },
     /// Already installed with the same key: left alone.
     Current { key: String },
@@ -228,11 +232,15 @@ impl DepReport {
                 key,
                 bytes,
                 signers,
+                replaced,
             } => {
                 object.insert("status".into(), "installed".into());
                 object.insert("key".into(), key.as_str().into());
                 object.insert("bytes".into(), (*bytes).into());
                 object.insert("signers".into(), serde_json::json!(signers));
+                if let Some(reason) = replaced {
+                    object.insert("replaced".into(), reason.as_str().into());
+                }
             }
             Outcome::Current { key } => {
                 object.insert("status".into(), "current".into());
@@ -686,6 +694,9 @@ struct KeyResolution {
     /// When its key is known but no build on the mirror has it: why, in a few words (for
     /// its dependents' reasons).
     difference: Option<String>,
+    /// An install with our key is there, but its files are not the signed ones: why (it is
+    /// installed again from the mirror's build, the outcome saying so).
+    replaced: Option<String>,
 }
 
 /// Where the build with our key is.
@@ -879,6 +890,7 @@ async fn lookup(run: &Run, app: &str, dep_env: &str) -> Result<Outcome, Missed> 
         key,
         bytes,
         signers,
+        replaced: resolution.replaced.clone(),
     })
 }
 
@@ -914,6 +926,7 @@ async fn resolve_key(run: &Run, app: &str, env: &str) -> KeyResolution {
         found: Found::Nothing,
         miss: Some(miss),
         difference: None,
+        replaced: None,
     };
     let (package, closure) = match run.lock.closure_by_app(app) {
         Ok(closure) => closure,
@@ -991,23 +1004,44 @@ async fn resolve_key(run: &Run, app: &str, env: &str) -> KeyResolution {
         ..inputs.clone()
     };
 
-    // Installed with our key: nothing to ask the mirror.
+    // Installed with our key, and its files are the signed ones (by content, never mtimes):
+    // nothing to ask the mirror. Files that differ (Mix rebuilt it in place) are installed
+    // again from the mirror's build below.
+    let mut replaced = None;
     if unknown_member.is_none() {
         if let Some(installed) = install::installed(&run.project.lib_dir(), app) {
-            if let Some((key, target, compile_env)) = current_key(run, &inputs, &installed).await {
-                return KeyResolution {
-                    key: BuildKey::parse(&key),
-                    inputs: Some(KeyInputs {
-                        manager,
-                        target: Some(target),
-                        compile_env,
-                    }),
-                    found: Found::Installed { key },
-                    miss: None,
-                    difference: None,
-                };
+            if let Some((key, target, compile_env, files)) =
+                current_key(run, &inputs, &installed).await
+            {
+                let (lib_dir, app_owned) = (run.project.lib_dir(), app.to_string());
+                let checked = tokio::task::spawn_blocking(move || {
+                    install::check_installed(&lib_dir, &app_owned, &files)
+                })
+                .await;
+                match checked {
+                    Ok(Ok(())) => {
+                        return KeyResolution {
+                            key: BuildKey::parse(&key),
+                            inputs: Some(KeyInputs {
+                                manager,
+                                target: Some(target),
+                                compile_env,
+                            }),
+                            found: Found::Installed { key },
+                            miss: None,
+                            difference: None,
+                            replaced: None,
+                        };
+                    }
+                    Ok(Err(drift)) => {
+                        tracing::info!("{app}: the install is not the signed build: {drift}");
+                        replaced = Some(format!("Mix rebuilt it or its files changed: {drift}"));
+                    }
+                    Err(e) => tracing::warn!("{app}: checking the install: {e}"),
+                }
+            } else {
+                tracing::debug!("{app}: the installed build is not this build's");
             }
-            tracing::debug!("{app}: the installed build is not this build's");
         }
     }
 
@@ -1090,6 +1124,7 @@ async fn resolve_key(run: &Run, app: &str, env: &str) -> KeyResolution {
                 },
                 miss: None,
                 difference: None,
+                replaced,
             };
         }
         if mismatch.is_none() {
@@ -1190,12 +1225,18 @@ async fn resolve_key(run: &Run, app: &str, env: &str) -> KeyResolution {
         )
     };
     let difference = key.map(|_| short_difference(&miss));
+    let mut miss = miss;
+    if let Some(replaced) = replaced {
+        // The changed install is removed as stale (`resolve`): Mix builds it.
+        miss.reason = format!("{} (the install had changed: {replaced})", miss.reason);
+    }
     KeyResolution {
         key,
         inputs: Some(own),
         found: Found::Nothing,
         miss: Some(miss),
         difference,
+        replaced: None,
     }
 }
 
@@ -1289,15 +1330,15 @@ fn mix_built(lock: &MixLock, app: &str, deps_dir: &Path) -> bool {
         .is_ok_and(|manager| manager == Manager::Mix)
 }
 
-/// The key of an install that is this build's, with its target and our compile env, if
-/// `installed` is: its stored manifest still meets the policy, its target is `any` or ours,
-/// its base key is ours (`inputs`, every member key known, for that target) and our config
-/// gives its key.
+/// The key of an install that is this build's, with its target, our compile env and the
+/// files its manifest lists (to check the install by), if `installed` is: its stored
+/// manifest still meets the policy, its target is `any` or ours, its base key is ours
+/// (`inputs`, every member key known, for that target) and our config gives its key.
 async fn current_key(
     run: &Run,
     inputs: &BuildInputs,
     installed: &install::Installed,
-) -> Option<(String, Target, Vec<CompileEnvEntry>)> {
+) -> Option<(String, Target, Vec<CompileEnvEntry>, Vec<FileRecord>)> {
     let signed = SignedManifest::decode(&installed.signed_manifest).ok()?;
     let (manifest, _) = run.policy.verify(&signed).ok()?;
     if manifest.key != installed.key {
@@ -1322,7 +1363,8 @@ async fn current_key(
     .key()
     .ok()?
     .to_string();
-    (key == installed.key).then_some((key, theirs.target, compile_env))
+    let files = manifest.output?.files;
+    (key == installed.key).then_some((key, theirs.target, compile_env, files))
 }
 
 /// Decodes and verifies a signed manifest, and checks it is exactly the build we want.

@@ -886,6 +886,95 @@ fn fetch_installs_every_dependency_and_mix_compiles_none_of_them() {
     assert_same_files(&after, &unchanged, "a second fetch");
 }
 
+/// "current" means verified bytes: after a bare `mix deps.compile` rewrote `_build`, the
+/// markers survive but the beams are Mix's own (their debug info holds this checkout's
+/// path); the next fetch finds each changed install by content, installs the signed build
+/// again and says so, and `mix compile` then compiles none of them.
+#[test]
+fn installs_mix_rebuilt_in_place_are_found_by_content_and_replaced() {
+    let fixture = Fixture::get();
+    let mirror = Mirror::start(fixture);
+    mirror.publish(fixture, BUILT);
+    let consumer = Consumer::new(fixture);
+    let fetched = consumer.fetch_json(fixture, &mirror.url, &[]);
+    for app in BUILT {
+        assert_eq!(fetched.status(app), "installed", "{}", fetched.describe());
+    }
+
+    let rebuild = consumer.mix(fixture, &["deps.compile"]);
+    assert!(rebuild.status.success(), "{}", describe(&rebuild));
+    let rebuilt: Vec<&str> = BUILT
+        .iter()
+        .copied()
+        .filter(|app| {
+            let files = &fixture.builds[*app].manifest.output.as_ref().unwrap().files;
+            files.iter().any(|file| {
+                std::fs::read(consumer.lib().join(app).join(&file.path))
+                    .map(|bytes| Sha256::digest(&bytes).to_vec() != file.sha256)
+                    .unwrap_or(true)
+            })
+        })
+        .collect();
+    for app in MIX_BUILT {
+        assert!(
+            rebuilt.contains(app),
+            "{app}: mix deps.compile left the signed beams: {}",
+            text(&rebuild)
+        );
+        assert!(
+            consumer.lib().join(app).join(".mix/precomp.key").is_file(),
+            "{app}: the marker survives a rebuild, so it cannot be what decides"
+        );
+    }
+
+    let again = consumer.fetch_json(fixture, &mirror.url, &[]);
+    assert!(again.output.status.success(), "{}", again.describe());
+    for app in BUILT {
+        assert_installed(&consumer.lib(), fixture, app);
+        let line = &again.deps[*app];
+        if rebuilt.contains(app) {
+            assert_eq!(line["status"], "installed", "{app}: {line}");
+            let replaced = line["replaced"].as_str().unwrap_or_default();
+            assert!(replaced.contains("Mix rebuilt it"), "{app}: {line}");
+        } else {
+            assert_eq!(line["status"], "current", "{app}: {line}");
+        }
+    }
+    // Rebuilt by Mix once more: the human report says so, one line each.
+    let rebuild = consumer.mix(fixture, &["deps.compile"]);
+    assert!(rebuild.status.success(), "{}", describe(&rebuild));
+    let human = output_within(
+        consumer.fetch_command(fixture, &mirror.url, &[]),
+        Duration::from_secs(120),
+    );
+    assert!(human.status.success(), "{}", describe(&human));
+    let stdout = String::from_utf8_lossy(&human.stdout);
+    for app in MIX_BUILT {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("replaced   {app} "))
+                    && l.contains("Mix rebuilt it")),
+            "{app}: {}",
+            describe(&human)
+        );
+    }
+    for app in BUILT {
+        assert_installed(&consumer.lib(), fixture, app);
+    }
+
+    let compile = consumer.mix(fixture, &["compile"]);
+    assert!(compile.status.success(), "{}", describe(&compile));
+    let log = text(&compile);
+    for app in BUILT {
+        assert!(
+            !log.contains(&format!("==> {app}")),
+            "{app} compiled:\n{log}"
+        );
+    }
+    assert_eq!(consumer.run_app(fixture), RUN_OUTPUT);
+}
+
 #[test]
 fn artifacts_from_precomp_build_are_hits_and_mix_compiles_none_of_them() {
     // The builder's keys and the client's agree: `precomp build` of the consumer's lock,

@@ -415,6 +415,11 @@ fn dep_line(dep: &DepReport, verbose: bool) -> Option<String> {
         _ => dep.app.clone(),
     };
     Some(match &dep.outcome {
+        Outcome::Installed {
+            bytes,
+            replaced: Some(reason),
+            ..
+        } => format!("replaced   {name} ({}): {reason}", human_bytes(*bytes)),
         Outcome::Installed { bytes, .. } => {
             format!("installed  {name} ({})", human_bytes(*bytes))
         }
