@@ -431,4 +431,3 @@ pub fn native_target(architecture: &str) -> Result<Target> {
         ))
     })
 }
-
