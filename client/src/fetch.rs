@@ -32,7 +32,7 @@ use precomp_proto::buildkey::{
 use precomp_proto::config::AppConfig;
 use precomp_proto::lock::{LockEntry, MixLock};
 use precomp_proto::manifest::{FileRecord, Manifest, SignedManifest};
-use precomp_proto::term::{parse_erlang_terms, to_erlang_text, Term};
+use precomp_proto::term::{parse_erlang_terms, to_erlang_text, Syntax, Term};
 
 use crate::error::ClientError;
 use crate::install::{self, Install};
@@ -1129,7 +1129,11 @@ async fn resolve_key(run: &Run, app: &str, env: &str) -> KeyResolution {
         }
         if mismatch.is_none() {
             let recorded = index_compile_env(build).unwrap_or_default();
-            mismatch = Some(describe_compile_env_mismatch(&recorded, &entries));
+            mismatch = Some(describe_compile_env_mismatch(
+                &recorded,
+                &entries,
+                manager.syntax(),
+            ));
         }
     }
 
@@ -1465,6 +1469,7 @@ fn describe_inputs_difference(ours: &BuildInputs, theirs: &BuildInputs) -> Optio
         return Some(describe_compile_env_mismatch(
             &theirs.compile_env,
             &ours.compile_env,
+            ours.manager.syntax(),
         ));
     }
     None
@@ -1499,31 +1504,25 @@ fn one_term(text: &str) -> Result<Term, String> {
 }
 
 /// `env_reader [greeting]: built with <<"hello">>, your config sets <<"howdy">>`.
-fn describe_compile_env_mismatch(recorded: &[CompileEnvEntry], ours: &[CompileEnvEntry]) -> String {
-    let show = |value: &Option<Term>| match value {
-        Some(value) => value.summary(),
-        None => "nothing".to_string(),
-    };
-    let ours_by_path: BTreeMap<(String, String), &Option<Term>> = ours
-        .iter()
-        .map(|e| {
-            (
-                (e.app.clone(), to_erlang_text(&Term::List(e.path.clone()))),
-                &e.value,
-            )
-        })
-        .collect();
+/// Which compile-env values differ, each shown in `syntax` (the package's people's: Elixir for
+/// a Mix package): `cfg_macro [:label]: built with "red", your config sets "blue"`.
+fn describe_compile_env_mismatch(
+    recorded: &[CompileEnvEntry],
+    ours: &[CompileEnvEntry],
+    syntax: Syntax,
+) -> String {
     let differences: Vec<String> = recorded
         .iter()
         .filter_map(|entry| {
-            let path = to_erlang_text(&Term::List(entry.path.clone()));
-            let our_value = ours_by_path.get(&(entry.app.clone(), path.clone()))?;
-            (*our_value != &entry.value).then(|| {
+            let our_entry = ours
+                .iter()
+                .find(|e| e.app == entry.app && e.path == entry.path)?;
+            (our_entry.value != entry.value).then(|| {
                 format!(
-                    "{} {path}: built with {}, your config sets {}",
-                    entry.app,
-                    show(&entry.value),
-                    show(our_value)
+                    "{}: built with {}, your config sets {}",
+                    entry.describe_path(syntax),
+                    entry.describe_value(syntax),
+                    our_entry.describe_value(syntax)
                 )
             })
         })
@@ -1814,13 +1813,27 @@ mod tests {
         let text = describe_compile_env_mismatch(
             &[entry(Some(Term::binary("hello")))],
             &[entry(Some(Term::binary("howdy")))],
+            Syntax::Elixir,
         );
-        assert!(text.contains("env_reader [greeting]"), "{text}");
-        assert!(text.contains("hello") && text.contains("howdy"), "{text}");
-        assert!(
-            describe_compile_env_mismatch(&[entry(None)], &[entry(Some(Term::atom("x")))])
-                .contains("built with nothing")
+        assert_eq!(
+            text,
+            "env_reader [:greeting]: built with \"hello\", your config sets \"howdy\""
         );
+        let erlang = describe_compile_env_mismatch(
+            &[entry(Some(Term::binary("hello")))],
+            &[entry(Some(Term::atom("hi")))],
+            Syntax::Erlang,
+        );
+        assert_eq!(
+            erlang,
+            "env_reader [greeting]: built with <<\"hello\">>, your config sets hi"
+        );
+        assert!(describe_compile_env_mismatch(
+            &[entry(None)],
+            &[entry(Some(Term::atom("x")))],
+            Syntax::Elixir
+        )
+        .contains("built with nothing, your config sets :x"));
     }
 
     #[test]

@@ -34,7 +34,7 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
 use crate::lock::{HexLockEntry, LockEntry, MixLock};
-use crate::term::Term;
+use crate::term::{Syntax, Term};
 
 /// First line of every canonical text; changes whenever the encoding does.
 pub const BUILD_KEY_VERSION: &str = "precomp-build-key-v2";
@@ -90,6 +90,15 @@ pub enum Manager {
 }
 
 impl Manager {
+    /// The syntax the package's people write config and values in: Elixir for Mix packages,
+    /// Erlang for rebar3 and make ones.
+    pub fn syntax(self) -> Syntax {
+        match self {
+            Manager::Mix => Syntax::Elixir,
+            Manager::Rebar3 | Manager::Make => Syntax::Erlang,
+        }
+    }
+
     /// `mix`, `rebar3` or `make`, as Mix's atoms and the key text spell it.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -241,6 +250,26 @@ pub struct CompileEnvEntry {
     pub path: Vec<Term>,
     /// The value the config sets, or `None` when it sets none (Mix records `error`).
     pub value: Option<Term>,
+}
+
+impl CompileEnvEntry {
+    /// `app [key, sub]` as a person using `syntax` writes the path: `env_reader [:greeting]`
+    /// in Elixir, `env_reader [greeting]` in Erlang.
+    pub fn describe_path(&self, syntax: Syntax) -> String {
+        format!(
+            "{} {}",
+            self.app,
+            syntax.print(&Term::List(self.path.clone()))
+        )
+    }
+
+    /// The value in `syntax` (cut to 60 characters), or `nothing` when the config sets none.
+    pub fn describe_value(&self, syntax: Syntax) -> String {
+        match &self.value {
+            Some(value) => syntax.summary(value),
+            None => "nothing".to_string(),
+        }
+    }
 }
 
 /// A closure member: its release and its own build key, computed with the same OTP, Elixir

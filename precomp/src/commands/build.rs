@@ -642,24 +642,19 @@ pub(crate) fn config_differs(
         return Ok(None);
     }
     let ours = config.values_for(&carried)?;
-    let show = |value: &Option<precomp_proto::term::Term>| match value {
-        Some(value) => precomp_proto::term::to_erlang_text(value),
-        None => "nothing".to_string(),
-    };
+    // The builder's config is Elixir (`--config`): values are shown as it writes them.
+    let syntax = precomp_proto::term::Syntax::Elixir;
     for (theirs, ours) in carried.iter().zip(&ours) {
         if compile_env_digest(std::slice::from_ref(theirs))
             != compile_env_digest(std::slice::from_ref(ours))
         {
             return Ok(Some(format!(
-                "it needs compile-time values this builder's config does not give ({} {}: the \
+                "it needs compile-time values this builder's config does not give ({}: the \
                  miss has {}, the config gives {}); building other configs than the builder's \
                  (config variants) is not supported yet",
-                theirs.app,
-                precomp_proto::term::to_erlang_text(&precomp_proto::term::Term::List(
-                    theirs.path.clone()
-                )),
-                show(&theirs.value),
-                show(&ours.value)
+                theirs.describe_path(syntax),
+                theirs.describe_value(syntax),
+                ours.describe_value(syntax)
             )));
         }
     }
