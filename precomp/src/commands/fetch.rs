@@ -217,7 +217,7 @@ pub fn run(_context: &Context, args: FetchArgs) -> anyhow::Result<ExitCode> {
     let policy = match TrustPolicy::new(keys, min_signatures, required, revoked)
         .and_then(|policy| policy.with_auditors(auditors, require_auditors))
     {
-        Ok(policy) => policy.with_revocation_reasons(revocation_reasons),
+        Ok(policy) => policy.with_revocation_reasons(revocation_reasons.clone()),
         // No lookup can run: what no key that still counts signed is removed all the same,
         // then the run stops.
         Err(error) => {
@@ -240,7 +240,7 @@ pub fn run(_context: &Context, args: FetchArgs) -> anyhow::Result<ExitCode> {
     };
     let jobs = args.jobs.or(settings.jobs).unwrap_or(8).clamp(1, 64);
     let options = FetchOptions {
-        project_dir,
+        project_dir: project_dir.clone(),
         mix_env: args.mix_env.clone(),
         mirror,
         policy,
@@ -258,7 +258,22 @@ pub fn run(_context: &Context, args: FetchArgs) -> anyhow::Result<ExitCode> {
         .context("starting the async runtime")?;
     let report = runtime.block_on(precomp_client::fetch(options, progress.clone()));
     progress.finish();
-    let report = report?;
+    // A run that stopped on an error still takes out what no key that counts signed (a
+    // revocation reaches `_build` whatever else fails).
+    let report = match report {
+        Ok(report) => report,
+        Err(error) => {
+            let cleanup =
+                remove_untrusted_installs(&args, &project_dir, &counting, &revocation_reasons);
+            if cleanup.is_empty() {
+                return Err(error.into());
+            }
+            return Err(anyhow::anyhow!(
+                "{}.{cleanup}",
+                error.to_string().trim_end_matches('.')
+            ));
+        }
+    };
 
     if args.json {
         let mut out = String::new();
@@ -344,6 +359,33 @@ fn stop_without_policy(
     no_builders_in: Option<u64>,
     error: precomp_client::ClientError,
 ) -> anyhow::Error {
+    let cleanup = remove_untrusted_installs(args, project_dir, counting, revocations);
+    match no_builders_in {
+        Some(version) if !revocations.is_empty() => anyhow::anyhow!(
+            "the mirror's trust document (version {version}) leaves no builder key in effect: \
+             it revoked {}. No precompiled dependency can be trusted until it lists a builder \
+             again: the mirror's operators add one (`precomp keys add NEW.pub --role builder \
+             --root ROOT.key`, docs/operations.md \"A compromised builder or auditor key\").\
+             {cleanup}",
+            revocations
+                .iter()
+                .map(|(id, why)| format!("{id} ({why})"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        _ => anyhow::anyhow!("{}.{cleanup}", error.to_string().trim_end_matches('.')),
+    }
+}
+
+/// Removes every precompiled install of the project no key of `counting` signed, prints which
+/// (`removed` lines, or JSON objects with `--json`), and returns a sentence for the error the
+/// run stops with (empty when nothing was removed).
+fn remove_untrusted_installs(
+    args: &FetchArgs,
+    project_dir: &std::path::Path,
+    counting: &[TrustedKey],
+    revocations: &std::collections::BTreeMap<String, String>,
+) -> String {
     let removed = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -358,7 +400,7 @@ fn stop_without_policy(
                 ))
                 .map_err(anyhow::Error::from)
         });
-    let cleanup = match &removed {
+    match &removed {
         Ok(removed) => {
             let mut out = String::new();
             for dep in removed {
@@ -390,21 +432,6 @@ fn stop_without_policy(
             }
         }
         Err(e) => format!(" Could not remove the installs no trusted key signed: {e:#}"),
-    };
-    match no_builders_in {
-        Some(version) if !revocations.is_empty() => anyhow::anyhow!(
-            "the mirror's trust document (version {version}) leaves no builder key in effect: \
-             it revoked {}. No precompiled dependency can be trusted until it lists a builder \
-             again: the mirror's operators add one (`precomp keys add NEW.pub --role builder \
-             --root ROOT.key`, docs/operations.md \"A compromised builder or auditor key\").\
-             {cleanup}",
-            revocations
-                .iter()
-                .map(|(id, why)| format!("{id} ({why})"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        _ => anyhow::anyhow!("{error}.{cleanup}"),
     }
 }
 
