@@ -1844,3 +1844,136 @@ fn procedure_before_the_document_expires() {
     let fetched = fetch(&project, server.base(), &root_pub, &cache);
     assert!(fetched.status.success(), "{}", describe(&fetched));
 }
+
+/// docs/operations.md, "Rotating the root", as written: `precomp keys generate --name
+/// precomp-root-2 --out /secure/keys`, `precomp keys rotate --old …/precomp-root.pub
+/// --new-root …/precomp-root-2.key --root …/precomp-root.key`. The old root issues nothing any
+/// more; clients pinning it follow the rotation, with or without a cached document; a project
+/// that updates its pinned key works; then `keys revoke OLD-ID --reason … --root NEW.key` revokes the old
+/// root, and clients pinning the new one go on installing.
+#[test]
+fn procedure_rotating_the_root() {
+    let fixture = Fixture::get();
+    let scratch = data_dir("precomp-root-rotation-");
+    let root = scratch.path();
+    let data = root.join("data");
+    let secure = root.join("secure/keys");
+    let keys = root.join("keys");
+    let (_, root_pub, root_id) = generate(&secure, "precomp-root");
+    let (b1, b1_pub, b1_id) = generate(&keys, "builder-1");
+    let secure_key = |name: &str| secure.join(name).to_str().unwrap().to_string();
+    ok(precomp_data(
+        &data,
+        &[
+            "keys",
+            "init",
+            "--root",
+            &secure_key("precomp-root.key"),
+            "--builder",
+            b1_pub.to_str().unwrap(),
+        ],
+    ));
+    let token = ok(precomp_data(
+        &data,
+        &[
+            "token",
+            "create",
+            "--name",
+            "builder-1",
+            "--key",
+            b1_pub.to_str().unwrap(),
+        ],
+    ))
+    .trim()
+    .to_string();
+    let server = serve_fixture(&data);
+    let client = ArtifactClient::new(server.base(), Some(token)).unwrap();
+    let sha: [u8; 32] = Sha256::digest(&fixture.artifact).into();
+    let signed = SignedManifest::sign(&fixture.manifest, &b1).encode_to_vec();
+    runtime().block_on(async {
+        client
+            .upload_artifact(&sha, fixture.artifact.clone())
+            .await
+            .unwrap();
+        client
+            .upload_manifest(&fixture.manifest.key, signed)
+            .await
+            .unwrap();
+    });
+    let project = root.join("project");
+    configured_consumer(&project, server.base(), &root_pub);
+    let cache = root.join("cache/trust.doc");
+    let first = plain_ex(&fetch_here(&project, &cache, &["--json"]));
+    assert_eq!(first["status"], "installed", "{first}");
+    assert_eq!(cached_version(&cache), 1);
+
+    // The procedure.
+    let (_, root2_pub, root2_id) = generate(&secure, "precomp-root-2");
+    ok(precomp_data(
+        &data,
+        &[
+            "keys",
+            "rotate",
+            "--old",
+            root_pub.to_str().unwrap(),
+            "--new-root",
+            &secure_key("precomp-root-2.key"),
+            "--root",
+            &secure_key("precomp-root.key"),
+        ],
+    ));
+    let listed = ok(precomp_data(&data, &["keys", "list"]));
+    assert!(
+        listed.contains("version 2") && listed.contains(&root2_id),
+        "{listed}"
+    );
+    // Only the new root issues versions now.
+    let by_old_root = precomp_data(
+        &data,
+        &["keys", "renew", "--root", &secure_key("precomp-root.key")],
+    );
+    assert!(
+        !by_old_root.status.success() && text(&by_old_root).contains("not a root key"),
+        "{}",
+        describe(&by_old_root)
+    );
+    // Clients pinning the old root follow the rotation: the one that cached version 1, and one
+    // with nothing cached (it walks the chain from the pinned root).
+    let followed = plain_ex(&fetch_here(&project, &cache, &["--json"]));
+    assert_eq!(followed["status"], "current", "{followed}");
+    assert_eq!(cached_version(&cache), 2);
+    let fresh = root.join("fresh");
+    configured_consumer(&fresh, server.base(), &root_pub);
+    let installed = plain_ex(&fetch_here(&fresh, &root.join("fresh-cache/trust.doc"), &["--json"]));
+    assert_eq!(installed["status"], "installed", "{installed}");
+    assert_eq!(installed["signers"], serde_json::json!([b1_id]));
+
+    // A project updates its pinned key (the file `.precomp.toml` names), then the old root is
+    // revoked with the new one.
+    std::fs::copy(&root2_pub, fresh.join("ci/keys/precomp-root.pub")).unwrap();
+    ok(precomp_data(
+        &data,
+        &[
+            "keys",
+            "revoke",
+            &root_id,
+            "--reason",
+            "leaked",
+            "--root",
+            &secure_key("precomp-root-2.key"),
+        ],
+    ));
+    let listed = ok(precomp_data(&data, &["keys", "list", "--json"]));
+    let document: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert!(document.to_string().contains(&root_id), "{document}");
+    let pinned_new = fetch_here(&fresh, &root.join("pinned-new/trust.doc"), &["--json"]);
+    let line = plain_ex(&pinned_new);
+    assert_eq!(line["status"], "current", "{line}");
+    assert_eq!(cached_version(&root.join("pinned-new/trust.doc")), 3);
+    // The revoked old root issues nothing.
+    let revoked_root = precomp_data(
+        &data,
+        &["keys", "renew", "--root", &secure_key("precomp-root.key")],
+    );
+    assert!(!revoked_root.status.success(), "{}", describe(&revoked_root));
+}
