@@ -1977,3 +1977,85 @@ fn procedure_rotating_the_root() {
     );
     assert!(!revoked_root.status.success(), "{}", describe(&revoked_root));
 }
+
+/// A miss whose inputs the mirror's builders tried and failed is `build_failed`: the reason
+/// names the toolchain, the attempts, where the log is and its digest, and `--request-builds`
+/// says the mirror keeps that miss closed (a failure is recorded under its key).
+#[test]
+fn a_build_the_mirror_holds_a_failure_for_is_missed_naming_the_failure_and_its_log() {
+    let fixture = Fixture::get();
+    let scratch = data_dir("precomp-failed-miss-");
+    let root = scratch.path();
+    let data = root.join("data");
+    let keys = root.join("keys");
+    let (_, root_pub, _) = generate(&keys, "precomp-root");
+    let (_, b1_pub, _) = generate(&keys, "builder-1");
+    ok(precomp_data(
+        &data,
+        &[
+            "keys",
+            "init",
+            "--root",
+            keys.join("precomp-root.key").to_str().unwrap(),
+            "--builder",
+            b1_pub.to_str().unwrap(),
+        ],
+    ));
+    let token = ok(precomp_data(
+        &data,
+        &[
+            "token",
+            "create",
+            "--name",
+            "builder-1",
+            "--key",
+            b1_pub.to_str().unwrap(),
+        ],
+    ))
+    .trim()
+    .to_string();
+    let server = serve_fixture(&data);
+    let client = ArtifactClient::new(server.base(), Some(token)).unwrap();
+    let log = "** (CompileError) lib/plain_ex.ex:1: undefined function boom/0\n";
+    let recorded = runtime()
+        .block_on(
+            client.record_failure(&precomp_registry::artifacts::FailureReport {
+                package: "plain_ex".into(),
+                version: "1.0.0".into(),
+                base_key: fixture.manifest.base_key.clone(),
+                toolchain_id: "host".into(),
+                log: log.into(),
+            }),
+        )
+        .unwrap();
+
+    let project = root.join("project");
+    configured_consumer(&project, server.base(), &root_pub);
+    let cache = root.join("cache/trust.doc");
+    let missed = plain_ex(&fetch_here(&project, &cache, &["--json"]));
+    assert_eq!(missed["kind"], "build_failed", "{missed}");
+    let reason = missed["reason"].as_str().unwrap();
+    for expected in [
+        "toolchain host",
+        "1 attempt,",
+        &format!("{}/precomp/v1/failures/plain_ex", server.base()),
+        &recorded.log_sha256,
+    ] {
+        assert!(reason.contains(expected), "no {expected:?} in: {reason}");
+    }
+    // The log is where the reason says.
+    let failures: serde_json::Value =
+        reqwest::blocking::get(server.url("/precomp/v1/failures/plain_ex"))
+            .unwrap()
+            .json()
+            .unwrap();
+    assert!(failures.to_string().contains("undefined function boom/0"), "{failures}");
+
+    let requested = fetch_here(&project, &cache, &["--request-builds"]);
+    let said = text(&requested);
+    assert!(requested.status.success(), "{}", describe(&requested));
+    assert!(
+        said.contains("requested builds for 1 miss(es): 0 open for builders, 1 closed on the mirror (plain_ex: failed on host"),
+        "{said}"
+    );
+}
