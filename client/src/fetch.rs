@@ -1275,12 +1275,16 @@ async fn resolve_key(run: &Run, app: &str, env: &str) -> KeyResolution {
     // The mirror's builders may have tried these inputs: then the miss says so, and where the
     // log is, rather than what else is built.
     let miss = if miss.kind == MissKind::NoArtifact {
-        let mut keys: Vec<String> = [Some(&request_target), Some(&Target::Any), run.native.as_ref()]
-            .into_iter()
-            .flatten()
-            .filter_map(|target| with_target(target).base_key().ok())
-            .map(|key| key.to_string())
-            .collect();
+        let mut keys: Vec<String> = [
+            Some(&request_target),
+            Some(&Target::Any),
+            run.native.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .filter_map(|target| with_target(target).base_key().ok())
+        .map(|key| key.to_string())
+        .collect();
         keys.dedup();
         failed_build(run, &name, &version, &keys, miss).await
     } else {
@@ -1329,7 +1333,7 @@ async fn failed_build(
 ) -> Missed {
     let failures = {
         let _permit = run.permits.acquire().await;
-        run.client.failures(&name, &run.counter).await
+        run.client.failures(name, &run.counter).await
     };
     let failures = match failures {
         Ok(Some(failures)) => failures.failures,

@@ -69,7 +69,10 @@ fn remove_in(
     let mut removed = Vec::new();
     for app in apps {
         let installed = install::installed(&lib_dir, &app);
-        let key = installed.as_ref().map(|i| i.key.clone()).unwrap_or_default();
+        let key = installed
+            .as_ref()
+            .map(|i| i.key.clone())
+            .unwrap_or_default();
         let Some(reason) = untrusted(installed.as_ref(), keys, revoked) else {
             continue;
         };
@@ -97,11 +100,7 @@ fn untrusted(
         Ok(signed) => signed,
         Err(e) => return Some(format!("its stored manifest does not decode: {e}")),
     };
-    let signers: Vec<String> = signed
-        .signatures
-        .iter()
-        .map(|s| s.key_id.clone())
-        .collect();
+    let signers: Vec<String> = signed.signatures.iter().map(|s| s.key_id.clone()).collect();
     match signed.verify(keys) {
         Ok(_) => None,
         Err(ManifestError::Untrusted { .. }) => {
@@ -159,7 +158,11 @@ mod tests {
             ArtifactSigningKey::generate(),
         );
         let id = builder.public_key().key_id();
-        let revoked = [(id.clone(), "laptop stolen (trust document version 2)".into())].into();
+        let revoked = [(
+            id.clone(),
+            "laptop stolen (trust document version 2)".into(),
+        )]
+        .into();
         let install = installed(&builder);
         assert_eq!(
             untrusted(Some(&install), &[builder.public_key()], &revoked),

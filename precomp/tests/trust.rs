@@ -622,8 +622,9 @@ fn mix_compile(project: &Path) -> String {
 
 /// `GET /precomp/v1/manifests/KEY/history`.
 fn history(server: &ServeProcess, key: &str) -> serde_json::Value {
-    let answer = reqwest::blocking::get(server.url(&format!("/precomp/v1/manifests/{key}/history")))
-        .unwrap();
+    let answer =
+        reqwest::blocking::get(server.url(&format!("/precomp/v1/manifests/{key}/history")))
+            .unwrap();
     assert_eq!(answer.status(), 200);
     answer.json().unwrap()
 }
@@ -860,7 +861,14 @@ fn identical_builds_agree_and_outlive_the_revocation_of_the_first_builder() {
     let token = |name: &str, public: &Path| {
         ok(precomp_data(
             &data,
-            &["token", "create", "--name", name, "--key", public.to_str().unwrap()],
+            &[
+                "token",
+                "create",
+                "--name",
+                name,
+                "--key",
+                public.to_str().unwrap(),
+            ],
         ))
         .trim()
         .to_string()
@@ -900,11 +908,10 @@ fn identical_builds_agree_and_outlive_the_revocation_of_the_first_builder() {
     let (again, line) = publish("builder-2", &token2);
     assert!(again.status.success(), "{}", describe(&again));
     assert_eq!(line["publish_result"], "unchanged", "{line}");
-    let index: serde_json::Value =
-        reqwest::blocking::get(server.url("/precomp/v1/index/plain_ex"))
-            .unwrap()
-            .json()
-            .unwrap();
+    let index: serde_json::Value = reqwest::blocking::get(server.url("/precomp/v1/index/plain_ex"))
+        .unwrap()
+        .json()
+        .unwrap();
     assert_eq!(index["builds"][0]["signers"], serde_json::json!([b1_id]));
     assert_eq!(index["builds"][0]["agreed_by"], serde_json::json!([b2_id]));
     // A client installs what is served: builder-1's manifest.
@@ -1563,8 +1570,7 @@ fn procedure_a_new_builder_or_auditor() {
     assert_eq!(published.status, 201, "{}", published.text);
     assert_eq!(published.json()["signers"], serde_json::json!([b2_id]));
     let document: serde_json::Value =
-        serde_json::from_str(&ok(precomp_data(&site.data(), &["keys", "list", "--json"])))
-            .unwrap();
+        serde_json::from_str(&ok(precomp_data(&site.data(), &["keys", "list", "--json"]))).unwrap();
     let entry = document["keys"]
         .as_array()
         .unwrap()
@@ -1627,7 +1633,10 @@ fn procedure_planned_rotation_of_a_builder_key() {
     // The old key publishes nothing new (its token still valid): 403 naming its successor.
     upload(&server, &old_token, &after, after.signed(&[&b1]))
         .refused(403, &[&b1_id, "superseded by", &b1b_id]);
-    ok(precomp_data(&site.data(), &["token", "revoke", "builder-1"]));
+    ok(precomp_data(
+        &site.data(),
+        &["token", "revoke", "builder-1"],
+    ));
     upload(&server, &old_token, &after, after.signed(&[&b1])).refused(401, &["revoked"]);
     // The new key has the old one's roles and publishes.
     let published = upload(&server, &new_token, &after, after.signed(&[&b1b]));
@@ -1638,8 +1647,7 @@ fn procedure_planned_rotation_of_a_builder_key() {
         "{shown}"
     );
     let document: serde_json::Value =
-        serde_json::from_str(&ok(precomp_data(&site.data(), &["keys", "list", "--json"])))
-            .unwrap();
+        serde_json::from_str(&ok(precomp_data(&site.data(), &["keys", "list", "--json"]))).unwrap();
     let roles = |id: &str| {
         document["keys"]
             .as_array()
@@ -1678,8 +1686,7 @@ fn procedure_planned_rotation_of_a_builder_key() {
         "30",
     ]);
     let document: serde_json::Value =
-        serde_json::from_str(&ok(precomp_data(&site.data(), &["keys", "list", "--json"])))
-            .unwrap();
+        serde_json::from_str(&ok(precomp_data(&site.data(), &["keys", "list", "--json"]))).unwrap();
     let retired = document["keys"]
         .as_array()
         .unwrap()
@@ -1782,7 +1789,11 @@ fn a_published_key_rebuilt_with_other_bytes_is_a_recorded_finding() {
         .iter()
         .map(|m| m["status"].as_str().unwrap())
         .collect();
-    assert_eq!(statuses, ["published", "agreeing", "conflicting"], "{history}");
+    assert_eq!(
+        statuses,
+        ["published", "agreeing", "conflicting"],
+        "{history}"
+    );
     assert_eq!(history["manifests"][0]["served"], true);
 }
 
@@ -1944,7 +1955,11 @@ fn procedure_rotating_the_root() {
     assert_eq!(cached_version(&cache), 2);
     let fresh = root.join("fresh");
     configured_consumer(&fresh, server.base(), &root_pub);
-    let installed = plain_ex(&fetch_here(&fresh, &root.join("fresh-cache/trust.doc"), &["--json"]));
+    let installed = plain_ex(&fetch_here(
+        &fresh,
+        &root.join("fresh-cache/trust.doc"),
+        &["--json"],
+    ));
     assert_eq!(installed["status"], "installed", "{installed}");
     assert_eq!(installed["signers"], serde_json::json!([b1_id]));
 
@@ -1975,7 +1990,11 @@ fn procedure_rotating_the_root() {
         &data,
         &["keys", "renew", "--root", &secure_key("precomp-root.key")],
     );
-    assert!(!revoked_root.status.success(), "{}", describe(&revoked_root));
+    assert!(
+        !revoked_root.status.success(),
+        "{}",
+        describe(&revoked_root)
+    );
 }
 
 /// A miss whose inputs the mirror's builders tried and failed is `build_failed`: the reason
@@ -2049,7 +2068,10 @@ fn a_build_the_mirror_holds_a_failure_for_is_missed_naming_the_failure_and_its_l
             .unwrap()
             .json()
             .unwrap();
-    assert!(failures.to_string().contains("undefined function boom/0"), "{failures}");
+    assert!(
+        failures.to_string().contains("undefined function boom/0"),
+        "{failures}"
+    );
 
     let requested = fetch_here(&project, &cache, &["--request-builds"]);
     let said = text(&requested);

@@ -402,7 +402,8 @@ mod tests {
             store.manifest(&key).unwrap().unwrap(),
             first.1.encode_to_vec()
         );
-        let disagreements = super::super::super::disagreements(&store.key_manifests(&key).unwrap(), ALL);
+        let disagreements =
+            super::super::super::disagreements(&store.key_manifests(&key).unwrap(), ALL);
         assert_eq!(disagreements.len(), 1);
         assert_eq!(disagreements[0].artifact_sha256, hex::encode([2; 32]));
     }
@@ -461,9 +462,7 @@ mod tests {
             .put_verdict(&verified, &verdict.encode_to_vec(), "auditor")
             .unwrap();
         let report = miss_report(&first.0);
-        let recorded = store
-            .record_miss(&miss(&report), &without_one)
-            .unwrap();
+        let recorded = store.record_miss(&miss(&report), &without_one).unwrap();
         assert!(recorded.open, "{recorded:?}");
         // While the builder counted, the same miss was closed by its build.
         let dir2 = tempfile::tempdir().unwrap();
@@ -496,7 +495,10 @@ mod tests {
             rows[1].verdicts
         );
         assert!(store.verdicts(&key).unwrap().verdicts.is_empty());
-        assert_eq!(store.index("plain_ex").unwrap()[0].artifact_sha256, hex::encode([3; 32]));
+        assert_eq!(
+            store.index("plain_ex").unwrap()[0].artifact_sha256,
+            hex::encode([3; 32])
+        );
     }
 
     fn miss_report(record: &ManifestRecord) -> MissReport {
@@ -547,7 +549,10 @@ mod tests {
         store
             .db
             .lock()
-            .execute("DELETE FROM manifests WHERE key = ?1", params![published.0.key])
+            .execute(
+                "DELETE FROM manifests WHERE key = ?1",
+                params![published.0.key],
+            )
             .unwrap();
         let reopened = store.record_miss(&miss(&report), ALL).unwrap();
         assert!(reopened.open, "{reopened:?}");

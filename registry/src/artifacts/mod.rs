@@ -70,9 +70,9 @@ use precomp_proto::lock::{LockEntry, MixLock};
 use precomp_proto::manifest::{
     ArtifactPublicKey, FileRecord, ManifestError, Output, SignedManifest,
 };
+use precomp_proto::term::{parse_erlang_terms, Term};
 use sha2::{Digest as _, Sha256};
 use store::history;
-use precomp_proto::term::{parse_erlang_terms, Term};
 
 pub use api::{
     ArtifactStored, CompileEnvJson, Disagreement, Failure, FailureRecorded, FailureReport,
@@ -88,8 +88,8 @@ pub use api::{
     VerdictSummary, Verdicts,
 };
 pub use client::{ArtifactClient, ClientError, Uploaded};
-pub use store::verdicts::files_json as verdict_files_json;
 pub use store::history::KeyManifest;
+pub use store::verdicts::files_json as verdict_files_json;
 pub use store::{
     ArtifactCheck, ArtifactStore, ArtifactStoreError, ManifestPut, ManifestRecord, MissRecord,
     Publisher, TokenInfo, TokenLookup,
@@ -612,7 +612,10 @@ impl Artifacts {
 
     /// Every manifest kept for `key` (`GET manifests/KEY/history`): which one is served, and
     /// which signers the trust document excludes now. `None` when nothing is published.
-    pub fn manifest_history(&self, key: &str) -> Result<Option<ManifestHistory>, ArtifactStoreError> {
+    pub fn manifest_history(
+        &self,
+        key: &str,
+    ) -> Result<Option<ManifestHistory>, ArtifactStoreError> {
         use base64::Engine as _;
         let rows = self.store.key_manifests(key)?;
         let keys = self.effective_keys().ok();
@@ -671,7 +674,10 @@ fn counts(keys: Option<&EffectiveKeys>, id: &str) -> bool {
 
 /// The builds of a key (`rows`: its published manifest first, then its history) that gave
 /// other artifact bytes than the published one, signed by a key that counts.
-fn disagreements(rows: &[history::KeyManifest], counts: &dyn Fn(&str) -> bool) -> Vec<Disagreement> {
+fn disagreements(
+    rows: &[history::KeyManifest],
+    counts: &dyn Fn(&str) -> bool,
+) -> Vec<Disagreement> {
     let Some(published) = rows.first().filter(|row| row.status == history::PUBLISHED) else {
         return Vec::new();
     };

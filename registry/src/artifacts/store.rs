@@ -1184,14 +1184,14 @@ fn put_manifest_in(
     let output_of = |envelope: &[u8]| {
         SignedManifest::decode(envelope)
             .ok()
-            .and_then(|s| <precomp_proto::manifest::Manifest as Message>::decode(s.manifest.as_slice()).ok())
+            .and_then(|s| {
+                <precomp_proto::manifest::Manifest as Message>::decode(s.manifest.as_slice()).ok()
+            })
             .and_then(|m| m.output)
             .unwrap_or_default()
     };
-    let difference = super::describe_difference(
-        &output_of(&current.signed_manifest),
-        &output_of(bytes),
-    );
+    let difference =
+        super::describe_difference(&output_of(&current.signed_manifest), &output_of(bytes));
     history::put_history(
         tx,
         &history::KeyManifest {

@@ -78,8 +78,8 @@ impl ArtifactStore {
         // The published manifest, or an agreeing one (the one served while every signer of
         // the published one is excluded): a verdict may name either, they hold the same
         // artifact.
-        let Some(published) = super::history::published_row(&tx, &verdict.key)
-            .map_err(self.db_err())?
+        let Some(published) =
+            super::history::published_row(&tx, &verdict.key).map_err(self.db_err())?
         else {
             return Ok(VerdictPut::NoManifest);
         };
@@ -313,11 +313,8 @@ impl Artifacts {
                     build.agreed_by.push(id.clone());
                 }
             }
-            build.disagreements = super::super::disagreements_with(
-                &build.artifact_sha256,
-                rows.into_iter(),
-                &counts,
-            );
+            build.disagreements =
+                super::super::disagreements_with(&build.artifact_sha256, rows.into_iter(), &counts);
             build.flagged |= !build.disagreements.is_empty();
         }
         for build in &mut builds {
@@ -495,7 +492,13 @@ mod tests {
             base_text: manifest.check_key().unwrap().base_text().unwrap(),
         };
         store
-            .put_manifest(&record, &signed, &signed.encode_to_vec(), "builder", &|_| true)
+            .put_manifest(
+                &record,
+                &signed,
+                &signed.encode_to_vec(),
+                "builder",
+                &|_| true,
+            )
             .unwrap();
         (manifest, signed)
     }

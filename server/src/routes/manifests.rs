@@ -91,11 +91,7 @@ async fn put(app: &AppState, key: String, request: &mut ApiRequest) -> Result<Re
 
 /// `GET`/`HEAD /precomp/v1/manifests/KEY/history`: JSON, revalidated with the ETag; `404`
 /// when nothing is published under the key.
-pub async fn history(
-    State(app): State<AppState>,
-    key: super::Param,
-    request: Request,
-) -> Response {
+pub async fn history(State(app): State<AppState>, key: super::Param, request: Request) -> Response {
     let request = ApiRequest::new(request);
     let Some(key) = super::param(key).filter(|key| valid_digest(key)) else {
         return api::unknown(request.head());
@@ -107,9 +103,8 @@ pub async fn history(
     let result = blocking(&app.artifacts, move |a| Ok(a.manifest_history(&owned)?))
         .await
         .and_then(|history| {
-            history.ok_or_else(|| {
-                Refusal::new(404, format!("no manifest is published for key {key}"))
-            })
+            history
+                .ok_or_else(|| Refusal::new(404, format!("no manifest is published for key {key}")))
         })
         .map(|history| json_revalidated(&history, request.headers(), request.head()));
     request.finish(HISTORY, result).await

@@ -63,7 +63,10 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", any(metrics::metrics))
         .route("/precomp/v1/artifacts/{sha256}", any(artifacts::artifact))
         .route("/precomp/v1/manifests/{key}", any(manifests::manifest))
-        .route("/precomp/v1/manifests/{key}/history", any(manifests::history))
+        .route(
+            "/precomp/v1/manifests/{key}/history",
+            any(manifests::history),
+        )
         .route("/precomp/v1/index", any(index::packages))
         .route("/precomp/v1/index/{package}", any(index::index))
         .route("/precomp/v1/failures", any(failures::report))

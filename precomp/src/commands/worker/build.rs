@@ -15,8 +15,7 @@ use precomp_registry::artifacts::{FailureReport, Lease, LeaseRequest};
 
 use super::super::build::{
     app_for, build_and_publish, config_differs, json_line, publish_fields, settle_miss,
-    trusted_keys, work_root,
-    Reporter,
+    trusted_keys, work_root, Reporter,
 };
 use super::{lease_loop, Common, Heartbeat, Jobs};
 
