@@ -90,6 +90,9 @@ pub enum MissKind {
     /// A dependency in its closure has no build on the mirror for this toolchain, so its key
     /// (which names each dependency's key) cannot be computed yet.
     DependencyNotBuilt,
+    /// The mirror's builders tried these inputs and the build failed: the mirror holds the
+    /// failure and its log.
+    BuildFailed,
     /// The mirror has native code for another target only.
     OtherTarget,
     /// A manifest or artifact failed verification: digests, signatures, key, inputs.
@@ -123,6 +126,7 @@ impl MissKind {
             MissKind::CompileEnvMismatch => "compile_env_mismatch",
             MissKind::OldKeyFormat => "old_key_format",
             MissKind::DependencyNotBuilt => "dependency_not_built",
+            MissKind::BuildFailed => "build_failed",
             MissKind::OtherTarget => "other_target",
             MissKind::VerificationFailed => "verification_failed",
             MissKind::Untrusted => "untrusted",
@@ -282,8 +286,11 @@ pub struct FetchReport {
     pub elapsed: Duration,
     /// Apps put back after an interrupted earlier run.
     pub recovered: Vec<String>,
-    /// Misses reported to the mirror (`--request-builds`), and reports that failed.
+    /// Misses reported to the mirror (`--request-builds`); of those, how many are open for
+    /// builders, and what closed the others (`app: closed by`); reports that failed.
     pub requested: usize,
+    pub requested_open: usize,
+    pub requested_closed: Vec<String>,
     pub request_errors: Vec<String>,
     pub mix_env: String,
     pub elixir: String,
@@ -341,6 +348,7 @@ impl FetchReport {
             "seconds": (self.elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
             "missing": self.missing_apps(),
             "requested_builds": self.requested,
+            "requested_open": self.requested_open,
             "mix_env": self.mix_env,
             "elixir": self.elixir,
             "otp": self.otp_major,
@@ -528,10 +536,10 @@ pub async fn fetch(
         }
     }
 
-    let (requested, request_errors) = if options.request_builds {
+    let requested = if options.request_builds {
         request_builds(&run, &deps, &lock_text).await
     } else {
-        (0, Vec::new())
+        Requested::default()
     };
     drop(_guard);
 
@@ -540,8 +548,10 @@ pub async fn fetch(
         bytes: run.counter.total.load(Ordering::Relaxed),
         elapsed: started.elapsed(),
         recovered,
-        requested,
-        request_errors,
+        requested: requested.reported,
+        requested_open: requested.open,
+        requested_closed: requested.closed,
+        request_errors: requested.errors,
         mix_env: run.project.mix_env.clone(),
         elixir: run.project.elixir.clone(),
         otp_major: run.project.otp_major.clone(),
@@ -697,6 +707,9 @@ struct KeyResolution {
     /// An install with our key is there, but its files are not the signed ones: why (it is
     /// installed again from the mirror's build, the outcome saying so).
     replaced: Option<String>,
+    /// For a build found on the mirror: what `--request-builds` reports when it cannot be
+    /// used after all (its signers revoked, its artifact gone), so builders rebuild it.
+    request: Option<Box<BuildRequest>>,
 }
 
 /// Where the build with our key is.
@@ -722,7 +735,15 @@ async fn resolve(run: &Run, app: &str, dep_env: &str) -> DepReport {
     let lib_dir = run.project.lib_dir();
     let outcome = match lookup(run, app, dep_env).await {
         Ok(outcome) => Ok(outcome),
-        Err(miss) => {
+        Err(mut miss) => {
+            // A build found on the mirror but unusable because its signers are revoked, or
+            // its manifest or artifact went away: builders can rebuild it (the mirror keeps
+            // such a miss open while nothing that counts satisfies it).
+            if miss.request.is_none()
+                && matches!(miss.kind, MissKind::Revoked | MissKind::NoArtifact)
+            {
+                miss.request = key_of(run, app, dep_env).await.request.clone();
+            }
             // A precompiled install with another key is wrong for this build now: remove it
             // so Mix compiles the dependency instead of trusting it.
             let mut removed_stale = false;
@@ -927,6 +948,7 @@ async fn resolve_key(run: &Run, app: &str, env: &str) -> KeyResolution {
         miss: Some(miss),
         difference: None,
         replaced: None,
+        request: None,
     };
     let (package, closure) = match run.lock.closure_by_app(app) {
         Ok(closure) => closure,
@@ -1031,6 +1053,7 @@ async fn resolve_key(run: &Run, app: &str, env: &str) -> KeyResolution {
                             miss: None,
                             difference: None,
                             replaced: None,
+                            request: None,
                         };
                     }
                     Ok(Err(drift)) => {
@@ -1110,13 +1133,22 @@ async fn resolve_key(run: &Run, app: &str, env: &str) -> KeyResolution {
             continue;
         };
         if key.to_string() == build.key {
+            let own = KeyInputs {
+                manager,
+                target: Some(target.clone()),
+                compile_env: entries,
+            };
+            let request = with_request(
+                missed(MissKind::NoArtifact, ""),
+                &with_target(target),
+                &own,
+                &member_inputs,
+                true,
+            )
+            .request;
             return KeyResolution {
                 key: Some(key),
-                inputs: Some(KeyInputs {
-                    manager,
-                    target: Some(target.clone()),
-                    compile_env: entries,
-                }),
+                inputs: Some(own),
                 found: Found::Candidate {
                     build: Box::new((*build).clone()),
                     inputs: Box::new(candidate_inputs),
@@ -1125,6 +1157,7 @@ async fn resolve_key(run: &Run, app: &str, env: &str) -> KeyResolution {
                 miss: None,
                 difference: None,
                 replaced,
+                request,
             };
         }
         if mismatch.is_none() {
@@ -1189,17 +1222,28 @@ async fn resolve_key(run: &Run, app: &str, env: &str) -> KeyResolution {
                 kind,
                 format!("its dependency {member}: {}", member_miss.reason),
             ),
-            _ => request(
-                missed(
-                    MissKind::DependencyNotBuilt,
-                    format!(
-                        "needs a build of {member} first: the key of {name} {version} names \
-                         its dependencies' keys ({})",
-                        member_miss.reason
+            _ => {
+                let miss = request(
+                    missed(
+                        MissKind::DependencyNotBuilt,
+                        format!(
+                            "needs a build of {member} first: the key of {name} {version} names \
+                             its dependencies' keys ({})",
+                            member_miss.reason
+                        ),
                     ),
-                ),
-                false,
-            ),
+                    false,
+                );
+                // A builder that built the closure and failed on the package itself records
+                // the failure under the miss's request key.
+                match miss.request.as_ref().map(|request| &request.key) {
+                    Some(MissKey::Request(key)) => {
+                        let keys = [key.clone()];
+                        failed_build(run, &name, &version, &keys, miss).await
+                    }
+                    _ => miss,
+                }
+            }
         };
         return unknown(miss, Some(own));
     }
@@ -1228,6 +1272,24 @@ async fn resolve_key(run: &Run, app: &str, env: &str) -> KeyResolution {
             true,
         )
     };
+    // The mirror's builders may have tried these inputs: then the miss says so, and where the
+    // log is, rather than what else is built.
+    let miss = if miss.kind == MissKind::NoArtifact {
+        let mut keys: Vec<String> = [
+            Some(&request_target),
+            Some(&Target::Any),
+            run.native.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .filter_map(|target| with_target(target).base_key().ok())
+        .map(|key| key.to_string())
+        .collect();
+        keys.dedup();
+        failed_build(run, &name, &version, &keys, miss).await
+    } else {
+        miss
+    };
     let difference = key.map(|_| short_difference(&miss));
     let mut miss = miss;
     if let Some(replaced) = replaced {
@@ -1241,6 +1303,7 @@ async fn resolve_key(run: &Run, app: &str, env: &str) -> KeyResolution {
         miss: Some(miss),
         difference,
         replaced: None,
+        request: None,
     }
 }
 
@@ -1255,6 +1318,52 @@ fn short_difference(miss: &Missed) -> String {
                 format!("other compile-time config ({values})")
             }),
         _ => miss.reason.clone(),
+    }
+}
+
+/// `miss` as a `build_failed` miss when the mirror holds a failed build of its package under
+/// one of `keys` (the base keys and request key our inputs give): which toolchain failed, and
+/// where the log is. Unchanged when there is none, or the failures cannot be read.
+async fn failed_build(
+    run: &Run,
+    name: &str,
+    version: &str,
+    keys: &[String],
+    miss: Missed,
+) -> Missed {
+    let failures = {
+        let _permit = run.permits.acquire().await;
+        run.client.failures(name, &run.counter).await
+    };
+    let failures = match failures {
+        Ok(Some(failures)) => failures.failures,
+        Ok(None) => return miss,
+        Err(e) => {
+            tracing::debug!("{name}: reading the mirror's failures: {e}");
+            return miss;
+        }
+    };
+    // Most recent first, as the mirror lists them.
+    let Some(failure) = failures
+        .iter()
+        .find(|f| f.version == version && keys.contains(&f.base_key))
+    else {
+        return miss;
+    };
+    Missed {
+        kind: MissKind::BuildFailed,
+        reason: format!(
+            "the mirror's builders failed to build {name} {version} for these inputs \
+             (toolchain {}, {} attempt{}, last {}): its log is at {}/precomp/v1/failures/{name} \
+             (log sha256 {})",
+            failure.toolchain_id,
+            failure.attempts,
+            if failure.attempts == 1 { "" } else { "s" },
+            precomp_proto::time::utc(failure.last_reported),
+            run.client.base(),
+            failure.log_sha256
+        ),
+        request: miss.request,
     }
 }
 
@@ -1411,6 +1520,13 @@ fn flagged_reason(build: &IndexBuild) -> String {
         .iter()
         .filter(|v| v.result == "mismatch")
         .map(|v| format!("{} (auditor {})", v.summary, v.auditor))
+        .chain(build.disagreements.iter().map(|d| {
+            format!(
+                "another build of the same key gave other bytes: {} (builder {})",
+                d.summary,
+                d.signers.join(", ")
+            )
+        }))
         .collect();
     format!(
         "flagged by audit: {}",
@@ -1632,9 +1748,8 @@ fn no_candidate(
 
 /// Reports the misses builders can fix to the mirror, one after the other; how many were
 /// reported and the failures.
-async fn request_builds(run: &Run, deps: &[DepReport], lock_text: &str) -> (usize, Vec<String>) {
-    let mut reported = 0;
-    let mut errors = Vec::new();
+async fn request_builds(run: &Run, deps: &[DepReport], lock_text: &str) -> Requested {
+    let mut requested = Requested::default();
     for dep in deps {
         let (Some(request), Some(package), Some(version), Outcome::Miss { reason, .. }) =
             (&dep.build_request, &dep.package, &dep.version, &dep.outcome)
@@ -1666,11 +1781,35 @@ async fn request_builds(run: &Run, deps: &[DepReport], lock_text: &str) -> (usiz
             closure: request.closure.clone(),
         };
         match run.client.report_miss(&report).await {
-            Ok(()) => reported += 1,
-            Err(e) => errors.push(format!("{}: {e}", dep.app)),
+            Ok(recorded) => {
+                requested.reported += 1;
+                if recorded.open {
+                    requested.open += 1;
+                } else {
+                    requested.closed.push(format!(
+                        "{}: {}",
+                        dep.app,
+                        recorded.closed_by.as_deref().unwrap_or("closed")
+                    ));
+                }
+            }
+            Err(e) => requested.errors.push(format!("{}: {e}", dep.app)),
         }
     }
-    (reported, errors)
+    requested
+}
+
+/// What `--request-builds` did.
+#[derive(Default)]
+struct Requested {
+    /// Misses the mirror recorded.
+    reported: usize,
+    /// Of those, the ones open for builders now.
+    open: usize,
+    /// The others, each `app: what closed it` (a failure recorded, or a build the mirror
+    /// counts that this client does not use).
+    closed: Vec<String>,
+    errors: Vec<String>,
 }
 
 /// `text` on one line (control characters become spaces), cut to at most `max` bytes.

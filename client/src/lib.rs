@@ -8,6 +8,8 @@
 //! - [`install`]: atomic installs into `_build/<env>/lib/<app>` with the markers Mix checks,
 //!   and recovery after an interrupted run.
 //! - [`fetch`]: the whole run: keys, lookup, verification, install, report.
+//! - [`revoked`]: removing every install no trusted key vouches for, when the trust policy
+//!   leaves no usable key and the run stops.
 
 pub mod consumer_config;
 pub mod error;
@@ -16,6 +18,7 @@ pub mod install;
 pub mod mirror;
 pub mod process;
 pub mod project;
+pub mod revoked;
 pub mod trust;
 
 pub use error::ClientError;

@@ -19,8 +19,12 @@ pub const MAX_ARTIFACT_SIZE: u64 = precomp_proto::artifact::MAX_ARTIFACT_SIZE;
 pub const MAX_MISS_LOCK: usize = 256 * 1024;
 
 pub use precomp_proto::api::{
-    CompileEnvJson, Index, IndexBuild, MissMember, MissReport, VerdictSummary,
+    CompileEnvJson, Failures, Index, IndexBuild, MissMember, MissRecorded, MissReport,
+    VerdictSummary,
 };
+
+/// Bound on a package's failure list (each log is at most 1 MiB).
+pub const MAX_FAILURES_SIZE: u64 = 64 * 1024 * 1024;
 
 /// Why a request failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -149,8 +153,28 @@ impl MirrorClient {
         self.get(&url, limit.min(MAX_ARTIFACT_SIZE), counter).await
     }
 
-    /// Tells the mirror nobody could use what it has for this build, so builders make it.
-    pub async fn report_miss(&self, report: &MissReport) -> Result<(), HttpError> {
+    /// The failed builds of `package` the mirror recorded, with their logs; `None` when it
+    /// has none.
+    pub async fn failures(
+        &self,
+        package: &str,
+        counter: &dyn ByteCounter,
+    ) -> Result<Option<Failures>, HttpError> {
+        let url = format!("{}/precomp/v1/failures/{package}", self.base);
+        let Some(body) = self.get(&url, MAX_FAILURES_SIZE, counter).await? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&body)
+            .map(Some)
+            .map_err(|e| HttpError::Decode {
+                url,
+                message: format!("not a failure list: {e}"),
+            })
+    }
+
+    /// Tells the mirror nobody could use what it has for this build, so builders make it:
+    /// what it recorded (whether the miss is open for builders, or what closed it).
+    pub async fn report_miss(&self, report: &MissReport) -> Result<MissRecorded, HttpError> {
         let url = format!("{}/precomp/v1/misses", self.base);
         let body = serde_json::to_vec(report).map_err(|e| HttpError::Decode {
             url: url.clone(),
@@ -166,7 +190,13 @@ impl MirrorClient {
                 .send()
                 .await;
             let retry = match result {
-                Ok(response) if response.status().is_success() => return Ok(()),
+                Ok(response) if response.status().is_success() => {
+                    let body = response.bytes().await.map_err(|e| transport(&url, e))?;
+                    return serde_json::from_slice(&body).map_err(|e| HttpError::Decode {
+                        url: url.clone(),
+                        message: format!("not a miss record: {e}"),
+                    });
+                }
                 Ok(response) if retryable(response.status().as_u16()) => {
                     status_error(&url, response).await
                 }

@@ -16,7 +16,10 @@
 //! decision rests on (so a publish or a download recorded meanwhile is seen), then the blobs.
 //! A crash between the two leaves blobs without rows, which the next run removes ("stray"
 //! blobs: in `blobs/` with no row, older than N days; younger ones may be uploads whose row is
-//! not committed yet). The verdicts of a removed build go with it.
+//! not committed yet). The verdicts of a removed build go with it, and so do the other
+//! manifests kept for its key (agreeing, conflicting and replaced ones: docs/protocol.md,
+//! "Several manifests for one key"). A miss reported again after its build went away opens
+//! again, so builders rebuild it.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -278,15 +281,19 @@ pub fn collect(options: &GcOptions) -> Result<GcReport, GcError> {
         }
     }
 
-    let has_verdicts: bool = tx
-        .query_row(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'verdicts'",
-            [],
-            |_| Ok(()),
-        )
-        .optional()
-        .map_err(db_err)?
-        .is_some();
+    let has_table = |name: &str| -> Result<bool, GcError> {
+        Ok(tx
+            .query_row(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                params![name],
+                |_| Ok(()),
+            )
+            .optional()
+            .map_err(db_err)?
+            .is_some())
+    };
+    let has_verdicts = has_table("verdicts")?;
+    let has_history = has_table("manifest_history")?;
     if options.apply {
         for manifest in &dropped_manifests {
             tx.execute(
@@ -297,6 +304,14 @@ pub fn collect(options: &GcOptions) -> Result<GcReport, GcError> {
             if has_verdicts {
                 tx.execute("DELETE FROM verdicts WHERE key = ?1", params![manifest.key])
                     .map_err(db_err)?;
+            }
+            // The key's other manifests (agreeing, conflicting, replaced) go with its build.
+            if has_history {
+                tx.execute(
+                    "DELETE FROM manifest_history WHERE key = ?1",
+                    params![manifest.key],
+                )
+                .map_err(db_err)?;
             }
         }
         for artifact in &dropped_artifacts {

@@ -782,15 +782,35 @@ fn manifests_are_verified_before_they_are_indexed() {
         .verify(&[own.public_key()])
         .expect("countersigned manifest verifies with the own key");
 
-    // A different manifest for a published key is refused: published manifests are immutable.
+    // Another manifest of the published key with the same artifact (other provenance) by a
+    // signer that already signed these bytes changes nothing; the published manifest is
+    // never replaced while its signers count.
     let mut different = good.clone();
     different.provenance.as_mut().unwrap().builder_id = "someone else".into();
+    let same_bytes = put(&url, Some(&token), &signed(&different, &builder));
+    assert_eq!(same_bytes.status, 200, "{}", same_bytes.text());
+    assert_eq!(same_bytes.json()["result"], "unchanged");
+    assert_eq!(SignedManifest::decode(&get(&url).body).unwrap(), served);
+    // Other artifact bytes for the key: a reproducibility finding (409), recorded.
+    let other_artifact = artifact_bytes("y");
+    assert_eq!(
+        put(
+            &url_on(&server, &other_artifact),
+            Some(&token),
+            &other_artifact
+        )
+        .status,
+        201
+    );
+    let other = manifest(&inputs, &other_artifact);
+    assert_eq!(other.key, key);
     refused(
-        put(&url, Some(&token), &signed(&different, &builder)),
+        put(&url, Some(&token), &signed(&other, &builder)),
         409,
-        "already published",
+        "reproducibility finding",
     );
     assert_eq!(index_builds(&server).len(), 1);
+    assert_eq!(index_builds(&server)[0]["flagged"], true);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1159,9 +1179,22 @@ fn misses_are_deduplicated_and_closed_by_a_publish_or_a_failure() {
     // Reported again: counted, but stays closed.
     let again = post_json(&url, None, &miss_report(&shape_user_base_key(), "1.14.0"));
     assert_eq!(again.status, 200, "{}", again.text());
+    let again = again.json();
     assert_eq!(
-        again.json(),
-        serde_json::json!({"base_key": shape_user_base_key(), "count": 3, "open": false})
+        (&again["base_key"], &again["count"], &again["open"]),
+        (
+            &serde_json::json!(shape_user_base_key()),
+            &serde_json::json!(3),
+            &serde_json::json!(false)
+        ),
+        "{again}"
+    );
+    // What closed it: the publish.
+    assert!(
+        again["closed_by"]
+            .as_str()
+            .is_some_and(|by| by.starts_with("published ")),
+        "{again}"
     );
     assert!(open(&server).is_empty());
 

@@ -662,3 +662,101 @@ fn audit_needs_a_selection_and_a_token() {
     assert!(!output.status.success());
     assert!(text(&output).contains("--dry-run"), "{}", describe(&output));
 }
+
+/// Two builders of one lock, as `precomp build --publish` reports it: builder-2 (its own key,
+/// a fresh data directory) rebuilds what builder-1 published. plain_ex comes out bit for bit:
+/// `agreed`, published. nonrepro_ex does not: the mirror refuses it with 409 naming the
+/// published artifact and the file that differs, builder-2's line says so (not published,
+/// `publish_error`), the run exits non-zero, and the mirror flags the build with the
+/// disagreement, as an auditor's mismatch verdict would.
+#[test]
+fn a_second_builder_agrees_on_identical_bytes_and_other_bytes_are_a_finding() {
+    let fixture = Fixture::get();
+    let mirror = Mirror::start(fixture);
+    let lock = fixture.lock("two-builders", &["nonrepro_ex@1.0.0", "plain_ex@1.0.0"]);
+    mirror.publish(fixture, &lock);
+    let published = mirror.build("nonrepro_ex");
+
+    let keys = data_dir("precomp-builder-2-keys-");
+    ok(precomp(&[
+        "keys",
+        "generate",
+        "--name",
+        "builder-2",
+        "--out",
+        keys.path().to_str().unwrap(),
+    ]));
+    let b2_pub = keys.path().join("builder-2.pub");
+    let b2_id = ArtifactPublicKey::from_pem(&std::fs::read_to_string(&b2_pub).unwrap())
+        .unwrap()
+        .key_id();
+    let token = ok(precomp(&[
+        "--data",
+        mirror._data.path().to_str().unwrap(),
+        "token",
+        "create",
+        "--name",
+        "builder-2",
+        "--key",
+        b2_pub.to_str().unwrap(),
+    ]))
+    .trim()
+    .to_string();
+    let data = data_dir("precomp-builder-2-");
+    let mut command = precomp_command();
+    command
+        .arg("--data")
+        .arg(data.path())
+        .args(["build", "--json", "--publish", "--lock"])
+        .arg(&lock)
+        .args(["--mirror", mirror.url(), "--token", &token, "--key"])
+        .arg(keys.path().join("builder-2.key"));
+    let output = output_within(command, Duration::from_secs(600));
+    assert!(!output.status.success(), "{}", describe(&output));
+    let lines: BTreeMap<String, serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| {
+            let line: serde_json::Value = serde_json::from_str(line).unwrap();
+            (line["package"].as_str().unwrap().to_string(), line)
+        })
+        .collect();
+    let plain = &lines["plain_ex"];
+    assert_eq!(plain["status"], "built", "{plain}");
+    assert_eq!(plain["published"], true, "{plain}");
+    assert_eq!(plain["publish_result"], "agreed", "{plain}");
+    let nonrepro = &lines["nonrepro_ex"];
+    assert_eq!(nonrepro["status"], "built", "{nonrepro}");
+    assert_eq!(nonrepro["published"], false, "{nonrepro}");
+    let error = nonrepro["publish_error"].as_str().unwrap();
+    for expected in [
+        "409",
+        "reproducibility finding",
+        published["artifact_sha256"].as_str().unwrap(),
+        "ebin/Elixir.NonreproEx.beam (other bytes)",
+    ] {
+        assert!(error.contains(expected), "no {expected:?} in: {error}");
+    }
+
+    // The mirror: plain_ex agreed by builder-2; nonrepro_ex flagged by the disagreement.
+    assert_eq!(
+        mirror.build("plain_ex")["agreed_by"],
+        serde_json::json!([b2_id])
+    );
+    let flagged = mirror.build("nonrepro_ex");
+    assert_eq!(flagged["flagged"], true, "{flagged}");
+    assert_eq!(flagged["artifact_sha256"], published["artifact_sha256"]);
+    assert_eq!(
+        flagged["disagreements"][0]["signers"],
+        serde_json::json!([b2_id])
+    );
+    let key = flagged["key"].as_str().unwrap();
+    let verdicts = mirror.get_json(&format!("/precomp/v1/verdicts/{key}"));
+    assert_eq!(verdicts["flagged"], true, "{verdicts}");
+    assert!(
+        verdicts["disagreements"][0]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("ebin/Elixir.NonreproEx.beam"),
+        "{verdicts}"
+    );
+}

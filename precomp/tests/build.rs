@@ -639,9 +639,29 @@ fn builds_are_published_to_the_mirror_and_misses_are_built() {
             (v["app"].as_str().unwrap().to_string(), v)
         })
         .collect();
-    for app in ["shapes", "shape_user", "broken_ex"] {
+    // What the mirror did with each, truly: two manifests created, broken_ex's failure
+    // recorded (nothing published for it).
+    for app in ["shapes", "shape_user"] {
         assert_eq!(lines[app]["published"], true, "{}", describe(&output));
+        assert_eq!(
+            lines[app]["publish_result"],
+            "created",
+            "{}",
+            describe(&output)
+        );
     }
+    assert_eq!(
+        lines["broken_ex"]["published"],
+        false,
+        "{}",
+        describe(&output)
+    );
+    assert_eq!(
+        lines["broken_ex"]["publish_result"],
+        "failure_recorded",
+        "{}",
+        describe(&output)
+    );
 
     let client = reqwest::blocking::Client::new();
     let get = |path: &str| {

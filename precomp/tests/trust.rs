@@ -542,6 +542,426 @@ fn keys_commands_refuse_a_zero_validity_and_say_who_serves_what_they_wrote() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Revocation and recovery with real builds (`precomp build` in the sandbox, host toolchain)
+// ---------------------------------------------------------------------------------------------
+
+/// A mirror of the fixture repository on `data`, which holds its trust document.
+fn serve_fixture(data: &Path) -> ServeProcess {
+    let fixture = Fixture::get();
+    let mut serve = precomp_command();
+    serve
+        .arg("--data")
+        .arg(data)
+        .args(["serve", "--listen", "127.0.0.1:0", "--upstream"])
+        .arg(format!("file://{}", fixture.path("repo").display()))
+        .arg("--upstream-key")
+        .arg(fixture.path("repo.pem.pub"));
+    ServeProcess::spawn(serve)
+}
+
+/// `precomp --data DATA build ARGS… --json` (a builder's machine: DATA is its own): the
+/// output and plain_ex's line.
+fn precomp_build(data: &Path, args: &[&str]) -> (Output, serde_json::Value) {
+    let mut command = precomp_command();
+    command
+        .arg("--data")
+        .arg(data)
+        .arg("build")
+        .args(args)
+        .args(["--toolchain", "host", "--json"]);
+    let output = output_within(command, Duration::from_secs(900));
+    let line = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|v| v["package"] == "plain_ex")
+        .unwrap_or_else(|| panic!("no plain_ex line: {}", describe(&output)));
+    (output, line)
+}
+
+/// A consumer at `dir` set up as docs/operations.md says: `.precomp.toml` beside mix.exs names
+/// the mirror and pins the root's public key, committed at `ci/keys/precomp-root.pub`.
+fn configured_consumer(dir: &Path, mirror: &str, root_pub: &Path) {
+    Fixture::get().consumer(dir);
+    std::fs::create_dir_all(dir.join("ci/keys")).unwrap();
+    std::fs::copy(root_pub, dir.join("ci/keys/precomp-root.pub")).unwrap();
+    std::fs::write(
+        dir.join(".precomp.toml"),
+        format!("mirror = {mirror:?}\n[trust]\nroot = \"ci/keys/precomp-root.pub\"\n"),
+    )
+    .unwrap();
+}
+
+/// `precomp fetch ARGS…` run in `project` with no other settings (`.precomp.toml`), the trust
+/// document cached at `cache`.
+fn fetch_here(project: &Path, cache: &Path, args: &[&str]) -> Output {
+    let mut command = precomp_command();
+    command
+        .arg("fetch")
+        .args(args)
+        .current_dir(project)
+        .env("PRECOMP_TRUST_CACHE", cache)
+        .env("MIX_ENV", "dev")
+        .env_remove("HEX_MIRROR")
+        .env_remove("MIX_BUILD_PATH")
+        .env_remove("MIX_TARGET");
+    output_within(command, Duration::from_secs(120))
+}
+
+/// `mix compile` in `project`: its log (it must succeed).
+fn mix_compile(project: &Path) -> String {
+    let mut mix = Command::new("mix");
+    mix.arg("compile")
+        .current_dir(project)
+        .env("MIX_ENV", "dev")
+        .env_remove("MIX_BUILD_PATH")
+        .env_remove("MIX_TARGET");
+    let compiled = output_within(mix, Duration::from_secs(300));
+    assert!(compiled.status.success(), "{}", describe(&compiled));
+    text(&compiled)
+}
+
+/// `GET /precomp/v1/manifests/KEY/history`.
+fn history(server: &ServeProcess, key: &str) -> serde_json::Value {
+    let answer =
+        reqwest::blocking::get(server.url(&format!("/precomp/v1/manifests/{key}/history")))
+            .unwrap();
+    assert_eq!(answer.status(), 200);
+    answer.json().unwrap()
+}
+
+/// docs/operations.md, "Setting it up" then "A compromised builder or auditor key", as written,
+/// when the compromised key is the org's only builder: `precomp keys revoke ID --reason …
+/// --root ROOT.key` and `precomp token revoke builder-1`. The next `precomp fetch` removes the
+/// install it signed and stops (exit 1) naming the revocation; `mix compile` builds the
+/// dependency. Then the way back: a new builder (`keys add`, `token create`), `precomp fetch
+/// --request-builds` reports the `revoked` miss (open), `precomp build --missing --publish`
+/// rebuilds it from a fresh data directory and replaces the revoked build, and the next fetch
+/// installs builder-2's build, which `mix compile` leaves alone.
+#[test]
+fn procedure_a_compromised_builder_key_the_only_one_and_the_way_back() {
+    let scratch = data_dir("precomp-compromised-");
+    let root = scratch.path();
+    let data = root.join("data");
+    let keys = root.join("keys");
+    let key = |name: &str| keys.join(name).to_str().unwrap().to_string();
+    let (_, root_pub, _) = generate(&keys, "precomp-root");
+    let (_, b1_pub, b1_id) = generate(&keys, "builder-1");
+    let (_, b2_pub, b2_id) = generate(&keys, "builder-2");
+    ok(precomp_data(
+        &data,
+        &[
+            "keys",
+            "init",
+            "--root",
+            &key("precomp-root.key"),
+            "--builder",
+            b1_pub.to_str().unwrap(),
+        ],
+    ));
+    let token1 = ok(precomp_data(
+        &data,
+        &[
+            "token",
+            "create",
+            "--name",
+            "builder-1",
+            "--key",
+            b1_pub.to_str().unwrap(),
+        ],
+    ))
+    .trim()
+    .to_string();
+    let server = serve_fixture(&data);
+    let lock = Fixture::get().path("mix.lock");
+    let lock = lock.to_str().unwrap();
+
+    // builder-1, the only builder, builds and publishes the lock.
+    let (built, line) = precomp_build(
+        &root.join("builder-1"),
+        &[
+            "--lock",
+            lock,
+            "--mirror",
+            server.base(),
+            "--key",
+            &key("builder-1.key"),
+            "--publish",
+            "--token",
+            &token1,
+        ],
+    );
+    assert!(built.status.success(), "{}", describe(&built));
+    assert_eq!(
+        (&line["published"], &line["publish_result"]),
+        (&serde_json::json!(true), &serde_json::json!("created")),
+        "{line}"
+    );
+    let build_key = line["key"].as_str().unwrap().to_string();
+
+    // A client set up as the doc says installs it.
+    let project = root.join("project");
+    configured_consumer(&project, server.base(), &root_pub);
+    let cache = root.join("cache/trust.doc");
+    let installed = plain_ex(&fetch_here(&project, &cache, &["--json"]));
+    assert_eq!(installed["status"], "installed", "{installed}");
+    assert_eq!(installed["signers"], serde_json::json!([b1_id]));
+
+    // Compromised: revoked, and its token.
+    ok(precomp_data(
+        &data,
+        &[
+            "keys",
+            "revoke",
+            &b1_id,
+            "--reason",
+            "laptop stolen",
+            "--root",
+            &key("precomp-root.key"),
+        ],
+    ));
+    ok(precomp_data(&data, &["token", "revoke", "builder-1"]));
+    // The mirror refuses it from the next request on.
+    let refused = reqwest::blocking::Client::new()
+        .put(server.url(&format!("/precomp/v1/manifests/{build_key}")))
+        .bearer_auth(&token1)
+        .body(Vec::new())
+        .send()
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+
+    // The client: it removes what builder-1 signed and stops, naming the revocation.
+    let stopped = fetch_here(&project, &cache, &[]);
+    let said = text(&stopped);
+    assert!(!stopped.status.success(), "{}", describe(&stopped));
+    for expected in [
+        "leaves no builder key in effect",
+        b1_id.as_str(),
+        "laptop stolen (trust document version 2",
+        "Removed 1 precompiled install(s)",
+        "removed    plain_ex: signed only by keys this policy does not trust now",
+    ] {
+        assert!(said.contains(expected), "no {expected:?} in: {said}");
+    }
+    assert!(
+        !project.join("_build/dev/lib/plain_ex").exists(),
+        "the install builder-1 signed is still in _build"
+    );
+    // mix compile builds it.
+    let log = mix_compile(&project);
+    assert!(log.contains("==> plain_ex"), "{log}");
+    assert!(project
+        .join("_build/dev/lib/plain_ex/ebin/plain_ex.app")
+        .is_file());
+
+    // The way back: a new builder, then clients report what they miss.
+    ok(precomp_data(
+        &data,
+        &[
+            "keys",
+            "add",
+            b2_pub.to_str().unwrap(),
+            "--role",
+            "builder",
+            "--root",
+            &key("precomp-root.key"),
+        ],
+    ));
+    let token2 = ok(precomp_data(
+        &data,
+        &[
+            "token",
+            "create",
+            "--name",
+            "builder-2",
+            "--key",
+            b2_pub.to_str().unwrap(),
+        ],
+    ))
+    .trim()
+    .to_string();
+    let reported = fetch_here(&project, &cache, &["--request-builds"]);
+    let said = text(&reported);
+    assert!(reported.status.success(), "{}", describe(&reported));
+    assert!(
+        said.contains("[revoked]") && said.contains("laptop stolen"),
+        "{said}"
+    );
+    assert!(
+        said.contains("requested builds for 1 miss(es): 1 open for builders"),
+        "{said}"
+    );
+
+    // builder-2 builds the misses from a fresh data directory: its build replaces builder-1's.
+    let (rebuilt, line) = precomp_build(
+        &root.join("builder-2"),
+        &[
+            "--missing",
+            "--mirror",
+            server.base(),
+            "--key",
+            &key("builder-2.key"),
+            "--publish",
+            "--token",
+            &token2,
+        ],
+    );
+    assert!(rebuilt.status.success(), "{}", describe(&rebuilt));
+    assert_eq!(line["key"], build_key.as_str(), "{line}");
+    assert_eq!(line["publish_result"], "replaced", "{line}");
+    let kept = history(&server, &build_key);
+    let manifests = kept["manifests"].as_array().unwrap();
+    assert_eq!(manifests.len(), 2, "{kept}");
+    assert_eq!(manifests[0]["status"], "published");
+    assert_eq!(manifests[0]["signers"], serde_json::json!([b2_id]));
+    assert_eq!(manifests[1]["status"], "replaced");
+    assert_eq!(manifests[1]["signers"], serde_json::json!([b1_id]));
+    assert!(
+        manifests[1]["excluded"][0]
+            .as_str()
+            .unwrap()
+            .contains("laptop stolen"),
+        "{kept}"
+    );
+
+    // The next fetch installs builder-2's build; mix compile leaves it alone.
+    let back = plain_ex(&fetch_here(&project, &cache, &["--json"]));
+    assert_eq!(back["status"], "installed", "{back}");
+    assert_eq!(back["signers"], serde_json::json!([b2_id]));
+    let log = mix_compile(&project);
+    assert!(!log.contains("==> plain_ex"), "{log}");
+}
+
+/// Two builders of the same lock agree: builder-2, from a fresh data directory, rebuilds what
+/// builder-1 published bit for bit and is told `agreed` (exit 0; the same again: `unchanged`).
+/// Revoking builder-1 then loses nothing: the mirror serves builder-2's agreeing manifest and
+/// the client installs it without any rebuild.
+#[test]
+fn identical_builds_agree_and_outlive_the_revocation_of_the_first_builder() {
+    let scratch = data_dir("precomp-agreement-");
+    let root = scratch.path();
+    let data = root.join("data");
+    let keys = root.join("keys");
+    let key = |name: &str| keys.join(name).to_str().unwrap().to_string();
+    let (_, root_pub, _) = generate(&keys, "precomp-root");
+    let (_, b1_pub, b1_id) = generate(&keys, "builder-1");
+    let (_, b2_pub, b2_id) = generate(&keys, "builder-2");
+    ok(precomp_data(
+        &data,
+        &[
+            "keys",
+            "init",
+            "--root",
+            &key("precomp-root.key"),
+            "--builder",
+            b1_pub.to_str().unwrap(),
+            "--builder",
+            b2_pub.to_str().unwrap(),
+        ],
+    ));
+    let token = |name: &str, public: &Path| {
+        ok(precomp_data(
+            &data,
+            &[
+                "token",
+                "create",
+                "--name",
+                name,
+                "--key",
+                public.to_str().unwrap(),
+            ],
+        ))
+        .trim()
+        .to_string()
+    };
+    let (token1, token2) = (token("builder-1", &b1_pub), token("builder-2", &b2_pub));
+    let server = serve_fixture(&data);
+    let lock = Fixture::get().path("mix.lock");
+    let publish = |builder: &str, token: &str| {
+        precomp_build(
+            &root.join(builder),
+            &[
+                "--lock",
+                lock.to_str().unwrap(),
+                "--mirror",
+                server.base(),
+                "--key",
+                &key(&format!("{builder}.key")),
+                "--publish",
+                "--token",
+                token,
+            ],
+        )
+    };
+    let (first, line) = publish("builder-1", &token1);
+    assert!(first.status.success(), "{}", describe(&first));
+    assert_eq!(line["publish_result"], "created", "{line}");
+    let build_key = line["key"].as_str().unwrap().to_string();
+    let (second, line) = publish("builder-2", &token2);
+    assert!(second.status.success(), "{}", describe(&second));
+    assert_eq!(line["status"], "built", "{line}");
+    assert_eq!(line["key"], build_key.as_str());
+    assert_eq!(
+        (&line["published"], &line["publish_result"]),
+        (&serde_json::json!(true), &serde_json::json!("agreed")),
+        "{line}"
+    );
+    let (again, line) = publish("builder-2", &token2);
+    assert!(again.status.success(), "{}", describe(&again));
+    assert_eq!(line["publish_result"], "unchanged", "{line}");
+    let index: serde_json::Value = reqwest::blocking::get(server.url("/precomp/v1/index/plain_ex"))
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(index["builds"][0]["signers"], serde_json::json!([b1_id]));
+    assert_eq!(index["builds"][0]["agreed_by"], serde_json::json!([b2_id]));
+    // A client installs what is served: builder-1's manifest.
+    let project = root.join("project");
+    configured_consumer(&project, server.base(), &root_pub);
+    let cache = root.join("cache/trust.doc");
+    let fetched = plain_ex(&fetch_here(&project, &cache, &["--json"]));
+    assert_eq!(fetched["signers"], serde_json::json!([b1_id]), "{fetched}");
+
+    // builder-1 revoked: builder-2's manifest of the same bytes is served, nothing rebuilt.
+    ok(precomp_data(
+        &data,
+        &[
+            "keys",
+            "revoke",
+            &b1_id,
+            "--reason",
+            "laptop stolen",
+            "--root",
+            &key("precomp-root.key"),
+        ],
+    ));
+    // A run that stops on another error (here: no mix.lock) still removes the install only
+    // builder-1 signed, naming the revocation, so Mix never uses it again.
+    let lock_file = project.join("mix.lock");
+    let lock_aside = root.join("mix.lock.aside");
+    std::fs::rename(&lock_file, &lock_aside).unwrap();
+    let stopped = fetch_here(&project, &cache, &[]);
+    let said = text(&stopped);
+    assert!(!stopped.status.success(), "{}", describe(&stopped));
+    for expected in [
+        "mix.lock",
+        "Removed 1 precompiled install(s)",
+        "removed    plain_ex: signed only by keys this policy does not trust now",
+        "revoked: laptop stolen",
+    ] {
+        assert!(said.contains(expected), "no {expected:?} in: {said}");
+    }
+    assert!(!project.join("_build/dev/lib/plain_ex").exists());
+    std::fs::rename(&lock_aside, &lock_file).unwrap();
+    let fetched = plain_ex(&fetch_here(&project, &cache, &["--json"]));
+    assert_eq!(fetched["status"], "installed", "{fetched}");
+    assert_eq!(fetched["signers"], serde_json::json!([b2_id]));
+    let kept = history(&server, &build_key);
+    assert_eq!(kept["manifests"][0]["served"], false, "{kept}");
+    assert_eq!(kept["manifests"][1]["status"], "agreeing", "{kept}");
+    assert_eq!(kept["manifests"][1]["served"], true, "{kept}");
+}
+
+// ---------------------------------------------------------------------------------------------
 // The mirror's uploads follow the trust document
 // ---------------------------------------------------------------------------------------------
 
@@ -616,12 +1036,25 @@ struct Build {
 
 impl Build {
     fn new(elixir: &str) -> Build {
+        Build::with_description(elixir, "")
+    }
+
+    /// A build of the same key as [`Build::new`]`(elixir)` whose artifact holds other bytes
+    /// (its `.app` has `description`): what a non-reproducible second build gives.
+    fn with_description(elixir: &str, description: &str) -> Build {
         let dir = tempfile::tempdir().unwrap();
         let app = dir.path().join("shape_user");
         std::fs::create_dir_all(app.join("ebin")).unwrap();
+        let description = if description.is_empty() {
+            String::new()
+        } else {
+            format!(",{{description,\"{description}\"}}")
+        };
         std::fs::write(
             app.join("ebin/shape_user.app"),
-            format!("{{application,shape_user,[{{vsn,\"1.0.0\"}},{{elixir,\"{elixir}\"}}]}}.\n"),
+            format!(
+                "{{application,shape_user,[{{vsn,\"1.0.0\"}},{{elixir,\"{elixir}\"}}{description}]}}.\n"
+            ),
         )
         .unwrap();
         let packed = precomp_proto::artifact::pack(&app, dir.path()).unwrap();
@@ -1103,4 +1536,548 @@ fn a_tampered_trust_document_refuses_uploads_until_it_is_restored() {
     std::fs::write(&path, &original).unwrap();
     let published = upload(&server, &token, &second, second.signed(&[&builder]));
     assert_eq!(published.status, 201, "{}", published.text);
+}
+
+/// docs/operations.md, "A new builder or auditor", as written: `precomp keys add
+/// keys/builder-2.pub --role builder --root ROOT.key` (bounded with `--valid-for-days`) and
+/// `precomp token create --name builder-2 --key keys/builder-2.pub`; the running mirror accepts
+/// its uploads from the next request on. A key with `--role auditor` countersigns what others
+/// published.
+#[test]
+fn procedure_a_new_builder_or_auditor() {
+    let site = Site::new();
+    site.key("root");
+    let (_, b1_pub, _) = site.key("builder-1");
+    let (b2, b2_pub, b2_id) = site.key("builder-2");
+    let (auditor, auditor_pub, auditor_id) = site.key("auditor-1");
+    site.keys_cli(&["init", "--builder", b1_pub.to_str().unwrap()]);
+    let server = site.serve(&[]);
+    let token = site.token("builder-2", Some(&b2_pub));
+    let build = Build::new("1.14.0");
+    // Not in the document yet: refused, naming the key.
+    upload(&server, &token, &build, build.signed(&[&b2]))
+        .refused(403, &[&b2_id, "neither a builder nor an auditor key"]);
+
+    site.keys_cli(&[
+        "add",
+        b2_pub.to_str().unwrap(),
+        "--role",
+        "builder",
+        "--valid-for-days",
+        "90",
+    ]);
+    let published = upload(&server, &token, &build, build.signed(&[&b2]));
+    assert_eq!(published.status, 201, "{}", published.text);
+    assert_eq!(published.json()["signers"], serde_json::json!([b2_id]));
+    let document: serde_json::Value =
+        serde_json::from_str(&ok(precomp_data(&site.data(), &["keys", "list", "--json"]))).unwrap();
+    let entry = document["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["key_id"] == b2_id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(entry["roles"], serde_json::json!(["builder"]), "{entry}");
+    let until = entry["not_after"].as_i64().unwrap() - precomp_ops::trust::unix_now();
+    assert!((89 * 86_400..=90 * 86_400).contains(&until), "{entry}");
+
+    // An auditor: `--role auditor`, its own token; it countersigns the published build.
+    let auditor_token = site.token("auditor-1", Some(&auditor_pub));
+    site.keys_cli(&["add", auditor_pub.to_str().unwrap(), "--role", "auditor"]);
+    let countersigned = upload(
+        &server,
+        &auditor_token,
+        &build,
+        build.signed(&[&b2, &auditor]),
+    );
+    assert_eq!(countersigned.status, 200, "{}", countersigned.text);
+    assert_eq!(countersigned.json()["result"], "countersigned");
+    assert_eq!(
+        listed(&indexed(&server, &build), "auditors"),
+        vec![auditor_id]
+    );
+}
+
+/// docs/operations.md, "Planned rotation of a builder key", as written: `precomp keys
+/// generate --name builder-1b`, `precomp keys rotate --old keys/builder-1.pub --new
+/// keys/builder-1b.pub --root ROOT.key`, a token for the new key, then the old token revoked.
+/// The new key gets the old one's roles and publishes; the old one is superseded: what it
+/// signed still counts, but the mirror publishes nothing new signed only by it (403 naming the
+/// new key). With `--retire-in-days` it stops counting then.
+#[test]
+fn procedure_planned_rotation_of_a_builder_key() {
+    let site = Site::new();
+    site.key("root");
+    let (b1, b1_pub, b1_id) = site.key("builder-1");
+    site.keys_cli(&["init", "--builder", b1_pub.to_str().unwrap()]);
+    let old_token = site.token("builder-1", Some(&b1_pub));
+    let server = site.serve(&[]);
+    let (before, after, later) = (
+        Build::new("1.14.0"),
+        Build::new("1.15.0"),
+        Build::new("1.16.0"),
+    );
+    let published = upload(&server, &old_token, &before, before.signed(&[&b1]));
+    assert_eq!(published.status, 201, "{}", published.text);
+
+    let (b1b, b1b_pub, b1b_id) = site.key("builder-1b");
+    site.keys_cli(&[
+        "rotate",
+        "--old",
+        b1_pub.to_str().unwrap(),
+        "--new",
+        b1b_pub.to_str().unwrap(),
+    ]);
+    let new_token = site.token("builder-1b", Some(&b1b_pub));
+    // The old key publishes nothing new (its token still valid): 403 naming its successor.
+    upload(&server, &old_token, &after, after.signed(&[&b1]))
+        .refused(403, &[&b1_id, "superseded by", &b1b_id]);
+    ok(precomp_data(
+        &site.data(),
+        &["token", "revoke", "builder-1"],
+    ));
+    upload(&server, &old_token, &after, after.signed(&[&b1])).refused(401, &["revoked"]);
+    // The new key has the old one's roles and publishes.
+    let published = upload(&server, &new_token, &after, after.signed(&[&b1b]));
+    assert_eq!(published.status, 201, "{}", published.text);
+    let shown = ok(precomp_data(&site.data(), &["keys", "list"]));
+    assert!(
+        shown.contains(&format!("superseded by {b1b_id}")),
+        "{shown}"
+    );
+    let document: serde_json::Value =
+        serde_json::from_str(&ok(precomp_data(&site.data(), &["keys", "list", "--json"]))).unwrap();
+    let roles = |id: &str| {
+        document["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["key_id"] == id)
+            .unwrap()["roles"]
+            .clone()
+    };
+    assert_eq!(roles(&b1b_id), roles(&b1_id));
+    // What the old key signed still counts: served and listed as it was.
+    let entry = indexed(&server, &before);
+    assert_eq!(listed(&entry, "signers"), vec![b1_id.clone()]);
+    let history = send(
+        "GET",
+        server.url(&format!("/precomp/v1/manifests/{}/history", before.key())),
+        None,
+        Vec::new(),
+    );
+    assert_eq!(history.status, 200, "{}", history.text);
+    assert!(
+        history.json()["manifests"][0]["excluded"].is_null(),
+        "the superseded key still counts: {}",
+        history.text
+    );
+
+    // With --retire-in-days, the old key's validity ends then.
+    let (_, b1c_pub, _) = site.key("builder-1c");
+    site.keys_cli(&[
+        "rotate",
+        "--old",
+        b1b_pub.to_str().unwrap(),
+        "--new",
+        b1c_pub.to_str().unwrap(),
+        "--retire-in-days",
+        "30",
+    ]);
+    let document: serde_json::Value =
+        serde_json::from_str(&ok(precomp_data(&site.data(), &["keys", "list", "--json"]))).unwrap();
+    let retired = document["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["key_id"] == b1b_id.as_str())
+        .unwrap()
+        .clone();
+    let until = retired["not_after"].as_i64().unwrap() - precomp_ops::trust::unix_now();
+    assert!((29 * 86_400..=30 * 86_400).contains(&until), "{retired}");
+    assert_eq!(retired["status"], "active", "{retired}");
+    upload(&server, &new_token, &later, later.signed(&[&b1b])).refused(403, &["superseded"]);
+}
+
+/// Other artifact bytes for a published key are a reproducibility finding: refused with 409
+/// naming the published artifact, its signer and the file that differs; recorded, so the
+/// index and `GET verdicts/KEY` flag the build, and the key's history keeps the other
+/// manifest. An identical build by another builder is agreement (200 `agreed`).
+#[test]
+fn a_published_key_rebuilt_with_other_bytes_is_a_recorded_finding() {
+    let site = Site::new();
+    site.key("root");
+    let (b1, b1_pub, b1_id) = site.key("builder-1");
+    let (b2, b2_pub, b2_id) = site.key("builder-2");
+    site.keys_cli(&[
+        "init",
+        "--builder",
+        b1_pub.to_str().unwrap(),
+        "--builder",
+        b2_pub.to_str().unwrap(),
+    ]);
+    let (token1, token2) = (
+        site.token("builder-1", Some(&b1_pub)),
+        site.token("builder-2", Some(&b2_pub)),
+    );
+    let server = site.serve(&[]);
+    let build = Build::new("1.14.0");
+    assert_eq!(
+        upload(&server, &token1, &build, build.signed(&[&b1])).status,
+        201
+    );
+    // builder-2's identical build: other provenance, the same artifact.
+    let mut identical = Build::new("1.14.0");
+    identical
+        .manifest
+        .provenance
+        .as_mut()
+        .unwrap()
+        .build_duration_ms = 4321;
+    let agreed = upload(&server, &token2, &identical, identical.signed(&[&b2]));
+    assert_eq!(agreed.status, 200, "{}", agreed.text);
+    assert_eq!(agreed.json()["result"], "agreed");
+    let entry = indexed(&server, &build);
+    assert_eq!(listed(&entry, "agreed_by"), vec![b2_id.clone()]);
+    assert_ne!(entry.get("flagged"), Some(&serde_json::json!(true)));
+
+    // Other bytes: 409, naming what differs.
+    let other = Build::with_description("1.14.0", "rebuilt elsewhere");
+    assert_eq!(other.key(), build.key());
+    upload(&server, &token2, &other, other.signed(&[&b2])).refused(
+        409,
+        &[
+            "reproducibility finding",
+            &hex::encode(Sha256::digest(&build.artifact)),
+            &b1_id,
+            "ebin/shape_user.app (other bytes)",
+        ],
+    );
+    // Served as before, flagged, and kept in the history.
+    let served = send(
+        "GET",
+        server.url(&format!("/precomp/v1/manifests/{}", build.key())),
+        None,
+        Vec::new(),
+    );
+    assert_eq!(served.status, 200);
+    let entry = indexed(&server, &build);
+    assert_eq!(entry["flagged"], true, "{entry}");
+    assert_eq!(
+        entry["disagreements"][0]["signers"],
+        serde_json::json!([b2_id]),
+        "{entry}"
+    );
+    let verdicts = send(
+        "GET",
+        server.url(&format!("/precomp/v1/verdicts/{}", build.key())),
+        None,
+        Vec::new(),
+    );
+    assert_eq!(verdicts.json()["flagged"], true, "{}", verdicts.text);
+    let history = send(
+        "GET",
+        server.url(&format!("/precomp/v1/manifests/{}/history", build.key())),
+        None,
+        Vec::new(),
+    )
+    .json();
+    let statuses: Vec<&str> = history["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        ["published", "agreeing", "conflicting"],
+        "{history}"
+    );
+    assert_eq!(history["manifests"][0]["served"], true);
+}
+
+/// docs/operations.md, "Before the document expires", as written: `precomp keys list` warns
+/// 30 days ahead; an expired document stops every `precomp fetch` pinning the root and every
+/// upload; `precomp keys renew --root ROOT.key` issues the same keys with a new expiry and
+/// both work again.
+#[test]
+fn procedure_before_the_document_expires() {
+    let site = Site::new();
+    let (root, root_pub, _) = site.key("root");
+    let (builder, builder_pub, _) = site.key("builder-1");
+    site.keys_cli(&[
+        "init",
+        "--builder",
+        builder_pub.to_str().unwrap(),
+        "--valid-days",
+        "20",
+    ]);
+    let listed = ok(precomp_data(&site.data(), &["keys", "list"]));
+    assert!(listed.contains("expires within 30 days"), "{listed}");
+
+    // Version 2, issued as if 10 days ago for a day: expired.
+    let dir = precomp_ops::trust::TrustDir::of_data(&site.data());
+    precomp_ops::trust::renew(
+        &dir,
+        &root,
+        precomp_ops::trust::Issue {
+            now: precomp_ops::trust::unix_now() - 10 * 86_400,
+            valid_days: 1,
+        },
+    )
+    .unwrap();
+    let listed = ok(precomp_data(&site.data(), &["keys", "list"]));
+    assert!(listed.contains("EXPIRED"), "{listed}");
+    let token = site.token("builder-1", Some(&builder_pub));
+    let server = site.serve(&[]);
+    let build = Build::new("1.14.0");
+    upload(&server, &token, &build, build.signed(&[&builder])).refused(503, &["expired"]);
+    let fixture = Fixture::get();
+    let project = site.dir.path().join("project");
+    fixture.consumer(&project);
+    let cache = site.dir.path().join("cache/trust.doc");
+    let stopped = fetch(&project, server.base(), &root_pub, &cache);
+    assert!(
+        !stopped.status.success() && text(&stopped).contains("expired"),
+        "{}",
+        describe(&stopped)
+    );
+
+    site.keys_cli(&["renew"]);
+    let listed = ok(precomp_data(&site.data(), &["keys", "list"]));
+    assert!(
+        listed.contains("version 3") && !listed.contains("EXPIRED"),
+        "{listed}"
+    );
+    let published = upload(&server, &token, &build, build.signed(&[&builder]));
+    assert_eq!(published.status, 201, "{}", published.text);
+    let fetched = fetch(&project, server.base(), &root_pub, &cache);
+    assert!(fetched.status.success(), "{}", describe(&fetched));
+}
+
+/// docs/operations.md, "Rotating the root", as written: `precomp keys generate --name
+/// precomp-root-2 --out /secure/keys`, `precomp keys rotate --old …/precomp-root.pub
+/// --new-root …/precomp-root-2.key --root …/precomp-root.key`. The old root issues nothing any
+/// more; clients pinning it follow the rotation, with or without a cached document; a project
+/// that updates its pinned key works; then `keys revoke OLD-ID --reason … --root NEW.key` revokes the old
+/// root, and clients pinning the new one go on installing.
+#[test]
+fn procedure_rotating_the_root() {
+    let fixture = Fixture::get();
+    let scratch = data_dir("precomp-root-rotation-");
+    let root = scratch.path();
+    let data = root.join("data");
+    let secure = root.join("secure/keys");
+    let keys = root.join("keys");
+    let (_, root_pub, root_id) = generate(&secure, "precomp-root");
+    let (b1, b1_pub, b1_id) = generate(&keys, "builder-1");
+    let secure_key = |name: &str| secure.join(name).to_str().unwrap().to_string();
+    ok(precomp_data(
+        &data,
+        &[
+            "keys",
+            "init",
+            "--root",
+            &secure_key("precomp-root.key"),
+            "--builder",
+            b1_pub.to_str().unwrap(),
+        ],
+    ));
+    let token = ok(precomp_data(
+        &data,
+        &[
+            "token",
+            "create",
+            "--name",
+            "builder-1",
+            "--key",
+            b1_pub.to_str().unwrap(),
+        ],
+    ))
+    .trim()
+    .to_string();
+    let server = serve_fixture(&data);
+    let client = ArtifactClient::new(server.base(), Some(token)).unwrap();
+    let sha: [u8; 32] = Sha256::digest(&fixture.artifact).into();
+    let signed = SignedManifest::sign(&fixture.manifest, &b1).encode_to_vec();
+    runtime().block_on(async {
+        client
+            .upload_artifact(&sha, fixture.artifact.clone())
+            .await
+            .unwrap();
+        client
+            .upload_manifest(&fixture.manifest.key, signed)
+            .await
+            .unwrap();
+    });
+    let project = root.join("project");
+    configured_consumer(&project, server.base(), &root_pub);
+    let cache = root.join("cache/trust.doc");
+    let first = plain_ex(&fetch_here(&project, &cache, &["--json"]));
+    assert_eq!(first["status"], "installed", "{first}");
+    assert_eq!(cached_version(&cache), 1);
+
+    // The procedure.
+    let (_, root2_pub, root2_id) = generate(&secure, "precomp-root-2");
+    ok(precomp_data(
+        &data,
+        &[
+            "keys",
+            "rotate",
+            "--old",
+            root_pub.to_str().unwrap(),
+            "--new-root",
+            &secure_key("precomp-root-2.key"),
+            "--root",
+            &secure_key("precomp-root.key"),
+        ],
+    ));
+    let listed = ok(precomp_data(&data, &["keys", "list"]));
+    assert!(
+        listed.contains("version 2") && listed.contains(&root2_id),
+        "{listed}"
+    );
+    // Only the new root issues versions now.
+    let by_old_root = precomp_data(
+        &data,
+        &["keys", "renew", "--root", &secure_key("precomp-root.key")],
+    );
+    assert!(
+        !by_old_root.status.success() && text(&by_old_root).contains("not a root key"),
+        "{}",
+        describe(&by_old_root)
+    );
+    // Clients pinning the old root follow the rotation: the one that cached version 1, and one
+    // with nothing cached (it walks the chain from the pinned root).
+    let followed = plain_ex(&fetch_here(&project, &cache, &["--json"]));
+    assert_eq!(followed["status"], "current", "{followed}");
+    assert_eq!(cached_version(&cache), 2);
+    let fresh = root.join("fresh");
+    configured_consumer(&fresh, server.base(), &root_pub);
+    let installed = plain_ex(&fetch_here(
+        &fresh,
+        &root.join("fresh-cache/trust.doc"),
+        &["--json"],
+    ));
+    assert_eq!(installed["status"], "installed", "{installed}");
+    assert_eq!(installed["signers"], serde_json::json!([b1_id]));
+
+    // A project updates its pinned key (the file `.precomp.toml` names), then the old root is
+    // revoked with the new one.
+    std::fs::copy(&root2_pub, fresh.join("ci/keys/precomp-root.pub")).unwrap();
+    ok(precomp_data(
+        &data,
+        &[
+            "keys",
+            "revoke",
+            &root_id,
+            "--reason",
+            "leaked",
+            "--root",
+            &secure_key("precomp-root-2.key"),
+        ],
+    ));
+    let listed = ok(precomp_data(&data, &["keys", "list", "--json"]));
+    let document: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert!(document.to_string().contains(&root_id), "{document}");
+    let pinned_new = fetch_here(&fresh, &root.join("pinned-new/trust.doc"), &["--json"]);
+    let line = plain_ex(&pinned_new);
+    assert_eq!(line["status"], "current", "{line}");
+    assert_eq!(cached_version(&root.join("pinned-new/trust.doc")), 3);
+    // The revoked old root issues nothing.
+    let revoked_root = precomp_data(
+        &data,
+        &["keys", "renew", "--root", &secure_key("precomp-root.key")],
+    );
+    assert!(
+        !revoked_root.status.success(),
+        "{}",
+        describe(&revoked_root)
+    );
+}
+
+/// A miss whose inputs the mirror's builders tried and failed is `build_failed`: the reason
+/// names the toolchain, the attempts, where the log is and its digest, and `--request-builds`
+/// says the mirror keeps that miss closed (a failure is recorded under its key).
+#[test]
+fn a_build_the_mirror_holds_a_failure_for_is_missed_naming_the_failure_and_its_log() {
+    let fixture = Fixture::get();
+    let scratch = data_dir("precomp-failed-miss-");
+    let root = scratch.path();
+    let data = root.join("data");
+    let keys = root.join("keys");
+    let (_, root_pub, _) = generate(&keys, "precomp-root");
+    let (_, b1_pub, _) = generate(&keys, "builder-1");
+    ok(precomp_data(
+        &data,
+        &[
+            "keys",
+            "init",
+            "--root",
+            keys.join("precomp-root.key").to_str().unwrap(),
+            "--builder",
+            b1_pub.to_str().unwrap(),
+        ],
+    ));
+    let token = ok(precomp_data(
+        &data,
+        &[
+            "token",
+            "create",
+            "--name",
+            "builder-1",
+            "--key",
+            b1_pub.to_str().unwrap(),
+        ],
+    ))
+    .trim()
+    .to_string();
+    let server = serve_fixture(&data);
+    let client = ArtifactClient::new(server.base(), Some(token)).unwrap();
+    let log = "** (CompileError) lib/plain_ex.ex:1: undefined function boom/0\n";
+    let recorded = runtime()
+        .block_on(
+            client.record_failure(&precomp_registry::artifacts::FailureReport {
+                package: "plain_ex".into(),
+                version: "1.0.0".into(),
+                base_key: fixture.manifest.base_key.clone(),
+                toolchain_id: "host".into(),
+                log: log.into(),
+            }),
+        )
+        .unwrap();
+
+    let project = root.join("project");
+    configured_consumer(&project, server.base(), &root_pub);
+    let cache = root.join("cache/trust.doc");
+    let missed = plain_ex(&fetch_here(&project, &cache, &["--json"]));
+    assert_eq!(missed["kind"], "build_failed", "{missed}");
+    let reason = missed["reason"].as_str().unwrap();
+    for expected in [
+        "toolchain host",
+        "1 attempt,",
+        &format!("{}/precomp/v1/failures/plain_ex", server.base()),
+        &recorded.log_sha256,
+    ] {
+        assert!(reason.contains(expected), "no {expected:?} in: {reason}");
+    }
+    // The log is where the reason says.
+    let failures: serde_json::Value =
+        reqwest::blocking::get(server.url("/precomp/v1/failures/plain_ex"))
+            .unwrap()
+            .json()
+            .unwrap();
+    assert!(
+        failures.to_string().contains("undefined function boom/0"),
+        "{failures}"
+    );
+
+    let requested = fetch_here(&project, &cache, &["--request-builds"]);
+    let said = text(&requested);
+    assert!(requested.status.success(), "{}", describe(&requested));
+    assert!(
+        said.contains("requested builds for 1 miss(es): 0 open for builders, 1 closed on the mirror (plain_ex: failed on host"),
+        "{said}"
+    );
 }

@@ -45,6 +45,69 @@ pub struct IndexBuild {
     /// The verdicts auditors posted for this build, by auditor.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub verdicts: Vec<VerdictSummary>,
+    /// Builders (key ids) whose own manifest of this key holds the same artifact bytes: an
+    /// identical rebuild, kept as agreement evidence (docs/protocol.md, "Several manifests
+    /// for one key"). Absent when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agreed_by: Vec<String>,
+    /// Builds of the same key by other builders that gave other artifact bytes: a
+    /// reproducibility finding, which flags the build as a mismatch verdict does. Absent
+    /// when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disagreements: Vec<Disagreement>,
+}
+
+/// Another builder's build of a published key whose artifact differs from the published one
+/// (a `conflicting` manifest of the key's history).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disagreement {
+    /// The key ids that signed it.
+    pub signers: Vec<String>,
+    pub artifact_sha256: String,
+    /// What differs from the published artifact, by file.
+    pub summary: String,
+    /// Unix seconds.
+    pub received_at: i64,
+}
+
+/// `GET /precomp/v1/manifests/KEY/history`: every manifest the mirror keeps for a key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestHistory {
+    pub key: String,
+    /// The published manifest first, then the others, oldest first.
+    pub manifests: Vec<KeptManifest>,
+}
+
+/// One manifest of a key's history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptManifest {
+    /// `published` (the key's build), `agreeing` (the same artifact, another manifest),
+    /// `conflicting` (another artifact: a reproducibility finding, never published) or
+    /// `replaced` (published until a rebuild replaced it: no signer counted any more).
+    pub status: String,
+    /// True for the one `GET manifests/KEY` serves now.
+    pub served: bool,
+    /// SHA-256 of the manifest bytes (what verdicts name).
+    pub manifest_sha256: String,
+    pub artifact_sha256: String,
+    /// The key ids whose signatures the mirror verified.
+    pub signers: Vec<String>,
+    /// Of `signers`, those the mirror's trust document excludes now, with why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded: Vec<String>,
+    /// The token that uploaded it.
+    pub published_by: String,
+    /// Unix seconds.
+    pub published_at: i64,
+    pub changed_at: i64,
+    /// Why it has its status.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub note: String,
+    /// A replaced build's verdicts, as `GET verdicts/KEY` listed them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verdicts: Vec<VerdictRecord>,
+    /// The signed envelope, base64: `precomp inspect` reads it.
+    pub signed_manifest: String,
 }
 
 fn key_format_v1() -> u32 {
@@ -78,6 +141,9 @@ pub struct Verdicts {
     pub flagged: bool,
     /// By auditor.
     pub verdicts: Vec<VerdictRecord>,
+    /// Other builders' builds of the key with other artifact bytes (they flag it too).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disagreements: Vec<Disagreement>,
 }
 
 /// One stored verdict: its fields decoded, and the signed bytes to check them by.
@@ -265,6 +331,9 @@ pub struct MissRecorded {
     pub count: u64,
     /// False when a build that satisfies it was published or a failure was recorded.
     pub open: bool,
+    /// For a closed miss: what closed it (`published KEY`, `failed on TOOLCHAIN`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_by: Option<String>,
 }
 
 /// `GET /precomp/v1/misses`: the open misses, most reported first.
@@ -355,10 +424,17 @@ pub struct ManifestStored {
     pub version: String,
     /// Every verified signer of the stored manifest.
     pub signers: Vec<String>,
-    /// `created`, `unchanged` (the same bytes were there) or `countersigned` (the same
-    /// manifest was there; the new signatures were added to it).
+    /// `created`, `unchanged` (the same bytes were there, or this signer had already
+    /// published these artifact bytes), `countersigned` (the same manifest was there; the new
+    /// signatures were added to it), `agreed` (another manifest with the same artifact is
+    /// published: this one is kept beside it as agreement evidence) or `replaced` (what was
+    /// published under the key had no signer that counts any more: this one is published in
+    /// its place).
     pub result: String,
     pub closed_misses: u64,
+    /// With `replaced`: the SHA-256 of the manifest it replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced: Option<String>,
 }
 
 /// Bound on `fewer_than` in an audit [`LeaseRequest`].

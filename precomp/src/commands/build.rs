@@ -237,7 +237,7 @@ pub fn run(context: &Context, args: BuildArgs) -> anyhow::Result<ExitCode> {
             if args.json {
                 let mut line = json_line(result, args.out.as_deref());
                 if let Some(published) = published {
-                    line["published"] = published.is_ok().into();
+                    publish_fields(&mut line, published);
                 }
                 println!("{line}");
             }
@@ -302,7 +302,7 @@ pub(crate) fn build_and_publish(
     jobs: usize,
     progress: &dyn Progress,
     publish_to: Option<(&tokio::runtime::Runtime, &ArtifactClient)>,
-) -> anyhow::Result<Vec<(PackageResult, Option<anyhow::Result<()>>)>> {
+) -> anyhow::Result<Vec<(PackageResult, Option<anyhow::Result<Published>>)>> {
     let results = run::build_lock(build_context, reuse, lock, apps, jobs, progress)?;
     Ok(results
         .into_iter()
@@ -524,13 +524,45 @@ pub(crate) fn json_line(result: &PackageResult, out: Option<&Path>) -> serde_jso
     object
 }
 
+/// What publishing one package's result did on the mirror.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Published {
+    /// Its manifest is on the mirror: the mirror's `result` (`created`, `unchanged`,
+    /// `countersigned`, `agreed`, `replaced`).
+    Manifest(String),
+    /// Its failure was recorded with its log.
+    Failure,
+    /// Nothing to upload (skipped, cancelled, not buildable).
+    Nothing,
+}
+
+/// `published`, `publish_result` and `publish_error` of a `--json` line: what the mirror did
+/// with the package, truly (a skipped package was not published).
+pub(crate) fn publish_fields(line: &mut serde_json::Value, published: &anyhow::Result<Published>) {
+    match published {
+        Ok(Published::Manifest(result)) => {
+            line["published"] = true.into();
+            line["publish_result"] = result.as_str().into();
+        }
+        Ok(Published::Failure) => {
+            line["published"] = false.into();
+            line["publish_result"] = "failure_recorded".into();
+        }
+        Ok(Published::Nothing) => line["published"] = false.into(),
+        Err(e) => {
+            line["published"] = false.into();
+            line["publish_error"] = format!("{e:#}").into();
+        }
+    }
+}
+
 /// Uploads a build (artifact, then manifest) or records a failure with its log.
 pub(crate) fn publish(
     runtime: &tokio::runtime::Runtime,
     client: &ArtifactClient,
     toolchain: &Toolchain,
     result: &PackageResult,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Published> {
     runtime.block_on(async {
         if let Some(build) = &result.build {
             let output = build
@@ -548,9 +580,10 @@ pub(crate) fn publish(
                     .with_context(|| format!("reading {}", build.artifact_path.display()))?;
                 client.upload_artifact(&sha256, bytes).await?;
             }
-            client
+            let (_, stored) = client
                 .upload_manifest(&build.manifest.key, build.signed_bytes.clone())
                 .await?;
+            Ok(Published::Manifest(stored.result))
         } else if let Status::Failed { log, base_key, .. } = &result.status {
             let text = std::fs::read(log).with_context(|| format!("reading {}", log.display()))?;
             client
@@ -562,8 +595,10 @@ pub(crate) fn publish(
                     log: String::from_utf8_lossy(&text).into_owned(),
                 })
                 .await?;
+            Ok(Published::Failure)
+        } else {
+            Ok(Published::Nothing)
         }
-        Ok(())
     })
 }
 
@@ -674,7 +709,7 @@ pub(crate) fn settle_miss(
     toolchain: &Toolchain,
     miss: &Miss,
     result: &PackageResult,
-    published: Option<&anyhow::Result<()>>,
+    published: Option<&anyhow::Result<Published>>,
 ) -> anyhow::Result<Option<String>> {
     let log = match (&result.status, &result.build, published) {
         (
@@ -687,7 +722,7 @@ pub(crate) fn settle_miss(
             "precomp: {} {} failed to build (base key {base_key}): {reason}\n",
             miss.package, miss.version
         ),
-        (_, Some(build), Some(Ok(()))) => {
+        (_, Some(build), Some(Ok(Published::Manifest(_)))) => {
             let request = miss_request_text(&miss.report())
                 .map_err(|refusal| anyhow::anyhow!("the miss: {}", refusal.message))?;
             let built = build.manifest.inputs()?.base_text()?;

@@ -183,8 +183,13 @@ pub fn run(_context: &Context, args: FetchArgs) -> anyhow::Result<ExitCode> {
             .map(|root| settings.base.join(root))
     });
     let mut revocation_reasons = std::collections::BTreeMap::new();
+    // The document's version, when it leaves no builder key in effect.
+    let mut no_builders_in = None;
     if let Some(root) = &root_key {
         let document = trust_document(&mirror, root, args.trust_cache.as_deref())?;
+        if document.builders.is_empty() {
+            no_builders_in = Some(document.version);
+        }
         keys.extend(document.builders);
         auditors.extend(document.auditors);
         revoked.extend(document.revoked.keys().cloned());
@@ -204,9 +209,28 @@ pub fn run(_context: &Context, args: FetchArgs) -> anyhow::Result<ExitCode> {
     }
     // Auditors' keys are trusted keys too (a policy may list only auditors besides builders).
     keys.extend(auditors.iter().cloned());
-    let policy = TrustPolicy::new(keys, min_signatures, required, revoked)?
-        .with_auditors(auditors, require_auditors)?
-        .with_revocation_reasons(revocation_reasons);
+    let counting: Vec<TrustedKey> = keys
+        .iter()
+        .filter(|key| !revoked.contains(&key.id))
+        .cloned()
+        .collect();
+    let policy = match TrustPolicy::new(keys, min_signatures, required, revoked)
+        .and_then(|policy| policy.with_auditors(auditors, require_auditors))
+    {
+        Ok(policy) => policy.with_revocation_reasons(revocation_reasons.clone()),
+        // No lookup can run: what no key that still counts signed is removed all the same,
+        // then the run stops.
+        Err(error) => {
+            return Err(stop_without_policy(
+                &args,
+                &project_dir,
+                &counting,
+                &revocation_reasons,
+                no_builders_in,
+                error,
+            ))
+        }
+    };
 
     let target = match &args.target {
         Some(text) => Some(parse_target(text).with_context(|| {
@@ -216,7 +240,7 @@ pub fn run(_context: &Context, args: FetchArgs) -> anyhow::Result<ExitCode> {
     };
     let jobs = args.jobs.or(settings.jobs).unwrap_or(8).clamp(1, 64);
     let options = FetchOptions {
-        project_dir,
+        project_dir: project_dir.clone(),
         mix_env: args.mix_env.clone(),
         mirror,
         policy,
@@ -234,7 +258,22 @@ pub fn run(_context: &Context, args: FetchArgs) -> anyhow::Result<ExitCode> {
         .context("starting the async runtime")?;
     let report = runtime.block_on(precomp_client::fetch(options, progress.clone()));
     progress.finish();
-    let report = report?;
+    // A run that stopped on an error still takes out what no key that counts signed (a
+    // revocation reaches `_build` whatever else fails).
+    let report = match report {
+        Ok(report) => report,
+        Err(error) => {
+            let cleanup =
+                remove_untrusted_installs(&args, &project_dir, &counting, &revocation_reasons);
+            if cleanup.is_empty() {
+                return Err(error.into());
+            }
+            return Err(anyhow::anyhow!(
+                "{}.{cleanup}",
+                error.to_string().trim_end_matches('.')
+            ));
+        }
+    };
 
     if args.json {
         let mut out = String::new();
@@ -258,8 +297,18 @@ pub fn run(_context: &Context, args: FetchArgs) -> anyhow::Result<ExitCode> {
         }
         if args.request_builds {
             text.push_str(&format!(
-                "requested builds for {} miss(es)\n",
-                report.requested
+                "requested builds for {} miss(es): {} open for builders{}\n",
+                report.requested,
+                report.requested_open,
+                if report.requested_closed.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        ", {} closed on the mirror ({})",
+                        report.requested_closed.len(),
+                        report.requested_closed.join("; ")
+                    )
+                }
             ));
         }
         for error in &report.request_errors {
@@ -298,8 +347,97 @@ pub fn run(_context: &Context, args: FetchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The run cannot look anything up (`error`: the trust policy is impossible, e.g. no key
+/// left to trust): removes every precompiled install no key of `counting` signed, says which
+/// (as `removed` lines, or JSON objects with `--json`), and returns the error to stop with —
+/// naming the trust document's revocations when it left no builder key in effect.
+fn stop_without_policy(
+    args: &FetchArgs,
+    project_dir: &std::path::Path,
+    counting: &[TrustedKey],
+    revocations: &std::collections::BTreeMap<String, String>,
+    no_builders_in: Option<u64>,
+    error: precomp_client::ClientError,
+) -> anyhow::Error {
+    let cleanup = remove_untrusted_installs(args, project_dir, counting, revocations);
+    match no_builders_in {
+        Some(version) if !revocations.is_empty() => anyhow::anyhow!(
+            "the mirror's trust document (version {version}) leaves no builder key in effect: \
+             it revoked {}. No precompiled dependency can be trusted until it lists a builder \
+             again: the mirror's operators add one (`precomp keys add NEW.pub --role builder \
+             --root ROOT.key`, docs/operations.md \"A compromised builder or auditor key\").\
+             {cleanup}",
+            revocations
+                .iter()
+                .map(|(id, why)| format!("{id} ({why})"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        _ => anyhow::anyhow!("{}.{cleanup}", error.to_string().trim_end_matches('.')),
+    }
+}
+
+/// Removes every precompiled install of the project no key of `counting` signed, prints which
+/// (`removed` lines, or JSON objects with `--json`), and returns a sentence for the error the
+/// run stops with (empty when nothing was removed).
+fn remove_untrusted_installs(
+    args: &FetchArgs,
+    project_dir: &std::path::Path,
+    counting: &[TrustedKey],
+    revocations: &std::collections::BTreeMap<String, String>,
+) -> String {
+    let removed = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+        .and_then(|runtime| {
+            runtime
+                .block_on(precomp_client::revoked::remove_untrusted(
+                    project_dir,
+                    &args.mix_env,
+                    counting,
+                    revocations,
+                ))
+                .map_err(anyhow::Error::from)
+        });
+    match &removed {
+        Ok(removed) => {
+            let mut out = String::new();
+            for dep in removed {
+                if args.json {
+                    out.push_str(
+                        &serde_json::json!({"app": dep.app, "status": "removed",
+                                            "key": dep.key, "reason": dep.reason})
+                        .to_string(),
+                    );
+                } else {
+                    out.push_str(&format!(
+                        "removed    {}: {}; Mix builds it",
+                        dep.app, dep.reason
+                    ));
+                }
+                out.push('\n');
+            }
+            if args.print_missing {
+                eprint!("{out}");
+            } else {
+                print!("{out}");
+            }
+            match removed.len() {
+                0 => String::new(),
+                n => format!(
+                    " Removed {n} precompiled install(s) no trusted key signed, so `mix \
+                     compile` builds them."
+                ),
+            }
+        }
+        Err(e) => format!(" Could not remove the installs no trusted key signed: {e:#}"),
+    }
+}
+
 /// What the mirror's trust document makes trusted.
 struct DocumentKeys {
+    version: u64,
     builders: Vec<TrustedKey>,
     auditors: Vec<TrustedKey>,
     /// Revoked key id → why and when.
@@ -361,6 +499,7 @@ fn trust_document(
         document.version
     ));
     let mut keys = DocumentKeys {
+        version: document.version,
         builders: Vec::new(),
         auditors: Vec::new(),
         revoked: std::collections::BTreeMap::new(),

@@ -776,7 +776,13 @@ mod tests {
             };
             let store = self.artifacts.store();
             store
-                .put_manifest(&record, &signed, &signed.encode_to_vec(), "builder")
+                .put_manifest(
+                    &record,
+                    &signed,
+                    &signed.encode_to_vec(),
+                    "builder",
+                    &|_| true,
+                )
                 .unwrap();
             self.sql(
                 "UPDATE manifests SET published_at = ?2 WHERE key = ?1",

@@ -67,12 +67,17 @@ use std::collections::BTreeMap;
 
 use precomp_proto::buildkey::{CompileEnvEntry, KeyParts, KeyToolchain, Manager, Target};
 use precomp_proto::lock::{LockEntry, MixLock};
-use precomp_proto::manifest::{ArtifactPublicKey, ManifestError, SignedManifest};
+use precomp_proto::manifest::{
+    ArtifactPublicKey, FileRecord, ManifestError, Output, SignedManifest,
+};
 use precomp_proto::term::{parse_erlang_terms, Term};
+use sha2::{Digest as _, Sha256};
+use store::history;
 
 pub use api::{
-    ArtifactStored, CompileEnvJson, Failure, FailureRecorded, FailureReport, Failures, Index,
-    IndexBuild, ManifestStored, Miss, MissMember, MissRecorded, MissReport, Misses,
+    ArtifactStored, CompileEnvJson, Disagreement, Failure, FailureRecorded, FailureReport,
+    Failures, Index, IndexBuild, KeptManifest, ManifestHistory, ManifestStored, Miss, MissMember,
+    MissRecorded, MissReport, Misses,
 };
 pub use api::{
     AuditBuild, HeartbeatRequest, JobKind, Lease, LeaseReleased, LeaseRenewed, LeaseRequest,
@@ -83,6 +88,7 @@ pub use api::{
     VerdictSummary, Verdicts,
 };
 pub use client::{ArtifactClient, ClientError, Uploaded};
+pub use store::history::KeyManifest;
 pub use store::verdicts::files_json as verdict_files_json;
 pub use store::{
     ArtifactCheck, ArtifactStore, ArtifactStoreError, ManifestPut, ManifestRecord, MissRecord,
@@ -384,28 +390,30 @@ impl Artifacts {
                 ),
             ));
         }
-        // Roles, with a trust document: whether this publishes a new manifest or adds
-        // signatures to the published one. A different manifest under a published key is
-        // refused below (409) whoever signed it. (Between this look-up and the store's
-        // transaction another upload can publish the same manifest first; this one's builder
-        // signature is then added to it: what it signed is what is published.)
+        // Roles, with a trust document: whether this adds signatures to a manifest kept under
+        // the key (the published one or an agreeing one: auditors only) or brings a new
+        // manifest (builders only; the store decides whether it is published, kept as
+        // agreement, replaces a build nothing counts on any more, or is a finding). (Between
+        // this look-up and the store's transaction another upload can store the same manifest
+        // first; this one's signature is then added to it: what it signed is what is kept.)
         if keys.document_version().is_some() {
-            // None: nothing published under the key; Some(None): another manifest is.
-            let published = self.store.manifest(&manifest.key)?.map(|stored| {
-                match SignedManifest::decode(&stored) {
-                    Ok(old) if old.manifest == signed.manifest => Some(
-                        old.signatures
-                            .iter()
-                            .map(|s| s.key_id.clone())
-                            .collect::<Vec<_>>(),
-                    ),
-                    _ => None,
-                }
-            });
-            match published {
+            let digest = hex::encode(Sha256::digest(&signed.manifest));
+            let same = self
+                .store
+                .key_manifests(&manifest.key)?
+                .into_iter()
+                .find(|row| {
+                    matches!(row.status.as_str(), history::PUBLISHED | history::AGREEING)
+                        && row.manifest_digest == digest
+                });
+            match same {
                 None => keys.check_roles(&manifest.key, &signers, None)?,
-                Some(Some(present)) => keys.check_roles(&manifest.key, &signers, Some(&present))?,
-                Some(None) => {}
+                Some(row) => {
+                    let present: Vec<String> = SignedManifest::decode(&row.signed_manifest)
+                        .map(|old| old.signatures.into_iter().map(|s| s.key_id).collect())
+                        .unwrap_or_default();
+                    keys.check_roles(&manifest.key, &signers, Some(&present))?
+                }
             }
         }
         let package = manifest
@@ -483,28 +491,52 @@ impl Artifacts {
                 .and_then(|inputs| Ok(inputs.base_text()?))
                 .map_err(|e| Refusal::new(422, format!("manifest refused: {e}")))?,
         };
-        let (result, signers, closed_misses) =
+        let counts = |id: &str| keys.exclusion(id).is_none();
+        let (result, signers, closed_misses, replaced) =
             match self
                 .store
-                .put_manifest(&record, &signed, bytes, &publisher.name)?
+                .put_manifest(&record, &signed, bytes, &publisher.name, &counts)?
             {
                 ManifestPut::Created { closed_misses } => {
-                    ("created", record.signers.clone(), closed_misses)
+                    ("created", record.signers.clone(), closed_misses, None)
                 }
-                ManifestPut::Unchanged { signers } => ("unchanged", signers, 0),
-                ManifestPut::Countersigned { signers } => ("countersigned", signers, 0),
-                ManifestPut::Conflict { existing_sha256 } => {
+                ManifestPut::Unchanged { signers } => ("unchanged", signers, 0, None),
+                ManifestPut::Countersigned { signers } => ("countersigned", signers, 0, None),
+                ManifestPut::Agreed { signers } => ("agreed", signers, 0, None),
+                ManifestPut::Replaced {
+                    closed_misses,
+                    replaced,
+                } => (
+                    "replaced",
+                    record.signers.clone(),
+                    closed_misses,
+                    Some(replaced),
+                ),
+                ManifestPut::Conflict {
+                    existing_digest,
+                    existing_artifact,
+                    existing_signers,
+                    difference,
+                } => {
                     tracing::warn!(
                         key = %record.key,
                         publisher = %publisher.name,
-                        "a different manifest was uploaded for a published key"
+                        published = %existing_artifact,
+                        uploaded = %record.artifact_sha256,
+                        "reproducibility finding: a build of a published key gave other bytes"
                     );
                     return Err(Refusal::new(
                         409,
                         format!(
-                            "manifest refused: key {} is already published with another \
-                             manifest (sha256 {existing_sha256}); published manifests are \
-                             immutable, only signatures over the same manifest can be added",
+                            "manifest refused: reproducibility finding: key {} is published with \
+                             artifact {existing_artifact} (manifest {existing_digest}, signed by \
+                             {}), and this build of the same inputs gave artifact {}: \
+                             {difference}. Recorded on the mirror, which flags the build (GET \
+                             /precomp/v1/manifests/{}/history); find out which build is right \
+                             (`precomp audit`, docs/audit.md) before trusting either",
+                            record.key,
+                            existing_signers.join(", "),
+                            record.artifact_sha256,
                             record.key
                         ),
                     ));
@@ -526,6 +558,7 @@ impl Artifacts {
             signers,
             result: result.to_string(),
             closed_misses,
+            replaced,
         })
     }
 
@@ -548,15 +581,176 @@ impl Artifacts {
     }
 
     /// Validates a miss (its key is recomputed from what it carries: [`check_miss`]), then
-    /// counts it.
+    /// counts it: open while no published build that satisfies it has a signer that counts on
+    /// the mirror ([`Artifacts::counts`]) and no failure is recorded under its key.
     pub fn record_miss(&self, report: &MissReport) -> Result<MissRecorded, Refusal> {
         let (miss_key, request_text) = check_miss(report)?;
-        Ok(self.store.record_miss(&MissRecord {
-            report,
-            miss_key,
-            request_text,
-        })?)
+        let keys = self.effective_keys().ok();
+        Ok(self.store.record_miss(
+            &MissRecord {
+                report,
+                miss_key,
+                request_text,
+            },
+            &|id| counts(keys.as_ref(), id),
+        )?)
     }
+
+    /// The signed manifest `GET manifests/KEY` serves: the published one while one of its
+    /// signers counts on the mirror ([`Artifacts::counts`]), else an agreeing one (the same
+    /// artifact, another builder's manifest) with a signer that counts, else the published
+    /// one (clients then say why they refuse it).
+    pub fn served_manifest(&self, key: &str) -> Result<Option<Vec<u8>>, ArtifactStoreError> {
+        let rows = self.store.key_manifests(key)?;
+        if rows.iter().all(|row| row.status != history::AGREEING) {
+            return Ok(rows.into_iter().next().map(|row| row.signed_manifest));
+        }
+        let keys = self.effective_keys().ok();
+        let counts = |id: &str| counts(keys.as_ref(), id);
+        Ok(ArtifactStore::serving(&rows, &counts).map(|row| row.signed_manifest.clone()))
+    }
+
+    /// Every manifest kept for `key` (`GET manifests/KEY/history`): which one is served, and
+    /// which signers the trust document excludes now. `None` when nothing is published.
+    pub fn manifest_history(
+        &self,
+        key: &str,
+    ) -> Result<Option<ManifestHistory>, ArtifactStoreError> {
+        use base64::Engine as _;
+        let rows = self.store.key_manifests(key)?;
+        let keys = self.effective_keys().ok();
+        let counts_now = |id: &str| counts(keys.as_ref(), id);
+        let Some(served) = ArtifactStore::serving(&rows, &counts_now) else {
+            return Ok(None);
+        };
+        let served_digest = served.manifest_digest.clone();
+        let manifests = rows
+            .iter()
+            .map(|row| KeptManifest {
+                status: row.status.clone(),
+                served: row.manifest_digest == served_digest
+                    && matches!(row.status.as_str(), history::PUBLISHED | history::AGREEING),
+                manifest_sha256: row.manifest_digest.clone(),
+                artifact_sha256: row.artifact_sha256.clone(),
+                signers: row.signers.clone(),
+                excluded: row
+                    .signers
+                    .iter()
+                    .filter_map(|id| keys.as_ref()?.exclusion(id))
+                    .collect(),
+                published_by: row.published_by.clone(),
+                published_at: row.published_at,
+                changed_at: row.changed_at,
+                note: row.note.clone(),
+                verdicts: serde_json::from_value(row.verdicts.clone()).unwrap_or_default(),
+                signed_manifest: base64::engine::general_purpose::STANDARD
+                    .encode(&row.signed_manifest),
+            })
+            .collect();
+        Ok(Some(ManifestHistory {
+            key: key.to_string(),
+            manifests,
+        }))
+    }
+
+    /// The verdicts on `key` (`GET verdicts/KEY`), with the disagreements that flag it too.
+    pub fn verdicts(&self, key: &str) -> Result<Verdicts, ArtifactStoreError> {
+        let mut verdicts = self.store.verdicts(key)?;
+        let rows = self.store.key_manifests(key)?;
+        let keys = self.effective_keys().ok();
+        let counts = |id: &str| counts(keys.as_ref(), id);
+        verdicts.disagreements = disagreements(&rows, &counts);
+        verdicts.flagged |= !verdicts.disagreements.is_empty();
+        Ok(verdicts)
+    }
+}
+
+/// Whether a signature by `id` counts on the mirror now: its trust document (`keys`) does not
+/// exclude the key (revoked, validity ended or not begun). Without usable keys (the document
+/// cannot be used), nothing is excluded: reading goes on as before, uploads are refused.
+fn counts(keys: Option<&EffectiveKeys>, id: &str) -> bool {
+    keys.is_none_or(|keys| keys.exclusion(id).is_none())
+}
+
+/// The builds of a key (`rows`: its published manifest first, then its history) that gave
+/// other artifact bytes than the published one, signed by a key that counts.
+fn disagreements(
+    rows: &[history::KeyManifest],
+    counts: &dyn Fn(&str) -> bool,
+) -> Vec<Disagreement> {
+    let Some(published) = rows.first().filter(|row| row.status == history::PUBLISHED) else {
+        return Vec::new();
+    };
+    disagreements_with(&published.artifact_sha256, rows.iter(), counts)
+}
+
+/// [`disagreements`], given the published artifact and the history rows.
+fn disagreements_with<'a>(
+    published_artifact: &str,
+    rows: impl Iterator<Item = &'a history::KeyManifest>,
+    counts: &dyn Fn(&str) -> bool,
+) -> Vec<Disagreement> {
+    rows.filter(|row| {
+        row.status == history::CONFLICTING
+            && row.artifact_sha256 != published_artifact
+            && row.in_good_standing(counts)
+    })
+    .map(|row| Disagreement {
+        signers: row.signers.clone(),
+        artifact_sha256: row.artifact_sha256.clone(),
+        summary: row.note.clone(),
+        received_at: row.changed_at,
+    })
+    .collect()
+}
+
+/// What differs between a published artifact and another build of the same key, by the
+/// files their manifests list: `2 of 14 files differ: ebin/a.beam (other bytes), …`.
+pub(crate) fn describe_difference(published: &Output, other: &Output) -> String {
+    use std::collections::BTreeMap;
+    const NAMED: usize = 5;
+    let by_path = |output: &Output| -> BTreeMap<String, FileRecord> {
+        output
+            .files
+            .iter()
+            .map(|file| (file.path.clone(), file.clone()))
+            .collect()
+    };
+    let (ours, theirs) = (by_path(published), by_path(other));
+    let mut differences = Vec::new();
+    for (path, file) in &ours {
+        match theirs.get(path) {
+            None => differences.push(format!("{path} (only in the published build)")),
+            Some(other) if other.sha256 != file.sha256 || other.size != file.size => {
+                differences.push(format!("{path} (other bytes)"))
+            }
+            Some(other) if other.executable != file.executable => {
+                differences.push(format!("{path} (executable bit)"))
+            }
+            Some(_) => {}
+        }
+    }
+    for path in theirs.keys().filter(|path| !ours.contains_key(*path)) {
+        differences.push(format!("{path} (only in this build)"));
+    }
+    if differences.is_empty() {
+        return "every file the manifests list matches; the tarballs differ (their \
+                compression or layout)"
+            .to_string();
+    }
+    let total = ours.len().max(theirs.len());
+    let count = differences.len();
+    let more = count.saturating_sub(NAMED);
+    differences.truncate(NAMED);
+    format!(
+        "{count} of {total} file(s) differ: {}{}",
+        differences.join(", "),
+        if more > 0 {
+            format!(", and {more} more")
+        } else {
+            String::new()
+        }
+    )
 }
 
 /// `DATA/trust` beside the store (`DATA/artifacts`).

@@ -49,6 +49,10 @@ pub(super) mod verdicts;
 #[path = "jobs.rs"]
 mod jobs;
 
+// Several manifests for one key: the `manifest_history` table (schema version 4).
+#[path = "history.rs"]
+pub(super) mod history;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactStoreError {
     #[error("artifact database {path}: {source}")]
@@ -85,9 +89,10 @@ pub enum ArtifactStoreError {
 
 /// The database's `user_version`: 2 since leases have a kind (build or audit jobs); 3 since
 /// key format v2 (manifests record their key format and base text, misses are identified by
-/// their base key or request key and carry what the key needs). Older databases are migrated
-/// when they are opened ([`migrate`]).
-const SCHEMA_VERSION: i64 = 3;
+/// their base key or request key and carry what the key needs); 4 since several manifests
+/// are kept per key (`manifest_history`, [`history::HISTORY_SCHEMA`]: a new table, nothing
+/// to convert). Older databases are migrated when they are opened ([`migrate`]).
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tokens (
@@ -299,7 +304,7 @@ struct MissInputs {
     closure: Vec<MissMember>,
 }
 
-/// How storing a manifest ended.
+/// How storing a manifest ended ([`ArtifactStore::put_manifest`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ManifestPut {
     Created {
@@ -313,9 +318,26 @@ pub enum ManifestPut {
     Countersigned {
         signers: Vec<String>,
     },
-    /// Another manifest is published under this key.
+    /// Another manifest with the same artifact is published under this key (an identical
+    /// build): this one is kept beside it as agreement evidence.
+    Agreed {
+        signers: Vec<String>,
+    },
+    /// Nothing published under the key had a signer that counts: this manifest replaced it.
+    Replaced {
+        closed_misses: u64,
+        /// The digest of the manifest it replaced.
+        replaced: String,
+    },
+    /// A manifest with another artifact is published under this key: this one is recorded
+    /// as a reproducibility finding, not published.
     Conflict {
-        existing_sha256: String,
+        /// The published manifest's digest, artifact and signers.
+        existing_digest: String,
+        existing_artifact: String,
+        existing_signers: Vec<String>,
+        /// What differs, by file.
+        difference: String,
     },
 }
 
@@ -359,6 +381,8 @@ impl ArtifactStore {
             migrate(&tx).map_err(db_err)?;
         }
         tx.execute_batch(SCHEMA).map_err(db_err)?;
+        // 3 → 4: its own step (a new table), so it can be renumbered on its own.
+        tx.execute_batch(history::HISTORY_SCHEMA).map_err(db_err)?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(db_err)?;
         tx.commit().map_err(db_err)?;
@@ -688,110 +712,33 @@ impl ArtifactStore {
     // Manifests and the index
     // -----------------------------------------------------------------------------------------
 
-    /// Stores a verified manifest (`bytes`, decoded as `signed`) and closes the misses it
-    /// satisfies (`request_satisfied_by`), in one transaction.
+    /// Stores a verified manifest (`bytes`, decoded as `signed`), in one transaction with the
+    /// misses it closes. `counts` says whether a signer's signature counts on the mirror now
+    /// (its trust document does not exclude the key). Under a key nothing is published under,
+    /// it is published (`Created`). Under a published key (docs/protocol.md, "Several
+    /// manifests for one key", and [`history`]):
+    /// - the same bytes: `Unchanged`; the same manifest as the published one or an agreeing
+    ///   one, with new signatures: they are added to that envelope (`Countersigned`);
+    /// - when no manifest of the key has a signer that counts (revoked, expired): it is
+    ///   published in place of the old one, which is kept as `replaced` with its verdicts, and
+    ///   closes the misses it satisfies (`Replaced`);
+    /// - else, the same artifact: kept as `agreeing` (`Agreed`), or `Unchanged` when its
+    ///   signers already signed a manifest with that artifact;
+    /// - else, another artifact: kept as `conflicting`, with what differs (`Conflict`).
     pub fn put_manifest(
         &self,
         record: &ManifestRecord,
         signed: &SignedManifest,
         bytes: &[u8],
         published_by: &str,
+        counts: &dyn Fn(&str) -> bool,
     ) -> Result<ManifestPut, ArtifactStoreError> {
         let mut db = self.db.lock();
         let tx = db
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(self.db_err())?;
-        let existing: Option<(Vec<u8>, String, String)> = tx
-            .query_row(
-                "SELECT signed_manifest, signers, manifest_sha256 FROM manifests WHERE key = ?1",
-                params![record.key],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-            )
-            .optional()
+        let outcome = put_manifest_in(&tx, record, signed, bytes, published_by, counts)
             .map_err(self.db_err())?;
-        let outcome = match existing {
-            None => {
-                tx.execute(
-                    "INSERT INTO manifests (key, base_key, package, version, otp_major, elixir,
-                        mix_env, target, artifact_sha256, artifact_size, compile_env, signers,
-                        signed_manifest, manifest_sha256, published_by, published_at,
-                        key_format, base_text)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                        ?17, ?18)",
-                    params![
-                        record.key,
-                        record.base_key,
-                        record.package,
-                        record.version,
-                        record.otp_major,
-                        record.elixir,
-                        record.mix_env,
-                        record.target,
-                        record.artifact_sha256,
-                        record.artifact_size as i64,
-                        to_json(&record.compile_env),
-                        to_json(&record.signers),
-                        bytes,
-                        hex::encode(Sha256::digest(bytes)),
-                        published_by,
-                        now(),
-                        record.key_format,
-                        record.base_text
-                    ],
-                )
-                .map_err(self.db_err())?;
-                let closed_misses = close_satisfied_misses(&tx, record).map_err(self.db_err())?;
-                ManifestPut::Created { closed_misses }
-            }
-            Some((old_bytes, old_signers, old_sha256)) => {
-                let mut signers: Vec<String> = from_json(&old_signers);
-                if old_bytes == bytes {
-                    ManifestPut::Unchanged { signers }
-                } else {
-                    match SignedManifest::decode(&old_bytes) {
-                        Ok(mut old) if old.manifest == signed.manifest => {
-                            let present: HashSet<String> =
-                                old.signatures.iter().map(|s| s.key_id.clone()).collect();
-                            let added: Vec<_> = signed
-                                .signatures
-                                .iter()
-                                .filter(|s| {
-                                    record.signers.contains(&s.key_id)
-                                        && !present.contains(&s.key_id)
-                                })
-                                .cloned()
-                                .collect();
-                            if added.is_empty() {
-                                ManifestPut::Unchanged { signers }
-                            } else {
-                                for signature in added {
-                                    if !signers.contains(&signature.key_id) {
-                                        signers.push(signature.key_id.clone());
-                                    }
-                                    old.signatures.push(signature);
-                                }
-                                let merged = old.encode_to_vec();
-                                tx.execute(
-                                    "UPDATE manifests SET signed_manifest = ?2, manifest_sha256 = ?3,
-                                        signers = ?4 WHERE key = ?1",
-                                    params![
-                                        record.key,
-                                        merged,
-                                        hex::encode(Sha256::digest(&merged)),
-                                        to_json(&signers)
-                                    ],
-                                )
-                                .map_err(self.db_err())?;
-                                ManifestPut::Countersigned { signers }
-                            }
-                        }
-                        _ => ManifestPut::Conflict {
-                            existing_sha256: old_sha256,
-                        },
-                    }
-                }
-            }
-        };
         tx.commit().map_err(self.db_err())?;
         Ok(outcome)
     }
@@ -923,9 +870,15 @@ impl ArtifactStore {
     // -----------------------------------------------------------------------------------------
 
     /// Counts a (validated) miss, by its key. The first report opens it, unless a build that
-    /// satisfies it is published or a failure with its key is recorded already; later
-    /// reports only count.
-    pub fn record_miss(&self, miss: &MissRecord<'_>) -> Result<MissRecorded, ArtifactStoreError> {
+    /// satisfies it is published with a signer that counts (`counts`: the mirror's trust
+    /// document does not exclude it) or a failure with its key is recorded already; later
+    /// reports count, and reopen a miss a publish closed when no such build satisfies it any
+    /// more (its signers were revoked, gc removed it).
+    pub fn record_miss(
+        &self,
+        miss: &MissRecord<'_>,
+        counts: &dyn Fn(&str) -> bool,
+    ) -> Result<MissRecorded, ArtifactStoreError> {
         let report = miss.report;
         let now = now();
         let mut db = self.db.lock();
@@ -942,7 +895,7 @@ impl ArtifactStore {
             .map_err(self.db_err())?;
         let closed_by = match failed {
             Some(failed) => Some(failed),
-            None => published_satisfying(&tx, report, &miss.request_text)
+            None => published_satisfying(&tx, report, &miss.request_text, counts)
                 .map_err(self.db_err())?
                 .map(|key| format!("published {key}")),
         };
@@ -951,14 +904,19 @@ impl ArtifactStore {
             compile_env: report.compile_env.clone(),
             closure: report.closure.clone(),
         };
-        let (count, closed_at): (i64, Option<i64>) = tx
+        // A miss a publish closed reopens when nothing that counts satisfies it now.
+        let (count, closed_at, closed_by): (i64, Option<i64>, Option<String>) = tx
             .query_row(
                 "INSERT INTO misses (miss_key, base_key, request_text, package, version, reason,
                     otp_major, elixir, mix_env, target, lock, inputs, count, first_reported,
                     last_reported, closed_at, closed_by)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 1, ?13, ?13, ?14, ?15)
-                 ON CONFLICT(miss_key) DO UPDATE SET count = count + 1, last_reported = ?13
-                 RETURNING count, closed_at",
+                 ON CONFLICT(miss_key) DO UPDATE SET count = count + 1, last_reported = ?13,
+                    closed_at = CASE WHEN ?15 IS NULL AND closed_by LIKE 'published %'
+                                     THEN NULL ELSE closed_at END,
+                    closed_by = CASE WHEN ?15 IS NULL AND closed_by LIKE 'published %'
+                                     THEN NULL ELSE closed_by END
+                 RETURNING count, closed_at, closed_by",
                 params![
                     miss.miss_key,
                     report.base_key,
@@ -976,7 +934,7 @@ impl ArtifactStore {
                     closed_by.as_ref().map(|_| now),
                     closed_by
                 ],
-                |row| Ok((row.get(0)?, row.get(1)?)),
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
             )
             .map_err(self.db_err())?;
         tx.commit().map_err(self.db_err())?;
@@ -985,6 +943,7 @@ impl ArtifactStore {
             request_key: report.request_key.clone(),
             count: count as u64,
             open: closed_at.is_none(),
+            closed_by,
         })
     }
 
@@ -1072,11 +1031,13 @@ fn migrate(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
 }
 
 /// A published build of `report`'s release and toolchain whose base text satisfies
-/// `request_text`, if any: its key.
+/// `request_text`, with a signer that counts (on its published manifest or an agreeing one),
+/// if any: its key.
 fn published_satisfying(
     tx: &rusqlite::Transaction<'_>,
     report: &MissReport,
     request_text: &str,
+    counts: &dyn Fn(&str) -> bool,
 ) -> rusqlite::Result<Option<String>> {
     let mut stmt = tx.prepare(
         "SELECT key, base_text FROM manifests
@@ -1094,13 +1055,259 @@ fn published_satisfying(
         ],
         |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)),
     )?;
+    let mut satisfying = Vec::new();
     for row in rows {
         let (key, base_text) = row?;
         if request_satisfied_by(request_text, &base_text) {
+            satisfying.push(key);
+        }
+    }
+    for key in satisfying {
+        let mut rows: Vec<history::KeyManifest> =
+            history::published_row(tx, &key)?.into_iter().collect();
+        rows.extend(history::history_rows(tx, &key)?);
+        if ArtifactStore::serving(&rows, counts).is_some_and(|row| row.in_good_standing(counts)) {
             return Ok(Some(key));
         }
     }
     Ok(None)
+}
+
+/// [`ArtifactStore::put_manifest`] in `tx`.
+fn put_manifest_in(
+    tx: &rusqlite::Transaction<'_>,
+    record: &ManifestRecord,
+    signed: &SignedManifest,
+    bytes: &[u8],
+    published_by: &str,
+    counts: &dyn Fn(&str) -> bool,
+) -> rusqlite::Result<ManifestPut> {
+    let now = now();
+    let Some(published) = history::published_row(tx, &record.key)? else {
+        insert_manifest_row(tx, record, bytes, published_by, now)?;
+        let closed_misses = close_satisfied_misses(tx, record)?;
+        return Ok(ManifestPut::Created { closed_misses });
+    };
+    if published.signed_manifest == bytes {
+        return Ok(ManifestPut::Unchanged {
+            signers: published.signers,
+        });
+    }
+    let history = history::history_rows(tx, &record.key)?;
+    let digest = hex::encode(Sha256::digest(&signed.manifest));
+    // The same manifest as the published one or an agreeing one: its new signatures join
+    // that envelope (an auditor countersigning).
+    if let Some(same) = std::iter::once(&published)
+        .chain(history.iter().filter(|row| row.status == history::AGREEING))
+        .find(|row| row.manifest_digest == digest)
+    {
+        return countersign(tx, same, signed, record);
+    }
+    let current = std::iter::once(&published)
+        .chain(history.iter().filter(|row| row.status == history::AGREEING))
+        .find(|row| row.in_good_standing(counts));
+    let Some(current) = current else {
+        // Nothing published under the key counts any more: this build replaces it.
+        let note = format!(
+            "replaced by manifest {digest} (uploaded by {published_by}): none of its signers \
+             ({}) counts on the mirror any more",
+            published.signers.join(", ")
+        );
+        let verdicts = verdicts::records(tx, &record.key)?;
+        history::put_history(
+            tx,
+            &history::KeyManifest {
+                status: history::REPLACED.to_string(),
+                changed_at: now,
+                note: note.clone(),
+                verdicts: serde_json::to_value(&verdicts).expect("plain data serialises"),
+                ..published.clone()
+            },
+        )?;
+        for row in history.iter().filter(|row| row.status == history::AGREEING) {
+            history::put_history(
+                tx,
+                &history::KeyManifest {
+                    status: history::REPLACED.to_string(),
+                    changed_at: now,
+                    note: note.clone(),
+                    ..row.clone()
+                },
+            )?;
+        }
+        tx.execute("DELETE FROM verdicts WHERE key = ?1", params![record.key])?;
+        tx.execute("DELETE FROM manifests WHERE key = ?1", params![record.key])?;
+        insert_manifest_row(tx, record, bytes, published_by, now)?;
+        let closed_misses = close_satisfied_misses(tx, record)?;
+        return Ok(ManifestPut::Replaced {
+            closed_misses,
+            replaced: published.manifest_digest,
+        });
+    };
+    if current.artifact_sha256 == record.artifact_sha256 {
+        // An identical build: agreement. Nothing new when its signers have already signed a
+        // manifest with these bytes.
+        let agreed: HashSet<&String> = std::iter::once(&published)
+            .chain(history.iter().filter(|row| row.status == history::AGREEING))
+            .filter(|row| row.artifact_sha256 == record.artifact_sha256)
+            .flat_map(|row| row.signers.iter())
+            .collect();
+        if record.signers.iter().all(|id| agreed.contains(id)) {
+            return Ok(ManifestPut::Unchanged {
+                signers: current.signers.clone(),
+            });
+        }
+        history::put_history(
+            tx,
+            &history::KeyManifest {
+                key: record.key.clone(),
+                status: history::AGREEING.to_string(),
+                manifest_digest: digest,
+                signed_manifest: bytes.to_vec(),
+                signers: record.signers.clone(),
+                artifact_sha256: record.artifact_sha256.clone(),
+                published_by: published_by.to_string(),
+                published_at: now,
+                changed_at: now,
+                note: format!(
+                    "the same artifact as manifest {} (published by {})",
+                    current.manifest_digest, current.published_by
+                ),
+                verdicts: serde_json::Value::Array(Vec::new()),
+            },
+        )?;
+        return Ok(ManifestPut::Agreed {
+            signers: record.signers.clone(),
+        });
+    }
+    // Other bytes for the same inputs: a reproducibility finding, recorded.
+    let output_of = |envelope: &[u8]| {
+        SignedManifest::decode(envelope)
+            .ok()
+            .and_then(|s| {
+                <precomp_proto::manifest::Manifest as Message>::decode(s.manifest.as_slice()).ok()
+            })
+            .and_then(|m| m.output)
+            .unwrap_or_default()
+    };
+    let difference =
+        super::describe_difference(&output_of(&current.signed_manifest), &output_of(bytes));
+    history::put_history(
+        tx,
+        &history::KeyManifest {
+            key: record.key.clone(),
+            status: history::CONFLICTING.to_string(),
+            manifest_digest: digest,
+            signed_manifest: bytes.to_vec(),
+            signers: record.signers.clone(),
+            artifact_sha256: record.artifact_sha256.clone(),
+            published_by: published_by.to_string(),
+            published_at: now,
+            changed_at: now,
+            note: difference.clone(),
+            verdicts: serde_json::Value::Array(Vec::new()),
+        },
+    )?;
+    Ok(ManifestPut::Conflict {
+        existing_digest: current.manifest_digest.clone(),
+        existing_artifact: current.artifact_sha256.clone(),
+        existing_signers: current.signers.clone(),
+        difference,
+    })
+}
+
+/// Adds `signed`'s verified signatures (`record.signers`) that `row`'s envelope lacks to it.
+fn countersign(
+    tx: &rusqlite::Transaction<'_>,
+    row: &history::KeyManifest,
+    signed: &SignedManifest,
+    record: &ManifestRecord,
+) -> rusqlite::Result<ManifestPut> {
+    let Ok(mut envelope) = SignedManifest::decode(row.signed_manifest.as_slice()) else {
+        return Ok(ManifestPut::Unchanged {
+            signers: row.signers.clone(),
+        });
+    };
+    let present: HashSet<String> = envelope
+        .signatures
+        .iter()
+        .map(|s| s.key_id.clone())
+        .collect();
+    let added: Vec<_> = signed
+        .signatures
+        .iter()
+        .filter(|s| record.signers.contains(&s.key_id) && !present.contains(&s.key_id))
+        .cloned()
+        .collect();
+    let mut signers = row.signers.clone();
+    if added.is_empty() {
+        return Ok(ManifestPut::Unchanged { signers });
+    }
+    for signature in added {
+        if !signers.contains(&signature.key_id) {
+            signers.push(signature.key_id.clone());
+        }
+        envelope.signatures.push(signature);
+    }
+    let merged = envelope.encode_to_vec();
+    if row.status == history::PUBLISHED {
+        tx.execute(
+            "UPDATE manifests SET signed_manifest = ?2, manifest_sha256 = ?3, signers = ?4
+             WHERE key = ?1",
+            params![
+                row.key,
+                merged,
+                hex::encode(Sha256::digest(&merged)),
+                to_json(&signers)
+            ],
+        )?;
+    } else {
+        tx.execute(
+            "UPDATE manifest_history SET signed_manifest = ?3, signers = ?4
+             WHERE key = ?1 AND manifest_digest = ?2",
+            params![row.key, row.manifest_digest, merged, to_json(&signers)],
+        )?;
+    }
+    Ok(ManifestPut::Countersigned { signers })
+}
+
+/// Inserts the `manifests` row of a verified manifest.
+fn insert_manifest_row(
+    tx: &rusqlite::Transaction<'_>,
+    record: &ManifestRecord,
+    bytes: &[u8],
+    published_by: &str,
+    now: i64,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO manifests (key, base_key, package, version, otp_major, elixir,
+            mix_env, target, artifact_sha256, artifact_size, compile_env, signers,
+            signed_manifest, manifest_sha256, published_by, published_at,
+            key_format, base_text)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+            ?17, ?18)",
+        params![
+            record.key,
+            record.base_key,
+            record.package,
+            record.version,
+            record.otp_major,
+            record.elixir,
+            record.mix_env,
+            record.target,
+            record.artifact_sha256,
+            record.artifact_size as i64,
+            to_json(&record.compile_env),
+            to_json(&record.signers),
+            bytes,
+            hex::encode(Sha256::digest(bytes)),
+            published_by,
+            now,
+            record.key_format,
+            record.base_text
+        ],
+    )?;
+    Ok(())
 }
 
 /// Closes the open misses a newly published build satisfies: those of its release and
@@ -1193,6 +1400,8 @@ fn index_build_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<IndexBuild> {
         auditors: Vec::new(),
         flagged: false,
         verdicts: Vec::new(),
+        agreed_by: Vec::new(),
+        disagreements: Vec::new(),
     })
 }
 

@@ -75,29 +75,34 @@ impl ArtifactStore {
         let tx = db
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(self.db_err())?;
-        let stored: Option<Vec<u8>> = tx
-            .query_row(
-                "SELECT signed_manifest FROM manifests WHERE key = ?1",
-                params![verdict.key],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(self.db_err())?;
-        let Some(stored) = stored else {
+        // The published manifest, or an agreeing one (the one served while every signer of
+        // the published one is excluded): a verdict may name either, they hold the same
+        // artifact.
+        let Some(published) =
+            super::history::published_row(&tx, &verdict.key).map_err(self.db_err())?
+        else {
             return Ok(VerdictPut::NoManifest);
         };
+        let agreeing = super::history::history_rows(&tx, &verdict.key)
+            .map_err(self.db_err())?
+            .into_iter()
+            .filter(|row| row.status == super::history::AGREEING);
+        let named = hex::encode(&verdict.manifest_sha256);
+        let Some(stored) = std::iter::once(published.clone())
+            .chain(agreeing)
+            .find(|row| row.manifest_digest == named)
+            .map(|row| row.signed_manifest)
+        else {
+            return Ok(VerdictPut::OtherManifest {
+                published: published.manifest_digest,
+            });
+        };
         // Stored manifests were verified when they were published.
-        let signed = SignedManifest::decode(&stored).ok();
+        let signed = SignedManifest::decode(stored.as_slice()).ok();
         let manifest_bytes = signed
             .as_ref()
             .map(|s| s.manifest.as_slice())
             .unwrap_or(&[]);
-        let digest = Sha256::digest(manifest_bytes);
-        if digest.as_slice() != verdict.manifest_sha256.as_slice() {
-            return Ok(VerdictPut::OtherManifest {
-                published: hex::encode(digest),
-            });
-        }
         let artifact = Manifest::decode(manifest_bytes)
             .ok()
             .and_then(|m| m.output)
@@ -158,39 +163,13 @@ impl ArtifactStore {
     /// Every verdict on `key`, by auditor.
     pub fn verdicts(&self, key: &str) -> Result<Verdicts, ArtifactStoreError> {
         let db = self.db.lock();
-        let mut stmt = db
-            .prepare(
-                "SELECT signed_verdict, reported_by, received_at FROM verdicts WHERE key = ?1
-                 ORDER BY auditor_id",
-            )
-            .map_err(self.db_err())?;
-        let rows = stmt
-            .query_map(params![key], |row| {
-                Ok((
-                    row.get::<_, Vec<u8>>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, i64>(2)?,
-                ))
-            })
-            .map_err(self.db_err())?;
-        let mut verdicts = Vec::new();
-        for row in rows {
-            let (bytes, reported_by, received_at) = row.map_err(self.db_err())?;
-            // Verified when posted; a row that no longer decodes is skipped, not served.
-            let decoded = SignedVerdict::decode(&bytes)
-                .ok()
-                .and_then(|s| Verdict::decode(s.verdict.as_slice()).ok());
-            let Some(verdict) = decoded else {
-                tracing::warn!(%key, "skipping an undecodable stored verdict");
-                continue;
-            };
-            verdicts.push(record(&verdict, &bytes, reported_by, received_at));
-        }
+        let verdicts = records(&db, key).map_err(self.db_err())?;
         let flagged = verdicts.iter().any(|v| v.result == MISMATCH);
         Ok(Verdicts {
             key: key.to_string(),
             flagged,
             verdicts,
+            disagreements: Vec::new(),
         })
     }
 
@@ -205,6 +184,35 @@ impl ArtifactStore {
             .map_err(self.db_err())?;
         rows.collect::<Result<_, _>>().map_err(self.db_err())
     }
+}
+
+/// The stored verdicts on `key`, by auditor, as `GET verdicts/KEY` lists them.
+pub(super) fn records(db: &Connection, key: &str) -> rusqlite::Result<Vec<VerdictRecord>> {
+    let mut stmt = db.prepare(
+        "SELECT signed_verdict, reported_by, received_at FROM verdicts WHERE key = ?1
+         ORDER BY auditor_id",
+    )?;
+    let rows = stmt.query_map(params![key], |row| {
+        Ok((
+            row.get::<_, Vec<u8>>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, i64>(2)?,
+        ))
+    })?;
+    let mut verdicts = Vec::new();
+    for row in rows {
+        let (bytes, reported_by, received_at) = row?;
+        // Verified when posted; a row that no longer decodes is skipped, not served.
+        let decoded = SignedVerdict::decode(&bytes)
+            .ok()
+            .and_then(|s| Verdict::decode(s.verdict.as_slice()).ok());
+        let Some(verdict) = decoded else {
+            tracing::warn!(%key, "skipping an undecodable stored verdict");
+            continue;
+        };
+        verdicts.push(record(&verdict, &bytes, reported_by, received_at));
+    }
+    Ok(verdicts)
 }
 
 /// A stored verdict as `GET verdicts/KEY` shows it.
@@ -269,14 +277,46 @@ impl Artifacts {
     }
 
     /// Every build of `package` for the index, with `auditors` filled from the auditor keys
-    /// in effect ([`Artifacts::auditor_keys`]): the build's signers that are one of them.
+    /// in effect ([`Artifacts::auditor_keys`]): the build's signers that are one of them. A
+    /// build whose key has other manifests (docs/protocol.md, "Several manifests for one
+    /// key") lists the signers of the one `GET manifests/KEY` serves, the builders that
+    /// agree (`agreed_by`) and those whose bytes differ (`disagreements`, which flag it).
     pub fn index_builds(&self, package: &str) -> Result<Vec<IndexBuild>, ArtifactStoreError> {
-        let auditors: Vec<String> = self
-            .auditor_keys()
-            .iter()
-            .map(ArtifactPublicKey::key_id)
-            .collect();
+        let keys = self.effective_keys().ok();
+        let auditors: Vec<String> = keys
+            .as_ref()
+            .map(EffectiveKeys::auditor_ids)
+            .unwrap_or_default();
+        let counts = |id: &str| super::super::counts(keys.as_ref(), id);
         let mut builds = self.store.index(package)?;
+        let history = self.store.package_history(package)?;
+        for build in &mut builds {
+            let rows: Vec<&super::history::KeyManifest> =
+                history.iter().filter(|row| row.key == build.key).collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let agreeing: Vec<&super::history::KeyManifest> = rows
+                .iter()
+                .copied()
+                .filter(|row| {
+                    row.status == super::history::AGREEING && row.in_good_standing(&counts)
+                })
+                .collect();
+            if !build.signers.iter().any(|id| counts(id)) {
+                if let Some(served) = agreeing.first() {
+                    build.signers = served.signers.clone();
+                }
+            }
+            for id in agreeing.iter().flat_map(|row| row.signers.iter()) {
+                if !build.signers.contains(id) && !build.agreed_by.contains(id) {
+                    build.agreed_by.push(id.clone());
+                }
+            }
+            build.disagreements =
+                super::super::disagreements_with(&build.artifact_sha256, rows.into_iter(), &counts);
+            build.flagged |= !build.disagreements.is_empty();
+        }
         for build in &mut builds {
             build.auditors = build
                 .signers
@@ -452,7 +492,13 @@ mod tests {
             base_text: manifest.check_key().unwrap().base_text().unwrap(),
         };
         store
-            .put_manifest(&record, &signed, &signed.encode_to_vec(), "builder")
+            .put_manifest(
+                &record,
+                &signed,
+                &signed.encode_to_vec(),
+                "builder",
+                &|_| true,
+            )
             .unwrap();
         (manifest, signed)
     }

@@ -6,7 +6,7 @@
 //! | [`health`] | `/healthz` |
 //! | [`metrics`] | `/metrics` |
 //! | [`artifacts`] | `/precomp/v1/artifacts/SHA256` |
-//! | [`manifests`] | `/precomp/v1/manifests/KEY` |
+//! | [`manifests`] | `/precomp/v1/manifests/KEY`, `/precomp/v1/manifests/KEY/history` |
 //! | [`index`] | `/precomp/v1/index`, `/precomp/v1/index/PACKAGE` |
 //! | [`failures`] | `/precomp/v1/failures`, `/precomp/v1/failures/PACKAGE` |
 //! | [`misses`] | `/precomp/v1/misses` |
@@ -63,6 +63,10 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", any(metrics::metrics))
         .route("/precomp/v1/artifacts/{sha256}", any(artifacts::artifact))
         .route("/precomp/v1/manifests/{key}", any(manifests::manifest))
+        .route(
+            "/precomp/v1/manifests/{key}/history",
+            any(manifests::history),
+        )
         .route("/precomp/v1/index", any(index::packages))
         .route("/precomp/v1/index/{package}", any(index::index))
         .route("/precomp/v1/failures", any(failures::report))

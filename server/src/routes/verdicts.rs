@@ -22,7 +22,7 @@ pub async fn verdicts(
         return api::unknown(request.head());
     };
     if request.read() {
-        let verdicts = blocking(&app.artifacts, move |a| Ok(a.store().verdicts(&key)?)).await;
+        let verdicts = blocking(&app.artifacts, move |a| Ok(a.verdicts(&key)?)).await;
         let result = verdicts.map(|v| json_revalidated(&v, request.headers(), request.head()));
         return request.finish(LIST, result).await;
     }

@@ -14,8 +14,8 @@ use precomp_proto::lock::MixLock;
 use precomp_registry::artifacts::{FailureReport, Lease, LeaseRequest};
 
 use super::super::build::{
-    app_for, build_and_publish, config_differs, json_line, settle_miss, trusted_keys, work_root,
-    Reporter,
+    app_for, build_and_publish, config_differs, json_line, publish_fields, settle_miss,
+    trusted_keys, work_root, Reporter,
 };
 use super::{lease_loop, Common, Heartbeat, Jobs};
 
@@ -207,7 +207,7 @@ impl Jobs for BuildJobs<'_> {
             // The build or its failure is reported; close the miss too when that report does
             // not (`settle_miss`).
             None => match published {
-                Some(Ok(())) => settle_miss(
+                Some(Ok(_)) => settle_miss(
                     runtime,
                     client,
                     self.build_context.toolchain,
@@ -239,7 +239,7 @@ impl Jobs for BuildJobs<'_> {
                 .map(|(result, published)| {
                     let mut line = json_line(result, None);
                     if let Some(published) = published {
-                        line["published"] = published.is_ok().into();
+                        publish_fields(&mut line, published);
                     }
                     line
                 })
