@@ -1615,7 +1615,10 @@ fn no_candidate(
     if same_version.is_empty() {
         return missed(
             MissKind::NoArtifact,
-            format!("the mirror has no build of {name} {version}"),
+            format!(
+                "the mirror has no build of {name} {version} (for OTP {}, Elixir {}, Mix env {})",
+                ours.otp_major, ours.elixir, ours.mix_env
+            ),
         );
     }
     let toolchain: Vec<&&IndexBuild> = same_version
