@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use precomp_proto::api::{MAX_COMPILE_ENV_VALUE, MAX_MISS_COMPILE_ENV_BYTES};
 use precomp_proto::artifact;
 use precomp_proto::buildkey::{
     BuildInputs, BuildKey, ClosureMember, CompileEnvEntry, Manager, Target,
@@ -191,6 +192,9 @@ pub struct BuildRequest {
     /// Our values for the compile-env paths the mirror's builds of the package record.
     pub compile_env: Vec<CompileEnvJson>,
     pub closure: Vec<MissMember>,
+    /// With our own compile-env values: the variant key (a config variant: a builder builds
+    /// it with those values; docs/protocol.md "Misses").
+    pub variant_key: Option<String>,
 }
 
 /// What identifies a miss.
@@ -271,6 +275,9 @@ impl DepReport {
                 MissKey::Base(key) => object.insert("base_key".into(), key.as_str().into()),
                 MissKey::Request(key) => object.insert("request_key".into(), key.as_str().into()),
             };
+            if let Some(variant_key) = &request.variant_key {
+                object.insert("variant_key".into(), variant_key.as_str().into());
+            }
         }
         value
     }
@@ -433,16 +440,46 @@ impl Run {
             .clone()
     }
 
-    /// Our values for the compile-env paths `recorded` (values ignored).
+    /// Our values for the compile-env paths `recorded` (values ignored). A value no builder
+    /// can be given — not plain data (a fun, pid, reference, port), or longer than a miss may
+    /// carry — makes the package not buildable, saying which path.
     async fn compile_env_for(
         &self,
         recorded: &[CompileEnvEntry],
-    ) -> Result<Vec<CompileEnvEntry>, String> {
+    ) -> Result<Vec<CompileEnvEntry>, Missed> {
         if recorded.is_empty() {
             return Ok(Vec::new());
         }
-        let config = self.config().await?;
-        config.entries_for(recorded).map_err(|e| e.to_string())
+        let config = self
+            .config()
+            .await
+            .map_err(|e| missed(MissKind::Config, e))?;
+        let entries = config.entries_for(recorded).map_err(|e| match e {
+            precomp_proto::config::ConfigError::Opaque { app, path } => missed(
+                MissKind::NotBuildable,
+                format!(
+                    "your config gives {app} {path} a value that is not plain data (a fun, pid, \
+                     reference or port): it cannot be compared with a build's, and no builder \
+                     can build with it"
+                ),
+            ),
+            other => missed(MissKind::Config, other.to_string()),
+        })?;
+        for entry in &entries {
+            let size = entry.value.as_ref().map_or(0, |v| to_erlang_text(v).len());
+            if size > MAX_COMPILE_ENV_VALUE {
+                return Err(missed(
+                    MissKind::NotBuildable,
+                    format!(
+                        "your config gives {} a value of {size} bytes (as Erlang terms), over the \
+                         {MAX_COMPILE_ENV_VALUE} a build request may carry: no builder is asked \
+                         to build with it",
+                        entry.describe_path(Syntax::Erlang)
+                    ),
+                ));
+            }
+        }
+        Ok(entries)
     }
 }
 
@@ -1259,12 +1296,16 @@ async fn resolve_key(run: &Run, app: &str, env: &str) -> KeyResolution {
     });
     let requested = with_target(&request_target);
     let miss = if let Some(mismatch) = mismatch {
-        missed(
-            MissKind::CompileEnvMismatch,
-            format!(
-                "the mirror's builds of {name} {version} were compiled with other config: \
-                 {mismatch}"
+        // A config variant: reported with our values, a builder builds it with them.
+        request(
+            missed(
+                MissKind::CompileEnvMismatch,
+                format!(
+                    "the mirror's builds of {name} {version} were compiled with other config: \
+                     {mismatch}"
+                ),
             ),
+            true,
         )
     } else {
         request(
@@ -1375,9 +1416,7 @@ async fn our_entries(run: &Run, build: &IndexBuild) -> Result<Vec<CompileEnvEntr
             format!("the index's compile env of {}: {e}", build.key),
         )
     })?;
-    run.compile_env_for(&recorded)
-        .await
-        .map_err(|e| missed(MissKind::Config, e))
+    run.compile_env_for(&recorded).await
 }
 
 /// Attaches what `--request-builds` reports: the miss's key for `inputs` (whose target is the
@@ -1414,12 +1453,40 @@ fn with_request(
             compile_env: compile_env_json(&member.compile_env),
         });
     }
+    let compile_env = compile_env_json(&own.compile_env);
+    let carried: usize = compile_env
+        .iter()
+        .chain(closure.iter().flat_map(|m| m.compile_env.iter()))
+        .map(|e| e.path.len() + e.value.as_ref().map_or(0, String::len))
+        .sum();
+    if carried > MAX_MISS_COMPILE_ENV_BYTES {
+        miss.reason = format!(
+            "{} (not reported to builders: the compile-time values its closure reads are \
+             {carried} bytes, over the {MAX_MISS_COMPILE_ENV_BYTES} a build request may carry)",
+            miss.reason
+        );
+        return miss;
+    }
+    // With our own values for its paths: a config variant, identified by its variant key.
+    let variant_key = if own.compile_env.is_empty() {
+        None
+    } else {
+        let variant = BuildInputs {
+            compile_env: own.compile_env.clone(),
+            ..inputs.clone()
+        };
+        match variant.variant_key() {
+            Ok(key) => Some(key.to_string()),
+            Err(_) => return miss,
+        }
+    };
     miss.request = Some(Box::new(BuildRequest {
         key,
         target: inputs.target.to_string(),
         manager: own.manager.to_string(),
-        compile_env: compile_env_json(&own.compile_env),
+        compile_env,
         closure,
+        variant_key,
     }));
     miss
 }
@@ -1664,7 +1731,10 @@ fn no_candidate(
     if same_version.is_empty() {
         return missed(
             MissKind::NoArtifact,
-            format!("the mirror has no build of {name} {version}"),
+            format!(
+                "the mirror has no build of {name} {version} (for OTP {}, Elixir {}, Mix env {})",
+                ours.otp_major, ours.elixir, ours.mix_env
+            ),
         );
     }
     let toolchain: Vec<&&IndexBuild> = same_version
@@ -1770,6 +1840,7 @@ async fn request_builds(run: &Run, deps: &[DepReport], lock_text: &str) -> Reque
             version: version.clone(),
             base_key,
             request_key,
+            variant_key: request.variant_key.clone(),
             reason: one_line(reason, 256),
             otp_major: run.project.otp_major.clone(),
             elixir: run.project.elixir.clone(),

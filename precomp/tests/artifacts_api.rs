@@ -339,6 +339,7 @@ fn miss_report(base_key: &str, elixir: &str) -> MissReport {
         version: "1.0.0".into(),
         base_key: Some(base_key.into()),
         request_key: None,
+        variant_key: None,
         reason: "not built".into(),
         otp_major: "25".into(),
         elixir: elixir.into(),
@@ -1203,6 +1204,188 @@ fn misses_are_deduplicated_and_closed_by_a_publish_or_a_failure() {
     huge.lock = " ".repeat(3 * 1024 * 1024);
     let answer = post_json(&url, None, &huge);
     assert_eq!(answer.status, 413, "{}", answer.text());
+}
+
+/// `compile_env` records of shape_user's own values: greeting `GREETING`, format.punctuation
+/// unset (as `precomp fetch` reports a consumer's values for a build's paths).
+fn greeting_records(greeting: &str) -> Vec<precomp_registry::artifacts::CompileEnvJson> {
+    vec![
+        precomp_registry::artifacts::CompileEnvJson {
+            app: "shape_user".into(),
+            path: "[greeting]".into(),
+            value: Some(format!("<<\"{greeting}\">>")),
+        },
+        precomp_registry::artifacts::CompileEnvJson {
+            app: "shape_user".into(),
+            path: "[format,punctuation]".into(),
+            value: None,
+        },
+    ]
+}
+
+/// A miss carrying the package's own compile-env values is a config variant: a miss of its
+/// own, named by its variant key (the build key the consumer computes), closed only by a
+/// build made with those values. Distinct value sets per release and tuple are bounded
+/// (`--max-config-variants`), values that are not plain data or too long are refused, and
+/// the values are shown to builders' tokens only: never on the index, failures or metrics,
+/// not to anonymous clients nor to an auditor's token.
+#[test]
+fn config_variants_are_misses_of_their_own_bounded_and_shown_only_to_builders() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (builder, builder_pub) = signing_key(dir.path(), "builder");
+    let (_auditor, auditor_pub) = signing_key(dir.path(), "auditor");
+    let token = create_token(&data, "b1", None);
+    let auditor_token = create_token(&data, "a1", Some(&auditor_pub));
+    let server = Server::start(
+        &data,
+        &[
+            "--builder-key",
+            builder_pub.to_str().unwrap(),
+            "--auditor-key",
+            auditor_pub.to_str().unwrap(),
+            "--max-config-variants",
+            "2",
+        ],
+    );
+    let url = server.url("/precomp/v1/misses");
+    let variant = |greeting: &str| {
+        let mut report = miss_report(&shape_user_base_key(), "1.14.0");
+        report.compile_env = greeting_records(greeting);
+        report
+    };
+
+    // The default (no values of its own) and a variant: two misses.
+    let plain = post_json(&url, None, &miss_report(&shape_user_base_key(), "1.14.0"));
+    assert_eq!(plain.status, 201, "{}", plain.text());
+    assert!(
+        plain.json().get("variant_key").is_none(),
+        "{}",
+        plain.text()
+    );
+    let hello_key = inputs("1.14.0", greeting_env()).key().unwrap().to_string();
+    let hello = post_json(&url, None, &variant("hello"));
+    assert_eq!(hello.status, 201, "{}", hello.text());
+    assert_eq!(
+        hello.json(),
+        serde_json::json!({"base_key": shape_user_base_key(), "variant_key": hello_key,
+                           "count": 1, "open": true})
+    );
+    // A claimed variant key must be what the miss carries; the refusal never gives it.
+    let mut lying = variant("hello");
+    lying.variant_key = Some(shape_user_base_key());
+    let answer = post_json(&url, None, &lying);
+    assert_eq!(answer.status, 422, "{}", answer.text());
+    assert!(!answer.text().contains(&hello_key), "{}", answer.text());
+    let mut honest = variant("hello");
+    honest.variant_key = Some(hello_key.clone());
+    let answer = post_json(&url, None, &honest);
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.json()["count"], 2);
+
+    // A second variant is within the bound of 2; a third is refused, clearly.
+    let secret = post_json(&url, None, &variant("a-secret-value"));
+    assert_eq!(secret.status, 201, "{}", secret.text());
+    let third = post_json(&url, None, &variant("third"));
+    assert_eq!(third.status, 422, "{}", third.text());
+    assert!(
+        third.text().contains("too many config variants")
+            && third.text().contains("shape_user 1.0.0")
+            && third.text().contains("--max-config-variants"),
+        "{}",
+        third.text()
+    );
+    // Known variants are still counted.
+    assert_eq!(post_json(&url, None, &variant("hello")).status, 200);
+
+    // Values no build can be given are refused, with the reason.
+    let mut opaque = variant("x");
+    opaque.compile_env[0].value = Some("'$precomp_opaque'".into());
+    let answer = post_json(&url, None, &opaque);
+    assert_eq!(answer.status, 422, "{}", answer.text());
+    assert!(
+        answer.text().contains("not plain data"),
+        "{}",
+        answer.text()
+    );
+    let mut long = variant("x");
+    long.compile_env[0].value = Some(format!(
+        "<<\"{}\">>",
+        "y".repeat(precomp_registry::artifacts::MAX_COMPILE_ENV_VALUE)
+    ));
+    let answer = post_json(&url, None, &long);
+    assert_eq!(answer.status, 422, "{}", answer.text());
+    assert!(
+        answer.text().contains("over the limit"),
+        "{}",
+        answer.text()
+    );
+
+    // The values are shown to builders only.
+    assert_eq!(get(&url).status, 401);
+    let as_auditor = request("GET", &url, Some(&auditor_token), None, &[]);
+    assert_eq!(as_auditor.status, 403, "{}", as_auditor.text());
+    assert!(
+        as_auditor.text().contains("builders"),
+        "{}",
+        as_auditor.text()
+    );
+    let listed = request("GET", &url, Some(&token), None, &[]);
+    assert_eq!(listed.status, 200, "{}", listed.text());
+    assert!(
+        listed.text().contains("a-secret-value"),
+        "{}",
+        listed.text()
+    );
+    let misses = listed.json()["misses"].as_array().unwrap().clone();
+    assert_eq!(misses.len(), 3, "{misses:?}");
+    assert_eq!(misses[0]["variant_key"], hello_key.as_str());
+    for path in [
+        "/precomp/v1/index",
+        "/precomp/v1/index/shape_user",
+        "/precomp/v1/failures/shape_user",
+        "/metrics",
+    ] {
+        let answer = get(&server.url(path));
+        assert_eq!(answer.status, 200, "{path}: {}", answer.text());
+        assert!(
+            !answer.text().contains("a-secret-value"),
+            "{path}: {}",
+            answer.text()
+        );
+    }
+    let jobs = request(
+        "GET",
+        &server.url("/precomp/v1/jobs"),
+        Some(&token),
+        None,
+        &[],
+    );
+    assert_eq!(jobs.status, 200, "{}", jobs.text());
+    assert!(!jobs.text().contains("a-secret-value"), "{}", jobs.text());
+    assert_eq!(jobs.json()["tuples"][0]["variants"], 2, "{}", jobs.text());
+
+    // A build made with "hello" closes that variant and the plain miss (which knew no
+    // values), not the other variant.
+    let artifact = artifact_bytes("variant");
+    assert_eq!(
+        put(&url_on(&server, &artifact), Some(&token), &artifact).status,
+        201
+    );
+    let built = manifest(&inputs("1.14.0", greeting_env()), &artifact);
+    assert_eq!(built.key, hello_key);
+    let answer = put(
+        &server.url(&manifest_path(&built.key)),
+        Some(&token),
+        &signed(&built, &builder),
+    );
+    assert_eq!(answer.status, 201, "{}", answer.text());
+    assert_eq!(answer.json()["closed_misses"], 2, "{}", answer.text());
+    let listed = request("GET", &url, Some(&token), None, &[]);
+    let misses = listed.json()["misses"].as_array().unwrap().clone();
+    assert_eq!(misses.len(), 1, "{misses:?}");
+    assert_ne!(misses[0]["variant_key"], hello_key.as_str());
+    assert!(misses[0]["variant_key"].is_string(), "{misses:?}");
 }
 
 // ---------------------------------------------------------------------------------------------

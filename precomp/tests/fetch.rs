@@ -1373,6 +1373,57 @@ fn another_compile_env_is_a_miss_and_a_stale_install_is_left_to_mix() {
         .is_file());
 }
 
+/// A config value no builder can be given — a reference (or a pid, a fun) — for a path a
+/// package reads: the package is not buildable, the reason says which path and why, and
+/// `--request-builds` does not report it (nothing is sent; the value is not plain data).
+/// The rest of the project is unaffected.
+#[test]
+fn a_config_value_that_is_not_plain_data_is_not_buildable_and_not_reported() {
+    let fixture = Fixture::get();
+    let mirror = Mirror::start(fixture);
+    mirror.publish(fixture, BUILT);
+    let consumer = Consumer::new(fixture);
+    std::fs::write(
+        consumer.path().join("config/config.exs"),
+        "import Config\nconfig :env_reader, greeting: make_ref(), format: [punctuation: \"?\"]\n",
+    )
+    .unwrap();
+    let fetched = consumer.fetch_json(fixture, &mirror.url, &["--request-builds"]);
+    assert!(fetched.output.status.success(), "{}", fetched.describe());
+    assert_eq!(
+        fetched.status("env_reader"),
+        "miss",
+        "{}",
+        fetched.describe()
+    );
+    assert_eq!(fetched.kind("env_reader"), "not_buildable");
+    let reason = fetched.reason("env_reader");
+    assert!(
+        reason.contains("env_reader [greeting]") && reason.contains("not plain data"),
+        "{reason}"
+    );
+    assert!(fetched.deps["env_reader"].get("base_key").is_none());
+    for app in ["shape_user", "shapes", "erl_counter", "mk_erl", "tiny_nif"] {
+        assert_eq!(
+            fetched.status(app),
+            "installed",
+            "{app}: {}",
+            fetched.describe()
+        );
+    }
+    assert_eq!(
+        fetched.summary["requested_builds"],
+        0,
+        "{}",
+        fetched.describe()
+    );
+    assert!(runtime()
+        .block_on(mirror.client().misses())
+        .unwrap()
+        .misses
+        .is_empty());
+}
+
 #[test]
 fn native_code_for_another_target_is_a_miss() {
     let fixture = Fixture::get();
@@ -1803,10 +1854,11 @@ fn artifact_file(artifact: &str, path: &str) -> Vec<u8> {
 /// The stale case key format v2 exists for: cfg_macro reads its label from its compile-time
 /// config and its macro expands it into cfg_macro_user, which reads no config. When the
 /// consumer changes cfg_macro's label, both miss (cfg_macro_user because what its dependency
-/// was built with changed); the miss the client reports carries cfg_macro's new value, the
-/// mirror recomputes its key from it; a builder whose config does not give that value leaves
-/// the miss (config variants are not supported yet), one whose config does builds it: both
-/// get new keys, cfg_macro_user's beam holds the new label, and fetch installs both.
+/// was built with changed); both are reported: cfg_macro as a config variant carrying the new
+/// value, cfg_macro_user carrying it for its member, and the mirror recomputes their keys from
+/// it. A builder with no config of its own builds them as config variants, with the carried
+/// value, the member's before its dependent's: both get new keys (the ones the consumer
+/// computes), cfg_macro_user's beam holds the new label, and the next fetch installs both.
 #[test]
 fn a_dependencys_config_change_misses_its_dependents_and_rebuilds_them_with_other_beams() {
     let fixture = Fixture::get();
@@ -1870,17 +1922,35 @@ fn a_dependencys_config_change_misses_its_dependents_and_rebuilds_them_with_othe
     for app in ["cfg_macro", "cfg_macro_user"] {
         assert_eq!(second.deps[app]["removed_stale"], true, "{app}");
     }
-    // The miss the mirror accepted (it recomputed its key) carries cfg_macro's new value.
+    // The misses the mirror accepted (it recomputed their keys) carry cfg_macro's new value:
+    // cfg_macro's own, a config variant named by its variant key, and cfg_macro_user's.
     assert_eq!(
         second.summary["requested_builds"],
-        1,
+        2,
         "{}",
         second.describe()
     );
     let misses = runtime().block_on(mirror.client().misses()).unwrap();
-    assert_eq!(misses.misses.len(), 1, "{misses:?}");
-    let miss = &misses.misses[0];
-    assert_eq!(miss.package, "cfg_macro_user");
+    assert_eq!(misses.misses.len(), 2, "{misses:?}");
+    let miss_of = |package: &str| {
+        misses
+            .misses
+            .iter()
+            .find(|m| m.package == package)
+            .unwrap_or_else(|| panic!("no miss of {package}: {misses:?}"))
+    };
+    let variant = miss_of("cfg_macro");
+    assert_eq!(
+        variant.variant_key.as_deref(),
+        second.deps["cfg_macro"]["variant_key"].as_str(),
+        "{}",
+        second.describe()
+    );
+    assert_eq!(
+        variant.compile_env[0].value.as_deref(),
+        Some("<<\"blue\">>")
+    );
+    let miss = miss_of("cfg_macro_user");
     assert_eq!(
         miss.base_key.as_ref(),
         second.deps["cfg_macro_user"]["base_key"]
@@ -1888,50 +1958,29 @@ fn a_dependencys_config_change_misses_its_dependents_and_rebuilds_them_with_othe
             .map(str::to_string)
             .as_ref()
     );
+    assert_eq!(miss.variant_key, None, "cfg_macro_user reads no config");
     assert_eq!(miss.closure[0].name, "cfg_macro");
     assert_eq!(
         miss.closure[0].compile_env[0].value.as_deref(),
         Some("<<\"blue\">>")
     );
 
-    // A builder whose config gives another label leaves the miss: config variants are not
-    // built yet.
+    // A builder with no config of its own builds both as config variants, with the value
+    // the misses carry, and closes them.
     let blue_data = tempfile::tempdir().unwrap();
-    let (output, skipped) = build_json(fixture, &mirror, blue_data.path(), &["--missing".as_ref()]);
+    let (output, blue) = build_json(fixture, &mirror, blue_data.path(), &["--missing".as_ref()]);
     assert!(output.status.success(), "{}", describe(&output));
-    assert!(skipped.is_empty(), "{skipped:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("skipping the miss of cfg_macro_user 1.0.0")
-            && stderr.contains("config variants")
-            && stderr.contains("blue"),
-        "{stderr}"
-    );
-    assert_eq!(
-        runtime()
-            .block_on(mirror.client().misses())
-            .unwrap()
-            .misses
-            .len(),
-        1
-    );
-
-    // One whose config gives it builds the miss with its closure and closes it.
-    let (output, blue) = build_json(
-        fixture,
-        &mirror,
-        blue_data.path(),
-        &[
-            "--missing".as_ref(),
-            "--config".as_ref(),
-            consumer.path().join("config").as_os_str(),
-        ],
-    );
-    assert!(output.status.success(), "{}", describe(&output));
+    assert!(stderr.contains("is a config variant"), "{stderr}");
     for app in ["cfg_macro", "cfg_macro_user"] {
-        assert_eq!(blue[app]["status"], "built", "{app}: {}", describe(&output));
+        assert_eq!(blue[app]["published"], true, "{app}: {}", describe(&output));
         assert_ne!(blue[app]["key"], red[app]["key"], "{app}'s key changed");
     }
+    assert_eq!(
+        blue["cfg_macro"]["key"].as_str(),
+        variant.variant_key.as_deref(),
+        "the variant's build has the key the consumer computed"
+    );
     // cfg_macro_user's own inputs did not change, its beam did: the label is in it.
     let beam = "ebin/Elixir.CfgMacroUser.beam";
     let red_beam = artifact_file(red["cfg_macro_user"]["artifact"].as_str().unwrap(), beam);

@@ -179,7 +179,12 @@ impl Mirror {
         report[field] = key.clone().into();
         let (status, text) = self.post("/precomp/v1/misses", None, &report);
         assert!(status == 200 || status == 201, "{status} {text}");
-        key
+        // A miss carrying the package's own values is named by its variant key.
+        let recorded: Value = serde_json::from_str(&text).unwrap();
+        match recorded["variant_key"].as_str() {
+            Some(variant_key) => variant_key.to_string(),
+            None => key,
+        }
     }
 }
 
@@ -437,54 +442,252 @@ fn a_worker_builds_and_publishes_a_reported_miss() {
     );
 }
 
-/// A miss whose compile-time values the worker's config (it has none) does not give is not
-/// built (config variants are a later feature): the worker records it as a failure saying
-/// why, so it is closed and no worker gets it again.
+/// A config variant: a miss carrying the consumer's values for env_reader's compile-env paths
+/// (values a worker's own config does not give: it has none). Before it is built, the values
+/// appear on no public page; the worker builds it with a config made from them, publishes a
+/// build with exactly the miss's variant key (the key the consumer computes), which records
+/// those values and closes the miss; the artifact returns them.
 #[test]
-fn a_miss_needing_other_config_values_is_recorded_as_not_built() {
+fn a_config_variant_is_built_with_the_consumers_values() {
     let fixture = Fixture::get();
     let mirror = Mirror::start();
     let token = mirror.token("worker");
     let data = data_dir("precomp-worker-variant-");
     let (otp, elixir) = host_toolchain(data.path());
     let lock = fixture.lock(&["env_reader@1.0.0"]);
-    let base_key = mirror.report_miss_with(
+    let variant_key = mirror.report_miss_with(
         &lock,
         "env_reader",
         &otp,
         &elixir,
-        json!([{"app": "env_reader", "path": "[greeting]", "value": "<<\"hi\">>"}]),
+        json!([{"app": "env_reader", "path": "[greeting]", "value": "<<\"hi-from-ci\">>"},
+               {"app": "env_reader", "path": "[format,punctuation]", "value": null}]),
     );
+    for path in [
+        "/precomp/v1/index",
+        "/precomp/v1/index/env_reader",
+        "/precomp/v1/failures/env_reader",
+        "/metrics",
+    ] {
+        let page = mirror.get(path, None);
+        assert!(!page.contains("hi-from-ci"), "{path}: {page}");
+    }
+    let misses = mirror.get("/precomp/v1/misses", Some(&token));
+    assert!(misses.contains("hi-from-ci"), "builders see it: {misses}");
 
     let output = worker(data.path(), &mirror, &token, &["--json"]);
     assert!(output.status.success(), "{}", describe(&output));
-    let line: Value = serde_json::from_str(
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .last()
-            .unwrap_or_else(|| panic!("no output: {}", describe(&output))),
+    let line = last_json_line(&output);
+    assert_eq!(line["outcome"], "published", "{line}");
+    assert_eq!(line["variant_key"], variant_key.as_str(), "{line}");
+    assert_eq!(
+        line["key"],
+        variant_key.as_str(),
+        "the consumer's key: {line}"
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("a config variant"),
+        "{}",
+        describe(&output)
+    );
+    let misses = mirror.get("/precomp/v1/misses", Some(&token));
+    assert!(!misses.contains(&variant_key), "closed: {misses}");
+    let index: Value =
+        serde_json::from_str(&mirror.get("/precomp/v1/index/env_reader", None)).unwrap();
+    let build = index["builds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["key"] == variant_key.as_str())
+        .unwrap_or_else(|| panic!("{index}"))
+        .clone();
+    let recorded: BTreeMap<String, Value> = build["compile_env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["path"].as_str().unwrap().to_string(), e["value"].clone()))
+        .collect();
+    assert_eq!(recorded["[greeting]"], "<<\"hi-from-ci\">>", "{build}");
+    assert_eq!(recorded["[format,punctuation]"], Value::Null, "{build}");
+    // The beam holds the consumer's value.
+    let artifact = line["results"][0]["artifact"].as_str().unwrap();
+    let unpacked = tempfile::tempdir().unwrap();
+    precomp_proto::artifact::unpack(
+        &std::fs::read(artifact).unwrap(),
+        &unpacked.path().join("env_reader"),
     )
     .unwrap();
-    assert_eq!(line["outcome"], "skipped", "{line}");
-    assert_eq!(line["base_key"], base_key.as_str());
+    let greeting = Command::new("erl")
+        .args(["-noshell", "-pa"])
+        .arg(unpacked.path().join("env_reader/ebin"))
+        .args([
+            "-eval",
+            "io:format(\"~s\", ['Elixir.EnvReader':greeting()]), halt().",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&greeting.stdout),
+        "hi-from-ci",
+        "{}",
+        describe(&greeting)
+    );
+}
+
+/// A miss whose values no config can give — two closure members carrying different values
+/// for the same path — is not built: recorded as a failure under its variant key, naming the
+/// path but never the values (failure logs are public), so no worker gets it again.
+#[test]
+fn a_variant_whose_values_cannot_be_one_config_is_recorded_as_not_buildable() {
+    let fixture = Fixture::get();
+    let mirror = Mirror::start();
+    let token = mirror.token("worker");
+    let data = data_dir("precomp-worker-conflict-");
+    let (otp, elixir) = host_toolchain(data.path());
+    let lock = fixture.lock(&["env_reader@1.0.0"]);
+    let variant_key = mirror.report_miss_with(
+        &lock,
+        "env_reader",
+        &otp,
+        &elixir,
+        json!([{"app": "env_reader", "path": "[greeting]", "value": "<<\"one-value\">>"},
+               {"app": "env_reader", "path": "[greeting]", "value": "<<\"other-value\">>"}]),
+    );
+    let output = worker(data.path(), &mirror, &token, &["--json"]);
+    assert!(output.status.success(), "{}", describe(&output));
+    let line = last_json_line(&output);
+    assert_eq!(line["outcome"], "not_buildable", "{line}");
+    assert_eq!(line["variant_key"], variant_key.as_str());
     let reason = line["reason"].as_str().unwrap();
     assert!(
-        reason.contains("config variants")
-            && reason.contains("env_reader [:greeting]: the miss has \"hi\""),
+        reason.contains("two different values") && reason.contains("env_reader [:greeting]"),
         "{reason}"
     );
-    // Nothing built or published; the failure says why and closed the miss.
-    assert!(
-        !data.path().join("builds/manifests").exists()
-            || std::fs::read_dir(data.path().join("builds/manifests"))
-                .unwrap()
-                .next()
-                .is_none()
-    );
     let failures = mirror.get("/precomp/v1/failures/env_reader", None);
-    assert!(failures.contains("config variants"), "{failures}");
+    assert!(failures.contains(&variant_key), "{failures}");
+    assert!(
+        !failures.contains("one-value") && !failures.contains("other-value"),
+        "{failures}"
+    );
     let misses = mirror.get("/precomp/v1/misses", Some(&token));
-    assert!(!misses.contains(&base_key), "{misses}");
+    assert!(!misses.contains(&variant_key), "{misses}");
+}
+
+/// A worker started with two toolchains — the host (OTP 25) and the trixie image (OTP 27) —
+/// leases the misses of both tuples, builds each with its own toolchain, and leaves the miss
+/// of a third tuple (OTP 26, which it does not have); the job listing shows that tuple as
+/// served by no worker, and the worker with its two tuples.
+#[test]
+fn a_worker_with_two_toolchains_builds_both_tuples_and_leaves_a_third() {
+    let fixture = Fixture::get();
+    let mirror = Mirror::start();
+    let token = mirror.token("worker");
+    let data = data_dir("precomp-worker-multi-");
+    let (otp, elixir) = host_toolchain(data.path());
+    let trixie = image_id(Suite::Trixie);
+    let cache = toolchain_cache();
+    let lock = fixture.lock(&["plain_ex@1.0.0"]);
+    let host_key = mirror.report_miss(&lock, "plain_ex", &otp, &elixir);
+    let trixie_key = mirror.report_miss(&lock, "plain_ex", "27", "1.18.3");
+    let third_key = mirror.report_miss(&lock, "plain_ex", "26", "1.16.3");
+
+    let mut built = BTreeMap::new();
+    for _ in 0..2 {
+        let output = worker(
+            data.path(),
+            &mirror,
+            &token,
+            &[
+                "--json",
+                "--name",
+                "multi",
+                "--toolchain",
+                "host",
+                "--toolchain",
+                &trixie,
+                "--toolchains",
+                cache.to_str().unwrap(),
+            ],
+        );
+        assert!(output.status.success(), "{}", describe(&output));
+        let line = last_json_line(&output);
+        assert_eq!(line["outcome"], "published", "{line}");
+        built.insert(
+            line["base_key"].as_str().unwrap().to_string(),
+            line["toolchain"].as_str().unwrap().to_string(),
+        );
+    }
+    assert_eq!(built.get(&host_key).map(String::as_str), Some("host"));
+    assert_eq!(built.get(&trixie_key), Some(&trixie), "{built:?}");
+    let index: Value =
+        serde_json::from_str(&mirror.get("/precomp/v1/index/plain_ex", None)).unwrap();
+    let mut tuples: Vec<(String, String)> = index["builds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["otp_major"].as_str().unwrap().to_string(),
+                b["elixir"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    tuples.sort();
+    assert_eq!(
+        tuples,
+        vec![
+            (otp.clone(), elixir.clone()),
+            ("27".to_string(), "1.18.3".to_string())
+        ]
+    );
+
+    // Nothing more for this worker; the third tuple's miss is left open, and listed as one
+    // no worker can build.
+    let output = worker(
+        data.path(),
+        &mirror,
+        &token,
+        &[
+            "--name",
+            "multi",
+            "--toolchain",
+            "host",
+            "--toolchain",
+            &trixie,
+            "--toolchains",
+            cache.to_str().unwrap(),
+        ],
+    );
+    assert!(output.status.success(), "{}", describe(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("no open misses") && stdout.contains("OTP 27, Elixir 1.18.3"),
+        "{}",
+        describe(&output)
+    );
+    let misses = mirror.get("/precomp/v1/misses", Some(&token));
+    assert!(misses.contains(&third_key), "{misses}");
+    let listing: Value =
+        serde_json::from_str(&mirror.get("/precomp/v1/jobs", Some(&token))).unwrap();
+    let listed = listing["tuples"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{listing}");
+    assert_eq!(listed[0]["otp_major"], "26");
+    assert_eq!(listed[0]["elixir"], "1.16.3");
+    assert_eq!(listed[0]["served"], false, "{listing}");
+    assert_eq!(listed[0]["open_misses"], 1);
+    let workers = listing["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 1, "{listing}");
+    assert_eq!(workers[0]["worker"], "multi");
+    let asked: Vec<&str> = workers[0]["tuples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["otp_major"].as_str().unwrap())
+        .collect();
+    assert!(
+        asked.contains(&"27") && asked.contains(&otp.as_str()),
+        "{listing}"
+    );
 }
 
 /// A worker building slow_ex (which compiles for a minute), started in the background; its

@@ -258,6 +258,15 @@ pub struct Failure {
     pub last_reported: i64,
 }
 
+/// Bound on one compile-env value a miss carries, as Erlang term text (bytes). A consumer
+/// whose config gives a longer value for a path a package reads reports that package as not
+/// buildable rather than send it; the mirror refuses a miss carrying one (422).
+pub const MAX_COMPILE_ENV_VALUE: usize = 16 * 1024;
+
+/// Bound on all the compile-env values one miss carries (the package's and its members'),
+/// as Erlang term text (bytes).
+pub const MAX_MISS_COMPILE_ENV_BYTES: usize = 256 * 1024;
+
 /// `POST /precomp/v1/misses`: a client found no usable artifact. It carries what the mirror
 /// needs to recompute the key it claims (docs/protocol.md, "Misses"): the closure's lock, the
 /// toolchain, env and target, and for the package and each closure member its manager, its
@@ -275,6 +284,12 @@ pub struct MissReport {
     /// the request text (`precomp_proto::buildkey::BuildInputs::request_text`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_key: Option<String>,
+    /// When the miss carries the package's own compile-env entries (`compile_env` not
+    /// empty): its variant key (`BuildInputs::variant_key`), which identifies it — for a miss
+    /// with a base key, the build key the consumer computes. Optional: the mirror computes it
+    /// in any case, and refuses a miss whose claimed variant key is not what it carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant_key: Option<String>,
     /// Why the client could not use what the mirror has, e.g. `not built`.
     pub reason: String,
     pub otp_major: String,
@@ -297,9 +312,12 @@ pub struct MissReport {
 }
 
 impl MissReport {
-    /// What identifies the miss: its base key, else its request key.
+    /// What identifies the miss: its variant key, else its base key, else its request key.
     pub fn miss_key(&self) -> Option<&str> {
-        self.base_key.as_deref().or(self.request_key.as_deref())
+        self.variant_key
+            .as_deref()
+            .or(self.base_key.as_deref())
+            .or(self.request_key.as_deref())
     }
 }
 
@@ -327,6 +345,10 @@ pub struct MissRecorded {
     pub base_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_key: Option<String>,
+    /// The variant key, for a miss that carries the package's own compile-env entries: then
+    /// it is what identifies the miss (jobs and failures name it by it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant_key: Option<String>,
     /// Reports of this miss so far, this one included.
     pub count: u64,
     /// False when a build that satisfies it was published or a failure was recorded.
@@ -351,6 +373,10 @@ pub struct Miss {
     pub base_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_key: Option<String>,
+    /// Set when the miss carries the package's own compile-env entries: a config variant,
+    /// identified by this key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant_key: Option<String>,
     pub reason: String,
     pub otp_major: String,
     pub elixir: String,
@@ -370,11 +396,12 @@ pub struct Miss {
 }
 
 impl Miss {
-    /// What identifies the miss (its base key, else its request key): what build jobs and
-    /// failures name it by.
+    /// What identifies the miss (its variant key, else its base key, else its request key):
+    /// what build jobs and failures name it by.
     pub fn miss_key(&self) -> &str {
-        self.base_key
+        self.variant_key
             .as_deref()
+            .or(self.base_key.as_deref())
             .or(self.request_key.as_deref())
             .unwrap_or_default()
     }
@@ -386,6 +413,7 @@ impl Miss {
             version: self.version.clone(),
             base_key: self.base_key.clone(),
             request_key: self.request_key.clone(),
+            variant_key: self.variant_key.clone(),
             reason: self.reason.clone(),
             otp_major: self.otp_major.clone(),
             elixir: self.elixir.clone(),
@@ -474,9 +502,27 @@ fn one() -> u32 {
     1
 }
 
+/// One tuple a worker can build (or audit): an OTP major, an Elixir version, a Mix env and
+/// the targets its toolchain makes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LeaseTuple {
+    pub otp_major: String,
+    pub elixir: String,
+    pub mix_env: String,
+    /// e.g. `["any", "x86_64-linux-gnu"]` (1 to 16).
+    pub targets: Vec<String>,
+}
+
+/// Bound on the tuples one lease request lists.
+pub const MAX_LEASE_TUPLES: usize = 16;
+
 /// `POST /precomp/v1/jobs/lease`: a worker asks for the next job it can do. Build jobs (the
-/// default): the most-reported open miss for its toolchain. Audit jobs: the published build
+/// default): the most-reported open miss for one of its tuples. Audit jobs: the published build
 /// with the fewest audits that its auditor key has not audited.
+///
+/// A worker with one toolchain names its tuple with the top-level `otp_major`, `elixir`,
+/// `mix_env` and `targets`; one with several lists them all in `tuples` (and, for mirrors
+/// that predate `tuples`, its first one at the top level too).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseRequest {
     /// `build` when absent, so clients that predate audit jobs keep working.
@@ -484,11 +530,19 @@ pub struct LeaseRequest {
     pub kind: JobKind,
     /// The worker's name (for the operator): 1 to 64 letters, digits, `-`, `_`, `.`.
     pub worker: String,
+    #[serde(default)]
     pub otp_major: String,
+    #[serde(default)]
     pub elixir: String,
+    #[serde(default)]
     pub mix_env: String,
     /// The targets the worker builds, e.g. `["any", "x86_64-linux-gnu"]` (1 to 16).
+    #[serde(default)]
     pub targets: Vec<String>,
+    /// Every tuple the worker can build (1 to [`MAX_LEASE_TUPLES`]); when given, the
+    /// top-level tuple is not read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tuples: Vec<LeaseTuple>,
     /// How long the lease lasts without a heartbeat, within
     /// `MIN_LEASE_SECONDS..=MAX_LEASE_SECONDS` (registry's `artifacts`).
     pub lease_seconds: u64,
@@ -501,6 +555,21 @@ pub struct LeaseRequest {
     /// when the token allows a single auditor key (a token bound to it); else required.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auditor: Option<String>,
+}
+
+impl LeaseRequest {
+    /// The tuples the worker asks for: `tuples`, else the top-level one.
+    pub fn all_tuples(&self) -> Vec<LeaseTuple> {
+        if !self.tuples.is_empty() {
+            return self.tuples.clone();
+        }
+        vec![LeaseTuple {
+            otp_major: self.otp_major.clone(),
+            elixir: self.elixir.clone(),
+            mix_env: self.mix_env.clone(),
+            targets: self.targets.clone(),
+        }]
+    }
 }
 
 /// A published build to audit: its package and its index entry.
@@ -544,7 +613,7 @@ pub struct LeaseRenewed {
     pub job: u64,
     #[serde(default)]
     pub kind: JobKind,
-    /// A build job: the miss's key (its base key or its request key); an audit job: the
+    /// A build job: the miss's key (its variant key, base key or request key); an audit job: the
     /// audited build's base key.
     pub base_key: String,
     /// An audit job: the audited build's key.
@@ -598,4 +667,78 @@ pub struct LeaseReleased {
     /// `released`, `failed` (an audit job ended as failed), `already_released` (a repeat),
     /// or `closed` (the miss was closed, or the audit's verdict posted, meanwhile).
     pub result: String,
+}
+
+/// `GET /precomp/v1/jobs` (a builder's token): what builders have to do, by tuple, and who is
+/// doing it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobListing {
+    /// A worker counts as able to build a tuple when it asked for it (a lease request, or a
+    /// heartbeat of a job it leased for it) within this many seconds.
+    pub window_seconds: u64,
+    /// Every tuple with open misses, most open misses first.
+    pub tuples: Vec<TupleDemand>,
+    /// The workers seen within the window, by name and token.
+    pub workers: Vec<WorkerSeen>,
+    /// The live build and audit leases.
+    pub jobs: Vec<LiveJob>,
+}
+
+/// The open misses of one tuple, and the workers able to build them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TupleDemand {
+    pub otp_major: String,
+    pub elixir: String,
+    pub mix_env: String,
+    pub target: String,
+    pub open_misses: u64,
+    /// Of them, config variants (misses carrying the package's own compile-env values).
+    pub variants: u64,
+    /// Of them, leased now.
+    pub leased: u64,
+    /// Reports of these misses, in total.
+    pub reports: u64,
+    /// Unix seconds: the oldest open miss's first report.
+    pub oldest_reported: i64,
+    /// The workers that asked for this tuple within the window (build jobs).
+    pub workers: Vec<String>,
+    /// False when no worker asked for it within the window: these misses wait for a worker
+    /// with a toolchain of this OTP major and Elixir (docs/builder.md "Building for your CI
+    /// image").
+    pub served: bool,
+}
+
+/// A worker seen within the window.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerSeen {
+    pub worker: String,
+    pub token: String,
+    pub kind: JobKind,
+    /// What it asked for.
+    pub tuples: Vec<LeaseTuple>,
+    /// Unix seconds.
+    pub last_seen: i64,
+}
+
+/// A live lease.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveJob {
+    pub job: u64,
+    pub kind: JobKind,
+    pub package: String,
+    pub version: String,
+    /// Build jobs: the miss's key; audit jobs: the build's base key.
+    pub base_key: String,
+    /// Audit jobs: the audited build's key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    pub otp_major: String,
+    pub elixir: String,
+    pub mix_env: String,
+    pub target: String,
+    pub worker: String,
+    pub token: String,
+    /// Unix seconds.
+    pub leased_at: i64,
+    pub lease_expires_at: i64,
 }

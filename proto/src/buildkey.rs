@@ -451,6 +451,23 @@ impl BuildInputs {
         Ok(BuildKey(Sha256::digest(self.text()?).into()))
     }
 
+    /// What identifies a miss that carries the package's own compile-env entries (a config
+    /// variant: docs/protocol.md, "Misses"): when every closure member's key is known, the
+    /// build key itself ([`BuildInputs::key`]: what the consumer computes for the build it
+    /// wants); otherwise the SHA-256 of the request text followed by the same `compile_env`
+    /// line. Consumers whose own values differ thus report different misses.
+    pub fn variant_key(&self) -> Result<BuildKey, BuildKeyError> {
+        if self.closure.iter().all(|m| m.key.is_some()) {
+            return self.key();
+        }
+        let mut text = self.request_text()?;
+        text.push_str(&format!(
+            "compile_env {}\n",
+            hex::encode(compile_env_digest(&self.compile_env))
+        ));
+        Ok(BuildKey(Sha256::digest(text).into()))
+    }
+
     /// The closure's releases, without their keys.
     pub fn releases(&self) -> Vec<PackageRef> {
         self.closure.iter().map(|m| m.package.clone()).collect()
@@ -480,6 +497,29 @@ pub fn request_satisfied_by(request_text: &str, base_text: &str) -> bool {
                     }))
                 || (*wanted == "target any" && built.starts_with("target "))
         })
+}
+
+/// Whether a build that records the compile-env entries `recorded` was built with the
+/// values a miss carries (`carried`, the consumer's values for the paths known when it
+/// missed): every path the build read is carried, with the same value (both `error`, or
+/// equal terms). The consumer's key for such a build is then the build's key. A build that
+/// read a path the miss does not carry does not satisfy it: the consumer's value for that
+/// path is not known.
+pub fn compile_env_covers(carried: &[CompileEnvEntry], recorded: &[CompileEnvEntry]) -> bool {
+    let identity = |entry: &CompileEnvEntry| {
+        encoded(&Term::Tuple(vec![
+            Term::Atom(entry.app.clone()),
+            Term::List(entry.path.clone()),
+        ]))
+    };
+    let value = |entry: &CompileEnvEntry| entry.value.as_ref().map(encoded);
+    recorded.iter().all(|built| {
+        let wanted = identity(built);
+        carried
+            .iter()
+            .find(|entry| identity(entry) == wanted)
+            .is_some_and(|entry| value(entry) == value(built))
+    })
 }
 
 fn package_line(kind: &str, package: &PackageRef) -> String {

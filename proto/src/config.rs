@@ -319,7 +319,9 @@ fn is_opaque(term: &Term) -> bool {
     matches!(term, Term::Atom(a) if a == OPAQUE)
 }
 
-fn holds_opaque(term: &Term) -> bool {
+/// Whether `term` is or holds [`OPAQUE`]: a value that is not plain data (a fun, pid,
+/// reference, port, huge integer or bitstring), which no build can be given.
+pub fn holds_opaque(term: &Term) -> bool {
     match term {
         Term::Atom(_) => is_opaque(term),
         Term::Tuple(items) | Term::List(items) => items.iter().any(holds_opaque),

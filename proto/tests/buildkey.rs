@@ -7,8 +7,9 @@
 use std::collections::BTreeMap;
 
 use precomp_proto::buildkey::{
-    compile_env_digest, encode_term, request_satisfied_by, BuildInputs, BuildKey, BuildKeyError,
-    ClosureMember, CompileEnvEntry, KeyParts, KeyToolchain, Manager, PackageRef, Target,
+    compile_env_covers, compile_env_digest, encode_term, request_satisfied_by, BuildInputs,
+    BuildKey, BuildKeyError, ClosureMember, CompileEnvEntry, KeyParts, KeyToolchain, Manager,
+    PackageRef, Target,
 };
 use precomp_proto::lock::MixLock;
 use precomp_proto::term::Term;
@@ -164,6 +165,21 @@ fn canonical_text_and_key_vectors() {
         "5ca61b692bb6ecc31886233edbccd749a5bc9e0da235393abc1a89c0096a4fa2"
     );
 
+    // Variant keys (misses carrying the package's own compile env): with every member key
+    // known, the build key itself; else the request text with the compile_env line.
+    assert_eq!(
+        blue_leaf.variant_key().unwrap().to_string(),
+        "64e6ea59270b5376c1efc0a8910c7a03c4260dae26338b2ba70b599d602737ad"
+    );
+    let unknown_variant = BuildInputs {
+        compile_env: label_blue(),
+        ..unknown
+    };
+    assert_eq!(
+        unknown_variant.variant_key().unwrap().to_string(),
+        "72abe6c1e740ed7dfb5013b7333e6c185a8481a3e17bb014512062c2f7624803"
+    );
+
     assert_eq!(
         hex::encode(compile_env_digest(&greeting_env())),
         "b39aa0baaaddf2d7e984c860d245460507bbe8c9c192d75d16dfde85eb39923f"
@@ -223,6 +239,44 @@ fn keys_are_computed_bottom_up_over_the_lock() {
         lock.inputs_bottom_up("cfg_macro_user", Target::Any, &parts, &toolchain),
         Err(BuildKeyError::MissingMemberInput { .. })
     ));
+}
+
+/// A config variant's miss is satisfied by a build only when every compile-env path the build
+/// read is carried with the same value: fewer paths are fine, another value or a path the
+/// miss does not know of are not.
+#[test]
+fn a_variant_is_covered_by_the_builds_that_read_what_it_carries() {
+    let entry = |path: &str, value: Option<Term>| CompileEnvEntry {
+        app: "env_reader".into(),
+        path: vec![Term::atom(path)],
+        value,
+    };
+    let carried = vec![
+        entry("greeting", Some(Term::binary("howdy"))),
+        entry("format", None),
+    ];
+    assert!(compile_env_covers(&carried, &[]));
+    assert!(compile_env_covers(&carried, &carried));
+    assert!(compile_env_covers(
+        &carried,
+        &[entry("greeting", Some(Term::binary("howdy")))]
+    ));
+    assert!(!compile_env_covers(
+        &carried,
+        &[entry("greeting", Some(Term::binary("hello")))]
+    ));
+    assert!(!compile_env_covers(
+        &carried,
+        &[entry("format", Some(Term::binary("?")))]
+    ));
+    assert!(!compile_env_covers(&carried, &[entry("other", None)]));
+    // Equal terms, however spelled: a charlist is the list of its code points.
+    let charlist = vec![entry("greeting", Some(Term::Charlist("ab".into())))];
+    let codes = vec![entry(
+        "greeting",
+        Some(Term::List(vec![Term::Integer(97), Term::Integer(98)])),
+    )];
+    assert!(compile_env_covers(&charlist, &codes));
 }
 
 /// A miss is satisfied by the builds that agree with everything it knows: the same lines,

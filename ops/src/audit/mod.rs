@@ -485,7 +485,7 @@ impl Auditor<'_> {
                 .and_then(|m| m.check_key())?;
             compile_env.extend(member_manifest.compile_env);
         }
-        let config = match inputs::config_exs(&compile_env) {
+        let config = match precomp_builder::config::config_exs(&compile_env) {
             Some(text) => {
                 let path = self
                     .work

@@ -10,13 +10,15 @@ use clap::Args;
 use precomp_builder::build::BuildContext;
 use precomp_builder::config::SandboxedConfig;
 use precomp_builder::run::{self, CompileEnvSource, PackageResult, Progress, Status};
+
+use super::variants::{self, MissConfig};
 use precomp_builder::sources::SourceCache;
 use precomp_builder::store::BuildStore;
-use precomp_proto::buildkey::{compile_env_digest, request_satisfied_by};
+use precomp_proto::buildkey::request_satisfied_by;
 use precomp_proto::lock::{LockEntry, MixLock};
 use precomp_proto::manifest::{ArtifactPublicKey, ArtifactSigningKey};
 use precomp_registry::artifacts::FailureReport;
-use precomp_registry::artifacts::{compile_env_entry, miss_request_text, ArtifactClient, Miss};
+use precomp_registry::artifacts::{miss_request_text, miss_satisfied_by, ArtifactClient, Miss};
 use precomp_sandbox::toolchain::{Store, Toolchain};
 use precomp_sandbox::Sandbox;
 
@@ -167,33 +169,57 @@ pub fn run(context: &Context, args: BuildArgs) -> anyhow::Result<ExitCode> {
     let mut failed = 0;
     let mut counts = [0usize; 4];
     for Work { lock, apps, miss } in &work_list {
-        let reuse = run::Reuse {
-            store: &store,
-            trusted: &trusted,
-            compile_env: &config,
-        };
-        if let Some(miss) = miss {
-            if let Some(why) = config_differs(miss, &config)? {
-                eprintln!(
-                    "skipping the miss of {} {}: {why}",
-                    miss.package, miss.version
-                );
-                continue;
-            }
-        }
         let publish_to = match (&mirror_client, args.publish) {
             (Some(client), true) => Some((&runtime, client)),
             _ => None,
         };
-        let results = build_and_publish(
-            &build_context,
-            &reuse,
-            lock,
-            apps,
-            jobs,
-            &reporter,
-            publish_to,
-        )?;
+        // A miss is built with --config when that gives the compile-time values it carries,
+        // else as a config variant: with a config made from those values (`variants`).
+        let variant = match miss {
+            None => None,
+            Some(miss) => match variants::miss_config(miss, &config, &build_context.work_root)? {
+                Ok(MissConfig::Builder) => None,
+                Ok(MissConfig::Variant(variant)) => Some(variant),
+                Err(reason) => {
+                    not_built(miss, &reason, publish_to, &toolchain, &mut failed);
+                    continue;
+                }
+            },
+        };
+        let variant_context = variant.as_ref().map(|variant| BuildContext {
+            config: Some(variant.path().to_path_buf()),
+            ..build_context.clone()
+        });
+        let variant_config = variant_context.as_ref().map(SandboxedConfig::new);
+        let (context, compile_env): (&BuildContext<'_>, &dyn CompileEnvSource) =
+            match (&variant_context, &variant_config, miss) {
+                (Some(context), Some(variant_config), Some(miss)) => {
+                    if let Some(reason) = variants::check_variant(miss, variant_config)? {
+                        not_built(miss, &reason, publish_to, &toolchain, &mut failed);
+                        continue;
+                    }
+                    eprintln!(
+                        "the miss of {} {} is a config variant: building it with the {} \
+                         compile-time value{} it carries",
+                        miss.package,
+                        miss.version,
+                        variant.as_ref().map_or(0, |v| v.values),
+                        if variant.as_ref().is_some_and(|v| v.values == 1) {
+                            ""
+                        } else {
+                            "s"
+                        }
+                    );
+                    (context, variant_config)
+                }
+                _ => (&build_context, &config),
+            };
+        let reuse = run::Reuse {
+            store: &store,
+            trusted: &trusted,
+            compile_env,
+        };
+        let results = build_and_publish(context, &reuse, lock, apps, jobs, &reporter, publish_to)?;
         if let (Some(miss), Some((runtime, client))) = (miss, publish_to) {
             if let Some((result, published)) = results.iter().find(|(r, _)| apps.contains(&r.app)) {
                 match settle_miss(
@@ -660,49 +686,35 @@ fn missing_work(
     Ok(work)
 }
 
-/// Whether this builder's config gives the compile-env values `miss` carries (the
-/// consumer's, for the paths earlier builds of the package and its closure record): `None`
-/// when it does, else which value differs. Building a miss with other values than the
-/// builder's config gives (config variants) is not supported yet: such a miss is left.
-pub(crate) fn config_differs(
+/// A miss `--missing` does not build: said on stderr and, with --publish, recorded as a
+/// failure under its key (which closes it) with the reason; counted as failed if that fails.
+fn not_built(
     miss: &Miss,
-    config: &dyn CompileEnvSource,
-) -> anyhow::Result<Option<String>> {
-    let carried = miss
-        .all_compile_env()
-        .map(compile_env_entry)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!("the miss's compile env: {e}"))?;
-    if carried.is_empty() {
-        return Ok(None);
-    }
-    let ours = config.values_for(&carried)?;
-    // The builder's config is Elixir (`--config`): values are shown as it writes them.
-    let syntax = precomp_proto::term::Syntax::Elixir;
-    for (theirs, ours) in carried.iter().zip(&ours) {
-        if compile_env_digest(std::slice::from_ref(theirs))
-            != compile_env_digest(std::slice::from_ref(ours))
-        {
-            return Ok(Some(format!(
-                "it needs compile-time values this builder's config does not give ({}: the \
-                 miss has {}, the config gives {}); building other configs than the builder's \
-                 (config variants) is not supported yet",
-                theirs.describe_path(syntax),
-                theirs.describe_value(syntax),
-                ours.describe_value(syntax)
-            )));
+    reason: &str,
+    publish_to: Option<(&tokio::runtime::Runtime, &ArtifactClient)>,
+    toolchain: &Toolchain,
+    failed: &mut usize,
+) {
+    eprintln!(
+        "not building the miss of {} {}: {reason}",
+        miss.package, miss.version
+    );
+    if let Some((runtime, client)) = publish_to {
+        if let Err(e) = variants::record_not_built(runtime, client, toolchain, miss, reason) {
+            *failed += 1;
+            eprintln!("error: {e:#}");
         }
     }
-    Ok(None)
 }
 
 /// After building `miss` (its package's `result`, and how its publication went): what closes
 /// the miss when the build's own report does not — a publish closes the misses its build
 /// satisfies, a failure the miss with its base key. A failure is recorded under the miss's
-/// key when the package failed under another base key (the miss's request key, or another
-/// target), or was built but does not satisfy the miss (a dependency's build read other
-/// compile-time paths than the miss knew of), so the miss is not built again and again.
-/// Returns what was recorded.
+/// key when the package failed under another base key (the miss's request key or variant
+/// key, or another target), or was built but does not satisfy the miss (a dependency's
+/// build read other compile-time paths than the miss knew of, or a config variant's build
+/// read a path the miss does not carry), so the miss is not built again and again. Returns
+/// what was recorded.
 pub(crate) fn settle_miss(
     runtime: &tokio::runtime::Runtime,
     client: &ArtifactClient,
@@ -723,15 +735,23 @@ pub(crate) fn settle_miss(
             miss.package, miss.version
         ),
         (_, Some(build), Some(Ok(Published::Manifest(_)))) => {
-            let request = miss_request_text(&miss.report())
-                .map_err(|refusal| anyhow::anyhow!("the miss: {}", refusal.message))?;
-            let built = build.manifest.inputs()?.base_text()?;
-            if request_satisfied_by(&request, &built) {
+            let inputs = build.manifest.inputs()?;
+            let built = inputs.base_text()?;
+            if miss_satisfied_by(miss, &built, &inputs.compile_env)
+                .map_err(|refusal| anyhow::anyhow!("the miss: {}", refusal.message))?
+            {
                 return Ok(None);
             }
+            let request = miss_request_text(&miss.report())
+                .map_err(|refusal| anyhow::anyhow!("the miss: {}", refusal.message))?;
+            let why = if request_satisfied_by(&request, &built) {
+                "it read compile-time paths the miss carries no values for (or other values \
+                 than it carries)"
+            } else {
+                "the builds of its dependencies differ from what the miss says of them"
+            };
             format!(
-                "precomp: built {} {} with key {}, which does not satisfy the miss: the builds \
-                 of its dependencies differ from what the miss says of them\n",
+                "precomp: built {} {} with key {}, which does not satisfy the miss: {why}\n",
                 miss.package, miss.version, build.manifest.key
             )
         }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 use precomp_proto::manifest::ArtifactPublicKey;
-use precomp_registry::artifacts::{Artifacts, ArtifactsConfig};
+use precomp_registry::artifacts::{Artifacts, ArtifactsConfig, MissPolicy};
 use precomp_registry::mirror::{Mirror, MirrorConfig};
 use precomp_server::{AppState, Listeners, ServerConfig};
 
@@ -74,6 +74,15 @@ pub struct ServeArgs {
     /// while there is no trust document.
     #[arg(long = "trust-root", value_name = "FILE", env = "PRECOMP_TRUST_ROOT")]
     trust_root: Option<PathBuf>,
+    /// Config variants a release may get per tuple (OTP major, Elixir, Mix env): distinct sets
+    /// of compile-time values that consumers' misses ask builders to build, within the
+    /// retention; a miss asking for one more is refused (422) [default: 8].
+    #[arg(long, value_name = "N", env = "PRECOMP_MAX_CONFIG_VARIANTS")]
+    max_config_variants: Option<u32>,
+    /// Days the compile-time values a miss carries are kept after its last report; then they
+    /// are erased and an open miss is closed [default: 30].
+    #[arg(long, value_name = "DAYS", env = "PRECOMP_MISS_RETENTION_DAYS")]
+    miss_retention_days: Option<u32>,
     /// Address of a second listener that answers only /healthz and /metrics, outside the main
     /// listener's connection and request limits [default: none].
     #[arg(long, env = "PRECOMP_ADMIN_LISTEN")]
@@ -207,11 +216,25 @@ fn resolve(context: &Context, args: ServeArgs) -> anyhow::Result<Resolved> {
     if let Some(mib) = args.memory_cache_mb.or(file.memory_cache_mb) {
         config.memory_cache_bytes = mib.saturating_mul(1024 * 1024);
     }
+    let mut misses = MissPolicy::default();
+    if let Some(max) = args.max_config_variants.or(file.max_config_variants) {
+        misses.max_config_variants = max;
+    }
+    if let Some(days) = args.miss_retention_days.or(file.miss_retention_days) {
+        if days == 0 {
+            anyhow::bail!(
+                "--miss-retention-days must be at least 1: builders need the values a miss \
+                 carries to build it"
+            );
+        }
+        misses.retention_seconds = i64::from(days) * 86_400;
+    }
     let artifacts = ArtifactsConfig {
         data: data.join("artifacts"),
         builder_keys,
         auditor_keys,
         trust_root,
+        misses,
     };
     let server = server_config(
         &file,

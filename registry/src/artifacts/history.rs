@@ -235,9 +235,9 @@ impl ArtifactStore {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{ManifestPut, ManifestRecord, MissRecord};
+    use super::super::{ManifestPut, ManifestRecord, MissOutcome, MissPolicy, MissRecord};
     use super::*;
-    use crate::artifacts::api::MissReport;
+    use crate::artifacts::api::{MissRecorded, MissReport};
     use precomp_proto::buildkey::{BuildInputs, Manager, PackageRef, Target};
     use precomp_proto::manifest::{
         ArtifactSigningKey, FileRecord, Manifest, Output, Provenance, SignedManifest,
@@ -462,13 +462,13 @@ mod tests {
             .put_verdict(&verified, &verdict.encode_to_vec(), "auditor")
             .unwrap();
         let report = miss_report(&first.0);
-        let recorded = store.record_miss(&miss(&report), &without_one).unwrap();
+        let recorded = record(&store, &miss(&report), &without_one);
         assert!(recorded.open, "{recorded:?}");
         // While the builder counted, the same miss was closed by its build.
         let dir2 = tempfile::tempdir().unwrap();
         let trusting = ArtifactStore::open(dir2.path()).unwrap();
         put(&trusting, &first, ALL);
-        assert!(!trusting.record_miss(&miss(&report), ALL).unwrap().open);
+        assert!(!record(&trusting, &miss(&report), ALL).open);
 
         let rebuilt = build(3, 50, &two);
         assert_eq!(
@@ -507,6 +507,7 @@ mod tests {
             version: record.version.clone(),
             base_key: Some(record.base_key.clone()),
             request_key: None,
+            variant_key: None,
             reason: "revoked".into(),
             otp_major: record.otp_major.clone(),
             elixir: record.elixir.clone(),
@@ -524,6 +525,24 @@ mod tests {
             report,
             miss_key: report.base_key.clone().unwrap(),
             request_text: inputs().request_text().unwrap(),
+            variant_key: None,
+            own_compile_env: Vec::new(),
+            variants: Vec::new(),
+        }
+    }
+
+    /// [`ArtifactStore::record_miss`] with the default bounds; the miss is recorded.
+    fn record(
+        store: &ArtifactStore,
+        miss: &MissRecord<'_>,
+        counts: &dyn Fn(&str) -> bool,
+    ) -> MissRecorded {
+        match store
+            .record_miss(miss, &MissPolicy::default(), counts)
+            .unwrap()
+        {
+            MissOutcome::Recorded(recorded) => recorded,
+            refused => panic!("{refused:?}"),
         }
     }
 
@@ -536,10 +555,10 @@ mod tests {
         let builder = ArtifactSigningKey::generate();
         let published = build(1, 1, &builder);
         let report = miss_report(&published.0);
-        let first = store.record_miss(&miss(&report), ALL).unwrap();
+        let first = record(&store, &miss(&report), ALL);
         assert!(first.open);
         put(&store, &published, ALL);
-        let closed = store.record_miss(&miss(&report), ALL).unwrap();
+        let closed = record(&store, &miss(&report), ALL);
         assert!(!closed.open);
         assert_eq!(
             closed.closed_by.as_deref(),
@@ -554,7 +573,7 @@ mod tests {
                 params![published.0.key],
             )
             .unwrap();
-        let reopened = store.record_miss(&miss(&report), ALL).unwrap();
+        let reopened = record(&store, &miss(&report), ALL);
         assert!(reopened.open, "{reopened:?}");
         assert_eq!(reopened.count, 3);
         assert_eq!(store.open_misses(10, 1 << 20).unwrap().len(), 1);
@@ -571,7 +590,7 @@ mod tests {
                 "builder",
             )
             .unwrap();
-        let failed = store.record_miss(&miss(&report), ALL).unwrap();
+        let failed = record(&store, &miss(&report), ALL);
         assert!(!failed.open);
         assert_eq!(failed.closed_by.as_deref(), Some("failed on host"));
     }

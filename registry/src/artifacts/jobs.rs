@@ -27,13 +27,15 @@ use precomp_proto::manifest::ArtifactPublicKey;
 use rusqlite::{params, OptionalExtension, Transaction, TransactionBehavior};
 
 use super::super::api::{
-    AuditBuild, HeartbeatRequest, JobKind, Lease, LeaseReleased, LeaseRenewed, LeaseRequest, Miss,
-    ReleaseOutcome, ReleaseRequest, MAX_FEWER_THAN, MAX_RELEASE_REASON,
+    AuditBuild, HeartbeatRequest, JobKind, JobListing, Lease, LeaseReleased, LeaseRenewed,
+    LeaseRequest, LeaseTuple, LiveJob, Miss, ReleaseOutcome, ReleaseRequest, TupleDemand,
+    WorkerSeen, MAX_FEWER_THAN, MAX_LEASE_TUPLES, MAX_RELEASE_REASON,
 };
 use super::super::token::valid_token_name;
 use super::super::{Artifacts, Publisher, Refusal, MAX_LEASE_SECONDS, MIN_LEASE_SECONDS};
 use super::{
-    index_build_row, miss_row, ArtifactStore, ArtifactStoreError, INDEX_BUILD_COLUMNS, MISS_COLUMNS,
+    index_build_row, miss_row, ArtifactStore, ArtifactStoreError, INDEX_BUILD_COLUMNS,
+    MISS_COLUMNS, WORKER_WINDOW_SECONDS,
 };
 
 /// Bound on the targets one lease request names.
@@ -113,11 +115,17 @@ impl Artifacts {
         };
         let store = &self.store;
         let err = store.db_err();
+        if request.kind == JobKind::Build {
+            // Misses whose values expired are closed before one is handed out.
+            store.expire_if_due(&self.misses)?;
+        }
         let now = now_ms();
         let mut db = store.db.lock();
         let tx = db
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(&err)?;
+        // What this worker can do, for the job listing's "which tuples have no worker".
+        record_worker_tuples(&tx, request, &publisher.name, now / 1000).map_err(&err)?;
         let job = match &auditor {
             None => select_miss(&tx, request, now)
                 .map_err(&err)?
@@ -127,6 +135,7 @@ impl Artifacts {
                 .map(Job::Audit),
         };
         let Some(job) = job else {
+            tx.commit().map_err(&err)?;
             return Ok(None);
         };
         let lease_ms = request.lease_seconds as i64 * 1000;
@@ -204,6 +213,14 @@ impl Artifacts {
             params![job as i64, now + lease_ms, lease_ms],
         )
         .map_err(&err)?;
+        // A worker busy with a job still serves the tuples it asked for.
+        tx.execute(
+            "UPDATE worker_tuples SET last_seen = ?2
+             WHERE (kind, worker, token_name) IN
+                   (SELECT kind, worker, token_name FROM leases WHERE job = ?1)",
+            params![job as i64, now / 1000],
+        )
+        .map_err(&err)?;
         tx.commit().map_err(&err)?;
         Ok(LeaseRenewed {
             job,
@@ -279,6 +296,158 @@ impl Artifacts {
         })
     }
 
+    /// `GET jobs`: the open misses by tuple and whether a worker asked for that tuple within
+    /// [`WORKER_WINDOW_SECONDS`], the workers seen, and the live leases. For builders' tokens
+    /// (as `GET misses`); it shows no compile-env values.
+    pub fn job_listing(&self, publisher: &Publisher) -> Result<JobListing, Refusal> {
+        self.check_builder(publisher)?;
+        self.store.expire_if_due(&self.misses)?;
+        let store = &self.store;
+        let err = store.db_err();
+        let now = now_ms();
+        let since = now / 1000 - WORKER_WINDOW_SECONDS;
+        let db = store.db.lock();
+        let listing = (|| -> rusqlite::Result<JobListing> {
+            let mut workers_by_tuple: std::collections::BTreeMap<
+                (String, String, String, String),
+                Vec<String>,
+            > = Default::default();
+            let mut seen: std::collections::BTreeMap<(String, String, String), WorkerSeen> =
+                Default::default();
+            {
+                let mut stmt = db.prepare(
+                    "SELECT kind, worker, token_name, otp_major, elixir, mix_env, target,
+                        last_seen
+                     FROM worker_tuples WHERE last_seen >= ?1
+                     ORDER BY worker, token_name, kind, otp_major, elixir, mix_env, target",
+                )?;
+                let mut rows = stmt.query(params![since])?;
+                while let Some(row) = rows.next()? {
+                    let kind: String = row.get(0)?;
+                    let kind = if kind == "audit" {
+                        JobKind::Audit
+                    } else {
+                        JobKind::Build
+                    };
+                    let (worker, token): (String, String) = (row.get(1)?, row.get(2)?);
+                    let tuple: (String, String, String, String) =
+                        (row.get(3)?, row.get(4)?, row.get(5)?, row.get(6)?);
+                    let last_seen: i64 = row.get(7)?;
+                    if kind == JobKind::Build {
+                        let names = workers_by_tuple.entry(tuple.clone()).or_default();
+                        if !names.contains(&worker) {
+                            names.push(worker.clone());
+                        }
+                    }
+                    let entry = seen
+                        .entry((worker.clone(), token.clone(), kind.as_str().to_string()))
+                        .or_insert_with(|| WorkerSeen {
+                            worker,
+                            token,
+                            kind,
+                            tuples: Vec::new(),
+                            last_seen,
+                        });
+                    entry.last_seen = entry.last_seen.max(last_seen);
+                    let (otp_major, elixir, mix_env, target) = tuple;
+                    match entry.tuples.iter_mut().find(|t| {
+                        t.otp_major == otp_major && t.elixir == elixir && t.mix_env == mix_env
+                    }) {
+                        Some(existing) => existing.targets.push(target),
+                        None => entry.tuples.push(LeaseTuple {
+                            otp_major,
+                            elixir,
+                            mix_env,
+                            targets: vec![target],
+                        }),
+                    }
+                }
+            }
+            let mut tuples = Vec::new();
+            {
+                let mut stmt = db.prepare(
+                    "SELECT m.otp_major, m.elixir, m.mix_env, m.target, count(*),
+                        count(m.variant_key), sum(m.count), min(m.first_reported),
+                        count(*) FILTER (WHERE EXISTS (SELECT 1 FROM leases l
+                            WHERE l.kind = 'build' AND l.base_key = m.miss_key
+                              AND l.ended_at IS NULL AND l.expires_ms > ?1))
+                     FROM misses m WHERE m.closed_at IS NULL
+                     GROUP BY m.otp_major, m.elixir, m.mix_env, m.target
+                     ORDER BY count(*) DESC, m.otp_major, m.elixir, m.mix_env, m.target",
+                )?;
+                let mut rows = stmt.query(params![now])?;
+                while let Some(row) = rows.next()? {
+                    let tuple: (String, String, String, String) =
+                        (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?);
+                    let workers = workers_by_tuple.get(&tuple).cloned().unwrap_or_default();
+                    let (otp_major, elixir, mix_env, target) = tuple;
+                    tuples.push(TupleDemand {
+                        otp_major,
+                        elixir,
+                        mix_env,
+                        target,
+                        open_misses: row.get::<_, i64>(4)? as u64,
+                        variants: row.get::<_, i64>(5)? as u64,
+                        reports: row.get::<_, i64>(6)? as u64,
+                        oldest_reported: row.get(7)?,
+                        leased: row.get::<_, i64>(8)? as u64,
+                        served: !workers.is_empty(),
+                        workers,
+                    });
+                }
+            }
+            let mut jobs = Vec::new();
+            {
+                let mut stmt = db.prepare(
+                    "SELECT l.job, l.kind, l.base_key, l.key, l.worker, l.token_name,
+                        l.leased_at, l.expires_ms,
+                        coalesce(mi.package, ma.package), coalesce(mi.version, ma.version),
+                        coalesce(mi.otp_major, ma.otp_major), coalesce(mi.elixir, ma.elixir),
+                        coalesce(mi.mix_env, ma.mix_env), coalesce(mi.target, ma.target)
+                     FROM leases l
+                     LEFT JOIN misses mi ON l.kind = 'build' AND mi.miss_key = l.base_key
+                     LEFT JOIN manifests ma ON l.kind = 'audit' AND ma.key = l.key
+                     WHERE l.ended_at IS NULL AND l.expires_ms > ?1
+                       AND (mi.closed_at IS NULL AND mi.miss_key IS NOT NULL
+                            OR ma.key IS NOT NULL)
+                     ORDER BY l.job",
+                )?;
+                let mut rows = stmt.query(params![now])?;
+                while let Some(row) = rows.next()? {
+                    let kind: String = row.get(1)?;
+                    jobs.push(LiveJob {
+                        job: row.get::<_, i64>(0)? as u64,
+                        kind: if kind == "audit" {
+                            JobKind::Audit
+                        } else {
+                            JobKind::Build
+                        },
+                        base_key: row.get(2)?,
+                        key: row.get(3)?,
+                        worker: row.get(4)?,
+                        token: row.get(5)?,
+                        leased_at: row.get(6)?,
+                        lease_expires_at: expires_at(row.get(7)?),
+                        package: row.get::<_, Option<String>>(8)?.unwrap_or_default(),
+                        version: row.get::<_, Option<String>>(9)?.unwrap_or_default(),
+                        otp_major: row.get::<_, Option<String>>(10)?.unwrap_or_default(),
+                        elixir: row.get::<_, Option<String>>(11)?.unwrap_or_default(),
+                        mix_env: row.get::<_, Option<String>>(12)?.unwrap_or_default(),
+                        target: row.get::<_, Option<String>>(13)?.unwrap_or_default(),
+                    });
+                }
+            }
+            Ok(JobListing {
+                window_seconds: WORKER_WINDOW_SECONDS as u64,
+                tuples,
+                workers: seen.into_values().collect(),
+                jobs,
+            })
+        })()
+        .map_err(&err)?;
+        Ok(listing)
+    }
+
     /// The auditor key id an audit lease of `publisher`'s token is for: one of the keys it may
     /// post verdicts with (`403` for a token that may post none), the one `request` names.
     fn lease_auditor(
@@ -325,9 +494,47 @@ impl Artifacts {
     }
 }
 
-/// The open miss a build lease gets: exactly the request's OTP major, Elixir and Mix env, a
-/// target among its targets, no live build lease; most reported first, then oldest, then by
-/// miss key. (A build lease's `base_key` column holds the miss key.)
+/// SQL: the row aliased `m` (its `otp_major`, `elixir`, `mix_env`, `target`) is of one of the
+/// tuples in the JSON array bound to `?1`.
+const OF_A_TUPLE: &str = "EXISTS (SELECT 1 FROM json_each(?1) t
+    WHERE json_extract(t.value, '$.otp_major') = m.otp_major
+      AND json_extract(t.value, '$.elixir') = m.elixir
+      AND json_extract(t.value, '$.mix_env') = m.mix_env
+      AND m.target IN (SELECT value FROM json_each(t.value, '$.targets')))";
+
+/// Records that `worker` (with `token`'s token) asked for each of `request`'s tuples now.
+fn record_worker_tuples(
+    tx: &Transaction<'_>,
+    request: &LeaseRequest,
+    token: &str,
+    now: i64,
+) -> rusqlite::Result<()> {
+    for tuple in request.all_tuples() {
+        for target in &tuple.targets {
+            tx.execute(
+                "INSERT INTO worker_tuples (kind, worker, token_name, otp_major, elixir, mix_env,
+                    target, last_seen)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT DO UPDATE SET last_seen = ?8",
+                params![
+                    request.kind.as_str(),
+                    request.worker,
+                    token,
+                    tuple.otp_major,
+                    tuple.elixir,
+                    tuple.mix_env,
+                    target,
+                    now
+                ],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// The open miss a build lease gets: exactly one of the request's tuples (OTP major, Elixir,
+/// Mix env, a target among its targets), no live build lease; most reported first, then
+/// oldest, then by miss key. (A build lease's `base_key` column holds the miss key.)
 fn select_miss(
     tx: &Transaction<'_>,
     request: &LeaseRequest,
@@ -336,23 +543,21 @@ fn select_miss(
     tx.query_row(
         &format!(
             "SELECT {MISS_COLUMNS} FROM misses m
-             WHERE closed_at IS NULL AND otp_major = ?1 AND elixir = ?2 AND mix_env = ?3
-               AND target IN (SELECT value FROM json_each(?4))
+             WHERE closed_at IS NULL AND {OF_A_TUPLE}
                AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.kind = 'build'
                                AND l.base_key = m.miss_key AND l.ended_at IS NULL
-                               AND l.expires_ms > ?5)
+                               AND l.expires_ms > ?2)
              ORDER BY count DESC, first_reported, miss_key LIMIT 1"
         ),
-        params![
-            request.otp_major,
-            request.elixir,
-            request.mix_env,
-            json_list(&request.targets),
-            now
-        ],
+        params![tuples_json(request), now],
         miss_row,
     )
     .optional()
+}
+
+/// The request's tuples as a JSON array, for [`OF_A_TUPLE`].
+fn tuples_json(request: &LeaseRequest) -> String {
+    serde_json::to_string(&request.all_tuples()).expect("plain data serialises")
 }
 
 /// The published build an audit lease for `auditor` gets: exactly the request's OTP major,
@@ -377,28 +582,24 @@ fn select_audit(
                         SELECT v.auditor_id FROM verdicts v WHERE v.key = m.key
                         UNION
                         SELECT s.value FROM json_each(m.signers) s
-                        WHERE s.value IN (SELECT value FROM json_each(?6)))) AS audits
+                        WHERE s.value IN (SELECT value FROM json_each(?3)))) AS audits
                    FROM manifests m
-                   WHERE m.otp_major = ?1 AND m.elixir = ?2 AND m.mix_env = ?3
-                     AND m.target IN (SELECT value FROM json_each(?4))
+                   WHERE {OF_A_TUPLE}
                      AND m.key_format = 2
                      AND NOT EXISTS (SELECT 1 FROM verdicts v
-                                     WHERE v.key = m.key AND v.auditor_id = ?5)
-                     AND NOT EXISTS (SELECT 1 FROM json_each(m.signers) s WHERE s.value = ?5)
+                                     WHERE v.key = m.key AND v.auditor_id = ?2)
+                     AND NOT EXISTS (SELECT 1 FROM json_each(m.signers) s WHERE s.value = ?2)
                      AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.kind = 'audit'
                                      AND l.key = m.key AND l.ended_at IS NULL
-                                     AND l.expires_ms > ?7 AND NOT {AUDIT_DONE})
+                                     AND l.expires_ms > ?4 AND NOT {AUDIT_DONE})
                      AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.kind = 'audit'
-                                     AND l.key = m.key AND l.token_name = ?8
+                                     AND l.key = m.key AND l.token_name = ?5
                                      AND l.ended = 'failed'))
-                 WHERE audits < ?9
+                 WHERE audits < ?6
                  ORDER BY audits, published_at, key LIMIT 1"
             ),
             params![
-                request.otp_major,
-                request.elixir,
-                request.mix_env,
-                json_list(&request.targets),
+                tuples_json(request),
                 auditor,
                 json_list(auditor_ids),
                 now,
@@ -582,39 +783,17 @@ fn check_lease_request(request: &LeaseRequest) -> Result<(), Refusal> {
             ),
         ));
     }
-    for (field, value) in [
-        ("otp_major", &request.otp_major),
-        ("elixir", &request.elixir),
-        ("mix_env", &request.mix_env),
-    ] {
-        if value.is_empty() || value.len() > 64 || value.chars().any(char::is_control) {
-            return Err(Refusal::new(
-                422,
-                format!("{field} must be 1 to 64 characters on one line"),
-            ));
-        }
-    }
-    if request.targets.is_empty() || request.targets.len() > MAX_TARGETS {
+    if request.tuples.len() > MAX_LEASE_TUPLES {
         return Err(Refusal::new(
             422,
-            format!("targets must list 1 to {MAX_TARGETS} targets (`any`, ARCH-LIBC)"),
+            format!(
+                "tuples must list at most {MAX_LEASE_TUPLES} tuples (OTP major, Elixir, Mix env, \
+                 targets)"
+            ),
         ));
     }
-    for target in &request.targets {
-        let valid = target == "any"
-            || (target.len() <= 64
-                && target
-                    .split_once('-')
-                    .is_some_and(|(a, l)| !a.is_empty() && !l.is_empty())
-                && target
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'));
-        if !valid {
-            return Err(Refusal::new(
-                422,
-                format!("target {target:?} is neither `any` nor ARCH-LIBC"),
-            ));
-        }
+    for tuple in request.all_tuples() {
+        check_tuple(&tuple)?;
     }
     if request.kind == JobKind::Audit {
         if !(1..=MAX_FEWER_THAN).contains(&request.fewer_than) {
@@ -639,6 +818,46 @@ fn check_lease_request(request: &LeaseRequest) -> Result<(), Refusal> {
         }
     }
     check_lease_seconds(request.lease_seconds)
+}
+
+/// One tuple of a lease request: `otp_major`, `elixir`, `mix_env` 1 to 64 characters on one
+/// line, 1 to 16 targets, each `any` or ARCH-LIBC.
+fn check_tuple(tuple: &LeaseTuple) -> Result<(), Refusal> {
+    for (field, value) in [
+        ("otp_major", &tuple.otp_major),
+        ("elixir", &tuple.elixir),
+        ("mix_env", &tuple.mix_env),
+    ] {
+        if value.is_empty() || value.len() > 64 || value.chars().any(char::is_control) {
+            return Err(Refusal::new(
+                422,
+                format!("{field} must be 1 to 64 characters on one line"),
+            ));
+        }
+    }
+    if tuple.targets.is_empty() || tuple.targets.len() > MAX_TARGETS {
+        return Err(Refusal::new(
+            422,
+            format!("targets must list 1 to {MAX_TARGETS} targets (`any`, ARCH-LIBC)"),
+        ));
+    }
+    for target in &tuple.targets {
+        let valid = target == "any"
+            || (target.len() <= 64
+                && target
+                    .split_once('-')
+                    .is_some_and(|(a, l)| !a.is_empty() && !l.is_empty())
+                && target
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'));
+        if !valid {
+            return Err(Refusal::new(
+                422,
+                format!("target {target:?} is neither `any` nor ARCH-LIBC"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The release's reason, checked: one line of at most [`MAX_RELEASE_REASON`] bytes.
@@ -848,6 +1067,7 @@ mod tests {
                     elixir: "1.14.0".into(),
                     mix_env: "prod".into(),
                     targets: targets.iter().map(|t| t.to_string()).collect(),
+                    tuples: Vec::new(),
                     lease_seconds: 60,
                     fewer_than,
                     auditor: None,
@@ -1074,6 +1294,7 @@ mod tests {
             elixir: "1.14.0".into(),
             mix_env: "prod".into(),
             targets: vec!["any".into()],
+            tuples: Vec::new(),
             lease_seconds: 60,
             fewer_than: 1,
             auditor: Some("ed25519:0000000000000000".into()),
@@ -1143,5 +1364,100 @@ mod tests {
                 .result,
             "released"
         );
+    }
+
+    /// A worker with several toolchains leases misses of any of its tuples and never one of
+    /// another; a single-tuple request (as workers before `tuples` send) still works; the job
+    /// listing says which tuple no worker asked for, and who asked for what.
+    #[test]
+    fn leases_cover_every_tuple_of_a_worker_and_the_listing_shows_unserved_ones() {
+        let mirror = Mirror::new();
+        for (key, otp, elixir, count) in [
+            ("m25", "25", "1.14.0", 3),
+            ("m27", "27", "1.18.3", 2),
+            ("m26", "26", "1.16.3", 1),
+        ] {
+            mirror.sql(
+                "INSERT INTO misses (miss_key, base_key, request_text, package, version, reason,
+                    otp_major, elixir, mix_env, target, lock, inputs, count, first_reported,
+                    last_reported)
+                 VALUES (?1, ?1, '', 'plain_ex', '1.0.0', 'not built', ?2, ?3, 'prod', 'any',
+                    '', '{}', ?4, 0, 0)",
+                params![key, otp, elixir, count],
+            );
+        }
+        let builder = Publisher {
+            name: "builder".into(),
+            key: Some(mirror.builder.public_key()),
+        };
+        let tuple = |otp: &str, elixir: &str| LeaseTuple {
+            otp_major: otp.into(),
+            elixir: elixir.into(),
+            mix_env: "prod".into(),
+            targets: vec!["any".into(), "x86_64-linux-gnu".into()],
+        };
+        let two: LeaseRequest = serde_json::from_value(serde_json::json!({
+            "worker": "multi", "lease_seconds": 60,
+            "tuples": [tuple("25", "1.14.0"), tuple("27", "1.18.3")]}))
+        .unwrap();
+        let artifacts = &mirror.artifacts;
+        let leased = |request: &LeaseRequest| {
+            artifacts
+                .lease_job(request, &builder)
+                .unwrap()
+                .map(|lease| lease.miss.unwrap().miss_key().to_string())
+        };
+        assert_eq!(leased(&two).as_deref(), Some("m25"));
+        assert_eq!(leased(&two).as_deref(), Some("m27"));
+        assert_eq!(leased(&two), None, "m26 is of no tuple of this worker");
+
+        // Before any worker asked for 26, and after one did, with the old single tuple.
+        let listing = artifacts.job_listing(&builder).unwrap();
+        assert_eq!(listing.window_seconds, WORKER_WINDOW_SECONDS as u64);
+        let by_otp = |listing: &JobListing, otp: &str| {
+            listing
+                .tuples
+                .iter()
+                .find(|t| t.otp_major == otp)
+                .cloned()
+                .unwrap_or_else(|| panic!("no tuple {otp}: {listing:?}"))
+        };
+        let unserved = by_otp(&listing, "26");
+        assert!(!unserved.served, "{listing:?}");
+        assert!(unserved.workers.is_empty());
+        assert_eq!((unserved.open_misses, unserved.leased), (1, 0));
+        let served = by_otp(&listing, "25");
+        assert!(served.served, "{listing:?}");
+        assert_eq!(served.workers, vec!["multi".to_string()]);
+        assert_eq!(served.leased, 1);
+        assert_eq!(listing.jobs.len(), 2, "{listing:?}");
+        assert_eq!(listing.jobs[0].package, "plain_ex");
+        assert_eq!(listing.jobs[0].worker, "multi");
+        assert_eq!(listing.workers.len(), 1);
+        assert_eq!(listing.workers[0].tuples.len(), 2, "{listing:?}");
+
+        let old: LeaseRequest = serde_json::from_value(serde_json::json!({
+            "worker": "old", "otp_major": "26", "elixir": "1.16.3", "mix_env": "prod",
+            "targets": ["any"], "lease_seconds": 60}))
+        .unwrap();
+        assert_eq!(leased(&old).as_deref(), Some("m26"));
+        let listing = artifacts.job_listing(&builder).unwrap();
+        let now_served = by_otp(&listing, "26");
+        assert!(now_served.served);
+        assert_eq!(now_served.workers, vec!["old".to_string()]);
+
+        // Bounded and checked like the top-level tuple.
+        let mut too_many = two.clone();
+        too_many.tuples = vec![tuple("25", "1.14.0"); MAX_LEASE_TUPLES + 1];
+        assert_eq!(
+            artifacts.lease_job(&too_many, &builder).unwrap_err().status,
+            422
+        );
+        let mut bad = two.clone();
+        bad.tuples[1].targets = vec!["not a target".into()];
+        assert_eq!(artifacts.lease_job(&bad, &builder).unwrap_err().status, 422);
+        // An auditor's token sees no listing (it is for builders).
+        let auditor = mirror.auditor(0, "a0");
+        assert_eq!(artifacts.job_listing(&auditor).unwrap_err().status, 403);
     }
 }

@@ -65,7 +65,9 @@ use std::sync::Arc;
 
 use std::collections::BTreeMap;
 
-use precomp_proto::buildkey::{CompileEnvEntry, KeyParts, KeyToolchain, Manager, Target};
+use precomp_proto::buildkey::{
+    compile_env_digest, CompileEnvEntry, KeyParts, KeyToolchain, Manager, Target,
+};
 use precomp_proto::lock::{LockEntry, MixLock};
 use precomp_proto::manifest::{
     ArtifactPublicKey, FileRecord, ManifestError, Output, SignedManifest,
@@ -80,8 +82,10 @@ pub use api::{
     MissRecorded, MissReport, Misses,
 };
 pub use api::{
-    AuditBuild, HeartbeatRequest, JobKind, Lease, LeaseReleased, LeaseRenewed, LeaseRequest,
-    ReleaseOutcome, ReleaseRequest, MAX_FEWER_THAN, MAX_RELEASE_REASON,
+    AuditBuild, HeartbeatRequest, JobKind, JobListing, Lease, LeaseReleased, LeaseRenewed,
+    LeaseRequest, LeaseTuple, LiveJob, ReleaseOutcome, ReleaseRequest, TupleDemand, WorkerSeen,
+    MAX_COMPILE_ENV_VALUE, MAX_FEWER_THAN, MAX_LEASE_TUPLES, MAX_MISS_COMPILE_ENV_BYTES,
+    MAX_RELEASE_REASON,
 };
 pub use api::{
     ChunkDifferenceJson, FileDifferenceJson, Packages, VerdictRecord, VerdictStored,
@@ -91,8 +95,9 @@ pub use client::{ArtifactClient, ClientError, Uploaded};
 pub use store::history::KeyManifest;
 pub use store::verdicts::files_json as verdict_files_json;
 pub use store::{
-    ArtifactCheck, ArtifactStore, ArtifactStoreError, ManifestPut, ManifestRecord, MissRecord,
-    Publisher, TokenInfo, TokenLookup,
+    ArtifactCheck, ArtifactStore, ArtifactStoreError, ManifestPut, ManifestRecord, MissOutcome,
+    MissPolicy, MissRecord, Publisher, TokenInfo, TokenLookup, VariantRef,
+    DEFAULT_MAX_CONFIG_VARIANTS, DEFAULT_MISS_RETENTION_DAYS, WORKER_WINDOW_SECONDS,
 };
 pub use trust_policy::{EffectiveKeys, TrustPolicy};
 
@@ -160,6 +165,9 @@ pub struct ArtifactsConfig {
     /// rotations in `DATA/trust/history` (`--trust-root`, `trust_root`); `None`: the document
     /// is checked against the root keys it lists itself.
     pub trust_root: Option<ArtifactPublicKey>,
+    /// How many config variants a release may get, and how long misses' compile-env values
+    /// are kept (`--max-config-variants`, `--miss-retention-days`).
+    pub misses: MissPolicy,
 }
 
 /// A request the API refuses: the HTTP status and a message saying what failed and what to
@@ -196,6 +204,8 @@ pub struct Artifacts {
     store: ArtifactStore,
     /// Which keys may sign what is uploaded: the configured keys and the trust document.
     trust: TrustPolicy,
+    /// Bounds on what misses carry.
+    misses: MissPolicy,
 }
 
 impl Artifacts {
@@ -247,7 +257,11 @@ impl Artifacts {
                 "the trust document cannot be used: every upload is refused until it is fixed"
             ),
         }
-        Ok(Arc::new(Artifacts { store, trust }))
+        Ok(Arc::new(Artifacts {
+            store,
+            trust,
+            misses: config.misses,
+        }))
     }
 
     /// [`Artifacts::open`] with `auditor_keys` added to the configured auditor keys.
@@ -582,18 +596,89 @@ impl Artifacts {
 
     /// Validates a miss (its key is recomputed from what it carries: [`check_miss`]), then
     /// counts it: open while no published build that satisfies it has a signer that counts on
-    /// the mirror ([`Artifacts::counts`]) and no failure is recorded under its key.
+    /// the mirror ([`Artifacts::counts`]) and no failure is recorded under its key; a miss
+    /// asking for a config variant past the bound is refused (422).
     pub fn record_miss(&self, report: &MissReport) -> Result<MissRecorded, Refusal> {
-        let (miss_key, request_text) = check_miss(report)?;
+        let checked = check_miss(report)?;
         let keys = self.effective_keys().ok();
-        Ok(self.store.record_miss(
-            &MissRecord {
-                report,
-                miss_key,
-                request_text,
-            },
-            &|id| counts(keys.as_ref(), id),
-        )?)
+        let record = MissRecord {
+            report,
+            miss_key: checked.miss_key,
+            request_text: checked.request_text,
+            variant_key: checked.variant_key,
+            own_compile_env: checked.own_compile_env,
+            variants: checked.variants,
+        };
+        match self
+            .store
+            .record_miss(&record, &self.misses, &|id| counts(keys.as_ref(), id))?
+        {
+            MissOutcome::Recorded(recorded) => Ok(recorded),
+            MissOutcome::TooManyVariants {
+                package,
+                version,
+                limit,
+            } => {
+                tracing::warn!(
+                    package = %package,
+                    version = %version,
+                    otp_major = %report.otp_major,
+                    elixir = %report.elixir,
+                    mix_env = %report.mix_env,
+                    limit,
+                    "a miss asked for one config variant too many"
+                );
+                Err(Refusal::new(
+                    422,
+                    format!(
+                        "too many config variants: {package} {version} (OTP {}, Elixir {}, mix \
+                         env {}) already has {limit} sets of compile-time values requested, the \
+                         most this mirror builds for one release; this miss asks for another. \
+                         Align the config values this dependency reads with a set already \
+                         built (`precomp fetch` names them), or ask the mirror's operator to \
+                         raise --max-config-variants",
+                        report.otp_major, report.elixir, report.mix_env
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// `GET misses`: the open misses, with the compile-env values they carry: for builders'
+    /// tokens only (`403` for a token that may not publish builds, or that is bound to an
+    /// auditor key).
+    pub fn open_misses(&self, publisher: &Publisher) -> Result<Vec<Miss>, Refusal> {
+        self.check_builder(publisher)?;
+        self.store.expire_if_due(&self.misses)?;
+        Ok(self
+            .store
+            .open_misses(MAX_MISSES_LISTED, MAX_MISSES_LOCK_BYTES)?)
+    }
+
+    /// `403` unless `publisher`'s token may publish builds and is not an auditor's: what the
+    /// compile-env values misses carry are shown to.
+    pub(crate) fn check_builder(&self, publisher: &Publisher) -> Result<(), Refusal> {
+        let keys = self.effective_keys()?;
+        keys.builder_keys_for(publisher)?;
+        if let Some(key) = &publisher.key {
+            if keys.auditors().contains(key) && !keys.builders().contains(key) {
+                return Err(Refusal::new(
+                    403,
+                    format!(
+                        "token {:?} is bound to auditor key {}: misses (which carry consumers' \
+                         compile-time values) are shown to builders' tokens only",
+                        publisher.name,
+                        key.key_id()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Bounds on what misses carry.
+    pub fn miss_policy(&self) -> &MissPolicy {
+        &self.misses
     }
 
     /// The signed manifest `GET manifests/KEY` serves: the published one while one of its
@@ -836,13 +921,26 @@ fn check_failure(report: &FailureReport) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// A miss, checked: what identifies it and what it asks builds for.
+#[derive(Debug)]
+struct CheckedMiss {
+    /// Its variant key, else its base key, else its request key.
+    miss_key: String,
+    request_text: String,
+    variant_key: Option<String>,
+    own_compile_env: Vec<CompileEnvEntry>,
+    variants: Vec<VariantRef>,
+}
+
 /// A miss must name a release its lock holds and carry, for the package and each closure
-/// member, what its key needs (manager, target when known, compile-env entries); its key must
-/// be what those give: the base key when every member's key can be computed, else the request
-/// key (docs/protocol.md, "Misses"). So the builder can build exactly what the client missed,
-/// and junk reports are refused. The key the mirror computes is never part of a refusal: a
-/// client must compute it itself. Returns the miss key and the request text.
-fn check_miss(report: &MissReport) -> Result<(String, String), Refusal> {
+/// member, what its key needs (manager, target when known, compile-env entries: plain data,
+/// each value at most [`MAX_COMPILE_ENV_VALUE`] bytes of term text and all of them at most
+/// [`MAX_MISS_COMPILE_ENV_BYTES`]); its key must be what those give: the base key when every
+/// member's key can be computed, else the request key, and when it carries the package's own
+/// compile-env entries its variant key (docs/protocol.md, "Misses"). So the builder can
+/// build exactly what the client missed, and junk reports are refused. The key the mirror
+/// computes is never part of a refusal: a client must compute it itself.
+fn check_miss(report: &MissReport) -> Result<CheckedMiss, Refusal> {
     if !valid_package(&report.package) {
         return Err(unprocessable(format!(
             "package {:?} is not a Hex package name",
@@ -890,6 +988,21 @@ fn check_miss(report: &MissReport) -> Result<(String, String), Refusal> {
             "the miss names no manager: it is of key format v1 (a precomp from before key \
              format v2); upgrade precomp fetch"
                 .to_string(),
+        ));
+    }
+    let carried_bytes: usize = report
+        .compile_env
+        .iter()
+        .chain(report.closure.iter().flat_map(|m| m.compile_env.iter()))
+        .map(|record| record.path.len() + record.value.as_ref().map_or(0, String::len))
+        .sum();
+    if carried_bytes > MAX_MISS_COMPILE_ENV_BYTES {
+        return Err(Refusal::new(
+            413,
+            format!(
+                "the miss carries {carried_bytes} bytes of compile-env paths and values, over \
+                 the limit of {MAX_MISS_COMPILE_ENV_BYTES}"
+            ),
         ));
     }
     if report.closure.len() > MAX_MISS_MEMBERS {
@@ -972,6 +1085,27 @@ fn check_miss(report: &MissReport) -> Result<(String, String), Refusal> {
         elixir: report.elixir.clone(),
         mix_env: report.mix_env.clone(),
     };
+    // The config variants it asks for: the package's own values, and each member's.
+    let mut variants = Vec::new();
+    for (part_app, part) in &parts {
+        if part.compile_env.is_empty() {
+            continue;
+        }
+        let Some(LockEntry::Hex(entry)) = lock.entries.get(part_app) else {
+            continue;
+        };
+        variants.push(VariantRef {
+            package: entry.package.clone(),
+            version: entry.version.clone(),
+            digest: hex::encode(compile_env_digest(&part.compile_env)),
+        });
+    }
+    variants.sort();
+    variants.dedup();
+    let own_compile_env = parts
+        .get(&app)
+        .map(|own| own.compile_env.clone())
+        .unwrap_or_default();
     let inputs = lock
         .inputs_bottom_up(&app, target, &parts, &toolchain)
         .map_err(|e| unprocessable(format!("build inputs: {e}")))?;
@@ -1017,14 +1151,74 @@ fn check_miss(report: &MissReport) -> Result<(String, String), Refusal> {
             }
         )));
     }
-    Ok((claimed, request_text))
+    // A miss carrying the package's own values is a config variant: identified by its
+    // variant key (consumers that differ only in those values report different misses).
+    let variant_key = if own_compile_env.is_empty() {
+        if report.variant_key.is_some() {
+            return Err(unprocessable(
+                "the miss gives a variant_key but carries no compile_env entries of the \
+                 package: a variant key is for a miss that carries them"
+                    .to_string(),
+            ));
+        }
+        None
+    } else {
+        let variant_key = inputs
+            .variant_key()
+            .map_err(|e| unprocessable(format!("build inputs: {e}")))?
+            .to_string();
+        if report
+            .variant_key
+            .as_ref()
+            .is_some_and(|claimed| *claimed != variant_key)
+        {
+            return Err(unprocessable(
+                "the miss's variant_key is not what its lock, toolchain and carried inputs \
+                 give; compute it as docs/protocol.md (\"Misses\") says"
+                    .to_string(),
+            ));
+        }
+        Some(variant_key)
+    };
+    Ok(CheckedMiss {
+        miss_key: variant_key.clone().unwrap_or(claimed),
+        request_text,
+        variant_key,
+        own_compile_env,
+        variants,
+    })
 }
 
 /// The request text of a miss (`BuildInputs::request_text`), recomputed from what it carries
 /// as the mirror does when it records it; a builder checks with it that what it built
 /// satisfies the miss (`precomp_proto::buildkey::request_satisfied_by`).
 pub fn miss_request_text(report: &MissReport) -> Result<String, Refusal> {
-    check_miss(report).map(|(_, text)| text)
+    check_miss(report).map(|checked| checked.request_text)
+}
+
+/// Whether a build whose manifest has base text `base_text` and records `built` satisfies
+/// `miss` (docs/protocol.md "Misses", "Which builds satisfy a miss"): its base text satisfies
+/// the miss's request text and, for a config variant, every compile-env path it read is
+/// carried by the miss with the same value. What builders check before closing a miss.
+pub fn miss_satisfied_by(
+    miss: &Miss,
+    base_text: &str,
+    built: &[CompileEnvEntry],
+) -> Result<bool, Refusal> {
+    let request = miss_request_text(&miss.report())?;
+    if !precomp_proto::buildkey::request_satisfied_by(&request, base_text) {
+        return Ok(false);
+    }
+    if miss.variant_key.is_none() {
+        return Ok(true);
+    }
+    let own = miss
+        .compile_env
+        .iter()
+        .map(compile_env_entry)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| unprocessable(format!("the miss's compile_env: {e}")))?;
+    Ok(precomp_proto::buildkey::compile_env_covers(&own, built))
 }
 
 /// `any` or `ARCH-LIBC`, as a miss names a target.
@@ -1066,8 +1260,33 @@ fn key_parts(
     let compile_env = compile_env
         .iter()
         .map(|record| {
-            compile_env_entry(record)
-                .map_err(|e| unprocessable(format!("{name}: compile_env: {e}")))
+            if let Some(value) = &record.value {
+                if value.len() > MAX_COMPILE_ENV_VALUE {
+                    return Err(unprocessable(format!(
+                        "{name}: compile_env {} {}: its value is {} bytes of term text, over \
+                         the limit of {MAX_COMPILE_ENV_VALUE}: no build is made for it",
+                        record.app,
+                        record.path,
+                        value.len()
+                    )));
+                }
+            }
+            let entry = compile_env_entry(record)
+                .map_err(|e| unprocessable(format!("{name}: compile_env: {e}")))?;
+            if entry
+                .value
+                .as_ref()
+                .is_some_and(precomp_proto::config::holds_opaque)
+            {
+                return Err(unprocessable(format!(
+                    "{name}: compile_env {} {}: the value is not plain data (a fun, pid, \
+                     reference or port, shown as '{}'): no build can be given it",
+                    record.app,
+                    record.path,
+                    precomp_proto::config::OPAQUE
+                )));
+            }
+            Ok(entry)
         })
         .collect::<Result<_, _>>()?;
     Ok(KeyParts {
@@ -1120,6 +1339,7 @@ mod tests {
             version: "1.0.0".into(),
             base_key: Some(BASE_KEY.into()),
             request_key: None,
+            variant_key: None,
             reason: "not built".into(),
             otp_major: "25".into(),
             elixir: "1.14.0".into(),
@@ -1153,7 +1373,7 @@ mod tests {
     /// is not that, without ever saying which key it computed.
     #[test]
     fn misses_are_recomputed_from_what_they_carry() {
-        assert_eq!(check_miss(&report()).unwrap().0, BASE_KEY);
+        assert_eq!(check_miss(&report()).unwrap().miss_key, BASE_KEY);
         // The leaf's compile env changes the dependent's base key.
         let mut blue = report();
         blue.closure[0].compile_env = vec![CompileEnvJson {
@@ -1163,7 +1383,8 @@ mod tests {
         }];
         assert_eq!(refused(&blue).status, 422);
         blue.base_key = Some(BLUE_BASE_KEY.into());
-        let (key, text) = check_miss(&blue).unwrap();
+        let checked = check_miss(&blue).unwrap();
+        let (key, text) = (checked.miss_key, checked.request_text);
         assert_eq!(key, BLUE_BASE_KEY);
         assert!(text.starts_with("precomp-miss-request-v1\n"), "{text}");
         // No build of the leaf: its target is unknown, the request key identifies the miss.
@@ -1173,7 +1394,7 @@ mod tests {
         assert!(refusal.message.contains("request_key"), "{refusal:?}");
         unknown.base_key = None;
         unknown.request_key = Some(REQUEST_KEY.into());
-        assert_eq!(check_miss(&unknown).unwrap().0, REQUEST_KEY);
+        assert_eq!(check_miss(&unknown).unwrap().miss_key, REQUEST_KEY);
         unknown.request_key = Some(BASE_KEY.into());
         let refusal = refused(&unknown);
         assert!(refusal.message.contains("not what its lock"), "{refusal:?}");

@@ -37,7 +37,7 @@ use super::api::{
     MissRecorded, MissReport,
 };
 use super::token::{digests_equal, new_token, token_sha256, valid_token_name};
-use precomp_proto::buildkey::request_satisfied_by;
+use precomp_proto::buildkey::{compile_env_covers, request_satisfied_by, CompileEnvEntry};
 pub(crate) use precomp_proto::time::unix_now as now;
 
 // Audit verdicts: their table's queries and the API's checks (a child module, for the
@@ -90,8 +90,11 @@ pub enum ArtifactStoreError {
 /// The database's `user_version`: 2 since leases have a kind (build or audit jobs); 3 since
 /// key format v2 (manifests record their key format and base text, misses are identified by
 /// their base key or request key and carry what the key needs); 4 since several manifests
-/// are kept per key (`manifest_history`, [`history::HISTORY_SCHEMA`]: a new table, nothing
-/// to convert). Older databases are migrated when they are opened ([`migrate`]).
+/// are kept per key (`manifest_history`, [`history::HISTORY_SCHEMA`]) and since config
+/// variants and multi-toolchain workers (misses keep their request and variant keys and
+/// whether they hold compile-env values, `config_variants` bounds the variants per release,
+/// `worker_tuples` records what workers asked for). Older databases are migrated when they
+/// are opened ([`migrate`]).
 const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
@@ -162,7 +165,10 @@ CREATE TABLE IF NOT EXISTS misses (
     first_reported INTEGER NOT NULL,
     last_reported  INTEGER NOT NULL,
     closed_at      INTEGER,
-    closed_by      TEXT
+    closed_by      TEXT,
+    request_key    TEXT,
+    variant_key    TEXT,
+    has_values     INTEGER NOT NULL DEFAULT 0
 ) STRICT;
 CREATE INDEX IF NOT EXISTS misses_open ON misses (closed_at, count);
 CREATE INDEX IF NOT EXISTS misses_release ON misses (package, version, closed_at);
@@ -199,6 +205,28 @@ CREATE TABLE IF NOT EXISTS artifact_use (
     sha256    TEXT PRIMARY KEY NOT NULL,
     last_used INTEGER NOT NULL
 ) STRICT;
+CREATE TABLE IF NOT EXISTS config_variants (
+    package    TEXT NOT NULL,
+    version    TEXT NOT NULL,
+    otp_major  TEXT NOT NULL,
+    elixir     TEXT NOT NULL,
+    mix_env    TEXT NOT NULL,
+    digest     TEXT NOT NULL,
+    first_seen INTEGER NOT NULL,
+    last_seen  INTEGER NOT NULL,
+    PRIMARY KEY (package, version, otp_major, elixir, mix_env, digest)
+) STRICT;
+CREATE TABLE IF NOT EXISTS worker_tuples (
+    kind       TEXT NOT NULL,
+    worker     TEXT NOT NULL,
+    token_name TEXT NOT NULL,
+    otp_major  TEXT NOT NULL,
+    elixir     TEXT NOT NULL,
+    mix_env    TEXT NOT NULL,
+    target     TEXT NOT NULL,
+    last_seen  INTEGER NOT NULL,
+    PRIMARY KEY (kind, worker, token_name, otp_major, elixir, mix_env, target)
+) STRICT;
 ";
 
 /// Columns version 2 added to `leases` (audit jobs), as `ALTER TABLE … ADD COLUMN` takes them:
@@ -216,6 +244,16 @@ const LEASES_V2_COLUMNS: &[(&str, &str)] = &[
 const MANIFESTS_V3_COLUMNS: &[(&str, &str)] = &[
     ("key_format", "key_format INTEGER NOT NULL DEFAULT 1"),
     ("base_text", "base_text TEXT"),
+];
+
+/// Columns version 4 added to `misses` (config variants): the request key (a miss with an
+/// unknown member key), the variant key (a miss carrying the package's own compile-env
+/// values, which it is then identified by), and whether its `inputs` hold compile-env values
+/// (erased after the retention: [`ArtifactStore::expire_miss_values`]).
+const MISSES_V4_COLUMNS: &[(&str, &str)] = &[
+    ("request_key", "request_key TEXT"),
+    ("variant_key", "variant_key TEXT"),
+    ("has_values", "has_values INTEGER NOT NULL DEFAULT 0"),
 ];
 
 /// What closes the misses of key format v1 when a database is migrated to version 3: no
@@ -286,12 +324,79 @@ pub struct ManifestRecord {
 #[derive(Clone, Debug)]
 pub struct MissRecord<'a> {
     pub report: &'a MissReport,
-    /// Its base key, else its request key.
+    /// Its variant key, else its base key, else its request key.
     pub miss_key: String,
     /// Its request text (`BuildInputs::request_text`): the builds whose base text satisfies
     /// it close it (`precomp_proto::buildkey::request_satisfied_by`).
     pub request_text: String,
+    /// Set when it carries the package's own compile-env entries (a config variant): then
+    /// only builds whose recorded compile env those entries cover satisfy it.
+    pub variant_key: Option<String>,
+    /// The package's own carried entries, parsed.
+    pub own_compile_env: Vec<CompileEnvEntry>,
+    /// The compile-env value sets it asks builds for: the package's own, and each closure
+    /// member's that carries values. Bounded per release and tuple ([`MissPolicy`]).
+    pub variants: Vec<VariantRef>,
 }
+
+/// One release's compile-env value set a miss asks a build for.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct VariantRef {
+    pub package: String,
+    pub version: String,
+    /// `compile_env_digest` of the carried entries, hex.
+    pub digest: String,
+}
+
+/// How the mirror treats what misses carry (`precomp serve --max-config-variants`,
+/// `--miss-retention-days`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MissPolicy {
+    /// At most this many distinct compile-env value sets (config variants) may be requested
+    /// per release and tuple (OTP major, Elixir, Mix env) within the retention; a miss asking
+    /// for one more is refused (422).
+    pub max_config_variants: u32,
+    /// Compile-env values a miss carries are kept this long after its last report, then
+    /// erased (an open miss is closed: it cannot be built without them).
+    pub retention_seconds: i64,
+}
+
+impl Default for MissPolicy {
+    fn default() -> MissPolicy {
+        MissPolicy {
+            max_config_variants: DEFAULT_MAX_CONFIG_VARIANTS,
+            retention_seconds: DEFAULT_MISS_RETENTION_DAYS * 86_400,
+        }
+    }
+}
+
+/// Default bound on config variants per release and tuple.
+pub const DEFAULT_MAX_CONFIG_VARIANTS: u32 = 8;
+
+/// Default days a miss's compile-env values are kept after its last report.
+pub const DEFAULT_MISS_RETENTION_DAYS: i64 = 30;
+
+/// How recording a miss ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MissOutcome {
+    Recorded(MissRecorded),
+    /// It asks for a config variant of `package` `version` past the bound.
+    TooManyVariants {
+        package: String,
+        version: String,
+        limit: u32,
+    },
+}
+
+/// Rows of `worker_tuples` older than this are removed (the job listing looks back much
+/// less: [`WORKER_WINDOW_SECONDS`]).
+const WORKER_TUPLES_KEPT: i64 = 86_400;
+
+/// A worker counts as able to build a tuple when it asked for it this recently.
+pub const WORKER_WINDOW_SECONDS: i64 = 900;
+
+/// Misses' values are looked at for expiry at most this often per process.
+const EXPIRY_INTERVAL: i64 = 60;
 
 /// What a miss carries besides its columns, as the `misses.inputs` JSON holds it.
 #[derive(Default, serde::Serialize, serde::Deserialize)]
@@ -348,6 +453,8 @@ pub struct ArtifactStore {
     _lock: std::fs::File,
     /// When this process last wrote `artifact_use` for an artifact (throttles the writes).
     touched: Mutex<std::collections::HashMap<[u8; 32], i64>>,
+    /// When this process last erased expired miss values ([`ArtifactStore::expire_miss_values`]).
+    expired_at: std::sync::atomic::AtomicI64,
 }
 
 impl ArtifactStore {
@@ -400,6 +507,7 @@ impl ArtifactStore {
             db: Mutex::new(db),
             _lock: lock,
             touched: Mutex::new(std::collections::HashMap::new()),
+            expired_at: std::sync::atomic::AtomicI64::new(i64::MIN),
         })
     }
 
@@ -873,18 +981,29 @@ impl ArtifactStore {
     /// satisfies it is published with a signer that counts (`counts`: the mirror's trust
     /// document does not exclude it) or a failure with its key is recorded already; later
     /// reports count, and reopen a miss a publish closed when no such build satisfies it any
-    /// more (its signers were revoked, gc removed it).
+    /// more (its signers were revoked, gc removed it). A miss whose values expired is opened
+    /// again by a new report, with the new report's values. A miss asking for a config variant
+    /// past `policy`'s bound is not recorded ([`MissOutcome::TooManyVariants`]).
     pub fn record_miss(
         &self,
         miss: &MissRecord<'_>,
+        policy: &MissPolicy,
         counts: &dyn Fn(&str) -> bool,
-    ) -> Result<MissRecorded, ArtifactStoreError> {
+    ) -> Result<MissOutcome, ArtifactStoreError> {
         let report = miss.report;
         let now = now();
         let mut db = self.db.lock();
         let tx = db
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(self.db_err())?;
+        if self.expiry_due(now, policy) {
+            self.expire_in(&tx, now, policy).map_err(self.db_err())?;
+        }
+        if let Some(refused) =
+            record_variants(&tx, report, &miss.variants, policy, now).map_err(self.db_err())?
+        {
+            return Ok(refused);
+        }
         let failed: Option<String> = tx
             .query_row(
                 "SELECT 'failed on ' || toolchain_id FROM failures WHERE base_key = ?1 LIMIT 1",
@@ -895,7 +1014,7 @@ impl ArtifactStore {
             .map_err(self.db_err())?;
         let closed_by = match failed {
             Some(failed) => Some(failed),
-            None => published_satisfying(&tx, report, &miss.request_text, counts)
+            None => published_satisfying(&tx, miss, counts)
                 .map_err(self.db_err())?
                 .map(|key| format!("published {key}")),
         };
@@ -904,19 +1023,28 @@ impl ArtifactStore {
             compile_env: report.compile_env.clone(),
             closure: report.closure.clone(),
         };
-        // A miss a publish closed reopens when nothing that counts satisfies it now.
+        let has_values = !report.compile_env.is_empty()
+            || report.closure.iter().any(|m| !m.compile_env.is_empty());
+        // A miss whose values expired takes the new report's values ({REOPEN}); a miss a
+        // publish closed reopens when nothing that counts satisfies it now (?15 is NULL).
         let (count, closed_at, closed_by): (i64, Option<i64>, Option<String>) = tx
             .query_row(
-                "INSERT INTO misses (miss_key, base_key, request_text, package, version, reason,
-                    otp_major, elixir, mix_env, target, lock, inputs, count, first_reported,
-                    last_reported, closed_at, closed_by)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 1, ?13, ?13, ?14, ?15)
-                 ON CONFLICT(miss_key) DO UPDATE SET count = count + 1, last_reported = ?13,
-                    closed_at = CASE WHEN ?15 IS NULL AND closed_by LIKE 'published %'
-                                     THEN NULL ELSE closed_at END,
-                    closed_by = CASE WHEN ?15 IS NULL AND closed_by LIKE 'published %'
-                                     THEN NULL ELSE closed_by END
-                 RETURNING count, closed_at, closed_by",
+                &format!(
+                    "INSERT INTO misses (miss_key, base_key, request_text, package, version, reason,
+                        otp_major, elixir, mix_env, target, lock, inputs, count, first_reported,
+                        last_reported, closed_at, closed_by, request_key, variant_key, has_values)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 1, ?13, ?13, ?14, ?15,
+                        ?16, ?17, ?18)
+                     ON CONFLICT(miss_key) DO UPDATE SET count = count + 1, last_reported = ?13,
+                        lock = CASE WHEN {REOPEN} THEN ?11 ELSE lock END,
+                        inputs = CASE WHEN {REOPEN} THEN ?12 ELSE inputs END,
+                        has_values = CASE WHEN {REOPEN} THEN ?18 ELSE has_values END,
+                        closed_at = CASE WHEN {REOPEN} OR {REOPEN_PUBLISHED} THEN ?14
+                                         ELSE closed_at END,
+                        closed_by = CASE WHEN {REOPEN} OR {REOPEN_PUBLISHED} THEN ?15
+                                         ELSE closed_by END
+                     RETURNING count, closed_at, closed_by"
+                ),
                 params![
                     miss.miss_key,
                     report.base_key,
@@ -932,19 +1060,86 @@ impl ArtifactStore {
                     to_json(&inputs),
                     now,
                     closed_by.as_ref().map(|_| now),
-                    closed_by
+                    closed_by,
+                    report.request_key,
+                    miss.variant_key,
+                    has_values
                 ],
                 |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
             )
             .map_err(self.db_err())?;
         tx.commit().map_err(self.db_err())?;
-        Ok(MissRecorded {
+        Ok(MissOutcome::Recorded(MissRecorded {
             base_key: report.base_key.clone(),
             request_key: report.request_key.clone(),
+            variant_key: miss.variant_key.clone(),
             count: count as u64,
             open: closed_at.is_none(),
             closed_by,
-        })
+        }))
+    }
+
+    /// Erases the compile-env values of misses last reported more than `retention_seconds`
+    /// before `now` (an open one is closed: it cannot be built without them; its lock is
+    /// kept, for `precomp gc`), and forgets the config variants and worker tuples not seen
+    /// since. How many misses were erased. Runs by itself whenever misses are recorded,
+    /// listed or leased (at most once a minute per process).
+    pub fn expire_miss_values(
+        &self,
+        now: i64,
+        retention_seconds: i64,
+    ) -> Result<u64, ArtifactStoreError> {
+        let mut db = self.db.lock();
+        let tx = db
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.db_err())?;
+        let erased = expire_values(&tx, now, retention_seconds).map_err(self.db_err())?;
+        tx.commit().map_err(self.db_err())?;
+        Ok(erased)
+    }
+
+    /// [`ArtifactStore::expire_miss_values`] with `policy`'s retention, when this process has
+    /// not done it in the last [`EXPIRY_INTERVAL`] seconds (or the retention, if shorter).
+    pub fn expire_if_due(&self, policy: &MissPolicy) -> Result<(), ArtifactStoreError> {
+        let now = now();
+        if !self.expiry_due(now, policy) {
+            return Ok(());
+        }
+        let mut db = self.db.lock();
+        let tx = db
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.db_err())?;
+        self.expire_in(&tx, now, policy).map_err(self.db_err())?;
+        tx.commit().map_err(self.db_err())
+    }
+
+    /// Whether expiry is due now (and, if so, that it is done from now on).
+    fn expiry_due(&self, now: i64, policy: &MissPolicy) -> bool {
+        use std::sync::atomic::Ordering;
+        let last = self.expired_at.load(Ordering::Relaxed);
+        let interval = EXPIRY_INTERVAL.min(policy.retention_seconds.max(1));
+        if last != i64::MIN && now - last < interval {
+            return false;
+        }
+        self.expired_at.store(now, Ordering::Relaxed);
+        true
+    }
+
+    fn expire_in(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        now: i64,
+        policy: &MissPolicy,
+    ) -> rusqlite::Result<()> {
+        let erased = expire_values(tx, now, policy.retention_seconds)?;
+        if erased > 0 {
+            tracing::info!(
+                erased,
+                retention_seconds = policy.retention_seconds,
+                "erased the compile-env values of misses past their retention"
+            );
+        }
+        Ok(())
     }
 
     /// The open misses, most reported first: at most `limit`, and no more once their locks
@@ -1027,20 +1222,195 @@ fn migrate(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
         )?;
         tx.execute_batch("DROP TABLE misses_v2")?;
     }
+    migrate_3_to_4(tx, &columns("misses")?)?;
     Ok(())
 }
 
-/// A published build of `report`'s release and toolchain whose base text satisfies
-/// `request_text`, with a signer that counts (on its published manifest or an agreeing one),
-/// if any: its key.
-fn published_satisfying(
+/// 3 → 4 (config variants, multi-toolchain workers), one step of its own: misses gain their
+/// request key, variant key and a flag for the compile-env values they hold; the new tables
+/// (`config_variants`, `worker_tuples`) are made by [`SCHEMA`]. Existing misses were
+/// identified by their base key or request key (their own compile env was not part of it):
+/// they keep it, with no variant key.
+fn migrate_3_to_4(tx: &rusqlite::Transaction<'_>, misses: &[String]) -> rusqlite::Result<()> {
+    if misses.is_empty() {
+        return Ok(());
+    }
+    for (name, definition) in MISSES_V4_COLUMNS {
+        if !misses.iter().any(|c| c == name) {
+            tx.execute_batch(&format!("ALTER TABLE misses ADD COLUMN {definition}"))?;
+        }
+    }
+    tx.execute_batch(
+        "UPDATE misses SET request_key = miss_key WHERE base_key IS NULL AND request_key IS NULL;
+         UPDATE misses SET has_values = 1 WHERE instr(inputs, '\"app\":') > 0;",
+    )
+}
+
+/// SQL: the miss row being updated on conflict was closed because its values expired; a new
+/// report opens it again with its own values.
+const REOPEN: &str = "(has_values = 0 AND closed_by LIKE 'expired%')";
+
+/// SQL: the miss row being updated was closed by a publish, and no build that counts
+/// satisfies it now (the report closes it with nothing: `?15` is NULL).
+const REOPEN_PUBLISHED: &str = "(?15 IS NULL AND closed_by LIKE 'published %')";
+
+/// What closes a miss whose compile-env values expired.
+fn expired_closed_by(retention_seconds: i64) -> String {
+    format!(
+        "expired: its compile-time values are kept {} after the last report",
+        describe_seconds(retention_seconds)
+    )
+}
+
+fn describe_seconds(seconds: i64) -> String {
+    if seconds % 86_400 == 0 {
+        let days = seconds / 86_400;
+        format!("{days} day{}", if days == 1 { "" } else { "s" })
+    } else {
+        format!("{seconds} s")
+    }
+}
+
+/// Records the config variants `variants` asks for (their `last_seen`), unless one of them is
+/// new for its release and tuple and that release already has `max_config_variants`: then
+/// nothing is recorded and the refusal is returned.
+fn record_variants(
     tx: &rusqlite::Transaction<'_>,
     report: &MissReport,
+    variants: &[VariantRef],
+    policy: &MissPolicy,
+    now: i64,
+) -> rusqlite::Result<Option<MissOutcome>> {
+    let tuple = (&report.otp_major, &report.elixir, &report.mix_env);
+    for variant in variants {
+        let known: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM config_variants WHERE package = ?1 AND version = ?2
+                AND otp_major = ?3 AND elixir = ?4 AND mix_env = ?5 AND digest = ?6)",
+            params![
+                variant.package,
+                variant.version,
+                tuple.0,
+                tuple.1,
+                tuple.2,
+                variant.digest
+            ],
+            |row| row.get(0),
+        )?;
+        if known {
+            continue;
+        }
+        let count: i64 = tx.query_row(
+            "SELECT count(*) FROM config_variants WHERE package = ?1 AND version = ?2
+                AND otp_major = ?3 AND elixir = ?4 AND mix_env = ?5",
+            params![variant.package, variant.version, tuple.0, tuple.1, tuple.2],
+            |row| row.get(0),
+        )?;
+        if count >= i64::from(policy.max_config_variants) {
+            return Ok(Some(MissOutcome::TooManyVariants {
+                package: variant.package.clone(),
+                version: variant.version.clone(),
+                limit: policy.max_config_variants,
+            }));
+        }
+    }
+    for variant in variants {
+        tx.execute(
+            "INSERT INTO config_variants (package, version, otp_major, elixir, mix_env, digest,
+                first_seen, last_seen)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)
+             ON CONFLICT DO UPDATE SET last_seen = ?7",
+            params![
+                variant.package,
+                variant.version,
+                tuple.0,
+                tuple.1,
+                tuple.2,
+                variant.digest,
+                now
+            ],
+        )?;
+    }
+    Ok(None)
+}
+
+/// Erases the values of misses not reported since `now - retention_seconds` (closing the open
+/// ones), and forgets old config variants and worker tuples: how many misses were erased.
+fn expire_values(
+    tx: &rusqlite::Transaction<'_>,
+    now: i64,
+    retention_seconds: i64,
+) -> rusqlite::Result<u64> {
+    let cutoff = now - retention_seconds;
+    let expired: Vec<(String, String)> = {
+        let mut stmt = tx.prepare(
+            "SELECT miss_key, inputs FROM misses WHERE has_values = 1 AND last_reported < ?1",
+        )?;
+        let rows = stmt.query_map(params![cutoff], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    let closed_by = expired_closed_by(retention_seconds);
+    for (miss_key, inputs) in &expired {
+        let mut inputs: MissInputs = from_json(inputs);
+        inputs.compile_env.clear();
+        for member in &mut inputs.closure {
+            member.compile_env.clear();
+        }
+        tx.execute(
+            "UPDATE misses SET inputs = ?2, has_values = 0,
+                closed_at = coalesce(closed_at, ?3), closed_by = coalesce(closed_by, ?4)
+             WHERE miss_key = ?1",
+            params![miss_key, to_json(&inputs), now, closed_by],
+        )?;
+    }
+    tx.execute(
+        "DELETE FROM config_variants WHERE last_seen < ?1",
+        params![cutoff],
+    )?;
+    tx.execute(
+        "DELETE FROM worker_tuples WHERE last_seen < ?1",
+        params![now - WORKER_TUPLES_KEPT],
+    )?;
+    Ok(expired.len() as u64)
+}
+
+/// Parsed compile-env records; `None` if one does not parse (then nothing is matched on it).
+fn parsed_compile_env(records: &[CompileEnvJson]) -> Option<Vec<CompileEnvEntry>> {
+    records
+        .iter()
+        .map(|record| super::compile_env_entry(record).ok())
+        .collect()
+}
+
+/// Whether a build with base text `base_text` recording `built_compile_env` satisfies a miss
+/// with `request_text` and, for a config variant, the package's own carried entries `own`:
+/// its base text satisfies the request, and every compile-env path it read is carried with
+/// the same value.
+fn satisfies(
     request_text: &str,
+    own: Option<&[CompileEnvEntry]>,
+    base_text: &str,
+    built_compile_env: &[CompileEnvJson],
+) -> bool {
+    if !request_satisfied_by(request_text, base_text) {
+        return false;
+    }
+    match own {
+        None => true,
+        Some(own) => parsed_compile_env(built_compile_env)
+            .is_some_and(|built| compile_env_covers(own, &built)),
+    }
+}
+
+/// A published build of the miss's release and toolchain that satisfies it, with a signer
+/// that counts (on its published manifest or an agreeing one), if any: its key.
+fn published_satisfying(
+    tx: &rusqlite::Transaction<'_>,
+    miss: &MissRecord<'_>,
     counts: &dyn Fn(&str) -> bool,
 ) -> rusqlite::Result<Option<String>> {
+    let report = miss.report;
     let mut stmt = tx.prepare(
-        "SELECT key, base_text FROM manifests
+        "SELECT key, base_text, compile_env FROM manifests
          WHERE package = ?1 AND version = ?2 AND otp_major = ?3 AND elixir = ?4 AND mix_env = ?5
            AND base_text IS NOT NULL
          ORDER BY key",
@@ -1053,12 +1423,23 @@ fn published_satisfying(
             report.elixir,
             report.mix_env
         ],
-        |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)),
+        |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+            ))
+        },
     )?;
+    let own = miss
+        .variant_key
+        .as_ref()
+        .map(|_| miss.own_compile_env.as_slice());
     let mut satisfying = Vec::new();
     for row in rows {
-        let (key, base_text) = row?;
-        if request_satisfied_by(request_text, &base_text) {
+        let (key, base_text, compile_env) = row?;
+        let compile_env: Vec<CompileEnvJson> = from_json(&compile_env);
+        if satisfies(&miss.request_text, own, &base_text, &compile_env) {
             satisfying.push(key);
         }
     }
@@ -1311,14 +1692,15 @@ fn insert_manifest_row(
 }
 
 /// Closes the open misses a newly published build satisfies: those of its release and
-/// toolchain whose request text its base text satisfies.
+/// toolchain whose request text its base text satisfies and, for config variants, whose
+/// carried values cover the compile env it recorded.
 fn close_satisfied_misses(
     tx: &rusqlite::Transaction<'_>,
     record: &ManifestRecord,
 ) -> rusqlite::Result<u64> {
     let satisfied: Vec<String> = {
         let mut stmt = tx.prepare(
-            "SELECT miss_key, request_text FROM misses
+            "SELECT miss_key, request_text, variant_key, inputs FROM misses
              WHERE package = ?1 AND version = ?2 AND closed_at IS NULL
                AND otp_major = ?3 AND elixir = ?4 AND mix_env = ?5",
         )?;
@@ -1330,12 +1712,34 @@ fn close_satisfied_misses(
                 record.elixir,
                 record.mix_env
             ],
-            |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)),
+            |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, Option<String>>(2)?,
+                    row.get::<_, String>(3)?,
+                ))
+            },
         )?;
         let mut satisfied = Vec::new();
         for row in rows {
-            let (miss_key, request_text) = row?;
-            if request_satisfied_by(&request_text, &record.base_text) {
+            let (miss_key, request_text, variant_key, inputs) = row?;
+            let own = match variant_key {
+                None => None,
+                Some(_) => {
+                    let inputs: MissInputs = from_json(&inputs);
+                    match parsed_compile_env(&inputs.compile_env) {
+                        Some(own) => Some(own),
+                        None => continue,
+                    }
+                }
+            };
+            if satisfies(
+                &request_text,
+                own.as_deref(),
+                &record.base_text,
+                &record.compile_env,
+            ) {
                 satisfied.push(miss_key);
             }
         }
@@ -1350,18 +1754,23 @@ fn close_satisfied_misses(
 
 /// The columns [`miss_row`] reads, in its order.
 const MISS_COLUMNS: &str = "package, version, base_key, miss_key, reason, otp_major, \
-    elixir, mix_env, target, lock, inputs, count, first_reported, last_reported";
+    elixir, mix_env, target, lock, inputs, count, first_reported, last_reported, request_key, \
+    variant_key";
 
 /// A `misses` row selected as [`MISS_COLUMNS`].
 fn miss_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Miss> {
     let base_key: Option<String> = row.get(2)?;
     let miss_key: String = row.get(3)?;
+    let request_key: Option<String> = row.get(14)?;
+    let variant_key: Option<String> = row.get(15)?;
     let inputs: MissInputs = from_json(&row.get::<_, String>(10)?);
     Ok(Miss {
         package: row.get(0)?,
         version: row.get(1)?,
-        request_key: base_key.is_none().then_some(miss_key),
+        // Misses recorded before request keys had a column of their own: the miss key.
+        request_key: request_key.or_else(|| base_key.is_none().then_some(miss_key)),
         base_key,
+        variant_key,
         reason: row.get(4)?,
         otp_major: row.get(5)?,
         elixir: row.get(6)?,
@@ -1618,6 +2027,214 @@ mod schema_tests {
             )
             .unwrap();
         assert_eq!(tables, 0);
+    }
+
+    /// The `misses` table as version 3 made it.
+    const MISSES_V3: &str = "
+        CREATE TABLE misses (
+            miss_key       TEXT PRIMARY KEY NOT NULL,
+            base_key       TEXT,
+            request_text   TEXT NOT NULL,
+            package        TEXT NOT NULL,
+            version        TEXT NOT NULL,
+            reason         TEXT NOT NULL,
+            otp_major      TEXT NOT NULL,
+            elixir         TEXT NOT NULL,
+            mix_env        TEXT NOT NULL,
+            target         TEXT NOT NULL,
+            lock           TEXT NOT NULL,
+            inputs         TEXT NOT NULL,
+            count          INTEGER NOT NULL,
+            first_reported INTEGER NOT NULL,
+            last_reported  INTEGER NOT NULL,
+            closed_at      INTEGER,
+            closed_by      TEXT
+        ) STRICT;
+        CREATE INDEX misses_open ON misses (closed_at, count);
+        CREATE INDEX misses_release ON misses (package, version, closed_at);";
+
+    /// A version-3 database is migrated when it is opened (one step, 3 → 4): its misses keep
+    /// their keys — a request-key miss is listed with its request key, a base-key miss with
+    /// its base key and no variant key — and those carrying values are known to, so they
+    /// expire; the new tables exist.
+    #[test]
+    fn a_version_3_database_is_migrated_keeping_its_misses() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let old = Connection::open(dir.path().join("artifacts.db")).unwrap();
+            old.execute_batch(LEASES_V1).unwrap();
+            old.execute_batch(&format!(
+                "{MISSES_V3};
+                 ALTER TABLE leases ADD COLUMN kind TEXT NOT NULL DEFAULT 'build';
+                 ALTER TABLE leases ADD COLUMN key TEXT;
+                 ALTER TABLE leases ADD COLUMN auditor TEXT;
+                 ALTER TABLE leases ADD COLUMN reason TEXT;
+                 PRAGMA user_version = 3;"
+            ))
+            .unwrap();
+            let now = now();
+            for (key, base_key, inputs) in [
+                (
+                    "r1",
+                    None,
+                    r#"{"manager":"mix","compile_env":[],"closure":[]}"#,
+                ),
+                (
+                    "b1",
+                    Some("b1"),
+                    r#"{"manager":"mix","compile_env":[{"app":"a","path":"[k]","value":"1"}],"closure":[]}"#,
+                ),
+            ] {
+                old.execute(
+                    "INSERT INTO misses (miss_key, base_key, request_text, package, version,
+                        reason, otp_major, elixir, mix_env, target, lock, inputs, count,
+                        first_reported, last_reported)
+                     VALUES (?1, ?2, '', 'plain_ex', '1.0.0', 'not built', '25', '1.14.0',
+                        'prod', 'any', 'LOCK', ?3, 1, ?4, ?4)",
+                    params![key, base_key, inputs, now],
+                )
+                .unwrap();
+            }
+        }
+        let store = ArtifactStore::open(dir.path()).unwrap();
+        let misses = store.open_misses(10, 1 << 20).unwrap();
+        assert_eq!(misses.len(), 2);
+        let by_key = |key: &str| misses.iter().find(|m| m.miss_key() == key).unwrap();
+        assert_eq!(by_key("r1").request_key.as_deref(), Some("r1"));
+        assert_eq!(by_key("r1").base_key, None);
+        assert_eq!(by_key("b1").base_key.as_deref(), Some("b1"));
+        assert_eq!(by_key("b1").request_key, None);
+        assert_eq!(by_key("b1").variant_key, None);
+        assert_eq!(by_key("b1").compile_env[0].value.as_deref(), Some("1"));
+        let db = Connection::open(dir.path().join("artifacts.db")).unwrap();
+        let version: i64 = db
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let with_values: Vec<String> = db
+            .prepare("SELECT miss_key FROM misses WHERE has_values = 1")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(with_values, vec!["b1".to_string()]);
+        for table in ["config_variants", "worker_tuples"] {
+            let found: i64 = db
+                .query_row(
+                    "SELECT count(*) FROM sqlite_master WHERE name = ?1",
+                    params![table],
+                    |row| row.get(0),
+                )
+                .unwrap();
+            assert_eq!(found, 1, "{table}");
+        }
+        // Opening it again changes nothing.
+        drop(store);
+        let store = ArtifactStore::open(dir.path()).unwrap();
+        assert_eq!(store.open_misses(10, 1 << 20).unwrap().len(), 2);
+    }
+
+    /// The values misses carry are erased once they have not been reported for the
+    /// retention: the miss is closed saying so (its lock kept), its config variants are
+    /// forgotten; a new report opens it again with its new values.
+    #[test]
+    fn miss_values_expire_after_the_retention_and_a_new_report_reopens_the_miss() {
+        use crate::artifacts::{CompileEnvJson, MissReport};
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(dir.path()).unwrap();
+        let report = MissReport {
+            package: "env_reader".into(),
+            version: "1.0.0".into(),
+            base_key: Some("b".repeat(64)),
+            request_key: None,
+            variant_key: None,
+            reason: "compile_env_mismatch".into(),
+            otp_major: "25".into(),
+            elixir: "1.14.0".into(),
+            mix_env: "prod".into(),
+            target: "any".into(),
+            lock: "LOCK".into(),
+            manager: "mix".into(),
+            compile_env: vec![CompileEnvJson {
+                app: "env_reader".into(),
+                path: "[greeting]".into(),
+                value: Some("<<\"howdy\">>".into()),
+            }],
+            closure: vec![],
+        };
+        let record = MissRecord {
+            report: &report,
+            miss_key: "v".repeat(64),
+            request_text: String::new(),
+            variant_key: Some("v".repeat(64)),
+            own_compile_env: Vec::new(),
+            variants: vec![VariantRef {
+                package: "env_reader".into(),
+                version: "1.0.0".into(),
+                digest: "d".repeat(64),
+            }],
+        };
+        let policy = MissPolicy {
+            max_config_variants: 1,
+            retention_seconds: 3600,
+        };
+        let recorded = |outcome: MissOutcome| match outcome {
+            MissOutcome::Recorded(recorded) => recorded,
+            other => panic!("{other:?}"),
+        };
+        assert!(recorded(store.record_miss(&record, &policy, &|_| true).unwrap()).open);
+        // Another variant of the release is past the bound of 1.
+        let mut other = record.clone();
+        other.miss_key = "w".repeat(64);
+        other.variant_key = Some("w".repeat(64));
+        other.variants[0].digest = "e".repeat(64);
+        assert_eq!(
+            store.record_miss(&other, &policy, &|_| true).unwrap(),
+            MissOutcome::TooManyVariants {
+                package: "env_reader".into(),
+                version: "1.0.0".into(),
+                limit: 1
+            }
+        );
+
+        // Within the retention nothing changes; after it, the values are gone.
+        assert_eq!(store.expire_miss_values(now() + 60, 3600).unwrap(), 0);
+        assert_eq!(store.open_misses(10, 1 << 20).unwrap().len(), 1);
+        assert_eq!(store.expire_miss_values(now() + 3601, 3600).unwrap(), 1);
+        assert!(store.open_misses(10, 1 << 20).unwrap().is_empty());
+        let db = Connection::open(dir.path().join("artifacts.db")).unwrap();
+        let (inputs, lock, closed_by): (String, String, String) = db
+            .query_row("SELECT inputs, lock, closed_by FROM misses", [], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })
+            .unwrap();
+        assert!(!inputs.contains("howdy"), "{inputs}");
+        assert_eq!(lock, "LOCK");
+        assert!(closed_by.starts_with("expired"), "{closed_by}");
+        let variants: i64 = db
+            .query_row("SELECT count(*) FROM config_variants", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(variants, 0);
+
+        // The other variant now fits; the first, reported again, is open with its values.
+        assert!(recorded(store.record_miss(&other, &policy, &|_| true).unwrap()).open);
+        let policy = MissPolicy {
+            max_config_variants: 2,
+            ..policy
+        };
+        let again = recorded(store.record_miss(&record, &policy, &|_| true).unwrap());
+        assert!(again.open);
+        assert_eq!(again.count, 2);
+        let open = store.open_misses(10, 1 << 20).unwrap();
+        let reopened = open
+            .iter()
+            .find(|m| m.miss_key() == "v".repeat(64))
+            .unwrap();
+        assert_eq!(
+            reopened.compile_env[0].value.as_deref(),
+            Some("<<\"howdy\">>")
+        );
     }
 
     /// A database of a newer precomp is refused, untouched.

@@ -196,7 +196,7 @@ pub fn unknown(head: bool) -> Response {
             StatusCode::NOT_FOUND,
             "not found: the artifact API has /precomp/v1/artifacts/SHA256, \
              /precomp/v1/manifests/KEY, /precomp/v1/index[/PACKAGE], /precomp/v1/failures[/PACKAGE], \
-             /precomp/v1/misses, /precomp/v1/verdicts/KEY and /precomp/v1/jobs/...",
+             /precomp/v1/misses, /precomp/v1/verdicts/KEY and /precomp/v1/jobs[/...]",
             head,
         ),
     )

@@ -1,6 +1,8 @@
 //! `/precomp/v1/jobs/...`: workers lease jobs (`POST jobs/lease`), renew the lease while they
 //! work (`POST jobs/ID/heartbeat`) and give it back (`POST jobs/ID/release`). What a token
-//! may lease depends on the job's kind; the artifact service checks that.
+//! may lease depends on the job's kind; the artifact service checks that. `GET jobs` (a
+//! builder's token) lists the open misses by tuple, which tuples no worker asked for lately,
+//! the workers seen and the live leases.
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -18,6 +20,24 @@ use crate::AppState;
 const LEASES: &str = "precomp_job_leases";
 const HEARTBEATS: &str = "precomp_job_heartbeats";
 const RELEASES: &str = "precomp_job_releases";
+const LISTING: &str = "precomp_jobs";
+
+/// `GET`/`HEAD /precomp/v1/jobs`: the job listing.
+pub async fn listing(State(app): State<AppState>, request: Request) -> Response {
+    let request = ApiRequest::new(request);
+    if !request.read() {
+        return super::method_not_allowed(LISTING, request.method(), "GET, HEAD", request.head());
+    }
+    let head = request.head();
+    let result = list(&app, request.headers().clone(), head).await;
+    request.finish(LISTING, result).await
+}
+
+async fn list(app: &AppState, headers: http::HeaderMap, head: bool) -> Result<Response, Refusal> {
+    let publisher = api::any_token(&app.artifacts, &headers).await?;
+    let listing = blocking(&app.artifacts, move |a| a.job_listing(&publisher)).await?;
+    Ok(json(StatusCode::OK, &listing, "no-store", head))
+}
 
 pub async fn lease(State(app): State<AppState>, request: Request) -> Response {
     let mut request = ApiRequest::new(request);

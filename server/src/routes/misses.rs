@@ -1,12 +1,11 @@
 //! `/precomp/v1/misses`: `POST` a miss (anyone; checked against the lock it carries,
-//! `Artifacts::record_miss`), `GET`/`HEAD` the open misses (token).
+//! `Artifacts::record_miss`), `GET`/`HEAD` the open misses (a builder's token: they carry
+//! consumers' compile-time values).
 
 use axum::extract::{Request, State};
 use axum::response::Response;
 use http::StatusCode;
-use precomp_registry::artifacts::{
-    MissReport, Misses, Refusal, MAX_MISSES_LISTED, MAX_MISSES_LOCK_BYTES, MAX_MISS_BODY,
-};
+use precomp_registry::artifacts::{MissReport, Misses, Refusal, MAX_MISS_BODY};
 
 use super::api::{blocking, created_or_ok, parse_json, ApiRequest};
 use crate::respond::json;
@@ -38,12 +37,11 @@ async fn list(app: &AppState, headers: http::HeaderMap, head: bool) -> Result<Re
                 .to_string(),
         ),
     };
+    // Misses carry consumers' compile-time values: builders' tokens only.
     let misses = blocking(&app.artifacts, move |a| {
-        a.authenticate(authorization.as_deref())?;
+        let publisher = a.authenticate(authorization.as_deref())?;
         Ok(Misses {
-            misses: a
-                .store()
-                .open_misses(MAX_MISSES_LISTED, MAX_MISSES_LOCK_BYTES)?,
+            misses: a.open_misses(&publisher)?,
         })
     })
     .await?;

@@ -75,6 +75,7 @@ pub fn router(state: AppState) -> Router {
         .route("/precomp/v1/verdicts/{key}", any(verdicts::verdicts))
         .route("/precomp/v1/trust", any(trust::current))
         .route("/precomp/v1/trust/{version}", any(trust::version))
+        .route("/precomp/v1/jobs", any(jobs::listing))
         .route("/precomp/v1/jobs/lease", any(jobs::lease))
         .route("/precomp/v1/jobs/{job}/heartbeat", any(jobs::heartbeat))
         .route("/precomp/v1/jobs/{job}/release", any(jobs::release))

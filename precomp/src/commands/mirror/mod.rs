@@ -76,6 +76,9 @@ pub struct FileConfig {
     /// `precomp serve`: the root public key (SPKI PEM file) the trust document in
     /// DATA/trust must be signed by, directly or through root rotations.
     pub trust_root: Option<PathBuf>,
+    /// `precomp serve`: config variants per release and tuple, and days miss values are kept.
+    pub max_config_variants: Option<u32>,
+    pub miss_retention_days: Option<u32>,
     /// `precomp serve`: the server's limits and timeouts (docs/mirror.md, "Limits").
     pub admin_listen: Option<SocketAddr>,
     pub header_read_timeout: Option<u64>,

@@ -128,11 +128,21 @@ impl AuditJobs<'_> {
         cancel: precomp_builder::Cancel,
     ) -> anyhow::Result<Audited> {
         let common = self.common;
+        let build = &candidate.build;
+        let toolchain = common
+            .toolchain_for(&build.otp_major, &build.elixir, &build.target)
+            .with_context(|| {
+                format!(
+                    "the mirror leased a build for OTP {}, Elixir {}, target {}: none of this \
+                     worker's toolchains has that tuple",
+                    build.otp_major, build.elixir, build.target
+                )
+            })?;
         let run = new_run_dir(&self.root)?;
         let run_dir = run.path().to_path_buf();
         let auditor = Auditor {
             sandbox: common.sandbox,
-            toolchain: common.toolchain,
+            toolchain,
             key: common.key,
             client: common.client,
             runtime: common.runtime,

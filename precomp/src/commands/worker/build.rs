@@ -1,5 +1,7 @@
-//! Build jobs: an open miss, built in the sandbox as `precomp build --missing` builds it,
-//! published (or its failure recorded) with the worker's token.
+//! Build jobs: an open miss, built in the sandbox as `precomp build --missing` builds it —
+//! with the toolchain of its tuple, and with the consumer's compile-time values when it is a
+//! config variant ([`super::super::variants`]) — published (or its failure recorded) with the
+//! worker's token.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -7,58 +9,67 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use precomp_builder::build::BuildContext;
 use precomp_builder::config::SandboxedConfig;
-use precomp_builder::run::{self, PackageResult, Status};
+use precomp_builder::run::{self, CompileEnvSource, PackageResult, Status};
 use precomp_builder::sources::SourceCache;
 use precomp_builder::store::BuildStore;
 use precomp_proto::lock::MixLock;
-use precomp_registry::artifacts::{FailureReport, Lease, LeaseRequest};
+use precomp_proto::manifest::ArtifactPublicKey;
+use precomp_registry::artifacts::{FailureReport, Lease, LeaseRequest, Miss};
 
 use super::super::build::{
-    app_for, build_and_publish, config_differs, json_line, publish_fields, settle_miss,
-    trusted_keys, work_root, Reporter,
+    app_for, build_and_publish, json_line, publish_fields, settle_miss, trusted_keys, work_root,
+    Reporter,
 };
+use super::super::variants::{self, MissConfig};
 use super::{lease_loop, Common, Heartbeat, Jobs};
 
-/// Sets up the builder (its store in DATA/builds, sources from the mirror) and builds leased
-/// misses.
+/// Sets up the builder (its store in DATA/builds, sources from the mirror, a build context
+/// per toolchain) and builds leased misses.
 pub(super) fn run(common: &Common<'_>, request: &LeaseRequest) -> anyhow::Result<ExitCode> {
     let args = common.args;
     let data = &common.data;
     let trusted = trusted_keys(common.key, &args.trust)?;
     let store = BuildStore::open(&data.join("builds"))?;
     let sources = SourceCache::new(data.join("builds/sources"), &args.mirror)?;
-    let build_context = BuildContext {
-        sandbox: common.sandbox,
-        toolchain: common.toolchain,
-        sources: &sources,
-        key: common.key,
-        mix_env: args.mix_env.clone(),
-        config_env: "prod".to_string(),
-        config: None,
-        work_root: work_root(common.sandbox, data, args.work_dir.as_deref())?,
-        keep_work: false,
-        // Config evaluation (shared by jobs) stops on shutdown; each job's builds also stop
-        // when its lease ends (`work_on`).
-        cancel: common.shutdown.clone(),
-    };
-    let config = SandboxedConfig::new(&build_context);
-    let reuse = run::Reuse {
-        store: &store,
-        trusted: &trusted,
-        compile_env: &config,
-    };
+    let work_root = work_root(common.sandbox, data, args.work_dir.as_deref())?;
+    let contexts: Vec<BuildContext<'_>> = common
+        .toolchains
+        .iter()
+        .map(|t| BuildContext {
+            sandbox: common.sandbox,
+            toolchain: &t.toolchain,
+            sources: &sources,
+            key: common.key,
+            mix_env: args.mix_env.clone(),
+            config_env: "prod".to_string(),
+            // Workers have no config of their own: a miss with values is a config variant.
+            config: None,
+            work_root: work_root.clone(),
+            keep_work: false,
+            // Config evaluation (shared by jobs) stops on shutdown; each job's builds also
+            // stop when its lease ends (`work_on`).
+            cancel: common.shutdown.clone(),
+        })
+        .collect();
+    let configs: Vec<SandboxedConfig<'_>> = contexts.iter().map(SandboxedConfig::new).collect();
     let jobs = BuildJobs {
         common,
-        build_context: &build_context,
-        reuse: &reuse,
+        contexts: &contexts,
+        configs: &configs,
+        store: &store,
+        trusted: &trusted,
     };
     lease_loop(common, request, &jobs)
 }
 
 struct BuildJobs<'a> {
     common: &'a Common<'a>,
-    build_context: &'a BuildContext<'a>,
-    reuse: &'a run::Reuse<'a>,
+    /// One per toolchain, in `common.toolchains`' order.
+    contexts: &'a [BuildContext<'a>],
+    /// Each context's (empty) config, evaluated once for all jobs.
+    configs: &'a [SandboxedConfig<'a>],
+    store: &'a BuildStore,
+    trusted: &'a [ArtifactPublicKey],
 }
 
 impl Jobs for BuildJobs<'_> {
@@ -73,56 +84,34 @@ impl Jobs for BuildJobs<'_> {
                 lease.kind
             )
         })?;
+        let Some(index) = self
+            .common
+            .toolchains
+            .iter()
+            .position(|t| t.builds(&miss.otp_major, &miss.elixir, &miss.target))
+        else {
+            anyhow::bail!(
+                "the mirror leased a miss for OTP {}, Elixir {}, target {}: none of this \
+                 worker's toolchains has that tuple",
+                miss.otp_major,
+                miss.elixir,
+                miss.target
+            );
+        };
+        let base_context = &self.contexts[index];
+        let toolchain = base_context.toolchain;
         eprintln!(
-            "job {job}: building {} {} ({} {}, reported {} times)",
+            "job {job}: building {} {} ({}, reported {} times) for OTP {}, Elixir {}, target {} \
+             with toolchain {}",
             miss.package,
             miss.version,
-            if miss.base_key.is_some() {
-                "base key"
-            } else {
-                "request key"
-            },
-            miss.miss_key(),
-            miss.count
+            variants::describe_miss_key(miss),
+            miss.count,
+            miss.otp_major,
+            miss.elixir,
+            miss.target,
+            toolchain.id
         );
-        // A miss whose compile-time values this worker's config does not give is not built
-        // here (config variants are not supported yet): recorded as a failure with why, so it
-        // does not come back to every worker.
-        if let Some(why) = config_differs(miss, self.reuse.compile_env)? {
-            runtime.block_on(client.record_failure(&FailureReport {
-                package: miss.package.clone(),
-                version: miss.version.clone(),
-                base_key: miss.miss_key().to_string(),
-                toolchain_id: self.build_context.toolchain.id.clone(),
-                log: format!("precomp worker: not built: {why}\n"),
-            }))?;
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "job": job,
-                        "kind": lease.kind,
-                        "package": miss.package,
-                        "version": miss.version,
-                        "base_key": miss.base_key,
-                        "request_key": miss.request_key,
-                        "outcome": "skipped",
-                        "lease_lost": false,
-                        "reason": why,
-                    })
-                );
-            } else {
-                println!(
-                    "job {job}: {} {} not built, recorded as failed: {why}",
-                    miss.package, miss.version
-                );
-            }
-            return Ok(ExitCode::SUCCESS);
-        }
-        let lock = MixLock::parse(&miss.lock)
-            .with_context(|| format!("the lock reported with the miss of {}", miss.package))?;
-        let spec = format!("{}@{}", miss.package, miss.version);
-        let app = app_for(&lock, &spec, Path::new("the reported lock"))?;
         let cancel = self.common.shutdown.child();
         let heartbeat = Heartbeat::start(
             client.base_url(),
@@ -133,11 +122,78 @@ impl Jobs for BuildJobs<'_> {
         )?;
         let context = BuildContext {
             cancel,
-            ..self.build_context.clone()
+            ..base_context.clone()
+        };
+        // The config: the worker's own (none), or a variant made from the miss's values,
+        // checked in the sandbox before anything compiles.
+        let prepared = match variants::miss_config(miss, &self.configs[index], &context.work_root) {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                heartbeat.stop();
+                return Err(e);
+            }
+        };
+        let variant = match prepared {
+            Ok(MissConfig::Builder) => None,
+            Ok(MissConfig::Variant(variant)) => {
+                eprintln!(
+                    "job {job}: a config variant: building with the {} compile-time value{} \
+                     the miss carries",
+                    variant.values,
+                    if variant.values == 1 { "" } else { "s" }
+                );
+                Some(variant)
+            }
+            Err(reason) => {
+                heartbeat.stop();
+                return self.not_built(lease, miss, toolchain, &reason);
+            }
+        };
+        let variant_context = variant.as_ref().map(|variant| BuildContext {
+            config: Some(variant.path().to_path_buf()),
+            ..context.clone()
+        });
+        let variant_config = variant_context.as_ref().map(SandboxedConfig::new);
+        let (context, compile_env): (&BuildContext<'_>, &dyn CompileEnvSource) =
+            match (&variant_context, &variant_config) {
+                (Some(context), Some(config)) => (context, config),
+                _ => (&context, &self.configs[index]),
+            };
+        if let Some(config) = &variant_config {
+            match variants::check_variant(miss, config) {
+                Ok(None) => {}
+                Ok(Some(reason)) => {
+                    heartbeat.stop();
+                    return self.not_built(lease, miss, toolchain, &reason);
+                }
+                Err(e) => {
+                    heartbeat.stop();
+                    return Err(e);
+                }
+            }
+        }
+        let reuse = run::Reuse {
+            store: self.store,
+            trusted: self.trusted,
+            compile_env,
+        };
+        let parsed = MixLock::parse(&miss.lock)
+            .with_context(|| format!("the lock reported with the miss of {}", miss.package))
+            .and_then(|lock| {
+                let spec = format!("{}@{}", miss.package, miss.version);
+                let app = app_for(&lock, &spec, Path::new("the reported lock"))?;
+                Ok((lock, app))
+            });
+        let (lock, app) = match parsed {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                heartbeat.stop();
+                return Err(e);
+            }
         };
         let built = build_and_publish(
-            &context,
-            self.reuse,
+            context,
+            &reuse,
             &lock,
             std::slice::from_ref(&app),
             self.common.jobs,
@@ -174,6 +230,8 @@ impl Jobs for BuildJobs<'_> {
                         "version": miss.version,
                         "base_key": miss.base_key,
                         "request_key": miss.request_key,
+                        "variant_key": miss.variant_key,
+                        "toolchain": toolchain.id,
                         "outcome": outcome,
                         "lease_lost": lost.is_some(),
                         "reason": reason,
@@ -199,7 +257,7 @@ impl Jobs for BuildJobs<'_> {
                     package: miss.package.clone(),
                     version: miss.version.clone(),
                     base_key: miss.miss_key().to_string(),
-                    toolchain_id: self.build_context.toolchain.id.clone(),
+                    toolchain_id: toolchain.id.clone(),
                     log: format!("precomp worker: not built: {reason}\n"),
                 }))
                 .map(|_| ())
@@ -207,19 +265,15 @@ impl Jobs for BuildJobs<'_> {
             // The build or its failure is reported; close the miss too when that report does
             // not (`settle_miss`).
             None => match published {
-                Some(Ok(_)) => settle_miss(
-                    runtime,
-                    client,
-                    self.build_context.toolchain,
-                    miss,
-                    target,
-                    published.as_ref(),
-                )
-                .map(|note| {
-                    if let Some(note) = note {
-                        eprintln!("job {job}: {note}");
-                    }
-                }),
+                Some(Ok(_)) => {
+                    settle_miss(runtime, client, toolchain, miss, target, published.as_ref()).map(
+                        |note| {
+                            if let Some(note) = note {
+                                eprintln!("job {job}: {note}");
+                            }
+                        },
+                    )
+                }
                 Some(Err(e)) => Err(anyhow::anyhow!("{e:#}")),
                 None => Err(anyhow::anyhow!("not published")),
             },
@@ -251,6 +305,8 @@ impl Jobs for BuildJobs<'_> {
                 "version": miss.version,
                 "base_key": miss.base_key,
                 "request_key": miss.request_key,
+                "variant_key": miss.variant_key,
+                "toolchain": toolchain.id,
                 "outcome": outcome,
                 "lease_lost": lost.is_some(),
                 "results": lines,
@@ -273,6 +329,51 @@ impl Jobs for BuildJobs<'_> {
                 miss.package, miss.version
             ))),
         }
+    }
+}
+
+impl BuildJobs<'_> {
+    /// A miss that cannot be built (its values cannot be given to a build): recorded as a
+    /// failure under its key with why, so it does not come back to every worker.
+    fn not_built(
+        &self,
+        lease: &Lease,
+        miss: &Miss,
+        toolchain: &precomp_sandbox::toolchain::Toolchain,
+        reason: &str,
+    ) -> anyhow::Result<ExitCode> {
+        let job = lease.job;
+        variants::record_not_built(
+            self.common.runtime,
+            self.common.client,
+            toolchain,
+            miss,
+            reason,
+        )?;
+        if self.common.args.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "job": job,
+                    "kind": lease.kind,
+                    "package": miss.package,
+                    "version": miss.version,
+                    "base_key": miss.base_key,
+                    "request_key": miss.request_key,
+                    "variant_key": miss.variant_key,
+                    "toolchain": toolchain.id,
+                    "outcome": "not_buildable",
+                    "lease_lost": false,
+                    "reason": reason,
+                })
+            );
+        } else {
+            println!(
+                "job {job}: {} {} not built, recorded as failed: {reason}",
+                miss.package, miss.version
+            );
+        }
+        Ok(ExitCode::SUCCESS)
     }
 }
 

@@ -7,6 +7,10 @@
 //!   rebuilt and compared as `precomp audit` does; the match (countersignature and verdict)
 //!   or mismatch (verdict) is posted, a failed rebuild released as `failed`.
 //!
+//! A worker may hold several toolchains (`--toolchain` repeated, or `--all-toolchains`): its
+//! lease request lists the tuple (OTP major, Elixir, Mix env, targets) of each, the mirror
+//! hands out a job of any of them, and the job is done with the toolchain of its tuple.
+//!
 //! A job's work is cancelled ([`Cancel`]: its sandboxes killed, nothing stored or reported)
 //! when the mirror refuses a heartbeat (the lease was lost, or the job closed by someone
 //! else's result) and when the worker gets SIGTERM or SIGINT; on a signal the job is released
@@ -25,8 +29,8 @@ use clap::Args;
 use precomp_builder::Cancel;
 use precomp_proto::manifest::ArtifactSigningKey;
 use precomp_registry::artifacts::{
-    ArtifactClient, ClientError, JobKind, Lease, LeaseRequest, MAX_FEWER_THAN, MAX_LEASE_SECONDS,
-    MIN_LEASE_SECONDS,
+    ArtifactClient, ClientError, JobKind, Lease, LeaseRequest, LeaseTuple, MAX_FEWER_THAN,
+    MAX_LEASE_SECONDS, MIN_LEASE_SECONDS,
 };
 use precomp_sandbox::toolchain::Toolchain;
 use precomp_sandbox::Sandbox;
@@ -72,10 +76,16 @@ pub struct WorkerArgs {
     /// posted a verdict on), 1 to 64; 1 is builds nobody audited.
     #[arg(long, value_name = "N", default_value_t = 1, requires = "audit")]
     fewer_than: u32,
-    /// The toolchain: `host`, an image id, a digest prefix or a suite (bookworm, trixie).
-    /// Only jobs for its OTP major and Elixir are leased.
-    #[arg(long, default_value = "host")]
-    toolchain: String,
+    /// A toolchain: `host`, an image id, a digest prefix, a suite (bookworm, trixie) or the
+    /// reference an image was imported from. Repeat for several: jobs for the OTP major and
+    /// Elixir of any of them are leased, each done with its own (the first given, when two
+    /// have the same) [default: host].
+    #[arg(long = "toolchain", value_name = "ID")]
+    toolchains_given: Vec<String>,
+    /// Every toolchain the store holds (`precomp toolchain list`: host and each image), as if
+    /// each were given with --toolchain (after those given).
+    #[arg(long)]
+    all_toolchains: bool,
     /// Where toolchain images are stored [default: the data directory].
     #[arg(long, env = "PRECOMP_TOOLCHAINS")]
     toolchains: Option<PathBuf>,
@@ -118,7 +128,8 @@ struct Common<'a> {
     args: &'a WorkerArgs,
     data: PathBuf,
     sandbox: &'a Sandbox,
-    toolchain: &'a Toolchain,
+    /// One per tuple, in the order given.
+    toolchains: &'a [WorkerToolchain],
     key: &'a ArtifactSigningKey,
     runtime: &'a tokio::runtime::Runtime,
     client: &'a ArtifactClient,
@@ -128,7 +139,30 @@ struct Common<'a> {
     shutdown: Cancel,
 }
 
+/// A toolchain a worker works with, and the target its native code gets.
+struct WorkerToolchain {
+    toolchain: Toolchain,
+    native: String,
+}
+
+impl WorkerToolchain {
+    /// Whether jobs of this tuple are done with it.
+    fn builds(&self, otp_major: &str, elixir: &str, target: &str) -> bool {
+        self.toolchain.otp == otp_major
+            && self.toolchain.elixir == elixir
+            && (target == "any" || target == self.native)
+    }
+}
+
 impl Common<'_> {
+    /// The toolchain jobs of this tuple are done with: the first one given that has it.
+    fn toolchain_for(&self, otp_major: &str, elixir: &str, target: &str) -> Option<&Toolchain> {
+        self.toolchains
+            .iter()
+            .find(|t| t.builds(otp_major, elixir, target))
+            .map(|t| &t.toolchain)
+    }
+
     /// After a cancelled job: releases it when the worker is shutting down (another worker
     /// takes it), leaves it when the mirror ended the lease. The job's outcome.
     fn give_back(&self, job: u64) -> &'static str {
@@ -163,36 +197,30 @@ pub fn run(context: &Context, args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let data = context.data();
     let key = load_signing_key(&args.key)?;
     let sandbox = Sandbox::new()?;
-    let toolchain =
-        resolve_toolchain(&data, args.toolchains.as_deref(), &args.toolchain, &sandbox)?;
+    let toolchains = worker_toolchains(&data, &args, &sandbox)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the HTTP client")?;
     let client = ArtifactClient::new(&args.mirror, Some(args.token.clone()))
         .with_context(|| format!("the mirror URL {:?}", args.mirror))?;
-    let native = precomp_builder::build::native_target(&toolchain.architecture)?.to_string();
     let kind = if args.audit {
         JobKind::Audit
     } else {
         JobKind::Build
     };
-    let request = LeaseRequest {
+    let request = lease_request(
         kind,
-        worker: args.name.clone().unwrap_or_else(host_name),
-        otp_major: toolchain.otp.clone(),
-        elixir: toolchain.elixir.clone(),
-        mix_env: args.mix_env.clone(),
-        targets: vec!["any".to_string(), native],
-        lease_seconds: args.lease_seconds,
-        fewer_than: args.fewer_than,
-        auditor: args.audit.then(|| key.public_key().key_id()),
-    };
+        args.name.clone().unwrap_or_else(host_name),
+        &toolchains,
+        &args,
+        args.audit.then(|| key.public_key().key_id()),
+    );
     let common = Common {
         args: &args,
         data,
         sandbox: &sandbox,
-        toolchain: &toolchain,
+        toolchains: &toolchains,
         key: &key,
         runtime: &runtime,
         client: &client,
@@ -204,6 +232,95 @@ pub fn run(context: &Context, args: WorkerArgs) -> anyhow::Result<ExitCode> {
     match kind {
         JobKind::Build => build::run(&common, &request),
         JobKind::Audit => audit::run(&common, &request),
+    }
+}
+
+/// The toolchains `--toolchain` and `--all-toolchains` name, one per tuple: a toolchain with
+/// the OTP major, Elixir and native target of one before it is left out (with a warning).
+fn worker_toolchains(
+    data: &std::path::Path,
+    args: &WorkerArgs,
+    sandbox: &Sandbox,
+) -> anyhow::Result<Vec<WorkerToolchain>> {
+    let mut found = Vec::new();
+    let given = if args.toolchains_given.is_empty() && !args.all_toolchains {
+        vec!["host".to_string()]
+    } else {
+        args.toolchains_given.clone()
+    };
+    for spec in &given {
+        found.push(resolve_toolchain(
+            data,
+            args.toolchains.as_deref(),
+            spec,
+            sandbox,
+        )?);
+    }
+    if args.all_toolchains {
+        let dir = args.toolchains.as_deref().unwrap_or(data);
+        let store = precomp_sandbox::toolchain::Store::open(dir)
+            .with_context(|| format!("opening the toolchain store in {}", dir.display()))?;
+        found.extend(store.list(sandbox)?);
+    }
+    let mut toolchains: Vec<WorkerToolchain> = Vec::new();
+    for toolchain in found {
+        let native = precomp_builder::build::native_target(&toolchain.architecture)?.to_string();
+        if let Some(first) = toolchains.iter().find(|t| {
+            t.toolchain.otp == toolchain.otp
+                && t.toolchain.elixir == toolchain.elixir
+                && t.native == native
+        }) {
+            if first.toolchain.id != toolchain.id {
+                eprintln!(
+                    "warning: toolchain {} has the tuple of {} (OTP {}, Elixir {}, {native}): \
+                     its jobs are done with {}",
+                    toolchain.id,
+                    first.toolchain.id,
+                    toolchain.otp,
+                    toolchain.elixir,
+                    first.toolchain.id
+                );
+            }
+            continue;
+        }
+        toolchains.push(WorkerToolchain { toolchain, native });
+    }
+    if toolchains.is_empty() {
+        bail!("no toolchain: give --toolchain ID (or --all-toolchains with images in the store)");
+    }
+    Ok(toolchains)
+}
+
+/// The lease request of a worker with `toolchains`: every tuple in `tuples`, and the first
+/// one at the top level too, for mirrors that predate `tuples` (they lease for it alone).
+fn lease_request(
+    kind: JobKind,
+    worker: String,
+    toolchains: &[WorkerToolchain],
+    args: &WorkerArgs,
+    auditor: Option<String>,
+) -> LeaseRequest {
+    let tuples: Vec<LeaseTuple> = toolchains
+        .iter()
+        .map(|t| LeaseTuple {
+            otp_major: t.toolchain.otp.clone(),
+            elixir: t.toolchain.elixir.clone(),
+            mix_env: args.mix_env.clone(),
+            targets: vec!["any".to_string(), t.native.clone()],
+        })
+        .collect();
+    let first = tuples[0].clone();
+    LeaseRequest {
+        kind,
+        worker,
+        otp_major: first.otp_major,
+        elixir: first.elixir,
+        mix_env: first.mix_env,
+        targets: first.targets,
+        tuples: if tuples.len() > 1 { tuples } else { Vec::new() },
+        lease_seconds: args.lease_seconds,
+        fewer_than: args.fewer_than,
+        auditor,
     }
 }
 
@@ -286,15 +403,23 @@ fn lease_loop(
     }
 }
 
-/// What a worker leases, for people: `OTP 25, Elixir 1.14.0, mix env prod, targets any, …`.
+/// What a worker leases, for people: `OTP 25, Elixir 1.14.0, mix env prod, targets any, …`,
+/// one such tuple after the other (`; `).
 fn describe(request: &LeaseRequest) -> String {
-    let mut text = format!(
-        "OTP {}, Elixir {}, mix env {}, targets {}",
-        request.otp_major,
-        request.elixir,
-        request.mix_env,
-        request.targets.join(", ")
-    );
+    let mut text = request
+        .all_tuples()
+        .iter()
+        .map(|t| {
+            format!(
+                "OTP {}, Elixir {}, mix env {}, targets {}",
+                t.otp_major,
+                t.elixir,
+                t.mix_env,
+                t.targets.join(", ")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
     if request.kind == JobKind::Audit {
         text.push_str(&format!(
             ", fewer than {} audit{}",
