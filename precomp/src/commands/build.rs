@@ -12,11 +12,12 @@ use precomp_builder::config::SandboxedConfig;
 use precomp_builder::run::{self, CompileEnvSource, PackageResult, Progress, Status};
 use precomp_builder::sources::SourceCache;
 use precomp_builder::store::BuildStore;
+use precomp_http::artifacts::ArtifactClient;
 use precomp_proto::buildkey::{compile_env_digest, request_satisfied_by};
 use precomp_proto::lock::{LockEntry, MixLock};
 use precomp_proto::manifest::{ArtifactPublicKey, ArtifactSigningKey};
 use precomp_registry::artifacts::FailureReport;
-use precomp_registry::artifacts::{compile_env_entry, miss_request_text, ArtifactClient, Miss};
+use precomp_registry::artifacts::{compile_env_entry, miss_request_text, Miss};
 use precomp_sandbox::toolchain::{Store, Toolchain};
 use precomp_sandbox::Sandbox;
 
