@@ -304,8 +304,9 @@ pub fn assert_consumer_runs(lib: &Path) {
     );
 }
 
-/// A running `precomp serve`, killed when dropped; its stderr goes to a temporary file shown
-/// if it fails to start.
+/// A running `precomp serve`, killed when dropped — or, for one held in a `static` (never
+/// dropped), when the test binary exits; its stderr goes to a temporary file shown if it fails
+/// to start.
 pub struct ServeProcess {
     child: Child,
     url: String,
@@ -321,6 +322,7 @@ impl ServeProcess {
         let (child, url) = spawn_serve(command, move || {
             std::fs::read_to_string(&log_path).unwrap_or_default()
         });
+        exit_reaper::register(child.id());
         ServeProcess {
             child,
             url,
@@ -343,6 +345,41 @@ impl Drop for ServeProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        exit_reaper::unregister(self.child.id());
+    }
+}
+
+/// Kills the servers still registered when the test binary exits: statics are never dropped,
+/// and a `precomp serve` shared by a file's tests would otherwise outlive the run.
+mod exit_reaper {
+    use std::sync::{Mutex, Once};
+
+    static LIVE: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+    pub fn register(pid: u32) {
+        static HOOK: Once = Once::new();
+        HOOK.call_once(|| {
+            // SAFETY: `kill_live` is an `extern "C" fn()` that does not unwind.
+            let status = unsafe { libc::atexit(kill_live) };
+            assert_eq!(status, 0, "atexit failed");
+        });
+        live().push(pid);
+    }
+
+    /// Called once the child was waited for, so its pid can no longer name another process.
+    pub fn unregister(pid: u32) {
+        live().retain(|&live| live != pid);
+    }
+
+    fn live() -> std::sync::MutexGuard<'static, Vec<u32>> {
+        LIVE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    extern "C" fn kill_live() {
+        for &pid in live().iter() {
+            // SAFETY: plain syscall; the pid is a child not yet waited for (still ours).
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
     }
 }
 

@@ -567,18 +567,7 @@ fn print(out: &mut String, term: &Term) {
             print_quoted(out, text);
         }
         Term::Integer(n) => out.push_str(&n.to_string()),
-        Term::Float(f) if f.is_finite() => {
-            // The shortest text that reads back as the same f64, with a digit on both sides
-            // of the point, as Elixir requires.
-            let text = format!("{f:?}");
-            match text.split_once('e') {
-                Some((mantissa, exp)) if !mantissa.contains('.') => {
-                    out.push_str(&format!("{mantissa}.0e{exp}"))
-                }
-                _ if text.contains('.') || text.contains('e') => out.push_str(&text),
-                _ => out.push_str(&format!("{text}.0")),
-            }
-        }
+        Term::Float(f) if f.is_finite() => out.push_str(&super::float_text(*f)),
         Term::Float(_) => out.push_str(&super::to_erlang_text(term)),
         Term::Tuple(items) => {
             out.push('{');

@@ -53,6 +53,18 @@ pub enum Term {
     Map(Vec<(Term, Term)>),
 }
 
+/// A finite float as both Erlang and Elixir read it back: the shortest text that gives the
+/// same f64 (Rust's `Debug`), with a digit on both sides of the point (`1.0`, `1.0e20`).
+fn float_text(f: f64) -> String {
+    let text = format!("{f:?}");
+    match text.split_once('e') {
+        Some((mantissa, exp)) if !mantissa.contains('.') => format!("{mantissa}.0e{exp}"),
+        Some(_) => text,
+        None if text.contains('.') => text,
+        None => format!("{text}.0"),
+    }
+}
+
 /// The language a person reads terms in: an Elixir user's (a Mix project's config) or an
 /// Erlang user's (a rebar3 project's). Messages show values in it; wire formats are always
 /// Erlang text.
