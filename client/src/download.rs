@@ -53,6 +53,7 @@ pub(crate) struct Prepared {
 }
 
 type PreparedCell = Arc<OnceCell<Result<Arc<Prepared>, Missed>>>;
+type IndexCell = Arc<OnceCell<Result<Builds, String>>>;
 
 /// What every request of one run shares.
 pub(crate) struct Downloads {
@@ -60,7 +61,7 @@ pub(crate) struct Downloads {
     pub policy: TrustPolicy,
     /// Requests to the mirror, and artifacts held in memory, at a time (`--jobs`).
     pub permits: Semaphore,
-    indexes: Mutex<HashMap<String, Arc<OnceCell<Result<Builds, String>>>>>,
+    indexes: Mutex<HashMap<String, IndexCell>>,
     /// By (app, key).
     prepared: Mutex<HashMap<(String, String), PreparedCell>>,
     /// Held (shared) by every staging in progress; taken exclusively to wait for them.
