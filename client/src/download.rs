@@ -207,7 +207,10 @@ impl Downloads {
                 ))
             }
             Err(e @ precomp_http::Error::Digest { .. }) => {
-                return Err(missed(MissKind::VerificationFailed, e.to_string()))
+                return Err(missed(
+                    MissKind::VerificationFailed,
+                    format!("artifact {sha256} does not match its signed manifest: {e}"),
+                ))
             }
             Err(e) => return Err(missed(MissKind::Unavailable, e.to_string())),
         };
