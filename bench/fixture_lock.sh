@@ -24,15 +24,30 @@ make_fixture_lock() {
 
 # The same, for N generated Mix packages of M modules each (SYNTHETIC=N MODULES=M): a lock of
 # the size the issues' targets speak of (a 26-package Phoenix-style lock), made of our own
-# generated code. synth_01 is a dependency of every other package, as telemetry or plug are.
+# generated code. The first package is a dependency of every other one, as telemetry or plug
+# are. Names are zero-padded to N's width (synth_01..synth_26, synth_001..synth_150).
+#
+# F (optional, default 0) sets how heavy each module is: 0 gives the small modules bench/builder
+# measures (20 one-line functions); F > 0 gives F functions each returning its own 32-digit
+# label, so beams weigh and compress about as real ones do (~2.7:1): F=50 with M=40 makes about
+# 190 KiB of artifact per package, 5.5 MiB for 29 packages, like the real Phoenix 1.7 stack.
 make_synthetic_lock() {
-  local n=$1 m=$2 dir="$SCRATCH/packages" i j name
+  local n=$1 m=$2 f=${3:-0} dir="$SCRATCH/packages" i j name first functions
+  first=$(seq -w 1 "$n" | head -n 1)
+  if [ "$f" -gt 0 ]; then
+    functions="for k <- 1..$f do
+    label = Base.encode16(:erlang.md5(\"#{__MODULE__}/#{k}\"))
+    def unquote(:\"f#{k}\")(x), do: {x * unquote(k) + JJ, unquote(label)}
+  end"
+  else
+    functions='for k <- 1..20, do: def unquote(:"f#{k}")(x), do: x * unquote(k) + JJ'
+  fi
   RELEASES=""
   for i in $(seq -w 1 "$n"); do
     name="synth_$i"
     mkdir -p "$dir/$name/lib/$name"
     local deps="[]"
-    [ "$i" != "01" ] && deps='[{:synth_01, "~> 1.0"}]'
+    [ "$i" != "$first" ] && deps="[{:synth_$first, \"~> 1.0\"}]"
     cat >"$dir/$name/mix.exs" <<MIX
 defmodule Synth$i.MixProject do
   use Mix.Project
@@ -62,7 +77,7 @@ defmodule Synth$i.Mod$j do
   end
 
   def sum(list) when is_list(list), do: Enum.reduce(list, 0, fn x, acc -> x * $j + acc end)
-  for k <- 1..20, do: def unquote(:"f#{k}")(x), do: x * unquote(k) + $j
+  ${functions//JJ/$j}
 end
 EX
     done

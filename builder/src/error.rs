@@ -13,6 +13,8 @@ pub enum BuildError {
     Lock(#[from] precomp_proto::buildkey::BuildKeyError),
     #[error("fetching {url}: {message}")]
     Fetch { url: String, message: String },
+    #[error("fetching a package source: {0}")]
+    Http(#[from] precomp_http::Error),
     #[error(
         "{package} {version}: the mirror served a tarball with SHA-256 {actual}, but mix.lock \
          says {expected}; refusing it (a tampered mirror or a wrong lock)"

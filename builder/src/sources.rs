@@ -2,8 +2,9 @@
 //! outer checksum (which the build key carries), cached by that checksum, and unpacked.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
+use precomp_http::blocking::BlockingClient;
+use precomp_http::Settings;
 use sha2::{Digest, Sha256};
 
 use precomp_proto::buildkey::PackageRef;
@@ -15,7 +16,7 @@ use crate::error::{io, BuildError, Result};
 pub struct SourceCache {
     dir: PathBuf,
     mirror: String,
-    client: reqwest::blocking::Client,
+    client: BlockingClient,
 }
 
 impl SourceCache {
@@ -23,15 +24,10 @@ impl SourceCache {
     /// mirror, or any Hex repository) or `file:///DIR`.
     pub fn new(dir: PathBuf, mirror: &str) -> Result<SourceCache> {
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let client = reqwest::blocking::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(300))
-            .user_agent(concat!("precomp-builder/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| BuildError::Fetch {
-                url: mirror.to_string(),
-                message: e.to_string(),
-            })?;
+        let client = BlockingClient::new(Settings {
+            server: "the mirror",
+            ..Settings::default()
+        })?;
         Ok(SourceCache {
             dir,
             mirror: mirror.trim_end_matches('/').to_string(),
@@ -43,7 +39,7 @@ impl SourceCache {
     pub fn tarball(&self, package: &PackageRef) -> Result<tarball::Tarball> {
         let outer = hex::encode(package.outer_checksum);
         let cached = self.dir.join(format!("{outer}.tar"));
-        let bytes = match std::fs::read(&cached) {
+        let bytes = match precomp_proto::file::read_bounded(&cached, tarball::MAX_TARBALL_SIZE) {
             Ok(bytes) if Sha256::digest(&bytes).as_slice() == package.outer_checksum => bytes,
             _ => {
                 let bytes = self.download(package)?;
@@ -68,31 +64,22 @@ impl SourceCache {
         let url = format!("{}/tarballs/{name}", self.mirror);
         let bytes = if let Some(dir) = self.mirror.strip_prefix("file://") {
             let path = Path::new(dir).join("tarballs").join(&name);
-            read_bounded(&path)?
+            precomp_proto::file::read_bounded(&path, tarball::MAX_TARBALL_SIZE).map_err(|e| {
+                BuildError::Fetch {
+                    url: url.clone(),
+                    message: e.to_string(),
+                }
+            })?
         } else {
-            let fail = |message: String| BuildError::Fetch {
-                url: url.clone(),
-                message,
-            };
-            let response = self
-                .client
-                .get(&url)
-                .send()
-                .map_err(|e| fail(e.to_string()))?;
-            if !response.status().is_success() {
-                return Err(fail(format!("HTTP {}", response.status())));
+            match self.client.get(&url, tarball::MAX_TARBALL_SIZE)? {
+                Some(bytes) => bytes.to_vec(),
+                None => {
+                    return Err(BuildError::Fetch {
+                        url: url.clone(),
+                        message: "the mirror has no such tarball (404)".into(),
+                    })
+                }
             }
-            if response
-                .content_length()
-                .is_some_and(|n| n > tarball::MAX_TARBALL_SIZE)
-            {
-                return Err(fail("larger than the tarball size limit".into()));
-            }
-            let bytes = response.bytes().map_err(|e| fail(e.to_string()))?;
-            if bytes.len() as u64 > tarball::MAX_TARBALL_SIZE {
-                return Err(fail("larger than the tarball size limit".into()));
-            }
-            bytes.to_vec()
         };
         let actual = Sha256::digest(&bytes);
         if actual.as_slice() != package.outer_checksum {
@@ -105,17 +92,6 @@ impl SourceCache {
         }
         Ok(bytes)
     }
-}
-
-fn read_bounded(path: &Path) -> Result<Vec<u8>> {
-    let len = std::fs::metadata(path).map_err(io(path))?.len();
-    if len > tarball::MAX_TARBALL_SIZE {
-        return Err(BuildError::Invalid(format!(
-            "{} is larger than the tarball size limit",
-            path.display()
-        )));
-    }
-    std::fs::read(path).map_err(io(path))
 }
 
 /// Unpacks a verified tarball's contents into `dest` (created).

@@ -26,7 +26,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use precomp_proto::api::{MAX_COMPILE_ENV_VALUE, MAX_MISS_COMPILE_ENV_BYTES};
-use precomp_proto::artifact;
 use precomp_proto::buildkey::{
     BuildInputs, BuildKey, ClosureMember, CompileEnvEntry, Manager, Target,
 };
@@ -35,11 +34,13 @@ use precomp_proto::lock::{LockEntry, MixLock};
 use precomp_proto::manifest::{FileRecord, Manifest, SignedManifest};
 use precomp_proto::term::{parse_erlang_terms, to_erlang_text, Syntax, Term};
 
+use precomp_http::artifacts::ArtifactClient;
+use precomp_http::{ByteCounter, Settings};
+use precomp_proto::api::{CompileEnvJson, IndexBuild, MissMember, MissReport};
+
+use crate::download::{Downloads, Early};
 use crate::error::ClientError;
-use crate::install::{self, Install};
-use crate::mirror::{
-    ByteCounter, CompileEnvJson, HttpError, IndexBuild, MirrorClient, MissMember, MissReport,
-};
+use crate::install;
 use crate::project::Project;
 use crate::trust::{Refusal, TrustPolicy};
 
@@ -143,7 +144,7 @@ impl MissKind {
         }
     }
 
-    fn of_refusal(refusal: &Refusal) -> MissKind {
+    pub(crate) fn of_refusal(refusal: &Refusal) -> MissKind {
         match refusal.kind() {
             "untrusted" => MissKind::Untrusted,
             "revoked" => MissKind::Revoked,
@@ -401,12 +402,11 @@ struct Run {
     project: Project,
     lock: MixLock,
     policy: TrustPolicy,
-    client: MirrorClient,
+    /// The mirror: indexes, and builds prepared for installing ([`Downloads`]).
+    downloads: Arc<Downloads>,
     native: Option<Target>,
     config: tokio::sync::OnceCell<Result<Arc<AppConfig>, String>>,
-    counter: Counter,
-    /// Requests to the mirror at a time (`--jobs`).
-    permits: tokio::sync::Semaphore,
+    counter: Arc<Counter>,
     /// Each package's key resolution by (app, Mix env), made once ([`key_of`]).
     keys: std::sync::Mutex<KeyCells>,
 }
@@ -489,17 +489,56 @@ pub async fn fetch(
     observer: Arc<dyn Observer>,
 ) -> Result<FetchReport, ClientError> {
     let started = Instant::now();
-    let client = MirrorClient::new(&options.mirror, options.retries)?;
+    let counter = Arc::new(Counter {
+        total: AtomicU64::new(0),
+        observer: observer.clone(),
+    });
+    let client = mirror_client(&options.mirror, options.retries)?.with_counter(counter.clone());
+    let downloads = Arc::new(Downloads::new(client, options.policy.clone(), options.jobs));
+
+    // The probe (an `elixir` VM) is the fixed cost of a fetch: what does not need its
+    // answers starts beside it (indexes, and the likely builds verified and unpacked).
     let dir = options.project_dir.clone();
     let mix_env = options.mix_env.clone();
-    let project = tokio::task::spawn_blocking(move || Project::probe(&dir, &mix_env))
-        .await
-        .map_err(|e| ClientError::Internal(e.to_string()))??;
-    let lock_text = read_lock(&project.lockfile)?;
-    let lock = MixLock::parse(&lock_text).map_err(|source| ClientError::Lock {
-        path: project.lockfile.clone(),
-        source,
-    })?;
+    let probe = tokio::task::spawn_blocking(move || Project::probe(&dir, &mix_env));
+    let early = Early::start(
+        &downloads,
+        &options.project_dir,
+        &options.mix_env,
+        options.target.clone(),
+    );
+    let project = match probe.await {
+        Ok(Ok(project)) => project,
+        Ok(Err(e)) => {
+            early.abandon(&downloads).await;
+            return Err(e);
+        }
+        Err(e) => {
+            early.abandon(&downloads).await;
+            return Err(ClientError::Internal(e.to_string()));
+        }
+    };
+    let lib_dir = project.lib_dir();
+    let settled = early.settle(&downloads, &lib_dir).await?;
+    let _guard = settled.guard;
+    let recovered = settled.recovered;
+    for line in &recovered {
+        tracing::info!("{line}");
+    }
+    let lock = read_lock(&project.lockfile).and_then(|text| {
+        let lock = MixLock::parse(&text).map_err(|source| ClientError::Lock {
+            path: project.lockfile.clone(),
+            source,
+        })?;
+        Ok((text, lock))
+    });
+    let (lock_text, lock) = match lock {
+        Ok(lock) => lock,
+        Err(e) => {
+            downloads.stop().await;
+            return Err(e);
+        }
+    };
     let native = match options.target.clone() {
         Some(target) => Some(target),
         None => match project.native_target() {
@@ -510,29 +549,16 @@ pub async fn fetch(
             }
         },
     };
-    let lib_dir = project.lib_dir();
-    let guard_dir = lib_dir.clone();
-    let _guard = tokio::task::spawn_blocking(move || install::LibLock::acquire(&guard_dir))
-        .await
-        .map_err(|e| ClientError::Internal(e.to_string()))??;
-    let recovered = install::recover(&lib_dir)?;
-    for line in &recovered {
-        tracing::info!("{line}");
-    }
 
     let (wanted, skipped) = plan(&project, &lock);
     let run = Arc::new(Run {
         project,
         lock,
         policy: options.policy,
-        client,
+        downloads: downloads.clone(),
         native,
         config: tokio::sync::OnceCell::new(),
-        counter: Counter {
-            total: AtomicU64::new(0),
-            observer: observer.clone(),
-        },
-        permits: tokio::sync::Semaphore::new(options.jobs.max(1)),
+        counter,
         keys: std::sync::Mutex::new(HashMap::new()),
     });
     observer.started(wanted.len());
@@ -554,6 +580,15 @@ pub async fn fetch(
         deps.push(joined.map_err(|e| ClientError::Internal(format!("a lookup task: {e}")))?);
     }
     deps.sort_by(|a, b| a.app.cmp(&b.app));
+    // Nothing writes into lib/ any more (unused early work is stopped and deleted); the
+    // renames of this run's installs are made durable at once.
+    downloads.stop().await;
+    if deps
+        .iter()
+        .any(|d| matches!(d.outcome, Outcome::Installed { .. }))
+    {
+        install::sync_dir(&lib_dir);
+    }
 
     if deps
         .iter()
@@ -597,7 +632,23 @@ pub async fn fetch(
     })
 }
 
-fn read_lock(path: &Path) -> Result<String, ClientError> {
+/// The client of the mirror's artifact API: `retries` extra attempts after a transient
+/// failure (`--retries`), each call bounded by the client's default deadline.
+pub fn mirror_client(url: &str, retries: u32) -> Result<ArtifactClient, ClientError> {
+    ArtifactClient::with_settings(
+        url,
+        Settings {
+            retries,
+            ..Settings::default()
+        },
+    )
+    .map_err(|e| ClientError::MirrorUrl {
+        url: url.to_string(),
+        message: e.to_string(),
+    })
+}
+
+pub(crate) fn read_lock(path: &Path) -> Result<String, ClientError> {
     match std::fs::metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(ClientError::NoLock {
@@ -703,13 +754,13 @@ fn plan(project: &Project, lock: &MixLock) -> (Vec<(String, String)>, Vec<DepRep
 
 /// A miss on its way out of [`lookup`].
 #[derive(Clone, Debug)]
-struct Missed {
+pub(crate) struct Missed {
     kind: MissKind,
     reason: String,
     request: Option<Box<BuildRequest>>,
 }
 
-fn missed(kind: MissKind, reason: impl Into<String>) -> Missed {
+pub(crate) fn missed(kind: MissKind, reason: impl Into<String>) -> Missed {
     Missed {
         kind,
         reason: reason.into(),
@@ -854,19 +905,11 @@ async fn lookup(run: &Run, app: &str, dep_env: &str) -> Result<Outcome, Missed> 
         return Err(missed(MissKind::Flagged, flagged_reason(candidate)));
     }
 
-    let _permit = run.permits.acquire().await;
-    // The signed manifest, verified against the policy, its key and our inputs.
-    let manifest_bytes = match run.client.manifest(&key, &run.counter).await {
-        Ok(Some(bytes)) => bytes,
-        Ok(None) => {
-            return Err(missed(
-                MissKind::NoArtifact,
-                format!("the mirror lists build {key} but has no manifest for it"),
-            ))
-        }
-        Err(e) => return Err(missed(MissKind::Unavailable, e.to_string())),
-    };
-    let (manifest, signers) = verify_manifest(run, &manifest_bytes, inputs, &key)?;
+    // The build's signed manifest (verified against the policy) and its artifact (checked
+    // against every digest the manifest holds), unpacked beside its target: prepared once,
+    // perhaps already while the probe ran. Now checked against our key and inputs.
+    let prepared = run.downloads.prepare(&lib_dir, app, candidate).await?;
+    let (manifest, signers) = verify_manifest(run, &prepared.signed_manifest, inputs, &key)?;
     let output = manifest.output.clone().ok_or_else(|| {
         missed(
             MissKind::VerificationFailed,
@@ -879,67 +922,28 @@ async fn lookup(run: &Run, app: &str, dep_env: &str) -> Result<Outcome, Missed> 
             "the manifest says target `any` but the artifact holds native code",
         ));
     }
-    let app_file = format!("ebin/{app}.app");
-    if !output.files.iter().any(|f| f.path == app_file) {
+    let Some(staged) = prepared.staged.lock().expect("staged").take() else {
         return Err(missed(
-            MissKind::VerificationFailed,
-            format!("the artifact has no {app_file}"),
+            MissKind::InstallFailed,
+            format!("build {key} was installed once already in this run"),
         ));
-    }
-    let sha256 = hex::encode(&output.artifact_sha256);
-    if sha256 != candidate.artifact_sha256 {
-        tracing::debug!(
-            "{app}: the index names artifact {} but the signed manifest {sha256}; using the manifest's",
-            candidate.artifact_sha256
-        );
-    }
-
-    // The artifact, checked against every digest the manifest holds.
-    let artifact = match run
-        .client
-        .artifact(&sha256, output.artifact_size, &run.counter)
-        .await
-    {
-        Ok(Some(bytes)) => bytes,
-        Ok(None) => {
-            return Err(missed(
-                MissKind::NoArtifact,
-                format!("the mirror has the manifest but not artifact {sha256}"),
-            ))
-        }
-        Err(e @ HttpError::TooLarge { .. }) => {
-            return Err(missed(
-                MissKind::VerificationFailed,
-                format!(
-                    "artifact {sha256}: {e} (the manifest says {})",
-                    output.artifact_size
-                ),
-            ))
-        }
-        Err(e) => return Err(missed(MissKind::Unavailable, e.to_string())),
     };
-    if let Err(e) = artifact::check(&artifact, &output) {
-        return Err(missed(
-            MissKind::VerificationFailed,
-            format!("artifact {sha256} does not match its signed manifest: {e}"),
-        ));
-    }
 
-    // Only now does anything touch _build.
-    let bytes = artifact.len() as u64;
-    let app_owned = app.to_string();
+    // Only now does anything change under _build/<env>/lib/<app>.
+    let bytes = prepared.bytes;
     let key_owned = key.clone();
     let scm = elixir_scm.map(<[u8]>::to_vec);
+    let signed_manifest = prepared.signed_manifest.clone();
     tokio::task::spawn_blocking(move || {
-        install::install(&Install {
-            lib_dir: &lib_dir,
-            app: &app_owned,
-            artifact: &artifact,
-            key: &key_owned,
-            signed_manifest: &manifest_bytes,
-            elixir_scm: scm.as_deref(),
-            fetch_marker: &fetch_marker,
-        })
+        install::install_staged(
+            staged,
+            &install::Markers {
+                key: &key_owned,
+                signed_manifest: &signed_manifest,
+                elixir_scm: scm.as_deref(),
+                fetch_marker: &fetch_marker,
+            },
+        )
     })
     .await
     .map_err(|e| missed(MissKind::InstallFailed, e.to_string()))?
@@ -1107,20 +1111,15 @@ async fn resolve_key(run: &Run, app: &str, env: &str) -> KeyResolution {
 
     let name = inputs.package.name.clone();
     let version = inputs.package.version.clone();
-    let index = {
-        let _permit = run.permits.acquire().await;
-        run.client.index(&name, &run.counter).await
-    };
-    let builds = match index {
-        Ok(Some(index)) => index.builds,
-        Ok(None) => Vec::new(),
+    let builds = match run.downloads.index(&name).await {
+        Ok(builds) => builds,
         Err(e) => {
             let inputs = KeyInputs {
                 manager,
                 target: None,
                 compile_env: Vec::new(),
             };
-            return unknown(missed(MissKind::Unavailable, e.to_string()), Some(inputs));
+            return unknown(missed(MissKind::Unavailable, e), Some(inputs));
         }
     };
     // Our target for a build of the index: `any`, or ours for native code (built here, or
@@ -1373,12 +1372,12 @@ async fn failed_build(
     miss: Missed,
 ) -> Missed {
     let failures = {
-        let _permit = run.permits.acquire().await;
-        run.client.failures(name, &run.counter).await
+        let _permit = run.downloads.permits.acquire().await;
+        run.downloads.client.failures(name).await
     };
     let failures = match failures {
-        Ok(Some(failures)) => failures.failures,
-        Ok(None) => return miss,
+        Ok(failures) => failures.failures,
+        Err(e) if e.status() == Some(404) => return miss,
         Err(e) => {
             tracing::debug!("{name}: reading the mirror's failures: {e}");
             return miss;
@@ -1401,7 +1400,7 @@ async fn failed_build(
             failure.attempts,
             if failure.attempts == 1 { "" } else { "s" },
             precomp_proto::time::utc(failure.last_reported),
-            run.client.base(),
+            run.downloads.client.base_url(),
             failure.log_sha256
         ),
         request: miss.request,
@@ -1841,7 +1840,7 @@ async fn request_builds(run: &Run, deps: &[DepReport], lock_text: &str) -> Reque
             base_key,
             request_key,
             variant_key: request.variant_key.clone(),
-            reason: one_line(reason, 256),
+            reason: reason.clone(),
             otp_major: run.project.otp_major.clone(),
             elixir: run.project.elixir.clone(),
             mix_env: dep_env,
@@ -1851,7 +1850,7 @@ async fn request_builds(run: &Run, deps: &[DepReport], lock_text: &str) -> Reque
             compile_env: request.compile_env.clone(),
             closure: request.closure.clone(),
         };
-        match run.client.report_miss(&report).await {
+        match run.downloads.client.report_miss(&report).await {
             Ok(recorded) => {
                 requested.reported += 1;
                 if recorded.open {
@@ -1883,21 +1882,8 @@ struct Requested {
     errors: Vec<String>,
 }
 
-/// `text` on one line (control characters become spaces), cut to at most `max` bytes.
-fn one_line(text: &str, max: usize) -> String {
-    let mut line = String::new();
-    for c in text.chars() {
-        let c = if c.is_control() { ' ' } else { c };
-        if line.len() + c.len_utf8() > max {
-            break;
-        }
-        line.push(c);
-    }
-    line
-}
-
 /// mix.lock text with just `app` and its closure, as Mix would write it; the whole lock if
-/// that cannot be written.
+/// that cannot be written (the client cuts it to the mirror's bound).
 fn closure_lock(lock: &MixLock, app: &str, full: &str) -> String {
     let subset = || {
         let (_, closure) = lock.closure_by_app(app).ok()?;
@@ -1909,7 +1895,7 @@ fn closure_lock(lock: &MixLock, app: &str, full: &str) -> String {
     };
     match subset() {
         Some(text) => text,
-        None => full.chars().take(crate::mirror::MAX_MISS_LOCK).collect(),
+        None => full.to_string(),
     }
 }
 
@@ -2044,12 +2030,6 @@ mod tests {
             Syntax::Elixir
         )
         .contains("built with nothing, your config sets :x"));
-    }
-
-    #[test]
-    fn miss_reasons_are_one_bounded_line() {
-        assert_eq!(one_line("a\nb", 10), "a b");
-        assert_eq!(one_line("ééé", 5), "éé");
     }
 
     #[test]

@@ -89,38 +89,111 @@ pub struct Installed {
     pub signed_manifest: Vec<u8>,
 }
 
-/// Installs `spec` into `lib/<app>`, replacing what is there, atomically.
+/// Installs `spec` into `lib/<app>`, replacing what is there, atomically: [`stage`], then
+/// [`install_staged`].
 pub fn install(spec: &Install<'_>) -> Result<(), InstallError> {
-    std::fs::create_dir_all(spec.lib_dir).map_err(io(spec.lib_dir))?;
+    let staged = stage(spec.lib_dir, spec.app, spec.artifact, None)?;
+    install_staged(
+        staged,
+        &Markers {
+            key: spec.key,
+            signed_manifest: spec.signed_manifest,
+            elixir_scm: spec.elixir_scm,
+            fetch_marker: spec.fetch_marker,
+        },
+    )?;
+    sync_dir(spec.lib_dir);
+    Ok(())
+}
+
+/// An artifact unpacked into a staging directory beside its target
+/// (`lib/.precomp-tmp-<app>.<random>/new`): what [`install_staged`] moves into place. Dropped
+/// without being installed, it is deleted.
+#[derive(Debug)]
+pub struct Staged {
+    staging: tempfile::TempDir,
+    lib_dir: PathBuf,
+    app: String,
+}
+
+impl Staged {
+    pub fn lib_dir(&self) -> &Path {
+        &self.lib_dir
+    }
+
+    pub fn app(&self) -> &str {
+        &self.app
+    }
+}
+
+/// Unpacks `artifact` for `app` into a staging directory in `lib_dir`. With `output` (the
+/// signed manifest's), its files are checked against it in the same pass
+/// ([`artifact::unpack_checked`]): a difference is an error and nothing is left behind.
+/// Nothing under `lib/<app>` changes.
+pub fn stage(
+    lib_dir: &Path,
+    app: &str,
+    artifact: &[u8],
+    output: Option<&precomp_proto::manifest::Output>,
+) -> Result<Staged, InstallError> {
+    std::fs::create_dir_all(lib_dir).map_err(io(lib_dir))?;
     let staging = tempfile::Builder::new()
-        .prefix(&format!("{STAGING_PREFIX}{}.", spec.app))
-        .tempdir_in(spec.lib_dir)
-        .map_err(io(spec.lib_dir))?;
+        .prefix(&format!("{STAGING_PREFIX}{app}."))
+        .tempdir_in(lib_dir)
+        .map_err(io(lib_dir))?;
     let new = staging.path().join("new");
-    let files = artifact::unpack(spec.artifact, &new)?;
-    let app_file = format!("ebin/{}.app", spec.app);
+    let files = match output {
+        Some(output) => artifact::unpack_checked(artifact, &new, output)?,
+        None => artifact::unpack(artifact, &new)?,
+    };
+    let app_file = format!("ebin/{app}.app");
     if !files.iter().any(|f| f.path == app_file) {
         return Err(InstallError::NoAppFile(app_file));
     }
+    Ok(Staged {
+        staging,
+        lib_dir: lib_dir.to_path_buf(),
+        app: app.to_string(),
+    })
+}
+
+/// The markers an install gets besides the artifact's files.
+pub struct Markers<'a> {
+    pub key: &'a str,
+    /// The signed manifest the artifact was verified with.
+    pub signed_manifest: &'a [u8],
+    /// `compile.elixir_scm` bytes, for deps Mix builds with Elixir.
+    pub elixir_scm: Option<&'a [u8]>,
+    /// `deps/<app>/.fetch`.
+    pub fetch_marker: &'a Path,
+}
+
+/// Writes the markers into a staged install and swaps it with `lib/<app>` in one atomic
+/// exchange; the old contents are deleted. The rename is made durable by the next
+/// [`sync_dir`] of `lib/` (one per fetch, not one per dependency).
+pub fn install_staged(staged: Staged, markers: &Markers<'_>) -> Result<(), InstallError> {
+    let new = staged.staging.path().join("new");
     let mix_dir = new.join(".mix");
     std::fs::create_dir_all(&mix_dir).map_err(io(&mix_dir))?;
-    if let Some(scm) = spec.elixir_scm {
+    if let Some(scm) = markers.elixir_scm {
         write_file(&new.join(ELIXIR_SCM_MARKER), scm)?;
     }
-    write_file(&new.join(MANIFEST_MARKER), spec.signed_manifest)?;
-    write_file(&new.join(KEY_MARKER), format!("{}\n", spec.key).as_bytes())?;
-    touch_fetch_marker(&new, spec.fetch_marker)?;
+    write_file(&new.join(MANIFEST_MARKER), markers.signed_manifest)?;
+    write_file(
+        &new.join(KEY_MARKER),
+        format!("{}\n", markers.key).as_bytes(),
+    )?;
+    touch_fetch_marker(&new, markers.fetch_marker)?;
 
     #[cfg(feature = "test-hooks")]
-    if std::env::var_os(PAUSE_BEFORE_SWAP_ENV).is_some_and(|app| app == spec.app) {
-        eprintln!("pausing before swapping {}", spec.app);
+    if std::env::var_os(PAUSE_BEFORE_SWAP_ENV).is_some_and(|app| app == staged.app.as_str()) {
+        eprintln!("pausing before swapping {}", staged.app);
         std::thread::sleep(std::time::Duration::from_secs(60));
     }
-    let target = spec.lib_dir.join(spec.app);
-    replace(&new, &target, &staging.path().join("old"))?;
-    // The old contents (if any) are inside `staging`, deleted with it.
-    drop(staging);
-    sync_dir(spec.lib_dir);
+    let target = staged.lib_dir.join(&staged.app);
+    replace(&new, &target, &staged.staging.path().join("old"))?;
+    // The old contents (if any) are inside the staging directory, deleted with it.
+    drop(staged);
     Ok(())
 }
 
@@ -371,7 +444,8 @@ fn secs(time: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-fn sync_dir(dir: &Path) {
+/// Makes the renames into `dir` durable (a fetch calls it once, after its installs).
+pub fn sync_dir(dir: &Path) {
     if let Ok(file) = File::open(dir) {
         let _ = file.sync_all();
     }

@@ -3,8 +3,8 @@
 //! - [`project`]: the Mix project as Mix sees it (build path, declared deps, toolchain),
 //!   read with the local `elixir`.
 //! - [`trust`]: trusted keys, the signature policy, the config file.
-//! - [`mirror`]: the mirror's artifact API (index, manifests, artifacts, misses), bounded and
-//!   retried.
+//! - the mirror's artifact API (index, manifests, artifacts, misses), bounded and retried,
+//!   is `precomp_http::artifacts::ArtifactClient`, the client every command shares.
 //! - [`install`]: atomic installs into `_build/<env>/lib/<app>` with the markers Mix checks,
 //!   and recovery after an interrupted run.
 //! - [`fetch`]: the whole run: keys, lookup, verification, install, report.
@@ -12,10 +12,10 @@
 //!   leaves no usable key and the run stops.
 
 pub mod consumer_config;
+mod download;
 pub mod error;
 pub mod fetch;
 pub mod install;
-pub mod mirror;
 pub mod process;
 pub mod project;
 pub mod revoked;

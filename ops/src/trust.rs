@@ -16,13 +16,14 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use precomp_http::artifacts::ArtifactClient;
+use precomp_proto::file::ReadError;
 use precomp_proto::manifest::{ArtifactPublicKey, ArtifactSigningKey};
 pub use precomp_proto::time::{unix_now, utc};
 use precomp_proto::trust::{
-    accept, Accepted, Revocation, Role, SignedTrustDocument, TrustDocument, TrustError, TrustKey,
-    MAX_TRUST_DOCUMENT_SIZE, MAX_TRUST_TEXT, TRUST_FORMAT,
+    accept, Accepted, ChainError, Revocation, Role, SignedTrustDocument, TrustDocument, TrustError,
+    TrustKey, MAX_TRUST_DOCUMENT_SIZE, MAX_TRUST_TEXT, TRUST_FORMAT,
 };
-use precomp_registry::artifacts::ArtifactClient;
 use prost::Message;
 
 /// The trust directory under a data directory.
@@ -32,7 +33,7 @@ pub const TRUST_DIR: &str = "trust";
 pub const DEFAULT_VALID_DAYS: u32 = 365;
 
 /// At most this many versions are walked in one refresh.
-pub const MAX_CHAIN_STEPS: u64 = 1000;
+pub use precomp_proto::trust::MAX_CHAIN_STEPS;
 
 const DAY: i64 = 86_400;
 
@@ -77,6 +78,8 @@ pub enum TrustOpsError {
     MissingVersion { version: u64 },
     #[error("the mirror's trust document is {versions} versions ahead of this client's, more than the {MAX_CHAIN_STEPS} it walks at once")]
     TooFarBehind { versions: u64 },
+    #[error(transparent)]
+    Read(#[from] ReadError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrustOpsError + '_ {
@@ -126,12 +129,8 @@ impl TrustDir {
         let path = self.current_path();
         let bytes = match read_bounded(&path) {
             Ok(bytes) => bytes,
-            Err(TrustOpsError::Io { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
-                return Ok(None)
-            }
-            Err(e) => return Err(e),
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e.into()),
         };
         let document = SignedTrustDocument::decode(&bytes)
             .and_then(|signed| signed.verify_self())
@@ -525,9 +524,7 @@ pub fn default_cache_path(pinned: &ArtifactPublicKey) -> Option<PathBuf> {
 pub fn load_cache(path: &Path) -> Option<Held> {
     let bytes = match read_bounded(path) {
         Ok(bytes) => bytes,
-        Err(TrustOpsError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            return None
-        }
+        Err(e) if e.is_not_found() => return None,
         Err(e) => {
             tracing::warn!("ignoring the trust cache: {e}");
             return None;
@@ -573,83 +570,47 @@ pub async fn refresh(
             });
         }
     };
-    let held_ref = cached.as_ref().map(|h| (&h.document, h.bytes.as_slice()));
-    let (held, followed) = match accept(held_ref, pinned, &latest) {
-        Ok(Accepted::Same) => (cached.expect("Same needs a held document"), Vec::new()),
-        Ok(Accepted::Newer(document)) => {
-            let version = document.version;
-            (
-                Held {
-                    document,
-                    bytes: latest,
-                },
-                vec![version],
-            )
-        }
-        Err(TrustError::NotSignedByTrustedRoot { version, .. }) => {
-            walk(client, pinned, cached, version, &latest).await?
-        }
-        Err(e) => return Err(e.into()),
+    let held = cached.as_ref().map(|h| (&h.document, h.bytes.as_slice()));
+    let read = |version| async move {
+        let bytes = client.trust_document(Some(version)).await?;
+        Ok::<_, precomp_http::Error>(bytes.map(|b| b.to_vec()))
+    };
+    let followed = precomp_proto::trust::follow(held, pinned, latest, read)
+        .await
+        .map_err(|e| match e {
+            ChainError::Latest(e) | ChainError::Step { error: e, .. } => TrustOpsError::Trust(e),
+            ChainError::Missing { version } => TrustOpsError::MissingVersion { version },
+            ChainError::TooFar { start, target } if target >= start => {
+                TrustOpsError::TooFarBehind {
+                    versions: target - start + 1,
+                }
+            }
+            // A version 0: `accept` refuses older versions before it checks signatures.
+            ChainError::TooFar { target, .. } => TrustOpsError::Trust(TrustError::Invalid {
+                version: target,
+                message: "versions start at 1".into(),
+            }),
+            ChainError::WrongVersion { version, found } => {
+                TrustOpsError::Trust(TrustError::Invalid {
+                    version: found,
+                    message: format!("the mirror served it as version {version}"),
+                })
+            }
+            ChainError::Read(e) => TrustOpsError::Mirror(e.to_string()),
+        })?;
+    let held = match cached {
+        Some(held) if followed.versions.is_empty() => held,
+        _ => Held {
+            document: followed.document,
+            bytes: followed.bytes,
+        },
     };
     held.document.check_fresh(now)?;
     Ok(ClientTrust {
         held,
-        followed,
+        followed: followed.versions,
         offline: None,
     })
-}
-
-/// Follows the versions after the held one (or from 1) up to `target`, each verified with the
-/// roots of the one before; the last must be the mirror's current document.
-async fn walk(
-    client: &ArtifactClient,
-    pinned: &ArtifactPublicKey,
-    cached: Option<Held>,
-    target: u64,
-    latest: &[u8],
-) -> Result<(Held, Vec<u64>), TrustOpsError> {
-    let start = cached.as_ref().map_or(1, |h| h.document.version + 1);
-    if target < start {
-        // `accept` refuses older versions before it checks signatures; this is a version 0.
-        return Err(TrustError::Invalid {
-            version: target,
-            message: "versions start at 1".into(),
-        }
-        .into());
-    }
-    if target - start >= MAX_CHAIN_STEPS {
-        return Err(TrustOpsError::TooFarBehind {
-            versions: target - start + 1,
-        });
-    }
-    let mut current = cached;
-    let mut followed = Vec::new();
-    for version in start..=target {
-        let bytes = if version == target {
-            latest.to_vec()
-        } else {
-            client
-                .trust_document(Some(version))
-                .await
-                .map_err(|e| TrustOpsError::Mirror(e.to_string()))?
-                .ok_or(TrustOpsError::MissingVersion { version })?
-                .to_vec()
-        };
-        let held = current.as_ref().map(|h| (&h.document, h.bytes.as_slice()));
-        let Accepted::Newer(document) = accept(held, pinned, &bytes)? else {
-            unreachable!("each step is a higher version than the one held")
-        };
-        if document.version != version {
-            return Err(TrustError::Invalid {
-                version: document.version,
-                message: format!("the mirror served it as version {version}"),
-            }
-            .into());
-        }
-        followed.push(version);
-        current = Some(Held { document, bytes });
-    }
-    Ok((current.expect("at least one step"), followed))
 }
 
 /// Stores the verified document for the next run (temporary file, then rename).
@@ -661,17 +622,8 @@ pub fn store_cache(path: &Path, held: &Held) -> Result<(), TrustOpsError> {
 // Files and time
 // ---------------------------------------------------------------------------------------------
 
-fn read_bounded(path: &Path) -> Result<Vec<u8>, TrustOpsError> {
-    let meta = std::fs::metadata(path).map_err(io(path))?;
-    if meta.len() > MAX_TRUST_DOCUMENT_SIZE as u64 {
-        return Err(TrustOpsError::Document {
-            path: path.to_path_buf(),
-            source: TrustError::TooLarge {
-                size: meta.len() as usize,
-            },
-        });
-    }
-    std::fs::read(path).map_err(io(path))
+fn read_bounded(path: &Path) -> Result<Vec<u8>, ReadError> {
+    precomp_proto::file::read_bounded(path, MAX_TRUST_DOCUMENT_SIZE as u64)
 }
 
 /// Temporary file beside `path`, synced, renamed over it, directory synced.

@@ -10,14 +10,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use precomp_http::artifacts::{ArtifactClient, Uploaded};
+use precomp_http::Error as ClientError;
 use precomp_proto::buildkey::{
     BuildInputs, ClosureMember, CompileEnvEntry, Manager, PackageRef, Target,
 };
 use precomp_proto::manifest::{ArtifactSigningKey, Manifest, Output, Provenance, SignedManifest};
 use precomp_proto::term::Term;
-use precomp_registry::artifacts::{
-    ArtifactClient, ClientError, FailureReport, MissMember, MissReport, Uploaded, MAX_FAILURE_LOG,
-};
+use precomp_registry::artifacts::{FailureReport, MissMember, MissReport, MAX_FAILURE_LOG};
 use prost::Message;
 use reqwest::blocking::Client;
 use reqwest::header::HeaderMap;

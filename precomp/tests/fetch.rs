@@ -27,11 +27,11 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use precomp_http::artifacts::ArtifactClient;
 use precomp_proto::artifact;
 use precomp_proto::buildkey::{BuildInputs, BuildKey, ClosureMember, Target};
 use precomp_proto::lock::MixLock;
 use precomp_proto::manifest::{ArtifactSigningKey, Manifest, Provenance, SignedManifest};
-use precomp_registry::artifacts::ArtifactClient;
 use prost::Message;
 use sha2::{Digest, Sha256};
 

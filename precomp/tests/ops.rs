@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
+use precomp_http::artifacts::ArtifactClient;
 use precomp_proto::buildkey::{BuildInputs, BuildKey, ClosureMember, Manager, PackageRef, Target};
 use precomp_proto::manifest::{
     ArtifactSigningKey, Manifest, Output as BuildOutput, Provenance, SignedManifest,
 };
-use precomp_registry::artifacts::ArtifactClient;
 use prost::Message;
 use sha2::{Digest, Sha256};
 

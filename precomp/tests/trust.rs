@@ -22,11 +22,11 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use precomp_http::artifacts::ArtifactClient;
 use precomp_proto::buildkey::{BuildInputs, Manager, PackageRef, Target};
 use precomp_proto::lock::MixLock;
 use precomp_proto::manifest::{ArtifactSigningKey, Manifest, Provenance, SignedManifest};
 use precomp_proto::verdict::{manifest_digest, Verdict, MATCH, MISMATCH};
-use precomp_registry::artifacts::ArtifactClient;
 use prost::Message;
 use sha2::{Digest, Sha256};
 

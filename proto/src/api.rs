@@ -1,8 +1,62 @@
 //! The JSON bodies of the mirror's artifact API (`docs/protocol.md`, "Precompiled artifacts
-//! API"): one definition for the server and every client (builders, workers, auditors,
-//! `precomp fetch`).
+//! API"), and the bounds on what it carries: one definition for the server and every client
+//! (builders, workers, auditors, `precomp fetch`), so both sides agree on every limit.
 
 use serde::{Deserialize, Serialize};
+
+/// The API's path prefix.
+pub const API_PREFIX: &str = "/precomp/v1";
+
+/// Bound on an artifact tarball (uploads and downloads): 256 MiB.
+pub const MAX_ARTIFACT_SIZE: u64 = crate::artifact::MAX_ARTIFACT_SIZE;
+
+/// Bound on a signed manifest (`PUT`/`GET manifests/KEY`).
+pub const MAX_MANIFEST_SIZE: u64 = crate::manifest::MAX_SIGNED_MANIFEST_SIZE as u64;
+
+/// Bound on a signed trust document (`GET trust`, `GET trust/VERSION`).
+pub const MAX_TRUST_DOCUMENT_SIZE: u64 = crate::trust::MAX_TRUST_DOCUMENT_SIZE as u64;
+
+/// Bound on a failure's log, in bytes of UTF-8. Clients keep the end of a longer log.
+pub const MAX_FAILURE_LOG: usize = 1024 * 1024;
+
+/// Bound on a `POST failures` body: the log JSON-escaped (up to 6 bytes per byte) and the rest.
+pub const MAX_FAILURE_BODY: usize = 6 * MAX_FAILURE_LOG + 64 * 1024;
+
+/// Bound on a miss's `lock` text. Clients send the closure's entries, or the start of the
+/// whole lock cut to this.
+pub const MAX_MISS_LOCK: usize = 1024 * 1024;
+
+/// Bound on a `POST misses` body.
+pub const MAX_MISS_BODY: usize = 2 * MAX_MISS_LOCK + 64 * 1024;
+
+/// Bound on a miss's `reason`, in bytes (one line).
+pub const MAX_MISS_REASON: usize = 256;
+
+/// Bound on the closure members a miss lists.
+pub const MAX_MISS_MEMBERS: usize = 4096;
+
+/// Bound on the compile-env entries a miss carries for one package.
+pub const MAX_MISS_COMPILE_ENV: usize = 1024;
+
+/// At most this many open misses are listed, most reported first.
+pub const MAX_MISSES_LISTED: usize = 1000;
+
+/// ... and only as many as have locks adding up to this, so the list stays well under
+/// [`MAX_JSON_RESPONSE`].
+pub const MAX_MISSES_LOCK_BYTES: usize = 32 * 1024 * 1024;
+
+/// Bound on a `POST verdicts/KEY` body: a signed verdict.
+pub const MAX_VERDICT_BODY: usize = crate::verdict::MAX_SIGNED_VERDICT_SIZE;
+
+/// Bounds on a job lease's length (`POST jobs/lease`, `lease_seconds`).
+pub const MIN_LEASE_SECONDS: u64 = 2;
+pub const MAX_LEASE_SECONDS: u64 = 3600;
+
+/// Bound on the body of `POST jobs/lease` and `POST jobs/ID/heartbeat|release`.
+pub const MAX_JOB_BODY: usize = 16 * 1024;
+
+/// Bound on JSON answers a client reads (index, failures, misses, verdicts, jobs).
+pub const MAX_JSON_RESPONSE: u64 = 64 * 1024 * 1024;
 
 /// `GET /precomp/v1/index/PACKAGE`: every published build of a package.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -217,7 +271,7 @@ pub struct FailureReport {
     pub version: String,
     pub base_key: String,
     pub toolchain_id: String,
-    /// At most [`crate::artifacts::MAX_FAILURE_LOG`] bytes of UTF-8.
+    /// At most [`MAX_FAILURE_LOG`] bytes of UTF-8.
     pub log: String,
 }
 

@@ -552,6 +552,28 @@ pub fn list(bytes: &[u8]) -> Result<Vec<FileRecord>, ArtifactError> {
 /// directory `.NAME.unpack-*` renamed to `dest` once complete; on failure it is removed and
 /// `dest` does not appear.
 pub fn unpack(bytes: &[u8], dest: &Path) -> Result<Vec<FileRecord>, ArtifactError> {
+    unpack_then(bytes, dest, |_| Ok(()))
+}
+
+/// [`unpack`], and in the same pass every check [`check`] makes against a manifest's
+/// `output`: the files are compared as they were written, before `dest` appears, so an
+/// artifact that does not match its manifest never appears at `dest` (one decompression
+/// instead of two).
+pub fn unpack_checked(
+    bytes: &[u8],
+    dest: &Path,
+    output: &Output,
+) -> Result<Vec<FileRecord>, ArtifactError> {
+    unpack_then(bytes, dest, |walked| compare(bytes, walked, output))
+}
+
+/// Unpacks into a staging directory, runs `accept` on what was walked, then moves it to
+/// `dest`.
+fn unpack_then(
+    bytes: &[u8],
+    dest: &Path,
+    accept: impl FnOnce(&Walked) -> Result<(), ArtifactError>,
+) -> Result<Vec<FileRecord>, ArtifactError> {
     match fs::symlink_metadata(dest) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_error("inspect", dest)(e)),
@@ -579,6 +601,7 @@ pub fn unpack(bytes: &[u8], dest: &Path) -> Result<Vec<FileRecord>, ArtifactErro
             open: None,
         };
         let walked = walk(bytes, &mut sink)?;
+        accept(&walked)?;
         set_mode(&staging, 0o755).map_err(io_error("set permissions of", &staging))?;
         if fs::symlink_metadata(dest).is_ok() {
             return Err(ArtifactError::Destination {
@@ -601,6 +624,11 @@ pub fn unpack(bytes: &[u8], dest: &Path) -> Result<Vec<FileRecord>, ArtifactErro
 /// different artifact digest.
 pub fn check(bytes: &[u8], output: &Output) -> Result<(), ArtifactError> {
     let walked = walk(bytes, &mut ListOnly)?;
+    compare(bytes, &walked, output)
+}
+
+/// What [`check`] compares, once `bytes` were walked.
+fn compare(bytes: &[u8], walked: &Walked, output: &Output) -> Result<(), ArtifactError> {
     let mut expected: Vec<&FileRecord> = output.files.iter().collect();
     expected.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
     let mut actual = walked.files.iter().peekable();
@@ -760,9 +788,17 @@ impl Sink for DiskSink {
 
     fn file_end(&mut self) -> Result<(), ArtifactError> {
         if let Some((path, file, executable)) = self.open.take() {
-            drop(file);
             let mode = if executable { 0o755 } else { 0o644 };
-            set_mode(&path, mode).map_err(io_error("set permissions of", &path))?;
+            // On the open file (no second path lookup); exact whatever the umask.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                file.set_permissions(fs::Permissions::from_mode(mode))
+                    .map_err(io_error("set permissions of", &path))?;
+            }
+            #[cfg(not(unix))]
+            let _ = (mode, &path);
+            drop(file);
         }
         Ok(())
     }

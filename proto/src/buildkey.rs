@@ -163,15 +163,26 @@ pub enum Target {
 }
 
 impl Target {
-    /// Reads `any` or `ARCH-LIBC` (the key text's form; validated when a key is computed).
+    /// Reads `any` or `ARCH-LIBC` (the key text's form): the architecture lowercase letters,
+    /// digits and `_`, the C library the same and `-` (`x86_64-linux-gnu`), as a key needs
+    /// them. The one parser of targets: manifests, misses, `--target`.
     pub fn parse(text: &str) -> Option<Target> {
-        match text {
-            "any" => Some(Target::Any),
-            other => other.split_once('-').map(|(arch, libc)| Target::Native {
-                arch: arch.to_string(),
-                libc: libc.to_string(),
-            }),
+        if text == "any" {
+            return Some(Target::Any);
         }
+        let (arch, libc) = text.split_once('-')?;
+        let valid = |part: &str, extra: char| {
+            !part.is_empty() && part.chars().all(|c| is_lower_word(c) || c == extra)
+        };
+        (valid(arch, '_') && valid(libc, '-')).then(|| Target::Native {
+            arch: arch.to_string(),
+            libc: libc.to_string(),
+        })
+    }
+
+    /// [`Target::parse`] of a machine's target: `ARCH-LIBC`, never `any`.
+    pub fn parse_native(text: &str) -> Option<Target> {
+        Target::parse(text).filter(|target| *target != Target::Any)
     }
 
     /// The build-key target for an Erlang `system_architecture` such as `x86_64-pc-linux-gnu`:
@@ -199,19 +210,7 @@ impl Target {
             })
             .filter(|part| !part.is_empty())
             .collect();
-        let libc = libc.join("-");
-        let valid_arch = !arch.is_empty()
-            && arch
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-        let valid_libc = !libc.is_empty()
-            && libc
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
-        (valid_arch && valid_libc).then(|| Target::Native {
-            arch: arch.to_string(),
-            libc,
-        })
+        Target::parse_native(&format!("{arch}-{}", libc.join("-")))
     }
 
     /// The target of native code built on a Debian `architecture` (`amd64`, `arm64`, …): that

@@ -16,7 +16,9 @@
 //!   manifest.
 //! - [`config`]: a Mix project's compile-time config values, as `Application.compile_env`
 //!   reads them.
-//! - [`trust`]: the signed trust document: keys, roles, validity, revocations, rotations.
+//! - [`trust`]: the signed trust document: keys, roles, validity, revocations, rotations,
+//!   and the one walk along root rotations ([`trust::follow`]).
+//! - [`file`]: reading a file within a size bound.
 //!
 //! This crate sits at the bottom of the workspace: every other crate depends on it, it depends
 //! on none of them.
@@ -25,6 +27,7 @@ pub mod api;
 pub mod artifact;
 pub mod buildkey;
 pub mod config;
+pub mod file;
 pub mod lock;
 pub mod manifest;
 pub mod metadata;

@@ -550,6 +550,139 @@ pub fn accept(
     signed.verify(&trusted).map(Accepted::Newer)
 }
 
+/// At most this many versions are walked by one [`follow`].
+pub const MAX_CHAIN_STEPS: u64 = 1000;
+
+/// The document [`follow`] verified.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Followed {
+    pub document: TrustDocument,
+    /// Its exact signed bytes.
+    pub bytes: Vec<u8>,
+    /// The versions verified on the way, oldest first, the latest last; empty when the latest
+    /// is the document already held.
+    pub versions: Vec<u64>,
+}
+
+/// Why [`follow`] did not verify the latest document. `E` is the error of reading a version.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError<E> {
+    /// The latest document is refused as it is: a rollback, a fork, a bad signature, not
+    /// well formed.
+    #[error(transparent)]
+    Latest(TrustError),
+    /// The latest is not signed by a trusted root, and the versions from the held one to it
+    /// are too many to walk (or there are none).
+    #[error("trust document version {target} is not signed by a root key this client trusts and cannot be chained to one (versions {start} to {target}; at most {MAX_CHAIN_STEPS} are followed)")]
+    TooFar { start: u64, target: u64 },
+    /// A version after the first one of the chain is not there.
+    #[error("trust document version {version} is not available, so the chain of root rotations cannot be followed")]
+    Missing { version: u64 },
+    /// A version on the way (or the latest, `version` then being its version) failed.
+    #[error("{error}")]
+    Step { version: u64, error: TrustError },
+    /// What was read as version `version` is another version.
+    #[error("what was served as trust document version {version} is version {found}")]
+    WrongVersion { version: u64, found: u64 },
+    /// Reading a version failed.
+    #[error("{0}")]
+    Read(E),
+}
+
+/// Verifies `latest` (the current signed document, its bytes) as a client holding `held` (a
+/// verified document and its bytes, or nothing) and pinning `pinned` does ([`accept`]), and
+/// follows root rotations: when `latest` is not signed by a root the client trusts, the
+/// versions after the held one are read one by one with `read` (`None`: not there) and each
+/// verified with the roots of the one before, up to `latest`. Holding nothing, the chain
+/// starts at the first version the pinned root signed: it need not be version 1 (a root
+/// issued by a rotation may be pinned), so versions before it may be missing or signed by
+/// other roots. Expiry is not checked: check the result with [`TrustDocument::check_fresh`].
+///
+/// The one walk both sides use: a client following the mirror's document
+/// (`precomp_ops::trust::refresh`, versions over HTTP) and the mirror following its own
+/// (`TrustPolicy`, versions from `trust/history/`). Async so that either can read versions
+/// its way; the mirror's reads complete at once.
+pub async fn follow<E, F, Fut>(
+    held: Option<(&TrustDocument, &[u8])>,
+    pinned: &ArtifactPublicKey,
+    latest: Vec<u8>,
+    mut read: F,
+) -> Result<Followed, ChainError<E>>
+where
+    F: FnMut(u64) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<Vec<u8>>, E>>,
+{
+    let target = match accept(held, pinned, &latest) {
+        Ok(Accepted::Same) => {
+            let (document, _) = held.expect("only a held document is the same");
+            return Ok(Followed {
+                document: document.clone(),
+                bytes: latest,
+                versions: Vec::new(),
+            });
+        }
+        Ok(Accepted::Newer(document)) => {
+            let version = document.version;
+            return Ok(Followed {
+                document,
+                bytes: latest,
+                versions: vec![version],
+            });
+        }
+        Err(TrustError::NotSignedByTrustedRoot { version, .. }) => version,
+        Err(e) => return Err(ChainError::Latest(e)),
+    };
+    let start = held.map_or(1, |(document, _)| document.version + 1);
+    if target < start || target - start >= MAX_CHAIN_STEPS {
+        return Err(ChainError::TooFar { start, target });
+    }
+    let mut current: Option<(TrustDocument, Vec<u8>)> =
+        held.map(|(document, bytes)| (document.clone(), bytes.to_vec()));
+    let mut versions = Vec::new();
+    let mut latest = Some(latest);
+    for version in start..=target {
+        let bytes = if version == target {
+            latest.take().expect("the latest is used once")
+        } else {
+            match read(version).await.map_err(ChainError::Read)? {
+                Some(bytes) => bytes,
+                // Before the pinned root's first version, a missing one breaks no chain.
+                None if current.is_none() => continue,
+                None => return Err(ChainError::Missing { version }),
+            }
+        };
+        let pair = current.as_ref().map(|(d, b)| (d, b.as_slice()));
+        match accept(pair, pinned, &bytes) {
+            Ok(Accepted::Newer(document)) if document.version == version => {
+                versions.push(version);
+                current = Some((document, bytes));
+            }
+            Ok(Accepted::Newer(document)) => {
+                return Err(ChainError::WrongVersion {
+                    version,
+                    found: document.version,
+                })
+            }
+            Ok(Accepted::Same) => {
+                return Err(ChainError::WrongVersion {
+                    version,
+                    found: version - 1,
+                })
+            }
+            // Signed by an older root, and no chain started yet: not ours to follow.
+            Err(TrustError::NotSignedByTrustedRoot { .. })
+                if current.is_none() && version < target => {}
+            Err(error) => return Err(ChainError::Step { version, error }),
+        }
+    }
+    let (document, bytes) = current.expect("the latest version was verified or refused");
+    Ok(Followed {
+        document,
+        bytes,
+        versions,
+    })
+}
+
 /// `ed25519:` and 16 lowercase hex digits.
 pub fn valid_key_id(id: &str) -> bool {
     id.strip_prefix("ed25519:").is_some_and(|digits| {
@@ -707,6 +840,175 @@ mod tests {
         let mut changed = SignedTrustDocument::decode(&v1_bytes).unwrap();
         changed.document.push(0);
         assert!(accept(None, &pinned, &changed.encode_to_vec()).is_err());
+    }
+
+    /// Runs a future whose reads complete at once (the versions are in memory).
+    fn now<F: std::future::Future>(future: F) -> F::Output {
+        let mut future = std::pin::pin!(future);
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        match future.as_mut().poll(&mut context) {
+            std::task::Poll::Ready(output) => output,
+            std::task::Poll::Pending => panic!("the reads complete at once"),
+        }
+    }
+
+    #[test]
+    fn one_walk_follows_rotations_from_what_is_held_or_from_the_pinned_root() {
+        let roots: Vec<ArtifactSigningKey> =
+            (0..3).map(|_| ArtifactSigningKey::generate()).collect();
+        let builder = ArtifactSigningKey::generate();
+        let with_root = |version, root: &ArtifactSigningKey| {
+            document(
+                version,
+                vec![
+                    entry(root, &[Role::Root]),
+                    entry(&builder, &[Role::Builder]),
+                ],
+            )
+        };
+        // 1: root0. 2: rotated to root1 (both sign). 3: root1. 4: rotated to root2. 5: root2.
+        let versions: Vec<Vec<u8>> = vec![
+            bytes(&with_root(1, &roots[0]), &[&roots[0]]),
+            bytes(&with_root(2, &roots[1]), &[&roots[0], &roots[1]]),
+            bytes(&with_root(3, &roots[1]), &[&roots[1]]),
+            bytes(&with_root(4, &roots[2]), &[&roots[1], &roots[2]]),
+            bytes(&with_root(5, &roots[2]), &[&roots[2]]),
+        ];
+        let reads = std::cell::RefCell::new(Vec::new());
+        let read_from = |available: Vec<u64>| {
+            let versions = versions.clone();
+            let reads = &reads;
+            move |version: u64| {
+                reads.borrow_mut().push(version);
+                let found = available
+                    .contains(&version)
+                    .then(|| versions[version as usize - 1].clone());
+                std::future::ready(Ok::<_, String>(found))
+            }
+        };
+        let latest = versions[4].clone();
+        let all = vec![1, 2, 3, 4];
+
+        // Holding nothing, pinning the first root: every version, in order.
+        let followed = now(follow(
+            None,
+            &roots[0].public_key(),
+            latest.clone(),
+            read_from(all.clone()),
+        ))
+        .unwrap();
+        assert_eq!(followed.versions, vec![1, 2, 3, 4, 5]);
+        assert_eq!(followed.document, with_root(5, &roots[2]));
+        assert_eq!(followed.bytes, latest);
+        assert_eq!(*reads.borrow(), vec![1, 2, 3, 4]);
+
+        // Holding 3 (root1): 4 is read, 5 follows.
+        let held = with_root(3, &roots[1]);
+        reads.borrow_mut().clear();
+        let followed = now(follow(
+            Some((&held, &versions[2])),
+            &roots[0].public_key(),
+            latest.clone(),
+            read_from(all.clone()),
+        ))
+        .unwrap();
+        assert_eq!(followed.versions, vec![4, 5]);
+        assert_eq!(*reads.borrow(), vec![4]);
+
+        // Pinning root1, issued by a rotation: version 1 (root0's) is passed over, even missing.
+        let followed = now(follow(
+            None,
+            &roots[1].public_key(),
+            latest.clone(),
+            read_from(vec![2, 3, 4]),
+        ))
+        .unwrap();
+        assert_eq!(followed.versions, vec![2, 3, 4, 5]);
+
+        // Signed by a trusted root: no walk at all; the same bytes: nothing new.
+        reads.borrow_mut().clear();
+        let followed = now(follow(
+            None,
+            &roots[2].public_key(),
+            latest.clone(),
+            read_from(all.clone()),
+        ))
+        .unwrap();
+        assert_eq!(followed.versions, vec![5]);
+        assert!(reads.borrow().is_empty());
+        let v5 = with_root(5, &roots[2]);
+        let same = now(follow(
+            Some((&v5, &latest)),
+            &roots[0].public_key(),
+            latest.clone(),
+            read_from(vec![]),
+        ))
+        .unwrap();
+        assert!(same.versions.is_empty());
+
+        // A gap once the chain started, a stranger's root, a rollback, a read error.
+        assert!(matches!(
+            now(follow(
+                Some((&held, &versions[2])),
+                &roots[0].public_key(),
+                latest.clone(),
+                read_from(vec![])
+            )),
+            Err(ChainError::Missing { version: 4 })
+        ));
+        let stranger = ArtifactSigningKey::generate();
+        assert!(matches!(
+            now(follow(
+                None,
+                &stranger.public_key(),
+                latest.clone(),
+                read_from(all.clone())
+            )),
+            Err(ChainError::Step {
+                version: 5,
+                error: TrustError::NotSignedByTrustedRoot { .. }
+            })
+        ));
+        assert!(matches!(
+            now(follow(
+                Some((&v5, &latest)),
+                &roots[0].public_key(),
+                versions[2].clone(),
+                read_from(all.clone())
+            )),
+            Err(ChainError::Latest(TrustError::Rollback {
+                held: 5,
+                offered: 3
+            }))
+        ));
+        let failing = |_| std::future::ready(Err::<Option<Vec<u8>>, _>("mirror down"));
+        assert!(matches!(
+            now(follow(
+                Some((&held, &versions[2])),
+                &roots[0].public_key(),
+                latest.clone(),
+                failing
+            )),
+            Err(ChainError::Read("mirror down"))
+        ));
+        // Version 4 served where 2 was asked for.
+        let swapped = |version: u64| {
+            let bytes = if version == 2 {
+                versions[3].clone()
+            } else {
+                versions[version as usize - 1].clone()
+            };
+            std::future::ready(Ok::<_, String>(Some(bytes)))
+        };
+        assert!(matches!(
+            now(follow(
+                None,
+                &roots[0].public_key(),
+                latest.clone(),
+                swapped
+            )),
+            Err(ChainError::Step { version: 2, .. } | ChainError::WrongVersion { version: 2, .. })
+        ));
     }
 
     #[test]

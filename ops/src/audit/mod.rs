@@ -37,9 +37,10 @@ use precomp_builder::config::SandboxedConfig;
 use precomp_builder::run::{self, Status};
 use precomp_builder::sources::SourceCache;
 use precomp_builder::store::BuildStore;
+use precomp_http::artifacts::ArtifactClient;
+use precomp_proto::api::{AuditBuild, IndexBuild};
 use precomp_proto::manifest::{ArtifactSigningKey, Manifest, SignedManifest};
 use precomp_proto::verdict::{self, Verdict, MATCH, MISMATCH};
-use precomp_registry::artifacts::{ArtifactClient, AuditBuild, IndexBuild};
 use precomp_sandbox::toolchain::Toolchain;
 use precomp_sandbox::Sandbox;
 use prost::Message;
@@ -53,7 +54,7 @@ pub enum AuditError {
         source: std::io::Error,
     },
     #[error("{0}")]
-    Mirror(#[from] precomp_registry::artifacts::ClientError),
+    Mirror(#[from] precomp_http::Error),
     #[error("{0}")]
     Build(#[from] precomp_builder::BuildError),
     #[error("{0}")]
@@ -79,18 +80,14 @@ impl AuditError {
     /// fail the same way again.
     pub fn may_pass(&self) -> bool {
         use precomp_builder::BuildError;
-        use precomp_registry::artifacts::ClientError;
         match self {
             AuditError::Io { .. } | AuditError::Cancelled { .. } => true,
-            AuditError::Mirror(error) => match error {
-                ClientError::Connect { .. } | ClientError::Timeout { .. } => true,
-                ClientError::Status { status, .. } => *status >= 500,
-                _ => false,
-            },
+            AuditError::Mirror(error) => error.is_transient(),
             AuditError::Build(error) => matches!(
                 error,
                 BuildError::Io { .. }
                     | BuildError::Fetch { .. }
+                    | BuildError::Http(_)
                     | BuildError::Sandbox(_)
                     | BuildError::Store { .. }
                     | BuildError::Cancelled { .. }

@@ -8,9 +8,9 @@ use std::process::ExitCode;
 use anyhow::{bail, Context as _};
 use clap::Args;
 use precomp_builder::workdir::{self, WorkDir};
+use precomp_http::artifacts::ArtifactClient;
 use precomp_ops::audit::{self, AuditReport, Auditor, Candidate, Outcome, Selection};
 use precomp_proto::manifest::ArtifactSigningKey;
-use precomp_registry::artifacts::ArtifactClient;
 use precomp_sandbox::toolchain::Store;
 use precomp_sandbox::Sandbox;
 

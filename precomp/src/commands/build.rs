@@ -14,11 +14,12 @@ use precomp_builder::run::{self, CompileEnvSource, PackageResult, Progress, Stat
 use super::variants::{self, MissConfig};
 use precomp_builder::sources::SourceCache;
 use precomp_builder::store::BuildStore;
+use precomp_http::artifacts::ArtifactClient;
 use precomp_proto::buildkey::request_satisfied_by;
 use precomp_proto::lock::{LockEntry, MixLock};
 use precomp_proto::manifest::{ArtifactPublicKey, ArtifactSigningKey};
 use precomp_registry::artifacts::FailureReport;
-use precomp_registry::artifacts::{miss_request_text, miss_satisfied_by, ArtifactClient, Miss};
+use precomp_registry::artifacts::{miss_request_text, miss_satisfied_by, Miss};
 use precomp_sandbox::toolchain::{Store, Toolchain};
 use precomp_sandbox::Sandbox;
 

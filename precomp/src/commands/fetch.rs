@@ -465,7 +465,7 @@ fn trust_document(
         .map(std::path::Path::to_path_buf)
         .or_else(|| trust::default_cache_path(&pinned));
     let cached = cache.as_deref().and_then(trust::load_cache);
-    let client = precomp_registry::artifacts::ArtifactClient::with_timeout(
+    let client = precomp_http::artifacts::ArtifactClient::with_timeout(
         mirror,
         None,
         std::time::Duration::from_secs(60),

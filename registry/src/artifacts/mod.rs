@@ -26,7 +26,8 @@
 //!   `DATA/trust` (clients verify it against the root key they pin).
 //!
 //! Tokens are made with `precomp token create`; only their SHA-256 is stored ([`token`]).
-//! [`ArtifactClient`] speaks the API for `precomp build` and `precomp fetch`.
+//! Clients speak the API through `precomp_http::artifacts::ArtifactClient`; the bounds both
+//! sides enforce are `precomp_proto::api`'s.
 //!
 //! ## Who may upload what
 //!
@@ -55,7 +56,6 @@
 //! The index's `auditors` are the signers of a build that are effective auditor keys.
 
 use precomp_proto::api;
-mod client;
 mod store;
 pub mod token;
 pub mod trust_policy;
@@ -91,7 +91,6 @@ pub use api::{
     ChunkDifferenceJson, FileDifferenceJson, Packages, VerdictRecord, VerdictStored,
     VerdictSummary, Verdicts,
 };
-pub use client::{ArtifactClient, ClientError, Uploaded};
 pub use store::history::KeyManifest;
 pub use store::verdicts::files_json as verdict_files_json;
 pub use store::{
@@ -101,53 +100,13 @@ pub use store::{
 };
 pub use trust_policy::{EffectiveKeys, TrustPolicy};
 
-/// The API's path prefix.
-pub const API_PREFIX: &str = "/precomp/v1";
-
-/// Bound on an artifact tarball (uploads and downloads): proto's, 256 MiB.
-pub const MAX_ARTIFACT_SIZE: u64 = precomp_proto::artifact::MAX_ARTIFACT_SIZE;
-
-/// Bound on a failure's log, in bytes of UTF-8. [`ArtifactClient::record_failure`] keeps the
-/// end of a longer log.
-pub const MAX_FAILURE_LOG: usize = 1024 * 1024;
-
-/// Bound on a `POST failures` body: the log JSON-escaped (up to 6 bytes per byte) and the rest.
-pub const MAX_FAILURE_BODY: usize = 6 * MAX_FAILURE_LOG + 64 * 1024;
-
-/// Bound on a miss's `lock` text.
-pub const MAX_MISS_LOCK: usize = 1024 * 1024;
-
-/// Bound on a `POST misses` body.
-pub const MAX_MISS_BODY: usize = 2 * MAX_MISS_LOCK + 64 * 1024;
-
-/// Bound on a miss's `reason`.
-pub const MAX_MISS_REASON: usize = 256;
-
-/// Bound on the closure members a miss lists.
-pub const MAX_MISS_MEMBERS: usize = 4096;
-
-/// Bound on the compile-env entries a miss carries for one package.
-pub const MAX_MISS_COMPILE_ENV: usize = 1024;
-
-/// At most this many open misses are listed, most reported first.
-pub const MAX_MISSES_LISTED: usize = 1000;
-
-/// ... and only as many as have locks adding up to this, so the list stays well under
-/// [`MAX_JSON_RESPONSE`].
-pub const MAX_MISSES_LOCK_BYTES: usize = 32 * 1024 * 1024;
-
-/// Bound on a `POST verdicts/KEY` body: a signed verdict.
-pub const MAX_VERDICT_BODY: usize = precomp_proto::verdict::MAX_SIGNED_VERDICT_SIZE;
-
-/// Bounds on a job lease's length (`POST jobs/lease`, `lease_seconds`).
-pub const MIN_LEASE_SECONDS: u64 = 2;
-pub const MAX_LEASE_SECONDS: u64 = 3600;
-
-/// Bound on the body of `POST jobs/lease` and `POST jobs/ID/heartbeat|release`.
-pub const MAX_JOB_BODY: usize = 16 * 1024;
-
-/// Bound on JSON answers a client reads (index, failures, misses).
-pub const MAX_JSON_RESPONSE: u64 = 64 * 1024 * 1024;
+// The bounds the API carries: shared with every client (`precomp_proto::api`).
+pub use api::{
+    API_PREFIX, MAX_ARTIFACT_SIZE, MAX_FAILURE_BODY, MAX_FAILURE_LOG, MAX_JOB_BODY,
+    MAX_JSON_RESPONSE, MAX_LEASE_SECONDS, MAX_MISSES_LISTED, MAX_MISSES_LOCK_BYTES, MAX_MISS_BODY,
+    MAX_MISS_COMPILE_ENV, MAX_MISS_LOCK, MAX_MISS_MEMBERS, MAX_MISS_REASON, MAX_VERDICT_BODY,
+    MIN_LEASE_SECONDS,
+};
 
 /// Where the artifact store lives and which keys the mirror trusts for uploads, besides the
 /// trust document in `DATA/trust` ([`trust_policy`]).

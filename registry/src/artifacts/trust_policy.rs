@@ -33,14 +33,14 @@
 //! and how to fix it): the mirror never falls back to the configured keys alone. With
 //! `trust_root` set, a missing document refuses uploads too.
 
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use precomp_proto::file::ReadError;
 use precomp_proto::manifest::ArtifactPublicKey;
 use precomp_proto::trust::{
-    accept, Accepted, KeyStatus, Role, SignedTrustDocument, TrustDocument, TrustError,
+    ChainError, KeyStatus, Role, SignedTrustDocument, TrustDocument, TrustError,
     MAX_TRUST_DOCUMENT_SIZE,
 };
 use sha2::{Digest, Sha256};
@@ -49,7 +49,7 @@ use super::{Publisher, Refusal};
 pub(crate) use precomp_proto::time::{unix_now, utc};
 
 /// At most this many versions are followed from the pinned root to the current document.
-pub const MAX_TRUST_CHAIN_STEPS: u64 = 1000;
+pub use precomp_proto::trust::MAX_CHAIN_STEPS as MAX_TRUST_CHAIN_STEPS;
 
 /// Bound on the keys one refusal message names.
 const MAX_KEYS_NAMED: usize = 8;
@@ -150,7 +150,12 @@ impl TrustPolicy {
 
     fn load(&self, now: i64) -> Result<EffectiveKeys, Refusal> {
         let path = self.document_path();
-        let Some(bytes) = read_bounded(&path)? else {
+        let bytes = match read_bounded(&path) {
+            Ok(bytes) => Some(bytes),
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(refuse_read(&path, &e)),
+        };
+        let Some(bytes) = bytes else {
             if let Some(root) = &self.root {
                 return Err(Refusal::new(
                     UNUSABLE,
@@ -215,9 +220,11 @@ impl TrustPolicy {
         Ok(document)
     }
 
-    /// Verifies `bytes` as a client pinning `root` and holding `held` does: signed by a root
-    /// the held version trusts (`root` when nothing is held), newer than it; across root
-    /// rotations the versions in between are read from `history/` and verified one by one.
+    /// Verifies `bytes` as a client pinning `root` and holding `held` does
+    /// ([`precomp_proto::trust::follow`], the walk clients use too): signed by a root the held
+    /// version trusts (`root` when nothing is held), newer than it; across root rotations the
+    /// versions in between are read from `history/` and verified one by one. Holding nothing,
+    /// the chain starts at the first version the pinned root signed.
     fn follow(
         &self,
         path: &Path,
@@ -226,37 +233,37 @@ impl TrustPolicy {
         bytes: &[u8],
     ) -> Result<TrustDocument, Refusal> {
         let pair = held.map(|h| (h.document.as_ref(), h.bytes.as_slice()));
-        match accept(pair, root, bytes) {
-            Ok(Accepted::Newer(document)) => Ok(document),
-            // Same bytes as the held ones: `verify` answered from its cache before.
-            Ok(Accepted::Same) => match held {
-                Some(held) => Ok(held.document.as_ref().clone()),
-                None => Err(Refusal::internal(
-                    "trust document accepted as the same as none",
-                )),
-            },
-            Err(TrustError::NotSignedByTrustedRoot { version, .. }) => {
-                self.walk(path, root, held, version, bytes)
+        let history = |version: u64| self.dir.join("history").join(format!("{version}.doc"));
+        let read = |version| {
+            let path = history(version);
+            std::future::ready(match read_bounded(&path) {
+                Ok(bytes) => Ok(Some(bytes)),
+                Err(e) if e.is_not_found() => Ok(None),
+                Err(e) => Err(refuse_read(&path, &e)),
+            })
+        };
+        // The reads are local and complete at once: the future is ready when first polled.
+        let followed = futures::executor::block_on(precomp_proto::trust::follow(
+            pair,
+            root,
+            bytes.to_vec(),
+            read,
+        ));
+        // The current document's version (it was decoded to get this far).
+        let target = SignedTrustDocument::decode(bytes)
+            .and_then(|s| s.unverified_document())
+            .map_or(0, |d| d.version);
+        followed.map(|f| f.document).map_err(|e| match e {
+            ChainError::Latest(e) => unusable(path, &e),
+            ChainError::Step { version, error } => {
+                let at = if version == target {
+                    path.to_path_buf()
+                } else {
+                    history(version)
+                };
+                unusable(&at, &error)
             }
-            Err(e) => Err(unusable(path, &e)),
-        }
-    }
-
-    /// Follows the versions after `held` (or from 1) up to `target`, each verified with the
-    /// roots of the one before; the last is `latest`, the current document. Holding nothing,
-    /// the chain starts at the first version the pinned root signed (it need not be version 1:
-    /// the operator may pin a root issued by a rotation).
-    fn walk(
-        &self,
-        path: &Path,
-        root: &ArtifactPublicKey,
-        held: Option<&Verified>,
-        target: u64,
-        latest: &[u8],
-    ) -> Result<TrustDocument, Refusal> {
-        let start = held.map_or(1, |h| h.document.version + 1);
-        if target < start || target - start >= MAX_TRUST_CHAIN_STEPS {
-            return Err(Refusal::new(
+            ChainError::TooFar { start, target } => Refusal::new(
                 UNUSABLE,
                 format!(
                     "uploads are refused until the mirror's trust document can be used: {}: \
@@ -268,65 +275,30 @@ impl TrustPolicy {
                     path.display(),
                     root.key_id()
                 ),
-            ));
-        }
-        let mut current: Option<(TrustDocument, Vec<u8>)> =
-            held.map(|h| (h.document.as_ref().clone(), h.bytes.clone()));
-        for version in start..=target {
-            let history = self.dir.join("history").join(format!("{version}.doc"));
-            let bytes = if version == target {
-                latest.to_vec()
-            } else if current.is_none() {
-                // Before the pinned root's first version, a missing file breaks no chain.
-                match read_bounded(&history)? {
-                    Some(bytes) => bytes,
-                    None => continue,
-                }
-            } else {
-                read_bounded(&history)?.ok_or_else(|| {
-                    Refusal::new(
-                        UNUSABLE,
-                        format!(
-                            "uploads are refused until the mirror's trust document can be used: \
-                             {}: root check failed: version {target} is not signed by the \
-                             pinned trust_root {}, and {} is missing, so the chain of root \
-                             rotations from it cannot be followed. Restore the trust \
-                             directory's history (a backup, or where the document was issued), \
-                             or set trust_root to the current root's public key",
-                            path.display(),
-                            root.key_id(),
-                            history.display()
-                        ),
-                    )
-                })?
-            };
-            let pair = current.as_ref().map(|(d, b)| (d, b.as_slice()));
-            match accept(pair, root, &bytes) {
-                Ok(Accepted::Newer(document)) if document.version == version => {
-                    current = Some((document, bytes));
-                }
-                // Not signed by the pinned root, and no chain started yet: an older root's.
-                Err(TrustError::NotSignedByTrustedRoot { .. })
-                    if current.is_none() && version < target => {}
-                Ok(_) => {
-                    return Err(Refusal::new(
-                        UNUSABLE,
-                        format!(
-                            "uploads are refused until the mirror's trust document can be used: \
-                             {} is not trust document version {version}; restore the trust \
-                             directory from a backup",
-                            history.display()
-                        ),
-                    ))
-                }
-                Err(e) => {
-                    let at = if version == target { path } else { &history };
-                    return Err(unusable(at, &e));
-                }
-            }
-        }
-        current.map(|(document, _)| document).ok_or_else(|| {
-            Refusal::internal("following the trust document's chain verified no version")
+            ),
+            ChainError::Missing { version } => Refusal::new(
+                UNUSABLE,
+                format!(
+                    "uploads are refused until the mirror's trust document can be used: {}: \
+                     root check failed: version {target} is not signed by the pinned \
+                     trust_root {}, and {} is missing, so the chain of root rotations from it \
+                     cannot be followed. Restore the trust directory's history (a backup, or where the \
+                     document was issued), or set trust_root to the current root's public key",
+                    path.display(),
+                    root.key_id(),
+                    history(version).display()
+                ),
+            ),
+            ChainError::WrongVersion { version, .. } => Refusal::new(
+                UNUSABLE,
+                format!(
+                    "uploads are refused until the mirror's trust document can be used: {} is \
+                     not trust document version {version}; restore the trust directory from a \
+                     backup",
+                    history(version).display()
+                ),
+            ),
+            ChainError::Read(refusal) => refusal,
         })
     }
 }
@@ -807,34 +779,29 @@ fn unusable(path: &Path, error: &TrustError) -> Refusal {
     )
 }
 
-/// The file at `path`, at most [`MAX_TRUST_DOCUMENT_SIZE`] bytes; `None` if there is none.
-fn read_bounded(path: &Path) -> Result<Option<Vec<u8>>, Refusal> {
-    let refuse = |what: String| {
-        Refusal::new(
+/// The file at `path`, at most [`MAX_TRUST_DOCUMENT_SIZE`] bytes.
+fn read_bounded(path: &Path) -> Result<Vec<u8>, ReadError> {
+    precomp_proto::file::read_bounded(path, MAX_TRUST_DOCUMENT_SIZE as u64)
+}
+
+/// A trust file that is there but cannot be read (permissions, or over the size bound).
+fn refuse_read(path: &Path, error: &ReadError) -> Refusal {
+    match error {
+        ReadError::TooLarge { size, .. } => unusable(
+            path,
+            &TrustError::TooLarge {
+                size: *size as usize,
+            },
+        ),
+        ReadError::Io { source, .. } => Refusal::new(
             UNUSABLE,
             format!(
-                "uploads are refused until the mirror's trust document can be used: {}: {what}",
+                "uploads are refused until the mirror's trust document can be used: {}: cannot \
+                 be read ({source}): the mirror's user must be able to read the trust directory",
                 path.display()
             ),
-        )
-    };
-    let file = match std::fs::File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(refuse(format!(
-                "cannot be read ({e}): the mirror's user must be able to read the trust directory"
-            )))
-        }
-    };
-    let mut bytes = Vec::new();
-    file.take(MAX_TRUST_DOCUMENT_SIZE as u64 + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| refuse(format!("cannot be read ({e})")))?;
-    if bytes.len() > MAX_TRUST_DOCUMENT_SIZE {
-        return Err(unusable(path, &TrustError::TooLarge { size: bytes.len() }));
+        ),
     }
-    Ok(Some(bytes))
 }
 
 /// Key ids for a message: at most [`MAX_KEYS_NAMED`], then how many more.

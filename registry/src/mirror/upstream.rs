@@ -1,11 +1,13 @@
-//! The upstream Hex repository, over HTTP(S): conditional GETs with bounded bodies and a
-//! timeout on every request. A `file:///DIR` upstream reads a repository directory (as
-//! `precomp repo build` writes one) instead: for air-gapped mirrors, and verified exactly
-//! like a remote one.
+//! The upstream Hex repository, over HTTP(S) with precomp's one HTTP client
+//! (`precomp_http`): conditional GETs with bounded bodies, transient failures retried with
+//! backoff, and one deadline for each request as a whole, its retries included. A
+//! `file:///DIR` upstream reads a repository directory (as `precomp repo build` writes one)
+//! instead: for air-gapped mirrors, and verified exactly like a remote one.
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use precomp_http::{Client, Request, Settings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -17,6 +19,8 @@ pub enum UpstreamError {
     Status { url: String, status: u16 },
     #[error("upstream {url}: body is over the limit of {limit} bytes")]
     TooLarge { url: String, limit: u64 },
+    #[error("upstream: {0}")]
+    Http(precomp_http::Error),
 }
 
 /// What upstream answered.
@@ -28,23 +32,25 @@ pub enum Fetched {
 }
 
 pub struct Upstream {
-    client: reqwest::Client,
+    client: Client,
     base: String,
     timeout: Duration,
 }
 
 impl Upstream {
+    /// `timeout` bounds each request as a whole, retries included ([`Upstream::get_until`]).
     pub fn new(base: &str, timeout: Duration) -> Result<Upstream, UpstreamError> {
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("precomp/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            // Registry files are gzip bodies, not a transfer encoding: take bytes as sent.
-            .no_gzip()
-            .build()
-            .map_err(|e| UpstreamError::Request {
-                url: base.to_string(),
-                reason: e.to_string(),
-            })?;
+        let client = Client::new(Settings {
+            server: "upstream",
+            connect_timeout: timeout.min(Duration::from_secs(10)),
+            read_timeout: timeout.min(Duration::from_secs(60)),
+            timeout,
+            ..Settings::default()
+        })
+        .map_err(|e| UpstreamError::Request {
+            url: base.to_string(),
+            reason: e.to_string(),
+        })?;
         Ok(Upstream {
             client,
             base: base.trim_end_matches('/').to_string(),
@@ -57,7 +63,8 @@ impl Upstream {
     }
 
     /// GETs `path`, sending `If-None-Match` when `etag` is given, reading at most `limit`
-    /// bytes of body. The whole exchange, body included, is bounded by the timeout.
+    /// bytes of body. The whole exchange, retries and body included, is bounded by the
+    /// timeout.
     pub async fn get(
         &self,
         path: &str,
@@ -70,6 +77,8 @@ impl Upstream {
 
     /// [`Upstream::get`], bounded by `deadline` instead of a timeout from now: for a request
     /// that makes several exchanges within one timeout (a tarball and its package record).
+    /// Transient failures (no connection, 429, 5xx, a body cut short) are retried while the
+    /// deadline allows.
     pub async fn get_until(
         &self,
         path: &str,
@@ -81,68 +90,33 @@ impl Upstream {
         if let Some(dir) = self.base.strip_prefix("file://") {
             return read_file(&url, &std::path::Path::new(dir).join(path), limit).await;
         }
-        match tokio::time::timeout_at(deadline, self.exchange(&url, etag, limit)).await {
-            Ok(result) => result,
-            Err(_) => Err(UpstreamError::Timeout {
+        let request = Request::get(url.clone(), limit)
+            .if_none_match(etag)
+            .deadline(deadline);
+        match self.client.fetch(&request).await {
+            Ok((head, _)) if head.status == 304 => Ok(Fetched::NotModified { etag: head.etag }),
+            Ok((head, bytes)) if head.status == 200 => Ok(Fetched::Body {
+                bytes,
+                etag: head.etag,
+            }),
+            Ok((head, _)) => Err(UpstreamError::Status {
+                url,
+                status: head.status,
+            }),
+            // hex.pm answers 403 for objects that do not exist (S3); clients treat both alike.
+            Err(e) if matches!(e.status(), Some(403 | 404)) => Ok(Fetched::NotFound),
+            Err(precomp_http::Error::Timeout { .. }) => Err(UpstreamError::Timeout {
                 url,
                 timeout: self.timeout,
             }),
-        }
-    }
-
-    async fn exchange(
-        &self,
-        url: &str,
-        etag: Option<&str>,
-        limit: u64,
-    ) -> Result<Fetched, UpstreamError> {
-        let request_error = |e: reqwest::Error| UpstreamError::Request {
-            url: url.to_string(),
-            reason: e.to_string(),
-        };
-        let mut request = self.client.get(url);
-        if let Some(etag) = etag {
-            request = request.header(reqwest::header::IF_NONE_MATCH, etag);
-        }
-        let mut response = request.send().await.map_err(request_error)?;
-        let status = response.status();
-        let etag = response
-            .headers()
-            .get(reqwest::header::ETAG)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        match status.as_u16() {
-            200 => {}
-            304 => return Ok(Fetched::NotModified { etag }),
-            // hex.pm answers 403 for objects that do not exist (S3); clients treat both alike.
-            403 | 404 => return Ok(Fetched::NotFound),
-            code => {
-                return Err(UpstreamError::Status {
-                    url: url.to_string(),
-                    status: code,
-                })
+            Err(precomp_http::Error::TooLarge { limit, .. }) => {
+                Err(UpstreamError::TooLarge { url, limit })
             }
+            Err(e) => match e.status() {
+                Some(status) => Err(UpstreamError::Status { url, status }),
+                None => Err(UpstreamError::Http(e)),
+            },
         }
-        if response.content_length().is_some_and(|len| len > limit) {
-            return Err(UpstreamError::TooLarge {
-                url: url.to_string(),
-                limit,
-            });
-        }
-        let mut body = BytesMut::new();
-        while let Some(chunk) = response.chunk().await.map_err(request_error)? {
-            if body.len() as u64 + chunk.len() as u64 > limit {
-                return Err(UpstreamError::TooLarge {
-                    url: url.to_string(),
-                    limit,
-                });
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(Fetched::Body {
-            bytes: body.freeze(),
-            etag,
-        })
     }
 }
 
