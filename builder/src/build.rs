@@ -17,6 +17,7 @@ use precomp_sandbox::toolchain::Toolchain;
 use precomp_sandbox::{Cancel, Sandbox, Spec, Status};
 
 use crate::error::{io, BuildError, Result};
+use crate::managers::Managers;
 use crate::project::{self, ProjectDep, PROJECT_APP};
 use crate::sources::{self, SourceCache};
 
@@ -72,10 +73,12 @@ pub enum BuildOutcome {
     },
 }
 
-/// Builds `app` of `lock` with its closure's artifacts already built.
+/// Builds `app` of `lock` with its closure's artifacts already built, each package declared
+/// with its manager in `managers` (`managers::for_lock`).
 pub fn build_package(
     context: &BuildContext<'_>,
     lock: &MixLock,
+    managers: &Managers,
     app: &str,
     dependencies: &[DependencyArtifact],
 ) -> Result<BuildOutcome> {
@@ -99,7 +102,7 @@ pub fn build_package(
     let members: Vec<(String, PackageRef)> = std::iter::once((app.to_string(), package.clone()))
         .chain(closure.iter().map(|(a, p)| (a.clone(), p.clone())))
         .collect();
-    lay_out(context, lock, &members, work.path())?;
+    lay_out(context, lock, managers, &members, work.path())?;
     let laid_out = started.elapsed();
 
     // The closure's artifacts, installed the way precomp fetch installs them.
@@ -237,10 +240,12 @@ fn finish(
 }
 
 /// Writes the generated project for `members` (app, release) into `dir`: each release's
-/// sources unpacked at `deps/<app>`, `mix.exs` and `config/`.
+/// sources unpacked at `deps/<app>`, `mix.exs` (each member with its manager in `managers`)
+/// and `config/`.
 pub fn lay_out(
     context: &BuildContext<'_>,
     lock: &MixLock,
+    managers: &Managers,
     members: &[(String, PackageRef)],
     dir: &Path,
 ) -> Result<()> {
@@ -251,7 +256,11 @@ pub fn lay_out(
         let tarball = context.sources.tarball(package)?;
         sources::unpack(package, &tarball, &deps_dir.join(member))?;
         match lock.entries.get(member) {
-            Some(LockEntry::Hex(entry)) => project_deps.push(ProjectDep { app: member, entry }),
+            Some(LockEntry::Hex(entry)) => project_deps.push(ProjectDep {
+                app: member,
+                entry,
+                manager: managers.get(member).copied(),
+            }),
             _ => {
                 return Err(BuildError::Invalid(format!(
                     "{member} is not a Hex package of the lock"

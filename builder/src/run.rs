@@ -14,6 +14,7 @@ use precomp_proto::manifest::ArtifactPublicKey;
 
 use crate::build::{build_package, native_target, BuildContext, BuildOutcome, DependencyArtifact};
 use crate::error::{io, BuildError, Result};
+use crate::managers::Managers;
 use crate::store::{BuildStore, StoredBuild};
 
 /// How one package ended.
@@ -89,11 +90,13 @@ pub struct Reuse<'a> {
     pub compile_env: &'a dyn CompileEnvSource,
 }
 
-/// Builds `apps` of `lock` and everything they depend on, reusing stored builds.
+/// Builds `apps` of `lock` and everything they depend on, reusing stored builds; each package
+/// with its manager in `managers` (`managers::for_lock`: the one the consumer's Mix uses).
 pub fn build_lock(
     context: &BuildContext<'_>,
     reuse: &Reuse<'_>,
     lock: &MixLock,
+    managers: &Managers,
     apps: &[String],
     jobs: usize,
     progress: &dyn Progress,
@@ -219,7 +222,7 @@ pub fn build_lock(
         };
         let node = &nodes[i];
         progress.started(&node.app);
-        let result = build_node(context, reuse, lock, node, &dependencies);
+        let result = build_node(context, reuse, lock, managers, node, &dependencies);
         let mut guard = states.lock().unwrap();
         match result {
             Ok(result) => {
@@ -279,10 +282,11 @@ fn build_node(
     context: &BuildContext<'_>,
     reuse: &Reuse<'_>,
     lock: &MixLock,
+    managers: &Managers,
     node: &Node,
     dependencies: &[StoredBuild],
 ) -> Result<PackageResult> {
-    match build_or_reuse(context, reuse, lock, node, dependencies) {
+    match build_or_reuse(context, reuse, lock, managers, node, dependencies) {
         // Cancelled while evaluating the config for reuse.
         Err(BuildError::Cancelled { reason }) => Ok(PackageResult {
             app: node.app.clone(),
@@ -298,6 +302,7 @@ fn build_or_reuse(
     context: &BuildContext<'_>,
     reuse: &Reuse<'_>,
     lock: &MixLock,
+    managers: &Managers,
     node: &Node,
     dependencies: &[StoredBuild],
 ) -> Result<PackageResult> {
@@ -322,7 +327,7 @@ fn build_or_reuse(
         })
         .collect::<Result<Vec<_>>>()?;
     let started = Instant::now();
-    match build_package(context, lock, &node.app, &artifacts)? {
+    match build_package(context, lock, managers, &node.app, &artifacts)? {
         BuildOutcome::Built(built) => {
             let before_store = started.elapsed();
             let stored = reuse.store.put(&built)?;

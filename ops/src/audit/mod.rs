@@ -495,10 +495,14 @@ impl Auditor<'_> {
             trusted: &trusted,
             compile_env: &compile_env,
         };
+        // The manifest's closure, with the package as the lock's root.
+        let managers =
+            precomp_builder::managers::for_lock(sources, &lock, None, &self.toolchain.elixir)?;
         let results = run::build_lock(
             &context,
             &reuse,
             &lock,
+            &managers,
             std::slice::from_ref(&app),
             jobs,
             &(),

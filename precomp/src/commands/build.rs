@@ -9,10 +9,12 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 use precomp_builder::build::BuildContext;
 use precomp_builder::config::SandboxedConfig;
+use precomp_builder::managers::{self, Managers};
 use precomp_builder::run::{self, PackageResult, Progress, Status};
 use precomp_builder::sources::SourceCache;
 use precomp_builder::store::BuildStore;
 use precomp_proto::lock::{LockEntry, MixLock};
+use precomp_proto::manager::TopLevelDep;
 use precomp_proto::manifest::{ArtifactPublicKey, ArtifactSigningKey};
 use precomp_registry::artifacts::ArtifactClient;
 use precomp_registry::artifacts::FailureReport;
@@ -67,6 +69,12 @@ pub struct BuildArgs {
     /// The env the config is evaluated for (the consumer's MIX_ENV).
     #[arg(long, default_value = "prod")]
     config_env: String,
+    /// A dependency the consumer's mix.exs declares (repeatable) [default: the lock's roots].
+    /// Mix picks a package's manager (mix, rebar3, make) from where it meets it: a make-only
+    /// package reached through a rebar3 dependency is built with rebar3, unless the project
+    /// declares it itself (docs/builder.md "Which manager").
+    #[arg(long = "top-level", value_name = "APP", conflicts_with = "missing")]
+    top_level: Vec<String>,
     /// Copy each artifact and manifest to DIR as NAME-VERSION-KEY12.tar.gz / .manifest.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -146,8 +154,10 @@ pub fn run(context: &Context, args: BuildArgs) -> anyhow::Result<ExitCode> {
         keep_work: args.keep_work,
         cancel: precomp_builder::Cancel::new(),
     };
+    let top_level: Option<Vec<TopLevelDep>> =
+        (!args.top_level.is_empty()).then(|| args.top_level.iter().map(TopLevelDep::new).collect());
     if let Some(dir) = &args.prepare {
-        return prepare(&build_context, &work_list, dir);
+        return prepare(&build_context, &work_list, top_level.as_deref(), dir);
     }
     let config = SandboxedConfig::new(&build_context);
     let jobs = args
@@ -171,10 +181,12 @@ pub fn run(context: &Context, args: BuildArgs) -> anyhow::Result<ExitCode> {
             (Some(client), true) => Some((&runtime, client)),
             _ => None,
         };
+        let managers = lock_managers(&build_context, lock, top_level.as_deref())?;
         let results = build_and_publish(
             &build_context,
             &reuse,
             lock,
+            &managers,
             apps,
             jobs,
             &reporter,
@@ -265,12 +277,13 @@ pub(crate) fn build_and_publish(
     build_context: &BuildContext<'_>,
     reuse: &run::Reuse<'_>,
     lock: &MixLock,
+    managers: &Managers,
     apps: &[String],
     jobs: usize,
     progress: &dyn Progress,
     publish_to: Option<(&tokio::runtime::Runtime, &ArtifactClient)>,
 ) -> anyhow::Result<Vec<(PackageResult, Option<anyhow::Result<()>>)>> {
-    let results = run::build_lock(build_context, reuse, lock, apps, jobs, progress)?;
+    let results = run::build_lock(build_context, reuse, lock, managers, apps, jobs, progress)?;
     Ok(results
         .into_iter()
         .map(|result| {
@@ -282,10 +295,27 @@ pub(crate) fn build_and_publish(
         .collect())
 }
 
+/// The manager of each package of `lock`: the one the consumer's Mix uses, with `top_level`
+/// its declared deps (`None`: the lock's roots).
+pub(crate) fn lock_managers(
+    context: &BuildContext<'_>,
+    lock: &MixLock,
+    top_level: Option<&[TopLevelDep]>,
+) -> anyhow::Result<Managers> {
+    for dep in top_level.unwrap_or_default() {
+        if !lock.entries.contains_key(&dep.app) {
+            bail!("--top-level {}: the lock has no such dependency", dep.app);
+        }
+    }
+    managers::for_lock(context.sources, lock, top_level, &context.toolchain.elixir)
+        .context("deciding each package's manager")
+}
+
 /// `--prepare`: the generated project of every package to build and its closure.
 fn prepare(
     context: &BuildContext<'_>,
     work_list: &[(MixLock, Vec<String>)],
+    top_level: Option<&[TopLevelDep]>,
     dir: &Path,
 ) -> anyhow::Result<ExitCode> {
     let [(lock, apps)] = work_list else {
@@ -302,7 +332,8 @@ fn prepare(
     }
     let members: Vec<_> = members.into_iter().collect();
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    precomp_builder::build::lay_out(context, lock, &members, dir)?;
+    let managers = lock_managers(context, lock, top_level)?;
+    precomp_builder::build::lay_out(context, lock, &managers, &members, dir)?;
     eprintln!(
         "wrote the project of {} packages to {}",
         members.len(),

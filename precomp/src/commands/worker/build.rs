@@ -14,7 +14,7 @@ use precomp_proto::lock::MixLock;
 use precomp_registry::artifacts::{FailureReport, Lease, LeaseRequest};
 
 use super::super::build::{
-    app_for, build_and_publish, json_line, trusted_keys, work_root, Reporter,
+    app_for, build_and_publish, json_line, lock_managers, trusted_keys, work_root, Reporter,
 };
 use super::{lease_loop, Common, Heartbeat, Jobs};
 
@@ -92,10 +92,14 @@ impl Jobs for BuildJobs<'_> {
             cancel,
             ..self.build_context.clone()
         };
+        // The lock reported with a miss is the package's closure: its manager is decided
+        // with the package as the top-level dep.
+        let managers = lock_managers(&context, &lock, None)?;
         let built = build_and_publish(
             &context,
             self.reuse,
             &lock,
+            &managers,
             std::slice::from_ref(&app),
             self.common.jobs,
             &Reporter { json: args.json },
