@@ -24,9 +24,8 @@ use crate::sources::SourceCache;
 pub type Managers = BTreeMap<String, Manager>;
 
 /// The managers of every Hex package of `lock` in a project that declares `top_level`, on
-/// Elixir `elixir` (`None`: the lock's roots). Packages Mix would not reach from `top_level`
-/// get the manager they have declared at the top level. Release tarballs are fetched only for
-/// packages whose files decide (lock entries that name neither mix nor rebar3).
+/// Elixir `elixir` (`None`: the lock's roots). Release tarballs are fetched only for packages
+/// whose files decide (lock entries that name neither mix nor rebar3).
 pub fn for_lock(
     sources: &SourceCache,
     lock: &MixLock,
@@ -41,31 +40,12 @@ pub fn for_lock(
             &roots
         }
     };
-    let mut inferred: BTreeMap<String, Option<Manager>> = BTreeMap::new();
-    let mut infer = |app: &str| -> Result<Option<Manager>> {
-        if let Some(known) = inferred.get(app) {
-            return Ok(*known);
-        }
-        let found = infer_from_tarball(sources, lock, app)?;
-        inferred.insert(app.to_string(), found);
-        Ok(found)
-    };
-    let reached =
-        manager::mix_managers(lock, top_level, Converger::for_elixir(elixir), &mut infer)?;
-    let mut managers = Managers::new();
-    for (app, entry) in lock.hex() {
-        let chosen = match reached.get(app) {
-            Some(chosen) => *chosen,
-            None => match Manager::from_build_tools(&entry.managers) {
-                Some(manager) => Some(manager),
-                None => infer(app)?,
-            },
-        };
-        if let Some(manager) = chosen {
-            managers.insert(app.to_string(), manager);
-        }
-    }
-    Ok(managers)
+    let infer = |app: &str| infer_from_tarball(sources, lock, app);
+    let managers = manager::mix_managers(lock, top_level, Converger::for_elixir(elixir), infer)?;
+    Ok(managers
+        .into_iter()
+        .filter_map(|(app, manager)| Some((app, manager?)))
+        .collect())
 }
 
 /// `infer_manager/1` on the files at the root of the release's contents (what `mix deps.get`

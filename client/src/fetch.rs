@@ -22,6 +22,7 @@ use precomp_proto::artifact;
 use precomp_proto::buildkey::{BuildInputs, CompileEnvEntry, PackageRef, Target};
 use precomp_proto::config::AppConfig;
 use precomp_proto::lock::{LockEntry, MixLock};
+use precomp_proto::manager::Manager;
 use precomp_proto::manifest::{Manifest, SignedManifest};
 use precomp_proto::term::{parse_erlang_terms, to_erlang_text, Term};
 
@@ -342,6 +343,8 @@ pub fn human_bytes(bytes: u64) -> String {
 struct Run {
     project: Project,
     lock: MixLock,
+    /// The manager Mix uses for each dependency in this project ([`Project::mix_managers`]).
+    managers: BTreeMap<String, Option<Manager>>,
     policy: TrustPolicy,
     client: MirrorClient,
     native: Option<Target>,
@@ -427,9 +430,11 @@ pub async fn fetch(
     }
 
     let (wanted, skipped) = plan(&project, &lock);
+    let managers = project.mix_managers(&lock);
     let run = Arc::new(Run {
         project,
         lock,
+        managers,
         policy: options.policy,
         client,
         native,
@@ -715,7 +720,8 @@ async fn lookup(run: &Run, app: &str, dep_env: &str) -> Result<Outcome, Missed> 
         .map_err(|e| missed(MissKind::NotBuildable, e.to_string()))?;
     let keys = keys(run, package, closure, dep_env)?;
     let fetch_marker = deps_dir.join(".fetch");
-    let elixir_scm = mix_built(&run.lock, app, &deps_dir).then_some(project.elixir_scm.as_slice());
+    let mix_built = run.managers.get(app) == Some(&Some(Manager::Mix));
+    let elixir_scm = mix_built.then_some(project.elixir_scm.as_slice());
     let lib_dir = project.lib_dir();
 
     // Already installed with the key this build has: leave it, refresh Mix's markers.
@@ -937,20 +943,6 @@ fn keys(
         any,
         native,
     })
-}
-
-/// Mix builds `app` with Elixir (so it writes `compile.elixir_scm`): its manager is `mix`,
-/// as the lock's build tools or, without them, a `mix.exs` in `deps/<app>` say.
-fn mix_built(lock: &MixLock, app: &str, deps_dir: &Path) -> bool {
-    if let Some(LockEntry::Hex(entry)) = lock.entries.get(app) {
-        if let Some(manager) = ["mix", "rebar3", "make"]
-            .into_iter()
-            .find(|m| entry.managers.iter().any(|e| e == m))
-        {
-            return manager == "mix";
-        }
-    }
-    deps_dir.join("mix.exs").is_file()
 }
 
 /// The key of an install that is this build's, if `installed` is: its stored manifest still

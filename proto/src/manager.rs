@@ -184,10 +184,11 @@ impl Converger {
     }
 }
 
-/// The manager Mix compiles each lock entry with in a project that declares `top_level` and
-/// has `lock`, replaying Mix's converger (module documentation). Entries Mix does not reach
-/// from `top_level` are absent; a reached entry for which Mix finds no manager maps to `None`
-/// (Mix cannot compile it).
+/// The manager Mix compiles each Hex entry of `lock` with in a project that declares
+/// `top_level`, replaying Mix's converger (module documentation). `None` where Mix finds no
+/// manager (it cannot compile the package). Entries Mix does not reach from `top_level` (only
+/// through a git or path dependency, whose children the lock does not list, or not at all)
+/// get the manager they would have declared at the top level.
 ///
 /// `infer(app)` is `infer_manager/1` on `deps/<app>` (see [`Manager::infer_from_files`]): it
 /// is called only for entries whose manager neither a declaration, the lock's build tools
@@ -217,12 +218,18 @@ pub fn mix_managers<E>(
         .collect();
     let breadths: Vec<String> = main.iter().map(|o| o.app.clone()).collect();
     walk.level(main, &[], &breadths)?;
-    Ok(walk
-        .loaded
-        .into_iter()
-        .filter(|(app, _)| matches!(lock.entries.get(app), Some(LockEntry::Hex(_))))
-        .map(|(app, loaded)| (app, loaded.manager))
-        .collect())
+    let mut managers = BTreeMap::new();
+    for (app, entry) in lock.hex() {
+        let manager = match walk.loaded.get(app) {
+            Some(loaded) => loaded.manager,
+            None => match Manager::from_build_tools(&entry.managers) {
+                Some(manager) => Some(manager),
+                None => (walk.infer)(app)?,
+            },
+        };
+        managers.insert(app.to_string(), manager);
+    }
+    Ok(managers)
 }
 
 /// One occurrence of a dependency in the graph: a declaration in mix.exs or a parent's child.
@@ -375,8 +382,10 @@ mod tests {
     use crate::lock::{HexLockEntry, LockDep};
     use std::convert::Infallible;
 
-    /// A lock of `(app, build tools, [(dep, optional)])`.
-    fn lock(entries: &[(&str, &[&str], &[(&str, bool)])]) -> MixLock {
+    /// `(app, build tools, [(dep, optional)])`.
+    type Entry<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, bool)]);
+
+    fn lock(entries: &[Entry<'_>]) -> MixLock {
         let mut lock = MixLock::default();
         for (app, tools, deps) in entries {
             lock.entries.insert(
@@ -545,18 +554,31 @@ mod tests {
         .unwrap();
         assert_eq!(got["legacy"], Some(Manager::Mix));
         assert_eq!(got["plain"], None, "no files, no build tools: Mix has none");
-        assert!(!got.contains_key("pool"), "not reached");
+        assert_eq!(
+            got["pool"],
+            Some(Manager::Rebar3),
+            "not reached: as if declared"
+        );
     }
 
     #[test]
-    fn make_dependencies_have_no_children_and_unreached_entries_are_absent() {
+    fn make_dependencies_have_no_children_and_unreached_entries_stand_alone() {
         let lock = lock(&[
-            ("mk", &["make"], &[("ranch", false)]),
+            ("mk", &["make"], &[("pool", false)]),
+            ("pool", &["rebar3"], &[("ranch", false)]),
             ("ranch", &["make"], &[]),
         ]);
+        // mk (make) hands nothing down: pool and ranch are not reached, and get what they
+        // would have declared at the top level — ranch make, not its rebar3 parent's.
         let got = managers(&lock, &top(&["mk"]));
-        assert_eq!(got.get("mk"), Some(&Some(Manager::Make)));
-        assert_eq!(got.get("ranch"), None);
+        assert_eq!(got["mk"], Some(Manager::Make));
+        assert_eq!(got["pool"], Some(Manager::Rebar3));
+        assert_eq!(got["ranch"], Some(Manager::Make));
+        // Reached through pool, ranch is built with rebar3.
+        assert_eq!(
+            managers(&lock, &top(&["pool"]))["ranch"],
+            Some(Manager::Rebar3)
+        );
     }
 
     #[test]

@@ -185,9 +185,11 @@ pub fn run(context: &Context, args: BuildArgs) -> anyhow::Result<ExitCode> {
         let results = build_and_publish(
             &build_context,
             &reuse,
-            lock,
-            &managers,
-            apps,
+            &LockBuild {
+                lock,
+                managers: &managers,
+                apps,
+            },
             jobs,
             &reporter,
             publish_to,
@@ -269,6 +271,14 @@ pub(crate) fn resolve_toolchain(
         .resolve(spec, sandbox)?)
 }
 
+/// What to build of one lock: the packages asked for (and their closures), each with the
+/// manager the consumer's Mix uses ([`lock_managers`]).
+pub(crate) struct LockBuild<'a> {
+    pub(crate) lock: &'a MixLock,
+    pub(crate) managers: &'a Managers,
+    pub(crate) apps: &'a [String],
+}
+
 /// One lock's builds (`run::build_lock`), each then published to the mirror when
 /// `publish_to` is given (artifact and manifest, or the failure's log): what `precomp build`
 /// does per lock and `precomp worker` per job. Each result comes with how its publication
@@ -276,14 +286,20 @@ pub(crate) fn resolve_toolchain(
 pub(crate) fn build_and_publish(
     build_context: &BuildContext<'_>,
     reuse: &run::Reuse<'_>,
-    lock: &MixLock,
-    managers: &Managers,
-    apps: &[String],
+    work: &LockBuild<'_>,
     jobs: usize,
     progress: &dyn Progress,
     publish_to: Option<(&tokio::runtime::Runtime, &ArtifactClient)>,
 ) -> anyhow::Result<Vec<(PackageResult, Option<anyhow::Result<()>>)>> {
-    let results = run::build_lock(build_context, reuse, lock, managers, apps, jobs, progress)?;
+    let results = run::build_lock(
+        build_context,
+        reuse,
+        work.lock,
+        work.managers,
+        work.apps,
+        jobs,
+        progress,
+    )?;
     Ok(results
         .into_iter()
         .map(|result| {

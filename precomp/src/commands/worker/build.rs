@@ -14,7 +14,8 @@ use precomp_proto::lock::MixLock;
 use precomp_registry::artifacts::{FailureReport, Lease, LeaseRequest};
 
 use super::super::build::{
-    app_for, build_and_publish, json_line, lock_managers, trusted_keys, work_root, Reporter,
+    app_for, build_and_publish, json_line, lock_managers, trusted_keys, work_root, LockBuild,
+    Reporter,
 };
 use super::{lease_loop, Common, Heartbeat, Jobs};
 
@@ -98,9 +99,11 @@ impl Jobs for BuildJobs<'_> {
         let built = build_and_publish(
             &context,
             self.reuse,
-            &lock,
-            &managers,
-            std::slice::from_ref(&app),
+            &LockBuild {
+                lock: &lock,
+                managers: &managers,
+                apps: std::slice::from_ref(&app),
+            },
             self.common.jobs,
             &Reporter { json: args.json },
             Some((runtime, client)),
