@@ -269,8 +269,14 @@ pub fn lay_out(
         }
     }
     project_deps.sort_by_key(|dep| dep.app);
-    let mix_exs = project::mix_exs(&project_deps, &context.mix_env);
-    project::write(dir, &mix_exs, context.config.as_deref())
+    let mix_lock = project::mix_lock(&project_deps);
+    let mix_exs = project::mix_exs(&project_deps, &context.mix_env, mix_lock.is_some());
+    project::write(
+        dir,
+        &mix_exs,
+        mix_lock.as_deref(),
+        context.config.as_deref(),
+    )
 }
 
 /// The `compile_env` entries Mix recorded in the `.app`: `{App, [Key | Path], {ok, V} | error}`.

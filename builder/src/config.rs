@@ -65,7 +65,7 @@ pub fn evaluate(context: &BuildContext<'_>) -> Result<AppConfig> {
         std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755))
             .map_err(io(work.path()))?;
     }
-    project::write(work.path(), "", context.config.as_deref())?;
+    project::write(work.path(), "", None, context.config.as_deref())?;
     let script = work.path().join("dump_config.exs");
     std::fs::write(&script, DUMP_CONFIG_EXS).map_err(io(&script))?;
     let spec = Spec::build(

@@ -24,7 +24,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use precomp_proto::lock::HexLockEntry;
+use precomp_proto::lock::{HexLockEntry, LockEntry, MixLock};
 use precomp_proto::manager::Manager;
 
 use crate::error::{io, Result};
@@ -92,11 +92,12 @@ end
 Mix.SCM.append(Precomp.BuildSCM)
 "#;
 
-/// Appended after [`SCM`] in a consumer's `mix.exs` where Hex is not installed (tests), so
-/// that Mix converges the project as it does with Hex: `Precomp.LockConverger` is the remote
-/// converger of `Precomp.BuildSCM` deps and gives each one the children its mix.lock entry
-/// lists (`Hex.RemoteConverger.deps/2`), instead of those its own mix.exs or rebar.config
-/// declare. Not used in generated build projects, which declare every package themselves.
+/// Appended after [`SCM`] in a `mix.exs` so that Mix converges the project as it does with
+/// Hex: `Precomp.LockConverger` is the remote converger of `Precomp.BuildSCM` deps and gives
+/// each one the children its mix.lock entry lists (`Hex.RemoteConverger.deps/2`), instead of
+/// those its own mix.exs or rebar.config declare — which Mix would have to evaluate. Used in
+/// generated build projects (with [`mix_lock`]) and in tests' consumer projects where Hex is
+/// not installed.
 pub const LOCK_CONVERGER: &str = r#"
 defmodule Precomp.LockConverger do
   @moduledoc false
@@ -131,12 +132,31 @@ pub struct ProjectDep<'a> {
     pub manager: Option<Manager>,
 }
 
+/// The generated project's `mix.lock`: the lock entries of its packages, so that
+/// [`LOCK_CONVERGER`] gives Mix each package's children from it, as Hex does, instead of
+/// Mix evaluating every package's own `mix.exs` to find them (a tenth of a second or more
+/// per build of a package with a large closure). `None` when the entries cannot be written
+/// (fields of a newer Hex): the project then does without the converger.
+pub fn mix_lock(deps: &[ProjectDep<'_>]) -> Option<String> {
+    let lock = MixLock {
+        entries: deps
+            .iter()
+            .map(|dep| (dep.app.to_string(), LockEntry::Hex(dep.entry.clone())))
+            .collect(),
+    };
+    lock.to_text().ok()
+}
+
 /// The text of the generated `mix.exs`. Every package is a top-level dep with `override:
 /// true`, so the lock's resolution wins exactly as it did for the consumer (optional deps the
 /// lock holds are included), `manager:` the one the consumer's Mix uses, and `env:` the
-/// dependency's Mix env.
-pub fn mix_exs(deps: &[ProjectDep<'_>], mix_env: &str) -> String {
+/// dependency's Mix env. With `lock_converger` (a [`mix_lock`] is written beside it),
+/// children come from the lock.
+pub fn mix_exs(deps: &[ProjectDep<'_>], mix_env: &str, lock_converger: bool) -> String {
     let mut text = String::from(SCM);
+    if lock_converger {
+        text.push_str(LOCK_CONVERGER);
+    }
     text.push_str(
         "\ndefmodule PrecompBuild.MixProject do\n  use Mix.Project\n\n  def project do\n",
     );
@@ -163,11 +183,21 @@ pub fn mix_exs(deps: &[ProjectDep<'_>], mix_env: &str) -> String {
     text
 }
 
-/// Writes `mix.exs` and `config/` (copied from `config`, a directory or one file that becomes
-/// `config/config.exs`; an empty `config/config.exs` when there is none).
-pub fn write(dir: &Path, mix_exs: &str, config: Option<&Path>) -> Result<()> {
+/// Writes `mix.exs`, `mix.lock` when given and `config/` (copied from `config`, a directory
+/// or one file that becomes `config/config.exs`; an empty `config/config.exs` when there is
+/// none).
+pub fn write(
+    dir: &Path,
+    mix_exs: &str,
+    mix_lock: Option<&str>,
+    config: Option<&Path>,
+) -> Result<()> {
     let path = dir.join("mix.exs");
     std::fs::write(&path, mix_exs).map_err(io(&path))?;
+    if let Some(lock) = mix_lock {
+        let path = dir.join("mix.lock");
+        std::fs::write(&path, lock).map_err(io(&path))?;
+    }
     let config_dir = dir.join("config");
     std::fs::create_dir_all(&config_dir).map_err(io(&config_dir))?;
     match config {

@@ -145,13 +145,15 @@ impl TopLevelDep {
     }
 }
 
-/// The lock's roots: entries no Hex entry of the lock depends on. What a builder that is given
-/// only a lock takes for the consumer's declared deps (the roots must be declared; other
-/// entries may be too, which a lock does not record).
+/// The lock's roots: entries no Hex entry of the lock requires (an optional dependency does
+/// not count: only a declaration or a required dependency puts an entry in a lock). What a
+/// builder that is given only a lock takes for the consumer's declared deps — the roots must
+/// be declared; other entries may be too, which a lock does not record.
 pub fn lock_roots(lock: &MixLock) -> Vec<TopLevelDep> {
     let depended: std::collections::BTreeSet<&str> = lock
         .hex()
-        .flat_map(|(_, entry)| entry.deps.iter().map(|d| d.app.as_str()))
+        .flat_map(|(_, entry)| entry.deps.iter().filter(|d| !d.optional))
+        .map(|d| d.app.as_str())
         .collect();
     lock.entries
         .keys()
@@ -631,7 +633,11 @@ mod tests {
             .into_iter()
             .map(|d| d.app)
             .collect();
-        assert_eq!(roots, ["phoenix"]);
+        assert_eq!(
+            roots,
+            ["phoenix", "plug_cowboy"],
+            "plug_cowboy is optional for phoenix"
+        );
         assert_eq!(
             Manager::from_build_tools(&["make", "rebar3"]),
             Some(Manager::Rebar3)
