@@ -25,7 +25,8 @@
 # Settings (environment): SYNTHETIC=stack (instead of the fixture lock, a generated
 # Phoenix-sized stack as heavy as the real one: 29 packages, Mix, rebar3 and erlang.mk-style,
 # a NIF, ~6 MB of beams; bench/synthetic_stack.exs) or SYNTHETIC=N (N generated Mix packages
-# of MODULES modules each, default 40), TARGET (1.00),
+# of MODULES modules each, default 40), TARGET (1.00), JOBS (precomp build --jobs; default
+# the CPUs),
 # ROUNDS (default 3), TOOLCHAIN (host), KEEP (0), PRECOMP (a precomp
 # binary to measure instead of building one), TOOLCHAINS (toolchain store, default the
 # scratch data directory; set it to /var/cache/precomp-test to use the test images).
@@ -65,6 +66,7 @@ fi
 build_args=(build --lock "$SCRATCH/mix.lock" --mirror "file://$SCRATCH/repo"
   --toolchain "$TOOLCHAIN" --key "$SCRATCH/keys/bench.key")
 if [ -n "${TOOLCHAINS:-}" ]; then build_args+=(--toolchains "$TOOLCHAINS"); fi
+if [ -n "${JOBS:-}" ]; then build_args+=(--jobs "$JOBS"); fi
 
 # The baseline's project: exactly what the builder compiles in.
 "$PRECOMP" --data "$SCRATCH/prepare-data" "${build_args[@]}" --prepare "$SCRATCH/project" 2>/dev/null

@@ -1,5 +1,6 @@
 //! One package, built once: sources and the closure's artifacts laid out in the generated
-//! project, `mix deps.compile <app>` in the sandbox, the app's build directory packed into a
+//! project, `mix deps.compile <app>` in the sandbox — twice, the second time with the first's
+//! atom table created at boot (crate::atoms) —, the app's build directory packed into a
 //! reproducible artifact, and a manifest with every key input, signed.
 
 use std::collections::BTreeMap;
@@ -9,17 +10,22 @@ use std::time::Instant;
 use sha2::{Digest, Sha256};
 
 use precomp_proto::artifact::{self, PackedArtifact};
-use precomp_proto::buildkey::{BuildInputs, CompileEnvEntry, PackageRef, Target};
+use precomp_proto::buildkey::{
+    BuildInputs, BuildKey, BuildKeyError, ClosureMember, CompileEnvEntry, Manager, PackageRef,
+    Target,
+};
 use precomp_proto::lock::{LockEntry, MixLock};
 use precomp_proto::manifest::{ArtifactSigningKey, Manifest, Output, Provenance, SignedManifest};
 use precomp_proto::term::{parse_erlang_terms, Term};
 use precomp_sandbox::toolchain::Toolchain;
 use precomp_sandbox::{Cancel, Sandbox, Spec, Status};
 
+use crate::atoms::{self, Pass};
 use crate::error::{io, BuildError, Result};
 use crate::managers::Managers;
 use crate::project::{self, ProjectDep, PROJECT_APP};
 use crate::sources::{self, SourceCache};
+use crate::workdir::WorkDir;
 
 /// What every build of one run shares. Cloning it is cheap (references and a few strings):
 /// give a clone another [`Cancel`] handle to cancel one run without the others.
@@ -47,6 +53,8 @@ pub struct BuildContext<'a> {
 /// A dependency's artifact, installed into the project before the build.
 pub struct DependencyArtifact {
     pub app: String,
+    /// Its build key: what the package's key records for it.
+    pub key: BuildKey,
     pub artifact: Vec<u8>,
 }
 
@@ -89,28 +97,109 @@ pub fn build_package(
         )));
     }
     let (package, closure) = lock.closure_by_app(app)?;
+    let manager = *managers.get(app).ok_or_else(|| BuildKeyError::NoManager {
+        app: app.to_string(),
+    })?;
     if let Some(reason) = context.cancel.reason() {
         return Ok(BuildOutcome::Cancelled { reason });
     }
-    std::fs::create_dir_all(&context.work_root).map_err(io(&context.work_root))?;
-    let work = tempfile::Builder::new()
-        .prefix(&format!("{app}-"))
-        .tempdir_in(&context.work_root)
-        .map_err(io(&context.work_root))?;
-    set_mode(work.path(), 0o755)?;
-
+    // Pass 1 and pass 2 (crate::atoms) compile the same project, laid out twice, both at
+    // /build in the sandbox: pass 1's is thrown away once its atom table is recorded, pass
+    // 2's (`work`) gives the artifact.
+    let mut pass1 = Some(work_dir(context, app)?);
+    let work = work_dir(context, app)?;
     let members: Vec<(String, PackageRef)> = std::iter::once((app.to_string(), package.clone()))
         .chain(closure.iter().map(|(a, p)| (a.clone(), p.clone())))
         .collect();
-    lay_out(context, lock, managers, &members, work.path())?;
-    let laid_out = started.elapsed();
+    for dir in [pass1.as_ref().unwrap().path(), work.path()] {
+        lay_out(context, lock, managers, &members, dir)?;
+        install_dependencies(context, dependencies, dir)?;
+    }
+    let prepared = started.elapsed();
 
-    // The closure's artifacts, installed the way precomp fetch installs them.
-    let lib = work
-        .path()
-        .join("_build")
-        .join(&context.config_env)
-        .join("lib");
+    let mut log = Vec::new();
+    for pass in [Pass::Record, Pass::Precreated] {
+        // Fetching sources (or pass 1) may have taken a while: look again before starting.
+        if let Some(reason) = context.cancel.reason() {
+            return Ok(BuildOutcome::Cancelled { reason });
+        }
+        let dir = match pass {
+            Pass::Record => pass1.as_ref().unwrap().path().to_path_buf(),
+            Pass::Precreated => {
+                let recorded = pass1.take().unwrap();
+                let carried = atoms::carry_boot_file(recorded.path(), work.path());
+                keep_if_asked(context, recorded);
+                if let Err(e) = carried {
+                    keep_if_asked(context, work);
+                    return Ok(BuildOutcome::Failed {
+                        reason: e.to_string(),
+                        log,
+                    });
+                }
+                work.path().to_path_buf()
+            }
+        };
+        let outcome = context
+            .sandbox
+            .run_cancellable(&pass_spec(context, app, &dir, pass), &context.cancel)?;
+        tracing::debug!(
+            app,
+            ?pass,
+            prepared_ms = prepared.as_millis() as u64,
+            sandbox_ms = outcome.elapsed.as_millis() as u64,
+            "compiled"
+        );
+        if let Status::Cancelled { reason } = outcome.status {
+            // Every process of the sandbox is dead; the half-built projects are removed when
+            // they are dropped here.
+            tracing::info!(app, %reason, "build cancelled");
+            return Ok(BuildOutcome::Cancelled { reason });
+        }
+        log.extend_from_slice(match pass {
+            Pass::Record => b"== precomp: pass 1 of 2, records the atom table ==\n",
+            Pass::Precreated => b"== precomp: pass 2 of 2, with those atoms created at boot ==\n",
+        });
+        log.extend_from_slice(&outcome.stdout.bytes);
+        log.extend_from_slice(&outcome.stderr.bytes);
+        if !outcome.status.success() {
+            if let Some(recorded) = pass1.take() {
+                keep_if_asked(context, recorded);
+            }
+            keep_if_asked(context, work);
+            return Ok(BuildOutcome::Failed {
+                reason: format!("mix deps.compile {app}: {}", outcome.status),
+                log,
+            });
+        }
+    }
+    let result = finish(
+        context,
+        manager,
+        app,
+        &package,
+        &closure,
+        dependencies,
+        work.path(),
+        log,
+        started,
+    );
+    keep_if_asked(context, work);
+    result
+}
+
+/// A fresh project directory under the work root, readable by the sandbox's user, held
+/// while it is in use (crate::workdir).
+fn work_dir(context: &BuildContext<'_>, app: &str) -> Result<WorkDir> {
+    WorkDir::create(&context.work_root, &format!("{app}-"), 0o755)
+}
+
+/// The closure's artifacts, installed into the project the way precomp fetch installs them.
+fn install_dependencies(
+    context: &BuildContext<'_>,
+    dependencies: &[DependencyArtifact],
+    project: &Path,
+) -> Result<()> {
+    let lib = project.join("_build").join(&context.config_env).join("lib");
     std::fs::create_dir_all(&lib).map_err(io(&lib))?;
     for dependency in dependencies {
         let dest = lib.join(&dependency.app);
@@ -123,59 +212,47 @@ pub fn build_package(
         let marker = marker_dir.join("compile.fetch");
         std::fs::write(&marker, b"").map_err(io(&marker))?;
     }
-
-    let spec = Spec::build(
-        context.toolchain.sandbox_root(),
-        work.path(),
-        ["mix", "deps.compile", app],
-    )
-    .env("MIX_ENV", &context.config_env)
-    .env("MIX_REBAR3", "/usr/bin/rebar3")
-    .env("HEX_OFFLINE", "1")
-    // Builds run side by side: schedulers that spin while idle would take the CPU from the
-    // other builds. (Scheduler flags do not change what the compiler emits.)
-    .env("ERL_FLAGS", "+sbwt none +sbwtdcpu none +sbwtdio none");
-    let prepared = started.elapsed();
-    // Fetching sources may have taken a while: look again before starting the sandbox.
-    if let Some(reason) = context.cancel.reason() {
-        return Ok(BuildOutcome::Cancelled { reason });
-    }
-    let outcome = context.sandbox.run_cancellable(&spec, &context.cancel)?;
-    tracing::debug!(
-        app,
-        sources_ms = laid_out.as_millis() as u64,
-        prepared_ms = prepared.as_millis() as u64,
-        sandbox_ms = outcome.elapsed.as_millis() as u64,
-        "compiled"
-    );
-    if let Status::Cancelled { reason } = outcome.status {
-        // Every process of the sandbox is dead; `work` (the half-built project) is removed
-        // when it is dropped here.
-        tracing::info!(app, %reason, "build cancelled");
-        return Ok(BuildOutcome::Cancelled { reason });
-    }
-    let mut log = outcome.stdout.bytes.clone();
-    log.extend_from_slice(&outcome.stderr.bytes);
-    let result = if !outcome.status.success() {
-        Ok(BuildOutcome::Failed {
-            reason: format!("mix deps.compile {app}: {}", outcome.status),
-            log,
-        })
-    } else {
-        finish(context, app, &package, &closure, work.path(), log, started)
-    };
-    if context.keep_work {
-        let kept = work.keep();
-        tracing::info!(dir = %kept.display(), "kept the build directory");
-    }
-    result
+    Ok(())
 }
 
+/// One pass of `app`'s build in the sandbox, in project `dir`: `mix deps.compile <app>` with
+/// the atom hook (crate::atoms), the build environment and nothing else.
+fn pass_spec(context: &BuildContext<'_>, app: &str, dir: &Path, pass: Pass) -> Spec {
+    let app_ebin = format!(
+        "{}/_build/{}/lib/{app}/ebin",
+        precomp_sandbox::BUILD_DIR,
+        context.config_env
+    );
+    let mut spec = Spec::build(context.toolchain.sandbox_root(), dir, atoms::command(app))
+        .env("MIX_ENV", &context.config_env)
+        // Debian's /usr/bin/rebar3, or where an imported image has it (/usr/local/bin).
+        .env("MIX_REBAR3", context.toolchain.rebar3_command())
+        .env("HEX_OFFLINE", "1")
+        // Builds run side by side: schedulers that spin while idle would take the CPU from
+        // the other builds. (Scheduler flags do not change what the compiler emits.)
+        .env("ERL_FLAGS", "+sbwt none +sbwtdcpu none +sbwtdio none");
+    for (name, value) in atoms::env(pass, &app_ebin) {
+        spec = spec.env(name, value);
+    }
+    spec
+}
+
+/// With `--keep-work`, leaves a project directory of the build behind; otherwise removes it.
+fn keep_if_asked(context: &BuildContext<'_>, dir: WorkDir) {
+    if context.keep_work {
+        let kept = dir.keep();
+        tracing::info!(dir = %kept.display(), "kept the build directory");
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn finish(
     context: &BuildContext<'_>,
+    manager: Manager,
     app: &str,
     package: &PackageRef,
     closure: &BTreeMap<String, PackageRef>,
+    dependencies: &[DependencyArtifact],
     work: &Path,
     log: Vec<u8>,
     started: Instant,
@@ -206,9 +283,26 @@ fn finish(
     } else {
         Target::Any
     };
+    // Each member with the key of the build installed for it.
+    let closure = closure
+        .iter()
+        .map(|(member, package)| {
+            let dependency = dependencies
+                .iter()
+                .find(|d| &d.app == member)
+                .ok_or_else(|| {
+                    BuildError::Invalid(format!("{app}: no build of its dependency {member}"))
+                })?;
+            Ok(ClosureMember {
+                package: package.clone(),
+                key: Some(dependency.key),
+            })
+        })
+        .collect::<Result<_>>()?;
     let inputs = BuildInputs {
         package: package.clone(),
-        closure: closure.values().cloned().collect(),
+        manager,
+        closure,
         otp_major: context.toolchain.otp.clone(),
         elixir: context.toolchain.elixir.clone(),
         mix_env: context.mix_env.clone(),
@@ -276,7 +370,8 @@ pub fn lay_out(
         &mix_exs,
         mix_lock.as_deref(),
         context.config.as_deref(),
-    )
+    )?;
+    atoms::write_hook(dir)
 }
 
 /// The `compile_env` entries Mix recorded in the `.app`: `{App, [Key | Path], {ok, V} | error}`.
@@ -352,9 +447,4 @@ pub fn native_target(architecture: &str) -> Result<Target> {
             "toolchain architecture {architecture:?} has no known native target"
         ))
     })
-}
-
-fn set_mode(path: &Path, mode: u32) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io(path))
 }

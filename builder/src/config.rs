@@ -55,16 +55,7 @@ impl CompileEnvSource for SandboxedConfig<'_> {
 
 /// Runs the dump script on the build's config in the sandbox and parses what it prints.
 pub fn evaluate(context: &BuildContext<'_>) -> Result<AppConfig> {
-    std::fs::create_dir_all(&context.work_root).map_err(io(&context.work_root))?;
-    let work = tempfile::Builder::new()
-        .prefix("config-")
-        .tempdir_in(&context.work_root)
-        .map_err(io(&context.work_root))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755))
-            .map_err(io(work.path()))?;
-    }
+    let work = crate::workdir::WorkDir::create(&context.work_root, "config-", 0o755)?;
     project::write(work.path(), "", None, context.config.as_deref())?;
     let script = work.path().join("dump_config.exs");
     std::fs::write(&script, DUMP_CONFIG_EXS).map_err(io(&script))?;

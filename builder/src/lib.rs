@@ -7,11 +7,13 @@
 //! - [`build`]: one package: sandboxed `mix deps.compile`, artifact, manifest, signature.
 //! - [`run`]: a lock's packages as a DAG, in parallel, reusing stored builds.
 //! - [`store`]: the local store of artifacts, manifests and failure logs.
+//! - [`workdir`]: work directories removed even when their process is killed.
 //!
 //! A run is cancelled through the [`Cancel`] handle in its [`build::BuildContext`]: nothing
 //! new starts, running sandboxes are killed, and those packages end as
 //! [`run::Status::Cancelled`].
 
+pub mod atoms;
 pub mod build;
 pub mod config;
 pub mod error;
@@ -20,6 +22,7 @@ pub mod project;
 pub mod run;
 pub mod sources;
 pub mod store;
+pub mod workdir;
 
 pub use error::{BuildError, Result};
 pub use precomp_sandbox::Cancel;

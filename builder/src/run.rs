@@ -8,7 +8,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use precomp_proto::buildkey::{BuildInputs, CompileEnvEntry, PackageRef, Target};
+use precomp_proto::buildkey::{
+    BuildInputs, BuildKey, BuildKeyError, ClosureMember, CompileEnvEntry, Manager, PackageRef,
+    Target,
+};
 use precomp_proto::lock::{LockEntry, MixLock};
 use precomp_proto::manifest::ArtifactPublicKey;
 use precomp_proto::tarball::{list_contents, ContentEntry};
@@ -70,6 +73,8 @@ pub trait CompileEnvSource: Sync {
 struct Node {
     app: String,
     package: PackageRef,
+    /// The build tool Mix uses for it (part of its key).
+    manager: Manager,
     closure: BTreeMap<String, PackageRef>,
     /// Direct dependencies (indices), each of which must finish first.
     deps: Vec<usize>,
@@ -104,25 +109,41 @@ pub fn build_lock(
 ) -> Result<Vec<PackageResult>> {
     // Packages whose closure the lock cannot give (a git or path dependency, a missing
     // entry, no outer checksum) cannot be keyed: they are skipped, the others still build.
+    // So are those Mix could not pick a build tool for (the manager is part of the key).
     let mut unbuildable = Vec::new();
     let mut buildable = Vec::new();
     for app in apps {
-        match lock.closure_by_app(app) {
-            Ok(_) => buildable.push(app.clone()),
-            Err(e) => unbuildable.push(PackageResult {
-                app: app.clone(),
-                package: lock_package(lock, app),
-                status: Status::NotBuildable {
-                    reason: e.to_string(),
-                },
-                build: None,
-            }),
+        let keyable = lock.closure_by_app(app).map_err(BuildError::from).and_then(
+            |(_, closure)| match closure
+                .keys()
+                .chain([app])
+                .find(|m| !managers.contains_key(*m))
+            {
+                Some(member) => Err(BuildError::Lock(BuildKeyError::NoManager {
+                    app: member.clone(),
+                })),
+                None => Ok(()),
+            },
+        );
+        match keyable {
+            Ok(()) => buildable.push(app.clone()),
+            Err(e @ (BuildError::Lock(_) | BuildError::Invalid(_))) => {
+                unbuildable.push(PackageResult {
+                    app: app.clone(),
+                    package: lock_package(lock, app),
+                    status: Status::NotBuildable {
+                        reason: e.to_string(),
+                    },
+                    build: None,
+                })
+            }
+            Err(e) => return Err(e),
         }
     }
     for result in &unbuildable {
         progress.finished(result);
     }
-    let nodes = plan(lock, &buildable)?;
+    let nodes = plan(lock, &buildable, managers)?;
     let priority = critical_paths(&nodes, &estimated_costs(context, &nodes));
     let states = Mutex::new(vec![State::Waiting; nodes.len()]);
     let wake = Condvar::new();
@@ -168,7 +189,7 @@ pub fn build_lock(
                         .all(|&d| matches!(guard[d], State::Done(_)));
                     // Of the ready packages, the one at the head of the longest chain of
                     // work left goes first.
-                    if ready && pick.map_or(true, |p| priority[i] > priority[p]) {
+                    if ready && pick.is_none_or(|p| priority[i] > priority[p]) {
                         pick = Some(i);
                     }
                 }
@@ -368,7 +389,7 @@ fn build_or_reuse(
         status,
         build,
     };
-    if let Some(stored) = reusable(context, reuse, node)? {
+    if let Some(stored) = reusable(context, reuse, node, dependencies)? {
         return Ok(result(Status::Reused, Some(stored)));
     }
     let artifacts = dependencies
@@ -377,6 +398,7 @@ fn build_or_reuse(
         .map(|(stored, app)| {
             Ok(DependencyArtifact {
                 app: app.clone(),
+                key: stored_key(stored)?,
                 artifact: std::fs::read(&stored.artifact_path)
                     .map_err(io(&stored.artifact_path))?,
             })
@@ -403,7 +425,7 @@ fn build_or_reuse(
         // Nothing is stored: no artifact, and no failure (the package did not fail).
         BuildOutcome::Cancelled { reason } => Ok(result(Status::Cancelled { reason }, None)),
         BuildOutcome::Failed { reason, log } => {
-            let base = base_inputs(context, node, Target::Any).base_key()?;
+            let base = base_inputs(context, node, dependencies, Target::Any)?.base_key()?;
             let name = format!("{}-{}-{}", node.package.name, node.package.version, base);
             let log = reuse.store.record_failure(&name, &log)?;
             Ok(result(
@@ -418,15 +440,17 @@ fn build_or_reuse(
     }
 }
 
-/// A stored build with this node's key, if there is one: the base key (for either target)
-/// matches and the compile-env values it was built with are this run's.
+/// A stored build with this node's full key, if there is one: the base key (for either
+/// target; it holds the keys of the closure's builds of this run) matches and the
+/// compile-env values it was built with are this run's.
 fn reusable(
     context: &BuildContext<'_>,
     reuse: &Reuse<'_>,
     node: &Node,
+    dependencies: &[StoredBuild],
 ) -> Result<Option<StoredBuild>> {
     for target in [Target::Any, native_target(&context.toolchain.architecture)?] {
-        let mut inputs = base_inputs(context, node, target);
+        let mut inputs = base_inputs(context, node, dependencies, target)?;
         for stored in reuse
             .store
             .with_base_key(&inputs.base_key()?, reuse.trusted)?
@@ -446,20 +470,49 @@ fn reusable(
     Ok(None)
 }
 
-fn base_inputs(context: &BuildContext<'_>, node: &Node, target: Target) -> BuildInputs {
-    BuildInputs {
+/// The key inputs of `node` without its compile env: each closure member with the key of its
+/// build in this run (`dependencies`, in the closure's order).
+fn base_inputs(
+    context: &BuildContext<'_>,
+    node: &Node,
+    dependencies: &[StoredBuild],
+    target: Target,
+) -> Result<BuildInputs> {
+    let closure = node
+        .closure
+        .values()
+        .zip(dependencies)
+        .map(|(package, stored)| {
+            Ok(ClosureMember {
+                package: package.clone(),
+                key: Some(stored_key(stored)?),
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(BuildInputs {
         package: node.package.clone(),
-        closure: node.closure.values().cloned().collect(),
+        manager: node.manager,
+        closure,
         otp_major: context.toolchain.otp.clone(),
         elixir: context.toolchain.elixir.clone(),
         mix_env: context.mix_env.clone(),
         target,
         compile_env: Vec::new(),
-    }
+    })
 }
 
-/// The packages to build: `apps` and their closures, each with its direct dependencies.
-fn plan(lock: &MixLock, apps: &[String]) -> Result<Vec<Node>> {
+fn stored_key(stored: &StoredBuild) -> Result<BuildKey> {
+    BuildKey::parse(&stored.manifest.key).ok_or_else(|| {
+        BuildError::Invalid(format!(
+            "stored build {:?} has no valid key",
+            stored.manifest.key
+        ))
+    })
+}
+
+/// The packages to build: `apps` and their closures, each with its direct dependencies and
+/// its manager (from `managers`, by app).
+fn plan(lock: &MixLock, apps: &[String], managers: &Managers) -> Result<Vec<Node>> {
     let mut wanted = BTreeSet::new();
     for app in apps {
         let (_, closure) = lock.closure_by_app(app)?;
@@ -487,6 +540,9 @@ fn plan(lock: &MixLock, apps: &[String]) -> Result<Vec<Node>> {
         nodes.push(Node {
             app: app.clone(),
             package,
+            manager: *managers
+                .get(app)
+                .expect("the manager of every app to build is decided first"),
             closure,
             deps,
         });
@@ -531,6 +587,7 @@ mod tests {
                 version: "1.0.0".into(),
                 outer_checksum: [0; 32],
             },
+            manager: Manager::Mix,
             closure: BTreeMap::new(),
             deps: deps.to_vec(),
         }

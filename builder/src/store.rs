@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use precomp_proto::buildkey::BuildKey;
-use precomp_proto::manifest::{ArtifactPublicKey, Manifest, SignedManifest};
+use precomp_proto::manifest::{ArtifactPublicKey, Manifest, ManifestError, SignedManifest};
 
 use crate::build::Built;
 use crate::error::{io, BuildError, Result};
@@ -83,7 +83,9 @@ impl BuildStore {
     }
 
     /// Every stored build with this base key whose manifest verifies with one of `trusted`
-    /// and whose artifact is present and intact. Damaged entries are skipped with a warning.
+    /// and whose artifact is present and intact. Damaged entries are skipped with a warning;
+    /// intact ones signed by no key this run trusts (another builder's, a rotated key's) are
+    /// skipped quietly: they are not damage.
     pub fn with_base_key(
         &self,
         base_key: &BuildKey,
@@ -104,6 +106,9 @@ impl BuildStore {
         for key in keys {
             match self.load(&key, trusted) {
                 Ok(stored) => found.push(stored),
+                Err(e @ BuildError::Manifest(ManifestError::Untrusted { .. })) => {
+                    tracing::info!(%key, "not reusing a stored build this run does not trust: {e}")
+                }
                 Err(e) => tracing::warn!(%key, error = %e, "skipping a damaged stored build"),
             }
         }

@@ -1,34 +1,44 @@
 //! `precomp fetch`: for every Hex dependency the project needs, compute its build key as the
 //! builder does, find the artifact on the mirror, verify it, and install it for Mix.
 //!
-//! Lookup (`docs/protocol.md`, "The build key"): the base key (everything but the compile
-//! env) for target `any` and for this machine's native target; the mirror's index of the
-//! package lists builds by base key with the compile-env paths each read; for each candidate
-//! the consumer's config is evaluated for those paths (once per run, only when some
-//! candidate needs it) and the full key computed; the candidate whose key matches is the
-//! artifact. Its signed manifest is checked against the trust policy, its key against its
-//! inputs and its inputs against ours, the artifact against the manifest's digests; only then
-//! is anything written under `_build`.
+//! Lookup (`docs/protocol.md`, "The build key"): keys are Merkle keys — each closure member
+//! is named by its own key — so a package's key is computed after its members' (closure
+//! order, independent branches in parallel; each package's key once per run and Mix env,
+//! [`key_of`]). A member's key is known when it is installed with our key, or the mirror has
+//! some build of it for our toolchain and env: that build's target and the compile-env paths
+//! it records, with our config's values, give our key for it even when no build matches our
+//! config. With the members' keys, the base key (everything but the compile env) for target
+//! `any` and for this machine's native target; the mirror's index of the package lists builds
+//! by base key with the compile-env paths each read; for each candidate the consumer's config
+//! is evaluated for those paths (once per run, only when some candidate needs it) and the
+//! full key computed; the candidate whose key matches is the artifact. Its signed manifest is
+//! checked against the trust policy, its key against its inputs and its inputs against ours,
+//! the artifact against the manifest's digests; only then is anything written under `_build`.
 //!
-//! Whatever cannot be used is a miss, left to Mix, with its reason.
+//! Whatever cannot be used is a miss, left to Mix, with its reason. A package one of whose
+//! members has no build at all has no key yet: it misses naming that member, and
+//! `--request-builds` reports it with a request key so builders build the whole closure.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use precomp_proto::artifact;
-use precomp_proto::buildkey::{BuildInputs, CompileEnvEntry, PackageRef, Target};
+use precomp_proto::buildkey::{
+    BuildInputs, BuildKey, BuildKeyError, ClosureMember, CompileEnvEntry, Manager, Target,
+};
 use precomp_proto::config::AppConfig;
 use precomp_proto::lock::{LockEntry, MixLock};
-use precomp_proto::manager::Manager;
-use precomp_proto::manifest::{Manifest, SignedManifest};
-use precomp_proto::term::{parse_erlang_terms, to_erlang_text, Term};
+use precomp_proto::manifest::{FileRecord, Manifest, SignedManifest};
+use precomp_proto::term::{parse_erlang_terms, to_erlang_text, Syntax, Term};
 
 use crate::error::ClientError;
 use crate::install::{self, Install};
-use crate::mirror::{ByteCounter, HttpError, IndexBuild, MirrorClient, MissReport};
+use crate::mirror::{
+    ByteCounter, CompileEnvJson, HttpError, IndexBuild, MirrorClient, MissMember, MissReport,
+};
 use crate::project::Project;
 use crate::trust::{Refusal, TrustPolicy};
 
@@ -74,6 +84,12 @@ pub enum MissKind {
     NoArtifact,
     /// The mirror's builds read compile-time config the consumer sets differently.
     CompileEnvMismatch,
+    /// The mirror's builds of this release are of key format v1 (before every closure
+    /// member was named by its own key): never used; builders rebuild them.
+    OldKeyFormat,
+    /// A dependency in its closure has no build on the mirror for this toolchain, so its key
+    /// (which names each dependency's key) cannot be computed yet.
+    DependencyNotBuilt,
     /// The mirror has native code for another target only.
     OtherTarget,
     /// A manifest or artifact failed verification: digests, signatures, key, inputs.
@@ -105,6 +121,8 @@ impl MissKind {
         match self {
             MissKind::NoArtifact => "no_artifact",
             MissKind::CompileEnvMismatch => "compile_env_mismatch",
+            MissKind::OldKeyFormat => "old_key_format",
+            MissKind::DependencyNotBuilt => "dependency_not_built",
             MissKind::OtherTarget => "other_target",
             MissKind::VerificationFailed => "verification_failed",
             MissKind::Untrusted => "untrusted",
@@ -139,6 +157,10 @@ pub enum Outcome {
         /// Artifact size.
         bytes: u64,
         signers: Vec<String>,
+        /// Set when it replaced an install with our key whose files no longer were the
+        /// signed ones (a `mix deps.compile` rebuilt it in place, or files were changed):
+        /// the first difference found.
+        replaced: Option<String>,
     },
     /// Already installed with the same key: left alone.
     Current { key: String },
@@ -154,11 +176,24 @@ pub enum Outcome {
     Skipped { reason: String, mix_builds: bool },
 }
 
-/// A miss that builders can fix: what `--request-builds` reports.
+/// A miss that builders can fix: what `--request-builds` reports (docs/protocol.md,
+/// "Misses"): its key, and what the mirror needs to recompute it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BuildRequest {
-    pub base_key: String,
+    /// The base key when every closure member's key is known, else the request key.
+    pub key: MissKey,
     pub target: String,
+    pub manager: String,
+    /// Our values for the compile-env paths the mirror's builds of the package record.
+    pub compile_env: Vec<CompileEnvJson>,
+    pub closure: Vec<MissMember>,
+}
+
+/// What identifies a miss.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MissKey {
+    Base(String),
+    Request(String),
 }
 
 /// One dependency's result.
@@ -197,11 +232,15 @@ impl DepReport {
                 key,
                 bytes,
                 signers,
+                replaced,
             } => {
                 object.insert("status".into(), "installed".into());
                 object.insert("key".into(), key.as_str().into());
                 object.insert("bytes".into(), (*bytes).into());
                 object.insert("signers".into(), serde_json::json!(signers));
+                if let Some(reason) = replaced {
+                    object.insert("replaced".into(), reason.as_str().into());
+                }
             }
             Outcome::Current { key } => {
                 object.insert("status".into(), "current".into());
@@ -224,7 +263,10 @@ impl DepReport {
             }
         }
         if let Some(request) = &self.build_request {
-            object.insert("base_key".into(), request.base_key.as_str().into());
+            match &request.key {
+                MissKey::Base(key) => object.insert("base_key".into(), key.as_str().into()),
+                MissKey::Request(key) => object.insert("request_key".into(), key.as_str().into()),
+            };
         }
         value
     }
@@ -343,14 +385,21 @@ pub fn human_bytes(bytes: u64) -> String {
 struct Run {
     project: Project,
     lock: MixLock,
-    /// The manager Mix uses for each dependency in this project ([`Project::mix_managers`]).
+    /// The manager Mix uses for each Hex dependency in this project, `None` where it finds
+    /// none ([`Project::mix_managers`]: Mix's rule, which depends on the whole graph).
     managers: BTreeMap<String, Option<Manager>>,
     policy: TrustPolicy,
     client: MirrorClient,
     native: Option<Target>,
     config: tokio::sync::OnceCell<Result<Arc<AppConfig>, String>>,
     counter: Counter,
+    /// Requests to the mirror at a time (`--jobs`).
+    permits: tokio::sync::Semaphore,
+    /// Each package's key resolution by (app, Mix env), made once ([`key_of`]).
+    keys: std::sync::Mutex<KeyCells>,
 }
+
+type KeyCells = HashMap<(String, String), Arc<tokio::sync::OnceCell<Arc<KeyResolution>>>>;
 
 struct Counter {
     total: AtomicU64,
@@ -443,17 +492,18 @@ pub async fn fetch(
             total: AtomicU64::new(0),
             observer: observer.clone(),
         },
+        permits: tokio::sync::Semaphore::new(options.jobs.max(1)),
+        keys: std::sync::Mutex::new(HashMap::new()),
     });
     observer.started(wanted.len());
 
-    let permits = Arc::new(tokio::sync::Semaphore::new(options.jobs.max(1)));
+    // One task per dependency; each waits for its closure's keys (computed by their own
+    // tasks, once), and takes one of `jobs` permits for each request to the mirror.
     let mut tasks = tokio::task::JoinSet::new();
     for (app, dep_env) in wanted {
         let run = run.clone();
-        let permits = permits.clone();
         let observer = observer.clone();
         tasks.spawn(async move {
-            let _permit = permits.acquire_owned().await;
             let report = resolve(&run, &app, &dep_env).await;
             observer.finished(&report);
             report
@@ -610,10 +660,11 @@ fn plan(project: &Project, lock: &MixLock) -> (Vec<(String, String)>, Vec<DepRep
 }
 
 /// A miss on its way out of [`lookup`].
+#[derive(Clone, Debug)]
 struct Missed {
     kind: MissKind,
     reason: String,
-    request: Option<BuildRequest>,
+    request: Option<Box<BuildRequest>>,
 }
 
 fn missed(kind: MissKind, reason: impl Into<String>) -> Missed {
@@ -624,23 +675,48 @@ fn missed(kind: MissKind, reason: impl Into<String>) -> Missed {
     }
 }
 
-/// The base key inputs of a dependency.
-struct Keys {
-    inputs: BuildInputs,
-    any: String,
-    native: Option<(Target, String)>,
+/// What a package's key needs besides the lock and the toolchain, as far as this run knows:
+/// what a miss carries for it (docs/protocol.md, "Misses").
+#[derive(Clone, Debug)]
+struct KeyInputs {
+    manager: Manager,
+    /// `None` when the mirror has no build of it for our toolchain and env.
+    target: Option<Target>,
+    /// Our values for the compile-env paths its builds record.
+    compile_env: Vec<CompileEnvEntry>,
 }
 
-impl Keys {
-    fn target_of(&self, base_key: &str) -> Option<Target> {
-        if base_key == self.any {
-            return Some(Target::Any);
-        }
-        match &self.native {
-            Some((target, key)) if key == base_key => Some(target.clone()),
-            _ => None,
-        }
-    }
+/// What this run found out about one package's key, for one Mix env ([`key_of`]).
+struct KeyResolution {
+    /// Its key, when it can be computed: what its dependents' keys name it by.
+    key: Option<BuildKey>,
+    /// `None` when not even its manager is known.
+    inputs: Option<KeyInputs>,
+    /// The build with that key, if there is one.
+    found: Found,
+    /// Why the package itself misses (always set when `found` is [`Found::Nothing`]).
+    miss: Option<Missed>,
+    /// When its key is known but no build on the mirror has it: why, in a few words (for
+    /// its dependents' reasons).
+    difference: Option<String>,
+    /// An install with our key is there, but its files are not the signed ones: why (it is
+    /// installed again from the mirror's build, the outcome saying so).
+    replaced: Option<String>,
+}
+
+/// Where the build with our key is.
+enum Found {
+    /// Installed under `_build`, with our key.
+    Installed {
+        key: String,
+    },
+    /// On the mirror.
+    Candidate {
+        build: Box<IndexBuild>,
+        inputs: Box<BuildInputs>,
+        key: String,
+    },
+    Nothing,
 }
 
 async fn resolve(run: &Run, app: &str, dep_env: &str) -> DepReport {
@@ -681,7 +757,7 @@ async fn resolve(run: &Run, app: &str, dep_env: &str) -> DepReport {
                 reason: miss.reason,
                 removed_stale,
             },
-            build_request: miss.request,
+            build_request: miss.request.map(|request| *request),
         },
     }
 }
@@ -698,111 +774,27 @@ async fn lookup(run: &Run, app: &str, dep_env: &str) -> Result<Outcome, Missed> 
             ),
         ));
     }
-    if let Some(declared) = project.declared(app) {
-        if !declared.custom.is_empty() {
-            return Err(missed(
-                MissKind::CustomOptions,
-                format!(
-                    "mix.exs sets {} for it: artifacts are built the package's own way",
-                    declared
-                        .custom
-                        .iter()
-                        .map(|o| format!("{o}:"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ));
-        }
-    }
-    let (package, closure) = run
-        .lock
-        .closure(app)
-        .map_err(|e| missed(MissKind::NotBuildable, e.to_string()))?;
-    let keys = keys(run, package, closure, dep_env)?;
+    let resolution = key_of(run, app, dep_env).await;
     let fetch_marker = deps_dir.join(".fetch");
     let mix_built = run.managers.get(app) == Some(&Some(Manager::Mix));
     let elixir_scm = mix_built.then_some(project.elixir_scm.as_slice());
     let lib_dir = project.lib_dir();
-
-    // Already installed with the key this build has: leave it, refresh Mix's markers.
-    if let Some(installed) = install::installed(&lib_dir, app) {
-        match current_key(run, &keys, &installed).await {
-            Some(key) => {
-                install::refresh_markers(&lib_dir, app, &fetch_marker, elixir_scm).map_err(
-                    |e| missed(MissKind::InstallFailed, format!("refreshing markers: {e}")),
-                )?;
-                return Ok(Outcome::Current { key });
-            }
-            None => tracing::debug!("{app}: the installed build is not this build's"),
+    let (candidate, inputs, key) = match &resolution.found {
+        // Already installed with the key this build has: leave it, refresh Mix's markers.
+        Found::Installed { key } => {
+            install::refresh_markers(&lib_dir, app, &fetch_marker, elixir_scm)
+                .map_err(|e| missed(MissKind::InstallFailed, format!("refreshing markers: {e}")))?;
+            return Ok(Outcome::Current { key: key.clone() });
         }
-    }
-
-    let package_name = &keys.inputs.package.name;
-    let index = match run.client.index(package_name, &run.counter).await {
-        Ok(Some(index)) => index,
-        Ok(None) => {
-            return Err(request(
+        Found::Candidate { build, inputs, key } => (build, inputs, key.clone()),
+        Found::Nothing => {
+            return Err(resolution.miss.clone().unwrap_or_else(|| {
                 missed(
                     MissKind::NoArtifact,
-                    format!("the mirror has no builds of {package_name}"),
-                ),
-                &keys,
-                false,
-            ))
+                    "the mirror has no build with this key",
+                )
+            }))
         }
-        Err(e) => return Err(missed(MissKind::Unavailable, e.to_string())),
-    };
-    let candidates: Vec<&IndexBuild> = index
-        .builds
-        .iter()
-        .filter(|b| keys.target_of(&b.base_key).is_some())
-        .collect();
-    if candidates.is_empty() {
-        return Err(no_candidate(&keys, &index.builds));
-    }
-
-    // Our full key for each candidate's compile-env paths; the one that matches.
-    let mut chosen = None;
-    let mut mismatch = None;
-    for candidate in &candidates {
-        let recorded = index_compile_env(candidate).map_err(|e| {
-            missed(
-                MissKind::VerificationFailed,
-                format!("the index's compile env of {}: {e}", candidate.key),
-            )
-        })?;
-        let ours = run
-            .compile_env_for(&recorded)
-            .await
-            .map_err(|e| missed(MissKind::Config, e))?;
-        let target = keys
-            .target_of(&candidate.base_key)
-            .expect("candidates match a base key");
-        let inputs = BuildInputs {
-            target,
-            compile_env: ours.clone(),
-            ..keys.inputs.clone()
-        };
-        let key = inputs
-            .key()
-            .map_err(|e| missed(MissKind::NotBuildable, e.to_string()))?;
-        if key.to_string() == candidate.key {
-            chosen = Some((*candidate, inputs, key.to_string()));
-            break;
-        }
-        if mismatch.is_none() {
-            mismatch = Some(describe_compile_env_mismatch(&recorded, &ours));
-        }
-    }
-    let Some((candidate, inputs, key)) = chosen else {
-        return Err(missed(
-            MissKind::CompileEnvMismatch,
-            format!(
-                "the mirror's builds of {package_name} {} were compiled with other config: {}",
-                keys.inputs.package.version,
-                mismatch.unwrap_or_default()
-            ),
-        ));
     };
 
     // With auditors in the policy, a build an audit found not reproducible is not used.
@@ -810,6 +802,7 @@ async fn lookup(run: &Run, app: &str, dep_env: &str) -> Result<Outcome, Missed> 
         return Err(missed(MissKind::Flagged, flagged_reason(candidate)));
     }
 
+    let _permit = run.permits.acquire().await;
     // The signed manifest, verified against the policy, its key and our inputs.
     let manifest_bytes = match run.client.manifest(&key, &run.counter).await {
         Ok(Some(bytes)) => bytes,
@@ -821,7 +814,7 @@ async fn lookup(run: &Run, app: &str, dep_env: &str) -> Result<Outcome, Missed> 
         }
         Err(e) => return Err(missed(MissKind::Unavailable, e.to_string())),
     };
-    let (manifest, signers) = verify_manifest(run, &manifest_bytes, &inputs, &key)?;
+    let (manifest, signers) = verify_manifest(run, &manifest_bytes, inputs, &key)?;
     let output = manifest.output.clone().ok_or_else(|| {
         missed(
             MissKind::VerificationFailed,
@@ -903,68 +896,482 @@ async fn lookup(run: &Run, app: &str, dep_env: &str) -> Result<Outcome, Missed> 
         key,
         bytes,
         signers,
+        replaced: resolution.replaced.clone(),
     })
 }
 
-fn keys(
-    run: &Run,
-    package: PackageRef,
-    closure: Vec<PackageRef>,
-    dep_env: &str,
-) -> Result<Keys, Missed> {
+/// The key resolution of `app` for Mix env `env`, computed once per run ([`resolve_key`]):
+/// callers wait for the one computation. Boxed, as it recurses through the closure.
+fn key_of<'a>(
+    run: &'a Run,
+    app: &'a str,
+    env: &'a str,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Arc<KeyResolution>> + Send + 'a>> {
+    Box::pin(async move {
+        let cell = run
+            .keys
+            .lock()
+            .expect("key cells")
+            .entry((app.to_string(), env.to_string()))
+            .or_default()
+            .clone();
+        cell.get_or_init(|| async { Arc::new(resolve_key(run, app, env).await) })
+            .await
+            .clone()
+    })
+}
+
+/// Works out `app`'s key for Mix env `env` (the env its whole closure is built with): its
+/// members' keys first, then the build installed with our key, else the mirror's builds of
+/// it: the one whose key is ours, or the closest one, whose target and compile-env paths give
+/// our key for it all the same (what its dependents need).
+async fn resolve_key(run: &Run, app: &str, env: &str) -> KeyResolution {
+    let unknown = |miss: Missed, inputs: Option<KeyInputs>| KeyResolution {
+        key: None,
+        inputs,
+        found: Found::Nothing,
+        miss: Some(miss),
+        difference: None,
+        replaced: None,
+    };
+    let (package, closure) = match run.lock.closure_by_app(app) {
+        Ok(closure) => closure,
+        Err(e) => return unknown(missed(MissKind::NotBuildable, e.to_string()), None),
+    };
+    if let Some(declared) = run.project.declared(app) {
+        if !declared.custom.is_empty() {
+            let options: Vec<String> = declared.custom.iter().map(|o| format!("{o}:")).collect();
+            return unknown(
+                missed(
+                    MissKind::CustomOptions,
+                    format!(
+                        "mix.exs sets {} for it: artifacts are built the package's own way",
+                        options.join(", ")
+                    ),
+                ),
+                None,
+            );
+        }
+    }
+    let manager = match run.managers.get(app).copied().flatten() {
+        Some(manager) => manager,
+        None => {
+            let e = BuildKeyError::NoManager {
+                app: app.to_string(),
+            };
+            return unknown(missed(MissKind::NotBuildable, e.to_string()), None);
+        }
+    };
+
+    // The members' keys first (each computed once, by whichever task asks first).
+    let mut members = Vec::new();
+    let mut member_inputs = Vec::new();
+    let mut unknown_member: Option<(String, Missed)> = None;
+    let mut differences = Vec::new();
+    for (member_app, member) in &closure {
+        let cycle = run
+            .lock
+            .closure_by_app(member_app)
+            .is_ok_and(|(_, theirs)| theirs.contains_key(app));
+        if cycle {
+            return unknown(
+                missed(
+                    MissKind::NotBuildable,
+                    format!("mix.lock: {app} and {member_app} depend on each other"),
+                ),
+                None,
+            );
+        }
+        let resolution = key_of(run, member_app, env).await;
+        if let Some(difference) = &resolution.difference {
+            differences.push(format!("{}: {difference}", member.name));
+        }
+        if resolution.key.is_none() && unknown_member.is_none() {
+            let miss = resolution
+                .miss
+                .clone()
+                .unwrap_or_else(|| missed(MissKind::NoArtifact, "its key is unknown"));
+            unknown_member = Some((member.name.clone(), miss));
+        }
+        members.push(ClosureMember {
+            package: member.clone(),
+            key: resolution.key,
+        });
+        member_inputs.push((member.clone(), resolution.inputs.clone()));
+    }
     let inputs = BuildInputs {
         package,
-        closure,
+        manager,
+        closure: members,
         otp_major: run.project.otp_major.clone(),
         elixir: run.project.elixir.clone(),
-        mix_env: dep_env.to_string(),
+        mix_env: env.to_string(),
         target: Target::Any,
         compile_env: Vec::new(),
     };
-    let base = |inputs: &BuildInputs| {
-        inputs
-            .base_key()
-            .map(|k| k.to_string())
-            .map_err(|e| missed(MissKind::NotBuildable, e.to_string()))
+    let with_target = |target: &Target| BuildInputs {
+        target: target.clone(),
+        ..inputs.clone()
     };
-    let any = base(&inputs)?;
-    let native = match &run.native {
-        Some(target) => {
-            let native_inputs = BuildInputs {
-                target: target.clone(),
-                ..inputs.clone()
-            };
-            Some((target.clone(), base(&native_inputs)?))
+
+    // Installed with our key, and its files are the signed ones (by content, never mtimes):
+    // nothing to ask the mirror. Files that differ (Mix rebuilt it in place) are installed
+    // again from the mirror's build below.
+    let mut replaced = None;
+    if unknown_member.is_none() {
+        if let Some(installed) = install::installed(&run.project.lib_dir(), app) {
+            if let Some((key, target, compile_env, files)) =
+                current_key(run, &inputs, &installed).await
+            {
+                let (lib_dir, app_owned) = (run.project.lib_dir(), app.to_string());
+                let checked = tokio::task::spawn_blocking(move || {
+                    install::check_installed(&lib_dir, &app_owned, &files)
+                })
+                .await;
+                match checked {
+                    Ok(Ok(())) => {
+                        return KeyResolution {
+                            key: BuildKey::parse(&key),
+                            inputs: Some(KeyInputs {
+                                manager,
+                                target: Some(target),
+                                compile_env,
+                            }),
+                            found: Found::Installed { key },
+                            miss: None,
+                            difference: None,
+                            replaced: None,
+                        };
+                    }
+                    Ok(Err(drift)) => {
+                        tracing::info!("{app}: the install is not the signed build: {drift}");
+                        replaced = Some(format!("Mix rebuilt it or its files changed: {drift}"));
+                    }
+                    Err(e) => tracing::warn!("{app}: checking the install: {e}"),
+                }
+            } else {
+                tracing::debug!("{app}: the installed build is not this build's");
+            }
         }
-        None => None,
+    }
+
+    let name = inputs.package.name.clone();
+    let version = inputs.package.version.clone();
+    let index = {
+        let _permit = run.permits.acquire().await;
+        run.client.index(&name, &run.counter).await
     };
-    Ok(Keys {
-        inputs,
-        any,
-        native,
-    })
+    let builds = match index {
+        Ok(Some(index)) => index.builds,
+        Ok(None) => Vec::new(),
+        Err(e) => {
+            let inputs = KeyInputs {
+                manager,
+                target: None,
+                compile_env: Vec::new(),
+            };
+            return unknown(missed(MissKind::Unavailable, e.to_string()), Some(inputs));
+        }
+    };
+    // Our target for a build of the index: `any`, or ours for native code (built here, or
+    // elsewhere: native code built for this machine would have our target).
+    let our_target = |build: &IndexBuild| -> Option<Target> {
+        match build.target.as_str() {
+            "any" => Some(Target::Any),
+            _ => run.native.clone(),
+        }
+    };
+    let ours = |build: &&IndexBuild| {
+        build.version == version
+            && build.otp_major == run.project.otp_major
+            && build.elixir == run.project.elixir
+            && build.mix_env == env
+    };
+
+    // The builds with one of our base keys, and the one with our key.
+    let mut candidates: Vec<(&IndexBuild, Target)> = Vec::new();
+    if unknown_member.is_none() {
+        for build in builds.iter().filter(ours).filter(|b| b.key_format == 2) {
+            let Some(target) = our_target(build) else {
+                continue;
+            };
+            if target.to_string() != build.target && build.target != "any" {
+                continue;
+            }
+            if with_target(&target)
+                .base_key()
+                .is_ok_and(|key| key.to_string() == build.base_key)
+            {
+                candidates.push((build, target));
+            }
+        }
+    }
+    let mut mismatch = None;
+    for (build, target) in &candidates {
+        let entries = match our_entries(run, build).await {
+            Ok(entries) => entries,
+            Err(miss) => return unknown(miss, None),
+        };
+        let candidate_inputs = BuildInputs {
+            compile_env: entries.clone(),
+            ..with_target(target)
+        };
+        let Ok(key) = candidate_inputs.key() else {
+            continue;
+        };
+        if key.to_string() == build.key {
+            return KeyResolution {
+                key: Some(key),
+                inputs: Some(KeyInputs {
+                    manager,
+                    target: Some(target.clone()),
+                    compile_env: entries,
+                }),
+                found: Found::Candidate {
+                    build: Box::new((*build).clone()),
+                    inputs: Box::new(candidate_inputs),
+                    key: key.to_string(),
+                },
+                miss: None,
+                difference: None,
+                replaced,
+            };
+        }
+        if mismatch.is_none() {
+            let recorded = index_compile_env(build).unwrap_or_default();
+            mismatch = Some(describe_compile_env_mismatch(
+                &recorded,
+                &entries,
+                manager.syntax(),
+            ));
+        }
+    }
+
+    // No build has our key. The closest build of this release for our toolchain and env
+    // still says what the package reads (its target, its compile-env paths): our key for it.
+    let representative = candidates
+        .first()
+        .map(|(b, t)| (*b, t.clone()))
+        .or_else(|| {
+            let mut same: Vec<&IndexBuild> = builds.iter().filter(ours).collect();
+            same.sort_by_key(|b| (b.key_format != 2, b.target != "any"));
+            same.into_iter()
+                .find_map(|build| our_target(build).map(|target| (build, target)))
+        });
+    let (target, compile_env) = match &representative {
+        Some((build, target)) => match our_entries(run, build).await {
+            Ok(entries) => (Some(target.clone()), entries),
+            Err(miss) => return unknown(miss, None),
+        },
+        None => (None, Vec::new()),
+    };
+    let own = KeyInputs {
+        manager,
+        target: target.clone(),
+        compile_env: compile_env.clone(),
+    };
+    // The target a build request asks for: native when the package is known to hold native
+    // code, else `any` (a builder may find it native; that build satisfies the request).
+    let request_target = target.clone().unwrap_or_else(|| {
+        match (&run.native, builds.iter().any(|b| b.target != "any")) {
+            (Some(native), true) => native.clone(),
+            _ => Target::Any,
+        }
+    });
+    let request = |miss: Missed, every_key_known: bool| {
+        with_request(
+            miss,
+            &with_target(&request_target),
+            &own,
+            &member_inputs,
+            every_key_known,
+        )
+    };
+
+    if let Some((member, member_miss)) = unknown_member {
+        let miss = match member_miss.kind {
+            // Nothing a build would fix: said as it is.
+            kind @ (MissKind::Unavailable
+            | MissKind::Config
+            | MissKind::NotBuildable
+            | MissKind::CustomOptions
+            | MissKind::VerificationFailed) => missed(
+                kind,
+                format!("its dependency {member}: {}", member_miss.reason),
+            ),
+            _ => request(
+                missed(
+                    MissKind::DependencyNotBuilt,
+                    format!(
+                        "needs a build of {member} first: the key of {name} {version} names \
+                         its dependencies' keys ({})",
+                        member_miss.reason
+                    ),
+                ),
+                false,
+            ),
+        };
+        return unknown(miss, Some(own));
+    }
+
+    // Our key for it all the same, when some build says what it reads.
+    let key = target.as_ref().and_then(|target| {
+        BuildInputs {
+            compile_env: compile_env.clone(),
+            ..with_target(target)
+        }
+        .key()
+        .ok()
+    });
+    let requested = with_target(&request_target);
+    let miss = if let Some(mismatch) = mismatch {
+        missed(
+            MissKind::CompileEnvMismatch,
+            format!(
+                "the mirror's builds of {name} {version} were compiled with other config: \
+                 {mismatch}"
+            ),
+        )
+    } else {
+        request(
+            no_candidate(&requested, &builds, run.native.as_ref(), &differences),
+            true,
+        )
+    };
+    let difference = key.map(|_| short_difference(&miss));
+    let mut miss = miss;
+    if let Some(replaced) = replaced {
+        // The changed install is removed as stale (`resolve`): Mix builds it.
+        miss.reason = format!("{} (the install had changed: {replaced})", miss.reason);
+    }
+    KeyResolution {
+        key,
+        inputs: Some(own),
+        found: Found::Nothing,
+        miss: Some(miss),
+        difference,
+        replaced: None,
+    }
 }
 
-/// The key of an install that is this build's, if `installed` is: its stored manifest still
-/// meets the policy, names one of our base keys, and our config gives its key.
-async fn current_key(run: &Run, keys: &Keys, installed: &install::Installed) -> Option<String> {
+/// What a dependent's reason says of a member whose key no build has: its own reason, without
+/// the package's name it starts with.
+fn short_difference(miss: &Missed) -> String {
+    match miss.kind {
+        MissKind::CompileEnvMismatch => miss
+            .reason
+            .split_once(": ")
+            .map_or(miss.reason.clone(), |(_, values)| {
+                format!("other compile-time config ({values})")
+            }),
+        _ => miss.reason.clone(),
+    }
+}
+
+/// Our config's values for the compile-env paths `build` records.
+async fn our_entries(run: &Run, build: &IndexBuild) -> Result<Vec<CompileEnvEntry>, Missed> {
+    let recorded = index_compile_env(build).map_err(|e| {
+        missed(
+            MissKind::VerificationFailed,
+            format!("the index's compile env of {}: {e}", build.key),
+        )
+    })?;
+    run.compile_env_for(&recorded)
+        .await
+        .map_err(|e| missed(MissKind::Config, e))
+}
+
+/// Attaches what `--request-builds` reports: the miss's key for `inputs` (whose target is the
+/// one requested) — the base key when `every_key_known`, else the request key — and what the
+/// mirror needs to recompute it. None when some member's manager is unknown (no miss the
+/// mirror could check).
+fn with_request(
+    mut miss: Missed,
+    inputs: &BuildInputs,
+    own: &KeyInputs,
+    members: &[(precomp_proto::buildkey::PackageRef, Option<KeyInputs>)],
+    every_key_known: bool,
+) -> Missed {
+    let key = if every_key_known {
+        inputs.base_key().map(|k| MissKey::Base(k.to_string()))
+    } else {
+        inputs
+            .request_key()
+            .map(|k| MissKey::Request(k.to_string()))
+    };
+    let Ok(key) = key else {
+        return miss;
+    };
+    let mut closure = Vec::new();
+    for (package, member) in members {
+        let Some(member) = member else {
+            return miss;
+        };
+        closure.push(MissMember {
+            name: package.name.clone(),
+            version: package.version.clone(),
+            manager: member.manager.to_string(),
+            target: member.target.as_ref().map(Target::to_string),
+            compile_env: compile_env_json(&member.compile_env),
+        });
+    }
+    miss.request = Some(Box::new(BuildRequest {
+        key,
+        target: inputs.target.to_string(),
+        manager: own.manager.to_string(),
+        compile_env: compile_env_json(&own.compile_env),
+        closure,
+    }));
+    miss
+}
+
+/// Compile-env entries as the API carries them: Erlang term text.
+fn compile_env_json(entries: &[CompileEnvEntry]) -> Vec<CompileEnvJson> {
+    entries
+        .iter()
+        .map(|entry| CompileEnvJson {
+            app: entry.app.clone(),
+            path: to_erlang_text(&Term::List(entry.path.clone())),
+            value: entry.value.as_ref().map(to_erlang_text),
+        })
+        .collect()
+}
+
+/// The key of an install that is this build's, with its target, our compile env and the
+/// files its manifest lists (to check the install by), if `installed` is: its stored
+/// manifest still meets the policy, its target is `any` or ours, its base key is ours
+/// (`inputs`, every member key known, for that target) and our config gives its key.
+async fn current_key(
+    run: &Run,
+    inputs: &BuildInputs,
+    installed: &install::Installed,
+) -> Option<(String, Target, Vec<CompileEnvEntry>, Vec<FileRecord>)> {
     let signed = SignedManifest::decode(&installed.signed_manifest).ok()?;
     let (manifest, _) = run.policy.verify(&signed).ok()?;
     if manifest.key != installed.key {
         return None;
     }
-    let target = keys.target_of(&manifest.base_key)?;
-    let recorded = manifest.inputs().ok()?.compile_env;
-    let ours = run.compile_env_for(&recorded).await.ok()?;
+    let theirs = manifest.inputs().ok()?;
+    if theirs.target != Target::Any && Some(&theirs.target) != run.native.as_ref() {
+        return None;
+    }
+    let ours = BuildInputs {
+        target: theirs.target.clone(),
+        ..inputs.clone()
+    };
+    if ours.base_key().ok()?.to_string() != manifest.base_key {
+        return None;
+    }
+    let compile_env = run.compile_env_for(&theirs.compile_env).await.ok()?;
     let key = BuildInputs {
-        target,
-        compile_env: ours,
-        ..keys.inputs.clone()
+        compile_env: compile_env.clone(),
+        ..ours
     }
     .key()
     .ok()?
     .to_string();
-    (key == installed.key).then_some(key)
+    let files = manifest.output?.files;
+    (key == installed.key).then_some((key, theirs.target, compile_env, files))
 }
 
 /// Decodes and verifies a signed manifest, and checks it is exactly the build we want.
@@ -1026,13 +1433,23 @@ fn describe_inputs_difference(ours: &BuildInputs, theirs: &BuildInputs) -> Optio
             theirs.package.name, theirs.package.version, ours.package.name, ours.package.version
         ));
     }
-    let sorted = |closure: &[PackageRef]| {
+    if ours.manager != theirs.manager {
+        return Some(format!(
+            "built with {}, Mix uses {} here",
+            theirs.manager, ours.manager
+        ));
+    }
+    let sorted = |closure: &[ClosureMember]| {
         let mut c = closure.to_vec();
         c.sort();
         c
     };
     if sorted(&ours.closure) != sorted(&theirs.closure) {
-        return Some("its dependency closure differs from mix.lock's".into());
+        return Some(
+            "its dependency closure (or what its dependencies were built with) differs from this \
+             project's"
+                .into(),
+        );
     }
     for (what, a, b) in [
         ("OTP", &ours.otp_major, &theirs.otp_major),
@@ -1055,6 +1472,7 @@ fn describe_inputs_difference(ours: &BuildInputs, theirs: &BuildInputs) -> Optio
         return Some(describe_compile_env_mismatch(
             &theirs.compile_env,
             &ours.compile_env,
+            ours.manager.syntax(),
         ));
     }
     None
@@ -1089,31 +1507,25 @@ fn one_term(text: &str) -> Result<Term, String> {
 }
 
 /// `env_reader [greeting]: built with <<"hello">>, your config sets <<"howdy">>`.
-fn describe_compile_env_mismatch(recorded: &[CompileEnvEntry], ours: &[CompileEnvEntry]) -> String {
-    let show = |value: &Option<Term>| match value {
-        Some(value) => value.summary(),
-        None => "nothing".to_string(),
-    };
-    let ours_by_path: BTreeMap<(String, String), &Option<Term>> = ours
-        .iter()
-        .map(|e| {
-            (
-                (e.app.clone(), to_erlang_text(&Term::List(e.path.clone()))),
-                &e.value,
-            )
-        })
-        .collect();
+/// Which compile-env values differ, each shown in `syntax` (the package's people's: Elixir for
+/// a Mix package): `cfg_macro [:label]: built with "red", your config sets "blue"`.
+fn describe_compile_env_mismatch(
+    recorded: &[CompileEnvEntry],
+    ours: &[CompileEnvEntry],
+    syntax: Syntax,
+) -> String {
     let differences: Vec<String> = recorded
         .iter()
         .filter_map(|entry| {
-            let path = to_erlang_text(&Term::List(entry.path.clone()));
-            let our_value = ours_by_path.get(&(entry.app.clone(), path.clone()))?;
-            (*our_value != &entry.value).then(|| {
+            let our_entry = ours
+                .iter()
+                .find(|e| e.app == entry.app && e.path == entry.path)?;
+            (our_entry.value != entry.value).then(|| {
                 format!(
-                    "{} {path}: built with {}, your config sets {}",
-                    entry.app,
-                    show(&entry.value),
-                    show(our_value)
+                    "{}: built with {}, your config sets {}",
+                    entry.describe_path(syntax),
+                    entry.describe_value(syntax),
+                    our_entry.describe_value(syntax)
                 )
             })
         })
@@ -1125,27 +1537,27 @@ fn describe_compile_env_mismatch(recorded: &[CompileEnvEntry], ours: &[CompileEn
     }
 }
 
-/// Why no build of the index has one of our base keys.
-fn no_candidate(keys: &Keys, builds: &[IndexBuild]) -> Missed {
-    let ours = &keys.inputs;
+/// Why no build of the index has one of our base keys (`ours`: our inputs, with the target a
+/// request would ask for; `differences`: the members whose keys no build has, and why).
+fn no_candidate(
+    ours: &BuildInputs,
+    builds: &[IndexBuild],
+    native: Option<&Target>,
+    differences: &[String],
+) -> Missed {
     let name = &ours.package.name;
     let version = &ours.package.version;
     let same_version: Vec<&IndexBuild> = builds.iter().filter(|b| &b.version == version).collect();
     if same_version.is_empty() {
-        return request(
-            missed(
-                MissKind::NoArtifact,
-                format!("the mirror has no build of {name} {version}"),
-            ),
-            keys,
-            builds.iter().any(|b| b.target != "any"),
+        return missed(
+            MissKind::NoArtifact,
+            format!("the mirror has no build of {name} {version}"),
         );
     }
     let toolchain: Vec<&&IndexBuild> = same_version
         .iter()
         .filter(|b| b.otp_major == ours.otp_major && b.elixir == ours.elixir)
         .collect();
-    let native = same_version.iter().any(|b| b.target != "any");
     if toolchain.is_empty() {
         let mut built: Vec<String> = same_version
             .iter()
@@ -1153,18 +1565,14 @@ fn no_candidate(keys: &Keys, builds: &[IndexBuild]) -> Missed {
             .collect();
         built.sort();
         built.dedup();
-        return request(
-            missed(
-                MissKind::NoArtifact,
-                format!(
-                    "{name} {version} is built for {} only; this project uses OTP {} / Elixir {}",
-                    built.join(", "),
-                    ours.otp_major,
-                    ours.elixir
-                ),
+        return missed(
+            MissKind::NoArtifact,
+            format!(
+                "{name} {version} is built for {} only; this project uses OTP {} / Elixir {}",
+                built.join(", "),
+                ours.otp_major,
+                ours.elixir
             ),
-            keys,
-            native,
         );
     }
     let env: Vec<&&&IndexBuild> = toolchain
@@ -1172,65 +1580,57 @@ fn no_candidate(keys: &Keys, builds: &[IndexBuild]) -> Missed {
         .filter(|b| b.mix_env == ours.mix_env)
         .collect();
     if env.is_empty() {
-        return request(
-            missed(
-                MissKind::NoArtifact,
-                format!(
-                    "{name} {version} is built for Mix env {} only; this dependency uses {}",
-                    toolchain[0].mix_env, ours.mix_env
-                ),
+        return missed(
+            MissKind::NoArtifact,
+            format!(
+                "{name} {version} is built for Mix env {} only; this dependency uses {}",
+                toolchain[0].mix_env, ours.mix_env
             ),
-            keys,
-            native,
         );
     }
-    let ours_target = keys
-        .native
-        .as_ref()
-        .map(|(t, _)| t.to_string())
-        .unwrap_or_else(|| "unknown".into());
-    let other_targets: BTreeSet<&str> = env
+    let current: Vec<&&&IndexBuild> = env.iter().copied().filter(|b| b.key_format == 2).collect();
+    if current.is_empty() {
+        return missed(
+            MissKind::OldKeyFormat,
+            format!(
+                "the mirror's builds of {name} {version} are of key format v1, which does not \
+                 name what its dependencies were built with; builders rebuild it with key format \
+                 v2 (precomp build --missing)"
+            ),
+        );
+    }
+    let ours_target = native.map_or_else(|| "unknown".to_string(), Target::to_string);
+    let other_targets: BTreeSet<&str> = current
         .iter()
         .map(|b| b.target.as_str())
         .filter(|t| *t != "any" && *t != ours_target)
         .collect();
-    if !other_targets.is_empty() && env.iter().all(|b| b.target != "any") {
-        let all_other = env.iter().all(|b| b.target != ours_target);
+    if !other_targets.is_empty() && current.iter().all(|b| b.target != "any") {
+        let all_other = current.iter().all(|b| b.target != ours_target);
         if all_other {
-            return request(
-                missed(
-                    MissKind::OtherTarget,
-                    format!(
-                        "{name} {version} has native code built for {} only; this machine is {ours_target}",
-                        other_targets.into_iter().collect::<Vec<_>>().join(", ")
-                    ),
+            return missed(
+                MissKind::OtherTarget,
+                format!(
+                    "{name} {version} has native code built for {} only; this machine is {ours_target}",
+                    other_targets.into_iter().collect::<Vec<_>>().join(", ")
                 ),
-                keys,
-                true,
             );
         }
     }
-    request(
-        missed(
+    if !differences.is_empty() {
+        return missed(
             MissKind::NoArtifact,
             format!(
-                "no build of {name} {version} against this project's versions of its dependencies"
+                "no build of {name} {version} against this project's builds of its \
+                 dependencies: {}",
+                differences.join("; ")
             ),
-        ),
-        keys,
-        native,
+        );
+    }
+    missed(
+        MissKind::NoArtifact,
+        format!("no build of {name} {version} against this project's versions of its dependencies"),
     )
-}
-
-/// Attaches what `--request-builds` reports: the base key for the native target when the
-/// package is known to hold native code, else for `any`.
-fn request(mut miss: Missed, keys: &Keys, native: bool) -> Missed {
-    let (target, base_key) = match (&keys.native, native) {
-        (Some((target, key)), true) => (target.to_string(), key.clone()),
-        _ => ("any".to_string(), keys.any.clone()),
-    };
-    miss.request = Some(BuildRequest { base_key, target });
-    miss
 }
 
 /// Reports the misses builders can fix to the mirror, one after the other; how many were
@@ -1249,16 +1649,24 @@ async fn request_builds(run: &Run, deps: &[DepReport], lock_text: &str) -> (usiz
             .declared(&dep.app)
             .map(|d| d.env.clone())
             .unwrap_or_else(|| "prod".into());
+        let (base_key, request_key) = match &request.key {
+            MissKey::Base(key) => (Some(key.clone()), None),
+            MissKey::Request(key) => (None, Some(key.clone())),
+        };
         let report = MissReport {
             package: package.clone(),
             version: version.clone(),
-            base_key: request.base_key.clone(),
+            base_key,
+            request_key,
             reason: one_line(reason, 256),
             otp_major: run.project.otp_major.clone(),
             elixir: run.project.elixir.clone(),
             mix_env: dep_env,
             target: request.target.clone(),
             lock: closure_lock(&run.lock, &dep.app, lock_text),
+            manager: request.manager.clone(),
+            compile_env: request.compile_env.clone(),
+            closure: request.closure.clone(),
         };
         match run.client.report_miss(&report).await {
             Ok(()) => reported += 1,
@@ -1408,13 +1816,27 @@ mod tests {
         let text = describe_compile_env_mismatch(
             &[entry(Some(Term::binary("hello")))],
             &[entry(Some(Term::binary("howdy")))],
+            Syntax::Elixir,
         );
-        assert!(text.contains("env_reader [greeting]"), "{text}");
-        assert!(text.contains("hello") && text.contains("howdy"), "{text}");
-        assert!(
-            describe_compile_env_mismatch(&[entry(None)], &[entry(Some(Term::atom("x")))])
-                .contains("built with nothing")
+        assert_eq!(
+            text,
+            "env_reader [:greeting]: built with \"hello\", your config sets \"howdy\""
         );
+        let erlang = describe_compile_env_mismatch(
+            &[entry(Some(Term::binary("hello")))],
+            &[entry(Some(Term::atom("hi")))],
+            Syntax::Erlang,
+        );
+        assert_eq!(
+            erlang,
+            "env_reader [greeting]: built with <<\"hello\">>, your config sets hi"
+        );
+        assert!(describe_compile_env_mismatch(
+            &[entry(None)],
+            &[entry(Some(Term::atom("x")))],
+            Syntax::Elixir
+        )
+        .contains("built with nothing, your config sets :x"));
     }
 
     #[test]

@@ -20,9 +20,10 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use precomp_proto::artifact;
+use precomp_proto::manifest::FileRecord;
 
 /// Prefix of staging directories in `lib/`.
 pub const STAGING_PREFIX: &str = ".precomp-tmp-";
@@ -30,10 +31,12 @@ pub const STAGING_PREFIX: &str = ".precomp-tmp-";
 /// The lock file in `lib/` that serialises fetches of one build directory.
 pub const LOCK_FILE: &str = ".precomp.lock";
 
-/// Test hook: when this environment variable names the app being installed, the install
-/// stops (for a minute) with everything staged, right before the swap, after printing
-/// `pausing before swapping APP` to stderr, so a test can kill the process at the worst
-/// moment. Inert otherwise.
+/// Test hook, only in builds with the `test-hooks` feature (the workspace's tests turn it on;
+/// `cargo build` and `cargo install` leave it off): when this environment variable names the
+/// app being installed, the install stops (for a minute) with everything staged, right before
+/// the swap, after printing `pausing before swapping APP` to stderr, so a test can kill the
+/// process at the worst moment.
+#[cfg(feature = "test-hooks")]
 #[doc(hidden)]
 pub const PAUSE_BEFORE_SWAP_ENV: &str = "PRECOMP_TEST_PAUSE_BEFORE_SWAP";
 
@@ -108,9 +111,10 @@ pub fn install(spec: &Install<'_>) -> Result<(), InstallError> {
     write_file(&new.join(KEY_MARKER), format!("{}\n", spec.key).as_bytes())?;
     touch_fetch_marker(&new, spec.fetch_marker)?;
 
+    #[cfg(feature = "test-hooks")]
     if std::env::var_os(PAUSE_BEFORE_SWAP_ENV).is_some_and(|app| app == spec.app) {
         eprintln!("pausing before swapping {}", spec.app);
-        std::thread::sleep(Duration::from_secs(60));
+        std::thread::sleep(std::time::Duration::from_secs(60));
     }
     let target = spec.lib_dir.join(spec.app);
     replace(&new, &target, &staging.path().join("old"))?;
@@ -199,6 +203,88 @@ pub fn installed(lib_dir: &Path, app: &str) -> Option<Installed> {
         key: key.trim().to_string(),
         signed_manifest,
     })
+}
+
+/// How an install's files differ from its manifest's list: the first difference found.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Drift {
+    #[error("{0} is missing")]
+    Missing(String),
+    #[error("{0} has other bytes than the signed manifest lists")]
+    Changed(String),
+    #[error("{0} is not a regular file of the install (a link, or another kind of file)")]
+    NotAFile(String),
+    #[error("{0} has {1} executable bit than the manifest lists")]
+    Mode(String, &'static str),
+    #[error("{0} is not in the signed manifest")]
+    Extra(String),
+}
+
+/// Checks that `lib/<app>` holds exactly the files the manifest lists, by content (SHA-256
+/// and size) and executable bit — never by mtime — and nothing else outside `.mix/` (Mix's
+/// and precomp's markers). Links anywhere on a listed path count as differences: precomp
+/// installs real files, while Mix links `priv` into `deps/`. A `mix deps.compile` that
+/// rebuilt the dependency in place gives other beams (their debug info holds the build
+/// path) and is found here.
+pub fn check_installed(lib_dir: &Path, app: &str, files: &[FileRecord]) -> Result<(), Drift> {
+    use sha2::{Digest, Sha256};
+    use std::os::unix::fs::PermissionsExt;
+    let dir = lib_dir.join(app);
+    let mut listed = std::collections::BTreeSet::new();
+    for file in files {
+        listed.insert(file.path.as_str());
+        let mut path = dir.clone();
+        for component in file.path.split('/') {
+            path.push(component);
+            match std::fs::symlink_metadata(&path) {
+                Err(_) => return Err(Drift::Missing(file.path.clone())),
+                Ok(meta) if meta.file_type().is_symlink() => {
+                    return Err(Drift::NotAFile(file.path.clone()))
+                }
+                Ok(_) => {}
+            }
+        }
+        let meta =
+            std::fs::symlink_metadata(&path).map_err(|_| Drift::Missing(file.path.clone()))?;
+        if !meta.is_file() {
+            return Err(Drift::NotAFile(file.path.clone()));
+        }
+        if meta.len() != file.size {
+            return Err(Drift::Changed(file.path.clone()));
+        }
+        let mut hasher = Sha256::new();
+        File::open(&path)
+            .and_then(|mut f| std::io::copy(&mut f, &mut hasher))
+            .map_err(|_| Drift::Missing(file.path.clone()))?;
+        if hasher.finalize().as_slice() != file.sha256.as_slice() {
+            return Err(Drift::Changed(file.path.clone()));
+        }
+        let executable = meta.permissions().mode() & 0o111 != 0;
+        if executable != file.executable {
+            let which = if file.executable { "no" } else { "an" };
+            return Err(Drift::Mode(file.path.clone(), which));
+        }
+    }
+    // Anything else besides the markers: a beam Mix added, a file an artifact does not hold.
+    let mut stack = vec![(dir.clone(), String::new())];
+    while let Some((current, prefix)) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&current) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let relative = format!("{prefix}{name}");
+            if relative == ".mix" {
+                continue;
+            }
+            match entry.file_type() {
+                Ok(kind) if kind.is_dir() => stack.push((entry.path(), format!("{relative}/"))),
+                _ if listed.contains(relative.as_str()) => {}
+                _ => return Err(Drift::Extra(relative)),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// True when `lib/<app>` was installed by precomp (whatever its key).
@@ -324,6 +410,7 @@ impl LibLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     /// A packed app with `ebin/<app>.app` (when `with_app`) and a beam holding `content`.
     fn artifact(app: &str, content: &str, with_app: bool) -> Vec<u8> {
@@ -341,6 +428,59 @@ mod tests {
         std::fs::write(app_dir.join(format!("ebin/{app}.beam")), content).unwrap();
         std::fs::write(app_dir.join("priv/data.txt"), content).unwrap();
         artifact::pack(&app_dir, dir.path()).unwrap().bytes
+    }
+
+    #[test]
+    fn an_install_is_checked_by_content_against_its_file_list() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (lib, deps) = (dir.path().join("lib"), dir.path().join("deps"));
+        std::fs::create_dir_all(deps.join("dep")).unwrap();
+        let bytes = artifact("dep", "one", true);
+        install_into(&lib, &deps, &bytes, "k1").unwrap();
+        let files = artifact::list(&bytes).unwrap();
+        check_installed(&lib, "dep", &files).unwrap();
+
+        // Markers change (mtimes, Mix's own files under .mix): still the same install.
+        std::fs::write(lib.join("dep/.mix/compile.elixir"), b"mix manifest").unwrap();
+        check_installed(&lib, "dep", &files).unwrap();
+
+        // Rebuilt in place with the same size: other bytes.
+        let beam = lib.join("dep/ebin/dep.beam");
+        std::fs::write(&beam, b"two").unwrap();
+        assert_eq!(
+            check_installed(&lib, "dep", &files),
+            Err(Drift::Changed("ebin/dep.beam".into()))
+        );
+        std::fs::write(&beam, b"one").unwrap();
+        check_installed(&lib, "dep", &files).unwrap();
+
+        // A beam Mix added, a file removed, a mode, a link where a file was.
+        std::fs::write(lib.join("dep/ebin/extra.beam"), b"x").unwrap();
+        assert_eq!(
+            check_installed(&lib, "dep", &files),
+            Err(Drift::Extra("ebin/extra.beam".into()))
+        );
+        std::fs::remove_file(lib.join("dep/ebin/extra.beam")).unwrap();
+        std::fs::set_permissions(&beam, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(
+            check_installed(&lib, "dep", &files),
+            Err(Drift::Mode("ebin/dep.beam".into(), "an"))
+        );
+        std::fs::set_permissions(&beam, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let priv_dir = lib.join("dep/priv");
+        std::fs::rename(&priv_dir, dir.path().join("priv-elsewhere")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("priv-elsewhere"), &priv_dir).unwrap();
+        assert_eq!(
+            check_installed(&lib, "dep", &files),
+            Err(Drift::NotAFile("priv/data.txt".into())),
+            "Mix links priv into deps/: not the install"
+        );
+        std::fs::remove_file(&priv_dir).unwrap();
+        assert_eq!(
+            check_installed(&lib, "dep", &files),
+            Err(Drift::Missing("priv/data.txt".into()))
+        );
     }
 
     fn leftovers(lib: &Path) -> Vec<String> {

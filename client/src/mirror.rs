@@ -18,7 +18,9 @@ pub const MAX_ARTIFACT_SIZE: u64 = precomp_proto::artifact::MAX_ARTIFACT_SIZE;
 /// Bound on the text of a miss report's lock.
 pub const MAX_MISS_LOCK: usize = 256 * 1024;
 
-pub use precomp_proto::api::{CompileEnvJson, Index, IndexBuild, MissReport, VerdictSummary};
+pub use precomp_proto::api::{
+    CompileEnvJson, Index, IndexBuild, MissMember, MissReport, VerdictSummary,
+};
 
 /// Why a request failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -462,7 +462,7 @@ mod tests {
     }
 
     fn manifest() -> Manifest {
-        use precomp_proto::buildkey::{BuildInputs, PackageRef, Target};
+        use precomp_proto::buildkey::{BuildInputs, Manager, PackageRef, Target};
         let mut manifest = Manifest::default();
         manifest
             .set_inputs(&BuildInputs {
@@ -471,6 +471,7 @@ mod tests {
                     version: "1.0.0".into(),
                     outer_checksum: [7; 32],
                 },
+                manager: Manager::Mix,
                 closure: vec![],
                 otp_major: "25".into(),
                 elixir: "1.14.0".into(),

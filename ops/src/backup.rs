@@ -23,7 +23,8 @@
 //! Restore goes into an empty (or absent) data directory only — so no mirror is using it —
 //! through a sibling staging directory renamed into place at the end; every file is checked
 //! against the listed size and SHA-256 while it is copied, and every database with
-//! `PRAGMA integrity_check`.
+//! `PRAGMA integrity_check`. The backup must also be complete: the listing names every file
+//! in it, and every blob the databases name is listed (so present and checked).
 
 use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
@@ -78,6 +79,15 @@ pub enum BackupError {
     NotABackup { path: PathBuf, message: String },
     #[error("the database could not be snapshot: it stayed busy; try again")]
     Busy,
+    #[error("{}: the backup is incomplete: {database} names {count} blob(s) that {BACKUP_MANIFEST} does not list, e.g. {}; nothing was restored: take a new backup, or restore an older one", path.display(), examples.join(", "))]
+    Incomplete {
+        path: PathBuf,
+        database: String,
+        count: usize,
+        examples: Vec<String>,
+    },
+    #[error("{}: {relative} is in the backup but not in {BACKUP_MANIFEST}: the listing does not describe this backup (was it edited?); nothing was restored", path.display())]
+    Unlisted { path: PathBuf, relative: String },
 }
 
 /// `precomp-backup.json`.
@@ -393,19 +403,85 @@ fn describe(path: &Path, relative: &str) -> Result<BackupFile, BackupError> {
 }
 
 /// Reads and checks a backup: its manifest, and every file's size and SHA-256. The manifest.
+/// Then that the backup is complete: [`check_all_listed`] and [`check_blobs_listed`].
 pub fn verify(from: &Path) -> Result<BackupManifest, BackupError> {
     let manifest = read_manifest(from)?;
+    check_all_listed(from, &manifest)?;
     for file in &manifest.files {
         let path = from.join(&file.path);
         let (size, sha256) = hash_file(&path)?;
         check_file(&path, file, size, &sha256)?;
     }
+    check_blobs_listed(from, &manifest)?;
     Ok(manifest)
+}
+
+/// The listing describes the backup: every file in it is listed. An unlisted file means the
+/// listing was edited, or belongs to another backup.
+fn check_all_listed(root: &Path, manifest: &BackupManifest) -> Result<(), BackupError> {
+    let listed: std::collections::HashSet<&str> =
+        manifest.files.iter().map(|f| f.path.as_str()).collect();
+    for part in PARTS {
+        let dir = root.join(part);
+        if !dir.is_dir() {
+            continue;
+        }
+        for (relative, _) in regular_files(&dir, part)? {
+            if !listed.contains(relative.as_str()) {
+                return Err(BackupError::Unlisted {
+                    path: root.to_path_buf(),
+                    relative,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every blob that a listed database names is listed too, so present and checked. The
+/// databases under `root` must have been checked against the listing first: what is read
+/// here are the listed bytes.
+///
+/// Without this, a blob deleted together with its line in the listing would go unnoticed,
+/// and the restored mirror would hold manifests whose artifacts are gone.
+fn check_blobs_listed(root: &Path, manifest: &BackupManifest) -> Result<(), BackupError> {
+    let listed: std::collections::HashSet<&str> =
+        manifest.files.iter().map(|f| f.path.as_str()).collect();
+    for file in &manifest.files {
+        let Some(part) = database_part(&file.path) else {
+            continue;
+        };
+        let missing: Vec<String> = blob_names(&root.join(&file.path), part)?
+            .into_iter()
+            .map(|sha| format!("{part}/{}", blob_relative_path(&sha).display()))
+            .filter(|relative| !listed.contains(relative.as_str()))
+            .collect();
+        if !missing.is_empty() {
+            return Err(BackupError::Incomplete {
+                path: root.to_path_buf(),
+                database: file.path.clone(),
+                count: missing.len(),
+                examples: missing.into_iter().take(3).collect(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The part whose blobs the database at `relative` names: `artifacts/artifacts.db` and
+/// `mirror/mirror.db`.
+fn database_part(relative: &str) -> Option<&'static str> {
+    match relative {
+        "artifacts/artifacts.db" => Some("artifacts"),
+        "mirror/mirror.db" => Some("mirror"),
+        _ => None,
+    }
 }
 
 /// Restores the backup at `from` into `data`, which must be absent or an empty directory.
 pub fn restore(from: &Path, data: &Path) -> Result<Summary, BackupError> {
     let manifest = read_manifest(from)?;
+    check_all_listed(from, &manifest)?;
     match std::fs::read_dir(data) {
         Ok(mut entries) => {
             if entries.next().is_some() {
@@ -439,6 +515,7 @@ pub fn restore(from: &Path, data: &Path) -> Result<Summary, BackupError> {
             )?;
             integrity_check(&db, &path)?;
         }
+        check_blobs_listed(&staging, &manifest)?;
         sync_tree(&staging)?;
         Ok(databases)
     })();

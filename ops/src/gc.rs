@@ -370,8 +370,8 @@ fn lock_closures(lock: &MixLock) -> Vec<String> {
 fn manifest_closure(signed: &[u8]) -> Option<String> {
     let envelope = SignedManifest::decode(signed).ok()?;
     let manifest = <Manifest as Message>::decode(envelope.manifest.as_slice()).ok()?;
-    let inputs = manifest.inputs().ok()?;
-    Some(fingerprint(&inputs.package, inputs.closure))
+    let (package, closure) = manifest.releases().ok()?;
+    Some(fingerprint(&package, closure))
 }
 
 /// `name@version#checksum` of the package, then of its closure sorted.

@@ -216,8 +216,14 @@ impl Issue {
         }
     }
 
-    fn expires_at(&self) -> i64 {
-        self.now + i64::from(self.valid_days.max(1)) * DAY
+    /// When a document issued now expires; a validity of 0 days is refused, never rounded up.
+    fn expires_at(&self) -> Result<i64, TrustOpsError> {
+        if self.valid_days == 0 {
+            return Err(TrustOpsError::Usage(
+                "a trust document must be valid for at least 1 day (--valid-days)".into(),
+            ));
+        }
+        Ok(self.now + i64::from(self.valid_days) * DAY)
     }
 }
 
@@ -238,7 +244,7 @@ pub fn init(
         format: TRUST_FORMAT,
         version: 1,
         issued_at: issue.now,
-        expires_at: issue.expires_at(),
+        expires_at: issue.expires_at()?,
         keys: vec![TrustKey::new(
             &root.public_key(),
             root_name,
@@ -398,6 +404,7 @@ pub fn revoke(
             key_id: key_id.to_string(),
             reason: reason.to_string(),
             revoked_at: issue.now,
+            version: document.version,
         });
         Ok(())
     })
@@ -439,7 +446,7 @@ fn reissue(
     let mut document = current.document.clone();
     document.version += 1;
     document.issued_at = issue.now;
-    document.expires_at = issue.expires_at();
+    document.expires_at = issue.expires_at()?;
     edit(&mut document)?;
     document.validate()?;
     let mut signers = vec![root];
@@ -647,9 +654,6 @@ async fn walk(
 
 /// Stores the verified document for the next run (temporary file, then rename).
 pub fn store_cache(path: &Path, held: &Held) -> Result<(), TrustOpsError> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(io(parent))?;
-    }
     write_atomically(path, &held.bytes)
 }
 
@@ -672,7 +676,11 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>, TrustOpsError> {
 
 /// Temporary file beside `path`, synced, renamed over it, directory synced.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), TrustOpsError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    // A bare file name (`--trust-cache rel.doc`) has the empty path as its parent.
+    let dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io(dir))?;
     tmp.write_all(bytes)

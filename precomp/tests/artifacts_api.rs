@@ -10,11 +10,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use precomp_proto::buildkey::{BuildInputs, CompileEnvEntry, PackageRef, Target};
+use precomp_proto::buildkey::{
+    BuildInputs, ClosureMember, CompileEnvEntry, Manager, PackageRef, Target,
+};
 use precomp_proto::manifest::{ArtifactSigningKey, Manifest, Output, Provenance, SignedManifest};
 use precomp_proto::term::Term;
 use precomp_registry::artifacts::{
-    ArtifactClient, ClientError, FailureReport, MissReport, Uploaded, MAX_FAILURE_LOG,
+    ArtifactClient, ClientError, FailureReport, MissMember, MissReport, Uploaded, MAX_FAILURE_LOG,
 };
 use prost::Message;
 use reqwest::blocking::Client;
@@ -25,10 +27,12 @@ use sha2::{Digest, Sha256};
 // Fixtures
 // ---------------------------------------------------------------------------------------------
 
-/// docs/protocol.md's test vector: the base key of shape_user 1.0.0 (checksum 11…11) with
-/// shapes 2.0.0 (22…22), OTP 25, Elixir 1.14.0, prod, any — computed with coreutils.
-const SHAPE_USER_BASE_KEY: &str =
-    "de365659f741db5dc7538b234f688183704aba5bc1cf874159c4ed5dfd0bfe72";
+/// The base key of shape_user 1.0.0 (checksum 11…11) with shapes 2.0.0 (22…22) built for
+/// `any` with no compile env, OTP 25, Elixir 1.14.0, prod, any (proto's build key, whose
+/// vectors proto/tests/buildkey.rs checks).
+fn shape_user_base_key() -> String {
+    inputs("1.14.0", Vec::new()).base_key().unwrap().to_string()
+}
 
 /// A mix.lock holding shape_user and its closure (shapes), as in the test vector.
 const LOCK: &str = r#"%{
@@ -44,16 +48,38 @@ fn inputs(elixir: &str, compile_env: Vec<CompileEnvEntry>) -> BuildInputs {
             version: "1.0.0".into(),
             outer_checksum: [0x11; 32],
         },
-        closure: vec![PackageRef {
-            name: "shapes".into(),
-            version: "2.0.0".into(),
-            outer_checksum: [0x22; 32],
+        manager: Manager::Mix,
+        closure: vec![ClosureMember {
+            package: shapes(),
+            key: Some(shapes_inputs(elixir).key().unwrap()),
         }],
         otp_major: "25".into(),
         elixir: elixir.into(),
         mix_env: "prod".into(),
         target: Target::Any,
         compile_env,
+    }
+}
+
+fn shapes() -> PackageRef {
+    PackageRef {
+        name: "shapes".into(),
+        version: "2.0.0".into(),
+        outer_checksum: [0x22; 32],
+    }
+}
+
+/// shapes 2.0.0 built for `any` with no compile env: the closure member of [`inputs`].
+fn shapes_inputs(elixir: &str) -> BuildInputs {
+    BuildInputs {
+        package: shapes(),
+        manager: Manager::Mix,
+        closure: vec![],
+        otp_major: "25".into(),
+        elixir: elixir.into(),
+        mix_env: "prod".into(),
+        target: Target::Any,
+        compile_env: vec![],
     }
 }
 
@@ -305,17 +331,29 @@ fn index_builds(server: &Server) -> Vec<serde_json::Value> {
     json["builds"].as_array().unwrap().clone()
 }
 
+/// A miss of shape_user with its base key, carrying what the key needs: shapes built for
+/// `any` with no compile env.
 fn miss_report(base_key: &str, elixir: &str) -> MissReport {
     MissReport {
         package: "shape_user".into(),
         version: "1.0.0".into(),
-        base_key: base_key.into(),
+        base_key: Some(base_key.into()),
+        request_key: None,
         reason: "not built".into(),
         otp_major: "25".into(),
         elixir: elixir.into(),
         mix_env: "prod".into(),
         target: "any".into(),
         lock: LOCK.into(),
+        manager: "mix".into(),
+        compile_env: vec![],
+        closure: vec![MissMember {
+            name: "shapes".into(),
+            version: "2.0.0".into(),
+            manager: "mix".into(),
+            target: Some("any".into()),
+            compile_env: vec![],
+        }],
     }
 }
 
@@ -505,7 +543,7 @@ fn uploads_need_a_valid_unrevoked_token() {
     let failure = post_json(
         &server.url("/precomp/v1/failures"),
         Some(&token),
-        &failure_report(SHAPE_USER_BASE_KEY, "boom"),
+        &failure_report(&shape_user_base_key(), "boom"),
     );
     assert_eq!(failure.status, 401, "{}", failure.text());
     let misses = request(
@@ -682,6 +720,19 @@ fn manifests_are_verified_before_they_are_indexed() {
         422,
         "key check failed",
     );
+    // A manifest of key format v1 (format 1, no manager, closure members without keys, as
+    // precomp wrote them before key format v2): refused, saying so.
+    let mut old = good.clone();
+    old.format = 1;
+    old.manager.clear();
+    for member in &mut old.closure {
+        member.key.clear();
+    }
+    refused(
+        put(&url, Some(&token), &signed(&old, &builder)),
+        422,
+        "key format v1",
+    );
 
     // Its artifact is not here, or not with that size.
     let missing = manifest(&inputs, &artifact_bytes("never uploaded"));
@@ -834,7 +885,7 @@ fn a_published_build_is_served_and_indexed() {
         serde_json::json!({
             "version": "1.0.0",
             "key": built.key,
-            "base_key": SHAPE_USER_BASE_KEY,
+            "base_key": shape_user_base_key(),
             "otp_major": "25",
             "elixir": "1.14.0",
             "mix_env": "prod",
@@ -842,6 +893,7 @@ fn a_published_build_is_served_and_indexed() {
             "artifact_sha256": sha,
             "artifact_size": artifact.len(),
             "compile_env": compile_env,
+            "key_format": 2,
             "signers": [builder.public_key().key_id()],
         })
     );
@@ -934,7 +986,7 @@ fn failed_builds_are_recorded_with_their_log_and_never_published() {
     let server = Server::start(&data, &["--builder-key", builder_pub.to_str().unwrap()]);
     let url = server.url("/precomp/v1/failures");
     let log = "==> shape_user\nCompiling 1 file (.ex)\n** (CompileError) lib/shape_user.ex:3: undefined function boom/0\n";
-    let report = failure_report(SHAPE_USER_BASE_KEY, log);
+    let report = failure_report(&shape_user_base_key(), log);
 
     let anonymous = post_json(&url, None, &report);
     assert_eq!(anonymous.status, 401, "{}", anonymous.text());
@@ -954,7 +1006,7 @@ fn failed_builds_are_recorded_with_their_log_and_never_published() {
     assert_eq!(failures.len(), 1, "{json}");
     assert_eq!(failures[0]["log"], log);
     assert_eq!(failures[0]["log_sha256"], sha256_hex(log.as_bytes()));
-    assert_eq!(failures[0]["base_key"], SHAPE_USER_BASE_KEY);
+    assert_eq!(failures[0]["base_key"], shape_user_base_key());
     assert_eq!(failures[0]["toolchain_id"], "0123456789ab");
     assert_eq!(failures[0]["reported_by"], "b1");
     assert_eq!(failures[0]["attempts"], 2);
@@ -966,7 +1018,7 @@ fn failed_builds_are_recorded_with_their_log_and_never_published() {
     assert_eq!(count_rows(&data, "artifacts"), 0);
 
     // Bounded and validated.
-    let big = failure_report(SHAPE_USER_BASE_KEY, &"x".repeat(MAX_FAILURE_LOG + 1));
+    let big = failure_report(&shape_user_base_key(), &"x".repeat(MAX_FAILURE_LOG + 1));
     let answer = post_json(&url, Some(&token), &big);
     assert_eq!(answer.status, 413, "{}", answer.text());
     let bad = failure_report("not-a-key", log);
@@ -995,31 +1047,37 @@ fn misses_are_deduplicated_and_closed_by_a_publish_or_a_failure() {
     let url = server.url("/precomp/v1/misses");
 
     // Anyone may report; the same base key is counted, not repeated.
-    let first = post_json(&url, None, &miss_report(SHAPE_USER_BASE_KEY, "1.14.0"));
+    let first = post_json(&url, None, &miss_report(&shape_user_base_key(), "1.14.0"));
     assert_eq!(first.status, 201, "{}", first.text());
     assert_eq!(
         first.json(),
-        serde_json::json!({"base_key": SHAPE_USER_BASE_KEY, "count": 1, "open": true})
+        serde_json::json!({"base_key": shape_user_base_key(), "count": 1, "open": true})
     );
-    let second = post_json(&url, None, &miss_report(SHAPE_USER_BASE_KEY, "1.14.0"));
+    let second = post_json(&url, None, &miss_report(&shape_user_base_key(), "1.14.0"));
     assert_eq!(second.status, 200, "{}", second.text());
     assert_eq!(second.json()["count"], 2);
 
     // Another toolchain is another base key (computed here with proto's build key).
     let newer = inputs("1.18.3", Vec::new()).base_key().unwrap().to_string();
-    assert_ne!(newer, SHAPE_USER_BASE_KEY);
+    assert_ne!(newer, shape_user_base_key());
     let answer = post_json(&url, None, &miss_report(&newer, "1.18.3"));
     assert_eq!(answer.status, 201, "{}", answer.text());
 
     // Validated against the lock: a base key the lock does not give, a release it lacks.
+    // The refusal never hands out the key the mirror computed.
     let lying = post_json(&url, None, &miss_report(&newer, "1.14.0"));
     assert_eq!(lying.status, 422, "{}", lying.text());
     assert!(
-        lying.text().contains(SHAPE_USER_BASE_KEY),
+        lying.text().contains("not what its lock"),
         "{}",
         lying.text()
     );
-    let mut absent = miss_report(SHAPE_USER_BASE_KEY, "1.14.0");
+    assert!(
+        !lying.text().contains(&shape_user_base_key()) && !lying.text().contains(&newer),
+        "{}",
+        lying.text()
+    );
+    let mut absent = miss_report(&shape_user_base_key(), "1.14.0");
     absent.version = "9.9.9".into();
     let answer = post_json(&url, None, &absent);
     assert_eq!(answer.status, 422, "{}", answer.text());
@@ -1040,14 +1098,34 @@ fn misses_are_deduplicated_and_closed_by_a_publish_or_a_failure() {
     };
     let misses = open(&server);
     assert_eq!(misses.len(), 2, "{misses:?}");
-    assert_eq!(misses[0]["base_key"], SHAPE_USER_BASE_KEY);
+    assert_eq!(misses[0]["base_key"], shape_user_base_key());
     assert_eq!(misses[0]["count"], 2);
     assert_eq!(misses[0]["lock"], LOCK);
     assert_eq!(misses[0]["reason"], "not built");
     assert_eq!(misses[1]["base_key"], newer.as_str());
     assert_eq!(misses[1]["count"], 1);
 
-    // Publishing a build with that base key closes the first.
+    // A client that found no build of shapes: its key is unknown, the miss is named by its
+    // request key, and the same publish satisfies it.
+    let mut unknown = miss_report(&shape_user_base_key(), "1.14.0");
+    unknown.closure[0].target = None;
+    let refusal = post_json(&url, None, &unknown);
+    assert_eq!(refusal.status, 422, "{}", refusal.text());
+    assert!(refusal.text().contains("request_key"), "{}", refusal.text());
+    let mut unknown_inputs = inputs("1.14.0", Vec::new());
+    unknown_inputs.closure[0].key = None;
+    let request_key = unknown_inputs.request_key().unwrap().to_string();
+    unknown.base_key = None;
+    unknown.request_key = Some(request_key.clone());
+    let answer = post_json(&url, None, &unknown);
+    assert_eq!(answer.status, 201, "{}", answer.text());
+    assert_eq!(
+        answer.json(),
+        serde_json::json!({"request_key": request_key, "count": 1, "open": true})
+    );
+    assert_eq!(open(&server).len(), 3);
+
+    // Publishing a build with that base key closes the first, and the request.
     let artifact = artifact_bytes("miss");
     assert_eq!(
         put(&url_on(&server, &artifact), Some(&token), &artifact).status,
@@ -1060,10 +1138,13 @@ fn misses_are_deduplicated_and_closed_by_a_publish_or_a_failure() {
         &signed(&built, &builder),
     );
     assert_eq!(answer.status, 201, "{}", answer.text());
-    assert_eq!(answer.json()["closed_misses"], 1);
+    assert_eq!(answer.json()["closed_misses"], 2);
     let misses = open(&server);
     assert_eq!(misses.len(), 1, "{misses:?}");
     assert_eq!(misses[0]["base_key"], newer.as_str());
+    // Reported again after the publish: recorded closed at once.
+    let answer = post_json(&url, None, &unknown);
+    assert_eq!(answer.json()["open"], false, "{}", answer.text());
 
     // A recorded failure closes the second.
     let answer = post_json(
@@ -1076,16 +1157,16 @@ fn misses_are_deduplicated_and_closed_by_a_publish_or_a_failure() {
     assert!(open(&server).is_empty());
 
     // Reported again: counted, but stays closed.
-    let again = post_json(&url, None, &miss_report(SHAPE_USER_BASE_KEY, "1.14.0"));
+    let again = post_json(&url, None, &miss_report(&shape_user_base_key(), "1.14.0"));
     assert_eq!(again.status, 200, "{}", again.text());
     assert_eq!(
         again.json(),
-        serde_json::json!({"base_key": SHAPE_USER_BASE_KEY, "count": 3, "open": false})
+        serde_json::json!({"base_key": shape_user_base_key(), "count": 3, "open": false})
     );
     assert!(open(&server).is_empty());
 
     // Bounded.
-    let mut huge = miss_report(SHAPE_USER_BASE_KEY, "1.14.0");
+    let mut huge = miss_report(&shape_user_base_key(), "1.14.0");
     huge.lock = " ".repeat(3 * 1024 * 1024);
     let answer = post_json(&url, None, &huge);
     assert_eq!(answer.status, 413, "{}", answer.text());
@@ -1162,7 +1243,7 @@ fn the_artifact_client_speaks_the_api() {
             .await
             .unwrap();
         assert_eq!(uploaded, Uploaded::Created);
-        assert_eq!(stored.base_key, SHAPE_USER_BASE_KEY);
+        assert_eq!(stored.base_key, shape_user_base_key());
         let mut tampered = SignedManifest::decode(&bytes).unwrap();
         tampered.signatures[0].signature[0] ^= 1;
         let error = client
@@ -1194,7 +1275,7 @@ fn the_artifact_client_speaks_the_api() {
         assert!(matches!(error, ClientError::NoToken { .. }), "{error}");
         let misses = client.misses().await.unwrap();
         assert_eq!(misses.misses.len(), 1);
-        assert_eq!(misses.misses[0].base_key, newer);
+        assert_eq!(misses.misses[0].base_key.as_deref(), Some(newer.as_str()));
 
         // A log over the bound is cut to its end by the client, and accepted.
         let log = format!(

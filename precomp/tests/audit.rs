@@ -313,6 +313,7 @@ fn another_toolchain_image_of_the_same_tuple_gives_the_same_bytes() {
         ),
     );
     let cache = toolchain_cache();
+    let bookworm = image_id(Suite::Bookworm);
     for package in ["shape_user", "tiny_nif"] {
         let (lines, output) = mirror.audit(
             fixture,
@@ -320,7 +321,7 @@ fn another_toolchain_image_of_the_same_tuple_gives_the_same_bytes() {
                 "--package",
                 package,
                 "--toolchain",
-                "bookworm",
+                &bookworm,
                 "--toolchains",
                 cache.to_str().unwrap(),
             ],

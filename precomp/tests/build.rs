@@ -1,6 +1,7 @@
 //! `precomp build` with the fixture packages, on the host toolchain (bookworm: OTP 25,
 //! Elixir 1.14) and the trixie image (OTP 27, Elixir 1.18; the store under
-//! `$PRECOMP_TOOLCHAIN_CACHE`, default `/var/cache/precomp-test`, built there on first use).
+//! `$PRECOMP_TOOLCHAIN_CACHE`, default `/var/cache/precomp-test`, built there on first use by
+//! `common::image_id`).
 //!
 //! Sources come from a signed static repository of the fixtures (`precomp repo build`), locks
 //! from `precomp repo lock`, builds run in the real sandbox.
@@ -251,7 +252,95 @@ fn host_builds_are_reproducible_and_run() {
 
 #[test]
 fn trixie_builds_are_reproducible_and_run() {
-    reproducible_and_runnable("trixie");
+    reproducible_and_runnable(&image_id(Suite::Trixie));
+}
+
+/// atom_maps (tests/fixtures/packages/atom_maps) generates code by iterating atom-keyed maps at
+/// compile time while its other files create the same atoms in parallel: without the
+/// builder's two passes (builder/src/atoms.rs) its beams differ in nearly every build. Five
+/// builds in five data directories at different host paths must give one artifact, each
+/// build's second pass must have found every atom it needed created at boot, and the code
+/// must still work.
+fn atom_order_is_reproducible(toolchain: &str) {
+    let fixture = Fixture::get();
+    let lock_dir = data_dir("lock-atoms-");
+    let lock = fixture.lock(lock_dir.path(), &["atom_maps@1.0.0"]);
+    let mut builds = Vec::new();
+    for round in 1..=5 {
+        let parent = data_dir(&format!("precomp-build-atoms-{round}-"));
+        // Paths of different lengths and depths, so nothing can depend on where DATA is.
+        let data = parent.path().join("d".repeat(round)).join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            for dir in [data.parent().unwrap(), data.as_path()] {
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
+        }
+        let lines = build_ok(&data, toolchain, &lock, &[]);
+        let line = lines["atom_maps"].clone();
+        assert_eq!(line.str("status"), "built", "{:?}", line.0);
+        let log_path = data
+            .join("builds/logs")
+            .join(format!("{}.log", line.str("key")));
+        let log = std::fs::read_to_string(&log_path).unwrap();
+        assert!(
+            log.contains("== precomp: pass 2 of 2") && log.contains("; created later: 0"),
+            "round {round}: pass 2 created atoms pass 1 did not: {log}"
+        );
+        builds.push((parent, line));
+    }
+    let first = &builds[0].1;
+    for (round, (_, line)) in builds.iter().enumerate() {
+        if line.str("artifact_sha256") == first.str("artifact_sha256") {
+            continue;
+        }
+        // Name the beams that differ, for whoever has to find out why.
+        let files = |line: &Line| -> BTreeMap<String, Vec<u8>> {
+            let output = line.manifest().output.unwrap();
+            output
+                .files
+                .into_iter()
+                .map(|f| (f.path, f.sha256))
+                .collect()
+        };
+        let (a, b) = (files(first), files(line));
+        let differing: Vec<&String> = a
+            .keys()
+            .filter(|path| a.get(*path) != b.get(*path))
+            .collect();
+        panic!(
+            "build {} of atom_maps differs from build 1 ({} vs {}): {differing:?}",
+            round + 1,
+            line.str("artifact_sha256"),
+            first.str("artifact_sha256")
+        );
+    }
+
+    let run = data_dir("precomp-build-atoms-run-");
+    let lines = BTreeMap::from([("atom_maps".to_string(), first.clone())]);
+    let out = run_with_artifacts(
+        run.path(),
+        toolchain,
+        &lines,
+        "IO.inspect({length(AtomMaps.classes()), AtomMaps.names_in(:jade_vole), length(AtomMaps.Severity.levels()), map_size(AtomMaps.Ledgers.blank()), AtomMaps.Tags.blank?(%AtomMaps.Tag{})})",
+    );
+    assert!(
+        out.contains(
+            "{40, [:jade_vole_drifted, :jade_vole_refused, :jade_vole_stalled], 12, 41, true}"
+        ),
+        "{out}"
+    );
+}
+
+#[test]
+fn host_atom_order_is_reproducible() {
+    atom_order_is_reproducible("host");
+}
+
+#[test]
+fn trixie_atom_order_is_reproducible() {
+    atom_order_is_reproducible("trixie");
 }
 
 /// Inputs that change compilation change the key and the beams: the macro package's version,
@@ -365,6 +454,53 @@ fn inputs_change_keys_and_beams(toolchain: &str) {
         again["env_reader"].str("key"),
         configured["env_reader"].str("key")
     );
+
+    // A dependency's config reaches its dependent through its macro (cfg_macro_user reads no
+    // config): key format v2 names cfg_macro by its own key, so cfg_macro_user's base key,
+    // key and beam follow cfg_macro's label, and reuse compares the whole key.
+    let cfg_lock_dir = data_dir("lock-cfg-");
+    let cfg_lock = fixture.lock(
+        cfg_lock_dir.path(),
+        &["cfg_macro@1.0.0", "cfg_macro_user@1.0.0"],
+    );
+    let label = |name: &str, label: &str| {
+        let path = config_dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!("import Config\nconfig :cfg_macro, label: {label:?}\n"),
+        )
+        .unwrap();
+        path
+    };
+    let (red_config, blue_config) = (label("red.exs", "red"), label("blue.exs", "blue"));
+    let with = |config: &Path| {
+        build_ok(
+            data.path(),
+            toolchain,
+            &cfg_lock,
+            &["--config", config.to_str().unwrap()],
+        )
+    };
+    let red = with(&red_config);
+    let blue = with(&blue_config);
+    let user = |lines: &BTreeMap<String, Line>| lines["cfg_macro_user"].clone();
+    assert_ne!(user(&red).str("base_key"), user(&blue).str("base_key"));
+    assert_ne!(user(&red).str("key"), user(&blue).str("key"));
+    assert!(user(&blue).manifest().compile_env.is_empty());
+    assert_eq!(
+        user(&blue).manifest().closure[0].key,
+        blue["cfg_macro"].str("key"),
+        "the dependent's manifest names the build of its dependency it was made against"
+    );
+    assert_ne!(
+        user(&red).file_digest("ebin/Elixir.CfgMacroUser.beam"),
+        user(&blue).file_digest("ebin/Elixir.CfgMacroUser.beam")
+    );
+    let again = with(&red_config);
+    for app in ["cfg_macro", "cfg_macro_user"] {
+        assert_eq!(again[app].str("status"), "reused", "{app}");
+        assert_eq!(again[app].str("key"), red[app].str("key"), "{app}");
+    }
 }
 
 #[test]
@@ -374,7 +510,7 @@ fn host_inputs_change_keys_and_beams() {
 
 #[test]
 fn trixie_inputs_change_keys_and_beams() {
-    inputs_change_keys_and_beams("trixie");
+    inputs_change_keys_and_beams(&image_id(Suite::Trixie));
 }
 
 #[test]
@@ -558,26 +694,37 @@ fn builds_are_published_to_the_mirror_and_misses_are_built() {
         .find(|t| t["id"] == "host")
         .unwrap()
         .clone();
-    let base_key = {
+    // Nobody has built plain_ex: its key is unknown, so the miss is named by its request key
+    // (docs/protocol.md, "Misses"), computed here with proto's build key.
+    let request_key = {
+        use precomp_proto::buildkey::{KeyParts, KeyToolchain, Manager, Target};
         let parsed = precomp_proto::lock::MixLock::parse(&miss_lock_text).unwrap();
-        let (package, closure) = parsed.closure("opt_user").unwrap();
-        precomp_proto::buildkey::BuildInputs {
-            package,
-            closure,
+        let parts = |target| KeyParts {
+            manager: Manager::Mix,
+            target,
+            compile_env: Vec::new(),
+        };
+        let parts = BTreeMap::from([
+            ("opt_user".to_string(), parts(Some(Target::Any))),
+            ("plain_ex".to_string(), parts(None)),
+        ]);
+        let toolchain = KeyToolchain {
             otp_major: host["otp"].as_str().unwrap().into(),
             elixir: host["elixir"].as_str().unwrap().into(),
             mix_env: "prod".into(),
-            target: precomp_proto::buildkey::Target::Any,
-            compile_env: Vec::new(),
-        }
-        .base_key()
-        .unwrap()
-        .to_string()
+        };
+        let inputs = parsed
+            .inputs_bottom_up("opt_user", Target::Any, &parts, &toolchain)
+            .unwrap();
+        assert_eq!(inputs.closure[0].key, None);
+        inputs.request_key().unwrap().to_string()
     };
     let report = serde_json::json!({
-        "package": "opt_user", "version": "1.0.0", "base_key": base_key, "reason": "not built",
-        "otp_major": host["otp"], "elixir": host["elixir"], "mix_env": "prod", "target": "any",
-        "lock": miss_lock_text,
+        "package": "opt_user", "version": "1.0.0", "request_key": request_key,
+        "reason": "not built", "otp_major": host["otp"], "elixir": host["elixir"],
+        "mix_env": "prod", "target": "any", "lock": miss_lock_text, "manager": "mix",
+        "compile_env": [],
+        "closure": [{"name": "plain_ex", "version": "1.0.0", "manager": "mix", "compile_env": []}],
     });
     let response = client
         .post(server.url("/precomp/v1/misses"))
@@ -609,9 +756,13 @@ fn builds_are_published_to_the_mirror_and_misses_are_built() {
         .text()
         .unwrap();
     assert!(!misses.contains("opt_user"), "the miss is closed: {misses}");
+    // Closed by the publish of the build that satisfies it, plain_ex's key now known.
     let index: serde_json::Value =
         serde_json::from_slice(&get("/precomp/v1/index/opt_user")).unwrap();
-    assert!(index.to_string().contains(&base_key), "{index}");
+    assert_eq!(index["builds"].as_array().unwrap().len(), 1, "{index}");
+    assert_eq!(index["builds"][0]["key_format"], 2, "{index}");
+    let failures = String::from_utf8(get("/precomp/v1/failures/opt_user")).unwrap();
+    assert!(!failures.contains(&request_key), "{failures}");
 }
 
 /// A package whose closure has a git dependency cannot be keyed: it is reported as not

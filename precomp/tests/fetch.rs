@@ -28,8 +28,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use precomp_proto::artifact;
-use precomp_proto::buildkey::{BuildInputs, Target};
+use precomp_proto::buildkey::{BuildInputs, BuildKey, ClosureMember, Target};
 use precomp_proto::lock::MixLock;
+use precomp_proto::manager::{lock_roots, mix_managers, Converger, Manager};
 use precomp_proto::manifest::{ArtifactSigningKey, Manifest, Provenance, SignedManifest};
 use precomp_registry::artifacts::ArtifactClient;
 use prost::Message;
@@ -167,9 +168,44 @@ impl Fixture {
         let compile = fixture.mix(&project, &["compile"]);
         assert!(compile.status.success(), "{}", describe(&compile));
         let lock = MixLock::parse(&fixture.lock).unwrap();
-        let mut builds = BTreeMap::new();
+        let mut builds: BTreeMap<String, Build> = BTreeMap::new();
         let mut scm = BTreeMap::new();
-        for app in BUILT {
+        // In closure order: each member's key is part of its dependents' keys.
+        let mut order: Vec<&str> = Vec::new();
+        while order.len() < BUILT.len() {
+            let next = BUILT
+                .iter()
+                .find(|app| {
+                    !order.contains(app)
+                        && lock
+                            .closure_by_app(app)
+                            .unwrap()
+                            .1
+                            .keys()
+                            .all(|member| order.contains(&member.as_str()))
+                })
+                .expect("BUILT holds every closure it needs");
+            order.push(next);
+        }
+        // The managers Mix uses in the consumer (the one rule: its converger on the lock graph).
+        let infer = |app: &str| {
+            let dir = project.join("deps").join(app);
+            let names: Vec<String> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap())
+                .filter(|e| e.path().is_file())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            Ok::<_, std::convert::Infallible>(Manager::infer_from_files(&names))
+        };
+        let managers = mix_managers(
+            &lock,
+            &lock_roots(&lock),
+            Converger::for_elixir(&fixture.elixir),
+            infer,
+        )
+        .unwrap();
+        for app in order {
             let app_dir = project.join("_build/dev/lib").join(app);
             let packed = artifact::pack(&app_dir, &project).unwrap();
             let compile_env = precomp_builder::build::read_compile_env(
@@ -177,9 +213,17 @@ impl Fixture {
                 &app_dir.join(format!("ebin/{app}.app")),
             )
             .unwrap();
-            let (package, closure) = lock.closure(app).unwrap();
+            let (package, closure) = lock.closure_by_app(app).unwrap();
+            let closure = closure
+                .iter()
+                .map(|(member, package)| ClosureMember {
+                    package: package.clone(),
+                    key: BuildKey::parse(&builds[member].manifest.key),
+                })
+                .collect();
             let inputs = BuildInputs {
                 package,
+                manager: managers[app].expect("Mix finds a manager for every built package"),
                 closure,
                 otp_major: fixture.otp.clone(),
                 elixir: fixture.elixir.clone(),
@@ -201,7 +245,7 @@ impl Fixture {
                 build_duration_ms: 1,
                 build_log_sha256: vec![0; 32],
             });
-            if MIX_BUILT.contains(app) {
+            if MIX_BUILT.contains(&app) {
                 scm.insert(
                     app.to_string(),
                     std::fs::read(app_dir.join(".mix/compile.elixir_scm")).unwrap(),
@@ -860,6 +904,95 @@ fn fetch_installs_every_dependency_and_mix_compiles_none_of_them() {
     assert_same_files(&after, &unchanged, "a second fetch");
 }
 
+/// "current" means verified bytes: after a bare `mix deps.compile` rewrote `_build`, the
+/// markers survive but the beams are Mix's own (their debug info holds this checkout's
+/// path); the next fetch finds each changed install by content, installs the signed build
+/// again and says so, and `mix compile` then compiles none of them.
+#[test]
+fn installs_mix_rebuilt_in_place_are_found_by_content_and_replaced() {
+    let fixture = Fixture::get();
+    let mirror = Mirror::start(fixture);
+    mirror.publish(fixture, BUILT);
+    let consumer = Consumer::new(fixture);
+    let fetched = consumer.fetch_json(fixture, &mirror.url, &[]);
+    for app in BUILT {
+        assert_eq!(fetched.status(app), "installed", "{}", fetched.describe());
+    }
+
+    let rebuild = consumer.mix(fixture, &["deps.compile"]);
+    assert!(rebuild.status.success(), "{}", describe(&rebuild));
+    let rebuilt: Vec<&str> = BUILT
+        .iter()
+        .copied()
+        .filter(|app| {
+            let files = &fixture.builds[*app].manifest.output.as_ref().unwrap().files;
+            files.iter().any(|file| {
+                std::fs::read(consumer.lib().join(app).join(&file.path))
+                    .map(|bytes| Sha256::digest(&bytes).to_vec() != file.sha256)
+                    .unwrap_or(true)
+            })
+        })
+        .collect();
+    for app in MIX_BUILT {
+        assert!(
+            rebuilt.contains(app),
+            "{app}: mix deps.compile left the signed beams: {}",
+            text(&rebuild)
+        );
+        assert!(
+            consumer.lib().join(app).join(".mix/precomp.key").is_file(),
+            "{app}: the marker survives a rebuild, so it cannot be what decides"
+        );
+    }
+
+    let again = consumer.fetch_json(fixture, &mirror.url, &[]);
+    assert!(again.output.status.success(), "{}", again.describe());
+    for app in BUILT {
+        assert_installed(&consumer.lib(), fixture, app);
+        let line = &again.deps[*app];
+        if rebuilt.contains(app) {
+            assert_eq!(line["status"], "installed", "{app}: {line}");
+            let replaced = line["replaced"].as_str().unwrap_or_default();
+            assert!(replaced.contains("Mix rebuilt it"), "{app}: {line}");
+        } else {
+            assert_eq!(line["status"], "current", "{app}: {line}");
+        }
+    }
+    // Rebuilt by Mix once more: the human report says so, one line each.
+    let rebuild = consumer.mix(fixture, &["deps.compile"]);
+    assert!(rebuild.status.success(), "{}", describe(&rebuild));
+    let human = output_within(
+        consumer.fetch_command(fixture, &mirror.url, &[]),
+        Duration::from_secs(120),
+    );
+    assert!(human.status.success(), "{}", describe(&human));
+    let stdout = String::from_utf8_lossy(&human.stdout);
+    for app in MIX_BUILT {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("replaced   {app} "))
+                    && l.contains("Mix rebuilt it")),
+            "{app}: {}",
+            describe(&human)
+        );
+    }
+    for app in BUILT {
+        assert_installed(&consumer.lib(), fixture, app);
+    }
+
+    let compile = consumer.mix(fixture, &["compile"]);
+    assert!(compile.status.success(), "{}", describe(&compile));
+    let log = text(&compile);
+    for app in BUILT {
+        assert!(
+            !log.contains(&format!("==> {app}")),
+            "{app} compiled:\n{log}"
+        );
+    }
+    assert_eq!(consumer.run_app(fixture), RUN_OUTPUT);
+}
+
 #[test]
 fn artifacts_from_precomp_build_are_hits_and_mix_compiles_none_of_them() {
     // The builder's keys and the client's agree: `precomp build` of the consumer's lock,
@@ -919,33 +1052,11 @@ fn toolchain_commands(root: &Path, dir: &Path) {
 
 #[test]
 fn with_elixir_1_18_the_markers_keep_mix_from_compiling_installed_deps() {
-    // The trixie image (OTP 27, Elixir 1.18) if this machine has one.
+    // The trixie image (OTP 27, Elixir 1.18), built first if the shared store lacks it.
     let cache = toolchain_cache();
-    let listed = precomp_command()
-        .arg("--data")
-        .arg(&cache)
-        .args(["toolchain", "list", "--json"])
-        .output()
-        .unwrap();
-    let images: serde_json::Value =
-        serde_json::from_slice(&listed.stdout).unwrap_or(serde_json::Value::Null);
-    let trixie = images.as_array().and_then(|images| {
-        images
-            .iter()
-            .find(|i| i["suite"] == "trixie" && i["kind"] == "image")
-    });
-    let Some(trixie) = trixie else {
-        println!(
-            "skipped: no trixie toolchain image in {} (make one with `precomp --data {} \
-             toolchain build --suite trixie`, or point PRECOMP_TOOLCHAIN_CACHE at one)",
-            cache.display(),
-            cache.display()
-        );
-        return;
-    };
-    let root = PathBuf::from(trixie["root"].as_str().unwrap());
-    let elixir = trixie["elixir"].as_str().unwrap().to_string();
-    let otp = trixie["otp"].as_str().unwrap().to_string();
+    let trixie = precomp_testkit::toolchain::image(Suite::Trixie);
+    let root = trixie.root.clone().expect("an image has a root");
+    let (elixir, otp) = (trixie.elixir.clone(), trixie.otp.clone());
     let fixture = Fixture::get();
     let scratch = tempfile::tempdir().unwrap();
     let bin = scratch.path().join("bin");
@@ -955,13 +1066,12 @@ fn with_elixir_1_18_the_markers_keep_mix_from_compiling_installed_deps() {
         .args(["-e", "IO.write(System.version())"])
         .output()
         .unwrap();
-    if String::from_utf8_lossy(&version.stdout) != elixir {
-        println!(
-            "skipped: the trixie image's elixir does not run under bubblewrap here: {}",
-            describe(&version)
-        );
-        return;
-    }
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout),
+        elixir,
+        "the trixie image's elixir does not run under bubblewrap here: {}",
+        describe(&version)
+    );
 
     // Builds for Elixir 1.18 by the builder, with the consumer's config.
     let mirror = Mirror::start(fixture);
@@ -971,7 +1081,7 @@ fn with_elixir_1_18_the_markers_keep_mix_from_compiling_installed_deps() {
         &mirror,
         &[
             "--toolchain".as_ref(),
-            "trixie".as_ref(),
+            trixie.id.as_ref(),
             "--toolchains".as_ref(),
             cache.as_os_str(),
         ],
@@ -1243,7 +1353,8 @@ fn another_compile_env_is_a_miss_and_a_stale_install_is_left_to_mix() {
     assert_eq!(second.kind("env_reader"), "compile_env_mismatch");
     let reason = second.reason("env_reader");
     assert!(
-        reason.contains("[greeting]") && reason.contains("howdy") && reason.contains("hi"),
+        // In Elixir, as the project's config writes it.
+        reason.contains("env_reader [:greeting]: built with \"howdy\", your config sets \"hi\""),
         "{reason}"
     );
     assert_eq!(second.deps["env_reader"]["removed_stale"], true);
@@ -1350,10 +1461,20 @@ fn print_missing_require_all_and_request_builds_hand_misses_to_mix_and_builders(
         ("shape_user", "1.0.0")
     );
     assert_eq!(
-        miss.base_key,
-        fixture.builds["shape_user"].manifest.base_key
+        miss.base_key.as_ref(),
+        Some(&fixture.builds["shape_user"].manifest.base_key)
     );
     assert_eq!(miss.target, "any");
+    // With what the mirror needs to recompute it: shapes' target and its (empty) compile env.
+    assert_eq!(miss.manager, "mix");
+    assert_eq!(miss.closure.len(), 1, "{miss:?}");
+    assert_eq!(
+        (
+            miss.closure[0].name.as_str(),
+            miss.closure[0].target.as_deref()
+        ),
+        ("shapes", Some("any"))
+    );
     let subset = MixLock::parse(&miss.lock).unwrap();
     assert_eq!(
         subset.entries.keys().collect::<Vec<_>>(),
@@ -1531,23 +1652,9 @@ fn transient_mirror_errors_are_retried() {
 }
 
 #[test]
+#[ignore = "needs Mix's Hex client, which only hex.pm provides (`mix local.hex`)"]
 fn with_the_hex_client_deps_get_fetch_and_compile_end_to_end() {
-    let probe = Command::new("mix").args(["hex.info"]).output();
-    match probe {
-        Ok(output) if output.status.success() => {}
-        Ok(output) => {
-            println!(
-                "skipped: Mix's Hex client is not installed here (`mix hex.info`: {}); \
-                 install it with `mix local.hex` to run this test",
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-            return;
-        }
-        Err(e) => {
-            println!("skipped: `mix` cannot run ({e})");
-            return;
-        }
-    }
+    require_mix_hex_client();
     let fixture = Fixture::get();
     let mirror = Mirror::start(fixture);
     mirror.publish(fixture, BUILT);
@@ -1606,4 +1713,390 @@ fn with_the_hex_client_deps_get_fetch_and_compile_end_to_end() {
     }
     let run = mix(&["run", "-e", RUN]);
     assert!(text(&run).contains(RUN_OUTPUT), "{}", describe(&run));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keys that cover the closure's configuration (key format v2)
+// ---------------------------------------------------------------------------------------------
+
+/// A consumer of cfg_macro_user (and through it cfg_macro), as after `mix deps.get`, whose
+/// config sets cfg_macro's label (or nothing).
+fn cfg_consumer(fixture: &Fixture, dir: &Path, label: Option<&str>) {
+    std::fs::create_dir_all(dir.join("config")).unwrap();
+    std::fs::write(
+        dir.join("mix.exs"),
+        format!(
+            "{TEST_SCM}\ndefmodule CfgApp.MixProject do\n  use Mix.Project\n\n  def project do\n    \
+             [app: :cfg_app, version: \"0.1.0\", deps: [{{:cfg_macro_user, \"~> 1.0\"}}]]\n  \
+             end\nend\n"
+        ),
+    )
+    .unwrap();
+    match label {
+        Some(label) => set_label(dir, label),
+        None => std::fs::write(dir.join("config/config.exs"), "import Config\n").unwrap(),
+    }
+    let releases = ["cfg_macro@1.0.0", "cfg_macro_user@1.0.0"];
+    let mut args = vec![
+        "repo".to_string(),
+        "lock".into(),
+        "--repo".into(),
+        fixture.path("repo").display().to_string(),
+        "--public-key".into(),
+        fixture.path("repo.pem.pub").display().to_string(),
+        "--out".into(),
+        dir.join("mix.lock").display().to_string(),
+    ];
+    args.extend(releases.iter().map(|r| r.to_string()));
+    ok(precomp(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
+    for release in releases {
+        let (name, version) = release.split_once('@').unwrap();
+        let tarball = std::fs::read(
+            fixture
+                .path("repo/tarballs")
+                .join(format!("{name}-{version}.tar")),
+        )
+        .unwrap();
+        let tarball = precomp_proto::tarball::read(&tarball).unwrap();
+        let dest = dir.join("deps").join(name);
+        precomp_proto::tarball::unpack_contents(&tarball.contents_tar_gz, &dest).unwrap();
+        std::fs::write(dest.join(".fetch"), "").unwrap();
+    }
+}
+
+fn set_label(dir: &Path, label: &str) {
+    std::fs::write(
+        dir.join("config/config.exs"),
+        format!("import Config\nconfig :cfg_macro, label: {label:?}\n"),
+    )
+    .unwrap();
+}
+
+/// `precomp build ARGS --json` in `data` on the host toolchain, publishing to `mirror`:
+/// its output and its lines by app.
+fn build_json(
+    fixture: &Fixture,
+    mirror: &Mirror,
+    data: &Path,
+    args: &[&std::ffi::OsStr],
+) -> (Output, BTreeMap<String, serde_json::Value>) {
+    let mut build = precomp_command();
+    build
+        .arg("--data")
+        .arg(data)
+        .arg("build")
+        .args(args)
+        .args(["--mirror", &mirror.url, "--toolchain", "host", "--key"])
+        .arg(fixture.path("builder.pem"))
+        .args([
+            "--config-env",
+            "dev",
+            "--publish",
+            "--token",
+            &mirror.token,
+            "--json",
+        ]);
+    let output = output_within(build, Duration::from_secs(600));
+    let lines = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{e}: {line}\n{}", describe(&output)));
+            (value["app"].as_str().unwrap().to_string(), value)
+        })
+        .collect();
+    (output, lines)
+}
+
+/// The bytes of `path` in the artifact tarball at `artifact`.
+fn artifact_file(artifact: &str, path: &str) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(artifact).unwrap();
+    precomp_proto::artifact::unpack(&bytes, &dir.path().join("app")).unwrap();
+    std::fs::read(dir.path().join("app").join(path)).unwrap()
+}
+
+/// The stale case key format v2 exists for: cfg_macro reads its label from its compile-time
+/// config and its macro expands it into cfg_macro_user, which reads no config. When the
+/// consumer changes cfg_macro's label, both miss (cfg_macro_user because what its dependency
+/// was built with changed); the miss the client reports carries cfg_macro's new value, the
+/// mirror recomputes its key from it; a builder whose config does not give that value leaves
+/// the miss (config variants are not supported yet), one whose config does builds it: both
+/// get new keys, cfg_macro_user's beam holds the new label, and fetch installs both.
+#[test]
+fn a_dependencys_config_change_misses_its_dependents_and_rebuilds_them_with_other_beams() {
+    let fixture = Fixture::get();
+    let mirror = Mirror::start(fixture);
+    let consumer = Consumer {
+        dir: tempfile::Builder::new()
+            .prefix("precomp-fetch-cfg-")
+            .tempdir()
+            .unwrap(),
+    };
+    cfg_consumer(fixture, consumer.path(), Some("red"));
+
+    // Built and published with the consumer's config: both are hits.
+    let red_data = tempfile::tempdir().unwrap();
+    let (output, red) = build_json(
+        fixture,
+        &mirror,
+        red_data.path(),
+        &[
+            "--lock".as_ref(),
+            consumer.path().join("mix.lock").as_os_str(),
+            "--config".as_ref(),
+            consumer.path().join("config").as_os_str(),
+        ],
+    );
+    assert!(output.status.success(), "{}", describe(&output));
+    let first = consumer.fetch_json(fixture, &mirror.url, &["--require-all"]);
+    assert!(first.output.status.success(), "{}", first.describe());
+    for app in ["cfg_macro", "cfg_macro_user"] {
+        assert_eq!(first.status(app), "installed", "{}", first.describe());
+        assert_eq!(first.deps[app]["key"], red[app]["key"], "{app}");
+    }
+
+    // cfg_macro's label changes: cfg_macro misses on its config, cfg_macro_user because the
+    // build of its dependency it was made against is not this project's.
+    set_label(consumer.path(), "blue");
+    let second = consumer.fetch_json(fixture, &mirror.url, &["--request-builds"]);
+    assert_eq!(second.status("cfg_macro"), "miss", "{}", second.describe());
+    assert_eq!(second.kind("cfg_macro"), "compile_env_mismatch");
+    assert!(
+        second
+            .reason("cfg_macro")
+            .contains("cfg_macro [:label]: built with \"red\", your config sets \"blue\""),
+        "{}",
+        second.describe()
+    );
+    assert_eq!(
+        second.status("cfg_macro_user"),
+        "miss",
+        "{}",
+        second.describe()
+    );
+    assert_eq!(second.kind("cfg_macro_user"), "no_artifact");
+    let reason = second.reason("cfg_macro_user");
+    assert!(
+        reason.contains("builds of its dependencies")
+            && reason.contains("cfg_macro")
+            && reason.contains("blue"),
+        "{reason}"
+    );
+    for app in ["cfg_macro", "cfg_macro_user"] {
+        assert_eq!(second.deps[app]["removed_stale"], true, "{app}");
+    }
+    // The miss the mirror accepted (it recomputed its key) carries cfg_macro's new value.
+    assert_eq!(
+        second.summary["requested_builds"],
+        1,
+        "{}",
+        second.describe()
+    );
+    let misses = runtime().block_on(mirror.client().misses()).unwrap();
+    assert_eq!(misses.misses.len(), 1, "{misses:?}");
+    let miss = &misses.misses[0];
+    assert_eq!(miss.package, "cfg_macro_user");
+    assert_eq!(
+        miss.base_key.as_ref(),
+        second.deps["cfg_macro_user"]["base_key"]
+            .as_str()
+            .map(str::to_string)
+            .as_ref()
+    );
+    assert_eq!(miss.closure[0].name, "cfg_macro");
+    assert_eq!(
+        miss.closure[0].compile_env[0].value.as_deref(),
+        Some("<<\"blue\">>")
+    );
+
+    // A builder whose config gives another label leaves the miss: config variants are not
+    // built yet.
+    let blue_data = tempfile::tempdir().unwrap();
+    let (output, skipped) = build_json(fixture, &mirror, blue_data.path(), &["--missing".as_ref()]);
+    assert!(output.status.success(), "{}", describe(&output));
+    assert!(skipped.is_empty(), "{skipped:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("skipping the miss of cfg_macro_user 1.0.0")
+            && stderr.contains("config variants")
+            && stderr.contains("blue"),
+        "{stderr}"
+    );
+    assert_eq!(
+        runtime()
+            .block_on(mirror.client().misses())
+            .unwrap()
+            .misses
+            .len(),
+        1
+    );
+
+    // One whose config gives it builds the miss with its closure and closes it.
+    let (output, blue) = build_json(
+        fixture,
+        &mirror,
+        blue_data.path(),
+        &[
+            "--missing".as_ref(),
+            "--config".as_ref(),
+            consumer.path().join("config").as_os_str(),
+        ],
+    );
+    assert!(output.status.success(), "{}", describe(&output));
+    for app in ["cfg_macro", "cfg_macro_user"] {
+        assert_eq!(blue[app]["status"], "built", "{app}: {}", describe(&output));
+        assert_ne!(blue[app]["key"], red[app]["key"], "{app}'s key changed");
+    }
+    // cfg_macro_user's own inputs did not change, its beam did: the label is in it.
+    let beam = "ebin/Elixir.CfgMacroUser.beam";
+    let red_beam = artifact_file(red["cfg_macro_user"]["artifact"].as_str().unwrap(), beam);
+    let blue_beam = artifact_file(blue["cfg_macro_user"]["artifact"].as_str().unwrap(), beam);
+    // (The literal is in the compressed LitT chunk; running it below shows it is "blue".)
+    assert_ne!(
+        red_beam, blue_beam,
+        "cfg_macro_user's beam follows cfg_macro's config"
+    );
+    assert!(runtime()
+        .block_on(mirror.client().misses())
+        .unwrap()
+        .misses
+        .is_empty());
+
+    // Both are hits again, with the new keys, and the project runs with the new label.
+    let third = consumer.fetch_json(fixture, &mirror.url, &["--require-all"]);
+    assert!(third.output.status.success(), "{}", third.describe());
+    for app in ["cfg_macro", "cfg_macro_user"] {
+        assert_eq!(third.status(app), "installed", "{}", third.describe());
+        assert_eq!(third.deps[app]["key"], blue[app]["key"], "{app}");
+    }
+    let run = fixture.mix(
+        consumer.path(),
+        &["run", "-e", "IO.puts(CfgMacroUser.label())"],
+    );
+    let log = text(&run);
+    assert!(run.status.success(), "{log}");
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout).lines().last(),
+        Some("blue"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("==> cfg_macro"),
+        "nothing of the closure compiled: {log}"
+    );
+}
+
+/// Builds the mirror lists as of key format v1 (published before key format v2, still
+/// served) are never used and never an error: each is a miss saying so, reported for
+/// builders to rebuild; the same builds listed as format 2 are hits.
+#[test]
+fn builds_of_key_format_v1_are_misses_never_errors() {
+    let fixture = Fixture::get();
+    let mirror = Mirror::start(fixture);
+    mirror.publish(fixture, BUILT);
+    // The index as a mirror lists the builds it stored before key format v2.
+    let proxy = Proxy::start(&mirror.url, |path, status, body| {
+        if !path.starts_with("/precomp/v1/index/") || status != 200 {
+            return (status, body);
+        }
+        let mut index: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        for build in index["builds"].as_array_mut().unwrap() {
+            build["key_format"] = 1.into();
+        }
+        (status, serde_json::to_vec(&index).unwrap())
+    });
+    let consumer = Consumer::new(fixture);
+    let old = consumer.fetch_json(fixture, &proxy.url, &["--request-builds"]);
+    assert!(old.output.status.success(), "{}", old.describe());
+    for app in BUILT {
+        assert_eq!(old.status(app), "miss", "{app}: {}", old.describe());
+        assert_eq!(old.kind(app), "old_key_format", "{app}: {}", old.describe());
+        assert!(
+            old.reason(app).contains("key format v1"),
+            "{}",
+            old.reason(app)
+        );
+        assert!(!consumer.lib().join(app).exists(), "{app} installed");
+    }
+    // Reported for builders, each with a key the mirror recomputed and accepted.
+    assert_eq!(
+        old.summary["requested_builds"],
+        BUILT.len(),
+        "{}",
+        old.describe()
+    );
+    assert!(!proxy
+        .paths()
+        .iter()
+        .any(|p| p.starts_with("/precomp/v1/manifests/")));
+
+    let current = consumer.fetch_json(fixture, &mirror.url, &["--require-all"]);
+    assert!(current.output.status.success(), "{}", current.describe());
+}
+
+/// The hit-rate promise with Merkle keys: a consumer with the default config, against a
+/// mirror that has built nothing, reports every miss — cfg_macro_user by its request key, as
+/// cfg_macro's key cannot be known yet — builders build what was reported, and the next run
+/// hits everything.
+#[test]
+fn after_builders_build_the_reported_misses_a_default_config_hits_everything() {
+    let fixture = Fixture::get();
+    let mirror = Mirror::start(fixture);
+    let consumer = Consumer {
+        dir: tempfile::Builder::new()
+            .prefix("precomp-fetch-default-")
+            .tempdir()
+            .unwrap(),
+    };
+    cfg_consumer(fixture, consumer.path(), None);
+
+    let first = consumer.fetch_json(fixture, &mirror.url, &["--request-builds"]);
+    assert!(first.output.status.success(), "{}", first.describe());
+    assert_eq!(
+        first.kind("cfg_macro"),
+        "no_artifact",
+        "{}",
+        first.describe()
+    );
+    assert_eq!(first.kind("cfg_macro_user"), "dependency_not_built");
+    assert!(
+        first
+            .reason("cfg_macro_user")
+            .contains("needs a build of cfg_macro first"),
+        "{}",
+        first.describe()
+    );
+    assert!(first.deps["cfg_macro"]["base_key"].is_string());
+    let request_key = first.deps["cfg_macro_user"]["request_key"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{}", first.describe()))
+        .to_string();
+    assert_eq!(first.summary["requested_builds"], 2, "{}", first.describe());
+    let misses = runtime().block_on(mirror.client().misses()).unwrap().misses;
+    assert_eq!(misses.len(), 2, "{misses:?}");
+    assert!(misses
+        .iter()
+        .any(|m| m.request_key.as_deref() == Some(request_key.as_str())));
+
+    let data = tempfile::tempdir().unwrap();
+    let (output, built) = build_json(fixture, &mirror, data.path(), &["--missing".as_ref()]);
+    assert!(output.status.success(), "{}", describe(&output));
+    assert_eq!(
+        built["cfg_macro_user"]["published"],
+        true,
+        "{}",
+        describe(&output)
+    );
+    assert!(runtime()
+        .block_on(mirror.client().misses())
+        .unwrap()
+        .misses
+        .is_empty());
+
+    let second = consumer.fetch_json(fixture, &mirror.url, &["--require-all"]);
+    assert!(second.output.status.success(), "{}", second.describe());
+    assert_eq!(second.summary["hits"], 2, "{}", second.describe());
 }

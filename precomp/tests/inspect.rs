@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 
 use common::{describe, ok, precomp, text};
 use precomp_proto::artifact::{pack, PackedArtifact};
-use precomp_proto::buildkey::{BuildInputs, CompileEnvEntry, PackageRef, Target};
+use precomp_proto::buildkey::{
+    BuildInputs, BuildKey, ClosureMember, CompileEnvEntry, Manager, PackageRef, Target,
+};
 use precomp_proto::manifest::{ArtifactSigningKey, Manifest, Provenance, SignedManifest};
 use precomp_proto::term::Term;
 use prost::Message;
@@ -59,10 +61,14 @@ fn manifest(packed: &PackedArtifact) -> Manifest {
             version: "1.0.0".into(),
             outer_checksum: [0x11; 32],
         },
-        closure: vec![PackageRef {
-            name: "shapes".into(),
-            version: "2.0.0".into(),
-            outer_checksum: [0x22; 32],
+        manager: Manager::Mix,
+        closure: vec![ClosureMember {
+            package: PackageRef {
+                name: "shapes".into(),
+                version: "2.0.0".into(),
+                outer_checksum: [0x22; 32],
+            },
+            key: Some(BuildKey([0x44; 32])),
         }],
         otp_major: "25".into(),
         elixir: "1.14.0".into(),
@@ -159,8 +165,10 @@ fn a_signed_manifest_shows_every_field_and_which_signatures_verify() {
         format!("key              {} (matches its inputs)", m.key),
         format!("base key         {}", m.base_key),
         format!("package          env_reader 1.0.0 {}", "11".repeat(32)),
+        "format           2 (key format v2)".to_string(),
+        "manager          mix".to_string(),
         "closure          1 packages".to_string(),
-        format!("  shapes 2.0.0 {}", "22".repeat(32)),
+        format!("  shapes 2.0.0 {} key {}", "22".repeat(32), "44".repeat(32)),
         "otp              25".into(),
         "elixir           1.14.0".into(),
         "mix env          prod".into(),
@@ -213,6 +221,9 @@ fn a_signed_manifest_shows_every_field_and_which_signatures_verify() {
     assert_eq!(report["manifest"]["base_key"], m.base_key.as_str());
     assert_eq!(report["manifest"]["package"]["name"], "env_reader");
     assert_eq!(report["manifest"]["closure"][0]["name"], "shapes");
+    assert_eq!(report["manifest"]["closure"][0]["key"], "44".repeat(32));
+    assert_eq!(report["manifest"]["manager"], "mix");
+    assert_eq!(report["manifest"]["key_format"], 2);
     assert_eq!(report["manifest"]["otp_major"], "25");
     assert_eq!(report["manifest"]["compile_env"][0]["path"], "[greeting]");
     assert_eq!(report["manifest"]["compile_env"][1]["value"], Value::Null);
@@ -409,4 +420,47 @@ fn an_artifact_shows_its_files_and_names_the_file_its_manifest_disagrees_on() {
     );
     assert!(!out.status.success());
     assert!(text(&out).contains("--manifest"), "{}", describe(&out));
+}
+
+/// A manifest of key format v1 (written before key format v2) is shown as it is, its
+/// signatures checked; its key is not computed, which is said, not reported as tampering.
+#[test]
+fn a_format_1_manifest_is_shown_with_its_key_format() {
+    let f = fixture();
+    let dir = f.dir.path();
+    let (key, public, _) = artifact_key(&dir.join("old-keys"), "old-builder");
+    let mut old = f.manifest.clone();
+    old.format = 1;
+    old.manager.clear();
+    for member in &mut old.closure {
+        member.key.clear();
+    }
+    let file = dir.join("old.manifest");
+    std::fs::write(
+        &file,
+        SignedManifest::sign(&old, &signing_key(&key)).encode_to_vec(),
+    )
+    .unwrap();
+    let stdout = ok(inspect(&[&file], &["--trust", public.to_str().unwrap()]));
+    for expected in [
+        format!(
+            "key              {} (key format v1: not checked, this precomp computes key format v2 only)",
+            old.key
+        ),
+        "format           1 (key format v1)".to_string(),
+        format!("  shapes 2.0.0 {}\n", "22".repeat(32)),
+        "trusted: verified".to_string(),
+    ] {
+        assert!(
+            stdout.contains(&expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+    assert!(!stdout.contains("manager "), "{stdout}");
+    let out = inspect(&[&file], &["--json"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let report = json(&out);
+    assert_eq!(report["manifest"]["key_format"], 1);
+    assert_eq!(report["key_check"]["old_key_format"], true);
+    assert!(report["manifest"]["closure"][0].get("key").is_none());
 }

@@ -982,6 +982,55 @@ fn protocol_details() {
     );
 }
 
+/// A stale package record and its tarball, with an upstream that never answers: the tarball
+/// request is bounded by one upstream timeout in all (the record's revalidation and the
+/// tarball's fetch share it), not one for each.
+#[test]
+fn a_tarball_request_waits_at_most_one_upstream_timeout() {
+    let fixture = Fixture::get();
+    let data = tempfile::tempdir().unwrap();
+    let upstream = format!("file://{}", fixture.root().display());
+    {
+        // The record is stored while upstream works.
+        let mirror = Mirror::start(data.path(), &upstream, &fixture.public_key(), &[]);
+        mirror.get_ok("/packages/erl_ids");
+    }
+    // An upstream that accepts and then never answers.
+    let hanging = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hanging_url = format!("http://{}", hanging.local_addr().unwrap());
+    let held = std::thread::spawn(move || {
+        let mut streams = Vec::new();
+        hanging.set_nonblocking(true).unwrap();
+        let until = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < until {
+            match hanging.accept() {
+                Ok((stream, _)) => streams.push(stream),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    });
+    let mirror = Mirror::start(
+        data.path(),
+        &hanging_url,
+        &fixture.public_key(),
+        &["--registry-ttl", "0", "--upstream-timeout", "2"],
+    );
+    let started = Instant::now();
+    let response = mirror.get("/tarballs/erl_ids-1.0.0.tar");
+    let took = started.elapsed();
+    assert_eq!(response.status(), 502, "{}", mirror.log());
+    let body = response.text().unwrap();
+    assert!(body.contains("timed out"), "{body}");
+    // Two seconds for the record (then served stale), none left for the tarball.
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_millis(3500),
+        "took {took:?}, one upstream timeout is 2 s\n{}",
+        mirror.log()
+    );
+    drop(mirror);
+    drop(held);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 7. Configuration
 // ---------------------------------------------------------------------------------------------
@@ -1172,6 +1221,20 @@ fn serve_help_documents_every_setting() {
         ("--upstream-timeout", "PRECOMP_UPSTREAM_TIMEOUT"),
         ("--memory-cache-mb", "PRECOMP_MEMORY_CACHE_MB"),
         ("--data", "PRECOMP_DATA"),
+        ("--admin-listen", "PRECOMP_ADMIN_LISTEN"),
+        ("--header-read-timeout", "PRECOMP_HEADER_READ_TIMEOUT"),
+        ("--idle-timeout", "PRECOMP_IDLE_TIMEOUT"),
+        ("--body-read-timeout", "PRECOMP_BODY_READ_TIMEOUT"),
+        ("--body-min-rate", "PRECOMP_BODY_MIN_RATE"),
+        ("--request-timeout", "PRECOMP_REQUEST_TIMEOUT"),
+        ("--max-requests", "PRECOMP_MAX_REQUESTS"),
+        ("--max-body-memory-mb", "PRECOMP_MAX_BODY_MEMORY_MB"),
+        ("--max-connections", "PRECOMP_MAX_CONNECTIONS"),
+        (
+            "--max-connections-per-client",
+            "PRECOMP_MAX_CONNECTIONS_PER_CLIENT",
+        ),
+        ("--trusted-proxy", "PRECOMP_TRUSTED_PROXIES"),
     ] {
         // `      --flag <VALUE>`, then its description, then `[env: NAME=]`.
         let at = lines
@@ -1200,31 +1263,9 @@ fn serve_help_documents_every_setting() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+#[ignore = "needs Mix's Hex client, which only hex.pm provides (`mix local.hex`)"]
 fn mix_deps_get_through_the_mirror() {
-    // Hex is an archive Mix installs separately (`mix local.hex`); without it there is no
-    // client to test.
-    let probe_dir = tempfile::tempdir().unwrap();
-    let mut probe = Command::new("mix");
-    probe
-        .arg("hex.info")
-        .current_dir(probe_dir.path())
-        .env("HEX_OFFLINE", "1");
-    let hex = match try_output_within(probe, Duration::from_secs(120)) {
-        Ok(output) => output,
-        Err(e) => {
-            eprintln!("skipped: Mix is not installed (running `mix`: {e})");
-            return;
-        }
-    };
-    if !hex.status.success() {
-        eprintln!(
-            "skipped: Mix's Hex client is not installed (mix hex.info failed); install it with \
-             `mix local.hex` to run `mix deps.get` through the mirror. mix said: {}",
-            String::from_utf8_lossy(&hex.stderr).trim()
-        );
-        return;
-    }
-
+    require_mix_hex_client();
     let fixture = Fixture::get();
     let nginx = Nginx::start(&fixture.root(), &NginxOptions::new());
     let data = tempfile::tempdir().unwrap();

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use precomp_proto::buildkey::{BuildInputs, PackageRef, Target};
+use precomp_proto::buildkey::{BuildInputs, BuildKey, ClosureMember, Manager, PackageRef, Target};
 use precomp_proto::manifest::{
     ArtifactSigningKey, Manifest, Output as BuildOutput, Provenance, SignedManifest,
 };
@@ -38,7 +38,15 @@ fn package(name: &str, version: &str, checksum: u8) -> PackageRef {
 fn inputs(package: PackageRef, closure: Vec<PackageRef>, otp: &str, elixir: &str) -> BuildInputs {
     BuildInputs {
         package,
-        closure,
+        manager: Manager::Mix,
+        // Any keys: gc keeps builds by the releases of their closures.
+        closure: closure
+            .into_iter()
+            .map(|package| ClosureMember {
+                package,
+                key: Some(BuildKey([7; 32])),
+            })
+            .collect(),
         otp_major: otp.into(),
         elixir: elixir.into(),
         mix_env: "prod".into(),
@@ -538,6 +546,65 @@ fn a_backup_restored_into_an_empty_data_dir_serves_the_same_bytes() {
         !target.exists(),
         "a failed restore left {}",
         target.display()
+    );
+
+    // A blob deleted together with its line in the listing: every file left still matches
+    // the listing, but the database names the blob, so check and restore refuse, naming it.
+    let incomplete = root.join("incomplete");
+    precomp_testkit::copy_dir(&backup, &incomplete);
+    let relative = format!(
+        "artifacts/blobs/sha256/{}/{}",
+        &build.sha()[..2],
+        build.sha()
+    );
+    std::fs::remove_file(incomplete.join(&relative)).unwrap();
+    let listing_path = incomplete.join("precomp-backup.json");
+    let mut edited: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&listing_path).unwrap()).unwrap();
+    edited["files"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|f| f["path"] != relative.as_str());
+    std::fs::write(&listing_path, serde_json::to_vec_pretty(&edited).unwrap()).unwrap();
+    let check = precomp_data(
+        &root.join("unused"),
+        &["restore", "--check", "--from", incomplete.to_str().unwrap()],
+    );
+    assert!(
+        !check.status.success()
+            && text(&check).contains("incomplete")
+            && text(&check).contains(&relative),
+        "{}",
+        describe(&check)
+    );
+    let target = root.join("from-incomplete");
+    let refused = precomp_data(
+        &target,
+        &["restore", "--from", incomplete.to_str().unwrap()],
+    );
+    assert!(
+        !refused.status.success() && text(&refused).contains(&relative),
+        "{}",
+        describe(&refused)
+    );
+    assert!(
+        !target.exists(),
+        "a refused restore left {}",
+        target.display()
+    );
+
+    // A file the listing does not name: the listing does not describe this backup.
+    let unlisted = root.join("unlisted");
+    precomp_testkit::copy_dir(&backup, &unlisted);
+    std::fs::write(unlisted.join("trust/extra.doc"), b"not listed").unwrap();
+    let check = precomp_data(
+        &root.join("unused"),
+        &["restore", "--check", "--from", unlisted.to_str().unwrap()],
+    );
+    assert!(
+        !check.status.success() && text(&check).contains("trust/extra.doc"),
+        "{}",
+        describe(&check)
     );
 
     // Restored into an empty directory, with upstream gone: the same bytes.

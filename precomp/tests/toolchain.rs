@@ -222,3 +222,49 @@ fn build_list_verify_and_run_a_bookworm_image() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "25\n");
 }
+
+/// A data directory the sandbox user cannot reach (0700, like one under /root) is refused
+/// before any debootstrap, naming the directory and the fix.
+#[test]
+fn build_refuses_a_store_the_sandbox_cannot_reach_before_debootstrap() {
+    use std::os::unix::fs::PermissionsExt;
+    let data = data_dir();
+    std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let started = std::time::Instant::now();
+    let output = precomp(data.path(), &["toolchain", "build", "--suite", "bookworm"]);
+    let took = started.elapsed();
+    assert!(!output.status.success(), "{}", text(&output));
+    let message = text(&output);
+    assert!(
+        message.contains("cannot be read by the sandbox user")
+            && message.contains(&data.path().display().to_string()),
+        "{message}"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "took {took:?}: {message}"
+    );
+    // Nothing was staged.
+    let staged: Vec<_> = walk(data.path())
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".staging-")
+        })
+        .collect();
+    assert!(staged.is_empty(), "{staged:?}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(walk(&path));
+        }
+        found.push(path);
+    }
+    found
+}

@@ -22,7 +22,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use precomp_proto::buildkey::{BuildInputs, PackageRef, Target};
+use precomp_proto::buildkey::{BuildInputs, Manager, PackageRef, Target};
 use precomp_proto::lock::MixLock;
 use precomp_proto::manifest::{ArtifactSigningKey, Manifest, Provenance, SignedManifest};
 use precomp_proto::verdict::{manifest_digest, Verdict, MATCH, MISMATCH};
@@ -106,9 +106,11 @@ impl Fixture {
         let lock =
             MixLock::parse(&std::fs::read_to_string(fixture.path("mix.lock")).unwrap()).unwrap();
         let (package, closure) = lock.closure("plain_ex").unwrap();
+        assert!(closure.is_empty(), "plain_ex has no dependencies");
         let inputs = BuildInputs {
             package,
-            closure,
+            manager: Manager::Mix,
+            closure: vec![],
             otp_major: erl_eval("erlang:system_info(otp_release)"),
             elixir: capture(Command::new("elixir").args(["-e", "IO.write(System.version())"])),
             mix_env: "prod".into(),
@@ -339,24 +341,29 @@ fn clients_trust_the_documents_keys_refuse_revoked_ones_and_follow_rotations() {
             &key("root.key"),
         ],
     ));
+    // Renewed since (version 3): the miss still names version 2, the one that revoked it.
+    ok(precomp_data(
+        &data,
+        &["keys", "renew", "--root", &key("root.key")],
+    ));
     let refused = plain_ex(&fetch(&project, server.base(), &root_pub, &cache));
     assert_eq!(refused["status"], "miss", "{refused}");
     assert_eq!(refused["kind"], "revoked", "{refused}");
     let reason = refused["reason"].as_str().unwrap();
     assert!(
-        reason.contains(&b1_id) && reason.contains("laptop stolen"),
+        reason.contains(&b1_id) && reason.contains("laptop stolen (trust document version 2, "),
         "{reason}"
     );
     assert!(
         !project.join("_build/dev/lib/plain_ex/ebin").exists(),
         "the install signed by a revoked key was left in place"
     );
-    assert_eq!(cached_version(&cache), 2);
+    assert_eq!(cached_version(&cache), 3);
 
-    // The root rotates (version 3, signed by both roots), then the new root alone adds
-    // builder-3 (version 4), who countersigns the build: it has the auditor role too, since
+    // The root rotates (version 4, signed by both roots), then the new root alone adds
+    // builder-3 (version 5), who countersigns the build: it has the auditor role too, since
     // the mirror takes signatures added to a published manifest only from auditor keys. The
-    // client holds version 2 and still pins the old root: it follows 3 and 4 and trusts
+    // client holds version 3 and still pins the old root: it follows 4 and 5 and trusts
     // builder-3.
     ok(precomp_data(
         &data,
@@ -399,7 +406,7 @@ fn clients_trust_the_documents_keys_refuse_revoked_ones_and_follow_rotations() {
         serde_json::json!([b3_id]),
         "{followed}"
     );
-    assert_eq!(cached_version(&cache), 4);
+    assert_eq!(cached_version(&cache), 5);
 
     // A client with nothing cached walks the chain from version 1 the same way.
     let fresh_cache = scratch.path().join("fresh/trust.doc");
@@ -412,9 +419,9 @@ fn clients_trust_the_documents_keys_refuse_revoked_ones_and_follow_rotations() {
         &fresh_cache,
     ));
     assert_eq!(fresh["status"], "installed", "{fresh}");
-    assert_eq!(cached_version(&fresh_cache), 4);
+    assert_eq!(cached_version(&fresh_cache), 5);
 
-    // The mirror serving an older version (a rollback) is refused by a client holding 4.
+    // The mirror serving an older version (a rollback) is refused by a client holding 5.
     let current = std::fs::read(data.join("trust/trust.doc")).unwrap();
     std::fs::write(
         data.join("trust/trust.doc"),
@@ -443,6 +450,95 @@ fn clients_trust_the_documents_keys_refuse_revoked_ones_and_follow_rotations() {
         "{}",
         describe(&stranger)
     );
+
+    // A bare file name as the cache is written in the working directory, with no warning.
+    let workdir = scratch.path().join("workdir");
+    std::fs::create_dir_all(&workdir).unwrap();
+    let mut relative = precomp_command();
+    relative
+        .current_dir(&workdir)
+        .args(["fetch", "--json", "--env", "dev", "--mirror", server.base()])
+        .arg("--project")
+        .arg(&fresh_project)
+        .arg("--root-key")
+        .arg(&root_pub)
+        .args(["--trust-cache", "rel.doc"])
+        .env_remove("HEX_MIRROR")
+        .env_remove("MIX_BUILD_PATH")
+        .env_remove("MIX_TARGET");
+    let relative = output_within(relative, Duration::from_secs(120));
+    assert!(
+        relative.status.success() && !text(&relative).contains("not cached"),
+        "{}",
+        describe(&relative)
+    );
+    assert_eq!(cached_version(&workdir.join("rel.doc")), 5);
+
+    // The mirror gone: the cached document is used, with a one-line warning that says so.
+    drop(server);
+    let offline = fetch(&project, "http://127.0.0.1:9", &root_pub, &cache);
+    assert!(
+        text(&offline).contains(
+            "warning: using the cached trust document version 5: the mirror could not be asked ("
+        ),
+        "{}",
+        describe(&offline)
+    );
+}
+
+#[test]
+fn keys_commands_refuse_a_zero_validity_and_say_who_serves_what_they_wrote() {
+    let scratch = tempfile::tempdir().unwrap();
+    let keys = scratch.path().join("keys");
+    generate(&keys, "root");
+    let root = keys.join("root.key");
+    let data = scratch.path().join("data");
+
+    // 0 days was silently 1 day: now a usage error, and nothing written.
+    let zero = precomp_data(
+        &data,
+        &[
+            "keys",
+            "init",
+            "--root",
+            root.to_str().unwrap(),
+            "--valid-days",
+            "0",
+        ],
+    );
+    assert!(!zero.status.success(), "{}", describe(&zero));
+    assert!(text(&zero).contains("--valid-days"), "{}", describe(&zero));
+    assert!(!data.join("trust/trust.doc").exists());
+
+    // Into the mirror's data directory: served now.
+    let served = ok(precomp_data(
+        &data,
+        &["keys", "init", "--root", root.to_str().unwrap()],
+    ));
+    assert!(
+        served.contains("`precomp serve` with this --data serves it now"),
+        "{served}"
+    );
+
+    // Into another directory (an offline machine): nobody serves it until it is copied.
+    let offline = scratch.path().join("offline-trust");
+    let written = ok(precomp_data(
+        &data,
+        &[
+            "keys",
+            "init",
+            "--root",
+            root.to_str().unwrap(),
+            "--trust-dir",
+            offline.to_str().unwrap(),
+        ],
+    ));
+    assert!(
+        !written.contains("serves it now")
+            && written.contains(&format!("copy {}", offline.display())),
+        "{written}"
+    );
+    assert!(offline.join("trust.doc").is_file());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -535,6 +631,7 @@ impl Build {
                 version: "1.0.0".into(),
                 outer_checksum: [0x11; 32],
             },
+            manager: Manager::Mix,
             closure: vec![],
             otp_major: "25".into(),
             elixir: elixir.into(),

@@ -10,14 +10,16 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::*;
-use precomp_proto::buildkey::{BuildInputs, Target};
+use precomp_proto::buildkey::{KeyParts, KeyToolchain, Target};
 use precomp_proto::lock::MixLock;
+use precomp_proto::manager::{lock_roots, mix_managers, Converger};
 use serde_json::{json, Value};
 
 /// The fixture repository and a builder key pair, made once per test process.
@@ -114,33 +116,74 @@ impl Mirror {
         response.text().unwrap()
     }
 
-    /// Reports a miss of `package@version` in `lock` for this toolchain; its base key.
+    /// Reports a miss of `package@version` in `lock` for this toolchain, as a client that
+    /// found no build of anything: its closure members' keys are unknown. Its miss key: the
+    /// base key for a package without dependencies, else the request key.
     fn report_miss(&self, lock: &str, package: &str, otp: &str, elixir: &str) -> String {
+        self.report_miss_with(lock, package, otp, elixir, json!([]))
+    }
+
+    /// [`Mirror::report_miss`], the package's own compile-env entries being `compile_env`.
+    fn report_miss_with(
+        &self,
+        lock: &str,
+        package: &str,
+        otp: &str,
+        elixir: &str,
+        compile_env: Value,
+    ) -> String {
         let parsed = MixLock::parse(lock).unwrap();
         let (app, entry) = parsed.hex().find(|(_, e)| e.package == package).unwrap();
         let version = entry.version.clone();
-        let (pkg, closure) = parsed.closure(app).unwrap();
-        let base_key = BuildInputs {
-            package: pkg,
-            closure,
+        let (_, closure) = parsed.closure_by_app(app).unwrap();
+        let infer = |_: &str| Ok::<_, std::convert::Infallible>(None);
+        let managers =
+            mix_managers(&parsed, &lock_roots(&parsed), Converger::Elixir1_15, infer).unwrap();
+        let manager = |app: &str| managers[app].expect("the lock names each package's manager");
+        let mut parts = BTreeMap::new();
+        parts.insert(
+            app.to_string(),
+            KeyParts {
+                manager: manager(app),
+                target: Some(Target::Any),
+                compile_env: Vec::new(),
+            },
+        );
+        let mut members = Vec::new();
+        for (member, release) in &closure {
+            parts.insert(
+                member.clone(),
+                KeyParts {
+                    manager: manager(member),
+                    target: None,
+                    compile_env: Vec::new(),
+                },
+            );
+            members.push(json!({"name": release.name, "version": release.version,
+                                "manager": manager(member).to_string(), "compile_env": []}));
+        }
+        let toolchain = KeyToolchain {
             otp_major: otp.into(),
             elixir: elixir.into(),
             mix_env: "prod".into(),
-            target: Target::Any,
-            compile_env: Vec::new(),
-        }
-        .base_key()
-        .unwrap()
-        .to_string();
-        let (status, text) = self.post(
-            "/precomp/v1/misses",
-            None,
-            &json!({"package": package, "version": version, "base_key": base_key,
-                    "reason": "not built", "otp_major": otp, "elixir": elixir,
-                    "mix_env": "prod", "target": "any", "lock": lock}),
-        );
+        };
+        let inputs = parsed
+            .inputs_bottom_up(app, Target::Any, &parts, &toolchain)
+            .unwrap();
+        let (field, key) = if closure.is_empty() {
+            ("base_key", inputs.base_key().unwrap().to_string())
+        } else {
+            ("request_key", inputs.request_key().unwrap().to_string())
+        };
+        let mut report = json!({"package": package, "version": version,
+                "reason": "not built", "otp_major": otp, "elixir": elixir,
+                "mix_env": "prod", "target": "any", "lock": lock,
+                "manager": manager(app).to_string(), "compile_env": compile_env,
+                "closure": members});
+        report[field] = key.clone().into();
+        let (status, text) = self.post("/precomp/v1/misses", None, &report);
         assert!(status == 200 || status == 201, "{status} {text}");
-        base_key
+        key
     }
 }
 
@@ -313,8 +356,9 @@ fn a_worker_builds_and_publishes_a_reported_miss() {
     let data = data_dir("precomp-worker-data-");
     let (otp, elixir) = host_toolchain(data.path());
 
+    // Nothing of opt_user's closure is built: the miss is named by its request key.
     let lock = fixture.lock(&["opt_user@1.0.0", "plain_ex@1.0.0"]);
-    let base_key = mirror.report_miss(&lock, "opt_user", &otp, &elixir);
+    let request_key = mirror.report_miss(&lock, "opt_user", &otp, &elixir);
 
     // A 2 s lease, renewed by the worker's heartbeat while it builds: once the worker has
     // the job, another worker asking for the same toolchain never gets it.
@@ -354,21 +398,23 @@ fn a_worker_builds_and_publishes_a_reported_miss() {
     .unwrap();
     assert_eq!(line["outcome"], "published", "{line}");
     assert_eq!(line["package"], "opt_user");
-    assert_eq!(line["base_key"], base_key.as_str());
+    assert_eq!(line["request_key"], request_key.as_str());
+    assert_eq!(line["base_key"], Value::Null);
     assert_eq!(line["lease_lost"], false);
     let key = line["key"].as_str().unwrap().to_string();
 
+    // The publish closed the miss: the build satisfies it (plain_ex built in the same job).
     let misses = mirror.get("/precomp/v1/misses", Some(&token));
-    assert!(!misses.contains(&base_key), "the miss is closed: {misses}");
+    assert!(
+        !misses.contains(&request_key),
+        "the miss is closed: {misses}"
+    );
     let index: Value =
         serde_json::from_str(&mirror.get("/precomp/v1/index/opt_user", None)).unwrap();
     let builds = index["builds"].as_array().unwrap();
-    assert!(
-        builds
-            .iter()
-            .any(|b| b["key"] == key.as_str() && b["base_key"] == base_key.as_str()),
-        "{index}"
-    );
+    assert!(builds.iter().any(|b| b["key"] == key.as_str()), "{index}");
+    let failures = mirror.get("/precomp/v1/failures/opt_user", None);
+    assert!(!failures.contains(&request_key), "{failures}");
     // The manifest the mirror serves is the worker's, signed by its key.
     let manifest =
         reqwest::blocking::get(mirror.server.url(&format!("/precomp/v1/manifests/{key}")))
@@ -381,7 +427,9 @@ fn a_worker_builds_and_publishes_a_reported_miss() {
         .unwrap()
         .verify(&[public])
         .unwrap();
-    assert_eq!(manifest.base_key, base_key);
+    assert_eq!(manifest.key, key);
+    assert_eq!(manifest.closure[0].name, "plain_ex");
+    assert_eq!(manifest.closure[0].key.len(), 64);
 
     // Nothing open: --once says so and exits 0.
     let output = worker(data.path(), &mirror, &token, &[]);
@@ -391,6 +439,56 @@ fn a_worker_builds_and_publishes_a_reported_miss() {
         "{}",
         describe(&output)
     );
+}
+
+/// A miss whose compile-time values the worker's config (it has none) does not give is not
+/// built (config variants are a later feature): the worker records it as a failure saying
+/// why, so it is closed and no worker gets it again.
+#[test]
+fn a_miss_needing_other_config_values_is_recorded_as_not_built() {
+    let fixture = Fixture::get();
+    let mirror = Mirror::start();
+    let token = mirror.token("worker");
+    let data = data_dir("precomp-worker-variant-");
+    let (otp, elixir) = host_toolchain(data.path());
+    let lock = fixture.lock(&["env_reader@1.0.0"]);
+    let base_key = mirror.report_miss_with(
+        &lock,
+        "env_reader",
+        &otp,
+        &elixir,
+        json!([{"app": "env_reader", "path": "[greeting]", "value": "<<\"hi\">>"}]),
+    );
+
+    let output = worker(data.path(), &mirror, &token, &["--json"]);
+    assert!(output.status.success(), "{}", describe(&output));
+    let line: Value = serde_json::from_str(
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .last()
+            .unwrap_or_else(|| panic!("no output: {}", describe(&output))),
+    )
+    .unwrap();
+    assert_eq!(line["outcome"], "skipped", "{line}");
+    assert_eq!(line["base_key"], base_key.as_str());
+    let reason = line["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("config variants")
+            && reason.contains("env_reader [:greeting]: the miss has \"hi\""),
+        "{reason}"
+    );
+    // Nothing built or published; the failure says why and closed the miss.
+    assert!(
+        !data.path().join("builds/manifests").exists()
+            || std::fs::read_dir(data.path().join("builds/manifests"))
+                .unwrap()
+                .next()
+                .is_none()
+    );
+    let failures = mirror.get("/precomp/v1/failures/env_reader", None);
+    assert!(failures.contains("config variants"), "{failures}");
+    let misses = mirror.get("/precomp/v1/misses", Some(&token));
+    assert!(!misses.contains(&base_key), "{misses}");
 }
 
 /// A worker building slow_ex (which compiles for a minute), started in the background; its
@@ -582,4 +680,101 @@ fn a_lease_the_mirror_ends_stops_the_build() {
     let failures = failures["failures"].as_array().unwrap();
     assert_eq!(failures.len(), 1, "{failures:?}");
     assert_eq!(failures[0]["toolchain_id"], "elsewhere");
+}
+
+/// A worker killed with SIGKILL cannot remove its build's work directory; the next builder or
+/// worker on that data directory does (once nothing holds it), and leaves live ones alone.
+#[test]
+fn a_work_directory_left_by_a_killed_worker_is_removed_by_the_next_one() {
+    let mirror = Mirror::start();
+    let token = mirror.token("killed");
+    let job = SlowJob::start(&mirror, &token, &["--lease-seconds", "60"]);
+    let work = job.data.path().join("builds/work");
+    let left_behind = |work: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(work)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("slow_ex-")
+            })
+            .collect()
+    };
+    // Two, in fact: the build's two passes (docs/builder.md, "Atom order").
+    assert!(
+        !left_behind(&work).is_empty(),
+        "the build works in directories under the work root"
+    );
+
+    let status = Command::new("kill")
+        .args(["-KILL", &job.worker.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let data = job.data.path().to_path_buf();
+    let pid = job.worker.child.id();
+    let started = std::time::Instant::now();
+    let SlowJob {
+        worker: killed,
+        data: _data_guard,
+        ..
+    } = job;
+    let _ = killed.finish(Duration::from_secs(30));
+    while sandboxes(&data, pid) > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the sandbox outlived its worker"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let leftovers = left_behind(&work);
+    assert!(
+        !leftovers.is_empty(),
+        "SIGKILL leaves the directories: the case to recover from"
+    );
+
+    // Older than the minute a sweep leaves young directories alone (one being created).
+    for dir in &leftovers {
+        assert!(Command::new("touch")
+            .args(["-d", "2 hours ago"])
+            .arg(dir)
+            .status()
+            .unwrap()
+            .success());
+    }
+    // A directory another live process holds is not touched by the sweep.
+    let live = work.join("slow_ex-live");
+    std::fs::create_dir(&live).unwrap();
+    let mut holder = Command::new("flock")
+        .args(["--exclusive", "--close"])
+        .arg(&live)
+        .args(["sleep", "60"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(Command::new("touch")
+        .args(["-d", "2 hours ago"])
+        .arg(&live)
+        .status()
+        .unwrap()
+        .success());
+
+    // The next worker on this data directory (no job for it: the killed one's lease is live).
+    let next = worker(&data, &mirror, &token, &[]);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    for dir in &leftovers {
+        assert!(
+            !dir.exists(),
+            "{} is still there: {}",
+            dir.display(),
+            describe(&next)
+        );
+    }
+    assert!(
+        live.exists(),
+        "a directory a live process holds was removed"
+    );
 }

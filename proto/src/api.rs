@@ -28,6 +28,10 @@ pub struct IndexBuild {
     pub artifact_size: u64,
     /// The compile-env entries the manifest records, in its order.
     pub compile_env: Vec<CompileEnvJson>,
+    /// The manifest's key format: 2, or 1 for builds published before key format v2, whose
+    /// keys clients do not compute any more (absent from older mirrors' indexes: 1).
+    #[serde(default = "key_format_v1")]
+    pub key_format: u32,
     /// Key ids of the signatures the mirror verified when it accepted the manifest.
     pub signers: Vec<String>,
     /// Of `signers`, the mirror's auditor keys (`precomp serve --auditor-key`): auditors who
@@ -41,6 +45,10 @@ pub struct IndexBuild {
     /// The verdicts auditors posted for this build, by auditor.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub verdicts: Vec<VerdictSummary>,
+}
+
+fn key_format_v1() -> u32 {
+    1
 }
 
 /// One auditor's verdict on a build, as the index lists it.
@@ -184,30 +192,78 @@ pub struct Failure {
     pub last_reported: i64,
 }
 
-/// `POST /precomp/v1/misses`: a client found no usable artifact.
+/// `POST /precomp/v1/misses`: a client found no usable artifact. It carries what the mirror
+/// needs to recompute the key it claims (docs/protocol.md, "Misses"): the closure's lock, the
+/// toolchain, env and target, and for the package and each closure member its manager, its
+/// target when known and the compile-env entries the client's config gives for the paths the
+/// mirror's builds of it record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MissReport {
     pub package: String,
     pub version: String,
-    /// Must equal the base key of `package` in `lock` with this toolchain, env and target.
-    pub base_key: String,
+    /// The package's (v2) base key with this toolchain, env and target, when every closure
+    /// member's key is known. Exactly one of `base_key` and `request_key` is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_key: Option<String>,
+    /// When some member's key is unknown (the mirror has no build of it yet): the SHA-256 of
+    /// the request text (`precomp_proto::buildkey::BuildInputs::request_text`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_key: Option<String>,
     /// Why the client could not use what the mirror has, e.g. `not built`.
     pub reason: String,
     pub otp_major: String,
     pub elixir: String,
     pub mix_env: String,
+    /// The package's target: `any` unless the client knows it holds native code.
     pub target: String,
     /// mix.lock text holding the package and its closure.
     pub lock: String,
+    /// The package's build tool (`mix`, `rebar3`, `make`). Empty in misses of key format v1,
+    /// which the mirror refuses.
+    #[serde(default)]
+    pub manager: String,
+    /// The client's values for the compile-env paths the mirror's builds of the package record.
+    #[serde(default)]
+    pub compile_env: Vec<CompileEnvJson>,
+    /// Every closure member, by Hex package name.
+    #[serde(default)]
+    pub closure: Vec<MissMember>,
+}
+
+impl MissReport {
+    /// What identifies the miss: its base key, else its request key.
+    pub fn miss_key(&self) -> Option<&str> {
+        self.base_key.as_deref().or(self.request_key.as_deref())
+    }
+}
+
+/// What a miss carries for one closure member.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MissMember {
+    /// The Hex package name.
+    pub name: String,
+    pub version: String,
+    pub manager: String,
+    /// `any` or `ARCH-LIBC`; absent when the mirror has no build of the member for this
+    /// toolchain (its key is then unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// The client's values for the paths the mirror's builds of the member record.
+    #[serde(default)]
+    pub compile_env: Vec<CompileEnvJson>,
 }
 
 /// The answer to a [`MissReport`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MissRecorded {
-    pub base_key: String,
-    /// Reports of this base key so far, this one included.
+    /// The miss's key, as reported: one of the two is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_key: Option<String>,
+    /// Reports of this miss so far, this one included.
     pub count: u64,
-    /// False when a manifest with this base key was published or a failure was recorded.
+    /// False when a build that satisfies it was published or a failure was recorded.
     pub open: bool,
 }
 
@@ -222,17 +278,63 @@ pub struct Misses {
 pub struct Miss {
     pub package: String,
     pub version: String,
-    pub base_key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_key: Option<String>,
     pub reason: String,
     pub otp_major: String,
     pub elixir: String,
     pub mix_env: String,
     pub target: String,
     pub lock: String,
+    #[serde(default)]
+    pub manager: String,
+    #[serde(default)]
+    pub compile_env: Vec<CompileEnvJson>,
+    #[serde(default)]
+    pub closure: Vec<MissMember>,
     pub count: u64,
     /// Unix seconds.
     pub first_reported: i64,
     pub last_reported: i64,
+}
+
+impl Miss {
+    /// What identifies the miss (its base key, else its request key): what build jobs and
+    /// failures name it by.
+    pub fn miss_key(&self) -> &str {
+        self.base_key
+            .as_deref()
+            .or(self.request_key.as_deref())
+            .unwrap_or_default()
+    }
+
+    /// The report this miss was recorded from (its first).
+    pub fn report(&self) -> MissReport {
+        MissReport {
+            package: self.package.clone(),
+            version: self.version.clone(),
+            base_key: self.base_key.clone(),
+            request_key: self.request_key.clone(),
+            reason: self.reason.clone(),
+            otp_major: self.otp_major.clone(),
+            elixir: self.elixir.clone(),
+            mix_env: self.mix_env.clone(),
+            target: self.target.clone(),
+            lock: self.lock.clone(),
+            manager: self.manager.clone(),
+            compile_env: self.compile_env.clone(),
+            closure: self.closure.clone(),
+        }
+    }
+
+    /// Every compile-env entry the miss carries, the package's and its members'.
+    pub fn all_compile_env(&self) -> impl Iterator<Item = &CompileEnvJson> + '_ {
+        self.compile_env
+            .iter()
+            .chain(self.closure.iter().flat_map(|m| m.compile_env.iter()))
+    }
 }
 
 /// The answer to `PUT /precomp/v1/artifacts/SHA256`.
@@ -366,7 +468,8 @@ pub struct LeaseRenewed {
     pub job: u64,
     #[serde(default)]
     pub kind: JobKind,
-    /// The miss's base key; for an audit job, the audited build's.
+    /// A build job: the miss's key (its base key or its request key); an audit job: the
+    /// audited build's base key.
     pub base_key: String,
     /// An audit job: the audited build's key.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -5,8 +5,16 @@
 //! output matches (`../shared/design/DESIGN.md`, "The build key"): the package (name,
 //! version, outer checksum); its closure — every transitive dependency as the consumer's lock
 //! resolves it, optional ones included when the lock has them; the OTP major release and
-//! the exact Elixir version; the dependency's Mix env; the target; and the values of the
-//! `Application.compile_env` paths the package reads, as the consumer's config sets them.
+//! the exact Elixir version; the dependency's Mix env; the target; the build tool Mix uses
+//! for it; and the values of the `Application.compile_env` paths the package reads, as the
+//! consumer's config sets them.
+//!
+//! Each closure member is identified by its own key (key format v2, a Merkle key as Nix's
+//! store paths are): a dependency's macro can expand a value the dependency's own config
+//! fixed, so what a member was built with is part of what the package is built against.
+//! Keys are therefore computed bottom-up over the closure ([`MixLock::inputs_bottom_up`]).
+//! Key format v1 (closure members by name, version and checksum only) is not computed any
+//! more: its manifests are read as such and reported as misses.
 //!
 //! The inputs are written as a canonical text (one fact per line, fixed order, sorted
 //! closure, validated tokens with no spaces) and the key is its SHA-256. The text is the
@@ -23,11 +31,18 @@ use std::fmt;
 
 use sha2::{Digest, Sha256};
 
+use std::collections::BTreeMap;
+
 use crate::lock::{HexLockEntry, LockEntry, MixLock};
-use crate::term::Term;
+use crate::term::{Syntax, Term};
 
 /// First line of every canonical text; changes whenever the encoding does.
-pub const BUILD_KEY_VERSION: &str = "precomp-build-key-v1";
+pub const BUILD_KEY_VERSION: &str = "precomp-build-key-v2";
+
+/// First line of a miss's request text ([`BuildInputs::request_text`]): what identifies a
+/// miss when some closure member's key is not known yet. Never a build key's first line, so a
+/// request key can never equal a base key.
+pub const MISS_REQUEST_VERSION: &str = "precomp-miss-request-v1";
 
 /// Prefix of the compile-env encoding.
 pub const COMPILE_ENV_VERSION: &str = "precomp-compile-env-v1";
@@ -54,7 +69,19 @@ pub enum BuildKeyError {
     NoOuterChecksum { app: String },
     #[error("mix.lock: {app}'s outer checksum {value:?} is not 64 hex digits")]
     BadChecksum { app: String, value: String },
+    #[error("Mix cannot tell how to build {app}: its lock entry lists neither mix nor rebar3 as a build tool, and its package has no mix.exs, rebar.config or Makefile")]
+    NoManager { app: String },
+    #[error("the key of {name}, a dependency in the closure, is not known")]
+    UnknownMemberKey { name: String },
+    #[error("{name}, a dependency in the closure, has no {what}")]
+    MissingMemberInput { name: String, what: &'static str },
+    #[error("mix.lock: {first} and {second} depend on each other")]
+    Cycle { first: String, second: String },
 }
+
+/// The build tool Mix compiles a package with; which one depends on the consumer's whole
+/// dependency graph ([`crate::manager`]). Part of the key.
+pub use crate::manager::Manager;
 
 /// A package release, identified the way the registry and the lock identify it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -76,6 +103,17 @@ pub enum Target {
 }
 
 impl Target {
+    /// Reads `any` or `ARCH-LIBC` (the key text's form; validated when a key is computed).
+    pub fn parse(text: &str) -> Option<Target> {
+        match text {
+            "any" => Some(Target::Any),
+            other => other.split_once('-').map(|(arch, libc)| Target::Native {
+                arch: arch.to_string(),
+                libc: libc.to_string(),
+            }),
+        }
+    }
+
     /// The build-key target for an Erlang `system_architecture` such as `x86_64-pc-linux-gnu`:
     /// the architecture (Debian and Apple names mapped to GNU ones), the vendor dropped, and
     /// version numbers stripped (`aarch64-apple-darwin23.1.0` → `aarch64-darwin`).
@@ -154,12 +192,45 @@ pub struct CompileEnvEntry {
     pub value: Option<Term>,
 }
 
+impl CompileEnvEntry {
+    /// `app [key, sub]` as a person using `syntax` writes the path: `env_reader [:greeting]`
+    /// in Elixir, `env_reader [greeting]` in Erlang.
+    pub fn describe_path(&self, syntax: Syntax) -> String {
+        format!(
+            "{} {}",
+            self.app,
+            syntax.print(&Term::List(self.path.clone()))
+        )
+    }
+
+    /// The value in `syntax` (cut to 60 characters), or `nothing` when the config sets none.
+    pub fn describe_value(&self, syntax: Syntax) -> String {
+        match &self.value {
+            Some(value) => syntax.summary(value),
+            None => "nothing".to_string(),
+        }
+    }
+}
+
+/// A closure member: its release and its own build key, computed with the same OTP, Elixir
+/// and Mix env, its own target, manager and compile env, and its own closure's keys.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ClosureMember {
+    pub package: PackageRef,
+    /// `None` only while a miss is being described ([`BuildInputs::request_text`]): the mirror
+    /// has no build of the member, so what it reads (its target, its compile-env paths) is
+    /// not known yet. A build key needs every member's key.
+    pub key: Option<BuildKey>,
+}
+
 /// Everything a build key covers.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BuildInputs {
     pub package: PackageRef,
-    /// Every transitive dependency; order does not matter.
-    pub closure: Vec<PackageRef>,
+    /// The build tool the consumer's Mix uses for the package ([`crate::manager::mix_managers`]).
+    pub manager: Manager,
+    /// Every transitive dependency with its own key; order does not matter.
+    pub closure: Vec<ClosureMember>,
     /// The OTP major release, e.g. `25`.
     pub otp_major: String,
     /// The exact Elixir version, e.g. `1.14.0`.
@@ -180,23 +251,79 @@ impl fmt::Display for BuildKey {
     }
 }
 
+impl BuildKey {
+    /// Reads 64 lowercase hex digits (the only form keys are written in).
+    pub fn parse(text: &str) -> Option<BuildKey> {
+        if text.len() != 64 || !text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return None;
+        }
+        hex::decode(text).ok()?.try_into().ok().map(BuildKey)
+    }
+}
+
+/// What the key of one package needs besides the lock and the [`KeyToolchain`]: how Mix
+/// builds it, where it runs, and the compile-env values it reads.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyParts {
+    pub manager: Manager,
+    /// `None` when not known (the mirror has no build of the package for this toolchain, so
+    /// nobody knows whether it holds native code): its key, and its dependents', are then
+    /// unknown.
+    pub target: Option<Target>,
+    /// The entries the config gives for the paths the package reads (as far as known).
+    pub compile_env: Vec<CompileEnvEntry>,
+}
+
+/// What every key of one closure shares: a closure is built with one toolchain and one Mix
+/// env.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyToolchain {
+    pub otp_major: String,
+    pub elixir: String,
+    pub mix_env: String,
+}
+
 impl BuildInputs {
-    /// The canonical text of everything but the compile env.
+    /// The canonical text of everything but the compile env. Every closure member's key must
+    /// be known.
     pub fn base_text(&self) -> Result<String, BuildKeyError> {
+        if let Some(unknown) = self.closure.iter().find(|m| m.key.is_none()) {
+            return Err(BuildKeyError::UnknownMemberKey {
+                name: unknown.package.name.clone(),
+            });
+        }
+        self.text_with_header(BUILD_KEY_VERSION)
+    }
+
+    /// The text that identifies a miss some of whose closure members have no known key (the
+    /// mirror has no build of them yet): the base text with [`MISS_REQUEST_VERSION`] as its
+    /// first line and `unknown` for each unknown member key. See docs/protocol.md, "Misses".
+    pub fn request_text(&self) -> Result<String, BuildKeyError> {
+        self.text_with_header(MISS_REQUEST_VERSION)
+    }
+
+    /// SHA-256 of [`BuildInputs::request_text`].
+    pub fn request_key(&self) -> Result<BuildKey, BuildKeyError> {
+        Ok(BuildKey(Sha256::digest(self.request_text()?).into()))
+    }
+
+    fn text_with_header(&self, header: &str) -> Result<String, BuildKeyError> {
         check_name("package name", &self.package.name)?;
         check_version("package version", &self.package.version)?;
-        let mut closure: Vec<&PackageRef> = self.closure.iter().collect();
+        let mut closure: Vec<&ClosureMember> = self.closure.iter().collect();
         closure.sort();
         for pair in closure.windows(2) {
-            if pair[0].name == pair[1].name {
+            if pair[0].package.name == pair[1].package.name {
                 return Err(BuildKeyError::DuplicateInClosure {
-                    name: pair[0].name.clone(),
+                    name: pair[0].package.name.clone(),
                 });
             }
         }
-        let mut text = format!("{BUILD_KEY_VERSION}\n");
+        let mut text = format!("{header}\n");
         text.push_str(&package_line("package", &self.package));
-        for dep in closure {
+        text.push_str(&format!("manager {}\n", self.manager));
+        for member in closure {
+            let dep = &member.package;
             check_name("dependency name", &dep.name)?;
             check_version("dependency version", &dep.version)?;
             if dep.name == self.package.name {
@@ -204,7 +331,11 @@ impl BuildInputs {
                     name: dep.name.clone(),
                 });
             }
-            text.push_str(&package_line("dep", dep));
+            let line = package_line("dep", dep);
+            let key = member
+                .key
+                .map_or_else(|| "unknown".to_string(), |key| key.to_string());
+            text.push_str(&format!("{} {key}\n", line.trim_end()));
         }
         check_token(
             "OTP major release",
@@ -259,6 +390,36 @@ impl BuildInputs {
     pub fn key(&self) -> Result<BuildKey, BuildKeyError> {
         Ok(BuildKey(Sha256::digest(self.text()?).into()))
     }
+
+    /// The closure's releases, without their keys.
+    pub fn releases(&self) -> Vec<PackageRef> {
+        self.closure.iter().map(|m| m.package.clone()).collect()
+    }
+}
+
+/// Whether a build whose base text is `base_text` satisfies the miss whose request text is
+/// `request_text` (docs/protocol.md, "Misses"): line for line the same after the first line,
+/// except that a member key the request says is `unknown` matches any key, and a request for
+/// target `any` (what a client asks for when nobody has built the package yet) is satisfied
+/// by a native build too.
+pub fn request_satisfied_by(request_text: &str, base_text: &str) -> bool {
+    let mut request = request_text.lines();
+    let mut base = base_text.lines();
+    if request.next() != Some(MISS_REQUEST_VERSION) || base.next() != Some(BUILD_KEY_VERSION) {
+        return false;
+    }
+    let (request, base): (Vec<&str>, Vec<&str>) = (request.collect(), base.collect());
+    request.len() == base.len()
+        && request.iter().zip(&base).all(|(wanted, built)| {
+            wanted == built
+                || (wanted.starts_with("dep ")
+                    && wanted.strip_suffix(" unknown").is_some_and(|release| {
+                        built
+                            .rsplit_once(' ')
+                            .is_some_and(|(built_release, _)| built_release == release)
+                    }))
+                || (*wanted == "target any" && built.starts_with("target "))
+        })
 }
 
 fn package_line(kind: &str, package: &PackageRef) -> String {
@@ -383,9 +544,9 @@ impl MixLock {
     pub fn closure_by_app(
         &self,
         app: &str,
-    ) -> Result<(PackageRef, std::collections::BTreeMap<String, PackageRef>), BuildKeyError> {
+    ) -> Result<(PackageRef, BTreeMap<String, PackageRef>), BuildKeyError> {
         let root = self.hex_entry(app)?;
-        let mut seen = std::collections::BTreeMap::new();
+        let mut seen = BTreeMap::new();
         let mut stack = vec![(app.to_string(), root)];
         while let Some((dependent, entry)) = stack.pop() {
             for dep in &entry.deps {
@@ -409,6 +570,92 @@ impl MixLock {
             }
         }
         Ok((package_ref(app, root)?, seen))
+    }
+
+    /// The inputs of `app`'s key for `target`, each closure member's key computed bottom-up
+    /// from `parts` (by app name; every member of the closure, and `app`, must have one): a
+    /// member's key is its own inputs' key, with its own target, manager and compile env and
+    /// its own closure's keys; `None` when its target, or some key in its closure, is
+    /// unknown. `app`'s compile env is `parts[app]`'s.
+    pub fn inputs_bottom_up(
+        &self,
+        app: &str,
+        target: Target,
+        parts: &BTreeMap<String, KeyParts>,
+        toolchain: &KeyToolchain,
+    ) -> Result<BuildInputs, BuildKeyError> {
+        let mut memo = BTreeMap::new();
+        self.inputs_with_memo(app, target, parts, toolchain, &mut memo)
+    }
+
+    fn inputs_with_memo(
+        &self,
+        app: &str,
+        target: Target,
+        parts: &BTreeMap<String, KeyParts>,
+        toolchain: &KeyToolchain,
+        memo: &mut BTreeMap<String, Option<BuildKey>>,
+    ) -> Result<BuildInputs, BuildKeyError> {
+        let (package, closure) = self.closure_by_app(app)?;
+        let own = parts
+            .get(app)
+            .ok_or_else(|| BuildKeyError::MissingMemberInput {
+                name: package.name.clone(),
+                what: "manager",
+            })?;
+        let mut members = Vec::new();
+        for (member_app, member) in closure {
+            let key = match memo.get(&member_app) {
+                Some(key) => *key,
+                None => {
+                    if self.closure_by_app(&member_app)?.1.contains_key(app) {
+                        return Err(BuildKeyError::Cycle {
+                            first: app.to_string(),
+                            second: member_app,
+                        });
+                    }
+                    let member_parts = parts.get(&member_app).ok_or_else(|| {
+                        BuildKeyError::MissingMemberInput {
+                            name: member.name.clone(),
+                            what: "manager",
+                        }
+                    })?;
+                    let key = match &member_parts.target {
+                        None => None,
+                        Some(target) => {
+                            let inputs = self.inputs_with_memo(
+                                &member_app,
+                                target.clone(),
+                                parts,
+                                toolchain,
+                                memo,
+                            )?;
+                            match inputs.key() {
+                                Ok(key) => Some(key),
+                                Err(BuildKeyError::UnknownMemberKey { .. }) => None,
+                                Err(e) => return Err(e),
+                            }
+                        }
+                    };
+                    memo.insert(member_app.clone(), key);
+                    key
+                }
+            };
+            members.push(ClosureMember {
+                package: member,
+                key,
+            });
+        }
+        Ok(BuildInputs {
+            package,
+            manager: own.manager,
+            closure: members,
+            otp_major: toolchain.otp_major.clone(),
+            elixir: toolchain.elixir.clone(),
+            mix_env: toolchain.mix_env.clone(),
+            target,
+            compile_env: own.compile_env.clone(),
+        })
     }
 
     fn hex_entry(&self, app: &str) -> Result<&HexLockEntry, BuildKeyError> {

@@ -49,8 +49,11 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 
 use crate::lock::{LockEntry, MixLock};
+use crate::term::Syntax;
 
-/// A build tool Mix can compile a dependency with.
+/// The build tool Mix compiles a dependency with (`Mix.Dep`'s `manager`). It decides how the
+/// package is compiled (mix compiles Elixir with the project's config loaded, rebar3 and make
+/// compile Erlang their own way), so it is part of the build key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Manager {
     Mix,
@@ -61,6 +64,15 @@ pub enum Manager {
 impl Manager {
     /// Mix's priority order when two occurrences merge (`@managers` in `Mix.Dep.Converger`).
     pub const PRIORITY: [Manager; 3] = [Manager::Mix, Manager::Rebar3, Manager::Make];
+
+    /// The syntax the package's people write config and values in: Elixir for Mix packages,
+    /// Erlang for rebar3 and make ones.
+    pub fn syntax(self) -> Syntax {
+        match self {
+            Manager::Mix => Syntax::Elixir,
+            Manager::Rebar3 | Manager::Make => Syntax::Erlang,
+        }
+    }
 
     /// The atom's name: `mix`, `rebar3`, `make`.
     pub fn as_str(self) -> &'static str {
@@ -89,24 +101,32 @@ impl Manager {
             .find(|m| tools.iter().any(|t| t.as_ref() == m.as_str()))
     }
 
-    /// `infer_manager/1`: the manager the regular files at the root of `deps/<app>` imply,
-    /// given their names.
+    /// `infer_manager/1`: what Mix infers from a dependency's files when nothing else decides
+    /// — `mix.exs`, then a rebar file, then a Makefile. `has_file` says whether the package
+    /// has a regular file of that name at its top level (`deps/<app>`).
+    pub fn infer(has_file: impl Fn(&str) -> bool) -> Option<Manager> {
+        if has_file("mix.exs") {
+            Some(Manager::Mix)
+        } else if ["rebar", "rebar.config", "rebar.config.script", "rebar.lock"]
+            .into_iter()
+            .any(&has_file)
+        {
+            Some(Manager::Rebar3)
+        } else if ["Makefile", "Makefile.win"].into_iter().any(&has_file) {
+            Some(Manager::Make)
+        } else {
+            None
+        }
+    }
+
+    /// [`Manager::infer`] given the names of the regular files at the package's root.
     pub fn infer_from_files<I, S>(root_files: I) -> Option<Manager>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
         let names: Vec<S> = root_files.into_iter().collect();
-        let has = |wanted: &[&str]| names.iter().any(|n| wanted.contains(&n.as_ref()));
-        if has(&["mix.exs"]) {
-            Some(Manager::Mix)
-        } else if has(&["rebar", "rebar.config", "rebar.config.script", "rebar.lock"]) {
-            Some(Manager::Rebar3)
-        } else if has(&["Makefile", "Makefile.win"]) {
-            Some(Manager::Make)
-        } else {
-            None
-        }
+        Manager::infer(|file| names.iter().any(|n| n.as_ref() == file))
     }
 }
 

@@ -9,17 +9,29 @@
 //!
 //! The manifest is self-checking: [`Manifest::check_key`] recomputes the key from the inputs
 //! it lists, so a manifest cannot claim one key for other inputs.
+//!
+//! Format 2 (key format v2) adds the package's build tool (`manager`, field 13) and each
+//! closure member's own key (`PackageId.key`, field 4). Format 1 manifests (key format v1,
+//! whose closure is names, versions and checksums only) still decode, and
+//! [`Manifest::releases`] reads them, but their key is not computed any more:
+//! [`Manifest::check_key`] refuses them with [`ManifestError::OldKeyFormat`].
 
 use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
 use ed25519_dalek::{Signer, Verifier};
 use prost::Message;
 use sha2::{Digest, Sha256};
 
-use crate::buildkey::{BuildInputs, BuildKeyError, CompileEnvEntry, PackageRef, Target};
+use crate::buildkey::{
+    BuildInputs, BuildKey, BuildKeyError, ClosureMember, CompileEnvEntry, Manager, PackageRef,
+    Target,
+};
 use crate::term::{parse_erlang_terms, to_erlang_text, Term};
 
-/// The manifest format this code writes and reads.
-pub const MANIFEST_FORMAT: u32 = 1;
+/// The manifest format this code writes and checks: 2, for key format v2.
+pub const MANIFEST_FORMAT: u32 = 2;
+
+/// The format of manifests with key format v1: decoded and shown, never checked or used.
+pub const MANIFEST_FORMAT_V1: u32 = 1;
 
 /// Signatures are over this prefix followed by the encoded manifest, so a manifest signature
 /// can never be taken for a signature over anything else.
@@ -58,6 +70,9 @@ pub struct Manifest {
     pub output: Option<Output>,
     #[prost(message, optional, tag = "12")]
     pub provenance: Option<Provenance>,
+    /// Format 2: the build tool Mix used, `mix`, `rebar3` or `make`.
+    #[prost(string, tag = "13")]
+    pub manager: String,
 }
 
 #[derive(Clone, PartialEq, Eq, Message)]
@@ -68,6 +83,10 @@ pub struct PackageId {
     pub version: String,
     #[prost(bytes = "vec", tag = "3")]
     pub outer_checksum: Vec<u8>,
+    /// Format 2, closure members: the member's own build key, lowercase hex. Empty for the
+    /// package itself and in format 1.
+    #[prost(string, tag = "4")]
+    pub key: String,
 }
 
 #[derive(Clone, PartialEq, Eq, Message)]
@@ -153,6 +172,8 @@ pub enum ManifestError {
     DecodeManifest(prost::DecodeError),
     #[error("manifest format {0} is not supported (this precomp reads format {MANIFEST_FORMAT})")]
     Format(u32),
+    #[error("manifest format 1 has key format v1, whose key does not cover what its dependencies were built with; this precomp checks key format v2 only: rebuild it with a current precomp")]
+    OldKeyFormat,
     #[error("manifest: {0}")]
     Incomplete(&'static str),
     #[error("manifest: {field}: {message}")]
@@ -173,27 +194,17 @@ pub enum ManifestError {
 }
 
 impl Manifest {
-    /// The build inputs this manifest lists.
+    /// The build inputs this manifest lists (format 2; see [`Manifest::check_key`]).
     pub fn inputs(&self) -> Result<BuildInputs, ManifestError> {
-        let package = self
-            .package
-            .as_ref()
-            .ok_or(ManifestError::Incomplete("no package"))?;
-        let target = match self.target.as_str() {
-            "any" => Target::Any,
-            other => match other.split_once('-') {
-                Some((arch, libc)) => Target::Native {
-                    arch: arch.to_string(),
-                    libc: libc.to_string(),
-                },
-                None => {
-                    return Err(ManifestError::Field {
-                        field: "target",
-                        message: format!("{other:?} is neither `any` nor ARCH-LIBC"),
-                    })
-                }
-            },
-        };
+        let (package, _) = self.releases()?;
+        let target = Target::parse(&self.target).ok_or_else(|| ManifestError::Field {
+            field: "target",
+            message: format!("{:?} is neither `any` nor ARCH-LIBC", self.target),
+        })?;
+        let manager = Manager::parse(&self.manager).ok_or_else(|| ManifestError::Field {
+            field: "manager",
+            message: format!("{:?} is not mix, rebar3 or make", self.manager),
+        })?;
         let compile_env = self
             .compile_env
             .iter()
@@ -218,13 +229,27 @@ impl Manifest {
                 })
             })
             .collect::<Result<_, ManifestError>>()?;
+        let closure = self
+            .closure
+            .iter()
+            .map(|member| {
+                let key = BuildKey::parse(&member.key).ok_or_else(|| ManifestError::Field {
+                    field: "closure key",
+                    message: format!(
+                        "{}'s key {:?} is not 64 lowercase hex digits",
+                        member.name, member.key
+                    ),
+                })?;
+                Ok(ClosureMember {
+                    package: member.to_ref()?,
+                    key: Some(key),
+                })
+            })
+            .collect::<Result<_, ManifestError>>()?;
         Ok(BuildInputs {
-            package: package.to_ref()?,
-            closure: self
-                .closure
-                .iter()
-                .map(PackageId::to_ref)
-                .collect::<Result<_, _>>()?,
+            package,
+            manager,
+            closure,
             otp_major: self.otp_major.clone(),
             elixir: self.elixir.clone(),
             mix_env: self.mix_env.clone(),
@@ -233,15 +258,35 @@ impl Manifest {
         })
     }
 
-    /// Fills the key, base key and every input field from `inputs`.
+    /// The package and its closure's releases (names, versions, checksums), in any format.
+    pub fn releases(&self) -> Result<(PackageRef, Vec<PackageRef>), ManifestError> {
+        let package = self
+            .package
+            .as_ref()
+            .ok_or(ManifestError::Incomplete("no package"))?
+            .to_ref()?;
+        let closure = self
+            .closure
+            .iter()
+            .map(PackageId::to_ref)
+            .collect::<Result<_, _>>()?;
+        Ok((package, closure))
+    }
+
+    /// Fills the format, the key, base key and every input field from `inputs`, whose
+    /// closure keys must all be known.
     pub fn set_inputs(&mut self, inputs: &BuildInputs) -> Result<(), ManifestError> {
         self.format = MANIFEST_FORMAT;
         self.key = inputs.key()?.to_string();
         self.base_key = inputs.base_key()?.to_string();
-        self.package = Some(PackageId::from_ref(&inputs.package));
-        let mut closure: Vec<&PackageRef> = inputs.closure.iter().collect();
+        self.package = Some(PackageId::from_ref(&inputs.package, None));
+        self.manager = inputs.manager.to_string();
+        let mut closure: Vec<&ClosureMember> = inputs.closure.iter().collect();
         closure.sort();
-        self.closure = closure.into_iter().map(PackageId::from_ref).collect();
+        self.closure = closure
+            .into_iter()
+            .map(|member| PackageId::from_ref(&member.package, member.key))
+            .collect();
         self.otp_major = inputs.otp_major.clone();
         self.elixir = inputs.elixir.clone();
         self.mix_env = inputs.mix_env.clone();
@@ -258,9 +303,12 @@ impl Manifest {
         Ok(())
     }
 
-    /// Checks that the format is known and that the key and base key are what the listed
-    /// inputs give.
+    /// Checks that the format is 2 (format 1: [`ManifestError::OldKeyFormat`]) and that the
+    /// key and base key are what the listed inputs give.
     pub fn check_key(&self) -> Result<BuildInputs, ManifestError> {
+        if self.format == MANIFEST_FORMAT_V1 {
+            return Err(ManifestError::OldKeyFormat);
+        }
         if self.format != MANIFEST_FORMAT {
             return Err(ManifestError::Format(self.format));
         }
@@ -281,11 +329,12 @@ impl Manifest {
 }
 
 impl PackageId {
-    fn from_ref(package: &PackageRef) -> PackageId {
+    fn from_ref(package: &PackageRef, key: Option<BuildKey>) -> PackageId {
         PackageId {
             name: package.name.clone(),
             version: package.version.clone(),
             outer_checksum: package.outer_checksum.to_vec(),
+            key: key.map(|key| key.to_string()).unwrap_or_default(),
         }
     }
 

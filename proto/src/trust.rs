@@ -96,6 +96,10 @@ pub struct Revocation {
     /// Unix seconds.
     #[prost(int64, tag = "3")]
     pub revoked_at: i64,
+    /// The document version that added this revocation; 0 in documents written before the
+    /// field existed (unknown).
+    #[prost(uint64, tag = "4")]
+    pub version: u64,
 }
 
 /// The signed envelope: the document's exact bytes and the signatures over them.
@@ -653,6 +657,7 @@ mod tests {
             key_id: builder.public_key().key_id(),
             reason: "stolen".into(),
             revoked_at: T0 + DAY,
+            version: 3,
         });
         let v3_by_old = bytes(&v3, &[&root1]);
         assert!(accept(Some((&held2, &v2_bytes)), &pinned, &v3_by_old).is_err());
@@ -762,6 +767,7 @@ mod tests {
             key_id: root.public_key().key_id(),
             reason: "lost".into(),
             revoked_at: T0,
+            version: 0,
         });
         assert!(bad.validate().is_err(), "no unrevoked root left");
         let mut bad = doc.clone();

@@ -4,11 +4,14 @@
 //! The expected digests below were computed independently from the documented bytes with
 //! `printf '…' | sha256sum` (the commands are in docs/protocol.md), not by this code.
 
+use std::collections::BTreeMap;
+
 use precomp_proto::buildkey::{
-    compile_env_digest, encode_term, BuildInputs, BuildKeyError, CompileEnvEntry, PackageRef,
-    Target,
+    compile_env_digest, encode_term, request_satisfied_by, BuildInputs, BuildKey, BuildKeyError,
+    ClosureMember, CompileEnvEntry, KeyParts, KeyToolchain, Manager, PackageRef, Target,
 };
 use precomp_proto::lock::MixLock;
+use precomp_proto::manager::{lock_roots, mix_managers, Converger};
 use precomp_proto::term::Term;
 
 fn package(name: &str, version: &str, fill: u8) -> PackageRef {
@@ -19,16 +22,48 @@ fn package(name: &str, version: &str, fill: u8) -> PackageRef {
     }
 }
 
-fn sample() -> BuildInputs {
+fn key(hex: &str) -> BuildKey {
+    BuildKey::parse(hex).unwrap()
+}
+
+fn member(name: &str, version: &str, fill: u8, key_hex: &str) -> ClosureMember {
+    ClosureMember {
+        package: package(name, version, fill),
+        key: Some(key(key_hex)),
+    }
+}
+
+/// docs/protocol.md's leaf: cfg_macro 1.0.0 (checksum 22…22), no dependencies.
+fn leaf() -> BuildInputs {
     BuildInputs {
-        package: package("shape_user", "1.0.0", 0x11),
-        closure: vec![package("shapes", "2.0.0", 0x22)],
+        package: package("cfg_macro", "1.0.0", 0x22),
+        manager: Manager::Mix,
+        closure: vec![],
         otp_major: "25".into(),
         elixir: "1.14.0".into(),
         mix_env: "prod".into(),
         target: Target::Any,
         compile_env: vec![],
     }
+}
+
+const LEAF_KEY: &str = "4840c6d1b499c197974b55c265f7b1b7213edcfc3934a1557746c3b13f3d63dd";
+
+/// docs/protocol.md's dependent: cfg_macro_user 1.0.0 (11…11) on the leaf.
+fn sample() -> BuildInputs {
+    BuildInputs {
+        package: package("cfg_macro_user", "1.0.0", 0x11),
+        closure: vec![member("cfg_macro", "1.0.0", 0x22, LEAF_KEY)],
+        ..leaf()
+    }
+}
+
+fn label_blue() -> Vec<CompileEnvEntry> {
+    vec![CompileEnvEntry {
+        app: "cfg_macro".into(),
+        path: vec![Term::atom("label")],
+        value: Some(Term::binary("blue")),
+    }]
 }
 
 fn greeting_env() -> Vec<CompileEnvEntry> {
@@ -48,42 +83,266 @@ fn greeting_env() -> Vec<CompileEnvEntry> {
 
 #[test]
 fn canonical_text_and_key_vectors() {
-    let inputs = sample();
-    assert_eq!(
-        inputs.base_text().unwrap(),
-        "precomp-build-key-v1\n\
-         package shape_user 1.0.0 1111111111111111111111111111111111111111111111111111111111111111\n\
-         dep shapes 2.0.0 2222222222222222222222222222222222222222222222222222222222222222\n\
-         otp 25\n\
-         elixir 1.14.0\n\
-         env prod\n\
-         target any\n"
-    );
-    assert_eq!(
-        inputs.base_key().unwrap().to_string(),
-        "de365659f741db5dc7538b234f688183704aba5bc1cf874159c4ed5dfd0bfe72"
-    );
+    let c1 = "1".repeat(64);
+    let c2 = "2".repeat(64);
     assert_eq!(
         hex::encode(compile_env_digest(&[])),
         "822cc35c3b7ea7e2477f00e2f8a52c5a4e59781e0fff80229e2e0576f8b4c58d"
     );
+    // The leaf.
+    let leaf = leaf();
     assert_eq!(
-        inputs.key().unwrap().to_string(),
-        "accc862e852c4afe0c3381732e6c9dc9198602309453f2748e9d96cef7e1bcdd"
+        leaf.base_text().unwrap(),
+        format!(
+            "precomp-build-key-v2\npackage cfg_macro 1.0.0 {c2}\nmanager mix\n\
+             otp 25\nelixir 1.14.0\nenv prod\ntarget any\n"
+        )
     );
+    assert_eq!(
+        leaf.base_key().unwrap().to_string(),
+        "d2daf5b2f5de248229edd1763ad389c741c0b9780b9c99215160c5a64c3acf35"
+    );
+    assert_eq!(leaf.key().unwrap().to_string(), LEAF_KEY);
+
+    // The dependent: its dep line carries the leaf's key.
+    let dependent = sample();
+    assert_eq!(
+        dependent.base_text().unwrap(),
+        format!(
+            "precomp-build-key-v2\npackage cfg_macro_user 1.0.0 {c1}\nmanager mix\n\
+             dep cfg_macro 1.0.0 {c2} {LEAF_KEY}\n\
+             otp 25\nelixir 1.14.0\nenv prod\ntarget any\n"
+        )
+    );
+    assert_eq!(
+        dependent.base_key().unwrap().to_string(),
+        "d0aeb167516065b6450ce7e356b3fd4ebed36ae5b13051b7d2aadef93053561d"
+    );
+    assert_eq!(
+        dependent.key().unwrap().to_string(),
+        "0d210469318637983021e21b18cda5e99e6c7c9227c57bd666a52555932c7c65"
+    );
+
+    // The leaf built with cfg_macro's label set to "blue": another leaf key, so another base
+    // key for the dependent (its own inputs unchanged).
+    assert_eq!(
+        hex::encode(compile_env_digest(&label_blue())),
+        "9b430cd4d306a298d9e5b652f16948652226f48d57499a0edd5924d8941eb758"
+    );
+    let blue_leaf = BuildInputs {
+        compile_env: label_blue(),
+        ..leaf
+    };
+    let blue_key = blue_leaf.key().unwrap();
+    assert_eq!(
+        blue_key.to_string(),
+        "64e6ea59270b5376c1efc0a8910c7a03c4260dae26338b2ba70b599d602737ad"
+    );
+    let mut blue_dependent = sample();
+    blue_dependent.closure[0].key = Some(blue_key);
+    assert_eq!(
+        blue_dependent.base_key().unwrap().to_string(),
+        "f3a55c56cf8f33dd9aead110bc96ef1d9287c31a60e635bdfadef63872630bef"
+    );
+
+    // A miss whose dependency nobody has built yet: the request text.
+    let mut unknown = sample();
+    unknown.closure[0].key = None;
+    assert!(matches!(
+        unknown.base_key(),
+        Err(BuildKeyError::UnknownMemberKey { .. })
+    ));
+    assert_eq!(
+        unknown.request_text().unwrap(),
+        format!(
+            "precomp-miss-request-v1\npackage cfg_macro_user 1.0.0 {c1}\nmanager mix\n\
+             dep cfg_macro 1.0.0 {c2} unknown\n\
+             otp 25\nelixir 1.14.0\nenv prod\ntarget any\n"
+        )
+    );
+    assert_eq!(
+        unknown.request_key().unwrap().to_string(),
+        "5ca61b692bb6ecc31886233edbccd749a5bc9e0da235393abc1a89c0096a4fa2"
+    );
+
     assert_eq!(
         hex::encode(compile_env_digest(&greeting_env())),
         "b39aa0baaaddf2d7e984c860d245460507bbe8c9c192d75d16dfde85eb39923f"
     );
 }
 
+const CFG_LOCK: &str = r#"%{
+  "cfg_macro": {:hex, :cfg_macro, "1.0.0", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", [:mix], [], "hexpm", "2222222222222222222222222222222222222222222222222222222222222222"},
+  "cfg_macro_user": {:hex, :cfg_macro_user, "1.0.0", "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb", [:mix], [{:cfg_macro, "~> 1.0", [hex: :cfg_macro, repo: "hexpm", optional: false]}], "hexpm", "1111111111111111111111111111111111111111111111111111111111111111"},
+}
+"#;
+
+/// The mirror recomputes a miss's keys from what it carries: bottom-up over the lock, each
+/// member with its own target and compile env, giving the documented vectors.
+#[test]
+fn keys_are_computed_bottom_up_over_the_lock() {
+    let lock = MixLock::parse(CFG_LOCK).unwrap();
+    let toolchain = KeyToolchain {
+        otp_major: "25".into(),
+        elixir: "1.14.0".into(),
+        mix_env: "prod".into(),
+    };
+    let mix = |target: Option<Target>, compile_env| KeyParts {
+        manager: Manager::Mix,
+        target,
+        compile_env,
+    };
+    let mut parts = BTreeMap::from([
+        ("cfg_macro".to_string(), mix(Some(Target::Any), vec![])),
+        ("cfg_macro_user".to_string(), mix(None, vec![])),
+    ]);
+    let inputs = lock
+        .inputs_bottom_up("cfg_macro_user", Target::Any, &parts, &toolchain)
+        .unwrap();
+    assert_eq!(inputs, sample());
+    parts.get_mut("cfg_macro").unwrap().compile_env = label_blue();
+    let inputs = lock
+        .inputs_bottom_up("cfg_macro_user", Target::Any, &parts, &toolchain)
+        .unwrap();
+    assert_eq!(
+        inputs.base_key().unwrap().to_string(),
+        "f3a55c56cf8f33dd9aead110bc96ef1d9287c31a60e635bdfadef63872630bef"
+    );
+    // A member nobody built: its key is unknown, the request key is what identifies it.
+    parts.get_mut("cfg_macro").unwrap().target = None;
+    let inputs = lock
+        .inputs_bottom_up("cfg_macro_user", Target::Any, &parts, &toolchain)
+        .unwrap();
+    assert_eq!(inputs.closure[0].key, None);
+    assert_eq!(
+        inputs.request_key().unwrap().to_string(),
+        "5ca61b692bb6ecc31886233edbccd749a5bc9e0da235393abc1a89c0096a4fa2"
+    );
+    // Every member needs its parts.
+    parts.remove("cfg_macro");
+    assert!(matches!(
+        lock.inputs_bottom_up("cfg_macro_user", Target::Any, &parts, &toolchain),
+        Err(BuildKeyError::MissingMemberInput { .. })
+    ));
+}
+
+/// A miss is satisfied by the builds that agree with everything it knows: the same lines,
+/// an unknown member key matching any key, a request for `any` matching a native build.
+#[test]
+fn a_request_is_satisfied_by_the_builds_that_agree_with_what_it_knows() {
+    let mut unknown = sample();
+    unknown.closure[0].key = None;
+    let request = unknown.request_text().unwrap();
+    let built = sample();
+    assert!(request_satisfied_by(&request, &built.base_text().unwrap()));
+    let mut blue = sample();
+    blue.closure[0].key = Some(BuildKey([0x44; 32]));
+    assert!(request_satisfied_by(&request, &blue.base_text().unwrap()));
+    let native = BuildInputs {
+        target: Target::Native {
+            arch: "x86_64".into(),
+            libc: "linux-gnu".into(),
+        },
+        ..sample()
+    };
+    assert!(request_satisfied_by(&request, &native.base_text().unwrap()));
+    // A request with every key known is satisfied by exactly its base text (or native).
+    let known = sample().request_text().unwrap();
+    assert!(request_satisfied_by(&known, &built.base_text().unwrap()));
+    assert!(!request_satisfied_by(&known, &blue.base_text().unwrap()));
+    // Anything else differs.
+    for other in [
+        BuildInputs {
+            manager: Manager::Rebar3,
+            ..sample()
+        },
+        BuildInputs {
+            elixir: "1.18.3".into(),
+            ..sample()
+        },
+        BuildInputs {
+            closure: vec![member("cfg_macro", "1.0.1", 0x22, LEAF_KEY)],
+            ..sample()
+        },
+        BuildInputs {
+            closure: vec![],
+            ..sample()
+        },
+    ] {
+        assert!(!request_satisfied_by(&request, &other.base_text().unwrap()));
+    }
+    // A native request is not satisfied by an `any` build, nor a text by a request.
+    let native_request = BuildInputs {
+        closure: unknown.closure.clone(),
+        ..native.clone()
+    }
+    .request_text()
+    .unwrap();
+    assert!(!request_satisfied_by(
+        &native_request,
+        &built.base_text().unwrap()
+    ));
+    assert!(!request_satisfied_by(
+        &built.base_text().unwrap(),
+        &built.base_text().unwrap()
+    ));
+}
+
+/// Mix's choice of manager for a declared package (`precomp_proto::manager::mix_managers`, the
+/// one rule builders and clients use): mix, else rebar3, from the lock; else from the
+/// package's files.
+#[test]
+fn the_manager_is_mixs_choice() {
+    let decide = |lock: &MixLock, app: &str, files: &[&str]| {
+        let infer = |_: &str| {
+            Ok::<_, std::convert::Infallible>(Manager::infer_from_files(files.iter().copied()))
+        };
+        let managers = mix_managers(lock, &lock_roots(lock), Converger::Elixir1_15, infer).unwrap();
+        managers[app]
+    };
+    let lock = MixLock::parse(LOCK).unwrap();
+    assert_eq!(decide(&lock, "shapes", &[]), Some(Manager::Mix));
+    assert_eq!(decide(&lock, "geometry", &[]), Some(Manager::Rebar3));
+    let entry = |managers: &str| {
+        let text = format!(
+            "%{{\"x\": {{:hex, :x, \"1.0.0\", \"{}\", [{managers}], [], \"hexpm\", \"{}\"}}}}",
+            "a".repeat(64),
+            "1".repeat(64)
+        );
+        MixLock::parse(&text).unwrap()
+    };
+    // erlang.mk packages list make and rebar3: Mix takes rebar3, never make from the lock.
+    assert_eq!(
+        decide(&entry(":make, :rebar3"), "x", &[]),
+        Some(Manager::Rebar3)
+    );
+    assert_eq!(
+        decide(&entry(":rebar3, :mix"), "x", &[]),
+        Some(Manager::Mix)
+    );
+    // Otherwise Mix infers it from the files.
+    assert_eq!(
+        decide(&entry(":make"), "x", &["Makefile"]),
+        Some(Manager::Make)
+    );
+    assert_eq!(
+        decide(&entry(""), "x", &["rebar.config"]),
+        Some(Manager::Rebar3)
+    );
+    assert_eq!(
+        decide(&entry(""), "x", &["mix.exs", "Makefile"]),
+        Some(Manager::Mix)
+    );
+    assert_eq!(decide(&entry(":make"), "x", &[]), None);
+}
+
 #[test]
 fn order_never_matters() {
     let mut a = sample();
     a.closure = vec![
-        package("b", "1.0.0", 1),
-        package("a", "1.0.0", 2),
-        package("c", "1.0.0", 3),
+        member("b", "1.0.0", 1, LEAF_KEY),
+        member("a", "1.0.0", 2, LEAF_KEY),
+        member("c", "1.0.0", 3, LEAF_KEY),
     ];
     a.compile_env = greeting_env();
     let mut b = a.clone();
@@ -162,14 +421,20 @@ fn every_input_changes_the_key() {
     v.package.outer_checksum[31] ^= 1;
     variants.push(("package checksum", v));
     let mut v = base.clone();
-    v.closure[0].version = "1.0.0".into();
+    v.closure[0].package.version = "1.0.1".into();
     variants.push(("a macro dependency's version", v));
     let mut v = base.clone();
-    v.closure[0].outer_checksum[0] ^= 1;
+    v.closure[0].package.outer_checksum[0] ^= 1;
     variants.push(("a dependency's checksum", v));
     let mut v = base.clone();
-    v.closure.push(package("plain_ex", "1.0.0", 0x33));
+    v.closure[0].key = Some(BuildKey([0x44; 32]));
+    variants.push(("what a dependency was built with (its key)", v));
+    let mut v = base.clone();
+    v.closure.push(member("plain_ex", "1.0.0", 0x33, LEAF_KEY));
     variants.push(("an optional dependency present", v));
+    let mut v = base.clone();
+    v.manager = Manager::Rebar3;
+    variants.push(("manager", v));
     let mut v = base.clone();
     v.otp_major = "27".into();
     variants.push(("OTP", v));
@@ -225,7 +490,7 @@ fn ambiguous_inputs_are_refused() {
             "package version",
         ),
         (
-            Box::new(|i| i.closure[0].version = "2.0.0\notp 99".into()),
+            Box::new(|i| i.closure[0].package.version = "2.0.0\notp 99".into()),
             "dependency version",
         ),
         (
@@ -253,13 +518,17 @@ fn ambiguous_inputs_are_refused() {
         }
     }
     let mut inputs = sample();
-    inputs.closure.push(package("shapes", "1.0.0", 9));
+    inputs
+        .closure
+        .push(member("cfg_macro", "0.9.0", 9, LEAF_KEY));
     assert!(matches!(
         inputs.key(),
         Err(BuildKeyError::DuplicateInClosure { .. })
     ));
     let mut inputs = sample();
-    inputs.closure.push(package("shape_user", "1.0.0", 9));
+    inputs
+        .closure
+        .push(member("cfg_macro_user", "1.0.0", 9, LEAF_KEY));
     assert!(matches!(
         inputs.key(),
         Err(BuildKeyError::SelfInClosure { .. })

@@ -3,7 +3,9 @@
 
 use std::process::Command;
 
-use precomp_proto::buildkey::{BuildInputs, CompileEnvEntry, PackageRef, Target};
+use precomp_proto::buildkey::{
+    BuildInputs, BuildKey, ClosureMember, CompileEnvEntry, Manager, PackageRef, Target,
+};
 use precomp_proto::manifest::{
     ArtifactPublicKey, ArtifactSigningKey, FileRecord, Manifest, ManifestError, Output, Provenance,
     SignedManifest, SIGNATURE_CONTEXT,
@@ -18,16 +20,23 @@ fn inputs() -> BuildInputs {
             version: "1.0.0".into(),
             outer_checksum: [7; 32],
         },
+        manager: Manager::Mix,
         closure: vec![
-            PackageRef {
-                name: "b_dep".into(),
-                version: "0.1.0".into(),
-                outer_checksum: [2; 32],
+            ClosureMember {
+                package: PackageRef {
+                    name: "b_dep".into(),
+                    version: "0.1.0".into(),
+                    outer_checksum: [2; 32],
+                },
+                key: Some(BuildKey([0xb2; 32])),
             },
-            PackageRef {
-                name: "a_dep".into(),
-                version: "2.0.0-rc.1".into(),
-                outer_checksum: [1; 32],
+            ClosureMember {
+                package: PackageRef {
+                    name: "a_dep".into(),
+                    version: "2.0.0-rc.1".into(),
+                    outer_checksum: [1; 32],
+                },
+                key: Some(BuildKey([0xa1; 32])),
             },
         ],
         otp_major: "25".into(),
@@ -113,6 +122,12 @@ fn a_signed_manifest_round_trips_and_lists_its_signers() {
     assert_eq!(read.key, inputs().key().unwrap().to_string());
     assert_eq!(read.base_key, inputs().base_key().unwrap().to_string());
     assert_eq!(read.closure[0].name, "a_dep", "closure is stored sorted");
+    // Format 2: the manager and each member's own key are recorded.
+    assert_eq!(read.format, 2);
+    assert_eq!(read.manager, "mix");
+    assert_eq!(read.closure[0].key, "a1".repeat(32));
+    assert_eq!(read.closure[1].key, "b2".repeat(32));
+    assert!(read.package.as_ref().unwrap().key.is_empty());
 
     // Trusting only the auditor still verifies, naming only the auditor.
     let (_, signers) = decoded.verify(&[auditor.public_key()]).unwrap();
@@ -174,16 +189,59 @@ fn any_change_is_refused() {
     assert!(matches!(err, ManifestError::KeyMismatch { .. }), "{err}");
 
     let mut future = manifest();
-    future.format = 2;
+    future.format = 3;
     let err = SignedManifest::sign(&future, &builder)
         .verify(&trusted)
         .unwrap_err();
-    assert!(matches!(err, ManifestError::Format(2)), "{err}");
+    assert!(matches!(err, ManifestError::Format(3)), "{err}");
+
+    // A member key that is not a key, or no manager: refused.
+    let mut no_key = manifest();
+    no_key.closure[0].key.clear();
+    assert!(matches!(
+        no_key.check_key(),
+        Err(ManifestError::Field {
+            field: "closure key",
+            ..
+        })
+    ));
+    let mut no_manager = manifest();
+    no_manager.manager = "cmake".into();
+    assert!(matches!(
+        no_manager.check_key(),
+        Err(ManifestError::Field {
+            field: "manager",
+            ..
+        })
+    ));
 
     assert!(matches!(
         SignedManifest::decode(b"\xff\xff\xff"),
         Err(ManifestError::DecodeEnvelope(_))
     ));
+}
+
+/// A manifest written by a precomp of key format v1 (format 1: no manager, closure members
+/// without keys) still decodes and its releases read, but its key is never checked or used:
+/// it is refused as of the old key format, which clients report as a miss.
+#[test]
+fn a_format_1_manifest_is_of_the_old_key_format() {
+    let builder = ArtifactSigningKey::generate();
+    let mut old = manifest();
+    old.format = 1;
+    old.manager.clear();
+    for member in &mut old.closure {
+        member.key.clear();
+    }
+    let signed = SignedManifest::sign(&old, &builder);
+    let decoded = SignedManifest::decode(&signed.encode_to_vec()).unwrap();
+    let err = decoded.verify(&[builder.public_key()]).unwrap_err();
+    assert!(matches!(err, ManifestError::OldKeyFormat), "{err}");
+    assert!(err.to_string().contains("key format v1"), "{err}");
+    let read = Manifest::decode(decoded.manifest.as_slice()).unwrap();
+    let (package, closure) = read.releases().unwrap();
+    assert_eq!(package.name, "env_reader");
+    assert_eq!(closure.len(), 2);
 }
 
 #[test]

@@ -4,7 +4,8 @@
 mod term_support;
 
 use precomp_proto::term::{
-    parse_elixir_term, parse_erlang_terms, to_erlang_text, Position, Term, TermError,
+    parse_elixir_term, parse_erlang_terms, to_elixir_text, to_erlang_text, Position, Term,
+    TermError,
 };
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -658,6 +659,57 @@ fn random_terms_survive_erl() {
             );
         }
     }
+}
+
+/// Random terms printed for Elixir users: real `elixir` evaluates each text back to exactly
+/// the value `file:consult` reads from our Erlang text.
+#[test]
+fn random_terms_printed_for_elixir_evaluate_to_the_same_value() {
+    let mut runner = TestRunner::new(Config {
+        cases: 1,
+        ..Config::default()
+    });
+    let strategy = proptest::collection::vec(arb_term(), 150);
+    let mut terms = strategy.new_tree(&mut runner).unwrap().current();
+    terms.extend(oracle_cases().into_iter().map(|(_, term)| term));
+    let dir = tempfile::tempdir().unwrap();
+    let erl_path = dir.path().join("terms.config");
+    let ex_path = dir.path().join("terms.exs-lines");
+    let erl_text: String = terms
+        .iter()
+        .map(|t| format!("{}.\n", to_erlang_text(t)))
+        .collect();
+    let ex_text: String = terms
+        .iter()
+        .map(|t| format!("{}\n", to_elixir_text(t)))
+        .collect();
+    std::fs::write(&erl_path, erl_text).unwrap();
+    std::fs::write(&ex_path, &ex_text).unwrap();
+    let script = format!(
+        r##"{{:ok, terms}} = :file.consult(~c"{}")
+texts = File.read!("{}") |> String.split("\n", trim: true)
+bad = for {{t, text}} <- Enum.zip(terms, texts), {{v, _}} = Code.eval_string(text), v !== t, do: text
+IO.puts("#{{length(terms)}} #{{length(texts)}} #{{length(bad)}}")
+Enum.each(Enum.take(bad, 5), &IO.puts/1)"##,
+        erl_path.display(),
+        ex_path.display()
+    );
+    let output = Command::new("elixir")
+        .args(["-e", &script])
+        .output()
+        .expect("elixir (apt-get install elixir)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let first = stdout.lines().next().unwrap_or_default();
+    assert_eq!(
+        first,
+        format!("{} {} 0", terms.len(), terms.len()),
+        "texts Elixir reads as other values:\n{stdout}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@
 pub mod artifacts;
 mod blob_dir;
 pub use blob_dir::blob_relative_path;
-mod content;
 pub mod mirror;
 pub mod source;
 pub mod static_repo;

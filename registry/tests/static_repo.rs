@@ -122,6 +122,31 @@ fn builds_are_deterministic_and_verify() {
 }
 
 #[test]
+fn everything_written_is_world_readable() {
+    use std::os::unix::fs::PermissionsExt;
+    let packages = packages();
+    let out = tempfile::tempdir().unwrap();
+    let repo = out.path().join("repo");
+    static_repo::build(packages.path(), "hexpm", key(), &repo).unwrap();
+    // Temporary files start 0600 and temporary directories 0700, whatever the umask.
+    let mut checked = 0;
+    let mut stack = vec![repo.clone()];
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        let mode = meta.permissions().mode() & 0o7777;
+        if meta.is_dir() {
+            assert_eq!(mode, static_repo::DIR_MODE, "{}", path.display());
+            stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            assert_eq!(mode, static_repo::FILE_MODE, "{}", path.display());
+        }
+        checked += 1;
+    }
+    // The root, names, versions, public_key, two directories, four records, four tarballs.
+    assert_eq!(checked, 14);
+}
+
+#[test]
 fn every_tampered_file_is_named() {
     let packages = packages();
     let out = tempfile::tempdir().unwrap();

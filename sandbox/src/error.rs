@@ -18,7 +18,8 @@ pub enum Error {
 
     #[error(
         "could not run {command:?} in the sandbox: {message}. The toolchain must provide it \
-         (PATH inside is /usr/bin:/bin:/usr/sbin:/sbin)"
+         (PATH inside is /usr/bin:/bin:/usr/sbin:/sbin, with /usr/local/sbin:/usr/local/bin \
+         first on images)"
     )]
     Exec { command: String, message: String },
 
@@ -110,6 +111,9 @@ pub enum Error {
 
     #[error("dpkg-query failed ({0}): the host toolchain needs a Debian-based host with dpkg")]
     Dpkg(String),
+
+    #[error(transparent)]
+    Import(#[from] crate::toolchain::ImportError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

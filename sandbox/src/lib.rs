@@ -34,7 +34,7 @@ pub use error::{Error, Result};
 pub use run::{command_line, Captured, Identity, Outcome, Sandbox, Status};
 pub use spec::{
     build_env, Limits, Mount, Root, Spec, Stdio, BUILD_DIR, DEFAULT_SOURCE_DATE_EPOCH, HOME_DIR,
-    HOSTNAME, PATH,
+    HOSTNAME, IMAGE_PATH, PATH,
 };
 
 /// A new temporary directory the sandbox user can reach (mode 0755; `tempfile` makes them

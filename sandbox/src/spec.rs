@@ -12,9 +12,13 @@ use crate::error::{Error, Result};
 pub const BUILD_DIR: &str = "/build";
 /// `HOME` inside the sandbox: a directory on the sandbox's private `/tmp`.
 pub const HOME_DIR: &str = "/tmp/home";
-/// `PATH` inside the sandbox. `/usr/local` is left out on purpose: nothing of the host's
-/// local installs may leak into a build.
+/// `PATH` inside the sandbox on the host toolchain. `/usr/local` is left out on purpose:
+/// nothing of the host's local installs may leak into a build.
 pub const PATH: &str = "/usr/bin:/bin:/usr/sbin:/sbin";
+/// `PATH` inside the sandbox on an image: Docker's default, since container images (the
+/// official erlang and elixir ones among them) install OTP and Elixir under `/usr/local`. An
+/// image's `/usr/local` is the image's, not the host's; debootstrap images leave it empty.
+pub const IMAGE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// The sandbox's hostname (its own UTS namespace).
 pub const HOSTNAME: &str = "precomp";
 /// `SOURCE_DATE_EPOCH` unless a build says otherwise: 1980-01-01T00:00:00Z, the earliest time
@@ -149,12 +153,16 @@ impl Spec {
         I: IntoIterator<Item = S>,
         S: Into<OsString>,
     {
+        let mut env = build_env(DEFAULT_SOURCE_DATE_EPOCH, true);
+        if let Root::Image(_) = root {
+            env.insert("PATH".into(), IMAGE_PATH.into());
+        }
         Spec {
             root,
             sources: Vec::new(),
             output: Mount::new(output_dir, BUILD_DIR),
             workdir: PathBuf::from(BUILD_DIR),
-            env: build_env(DEFAULT_SOURCE_DATE_EPOCH, true),
+            env,
             limits: Limits::build(),
             stdio: Stdio::Capture,
             command: command.into_iter().map(Into::into).collect(),

@@ -1,5 +1,6 @@
 //! Real toolchain images: debootstrap'd bookworm and trixie roots (built once per machine in
-//! the cache, see `common`), the host toolchain, digests and verification.
+//! the shared store, see `precomp_testkit::toolchain`), the host toolchain, digests and
+//! verification.
 
 mod common;
 
@@ -141,20 +142,29 @@ fn building_the_same_image_twice_gives_the_same_digest() {
     let scratch = tempfile::Builder::new()
         .prefix("scratch-")
         .tempdir_in({
-            std::fs::create_dir_all(cache_dir()).unwrap();
-            cache_dir()
+            std::fs::create_dir_all(toolchain_cache()).unwrap();
+            toolchain_cache()
         })
         .unwrap();
     chmod(scratch.path(), 0o755);
     let store = Store::open(scratch.path()).unwrap();
-    let mut request = ImageRequest::new(Suite::Bookworm);
-    request.rebuild = true;
-    let fresh = store.build(&sandbox(), &request).unwrap();
+    // Two builders of the same image at once: one builds, the other waits on the store's lock
+    // and reuses that image. (Threads here; separate processes are alike: the lock is a
+    // `flock` on a file opened by each builder.)
+    let request = ImageRequest::new(Suite::Bookworm);
+    let (a, b) = std::thread::scope(|scope| {
+        let a = scope.spawn(|| store.build(&sandbox(), &request).unwrap());
+        let b = scope.spawn(|| store.build(&sandbox(), &request).unwrap());
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let (fresh, waited) = if a.reused { (b, a) } else { (a, b) };
     eprintln!(
         "second bookworm build: {:.1} s",
         fresh.elapsed.as_secs_f64()
     );
-    assert!(!fresh.reused);
+    assert!(!fresh.reused, "neither builder built: {fresh:?}");
+    assert!(waited.reused, "both builders built: {waited:?}");
+    assert_eq!(waited.toolchain, fresh.toolchain);
 
     let cached = image(Suite::Bookworm);
     assert_eq!(
@@ -162,10 +172,10 @@ fn building_the_same_image_twice_gives_the_same_digest() {
         cached.digest,
         "two builds of the same packages differ; compare {} and {}",
         store.dir().display(),
-        cache_store().dir().display()
+        toolchain_store().dir().display()
     );
     // Asking again for the same inputs is instant: nothing is built.
-    let again = cache_store()
+    let again = toolchain_store()
         .build(&sandbox(), &ImageRequest::new(Suite::Bookworm))
         .unwrap();
     assert!(again.reused);

@@ -6,6 +6,8 @@
 //! rebar3 is committed.
 
 mod nginx;
+pub mod oci_registry;
+pub mod toolchain;
 
 pub use nginx::{AccessLogEntry, Nginx, NginxOptions};
 

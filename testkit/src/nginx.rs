@@ -13,6 +13,8 @@ pub struct Nginx {
     pub port: u16,
     dir: tempfile::TempDir,
     access_log: bool,
+    /// Whether a master process runs workers, which must be stopped through it.
+    master: bool,
 }
 
 /// Settings beyond [`Nginx::serve`]'s plain static server.
@@ -20,6 +22,7 @@ pub struct Nginx {
 pub struct NginxOptions {
     access_log: bool,
     limit_rates: Vec<(String, String)>,
+    workers_as: Option<(String, String)>,
 }
 
 impl NginxOptions {
@@ -30,6 +33,23 @@ impl NginxOptions {
     /// Logs every request, once it has ended, for [`Nginx::access_log`].
     pub fn access_log(mut self) -> NginxOptions {
         self.access_log = true;
+        self
+    }
+
+    /// Serves from worker processes running as `user`:`group` (`nobody`, `nogroup`), as a
+    /// stock nginx does with `www-data`: files it serves must be readable by others. Only
+    /// root can start it so.
+    pub fn workers_as(mut self, user: &str, group: &str) -> NginxOptions {
+        let plain = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        };
+        assert!(
+            plain(user) && plain(group),
+            "workers_as({user:?}, {group:?})"
+        );
+        self.workers_as = Some((user.to_string(), group.to_string()));
         self
     }
 
@@ -105,6 +125,7 @@ impl Nginx {
                         port,
                         dir,
                         access_log: options.access_log,
+                        master: options.workers_as.is_some(),
                     };
                 }
                 std::thread::sleep(Duration::from_millis(20));
@@ -158,6 +179,28 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
+        if self.master {
+            // Killing the master would leave its workers serving: ask it to stop them.
+            let stopped = Command::new("/usr/sbin/nginx")
+                .arg("-p")
+                .arg(self.dir.path())
+                .arg("-c")
+                .arg(self.dir.path().join("nginx.conf"))
+                .args(["-s", "stop"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if stopped {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while Instant::now() < deadline {
+                    if let Ok(Some(_)) = self.child.try_wait() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -186,9 +229,14 @@ fn config(dir: &Path, root: &Path, port: u16, options: &NginxOptions) -> String 
         .iter()
         .map(|(path, rate)| format!("\n        location = {path} {{ limit_rate {rate}; }}"))
         .collect();
+    // Workers change user only under a master process started as root.
+    let process = match &options.workers_as {
+        Some((user, group)) => format!("master_process on;\nuser {user} {group};"),
+        None => "master_process off;".to_string(),
+    };
     format!(
         "daemon off;
-master_process off;
+{process}
 worker_processes 1;
 pid {pid};
 error_log {log} warn;

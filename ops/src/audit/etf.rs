@@ -495,86 +495,204 @@ pub fn absolute_paths(term: &Etf, out: &mut Vec<String>) {
 }
 
 /// One place where two terms differ: where (`{3}` tuple element, `[2]` list element,
-/// `.file` atom map key or keyword, `#{K}` other map key) and both values.
+/// `.file` atom map key or keyword, `#{K}` other map key) and both values, or, when the place
+/// holds the same elements in another order, what moved ([`Reorder`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Difference {
     pub at: String,
     pub published: Option<Etf>,
     pub rebuilt: Option<Etf>,
+    /// The list, keyword list or map at `at` has its elements in another order (then
+    /// `published` and `rebuilt` are `None`: the values are too long to be worth showing).
+    pub reorder: Option<Reorder>,
 }
+
+/// What kind of container a [`Reorder`] is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Container {
+    List,
+    /// A list of `{atom, Value}` with distinct atoms (Elixir's keyword lists, Erlang's
+    /// proplists): its keys are named.
+    KeywordList,
+    /// A map: the external format keeps its pairs in the order the VM iterated them.
+    Map,
+}
+
+impl Container {
+    pub fn name(self) -> &'static str {
+        match self {
+            Container::List => "list",
+            Container::KeywordList => "keyword list",
+            Container::Map => "map",
+        }
+    }
+
+    /// What the moved items are called: keys, or (plain lists) elements.
+    pub fn items(self) -> &'static str {
+        match self {
+            Container::List => "elements",
+            Container::KeywordList | Container::Map => "keys",
+        }
+    }
+}
+
+/// The same elements (keyword list and map: keys) in another order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reorder {
+    pub container: Container,
+    /// Elements (or pairs) of the container, the same on both sides when `only`.
+    pub length: usize,
+    /// The fewest elements that explain the new order — those outside a longest sequence the
+    /// two orders share —, in the rebuilt order, at most [`MAX_MOVED`] of them (keys for
+    /// keyword lists and maps).
+    pub moved: Vec<Etf>,
+    /// How many moved in all.
+    pub moved_count: usize,
+    /// The order is all that differs here; otherwise some values differ too, and those
+    /// places are listed as differences of their own.
+    pub only: bool,
+}
+
+/// Bound on the moved elements a [`Reorder`] names.
+pub const MAX_MOVED: usize = 8;
+
+/// Lists longer than this are not searched for a permutation (it takes quadratic time); they
+/// are compared element by element.
+const MAX_PERMUTED: usize = 2048;
 
 /// Up to `limit` places where `published` and `rebuilt` differ, outermost first; the count
 /// of all places found (searching stops at `limit * 4`).
 pub fn differences(published: &Etf, rebuilt: &Etf, limit: usize) -> (Vec<Difference>, usize) {
-    let mut found = Vec::new();
-    let mut count = 0;
-    walk(
-        published,
-        rebuilt,
-        &mut String::new(),
-        &mut found,
-        &mut count,
+    let mut found = Found {
+        places: Vec::new(),
+        count: 0,
         limit,
-    );
-    (found, count)
+    };
+    walk(published, rebuilt, &mut String::new(), &mut found);
+    (found.places, found.count)
 }
 
-fn walk(
-    a: &Etf,
-    b: &Etf,
-    at: &mut String,
-    found: &mut Vec<Difference>,
-    count: &mut usize,
+/// The places found so far: the first `limit` of them, and how many in all.
+struct Found {
+    places: Vec<Difference>,
+    count: usize,
     limit: usize,
-) {
-    if a == b || *count >= limit * 4 {
-        return;
+}
+
+impl Found {
+    fn full(&self) -> bool {
+        self.count >= self.limit * 4
     }
-    fn leaf(
-        at: &str,
-        a: Option<&Etf>,
-        b: Option<&Etf>,
-        found: &mut Vec<Difference>,
-        count: &mut usize,
-        limit: usize,
-    ) {
-        *count += 1;
-        if found.len() < limit {
-            found.push(Difference {
-                at: if at.is_empty() {
-                    "the term".into()
-                } else {
-                    at.to_string()
-                },
-                published: a.cloned(),
-                rebuilt: b.cloned(),
-            });
+
+    fn record(&mut self, difference: Difference) {
+        self.count += 1;
+        if self.places.len() < self.limit {
+            self.places.push(difference);
         }
+    }
+
+    fn leaf(&mut self, at: &str, a: Option<&Etf>, b: Option<&Etf>) {
+        self.record(Difference {
+            at: place(at),
+            published: a.cloned(),
+            rebuilt: b.cloned(),
+            reorder: None,
+        });
+    }
+
+    /// Records that elements of the `container` at `at` moved (`moved`: them, or their keys),
+    /// if any did.
+    fn reordered(
+        &mut self,
+        at: &str,
+        container: Container,
+        length: usize,
+        moved: Vec<Etf>,
+        only: bool,
+    ) {
+        if moved.is_empty() {
+            return;
+        }
+        self.record(Difference {
+            at: place(at),
+            published: None,
+            rebuilt: None,
+            reorder: Some(Reorder {
+                container,
+                length,
+                moved_count: moved.len(),
+                moved: moved.into_iter().take(MAX_MOVED).collect(),
+                only,
+            }),
+        });
+    }
+}
+
+fn place(at: &str) -> String {
+    if at.is_empty() {
+        "the term".into()
+    } else {
+        at.to_string()
+    }
+}
+
+fn walk(a: &Etf, b: &Etf, at: &mut String, found: &mut Found) {
+    if a == b || found.full() {
+        return;
     }
     let mark = at.len();
     match (a, b) {
         (Etf::Tuple(x), Etf::Tuple(y)) if x.len() == y.len() => {
             for (i, (p, q)) in x.iter().zip(y).enumerate() {
                 let _ = write!(at, "{{{}}}", i + 1);
-                walk(p, q, at, found, count, limit);
+                walk(p, q, at, found);
                 at.truncate(mark);
             }
         }
         (Etf::List(x, xt), Etf::List(y, yt)) if xt == yt => {
+            let keywords = (keyed(x), keyed(y));
+            // The same elements in another order: that is all there is to say here.
+            if let Some(order) = matching(x, y, |p, q| p == q) {
+                let moved = out_of_order(&order).into_iter().map(|i| match &keywords {
+                    (Some(_), Some(yk)) => Etf::Atom(yk[i].0.clone()),
+                    _ => y[i].clone(),
+                });
+                let container = match keywords {
+                    (Some(_), Some(_)) => Container::KeywordList,
+                    _ => Container::List,
+                };
+                let moved = moved.collect();
+                found.reordered(at, container, y.len(), moved, true);
+                return;
+            }
             // Keyword-like lists of {atom, _} compare by key.
-            if let (Some(xk), Some(yk)) = (keyed(x), keyed(y)) {
+            if let (Some(xk), Some(yk)) = keywords {
+                let order: Vec<usize> = yk
+                    .iter()
+                    .filter_map(|(key, _)| xk.iter().position(|(k, _)| k == key))
+                    .collect();
+                let common: Vec<&String> = yk
+                    .iter()
+                    .filter(|(key, _)| xk.iter().any(|(k, _)| k == key))
+                    .map(|(key, _)| key)
+                    .collect();
+                let moved = out_of_order(&order)
+                    .into_iter()
+                    .map(|i| Etf::Atom(common[i].clone()))
+                    .collect();
+                found.reordered(at, Container::KeywordList, y.len(), moved, false);
                 for (key, p) in &xk {
                     let _ = write!(at, ".{}", atom_text(key));
                     match yk.iter().find(|(k, _)| k == key) {
-                        Some((_, q)) => walk(p, q, at, found, count, limit),
-                        None => leaf(at, Some(p), None, found, count, limit),
+                        Some((_, q)) => walk(p, q, at, found),
+                        None => found.leaf(at, Some(p), None),
                     }
                     at.truncate(mark);
                 }
                 for (key, q) in &yk {
                     if !xk.iter().any(|(k, _)| k == key) {
                         let _ = write!(at, ".{}", atom_text(key));
-                        leaf(at, None, Some(q), found, count, limit);
+                        found.leaf(at, None, Some(q));
                         at.truncate(mark);
                     }
                 }
@@ -583,7 +701,7 @@ fn walk(
             if x.len() == y.len() {
                 for (i, (p, q)) in x.iter().zip(y).enumerate() {
                     let _ = write!(at, "[{i}]");
-                    walk(p, q, at, found, count, limit);
+                    walk(p, q, at, found);
                     at.truncate(mark);
                 }
                 return;
@@ -597,35 +715,102 @@ fn walk(
                 .take_while(|(p, q)| p == q)
                 .count();
             let _ = write!(at, "[{prefix}..]");
-            leaf(
+            found.leaf(
                 at,
                 Some(&Etf::List(x[prefix..x.len() - suffix].to_vec(), None)),
                 Some(&Etf::List(y[prefix..y.len() - suffix].to_vec(), None)),
-                found,
-                count,
-                limit,
             );
             at.truncate(mark);
         }
         (Etf::Map(x), Etf::Map(y)) => {
+            // The same pairs in another order: an encoding difference only.
+            if let Some(order) = matching(x, y, |p, q| p == q) {
+                let moved = out_of_order(&order)
+                    .into_iter()
+                    .map(|i| y[i].0.clone())
+                    .collect();
+                found.reordered(at, Container::Map, y.len(), moved, true);
+                return;
+            }
+            let order: Vec<usize> = y
+                .iter()
+                .filter_map(|(key, _)| x.iter().position(|(k, _)| k == key))
+                .collect();
+            let common: Vec<&Etf> = y
+                .iter()
+                .filter(|(key, _)| x.iter().any(|(k, _)| k == key))
+                .map(|(key, _)| key)
+                .collect();
+            let moved = out_of_order(&order)
+                .into_iter()
+                .map(|i| common[i].clone())
+                .collect();
+            found.reordered(at, Container::Map, y.len(), moved, false);
             for (key, p) in x {
                 push_key(at, key);
                 match y.iter().find(|(k, _)| k == key) {
-                    Some((_, q)) => walk(p, q, at, found, count, limit),
-                    None => leaf(at, Some(p), None, found, count, limit),
+                    Some((_, q)) => walk(p, q, at, found),
+                    None => found.leaf(at, Some(p), None),
                 }
                 at.truncate(mark);
             }
             for (key, q) in y {
                 if !x.iter().any(|(k, _)| k == key) {
                     push_key(at, key);
-                    leaf(at, None, Some(q), found, count, limit);
+                    found.leaf(at, None, Some(q));
                     at.truncate(mark);
                 }
             }
         }
-        _ => leaf(at, Some(a), Some(b), found, count, limit),
+        _ => found.leaf(at, Some(a), Some(b)),
     }
+}
+
+/// If `rebuilt` holds the same elements as `published` (by `equal`), in another order or
+/// not: for each rebuilt element, the index of the published element it is. `None` when
+/// they are not a permutation of each other (or too long to search).
+pub fn matching<T>(
+    published: &[T],
+    rebuilt: &[T],
+    equal: impl Fn(&T, &T) -> bool,
+) -> Option<Vec<usize>> {
+    if published.len() != rebuilt.len() || rebuilt.len() > MAX_PERMUTED {
+        return None;
+    }
+    let mut used = vec![false; published.len()];
+    let mut order = Vec::with_capacity(rebuilt.len());
+    for item in rebuilt {
+        let index = (0..published.len()).find(|&i| !used[i] && equal(&published[i], item))?;
+        used[index] = true;
+        order.push(index);
+    }
+    Some(order)
+}
+
+/// The positions of `order` (published indices, in rebuilt order) outside one longest
+/// increasing subsequence: the fewest elements whose moving explains the new order.
+pub fn out_of_order(order: &[usize]) -> Vec<usize> {
+    // Patience sorting: tails[k] is the position ending the best increasing run of length k+1.
+    let mut tails: Vec<usize> = Vec::new();
+    let mut previous = vec![usize::MAX; order.len()];
+    for (position, &value) in order.iter().enumerate() {
+        let k = tails.partition_point(|&t| order[t] < value);
+        if k > 0 {
+            previous[position] = tails[k - 1];
+        }
+        if k == tails.len() {
+            tails.push(position);
+        } else {
+            tails[k] = position;
+        }
+    }
+    let mut kept = vec![false; order.len()];
+    let mut at = tails.last().copied().unwrap_or(usize::MAX);
+    while at != usize::MAX {
+        kept[at] = true;
+        at = previous[at];
+    }
+    (0..order.len()).filter(|&i| !kept[i]).collect()
 }
 
 fn push_key(at: &mut String, key: &Etf) {
@@ -722,5 +907,94 @@ mod tests {
         }
         let (found, _) = differences(&file("/tmp/a/x.ex"), &other, 5);
         assert_eq!(found[0].at, "{3}.vsn");
+    }
+
+    fn pair(key: &str, value: i64) -> Etf {
+        Etf::Tuple(vec![Etf::Atom(key.into()), Etf::Integer(value)])
+    }
+
+    fn keywords(pairs: &[(&str, i64)]) -> Etf {
+        Etf::List(pairs.iter().map(|(k, v)| pair(k, *v)).collect(), None)
+    }
+
+    #[test]
+    fn out_of_order_keeps_a_longest_common_order() {
+        assert!(out_of_order(&[0, 1, 2]).is_empty());
+        assert_eq!(out_of_order(&[2, 0, 1]), vec![0]);
+        assert_eq!(out_of_order(&[0, 3, 1, 2]), vec![1]);
+        assert_eq!(out_of_order(&[3, 2, 1, 0]).len(), 3);
+        assert_eq!(
+            matching(&[1, 1, 2], &[2, 1, 1], |a, b| a == b),
+            Some(vec![2, 0, 1])
+        );
+        assert_eq!(matching(&[1, 1, 2], &[2, 2, 1], |a, b| a == b), None);
+    }
+
+    #[test]
+    fn the_same_elements_in_another_order_are_one_order_only_difference() {
+        // A keyword list: its keys are named.
+        let (found, count) = differences(
+            &keywords(&[("a", 1), ("b", 2), ("c", 3)]),
+            &keywords(&[("c", 3), ("a", 1), ("b", 2)]),
+            5,
+        );
+        assert_eq!(count, 1);
+        let reorder = found[0].reorder.as_ref().unwrap();
+        assert_eq!(found[0].at, "the term");
+        assert_eq!(
+            (reorder.container, reorder.length, reorder.only),
+            (Container::KeywordList, 3, true)
+        );
+        assert_eq!(reorder.moved, vec![Etf::Atom("c".into())]);
+
+        // A plain list with a repeated element, inside a tuple.
+        let list = |items: &[i64]| {
+            Etf::Tuple(vec![Etf::List(
+                items.iter().map(|i| Etf::Integer(*i)).collect(),
+                None,
+            )])
+        };
+        let (found, count) = differences(&list(&[7, 7, 9]), &list(&[9, 7, 7]), 5);
+        assert_eq!(count, 1);
+        assert_eq!(found[0].at, "{1}");
+        let reorder = found[0].reorder.as_ref().unwrap();
+        assert_eq!(reorder.container, Container::List);
+        assert_eq!(reorder.moved, vec![Etf::Integer(9)]);
+
+        // A map whose pairs were written in another order.
+        let map = |pairs: &[(&str, i64)]| {
+            Etf::Map(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (Etf::Atom((*k).into()), Etf::Integer(*v)))
+                    .collect(),
+            )
+        };
+        let (found, count) =
+            differences(&map(&[("x", 1), ("y", 2)]), &map(&[("y", 2), ("x", 1)]), 5);
+        assert_eq!(count, 1);
+        let reorder = found[0].reorder.as_ref().unwrap();
+        assert_eq!((reorder.container, reorder.only), (Container::Map, true));
+        assert_eq!(reorder.moved_count, 1);
+    }
+
+    #[test]
+    fn a_reorder_beside_changed_values_names_both() {
+        let (found, count) = differences(
+            &keywords(&[("a", 1), ("b", 2), ("c", 3)]),
+            &keywords(&[("c", 3), ("a", 1), ("b", 9)]),
+            5,
+        );
+        assert_eq!(count, 2, "{found:?}");
+        let reorder = found[0].reorder.as_ref().unwrap();
+        assert!(!reorder.only);
+        assert_eq!(reorder.moved, vec![Etf::Atom("c".into())]);
+        assert_eq!(found[1].at, ".b");
+        assert_eq!(found[1].published, Some(Etf::Integer(2)));
+        assert_eq!(found[1].rebuilt, Some(Etf::Integer(9)));
+        // Lists that are no permutation of each other are still compared element by element.
+        let (found, count) = differences(&keywords(&[]), &keywords(&[("a", 1)]), 5);
+        assert_eq!(count, 1);
+        assert!(found[0].reorder.is_none());
     }
 }

@@ -9,8 +9,9 @@
 //! builder says beyond the key inputs, and checks that the lock's closure of the package is
 //! exactly the manifest's.
 //!
-//! **The config** sets, for each `compile_env` entry with a value, exactly that value at
-//! that path (nested paths become keyword lists, or maps for non-atom keys); entries Mix
+//! **The config** sets, for each `compile_env` entry with a value — the package's, and those
+//! of its closure members' published manifests (each member's key names what it was built
+//! with, its compile env included) — exactly that value at that path (nested paths become keyword lists, or maps for non-atom keys); entries Mix
 //! recorded as unset stay unset. Values are Erlang term text, parsed in the config by
 //! `:erl_parse`, so no Elixir rendering can change them. The rebuild's key includes the
 //! compile-env digest, so a config that did not reproduce the values shows as another key.
@@ -28,13 +29,10 @@ use super::AuditError;
 
 /// The lock of `manifest`'s package and closure, and the package's app name.
 pub fn lock(manifest: &Manifest, sources: &SourceCache) -> Result<(MixLock, String), AuditError> {
-    let inputs = manifest.inputs()?;
+    let (root, members) = manifest.releases()?;
     let mut lock = MixLock::default();
     let mut root_app = None;
-    for (i, package) in std::iter::once(&inputs.package)
-        .chain(&inputs.closure)
-        .enumerate()
-    {
+    for (i, package) in std::iter::once(&root).chain(&members).enumerate() {
         let (app, entry) = entry(package, sources)?;
         if i == 0 {
             root_app = Some(app.clone());
@@ -53,9 +51,9 @@ pub fn lock(manifest: &Manifest, sources: &SourceCache) -> Result<(MixLock, Stri
     let (package, closure) = lock.closure(&app)?;
     let mut ours = closure.clone();
     ours.sort();
-    let mut theirs = inputs.closure.clone();
+    let mut theirs = members.clone();
     theirs.sort();
-    if package != inputs.package || ours != theirs {
+    if package != root || ours != theirs {
         let names = |c: &[PackageRef]| {
             c.iter()
                 .map(|p| format!("{} {}", p.name, p.version))

@@ -163,7 +163,7 @@ pub fn select(
     }
     let mut builds: Vec<(String, IndexBuild)> = builds
         .into_iter()
-        .filter(|(_, b)| selection.fewer_than.map_or(true, |n| audits(b) < n))
+        .filter(|(_, b)| selection.fewer_than.is_none_or(|n| audits(b) < n))
         .collect();
     if let Some(n) = selection.sample {
         builds.retain(|(_, b)| fits(b, toolchain).is_ok());
@@ -188,6 +188,13 @@ fn shuffle<T>(items: &mut [T]) {
 /// Whether `toolchain` can rebuild `build`: the same OTP major and Elixir, and for native
 /// code the same target.
 pub fn fits(build: &IndexBuild, toolchain: &Toolchain) -> Result<(), String> {
+    if build.key_format != precomp_proto::manifest::MANIFEST_FORMAT {
+        return Err(format!(
+            "of key format v{}: a rebuild gives a key format v2 key, so it cannot be compared \
+             (builders rebuild it with key format v2)",
+            build.key_format
+        ));
+    }
     if build.otp_major != toolchain.otp || build.elixir != toolchain.elixir {
         return Err(format!(
             "built with OTP {} / Elixir {}; toolchain {} has OTP {} / Elixir {} (audit it with \
@@ -461,9 +468,32 @@ impl Auditor<'_> {
             .as_ref()
             .ok_or_else(|| AuditError::Invalid("the manifest describes no artifact".into()))?;
 
-        // The inputs, from the manifest alone.
+        // The inputs, from the manifest alone, and the compile env its closure members'
+        // manifests record (their keys name them; one the mirror lacks leaves its values to
+        // the defaults, and a key that then differs says so).
         let (lock, app) = inputs::lock(&manifest, sources)?;
-        let config = match inputs::config_exs(&manifest.inputs()?.compile_env) {
+        let own = manifest.inputs()?;
+        let mut compile_env = own.compile_env;
+        // Each package is rebuilt with the manager its manifest records: Mix's choice in the
+        // consumer's project, which the closure's lock alone may not give.
+        let mut recorded_managers = vec![(own.package.name.clone(), own.manager)];
+        for member in &manifest.closure {
+            let Some(bytes) = self.runtime.block_on(self.client.manifest(&member.key))? else {
+                continue;
+            };
+            let member_manifest = SignedManifest::decode(&bytes)
+                .and_then(|signed| {
+                    Manifest::decode(signed.manifest.as_slice())
+                        .map_err(precomp_proto::manifest::ManifestError::DecodeManifest)
+                })
+                .and_then(|m| m.check_key())?;
+            recorded_managers.push((
+                member_manifest.package.name.clone(),
+                member_manifest.manager,
+            ));
+            compile_env.extend(member_manifest.compile_env);
+        }
+        let config = match inputs::config_exs(&compile_env) {
             Some(text) => {
                 let path = self
                     .work
@@ -495,9 +525,13 @@ impl Auditor<'_> {
             trusted: &trusted,
             compile_env: &compile_env,
         };
-        // The manifest's closure, with the package as the lock's root.
-        let managers =
+        let mut managers =
             precomp_builder::managers::for_lock(sources, &lock, None, &self.toolchain.elixir)?;
+        for (package, manager) in recorded_managers {
+            if let Some((member_app, _)) = lock.hex().find(|(_, e)| e.package == package) {
+                managers.insert(member_app.to_string(), manager);
+            }
+        }
         let results = run::build_lock(
             &context,
             &reuse,
@@ -662,6 +696,23 @@ fn inputs_difference(published: &Manifest, rebuilt: &Manifest) -> String {
         return format!(
             "target: published {}, rebuilt {}",
             published.target, rebuilt.target
+        );
+    }
+    let differing: Vec<String> = published
+        .closure
+        .iter()
+        .filter(|member| {
+            rebuilt
+                .closure
+                .iter()
+                .any(|other| other.name == member.name && other.key != member.key)
+        })
+        .map(|member| member.name.clone())
+        .collect();
+    if !differing.is_empty() {
+        return format!(
+            "the builds of its dependencies {} (their keys) differ",
+            differing.join(", ")
         );
     }
     "the closure or toolchain".into()

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
 use clap::Args;
+use precomp_builder::workdir::{self, WorkDir};
 use precomp_ops::audit::{self, AuditReport, Auditor, Candidate, Outcome, Selection};
 use precomp_proto::manifest::ArtifactSigningKey;
 use precomp_registry::artifacts::ArtifactClient;
@@ -124,9 +125,8 @@ pub fn run(context: &Context, args: AuditArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
 
-    let root = data.join("audit");
-    std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
-    let run_dir = new_run_dir(&root)?;
+    let run = new_run_dir(&data.join("audit"))?;
+    let run_dir = run.path().to_path_buf();
     let auditor = Auditor {
         sandbox: &sandbox,
         toolchain: &toolchain,
@@ -151,11 +151,7 @@ pub fn run(context: &Context, args: AuditArgs) -> anyhow::Result<ExitCode> {
                 .iter()
                 .any(|r| matches!(r.outcome, Outcome::Failed { log: Some(_), .. }))
         });
-    if keep {
-        eprintln!("kept the audit's directory: {}", run_dir.display());
-    } else if let Err(e) = std::fs::remove_dir_all(&run_dir) {
-        eprintln!("warning: removing {}: {e}", run_dir.display());
-    }
+    finish_run_dir(run, keep);
     let reports = reports?;
 
     let count = |result: &str| reports.iter().filter(|r| r.result() == result).count();
@@ -185,25 +181,20 @@ pub fn run(context: &Context, args: AuditArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// A new directory `root/run-PID-N` for this run (0755: the sandbox user reads its sources).
-pub(crate) fn new_run_dir(root: &std::path::Path) -> anyhow::Result<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    for attempt in 0..64 {
-        let dir = root.join(format!("run-{}-{nanos:x}-{attempt}", std::process::id()));
-        match std::fs::create_dir(&dir) {
-            Ok(()) => {
-                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
-                    .with_context(|| format!("setting the mode of {}", dir.display()))?;
-                return Ok(dir);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
-        }
+/// A new directory `root/run-…` for this run (0755: the sandbox user reads its sources),
+/// removed when dropped — or, should this process be killed, by the next audit's sweep of
+/// `root`, which runs first.
+pub(crate) fn new_run_dir(root: &std::path::Path) -> anyhow::Result<WorkDir> {
+    workdir::sweep(root);
+    WorkDir::create(root, "run-", 0o755)
+        .with_context(|| format!("creating a run directory in {}", root.display()))
+}
+
+/// Removes the run directory, or keeps it (failed rebuilds' logs are in it) and says where.
+pub(crate) fn finish_run_dir(run: WorkDir, keep: bool) {
+    if keep {
+        eprintln!("kept the audit's directory: {}", run.keep().display());
     }
-    bail!("no free run directory name in {}", root.display())
 }
 
 /// Progress on stderr; with --json, one line per build on stdout (`precomp worker --audit`

@@ -10,14 +10,15 @@ use clap::Args;
 use precomp_builder::build::BuildContext;
 use precomp_builder::config::SandboxedConfig;
 use precomp_builder::managers::{self, Managers};
-use precomp_builder::run::{self, PackageResult, Progress, Status};
+use precomp_builder::run::{self, CompileEnvSource, PackageResult, Progress, Status};
 use precomp_builder::sources::SourceCache;
 use precomp_builder::store::BuildStore;
+use precomp_proto::buildkey::{compile_env_digest, request_satisfied_by};
 use precomp_proto::lock::{LockEntry, MixLock};
-use precomp_proto::manager::TopLevelDep;
+use precomp_proto::manager::{Manager, TopLevelDep};
 use precomp_proto::manifest::{ArtifactPublicKey, ArtifactSigningKey};
-use precomp_registry::artifacts::ArtifactClient;
 use precomp_registry::artifacts::FailureReport;
+use precomp_registry::artifacts::{compile_env_entry, miss_request_text, ArtifactClient, Miss};
 use precomp_sandbox::toolchain::{Store, Toolchain};
 use precomp_sandbox::Sandbox;
 
@@ -138,7 +139,11 @@ pub fn run(context: &Context, args: BuildArgs) -> anyhow::Result<ExitCode> {
             Some(spec) => vec![app_for(&lock, spec, lock_path)?],
             None => lock.hex().map(|(app, _)| app.to_string()).collect(),
         };
-        vec![(lock, apps)]
+        vec![Work {
+            lock,
+            apps,
+            miss: None,
+        }]
     };
     let store = BuildStore::open(&data.join("builds"))?;
     let sources = SourceCache::new(data.join("builds/sources"), &args.mirror)?;
@@ -171,17 +176,29 @@ pub fn run(context: &Context, args: BuildArgs) -> anyhow::Result<ExitCode> {
     let reporter = Reporter { json: args.json };
     let mut failed = 0;
     let mut counts = [0usize; 4];
-    for (lock, apps) in &work_list {
+    for Work { lock, apps, miss } in &work_list {
         let reuse = run::Reuse {
             store: &store,
             trusted: &trusted,
             compile_env: &config,
         };
+        if let Some(miss) = miss {
+            if let Some(why) = config_differs(miss, &config)? {
+                eprintln!(
+                    "skipping the miss of {} {}: {why}",
+                    miss.package, miss.version
+                );
+                continue;
+            }
+        }
         let publish_to = match (&mirror_client, args.publish) {
             (Some(client), true) => Some((&runtime, client)),
             _ => None,
         };
-        let managers = lock_managers(&build_context, lock, top_level.as_deref())?;
+        let managers = match miss {
+            Some(miss) => miss_managers(&build_context, lock, miss)?,
+            None => lock_managers(&build_context, lock, top_level.as_deref())?,
+        };
         let results = build_and_publish(
             &build_context,
             &reuse,
@@ -194,6 +211,25 @@ pub fn run(context: &Context, args: BuildArgs) -> anyhow::Result<ExitCode> {
             &reporter,
             publish_to,
         )?;
+        if let (Some(miss), Some((runtime, client))) = (miss, publish_to) {
+            if let Some((result, published)) = results.iter().find(|(r, _)| apps.contains(&r.app)) {
+                match settle_miss(
+                    runtime,
+                    client,
+                    &toolchain,
+                    miss,
+                    result,
+                    published.as_ref(),
+                ) {
+                    Ok(Some(note)) => eprintln!("the miss of {}: {note}", miss.package),
+                    Ok(None) => {}
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("error: closing the miss of {}: {e:#}", miss.package);
+                    }
+                }
+            }
+        }
         for (result, published) in &results {
             if let Some(out) = &args.out {
                 copy_out(result, out)?;
@@ -327,14 +363,43 @@ pub(crate) fn lock_managers(
         .context("deciding each package's manager")
 }
 
+/// The managers a reported miss carries (the client's, computed on its whole project: Mix's
+/// rule depends on more than the closure the miss comes with), for the package and each
+/// closure member; [`lock_managers`] for any the miss does not name.
+pub(crate) fn miss_managers(
+    context: &BuildContext<'_>,
+    lock: &MixLock,
+    miss: &Miss,
+) -> anyhow::Result<Managers> {
+    let mut managers = lock_managers(context, lock, None)?;
+    let reported = std::iter::once((&miss.package, &miss.manager)).chain(
+        miss.closure
+            .iter()
+            .map(|member| (&member.name, &member.manager)),
+    );
+    for (package, manager) in reported {
+        let Some((app, _)) = lock.hex().find(|(_, entry)| &entry.package == package) else {
+            continue;
+        };
+        let manager = Manager::parse(manager).with_context(|| {
+            format!(
+                "the miss of {} says {package}'s manager is {manager:?}",
+                miss.package
+            )
+        })?;
+        managers.insert(app.to_string(), manager);
+    }
+    Ok(managers)
+}
+
 /// `--prepare`: the generated project of every package to build and its closure.
 fn prepare(
     context: &BuildContext<'_>,
-    work_list: &[(MixLock, Vec<String>)],
+    work_list: &[Work],
     top_level: Option<&[TopLevelDep]>,
     dir: &Path,
 ) -> anyhow::Result<ExitCode> {
-    let [(lock, apps)] = work_list else {
+    let [Work { lock, apps, .. }] = work_list else {
         bail!("--prepare takes one lock");
     };
     if dir.exists() {
@@ -358,8 +423,19 @@ fn prepare(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The directory builds are made in: the sandbox user must reach it.
+/// The directory builds are made in: the sandbox user must reach it. Directories left there
+/// by builds whose process was killed are removed first.
 pub(crate) fn work_root(
+    sandbox: &Sandbox,
+    data: &Path,
+    given: Option<&Path>,
+) -> anyhow::Result<PathBuf> {
+    let root = choose_work_root(sandbox, data, given)?;
+    precomp_builder::workdir::sweep(&root);
+    Ok(root)
+}
+
+fn choose_work_root(
     sandbox: &Sandbox,
     data: &Path,
     given: Option<&Path>,
@@ -574,6 +650,14 @@ pub(crate) fn publish(
     })
 }
 
+/// What one build of `precomp build` is: packages of a lock, for a miss or not.
+struct Work {
+    lock: MixLock,
+    apps: Vec<String>,
+    /// `--missing`: the miss these packages are built for.
+    miss: Option<Miss>,
+}
+
 /// `--missing`: the open misses this builder can build (same OTP major, Elixir, Mix env and
 /// target as its toolchain and flags), each with its own lock; the others are listed.
 fn missing_work(
@@ -581,7 +665,7 @@ fn missing_work(
     client: &ArtifactClient,
     toolchain: &Toolchain,
     args: &BuildArgs,
-) -> anyhow::Result<Vec<(MixLock, Vec<String>)>> {
+) -> anyhow::Result<Vec<Work>> {
     let misses = runtime
         .block_on(client.misses())
         .context("listing the mirror's misses")?;
@@ -612,12 +696,103 @@ fn missing_work(
             .with_context(|| format!("the lock reported with the miss of {what}"))?;
         let spec = format!("{}@{}", miss.package, miss.version);
         let app = app_for(&lock, &spec, Path::new("the reported lock"))?;
-        work.push((lock, vec![app]));
+        work.push(Work {
+            lock,
+            apps: vec![app],
+            miss: Some(miss),
+        });
     }
     if work.is_empty() {
         eprintln!("no open misses for this builder");
     }
     Ok(work)
+}
+
+/// Whether this builder's config gives the compile-env values `miss` carries (the
+/// consumer's, for the paths earlier builds of the package and its closure record): `None`
+/// when it does, else which value differs. Building a miss with other values than the
+/// builder's config gives (config variants) is not supported yet: such a miss is left.
+pub(crate) fn config_differs(
+    miss: &Miss,
+    config: &dyn CompileEnvSource,
+) -> anyhow::Result<Option<String>> {
+    let carried = miss
+        .all_compile_env()
+        .map(compile_env_entry)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("the miss's compile env: {e}"))?;
+    if carried.is_empty() {
+        return Ok(None);
+    }
+    let ours = config.values_for(&carried)?;
+    // The builder's config is Elixir (`--config`): values are shown as it writes them.
+    let syntax = precomp_proto::term::Syntax::Elixir;
+    for (theirs, ours) in carried.iter().zip(&ours) {
+        if compile_env_digest(std::slice::from_ref(theirs))
+            != compile_env_digest(std::slice::from_ref(ours))
+        {
+            return Ok(Some(format!(
+                "it needs compile-time values this builder's config does not give ({}: the \
+                 miss has {}, the config gives {}); building other configs than the builder's \
+                 (config variants) is not supported yet",
+                theirs.describe_path(syntax),
+                theirs.describe_value(syntax),
+                ours.describe_value(syntax)
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// After building `miss` (its package's `result`, and how its publication went): what closes
+/// the miss when the build's own report does not — a publish closes the misses its build
+/// satisfies, a failure the miss with its base key. A failure is recorded under the miss's
+/// key when the package failed under another base key (the miss's request key, or another
+/// target), or was built but does not satisfy the miss (a dependency's build read other
+/// compile-time paths than the miss knew of), so the miss is not built again and again.
+/// Returns what was recorded.
+pub(crate) fn settle_miss(
+    runtime: &tokio::runtime::Runtime,
+    client: &ArtifactClient,
+    toolchain: &Toolchain,
+    miss: &Miss,
+    result: &PackageResult,
+    published: Option<&anyhow::Result<()>>,
+) -> anyhow::Result<Option<String>> {
+    let log = match (&result.status, &result.build, published) {
+        (
+            Status::Failed {
+                base_key, reason, ..
+            },
+            _,
+            _,
+        ) if base_key != miss.miss_key() => format!(
+            "precomp: {} {} failed to build (base key {base_key}): {reason}\n",
+            miss.package, miss.version
+        ),
+        (_, Some(build), Some(Ok(()))) => {
+            let request = miss_request_text(&miss.report())
+                .map_err(|refusal| anyhow::anyhow!("the miss: {}", refusal.message))?;
+            let built = build.manifest.inputs()?.base_text()?;
+            if request_satisfied_by(&request, &built) {
+                return Ok(None);
+            }
+            format!(
+                "precomp: built {} {} with key {}, which does not satisfy the miss: the builds \
+                 of its dependencies differ from what the miss says of them\n",
+                miss.package, miss.version, build.manifest.key
+            )
+        }
+        _ => return Ok(None),
+    };
+    runtime.block_on(client.record_failure(&FailureReport {
+        package: miss.package.clone(),
+        version: miss.version.clone(),
+        base_key: miss.miss_key().to_string(),
+        toolchain_id: toolchain.id.clone(),
+        log: log.clone(),
+    }))?;
+    Ok(Some(format!("recorded as failed: {}", log.trim_end())))
 }
 
 /// Progress on stderr (the JSON lines go to stdout).

@@ -149,12 +149,12 @@ pub fn run(context: &Context, args: DemoArgs) -> anyhow::Result<ExitCode> {
     })?;
     let (url, server) = runtime.block_on(async {
         let mirror = Mirror::open(config)?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", listener.local_addr()?);
-        let server = tokio::spawn(mirror::serve_with_artifacts(
-            mirror,
-            Some(artifacts),
-            listener,
+        let listeners = precomp_server::Listeners::bind("127.0.0.1:0".parse()?, None).await?;
+        let url = format!("http://{}", listeners.main.local_addr()?);
+        let server = tokio::spawn(precomp_server::serve(
+            precomp_server::AppState { mirror, artifacts },
+            precomp_server::ServerConfig::default(),
+            listeners,
             async {
                 let _ = stopped.await;
             },

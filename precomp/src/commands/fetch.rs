@@ -342,7 +342,8 @@ fn trust_document(
         .context("the mirror's trust document")?;
     if let Some(error) = &refreshed.offline {
         eprintln!(
-            "warning: using the cached trust document version {}: the mirror could not be              asked ({error})",
+            "warning: using the cached trust document version {}: the mirror could not be \
+             asked ({error})",
             refreshed.held.document.version
         );
     }
@@ -378,14 +379,17 @@ fn trust_document(
         }
     }
     for revocation in &document.revocations {
-        keys.revoked.insert(
-            revocation.key_id.clone(),
-            format!(
-                "{} (trust document version {}, {})",
-                revocation.reason,
-                document.version,
+        // The version that revoked it, not the current one: that is where an operator looks.
+        let when = match revocation.version {
+            0 => trust::utc(revocation.revoked_at),
+            version => format!(
+                "trust document version {version}, {}",
                 trust::utc(revocation.revoked_at)
             ),
+        };
+        keys.revoked.insert(
+            revocation.key_id.clone(),
+            format!("{} ({when})", revocation.reason),
         );
     }
     tracing::info!(
@@ -411,6 +415,11 @@ fn dep_line(dep: &DepReport, verbose: bool) -> Option<String> {
         _ => dep.app.clone(),
     };
     Some(match &dep.outcome {
+        Outcome::Installed {
+            bytes,
+            replaced: Some(reason),
+            ..
+        } => format!("replaced   {name} ({}): {reason}", human_bytes(*bytes)),
         Outcome::Installed { bytes, .. } => {
             format!("installed  {name} ({})", human_bytes(*bytes))
         }

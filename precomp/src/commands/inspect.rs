@@ -139,8 +139,11 @@ fn check_manifest(
     let manifest = Manifest::decode(signed.manifest.as_slice())?;
     let key_check = manifest.check_key().map(|_| ());
     let mut failures = Vec::new();
-    if let Err(e) = &key_check {
-        failures.push(format!("key check failed: {e}"));
+    match &key_check {
+        // A manifest of key format v1 is shown as it is: its key is not computed any more,
+        // which is no sign of tampering.
+        Ok(()) | Err(ManifestError::OldKeyFormat) => {}
+        Err(e) => failures.push(format!("key check failed: {e}")),
     }
     let mut signatures = Vec::new();
     for signature in &signed.signatures {
@@ -223,13 +226,23 @@ fn file_json(file: &FileRecord) -> Value {
 fn manifest_json(checked: &CheckedManifest) -> Value {
     let m = &checked.manifest;
     let package = |p: &precomp_proto::manifest::PackageId| json!({"name": p.name, "version": p.version, "outer_checksum": hex::encode(&p.outer_checksum)});
+    // Format 2: each closure member with its own key.
+    let member = |p: &precomp_proto::manifest::PackageId| {
+        let mut value = package(p);
+        if !p.key.is_empty() {
+            value["key"] = p.key.clone().into();
+        }
+        value
+    };
     json!({
         "manifest": {
             "format": m.format,
+            "key_format": m.format,
             "key": m.key,
             "base_key": m.base_key,
             "package": m.package.as_ref().map(package),
-            "closure": m.closure.iter().map(package).collect::<Vec<_>>(),
+            "manager": (!m.manager.is_empty()).then_some(&m.manager),
+            "closure": m.closure.iter().map(member).collect::<Vec<_>>(),
             "otp_major": m.otp_major,
             "elixir": m.elixir,
             "mix_env": m.mix_env,
@@ -254,6 +267,7 @@ fn manifest_json(checked: &CheckedManifest) -> Value {
         },
         "key_check": match &checked.key_check {
             Ok(()) => json!({"ok": true}),
+            Err(e @ ManifestError::OldKeyFormat) => json!({"ok": false, "old_key_format": true, "error": e.to_string()}),
             Err(e) => json!({"ok": false, "error": e.to_string()}),
         },
         "signatures": checked.signatures.iter().map(|(key_id, status)| {
@@ -280,11 +294,18 @@ fn manifest_text(file: &Path, checked: &CheckedManifest) -> String {
     let _ = writeln!(out, "signed manifest  {}", file.display());
     let key_note = match &checked.key_check {
         Ok(()) => "matches its inputs".to_string(),
+        Err(ManifestError::OldKeyFormat) => {
+            "key format v1: not checked, this precomp computes key format v2 only".to_string()
+        }
         Err(e) => format!("KEY CHECK FAILED: {e}"),
     };
     let _ = writeln!(out, "key              {} ({key_note})", m.key);
     let _ = writeln!(out, "base key         {}", m.base_key);
-    let _ = writeln!(out, "format           {}", m.format);
+    let _ = writeln!(
+        out,
+        "format           {} (key format v{})",
+        m.format, m.format
+    );
     match &m.package {
         Some(p) => {
             let _ = writeln!(
@@ -299,11 +320,19 @@ fn manifest_text(file: &Path, checked: &CheckedManifest) -> String {
             let _ = writeln!(out, "package          (none)");
         }
     }
+    if !m.manager.is_empty() {
+        let _ = writeln!(out, "manager          {}", m.manager);
+    }
     let _ = writeln!(out, "closure          {} packages", m.closure.len());
     for p in &m.closure {
+        let key = if p.key.is_empty() {
+            String::new()
+        } else {
+            format!(" key {}", p.key)
+        };
         let _ = writeln!(
             out,
-            "  {} {} {}",
+            "  {} {} {}{key}",
             p.name,
             p.version,
             hex::encode(&p.outer_checksum)

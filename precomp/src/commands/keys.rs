@@ -48,8 +48,10 @@ struct DocArgs {
     /// directory to the mirror.
     #[arg(long, value_name = "DIR")]
     trust_dir: Option<PathBuf>,
-    /// Days the new version is valid; clients refuse an expired document, so renew before.
-    #[arg(long, default_value_t = DEFAULT_VALID_DAYS)]
+    /// Days the new version is valid (at least 1); clients refuse an expired document, so
+    /// renew before.
+    #[arg(long, default_value_t = DEFAULT_VALID_DAYS,
+          value_parser = clap::value_parser!(u32).range(1..))]
     valid_days: u32,
 }
 
@@ -197,7 +199,7 @@ pub fn run(context: &Context, command: KeysCommand) -> anyhow::Result<ExitCode> 
                 &keys,
                 Issue::now(args.doc.valid_days),
             )?;
-            issued(&dir, &held);
+            issued(context, &dir, &held);
             Ok(ExitCode::SUCCESS)
         }
         KeysCommand::Add(args) => {
@@ -221,7 +223,7 @@ pub fn run(context: &Context, command: KeysCommand) -> anyhow::Result<ExitCode> 
                     .map(|days| issue.now + i64::from(days) * 86_400),
             };
             let held = trust::add(&dir, &root, &key, issue)?;
-            issued(&dir, &held);
+            issued(context, &dir, &held);
             Ok(ExitCode::SUCCESS)
         }
         KeysCommand::Rotate(args) => {
@@ -250,7 +252,7 @@ pub fn run(context: &Context, command: KeysCommand) -> anyhow::Result<ExitCode> 
                 }
             };
             let held = trust::rotate(&dir, &root, &old, replacement, retire_at, issue)?;
-            issued(&dir, &held);
+            issued(context, &dir, &held);
             Ok(ExitCode::SUCCESS)
         }
         KeysCommand::Revoke(args) => {
@@ -264,14 +266,14 @@ pub fn run(context: &Context, command: KeysCommand) -> anyhow::Result<ExitCode> 
                 &args.reason,
                 Issue::now(args.doc.valid_days),
             )?;
-            issued(&dir, &held);
+            issued(context, &dir, &held);
             Ok(ExitCode::SUCCESS)
         }
         KeysCommand::Renew(args) => {
             let dir = trust_dir(context, &args.doc);
             let root = read_signing_key(&args.root)?;
             let held = trust::renew(&dir, &root, Issue::now(args.doc.valid_days))?;
-            issued(&dir, &held);
+            issued(context, &dir, &held);
             Ok(ExitCode::SUCCESS)
         }
         KeysCommand::List(args) => list(context, args),
@@ -440,13 +442,28 @@ fn document_json(document: &TrustDocument, now: i64) -> serde_json::Value {
             "key_id": r.key_id,
             "reason": r.reason,
             "revoked_at": r.revoked_at,
+            "version": (r.version != 0).then_some(r.version),
         })).collect::<Vec<_>>(),
     })
 }
 
-fn issued(dir: &TrustDir, held: &Held) {
+/// What was written, and who serves it: the mirror re-reads `DATA/trust` on each request,
+/// but a directory elsewhere (`--trust-dir`, an offline machine) is served by nobody until
+/// it is copied there.
+fn issued(context: &Context, dir: &TrustDir, held: &Held) {
+    let served = if dir.current_path() == TrustDir::of_data(&context.data()).current_path() {
+        "`precomp serve` with this --data serves it now".to_string()
+    } else {
+        format!(
+            "copy {} to the mirror's DATA/trust to publish it",
+            dir.current_path()
+                .parent()
+                .unwrap_or(std::path::Path::new("."))
+                .display()
+        )
+    };
     println!(
-        "trust document version {} written to {} (expires {}); `precomp serve` serves it now",
+        "trust document version {} written to {} (expires {}); {served}",
         held.document.version,
         dir.current_path().display(),
         utc(held.document.expires_at)

@@ -3,14 +3,16 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
 use precomp_proto::manifest::ArtifactPublicKey;
 use precomp_registry::artifacts::{Artifacts, ArtifactsConfig};
-use precomp_registry::mirror::{self, Mirror, MirrorConfig};
+use precomp_registry::mirror::{Mirror, MirrorConfig};
+use precomp_server::{AppState, Listeners, ServerConfig};
 
-use super::mirror::MirrorSettings;
+use super::mirror::{FileConfig, MirrorSettings};
 use crate::Context;
 
 /// Runs the pull-through Hex mirror.
@@ -29,6 +31,10 @@ use crate::Context;
 /// verdicts. Once `precomp keys init` has issued DATA/trust/trust.doc, it is verified (against
 /// --trust-root when given) and followed on every upload, without a restart: its builder and
 /// auditor keys count too, by role, and the keys it revokes or that expired never count.
+///
+/// HTTP/1.1 and HTTP/2 (h2c, prior knowledge) on one port. Misbehaving clients are bounded
+/// by the limits and timeouts below (docs/mirror.md, "Limits"); --admin-listen answers
+/// /healthz and /metrics on a port of its own, outside those limits.
 ///
 /// Each setting comes from its flag, else its environment variable, else the --config TOML
 /// file (same names with `_` for `-`, plus `data`), else the embedded default.
@@ -68,10 +74,60 @@ pub struct ServeArgs {
     /// while there is no trust document.
     #[arg(long = "trust-root", value_name = "FILE", env = "PRECOMP_TRUST_ROOT")]
     trust_root: Option<PathBuf>,
+    /// Address of a second listener that answers only /healthz and /metrics, outside the main
+    /// listener's connection and request limits [default: none].
+    #[arg(long, env = "PRECOMP_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
+    /// Seconds a client has to send a complete request header, from connecting and (HTTP/1.1)
+    /// from when the connection waits for its next request [default: 15].
+    #[arg(long, value_name = "SECS", env = "PRECOMP_HEADER_READ_TIMEOUT")]
+    header_read_timeout: Option<u64>,
+    /// Seconds a connection with no request in progress may move no byte before it is closed
+    /// [default: 60].
+    #[arg(long, value_name = "SECS", env = "PRECOMP_IDLE_TIMEOUT")]
+    idle_timeout: Option<u64>,
+    /// Seconds a request body may deliver nothing before it is cut off (408) [default: 30].
+    #[arg(long, value_name = "SECS", env = "PRECOMP_BODY_READ_TIMEOUT")]
+    body_read_timeout: Option<u64>,
+    /// Bytes per second a request body must average once it has been read for
+    /// --body-read-timeout, or it is cut off (408); 0 for no minimum [default: 1024].
+    #[arg(long, value_name = "BYTES", env = "PRECOMP_BODY_MIN_RATE")]
+    body_min_rate: Option<u64>,
+    /// Seconds a request may take to be answered before it gets 503 [default: 300].
+    #[arg(long, value_name = "SECS", env = "PRECOMP_REQUEST_TIMEOUT")]
+    request_timeout: Option<u64>,
+    /// Requests handled at once; more get 503 [default: 1024].
+    #[arg(long, value_name = "N", env = "PRECOMP_MAX_REQUESTS")]
+    max_requests: Option<usize>,
+    /// MiB of request bodies held in memory at once (reports, manifests; uploads of
+    /// artifacts stream to disk); a body over it gets 429 [default: 64].
+    #[arg(long, value_name = "MIB", env = "PRECOMP_MAX_BODY_MEMORY_MB")]
+    max_body_memory_mb: Option<u64>,
+    /// Open connections in total; more are answered 503 and closed. Kept under the open file
+    /// limit [default: 16384].
+    #[arg(long, value_name = "N", env = "PRECOMP_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Open connections per client address (a trusted proxy's are not counted)
+    /// [default: 4096].
+    #[arg(long, value_name = "N", env = "PRECOMP_MAX_CONNECTIONS_PER_CLIENT")]
+    max_connections_per_client: Option<usize>,
+    /// Address or CIDR of a proxy (load balancer) whose X-Forwarded-For names the client.
+    /// Repeat for several; in the environment, separate them with commas [default: none].
+    #[arg(
+        long = "trusted-proxy",
+        value_name = "CIDR",
+        env = "PRECOMP_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    trusted_proxies: Vec<String>,
+    /// Every connection starts with a PROXY protocol (v1 or v2) header from a load balancer,
+    /// naming the client [default: off].
+    #[arg(long, env = "PRECOMP_PROXY_PROTOCOL")]
+    proxy_protocol: bool,
 }
 
 pub fn run(context: &Context, args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let (config, artifacts_config) = resolve(context, args)?;
+    let (config, artifacts_config, server, admin_listen) = resolve(context, args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -88,20 +144,35 @@ pub fn run(context: &Context, args: ServeArgs) -> anyhow::Result<ExitCode> {
                 .map_err(|e| tracing::warn!("counting audit verdicts: {e}"))
                 .ok()
         });
-        let listener = tokio::net::TcpListener::bind(config.listen)
+        let listeners = Listeners::bind(config.listen, admin_listen)
             .await
-            .with_context(|| format!("listening on {}", config.listen))?;
-        let address = listener.local_addr()?;
+            .with_context(|| match admin_listen {
+                Some(admin) => format!("listening on {} and {admin}", config.listen),
+                None => format!("listening on {}", config.listen),
+            })?;
+        let address = listeners.main.local_addr()?;
         // Scripts and tests read this line to learn the port.
         println!("precomp mirror listening on http://{address}");
+        if let Some(admin) = &listeners.admin {
+            // ... and this one, the admin port.
+            println!("precomp admin listening on http://{}", admin.local_addr()?);
+        }
         tracing::info!(%address, upstream = %config.upstream, "mirror listening");
-        mirror::serve_with_artifacts(mirror, Some(artifacts), listener, shutdown_signal()).await?;
+        let state = AppState { mirror, artifacts };
+        precomp_server::serve(state, server, listeners, shutdown_signal()).await?;
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn resolve(context: &Context, args: ServeArgs) -> anyhow::Result<(MirrorConfig, ArtifactsConfig)> {
+type Resolved = (
+    MirrorConfig,
+    ArtifactsConfig,
+    ServerConfig,
+    Option<SocketAddr>,
+);
+
+fn resolve(context: &Context, args: ServeArgs) -> anyhow::Result<Resolved> {
     let (mut config, file) = args.mirror.resolve(context)?;
     // As MirrorSettings::resolve finds it: the flag or environment, else the file's `data`.
     let data = context
@@ -142,7 +213,122 @@ fn resolve(context: &Context, args: ServeArgs) -> anyhow::Result<(MirrorConfig, 
         auditor_keys,
         trust_root,
     };
-    Ok((config, artifacts))
+    let server = server_config(
+        &file,
+        ServerFlags {
+            header_read_timeout: args.header_read_timeout,
+            idle_timeout: args.idle_timeout,
+            body_read_timeout: args.body_read_timeout,
+            body_min_rate: args.body_min_rate,
+            request_timeout: args.request_timeout,
+            max_requests: args.max_requests,
+            max_body_memory_mb: args.max_body_memory_mb,
+            max_connections: args.max_connections,
+            max_connections_per_client: args.max_connections_per_client,
+            trusted_proxies: args.trusted_proxies,
+            proxy_protocol: args.proxy_protocol,
+        },
+    )?;
+    let admin_listen = args.admin_listen.or(file.admin_listen);
+    Ok((config, artifacts, server, admin_listen))
+}
+
+/// The server's limits as the flags (or environment) give them; the file's where not.
+struct ServerFlags {
+    header_read_timeout: Option<u64>,
+    idle_timeout: Option<u64>,
+    body_read_timeout: Option<u64>,
+    body_min_rate: Option<u64>,
+    request_timeout: Option<u64>,
+    max_requests: Option<usize>,
+    max_body_memory_mb: Option<u64>,
+    max_connections: Option<usize>,
+    max_connections_per_client: Option<usize>,
+    trusted_proxies: Vec<String>,
+    proxy_protocol: bool,
+}
+
+/// The server's limits: each from its flag or environment variable, else the file, else the
+/// default. Timeouts and limits must be at least 1.
+fn server_config(file: &FileConfig, flags: ServerFlags) -> anyhow::Result<ServerConfig> {
+    let mut config = ServerConfig::default();
+    let seconds = |name: &str, value: Option<u64>, into: &mut Duration| -> anyhow::Result<()> {
+        if let Some(value) = value {
+            anyhow::ensure!(value > 0, "{name} must be at least 1 second");
+            *into = Duration::from_secs(value);
+        }
+        Ok(())
+    };
+    seconds(
+        "header_read_timeout",
+        flags.header_read_timeout.or(file.header_read_timeout),
+        &mut config.header_read_timeout,
+    )?;
+    seconds(
+        "idle_timeout",
+        flags.idle_timeout.or(file.idle_timeout),
+        &mut config.idle_timeout,
+    )?;
+    seconds(
+        "body_read_timeout",
+        flags.body_read_timeout.or(file.body_read_timeout),
+        &mut config.body_read_timeout,
+    )?;
+    seconds(
+        "request_timeout",
+        flags.request_timeout.or(file.request_timeout),
+        &mut config.request_timeout,
+    )?;
+    if let Some(rate) = flags.body_min_rate.or(file.body_min_rate) {
+        config.body_min_rate = rate;
+    }
+    let count = |name: &str, value: Option<usize>, into: &mut usize| -> anyhow::Result<()> {
+        if let Some(value) = value {
+            anyhow::ensure!(value > 0, "{name} must be at least 1");
+            *into = value;
+        }
+        Ok(())
+    };
+    count(
+        "max_requests",
+        flags.max_requests.or(file.max_requests),
+        &mut config.max_requests,
+    )?;
+    count(
+        "max_connections",
+        flags.max_connections.or(file.max_connections),
+        &mut config.max_connections,
+    )?;
+    count(
+        "max_connections_per_client",
+        flags
+            .max_connections_per_client
+            .or(file.max_connections_per_client),
+        &mut config.max_connections_per_client,
+    )?;
+    if let Some(mib) = flags.max_body_memory_mb.or(file.max_body_memory_mb) {
+        anyhow::ensure!(mib > 0, "max_body_memory_mb must be at least 1");
+        config.max_body_memory = mib.saturating_mul(1024 * 1024);
+    }
+    // A list from the flag or the environment replaces the file's.
+    let proxies = if flags.trusted_proxies.is_empty() {
+        file.trusted_proxies.clone().unwrap_or_default()
+    } else {
+        flags.trusted_proxies
+    };
+    config.trusted_proxies = proxies
+        .iter()
+        .map(|text| {
+            let text = text.trim();
+            text.parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .with_context(|| {
+                    format!("trusted proxy {text:?} is neither an IP address nor a CIDR range")
+                })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    config.proxy_protocol = flags.proxy_protocol || file.proxy_protocol.unwrap_or(false);
+    Ok(config)
 }
 
 /// The public keys in `paths`, each an ed25519 SPKI PEM file (`what`: for errors).

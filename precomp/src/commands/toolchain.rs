@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand};
-use precomp_sandbox::toolchain::{self, ImageRequest, Store, Suite};
+use precomp_sandbox::toolchain::{self, Credentials, ImageRequest, ImportRequest, Store, Suite};
 use precomp_sandbox::{Limits, Mount, Sandbox, Spec, Status, Stdio};
 
 use crate::Context;
@@ -14,6 +14,7 @@ use crate::Context;
 #[derive(Subcommand)]
 pub enum ToolchainCommand {
     Build(BuildArgs),
+    Import(ImportArgs),
     List(ListArgs),
     Verify(VerifyArgs),
     Run(RunArgs),
@@ -22,8 +23,8 @@ pub enum ToolchainCommand {
 /// Builds a Debian toolchain image (or finds the one built from the same inputs).
 ///
 /// `debootstrap --variant=minbase SUITE`, then `apt-get install --no-install-recommends` of
-/// erlang-base, erlang-dev, elixir, rebar3, gcc, make and libc6-dev inside the root; logs,
-/// caches and generated ids are removed (docs/sandbox.md lists them), the tree is digested and
+/// erlang-base, erlang-dev, elixir, rebar3, gcc, make, libc6-dev and ca-certificates inside
+/// the root; logs, caches and generated ids are removed (docs/sandbox.md lists them), the tree is digested and
 /// stored under DATA/toolchains/<digest>/. Keyed by the suite, architecture, packages and the
 /// suite's signed InRelease: a second build with the same inputs is instant. Needs root and
 /// `apt-get install debootstrap`; bookworm takes a few minutes and ~1.1 GB, trixie ~1.3 GB.
@@ -47,11 +48,46 @@ pub struct BuildArgs {
     json: bool,
 }
 
+/// Makes a toolchain from a container image: your CI image, so builds match its OTP/Elixir.
+///
+/// IMAGE is a registry reference (`registry.example.com/ci/elixir:1.16-otp-26`,
+/// `…@sha256:DIGEST`; `docker://` optional; plain HTTP only for a registry on loopback), an
+/// OCI image layout directory (`oci:DIR[:TAG]`), or an archive from `docker save` or skopeo
+/// (`docker-archive:FILE[:TAG]`, `oci-archive:FILE[:TAG]`). The image for this machine's
+/// platform is picked from a multi-platform index. Every blob is checked against its digest
+/// and size, every layer against its diff_id, before anything is stored; layers are applied
+/// with the path-safety rules of docs/sandbox.md (no escapes, no devices, set-id bits
+/// cleared, sizes bounded). Then erl, elixir and rebar3 run in the sandbox to record the
+/// versions; an image without OTP or Elixir, or not glibc Linux, is refused. Stored under
+/// DATA/toolchains/<tree digest>/ with the image's manifest digest as provenance; importing
+/// the same manifest again is instant. Needs root.
+#[derive(Args)]
+pub struct ImportArgs {
+    /// The image (see above).
+    image: String,
+    /// Registry user name [default: from ~/.docker/config.json `auths`, else anonymous].
+    #[arg(long, env = "PRECOMP_REGISTRY_USERNAME")]
+    username: Option<String>,
+    /// Read the registry password (or token) from the first line of stdin.
+    #[arg(long, requires = "username")]
+    password_stdin: bool,
+    /// Pull and apply the layers even if this manifest was imported before.
+    #[arg(long)]
+    reimport: bool,
+    /// Largest total size of the image's files, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 16 * 1024)]
+    max_size: u64,
+    /// Print the toolchain's record as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 /// Lists the toolchains: the images in the data directory, and `host`.
 #[derive(Args)]
 pub struct ListArgs {
-    /// JSON: a list of objects with id, kind, suite, digest, otp, otp_full, elixir, rebar3,
-    /// architecture, packages (and for images root, files, bytes, input_key).
+    /// JSON: a list of objects with id, kind (image, imported, host), suite, digest, otp,
+    /// otp_full, elixir, rebar3, architecture, packages (and for images root, files, bytes,
+    /// input_key; for imported ones image: reference, manifest_digest, platform, libc...).
     #[arg(long)]
     json: bool,
 }
@@ -106,6 +142,7 @@ pub struct RunArgs {
 pub fn run(context: &Context, command: ToolchainCommand) -> anyhow::Result<ExitCode> {
     match command {
         ToolchainCommand::Build(args) => build(context, args),
+        ToolchainCommand::Import(args) => import(context, args),
         ToolchainCommand::List(args) => list(context, args),
         ToolchainCommand::Verify(args) => verify(context, args),
         ToolchainCommand::Run(args) => run_command(context, args),
@@ -160,6 +197,70 @@ fn build(context: &Context, args: BuildArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn import(context: &Context, args: ImportArgs) -> anyhow::Result<ExitCode> {
+    let mut request = ImportRequest::new(&args.image);
+    request.reimport = args.reimport;
+    request.bounds.max_bytes = args.max_size << 20;
+    if let Some(username) = args.username {
+        let password = if args.password_stdin {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("reading the password from stdin")?;
+            line.trim_end_matches(['\r', '\n']).to_string()
+        } else if let Ok(password) = std::env::var("PRECOMP_REGISTRY_PASSWORD") {
+            password
+        } else {
+            bail!("--username needs a password: --password-stdin, or PRECOMP_REGISTRY_PASSWORD");
+        };
+        request.credentials = Some(Credentials { username, password });
+    }
+    let sandbox = Sandbox::new()?;
+    let store = store(context)?;
+    eprintln!("importing {}...", args.image);
+    let imported = store.import(&sandbox, &request)?;
+    if args.json {
+        println!(
+            "{}",
+            toolchain::to_json(std::slice::from_ref(&imported.toolchain))
+        );
+    } else {
+        let t = &imported.toolchain;
+        println!("{}", t.summary());
+        if let Some(image) = &t.image {
+            println!(
+                "image {} ({}), {}, {}{}",
+                image
+                    .manifest_digest
+                    .as_deref()
+                    .unwrap_or(image.config_digest.as_str()),
+                image.platform,
+                image.libc,
+                image.os.as_deref().unwrap_or("unknown OS"),
+                if t.rebar3.is_empty() {
+                    "; no rebar3 in the image: packages built with rebar3 will fail to build"
+                } else {
+                    ""
+                }
+            );
+        }
+        println!(
+            "{} in {:.1} s: {}",
+            if imported.reused {
+                "reused (imported before)"
+            } else {
+                "imported"
+            },
+            imported.elapsed.as_secs_f64(),
+            t.root
+                .as_ref()
+                .map(|r| r.display().to_string())
+                .unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn list(context: &Context, args: ListArgs) -> anyhow::Result<ExitCode> {
     let sandbox = Sandbox::new()?;
     let toolchains = store(context)?.list(&sandbox)?;
@@ -168,23 +269,28 @@ fn list(context: &Context, args: ListArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<14} {:<9} {:<6} {:<10} {:<8} {:<8} {:<7} DIGEST",
+        "{:<14} {:<9} {:<8} {:<10} {:<8} {:<8} {:<7} DIGEST [IMAGE]",
         "ID", "SUITE", "KIND", "OTP", "ELIXIR", "REBAR3", "ARCH"
     );
     for t in &toolchains {
         println!(
-            "{:<14} {:<9} {:<6} {:<10} {:<8} {:<8} {:<7} {}",
+            "{:<14} {:<9} {:<8} {:<10} {:<8} {:<8} {:<7} {}{}",
             t.id,
             t.suite,
             match t.kind {
                 toolchain::Kind::Image => "image",
+                toolchain::Kind::Imported => "imported",
                 toolchain::Kind::Host => "host",
             },
             t.otp_full,
             t.elixir,
             t.rebar3,
             t.architecture,
-            t.digest
+            t.digest,
+            t.image
+                .as_ref()
+                .map(|i| format!(" {}", i.reference))
+                .unwrap_or_default()
         );
     }
     if toolchains.is_empty() {

@@ -8,6 +8,8 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use precomp_testkit::copy_dir;
+#[allow(unused_imports)] // each test crate uses its own subset
+pub use precomp_testkit::toolchain::{toolchain_cache, Suite};
 
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -155,6 +157,27 @@ impl Watched {
             stderr: self.stderr.join().unwrap().into_bytes(),
         }
     }
+}
+
+/// Panics with what to do unless Mix's Hex client is installed. It comes only from hex.pm
+/// (`mix local.hex`), which CI cannot reach, so the tests that need it are `#[ignore]`d and run
+/// with `cargo test -p precomp --test FILE -- --ignored` where it is installed (README, Tests).
+pub fn require_mix_hex_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut probe = Command::new("mix");
+    probe
+        .arg("hex.info")
+        .current_dir(dir.path())
+        .env("HEX_OFFLINE", "1");
+    let output = try_output_within(probe, Duration::from_secs(120)).unwrap_or_else(|e| {
+        panic!("`mix` cannot run ({e}): install Elixir with `apt-get install elixir`")
+    });
+    assert!(
+        output.status.success(),
+        "Mix's Hex client is not installed: install it with `mix local.hex` (from hex.pm). \
+         `mix hex.info` said: {}",
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
 }
 
 /// `rebar3 compile` in a fresh copy of the consumer project (erl_ids, and erl_counter through
@@ -332,12 +355,11 @@ pub fn data_dir(prefix: &str) -> tempfile::TempDir {
     dir
 }
 
-/// The toolchain store the tests share (`$PRECOMP_TOOLCHAIN_CACHE`, default
-/// `/var/cache/precomp-test`): images are built there once.
-pub fn toolchain_cache() -> PathBuf {
-    std::env::var_os("PRECOMP_TOOLCHAIN_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/precomp-test"))
+/// The id of the `suite` toolchain image in the store the tests share ([`toolchain_cache`]),
+/// built there first if it is missing (see `precomp_testkit::toolchain`): for `--toolchain ID
+/// --toolchains DIR`, or `--data DIR toolchain run ID`.
+pub fn image_id(suite: Suite) -> String {
+    precomp_testkit::toolchain::image(suite).id
 }
 
 /// A signed static repository of `tests/fixtures/packages` (plus `extra` package directories

@@ -531,3 +531,229 @@ impl Parser<'_, Tok> {
         Ok(Term::Binary(segments.concat()))
     }
 }
+
+// Printer
+
+/// Prints `term` the way Elixir's `inspect/1` shows it to an Elixir user — `:atom`, `nil`,
+/// `Foo.Bar`, `"string"`, `~c"charlist"`, `[key: value]`, `%{key: value}` — as text that
+/// `Code.eval_string/1` reads back as the same value. For messages to Elixir users (compile
+/// env values of a Mix project); wire formats stay Erlang text ([`super::to_erlang_text`]).
+///
+/// Non-finite floats do not exist in Elixir: they are shown as Erlang prints them.
+pub fn to_elixir_text(term: &Term) -> String {
+    let mut out = String::new();
+    print(&mut out, term);
+    out
+}
+
+fn print(out: &mut String, term: &Term) {
+    match term {
+        Term::Atom(name) => print_atom(out, name),
+        Term::Binary(bytes) => match std::str::from_utf8(bytes) {
+            Ok(text) => print_quoted(out, text),
+            Err(_) => {
+                out.push_str("<<");
+                for (i, byte) in bytes.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    out.push_str(&byte.to_string());
+                }
+                out.push_str(">>");
+            }
+        },
+        Term::Charlist(text) => {
+            out.push_str("~c");
+            print_quoted(out, text);
+        }
+        Term::Integer(n) => out.push_str(&n.to_string()),
+        Term::Float(f) if f.is_finite() => out.push_str(&super::float_text(*f)),
+        Term::Float(_) => out.push_str(&super::to_erlang_text(term)),
+        Term::Tuple(items) => {
+            out.push('{');
+            print_seq(out, items);
+            out.push('}');
+        }
+        Term::List(items) => {
+            out.push('[');
+            if items.iter().all(|item| keyword_pair(item).is_some()) && !items.is_empty() {
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    let (key, value) = keyword_pair(item).expect("checked");
+                    print_key(out, key);
+                    print(out, value);
+                }
+            } else {
+                print_seq(out, items);
+            }
+            out.push(']');
+        }
+        Term::ImproperList(items, tail) => {
+            out.push('[');
+            print_seq(out, items);
+            out.push_str(" | ");
+            print(out, tail);
+            out.push(']');
+        }
+        Term::Map(pairs) => {
+            let module = pairs.iter().find_map(|(k, v)| {
+                (k.as_atom() == Some("__struct__"))
+                    .then(|| v.as_atom()?.strip_prefix("Elixir."))
+                    .flatten()
+                    .filter(|m| is_alias(m))
+            });
+            let fields: Vec<&(Term, Term)> = pairs
+                .iter()
+                .filter(|(k, _)| module.is_none() || k.as_atom() != Some("__struct__"))
+                .collect();
+            out.push('%');
+            if let Some(module) = module {
+                out.push_str(module);
+            }
+            out.push('{');
+            let all_atoms = fields.iter().all(|(k, _)| k.as_atom().is_some());
+            for (i, (key, value)) in fields.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                match key.as_atom() {
+                    Some(name) if all_atoms => print_key(out, name),
+                    _ => {
+                        print(out, key);
+                        out.push_str(" => ");
+                    }
+                }
+                print(out, value);
+            }
+            out.push('}');
+        }
+    }
+}
+
+fn print_seq(out: &mut String, items: &[Term]) {
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        print(out, item);
+    }
+}
+
+/// `{key, value}` with an atom key: an element of a keyword list.
+fn keyword_pair(term: &Term) -> Option<(&str, &Term)> {
+    match term {
+        Term::Tuple(items) if items.len() == 2 => Some((items[0].as_atom()?, &items[1])),
+        _ => None,
+    }
+}
+
+/// `key: ` or `"odd key": `.
+fn print_key(out: &mut String, name: &str) {
+    if is_identifier(name) {
+        out.push_str(name);
+    } else {
+        print_quoted(out, name);
+    }
+    out.push_str(": ");
+}
+
+fn print_atom(out: &mut String, name: &str) {
+    if matches!(name, "nil" | "true" | "false") {
+        out.push_str(name);
+    } else if let Some(alias) = name.strip_prefix("Elixir.").filter(|a| is_alias(a)) {
+        out.push_str(alias);
+    } else {
+        out.push(':');
+        if is_identifier(name) {
+            out.push_str(name);
+        } else {
+            print_quoted(out, name);
+        }
+    }
+}
+
+/// A name `:name` and `name:` take unquoted: a lowercase letter or `_`, then letters, digits,
+/// `_` and `@`, and an optional final `?` or `!`.
+fn is_identifier(name: &str) -> bool {
+    let body = name.strip_suffix(['?', '!']).unwrap_or(name);
+    let mut chars = body.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '@')
+}
+
+/// `Foo.Bar`: segments each an uppercase letter then letters, digits and `_`.
+fn is_alias(name: &str) -> bool {
+    name.split('.').all(|segment| {
+        let mut chars = segment.chars();
+        chars.next().is_some_and(|c| c.is_ascii_uppercase())
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    })
+}
+
+/// `"text"` with Elixir's escapes (and `#{` escaped so nothing is interpolated).
+fn print_quoted(out: &mut String, text: &str) {
+    out.push('"');
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            '#' if chars.peek() == Some(&'{') => out.push_str("\\#"),
+            // Controls, and the bidirectional formatting characters Elixir refuses unescaped
+            // in source (and that would reorder a message on screen).
+            c if c.is_control()
+                || matches!(
+                    c,
+                    '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{2028}' | '\u{2029}' | '\u{FEFF}'
+                )
+                || ('\u{202A}'..='\u{202E}').contains(&c)
+                || ('\u{2066}'..='\u{2069}').contains(&c) =>
+            {
+                out.push_str(&format!("\\u{{{:X}}}", u32::from(c)))
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod printer_tests {
+    use super::*;
+
+    fn show(text: &str) -> String {
+        let mut terms = super::super::parse_erlang_terms(&format!("{text}.")).unwrap();
+        to_elixir_text(&terms.remove(0))
+    }
+
+    #[test]
+    fn terms_read_as_an_elixir_user_writes_them() {
+        assert_eq!(show("<<\"hello\">>"), "\"hello\"");
+        assert_eq!(show("hello"), ":hello");
+        assert_eq!(show("nil"), "nil");
+        assert_eq!(show("'Elixir.Jason'"), "Jason");
+        assert_eq!(show("'hello world'"), ":\"hello world\"");
+        assert_eq!(show("\"abc\""), "~c\"abc\"");
+        assert_eq!(
+            show("[{json_library, 'Elixir.Jason'}, {port, 4000}]"),
+            "[json_library: Jason, port: 4000]"
+        );
+        assert_eq!(show("#{a => 1}"), "%{a: 1}");
+        assert_eq!(show("#{<<\"a\">> => 1, b => 2}"), "%{\"a\" => 1, :b => 2}");
+        assert_eq!(
+            show("#{'__struct__' => 'Elixir.URI', host => nil}"),
+            "%URI{host: nil}"
+        );
+        assert_eq!(show("{ok, 1.0, [1 | 2]}"), "{:ok, 1.0, [1 | 2]}");
+        assert_eq!(show("<<1,2,255>>"), "<<1, 2, 255>>");
+        assert_eq!(show("<<\"#{x}\">>"), "\"\\#{x}\"");
+        assert_eq!(show("[]"), "[]");
+    }
+}

@@ -639,20 +639,5 @@ fn print_float(out: &mut String, f: f64) {
         out.push_str(if f > 0.0 { "infinity" } else { "'-infinity'" });
         return;
     }
-    // Rust's Debug output is the shortest text that reads back as the same f64; Erlang only
-    // needs a digit on both sides of the point.
-    let text = format!("{f:?}");
-    match text.split_once('e') {
-        Some((mantissa, exp)) if !mantissa.contains('.') => {
-            out.push_str(mantissa);
-            out.push_str(".0e");
-            out.push_str(exp);
-        }
-        Some(_) => out.push_str(&text),
-        None if text.contains('.') => out.push_str(&text),
-        None => {
-            out.push_str(&text);
-            out.push_str(".0");
-        }
-    }
+    out.push_str(&super::float_text(f));
 }

@@ -18,7 +18,7 @@ mod erlang;
 mod parse;
 mod scan;
 
-pub use elixir::parse_elixir_term;
+pub use elixir::{parse_elixir_term, to_elixir_text};
 pub use erlang::{parse_erlang_terms, to_erlang_text};
 
 use std::fmt;
@@ -53,16 +53,52 @@ pub enum Term {
     Map(Vec<(Term, Term)>),
 }
 
-impl Term {
-    /// The term as Erlang text, cut to 60 characters: for error messages.
-    pub fn summary(&self) -> String {
-        let text = to_erlang_text(self);
+/// A finite float as both Erlang and Elixir read it back: the shortest text that gives the
+/// same f64 (Rust's `Debug`), with a digit on both sides of the point (`1.0`, `1.0e20`).
+fn float_text(f: f64) -> String {
+    let text = format!("{f:?}");
+    match text.split_once('e') {
+        Some((mantissa, exp)) if !mantissa.contains('.') => format!("{mantissa}.0e{exp}"),
+        Some(_) => text,
+        None if text.contains('.') => text,
+        None => format!("{text}.0"),
+    }
+}
+
+/// The language a person reads terms in: an Elixir user's (a Mix project's config) or an
+/// Erlang user's (a rebar3 project's). Messages show values in it; wire formats are always
+/// Erlang text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Syntax {
+    Elixir,
+    Erlang,
+}
+
+impl Syntax {
+    /// `term` as this syntax writes it.
+    pub fn print(self, term: &Term) -> String {
+        match self {
+            Syntax::Elixir => to_elixir_text(term),
+            Syntax::Erlang => to_erlang_text(term),
+        }
+    }
+
+    /// [`Syntax::print`], cut to 60 characters: for messages.
+    pub fn summary(self, term: &Term) -> String {
+        let text = self.print(term);
         if text.chars().count() > 60 {
             let short: String = text.chars().take(57).collect();
             format!("{short}...")
         } else {
             text
         }
+    }
+}
+
+impl Term {
+    /// The term as Erlang text, cut to 60 characters: for error messages.
+    pub fn summary(&self) -> String {
+        Syntax::Erlang.summary(self)
     }
 
     /// The atom's name, if this is an atom.

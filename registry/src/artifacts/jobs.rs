@@ -62,7 +62,7 @@ impl Job {
 
     fn base_key(&self) -> &str {
         match self {
-            Job::Build(miss) => &miss.base_key,
+            Job::Build(miss) => miss.miss_key(),
             Job::Audit(audit) => &audit.build.base_key,
         }
     }
@@ -114,7 +114,7 @@ impl Artifacts {
         let store = &self.store;
         let err = store.db_err();
         let now = now_ms();
-        let mut db = store.db.lock().expect("db lock");
+        let mut db = store.db.lock();
         let tx = db
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(&err)?;
@@ -181,7 +181,7 @@ impl Artifacts {
         let store = &self.store;
         let err = store.db_err();
         let now = now_ms();
-        let mut db = store.db.lock().expect("db lock");
+        let mut db = store.db.lock();
         let tx = db
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(&err)?;
@@ -227,7 +227,7 @@ impl Artifacts {
         let store = &self.store;
         let err = store.db_err();
         let now = now_ms();
-        let mut db = store.db.lock().expect("db lock");
+        let mut db = store.db.lock();
         let tx = db
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(&err)?;
@@ -327,7 +327,7 @@ impl Artifacts {
 
 /// The open miss a build lease gets: exactly the request's OTP major, Elixir and Mix env, a
 /// target among its targets, no live build lease; most reported first, then oldest, then by
-/// base key.
+/// miss key. (A build lease's `base_key` column holds the miss key.)
 fn select_miss(
     tx: &Transaction<'_>,
     request: &LeaseRequest,
@@ -339,9 +339,9 @@ fn select_miss(
              WHERE closed_at IS NULL AND otp_major = ?1 AND elixir = ?2 AND mix_env = ?3
                AND target IN (SELECT value FROM json_each(?4))
                AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.kind = 'build'
-                               AND l.base_key = m.base_key AND l.ended_at IS NULL
+                               AND l.base_key = m.miss_key AND l.ended_at IS NULL
                                AND l.expires_ms > ?5)
-             ORDER BY count DESC, first_reported, base_key LIMIT 1"
+             ORDER BY count DESC, first_reported, miss_key LIMIT 1"
         ),
         params![
             request.otp_major,
@@ -358,8 +358,8 @@ fn select_miss(
 /// The published build an audit lease for `auditor` gets: exactly the request's OTP major,
 /// Elixir and Mix env, a target among its targets, fewer than `fewer_than` audits (distinct
 /// auditors among its signers and its verdicts' authors), none by `auditor`, no live audit
-/// lease, not released as failed by this token; fewest audits first, then oldest published,
-/// then by key. `auditor_ids` are the mirror's auditor keys, whose signatures count as audits.
+/// lease, not released as failed by this token, of key format v2 (a rebuild cannot give a
+/// v1 key); fewest audits first, then oldest published, then by key. `auditor_ids` are the mirror's auditor keys, whose signatures count as audits.
 fn select_audit(
     tx: &Transaction<'_>,
     request: &LeaseRequest,
@@ -381,6 +381,7 @@ fn select_audit(
                    FROM manifests m
                    WHERE m.otp_major = ?1 AND m.elixir = ?2 AND m.mix_env = ?3
                      AND m.target IN (SELECT value FROM json_each(?4))
+                     AND m.key_format = 2
                      AND NOT EXISTS (SELECT 1 FROM verdicts v
                                      WHERE v.key = m.key AND v.auditor_id = ?5)
                      AND NOT EXISTS (SELECT 1 FROM json_each(m.signers) s WHERE s.value = ?5)
@@ -442,7 +443,7 @@ fn insert_lease(
         Job::Build(miss) => tx.execute(
             "UPDATE leases SET ended_at = ?2, ended = 'lost'
              WHERE kind = 'build' AND base_key = ?1 AND ended_at IS NULL",
-            params![miss.base_key, now / 1000],
+            params![miss.miss_key(), now / 1000],
         )?,
         // An audit lease whose verdict was posted is done, not lost.
         Job::Audit(audit) => tx.execute(
@@ -503,7 +504,7 @@ fn held_job(
                        WHEN {AUDIT_DONE} THEN 'verdict posted by ' || l.auditor
                      END
                      ELSE (SELECT coalesce(m.closed_by, 'closed') FROM misses m
-                           WHERE m.base_key = l.base_key AND m.closed_at IS NOT NULL)
+                           WHERE m.miss_key = l.base_key AND m.closed_at IS NOT NULL)
                    END
                  FROM leases l WHERE l.job = ?1"
             ),
@@ -688,7 +689,7 @@ mod tests {
     use super::*;
     use crate::artifacts::store::ManifestRecord;
     use crate::artifacts::ArtifactsConfig;
-    use precomp_proto::buildkey::{BuildInputs, PackageRef, Target};
+    use precomp_proto::buildkey::{BuildInputs, Manager, PackageRef, Target};
     use precomp_proto::manifest::{ArtifactSigningKey, Manifest, Output, SignedManifest};
     use prost::Message;
 
@@ -736,6 +737,7 @@ mod tests {
                         version: "1.0.0".into(),
                         outer_checksum: [7; 32],
                     },
+                    manager: Manager::Mix,
                     closure: vec![],
                     otp_major: otp.into(),
                     elixir: "1.14.0".into(),
@@ -769,6 +771,8 @@ mod tests {
                 artifact_size: 10,
                 compile_env: vec![],
                 signers: vec![self.builder.public_key().key_id()],
+                key_format: manifest.format,
+                base_text: manifest.check_key().unwrap().base_text().unwrap(),
             };
             let store = self.artifacts.store();
             store
@@ -782,7 +786,7 @@ mod tests {
         }
 
         fn sql(&self, sql: &str, params: impl rusqlite::Params) {
-            let db = self.artifacts.store().db.lock().unwrap();
+            let db = self.artifacts.store().db.lock();
             db.execute(sql, params).unwrap();
         }
 
@@ -1100,15 +1104,16 @@ mod tests {
         assert_eq!(request.fewer_than, 1);
         assert_eq!(artifacts.lease_job(&request, &builder).unwrap(), None);
         mirror.sql(
-            "INSERT INTO misses (base_key, package, version, reason, otp_major, elixir, mix_env,
-                target, lock, count, first_reported, last_reported)
-             VALUES ('b1', 'shapes', '1.0.0', 'not built', '25', '1.14.0', 'prod', 'any', '', 1,
-                0, 0)",
+            "INSERT INTO misses (miss_key, base_key, request_text, package, version, reason,
+                otp_major, elixir, mix_env, target, lock, inputs, count, first_reported,
+                last_reported)
+             VALUES ('b1', 'b1', '', 'shapes', '1.0.0', 'not built', '25', '1.14.0', 'prod',
+                'any', '', '{}', 1, 0, 0)",
             params![],
         );
         let build = artifacts.lease_job(&request, &builder).unwrap().unwrap();
         assert_eq!(build.kind, JobKind::Build);
-        assert_eq!(build.miss.as_ref().unwrap().base_key, "b1");
+        assert_eq!(build.miss.as_ref().unwrap().miss_key(), "b1");
         assert!(build.build.is_none());
         let json = serde_json::to_value(&build).unwrap();
         assert_eq!(json["kind"], "build");

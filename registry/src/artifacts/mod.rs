@@ -56,7 +56,6 @@
 
 use precomp_proto::api;
 mod client;
-mod server;
 mod store;
 pub mod token;
 pub mod trust_policy;
@@ -64,13 +63,16 @@ pub mod trust_policy;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use precomp_proto::buildkey::{BuildInputs, Target};
-use precomp_proto::lock::MixLock;
+use std::collections::BTreeMap;
+
+use precomp_proto::buildkey::{CompileEnvEntry, KeyParts, KeyToolchain, Manager, Target};
+use precomp_proto::lock::{LockEntry, MixLock};
 use precomp_proto::manifest::{ArtifactPublicKey, ManifestError, SignedManifest};
+use precomp_proto::term::{parse_erlang_terms, Term};
 
 pub use api::{
     ArtifactStored, CompileEnvJson, Failure, FailureRecorded, FailureReport, Failures, Index,
-    IndexBuild, ManifestStored, Miss, MissRecorded, MissReport, Misses,
+    IndexBuild, ManifestStored, Miss, MissMember, MissRecorded, MissReport, Misses,
 };
 pub use api::{
     AuditBuild, HeartbeatRequest, JobKind, Lease, LeaseReleased, LeaseRenewed, LeaseRequest,
@@ -81,11 +83,10 @@ pub use api::{
     VerdictSummary, Verdicts,
 };
 pub use client::{ArtifactClient, ClientError, Uploaded};
-pub use server::{handle, is_api_path};
 pub use store::verdicts::files_json as verdict_files_json;
 pub use store::{
-    ArtifactCheck, ArtifactStore, ArtifactStoreError, ManifestPut, ManifestRecord, Publisher,
-    TokenInfo, TokenLookup,
+    ArtifactCheck, ArtifactStore, ArtifactStoreError, ManifestPut, ManifestRecord, MissRecord,
+    Publisher, TokenInfo, TokenLookup,
 };
 pub use trust_policy::{EffectiveKeys, TrustPolicy};
 
@@ -110,6 +111,12 @@ pub const MAX_MISS_BODY: usize = 2 * MAX_MISS_LOCK + 64 * 1024;
 
 /// Bound on a miss's `reason`.
 pub const MAX_MISS_REASON: usize = 256;
+
+/// Bound on the closure members a miss lists.
+pub const MAX_MISS_MEMBERS: usize = 4096;
+
+/// Bound on the compile-env entries a miss carries for one package.
+pub const MAX_MISS_COMPILE_ENV: usize = 1024;
 
 /// At most this many open misses are listed, most reported first.
 pub const MAX_MISSES_LISTED: usize = 1000;
@@ -165,7 +172,8 @@ impl Refusal {
         }
     }
 
-    fn internal(error: impl std::fmt::Display) -> Refusal {
+    /// A failure of the mirror's own storage (500), logged.
+    pub fn internal(error: impl std::fmt::Display) -> Refusal {
         tracing::error!("artifact store: {error}");
         Refusal::new(500, error.to_string())
     }
@@ -468,6 +476,12 @@ impl Artifacts {
                 })
                 .collect(),
             signers,
+            key_format: manifest.format,
+            // Checked by `verify` above: the inputs give the key.
+            base_text: manifest
+                .inputs()
+                .and_then(|inputs| Ok(inputs.base_text()?))
+                .map_err(|e| Refusal::new(422, format!("manifest refused: {e}")))?,
         };
         let (result, signers, closed_misses) =
             match self
@@ -533,10 +547,15 @@ impl Artifacts {
         Ok(recorded)
     }
 
-    /// Validates a miss against its lock, then counts it.
+    /// Validates a miss (its key is recomputed from what it carries: [`check_miss`]), then
+    /// counts it.
     pub fn record_miss(&self, report: &MissReport) -> Result<MissRecorded, Refusal> {
-        check_miss(report)?;
-        Ok(self.store.record_miss(report)?)
+        let (miss_key, request_text) = check_miss(report)?;
+        Ok(self.store.record_miss(&MissRecord {
+            report,
+            miss_key,
+            request_text,
+        })?)
     }
 }
 
@@ -557,7 +576,7 @@ fn key_ids(keys: &[ArtifactPublicKey]) -> String {
 }
 
 /// Hex package names, as the mirror's routes accept them.
-pub(crate) fn valid_package(name: &str) -> bool {
+pub fn valid_package(name: &str) -> bool {
     let mut chars = name.chars();
     chars.next().is_some_and(|c| c.is_ascii_lowercase())
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
@@ -565,7 +584,7 @@ pub(crate) fn valid_package(name: &str) -> bool {
 }
 
 /// 64 lowercase hex digits: keys and digests.
-pub(crate) fn valid_digest(text: &str) -> bool {
+pub fn valid_digest(text: &str) -> bool {
     text.len() == 64
         && text
             .bytes()
@@ -623,11 +642,38 @@ fn check_failure(report: &FailureReport) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// A miss must name a release its lock holds, and its base key must be what that lock, the
-/// toolchain, env and target give: so the builder can build exactly what the client missed,
-/// and junk reports are refused.
-fn check_miss(report: &MissReport) -> Result<(), Refusal> {
-    check_release(&report.package, &report.version, &report.base_key)?;
+/// A miss must name a release its lock holds and carry, for the package and each closure
+/// member, what its key needs (manager, target when known, compile-env entries); its key must
+/// be what those give: the base key when every member's key can be computed, else the request
+/// key (docs/protocol.md, "Misses"). So the builder can build exactly what the client missed,
+/// and junk reports are refused. The key the mirror computes is never part of a refusal: a
+/// client must compute it itself. Returns the miss key and the request text.
+fn check_miss(report: &MissReport) -> Result<(String, String), Refusal> {
+    if !valid_package(&report.package) {
+        return Err(unprocessable(format!(
+            "package {:?} is not a Hex package name",
+            report.package
+        )));
+    }
+    if semver::Version::parse(&report.version).is_err() {
+        return Err(unprocessable(format!(
+            "version {:?} is not a SemVer version",
+            report.version
+        )));
+    }
+    let claimed = match (&report.base_key, &report.request_key) {
+        (Some(key), None) | (None, Some(key)) if valid_digest(key) => key.clone(),
+        (Some(_), Some(_)) | (None, None) => {
+            return Err(unprocessable(
+                "a miss gives exactly one of base_key and request_key".to_string(),
+            ))
+        }
+        (_, _) => {
+            return Err(unprocessable(
+                "the miss's key is not 64 lowercase hex digits".to_string(),
+            ))
+        }
+    };
     if report.reason.is_empty()
         || report.reason.len() > MAX_MISS_REASON
         || report.reason.chars().any(char::is_control)
@@ -645,6 +691,19 @@ fn check_miss(report: &MissReport) -> Result<(), Refusal> {
             ),
         ));
     }
+    if report.manager.is_empty() {
+        return Err(unprocessable(
+            "the miss names no manager: it is of key format v1 (a precomp from before key \
+             format v2); upgrade precomp fetch"
+                .to_string(),
+        ));
+    }
+    if report.closure.len() > MAX_MISS_MEMBERS {
+        return Err(unprocessable(format!(
+            "the miss lists {} closure members, more than {MAX_MISS_MEMBERS}",
+            report.closure.len()
+        )));
+    }
     let lock = MixLock::parse(&report.lock)
         .map_err(|e| unprocessable(format!("lock: not a mix.lock: {e}")))?;
     let app = lock
@@ -657,44 +716,192 @@ fn check_miss(report: &MissReport) -> Result<(), Refusal> {
                 report.package, report.version
             ))
         })?;
-    let (package, closure) = lock
-        .closure(&app)
+    let (_, closure) = lock
+        .closure_by_app(&app)
         .map_err(|e| unprocessable(format!("lock: {e}")))?;
-    let target = match report.target.as_str() {
-        "any" => Target::Any,
-        other => match other.split_once('-') {
-            Some((arch, libc)) => Target::Native {
-                arch: arch.to_string(),
-                libc: libc.to_string(),
-            },
-            None => {
-                return Err(unprocessable(format!(
-                    "target {other:?} is neither `any` nor ARCH-LIBC"
-                )))
-            }
-        },
-    };
-    let inputs = BuildInputs {
-        package,
-        closure,
+    let target = miss_target(&report.target)?;
+
+    // What each package's key needs, by app: the package's own, then each member's.
+    let mut parts = BTreeMap::new();
+    parts.insert(
+        app.clone(),
+        key_parts(
+            &lock,
+            &app,
+            &report.package,
+            &report.manager,
+            Some(target.clone()),
+            &report.compile_env,
+        )?,
+    );
+    for member in &report.closure {
+        let Some((member_app, package)) = closure.iter().find(|(_, p)| p.name == member.name)
+        else {
+            return Err(unprocessable(format!(
+                "closure: {} is not in the closure the lock gives {}",
+                member.name, report.package
+            )));
+        };
+        if member.version != package.version {
+            return Err(unprocessable(format!(
+                "closure: {} is at {} in the lock, not {}",
+                member.name, package.version, member.version
+            )));
+        }
+        let member_target = member.target.as_deref().map(miss_target).transpose()?;
+        let member_parts = key_parts(
+            &lock,
+            member_app,
+            &member.name,
+            &member.manager,
+            member_target,
+            &member.compile_env,
+        )?;
+        if parts.insert(member_app.clone(), member_parts).is_some() {
+            return Err(unprocessable(format!(
+                "closure: {} is listed twice",
+                member.name
+            )));
+        }
+    }
+    if let Some(package) = closure.iter().find_map(|(member_app, package)| {
+        (!parts.contains_key(member_app)).then_some(&package.name)
+    }) {
+        return Err(unprocessable(format!(
+            "closure: the miss carries nothing for {package}, a dependency in the lock's closure \
+             of {}",
+            report.package
+        )));
+    }
+    let toolchain = KeyToolchain {
         otp_major: report.otp_major.clone(),
         elixir: report.elixir.clone(),
         mix_env: report.mix_env.clone(),
-        target,
-        compile_env: Vec::new(),
     };
-    let computed = inputs
-        .base_key()
-        .map_err(|e| unprocessable(format!("build inputs: {e}")))?
-        .to_string();
-    if computed != report.base_key {
+    let inputs = lock
+        .inputs_bottom_up(&app, target, &parts, &toolchain)
+        .map_err(|e| unprocessable(format!("build inputs: {e}")))?;
+    let request_text = inputs
+        .request_text()
+        .map_err(|e| unprocessable(format!("build inputs: {e}")))?;
+    let every_key_known = inputs.closure.iter().all(|member| member.key.is_some());
+    let computed = match (every_key_known, &report.base_key) {
+        (true, Some(_)) => inputs.base_key(),
+        (false, None) => inputs.request_key(),
+        (true, None) => {
+            return Err(unprocessable(
+                "the miss gives a request_key, but every closure member's key can be computed \
+                 from what it carries: give its base_key (docs/protocol.md, \"Misses\")"
+                    .to_string(),
+            ))
+        }
+        (false, Some(_)) => {
+            let unknown: Vec<&str> = inputs
+                .closure
+                .iter()
+                .filter(|m| m.key.is_none())
+                .map(|m| m.package.name.as_str())
+                .collect();
+            return Err(unprocessable(format!(
+                "the miss gives a base_key, but the keys of {} cannot be computed from what it \
+                 carries (no target): give its request_key (docs/protocol.md, \"Misses\")",
+                unknown.join(", ")
+            )));
+        }
+    }
+    .map_err(|e| unprocessable(format!("build inputs: {e}")))?
+    .to_string();
+    if computed != claimed {
+        // Never the computed key: the client must compute it from its own inputs.
         return Err(unprocessable(format!(
-            "base_key {} is not what the lock and toolchain give ({computed}); compute it as \
-             docs/protocol.md says",
-            report.base_key
+            "the miss's {} is not what its lock, toolchain and carried inputs give; compute it \
+             as docs/protocol.md (\"The build key\", \"Misses\") says",
+            if report.base_key.is_some() {
+                "base_key"
+            } else {
+                "request_key"
+            }
         )));
     }
-    Ok(())
+    Ok((claimed, request_text))
+}
+
+/// The request text of a miss (`BuildInputs::request_text`), recomputed from what it carries
+/// as the mirror does when it records it; a builder checks with it that what it built
+/// satisfies the miss (`precomp_proto::buildkey::request_satisfied_by`).
+pub fn miss_request_text(report: &MissReport) -> Result<String, Refusal> {
+    check_miss(report).map(|(_, text)| text)
+}
+
+/// `any` or `ARCH-LIBC`, as a miss names a target.
+fn miss_target(text: &str) -> Result<Target, Refusal> {
+    Target::parse(text)
+        .ok_or_else(|| unprocessable(format!("target {text:?} is neither `any` nor ARCH-LIBC")))
+}
+
+/// What a miss carries for one package (`name`, the lock's `app`), checked: a manager Mix
+/// could use for it (the one its lock entry's build tools give, when they decide it), and
+/// compile-env entries that parse.
+fn key_parts(
+    lock: &MixLock,
+    app: &str,
+    name: &str,
+    manager: &str,
+    target: Option<Target>,
+    compile_env: &[CompileEnvJson],
+) -> Result<KeyParts, Refusal> {
+    let manager = Manager::parse(manager).ok_or_else(|| {
+        unprocessable(format!(
+            "{name}: manager {manager:?} is not mix, rebar3 or make"
+        ))
+    })?;
+    if let Some(LockEntry::Hex(entry)) = lock.entries.get(app) {
+        if let Some(decided) = entry.mix_manager() {
+            if decided != manager {
+                return Err(unprocessable(format!(
+                    "{name}: the lock's build tools make Mix use {decided}, not {manager}"
+                )));
+            }
+        }
+    }
+    if compile_env.len() > MAX_MISS_COMPILE_ENV {
+        return Err(unprocessable(format!(
+            "{name}: more than {MAX_MISS_COMPILE_ENV} compile-env entries"
+        )));
+    }
+    let compile_env = compile_env
+        .iter()
+        .map(|record| {
+            compile_env_entry(record)
+                .map_err(|e| unprocessable(format!("{name}: compile_env: {e}")))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(KeyParts {
+        manager,
+        target,
+        compile_env,
+    })
+}
+
+/// A compile-env record (Erlang term text) as an entry.
+pub fn compile_env_entry(record: &CompileEnvJson) -> Result<CompileEnvEntry, String> {
+    let term = |text: &str| match parse_erlang_terms(&format!("{text}.")) {
+        Ok(mut terms) if terms.len() == 1 => Ok(terms.remove(0)),
+        Ok(_) => Err(format!("{text:?} is not one term")),
+        Err(e) => Err(format!("{text:?}: {e}")),
+    };
+    let path = match term(&record.path)? {
+        Term::List(path) if !path.is_empty() => path,
+        _ => return Err(format!("path {:?} is not a non-empty list", record.path)),
+    };
+    if record.app.is_empty() {
+        return Err("an entry names no app".into());
+    }
+    Ok(CompileEnvEntry {
+        app: record.app.clone(),
+        path,
+        value: record.value.as_deref().map(term).transpose()?,
+    })
 }
 
 #[cfg(test)]
@@ -702,24 +909,80 @@ mod tests {
     use super::*;
 
     const LOCK: &str = r#"%{
-  "shape_user": {:hex, :shape_user, "1.0.0", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", [:mix], [{:shapes, ">= 1.0.0", [hex: :shapes, repo: "hexpm", optional: false]}], "hexpm", "1111111111111111111111111111111111111111111111111111111111111111"},
-  "shapes": {:hex, :shapes, "2.0.0", "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb", [:mix], [], "hexpm", "2222222222222222222222222222222222222222222222222222222222222222"},
+  "cfg_macro": {:hex, :cfg_macro, "1.0.0", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", [:mix], [], "hexpm", "2222222222222222222222222222222222222222222222222222222222222222"},
+  "cfg_macro_user": {:hex, :cfg_macro_user, "1.0.0", "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb", [:mix], [{:cfg_macro, "~> 1.0", [hex: :cfg_macro, repo: "hexpm", optional: false]}], "hexpm", "1111111111111111111111111111111111111111111111111111111111111111"},
 }
 "#;
 
+    /// docs/protocol.md's vectors: the dependent's base key with the leaf built for `any`
+    /// with no compile env, and its request key when the leaf has no build.
+    const BASE_KEY: &str = "d0aeb167516065b6450ce7e356b3fd4ebed36ae5b13051b7d2aadef93053561d";
+    const BLUE_BASE_KEY: &str = "f3a55c56cf8f33dd9aead110bc96ef1d9287c31a60e635bdfadef63872630bef";
+    const REQUEST_KEY: &str = "5ca61b692bb6ecc31886233edbccd749a5bc9e0da235393abc1a89c0096a4fa2";
+
     fn report() -> MissReport {
         MissReport {
-            package: "shape_user".into(),
+            package: "cfg_macro_user".into(),
             version: "1.0.0".into(),
-            // docs/protocol.md's test vector.
-            base_key: "de365659f741db5dc7538b234f688183704aba5bc1cf874159c4ed5dfd0bfe72".into(),
+            base_key: Some(BASE_KEY.into()),
+            request_key: None,
             reason: "not built".into(),
             otp_major: "25".into(),
             elixir: "1.14.0".into(),
             mix_env: "prod".into(),
             target: "any".into(),
             lock: LOCK.into(),
+            manager: "mix".into(),
+            compile_env: vec![],
+            closure: vec![MissMember {
+                name: "cfg_macro".into(),
+                version: "1.0.0".into(),
+                manager: "mix".into(),
+                target: Some("any".into()),
+                compile_env: vec![],
+            }],
         }
+    }
+
+    fn refused(report: &MissReport) -> Refusal {
+        let refusal = check_miss(report).unwrap_err();
+        for key in [BASE_KEY, BLUE_BASE_KEY, REQUEST_KEY] {
+            assert!(
+                !refusal.message.contains(key),
+                "{refusal:?} hands out a key"
+            );
+        }
+        refusal
+    }
+
+    /// The mirror recomputes a miss's key from what it carries and refuses a miss whose key
+    /// is not that, without ever saying which key it computed.
+    #[test]
+    fn misses_are_recomputed_from_what_they_carry() {
+        assert_eq!(check_miss(&report()).unwrap().0, BASE_KEY);
+        // The leaf's compile env changes the dependent's base key.
+        let mut blue = report();
+        blue.closure[0].compile_env = vec![CompileEnvJson {
+            app: "cfg_macro".into(),
+            path: "[label]".into(),
+            value: Some("<<\"blue\">>".into()),
+        }];
+        assert_eq!(refused(&blue).status, 422);
+        blue.base_key = Some(BLUE_BASE_KEY.into());
+        let (key, text) = check_miss(&blue).unwrap();
+        assert_eq!(key, BLUE_BASE_KEY);
+        assert!(text.starts_with("precomp-miss-request-v1\n"), "{text}");
+        // No build of the leaf: its target is unknown, the request key identifies the miss.
+        let mut unknown = report();
+        unknown.closure[0].target = None;
+        let refusal = refused(&unknown);
+        assert!(refusal.message.contains("request_key"), "{refusal:?}");
+        unknown.base_key = None;
+        unknown.request_key = Some(REQUEST_KEY.into());
+        assert_eq!(check_miss(&unknown).unwrap().0, REQUEST_KEY);
+        unknown.request_key = Some(BASE_KEY.into());
+        let refusal = refused(&unknown);
+        assert!(refusal.message.contains("not what its lock"), "{refusal:?}");
     }
 
     #[test]
@@ -727,23 +990,42 @@ mod tests {
         check_miss(&report()).unwrap();
         let mut native = report();
         native.target = "x86_64".into();
-        assert_eq!(check_miss(&native).unwrap_err().status, 422);
+        assert_eq!(refused(&native).status, 422);
         native.target = "x86_64-linux-gnu".into();
-        let refusal = check_miss(&native).unwrap_err();
-        assert!(refusal.message.contains("not what the lock"), "{refusal:?}");
-        let mut shapes = report();
-        shapes.package = "shapes".into();
-        shapes.version = "2.0.0".into();
-        assert_eq!(check_miss(&shapes).unwrap_err().status, 422);
+        let refusal = refused(&native);
+        assert!(refusal.message.contains("not what its lock"), "{refusal:?}");
+        let mut leaf = report();
+        leaf.package = "cfg_macro".into();
+        assert_eq!(refused(&leaf).status, 422);
         let mut multiline = report();
         multiline.reason = "a\nb".into();
-        assert_eq!(check_miss(&multiline).unwrap_err().status, 422);
+        assert_eq!(refused(&multiline).status, 422);
         let mut not_a_lock = report();
         not_a_lock.lock = "%{".into();
-        assert!(check_miss(&not_a_lock)
-            .unwrap_err()
+        assert!(refused(&not_a_lock).message.contains("not a mix.lock"));
+        // Key format v1 clients send no manager.
+        let mut v1 = report();
+        v1.manager.clear();
+        v1.closure.clear();
+        assert!(refused(&v1).message.contains("key format v1"));
+        // Every member of the lock's closure, and only those, with a manager Mix could use.
+        let mut missing = report();
+        missing.closure.clear();
+        assert!(refused(&missing)
             .message
-            .contains("not a mix.lock"));
+            .contains("carries nothing for cfg_macro"));
+        let mut extra = report();
+        extra.closure.push(MissMember {
+            name: "plain_ex".into(),
+            ..extra.closure[0].clone()
+        });
+        assert!(refused(&extra).message.contains("not in the closure"));
+        let mut wrong_manager = report();
+        wrong_manager.closure[0].manager = "rebar3".into();
+        assert!(refused(&wrong_manager).message.contains("make Mix use mix"));
+        let mut both = report();
+        both.request_key = Some(REQUEST_KEY.into());
+        assert!(refused(&both).message.contains("exactly one"));
     }
 
     /// Two stores on one directory stand for `precomp serve` and `precomp token`.

@@ -22,9 +22,9 @@
 //! token`): SQLite in WAL mode with a busy timeout serialises their writes, and `tmp/` is
 //! emptied only by a process that has the store to itself.
 
+use parking_lot::Mutex;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use bytes::Bytes;
 use precomp_proto::manifest::{ArtifactPublicKey, SignedManifest};
@@ -33,10 +33,11 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use sha2::{Digest, Sha256};
 
 use super::api::{
-    CompileEnvJson, Failure, FailureRecorded, FailureReport, IndexBuild, Miss, MissRecorded,
-    MissReport,
+    CompileEnvJson, Failure, FailureRecorded, FailureReport, IndexBuild, Miss, MissMember,
+    MissRecorded, MissReport,
 };
 use super::token::{digests_equal, new_token, token_sha256, valid_token_name};
+use precomp_proto::buildkey::request_satisfied_by;
 pub(crate) use precomp_proto::time::unix_now as now;
 
 // Audit verdicts: their table's queries and the API's checks (a child module, for the
@@ -82,9 +83,11 @@ pub enum ArtifactStoreError {
     StoredKey { name: String, reason: String },
 }
 
-/// The database's `user_version`: 2 since leases have a kind (build or audit jobs); a
-/// version-1 database is migrated when it is opened ([`migrate`]).
-const SCHEMA_VERSION: i64 = 2;
+/// The database's `user_version`: 2 since leases have a kind (build or audit jobs); 3 since
+/// key format v2 (manifests record their key format and base text, misses are identified by
+/// their base key or request key and carry what the key needs). Older databases are migrated
+/// when they are opened ([`migrate`]).
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tokens (
@@ -117,7 +120,9 @@ CREATE TABLE IF NOT EXISTS manifests (
     signed_manifest BLOB NOT NULL,
     manifest_sha256 TEXT NOT NULL,
     published_by    TEXT NOT NULL,
-    published_at    INTEGER NOT NULL
+    published_at    INTEGER NOT NULL,
+    key_format      INTEGER NOT NULL DEFAULT 1,
+    base_text       TEXT
 ) STRICT;
 CREATE INDEX IF NOT EXISTS manifests_package ON manifests (package);
 CREATE INDEX IF NOT EXISTS manifests_base_key ON manifests (base_key);
@@ -136,7 +141,9 @@ CREATE TABLE IF NOT EXISTS failures (
 ) STRICT;
 CREATE INDEX IF NOT EXISTS failures_package ON failures (package);
 CREATE TABLE IF NOT EXISTS misses (
-    base_key       TEXT PRIMARY KEY NOT NULL,
+    miss_key       TEXT PRIMARY KEY NOT NULL,
+    base_key       TEXT,
+    request_text   TEXT NOT NULL,
     package        TEXT NOT NULL,
     version        TEXT NOT NULL,
     reason         TEXT NOT NULL,
@@ -145,6 +152,7 @@ CREATE TABLE IF NOT EXISTS misses (
     mix_env        TEXT NOT NULL,
     target         TEXT NOT NULL,
     lock           TEXT NOT NULL,
+    inputs         TEXT NOT NULL,
     count          INTEGER NOT NULL,
     first_reported INTEGER NOT NULL,
     last_reported  INTEGER NOT NULL,
@@ -152,6 +160,7 @@ CREATE TABLE IF NOT EXISTS misses (
     closed_by      TEXT
 ) STRICT;
 CREATE INDEX IF NOT EXISTS misses_open ON misses (closed_at, count);
+CREATE INDEX IF NOT EXISTS misses_release ON misses (package, version, closed_at);
 CREATE TABLE IF NOT EXISTS verdicts (
     key            TEXT NOT NULL,
     auditor_id     TEXT NOT NULL,
@@ -196,6 +205,17 @@ const LEASES_V2_COLUMNS: &[(&str, &str)] = &[
     ("auditor", "auditor TEXT"),
     ("reason", "reason TEXT"),
 ];
+
+/// Columns version 3 added to `manifests` (key format v2): the manifest's key format (1 for
+/// every manifest published before) and its base text, which misses are matched against.
+const MANIFESTS_V3_COLUMNS: &[(&str, &str)] = &[
+    ("key_format", "key_format INTEGER NOT NULL DEFAULT 1"),
+    ("base_text", "base_text TEXT"),
+];
+
+/// What closes the misses of key format v1 when a database is migrated to version 3: no
+/// build of key format v2 can satisfy them; clients report them again with v2 keys.
+const V1_MISSES_CLOSED_BY: &str = "key format v1: reported again with key format v2";
 
 /// `artifact_use.last_used` is written at most this often per artifact and process.
 const TOUCH_INTERVAL: i64 = 3600;
@@ -251,6 +271,32 @@ pub struct ManifestRecord {
     pub compile_env: Vec<CompileEnvJson>,
     /// Key ids whose signatures were verified.
     pub signers: Vec<String>,
+    /// The manifest's key format (2 for everything published now).
+    pub key_format: u32,
+    /// The base text of its key (`BuildInputs::base_text`): which misses it satisfies.
+    pub base_text: String,
+}
+
+/// A validated miss, as [`ArtifactStore::record_miss`] records it.
+#[derive(Clone, Debug)]
+pub struct MissRecord<'a> {
+    pub report: &'a MissReport,
+    /// Its base key, else its request key.
+    pub miss_key: String,
+    /// Its request text (`BuildInputs::request_text`): the builds whose base text satisfies
+    /// it close it (`precomp_proto::buildkey::request_satisfied_by`).
+    pub request_text: String,
+}
+
+/// What a miss carries besides its columns, as the `misses.inputs` JSON holds it.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct MissInputs {
+    #[serde(default)]
+    manager: String,
+    #[serde(default)]
+    compile_env: Vec<CompileEnvJson>,
+    #[serde(default)]
+    closure: Vec<MissMember>,
 }
 
 /// How storing a manifest ended.
@@ -337,6 +383,18 @@ impl ArtifactStore {
         &self.root
     }
 
+    /// Whether the database answers a query: for `/healthz`.
+    pub fn check(&self) -> Result<(), ArtifactStoreError> {
+        self.db
+            .lock()
+            .query_row(
+                "SELECT count(*) FROM tokens WHERE name = ''",
+                [],
+                |_| Ok(()),
+            )
+            .map_err(self.db_err())
+    }
+
     /// Where uploads are received before they are verified.
     pub fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
@@ -371,7 +429,7 @@ impl ArtifactStore {
             None => None,
         };
         let token = new_token();
-        let mut db = self.db.lock().expect("db lock");
+        let mut db = self.db.lock();
         let tx = db
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(self.db_err())?;
@@ -407,7 +465,7 @@ impl ArtifactStore {
     }
 
     pub fn list_tokens(&self) -> Result<Vec<TokenInfo>, ArtifactStoreError> {
-        let db = self.db.lock().expect("db lock");
+        let db = self.db.lock();
         let mut stmt = db
             .prepare("SELECT name, key_id, created_at, revoked_at FROM tokens ORDER BY name")
             .map_err(self.db_err())?;
@@ -425,7 +483,7 @@ impl ArtifactStore {
     }
 
     pub fn revoke_token(&self, name: &str) -> Result<(), ArtifactStoreError> {
-        let db = self.db.lock().expect("db lock");
+        let db = self.db.lock();
         let revoked: Option<Option<i64>> = db
             .query_row(
                 "SELECT revoked_at FROM tokens WHERE name = ?1",
@@ -452,7 +510,7 @@ impl ArtifactStore {
     /// `precomp token revoke` takes effect at once).
     pub fn lookup_token(&self, token: &str) -> Result<TokenLookup, ArtifactStoreError> {
         let hash = token_sha256(token);
-        let db = self.db.lock().expect("db lock");
+        let db = self.db.lock();
         let row = db
             .query_row(
                 "SELECT name, sha256, key_pem, revoked_at FROM tokens WHERE sha256 = ?1",
@@ -523,7 +581,6 @@ impl ArtifactStore {
         }
         self.db
             .lock()
-            .expect("db lock")
             .execute(
                 "INSERT INTO artifacts (sha256, size, uploaded_by, uploaded_at) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT(sha256) DO NOTHING",
@@ -558,7 +615,7 @@ impl ArtifactStore {
     pub fn touch_artifact(&self, sha256: &[u8; 32]) {
         let now = now();
         {
-            let mut touched = self.touched.lock().expect("touched lock");
+            let mut touched = self.touched.lock();
             if touched
                 .get(sha256)
                 .is_some_and(|at| now - at < TOUCH_INTERVAL)
@@ -570,7 +627,7 @@ impl ArtifactStore {
             }
             touched.insert(*sha256, now);
         }
-        let result = self.db.lock().expect("db lock").execute(
+        let result = self.db.lock().execute(
             "INSERT INTO artifact_use (sha256, last_used) VALUES (?1, ?2)
              ON CONFLICT(sha256) DO UPDATE SET last_used = max(last_used, ?2)",
             params![hex::encode(sha256), now],
@@ -585,7 +642,6 @@ impl ArtifactStore {
     pub fn verdict_counts(&self) -> Result<(u64, u64), ArtifactStoreError> {
         self.db
             .lock()
-            .expect("db lock")
             .query_row(
                 "SELECT count(*) FILTER (WHERE result = 'match'),
                         count(*) FILTER (WHERE result = 'mismatch')
@@ -632,8 +688,8 @@ impl ArtifactStore {
     // Manifests and the index
     // -----------------------------------------------------------------------------------------
 
-    /// Stores a verified manifest (`bytes`, decoded as `signed`) and closes the misses of its
-    /// base key, in one transaction.
+    /// Stores a verified manifest (`bytes`, decoded as `signed`) and closes the misses it
+    /// satisfies (`request_satisfied_by`), in one transaction.
     pub fn put_manifest(
         &self,
         record: &ManifestRecord,
@@ -641,7 +697,7 @@ impl ArtifactStore {
         bytes: &[u8],
         published_by: &str,
     ) -> Result<ManifestPut, ArtifactStoreError> {
-        let mut db = self.db.lock().expect("db lock");
+        let mut db = self.db.lock();
         let tx = db
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(self.db_err())?;
@@ -658,8 +714,10 @@ impl ArtifactStore {
                 tx.execute(
                     "INSERT INTO manifests (key, base_key, package, version, otp_major, elixir,
                         mix_env, target, artifact_sha256, artifact_size, compile_env, signers,
-                        signed_manifest, manifest_sha256, published_by, published_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                        signed_manifest, manifest_sha256, published_by, published_at,
+                        key_format, base_text)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                        ?17, ?18)",
                     params![
                         record.key,
                         record.base_key,
@@ -676,13 +734,13 @@ impl ArtifactStore {
                         bytes,
                         hex::encode(Sha256::digest(bytes)),
                         published_by,
-                        now()
+                        now(),
+                        record.key_format,
+                        record.base_text
                     ],
                 )
                 .map_err(self.db_err())?;
-                let closed_misses =
-                    close_misses(&tx, &record.base_key, &format!("published {}", record.key))
-                        .map_err(self.db_err())?;
+                let closed_misses = close_satisfied_misses(&tx, record).map_err(self.db_err())?;
                 ManifestPut::Created { closed_misses }
             }
             Some((old_bytes, old_signers, old_sha256)) => {
@@ -742,7 +800,6 @@ impl ArtifactStore {
     pub fn manifest(&self, key: &str) -> Result<Option<Vec<u8>>, ArtifactStoreError> {
         self.db
             .lock()
-            .expect("db lock")
             .query_row(
                 "SELECT signed_manifest FROM manifests WHERE key = ?1",
                 params![key],
@@ -754,7 +811,7 @@ impl ArtifactStore {
 
     /// Every build of `package`, by version (SemVer order), then key.
     pub fn index(&self, package: &str) -> Result<Vec<IndexBuild>, ArtifactStoreError> {
-        let db = self.db.lock().expect("db lock");
+        let db = self.db.lock();
         let mut stmt = db
             .prepare(&format!(
                 "SELECT {INDEX_BUILD_COLUMNS} FROM manifests WHERE package = ?1"
@@ -789,7 +846,7 @@ impl ArtifactStore {
     ) -> Result<FailureRecorded, ArtifactStoreError> {
         let log_sha256 = hex::encode(Sha256::digest(report.log.as_bytes()));
         let now = now();
-        let mut db = self.db.lock().expect("db lock");
+        let mut db = self.db.lock();
         let tx = db
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(self.db_err())?;
@@ -833,7 +890,7 @@ impl ArtifactStore {
 
     /// The failures recorded for `package`, most recent first.
     pub fn failures(&self, package: &str) -> Result<Vec<Failure>, ArtifactStoreError> {
-        let db = self.db.lock().expect("db lock");
+        let db = self.db.lock();
         let mut stmt = db
             .prepare(
                 "SELECT package, version, base_key, toolchain_id, log_sha256, log, attempts,
@@ -865,35 +922,47 @@ impl ArtifactStore {
     // Misses
     // -----------------------------------------------------------------------------------------
 
-    /// Counts a (validated) miss. The first report of a base key opens it, unless a manifest
-    /// or a failure with that base key exists already; later reports only count.
-    pub fn record_miss(&self, report: &MissReport) -> Result<MissRecorded, ArtifactStoreError> {
+    /// Counts a (validated) miss, by its key. The first report opens it, unless a build that
+    /// satisfies it is published or a failure with its key is recorded already; later
+    /// reports only count.
+    pub fn record_miss(&self, miss: &MissRecord<'_>) -> Result<MissRecorded, ArtifactStoreError> {
+        let report = miss.report;
         let now = now();
-        let mut db = self.db.lock().expect("db lock");
+        let mut db = self.db.lock();
         let tx = db
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(self.db_err())?;
-        let closed_by: Option<String> = tx
+        let failed: Option<String> = tx
             .query_row(
-                "SELECT 'published ' || key FROM manifests WHERE base_key = ?1
-                 UNION ALL
-                 SELECT 'failed on ' || toolchain_id FROM failures WHERE base_key = ?1
-                 LIMIT 1",
-                params![report.base_key],
+                "SELECT 'failed on ' || toolchain_id FROM failures WHERE base_key = ?1 LIMIT 1",
+                params![miss.miss_key],
                 |row| row.get(0),
             )
             .optional()
             .map_err(self.db_err())?;
+        let closed_by = match failed {
+            Some(failed) => Some(failed),
+            None => published_satisfying(&tx, report, &miss.request_text)
+                .map_err(self.db_err())?
+                .map(|key| format!("published {key}")),
+        };
+        let inputs = MissInputs {
+            manager: report.manager.clone(),
+            compile_env: report.compile_env.clone(),
+            closure: report.closure.clone(),
+        };
         let (count, closed_at): (i64, Option<i64>) = tx
             .query_row(
-                "INSERT INTO misses (base_key, package, version, reason, otp_major, elixir,
-                    mix_env, target, lock, count, first_reported, last_reported, closed_at,
-                    closed_by)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 1, ?10, ?10, ?11, ?12)
-                 ON CONFLICT(base_key) DO UPDATE SET count = count + 1, last_reported = ?10
+                "INSERT INTO misses (miss_key, base_key, request_text, package, version, reason,
+                    otp_major, elixir, mix_env, target, lock, inputs, count, first_reported,
+                    last_reported, closed_at, closed_by)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 1, ?13, ?13, ?14, ?15)
+                 ON CONFLICT(miss_key) DO UPDATE SET count = count + 1, last_reported = ?13
                  RETURNING count, closed_at",
                 params![
+                    miss.miss_key,
                     report.base_key,
+                    miss.request_text,
                     report.package,
                     report.version,
                     report.reason,
@@ -902,6 +971,7 @@ impl ArtifactStore {
                     report.mix_env,
                     report.target,
                     report.lock,
+                    to_json(&inputs),
                     now,
                     closed_by.as_ref().map(|_| now),
                     closed_by
@@ -912,6 +982,7 @@ impl ArtifactStore {
         tx.commit().map_err(self.db_err())?;
         Ok(MissRecorded {
             base_key: report.base_key.clone(),
+            request_key: report.request_key.clone(),
             count: count as u64,
             open: closed_at.is_none(),
         })
@@ -924,11 +995,11 @@ impl ArtifactStore {
         limit: usize,
         max_bytes: usize,
     ) -> Result<Vec<Miss>, ArtifactStoreError> {
-        let db = self.db.lock().expect("db lock");
+        let db = self.db.lock();
         let mut stmt = db
             .prepare(&format!(
                 "SELECT {MISS_COLUMNS} FROM misses WHERE closed_at IS NULL
-                 ORDER BY count DESC, first_reported, base_key LIMIT ?1"
+                 ORDER BY count DESC, first_reported, miss_key LIMIT ?1"
             ))
             .map_err(self.db_err())?;
         let rows = stmt
@@ -952,48 +1023,156 @@ impl ArtifactStore {
 /// `IF NOT EXISTS` leaves existing tables as they are). A fresh database has no tables yet:
 /// nothing to do.
 fn migrate(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
-    // 1 → 2: leases gain a kind and the audit job's columns; existing leases are build jobs.
-    let columns: Vec<String> = {
-        let mut stmt = tx.prepare("SELECT name FROM pragma_table_info('leases')")?;
+    let columns = |table: &str| -> rusqlite::Result<Vec<String>> {
+        let mut stmt = tx.prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?;
         let rows = stmt.query_map([], |row| row.get(0))?;
-        rows.collect::<Result<_, _>>()?
+        rows.collect()
     };
-    if columns.is_empty() {
+    // 1 → 2: leases gain a kind and the audit job's columns; existing leases are build jobs.
+    let leases = columns("leases")?;
+    if leases.is_empty() {
         return Ok(());
     }
     for (name, definition) in LEASES_V2_COLUMNS {
-        if !columns.iter().any(|c| c == name) {
+        if !leases.iter().any(|c| c == name) {
             tx.execute_batch(&format!("ALTER TABLE leases ADD COLUMN {definition}"))?;
         }
+    }
+    // 2 → 3 (key format v2): manifests record their key format (the existing ones are v1)
+    // and base text.
+    let manifests = columns("manifests")?;
+    for (name, definition) in MANIFESTS_V3_COLUMNS {
+        if !manifests.is_empty() && !manifests.iter().any(|c| c == name) {
+            tx.execute_batch(&format!("ALTER TABLE manifests ADD COLUMN {definition}"))?;
+        }
+    }
+    // Misses are keyed by their miss key and carry their inputs: the table is rebuilt. The
+    // misses of key format v1 are kept for the record (and `precomp gc`'s recent locks) but
+    // closed: no v2 build can satisfy them, and clients report them again.
+    let misses = columns("misses")?;
+    if !misses.is_empty() && !misses.iter().any(|c| c == "miss_key") {
+        tx.execute_batch(
+            "ALTER TABLE misses RENAME TO misses_v2;
+             DROP INDEX IF EXISTS misses_open;",
+        )?;
+        tx.execute_batch(SCHEMA)?;
+        tx.execute(
+            "INSERT INTO misses (miss_key, base_key, request_text, package, version, reason,
+                otp_major, elixir, mix_env, target, lock, inputs, count, first_reported,
+                last_reported, closed_at, closed_by)
+             SELECT base_key, base_key, '', package, version, reason, otp_major, elixir,
+                mix_env, target, lock, '{}', count, first_reported, last_reported,
+                coalesce(closed_at, ?1), coalesce(closed_by, ?2)
+             FROM misses_v2",
+            params![now(), V1_MISSES_CLOSED_BY],
+        )?;
+        tx.execute_batch("DROP TABLE misses_v2")?;
     }
     Ok(())
 }
 
+/// A published build of `report`'s release and toolchain whose base text satisfies
+/// `request_text`, if any: its key.
+fn published_satisfying(
+    tx: &rusqlite::Transaction<'_>,
+    report: &MissReport,
+    request_text: &str,
+) -> rusqlite::Result<Option<String>> {
+    let mut stmt = tx.prepare(
+        "SELECT key, base_text FROM manifests
+         WHERE package = ?1 AND version = ?2 AND otp_major = ?3 AND elixir = ?4 AND mix_env = ?5
+           AND base_text IS NOT NULL
+         ORDER BY key",
+    )?;
+    let rows = stmt.query_map(
+        params![
+            report.package,
+            report.version,
+            report.otp_major,
+            report.elixir,
+            report.mix_env
+        ],
+        |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)),
+    )?;
+    for row in rows {
+        let (key, base_text) = row?;
+        if request_satisfied_by(request_text, &base_text) {
+            return Ok(Some(key));
+        }
+    }
+    Ok(None)
+}
+
+/// Closes the open misses a newly published build satisfies: those of its release and
+/// toolchain whose request text its base text satisfies.
+fn close_satisfied_misses(
+    tx: &rusqlite::Transaction<'_>,
+    record: &ManifestRecord,
+) -> rusqlite::Result<u64> {
+    let satisfied: Vec<String> = {
+        let mut stmt = tx.prepare(
+            "SELECT miss_key, request_text FROM misses
+             WHERE package = ?1 AND version = ?2 AND closed_at IS NULL
+               AND otp_major = ?3 AND elixir = ?4 AND mix_env = ?5",
+        )?;
+        let rows = stmt.query_map(
+            params![
+                record.package,
+                record.version,
+                record.otp_major,
+                record.elixir,
+                record.mix_env
+            ],
+            |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)),
+        )?;
+        let mut satisfied = Vec::new();
+        for row in rows {
+            let (miss_key, request_text) = row?;
+            if request_satisfied_by(&request_text, &record.base_text) {
+                satisfied.push(miss_key);
+            }
+        }
+        satisfied
+    };
+    let mut closed = 0;
+    for miss_key in satisfied {
+        closed += close_misses(tx, &miss_key, &format!("published {}", record.key))?;
+    }
+    Ok(closed)
+}
+
 /// The columns [`miss_row`] reads, in its order.
-const MISS_COLUMNS: &str = "package, version, base_key, reason, otp_major, elixir, \
-    mix_env, target, lock, count, first_reported, last_reported";
+const MISS_COLUMNS: &str = "package, version, base_key, miss_key, reason, otp_major, \
+    elixir, mix_env, target, lock, inputs, count, first_reported, last_reported";
 
 /// A `misses` row selected as [`MISS_COLUMNS`].
 fn miss_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Miss> {
+    let base_key: Option<String> = row.get(2)?;
+    let miss_key: String = row.get(3)?;
+    let inputs: MissInputs = from_json(&row.get::<_, String>(10)?);
     Ok(Miss {
         package: row.get(0)?,
         version: row.get(1)?,
-        base_key: row.get(2)?,
-        reason: row.get(3)?,
-        otp_major: row.get(4)?,
-        elixir: row.get(5)?,
-        mix_env: row.get(6)?,
-        target: row.get(7)?,
-        lock: row.get(8)?,
-        count: row.get::<_, i64>(9)? as u64,
-        first_reported: row.get(10)?,
-        last_reported: row.get(11)?,
+        request_key: base_key.is_none().then_some(miss_key),
+        base_key,
+        reason: row.get(4)?,
+        otp_major: row.get(5)?,
+        elixir: row.get(6)?,
+        mix_env: row.get(7)?,
+        target: row.get(8)?,
+        lock: row.get(9)?,
+        manager: inputs.manager,
+        compile_env: inputs.compile_env,
+        closure: inputs.closure,
+        count: row.get::<_, i64>(11)? as u64,
+        first_reported: row.get(12)?,
+        last_reported: row.get(13)?,
     })
 }
 
 /// The columns [`index_build_row`] reads, in its order.
 const INDEX_BUILD_COLUMNS: &str = "version, key, base_key, otp_major, elixir, \
-    mix_env, target, artifact_sha256, artifact_size, compile_env, signers";
+    mix_env, target, artifact_sha256, artifact_size, compile_env, signers, key_format";
 
 /// A `manifests` row selected as [`INDEX_BUILD_COLUMNS`]; `auditors`, `flagged` and
 /// `verdicts` are left for the caller.
@@ -1010,20 +1189,22 @@ fn index_build_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<IndexBuild> {
         artifact_size: row.get::<_, i64>(8)? as u64,
         compile_env: from_json(&row.get::<_, String>(9)?),
         signers: from_json(&row.get::<_, String>(10)?),
+        key_format: row.get(11)?,
         auditors: Vec::new(),
         flagged: false,
         verdicts: Vec::new(),
     })
 }
 
+/// Closes the open miss `miss_key` (a failure's base key names the miss it closes).
 fn close_misses(
     tx: &rusqlite::Transaction<'_>,
-    base_key: &str,
+    miss_key: &str,
     closed_by: &str,
 ) -> rusqlite::Result<u64> {
     tx.execute(
-        "UPDATE misses SET closed_at = ?2, closed_by = ?3 WHERE base_key = ?1 AND closed_at IS NULL",
-        params![base_key, now(), closed_by],
+        "UPDATE misses SET closed_at = ?2, closed_by = ?3 WHERE miss_key = ?1 AND closed_at IS NULL",
+        params![miss_key, now(), closed_by],
     )
     .map(|n| n as u64)
 }
@@ -1124,7 +1305,134 @@ mod schema_tests {
         assert_eq!(columns, 13);
     }
 
+    /// The tables version 2 had that version 3 changed (as version 2 made them).
+    const MANIFESTS_AND_MISSES_V2: &str = "
+        CREATE TABLE manifests (
+            key             TEXT PRIMARY KEY NOT NULL,
+            base_key        TEXT NOT NULL,
+            package         TEXT NOT NULL,
+            version         TEXT NOT NULL,
+            otp_major       TEXT NOT NULL,
+            elixir          TEXT NOT NULL,
+            mix_env         TEXT NOT NULL,
+            target          TEXT NOT NULL,
+            artifact_sha256 TEXT NOT NULL,
+            artifact_size   INTEGER NOT NULL,
+            compile_env     TEXT NOT NULL,
+            signers         TEXT NOT NULL,
+            signed_manifest BLOB NOT NULL,
+            manifest_sha256 TEXT NOT NULL,
+            published_by    TEXT NOT NULL,
+            published_at    INTEGER NOT NULL
+        ) STRICT;
+        CREATE INDEX manifests_package ON manifests (package);
+        CREATE INDEX manifests_base_key ON manifests (base_key);
+        CREATE TABLE misses (
+            base_key       TEXT PRIMARY KEY NOT NULL,
+            package        TEXT NOT NULL,
+            version        TEXT NOT NULL,
+            reason         TEXT NOT NULL,
+            otp_major      TEXT NOT NULL,
+            elixir         TEXT NOT NULL,
+            mix_env        TEXT NOT NULL,
+            target         TEXT NOT NULL,
+            lock           TEXT NOT NULL,
+            count          INTEGER NOT NULL,
+            first_reported INTEGER NOT NULL,
+            last_reported  INTEGER NOT NULL,
+            closed_at      INTEGER,
+            closed_by      TEXT
+        ) STRICT;
+        CREATE INDEX misses_open ON misses (closed_at, count);";
+
+    /// A version-2 database (key format v1) is migrated when it is opened: its manifests stay
+    /// served and indexed as key format 1, its misses are kept (with their locks) but closed,
+    /// and new misses and manifests are recorded in the new tables.
+    #[test]
+    fn a_version_2_database_is_migrated_keeping_its_v1_builds_and_closing_its_misses() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let old = Connection::open(dir.path().join("artifacts.db")).unwrap();
+            old.execute_batch(LEASES_V1).unwrap();
+            old.execute_batch(&format!(
+                "{MANIFESTS_AND_MISSES_V2};
+                 ALTER TABLE leases ADD COLUMN kind TEXT NOT NULL DEFAULT 'build';
+                 ALTER TABLE leases ADD COLUMN key TEXT;
+                 ALTER TABLE leases ADD COLUMN auditor TEXT;
+                 ALTER TABLE leases ADD COLUMN reason TEXT;
+                 PRAGMA user_version = 2;"
+            ))
+            .unwrap();
+            old.execute(
+                "INSERT INTO manifests VALUES ('k1', 'b1', 'shapes', '1.0.0', '25', '1.14.0',
+                    'prod', 'any', 'aa', 10, '[]', '[]', x'0a00', 'ss', 'builder', 5)",
+                [],
+            )
+            .unwrap();
+            old.execute(
+                "INSERT INTO misses VALUES ('m1', 'plain_ex', '1.0.0', 'not built', '25',
+                    '1.14.0', 'prod', 'any', 'LOCK', 3, 1, 2, NULL, NULL)",
+                [],
+            )
+            .unwrap();
+        }
+        let store = ArtifactStore::open(dir.path()).unwrap();
+        // The v1 build is still indexed and served, as key format 1.
+        let index = store.index("shapes").unwrap();
+        assert_eq!(index.len(), 1);
+        assert_eq!((index[0].key.as_str(), index[0].key_format), ("k1", 1));
+        assert_eq!(store.manifest("k1").unwrap(), Some(vec![0x0a, 0x00]));
+        // The v1 miss is closed, with why, and keeps its lock (gc reads recent misses' locks).
+        assert!(store.open_misses(10, 1 << 20).unwrap().is_empty());
+        let db = Connection::open(dir.path().join("artifacts.db")).unwrap();
+        let (lock, closed_by, count): (String, String, i64) = db
+            .query_row(
+                "SELECT lock, closed_by, count FROM misses WHERE miss_key = 'm1'",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!((lock.as_str(), count), ("LOCK", 3));
+        assert!(closed_by.contains("key format v1"), "{closed_by}");
+        let version: i64 = db
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        // Opening it again changes nothing; the old table is gone.
+        drop(store);
+        ArtifactStore::open(dir.path()).unwrap();
+        let tables: i64 = db
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'misses_v2'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(tables, 0);
+    }
+
     /// A database of a newer precomp is refused, untouched.
+    /// A panic while the database is locked (a bug in one request) must not turn every later
+    /// request into an error, as a poisoned `std::sync::Mutex` did.
+    #[test]
+    fn a_panic_while_the_database_is_locked_leaves_it_usable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(ArtifactStore::open(dir.path()).unwrap());
+        let token = store.create_token("b1", None).unwrap();
+        let panicking = std::sync::Arc::clone(&store);
+        let result = std::thread::spawn(move || {
+            let _db = panicking.db.lock();
+            panic!("a bug while the database is locked");
+        })
+        .join();
+        assert!(result.is_err(), "the thread did not panic");
+        store.check().unwrap();
+        assert!(matches!(
+            store.lookup_token(&token).unwrap(),
+            TokenLookup::Active(_)
+        ));
+    }
+
     #[test]
     fn a_newer_database_is_refused() {
         let dir = tempfile::tempdir().unwrap();

@@ -433,6 +433,30 @@ impl EffectiveKeys {
         })
     }
 
+    /// The key that supersedes `key_id` in the trust document (`precomp keys rotate`), if
+    /// any. A superseded builder key publishes nothing new; its signatures on what it
+    /// published before still count, until its validity ends.
+    pub fn superseded_by(&self, key_id: &str) -> Option<&str> {
+        self.document
+            .as_ref()?
+            .key(key_id)
+            .map(|entry| entry.superseded_by.as_str())
+            .filter(|new| !new.is_empty())
+    }
+
+    fn superseded_refusal(&self, key_id: &str) -> Refusal {
+        Refusal::new(
+            403,
+            format!(
+                "{key_id} was superseded by {} (trust document version {}): it publishes no new \
+                 builds; sign with the new key and use its token (`precomp token create --name \
+                 NAME --key NEW.pub`). What it published before still counts",
+                self.superseded_by(key_id).unwrap_or("another key"),
+                self.document_version().unwrap_or(0)
+            ),
+        )
+    }
+
     /// The keys whose signature on a manifest uploaded with `publisher`'s token can count
     /// (checked before the body is read): see the module docs. Which of them a given upload
     /// needs — a builder's for a new manifest, an auditor's to countersign — is
@@ -513,15 +537,21 @@ impl EffectiveKeys {
         let Some(document) = &self.document else {
             return Ok(keys);
         };
-        let builders: Vec<ArtifactPublicKey> = keys
+        let (builders, superseded): (Vec<ArtifactPublicKey>, Vec<ArtifactPublicKey>) = keys
             .into_iter()
             .filter(|key| self.builders.contains(key))
-            .collect();
+            .partition(|key| self.superseded_by(&key.key_id()).is_none());
         if builders.is_empty() {
+            if let Some(old) = superseded.first() {
+                return Err(self.superseded_refusal(&old.key_id()));
+            }
             return Err(Refusal::new(
                 403,
                 format!(
-                    "token {:?} cannot publish builds: {} no builder key of this mirror (trust                      document version {}, --builder-key); give the key the builder role                      (`precomp keys add FILE.pub --role builder --root ROOT.key`) or use a                      builder's token",
+                    "token {:?} cannot publish builds: {} no builder key of this mirror (trust \
+                     document version {}, --builder-key); give the key the builder role \
+                     (`precomp keys add FILE.pub --role builder --root ROOT.key`) or use a \
+                     builder's token",
                     publisher.name,
                     match &publisher.key {
                         Some(key) => format!("it is bound to {}, which is", key.key_id()),
@@ -551,8 +581,16 @@ impl EffectiveKeys {
         match published {
             None => {
                 let builders = self.builder_ids();
-                if signers.iter().any(|s| builders.contains(s)) {
+                let by_builders: Vec<&String> =
+                    signers.iter().filter(|s| builders.contains(s)).collect();
+                if by_builders
+                    .iter()
+                    .any(|id| self.superseded_by(id.as_str()).is_none())
+                {
                     return Ok(());
+                }
+                if let Some(old) = by_builders.first() {
+                    return Err(self.superseded_refusal(old));
                 }
                 Err(Refusal::new(
                     403,
@@ -847,6 +885,7 @@ mod tests {
             key_id: key.public_key().key_id(),
             reason: reason.into(),
             revoked_at: T0 + DAY,
+            version: 0,
         }
     }
 
@@ -930,6 +969,66 @@ mod tests {
                 NOW,
             )
         }
+    }
+
+    #[test]
+    fn a_superseded_builder_key_publishes_nothing_new_but_its_old_builds_still_count() {
+        let (root, old, new) = (
+            ArtifactSigningKey::generate(),
+            ArtifactSigningKey::generate(),
+            ArtifactSigningKey::generate(),
+        );
+        let mut old_entry = entry(&old, &[Role::Builder]);
+        old_entry.superseded_by = id(&new);
+        let keys = EffectiveKeys::resolve(
+            &[],
+            &[],
+            Some(Arc::new(document(
+                4,
+                vec![
+                    entry(&root, &[Role::Root]),
+                    old_entry,
+                    entry(&new, &[Role::Builder]),
+                ],
+                vec![],
+            ))),
+            NOW,
+        );
+        // Still a builder key: its signatures on what it published count for clients.
+        assert!(keys.builder_ids().contains(&id(&old)));
+        assert_eq!(keys.superseded_by(&id(&old)), Some(id(&new).as_str()));
+        assert_eq!(keys.superseded_by(&id(&new)), None);
+
+        let refused = keys
+            .check_roles(&"k".repeat(64), &[id(&old)], None)
+            .unwrap_err();
+        assert_eq!(refused.status, 403);
+        assert!(
+            refused.message.contains("superseded by") && refused.message.contains(&id(&new)),
+            "{}",
+            refused.message
+        );
+        keys.check_roles(&"k".repeat(64), &[id(&new)], None)
+            .unwrap();
+        keys.check_roles(&"k".repeat(64), &[id(&old), id(&new)], None)
+            .unwrap();
+
+        // A token bound to the old key leases no build jobs; one bound to the new key does.
+        let leased = keys.builder_keys_for(&publisher(Some(&old))).unwrap_err();
+        assert!(
+            leased.message.contains("superseded by"),
+            "{}",
+            leased.message
+        );
+        assert_eq!(
+            ids(&keys.builder_keys_for(&publisher(Some(&new))).unwrap()),
+            vec![id(&new)]
+        );
+        // A token bound to no key publishes with the document's current builders only.
+        assert_eq!(
+            ids(&keys.builder_keys_for(&publisher(None)).unwrap()),
+            vec![id(&new)]
+        );
     }
 
     #[test]

@@ -71,7 +71,7 @@ impl ArtifactStore {
         bytes: &[u8],
         reported_by: &str,
     ) -> Result<VerdictPut, ArtifactStoreError> {
-        let mut db = self.db.lock().expect("db lock");
+        let mut db = self.db.lock();
         let tx = db
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(self.db_err())?;
@@ -157,7 +157,7 @@ impl ArtifactStore {
 
     /// Every verdict on `key`, by auditor.
     pub fn verdicts(&self, key: &str) -> Result<Verdicts, ArtifactStoreError> {
-        let db = self.db.lock().expect("db lock");
+        let db = self.db.lock();
         let mut stmt = db
             .prepare(
                 "SELECT signed_verdict, reported_by, received_at FROM verdicts WHERE key = ?1
@@ -196,7 +196,7 @@ impl ArtifactStore {
 
     /// The packages with at least one published build, sorted.
     pub fn packages(&self) -> Result<Vec<String>, ArtifactStoreError> {
-        let db = self.db.lock().expect("db lock");
+        let db = self.db.lock();
         let mut stmt = db
             .prepare("SELECT DISTINCT package FROM manifests ORDER BY package")
             .map_err(self.db_err())?;
@@ -404,7 +404,7 @@ impl Artifacts {
 mod tests {
     use super::*;
     use crate::artifacts::store::ManifestRecord;
-    use precomp_proto::buildkey::{BuildInputs, PackageRef, Target};
+    use precomp_proto::buildkey::{BuildInputs, Manager, PackageRef, Target};
     use precomp_proto::manifest::{ArtifactSigningKey, Output};
     use precomp_proto::verdict::{manifest_digest, MATCH};
 
@@ -420,6 +420,7 @@ mod tests {
                     version: "1.0.0".into(),
                     outer_checksum: [7; 32],
                 },
+                manager: Manager::Mix,
                 closure: vec![],
                 otp_major: "25".into(),
                 elixir: "1.14.0".into(),
@@ -447,6 +448,8 @@ mod tests {
             artifact_size: 10,
             compile_env: vec![],
             signers: vec![builder.public_key().key_id()],
+            key_format: manifest.format,
+            base_text: manifest.check_key().unwrap().base_text().unwrap(),
         };
         store
             .put_manifest(&record, &signed, &signed.encode_to_vec(), "builder")

@@ -26,6 +26,18 @@ pub struct CacheResult {
     pub result: &'static str,
 }
 
+/// Which listener a connection came in on: `main` (the mirror and the API) or `admin`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabel {
+    pub listener: &'static str,
+}
+
+/// Why the server refused or closed something (connections, requests).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VerdictResult {
     /// `match` or `mismatch`.
@@ -48,6 +60,19 @@ pub struct Metrics {
     pub upstream_errors: Family<RouteLabel, Counter>,
     pub verification_failures: Family<RouteLabel, Counter>,
     pub bytes_served: Family<RouteLabel, Counter>,
+    /// Connections open now, by listener.
+    pub connections: Family<ConnectionLabel, Gauge>,
+    /// Connections accepted, by listener.
+    pub connections_accepted: Family<ConnectionLabel, Counter>,
+    /// Connections closed at once on arrival: `total` or `per_client` limit reached.
+    pub connections_refused: Family<ReasonLabel, Counter>,
+    /// Connections the server closed: `idle` (nothing moved for the idle timeout),
+    /// `no_request` (no request within the header read timeout of connecting), `proxy_header`
+    /// (no valid PROXY protocol header).
+    pub connections_closed: Family<ReasonLabel, Counter>,
+    /// Requests refused or cut off by a server limit: `concurrency`, `body_memory`,
+    /// `request_timeout`, `body_stalled`, `body_too_slow`.
+    pub requests_limited: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -60,6 +85,11 @@ impl Default for Metrics {
             upstream_errors: Family::default(),
             verification_failures: Family::default(),
             bytes_served: Family::default(),
+            connections: Family::default(),
+            connections_accepted: Family::default(),
+            connections_refused: Family::default(),
+            connections_closed: Family::default(),
+            requests_limited: Family::default(),
             audit_verdicts: Family::default(),
             reproducibility: Gauge::default(),
             verdict_source: std::sync::OnceLock::new(),
@@ -106,6 +136,32 @@ impl Default for Metrics {
             "Body bytes served, by route",
             metrics.bytes_served.clone(),
         );
+        registry.register(
+            "connections",
+            "HTTP connections open now, by listener (main, admin)",
+            metrics.connections.clone(),
+        );
+        registry.register(
+            "connections_accepted",
+            "HTTP connections accepted, by listener (main, admin)",
+            metrics.connections_accepted.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed on arrival because a limit was reached (total, per_client)",
+            metrics.connections_refused.clone(),
+        );
+        registry.register(
+            "connections_closed",
+            "Connections the server closed (idle, no_request, proxy_header)",
+            metrics.connections_closed.clone(),
+        );
+        registry.register(
+            "requests_limited",
+            "Requests refused or cut off by a server limit (concurrency, body_memory, \
+             request_timeout, body_stalled, body_too_slow)",
+            metrics.requests_limited.clone(),
+        );
         Metrics {
             registry,
             ..metrics
@@ -146,6 +202,27 @@ impl Metrics {
         } else {
             matches as f64 / total as f64
         });
+    }
+
+    /// Counts a request answered on `route` with `status`.
+    pub fn request(&self, route: &'static str, status: u16) {
+        self.requests
+            .get_or_create(&RouteStatus { route, status })
+            .inc();
+    }
+
+    /// Counts body bytes served on `route`.
+    pub fn served(&self, route: &'static str, bytes: u64) {
+        self.bytes_served
+            .get_or_create(&RouteLabel { route })
+            .inc_by(bytes);
+    }
+
+    /// Counts a request a server limit refused or cut off.
+    pub fn limited(&self, reason: &'static str) {
+        self.requests_limited
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     pub fn cache(&self, route: &'static str, result: &'static str) {

@@ -9,7 +9,6 @@
 //! - Concurrent misses for one object share one upstream request.
 //! - What fails verification is never stored; the client gets 502 naming the failed check.
 
-mod http;
 mod metrics;
 mod routes;
 mod store;
@@ -19,16 +18,16 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
+use parking_lot::Mutex;
 use precomp_proto::registry::{self, RepoPublicKey};
 use sha2::{Digest, Sha256};
 
-pub use http::{serve, serve_with_artifacts};
-pub use metrics::Metrics;
+pub use metrics::{ConnectionLabel, Metrics, ReasonLabel, RouteLabel, RouteStatus};
 use precomp_proto::time::unix_now as now;
 pub use routes::Route;
 pub use store::{ObjectMeta, Store, StoreError};
@@ -169,10 +168,10 @@ impl Mirror {
                 self.registry_file(route, false).await
             }
             Route::Tarball { .. } | Route::Docs { .. } | Route::Installs(_) => {
-                match self.stored(route) {
-                    Some(outcome) => {
+                match self.lookup(&route.object_path()).await {
+                    Some(meta) => {
                         self.metrics.cache(route.label(), "hit");
-                        outcome
+                        self.read(meta).await
                     }
                     None => self.single_flight(route.clone()).await,
                 }
@@ -186,24 +185,44 @@ impl Mirror {
     /// (or, with `force`, always revalidated).
     async fn registry_file(self: &Arc<Self>, route: &Route, force: bool) -> Outcome {
         if !force {
-            if let Some(meta) = self.store.get(&route.object_path()) {
+            if let Some(meta) = self.lookup(&route.object_path()).await {
                 if now() - meta.checked_at < self.config.registry_ttl.as_secs() as i64 {
                     self.metrics.cache(route.label(), "hit");
-                    return self.read(meta);
+                    return self.read(meta).await;
                 }
             }
         }
         self.single_flight(route.clone()).await
     }
 
-    fn stored(&self, route: &Route) -> Option<Outcome> {
-        self.store
-            .get(&route.object_path())
-            .map(|meta| self.read(meta))
+    /// The object's metadata: from the in-memory index, or on an index miss from SQLite (on a
+    /// blocking thread: every 404 is such a miss). A database error counts as a miss.
+    async fn lookup(self: &Arc<Self>, path: &str) -> Option<ObjectMeta> {
+        if let Some(meta) = self.store.cached(path) {
+            return Some(meta);
+        }
+        self.reload(path).await
     }
 
-    fn read(&self, meta: ObjectMeta) -> Outcome {
-        match self.store.read(&meta) {
+    /// The object's row as SQLite has it now (on a blocking thread); errors are logged and
+    /// count as absent.
+    async fn reload(self: &Arc<Self>, path: &str) -> Option<ObjectMeta> {
+        let path = path.to_string();
+        self.blocking(move |store| store.reload(&path))
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!("{e}");
+                None
+            })
+    }
+
+    /// The stored body: from memory, else read (and checked) from disk on a blocking thread.
+    async fn read(self: &Arc<Self>, meta: ObjectMeta) -> Outcome {
+        if let Some(body) = self.store.read_cached(&meta) {
+            return Outcome::Found { meta, body };
+        }
+        let digest = meta.clone();
+        match self.blocking(move |store| store.read(&digest)).await {
             Ok(body) => Outcome::Found { meta, body },
             Err(e) => {
                 tracing::error!("{e}");
@@ -212,13 +231,25 @@ impl Mirror {
         }
     }
 
+    /// Runs store work (SQLite, disk) on a blocking thread, off the async workers. A panic
+    /// there is an error, not a crash.
+    async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let mirror = Arc::clone(self);
+        tokio::task::spawn_blocking(move || work(&mirror.store))
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Task(e.to_string())))
+    }
+
     /// Runs the upstream fetch for `route` once, however many requests wait for it. The fetch
     /// runs as its own task, so it completes (and fills the cache) even if every waiting
     /// client goes away.
     async fn single_flight(self: &Arc<Self>, route: Route) -> Outcome {
         let key = route.object_path();
         let shared = {
-            let mut inflight = self.inflight.lock().expect("inflight lock");
+            let mut inflight = self.inflight.lock();
             if let Some(shared) = inflight.get(&key) {
                 shared.clone()
             } else {
@@ -263,10 +294,7 @@ impl Mirror {
         let path = route.object_path();
         let label = route.label();
         // Re-read: another process sharing the store (a sync) may have refreshed it.
-        let existing = self.store.reload(&path).unwrap_or_else(|e| {
-            tracing::warn!("{e}");
-            None
-        });
+        let existing = self.reload(&path).await;
         let limit = match route {
             Route::Docs { .. } => MAX_DOCS_BYTES,
             Route::Installs(_) => MAX_INSTALLS_BYTES,
@@ -277,7 +305,10 @@ impl Mirror {
             .get_or_create(&metrics::RouteLabel { route: label })
             .inc();
         let conditional = existing.as_ref().and_then(|m| m.upstream_etag.as_deref());
-        let fetched = self.upstream.get(&path, conditional, limit).await;
+        let fetched = self
+            .upstream
+            .get_until(&path, conditional, limit, self.upstream_deadline())
+            .await;
         match fetched {
             Ok(upstream::Fetched::Body { bytes, etag }) => {
                 if let Err(check) = verify(route, &bytes, &self.config) {
@@ -289,7 +320,7 @@ impl Mirror {
                     // A copy that passed verification earlier is still safe to serve.
                     if let Some(meta) = existing {
                         self.metrics.cache(label, "stale");
-                        return self.read(meta);
+                        return self.read(meta).await;
                     }
                     return Outcome::BadGateway(check);
                 }
@@ -299,9 +330,12 @@ impl Mirror {
             Ok(upstream::Fetched::NotModified { etag }) => match existing {
                 Some(_) => {
                     self.metrics.cache(label, "revalidated");
-                    let store = &self.store;
-                    match store.touch(&path, etag, now()) {
-                        Ok(Some(meta)) => self.read(meta),
+                    let touched = path.clone();
+                    match self
+                        .blocking(move |store| store.touch(&touched, etag, now()))
+                        .await
+                    {
+                        Ok(Some(meta)) => self.read(meta).await,
                         Ok(None) => Outcome::Internal(format!("{route} vanished from the store")),
                         Err(e) => Outcome::Internal(e.to_string()),
                     }
@@ -311,17 +345,36 @@ impl Mirror {
                 )),
             },
             Ok(upstream::Fetched::NotFound) => Outcome::NotFound,
-            Err(e) => self.upstream_failed(route, existing, e),
+            Err(e) => self.upstream_failed(route, existing, e).await,
         }
+    }
+
+    /// The deadline of an upstream exchange that starts now.
+    fn upstream_deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.config.upstream_timeout
     }
 
     /// Tarballs: the release's outer checksum comes from the verified `/packages/NAME`; the
     /// tarball is stored only if its sha256 equals it.
+    ///
+    /// The whole request — the package record (revalidated or fetched if need be) and the
+    /// tarball — is bounded by one `upstream_timeout`, not one each.
     async fn fetch_tarball(self: &Arc<Self>, route: &Route, name: &str, version: &str) -> Outcome {
+        let deadline = self.upstream_deadline();
         let package_route = Route::Package(name.to_string());
         let mut forced = false;
         let expected = loop {
-            let package = match self.registry_file(&package_route, forced).await {
+            let record =
+                tokio::time::timeout_at(deadline, self.registry_file(&package_route, forced)).await;
+            let Ok(record) = record else {
+                // The record's fetch goes on and fills the store; this request is out of time.
+                let e = UpstreamError::Timeout {
+                    url: self.upstream.url(&package_route.object_path()),
+                    timeout: self.config.upstream_timeout,
+                };
+                return self.upstream_failed(route, None, e).await;
+            };
+            let package = match record {
                 Outcome::Found { body, .. } => body,
                 Outcome::NotFound => return Outcome::NotFound,
                 other => return other,
@@ -359,7 +412,11 @@ impl Mirror {
                 route: route.label(),
             })
             .inc();
-        match self.upstream.get(&path, None, MAX_TARBALL_BYTES).await {
+        match self
+            .upstream
+            .get_until(&path, None, MAX_TARBALL_BYTES, deadline)
+            .await
+        {
             Ok(upstream::Fetched::Body { bytes, etag }) => {
                 let actual = Sha256::digest(&bytes);
                 if actual.as_slice() != expected.as_slice() {
@@ -384,12 +441,12 @@ impl Mirror {
             Ok(upstream::Fetched::NotModified { .. }) => Outcome::BadGateway(format!(
                 "upstream answered 304 Not Modified to an unconditional request for {route}"
             )),
-            Err(e) => self.upstream_failed(route, None, e),
+            Err(e) => self.upstream_failed(route, None, e).await,
         }
     }
 
-    fn upstream_failed(
-        &self,
+    async fn upstream_failed(
+        self: &Arc<Self>,
         route: &Route,
         existing: Option<ObjectMeta>,
         e: UpstreamError,
@@ -404,7 +461,7 @@ impl Mirror {
             Some(meta) => {
                 tracing::warn!(path = %route, "upstream failed, serving the stored copy: {e}");
                 self.metrics.cache(route.label(), "stale");
-                self.read(meta)
+                self.read(meta).await
             }
             None => {
                 tracing::warn!(path = %route, "upstream failed: {e}");
@@ -439,9 +496,7 @@ struct InflightGuard {
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        if let Ok(mut inflight) = self.mirror.inflight.lock() {
-            inflight.remove(&self.key);
-        }
+        self.mirror.inflight.lock().remove(&self.key);
     }
 }
 

@@ -30,10 +30,19 @@ impl Route {
     pub fn parse(raw_path: &str) -> Option<Route> {
         let decoded = percent_decode(raw_path)?;
         let segments: Vec<&str> = decoded.split('/').filter(|s| !s.is_empty()).collect();
-        if segments.iter().any(|s| *s == "." || *s == "..") {
+        Route::from_segments(&segments)
+    }
+
+    /// The route of a path already split into its non-empty, percent-decoded segments (as
+    /// the server's router hands them over): the same validation as [`Route::parse`].
+    pub fn from_segments(segments: &[&str]) -> Option<Route> {
+        if segments
+            .iter()
+            .any(|s| *s == "." || *s == ".." || s.is_empty())
+        {
             return None;
         }
-        match segments.as_slice() {
+        match segments {
             ["names"] => Some(Route::Names),
             ["versions"] => Some(Route::Versions),
             ["public_key"] => Some(Route::PublicKey),

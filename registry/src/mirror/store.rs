@@ -22,7 +22,8 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, RwLock};
+
+use parking_lot::{Mutex, RwLock};
 
 use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -46,6 +47,8 @@ pub enum StoreError {
         expected: String,
         actual: String,
     },
+    #[error("mirror store task failed: {0}")]
+    Task(String),
 }
 
 /// What the store knows about one object.
@@ -155,8 +158,8 @@ impl Store {
     /// sharing the store may have put it since this one started. A database error on that
     /// lookup is logged and counts as a miss.
     pub fn get(&self, path: &str) -> Option<ObjectMeta> {
-        if let Some(meta) = self.index.read().expect("index lock").get(path) {
-            return Some(meta.clone());
+        if let Some(meta) = self.cached(path) {
+            return Some(meta);
         }
         self.reload(path).unwrap_or_else(|e| {
             tracing::warn!("{e}");
@@ -164,12 +167,31 @@ impl Store {
         })
     }
 
+    /// The object's metadata if the in-memory index has it; never touches SQLite (for the
+    /// async request path: an index miss goes to [`Store::reload`] on a blocking thread).
+    pub fn cached(&self, path: &str) -> Option<ObjectMeta> {
+        self.index.read().get(path).cloned()
+    }
+
+    /// Whether the database answers a query: for `/healthz`.
+    pub fn check(&self) -> Result<(), StoreError> {
+        self.db
+            .lock()
+            .query_row("SELECT count(*) FROM objects WHERE path = ''", [], |_| {
+                Ok(())
+            })
+            .map_err(|source| StoreError::Db {
+                path: self.db_path.clone(),
+                source,
+            })
+    }
+
     /// The object's metadata as SQLite has it now, the index updated to match: for an object
     /// another process may have changed (a registry file refreshed by a sync).
     pub fn reload(&self, path: &str) -> Result<Option<ObjectMeta>, StoreError> {
         // The index is updated under the database lock, so a concurrent `put` (which writes
         // its row under that lock, then the index) can never be overwritten by an older row.
-        let db = self.db.lock().expect("db lock");
+        let db = self.db.lock();
         let row = db
             .query_row(
                 "SELECT sha256, size, upstream_etag, checked_at FROM objects WHERE path = ?1",
@@ -188,7 +210,7 @@ impl Store {
                 path: self.db_path.clone(),
                 source,
             })?;
-        let mut index = self.index.write().expect("index lock");
+        let mut index = self.index.write();
         let meta = row.and_then(|(sha, size, upstream_etag, checked_at)| {
             Some(ObjectMeta {
                 sha256: <[u8; 32]>::try_from(sha.as_slice()).ok()?,
@@ -206,7 +228,7 @@ impl Store {
 
     /// Number of objects stored.
     pub fn len(&self) -> usize {
-        self.index.read().expect("index lock").len()
+        self.index.read().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -216,7 +238,7 @@ impl Store {
     /// The object's bytes, from memory or disk. A blob whose bytes no longer match its digest
     /// is an error, never served.
     pub fn read(&self, meta: &ObjectMeta) -> Result<Bytes, StoreError> {
-        if let Some(bytes) = self.cache.get(&meta.sha256) {
+        if let Some(bytes) = self.read_cached(meta) {
             return Ok(bytes);
         }
         let path = self.blob_path(&meta.sha256);
@@ -231,6 +253,11 @@ impl Store {
         }
         self.cache.insert(meta.sha256, bytes.clone());
         Ok(bytes)
+    }
+
+    /// The object's bytes if they are in memory; never touches the disk.
+    pub fn read_cached(&self, meta: &ObjectMeta) -> Option<Bytes> {
+        self.cache.get(&meta.sha256)
     }
 
     /// Stores `bytes` as the object at `path`: blob first (temporary file, sync, rename), then
@@ -264,7 +291,6 @@ impl Store {
         };
         self.db
             .lock()
-            .expect("db lock")
             .execute(
                 "INSERT INTO objects (path, sha256, size, upstream_etag, checked_at)
                  VALUES (?1, ?2, ?3, ?4, ?5)
@@ -275,10 +301,7 @@ impl Store {
                 path: self.db_path.clone(),
                 source,
             })?;
-        self.index
-            .write()
-            .expect("index lock")
-            .insert(path.to_string(), meta.clone());
+        self.index.write().insert(path.to_string(), meta.clone());
         self.cache.insert(sha256, bytes.clone());
         Ok(meta)
     }
@@ -293,7 +316,6 @@ impl Store {
         let updated = self
             .db
             .lock()
-            .expect("db lock")
             .query_row(
                 "UPDATE objects SET checked_at = ?2, upstream_etag = COALESCE(?3, upstream_etag)
                  WHERE path = ?1 RETURNING upstream_etag",
@@ -306,7 +328,7 @@ impl Store {
                 source,
             })?;
         let Some(etag) = updated else { return Ok(None) };
-        let mut index = self.index.write().expect("index lock");
+        let mut index = self.index.write();
         Ok(index.get_mut(path).map(|meta| {
             meta.checked_at = checked_at;
             meta.upstream_etag = etag;

@@ -64,11 +64,24 @@ impl Upstream {
         etag: Option<&str>,
         limit: u64,
     ) -> Result<Fetched, UpstreamError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        self.get_until(path, etag, limit, deadline).await
+    }
+
+    /// [`Upstream::get`], bounded by `deadline` instead of a timeout from now: for a request
+    /// that makes several exchanges within one timeout (a tarball and its package record).
+    pub async fn get_until(
+        &self,
+        path: &str,
+        etag: Option<&str>,
+        limit: u64,
+        deadline: tokio::time::Instant,
+    ) -> Result<Fetched, UpstreamError> {
         let url = self.url(path);
         if let Some(dir) = self.base.strip_prefix("file://") {
             return read_file(&url, &std::path::Path::new(dir).join(path), limit).await;
         }
-        match tokio::time::timeout(self.timeout, self.exchange(&url, etag, limit)).await {
+        match tokio::time::timeout_at(deadline, self.exchange(&url, etag, limit)).await {
             Ok(result) => result,
             Err(_) => Err(UpstreamError::Timeout {
                 url,

@@ -7,11 +7,11 @@ use std::process::Command;
 use precomp_proto::metadata::{PackageMetadata, Requirement};
 use precomp_proto::term::{parse_erlang_terms, Term};
 
-use super::{guess_build_tools, link_pairs, string_list, SourceError};
+use super::{guess_build_tools, link_pairs, string_list, Read, SourceError};
 
 const PROBE: &str = include_str!("mix_probe.exs");
 
-pub(super) fn read(dir: &Path) -> Result<(PackageMetadata, Vec<String>), SourceError> {
+pub(super) fn read(dir: &Path) -> Result<Read, SourceError> {
     let scratch = tempfile::tempdir().map_err(SourceError::io(dir))?;
     let probe = scratch.path().join("mix_probe.exs");
     let out = scratch.path().join("metadata.term");
@@ -111,12 +111,18 @@ pub(super) fn read(dir: &Path) -> Result<(PackageMetadata, Vec<String>), SourceE
         });
     }
 
+    // Directories are listed in the metadata; the files under them are what gets packed.
+    let package_files = files
+        .iter()
+        .filter(|f| dir.join(f).is_file())
+        .cloned()
+        .collect();
     let metadata = PackageMetadata {
         name: string("name")?,
         version: string("version")?,
         app: string("app")?,
         description: string("description")?,
-        files: files.clone(),
+        files,
         licenses: strings("licenses"),
         links,
         requirements,
@@ -124,5 +130,10 @@ pub(super) fn read(dir: &Path) -> Result<(PackageMetadata, Vec<String>), SourceE
         elixir: optional_string("elixir"),
         other: Vec::new(),
     };
-    Ok((metadata, files))
+    Ok(Read {
+        metadata,
+        files: package_files,
+        replaced: Default::default(),
+        package_config: get("package_config").and_then(Term::as_atom) == Some("true"),
+    })
 }

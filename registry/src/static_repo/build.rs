@@ -10,8 +10,8 @@ use precomp_proto::registry::{
 };
 use precomp_proto::tarball;
 
-use super::{layout, write_atomically, StaticRepoError};
-use crate::source;
+use super::{layout, set_mode, write_atomically, StaticRepoError, DIR_MODE};
+use crate::source::{self, SourceOptions};
 
 /// One release going into the repository, with where it came from for error messages.
 #[derive(Debug)]
@@ -39,20 +39,40 @@ impl BuiltRepo {
     }
 }
 
+/// What a build needs beyond its inputs.
+#[derive(Clone, Debug, Default)]
+pub struct BuildOptions {
+    /// By package source directory (its name inside the packages directory): what its files
+    /// cannot say. Each must name a package source there.
+    pub sources: BTreeMap<String, SourceOptions>,
+}
+
 /// Builds the repository named `name` from every package source directory and every `.tar`
 /// directly inside `packages`, signed with `key`, into `out`.
 ///
 /// The whole repository is written to a staging directory beside `out` and swapped in at the
 /// end, so `out` is never seen half-written. An existing `out` is replaced only if it is empty
 /// or already a repository (it has `names`), so a mistyped path cannot wipe unrelated data.
+/// Every file is written 0644 and every directory 0755: all of it is meant to be served.
 pub fn build(
     packages: &Path,
     name: &str,
     key: &RepoSigningKey,
     out: &Path,
 ) -> Result<BuiltRepo, StaticRepoError> {
+    build_with(packages, name, key, out, &BuildOptions::default())
+}
+
+/// [`build`], with options.
+pub fn build_with(
+    packages: &Path,
+    name: &str,
+    key: &RepoSigningKey,
+    out: &Path,
+    options: &BuildOptions,
+) -> Result<BuiltRepo, StaticRepoError> {
     check_repo_name(name)?;
-    let inputs = collect_inputs(packages)?;
+    let inputs = collect_inputs(packages, options)?;
     let mut by_package: BTreeMap<String, BTreeMap<semver::Version, Input>> = BTreeMap::new();
     for input in inputs {
         let version = semver::Version::parse(&input.metadata.version).map_err(|e| {
@@ -83,12 +103,11 @@ pub fn build(
         for input in releases.values() {
             for req in &input.metadata.requirements {
                 if req.repository == name && !by_package.contains_key(&req.name) {
-                    let msg = format!(
+                    // Returned, not logged: the caller reports each once.
+                    unresolved.push(format!(
                         "{package}@{} requires {} {}, which this repository does not contain",
                         input.metadata.version, req.name, req.requirement
-                    );
-                    tracing::warn!("{msg}");
-                    unresolved.push(msg);
+                    ));
                 }
             }
         }
@@ -115,7 +134,7 @@ pub fn build(
     })
 }
 
-fn collect_inputs(packages: &Path) -> Result<Vec<Input>, StaticRepoError> {
+fn collect_inputs(packages: &Path, options: &BuildOptions) -> Result<Vec<Input>, StaticRepoError> {
     let io = |source| StaticRepoError::Io {
         path: packages.to_path_buf(),
         source,
@@ -127,14 +146,30 @@ fn collect_inputs(packages: &Path) -> Result<Vec<Input>, StaticRepoError> {
         .map_err(io)?;
     entries.sort();
 
+    for dir_name in options.sources.keys() {
+        let dir = packages.join(dir_name);
+        if dir_name.contains('/') || !dir.is_dir() || !source::is_source(&dir) {
+            return Err(StaticRepoError::Package {
+                origin: dir,
+                message: "options were given for it, but it is not a package source directory in the packages directory".into(),
+            });
+        }
+    }
+
     let mut inputs = Vec::new();
     for path in entries {
         if path.is_dir() {
-            if source::detect(&path).is_none() {
+            if !source::is_source(&path) {
                 tracing::debug!(path = %path.display(), "skipping: not a package source");
                 continue;
             }
-            let package = source::load(&path)?;
+            let source_options = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| options.sources.get(n))
+                .cloned()
+                .unwrap_or_default();
+            let package = source::load_with(&path, &source_options)?;
             let created = package.tarball()?;
             tracing::info!(
                 package = %package.metadata.name,
@@ -270,13 +305,16 @@ fn staging_dir(out: &Path) -> Result<tempfile::TempDir, StaticRepoError> {
         path: parent.clone(),
         source,
     })?;
-    tempfile::Builder::new()
+    let staging = tempfile::Builder::new()
         .prefix(".precomp-repo-staging-")
         .tempdir_in(&parent)
         .map_err(|source| StaticRepoError::Io {
             path: parent,
             source,
-        })
+        })?;
+    // Renamed into place as the repository's root, which is served too.
+    set_mode(staging.path(), DIR_MODE)?;
+    Ok(staging)
 }
 
 /// Puts `staging` at `out`, replacing a previous repository there.

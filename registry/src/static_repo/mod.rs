@@ -15,7 +15,7 @@ use precomp_proto::registry::KeyError;
 
 use crate::source::SourceError;
 
-pub use build::{build, BuiltRepo};
+pub use build::{build, build_with, BuildOptions, BuiltRepo};
 pub use lock::lock_for;
 pub use verify::{verify, VerifyFailure, VerifyReport};
 
@@ -49,7 +49,7 @@ pub enum StaticRepoError {
         first: PathBuf,
         second: PathBuf,
     },
-    #[error("{dir}: no package sources (mix.exs, src/*.app.src, ebin/*.app) or .tar files found")]
+    #[error("{dir}: no package sources (mix.exs, src/*.app.src, an erlang.mk Makefile) or .tar files found")]
     Empty { dir: PathBuf },
     #[error("{out} exists and is not a Hex repository; refusing to replace it (remove it or choose another --out)")]
     OutNotARepo { out: PathBuf },
@@ -64,8 +64,16 @@ pub enum StaticRepoError {
     },
 }
 
+/// Mode of every file a repository holds: all of it is public and meant to be served, by a
+/// web server whose workers are usually another user than the one who built it.
+pub const FILE_MODE: u32 = 0o644;
+/// Mode of every directory a repository holds.
+pub const DIR_MODE: u32 = 0o755;
+
 /// Writes `bytes` to a temporary file beside `path`, syncs it, and renames it into place, so
-/// a reader sees the old file or the whole new one, never a partial one.
+/// a reader sees the old file or the whole new one, never a partial one. The file is
+/// [`FILE_MODE`] and its directory [`DIR_MODE`], whatever the umask (temporary files start
+/// as 0600).
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StaticRepoError> {
     let io = |source| StaticRepoError::Io {
         path: path.to_path_buf(),
@@ -73,9 +81,28 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StaticRe
     };
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
     std::fs::create_dir_all(dir).map_err(io)?;
+    set_mode(dir, DIR_MODE)?;
     let mut file = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
     file.write_all(bytes).map_err(io)?;
+    set_mode(file.path(), FILE_MODE)?;
     file.as_file().sync_all().map_err(io)?;
     file.persist(path).map_err(|e| io(e.error))?;
+    Ok(())
+}
+
+/// Sets the permission bits of `path` to `mode`.
+pub(crate) fn set_mode(path: &Path, mode: u32) -> Result<(), StaticRepoError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(
+            |source| StaticRepoError::Io {
+                path: path.to_path_buf(),
+                source,
+            },
+        )?;
+    }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
     Ok(())
 }

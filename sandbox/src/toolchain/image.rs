@@ -19,7 +19,9 @@ use crate::spec::{Root, DEFAULT_SOURCE_DATE_EPOCH};
 use crate::tree;
 
 /// The packages of a toolchain image (and what `host` is expected to have).
+/// `ca-certificates`: OTP 27's `httpc` fails without CA certificates, even for plain HTTP.
 pub const DEFAULT_PACKAGES: &[&str] = &[
+    "ca-certificates",
     "elixir",
     "erlang-base",
     "erlang-dev",
@@ -143,6 +145,11 @@ pub fn default_mirror() -> String {
 
 pub(super) fn build(store: &Store, sandbox: &Sandbox, request: &ImageRequest) -> Result<Built> {
     let started = Instant::now();
+    // The image is checked and used from inside the sandbox: a store the sandbox user cannot
+    // reach (a data directory under /root) would otherwise fail only after minutes of
+    // debootstrap.
+    std::fs::create_dir_all(store.dir()).map_err(|e| Error::io(store.dir(), e))?;
+    sandbox.check_readable(store.dir())?;
     let suite = request.suite.name();
     let mut packages = request.packages.clone();
     packages.sort();
@@ -316,6 +323,8 @@ pub(super) fn build(store: &Store, sandbox: &Sandbox, request: &ImageRequest) ->
             files: manifest.files,
             bytes: manifest.bytes,
             root: None,
+            rebar3_path: None,
+            image: None,
         };
         write_json(&dir.join("toolchain.json"), &toolchain)?;
     }
@@ -691,9 +700,9 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// An exclusive `flock` held until dropped.
-struct Lock(std::fs::File);
+pub(super) struct Lock(std::fs::File);
 
-fn lock(path: &Path) -> Result<Lock> {
+pub(super) fn lock(path: &Path) -> Result<Lock> {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)

@@ -4,10 +4,14 @@
 //!   the digest of their tree ([`crate::tree`]), stored content-addressed under
 //!   `DATA/toolchains/<digest>/` (`root/`, `manifest`, `toolchain.json`) and found again by
 //!   the digest of what went into them (`DATA/toolchains/inputs/<key>`).
+//! - **Imported**: a container image's root ([`Store::import`]: a registry, an OCI layout or
+//!   a `docker save` archive), stored the same way; the image's manifest digest is provenance
+//!   (`image` in `toolchain.json`) and found again by it (`DATA/toolchains/imports/`).
 //! - **`host`**: the host's own `/usr` and `/etc`, read-only; its digest is that of the
 //!   installed package list (`dpkg-query`), so it changes whenever a package does.
 
 mod image;
+pub mod import;
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -19,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use image::{default_mirror, ImageRequest, Suite, DEFAULT_MIRROR, DEFAULT_PACKAGES};
+pub use import::{Credentials, ImageOrigin, ImportError, ImportRequest, Imported, IMPORTED_SUITE};
 
 use crate::error::{Error, Result};
 use crate::run::{Sandbox, Status};
@@ -28,11 +33,12 @@ use crate::tree::{self, Manifest};
 /// The id of the host toolchain.
 pub const HOST: &str = "host";
 
-/// Image or host.
+/// Image (built with debootstrap), imported (from a container image) or host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     Image,
+    Imported,
     Host,
 }
 
@@ -76,33 +82,55 @@ pub struct Toolchain {
     /// Images: where the root is on this machine (not stored; filled in when loaded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root: Option<PathBuf>,
+    /// Where `rebar3` is inside the sandbox, when not `/usr/bin/rebar3` (imported images put
+    /// it in `/usr/local/bin`); see [`Toolchain::rebar3_command`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebar3_path: Option<String>,
+    /// Imported toolchains: the image they came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageOrigin>,
 }
 
 impl Toolchain {
     /// What the sandbox mounts for this toolchain.
     pub fn sandbox_root(&self) -> Root {
         match (&self.kind, &self.root) {
-            (Kind::Image, Some(root)) => Root::Image(root.clone()),
+            (Kind::Image | Kind::Imported, Some(root)) => Root::Image(root.clone()),
             _ => Root::Host,
         }
     }
 
+    /// The `rebar3` to run inside the sandbox (`MIX_REBAR3`): the one found in the image, else
+    /// Debian's `/usr/bin/rebar3`.
+    pub fn rebar3_command(&self) -> &str {
+        self.rebar3_path.as_deref().unwrap_or("/usr/bin/rebar3")
+    }
+
     /// One line for humans.
     pub fn summary(&self) -> String {
-        format!(
+        let line = format!(
             "{} {} {}: OTP {} ({}), Elixir {}, rebar3 {}, {}",
             self.id,
             self.suite,
             match self.kind {
                 Kind::Image => "image",
+                Kind::Imported => "imported",
                 Kind::Host => "host",
             },
             self.otp,
             self.otp_full,
             self.elixir,
-            self.rebar3,
+            if self.rebar3.is_empty() {
+                "none"
+            } else {
+                &self.rebar3
+            },
             self.architecture
-        )
+        );
+        match &self.image {
+            Some(image) => format!("{line}, from {}", image.reference),
+            None => line,
+        }
     }
 }
 
@@ -179,7 +207,7 @@ impl Store {
         Ok(all)
     }
 
-    fn load_image(&self, digest: &str) -> Result<Option<Toolchain>> {
+    pub(crate) fn load_image(&self, digest: &str) -> Result<Option<Toolchain>> {
         let dir = self.dir.join(digest);
         let record = dir.join("toolchain.json");
         if !record.exists() {
@@ -201,8 +229,9 @@ impl Store {
         Ok(Some(toolchain))
     }
 
-    /// Finds a toolchain by `host`, id, digest or digest prefix (at least 4 hex digits), or
-    /// suite name (the most recently built image of that suite).
+    /// Finds a toolchain by `host`, id, digest or digest prefix (at least 4 hex digits), suite
+    /// name (the most recently built image of that suite; `imported` for imported ones), or
+    /// the image reference a toolchain was imported from.
     pub fn resolve(&self, id: &str, sandbox: &Sandbox) -> Result<Toolchain> {
         if id == HOST {
             return self.host(sandbox);
@@ -227,6 +256,18 @@ impl Store {
                 })
                 .expect("non-empty");
             return Ok(newest.clone());
+        }
+        // An imported image by the reference it was imported from (the newest import).
+        let by_reference = images
+            .iter()
+            .filter(|t| t.image.as_ref().is_some_and(|i| i.reference == id))
+            .max_by_key(|t| {
+                std::fs::metadata(self.dir.join(&t.digest).join("toolchain.json"))
+                    .and_then(|m| m.modified())
+                    .ok()
+            });
+        if let Some(imported) = by_reference {
+            return Ok(imported.clone());
         }
         let lower = id.to_ascii_lowercase();
         if lower.len() < 4 || !lower.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -261,6 +302,12 @@ impl Store {
         image::build(self, sandbox, request)
     }
 
+    /// Imports a container image as a toolchain, or returns the one already imported from the
+    /// same manifest. Needs root (the root's files keep the image's owners).
+    pub fn import(&self, sandbox: &Sandbox, request: &ImportRequest) -> Result<Imported> {
+        import::import(self, sandbox, request)
+    }
+
     /// The host toolchain. Versions are detected in the sandbox once per package-list digest
     /// and remembered under `DATA/toolchains/host/`.
     pub fn host(&self, sandbox: &Sandbox) -> Result<Toolchain> {
@@ -292,6 +339,8 @@ impl Store {
             files: 0,
             bytes: 0,
             root: None,
+            rebar3_path: None,
+            image: None,
         };
         write_json(&cached, &toolchain)?;
         Ok(toolchain)
@@ -302,7 +351,7 @@ impl Store {
     /// checksums (`dpkg --verify`, configuration files excepted).
     pub fn verify(&self, toolchain: &Toolchain) -> Result<Verification> {
         match toolchain.kind {
-            Kind::Image => {
+            Kind::Image | Kind::Imported => {
                 let dir = self.dir.join(&toolchain.digest);
                 let root = dir.join("root");
                 let actual = tree::manifest(&root)?;

@@ -1,17 +1,17 @@
 //! Shared by the sandbox's integration tests: real bwrap, real toolchain images.
 //!
-//! Images are built once per machine and reused across runs, in the store under
-//! `$PRECOMP_TOOLCHAIN_CACHE` (default `/var/cache/precomp-test`), keyed by what goes into
-//! them; building one needs root and debootstrap (`apt-get install debootstrap`).
+//! Images come from `precomp_testkit::toolchain` (re-exported here): the store under
+//! `$PRECOMP_TOOLCHAIN_CACHE` (default `/var/cache/precomp-test`) shared by every test, each
+//! image built there by whichever test needs it first (root, debootstrap, the Debian mirror).
 
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::path::Path;
 use std::time::Duration;
 
-use precomp_sandbox::toolchain::{ImageRequest, Store, Suite, Toolchain};
 use precomp_sandbox::{Limits, Outcome, Root, Sandbox, Spec};
+#[allow(unused_imports)] // containment.rs needs no image
+pub use precomp_testkit::toolchain::{image, toolchain_cache, toolchain_store};
 
 pub fn sandbox() -> Sandbox {
     Sandbox::new().expect("bwrap: install it with `apt-get install bubblewrap`")
@@ -51,44 +51,6 @@ pub fn sh(root: &Root, out: &Path, script: &str) -> Outcome {
     sandbox()
         .run(&spec(root, out, &["sh", "-c", script]))
         .expect("sandbox runs")
-}
-
-pub fn cache_dir() -> PathBuf {
-    std::env::var_os("PRECOMP_TOOLCHAIN_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/precomp-test"))
-}
-
-pub fn cache_store() -> Store {
-    Store::open(&cache_dir()).expect("open the toolchain cache")
-}
-
-/// The cached image of a suite, built on first use (minutes), then reused.
-pub fn image(suite: Suite) -> Toolchain {
-    static IMAGES: OnceLock<Mutex<Vec<(&'static str, Toolchain)>>> = OnceLock::new();
-    let images = IMAGES.get_or_init(|| Mutex::new(Vec::new()));
-    if let Some((_, t)) = images
-        .lock()
-        .unwrap()
-        .iter()
-        .find(|(s, _)| *s == suite.name())
-    {
-        return t.clone();
-    }
-    let built = cache_store()
-        .build(&sandbox(), &ImageRequest::new(suite))
-        .unwrap_or_else(|e| panic!("building the {suite} image: {e}"));
-    eprintln!(
-        "{suite} image {} ({}) in {:.1} s",
-        built.toolchain.id,
-        if built.reused { "reused" } else { "built" },
-        built.elapsed.as_secs_f64()
-    );
-    images
-        .lock()
-        .unwrap()
-        .push((suite.name(), built.toolchain.clone()));
-    built.toolchain
 }
 
 /// A TCP connection from inside to a listener on the host's loopback fails (and succeeds from

@@ -76,6 +76,19 @@ pub struct FileConfig {
     /// `precomp serve`: the root public key (SPKI PEM file) the trust document in
     /// DATA/trust must be signed by, directly or through root rotations.
     pub trust_root: Option<PathBuf>,
+    /// `precomp serve`: the server's limits and timeouts (docs/mirror.md, "Limits").
+    pub admin_listen: Option<SocketAddr>,
+    pub header_read_timeout: Option<u64>,
+    pub idle_timeout: Option<u64>,
+    pub body_read_timeout: Option<u64>,
+    pub body_min_rate: Option<u64>,
+    pub request_timeout: Option<u64>,
+    pub max_requests: Option<usize>,
+    pub max_body_memory_mb: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_client: Option<usize>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub proxy_protocol: Option<bool>,
 }
 
 impl MirrorSettings {

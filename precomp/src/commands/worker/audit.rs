@@ -14,7 +14,7 @@ use anyhow::{bail, Context as _};
 use precomp_ops::audit::{AuditError, AuditReport, Auditor, Candidate, Outcome};
 use precomp_registry::artifacts::{ClientError, JobKind, Lease, LeaseRequest};
 
-use super::super::audit::{new_run_dir, Reporter, MISMATCH};
+use super::super::audit::{finish_run_dir, new_run_dir, Reporter, MISMATCH};
 use super::{lease_loop, Common, Heartbeat, Jobs};
 
 /// Audits leased builds, each in its own run directory under DATA/audit.
@@ -128,7 +128,8 @@ impl AuditJobs<'_> {
         cancel: precomp_builder::Cancel,
     ) -> anyhow::Result<Audited> {
         let common = self.common;
-        let run_dir = new_run_dir(&self.root)?;
+        let run = new_run_dir(&self.root)?;
+        let run_dir = run.path().to_path_buf();
         let auditor = Auditor {
             sandbox: common.sandbox,
             toolchain: common.toolchain,
@@ -160,11 +161,7 @@ impl AuditJobs<'_> {
                 ..
             })
         );
-        if keep {
-            eprintln!("kept the audit's directory: {}", run_dir.display());
-        } else if let Err(e) = std::fs::remove_dir_all(&run_dir) {
-            eprintln!("warning: removing {}: {e}", run_dir.display());
-        }
+        finish_run_dir(run, keep);
         Ok(Audited { report, lost })
     }
 

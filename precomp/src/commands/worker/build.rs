@@ -14,8 +14,8 @@ use precomp_proto::lock::MixLock;
 use precomp_registry::artifacts::{FailureReport, Lease, LeaseRequest};
 
 use super::super::build::{
-    app_for, build_and_publish, json_line, lock_managers, trusted_keys, work_root, LockBuild,
-    Reporter,
+    app_for, build_and_publish, config_differs, json_line, miss_managers, settle_miss,
+    trusted_keys, work_root, LockBuild, Reporter,
 };
 use super::{lease_loop, Common, Heartbeat, Jobs};
 
@@ -74,9 +74,51 @@ impl Jobs for BuildJobs<'_> {
             )
         })?;
         eprintln!(
-            "job {job}: building {} {} (base key {}, reported {} times)",
-            miss.package, miss.version, miss.base_key, miss.count
+            "job {job}: building {} {} ({} {}, reported {} times)",
+            miss.package,
+            miss.version,
+            if miss.base_key.is_some() {
+                "base key"
+            } else {
+                "request key"
+            },
+            miss.miss_key(),
+            miss.count
         );
+        // A miss whose compile-time values this worker's config does not give is not built
+        // here (config variants are not supported yet): recorded as a failure with why, so it
+        // does not come back to every worker.
+        if let Some(why) = config_differs(miss, self.reuse.compile_env)? {
+            runtime.block_on(client.record_failure(&FailureReport {
+                package: miss.package.clone(),
+                version: miss.version.clone(),
+                base_key: miss.miss_key().to_string(),
+                toolchain_id: self.build_context.toolchain.id.clone(),
+                log: format!("precomp worker: not built: {why}\n"),
+            }))?;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "job": job,
+                        "kind": lease.kind,
+                        "package": miss.package,
+                        "version": miss.version,
+                        "base_key": miss.base_key,
+                        "request_key": miss.request_key,
+                        "outcome": "skipped",
+                        "lease_lost": false,
+                        "reason": why,
+                    })
+                );
+            } else {
+                println!(
+                    "job {job}: {} {} not built, recorded as failed: {why}",
+                    miss.package, miss.version
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
         let lock = MixLock::parse(&miss.lock)
             .with_context(|| format!("the lock reported with the miss of {}", miss.package))?;
         let spec = format!("{}@{}", miss.package, miss.version);
@@ -93,9 +135,9 @@ impl Jobs for BuildJobs<'_> {
             cancel,
             ..self.build_context.clone()
         };
-        // The lock reported with a miss is the package's closure: its manager is decided
-        // with the package as the top-level dep.
-        let managers = lock_managers(&context, &lock, None)?;
+        // The managers the client computed on its whole project (the lock reported with a
+        // miss is the package's closure only).
+        let managers = miss_managers(&context, &lock, miss)?;
         let built = build_and_publish(
             &context,
             self.reuse,
@@ -137,6 +179,7 @@ impl Jobs for BuildJobs<'_> {
                         "package": miss.package,
                         "version": miss.version,
                         "base_key": miss.base_key,
+                        "request_key": miss.request_key,
                         "outcome": outcome,
                         "lease_lost": lost.is_some(),
                         "reason": reason,
@@ -161,14 +204,28 @@ impl Jobs for BuildJobs<'_> {
                 .block_on(client.record_failure(&FailureReport {
                     package: miss.package.clone(),
                     version: miss.version.clone(),
-                    base_key: miss.base_key.clone(),
+                    base_key: miss.miss_key().to_string(),
                     toolchain_id: self.build_context.toolchain.id.clone(),
                     log: format!("precomp worker: not built: {reason}\n"),
                 }))
                 .map(|_| ())
                 .map_err(anyhow::Error::from),
+            // The build or its failure is reported; close the miss too when that report does
+            // not (`settle_miss`).
             None => match published {
-                Some(Ok(())) => Ok(()),
+                Some(Ok(())) => settle_miss(
+                    runtime,
+                    client,
+                    self.build_context.toolchain,
+                    miss,
+                    target,
+                    published.as_ref(),
+                )
+                .map(|note| {
+                    if let Some(note) = note {
+                        eprintln!("job {job}: {note}");
+                    }
+                }),
                 Some(Err(e)) => Err(anyhow::anyhow!("{e:#}")),
                 None => Err(anyhow::anyhow!("not published")),
             },
@@ -199,6 +256,7 @@ impl Jobs for BuildJobs<'_> {
                 "package": miss.package,
                 "version": miss.version,
                 "base_key": miss.base_key,
+                "request_key": miss.request_key,
                 "outcome": outcome,
                 "lease_lost": lost.is_some(),
                 "results": lines,
