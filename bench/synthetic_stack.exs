@@ -344,7 +344,29 @@ defmodule Stack do
     ]}.
     """)
 
+    # erlang.mk's project variables, which `precomp repo build` publishes the package from
+    # (README "erlang.mk"): build tools [make, rebar3], or [make] only for :mk_only (ranch
+    # 1.8.0's release metadata says so), requirements from DEPS and hex_req_NAME.
+    build_tools = if kind == :mk_only, do: ",\n\tbuild_tools => [<<\"make\">>]", else: ""
+    deps_lines =
+      if deps == [] do
+        ""
+      else
+        "DEPS = #{Enum.join(deps, " ")}\n" <>
+          Enum.map_join(deps, "", &"dep_#{&1} = hex 1.0.0\nhex_req_#{&1} = ~> 1.0\n")
+      end
+
     File.write!(Path.join(root, "Makefile"), """
+    PROJECT = #{name}
+    PROJECT_DESCRIPTION = precomp bench: generated erlang.mk-style package #{name}
+    PROJECT_VERSION = 1.0.0
+    #{deps_lines}
+    define HEX_TARBALL_EXTRA_METADATA
+    \#{
+    \tlicenses => [<<"Apache-2.0">>]#{build_tools}
+    }
+    endef
+
     # Generated: compiles src/*.erl into ebin/, as an erlang.mk project's `make` does.
     SOURCES := $(wildcard src/*.erl)
     all: $(patsubst src/%.erl,ebin/%.beam,$(SOURCES))

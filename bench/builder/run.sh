@@ -28,7 +28,8 @@
 # of MODULES modules each, default 40), TARGET (1.00), JOBS (precomp build --jobs; default
 # the CPUs),
 # ROUNDS (default 3), TOOLCHAIN (host), KEEP (0), PRECOMP (a precomp
-# binary to measure instead of building one), TOOLCHAINS (toolchain store, default the
+# binary to measure instead of building one), PRECOMP_BEFORE (a second precomp binary, e.g.
+# built before a change, timed after PRECOMP in each round with its own ratio), TOOLCHAINS (toolchain store, default the
 # scratch data directory; set it to /var/cache/precomp-test to use the test images).
 # Needs: cargo, elixir, rebar3, bubblewrap (.ci/setup installs them). Exits non-zero only if
 # a build fails; a missed target is reported, not an error.
@@ -93,12 +94,12 @@ baseline_round() {
   elapsed "$start" "$end"
 }
 precomp_round() {
-  local data="$SCRATCH/data-$1" start end
+  local data="$SCRATCH/data-$1" binary=${2:-$PRECOMP} start end
   rm -rf "$data"
   mkdir -p "$data/builds" && chmod 755 "$data"
   cp -r "$SCRATCH/sources" "$data/builds/sources"
   start=$(now)
-  "$PRECOMP" --data "$data" "${build_args[@]}" >"$SCRATCH/precomp.log" 2>&1 || {
+  "$binary" --data "$data" "${build_args[@]}" >"$SCRATCH/precomp.log" 2>&1 || {
     cat "$SCRATCH/precomp.log"; exit 1; }
   end=$(now)
   rm -rf "$data"
@@ -107,6 +108,8 @@ precomp_round() {
 baseline=()
 precomp=()
 ratios=()
+before=()
+before_ratios=()
 for round in $(seq "$ROUNDS"); do
   load=$(cut -d' ' -f1 /proc/loadavg)
   if [ $((round % 2)) = 1 ]; then
@@ -119,6 +122,14 @@ for round in $(seq "$ROUNDS"); do
   ratios+=("$r")
   printf '  round %d (load %s): mix deps.compile %6.2f s, precomp build (sandbox) %6.2f s, ratio %.2fx\n' \
     "$round" "$load" "$b" "$p" "$r"
+  if [ -n "${PRECOMP_BEFORE:-}" ]; then
+    # Another precomp binary (e.g. before a change), timed in the same round.
+    o=$(precomp_round "$round-before" "$PRECOMP_BEFORE")
+    before+=("$o")
+    ro=$(awk -v p="$o" -v b="$b" 'BEGIN { print p / b }')
+    before_ratios+=("$ro")
+    printf '  round %d: PRECOMP_BEFORE build %6.2f s, ratio %.2fx\n' "$round" "$o" "$ro"
+  fi
 done
 
 b=$(printf '%s\n' "${baseline[@]}" | median)
@@ -127,3 +138,7 @@ ratio=$(printf '%s\n' "${ratios[@]}" | median)
 verdict=$(awk -v r="$ratio" -v t="$TARGET" 'BEGIN { print (r <= t) ? 1 : 0 }')
 printf 'median: mix deps.compile %.2f s, precomp build %.2f s, ratio %.2fx (median of the rounds; target <= %sx: %s)\n' \
   "$b" "$p" "$ratio" "$TARGET" "$([ "$verdict" = 1 ] && echo met || echo MISSED)"
+if [ -n "${PRECOMP_BEFORE:-}" ]; then
+  printf 'median: PRECOMP_BEFORE build %.2f s, ratio %.2fx\n' \
+    "$(printf '%s\n' "${before[@]}" | median)" "$(printf '%s\n' "${before_ratios[@]}" | median)"
+fi

@@ -103,22 +103,36 @@ pub fn build_package(
     if let Some(reason) = context.cancel.reason() {
         return Ok(BuildOutcome::Cancelled { reason });
     }
-    // Pass 1 and pass 2 (crate::atoms) compile the same project, laid out twice, both at
-    // /build in the sandbox: pass 1's is thrown away once its atom table is recorded, pass
-    // 2's (`work`) gives the artifact.
-    let mut pass1 = Some(work_dir(context, app)?);
-    let work = work_dir(context, app)?;
     let members: Vec<(String, PackageRef)> = std::iter::once((app.to_string(), package.clone()))
         .chain(closure.iter().map(|(a, p)| (a.clone(), p.clone())))
         .collect();
-    for dir in [pass1.as_ref().unwrap().path(), work.path()] {
-        lay_out(context, lock, managers, &members, dir)?;
-        install_dependencies(context, dependencies, dir)?;
+    // `work` gives the artifact. Mix packages, and rebar3 ones whose compile runs code of
+    // their own, compile twice (crate::atoms): pass 1 in a project of its own, thrown away
+    // once its atom table is recorded, pass 2 in `work`; both at /build in the sandbox.
+    // Others compile once (docs/builder.md "One pass for rebar3 packages").
+    let work = work_dir(context, app)?;
+    lay_out(context, lock, managers, &members, work.path())?;
+    install_dependencies(context, dependencies, work.path())?;
+    let twice = match manager {
+        Manager::Mix => Some("Mix compiles it, running Elixir code".to_string()),
+        Manager::Make => Some("make runs whatever its Makefile says".to_string()),
+        Manager::Rebar3 => atoms::erlang_compile_runs_code(work.path(), app, closure.keys())?,
+    };
+    let mut pass1 = None;
+    if twice.is_some() {
+        let dir = work_dir(context, app)?;
+        lay_out(context, lock, managers, &members, dir.path())?;
+        install_dependencies(context, dependencies, dir.path())?;
+        pass1 = Some(dir);
     }
     let prepared = started.elapsed();
+    let passes: &[Pass] = match twice {
+        Some(_) => &[Pass::Record, Pass::Precreated],
+        None => &[Pass::Only],
+    };
 
     let mut log = Vec::new();
-    for pass in [Pass::Record, Pass::Precreated] {
+    for &pass in passes {
         // Fetching sources (or pass 1) may have taken a while: look again before starting.
         if let Some(reason) = context.cancel.reason() {
             return Ok(BuildOutcome::Cancelled { reason });
@@ -138,6 +152,7 @@ pub fn build_package(
                 }
                 work.path().to_path_buf()
             }
+            Pass::Only => work.path().to_path_buf(),
         };
         let outcome = context
             .sandbox
@@ -155,10 +170,21 @@ pub fn build_package(
             tracing::info!(app, %reason, "build cancelled");
             return Ok(BuildOutcome::Cancelled { reason });
         }
-        log.extend_from_slice(match pass {
-            Pass::Record => b"== precomp: pass 1 of 2, records the atom table ==\n",
-            Pass::Precreated => b"== precomp: pass 2 of 2, with those atoms created at boot ==\n",
-        });
+        match pass {
+            Pass::Record => log.extend_from_slice(
+                format!(
+                    "== precomp: pass 1 of 2, records the atom table (two passes: {}) ==\n",
+                    twice.as_deref().unwrap_or_default()
+                )
+                .as_bytes(),
+            ),
+            Pass::Precreated => {
+                log.extend_from_slice(b"== precomp: pass 2 of 2, with those atoms created at boot ==\n")
+            }
+            Pass::Only => log.extend_from_slice(
+                b"== precomp: one pass (rebar3, no parse transform, plugin or hook: atom order cannot change the beams) ==\n",
+            ),
+        }
         log.extend_from_slice(&outcome.stdout.bytes);
         log.extend_from_slice(&outcome.stderr.bytes);
         if !outcome.status.success() {
