@@ -29,7 +29,8 @@
 # the CPUs),
 # ROUNDS (default 3), TOOLCHAIN (host), KEEP (0), PRECOMP (a precomp
 # binary to measure instead of building one), PRECOMP_BEFORE (a second precomp binary, e.g.
-# built before a change, timed after PRECOMP in each round with its own ratio), TOOLCHAINS (toolchain store, default the
+# built before a change, timed in each round with its own ratio: after PRECOMP in odd
+# rounds, before it in even ones), TOOLCHAINS (toolchain store, default the
 # scratch data directory; set it to /var/cache/precomp-test to use the test images).
 # Needs: cargo, elixir, rebar3, bubblewrap (.ci/setup installs them). Exits non-zero only if
 # a build fails; a missed target is reported, not an error.
@@ -112,9 +113,13 @@ before=()
 before_ratios=()
 for round in $(seq "$ROUNDS"); do
   load=$(cut -d' ' -f1 /proc/loadavg)
+  o=
   if [ $((round % 2)) = 1 ]; then
     b=$(baseline_round); p=$(precomp_round "$round")
+    # Another precomp binary (e.g. before a change): last in odd rounds, first in even ones.
+    if [ -n "${PRECOMP_BEFORE:-}" ]; then o=$(precomp_round "$round-before" "$PRECOMP_BEFORE"); fi
   else
+    if [ -n "${PRECOMP_BEFORE:-}" ]; then o=$(precomp_round "$round-before" "$PRECOMP_BEFORE"); fi
     p=$(precomp_round "$round"); b=$(baseline_round)
   fi
   baseline+=("$b"); precomp+=("$p")
@@ -122,9 +127,7 @@ for round in $(seq "$ROUNDS"); do
   ratios+=("$r")
   printf '  round %d (load %s): mix deps.compile %6.2f s, precomp build (sandbox) %6.2f s, ratio %.2fx\n' \
     "$round" "$load" "$b" "$p" "$r"
-  if [ -n "${PRECOMP_BEFORE:-}" ]; then
-    # Another precomp binary (e.g. before a change), timed in the same round.
-    o=$(precomp_round "$round-before" "$PRECOMP_BEFORE")
+  if [ -n "$o" ]; then
     before+=("$o")
     ro=$(awk -v p="$o" -v b="$b" 'BEGIN { print p / b }')
     before_ratios+=("$ro")
