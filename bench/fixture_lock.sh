@@ -91,3 +91,17 @@ EX
   "$PRECOMP" repo lock --repo "$SCRATCH/repo" --public-key "$SCRATCH/repo.pem.pub" \
     --out "$SCRATCH/mix.lock" $RELEASES
 }
+
+# The same for the generated Phoenix-sized stack (SYNTHETIC=stack): 29 packages of our own
+# generated code shaped like a real Phoenix + Ecto + Cowboy lock — Mix, rebar3 and
+# erlang.mk-style members, a NIF, ~560 modules, ~6 MB of beams (bench/synthetic_stack.exs).
+make_stack_lock() {
+  RELEASES=$(elixir "$ROOT/bench/synthetic_stack.exs" "$SCRATCH/packages")
+  PACKAGES=$(echo $RELEASES | wc -w)
+  "$PRECOMP" repo keygen --out "$SCRATCH/repo.pem" >/dev/null
+  "$PRECOMP" repo build --packages "$SCRATCH/packages" --key "$SCRATCH/repo.pem" --out "$SCRATCH/repo" >/dev/null
+  "$PRECOMP" keys generate --name bench --out "$SCRATCH/keys" >/dev/null
+  # shellcheck disable=SC2086
+  "$PRECOMP" repo lock --repo "$SCRATCH/repo" --public-key "$SCRATCH/repo.pem.pub" \
+    --out "$SCRATCH/mix.lock" $RELEASES
+}

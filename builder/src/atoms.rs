@@ -41,6 +41,107 @@ pub enum Pass {
     Record,
     /// Compile with every recorded atom created at boot.
     Precreated,
+    /// The only pass of a package whose compile runs no code of its own
+    /// ([`erlang_compile_runs_code`] found none): its output cannot follow atom order.
+    Only,
+}
+
+/// Words that, in a file of a rebar3 package (or in a header of its closure), mean the
+/// compile may run code that is not the Erlang compiler's: a parse or core transform (named
+/// in `erl_opts`, a `-compile` attribute or an included header), a rebar3 plugin or hook.
+const RUNS_CODE: [&str; 4] = ["parse_transform", "core_transform", "plugins", "_hooks"];
+
+/// Files whose presence in the package means code runs at compile time: a rebar.config
+/// computed by Erlang code, yecc and leex grammars (generated code).
+const RUNS_CODE_FILES: [&str; 3] = ["rebar.config.script", ".yrl", ".xrl"];
+
+/// Why the build of `app` must compile twice although Mix does not compile it itself (a
+/// rebar3 package): the first file of the package's sources (`project/deps/<app>`), or
+/// header of a closure member's (`project/deps/<member>`), that names code the compile may
+/// run ([`RUNS_CODE`], [`RUNS_CODE_FILES`]); `None` when there is none.
+///
+/// Without such code a rebar3 build runs only rebar3 and the Erlang compiler, whose output
+/// does not depend on atom indices: it sorts what it emits (atom, import, export and literal
+/// tables are numbered in first-use order, literals are encoded with `term_to_binary(_,
+/// [deterministic])` by `beam_dict`), which is why erlc is reproducible although OTP's
+/// parallel boot already shuffles thousands of atom indices (docs/builder.md "One pass for
+/// rebar3 packages").
+pub fn erlang_compile_runs_code(
+    project: &Path,
+    app: &str,
+    closure: impl IntoIterator<Item = impl AsRef<str>>,
+) -> Result<Option<String>> {
+    let deps = project.join("deps");
+    let mut reason = None;
+    visit_files(
+        &deps.join(app),
+        &mut |path| {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            let name = name.unwrap_or_default();
+            if let Some(kind) = RUNS_CODE_FILES.iter().find(|k| name.ends_with(*k)) {
+                return Ok(Some(format!("{} ({kind})", shown(&deps, path))));
+            }
+            word_in(&deps, path)
+        },
+        &mut reason,
+    )?;
+    for member in closure {
+        if reason.is_some() {
+            break;
+        }
+        visit_files(
+            &deps.join(member.as_ref()),
+            &mut |path| {
+                if path.extension().is_some_and(|e| e == "hrl") {
+                    word_in(&deps, path)
+                } else {
+                    Ok(None)
+                }
+            },
+            &mut reason,
+        )?;
+    }
+    Ok(reason)
+}
+
+fn shown(deps: &Path, path: &Path) -> String {
+    format!("deps/{}", path.strip_prefix(deps).unwrap_or(path).display())
+}
+
+fn word_in(deps: &Path, path: &Path) -> Result<Option<String>> {
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    Ok(RUNS_CODE
+        .iter()
+        .find(|word| bytes.windows(word.len()).any(|w| w == word.as_bytes()))
+        .map(|word| format!("{} ({word})", shown(deps, path))))
+}
+
+/// Calls `check` on each regular file under `dir` (links are not followed), depth first,
+/// until it gives a reason, which goes into `reason`.
+fn visit_files(
+    dir: &Path,
+    check: &mut dyn FnMut(&Path) -> Result<Option<String>>,
+    reason: &mut Option<String>,
+) -> Result<()> {
+    let mut entries: Vec<_> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries.collect::<std::io::Result<_>>().map_err(io(dir))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(dir)(e)),
+    };
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        if reason.is_some() {
+            return Ok(());
+        }
+        let path = entry.path();
+        let kind = entry.file_type().map_err(io(&path))?;
+        if kind.is_dir() {
+            visit_files(&path, check, reason)?;
+        } else if kind.is_file() {
+            *reason = check(&path)?;
+        }
+    }
+    Ok(())
 }
 
 /// Writes the hook into `project/.precomp/` (the generated project of a build, and of
@@ -78,6 +179,8 @@ pub fn env(pass: Pass, app_ebin: &str) -> Vec<(&'static str, String)> {
             ),
             ("PRECOMP_ATOMS_BOOT", boot),
         ],
+        // The hook does nothing without PRECOMP_ATOMS.
+        Pass::Only => Vec::new(),
     }
 }
 
@@ -140,6 +243,75 @@ mod tests {
                 "x"
             ]
         );
+    }
+
+    #[test]
+    fn a_rebar3_compile_that_may_run_code_is_found() {
+        let project = tempfile::tempdir().unwrap();
+        let write = |path: &str, text: &str| {
+            let path = project.path().join("deps").join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        };
+        write("plain/rebar.config", "{erl_opts, [debug_info]}.\n");
+        write(
+            "plain/src/plain.erl",
+            "-module(plain).\n-include_lib(\"dep/include/d.hrl\").\n",
+        );
+        write("dep/include/d.hrl", "-define(D, 1).\n");
+        // A transform in a member's source is not compiled into this package.
+        write("dep/src/dep.erl", "-compile({parse_transform, dep_pt}).\n");
+        let runs = |app: &str, closure: &[&str]| {
+            erlang_compile_runs_code(project.path(), app, closure.iter()).unwrap()
+        };
+        assert_eq!(runs("plain", &["dep"]), None);
+
+        // A transform named in an included header of the closure, in a source file, in
+        // rebar.config; plugins and hooks; grammars and a computed rebar.config.
+        write(
+            "dep/include/d.hrl",
+            "-compile({parse_transform, lager_transform}).\n",
+        );
+        assert_eq!(
+            runs("plain", &["dep"]).as_deref(),
+            Some("deps/dep/include/d.hrl (parse_transform)")
+        );
+        for (path, text, reason) in [
+            (
+                "pt/src/pt.erl",
+                "-compile([{core_transform, x}]).",
+                "deps/pt/src/pt.erl (core_transform)",
+            ),
+            (
+                "cfg/rebar.config",
+                "{erl_opts, [{parse_transform, x}]}.",
+                "deps/cfg/rebar.config (parse_transform)",
+            ),
+            (
+                "plug/rebar.config",
+                "{plugins, [pc]}.",
+                "deps/plug/rebar.config (plugins)",
+            ),
+            (
+                "hook/rebar.config",
+                "{pre_hooks, [{compile, \"make\"}]}.",
+                "deps/hook/rebar.config (_hooks)",
+            ),
+            (
+                "yecc/src/g.yrl",
+                "Nonterminals x.",
+                "deps/yecc/src/g.yrl (.yrl)",
+            ),
+            (
+                "script/rebar.config.script",
+                "CONFIG.",
+                "deps/script/rebar.config.script (rebar.config.script)",
+            ),
+        ] {
+            write(path, text);
+            let app = path.split('/').next().unwrap();
+            assert_eq!(runs(app, &[]).as_deref(), Some(reason), "{path}");
+        }
     }
 
     #[test]

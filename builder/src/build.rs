@@ -11,7 +11,8 @@ use sha2::{Digest, Sha256};
 
 use precomp_proto::artifact::{self, PackedArtifact};
 use precomp_proto::buildkey::{
-    BuildInputs, BuildKey, ClosureMember, CompileEnvEntry, PackageRef, Target,
+    BuildInputs, BuildKey, BuildKeyError, ClosureMember, CompileEnvEntry, Manager, PackageRef,
+    Target,
 };
 use precomp_proto::lock::{LockEntry, MixLock};
 use precomp_proto::manifest::{ArtifactSigningKey, Manifest, Output, Provenance, SignedManifest};
@@ -21,6 +22,7 @@ use precomp_sandbox::{Cancel, Sandbox, Spec, Status};
 
 use crate::atoms::{self, Pass};
 use crate::error::{io, BuildError, Result};
+use crate::managers::Managers;
 use crate::project::{self, ProjectDep, PROJECT_APP};
 use crate::sources::{self, SourceCache};
 use crate::workdir::WorkDir;
@@ -79,10 +81,12 @@ pub enum BuildOutcome {
     },
 }
 
-/// Builds `app` of `lock` with its closure's artifacts already built.
+/// Builds `app` of `lock` with its closure's artifacts already built, each package declared
+/// with its manager in `managers` (`managers::for_lock`).
 pub fn build_package(
     context: &BuildContext<'_>,
     lock: &MixLock,
+    managers: &Managers,
     app: &str,
     dependencies: &[DependencyArtifact],
 ) -> Result<BuildOutcome> {
@@ -93,25 +97,42 @@ pub fn build_package(
         )));
     }
     let (package, closure) = lock.closure_by_app(app)?;
+    let manager = *managers.get(app).ok_or_else(|| BuildKeyError::NoManager {
+        app: app.to_string(),
+    })?;
     if let Some(reason) = context.cancel.reason() {
         return Ok(BuildOutcome::Cancelled { reason });
     }
-    // Pass 1 and pass 2 (crate::atoms) compile the same project, laid out twice, both at
-    // /build in the sandbox: pass 1's is thrown away once its atom table is recorded, pass
-    // 2's (`work`) gives the artifact.
-    let mut pass1 = Some(work_dir(context, app)?);
-    let work = work_dir(context, app)?;
     let members: Vec<(String, PackageRef)> = std::iter::once((app.to_string(), package.clone()))
         .chain(closure.iter().map(|(a, p)| (a.clone(), p.clone())))
         .collect();
-    for dir in [pass1.as_ref().unwrap().path(), work.path()] {
-        lay_out(context, lock, &members, dir)?;
-        install_dependencies(context, dependencies, dir)?;
+    // `work` gives the artifact. Mix packages, and rebar3 ones whose compile runs code of
+    // their own, compile twice (crate::atoms): pass 1 in a project of its own, thrown away
+    // once its atom table is recorded, pass 2 in `work`; both at /build in the sandbox.
+    // Others compile once (docs/builder.md "One pass for rebar3 packages").
+    let work = work_dir(context, app)?;
+    lay_out(context, lock, managers, &members, work.path())?;
+    install_dependencies(context, dependencies, work.path())?;
+    let twice = match manager {
+        Manager::Mix => Some("Mix compiles it, running Elixir code".to_string()),
+        Manager::Make => Some("make runs whatever its Makefile says".to_string()),
+        Manager::Rebar3 => atoms::erlang_compile_runs_code(work.path(), app, closure.keys())?,
+    };
+    let mut pass1 = None;
+    if twice.is_some() {
+        let dir = work_dir(context, app)?;
+        lay_out(context, lock, managers, &members, dir.path())?;
+        install_dependencies(context, dependencies, dir.path())?;
+        pass1 = Some(dir);
     }
     let prepared = started.elapsed();
+    let passes: &[Pass] = match twice {
+        Some(_) => &[Pass::Record, Pass::Precreated],
+        None => &[Pass::Only],
+    };
 
     let mut log = Vec::new();
-    for pass in [Pass::Record, Pass::Precreated] {
+    for &pass in passes {
         // Fetching sources (or pass 1) may have taken a while: look again before starting.
         if let Some(reason) = context.cancel.reason() {
             return Ok(BuildOutcome::Cancelled { reason });
@@ -131,6 +152,7 @@ pub fn build_package(
                 }
                 work.path().to_path_buf()
             }
+            Pass::Only => work.path().to_path_buf(),
         };
         let outcome = context
             .sandbox
@@ -148,10 +170,21 @@ pub fn build_package(
             tracing::info!(app, %reason, "build cancelled");
             return Ok(BuildOutcome::Cancelled { reason });
         }
-        log.extend_from_slice(match pass {
-            Pass::Record => b"== precomp: pass 1 of 2, records the atom table ==\n",
-            Pass::Precreated => b"== precomp: pass 2 of 2, with those atoms created at boot ==\n",
-        });
+        match pass {
+            Pass::Record => log.extend_from_slice(
+                format!(
+                    "== precomp: pass 1 of 2, records the atom table (two passes: {}) ==\n",
+                    twice.as_deref().unwrap_or_default()
+                )
+                .as_bytes(),
+            ),
+            Pass::Precreated => {
+                log.extend_from_slice(b"== precomp: pass 2 of 2, with those atoms created at boot ==\n")
+            }
+            Pass::Only => log.extend_from_slice(
+                b"== precomp: one pass (rebar3, no parse transform, plugin or hook: atom order cannot change the beams) ==\n",
+            ),
+        }
         log.extend_from_slice(&outcome.stdout.bytes);
         log.extend_from_slice(&outcome.stderr.bytes);
         if !outcome.status.success() {
@@ -167,7 +200,7 @@ pub fn build_package(
     }
     let result = finish(
         context,
-        lock,
+        manager,
         app,
         &package,
         &closure,
@@ -241,7 +274,7 @@ fn keep_if_asked(context: &BuildContext<'_>, dir: WorkDir) {
 #[allow(clippy::too_many_arguments)]
 fn finish(
     context: &BuildContext<'_>,
-    lock: &MixLock,
+    manager: Manager,
     app: &str,
     package: &PackageRef,
     closure: &BTreeMap<String, PackageRef>,
@@ -276,7 +309,7 @@ fn finish(
     } else {
         Target::Any
     };
-    // Each member with the key of the build installed for it; the manager as Mix chose it.
+    // Each member with the key of the build installed for it.
     let closure = closure
         .iter()
         .map(|(member, package)| {
@@ -292,8 +325,6 @@ fn finish(
             })
         })
         .collect::<Result<_>>()?;
-    let sources = work.join("deps").join(app);
-    let manager = lock.manager(app, |name| sources.join(name).is_file())?;
     let inputs = BuildInputs {
         package: package.clone(),
         manager,
@@ -329,10 +360,12 @@ fn finish(
 }
 
 /// Writes the generated project for `members` (app, release) into `dir`: each release's
-/// sources unpacked at `deps/<app>`, `mix.exs` and `config/`.
+/// sources unpacked at `deps/<app>`, `mix.exs` (each member with its manager in `managers`)
+/// and `config/`.
 pub fn lay_out(
     context: &BuildContext<'_>,
     lock: &MixLock,
+    managers: &Managers,
     members: &[(String, PackageRef)],
     dir: &Path,
 ) -> Result<()> {
@@ -343,7 +376,11 @@ pub fn lay_out(
         let tarball = context.sources.tarball(package)?;
         sources::unpack(package, &tarball, &deps_dir.join(member))?;
         match lock.entries.get(member) {
-            Some(LockEntry::Hex(entry)) => project_deps.push(ProjectDep { app: member, entry }),
+            Some(LockEntry::Hex(entry)) => project_deps.push(ProjectDep {
+                app: member,
+                entry,
+                manager: managers.get(member).copied(),
+            }),
             _ => {
                 return Err(BuildError::Invalid(format!(
                     "{member} is not a Hex package of the lock"
@@ -352,8 +389,14 @@ pub fn lay_out(
         }
     }
     project_deps.sort_by_key(|dep| dep.app);
-    let mix_exs = project::mix_exs(&project_deps, &context.mix_env);
-    project::write(dir, &mix_exs, context.config.as_deref())?;
+    let mix_lock = project::mix_lock(&project_deps);
+    let mix_exs = project::mix_exs(&project_deps, &context.mix_env, mix_lock.is_some());
+    project::write(
+        dir,
+        &mix_exs,
+        mix_lock.as_deref(),
+        context.config.as_deref(),
+    )?;
     atoms::write_hook(dir)
 }
 

@@ -61,7 +61,7 @@ impl CompileEnvSource for SandboxedConfig<'_> {
 /// Runs the dump script on the build's config in the sandbox and parses what it prints.
 pub fn evaluate(context: &BuildContext<'_>) -> Result<AppConfig> {
     let work = crate::workdir::WorkDir::create(&context.work_root, "config-", 0o755)?;
-    project::write(work.path(), "", context.config.as_deref())?;
+    project::write(work.path(), "", None, context.config.as_deref())?;
     let script = work.path().join("dump_config.exs");
     std::fs::write(&script, DUMP_CONFIG_EXS).map_err(io(&script))?;
     let spec = Spec::build(

@@ -2,6 +2,7 @@
 //! sandbox, into a reproducible artifact with a signed manifest.
 //!
 //! - [`sources`]: release tarballs through the mirror, checked against the lock.
+//! - [`managers`]: the build tool each package is built with, as the consumer's Mix picks it.
 //! - [`project`]: the generated Mix project at the canonical path `/build`.
 //! - [`build`]: one package: sandboxed `mix deps.compile`, artifact, manifest, signature.
 //! - [`run`]: a lock's packages as a DAG, in parallel, reusing stored builds.
@@ -16,6 +17,7 @@ pub mod atoms;
 pub mod build;
 pub mod config;
 pub mod error;
+pub mod managers;
 pub mod project;
 pub mod run;
 pub mod sources;

@@ -13,13 +13,19 @@
 //! Mix needs an SCM for `{:app, "== 1.0.0"}` deps, and Hex is not installed (nor wanted: no
 //! network). The generated `mix.exs` registers a small SCM that behaves like Hex for an
 //! already-unpacked `deps/<app>`: fetchable, `dest` at `deps/<app>`, the lock's build tools
-//! as managers (so Mix picks mix/rebar3/make exactly as it does for the Hex package), and it
-//! refuses to fetch anything.
+//! as managers, and it refuses to fetch anything.
+//!
+//! Every package is declared at the top level, which is not where the consumer's Mix meets
+//! most of them: Mix picks a dependency's manager from where it meets it (a make-only package
+//! under a rebar3 parent is built with rebar3, `precomp_proto::manager`). So each package is
+//! declared with `manager:` set to the one Mix uses in the consumer's project, and
+//! `override: true` keeps that declaration authoritative.
 
 use std::fmt::Write as _;
 use std::path::Path;
 
-use precomp_proto::lock::HexLockEntry;
+use precomp_proto::lock::{HexLockEntry, LockEntry, MixLock};
+use precomp_proto::manager::Manager;
 
 use crate::error::{io, Result};
 
@@ -65,8 +71,16 @@ defmodule Precomp.BuildSCM do
   @impl true
   def equal?(opts1, opts2), do: opts1[:dest] == opts2[:dest]
 
+  # As Hex.SCM: the build tools of the dependency's lock entry (`precomp_managers:` in a
+  # generated build project).
   @impl true
-  def managers(opts), do: Keyword.get(opts, :precomp_managers, [])
+  def managers(opts) do
+    case {opts[:precomp_managers], opts[:lock]} do
+      {managers, _} when is_list(managers) -> managers
+      {nil, lock} when is_tuple(lock) and tuple_size(lock) >= 6 and elem(lock, 0) == :hex -> elem(lock, 4)
+      _ -> []
+    end
+  end
 
   @impl true
   def checkout(opts), do: Mix.raise("precomp: #{opts[:dest]} is not unpacked; nothing is fetched in a build")
@@ -78,17 +92,71 @@ end
 Mix.SCM.append(Precomp.BuildSCM)
 "#;
 
-/// One package of the project: its lock entry under its app name.
+/// Appended after [`SCM`] in a `mix.exs` so that Mix converges the project as it does with
+/// Hex: `Precomp.LockConverger` is the remote converger of `Precomp.BuildSCM` deps and gives
+/// each one the children its mix.lock entry lists (`Hex.RemoteConverger.deps/2`), instead of
+/// those its own mix.exs or rebar.config declare — which Mix would have to evaluate. Used in
+/// generated build projects (with [`mix_lock`]) and in tests' consumer projects where Hex is
+/// not installed.
+pub const LOCK_CONVERGER: &str = r#"
+defmodule Precomp.LockConverger do
+  @moduledoc false
+  @behaviour Mix.RemoteConverger
+
+  @impl true
+  def remote?(%Mix.Dep{scm: scm}), do: scm == Precomp.BuildSCM
+
+  @impl true
+  def converge(_deps, lock), do: lock
+
+  @impl true
+  def deps(%Mix.Dep{app: app}, lock) do
+    case lock[app] do
+      lock when is_tuple(lock) and tuple_size(lock) >= 6 and elem(lock, 0) == :hex -> elem(lock, 5)
+      _ -> []
+    end
+  end
+
+  @impl true
+  def post_converge, do: :ok
+end
+
+Mix.RemoteConverger.register(Precomp.LockConverger)
+"#;
+
+/// One package of the project: its lock entry under its app name, and the manager Mix uses
+/// for it in the consumer's project (`None`: Mix's own inference as a top-level dep).
 pub struct ProjectDep<'a> {
     pub app: &'a str,
     pub entry: &'a HexLockEntry,
+    pub manager: Option<Manager>,
+}
+
+/// The generated project's `mix.lock`: the lock entries of its packages, so that
+/// [`LOCK_CONVERGER`] gives Mix each package's children from it, as Hex does, instead of
+/// Mix evaluating every package's own `mix.exs` to find them (a tenth of a second or more
+/// per build of a package with a large closure). `None` when the entries cannot be written
+/// (fields of a newer Hex): the project then does without the converger.
+pub fn mix_lock(deps: &[ProjectDep<'_>]) -> Option<String> {
+    let lock = MixLock {
+        entries: deps
+            .iter()
+            .map(|dep| (dep.app.to_string(), LockEntry::Hex(dep.entry.clone())))
+            .collect(),
+    };
+    lock.to_text().ok()
 }
 
 /// The text of the generated `mix.exs`. Every package is a top-level dep with `override:
 /// true`, so the lock's resolution wins exactly as it did for the consumer (optional deps the
-/// lock holds are included), and `env:` is the dependency's Mix env.
-pub fn mix_exs(deps: &[ProjectDep<'_>], mix_env: &str) -> String {
+/// lock holds are included), `manager:` the one the consumer's Mix uses, and `env:` the
+/// dependency's Mix env. With `lock_converger` (a [`mix_lock`] is written beside it),
+/// children come from the lock.
+pub fn mix_exs(deps: &[ProjectDep<'_>], mix_env: &str, lock_converger: bool) -> String {
     let mut text = String::from(SCM);
+    if lock_converger {
+        text.push_str(LOCK_CONVERGER);
+    }
     text.push_str(
         "\ndefmodule PrecompBuild.MixProject do\n  use Mix.Project\n\n  def project do\n",
     );
@@ -98,9 +166,13 @@ pub fn mix_exs(deps: &[ProjectDep<'_>], mix_env: &str) -> String {
     );
     for (i, dep) in deps.iter().enumerate() {
         let managers: Vec<String> = dep.entry.managers.iter().map(|m| format!(":{m}")).collect();
+        let manager = dep
+            .manager
+            .map(|m| format!(", manager: :{m}"))
+            .unwrap_or_default();
         let _ = write!(
             text,
-            "      {{:{app}, \"== {version}\", override: true, env: :{mix_env}, precomp_version: \"{version}\", precomp_managers: [{managers}]}}",
+            "      {{:{app}, \"== {version}\", override: true{manager}, env: :{mix_env}, precomp_version: \"{version}\", precomp_managers: [{managers}]}}",
             app = dep.app,
             version = dep.entry.version,
             managers = managers.join(", "),
@@ -111,11 +183,21 @@ pub fn mix_exs(deps: &[ProjectDep<'_>], mix_env: &str) -> String {
     text
 }
 
-/// Writes `mix.exs` and `config/` (copied from `config`, a directory or one file that becomes
-/// `config/config.exs`; an empty `config/config.exs` when there is none).
-pub fn write(dir: &Path, mix_exs: &str, config: Option<&Path>) -> Result<()> {
+/// Writes `mix.exs`, `mix.lock` when given and `config/` (copied from `config`, a directory
+/// or one file that becomes `config/config.exs`; an empty `config/config.exs` when there is
+/// none).
+pub fn write(
+    dir: &Path,
+    mix_exs: &str,
+    mix_lock: Option<&str>,
+    config: Option<&Path>,
+) -> Result<()> {
     let path = dir.join("mix.exs");
     std::fs::write(&path, mix_exs).map_err(io(&path))?;
+    if let Some(lock) = mix_lock {
+        let path = dir.join("mix.lock");
+        std::fs::write(&path, lock).map_err(io(&path))?;
+    }
     let config_dir = dir.join("config");
     std::fs::create_dir_all(&config_dir).map_err(io(&config_dir))?;
     match config {

@@ -9,13 +9,16 @@ use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use precomp_proto::buildkey::{
-    BuildInputs, BuildKey, ClosureMember, CompileEnvEntry, Manager, PackageRef, Target,
+    BuildInputs, BuildKey, BuildKeyError, ClosureMember, CompileEnvEntry, Manager, PackageRef,
+    Target,
 };
 use precomp_proto::lock::{LockEntry, MixLock};
 use precomp_proto::manifest::ArtifactPublicKey;
+use precomp_proto::tarball::{list_contents, ContentEntry};
 
 use crate::build::{build_package, native_target, BuildContext, BuildOutcome, DependencyArtifact};
 use crate::error::{io, BuildError, Result};
+use crate::managers::Managers;
 use crate::store::{BuildStore, StoredBuild};
 
 /// How one package ended.
@@ -93,11 +96,13 @@ pub struct Reuse<'a> {
     pub compile_env: &'a dyn CompileEnvSource,
 }
 
-/// Builds `apps` of `lock` and everything they depend on, reusing stored builds.
+/// Builds `apps` of `lock` and everything they depend on, reusing stored builds; each package
+/// with its manager in `managers` (`managers::for_lock`: the one the consumer's Mix uses).
 pub fn build_lock(
     context: &BuildContext<'_>,
     reuse: &Reuse<'_>,
     lock: &MixLock,
+    managers: &Managers,
     apps: &[String],
     jobs: usize,
     progress: &dyn Progress,
@@ -107,19 +112,19 @@ pub fn build_lock(
     // So are those Mix could not pick a build tool for (the manager is part of the key).
     let mut unbuildable = Vec::new();
     let mut buildable = Vec::new();
-    let mut managers = BTreeMap::new();
     for app in apps {
-        let keyable =
-            lock.closure_by_app(app)
-                .map_err(BuildError::from)
-                .and_then(|(_, closure)| {
-                    for member in closure.keys().chain([app]) {
-                        if !managers.contains_key(member) {
-                            managers.insert(member.clone(), manager_of(context, lock, member)?);
-                        }
-                    }
-                    Ok(())
-                });
+        let keyable = lock.closure_by_app(app).map_err(BuildError::from).and_then(
+            |(_, closure)| match closure
+                .keys()
+                .chain([app])
+                .find(|m| !managers.contains_key(*m))
+            {
+                Some(member) => Err(BuildError::Lock(BuildKeyError::NoManager {
+                    app: member.clone(),
+                })),
+                None => Ok(()),
+            },
+        );
         match keyable {
             Ok(()) => buildable.push(app.clone()),
             Err(e @ (BuildError::Lock(_) | BuildError::Invalid(_))) => {
@@ -138,16 +143,8 @@ pub fn build_lock(
     for result in &unbuildable {
         progress.finished(result);
     }
-    let nodes = plan(lock, &buildable, &managers)?;
-    let dependents: Vec<usize> = nodes
-        .iter()
-        .map(|node| {
-            nodes
-                .iter()
-                .filter(|other| other.closure.contains_key(&node.app))
-                .count()
-        })
-        .collect();
+    let nodes = plan(lock, &buildable, managers)?;
+    let priority = critical_paths(&nodes, &estimated_costs(context, &nodes));
     let states = Mutex::new(vec![State::Waiting; nodes.len()]);
     let wake = Condvar::new();
     let error: Mutex<Option<BuildError>> = Mutex::new(None);
@@ -190,8 +187,9 @@ pub fn build_lock(
                         .deps
                         .iter()
                         .all(|&d| matches!(guard[d], State::Done(_)));
-                    // Of the ready packages, the one most others wait for goes first.
-                    if ready && pick.is_none_or(|p| dependents[i] > dependents[p]) {
+                    // Of the ready packages, the one at the head of the longest chain of
+                    // work left goes first.
+                    if ready && pick.is_none_or(|p| priority[i] > priority[p]) {
                         pick = Some(i);
                     }
                 }
@@ -239,7 +237,7 @@ pub fn build_lock(
         };
         let node = &nodes[i];
         progress.started(&node.app);
-        let result = build_node(context, reuse, lock, node, &dependencies);
+        let result = build_node(context, reuse, lock, managers, node, &dependencies);
         let mut guard = states.lock().unwrap();
         match result {
             Ok(result) => {
@@ -274,6 +272,68 @@ pub fn build_lock(
     Ok(results)
 }
 
+/// The fixed cost of one build in [`estimated_costs`]'s unit (a byte of Erlang source): a
+/// sandbox, a VM, Mix loading the project — about 0.8 s here, the time to compile ~50 KB of
+/// Erlang.
+const BUILD_OVERHEAD: u64 = 50_000;
+
+/// An estimate of each package's build time, in bytes of Erlang source: its release's `.erl`
+/// and C files, its `.ex` files twice (Elixir compiles about half as many bytes a second;
+/// measured on a Phoenix-sized stack, docs/benchmarks.md), plus [`BUILD_OVERHEAD`]. Only the
+/// order of the estimates matters ([`critical_paths`]). A release that cannot be read counts
+/// as the overhead alone (its build will say why).
+fn estimated_costs(context: &BuildContext<'_>, nodes: &[Node]) -> Vec<u64> {
+    nodes
+        .iter()
+        .map(|node| {
+            let source = context
+                .sources
+                .tarball(&node.package)
+                .ok()
+                .and_then(|tarball| list_contents(&tarball.contents_tar_gz).ok())
+                .map_or(0, |entries| entries.iter().map(source_cost).sum());
+            BUILD_OVERHEAD + source
+        })
+        .collect()
+}
+
+fn source_cost(entry: &ContentEntry) -> u64 {
+    let in_sources = ["lib/", "src/", "c_src/"]
+        .iter()
+        .any(|dir| entry.path.starts_with(dir));
+    if !in_sources {
+        0
+    } else if entry.path.ends_with(".ex") {
+        2 * entry.size
+    } else {
+        entry.size
+    }
+}
+
+/// For each node, the cost of the longest chain of builds that starts with it and follows
+/// its dependents: list scheduling by critical path. With few CPUs the long chains (cowlib
+/// -> cowboy -> plug_cowboy -> phoenix in a Phoenix lock) must start first, and small
+/// leaves fill the gaps.
+fn critical_paths(nodes: &[Node], costs: &[u64]) -> Vec<u64> {
+    fn visit(i: usize, nodes: &[Node], costs: &[u64], memo: &mut [Option<u64>]) -> u64 {
+        if let Some(known) = memo[i] {
+            return known;
+        }
+        let longest_after = (0..nodes.len())
+            .filter(|&d| nodes[d].deps.contains(&i))
+            .map(|d| visit(d, nodes, costs, memo))
+            .max()
+            .unwrap_or(0);
+        let total = costs[i] + longest_after;
+        memo[i] = Some(total);
+        total
+    }
+    let mut memo = vec![None; nodes.len()];
+    (0..nodes.len())
+        .map(|i| visit(i, nodes, costs, &mut memo))
+        .collect()
+}
+
 /// What the lock says of `app`, for reporting a package that cannot be built: its package
 /// name, version and outer checksum when it has them.
 fn lock_package(lock: &MixLock, app: &str) -> PackageRef {
@@ -299,10 +359,11 @@ fn build_node(
     context: &BuildContext<'_>,
     reuse: &Reuse<'_>,
     lock: &MixLock,
+    managers: &Managers,
     node: &Node,
     dependencies: &[StoredBuild],
 ) -> Result<PackageResult> {
-    match build_or_reuse(context, reuse, lock, node, dependencies) {
+    match build_or_reuse(context, reuse, lock, managers, node, dependencies) {
         // Cancelled while evaluating the config for reuse.
         Err(BuildError::Cancelled { reason }) => Ok(PackageResult {
             app: node.app.clone(),
@@ -318,6 +379,7 @@ fn build_or_reuse(
     context: &BuildContext<'_>,
     reuse: &Reuse<'_>,
     lock: &MixLock,
+    managers: &Managers,
     node: &Node,
     dependencies: &[StoredBuild],
 ) -> Result<PackageResult> {
@@ -343,7 +405,7 @@ fn build_or_reuse(
         })
         .collect::<Result<Vec<_>>>()?;
     let started = Instant::now();
-    match build_package(context, lock, &node.app, &artifacts)? {
+    match build_package(context, lock, managers, &node.app, &artifacts)? {
         BuildOutcome::Built(built) => {
             let before_store = started.elapsed();
             let stored = reuse.store.put(&built)?;
@@ -448,38 +510,9 @@ fn stored_key(stored: &StoredBuild) -> Result<BuildKey> {
     })
 }
 
-/// The build tool Mix uses for `app` ([`MixLock::manager`]); only when the lock's build tools
-/// do not decide it are the release's files looked at.
-fn manager_of(context: &BuildContext<'_>, lock: &MixLock, app: &str) -> Result<Manager> {
-    if let Some(LockEntry::Hex(entry)) = lock.entries.get(app) {
-        if let Some(manager) = entry.mix_manager() {
-            return Ok(manager);
-        }
-    }
-    let (package, _) = lock.closure_by_app(app)?;
-    let tarball = context.sources.tarball(&package)?;
-    let files = precomp_proto::tarball::list_contents(&tarball.contents_tar_gz).map_err(|e| {
-        BuildError::Tarball {
-            package: package.name.clone(),
-            version: package.version.clone(),
-            source: Box::new(e),
-        }
-    })?;
-    Ok(lock.manager(app, |name| {
-        files.iter().any(|entry| {
-            entry.path == name
-                && matches!(entry.kind, precomp_proto::tarball::EntryKind::File { .. })
-        })
-    })?)
-}
-
 /// The packages to build: `apps` and their closures, each with its direct dependencies and
 /// its manager (from `managers`, by app).
-fn plan(
-    lock: &MixLock,
-    apps: &[String],
-    managers: &BTreeMap<String, Manager>,
-) -> Result<Vec<Node>> {
+fn plan(lock: &MixLock, apps: &[String], managers: &Managers) -> Result<Vec<Node>> {
     let mut wanted = BTreeSet::new();
     for app in apps {
         let (_, closure) = lock.closure_by_app(app)?;
@@ -540,4 +573,43 @@ fn check_acyclic(nodes: &[Node]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(app: &str, deps: &[usize]) -> Node {
+        Node {
+            app: app.to_string(),
+            package: PackageRef {
+                name: app.to_string(),
+                version: "1.0.0".into(),
+                outer_checksum: [0; 32],
+            },
+            manager: Manager::Mix,
+            closure: BTreeMap::new(),
+            deps: deps.to_vec(),
+        }
+    }
+
+    #[test]
+    fn the_head_of_the_longest_chain_of_work_goes_first() {
+        // cowlib -> cowboy -> phoenix, and a big leaf nothing waits for.
+        let nodes = [
+            node("cowlib", &[]),
+            node("cowboy", &[0]),
+            node("phoenix", &[1, 4]),
+            node("big_leaf", &[]),
+            node("telemetry", &[]),
+        ];
+        let costs = [30, 20, 100, 120, 5];
+        let priority = critical_paths(&nodes, &costs);
+        assert_eq!(priority, [150, 120, 100, 120, 105]);
+        // Ready at the start: cowlib, big_leaf, telemetry; cowlib's chain is the longest
+        // although big_leaf is the biggest package and telemetry has as many dependents.
+        let ready = [0, 3, 4];
+        assert_eq!(ready.iter().max_by_key(|&&i| priority[i]), Some(&0));
+        assert!(priority[4] < priority[3]);
+    }
 }

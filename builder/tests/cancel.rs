@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use precomp_builder::build::BuildContext;
 use precomp_builder::config::SandboxedConfig;
+use precomp_builder::managers;
 use precomp_builder::run::{self, PackageResult, Progress, Reuse, Status};
 use precomp_builder::sources::SourceCache;
 use precomp_builder::store::BuildStore;
@@ -127,9 +128,12 @@ impl Setup {
         };
         let progress = Started::default();
         let apps: Vec<String> = apps.iter().map(|a| a.to_string()).collect();
+        let managers =
+            managers::for_lock(&sources, &self.lock, None, &self.toolchain.elixir).unwrap();
         let (results, took) = std::thread::scope(|scope| {
-            let build =
-                scope.spawn(|| run::build_lock(&context, &reuse, &self.lock, &apps, 2, &progress));
+            let build = scope.spawn(|| {
+                run::build_lock(&context, &reuse, &self.lock, &managers, &apps, 2, &progress)
+            });
             during();
             let after = Instant::now();
             let results = build.join().unwrap().expect("build_lock");

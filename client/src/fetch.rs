@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use precomp_proto::api::{MAX_COMPILE_ENV_VALUE, MAX_MISS_COMPILE_ENV_BYTES};
 use precomp_proto::buildkey::{
-    BuildInputs, BuildKey, ClosureMember, CompileEnvEntry, Manager, Target,
+    BuildInputs, BuildKey, BuildKeyError, ClosureMember, CompileEnvEntry, Manager, Target,
 };
 use precomp_proto::config::AppConfig;
 use precomp_proto::lock::{LockEntry, MixLock};
@@ -401,6 +401,9 @@ pub fn human_bytes(bytes: u64) -> String {
 struct Run {
     project: Project,
     lock: MixLock,
+    /// The manager Mix uses for each Hex dependency in this project, `None` where it finds
+    /// none ([`Project::mix_managers`]: Mix's rule, which depends on the whole graph).
+    managers: BTreeMap<String, Option<Manager>>,
     policy: TrustPolicy,
     /// The mirror: indexes, and builds prepared for installing ([`Downloads`]).
     downloads: Arc<Downloads>,
@@ -551,9 +554,11 @@ pub async fn fetch(
     };
 
     let (wanted, skipped) = plan(&project, &lock);
+    let managers = project.mix_managers(&lock);
     let run = Arc::new(Run {
         project,
         lock,
+        managers,
         policy: options.policy,
         downloads: downloads.clone(),
         native,
@@ -880,7 +885,8 @@ async fn lookup(run: &Run, app: &str, dep_env: &str) -> Result<Outcome, Missed> 
     }
     let resolution = key_of(run, app, dep_env).await;
     let fetch_marker = deps_dir.join(".fetch");
-    let elixir_scm = mix_built(&run.lock, app, &deps_dir).then_some(project.elixir_scm.as_slice());
+    let mix_built = run.managers.get(app) == Some(&Some(Manager::Mix));
+    let elixir_scm = mix_built.then_some(project.elixir_scm.as_slice());
     let lib_dir = project.lib_dir();
     let (candidate, inputs, key) = match &resolution.found {
         // Already installed with the key this build has: leave it, refresh Mix's markers.
@@ -1010,10 +1016,14 @@ async fn resolve_key(run: &Run, app: &str, env: &str) -> KeyResolution {
             );
         }
     }
-    let deps_dir = run.project.deps_path.join(app);
-    let manager = match run.lock.manager(app, |file| deps_dir.join(file).is_file()) {
-        Ok(manager) => manager,
-        Err(e) => return unknown(missed(MissKind::NotBuildable, e.to_string()), None),
+    let manager = match run.managers.get(app).copied().flatten() {
+        Some(manager) => manager,
+        None => {
+            let e = BuildKeyError::NoManager {
+                app: app.to_string(),
+            };
+            return unknown(missed(MissKind::NotBuildable, e.to_string()), None);
+        }
     };
 
     // The members' keys first (each computed once, by whichever task asks first).
@@ -1500,13 +1510,6 @@ fn compile_env_json(entries: &[CompileEnvEntry]) -> Vec<CompileEnvJson> {
             value: entry.value.as_ref().map(to_erlang_text),
         })
         .collect()
-}
-
-/// Mix builds `app` with Elixir (so it writes `compile.elixir_scm`): its manager is `mix`
-/// ([`MixLock::manager`], from the lock's build tools or the files in `deps/<app>`).
-fn mix_built(lock: &MixLock, app: &str, deps_dir: &Path) -> bool {
-    lock.manager(app, |file| deps_dir.join(file).is_file())
-        .is_ok_and(|manager| manager == Manager::Mix)
 }
 
 /// The key of an install that is this build's, with its target, our compile env and the

@@ -4,11 +4,14 @@
 //! mix.exs is code, so the local `elixir` evaluates it with `project_probe.exs` (nothing is
 //! fetched or compiled), with the consumer's `MIX_ENV` and `MIX_TARGET`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use precomp_proto::buildkey::Target;
+use precomp_proto::lock::MixLock;
+use precomp_proto::manager::{self, Converger, Manager, TopLevelDep};
 use precomp_proto::term::{parse_erlang_terms, Term};
 
 use crate::error::ClientError;
@@ -131,6 +134,42 @@ impl Project {
     /// The declared options of `app`, if the project declares it.
     pub fn declared(&self, app: &str) -> Option<&DeclaredDep> {
         self.deps.iter().find(|d| d.app == app)
+    }
+
+    /// The manager (mix, rebar3, make) Mix uses for each Hex entry of `lock` in this project
+    /// (`precomp_proto::manager::mix_managers`): the deps this env and target use are the
+    /// top-level ones, files in `deps/<app>` decide where Mix looks at them. Entries Mix does
+    /// not reach from them are absent; `None` where Mix finds no manager.
+    ///
+    /// Not modelled (docs/client.md): `manager:` and `override:` options (a `manager:` makes
+    /// the dependency a custom build, which precomp leaves to Mix), and an umbrella's
+    /// children, whose declared deps are all taken as top-level.
+    pub fn mix_managers(&self, lock: &MixLock) -> BTreeMap<String, Option<Manager>> {
+        let top_level: Vec<TopLevelDep> = self
+            .deps
+            .iter()
+            .filter(|dep| dep.active)
+            .map(|dep| TopLevelDep::new(dep.app.as_str()))
+            .collect();
+        let infer = |app: &str| {
+            let dir = self.deps_path.join(app);
+            let files = [
+                "mix.exs",
+                "rebar",
+                "rebar.config",
+                "rebar.config.script",
+                "rebar.lock",
+                "Makefile",
+                "Makefile.win",
+            ];
+            Ok::<_, std::convert::Infallible>(Manager::infer_from_files(
+                files.into_iter().filter(|file| dir.join(file).is_file()),
+            ))
+        };
+        match manager::mix_managers(lock, &top_level, Converger::for_elixir(&self.elixir), infer) {
+            Ok(managers) => managers,
+            Err(never) => match never {},
+        }
     }
 
     /// The build-key target of native code built on this machine, e.g. `x86_64-linux-gnu`.

@@ -134,7 +134,7 @@ fn demo_runs_the_main_job() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(stdout.contains("14 releases"), "{stdout}");
+    assert!(stdout.contains("16 releases"), "{stdout}");
     assert!(stdout.contains("identical to upstream, cold"), "{stdout}");
     assert!(stdout.contains("identical to upstream, warm"), "{stdout}");
     assert!(

@@ -31,6 +31,7 @@ use precomp_http::artifacts::ArtifactClient;
 use precomp_proto::artifact;
 use precomp_proto::buildkey::{BuildInputs, BuildKey, ClosureMember, Target};
 use precomp_proto::lock::MixLock;
+use precomp_proto::manager::{lock_roots, mix_managers, Converger, Manager};
 use precomp_proto::manifest::{ArtifactSigningKey, Manifest, Provenance, SignedManifest};
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -186,6 +187,24 @@ impl Fixture {
                 .expect("BUILT holds every closure it needs");
             order.push(next);
         }
+        // The managers Mix uses in the consumer (the one rule: its converger on the lock graph).
+        let infer = |app: &str| {
+            let dir = project.join("deps").join(app);
+            let names: Vec<String> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap())
+                .filter(|e| e.path().is_file())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            Ok::<_, std::convert::Infallible>(Manager::infer_from_files(&names))
+        };
+        let managers = mix_managers(
+            &lock,
+            &lock_roots(&lock),
+            Converger::for_elixir(&fixture.elixir),
+            infer,
+        )
+        .unwrap();
         for app in order {
             let app_dir = project.join("_build/dev/lib").join(app);
             let packed = artifact::pack(&app_dir, &project).unwrap();
@@ -202,10 +221,9 @@ impl Fixture {
                     key: BuildKey::parse(&builds[member].manifest.key),
                 })
                 .collect();
-            let sources = project.join("deps").join(app);
             let inputs = BuildInputs {
                 package,
-                manager: lock.manager(app, |f| sources.join(f).is_file()).unwrap(),
+                manager: managers[app].expect("Mix finds a manager for every built package"),
                 closure,
                 otp_major: fixture.otp.clone(),
                 elixir: fixture.elixir.clone(),

@@ -380,11 +380,11 @@ fn latest_all_and_resuming() {
         ]
     );
 
-    // Everything: 13 packages, 14 releases and the two indexes; what the first sync stored is
+    // Everything: 15 packages, 16 releases and the two indexes; what the first sync stored is
     // not fetched again.
     let out = ok(sync(&data, &nginx.url(), &["--all", "-j", "3"]));
     assert!(
-        out.contains("synced 29 objects (25 fetched, 4 already stored), 0 failed"),
+        out.contains("synced 33 objects (29 fetched, 4 already stored), 0 failed"),
         "{out}"
     );
     let mut all_tarballs: Vec<String> = std::fs::read_dir(Fixture::get().root().join("tarballs"))
@@ -392,23 +392,23 @@ fn latest_all_and_resuming() {
         .map(|e| format!("/tarballs/{}", e.unwrap().file_name().to_string_lossy()))
         .collect();
     all_tarballs.sort();
-    assert_eq!(all_tarballs.len(), 14);
+    assert_eq!(all_tarballs.len(), 16);
     assert_eq!(sorted(tarball_requests(&nginx)), all_tarballs);
 
     // Once more: all stored, no tarball asked for.
     let out = ok(sync(&data, &nginx.url(), &["--all"]));
     assert!(
-        out.contains("synced 29 objects (0 fetched, 29 already stored), 0 failed"),
+        out.contains("synced 33 objects (0 fetched, 33 already stored), 0 failed"),
         "{out}"
     );
-    assert_eq!(tarball_requests(&nginx).len(), 14);
+    assert_eq!(tarball_requests(&nginx).len(), 16);
 
     // With a registry TTL of 0, registry files are revalidated (304s), tarballs still not.
     let before = nginx.access_log().len();
     let out = ok(sync(&data, &nginx.url(), &["--all", "--registry-ttl", "0"]));
-    assert!(out.contains("(0 fetched, 29 already stored)"), "{out}");
+    assert!(out.contains("(0 fetched, 33 already stored)"), "{out}");
     let revalidated: Vec<_> = nginx.access_log().split_off(before);
-    assert_eq!(revalidated.len(), 15, "{revalidated:?}");
+    assert_eq!(revalidated.len(), 17, "{revalidated:?}");
     assert!(
         revalidated
             .iter()

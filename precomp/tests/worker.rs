@@ -19,6 +19,7 @@ use std::time::Duration;
 use common::*;
 use precomp_proto::buildkey::{KeyParts, KeyToolchain, Target};
 use precomp_proto::lock::MixLock;
+use precomp_proto::manager::{lock_roots, mix_managers, Converger};
 use serde_json::{json, Value};
 
 /// The fixture repository and a builder key pair, made once per test process.
@@ -135,7 +136,10 @@ impl Mirror {
         let (app, entry) = parsed.hex().find(|(_, e)| e.package == package).unwrap();
         let version = entry.version.clone();
         let (_, closure) = parsed.closure_by_app(app).unwrap();
-        let manager = |app: &str| parsed.manager(app, |_| false).unwrap();
+        let infer = |_: &str| Ok::<_, std::convert::Infallible>(None);
+        let managers =
+            mix_managers(&parsed, &lock_roots(&parsed), Converger::Elixir1_15, infer).unwrap();
+        let manager = |app: &str| managers[app].expect("the lock names each package's manager");
         let mut parts = BTreeMap::new();
         parts.insert(
             app.to_string(),

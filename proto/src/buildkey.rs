@@ -79,69 +79,9 @@ pub enum BuildKeyError {
     Cycle { first: String, second: String },
 }
 
-/// The build tool Mix compiles a package with (`Mix.Dep`'s `manager`). It decides how the
-/// package is compiled (mix compiles Elixir with the project's config loaded, rebar3 and make
-/// compile Erlang their own way), so it is part of the key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Manager {
-    Mix,
-    Rebar3,
-    Make,
-}
-
-impl Manager {
-    /// The syntax the package's people write config and values in: Elixir for Mix packages,
-    /// Erlang for rebar3 and make ones.
-    pub fn syntax(self) -> Syntax {
-        match self {
-            Manager::Mix => Syntax::Elixir,
-            Manager::Rebar3 | Manager::Make => Syntax::Erlang,
-        }
-    }
-
-    /// `mix`, `rebar3` or `make`, as Mix's atoms and the key text spell it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Manager::Mix => "mix",
-            Manager::Rebar3 => "rebar3",
-            Manager::Make => "make",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Manager> {
-        match text {
-            "mix" => Some(Manager::Mix),
-            "rebar3" => Some(Manager::Rebar3),
-            "make" => Some(Manager::Make),
-            _ => None,
-        }
-    }
-
-    /// What Mix infers from a dependency's files when nothing else decides
-    /// (`Mix.Dep.Loader.infer_manager/1`, lib/mix/lib/mix/dep/loader.ex, v1.14.0 and
-    /// v1.18.3): `mix.exs`, then a rebar file, then a Makefile. `has_file` says whether the
-    /// package has a regular file of that name at its top level.
-    pub fn infer(has_file: impl Fn(&str) -> bool) -> Option<Manager> {
-        if has_file("mix.exs") {
-            Some(Manager::Mix)
-        } else if ["rebar", "rebar.config", "rebar.config.script", "rebar.lock"]
-            .into_iter()
-            .any(&has_file)
-        {
-            Some(Manager::Rebar3)
-        } else if ["Makefile", "Makefile.win"].into_iter().any(&has_file) {
-            Some(Manager::Make)
-        } else {
-            None
-        }
-    }
-}
-
-impl fmt::Display for Manager {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// The build tool Mix compiles a package with; which one depends on the consumer's whole
+/// dependency graph ([`crate::manager`]). Part of the key.
+pub use crate::manager::Manager;
 
 /// A package release, identified the way the registry and the lock identify it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -286,7 +226,7 @@ pub struct ClosureMember {
 #[derive(Clone, Debug, PartialEq)]
 pub struct BuildInputs {
     pub package: PackageRef,
-    /// The build tool Mix uses for the package ([`crate::lock::MixLock::manager`]).
+    /// The build tool the consumer's Mix uses for the package ([`crate::manager::mix_managers`]).
     pub manager: Manager,
     /// Every transitive dependency with its own key; order does not matter.
     pub closure: Vec<ClosureMember>,
@@ -755,26 +695,6 @@ impl MixLock {
             target,
             compile_env: own.compile_env.clone(),
         })
-    }
-
-    /// The build tool Mix uses for `app`: what its lock entry's build tools say
-    /// ([`HexLockEntry::mix_manager`]), else what Mix infers from the package's files
-    /// ([`Manager::infer`]; `has_file` answers for a top-level regular file of the package).
-    ///
-    /// The one place builders and clients decide it, so that a refinement of Mix's rule (the
-    /// parent's manager, for the Hex children of a rebar3 dependency) changes both at once.
-    pub fn manager(
-        &self,
-        app: &str,
-        has_file: impl Fn(&str) -> bool,
-    ) -> Result<Manager, BuildKeyError> {
-        let entry = self.hex_entry(app)?;
-        entry
-            .mix_manager()
-            .or_else(|| Manager::infer(has_file))
-            .ok_or_else(|| BuildKeyError::NoManager {
-                app: app.to_string(),
-            })
     }
 
     fn hex_entry(&self, app: &str) -> Result<&HexLockEntry, BuildKeyError> {

@@ -7,6 +7,8 @@
 //!   `rebar.config` and `mix.lock`.
 //! - [`metadata`]: a package's `metadata.config`.
 //! - [`lock`]: a project's `mix.lock`.
+//! - [`manager`]: which build tool Mix compiles each dependency with, replayed from its
+//!   converger on the lock graph.
 //! - [`rebar_lock`]: a rebar3 project's `rebar.lock`.
 //! - [`buildkey`]: the build key of a precompiled artifact, and a lock's closures.
 //! - [`manifest`]: artifact manifests and their ed25519 signatures.
@@ -29,6 +31,7 @@ pub mod buildkey;
 pub mod config;
 pub mod file;
 pub mod lock;
+pub mod manager;
 pub mod manifest;
 pub mod metadata;
 pub mod rebar_lock;

@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::buildkey::Manager;
+use crate::manager::Manager;
 use crate::term::{parse_elixir_term, Term, TermError};
 
 /// Larger lock files are refused before parsing; real ones are a few hundred KiB at most.
@@ -63,20 +63,18 @@ pub struct HexLockEntry {
 
 impl HexLockEntry {
     /// The manager Mix takes from the lock entry's build tools alone: `mix` if they list it,
-    /// else `rebar3` if they list it, else none (Mix then infers it from the package's files:
-    /// [`MixLock::manager`]).
+    /// else `rebar3` if they list it, else none (Mix then takes a rebar3 parent's manager, or
+    /// infers it from the package's files: [`crate::manager::mix_managers`]).
     ///
     /// Mix's rule, `Mix.Dep.Loader.load/2` and `scm_manager/2` (lib/mix/lib/mix/dep/loader.ex,
     /// identical in v1.14.0 and v1.18.3): `opts[:manager] || scm_manager(scm, opts) ||
     /// parent's manager || infer_manager(dest)`, where `scm_manager` is the first of
     /// `@scm_managers ~w(mix rebar3)a` among `scm.managers(opts)` (for Hex, the lock's build
     /// tools) — make is never taken from them ("the file based heuristic will always figure
-    /// it out"). A `manager:` option in the consumer's mix.exs is a custom build precomp does
-    /// not serve.
+    /// it out"). The parent's manager makes the difference for make-only entries:
+    /// [`crate::manager::mix_managers`].
     pub fn mix_manager(&self) -> Option<Manager> {
-        [Manager::Mix, Manager::Rebar3]
-            .into_iter()
-            .find(|manager| self.managers.iter().any(|m| m == manager.as_str()))
+        Manager::from_build_tools(&self.managers)
     }
 }
 

@@ -12,6 +12,7 @@ use precomp_proto::buildkey::{
     PackageRef, Target,
 };
 use precomp_proto::lock::MixLock;
+use precomp_proto::manager::{lock_roots, mix_managers, Converger};
 use precomp_proto::term::Term;
 
 fn package(name: &str, version: &str, fill: u8) -> PackageRef {
@@ -341,13 +342,21 @@ fn a_request_is_satisfied_by_the_builds_that_agree_with_what_it_knows() {
     ));
 }
 
-/// Mix's choice of manager: mix, else rebar3, from the lock; else from the package's files.
+/// Mix's choice of manager for a declared package (`precomp_proto::manager::mix_managers`, the
+/// one rule builders and clients use): mix, else rebar3, from the lock; else from the
+/// package's files.
 #[test]
 fn the_manager_is_mixs_choice() {
+    let decide = |lock: &MixLock, app: &str, files: &[&str]| {
+        let infer = |_: &str| {
+            Ok::<_, std::convert::Infallible>(Manager::infer_from_files(files.iter().copied()))
+        };
+        let managers = mix_managers(lock, &lock_roots(lock), Converger::Elixir1_15, infer).unwrap();
+        managers[app]
+    };
     let lock = MixLock::parse(LOCK).unwrap();
-    let no_files = |_: &str| false;
-    assert_eq!(lock.manager("shapes", no_files).unwrap(), Manager::Mix);
-    assert_eq!(lock.manager("geometry", no_files).unwrap(), Manager::Rebar3);
+    assert_eq!(decide(&lock, "shapes", &[]), Some(Manager::Mix));
+    assert_eq!(decide(&lock, "geometry", &[]), Some(Manager::Rebar3));
     let entry = |managers: &str| {
         let text = format!(
             "%{{\"x\": {{:hex, :x, \"1.0.0\", \"{}\", [{managers}], [], \"hexpm\", \"{}\"}}}}",
@@ -358,32 +367,27 @@ fn the_manager_is_mixs_choice() {
     };
     // erlang.mk packages list make and rebar3: Mix takes rebar3, never make from the lock.
     assert_eq!(
-        entry(":make, :rebar3").manager("x", no_files).unwrap(),
-        Manager::Rebar3
+        decide(&entry(":make, :rebar3"), "x", &[]),
+        Some(Manager::Rebar3)
     );
     assert_eq!(
-        entry(":rebar3, :mix").manager("x", no_files).unwrap(),
-        Manager::Mix
+        decide(&entry(":rebar3, :mix"), "x", &[]),
+        Some(Manager::Mix)
     );
     // Otherwise Mix infers it from the files.
     assert_eq!(
-        entry(":make").manager("x", |f| f == "Makefile").unwrap(),
-        Manager::Make
+        decide(&entry(":make"), "x", &["Makefile"]),
+        Some(Manager::Make)
     );
     assert_eq!(
-        entry("").manager("x", |f| f == "rebar.config").unwrap(),
-        Manager::Rebar3
+        decide(&entry(""), "x", &["rebar.config"]),
+        Some(Manager::Rebar3)
     );
     assert_eq!(
-        entry("")
-            .manager("x", |f| f == "mix.exs" || f == "Makefile")
-            .unwrap(),
-        Manager::Mix
+        decide(&entry(""), "x", &["mix.exs", "Makefile"]),
+        Some(Manager::Mix)
     );
-    assert!(matches!(
-        entry(":make").manager("x", no_files),
-        Err(BuildKeyError::NoManager { .. })
-    ));
+    assert_eq!(decide(&entry(":make"), "x", &[]), None);
 }
 
 #[test]

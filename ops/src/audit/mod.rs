@@ -469,7 +469,11 @@ impl Auditor<'_> {
         // manifests record (their keys name them; one the mirror lacks leaves its values to
         // the defaults, and a key that then differs says so).
         let (lock, app) = inputs::lock(&manifest, sources)?;
-        let mut compile_env = manifest.inputs()?.compile_env;
+        let own = manifest.inputs()?;
+        let mut compile_env = own.compile_env;
+        // Each package is rebuilt with the manager its manifest records: Mix's choice in the
+        // consumer's project, which the closure's lock alone may not give.
+        let mut recorded_managers = vec![(own.package.name.clone(), own.manager)];
         for member in &manifest.closure {
             let Some(bytes) = self.runtime.block_on(self.client.manifest(&member.key))? else {
                 continue;
@@ -480,6 +484,10 @@ impl Auditor<'_> {
                         .map_err(precomp_proto::manifest::ManifestError::DecodeManifest)
                 })
                 .and_then(|m| m.check_key())?;
+            recorded_managers.push((
+                member_manifest.package.name.clone(),
+                member_manifest.manager,
+            ));
             compile_env.extend(member_manifest.compile_env);
         }
         let config = match precomp_builder::config::config_exs(&compile_env) {
@@ -514,10 +522,18 @@ impl Auditor<'_> {
             trusted: &trusted,
             compile_env: &compile_env,
         };
+        let mut managers =
+            precomp_builder::managers::for_lock(sources, &lock, None, &self.toolchain.elixir)?;
+        for (package, manager) in recorded_managers {
+            if let Some((member_app, _)) = lock.hex().find(|(_, e)| e.package == package) {
+                managers.insert(member_app.to_string(), manager);
+            }
+        }
         let results = run::build_lock(
             &context,
             &reuse,
             &lock,
+            &managers,
             std::slice::from_ref(&app),
             jobs,
             &(),

@@ -9,6 +9,7 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 use precomp_builder::build::BuildContext;
 use precomp_builder::config::SandboxedConfig;
+use precomp_builder::managers::{self, Managers};
 use precomp_builder::run::{self, CompileEnvSource, PackageResult, Progress, Status};
 
 use super::variants::{self, MissConfig};
@@ -17,6 +18,7 @@ use precomp_builder::store::BuildStore;
 use precomp_http::artifacts::ArtifactClient;
 use precomp_proto::buildkey::request_satisfied_by;
 use precomp_proto::lock::{LockEntry, MixLock};
+use precomp_proto::manager::{Manager, TopLevelDep};
 use precomp_proto::manifest::{ArtifactPublicKey, ArtifactSigningKey};
 use precomp_registry::artifacts::FailureReport;
 use precomp_registry::artifacts::{miss_request_text, miss_satisfied_by, Miss};
@@ -71,6 +73,12 @@ pub struct BuildArgs {
     /// The env the config is evaluated for (the consumer's MIX_ENV).
     #[arg(long, default_value = "prod")]
     config_env: String,
+    /// A dependency the consumer's mix.exs declares (repeatable) [default: the lock's roots].
+    /// Mix picks a package's manager (mix, rebar3, make) from where it meets it: a make-only
+    /// package reached through a rebar3 dependency is built with rebar3, unless the project
+    /// declares it itself (docs/builder.md "Which manager").
+    #[arg(long = "top-level", value_name = "APP", conflicts_with = "missing")]
+    top_level: Vec<String>,
     /// Copy each artifact and manifest to DIR as NAME-VERSION-KEY12.tar.gz / .manifest.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -154,8 +162,10 @@ pub fn run(context: &Context, args: BuildArgs) -> anyhow::Result<ExitCode> {
         keep_work: args.keep_work,
         cancel: precomp_builder::Cancel::new(),
     };
+    let top_level: Option<Vec<TopLevelDep>> =
+        (!args.top_level.is_empty()).then(|| args.top_level.iter().map(TopLevelDep::new).collect());
     if let Some(dir) = &args.prepare {
-        return prepare(&build_context, &work_list, dir);
+        return prepare(&build_context, &work_list, top_level.as_deref(), dir);
     }
     let config = SandboxedConfig::new(&build_context);
     let jobs = args
@@ -220,7 +230,22 @@ pub fn run(context: &Context, args: BuildArgs) -> anyhow::Result<ExitCode> {
             trusted: &trusted,
             compile_env,
         };
-        let results = build_and_publish(context, &reuse, lock, apps, jobs, &reporter, publish_to)?;
+        let managers = match miss {
+            Some(miss) => miss_managers(context, lock, miss)?,
+            None => lock_managers(context, lock, top_level.as_deref())?,
+        };
+        let results = build_and_publish(
+            context,
+            &reuse,
+            &LockBuild {
+                lock,
+                managers: &managers,
+                apps,
+            },
+            jobs,
+            &reporter,
+            publish_to,
+        )?;
         if let (Some(miss), Some((runtime, client))) = (miss, publish_to) {
             if let Some((result, published)) = results.iter().find(|(r, _)| apps.contains(&r.app)) {
                 match settle_miss(
@@ -317,6 +342,14 @@ pub(crate) fn resolve_toolchain(
         .resolve(spec, sandbox)?)
 }
 
+/// What to build of one lock: the packages asked for (and their closures), each with the
+/// manager the consumer's Mix uses ([`lock_managers`]).
+pub(crate) struct LockBuild<'a> {
+    pub(crate) lock: &'a MixLock,
+    pub(crate) managers: &'a Managers,
+    pub(crate) apps: &'a [String],
+}
+
 /// One lock's builds (`run::build_lock`), each then published to the mirror when
 /// `publish_to` is given (artifact and manifest, or the failure's log): what `precomp build`
 /// does per lock and `precomp worker` per job. Each result comes with how its publication
@@ -324,13 +357,20 @@ pub(crate) fn resolve_toolchain(
 pub(crate) fn build_and_publish(
     build_context: &BuildContext<'_>,
     reuse: &run::Reuse<'_>,
-    lock: &MixLock,
-    apps: &[String],
+    work: &LockBuild<'_>,
     jobs: usize,
     progress: &dyn Progress,
     publish_to: Option<(&tokio::runtime::Runtime, &ArtifactClient)>,
 ) -> anyhow::Result<Vec<(PackageResult, Option<anyhow::Result<Published>>)>> {
-    let results = run::build_lock(build_context, reuse, lock, apps, jobs, progress)?;
+    let results = run::build_lock(
+        build_context,
+        reuse,
+        work.lock,
+        work.managers,
+        work.apps,
+        jobs,
+        progress,
+    )?;
     Ok(results
         .into_iter()
         .map(|result| {
@@ -342,8 +382,58 @@ pub(crate) fn build_and_publish(
         .collect())
 }
 
+/// The manager of each package of `lock`: the one the consumer's Mix uses, with `top_level`
+/// its declared deps (`None`: the lock's roots).
+pub(crate) fn lock_managers(
+    context: &BuildContext<'_>,
+    lock: &MixLock,
+    top_level: Option<&[TopLevelDep]>,
+) -> anyhow::Result<Managers> {
+    for dep in top_level.unwrap_or_default() {
+        if !lock.entries.contains_key(&dep.app) {
+            bail!("--top-level {}: the lock has no such dependency", dep.app);
+        }
+    }
+    managers::for_lock(context.sources, lock, top_level, &context.toolchain.elixir)
+        .context("deciding each package's manager")
+}
+
+/// The managers a reported miss carries (the client's, computed on its whole project: Mix's
+/// rule depends on more than the closure the miss comes with), for the package and each
+/// closure member; [`lock_managers`] for any the miss does not name.
+pub(crate) fn miss_managers(
+    context: &BuildContext<'_>,
+    lock: &MixLock,
+    miss: &Miss,
+) -> anyhow::Result<Managers> {
+    let mut managers = lock_managers(context, lock, None)?;
+    let reported = std::iter::once((&miss.package, &miss.manager)).chain(
+        miss.closure
+            .iter()
+            .map(|member| (&member.name, &member.manager)),
+    );
+    for (package, manager) in reported {
+        let Some((app, _)) = lock.hex().find(|(_, entry)| &entry.package == package) else {
+            continue;
+        };
+        let manager = Manager::parse(manager).with_context(|| {
+            format!(
+                "the miss of {} says {package}'s manager is {manager:?}",
+                miss.package
+            )
+        })?;
+        managers.insert(app.to_string(), manager);
+    }
+    Ok(managers)
+}
+
 /// `--prepare`: the generated project of every package to build and its closure.
-fn prepare(context: &BuildContext<'_>, work_list: &[Work], dir: &Path) -> anyhow::Result<ExitCode> {
+fn prepare(
+    context: &BuildContext<'_>,
+    work_list: &[Work],
+    top_level: Option<&[TopLevelDep]>,
+    dir: &Path,
+) -> anyhow::Result<ExitCode> {
     let [Work { lock, apps, .. }] = work_list else {
         bail!("--prepare takes one lock");
     };
@@ -358,7 +448,8 @@ fn prepare(context: &BuildContext<'_>, work_list: &[Work], dir: &Path) -> anyhow
     }
     let members: Vec<_> = members.into_iter().collect();
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    precomp_builder::build::lay_out(context, lock, &members, dir)?;
+    let managers = lock_managers(context, lock, top_level)?;
+    precomp_builder::build::lay_out(context, lock, &managers, &members, dir)?;
     eprintln!(
         "wrote the project of {} packages to {}",
         members.len(),

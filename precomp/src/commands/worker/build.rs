@@ -17,8 +17,8 @@ use precomp_proto::manifest::ArtifactPublicKey;
 use precomp_registry::artifacts::{FailureReport, Lease, LeaseRequest, Miss};
 
 use super::super::build::{
-    app_for, build_and_publish, json_line, publish_fields, settle_miss, trusted_keys, work_root,
-    Reporter,
+    app_for, build_and_publish, json_line, miss_managers, publish_fields, settle_miss,
+    trusted_keys, work_root, LockBuild, Reporter,
 };
 use super::super::variants::{self, MissConfig};
 use super::{lease_loop, Common, Heartbeat, Jobs};
@@ -191,11 +191,23 @@ impl Jobs for BuildJobs<'_> {
                 return Err(e);
             }
         };
+        // The managers the client computed on its whole project (the lock reported with a
+        // miss is the package's closure only).
+        let managers = match miss_managers(context, &lock, miss) {
+            Ok(managers) => managers,
+            Err(e) => {
+                heartbeat.stop();
+                return Err(e);
+            }
+        };
         let built = build_and_publish(
             context,
             &reuse,
-            &lock,
-            std::slice::from_ref(&app),
+            &LockBuild {
+                lock: &lock,
+                managers: &managers,
+                apps: std::slice::from_ref(&app),
+            },
             self.common.jobs,
             &Reporter { json: args.json },
             Some((runtime, client)),
