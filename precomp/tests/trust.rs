@@ -831,6 +831,119 @@ fn procedure_a_compromised_builder_key_the_only_one_and_the_way_back() {
     assert!(!log.contains("==> plain_ex"), "{log}");
 }
 
+/// docs/operations.md, "Garbage collection", then the miss loop: a build gc removed is missed
+/// again (`no_artifact`), the miss its publish closed reopens when reported again (`precomp
+/// fetch --request-builds`: "1 open for builders"), a builder rebuilds it from the reported
+/// misses (`build --missing --publish`), and the next fetch installs it.
+#[test]
+fn a_build_gc_removed_is_missed_again_reopened_and_rebuilt() {
+    let scratch = data_dir("precomp-gc-reopen-");
+    let root = scratch.path();
+    let data = root.join("data");
+    let keys = root.join("keys");
+    let key = |name: &str| keys.join(name).to_str().unwrap().to_string();
+    let (_, root_pub, _) = generate(&keys, "precomp-root");
+    let (_, b1_pub, b1_id) = generate(&keys, "builder-1");
+    ok(precomp_data(
+        &data,
+        &[
+            "keys",
+            "init",
+            "--root",
+            &key("precomp-root.key"),
+            "--builder",
+            b1_pub.to_str().unwrap(),
+        ],
+    ));
+    let token = ok(precomp_data(
+        &data,
+        &[
+            "token",
+            "create",
+            "--name",
+            "builder-1",
+            "--key",
+            b1_pub.to_str().unwrap(),
+        ],
+    ))
+    .trim()
+    .to_string();
+    let server = serve_fixture(&data);
+    let build_missing = |dir: &str| {
+        precomp_build(
+            &root.join(dir),
+            &[
+                "--missing",
+                "--mirror",
+                server.base(),
+                "--key",
+                &key("builder-1.key"),
+                "--publish",
+                "--token",
+                &token,
+            ],
+        )
+    };
+    let project = root.join("project");
+    configured_consumer(&project, server.base(), &root_pub);
+    let cache = root.join("cache/trust.doc");
+    let requested = |expected: &str| {
+        let reported = fetch_here(&project, &cache, &["--request-builds"]);
+        let said = text(&reported);
+        assert!(reported.status.success(), "{}", describe(&reported));
+        assert!(said.contains("[no_artifact]"), "{said}");
+        assert!(said.contains(expected), "no {expected:?} in: {said}");
+    };
+
+    // Nothing built yet: the miss is reported, a builder builds it, the client installs it.
+    requested("requested builds for 1 miss(es): 1 open for builders");
+    let (built, line) = build_missing("builder-first");
+    assert!(built.status.success(), "{}", describe(&built));
+    assert_eq!(line["publish_result"], "created", "{line}");
+    let build_key = line["key"].as_str().unwrap().to_string();
+    let installed = plain_ex(&fetch_here(&project, &cache, &["--json"]));
+    assert_eq!(installed["status"], "installed", "{installed}");
+    assert_eq!(installed["signers"], serde_json::json!([b1_id.clone()]));
+
+    // gc as written, with nothing kept: published and downloaded before the cutoff (now).
+    std::thread::sleep(Duration::from_millis(2100));
+    let gc = |extra: &[&str]| {
+        let mut args = vec!["gc", "--older-than", "0", "--json"];
+        args.extend_from_slice(extra);
+        let report: serde_json::Value =
+            serde_json::from_str(&ok(precomp_data(&data, &args))).unwrap();
+        report["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["key"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(gc(&[]), std::slice::from_ref(&build_key), "the dry run");
+    assert_eq!(
+        gc(&["--apply"]),
+        std::slice::from_ref(&build_key),
+        "--apply"
+    );
+    let gone =
+        reqwest::blocking::get(server.url(&format!("/precomp/v1/manifests/{build_key}"))).unwrap();
+    assert_eq!(gone.status(), 404);
+
+    // A fresh CI run (an install that is current needs nothing from the mirror) misses it
+    // again and reports it; the miss the publish had closed reopens.
+    std::fs::remove_dir_all(project.join("_build")).unwrap();
+    requested("requested builds for 1 miss(es): 1 open for builders");
+    let (rebuilt, line) = build_missing("builder-again");
+    assert!(rebuilt.status.success(), "{}", describe(&rebuilt));
+    assert_eq!(line["key"], build_key.as_str(), "{line}");
+    assert_eq!(line["publish_result"], "created", "{line}");
+    let back = plain_ex(&fetch_here(&project, &cache, &["--json"]));
+    assert_eq!(back["status"], "installed", "{back}");
+    let listed =
+        reqwest::blocking::get(server.url(&format!("/precomp/v1/manifests/{build_key}"))).unwrap();
+    assert_eq!(listed.status(), 200);
+}
+
 /// Two builders of the same lock agree: builder-2, from a fresh data directory, rebuilds what
 /// builder-1 published bit for bit and is told `agreed` (exit 0; the same again: `unchanged`).
 /// Revoking builder-1 then loses nothing: the mirror serves builder-2's agreeing manifest and
