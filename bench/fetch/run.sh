@@ -92,6 +92,9 @@ if [ -z "${REUSE:-}" ]; then
 
   "$PRECOMP" --data "$SCRATCH/builder" build --lock "$SCRATCH/mix.lock" --mirror "$URL" \
     --key "$SCRATCH/keys/bench.key" --prepare "$PROJECT" 2>/dev/null
+  # The builder's project pins each dependency's manager (`manager:`), which a consumer's
+  # mix.exs does not: precomp fetch leaves a dependency with `manager:` set to Mix.
+  sed -i 's/, manager: :[a-z0-9]*//' "$PROJECT/mix.exs"
   cp "$SCRATCH/mix.lock" "$PROJECT/mix.lock"
   for dep in "$PROJECT"/deps/*; do touch "$dep/.fetch"; done
 fi

@@ -183,6 +183,9 @@ WORKER_PID=$!
 # The consumers.
 "$PRECOMP" --data "$SCRATCH/prepare" build --lock "$SCRATCH/mix.lock" --mirror "$URL" \
   --key "$SCRATCH/keys/bench.key" --prepare "$SCRATCH/default" 2>/dev/null
+# The builder's project pins each dependency's manager (`manager:`), which a consumer's mix.exs
+# does not: precomp fetch leaves a dependency with `manager:` set to Mix.
+sed -i 's/, manager: :[a-z0-9]*//' "$SCRATCH/default/mix.exs"
 cp "$SCRATCH/mix.lock" "$SCRATCH/default/mix.lock"
 for dep in "$SCRATCH/default"/deps/*; do touch "$dep/.fetch"; done
 cp -a "$SCRATCH/default" "$SCRATCH/custom"
