@@ -1734,8 +1734,16 @@ fn no_candidate(
         return missed(
             MissKind::NoArtifact,
             format!(
-                "the mirror has no build of {name} {version} (for OTP {}, Elixir {}, Mix env {})",
-                ours.otp_major, ours.elixir, ours.mix_env
+                "the mirror has no build of {name} {version} (for OTP {}, Elixir {}, Mix env \
+                 {}{})",
+                ours.otp_major,
+                ours.elixir,
+                ours.mix_env,
+                // Native code is built per target: name it too.
+                match &ours.target {
+                    Target::Any => String::new(),
+                    native => format!(", target {native}"),
+                }
             ),
         );
     }
@@ -2040,5 +2048,35 @@ mod tests {
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(3 * 1024 * 1024), "3.0 MiB");
+    }
+
+    /// A `no_artifact` miss names the exact tuple it was looked up for; the target only for
+    /// native code (other packages are built once for every target).
+    #[test]
+    fn a_miss_with_no_build_names_its_tuple() {
+        let mut ours = BuildInputs {
+            package: precomp_proto::buildkey::PackageRef {
+                name: "tiny_nif".into(),
+                version: "1.0.0".into(),
+                outer_checksum: [0; 32],
+            },
+            manager: Manager::Mix,
+            closure: vec![],
+            otp_major: "27".into(),
+            elixir: "1.18.3".into(),
+            mix_env: "prod".into(),
+            target: Target::Any,
+            compile_env: vec![],
+        };
+        let miss = no_candidate(&ours, &[], None, &[]);
+        assert_eq!(miss.kind, MissKind::NoArtifact);
+        assert_eq!(
+            miss.reason,
+            "the mirror has no build of tiny_nif 1.0.0 (for OTP 27, Elixir 1.18.3, Mix env prod)"
+        );
+        ours.target = Target::parse("aarch64-linux-musl").unwrap();
+        assert!(no_candidate(&ours, &[], None, &[])
+            .reason
+            .ends_with("(for OTP 27, Elixir 1.18.3, Mix env prod, target aarch64-linux-musl)"),);
     }
 }
