@@ -186,18 +186,9 @@ pub fn native_target(system_architecture: &str) -> Option<Target> {
     Target::from_system_architecture(system_architecture)
 }
 
-/// Parses `ARCH-LIBC` (a `--target` value).
+/// Parses `ARCH-LIBC` (a `--target` value): [`Target::parse_native`], the one target parser.
 pub fn parse_target(text: &str) -> Option<Target> {
-    let (arch, libc) = text.split_once('-')?;
-    let word = |s: &str, extra: char| {
-        !s.is_empty()
-            && s.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == extra)
-    };
-    (word(arch, '_') && word(libc, '-')).then(|| Target::Native {
-        arch: arch.to_string(),
-        libc: libc.to_string(),
-    })
+    Target::parse_native(text)
 }
 
 fn parse_probe(dir: &Path, text: &str) -> Result<Project, String> {

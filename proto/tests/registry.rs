@@ -365,3 +365,18 @@ fn we_read_what_hex_core_signs() {
     assert!(decode_package(&body, &public, "hexpm", "cowboy").is_err());
     assert!(decode_package(&body, &other_signing_key().public_key(), "hexpm", "cowlike").is_err());
 }
+
+/// The one package-name rule: hex.pm's characters, a letter first, at most 128 bytes.
+#[test]
+fn package_names_follow_hexpms_rule_and_are_bounded() {
+    use precomp_proto::registry::{is_package_name, MAX_PACKAGE_NAME};
+    for good in ["a", "plug_cowboy", "a_b2", &"a".repeat(MAX_PACKAGE_NAME)] {
+        assert!(is_package_name(good), "{good:?}");
+    }
+    let too_long = "a".repeat(MAX_PACKAGE_NAME + 1);
+    for bad in [
+        "", "Ab", "2fa", "_a", "a-b", "a/b", "a%2Fb", "a.b", "é", "a b", &too_long,
+    ] {
+        assert!(!is_package_name(bad), "{bad:?}");
+    }
+}

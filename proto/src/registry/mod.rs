@@ -26,6 +26,19 @@ pub use messages::{
 /// The default repository name, and the origin every hex.pm resource carries.
 pub const HEXPM: &str = "hexpm";
 
+/// The longest package name precomp accepts anywhere (URL paths, misses, repositories).
+pub const MAX_PACKAGE_NAME: usize = 128;
+
+/// A Hex package name: a lowercase letter, then lowercase letters, digits and `_` (hex.pm's
+/// rule), at most [`MAX_PACKAGE_NAME`] bytes. The one check of package names: the mirror's
+/// routes, the artifact API, `mirror sync` and `repo build` all use it.
+pub fn is_package_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= MAX_PACKAGE_NAME
+        && chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
 /// Upper bound on a registry file as served (gzipped). hex.pm's largest, `/versions`, is a
 /// few MiB; this leaves room to grow while bounding what a hostile upstream can make us hold.
 pub const MAX_COMPRESSED_SIZE: u64 = 64 * 1024 * 1024;

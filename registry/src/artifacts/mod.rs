@@ -813,12 +813,9 @@ fn key_ids(keys: &[ArtifactPublicKey]) -> String {
         .join(" or ")
 }
 
-/// Hex package names, as the mirror's routes accept them.
+/// Hex package names ([`precomp_proto::registry::is_package_name`]).
 pub fn valid_package(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_lowercase())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        && name.len() <= 128
+    precomp_proto::registry::is_package_name(name)
 }
 
 /// 64 lowercase hex digits: keys and digests.

@@ -114,12 +114,9 @@ impl fmt::Display for Route {
     }
 }
 
-/// Hex package names: a lowercase letter, then lowercase letters, digits and `_`.
+/// Hex package names ([`precomp_proto::registry::is_package_name`]).
 pub fn valid_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_lowercase())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        && name.len() <= 128
+    precomp_proto::registry::is_package_name(name)
 }
 
 /// `NAME-VERSION`: names hold no `-`, so the first one separates them; the version must be

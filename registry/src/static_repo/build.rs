@@ -344,16 +344,14 @@ fn replace_dir(staging: &Path, out: &Path) -> Result<(), StaticRepoError> {
     Ok(())
 }
 
-/// Hex package names: lowercase letter first, then lowercase letters, digits and `_`.
+/// Hex package names ([`precomp_proto::registry::is_package_name`]).
 fn check_package_name(origin: &Path, name: &str) -> Result<(), StaticRepoError> {
-    let mut chars = name.chars();
-    let valid = chars.next().is_some_and(|c| c.is_ascii_lowercase())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if !valid {
+    if !precomp_proto::registry::is_package_name(name) {
         return Err(StaticRepoError::Package {
             origin: origin.to_path_buf(),
             message: format!(
-                "package name {name:?} is not a valid Hex name (lowercase letters, digits and _, starting with a letter)"
+                "package name {name:?} is not a valid Hex name (lowercase letters, digits and _, starting with a letter, at most {} bytes)",
+                precomp_proto::registry::MAX_PACKAGE_NAME
             ),
         });
     }

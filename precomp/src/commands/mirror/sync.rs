@@ -23,7 +23,7 @@ use clap::{ArgGroup, Args};
 use indicatif::{DecimalBytes, ProgressBar, ProgressStyle};
 use precomp_proto::lock::{LockEntry, MixLock, DEFAULT_REPO};
 use precomp_proto::rebar_lock::{RebarLock, RebarSource};
-use precomp_proto::registry::{self, Package, Release};
+use precomp_proto::registry::{self, is_package_name, Package, Release};
 use precomp_registry::mirror::{Mirror, Outcome, Route};
 use tokio::sync::Semaphore;
 
@@ -93,7 +93,7 @@ pub fn run(context: &Context, args: SyncArgs) -> anyhow::Result<ExitCode> {
     config.memory_cache_bytes = MEMORY_CACHE_BYTES;
     let mut plan = Plan::default();
     for name in &args.packages {
-        if !valid_name(name) {
+        if !is_package_name(name) {
             bail!(
                 "--package {name:?}: not a Hex package name (a lowercase letter, then lowercase \
                  letters, digits and _)"
@@ -198,7 +198,7 @@ impl Plan {
     }
 
     fn lock(&mut self, name: &str, locked: Locked) {
-        if valid_name(name) {
+        if is_package_name(name) {
             self.want(name).locked.push(locked);
         } else {
             self.failures.push(format!(
@@ -269,11 +269,6 @@ fn read(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
-/// Hex package names, as the mirror's routes accept them.
-fn valid_name(name: &str) -> bool {
-    matches!(Route::parse(&format!("/packages/{name}")), Some(Route::Package(n)) if n == name)
-}
-
 /// Tallies, for the summary.
 #[derive(Default)]
 struct Report {
@@ -331,7 +326,7 @@ impl Sync {
                     ) {
                         Ok(names) => {
                             for package in names.packages {
-                                if valid_name(&package.name) {
+                                if is_package_name(&package.name) {
                                     let wanted = plan.want(&package.name);
                                     if wanted.named.is_none() {
                                         wanted.named = Some("--all".to_string());
@@ -693,10 +688,10 @@ mod tests {
 
     #[test]
     fn names_are_checked_like_the_routes() {
-        assert!(valid_name("a_b2"));
-        assert!(!valid_name("Ab"));
-        assert!(!valid_name("a/b"));
-        assert!(!valid_name("a%2Fb"));
-        assert!(!valid_name(""));
+        assert!(is_package_name("a_b2"));
+        assert!(!is_package_name("Ab"));
+        assert!(!is_package_name("a/b"));
+        assert!(!is_package_name("a%2Fb"));
+        assert!(!is_package_name(""));
     }
 }
