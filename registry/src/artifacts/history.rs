@@ -45,6 +45,11 @@ CREATE TABLE IF NOT EXISTS manifest_history (
 /// Statuses of `manifest_history` rows.
 pub const AGREEING: &str = "agreeing";
 pub const CONFLICTING: &str = "conflicting";
+
+/// At most this many conflicting manifests are kept per key: each is a finding worth keeping,
+/// but a token holder must not grow a key's history (and `GET manifests/KEY/history`) without
+/// bound. Past it a conflict is still refused and reported, just not recorded again.
+pub const MAX_CONFLICTING_PER_KEY: u64 = 16;
 pub const REPLACED: &str = "replaced";
 /// The status [`KeyManifest`] gives the row of `manifests` (the build published under the
 /// key).
@@ -406,6 +411,30 @@ mod tests {
             super::super::super::disagreements(&store.key_manifests(&key).unwrap(), ALL);
         assert_eq!(disagreements.len(), 1);
         assert_eq!(disagreements[0].artifact_sha256, hex::encode([2; 32]));
+    }
+
+    /// Conflicting manifests are kept up to the bound; past it a conflict is still reported,
+    /// not recorded, and the same conflicting manifest again stays recorded.
+    #[test]
+    fn a_keys_conflicting_manifests_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(dir.path()).unwrap();
+        let signer = ArtifactSigningKey::generate();
+        let first = build(1, 1, &signer);
+        let key = first.0.key.clone();
+        put(&store, &first, ALL);
+        let conflict = |artifact: u8| match put(&store, &build(artifact, 1, &signer), ALL) {
+            ManifestPut::Conflict { recorded, .. } => recorded,
+            other => panic!("{other:?}"),
+        };
+        for artifact in 0..MAX_CONFLICTING_PER_KEY as u8 {
+            assert!(conflict(100 + artifact), "conflict {artifact} not recorded");
+        }
+        assert!(!conflict(200), "a conflict past the bound was recorded");
+        assert!(conflict(100), "a conflict already kept is still recorded");
+        let kept = statuses(&store, &key);
+        assert_eq!(kept.len() as u64, 1 + MAX_CONFLICTING_PER_KEY, "{kept:?}");
+        assert_eq!(kept[0], PUBLISHED);
     }
 
     /// When every signer of the published manifest is excluded (revoked), an agreeing one with

@@ -490,6 +490,7 @@ impl Artifacts {
                     existing_artifact,
                     existing_signers,
                     difference,
+                    recorded,
                 } => {
                     tracing::warn!(
                         key = %record.key,
@@ -504,12 +505,21 @@ impl Artifacts {
                             "manifest refused: reproducibility finding: key {} is published with \
                              artifact {existing_artifact} (manifest {existing_digest}, signed by \
                              {}), and this build of the same inputs gave artifact {}: \
-                             {difference}. Recorded on the mirror, which flags the build (GET \
-                             /precomp/v1/manifests/{}/history); find out which build is right \
-                             (`precomp audit`, docs/audit.md) before trusting either",
+                             {difference}. {} (GET /precomp/v1/manifests/{}/history); find out \
+                             which build is right (`precomp audit`, docs/audit.md) before \
+                             trusting either",
                             record.key,
                             existing_signers.join(", "),
                             record.artifact_sha256,
+                            if recorded {
+                                "Recorded on the mirror, which flags the build".to_string()
+                            } else {
+                                format!(
+                                    "Not recorded: the mirror keeps at most {} conflicting \
+                                     manifests per key and flags the build already",
+                                    history::MAX_CONFLICTING_PER_KEY
+                                )
+                            },
                             record.key
                         ),
                     ));

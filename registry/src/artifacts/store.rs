@@ -443,6 +443,9 @@ pub enum ManifestPut {
         existing_signers: Vec<String>,
         /// What differs, by file.
         difference: String,
+        /// Whether it was kept in the key's history (false past
+        /// [`history::MAX_CONFLICTING_PER_KEY`]).
+        recorded: bool,
     },
 }
 
@@ -1573,6 +1576,22 @@ fn put_manifest_in(
     };
     let difference =
         super::describe_difference(&output_of(&current.signed_manifest), &output_of(bytes));
+    let kept = history::history_rows(tx, &record.key)?;
+    let recorded = kept.iter().any(|row| row.manifest_digest == digest)
+        || (kept
+            .iter()
+            .filter(|row| row.status == history::CONFLICTING)
+            .count() as u64)
+            < history::MAX_CONFLICTING_PER_KEY;
+    if !recorded {
+        return Ok(ManifestPut::Conflict {
+            existing_digest: current.manifest_digest.clone(),
+            existing_artifact: current.artifact_sha256.clone(),
+            existing_signers: current.signers.clone(),
+            difference,
+            recorded,
+        });
+    }
     history::put_history(
         tx,
         &history::KeyManifest {
@@ -1594,6 +1613,7 @@ fn put_manifest_in(
         existing_artifact: current.artifact_sha256.clone(),
         existing_signers: current.signers.clone(),
         difference,
+        recorded,
     })
 }
 
