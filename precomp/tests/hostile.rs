@@ -595,14 +595,23 @@ async fn behind_a_proxy_protocol_balancer_clients_are_limited_by_their_own_addre
             "5",
         ],
     );
-    // Every connection comes from the balancer (127.0.0.1); the header names the client.
+    // Every connection comes from the balancer (127.0.0.1); the header names the client. Each
+    // held connection is answered once (kept alive), so the server has read its header and
+    // counts it before the third arrives.
     let mut held = Vec::new();
     for port in [40001, 40002] {
         let mut stream = connect(NORMAL, server.main).await.unwrap();
-        stream
-            .write_all(proxy_header("203.0.113.7", port).as_bytes())
+        let request = format!(
+            "{}GET /public_key HTTP/1.1\r\nHost: x\r\n\r\n",
+            proxy_header("203.0.113.7", port)
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answered = [0u8; 12];
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut answered))
             .await
+            .expect("a held connection was not answered")
             .unwrap();
+        assert_eq!(&answered, b"HTTP/1.1 200");
         held.push(stream);
     }
     // A third from the same client is refused...
