@@ -1062,10 +1062,21 @@ fn with_elixir_1_18_the_markers_keep_mix_from_compiling_installed_deps() {
     let bin = scratch.path().join("bin");
     toolchain_commands(&root, &bin);
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
-    let version = Command::new(bin.join("elixir"))
-        .args(["-e", "IO.write(System.version())"])
-        .output()
-        .unwrap();
+    // The wrappers were just written: a process another test thread forked meanwhile may
+    // still hold one open for writing until it execs (ETXTBSY); that passes within moments.
+    let mut attempts = 0;
+    let version = loop {
+        match Command::new(bin.join("elixir"))
+            .args(["-e", "IO.write(System.version())"])
+            .output()
+        {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && attempts < 50 => {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => break other.unwrap(),
+        }
+    };
     assert_eq!(
         String::from_utf8_lossy(&version.stdout),
         elixir,

@@ -98,8 +98,24 @@ pub fn arb_term() -> impl Strategy<Value = Term> {
             proptest::collection::vec(inner.clone(), 0..6).prop_map(Term::List),
             (proptest::collection::vec(inner.clone(), 1..4), tail)
                 .prop_map(|(items, tail)| Term::ImproperList(items, Box::new(tail))),
-            proptest::collection::vec((inner.clone(), inner), 0..4).prop_map(Term::Map),
+            proptest::collection::vec((inner.clone(), inner), 0..4)
+                .prop_filter(
+                    "keys equal before OTP 27 (-0.0 and 0.0)",
+                    |pairs: &Vec<(Term, Term)>| zero_keys_distinct(pairs),
+                )
+                .prop_map(Term::Map),
         ]
+    })
+}
+
+/// Whether no two keys differ only in the sign of a zero: before OTP 27, `-0.0 =:= 0.0`, so
+/// such keys are one key to `erl` (which one survives is not ours to model) and two to us.
+fn zero_keys_distinct(pairs: &[(Term, Term)]) -> bool {
+    let texts: Vec<String> = pairs.iter().map(|(k, _)| to_erlang_text(k)).collect();
+    texts.iter().enumerate().all(|(i, a)| {
+        texts[..i]
+            .iter()
+            .all(|b| a == b || a.replace("-0.0", "0.0") != b.replace("-0.0", "0.0"))
     })
 }
 
