@@ -233,22 +233,9 @@ impl Jobs for BuildJobs<'_> {
         if let Status::Cancelled { reason } = &target.status {
             let outcome = self.common.give_back(job);
             if args.json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "job": job,
-                        "kind": lease.kind,
-                        "package": miss.package,
-                        "version": miss.version,
-                        "base_key": miss.base_key,
-                        "request_key": miss.request_key,
-                        "variant_key": miss.variant_key,
-                        "toolchain": toolchain.id,
-                        "outcome": outcome,
-                        "lease_lost": lost.is_some(),
-                        "reason": reason,
-                    })
-                );
+                let mut line = job_line(lease, miss, toolchain, outcome, lost.is_some());
+                line["reason"] = reason.as_str().into();
+                println!("{line}");
             } else {
                 println!(
                     "job {job}: {} {} {outcome}: {reason}",
@@ -310,19 +297,8 @@ impl Jobs for BuildJobs<'_> {
                     line
                 })
                 .collect();
-            let mut line = serde_json::json!({
-                "job": job,
-                "kind": lease.kind,
-                "package": miss.package,
-                "version": miss.version,
-                "base_key": miss.base_key,
-                "request_key": miss.request_key,
-                "variant_key": miss.variant_key,
-                "toolchain": toolchain.id,
-                "outcome": outcome,
-                "lease_lost": lost.is_some(),
-                "results": lines,
-            });
+            let mut line = job_line(lease, miss, toolchain, outcome, lost.is_some());
+            line["results"] = lines.into();
             if let Some(build) = &target.build {
                 line["key"] = build.manifest.key.clone().into();
             }
@@ -363,22 +339,9 @@ impl BuildJobs<'_> {
             reason,
         )?;
         if self.common.args.json {
-            println!(
-                "{}",
-                serde_json::json!({
-                    "job": job,
-                    "kind": lease.kind,
-                    "package": miss.package,
-                    "version": miss.version,
-                    "base_key": miss.base_key,
-                    "request_key": miss.request_key,
-                    "variant_key": miss.variant_key,
-                    "toolchain": toolchain.id,
-                    "outcome": "not_buildable",
-                    "lease_lost": false,
-                    "reason": reason,
-                })
-            );
+            let mut line = job_line(lease, miss, toolchain, "not_buildable", false);
+            line["reason"] = reason.into();
+            println!("{line}");
         } else {
             println!(
                 "job {job}: {} {} not built, recorded as failed: {reason}",
@@ -387,6 +350,29 @@ impl BuildJobs<'_> {
         }
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// The `--json` fields every job line has: which job, which miss, which toolchain, and how
+/// it ended.
+fn job_line(
+    lease: &Lease,
+    miss: &Miss,
+    toolchain: &precomp_sandbox::toolchain::Toolchain,
+    outcome: &str,
+    lease_lost: bool,
+) -> serde_json::Value {
+    serde_json::json!({
+        "job": lease.job,
+        "kind": lease.kind,
+        "package": miss.package,
+        "version": miss.version,
+        "base_key": miss.base_key,
+        "request_key": miss.request_key,
+        "variant_key": miss.variant_key,
+        "toolchain": toolchain.id,
+        "outcome": outcome,
+        "lease_lost": lease_lost,
+    })
 }
 
 fn summary(
