@@ -123,28 +123,11 @@ fn untrusted(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use precomp_proto::manifest::{ArtifactSigningKey, Manifest};
+    use precomp_proto::manifest::ArtifactSigningKey;
 
     fn installed(signer: &ArtifactSigningKey) -> install::Installed {
-        use precomp_proto::buildkey::{BuildInputs, Manager, PackageRef, Target};
         use prost::Message as _;
-        let mut manifest = Manifest::default();
-        manifest
-            .set_inputs(&BuildInputs {
-                package: PackageRef {
-                    name: "plain_ex".into(),
-                    version: "1.0.0".into(),
-                    outer_checksum: [7; 32],
-                },
-                manager: Manager::Mix,
-                closure: vec![],
-                otp_major: "25".into(),
-                elixir: "1.14.0".into(),
-                mix_env: "prod".into(),
-                target: Target::Any,
-                compile_env: vec![],
-            })
-            .unwrap();
+        let manifest = crate::trust::tests::manifest();
         install::Installed {
             key: "k".into(),
             signed_manifest: SignedManifest::sign(&manifest, signer).encode_to_vec(),

@@ -449,7 +449,7 @@ impl SettingsFile {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use precomp_proto::manifest::ArtifactSigningKey;
 
@@ -461,7 +461,8 @@ mod tests {
         }
     }
 
-    fn manifest() -> Manifest {
+    /// plain_ex 1.0.0's inputs (OTP 25, Elixir 1.14.0, prod, any target), no output.
+    pub(crate) fn manifest() -> Manifest {
         use precomp_proto::buildkey::{BuildInputs, Manager, PackageRef, Target};
         let mut manifest = Manifest::default();
         manifest
