@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use precomp_artifacts::{FailureReport, MissMember, MissReport, MAX_FAILURE_LOG};
 use precomp_http::artifacts::{ArtifactClient, Uploaded};
 use precomp_http::Error as ClientError;
 use precomp_proto::buildkey::{
@@ -17,7 +18,6 @@ use precomp_proto::buildkey::{
 };
 use precomp_proto::manifest::{ArtifactSigningKey, Manifest, Output, Provenance, SignedManifest};
 use precomp_proto::term::Term;
-use precomp_registry::artifacts::{FailureReport, MissMember, MissReport, MAX_FAILURE_LOG};
 use prost::Message;
 use reqwest::blocking::Client;
 use reqwest::header::HeaderMap;
@@ -1208,14 +1208,14 @@ fn misses_are_deduplicated_and_closed_by_a_publish_or_a_failure() {
 
 /// `compile_env` records of shape_user's own values: greeting `GREETING`, format.punctuation
 /// unset (as `precomp fetch` reports a consumer's values for a build's paths).
-fn greeting_records(greeting: &str) -> Vec<precomp_registry::artifacts::CompileEnvJson> {
+fn greeting_records(greeting: &str) -> Vec<precomp_artifacts::CompileEnvJson> {
     vec![
-        precomp_registry::artifacts::CompileEnvJson {
+        precomp_artifacts::CompileEnvJson {
             app: "shape_user".into(),
             path: "[greeting]".into(),
             value: Some(format!("<<\"{greeting}\">>")),
         },
-        precomp_registry::artifacts::CompileEnvJson {
+        precomp_artifacts::CompileEnvJson {
             app: "shape_user".into(),
             path: "[format,punctuation]".into(),
             value: None,
@@ -1311,7 +1311,7 @@ fn config_variants_are_misses_of_their_own_bounded_and_shown_only_to_builders() 
     let mut long = variant("x");
     long.compile_env[0].value = Some(format!(
         "<<\"{}\">>",
-        "y".repeat(precomp_registry::artifacts::MAX_COMPILE_ENV_VALUE)
+        "y".repeat(precomp_artifacts::MAX_COMPILE_ENV_VALUE)
     ));
     let answer = post_json(&url, None, &long);
     assert_eq!(answer.status, 422, "{}", answer.text());

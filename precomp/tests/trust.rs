@@ -2150,15 +2150,13 @@ fn a_build_the_mirror_holds_a_failure_for_is_missed_naming_the_failure_and_its_l
     let client = ArtifactClient::new(server.base(), Some(token)).unwrap();
     let log = "** (CompileError) lib/plain_ex.ex:1: undefined function boom/0\n";
     let recorded = runtime()
-        .block_on(
-            client.record_failure(&precomp_registry::artifacts::FailureReport {
-                package: "plain_ex".into(),
-                version: "1.0.0".into(),
-                base_key: fixture.manifest.base_key.clone(),
-                toolchain_id: "host".into(),
-                log: log.into(),
-            }),
-        )
+        .block_on(client.record_failure(&precomp_artifacts::FailureReport {
+            package: "plain_ex".into(),
+            version: "1.0.0".into(),
+            base_key: fixture.manifest.base_key.clone(),
+            toolchain_id: "host".into(),
+            log: log.into(),
+        }))
         .unwrap();
 
     let project = root.join("project");

@@ -19,7 +19,7 @@ pub fn blob_relative_path(sha256_hex: &str) -> PathBuf {
 /// lives. A process that gets the lock exclusively first is alone, so what is in `tmp/` then
 /// belongs to writes that never finished and is removed; otherwise `tmp/` may hold another
 /// process's blob between its write and its rename, and is left alone. Errors name the path.
-pub(crate) fn open(root: &Path) -> Result<File, (PathBuf, std::io::Error)> {
+pub fn open(root: &Path) -> Result<File, (PathBuf, std::io::Error)> {
     for dir in ["blobs/sha256", "tmp"] {
         let dir = root.join(dir);
         std::fs::create_dir_all(&dir).map_err(|e| (dir.clone(), e))?;
@@ -49,7 +49,7 @@ pub(crate) fn open(root: &Path) -> Result<File, (PathBuf, std::io::Error)> {
 /// it: waiting up to 10 s for another process's write (set first, so that even setting WAL
 /// waits rather than fails), write-ahead logging, and `synchronous` (`NORMAL`, or `FULL` where
 /// an acknowledged write must survive a power cut).
-pub(crate) fn open_index(path: &Path, synchronous: &str) -> rusqlite::Result<rusqlite::Connection> {
+pub fn open_index(path: &Path, synchronous: &str) -> rusqlite::Result<rusqlite::Connection> {
     let db = rusqlite::Connection::open(path)?;
     db.busy_timeout(std::time::Duration::from_secs(10))?;
     db.pragma_update(None, "journal_mode", "WAL")?;

@@ -3,16 +3,13 @@
 //! - [`source`]: a Mix / rebar3 / erlang.mk project directory → the package tarball its own
 //!   tooling would publish.
 //! - [`mirror`]: the pull-through Hex mirror (`precomp serve`): verified, stored, served.
-//! - [`artifacts`]: precompiled artifacts beside it: upload tokens, verified manifests,
-//!   content-addressed artifacts, the per-package index, failed builds and clients' misses;
-//!   and the client `precomp build` and `precomp fetch` use.
 //! - [`static_repo`]: build and verify static, signed Hex repositories (private packages,
 //!   test upstreams).
 //!
-//! Depends on `precomp-proto` for every wire format.
+//! Depends on `precomp-proto` for every wire format. The precompiled-artifact service beside
+//! the mirror is its own crate, `precomp-artifacts`, sharing [`blob_dir`]'s layout.
 
-pub mod artifacts;
-mod blob_dir;
+pub mod blob_dir;
 pub use blob_dir::blob_relative_path;
 pub mod mirror;
 pub mod source;

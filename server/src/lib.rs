@@ -4,7 +4,7 @@
 //!
 //! - [`routes`]: one module per endpoint (or small group of endpoints); each turns a request
 //!   into a call on the domain (`precomp_registry::mirror::Mirror`,
-//!   `precomp_registry::artifacts::Artifacts`) and its answer into a response.
+//!   `precomp_artifacts::Artifacts`) and its answer into a response.
 //! - [`respond`]: how answers look on the wire (text errors, JSON, stored bodies with ETags),
 //!   and the one place domain errors become HTTP statuses.
 //! - [`layers`]: what every request passes through: slashes normalised, the concurrency limit,
@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use precomp_registry::artifacts::Artifacts;
+use precomp_artifacts::Artifacts;
 use precomp_registry::mirror::Mirror;
 use tokio::net::TcpListener;
 

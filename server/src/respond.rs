@@ -10,7 +10,7 @@ use http::header::{
     WWW_AUTHENTICATE,
 };
 use http::StatusCode;
-use precomp_registry::artifacts::Refusal;
+use precomp_artifacts::Refusal;
 use precomp_registry::mirror::{Outcome, Route};
 use serde::Serialize;
 use sha2::{Digest, Sha256};

@@ -307,7 +307,7 @@ impl AuditReport {
                 );
                 object.insert(
                     "files".into(),
-                    serde_json::to_value(precomp_registry::artifacts::verdict_files_json(verdict))
+                    serde_json::to_value(precomp_artifacts::verdict_files_json(verdict))
                         .expect("plain data"),
                 );
                 object.insert("flagged".into(), (*flagged).into());

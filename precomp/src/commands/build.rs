@@ -13,6 +13,8 @@ use precomp_builder::managers::{self, Managers};
 use precomp_builder::run::{self, CompileEnvSource, PackageResult, Progress, Status};
 
 use super::variants::{self, MissConfig};
+use precomp_artifacts::FailureReport;
+use precomp_artifacts::{miss_request_text, miss_satisfied_by, Miss};
 use precomp_builder::sources::SourceCache;
 use precomp_builder::store::BuildStore;
 use precomp_http::artifacts::ArtifactClient;
@@ -20,8 +22,6 @@ use precomp_proto::buildkey::request_satisfied_by;
 use precomp_proto::lock::{LockEntry, MixLock};
 use precomp_proto::manager::{Manager, TopLevelDep};
 use precomp_proto::manifest::{ArtifactPublicKey, ArtifactSigningKey};
-use precomp_registry::artifacts::FailureReport;
-use precomp_registry::artifacts::{miss_request_text, miss_satisfied_by, Miss};
 use precomp_sandbox::toolchain::{Store, Toolchain};
 use precomp_sandbox::Sandbox;
 

@@ -26,9 +26,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
 use clap::Args;
+use precomp_artifacts::{Artifacts, ArtifactsConfig};
 use precomp_proto::manifest::ArtifactPublicKey;
 use precomp_proto::registry::{RepoPublicKey, RepoSigningKey};
-use precomp_registry::artifacts::{Artifacts, ArtifactsConfig};
 use precomp_registry::mirror::{self, Mirror, MirrorConfig, Upstream};
 use precomp_registry::static_repo;
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
+use precomp_artifacts::{Artifacts, ArtifactsConfig, MissPolicy};
 use precomp_proto::manifest::ArtifactPublicKey;
-use precomp_registry::artifacts::{Artifacts, ArtifactsConfig, MissPolicy};
 use precomp_registry::mirror::{Mirror, MirrorConfig};
 use precomp_server::{AppState, Listeners, ServerConfig};
 

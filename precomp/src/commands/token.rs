@@ -7,9 +7,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
+use precomp_artifacts::ArtifactStore;
 use precomp_proto::manifest::ArtifactPublicKey;
 use precomp_proto::time::utc;
-use precomp_registry::artifacts::ArtifactStore;
 
 use crate::Context;
 

@@ -19,11 +19,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use precomp_artifacts::{compile_env_entry, FailureReport, Miss};
 use precomp_builder::run::CompileEnvSource;
 use precomp_builder::workdir::WorkDir;
 use precomp_http::artifacts::ArtifactClient;
 use precomp_proto::buildkey::{compile_env_digest, CompileEnvEntry};
-use precomp_registry::artifacts::{compile_env_entry, FailureReport, Miss};
 use precomp_sandbox::toolchain::Toolchain;
 
 /// The config a miss is built with.

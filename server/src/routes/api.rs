@@ -13,7 +13,7 @@ use http::header::{HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_LENGTH};
 use http::request::Parts;
 use http::{HeaderMap, Method, StatusCode};
 use http_body_util::BodyExt;
-use precomp_registry::artifacts::{Artifacts, Publisher, Refusal};
+use precomp_artifacts::{Artifacts, Publisher, Refusal};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 

@@ -4,7 +4,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::Response;
 use http::StatusCode;
-use precomp_registry::artifacts::{valid_digest, ArtifactStored, Refusal, MAX_ARTIFACT_SIZE};
+use precomp_artifacts::{valid_digest, ArtifactStored, Refusal, MAX_ARTIFACT_SIZE};
 use tokio_util::io::ReaderStream;
 
 use super::api::{self, blocking, created_or_ok, parse_digest, ApiRequest};

@@ -3,9 +3,7 @@
 
 use axum::extract::{Request, State};
 use axum::response::Response;
-use precomp_registry::artifacts::{
-    valid_package, FailureReport, Failures, Refusal, MAX_FAILURE_BODY,
-};
+use precomp_artifacts::{valid_package, FailureReport, Failures, Refusal, MAX_FAILURE_BODY};
 
 use super::api::{self, blocking, created_or_ok, parse_json, ApiRequest};
 use crate::respond::{json, json_revalidated};

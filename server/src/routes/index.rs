@@ -3,7 +3,7 @@
 
 use axum::extract::{Request, State};
 use axum::response::Response;
-use precomp_registry::artifacts::{valid_package, Index, Packages};
+use precomp_artifacts::{valid_package, Index, Packages};
 
 use super::api::{self, blocking, ApiRequest};
 use crate::respond::json_revalidated;

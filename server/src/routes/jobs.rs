@@ -9,9 +9,7 @@ use axum::extract::{Request, State};
 use axum::response::Response;
 use http::header::{HeaderValue, CACHE_CONTROL};
 use http::StatusCode;
-use precomp_registry::artifacts::{
-    HeartbeatRequest, LeaseRequest, Refusal, ReleaseRequest, MAX_JOB_BODY,
-};
+use precomp_artifacts::{HeartbeatRequest, LeaseRequest, Refusal, ReleaseRequest, MAX_JOB_BODY};
 
 use super::api::{self, blocking, optional_json, parse_json, path_number, ApiRequest};
 use crate::respond::json;

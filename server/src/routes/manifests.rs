@@ -6,8 +6,8 @@
 use axum::extract::{Request, State};
 use axum::response::Response;
 use bytes::Bytes;
+use precomp_artifacts::{valid_digest, Refusal};
 use precomp_proto::manifest::MAX_SIGNED_MANIFEST_SIZE;
-use precomp_registry::artifacts::{valid_digest, Refusal};
 use sha2::{Digest, Sha256};
 
 use super::api::{self, blocking, created_or_ok, ApiRequest};

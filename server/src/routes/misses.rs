@@ -5,7 +5,7 @@
 use axum::extract::{Request, State};
 use axum::response::Response;
 use http::StatusCode;
-use precomp_registry::artifacts::{MissReport, Misses, Refusal, MAX_MISS_BODY};
+use precomp_artifacts::{MissReport, Misses, Refusal, MAX_MISS_BODY};
 
 use super::api::{blocking, created_or_ok, parse_json, ApiRequest};
 use crate::respond::json;

@@ -5,7 +5,7 @@
 use axum::extract::{Request, State};
 use axum::response::Response;
 use bytes::Bytes;
-use precomp_registry::artifacts::Refusal;
+use precomp_artifacts::Refusal;
 use sha2::{Digest, Sha256};
 
 use super::api::{self, blocking, path_number, ApiRequest};

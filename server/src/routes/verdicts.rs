@@ -3,7 +3,7 @@
 
 use axum::extract::{Request, State};
 use axum::response::Response;
-use precomp_registry::artifacts::{valid_digest, Refusal, MAX_VERDICT_BODY};
+use precomp_artifacts::{valid_digest, Refusal, MAX_VERDICT_BODY};
 
 use super::api::{self, blocking, created_or_ok, ApiRequest};
 use crate::respond::{json, json_revalidated};

@@ -11,9 +11,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
+use precomp_artifacts::{JobKind, Lease, LeaseRequest};
 use precomp_http::Error as ClientError;
 use precomp_ops::audit::{AuditError, AuditReport, Auditor, Candidate, Outcome};
-use precomp_registry::artifacts::{JobKind, Lease, LeaseRequest};
 
 use super::super::audit::{finish_run_dir, new_run_dir, Reporter, MISMATCH};
 use super::{lease_loop, Common, Heartbeat, Jobs};

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use precomp_artifacts::{FailureReport, Lease, LeaseRequest, Miss};
 use precomp_builder::build::BuildContext;
 use precomp_builder::config::SandboxedConfig;
 use precomp_builder::run::{self, CompileEnvSource, PackageResult, Status};
@@ -14,7 +15,6 @@ use precomp_builder::sources::SourceCache;
 use precomp_builder::store::BuildStore;
 use precomp_proto::lock::MixLock;
 use precomp_proto::manifest::ArtifactPublicKey;
-use precomp_registry::artifacts::{FailureReport, Lease, LeaseRequest, Miss};
 
 use super::super::build::{
     app_for, build_and_publish, json_line, miss_managers, publish_fields, settle_miss,

@@ -26,13 +26,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::Args;
+use precomp_artifacts::{
+    JobKind, Lease, LeaseRequest, LeaseTuple, MAX_FEWER_THAN, MAX_LEASE_SECONDS, MIN_LEASE_SECONDS,
+};
 use precomp_builder::Cancel;
 use precomp_http::artifacts::ArtifactClient;
 use precomp_http::Error as ClientError;
 use precomp_proto::manifest::ArtifactSigningKey;
-use precomp_registry::artifacts::{
-    JobKind, Lease, LeaseRequest, LeaseTuple, MAX_FEWER_THAN, MAX_LEASE_SECONDS, MIN_LEASE_SECONDS,
-};
 use precomp_sandbox::toolchain::Toolchain;
 use precomp_sandbox::Sandbox;
 

@@ -463,7 +463,7 @@ pub struct ArtifactStore {
 impl ArtifactStore {
     /// Opens (creating if needed) the store under `root` (`DATA/artifacts`).
     pub fn open(root: &Path) -> Result<ArtifactStore, ArtifactStoreError> {
-        let lock = crate::blob_dir::open(root)
+        let lock = precomp_registry::blob_dir::open(root)
             .map_err(|(path, source)| ArtifactStoreError::Io { path, source })?;
 
         let db_path = root.join("artifacts.db");
@@ -472,7 +472,7 @@ impl ArtifactStore {
             source,
         };
         // FULL: a publish answered 201 survives a power cut.
-        let mut db = crate::blob_dir::open_index(&db_path, "FULL").map_err(db_err)?;
+        let mut db = precomp_registry::blob_dir::open_index(&db_path, "FULL").map_err(db_err)?;
         // One transaction, so a process opening the store at the same time sees the old
         // schema or the new one.
         let tx = db
@@ -688,7 +688,7 @@ impl ArtifactStore {
 
     pub fn artifact_path(&self, sha256: &[u8; 32]) -> PathBuf {
         self.root
-            .join(crate::blob_relative_path(&hex::encode(sha256)))
+            .join(precomp_registry::blob_relative_path(&hex::encode(sha256)))
     }
 
     /// Moves a received, synced upload whose sha256 the caller computed into place (unless it
@@ -1869,7 +1869,7 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> ArtifactStoreError + '_ {
 #[cfg(test)]
 mod schema_tests {
     use super::*;
-    use crate::artifacts::{Artifacts, ArtifactsConfig, HeartbeatRequest, JobKind};
+    use crate::{Artifacts, ArtifactsConfig, HeartbeatRequest, JobKind};
 
     /// The `leases` table as schema version 1 made it.
     const LEASES_V1: &str = "
@@ -2160,7 +2160,7 @@ mod schema_tests {
     /// forgotten; a new report opens it again with its new values.
     #[test]
     fn miss_values_expire_after_the_retention_and_a_new_report_reopens_the_miss() {
-        use crate::artifacts::{CompileEnvJson, MissReport};
+        use crate::{CompileEnvJson, MissReport};
         let dir = tempfile::tempdir().unwrap();
         let store = ArtifactStore::open(dir.path()).unwrap();
         let report = MissReport {

@@ -443,7 +443,7 @@ impl Artifacts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::artifacts::store::ManifestRecord;
+    use crate::store::ManifestRecord;
     use precomp_proto::buildkey::{BuildInputs, Manager, PackageRef, Target};
     use precomp_proto::manifest::{ArtifactSigningKey, Output};
     use precomp_proto::verdict::{manifest_digest, MATCH};

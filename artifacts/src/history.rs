@@ -242,7 +242,7 @@ impl ArtifactStore {
 mod tests {
     use super::super::{ManifestPut, ManifestRecord, MissOutcome, MissPolicy, MissRecord};
     use super::*;
-    use crate::artifacts::api::{MissRecorded, MissReport};
+    use crate::api::{MissRecorded, MissReport};
     use precomp_proto::buildkey::{BuildInputs, Manager, PackageRef, Target};
     use precomp_proto::manifest::{
         ArtifactSigningKey, FileRecord, Manifest, Output, Provenance, SignedManifest,
@@ -609,7 +609,7 @@ mod tests {
         // A failure closes it for good: reported again, it stays closed.
         store
             .record_failure(
-                &crate::artifacts::api::FailureReport {
+                &crate::api::FailureReport {
                     package: "plain_ex".into(),
                     version: "1.0.0".into(),
                     base_key: published.0.base_key.clone(),

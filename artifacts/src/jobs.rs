@@ -906,8 +906,8 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::artifacts::store::ManifestRecord;
-    use crate::artifacts::ArtifactsConfig;
+    use crate::store::ManifestRecord;
+    use crate::ArtifactsConfig;
     use precomp_proto::buildkey::{BuildInputs, Manager, PackageRef, Target};
     use precomp_proto::manifest::{ArtifactSigningKey, Manifest, Output, SignedManifest};
     use prost::Message;
