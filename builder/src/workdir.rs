@@ -86,7 +86,8 @@ impl Drop for WorkDir {
 
 /// Removes the directories under `root` that no live process holds (their process ended
 /// without removing them: killed, or a power cut), except kept ones and those created in the
-/// last minute. How many it removed; a directory it cannot remove is logged and left.
+/// last minute; first kills what is left of the dead owner's sandboxes
+/// ([`precomp_sandbox::kill_leftovers`]). How many it removed; a directory it cannot remove is logged and left.
 pub fn sweep(root: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(root) else {
         return 0;
@@ -111,6 +112,9 @@ pub fn sweep(root: &Path) -> usize {
         if flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
             continue; // a live process works there
         }
+        // Its owner is dead: a sandbox it started may still be there (see
+        // `precomp_sandbox::kill_leftovers`).
+        precomp_sandbox::kill_leftovers(&path);
         match std::fs::remove_dir_all(&path) {
             Ok(()) => {
                 removed += 1;
@@ -177,10 +181,17 @@ mod tests {
         }
         age(&held);
 
-        // Abandoned long ago, a young one, and one kept for the operator.
+        // Abandoned long ago, with a process of its dead owner's sandbox still naming it (as
+        // an init bwrap never released would), a young one, and one kept for the operator.
         let abandoned = root.path().join("abandoned");
         std::fs::create_dir_all(abandoned.join("deps/app")).unwrap();
         age(&abandoned);
+        let mut leftover = Command::new("perl")
+            .args(["-e", "sleep 60"])
+            .arg(abandoned.join("deps/app"))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("perl");
         let young = root.path().join("young");
         std::fs::create_dir(&young).unwrap();
         let kept = WorkDir::create(root.path(), "kept-", 0o755).unwrap().keep();
@@ -188,6 +199,8 @@ mod tests {
 
         assert_eq!(sweep(root.path()), 1);
         assert!(!abandoned.exists());
+        let ended = leftover.wait().unwrap();
+        assert!(ended.code().is_none(), "the leftover was killed: {ended:?}");
         assert!(ours.path().join("file").exists());
         assert!(held.exists() && young.exists() && kept.exists());
 

@@ -243,19 +243,33 @@ fn compiling(work_root: &Path) -> bool {
 }
 
 /// Command lines of the processes of this build's sandboxes: bwrap (its arguments name the
-/// build directory) and the `mix deps.compile` inside.
+/// build directory, wherever it is re-parented) and the `mix deps.compile` inside — among this
+/// process's descendants only, so another test run's slow_ex (another worktree, a leftover)
+/// is not taken for ours.
 fn sandbox_processes(work_root: &Path) -> Vec<String> {
     let root = std::fs::canonicalize(work_root)
         .unwrap_or_else(|_| work_root.to_path_buf())
         .display()
         .to_string();
-    processes()
-        .into_iter()
-        .map(|(_, _, cmdline)| cmdline)
-        .filter(|cmdline| {
+    let all = processes();
+    let parents: BTreeMap<u32, u32> = all.iter().map(|(pid, parent, _)| (*pid, *parent)).collect();
+    let me = std::process::id();
+    let descends_from_me = |mut pid: u32| {
+        for _ in 0..64 {
+            match parents.get(&pid) {
+                Some(&parent) if parent == me => return true,
+                Some(&parent) if parent > 1 => pid = parent,
+                _ => return false,
+            }
+        }
+        false
+    };
+    all.into_iter()
+        .filter(|(pid, _, cmdline)| {
             cmdline.contains(&root)
-                || (cmdline.contains("deps.compile slow_ex") && !cmdline.contains("cargo"))
+                || (cmdline.contains("deps.compile slow_ex") && descends_from_me(*pid))
         })
+        .map(|(_, _, cmdline)| cmdline)
         .collect()
 }
 

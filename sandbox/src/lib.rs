@@ -22,6 +22,7 @@ mod bwrap;
 mod cancel;
 mod cgroup;
 mod error;
+mod leftovers;
 mod run;
 mod spec;
 pub mod toolchain;
@@ -31,6 +32,7 @@ pub use bwrap::{arguments as bwrap_arguments, SHM_BYTES, SYSTEM_DIRS};
 pub use cancel::Cancel;
 pub use cgroup::Enforcement;
 pub use error::{Error, Result};
+pub use leftovers::kill_leftovers;
 pub use run::{command_line, Captured, Identity, Outcome, Sandbox, Status};
 pub use spec::{
     build_env, Limits, Mount, Root, Spec, Stdio, BUILD_DIR, DEFAULT_SOURCE_DATE_EPOCH, HOME_DIR,

@@ -306,6 +306,8 @@ impl Sandbox {
             }
         }
         let setup = ChildSetup {
+            // SAFETY: getpid has no preconditions.
+            parent: unsafe { libc::getpid() },
             procs_fd: procs.as_ref().map(|f| f.as_raw_fd()),
             status_fd: status_write.as_raw_fd(),
             rlimits: rlimits(spec, self.identity),
@@ -863,6 +865,8 @@ fn tasks_of(uid: u32) -> u64 {
 
 /// What the child does between fork and exec. Only async-signal-safe calls.
 struct ChildSetup {
+    /// This process: bwrap dies with it (see [`ChildSetup::apply`]).
+    parent: libc::pid_t,
     procs_fd: Option<i32>,
     status_fd: i32,
     rlimits: [(libc::__rlimit_resource_t, u64); 5],
@@ -905,6 +909,23 @@ impl ChildSetup {
                 {
                     return Err(std::io::Error::last_os_error());
                 }
+            }
+            // bwrap's own `--die-with-parent` starts only after it has cloned the namespace's
+            // init; a runner killed with -9 before that would leave bwrap running on. So
+            // bwrap is bound to this thread from its first instruction. After the uid change,
+            // which clears the setting; and if the parent is already gone, fail the spawn.
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != self.parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
             }
         }
         Ok(())
