@@ -100,6 +100,7 @@ impl Fixture {
             .prefix("precomp-fetch-fixture-")
             .tempdir()
             .unwrap();
+        common::remove_at_exit(dir.path());
         let root = dir.path();
         let repo_key = root.join("repo.pem");
         keygen(&repo_key);

@@ -283,12 +283,16 @@ fn a_runner_killed_as_its_sandbox_starts_leaves_nothing_once_cleaned_up() {
     let mut survived_the_runner = 0;
     for delay_us in (0..80).map(|i| i * 500) {
         let delay_ms = delay_us as f64 / 1000.0;
-        let output = precomp_sandbox::scratch_dir("precomp-orphan-test-").unwrap();
+        // The runner's temporary directories (its own, and the one detecting the host
+        // toolchain uses) under one the test removes: a killed runner cannot.
+        let tmp = precomp_sandbox::scratch_dir("precomp-orphan-test-").unwrap();
+        let output = tmp.path().join("output");
         let mut runner = precomp_command()
+            .env("TMPDIR", tmp.path())
             .arg("--data")
             .arg(data.path())
             .args(["toolchain", "run", "host", "--output"])
-            .arg(output.path())
+            .arg(&output)
             .args(["--", "sleep", &marker])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -299,16 +303,16 @@ fn a_runner_killed_as_its_sandbox_starts_leaves_nothing_once_cleaned_up() {
         runner.wait().unwrap();
         // What dies with the runner dies within moments.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        while !naming(output.path()).is_empty() && std::time::Instant::now() < deadline {
+        while !naming(tmp.path()).is_empty() && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        if !naming(output.path()).is_empty() {
+        if !naming(tmp.path()).is_empty() {
             survived_the_runner += 1;
         }
-        precomp_sandbox::kill_leftovers(output.path());
+        precomp_sandbox::kill_leftovers(tmp.path());
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         loop {
-            let left = naming(output.path());
+            let left = naming(tmp.path());
             if left.is_empty() {
                 break;
             }

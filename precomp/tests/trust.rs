@@ -60,6 +60,7 @@ impl Fixture {
             .prefix("precomp-trust-fixture-")
             .tempdir()
             .unwrap();
+        common::remove_at_exit(dir.path());
         let root = dir.path();
         let packages = root.join("packages");
         precomp_testkit::copy_dir(

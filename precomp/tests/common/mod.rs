@@ -349,21 +349,41 @@ impl Drop for ServeProcess {
     }
 }
 
-/// Kills the servers still registered when the test binary exits: statics are never dropped,
-/// and a `precomp serve` shared by a file's tests would otherwise outlive the run.
+/// Removes `dir` when the test binary exits, if it is still there: a directory held in a
+/// `static` (a fixture a file's tests share) is never dropped.
+pub fn remove_at_exit(dir: &Path) {
+    exit_reaper::remove_at_exit(dir.to_path_buf());
+}
+
+/// Kills the servers still registered when the test binary exits, then removes the
+/// directories registered: statics are never dropped, and a `precomp serve` or a fixture
+/// directory shared by a file's tests would otherwise outlive the run.
 mod exit_reaper {
+    use std::path::PathBuf;
     use std::sync::{Mutex, Once};
 
     static LIVE: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+    static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
-    pub fn register(pid: u32) {
+    fn install() {
         static HOOK: Once = Once::new();
         HOOK.call_once(|| {
-            // SAFETY: `kill_live` is an `extern "C" fn()` that does not unwind.
-            let status = unsafe { libc::atexit(kill_live) };
+            // SAFETY: `at_exit` is an `extern "C" fn()` that does not unwind.
+            let status = unsafe { libc::atexit(at_exit) };
             assert_eq!(status, 0, "atexit failed");
         });
+    }
+
+    pub fn register(pid: u32) {
+        install();
         live().push(pid);
+    }
+
+    pub fn remove_at_exit(dir: PathBuf) {
+        install();
+        DIRS.lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(dir);
     }
 
     /// Called once the child was waited for, so its pid can no longer name another process.
@@ -375,10 +395,15 @@ mod exit_reaper {
         LIVE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    extern "C" fn kill_live() {
+    extern "C" fn at_exit() {
         for &pid in live().iter() {
             // SAFETY: plain syscall; the pid is a child not yet waited for (still ours).
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
+        let dirs = std::mem::take(&mut *DIRS.lock().unwrap_or_else(|p| p.into_inner()));
+        for dir in dirs {
+            // Gone already when its TempDir was dropped: nothing to do.
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }
@@ -389,6 +414,7 @@ pub fn data_dir(prefix: &str) -> tempfile::TempDir {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    remove_at_exit(dir.path());
     dir
 }
 
