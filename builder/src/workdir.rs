@@ -89,6 +89,8 @@ impl Drop for WorkDir {
 /// last minute; first kills what is left of the dead owner's sandboxes
 /// ([`precomp_sandbox::kill_leftovers`]). How many it removed; a directory it cannot remove is logged and left.
 pub fn sweep(root: &Path) -> usize {
+    // One-off sandbox runs (toolchain detection) keep their directories elsewhere.
+    precomp_sandbox::sweep_scratch_dirs();
     let Ok(entries) = std::fs::read_dir(root) else {
         return 0;
     };

@@ -7,9 +7,100 @@
 //! killed before that release waits on the eventfd forever — re-parented to PID 1, asleep,
 //! with no children, holding its bind mounts. Nothing in the dead runner can end it, so the
 //! next process to clean the runner's directories does: [`kill_leftovers`], called on every
-//! directory a sweep removes (`precomp_builder::workdir::sweep`).
+//! directory a sweep removes — work directories (`precomp_builder::workdir::sweep`) and the
+//! temporary ones of one-off runs ([`scratch_dir`], [`sweep_scratch_dirs`]).
 
-use std::path::Path;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rustix::fs::{flock, FlockOperation};
+
+use crate::{Error, Result};
+
+/// Every [`scratch_dir`]'s name starts with this, so a sweep knows what is ours.
+const SCRATCH_PREFIX: &str = "precomp-sandbox-";
+
+/// A scratch directory younger than this is never swept: its creator may not have locked it
+/// yet.
+const MIN_AGE: Duration = Duration::from_secs(60);
+
+/// A temporary directory for a one-off sandbox run (toolchain detection, `precomp toolchain
+/// run`): the sandbox user can reach it (0755), it is locked (`flock`, not inherited by the
+/// sandbox) while this value lives, and removed when it is dropped — or, when its process was
+/// killed, by the next [`sweep_scratch_dirs`], with what its sandboxes left.
+#[derive(Debug)]
+pub struct ScratchDir {
+    // Dropped first: unlocked, then removed.
+    _lock: File,
+    dir: tempfile::TempDir,
+}
+
+impl ScratchDir {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// A new [`ScratchDir`] in the temporary directory: `precomp-sandbox-PREFIX…`.
+pub fn scratch_dir(prefix: &str) -> Result<ScratchDir> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |path: PathBuf| move |source| Error::Io { path, source };
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("{SCRATCH_PREFIX}{prefix}"))
+        .tempdir()
+        .map_err(io(std::env::temp_dir()))?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+        .map_err(io(dir.path().to_path_buf()))?;
+    let lock = File::open(dir.path()).map_err(io(dir.path().to_path_buf()))?;
+    flock(&lock, FlockOperation::NonBlockingLockExclusive)
+        .map_err(|e| io(dir.path().to_path_buf())(e.into()))?;
+    Ok(ScratchDir { _lock: lock, dir })
+}
+
+/// Removes the scratch directories in the temporary directory whose process died without
+/// removing them (nobody holds their lock; older than a minute), after killing what names
+/// them ([`kill_leftovers`]). How many it removed.
+pub fn sweep_scratch_dirs() -> usize {
+    let root = std::env::temp_dir();
+    let Ok(entries) = std::fs::read_dir(&root) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let ours = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|name| name.starts_with(SCRATCH_PREFIX));
+        if !ours || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let young = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .map(|modified| modified.elapsed().unwrap_or_default() < MIN_AGE)
+            .unwrap_or(true);
+        let path = entry.path();
+        let Ok(file) = File::open(&path) else {
+            continue;
+        };
+        if young || flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
+            continue;
+        }
+        kill_leftovers(&path);
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => {
+                removed += 1;
+                tracing::info!(
+                    "removed {}: its process ended without removing it",
+                    path.display()
+                );
+            }
+            Err(e) => tracing::warn!("removing the abandoned {}: {e}", path.display()),
+        }
+    }
+    removed
+}
 
 /// Kills (SIGKILL) every process whose command line names `dir` or a path under it — a
 /// sandbox's bwrap names its output and source directories in its arguments — other than
@@ -75,6 +166,53 @@ mod tests {
     use super::*;
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
+
+    /// Sets a directory's mtime to two hours ago (coreutils `touch`): past [`MIN_AGE`].
+    fn age(path: &Path) {
+        let status = Command::new("touch")
+            .args(["-d", "2 hours ago"])
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// A scratch directory whose process died (unlocked, old), with a process still naming
+    /// it: both gone after a sweep. One whose process lives (locked), and a young one, stay.
+    #[test]
+    fn a_sweep_removes_dead_runners_scratch_directories_with_their_leftovers() {
+        let live = scratch_dir("test-live-").unwrap();
+        age(live.path());
+        let young = scratch_dir("test-young-").unwrap();
+        // Its process died: the lock went with it (here: dropped without removing).
+        let dead = scratch_dir("test-dead-").unwrap();
+        let dead_path = dead.path().to_path_buf();
+        let ScratchDir { _lock, dir } = dead;
+        drop(_lock);
+        let _ = dir.keep();
+        age(&dead_path);
+        let mut leftover = Command::new("perl")
+            .args(["-e", "sleep 60"])
+            .arg(&dead_path)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        assert!(live.path().starts_with(std::env::temp_dir()));
+        assert!(live
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("precomp-sandbox-test-live-"));
+
+        assert!(sweep_scratch_dirs() >= 1);
+        assert!(!dead_path.exists());
+        assert!(
+            leftover.wait().unwrap().code().is_none(),
+            "killed by a signal"
+        );
+        assert!(live.path().exists() && young.path().exists());
+    }
 
     #[test]
     fn a_path_is_named_by_itself_and_what_is_under_it_only() {

@@ -32,29 +32,9 @@ pub use bwrap::{arguments as bwrap_arguments, SHM_BYTES, SYSTEM_DIRS};
 pub use cancel::Cancel;
 pub use cgroup::Enforcement;
 pub use error::{Error, Result};
-pub use leftovers::kill_leftovers;
+pub use leftovers::{kill_leftovers, scratch_dir, sweep_scratch_dirs, ScratchDir};
 pub use run::{command_line, Captured, Identity, Outcome, Sandbox, Status};
 pub use spec::{
     build_env, Limits, Mount, Root, Spec, Stdio, BUILD_DIR, DEFAULT_SOURCE_DATE_EPOCH, HOME_DIR,
     HOSTNAME, IMAGE_PATH, PATH,
 };
-
-/// A new temporary directory the sandbox user can reach (mode 0755; `tempfile` makes them
-/// 0700), removed when dropped: an output directory for a one-off run.
-pub fn scratch_dir(prefix: &str) -> Result<tempfile::TempDir> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir()
-        .map_err(|e| Error::Io {
-            path: std::env::temp_dir(),
-            source: e,
-        })?;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).map_err(|e| {
-        Error::Io {
-            path: dir.path().to_path_buf(),
-            source: e,
-        }
-    })?;
-    Ok(dir)
-}
