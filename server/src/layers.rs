@@ -5,7 +5,8 @@
 //!    proxy), the request body guarded against stalls and slow senders ([`GuardedBody`]) and
 //!    its memory budget ([`BodyBudget`]), the per-request timeout (503), and the metrics: the
 //!    answer counted by its route's label and status, and the bytes served.
-//! 2. Request tracing (`tower_http::trace`, at debug level).
+//! 2. Request tracing (`tower_http::trace`, at debug level; left out when debug logging is
+//!    off).
 //! 3. Repeated and trailing slashes removed from the path ([`normalize_path`]), before routing.
 //! 4. The router, with panics in handlers caught (500).
 
@@ -76,21 +77,28 @@ pub fn main_service(
         in_progress: AtomicUsize::new(0),
     });
     let router = routes::router(state).layer(CatchPanicLayer::custom(panicked));
+    // Request spans only when they would be recorded (the log filter is set before the server
+    // starts): the trace layer costs every request about a tenth of its user-space work even
+    // when its spans are disabled (docs/benchmarks.md, "precomp-server").
+    let trace = tracing::enabled!(tracing::Level::DEBUG).then(|| {
+        ServiceBuilder::new()
+            .map_response(|response: http::Response<_>| response.map(Body::new))
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(|request: &Request| {
+                        tracing::debug_span!(
+                            "request",
+                            method = %request.method(),
+                            path = %request.uri().path(),
+                            client = ?client(request),
+                        )
+                    })
+                    // The routes log their own failures, with what failed.
+                    .on_failure(()),
+            )
+    });
     let inner = ServiceBuilder::new()
-        .map_response(|response: http::Response<_>| response.map(Body::new))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(|request: &Request| {
-                    tracing::debug_span!(
-                        "request",
-                        method = %request.method(),
-                        path = %request.uri().path(),
-                        client = ?client(request),
-                    )
-                })
-                // The routes log their own failures, with what failed.
-                .on_failure(()),
-        )
+        .option_layer(trace)
         .map_request(normalize_path)
         .service(router);
     GuardService { inner, guard }

@@ -28,9 +28,21 @@ impl Route {
     /// Parses a request path. Leading, trailing and repeated slashes are tolerated (Mix's
     /// `HEX_MIRROR=http://m/` yields `//packages/x`), percent-escapes decoded, `+` kept.
     pub fn parse(raw_path: &str) -> Option<Route> {
+        // Every request of the mirror comes through here: no allocation for a path without
+        // escapes and with at most `MAX_SEGMENTS` segments (every Hex path has 1–3).
+        const MAX_SEGMENTS: usize = 8;
         let decoded = percent_decode(raw_path)?;
-        let segments: Vec<&str> = decoded.split('/').filter(|s| !s.is_empty()).collect();
-        Route::from_segments(&segments)
+        let mut segments = [""; MAX_SEGMENTS];
+        let mut count = 0;
+        for segment in decoded.split('/').filter(|s| !s.is_empty()) {
+            if count == MAX_SEGMENTS {
+                let all: Vec<&str> = decoded.split('/').filter(|s| !s.is_empty()).collect();
+                return Route::from_segments(&all);
+            }
+            segments[count] = segment;
+            count += 1;
+        }
+        Route::from_segments(&segments[..count])
     }
 
     /// The route of a path already split into its non-empty, percent-decoded segments (as
@@ -135,7 +147,10 @@ fn valid_install_segment(segment: &str) -> bool {
 }
 
 /// Decodes `%XX` escapes; `None` for malformed escapes or non-UTF-8 results.
-fn percent_decode(path: &str) -> Option<String> {
+fn percent_decode(path: &str) -> Option<std::borrow::Cow<'_, str>> {
+    if !path.contains('%') {
+        return Some(std::borrow::Cow::Borrowed(path));
+    }
     let bytes = path.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -149,7 +164,7 @@ fn percent_decode(path: &str) -> Option<String> {
             i += 1;
         }
     }
-    String::from_utf8(out).ok()
+    String::from_utf8(out).ok().map(std::borrow::Cow::Owned)
 }
 
 #[cfg(test)]

@@ -2,7 +2,12 @@
 //! object served verbatim from the store or upstream, with a strong ETag, never a
 //! `Content-Encoding`. GET and HEAD only.
 
-use axum::extract::{Path, Request, State};
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::extract::Request;
 use axum::response::Response;
 use http::header::{HeaderValue, ALLOW};
 use http::request::Parts;
@@ -12,58 +17,35 @@ use precomp_registry::mirror::{Outcome, Route};
 use crate::respond::{content, labelled, mirror_failure, text};
 use crate::AppState;
 
-pub async fn names(State(app): State<AppState>, request: Request) -> Response {
-    object(&app, Some(Route::Names), request).await
-}
+/// The Hex repository: every path the router has no route of its own for. The mirror's
+/// hottest path, so a plain `tower::Service` (the router's fallback) that parses the path
+/// itself ([`Route::parse`]: validated, percent-decoded, no allocation for plain paths),
+/// rather than routes with path parameters and extractors, which cost a third more per
+/// request (docs/benchmarks.md, "precomp-server"). Unknown paths under `/precomp/v1/` get the
+/// API's 404.
+#[derive(Clone)]
+pub struct HexRepository(pub AppState);
 
-pub async fn versions(State(app): State<AppState>, request: Request) -> Response {
-    object(&app, Some(Route::Versions), request).await
-}
+impl tower::Service<Request> for HexRepository {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
-pub async fn public_key(State(app): State<AppState>, request: Request) -> Response {
-    object(&app, Some(Route::PublicKey), request).await
-}
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
 
-pub async fn package(
-    State(app): State<AppState>,
-    name: super::Param,
-    request: Request,
-) -> Response {
-    let route = name
-        .ok()
-        .and_then(|Path(name)| Route::from_segments(&["packages", &name]));
-    object(&app, route, request).await
-}
-
-pub async fn tarball(
-    State(app): State<AppState>,
-    file: super::Param,
-    request: Request,
-) -> Response {
-    let route = file
-        .ok()
-        .and_then(|Path(file)| Route::from_segments(&["tarballs", &file]));
-    object(&app, route, request).await
-}
-
-pub async fn docs(State(app): State<AppState>, file: super::Param, request: Request) -> Response {
-    let route = file
-        .ok()
-        .and_then(|Path(file)| Route::from_segments(&["docs", &file]));
-    object(&app, route, request).await
-}
-
-pub async fn installs(
-    State(app): State<AppState>,
-    rest: super::Param,
-    request: Request,
-) -> Response {
-    let route = rest.ok().and_then(|Path(rest)| {
-        let mut segments = vec!["installs"];
-        segments.extend(rest.split('/').filter(|s| !s.is_empty()));
-        Route::from_segments(&segments)
-    });
-    object(&app, route, request).await
+    fn call(&mut self, request: Request) -> Self::Future {
+        let app = self.0.clone();
+        Box::pin(async move {
+            let path = request.uri().path();
+            if path == "/precomp/v1" || path.starts_with("/precomp/v1/") {
+                return Ok(super::api::unknown(request.method() == Method::HEAD));
+            }
+            let route = Route::parse(path);
+            Ok(object(&app, route, request).await)
+        })
+    }
 }
 
 /// `405` for the mirror's paths: only GET and HEAD.
@@ -79,8 +61,8 @@ pub fn not_allowed(route: &'static str, head: bool) -> Response {
     labelled(route, response)
 }
 
-/// The object of `route` (`None`: the path is not one the mirror serves, 404). The request
-/// is taken whole, not as extracted headers: a `HeaderMap` extractor clones the map.
+/// The object of `route` (`None`: the path is not one the mirror serves, 404; a method other
+/// than GET and HEAD, 405).
 async fn object(app: &AppState, route: Option<Route>, request: Request) -> Response {
     let (parts, _body): (Parts, _) = request.into_parts();
     let (method, headers) = (&parts.method, &parts.headers);

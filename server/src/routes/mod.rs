@@ -2,7 +2,7 @@
 //!
 //! | module | paths |
 //! |---|---|
-//! | [`hex`] | `/names`, `/versions`, `/packages/NAME`, `/tarballs/…`, `/docs/…`, `/installs/…`, `/public_key` |
+//! | [`hex`] | `/names`, `/versions`, `/packages/NAME`, `/tarballs/…`, `/docs/…`, `/installs/…`, `/public_key`: the router's fallback, so every path no other route takes (unknown ones 404, or the API's 404 under `/precomp/v1/`) |
 //! | [`health`] | `/healthz` |
 //! | [`metrics`] | `/metrics` |
 //! | [`artifacts`] | `/precomp/v1/artifacts/SHA256` |
@@ -52,13 +52,6 @@ pub const REVALIDATE: &str = "no-cache";
 /// The main listener's routes: the Hex mirror, the artifact API, health and metrics.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/names", any(hex::names))
-        .route("/versions", any(hex::versions))
-        .route("/public_key", any(hex::public_key))
-        .route("/packages/{name}", any(hex::package))
-        .route("/tarballs/{file}", any(hex::tarball))
-        .route("/docs/{file}", any(hex::docs))
-        .route("/installs/{*rest}", any(hex::installs))
         .route("/healthz", any(health::healthz))
         .route("/metrics", any(metrics::metrics))
         .route("/precomp/v1/artifacts/{sha256}", any(artifacts::artifact))
@@ -79,7 +72,7 @@ pub fn router(state: AppState) -> Router {
         .route("/precomp/v1/jobs/lease", any(jobs::lease))
         .route("/precomp/v1/jobs/{job}/heartbeat", any(jobs::heartbeat))
         .route("/precomp/v1/jobs/{job}/release", any(jobs::release))
-        .fallback(fallback)
+        .fallback_service(hex::HexRepository(state.clone()))
         .with_state(state)
 }
 
@@ -100,19 +93,6 @@ pub fn admin_router(state: AppState) -> Router {
             )
         })
         .with_state(state)
-}
-
-/// Paths no route takes: under `/precomp/v1/`, the API's 404 naming its routes; elsewhere
-/// 405 for methods the mirror never takes, else 404.
-async fn fallback(request: Request) -> Response {
-    let head = request.method() == Method::HEAD;
-    if request.uri().path().starts_with("/precomp/v1/") || request.uri().path() == "/precomp/v1" {
-        return api::unknown(head);
-    }
-    if !read_method(request.method()) {
-        return hex::not_allowed("unknown", head);
-    }
-    labelled("unknown", text(StatusCode::NOT_FOUND, "not found", head))
 }
 
 /// A path parameter, or why it could not be taken (percent-escapes that are not UTF-8): a
