@@ -477,7 +477,8 @@ fn container_procedure() {
     podman_ok(&["stop", &name]);
 
     // A sandboxed build inside the container, with the documented security options: the
-    // fixture.s plain_ex, erl_ids (and erl_counter, its dependency) and tiny_nif (a C NIF: gcc and make in the image).
+    // fixture's plain_ex, erl_ids (and erl_counter, its dependency) and tiny_nif (a C NIF:
+    // gcc and make in the image).
     let work = data_dir("precomp-deploy-build-");
     fixture.write_lock(
         &work.path().join("mix.lock"),
@@ -530,4 +531,329 @@ fn container_procedure() {
     }
     built.sort();
     assert_eq!(built, ["erl_counter", "erl_ids", "plain_ex", "tiny_nif"], "{stdout}");
+}
+
+/// An image that boots systemd as init, with what the units run (the toolchain packages of
+/// the Containerfile, so the worker builds on `--toolchain host`, and sudo for the docs'
+/// `sudo -u precomp`). Kept in podman's storage per base image: the units and the binary
+/// come in at run time, not in the image.
+fn systemd_image() -> String {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            let tag = format!("localhost/precomp-test-systemd:{}", base_key());
+            if podman(&["image", "exists", &tag]).status.success() {
+                return tag;
+            }
+            let context = tempfile::tempdir().unwrap();
+            std::fs::write(
+                context.path().join("Containerfile"),
+                format!(
+                    "FROM {}\n\
+                     RUN apt-get update \\\n \
+                     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \\\n \
+                     systemd systemd-sysv sudo elixir erlang-base erlang-dev gcc libc6-dev make \\\n \
+                     rebar3 bubblewrap ca-certificates \\\n \
+                     && rm -rf /var/lib/apt/lists/*\n\
+                     STOPSIGNAL SIGRTMIN+3\n\
+                     CMD [\"/sbin/init\"]\n",
+                    base_image()
+                ),
+            )
+            .unwrap();
+            let started = Instant::now();
+            podman_ok(&[
+                "build",
+                "--isolation=chroot",
+                "-t",
+                &tag,
+                context.path().to_str().unwrap(),
+            ]);
+            eprintln!(
+                "systemd image built in {:.0} s",
+                started.elapsed().as_secs_f64()
+            );
+            tag
+        })
+        .clone()
+}
+
+/// The `sh` blocks of docs/operations.md's "Deployment" section, in order.
+fn deployment_blocks() -> Vec<String> {
+    let doc = std::fs::read_to_string(workspace().join("docs/operations.md")).unwrap();
+    let start = doc
+        .find("\n## Deployment\n")
+        .expect("docs/operations.md has a Deployment section");
+    let section = &doc[start + 1..];
+    let section = &section[..section[1..].find("\n## ").map_or(section.len(), |i| i + 1)];
+    section
+        .split("```sh\n")
+        .skip(1)
+        .map(|block| block.split("```").next().unwrap().to_string())
+        .collect()
+}
+
+/// `text` with `from` replaced by `to`, which must occur in it (the docs changed otherwise).
+fn substitute(text: &str, from: &str, to: &str) -> String {
+    assert!(text.contains(from), "{from:?} is not in the docs' block:\n{text}");
+    text.replace(from, to)
+}
+
+/// Runs `script` with bash in the container `name` as root, from `/src` (the checkout).
+fn exec_script(name: &str, script: &str) -> String {
+    let full = format!("set -euo pipefail\ncd /src\n{script}");
+    podman_ok(&["exec", name, "bash", "-c", &full])
+}
+
+fn unit_property(name: &str, unit: &str, property: &str) -> String {
+    podman_ok(&["exec", name, "systemctl", "show", "--value", "-p", property, unit])
+}
+
+fn journal(name: &str, unit: &str) -> String {
+    text(&podman(&[
+        "exec",
+        name,
+        "journalctl",
+        "--no-pager",
+        "-u",
+        unit,
+    ]))
+}
+
+/// `unit` ran and ended as a clean stop or success: exited 0, not killed, no failure.
+fn assert_exited_cleanly(name: &str, unit: &str) {
+    let result = unit_property(name, unit, "Result");
+    let code = unit_property(name, unit, "ExecMainCode");
+    let status = unit_property(name, unit, "ExecMainStatus");
+    assert!(
+        result == "success" && code == "1" && status == "0",
+        "{unit}: Result={result} ExecMainCode={code} (1: exited) ExecMainStatus={status}\n{}",
+        journal(name, unit)
+    );
+}
+
+/// The miss a consumer of `lock` reports for `package` (no dependencies) on `otp`/`elixir`:
+/// posted to the mirror, as `precomp fetch` does; its base key.
+fn report_miss(base: &str, lock: &str, package: &str, otp: &str, elixir: &str) -> String {
+    use precomp_proto::buildkey::{KeyParts, KeyToolchain, Target};
+    use precomp_proto::lock::MixLock;
+    use precomp_proto::manager::{lock_roots, mix_managers, Converger};
+    let parsed = MixLock::parse(lock).unwrap();
+    let (app, entry) = parsed.hex().find(|(_, e)| e.package == package).unwrap();
+    let infer = |_: &str| Ok::<_, std::convert::Infallible>(None);
+    let managers =
+        mix_managers(&parsed, &lock_roots(&parsed), Converger::Elixir1_15, infer).unwrap();
+    let manager = managers[app].expect("the lock names the manager");
+    let parts = std::collections::BTreeMap::from([(
+        app.to_string(),
+        KeyParts {
+            manager,
+            target: Some(Target::Any),
+            compile_env: Vec::new(),
+        },
+    )]);
+    let toolchain = KeyToolchain {
+        otp_major: otp.into(),
+        elixir: elixir.into(),
+        mix_env: "prod".into(),
+    };
+    let inputs = parsed
+        .inputs_bottom_up(app, Target::Any, &parts, &toolchain)
+        .unwrap();
+    let base_key = inputs.base_key().unwrap().to_string();
+    let report = serde_json::json!({"package": package, "version": entry.version,
+        "reason": "not built", "otp_major": otp, "elixir": elixir, "mix_env": "prod",
+        "target": "any", "lock": lock, "manager": manager.to_string(), "compile_env": [],
+        "closure": [], "base_key": base_key});
+    let response = http()
+        .post(format!("{base}/precomp/v1/misses"))
+        .json(&report)
+        .send()
+        .unwrap();
+    let status = response.status();
+    let body = response.text().unwrap();
+    assert!(status.is_success(), "reporting the miss: {status} {body}");
+    base_key
+}
+
+/// docs/operations.md "systemd" and "Workers", the `sh` blocks as written, under a real
+/// systemd (PID 1 of a podman container): the mirror's units, then a build worker on the
+/// same machine with the mirror's token.
+#[test]
+fn systemd_procedure() {
+    require_podman(&base_image());
+    let image = systemd_image();
+    let blocks = deployment_blocks();
+    let mut owned = Owned::default();
+    let fixture = FixtureRepo::new(
+        "precomp-deploy-systemd-",
+        &[],
+        &["builder-1", "auditor-1"],
+    );
+    let upstream = fixture.path("repo");
+    let keys = data_dir("precomp-deploy-keys-");
+    for key in ["builder-1.pub", "builder-1.key", "auditor-1.pub"] {
+        readable_copy(&fixture.key(key), keys.path());
+    }
+
+    let name = unique("systemd");
+    owned.containers.push(name.clone());
+    let port = free_port();
+    let publish = format!("127.0.0.1:{port}:4000");
+    let checkout = format!("{}:/src/ops/deploy:ro", workspace().join("ops/deploy").display());
+    let binary = format!(
+        "{}:/src/target/release/precomp:ro",
+        env!("CARGO_BIN_EXE_precomp")
+    );
+    let upstream_mount = format!("{}:/upstream:ro", upstream.display());
+    let keys_mount = format!("{}:/keys:ro", keys.path().display());
+    let mut run = vec!["--runtime", "runc", "run", "-d", "--name", &name];
+    run.push("--systemd=always");
+    run.extend(ULIMITS);
+    // For the worker's sandbox (bubblewrap), as for `precomp build` in the image.
+    run.extend(SANDBOX_OPTIONS);
+    run.extend(["-p", &publish, "-v", &checkout, "-v", &binary]);
+    run.extend(["-v", &upstream_mount, "-v", &keys_mount, &image, "/sbin/init"]);
+    podman_ok(&run);
+    // Until systemd's bus is up, systemctl cannot even ask.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (booted, state) = loop {
+        let booted = podman(&["exec", &name, "systemctl", "is-system-running", "--wait"]);
+        let state = String::from_utf8_lossy(&booted.stdout).trim().to_string();
+        if !state.is_empty() || Instant::now() > deadline {
+            break (booted, state);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(
+        state == "running" || state == "degraded",
+        "systemd did not boot in the container: {}",
+        describe(&booted)
+    );
+    if state == "degraded" {
+        eprintln!(
+            "failed units in the container: {}",
+            text(&podman(&["exec", &name, "systemctl", "--failed"]))
+        );
+    }
+
+    // Before the docs' block: the public keys in /etc/precomp ("with the builders' and
+    // auditors' public keys already in /etc/precomp"), and the test's upstream for the mirror
+    // (the fixture repository instead of hex.pm) in a drop-in.
+    exec_script(
+        &name,
+        "install -d /etc/precomp\n\
+         install -m 0644 /keys/builder-1.pub /keys/auditor-1.pub /etc/precomp/\n\
+         mkdir -p /etc/systemd/system/precomp.service.d\n\
+         printf '[Service]\\nEnvironment=PRECOMP_UPSTREAM=file:///upstream\\n\
+         Environment=PRECOMP_UPSTREAM_KEY=/upstream/public_key\\n' \
+         > /etc/systemd/system/precomp.service.d/upstream.conf\n",
+    );
+    let install = exec_script(&name, &blocks[0]);
+    let token = install
+        .split_whitespace()
+        .find(|word| word.starts_with("pct_"))
+        .unwrap_or_else(|| panic!("no token in the install's output: {install}"))
+        .to_string();
+
+    let base = format!("http://127.0.0.1:{port}");
+    wait_for(&format!("{base}/metrics"), || journal(&name, "precomp"));
+    assert_hex_paths_identical(&base, &upstream);
+    let pid = unit_property(&name, "precomp", "MainPID");
+    let user = podman_ok(&["exec", &name, "stat", "-c", "%U", &format!("/proc/{pid}")]);
+    assert_eq!(user, "precomp", "the mirror runs as the unit's user");
+    let timers = podman_ok(&["exec", &name, "systemctl", "list-timers", "--all"]);
+    for timer in ["precomp-gc.timer", "precomp-backup.timer"] {
+        assert!(timers.contains(timer), "{timer} is scheduled: {timers}");
+    }
+
+    // What the timers start, now: both succeed beside the running mirror.
+    podman_ok(&[
+        "exec",
+        &name,
+        "systemctl",
+        "start",
+        "precomp-gc.service",
+        "precomp-backup.service",
+    ]);
+    for unit in ["precomp-gc.service", "precomp-backup.service"] {
+        assert_exited_cleanly(&name, unit);
+    }
+    let backups = podman_ok(&["exec", &name, "ls", "/var/lib/precomp-backups"]);
+    assert_eq!(backups.lines().count(), 1, "one backup: {backups}");
+
+    // The worker, with the key of the token made above: its block as written, but for the
+    // mirror's address and the token.
+    exec_script(
+        &name,
+        "install -m 0400 -o precomp -g precomp /keys/builder-1.key /etc/precomp/builder-1.key\n",
+    );
+    let worker = substitute(
+        &blocks[1],
+        "PRECOMP_MIRROR=http://mirror.internal:4000",
+        "PRECOMP_MIRROR=http://127.0.0.1:4000",
+    );
+    let worker = substitute(&worker, "PRECOMP_TOKEN=pct_...", &format!("PRECOMP_TOKEN={token}"));
+    exec_script(&name, &worker);
+
+    // A consumer's miss of plain_ex on the container's toolchain: the worker leases it, builds
+    // it in the sandbox and publishes it.
+    let toolchains = podman_ok(&[
+        "exec", "-u", "precomp", &name, "precomp", "--data", "/tmp/toolchains", "toolchain",
+        "list", "--json",
+    ]);
+    let toolchains: serde_json::Value = serde_json::from_str(&toolchains).unwrap();
+    let host = toolchains
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == "host")
+        .unwrap_or_else(|| panic!("no host toolchain: {toolchains}"));
+    let lock_file = tempfile::NamedTempFile::new().unwrap();
+    fixture.write_lock(lock_file.path(), &["plain_ex@1.0.0"]);
+    let lock = std::fs::read_to_string(lock_file.path()).unwrap();
+    let base_key = report_miss(
+        &base,
+        &lock,
+        "plain_ex",
+        host["otp"].as_str().unwrap(),
+        host["elixir"].as_str().unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let index: serde_json::Value =
+            serde_json::from_slice(&get(&format!("{base}/precomp/v1/index/plain_ex"))).unwrap();
+        let builds = index["builds"].as_array().cloned().unwrap_or_default();
+        if !builds.is_empty() {
+            eprintln!("published by the worker: {index}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no build of plain_ex (miss {base_key}) after 180 s: {index}\n{}",
+            journal(&name, "precomp-worker@build")
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert!(
+        journal(&name, "precomp-worker@build").contains("plain_ex"),
+        "the worker's journal names the job"
+    );
+
+    // `systemctl stop`: SIGTERM; both drain or release and exit 0.
+    podman_ok(&[
+        "exec",
+        &name,
+        "systemctl",
+        "stop",
+        "precomp-worker@build",
+        "precomp",
+    ]);
+    assert_exited_cleanly(&name, "precomp-worker@build");
+    assert_exited_cleanly(&name, "precomp");
+    assert!(
+        journal(&name, "precomp").contains("shutting down"),
+        "{}",
+        journal(&name, "precomp")
+    );
 }
