@@ -196,7 +196,11 @@ fn make_base_image() -> String {
         let output = try_output_within(debootstrap, Duration::from_secs(900)).unwrap_or_else(|e| {
             panic!("debootstrap cannot run ({e}): `apt-get install debootstrap` (.ci/setup)")
         });
-        assert!(output.status.success(), "debootstrap: {}", describe(&output));
+        assert!(
+            output.status.success(),
+            "debootstrap: {}",
+            describe(&output)
+        );
         let partial = scratch.path().join("rootfs.tar");
         let output = Command::new("tar")
             .arg("-C")
@@ -384,6 +388,26 @@ fn readable_copy(from: &Path, dir: &Path) -> PathBuf {
 /// names, a loopback port and the fixture repository as upstream).
 #[test]
 fn container_procedure() {
+    // The docs' block holds the options and commands this test runs.
+    let documented = deployment_blocks()[3].replace("\\\n    ", "");
+    for fragment in [
+        "debootstrap --variant=minbase bookworm",
+        "--build-arg BASE=localhost/debian:bookworm-minbase --isolation=chroot",
+        "podman --runtime runc run -d --name precomp --ulimit nofile=20000:20000 --ulimit \
+         nproc=32768:32768 -p 4000:4000 -v precomp-data:/var/lib/precomp precomp:0.1.0",
+        "podman exec precomp precomp token create --name builder-1 --key \
+         /etc/precomp/builder-1.pub",
+        "podman stop precomp && podman start precomp",
+        "--security-opt seccomp=unconfined --security-opt unmask=ALL",
+        "--data /out/data build --json --lock /work/mix.lock --mirror file:///upstream \
+         --toolchain host --key /work/builder-1.key",
+    ] {
+        assert!(
+            documented.contains(fragment),
+            "docs/operations.md's container block no longer says {fragment:?}: update the \
+             test and the docs together\n{documented}"
+        );
+    }
     require_podman(&base_image());
     let mut owned = Owned::default();
     let image = build_image(&mut owned);
@@ -459,7 +483,7 @@ fn container_procedure() {
     let opened = after_restart
         .lines()
         .filter(|line| line.contains("mirror store opened"))
-        .last()
+        .next_back()
         .unwrap_or_else(|| panic!("no 'mirror store opened' line: {after_restart}"));
     let objects: usize = opened
         .split_whitespace()
@@ -482,7 +506,12 @@ fn container_procedure() {
     let work = data_dir("precomp-deploy-build-");
     fixture.write_lock(
         &work.path().join("mix.lock"),
-        &["plain_ex@1.0.0", "erl_ids@1.0.0", "erl_counter@1.0.0", "tiny_nif@1.0.0"],
+        &[
+            "plain_ex@1.0.0",
+            "erl_ids@1.0.0",
+            "erl_counter@1.0.0",
+            "tiny_nif@1.0.0",
+        ],
     );
     readable_copy(&fixture.key("builder-1.key"), work.path());
     let out = data_dir("precomp-deploy-out-");
@@ -530,7 +559,11 @@ fn container_procedure() {
         built.push(line["app"].as_str().unwrap().to_string());
     }
     built.sort();
-    assert_eq!(built, ["erl_counter", "erl_ids", "plain_ex", "tiny_nif"], "{stdout}");
+    assert_eq!(
+        built,
+        ["erl_counter", "erl_ids", "plain_ex", "tiny_nif"],
+        "{stdout}"
+    );
 }
 
 /// An image that boots systemd as init, with what the units run (the toolchain packages of
@@ -595,7 +628,10 @@ fn deployment_blocks() -> Vec<String> {
 
 /// `text` with `from` replaced by `to`, which must occur in it (the docs changed otherwise).
 fn substitute(text: &str, from: &str, to: &str) -> String {
-    assert!(text.contains(from), "{from:?} is not in the docs' block:\n{text}");
+    assert!(
+        text.contains(from),
+        "{from:?} is not in the docs' block:\n{text}"
+    );
     text.replace(from, to)
 }
 
@@ -606,7 +642,16 @@ fn exec_script(name: &str, script: &str) -> String {
 }
 
 fn unit_property(name: &str, unit: &str, property: &str) -> String {
-    podman_ok(&["exec", name, "systemctl", "show", "--value", "-p", property, unit])
+    podman_ok(&[
+        "exec",
+        name,
+        "systemctl",
+        "show",
+        "--value",
+        "-p",
+        property,
+        unit,
+    ])
 }
 
 fn journal(name: &str, unit: &str) -> String {
@@ -685,11 +730,7 @@ fn systemd_procedure() {
     let image = systemd_image();
     let blocks = deployment_blocks();
     let mut owned = Owned::default();
-    let fixture = FixtureRepo::new(
-        "precomp-deploy-systemd-",
-        &[],
-        &["builder-1", "auditor-1"],
-    );
+    let fixture = FixtureRepo::new("precomp-deploy-systemd-", &[], &["builder-1", "auditor-1"]);
     let upstream = fixture.path("repo");
     let keys = data_dir("precomp-deploy-keys-");
     for key in ["builder-1.pub", "builder-1.key", "auditor-1.pub"] {
@@ -700,7 +741,10 @@ fn systemd_procedure() {
     owned.containers.push(name.clone());
     let port = free_port();
     let publish = format!("127.0.0.1:{port}:4000");
-    let checkout = format!("{}:/src/ops/deploy:ro", workspace().join("ops/deploy").display());
+    let checkout = format!(
+        "{}:/src/ops/deploy:ro",
+        workspace().join("ops/deploy").display()
+    );
     let binary = format!(
         "{}:/src/target/release/precomp:ro",
         env!("CARGO_BIN_EXE_precomp")
@@ -713,7 +757,14 @@ fn systemd_procedure() {
     // For the worker's sandbox (bubblewrap), as for `precomp build` in the image.
     run.extend(SANDBOX_OPTIONS);
     run.extend(["-p", &publish, "-v", &checkout, "-v", &binary]);
-    run.extend(["-v", &upstream_mount, "-v", &keys_mount, &image, "/sbin/init"]);
+    run.extend([
+        "-v",
+        &upstream_mount,
+        "-v",
+        &keys_mount,
+        &image,
+        "/sbin/init",
+    ]);
     podman_ok(&run);
     // Until systemd's bus is up, systemctl cannot even ask.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -793,14 +844,26 @@ fn systemd_procedure() {
         "PRECOMP_MIRROR=http://mirror.internal:4000",
         "PRECOMP_MIRROR=http://127.0.0.1:4000",
     );
-    let worker = substitute(&worker, "PRECOMP_TOKEN=pct_...", &format!("PRECOMP_TOKEN={token}"));
+    let worker = substitute(
+        &worker,
+        "PRECOMP_TOKEN=pct_...",
+        &format!("PRECOMP_TOKEN={token}"),
+    );
     exec_script(&name, &worker);
 
     // A consumer's miss of plain_ex on the container's toolchain: the worker leases it, builds
     // it in the sandbox and publishes it.
     let toolchains = podman_ok(&[
-        "exec", "-u", "precomp", &name, "precomp", "--data", "/tmp/toolchains", "toolchain",
-        "list", "--json",
+        "exec",
+        "-u",
+        "precomp",
+        &name,
+        "precomp",
+        "--data",
+        "/tmp/toolchains",
+        "toolchain",
+        "list",
+        "--json",
     ]);
     let toolchains: serde_json::Value = serde_json::from_str(&toolchains).unwrap();
     let host = toolchains
@@ -826,6 +889,10 @@ fn systemd_procedure() {
         let builds = index["builds"].as_array().cloned().unwrap_or_default();
         if !builds.is_empty() {
             eprintln!("published by the worker: {index}");
+            assert!(
+                builds.iter().any(|b| b["base_key"] == base_key.as_str()),
+                "the build answers the miss {base_key}: {index}"
+            );
             break;
         }
         assert!(
