@@ -482,8 +482,7 @@ fn container_procedure() {
     let after_restart = logs(&name);
     let opened = after_restart
         .lines()
-        .filter(|line| line.contains("mirror store opened"))
-        .next_back()
+        .rfind(|line| line.contains("mirror store opened"))
         .unwrap_or_else(|| panic!("no 'mirror store opened' line: {after_restart}"));
     let objects: usize = opened
         .split_whitespace()
