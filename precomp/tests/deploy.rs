@@ -157,12 +157,30 @@ fn make_base_image() -> String {
         architecture.trim()
     );
     let release_url = format!("{DEBIAN_MIRROR}/dists/bookworm/InRelease");
-    let release = reqwest::blocking::get(&release_url)
+    let release = match reqwest::blocking::get(&release_url)
         .and_then(|r| r.error_for_status())
         .and_then(|r| r.bytes())
-        .unwrap_or_else(|e| {
-            panic!("fetching {release_url} (the base image's key; the image builds need the mirror too): {e}")
-        });
+    {
+        Ok(release) => release,
+        Err(error) => {
+            // Offline: a base made earlier will do (the builds' apt layers are cached too).
+            let listed = podman_ok(&[
+                "images",
+                "--format",
+                "{{.Repository}}:{{.Tag}}",
+                "--filter",
+                "reference=localhost/precomp-test-base",
+            ]);
+            let Some(earlier) = listed.lines().next() else {
+                panic!(
+                    "fetching {release_url} (the base image's key) failed and no base was made \
+                     before: {error}; the first run needs the Debian mirror"
+                )
+            };
+            eprintln!("{release_url}: {error}; using the base made before, {earlier}");
+            return earlier.to_string();
+        }
+    };
     let key = sha256_hex(format!("{recipe}release={}\n", sha256_hex(&release)).as_bytes());
     let key = &key[..16];
     let tag = format!("localhost/precomp-test-base:bookworm-minbase-{key}");
@@ -573,14 +591,7 @@ fn systemd_image() -> String {
     static IMAGE: OnceLock<String> = OnceLock::new();
     IMAGE
         .get_or_init(|| {
-            let tag = format!("localhost/precomp-test-systemd:{}", base_key());
-            if podman(&["image", "exists", &tag]).status.success() {
-                return tag;
-            }
-            let context = tempfile::tempdir().unwrap();
-            std::fs::write(
-                context.path().join("Containerfile"),
-                format!(
+            let containerfile = format!(
                     "FROM {}\n\
                      RUN apt-get update \\\n \
                      && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \\\n \
@@ -589,10 +600,20 @@ fn systemd_image() -> String {
                      && rm -rf /var/lib/apt/lists/*\n\
                      STOPSIGNAL SIGRTMIN+3\n\
                      CMD [\"/sbin/init\"]\n",
-                    base_image()
-                ),
-            )
-            .unwrap();
+                base_image()
+            );
+            // Named by its recipe (which names the base), ending with the base's key like
+            // the other caches.
+            let tag = format!(
+                "localhost/precomp-test-systemd:{}-{}",
+                &sha256_hex(containerfile.as_bytes())[..12],
+                base_key()
+            );
+            if podman(&["image", "exists", &tag]).status.success() {
+                return tag;
+            }
+            let context = tempfile::tempdir().unwrap();
+            std::fs::write(context.path().join("Containerfile"), containerfile).unwrap();
             let started = Instant::now();
             podman_ok(&[
                 "build",
