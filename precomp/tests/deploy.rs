@@ -117,8 +117,10 @@ impl Drop for Owned {
         for volume in &self.volumes {
             let _ = podman_command(&["volume", "rm", "--force", volume]).output();
         }
+        // Without --force: a concurrent run whose build found the same image in podman's
+        // cache holds it under its own tag, which this must only untag.
         for image in &self.images {
-            let _ = podman_command(&["rmi", "--force", image]).output();
+            let _ = podman_command(&["rmi", image]).output();
         }
     }
 }
