@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the precomp container image from target/release/precomp (build it first, on Debian
-# bookworm: `cargo build --release -p precomp`).
+# bookworm: `cargo build --release -p precomp`), or from $PRECOMP_BINARY when set (any precomp
+# binary made on bookworm; precomp/tests/deploy.rs passes the tests' debug build).
 #
 #   ops/deploy/build-image.sh [TAG] [BUILD OPTIONS...]
 #
@@ -12,9 +13,9 @@ set -euo pipefail
 tag=${1:-precomp:latest}
 shift || true
 root=$(cd "$(dirname "$0")/../.." && pwd)
-binary="$root/target/release/precomp"
+binary=${PRECOMP_BINARY:-$root/target/release/precomp}
 if [ ! -x "$binary" ]; then
-  echo "no $binary: run \`cargo build --release -p precomp\` first" >&2
+  echo "no $binary: run \`cargo build --release -p precomp\` first (or set PRECOMP_BINARY)" >&2
   exit 1
 fi
 engine=${CONTAINER_ENGINE:-}
