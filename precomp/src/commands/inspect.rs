@@ -8,12 +8,12 @@
 //! Exits non-zero when a check fails: the key check, any `--trust` key that did not sign or
 //! whose signature does not verify, or the artifact not matching `--manifest`.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
 use precomp_proto::artifact::{self, ArtifactInfo, MAX_ARTIFACT_SIZE};
+use precomp_proto::file::ReadError;
 use precomp_proto::manifest::{
     ArtifactPublicKey, FileRecord, Manifest, ManifestError, SignedManifest,
     MAX_SIGNED_MANIFEST_SIZE,
@@ -87,19 +87,14 @@ pub fn run(_context: &Context, args: InspectArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The file at `path`, at most `limit` bytes ([`precomp_proto::file::read_bounded`]).
 fn read_bounded(path: &Path, limit: u64) -> anyhow::Result<Vec<u8>> {
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut bytes = Vec::new();
-    file.take(limit + 1)
-        .read_to_end(&mut bytes)
-        .with_context(|| format!("reading {}", path.display()))?;
-    if bytes.len() as u64 > limit {
-        bail!(
-            "{} is larger than {limit} bytes: neither a manifest nor an artifact precomp accepts",
-            path.display()
-        );
-    }
-    Ok(bytes)
+    precomp_proto::file::read_bounded(path, limit).map_err(|e| match e {
+        ReadError::TooLarge { .. } => {
+            anyhow::anyhow!("{e}: neither a manifest nor an artifact precomp accepts")
+        }
+        ReadError::Io { .. } => anyhow::anyhow!("reading {e}"),
+    })
 }
 
 fn load_public_key(path: &Path) -> anyhow::Result<ArtifactPublicKey> {
