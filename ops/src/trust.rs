@@ -770,7 +770,6 @@ mod json_tests {
                 revoked_at: 120,
                 version: 0,
             }],
-            ..TrustDocument::default()
         };
         assert_eq!(
             serde_json::to_string(&DocumentJson::new(&document, 200)).unwrap(),
