@@ -349,7 +349,7 @@ fn inspect_artifact(
             manifest_report = Some(report);
         }
     }
-    let report = Report::Artifact(ArtifactReport {
+    let report = Report::Artifact(Box::new(ArtifactReport {
         file: args.file.display().to_string(),
         file_count: info.files.len(),
         files: info.files.iter().map(FileJson::new).collect(),
@@ -359,7 +359,7 @@ fn inspect_artifact(
         ok: failures.is_empty(),
         sha256: hex::encode(info.sha256),
         size: info.size,
-    });
+    }));
     if !args.json {
         println!("artifact         {}", args.file.display());
         println!("sha256           {}", hex::encode(info.sha256));
@@ -394,7 +394,7 @@ fn inspect_artifact(
 #[serde(untagged)]
 enum Report {
     Manifest(Box<ManifestReport>),
-    Artifact(ArtifactReport),
+    Artifact(Box<ArtifactReport>),
 }
 
 /// An artifact: its digest, size and files, and with `--manifest` that manifest's report
