@@ -293,4 +293,82 @@ mod tests {
             r#"{"base_key":null,"job":7,"kind":"build","lease_lost":false,"outcome":"not_buildable","package":"opt_user","reason":"why","request_key":"ab","toolchain":"host","variant_key":null,"version":"1.0.0"}"#
         );
     }
+
+    /// The keys of the JSON object `text` at its top level, in the order printed.
+    fn top_level_keys(text: &str) -> Vec<String> {
+        let (mut depth, mut keys, mut in_string, mut escaped) = (0, Vec::new(), false, false);
+        let mut current = String::new();
+        let mut chars = text.chars().peekable();
+        while let Some(c) = chars.next() {
+            if in_string {
+                match c {
+                    _ if escaped => escaped = false,
+                    '\\' => escaped = true,
+                    '"' => {
+                        in_string = false;
+                        if depth == 1 && chars.peek() == Some(&':') {
+                            keys.push(std::mem::take(&mut current));
+                        }
+                        current.clear();
+                    }
+                    _ => current.push(c),
+                }
+                continue;
+            }
+            match c {
+                '"' => in_string = true,
+                '{' | '[' => depth += 1,
+                '}' | ']' => depth -= 1,
+                _ => {}
+            }
+        }
+        keys
+    }
+
+    /// Every field of a package line, printed in name order: the order `serde_json::json!`
+    /// objects had, so the lines are byte for byte what they were.
+    #[test]
+    fn a_full_package_line_prints_its_fields_in_name_order() {
+        let some = || Some("x".to_string());
+        let line = PackageLine {
+            app: "a".into(),
+            artifact: some(),
+            artifact_sha256: some(),
+            artifact_size: Some(1),
+            base_key: some(),
+            duration_ms: Some(2),
+            key: some(),
+            log: some(),
+            manifest: some(),
+            package: "p".into(),
+            publish_error: some(),
+            publish_result: some(),
+            published: Some(true),
+            reason: some(),
+            status: "built",
+            target: some(),
+            version: "1".into(),
+        };
+        let keys = top_level_keys(&serde_json::to_string(&line).unwrap());
+        assert_eq!(keys.len(), 17, "{keys:?}");
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted);
+
+        let audit = AuditJobLine {
+            audit: None,
+            job: 1,
+            key: "k".into(),
+            kind: JobKind::Audit,
+            log: some(),
+            outcome: "failed",
+            package: "p".into(),
+            reason: some(),
+            version: "1".into(),
+        };
+        let keys = top_level_keys(&serde_json::to_string(&audit).unwrap());
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!((keys.len(), &keys), (8, &sorted));
+    }
 }
