@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use precomp_proto::api::{FailureReport, JobKind};
+use precomp_proto::api::{FailureReport, JobKind, LeaseRequest};
 use precomp_worker::{JobLine, JobStatus, RunEnd};
 
 /// A build worker leases the reported miss of plain_ex, builds it in the sandbox with its
@@ -125,6 +125,67 @@ fn a_lease_the_mirror_ends_cancels_the_build() {
         .unwrap();
     assert_eq!(failures.failures.len(), 1, "{failures:?}");
     assert_eq!(failures.failures[0].toolchain_id, "elsewhere");
+}
+
+/// Cancelling the worker's shutdown handle (what SIGTERM does) while slow_ex builds: the
+/// build stops at once, nothing is stored, the job is released (another token leases it
+/// right away) and the worker returns `Stopped`.
+#[test]
+fn shutdown_stops_the_build_and_releases_the_job() {
+    let fixture = Fixture::get();
+    let mirror = TestMirror::start();
+    let token = mirror.token("builder", &fixture.builder.public_key());
+    let worker =
+        TestWorker::new(&mirror, JobKind::Build, &token, &fixture.builder, 60).until_shutdown();
+    let (otp, elixir) = worker.tuple();
+    let lock = fixture.lock(&["slow_ex@1.0.0"]);
+    let base_key = mirror.report_miss(&lock, "slow_ex", &otp, &elixir);
+
+    let (end, stopped_after) = std::thread::scope(|scope| {
+        let running = scope.spawn(|| worker.run());
+        let started = Instant::now();
+        while !worker.recorder.noted("building slow_ex") {
+            assert!(!running.is_finished(), "the worker stopped before building");
+            assert!(started.elapsed() < Duration::from_secs(120), "no build");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        let cancelled = Instant::now();
+        worker.shutdown.cancel("the test stops the worker");
+        (running.join().unwrap(), cancelled.elapsed())
+    });
+    eprintln!("the worker stopped {stopped_after:?} after shutdown");
+    assert!(
+        stopped_after < Duration::from_secs(10),
+        "took {stopped_after:?}"
+    );
+    assert_eq!(end.unwrap(), RunEnd::Stopped);
+    let line = worker.recorder.last_line();
+    assert_eq!(line["outcome"], "cancelled", "{line}");
+    assert!(
+        line["reason"]
+            .as_str()
+            .unwrap()
+            .contains("the test stops the worker"),
+        "{line}"
+    );
+    assert!(worker.recorder.noted("released for another worker"));
+    let stored = std::fs::read_dir(worker.data.path().join("builds/manifests"))
+        .map(|entries| entries.count())
+        .unwrap_or(0);
+    assert_eq!(stored, 0, "a cancelled build was stored");
+    // Released: another worker's lease gets it now, though the first lease had 60 s left.
+    let other = mirror.token("other", &fixture.builder.public_key());
+    let request: LeaseRequest = serde_json::from_value(serde_json::json!({
+        "worker": "other", "otp_major": otp, "elixir": elixir, "mix_env": "prod",
+        "targets": ["any"], "lease_seconds": 60,
+    }))
+    .unwrap();
+    let lease = mirror
+        .block_on(mirror.client(Some(&other)).lease(&request))
+        .unwrap()
+        .expect("the released job is leased again");
+    assert_eq!(lease.miss.unwrap().miss_key(), base_key);
 }
 
 /// An audit worker leases the published build of plain_ex, rebuilds it in the sandbox, gets

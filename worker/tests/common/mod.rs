@@ -293,6 +293,13 @@ impl TestWorker {
         }
     }
 
+    /// Works on jobs until the shutdown handle is cancelled, instead of on one.
+    pub fn until_shutdown(mut self) -> TestWorker {
+        self.config.once = false;
+        self.config.poll = std::time::Duration::from_secs(1);
+        self
+    }
+
     /// Runs the worker (leases, works on one job, returns).
     pub fn run(&self) -> anyhow::Result<RunEnd> {
         let sandbox = Sandbox::new().unwrap();
