@@ -228,60 +228,127 @@ impl DepReport {
         matches!(self.outcome, Outcome::Miss { .. })
     }
 
-    /// One JSON object (a `--json` line).
-    pub fn to_json(&self) -> serde_json::Value {
-        let mut value = serde_json::json!({
-            "app": self.app,
-            "package": self.package,
-            "version": self.version,
-        });
-        let object = value.as_object_mut().expect("an object");
-        match &self.outcome {
+    /// Its `--json` line ([`DepLine`]).
+    pub fn line(&self) -> DepLine {
+        let mut line = DepLine {
+            app: self.app.clone(),
+            base_key: None,
+            bytes: None,
+            key: None,
+            kind: None,
+            mix_builds: None,
+            package: self.package.clone(),
+            reason: None,
+            removed_stale: None,
+            replaced: None,
+            request_key: None,
+            signers: None,
+            status: "",
+            variant_key: None,
+            version: self.version.clone(),
+        };
+        line.status = match &self.outcome {
             Outcome::Installed {
                 key,
                 bytes,
                 signers,
                 replaced,
             } => {
-                object.insert("status".into(), "installed".into());
-                object.insert("key".into(), key.as_str().into());
-                object.insert("bytes".into(), (*bytes).into());
-                object.insert("signers".into(), serde_json::json!(signers));
-                if let Some(reason) = replaced {
-                    object.insert("replaced".into(), reason.as_str().into());
-                }
+                line.key = Some(key.clone());
+                line.bytes = Some(*bytes);
+                line.signers = Some(signers.clone());
+                line.replaced = replaced.clone();
+                "installed"
             }
             Outcome::Current { key } => {
-                object.insert("status".into(), "current".into());
-                object.insert("key".into(), key.as_str().into());
+                line.key = Some(key.clone());
+                "current"
             }
             Outcome::Miss {
                 kind,
                 reason,
                 removed_stale,
             } => {
-                object.insert("status".into(), "miss".into());
-                object.insert("kind".into(), kind.as_str().into());
-                object.insert("reason".into(), reason.as_str().into());
-                object.insert("removed_stale".into(), (*removed_stale).into());
+                line.kind = Some(kind.as_str());
+                line.reason = Some(reason.clone());
+                line.removed_stale = Some(*removed_stale);
+                "miss"
             }
             Outcome::Skipped { reason, mix_builds } => {
-                object.insert("status".into(), "skipped".into());
-                object.insert("reason".into(), reason.as_str().into());
-                object.insert("mix_builds".into(), (*mix_builds).into());
+                line.reason = Some(reason.clone());
+                line.mix_builds = Some(*mix_builds);
+                "skipped"
             }
-        }
+        };
         if let Some(request) = &self.build_request {
             match &request.key {
-                MissKey::Base(key) => object.insert("base_key".into(), key.as_str().into()),
-                MissKey::Request(key) => object.insert("request_key".into(), key.as_str().into()),
-            };
-            if let Some(variant_key) = &request.variant_key {
-                object.insert("variant_key".into(), variant_key.as_str().into());
+                MissKey::Base(key) => line.base_key = Some(key.clone()),
+                MissKey::Request(key) => line.request_key = Some(key.clone()),
             }
+            line.variant_key = request.variant_key.clone();
         }
-        value
+        line
     }
+}
+
+/// One dependency's `precomp fetch --json` line (docs/client.md "Output"): `app`, `package`
+/// and `version` (null for git and path deps), `status` (`installed`, `current`, `miss`,
+/// `skipped`) and what that status has: `key`, `bytes`, `signers` (and `replaced`) for an
+/// install, `key` when current, `kind`, `reason` and `removed_stale` for a miss (with
+/// `base_key` or `request_key`, and `variant_key`, when builders can fix it), `reason` and
+/// `mix_builds` when skipped. Fields in name order, as the lines have always been printed.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DepLine {
+    pub app: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mix_builds: Option<bool>,
+    pub package: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub removed_stale: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replaced: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signers: Option<Vec<String>>,
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variant_key: Option<String>,
+    pub version: Option<String>,
+}
+
+/// The last line of `precomp fetch --json` (docs/client.md "Output"): `"summary": true`, the
+/// counts, bytes and seconds of the run, the apps Mix still compiles (`missing`), the builds
+/// requested, and the tuple looked up. Fields in name order, as always printed.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct SummaryLine {
+    pub bytes: u64,
+    pub current: usize,
+    pub elixir: String,
+    pub hits: usize,
+    pub installed: usize,
+    pub misses: usize,
+    pub missing: Vec<String>,
+    pub mix_env: String,
+    pub otp: String,
+    pub requested_builds: usize,
+    pub requested_open: usize,
+    /// Rounded to milliseconds.
+    pub seconds: f64,
+    pub skipped: usize,
+    /// Always `true`: tells this line from the dependencies' lines.
+    pub summary: bool,
+    pub target: Option<String>,
 }
 
 /// The result of a fetch.
@@ -342,26 +409,26 @@ impl FetchReport {
             .collect()
     }
 
-    /// The summary object (the last `--json` line).
-    pub fn summary_json(&self) -> serde_json::Value {
+    /// The summary line (the last `--json` line).
+    pub fn json_summary(&self) -> SummaryLine {
         let skipped = self.deps.len() - self.hits() - self.misses();
-        serde_json::json!({
-            "summary": true,
-            "hits": self.hits(),
-            "installed": self.installed(),
-            "current": self.hits() - self.installed(),
-            "misses": self.misses(),
-            "skipped": skipped,
-            "bytes": self.bytes,
-            "seconds": (self.elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
-            "missing": self.missing_apps(),
-            "requested_builds": self.requested,
-            "requested_open": self.requested_open,
-            "mix_env": self.mix_env,
-            "elixir": self.elixir,
-            "otp": self.otp_major,
-            "target": self.native_target,
-        })
+        SummaryLine {
+            bytes: self.bytes,
+            current: self.hits() - self.installed(),
+            elixir: self.elixir.clone(),
+            hits: self.hits(),
+            installed: self.installed(),
+            misses: self.misses(),
+            missing: self.missing_apps().into_iter().map(String::from).collect(),
+            mix_env: self.mix_env.clone(),
+            otp: self.otp_major.clone(),
+            requested_builds: self.requested,
+            requested_open: self.requested_open,
+            seconds: (self.elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+            skipped,
+            summary: true,
+            target: self.native_target.clone(),
+        }
     }
 
     /// The one-line human summary.
@@ -1913,6 +1980,101 @@ fn closure_lock(lock: &MixLock, app: &str, full: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// docs/client.md "Output": a miss builders can fix, and the summary object with the
+    /// documented fields, as `--json` prints them (name order, nulls kept for
+    /// `package`/`version`/`target`).
+    #[test]
+    fn json_lines_have_the_documented_fields() {
+        let miss = DepReport {
+            app: "shapes".into(),
+            package: Some("shapes".into()),
+            version: Some("2.0.0".into()),
+            outcome: Outcome::Miss {
+                kind: MissKind::NoArtifact,
+                reason: "no build".into(),
+                removed_stale: false,
+            },
+            build_request: Some(BuildRequest {
+                key: MissKey::Base("ab".into()),
+                target: "any".into(),
+                manager: "mix".into(),
+                compile_env: Vec::new(),
+                closure: Vec::new(),
+                variant_key: None,
+            }),
+        };
+        assert_eq!(
+            serde_json::to_string(&miss.line()).unwrap(),
+            format!(
+                r#"{{"app":"shapes","base_key":"ab","kind":"{}","package":"shapes","reason":"no build","removed_stale":false,"status":"miss","version":"2.0.0"}}"#,
+                MissKind::NoArtifact.as_str()
+            )
+        );
+        let git = DepReport {
+            app: "from_git".into(),
+            package: None,
+            version: None,
+            outcome: Outcome::Skipped {
+                reason: "a git dependency".into(),
+                mix_builds: true,
+            },
+            build_request: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&git.line()).unwrap(),
+            r#"{"app":"from_git","mix_builds":true,"package":null,"reason":"a git dependency","status":"skipped","version":null}"#
+        );
+        let report = FetchReport {
+            deps: vec![miss, git],
+            bytes: 0,
+            elapsed: Duration::from_millis(1500),
+            recovered: Vec::new(),
+            requested: 1,
+            requested_open: 1,
+            requested_closed: Vec::new(),
+            request_errors: Vec::new(),
+            mix_env: "prod".into(),
+            elixir: "1.14.0".into(),
+            otp_major: "25".into(),
+            native_target: None,
+            build_path: PathBuf::from("_build"),
+        };
+        let summary = serde_json::to_value(report.json_summary()).unwrap();
+        let mut fields: Vec<&str> = summary
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        let mut documented = vec![
+            "summary",
+            "hits",
+            "installed",
+            "current",
+            "misses",
+            "skipped",
+            "bytes",
+            "seconds",
+            "missing",
+            "requested_builds",
+            "requested_open",
+            "mix_env",
+            "elixir",
+            "otp",
+            "target",
+        ];
+        fields.sort();
+        documented.sort();
+        assert_eq!(fields, documented);
+        assert_eq!(summary["summary"], true);
+        assert_eq!(
+            summary["missing"],
+            serde_json::json!(["shapes", "from_git"])
+        );
+        assert_eq!(summary["seconds"], 1.5);
+        assert_eq!(summary["target"], serde_json::Value::Null);
+    }
     use crate::project::DeclaredDep;
 
     fn project(deps: Vec<DeclaredDep>) -> Project {

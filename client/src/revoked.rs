@@ -25,6 +25,27 @@ pub struct Removed {
     pub reason: String,
 }
 
+impl Removed {
+    /// Its `precomp fetch --json` line: `{"app", "key", "reason", "status": "removed"}`.
+    pub fn line(&self) -> RemovedLine<'_> {
+        RemovedLine {
+            app: &self.app,
+            key: &self.key,
+            reason: &self.reason,
+            status: "removed",
+        }
+    }
+}
+
+/// A removed install's `--json` line (fields in name order, as always printed).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RemovedLine<'a> {
+    pub app: &'a str,
+    pub key: &'a str,
+    pub reason: &'a str,
+    pub status: &'static str,
+}
+
 /// Removes every precompiled install of the project in `project_dir` (for `mix_env`) whose
 /// stored signed manifest has no verifying signature by one of `counting` (the trusted keys
 /// that are not revoked; empty when none is left), or that does not decode. `revoked` names

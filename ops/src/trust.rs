@@ -21,8 +21,8 @@ use precomp_proto::file::ReadError;
 use precomp_proto::manifest::{ArtifactPublicKey, ArtifactSigningKey};
 pub use precomp_proto::time::{unix_now, utc};
 use precomp_proto::trust::{
-    accept, Accepted, ChainError, Revocation, Role, SignedTrustDocument, TrustDocument, TrustError,
-    TrustKey, MAX_TRUST_DOCUMENT_SIZE, MAX_TRUST_TEXT, TRUST_FORMAT,
+    accept, Accepted, ChainError, KeyStatus, Revocation, Role, SignedTrustDocument, TrustDocument,
+    TrustError, TrustKey, MAX_TRUST_DOCUMENT_SIZE, MAX_TRUST_TEXT, TRUST_FORMAT,
 };
 use prost::Message;
 
@@ -619,6 +619,87 @@ pub fn store_cache(path: &Path, held: &Held) -> Result<(), TrustOpsError> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// JSON
+// ---------------------------------------------------------------------------------------------
+
+/// A trust document as `precomp keys list --json` prints it (docs/operations.md): its
+/// version and validity, each key with its roles, validity and status at `now` (`active`,
+/// `revoked`, `not_yet_valid`, `expired`), and the revocations. Absent optional values
+/// (`not_after`, `superseded_by`, a revocation's `version`) are null. Fields in name order,
+/// as always printed.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DocumentJson {
+    pub expired: bool,
+    pub expires_at: i64,
+    pub issued_at: i64,
+    pub keys: Vec<KeyJson>,
+    pub revocations: Vec<RevocationJson>,
+    pub version: u64,
+}
+
+/// One key of a [`DocumentJson`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct KeyJson {
+    pub key_id: String,
+    pub name: String,
+    pub not_after: Option<i64>,
+    pub not_before: i64,
+    pub roles: Vec<String>,
+    pub status: &'static str,
+    pub superseded_by: Option<String>,
+}
+
+/// One revocation of a [`DocumentJson`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RevocationJson {
+    pub key_id: String,
+    pub reason: String,
+    pub revoked_at: i64,
+    pub version: Option<u64>,
+}
+
+impl DocumentJson {
+    /// `document` as seen at `now` (Unix seconds).
+    pub fn new(document: &TrustDocument, now: i64) -> DocumentJson {
+        DocumentJson {
+            expired: document.check_fresh(now).is_err(),
+            expires_at: document.expires_at,
+            issued_at: document.issued_at,
+            keys: document
+                .keys
+                .iter()
+                .map(|k| KeyJson {
+                    key_id: k.key_id.clone(),
+                    name: k.name.clone(),
+                    not_after: (k.not_after != 0).then_some(k.not_after),
+                    not_before: k.not_before,
+                    roles: k.roles.clone(),
+                    status: match document.status(&k.key_id, now) {
+                        Some(KeyStatus::Active) => "active",
+                        Some(KeyStatus::Revoked { .. }) => "revoked",
+                        Some(KeyStatus::NotYetValid { .. }) => "not_yet_valid",
+                        Some(KeyStatus::Expired { .. }) => "expired",
+                        None => "unknown",
+                    },
+                    superseded_by: (!k.superseded_by.is_empty()).then(|| k.superseded_by.clone()),
+                })
+                .collect(),
+            revocations: document
+                .revocations
+                .iter()
+                .map(|r| RevocationJson {
+                    key_id: r.key_id.clone(),
+                    reason: r.reason.clone(),
+                    revoked_at: r.revoked_at,
+                    version: (r.version != 0).then_some(r.version),
+                })
+                .collect(),
+            version: document.version,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Files and time
 // ---------------------------------------------------------------------------------------------
 
@@ -649,4 +730,51 @@ fn sync_dir(dir: &Path) -> Result<(), TrustOpsError> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io(dir))
+}
+
+#[cfg(test)]
+mod json_tests {
+    use super::*;
+
+    /// `keys list --json`: every field of docs/operations.md's document, optional values
+    /// null when absent, fields in name order; statuses as seen at `now`.
+    #[test]
+    fn a_document_prints_with_statuses_and_nulls() {
+        let document = TrustDocument {
+            format: TRUST_FORMAT,
+            version: 3,
+            issued_at: 100,
+            expires_at: 1000,
+            keys: vec![
+                TrustKey {
+                    key_id: "ed25519:aa".into(),
+                    roles: vec!["root".into()],
+                    not_before: 0,
+                    not_after: 0,
+                    name: "root".into(),
+                    superseded_by: "ed25519:cc".into(),
+                    ..TrustKey::default()
+                },
+                TrustKey {
+                    key_id: "ed25519:bb".into(),
+                    roles: vec!["builder".into()],
+                    not_before: 0,
+                    not_after: 150,
+                    name: "b1".into(),
+                    ..TrustKey::default()
+                },
+            ],
+            revocations: vec![Revocation {
+                key_id: "ed25519:dd".into(),
+                reason: "lost".into(),
+                revoked_at: 120,
+                version: 0,
+            }],
+        };
+        assert_eq!(
+            serde_json::to_string(&DocumentJson::new(&document, 200)).unwrap(),
+            r#"{"expired":false,"expires_at":1000,"issued_at":100,"keys":[{"key_id":"ed25519:aa","name":"root","not_after":null,"not_before":0,"roles":["root"],"status":"active","superseded_by":"ed25519:cc"},{"key_id":"ed25519:bb","name":"b1","not_after":150,"not_before":0,"roles":["builder"],"status":"expired","superseded_by":null}],"revocations":[{"key_id":"ed25519:dd","reason":"lost","revoked_at":120,"version":null}],"version":3}"#
+        );
+        assert!(DocumentJson::new(&document, 1000).expired);
+    }
 }

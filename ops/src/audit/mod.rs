@@ -280,50 +280,74 @@ impl AuditReport {
         }
     }
 
-    /// One JSON object (a `precomp audit --json` line).
-    pub fn to_json(&self) -> serde_json::Value {
-        let mut value = serde_json::json!({
-            "package": self.package,
-            "version": self.version,
-            "key": self.key,
-            "result": self.result(),
-            "duration_ms": self.duration.as_millis() as u64,
-        });
-        let object = value.as_object_mut().expect("an object");
+    /// One `precomp audit --json` line ([`AuditLine`]).
+    pub fn line(&self) -> AuditLine {
+        let mut line = AuditLine {
+            chunks: None,
+            countersigned: None,
+            duration_ms: self.duration.as_millis() as u64,
+            files: None,
+            flagged: None,
+            key: self.key.clone(),
+            log: None,
+            package: self.package.clone(),
+            published_sha256: None,
+            reason: None,
+            rebuilt_sha256: None,
+            result: self.result(),
+            summary: None,
+            version: self.version.clone(),
+        };
         match &self.outcome {
-            Outcome::Match { published } => {
-                object.insert("countersigned".into(), published.clone().into());
-            }
+            Outcome::Match { published } => line.countersigned = Some(published.clone()),
             Outcome::Mismatch { verdict, flagged } => {
-                object.insert("summary".into(), verdict.summary.clone().into());
-                object.insert("chunks".into(), serde_json::json!(verdict.chunk_ids()));
-                object.insert(
-                    "published_sha256".into(),
-                    hex::encode(&verdict.published_sha256).into(),
-                );
-                object.insert(
-                    "rebuilt_sha256".into(),
-                    hex::encode(&verdict.rebuilt_sha256).into(),
-                );
-                object.insert(
-                    "files".into(),
-                    serde_json::to_value(precomp_artifacts::verdict_files_json(verdict))
-                        .expect("plain data"),
-                );
-                object.insert("flagged".into(), (*flagged).into());
+                line.summary = Some(verdict.summary.clone());
+                line.chunks = Some(verdict.chunk_ids());
+                line.published_sha256 = Some(hex::encode(&verdict.published_sha256));
+                line.rebuilt_sha256 = Some(hex::encode(&verdict.rebuilt_sha256));
+                line.files = Some(precomp_artifacts::verdict_files_json(verdict));
+                line.flagged = Some(*flagged);
             }
-            Outcome::Skipped { reason } => {
-                object.insert("reason".into(), reason.clone().into());
-            }
+            Outcome::Skipped { reason } => line.reason = Some(reason.clone()),
             Outcome::Failed { reason, log } => {
-                object.insert("reason".into(), reason.clone().into());
-                if let Some(log) = log {
-                    object.insert("log".into(), log.display().to_string().into());
-                }
+                line.reason = Some(reason.clone());
+                line.log = log.as_ref().map(|log| log.display().to_string());
             }
         }
-        value
+        line
     }
+}
+
+/// A `precomp audit --json` line (docs/audit.md): the build, `result` (`match`, `mismatch`,
+/// `skipped`, `failed`) and what that result has — `countersigned` for a match (the mirror's
+/// answer, null in a dry run); `summary`, `chunks`, `published_sha256`, `rebuilt_sha256`,
+/// `files` and `flagged` (null in a dry run) for a mismatch; `reason` (and `log`) otherwise.
+/// Fields in name order, as the lines have always been printed.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct AuditLine {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub countersigned: Option<Option<String>>,
+    pub duration_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<Vec<precomp_proto::api::FileDifferenceJson>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flagged: Option<Option<bool>>,
+    pub key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
+    pub package: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub published_sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rebuilt_sha256: Option<String>,
+    pub result: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    pub version: String,
 }
 
 /// Progress callbacks (the CLI prints them).

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
 use clap::Args;
-use precomp_builder::workdir::{self, WorkDir};
+use precomp_builder::workdir::WorkDir;
 use precomp_http::artifacts::ArtifactClient;
 use precomp_ops::audit::{self, AuditReport, Auditor, Candidate, Outcome, Selection};
 use precomp_proto::manifest::ArtifactSigningKey;
@@ -125,7 +125,7 @@ pub fn run(context: &Context, args: AuditArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
 
-    let run = new_run_dir(&data.join("audit"))?;
+    let run = precomp_worker::audit_jobs::new_run_dir(&data.join("audit"))?;
     let run_dir = run.path().to_path_buf();
     let auditor = Auditor {
         sandbox: &sandbox,
@@ -181,15 +181,6 @@ pub fn run(context: &Context, args: AuditArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// A new directory `root/run-…` for this run (0755: the sandbox user reads its sources),
-/// removed when dropped — or, should this process be killed, by the next audit's sweep of
-/// `root`, which runs first.
-pub(crate) fn new_run_dir(root: &std::path::Path) -> anyhow::Result<WorkDir> {
-    workdir::sweep(root);
-    WorkDir::create(root, "run-", 0o755)
-        .with_context(|| format!("creating a run directory in {}", root.display()))
-}
-
 /// Removes the run directory, or keeps it (failed rebuilds' logs are in it) and says where.
 pub(crate) fn finish_run_dir(run: WorkDir, keep: bool) {
     if keep {
@@ -221,7 +212,10 @@ impl audit::Progress for Reporter {
 
     fn finished(&self, report: &AuditReport) {
         if self.json {
-            println!("{}", report.to_json());
+            println!(
+                "{}",
+                serde_json::to_string(&report.line()).expect("plain data")
+            );
             return;
         }
         let what = format!("{} {}", report.package, report.version);

@@ -9,21 +9,23 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 use precomp_builder::build::BuildContext;
 use precomp_builder::config::SandboxedConfig;
-use precomp_builder::managers::{self, Managers};
 use precomp_builder::run::{self, CompileEnvSource, PackageResult, Progress, Status};
 
-use super::variants::{self, MissConfig};
-use precomp_artifacts::FailureReport;
-use precomp_artifacts::{miss_request_text, miss_satisfied_by, Miss};
 use precomp_builder::sources::SourceCache;
 use precomp_builder::store::BuildStore;
 use precomp_http::artifacts::ArtifactClient;
-use precomp_proto::buildkey::request_satisfied_by;
-use precomp_proto::lock::{LockEntry, MixLock};
-use precomp_proto::manager::{Manager, TopLevelDep};
+use precomp_proto::api::Miss;
+use precomp_proto::lock::MixLock;
+use precomp_proto::manager::TopLevelDep;
 use precomp_proto::manifest::{ArtifactPublicKey, ArtifactSigningKey};
-use precomp_sandbox::toolchain::{Store, Toolchain};
+use precomp_sandbox::toolchain::Toolchain;
 use precomp_sandbox::Sandbox;
+use precomp_worker::output::PackageLine;
+use precomp_worker::publish::{
+    app_for, build_and_publish, lock_managers, miss_managers, settle_miss, work_root, LockBuild,
+};
+pub(crate) use precomp_worker::toolchains::resolve_toolchain;
+use precomp_worker::variants::{self, MissConfig};
 
 use crate::Context;
 
@@ -287,11 +289,20 @@ pub fn run(context: &Context, args: BuildArgs) -> anyhow::Result<ExitCode> {
                 );
             }
             if args.json {
-                let mut line = json_line(result, args.out.as_deref());
-                if let Some(published) = published {
-                    publish_fields(&mut line, published);
+                let mut line = PackageLine::new(result);
+                if let Some(out) = &args.out {
+                    if let Some(build) = &result.build {
+                        let name = out_name(result, &build.manifest.key);
+                        line = line.copied_to(
+                            &out.join(format!("{name}.tar.gz")),
+                            &out.join(format!("{name}.manifest")),
+                        );
+                    }
                 }
-                println!("{line}");
+                if let Some(published) = published {
+                    line = line.with_published(published);
+                }
+                println!("{}", serde_json::to_string(&line)?);
             }
         }
     }
@@ -321,110 +332,6 @@ pub(crate) fn load_signing_key(path: &Path) -> anyhow::Result<ArtifactSigningKey
         .with_context(|| format!("reading the signing key {}", path.display()))?;
     ArtifactSigningKey::from_pem(&pem)
         .with_context(|| format!("{} is not an ed25519 signing key", path.display()))
-}
-
-/// The toolchain `spec` names (`host`, an image id, a digest prefix or a suite) in the store
-/// at `toolchains` (default: the data directory).
-pub(crate) fn resolve_toolchain(
-    data: &Path,
-    toolchains: Option<&Path>,
-    spec: &str,
-    sandbox: &Sandbox,
-) -> anyhow::Result<Toolchain> {
-    let toolchains_dir = toolchains.unwrap_or(data);
-    Ok(Store::open(toolchains_dir)
-        .with_context(|| {
-            format!(
-                "opening the toolchain store in {}",
-                toolchains_dir.display()
-            )
-        })?
-        .resolve(spec, sandbox)?)
-}
-
-/// What to build of one lock: the packages asked for (and their closures), each with the
-/// manager the consumer's Mix uses ([`lock_managers`]).
-pub(crate) struct LockBuild<'a> {
-    pub(crate) lock: &'a MixLock,
-    pub(crate) managers: &'a Managers,
-    pub(crate) apps: &'a [String],
-}
-
-/// One lock's builds (`run::build_lock`), each then published to the mirror when
-/// `publish_to` is given (artifact and manifest, or the failure's log): what `precomp build`
-/// does per lock and `precomp worker` per job. Each result comes with how its publication
-/// went (`None` when not published).
-pub(crate) fn build_and_publish(
-    build_context: &BuildContext<'_>,
-    reuse: &run::Reuse<'_>,
-    work: &LockBuild<'_>,
-    jobs: usize,
-    progress: &dyn Progress,
-    publish_to: Option<(&tokio::runtime::Runtime, &ArtifactClient)>,
-) -> anyhow::Result<Vec<(PackageResult, Option<anyhow::Result<Published>>)>> {
-    let results = run::build_lock(
-        build_context,
-        reuse,
-        work.lock,
-        work.managers,
-        work.apps,
-        jobs,
-        progress,
-    )?;
-    Ok(results
-        .into_iter()
-        .map(|result| {
-            let published = publish_to.map(|(runtime, client)| {
-                publish(runtime, client, build_context.toolchain, &result)
-            });
-            (result, published)
-        })
-        .collect())
-}
-
-/// The manager of each package of `lock`: the one the consumer's Mix uses, with `top_level`
-/// its declared deps (`None`: the lock's roots).
-pub(crate) fn lock_managers(
-    context: &BuildContext<'_>,
-    lock: &MixLock,
-    top_level: Option<&[TopLevelDep]>,
-) -> anyhow::Result<Managers> {
-    for dep in top_level.unwrap_or_default() {
-        if !lock.entries.contains_key(&dep.app) {
-            bail!("--top-level {}: the lock has no such dependency", dep.app);
-        }
-    }
-    managers::for_lock(context.sources, lock, top_level, &context.toolchain.elixir)
-        .context("deciding each package's manager")
-}
-
-/// The managers a reported miss carries (the client's, computed on its whole project: Mix's
-/// rule depends on more than the closure the miss comes with), for the package and each
-/// closure member; [`lock_managers`] for any the miss does not name.
-pub(crate) fn miss_managers(
-    context: &BuildContext<'_>,
-    lock: &MixLock,
-    miss: &Miss,
-) -> anyhow::Result<Managers> {
-    let mut managers = lock_managers(context, lock, None)?;
-    let reported = std::iter::once((&miss.package, &miss.manager)).chain(
-        miss.closure
-            .iter()
-            .map(|member| (&member.name, &member.manager)),
-    );
-    for (package, manager) in reported {
-        let Some((app, _)) = lock.hex().find(|(_, entry)| &entry.package == package) else {
-            continue;
-        };
-        let manager = Manager::parse(manager).with_context(|| {
-            format!(
-                "the miss of {} says {package}'s manager is {manager:?}",
-                miss.package
-            )
-        })?;
-        managers.insert(app.to_string(), manager);
-    }
-    Ok(managers)
 }
 
 /// `--prepare`: the generated project of every package to build and its closure.
@@ -458,56 +365,6 @@ fn prepare(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The directory builds are made in: the sandbox user must reach it. Directories left there
-/// by builds whose process was killed are removed first.
-pub(crate) fn work_root(
-    sandbox: &Sandbox,
-    data: &Path,
-    given: Option<&Path>,
-) -> anyhow::Result<PathBuf> {
-    let root = choose_work_root(sandbox, data, given)?;
-    precomp_builder::workdir::sweep(&root);
-    Ok(root)
-}
-
-fn choose_work_root(
-    sandbox: &Sandbox,
-    data: &Path,
-    given: Option<&Path>,
-) -> anyhow::Result<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let make = |dir: &Path| -> anyhow::Result<()> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
-            .with_context(|| format!("making {} searchable", dir.display()))
-    };
-    if let Some(dir) = given {
-        make(dir)?;
-        sandbox
-            .check_readable(dir)
-            .with_context(|| format!("--work-dir {}", dir.display()))?;
-        return Ok(dir.to_path_buf());
-    }
-    let preferred = data.join("builds/work");
-    make(&preferred)?;
-    match sandbox.check_readable(&preferred) {
-        Ok(()) => Ok(preferred),
-        Err(e) => {
-            let fallback = std::env::temp_dir().join("precomp-build-work");
-            make(&fallback)?;
-            sandbox
-                .check_readable(&fallback)
-                .with_context(|| format!("{e}; and {}", fallback.display()))?;
-            tracing::info!(
-                "the sandbox user cannot reach {} ({e}); building in {}",
-                preferred.display(),
-                fallback.display()
-            );
-            Ok(fallback)
-        }
-    }
-}
-
 /// The keys whose signatures make a stored build reusable: the builder's own and `--trust`.
 pub(crate) fn trusted_keys(
     key: &ArtifactSigningKey,
@@ -529,28 +386,6 @@ fn read_lock(path: &Path) -> anyhow::Result<MixLock> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     MixLock::parse(&text).with_context(|| format!("parsing {}", path.display()))
-}
-
-/// The lock's app for `NAME@VERSION` (the package name; the app name may differ).
-pub(crate) fn app_for(lock: &MixLock, spec: &str, lock_path: &Path) -> anyhow::Result<String> {
-    let (name, version) = spec
-        .split_once('@')
-        .with_context(|| format!("{spec:?}: give the package as NAME@VERSION"))?;
-    for (app, entry) in &lock.entries {
-        if let LockEntry::Hex(entry) = entry {
-            if entry.package == name {
-                if entry.version != version {
-                    bail!(
-                        "{} locks {name} at {}, not {version}",
-                        lock_path.display(),
-                        entry.version
-                    );
-                }
-                return Ok(app.clone());
-            }
-        }
-    }
-    bail!("{} has no Hex package {name}", lock_path.display())
 }
 
 fn out_name(result: &PackageResult, key: &str) -> String {
@@ -575,149 +410,6 @@ fn copy_out(result: &PackageResult, out: &Path) -> anyhow::Result<()> {
             .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
     }
     Ok(())
-}
-
-pub(crate) fn json_line(result: &PackageResult, out: Option<&Path>) -> serde_json::Value {
-    let mut object = serde_json::json!({
-        "package": result.package.name,
-        "version": result.package.version,
-        "app": result.app,
-    });
-    let fields = object.as_object_mut().expect("an object");
-    let status = match &result.status {
-        Status::Built { duration } => {
-            fields.insert("duration_ms".into(), (duration.as_millis() as u64).into());
-            "built"
-        }
-        Status::Reused => "reused",
-        Status::Failed { reason, log, .. } => {
-            fields.insert("reason".into(), reason.clone().into());
-            fields.insert("log".into(), log.display().to_string().into());
-            "failed"
-        }
-        Status::Skipped { reason } => {
-            fields.insert("reason".into(), reason.clone().into());
-            "skipped"
-        }
-        Status::Cancelled { reason } => {
-            fields.insert("reason".into(), reason.clone().into());
-            "cancelled"
-        }
-        Status::NotBuildable { reason } => {
-            fields.insert("reason".into(), reason.clone().into());
-            "not_buildable"
-        }
-    };
-    fields.insert("status".into(), status.into());
-    if let Some(build) = &result.build {
-        let manifest = &build.manifest;
-        let output = manifest
-            .output
-            .as_ref()
-            .expect("stored builds have an output");
-        let (artifact, manifest_path) = match out {
-            Some(out) => {
-                let name = out_name(result, &manifest.key);
-                (
-                    out.join(format!("{name}.tar.gz")),
-                    out.join(format!("{name}.manifest")),
-                )
-            }
-            None => (build.artifact_path.clone(), build.manifest_path.clone()),
-        };
-        fields.insert("key".into(), manifest.key.clone().into());
-        fields.insert("base_key".into(), manifest.base_key.clone().into());
-        fields.insert("target".into(), manifest.target.clone().into());
-        fields.insert(
-            "artifact_sha256".into(),
-            hex::encode(&output.artifact_sha256).into(),
-        );
-        fields.insert("artifact_size".into(), output.artifact_size.into());
-        fields.insert("artifact".into(), artifact.display().to_string().into());
-        fields.insert(
-            "manifest".into(),
-            manifest_path.display().to_string().into(),
-        );
-    }
-    object
-}
-
-/// What publishing one package's result did on the mirror.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Published {
-    /// Its manifest is on the mirror: the mirror's `result` (`created`, `unchanged`,
-    /// `countersigned`, `agreed`, `replaced`).
-    Manifest(String),
-    /// Its failure was recorded with its log.
-    Failure,
-    /// Nothing to upload (skipped, cancelled, not buildable).
-    Nothing,
-}
-
-/// `published`, `publish_result` and `publish_error` of a `--json` line: what the mirror did
-/// with the package, truly (a skipped package was not published).
-pub(crate) fn publish_fields(line: &mut serde_json::Value, published: &anyhow::Result<Published>) {
-    match published {
-        Ok(Published::Manifest(result)) => {
-            line["published"] = true.into();
-            line["publish_result"] = result.as_str().into();
-        }
-        Ok(Published::Failure) => {
-            line["published"] = false.into();
-            line["publish_result"] = "failure_recorded".into();
-        }
-        Ok(Published::Nothing) => line["published"] = false.into(),
-        Err(e) => {
-            line["published"] = false.into();
-            line["publish_error"] = format!("{e:#}").into();
-        }
-    }
-}
-
-/// Uploads a build (artifact, then manifest) or records a failure with its log.
-pub(crate) fn publish(
-    runtime: &tokio::runtime::Runtime,
-    client: &ArtifactClient,
-    toolchain: &Toolchain,
-    result: &PackageResult,
-) -> anyhow::Result<Published> {
-    runtime.block_on(async {
-        if let Some(build) = &result.build {
-            let output = build
-                .manifest
-                .output
-                .as_ref()
-                .expect("stored builds have an output");
-            let sha256: [u8; 32] = output
-                .artifact_sha256
-                .as_slice()
-                .try_into()
-                .context("artifact digest")?;
-            if !client.has_artifact(&sha256).await? {
-                let bytes = std::fs::read(&build.artifact_path)
-                    .with_context(|| format!("reading {}", build.artifact_path.display()))?;
-                client.upload_artifact(&sha256, bytes).await?;
-            }
-            let (_, stored) = client
-                .upload_manifest(&build.manifest.key, build.signed_bytes.clone())
-                .await?;
-            Ok(Published::Manifest(stored.result))
-        } else if let Status::Failed { log, base_key, .. } = &result.status {
-            let text = std::fs::read(log).with_context(|| format!("reading {}", log.display()))?;
-            client
-                .record_failure(&FailureReport {
-                    package: result.package.name.clone(),
-                    version: result.package.version.clone(),
-                    base_key: base_key.clone(),
-                    toolchain_id: toolchain.id.clone(),
-                    log: String::from_utf8_lossy(&text).into_owned(),
-                })
-                .await?;
-            Ok(Published::Failure)
-        } else {
-            Ok(Published::Nothing)
-        }
-    })
 }
 
 /// What one build of `precomp build` is: packages of a lock, for a miss or not.
@@ -797,66 +489,6 @@ fn not_built(
             eprintln!("error: {e:#}");
         }
     }
-}
-
-/// After building `miss` (its package's `result`, and how its publication went): what closes
-/// the miss when the build's own report does not — a publish closes the misses its build
-/// satisfies, a failure the miss with its base key. A failure is recorded under the miss's
-/// key when the package failed under another base key (the miss's request key or variant
-/// key, or another target), or was built but does not satisfy the miss (a dependency's
-/// build read other compile-time paths than the miss knew of, or a config variant's build
-/// read a path the miss does not carry), so the miss is not built again and again. Returns
-/// what was recorded.
-pub(crate) fn settle_miss(
-    runtime: &tokio::runtime::Runtime,
-    client: &ArtifactClient,
-    toolchain: &Toolchain,
-    miss: &Miss,
-    result: &PackageResult,
-    published: Option<&anyhow::Result<Published>>,
-) -> anyhow::Result<Option<String>> {
-    let log = match (&result.status, &result.build, published) {
-        (
-            Status::Failed {
-                base_key, reason, ..
-            },
-            _,
-            _,
-        ) if base_key != miss.miss_key() => format!(
-            "precomp: {} {} failed to build (base key {base_key}): {reason}\n",
-            miss.package, miss.version
-        ),
-        (_, Some(build), Some(Ok(Published::Manifest(_)))) => {
-            let inputs = build.manifest.inputs()?;
-            let built = inputs.base_text()?;
-            if miss_satisfied_by(miss, &built, &inputs.compile_env)
-                .map_err(|refusal| anyhow::anyhow!("the miss: {}", refusal.message))?
-            {
-                return Ok(None);
-            }
-            let request = miss_request_text(&miss.report())
-                .map_err(|refusal| anyhow::anyhow!("the miss: {}", refusal.message))?;
-            let why = if request_satisfied_by(&request, &built) {
-                "it read compile-time paths the miss carries no values for (or other values \
-                 than it carries)"
-            } else {
-                "the builds of its dependencies differ from what the miss says of them"
-            };
-            format!(
-                "precomp: built {} {} with key {}, which does not satisfy the miss: {why}\n",
-                miss.package, miss.version, build.manifest.key
-            )
-        }
-        _ => return Ok(None),
-    };
-    runtime.block_on(client.record_failure(&FailureReport {
-        package: miss.package.clone(),
-        version: miss.version.clone(),
-        base_key: miss.miss_key().to_string(),
-        toolchain_id: toolchain.id.clone(),
-        log: log.clone(),
-    }))?;
-    Ok(Some(format!("recorded as failed: {}", log.trim_end())))
 }
 
 /// Progress on stderr (the JSON lines go to stdout).

@@ -278,10 +278,10 @@ pub fn run(_context: &Context, args: FetchArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         let mut out = String::new();
         for dep in &report.deps {
-            out.push_str(&dep.to_json().to_string());
+            out.push_str(&serde_json::to_string(&dep.line())?);
             out.push('\n');
         }
-        out.push_str(&report.summary_json().to_string());
+        out.push_str(&serde_json::to_string(&report.json_summary())?);
         out.push('\n');
         print!("{out}");
     } else {
@@ -405,11 +405,7 @@ fn remove_untrusted_installs(
             let mut out = String::new();
             for dep in removed {
                 if args.json {
-                    out.push_str(
-                        &serde_json::json!({"app": dep.app, "status": "removed",
-                                            "key": dep.key, "reason": dep.reason})
-                        .to_string(),
-                    );
+                    out.push_str(&serde_json::to_string(&dep.line()).expect("plain data"));
                 } else {
                     out.push_str(&format!(
                         "removed    {}: {}; Mix builds it",

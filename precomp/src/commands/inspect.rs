@@ -8,18 +8,18 @@
 //! Exits non-zero when a check fails: the key check, any `--trust` key that did not sign or
 //! whose signature does not verify, or the artifact not matching `--manifest`.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
 use precomp_proto::artifact::{self, ArtifactInfo, MAX_ARTIFACT_SIZE};
+use precomp_proto::file::ReadError;
 use precomp_proto::manifest::{
     ArtifactPublicKey, FileRecord, Manifest, ManifestError, SignedManifest,
     MAX_SIGNED_MANIFEST_SIZE,
 };
 use prost::Message;
-use serde_json::{json, Value};
+use serde::Serialize;
 
 use crate::Context;
 
@@ -63,20 +63,19 @@ pub fn run(_context: &Context, args: InspectArgs) -> anyhow::Result<ExitCode> {
                 args.file.display()
             )
         })?;
-        let mut checked = check_manifest(&signed, &trusted).with_context(|| {
+        let checked = check_manifest(&signed, &trusted).with_context(|| {
             format!(
                 "{}: the signed bytes are not a manifest",
                 args.file.display()
             )
         })?;
-        let mut report = checked.report.take().unwrap_or(Value::Null);
-        report["file"] = json!(args.file.display().to_string());
-        report["kind"] = json!("manifest");
-        report["ok"] = json!(checked.failures.is_empty());
+        let mut report = ManifestReport::new(&checked, &args.file);
+        report.kind = Some("manifest");
+        report.ok = Some(checked.failures.is_empty());
         if !args.json {
             print!("{}", manifest_text(&args.file, &checked));
         }
-        (report, checked.failures)
+        (Report::Manifest(Box::new(report)), checked.failures)
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -87,19 +86,14 @@ pub fn run(_context: &Context, args: InspectArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The file at `path`, at most `limit` bytes ([`precomp_proto::file::read_bounded`]).
 fn read_bounded(path: &Path, limit: u64) -> anyhow::Result<Vec<u8>> {
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut bytes = Vec::new();
-    file.take(limit + 1)
-        .read_to_end(&mut bytes)
-        .with_context(|| format!("reading {}", path.display()))?;
-    if bytes.len() as u64 > limit {
-        bail!(
-            "{} is larger than {limit} bytes: neither a manifest nor an artifact precomp accepts",
-            path.display()
-        );
-    }
-    Ok(bytes)
+    precomp_proto::file::read_bounded(path, limit).map_err(|e| match e {
+        ReadError::TooLarge { .. } => {
+            anyhow::anyhow!("{e}: neither a manifest nor an artifact precomp accepts")
+        }
+        ReadError::Io { .. } => anyhow::anyhow!("reading {e}"),
+    })
 }
 
 fn load_public_key(path: &Path) -> anyhow::Result<ArtifactPublicKey> {
@@ -128,7 +122,6 @@ struct CheckedManifest {
     /// Per `--trust` key: its file, key id, and `None` if it verified or why not.
     trust: Vec<(PathBuf, String, Option<String>)>,
     failures: Vec<String>,
-    report: Option<Value>,
 }
 
 /// Decodes the manifest, checks its key and every signature against `trusted`.
@@ -198,92 +191,12 @@ fn check_manifest(
         }
         trust.push((path.clone(), id, problem));
     }
-    let mut checked = CheckedManifest {
+    Ok(CheckedManifest {
         manifest,
         key_check,
         signatures,
         trust,
         failures,
-        report: None,
-    };
-    checked.report = Some(manifest_json(&checked));
-    Ok(checked)
-}
-
-fn hex_or_empty(bytes: &[u8]) -> String {
-    hex::encode(bytes)
-}
-
-fn file_json(file: &FileRecord) -> Value {
-    json!({
-        "path": file.path,
-        "sha256": hex::encode(&file.sha256),
-        "size": file.size,
-        "executable": file.executable,
-    })
-}
-
-fn manifest_json(checked: &CheckedManifest) -> Value {
-    let m = &checked.manifest;
-    let package = |p: &precomp_proto::manifest::PackageId| json!({"name": p.name, "version": p.version, "outer_checksum": hex::encode(&p.outer_checksum)});
-    // Format 2: each closure member with its own key.
-    let member = |p: &precomp_proto::manifest::PackageId| {
-        let mut value = package(p);
-        if !p.key.is_empty() {
-            value["key"] = p.key.clone().into();
-        }
-        value
-    };
-    json!({
-        "manifest": {
-            "format": m.format,
-            "key_format": m.format,
-            "key": m.key,
-            "base_key": m.base_key,
-            "package": m.package.as_ref().map(package),
-            "manager": (!m.manager.is_empty()).then_some(&m.manager),
-            "closure": m.closure.iter().map(member).collect::<Vec<_>>(),
-            "otp_major": m.otp_major,
-            "elixir": m.elixir,
-            "mix_env": m.mix_env,
-            "target": m.target,
-            "compile_env": m.compile_env.iter().map(|e| json!({
-                "app": e.app, "path": e.path, "value": e.value,
-            })).collect::<Vec<_>>(),
-            "output": m.output.as_ref().map(|o| json!({
-                "artifact_sha256": hex_or_empty(&o.artifact_sha256),
-                "artifact_size": o.artifact_size,
-                "file_count": o.files.len(),
-                "native_code": o.native_code,
-                "files": o.files.iter().map(file_json).collect::<Vec<_>>(),
-            })),
-            "provenance": m.provenance.as_ref().map(|p| json!({
-                "toolchain_id": p.toolchain_id,
-                "toolchain_digest": p.toolchain_digest,
-                "builder_id": p.builder_id,
-                "build_duration_ms": p.build_duration_ms,
-                "build_log_sha256": hex_or_empty(&p.build_log_sha256),
-            })),
-        },
-        "key_check": match &checked.key_check {
-            Ok(()) => json!({"ok": true}),
-            Err(e @ ManifestError::OldKeyFormat) => json!({"ok": false, "old_key_format": true, "error": e.to_string()}),
-            Err(e) => json!({"ok": false, "error": e.to_string()}),
-        },
-        "signatures": checked.signatures.iter().map(|(key_id, status)| {
-            let (status, key) = match status {
-                SignatureStatus::Verified(p) => ("verified", Some(p.display().to_string())),
-                SignatureStatus::Invalid(p) => ("invalid", Some(p.display().to_string())),
-                SignatureStatus::Unchecked => ("unchecked", None),
-            };
-            json!({"key_id": key_id, "status": status, "trusted_key": key})
-        }).collect::<Vec<_>>(),
-        "trust": checked.trust.iter().map(|(path, id, problem)| json!({
-            "file": path.display().to_string(),
-            "key_id": id,
-            "ok": problem.is_none(),
-            "error": problem,
-        })).collect::<Vec<_>>(),
     })
 }
 
@@ -349,7 +262,7 @@ fn manifest_text(file: &Path, checked: &CheckedManifest) -> String {
     }
     match &m.output {
         Some(o) => {
-            let _ = writeln!(out, "artifact sha256  {}", hex_or_empty(&o.artifact_sha256));
+            let _ = writeln!(out, "artifact sha256  {}", hex::encode(&o.artifact_sha256));
             let _ = writeln!(out, "artifact size    {} bytes", o.artifact_size);
             let _ = writeln!(out, "files            {}", o.files.len());
             let _ = writeln!(
@@ -370,11 +283,7 @@ fn manifest_text(file: &Path, checked: &CheckedManifest) -> String {
         );
         let _ = writeln!(out, "builder          {}", p.builder_id);
         let _ = writeln!(out, "build duration   {} ms", p.build_duration_ms);
-        let _ = writeln!(
-            out,
-            "build log sha256 {}",
-            hex_or_empty(&p.build_log_sha256)
-        );
+        let _ = writeln!(out, "build log sha256 {}", hex::encode(&p.build_log_sha256));
     }
     let _ = writeln!(out, "signatures       {}", checked.signatures.len());
     for (key_id, status) in &checked.signatures {
@@ -401,11 +310,11 @@ fn inspect_artifact(
     args: &InspectArgs,
     bytes: &[u8],
     trusted: &[(PathBuf, ArtifactPublicKey)],
-) -> anyhow::Result<(Value, Vec<String>)> {
+) -> anyhow::Result<(Report, Vec<String>)> {
     let info: ArtifactInfo = artifact::info(bytes)
         .with_context(|| format!("{} is not a valid artifact", args.file.display()))?;
     let mut failures = Vec::new();
-    let mut manifest_report = Value::Null;
+    let mut manifest_report = None;
     let mut manifest_lines = String::new();
     match &args.manifest {
         None if !trusted.is_empty() => {
@@ -435,26 +344,22 @@ fn inspect_artifact(
                     ));
                 }
             }
-            let mut report = checked.report.take().unwrap_or(Value::Null);
-            report["file"] = json!(path.display().to_string());
-            report["check"] = match &check {
-                Ok(()) => json!({"ok": true}),
-                Err(e) => json!({"ok": false, "error": e}),
-            };
-            manifest_report = report;
+            let mut report = ManifestReport::new(&checked, path);
+            report.check = Some(Check::of(check.as_ref().err()));
+            manifest_report = Some(report);
         }
     }
-    let report = json!({
-        "file": args.file.display().to_string(),
-        "kind": "artifact",
-        "sha256": hex::encode(info.sha256),
-        "size": info.size,
-        "native_code": info.native_code,
-        "file_count": info.files.len(),
-        "files": info.files.iter().map(file_json).collect::<Vec<_>>(),
-        "manifest": manifest_report,
-        "ok": failures.is_empty(),
-    });
+    let report = Report::Artifact(Box::new(ArtifactReport {
+        file: args.file.display().to_string(),
+        file_count: info.files.len(),
+        files: info.files.iter().map(FileJson::new).collect(),
+        kind: "artifact",
+        manifest: manifest_report,
+        native_code: info.native_code,
+        ok: failures.is_empty(),
+        sha256: hex::encode(info.sha256),
+        size: info.size,
+    }));
     if !args.json {
         println!("artifact         {}", args.file.display());
         println!("sha256           {}", hex::encode(info.sha256));
@@ -479,4 +384,265 @@ fn inspect_artifact(
         }
     }
     Ok((report, failures))
+}
+
+// The `--json` report: one object, fields in name order (as always printed). A manifest's
+// optional parts (`manager`, `package`, `output`, `provenance`) are null when absent.
+
+/// What `precomp inspect --json` prints.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Report {
+    Manifest(Box<ManifestReport>),
+    Artifact(Box<ArtifactReport>),
+}
+
+/// An artifact: its digest, size and files, and with `--manifest` that manifest's report
+/// (with `check`: whether the artifact is the one it describes).
+#[derive(Serialize)]
+struct ArtifactReport {
+    file: String,
+    file_count: usize,
+    files: Vec<FileJson>,
+    kind: &'static str,
+    manifest: Option<ManifestReport>,
+    native_code: bool,
+    ok: bool,
+    sha256: String,
+    size: u64,
+}
+
+/// A signed manifest: every field, the key check, each signature, each `--trust` key.
+/// `kind` and `ok` on the top-level report; `check` when it is an artifact's `--manifest`.
+#[derive(Serialize)]
+struct ManifestReport {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    check: Option<Check>,
+    file: String,
+    key_check: KeyCheck,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+    manifest: ManifestJson,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ok: Option<bool>,
+    signatures: Vec<SignatureJson>,
+    trust: Vec<TrustJson>,
+}
+
+/// A check that passed, or why not.
+#[derive(Serialize)]
+struct Check {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    ok: bool,
+}
+
+impl Check {
+    fn of(error: Option<&String>) -> Check {
+        Check {
+            error: error.cloned(),
+            ok: error.is_none(),
+        }
+    }
+}
+
+/// The key check; `old_key_format` for a manifest of key format v1 (shown as it is).
+#[derive(Serialize)]
+struct KeyCheck {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    old_key_format: Option<bool>,
+}
+
+#[derive(Serialize)]
+struct ManifestJson {
+    base_key: String,
+    closure: Vec<PackageJson>,
+    compile_env: Vec<CompileEnvJson>,
+    elixir: String,
+    format: u32,
+    key: String,
+    key_format: u32,
+    manager: Option<String>,
+    mix_env: String,
+    otp_major: String,
+    output: Option<OutputJson>,
+    package: Option<PackageJson>,
+    provenance: Option<ProvenanceJson>,
+    target: String,
+}
+
+/// A package; closure members of format 2 with their own `key`.
+#[derive(Serialize)]
+struct PackageJson {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+    name: String,
+    outer_checksum: String,
+    version: String,
+}
+
+impl PackageJson {
+    fn new(package: &precomp_proto::manifest::PackageId, with_key: bool) -> PackageJson {
+        PackageJson {
+            key: (with_key && !package.key.is_empty()).then(|| package.key.clone()),
+            name: package.name.clone(),
+            outer_checksum: hex::encode(&package.outer_checksum),
+            version: package.version.clone(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct CompileEnvJson {
+    app: String,
+    path: String,
+    value: Option<String>,
+}
+
+#[derive(Serialize)]
+struct OutputJson {
+    artifact_sha256: String,
+    artifact_size: u64,
+    file_count: usize,
+    files: Vec<FileJson>,
+    native_code: bool,
+}
+
+#[derive(Serialize)]
+struct ProvenanceJson {
+    build_duration_ms: u64,
+    build_log_sha256: String,
+    builder_id: String,
+    toolchain_digest: String,
+    toolchain_id: String,
+}
+
+#[derive(Serialize)]
+struct FileJson {
+    executable: bool,
+    path: String,
+    sha256: String,
+    size: u64,
+}
+
+impl FileJson {
+    fn new(file: &FileRecord) -> FileJson {
+        FileJson {
+            executable: file.executable,
+            path: file.path.clone(),
+            sha256: hex::encode(&file.sha256),
+            size: file.size,
+        }
+    }
+}
+
+/// A signature: `verified` or `invalid` against the `--trust` key it names, or `unchecked`.
+#[derive(Serialize)]
+struct SignatureJson {
+    key_id: String,
+    status: &'static str,
+    trusted_key: Option<String>,
+}
+
+/// A `--trust` key: whether it signed and its signature verifies, or why not.
+#[derive(Serialize)]
+struct TrustJson {
+    error: Option<String>,
+    file: String,
+    key_id: String,
+    ok: bool,
+}
+
+impl ManifestReport {
+    /// The report of the manifest in `file`.
+    fn new(checked: &CheckedManifest, file: &Path) -> ManifestReport {
+        let m = &checked.manifest;
+        ManifestReport {
+            check: None,
+            file: file.display().to_string(),
+            key_check: match &checked.key_check {
+                Ok(()) => KeyCheck {
+                    error: None,
+                    ok: true,
+                    old_key_format: None,
+                },
+                Err(e) => KeyCheck {
+                    error: Some(e.to_string()),
+                    ok: false,
+                    old_key_format: matches!(e, ManifestError::OldKeyFormat).then_some(true),
+                },
+            },
+            kind: None,
+            manifest: ManifestJson {
+                base_key: m.base_key.clone(),
+                closure: m
+                    .closure
+                    .iter()
+                    .map(|p| PackageJson::new(p, true))
+                    .collect(),
+                compile_env: m
+                    .compile_env
+                    .iter()
+                    .map(|e| CompileEnvJson {
+                        app: e.app.clone(),
+                        path: e.path.clone(),
+                        value: e.value.clone(),
+                    })
+                    .collect(),
+                elixir: m.elixir.clone(),
+                format: m.format,
+                key: m.key.clone(),
+                key_format: m.format,
+                manager: (!m.manager.is_empty()).then(|| m.manager.clone()),
+                mix_env: m.mix_env.clone(),
+                otp_major: m.otp_major.clone(),
+                output: m.output.as_ref().map(|o| OutputJson {
+                    artifact_sha256: hex::encode(&o.artifact_sha256),
+                    artifact_size: o.artifact_size,
+                    file_count: o.files.len(),
+                    files: o.files.iter().map(FileJson::new).collect(),
+                    native_code: o.native_code,
+                }),
+                package: m.package.as_ref().map(|p| PackageJson::new(p, false)),
+                provenance: m.provenance.as_ref().map(|p| ProvenanceJson {
+                    build_duration_ms: p.build_duration_ms,
+                    build_log_sha256: hex::encode(&p.build_log_sha256),
+                    builder_id: p.builder_id.clone(),
+                    toolchain_digest: p.toolchain_digest.clone(),
+                    toolchain_id: p.toolchain_id.clone(),
+                }),
+                target: m.target.clone(),
+            },
+            ok: None,
+            signatures: checked
+                .signatures
+                .iter()
+                .map(|(key_id, status)| {
+                    let (status, key) = match status {
+                        SignatureStatus::Verified(p) => ("verified", Some(p.display().to_string())),
+                        SignatureStatus::Invalid(p) => ("invalid", Some(p.display().to_string())),
+                        SignatureStatus::Unchecked => ("unchecked", None),
+                    };
+                    SignatureJson {
+                        key_id: key_id.clone(),
+                        status,
+                        trusted_key: key,
+                    }
+                })
+                .collect(),
+            trust: checked
+                .trust
+                .iter()
+                .map(|(path, id, problem)| TrustJson {
+                    error: problem.clone(),
+                    file: path.display().to_string(),
+                    key_id: id.clone(),
+                    ok: problem.is_none(),
+                })
+                .collect(),
+        }
+    }
 }

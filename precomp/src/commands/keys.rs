@@ -339,7 +339,10 @@ fn list(context: &Context, args: ListArgs) -> anyhow::Result<ExitCode> {
     };
     let now = trust::unix_now();
     if args.json {
-        println!("{}", document_json(&document, now));
+        println!(
+            "{}",
+            serde_json::to_string(&precomp_ops::trust::DocumentJson::new(&document, now))?
+        );
     } else {
         print!("{}", document_text(&document, &source, now));
     }
@@ -415,36 +418,6 @@ fn status_text(document: &TrustDocument, key_id: &str, now: i64) -> String {
         }
         None => "unknown".into(),
     }
-}
-
-fn document_json(document: &TrustDocument, now: i64) -> serde_json::Value {
-    serde_json::json!({
-        "version": document.version,
-        "issued_at": document.issued_at,
-        "expires_at": document.expires_at,
-        "expired": document.check_fresh(now).is_err(),
-        "keys": document.keys.iter().map(|k| serde_json::json!({
-            "key_id": k.key_id,
-            "name": k.name,
-            "roles": k.roles,
-            "not_before": k.not_before,
-            "not_after": (k.not_after != 0).then_some(k.not_after),
-            "superseded_by": (!k.superseded_by.is_empty()).then_some(&k.superseded_by),
-            "status": match document.status(&k.key_id, now) {
-                Some(KeyStatus::Active) => "active",
-                Some(KeyStatus::Revoked { .. }) => "revoked",
-                Some(KeyStatus::NotYetValid { .. }) => "not_yet_valid",
-                Some(KeyStatus::Expired { .. }) => "expired",
-                None => "unknown",
-            },
-        })).collect::<Vec<_>>(),
-        "revocations": document.revocations.iter().map(|r| serde_json::json!({
-            "key_id": r.key_id,
-            "reason": r.reason,
-            "revoked_at": r.revoked_at,
-            "version": (r.version != 0).then_some(r.version),
-        })).collect::<Vec<_>>(),
-    })
 }
 
 /// What was written, and who serves it: the mirror re-reads `DATA/trust` on each request,

@@ -13,7 +13,6 @@ pub mod repo;
 pub mod serve;
 pub mod token;
 pub mod toolchain;
-pub mod variants;
 pub mod worker;
 
 /// Creates `path` with `bytes` and `mode`, failing if it exists: keys are never overwritten.

@@ -51,26 +51,14 @@ async fn get(
         None => dir.join("trust.doc"),
     };
     let limit = precomp_proto::trust::MAX_TRUST_DOCUMENT_SIZE as u64;
-    let body = blocking(&app.artifacts, move |_| {
-        use std::io::Read;
-        match std::fs::File::open(&path) {
-            Ok(file) => {
-                let mut bytes = Vec::new();
-                file.take(limit + 1)
-                    .read_to_end(&mut bytes)
-                    .map_err(|e| Refusal::internal(format!("{}: {e}", path.display())))?;
-                if bytes.len() as u64 > limit {
-                    return Err(Refusal::internal(format!(
-                        "{} is over the limit of {limit} bytes",
-                        path.display()
-                    )));
-                }
-                Ok(Some(bytes))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Refusal::internal(format!("{}: {e}", path.display()))),
-        }
-    })
+    let body = blocking(
+        &app.artifacts,
+        move |_| match precomp_proto::file::read_bounded(&path, limit) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(Refusal::internal(e.to_string())),
+        },
+    )
     .await?;
     match body {
         Some(body) => {

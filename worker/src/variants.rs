@@ -1,5 +1,5 @@
 //! Config variants: building a consumer's miss with the compile-time values its config gives,
-//! shared by `precomp worker` and `precomp build --missing` (docs/builder.md "Config
+//! shared by workers and `precomp build --missing` (docs/builder.md "Config
 //! variants").
 //!
 //! A miss carries, for the package and each closure member the mirror has built before, the
@@ -19,15 +19,16 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use precomp_artifacts::{compile_env_entry, FailureReport, Miss};
+use precomp_artifacts::compile_env_entry;
 use precomp_builder::run::CompileEnvSource;
 use precomp_builder::workdir::WorkDir;
 use precomp_http::artifacts::ArtifactClient;
+use precomp_proto::api::{FailureReport, Miss};
 use precomp_proto::buildkey::{compile_env_digest, CompileEnvEntry};
 use precomp_sandbox::toolchain::Toolchain;
 
 /// The config a miss is built with.
-pub(crate) enum MissConfig {
+pub enum MissConfig {
     /// The builder's own: the miss carries no compile-env values, or exactly those that config
     /// gives.
     Builder,
@@ -37,22 +38,22 @@ pub(crate) enum MissConfig {
 
 /// A generated `config.exs` giving exactly a miss's carried values, in a directory of the
 /// work root that is removed when this is dropped.
-pub(crate) struct VariantConfig {
+pub struct VariantConfig {
     _dir: WorkDir,
     path: PathBuf,
     /// How many values it sets (entries recorded as unset are left out).
-    pub(crate) values: usize,
+    pub values: usize,
 }
 
 impl VariantConfig {
     /// The config file, for `BuildContext::config`.
-    pub(crate) fn path(&self) -> &Path {
+    pub fn path(&self) -> &Path {
         &self.path
     }
 }
 
 /// The compile-env entries `miss` carries (the package's and its members'), parsed.
-pub(crate) fn carried_entries(miss: &Miss) -> anyhow::Result<Vec<CompileEnvEntry>> {
+pub fn carried_entries(miss: &Miss) -> anyhow::Result<Vec<CompileEnvEntry>> {
     miss.all_compile_env()
         .map(compile_env_entry)
         .collect::<Result<Vec<_>, _>>()
@@ -60,7 +61,7 @@ pub(crate) fn carried_entries(miss: &Miss) -> anyhow::Result<Vec<CompileEnvEntry
 }
 
 /// The first carried entry `config` gives another value for: (the miss's, the config's).
-pub(crate) fn first_difference(
+pub fn first_difference(
     carried: &[CompileEnvEntry],
     config: &dyn CompileEnvSource,
 ) -> anyhow::Result<Option<(CompileEnvEntry, CompileEnvEntry)>> {
@@ -78,7 +79,7 @@ pub(crate) fn first_difference(
 /// How `miss` is built: with the builder's config (`builder_config`) when it gives every value
 /// the miss carries, else with a config made from them, written under `work_root`.
 /// `Err(reason)`: the values cannot be given to a build (the reason names paths, not values).
-pub(crate) fn miss_config(
+pub fn miss_config(
     miss: &Miss,
     builder_config: &dyn CompileEnvSource,
     work_root: &Path,
@@ -122,7 +123,7 @@ pub(crate) fn miss_config(
 /// Checks a variant's generated config, evaluated in the sandbox (`variant_config`): it must
 /// give every value `miss` carries. `Some(reason)` (naming the path, not the values) when it
 /// does not, or cannot be evaluated.
-pub(crate) fn check_variant(
+pub fn check_variant(
     miss: &Miss,
     variant_config: &dyn CompileEnvSource,
 ) -> anyhow::Result<Option<String>> {
@@ -146,7 +147,7 @@ pub(crate) fn check_variant(
 
 /// Records that `miss` is not built, and why, as a failure under its key (which closes it):
 /// so it does not come back to every builder.
-pub(crate) fn record_not_built(
+pub fn record_not_built(
     runtime: &tokio::runtime::Runtime,
     client: &ArtifactClient,
     toolchain: &Toolchain,
@@ -171,7 +172,7 @@ pub(crate) fn record_not_built(
 }
 
 /// What a miss is, for people: `env_reader 1.0.0 (variant key …)`.
-pub(crate) fn describe_miss_key(miss: &Miss) -> String {
+pub fn describe_miss_key(miss: &Miss) -> String {
     let kind = if miss.variant_key.is_some() {
         "config variant, variant key"
     } else if miss.base_key.is_some() {

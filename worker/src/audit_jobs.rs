@@ -7,105 +7,118 @@
 //! rebuild releases the job as `failed` with the reason (the mirror does not offer it to this
 //! token again); one this toolchain cannot rebuild is released plainly.
 
-use std::path::PathBuf;
-use std::process::ExitCode;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
-use precomp_artifacts::{JobKind, Lease, LeaseRequest};
+use precomp_builder::workdir::{self, WorkDir};
 use precomp_http::Error as ClientError;
 use precomp_ops::audit::{AuditError, AuditReport, Auditor, Candidate, Outcome};
+use precomp_proto::api::{JobKind, Lease, LeaseRequest};
 
-use super::super::audit::{finish_run_dir, new_run_dir, Reporter, MISMATCH};
-use super::{lease_loop, Common, Heartbeat, Jobs};
+use crate::output::{AuditJobLine, JobLine, JobReport};
+use crate::{JobStatus, Jobs, RunEnd, Worker};
 
 /// Audits leased builds, each in its own run directory under DATA/audit.
-pub(super) fn run(common: &Common<'_>, request: &LeaseRequest) -> anyhow::Result<ExitCode> {
-    let root = common.data.join("audit");
+pub(crate) fn run(worker: &Worker<'_>, request: &LeaseRequest) -> anyhow::Result<RunEnd> {
+    let root = worker.config.data.join("audit");
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
-    lease_loop(common, request, &AuditJobs { common, root })
+    worker.lease_loop(request, &AuditJobs { worker, root })
+}
+
+/// A new directory `root/run-…` for an audit run (`precomp audit`'s and an audit job's;
+/// 0755: the sandbox user reads its sources), removed when dropped — or, should this process
+/// be killed, by the next run's sweep of `root`, which runs first.
+pub fn new_run_dir(root: &Path) -> anyhow::Result<WorkDir> {
+    workdir::sweep(root);
+    WorkDir::create(root, "run-", 0o755)
+        .with_context(|| format!("creating a run directory in {}", root.display()))
 }
 
 struct AuditJobs<'a> {
-    common: &'a Common<'a>,
+    worker: &'a Worker<'a>,
     /// DATA/audit.
     root: PathBuf,
 }
 
 impl Jobs for AuditJobs<'_> {
-    /// Audits one leased build and reports it: success for a match, [`MISMATCH`] for a
-    /// mismatch, failure otherwise.
-    fn work_on(&self, lease: &Lease) -> anyhow::Result<ExitCode> {
+    /// Audits one leased build and reports it: done for a match, a mismatch for a mismatch,
+    /// failed otherwise.
+    fn work_on(&self, lease: &Lease) -> anyhow::Result<JobStatus> {
+        let worker = self.worker;
         let job = lease.job;
         let Some(build) = lease.build.clone().filter(|_| lease.kind == JobKind::Audit) else {
             bail!(
                 "job {job} is a {} job without a build to audit: the mirror at {} does not know \
                  audit jobs; upgrade it",
                 lease.kind,
-                self.common.client.base_url()
+                worker.client.base_url()
             );
         };
         let candidate = Candidate::from(build);
-        eprintln!(
+        worker.note(&format!(
             "job {job}: auditing {} {} (key {}, {} audit{} so far)",
             candidate.package,
             candidate.build.version,
             candidate.build.key,
             audits(&candidate),
             if audits(&candidate) == 1 { "" } else { "s" }
-        );
-        let cancel = self.common.shutdown.child();
+        ));
+        let cancel = worker.shutdown.child();
         let Audited { report, lost } =
             self.audit(job, lease.lease_seconds, &candidate, cancel.clone())?;
         let report = match report {
             Ok(report) => report,
             // Stopped: nothing was posted; on shutdown the job goes back to the queue.
             Err(e) if cancel.is_cancelled() => {
-                let outcome = self.common.give_back(job);
+                let outcome = worker.give_back(job);
                 let reason = cancel.reason().unwrap_or_else(|| e.to_string());
-                self.print(job, &candidate, outcome, Some(&reason), None);
-                return Ok(ExitCode::FAILURE);
+                self.report(job, &candidate, outcome, Some(&reason), None);
+                return Ok(JobStatus::Failed);
             }
             Err(e) => {
                 let e = anyhow::Error::from(e).context(format!(
                     "auditing {} {}",
                     candidate.package, candidate.build.version
                 ));
-                self.print(job, &candidate, "error", Some(&format!("{e:#}")), None);
+                self.report(job, &candidate, "error", Some(&format!("{e:#}")), None);
                 return Err(e);
             }
         };
-        let client = self.common.client;
-        let runtime = self.common.runtime;
+        let (client, runtime) = (&worker.client, &worker.runtime);
         let (outcome, status) = match &report.outcome {
-            Outcome::Match { .. } => ("match", ExitCode::SUCCESS),
-            Outcome::Mismatch { .. } => ("mismatch", ExitCode::from(MISMATCH)),
+            Outcome::Match { .. } => ("match", JobStatus::Done),
+            Outcome::Mismatch { .. } => ("mismatch", JobStatus::Mismatch),
             // The mirror offered a build this toolchain cannot rebuild: back to the queue.
             Outcome::Skipped { reason } => {
                 if let Err(e) = runtime.block_on(client.release(job)) {
-                    eprintln!("warning: releasing job {job}: {e}");
+                    worker.note(&format!("warning: releasing job {job}: {e}"));
                 }
-                eprintln!("warning: job {job}: skipped ({reason}); released it");
-                ("skipped", ExitCode::FAILURE)
+                worker.note(&format!(
+                    "warning: job {job}: skipped ({reason}); released it"
+                ));
+                ("skipped", JobStatus::Failed)
             }
             Outcome::Failed { reason, .. } => {
                 match runtime.block_on(client.release_failed(job, reason)) {
-                    Ok(_) => ("failed", ExitCode::FAILURE),
+                    Ok(_) => ("failed", JobStatus::Failed),
                     Err(ClientError::Refused { status: 409, .. }) => {
-                        ("lease_lost", ExitCode::FAILURE)
+                        ("lease_lost", JobStatus::Failed)
                     }
                     Err(e) => {
                         let e = anyhow::Error::from(e)
                             .context(format!("reporting the failed audit of job {job}"));
-                        self.print(job, &candidate, "error", Some(&format!("{e:#}")), None);
+                        self.report(job, &candidate, "error", Some(&format!("{e:#}")), None);
                         return Err(e);
                     }
                 }
             }
         };
         if let (Some(message), "failed" | "skipped" | "lease_lost") = (&lost, outcome) {
-            eprintln!("warning: job {job}: the mirror refused a heartbeat: {message}");
+            worker.note(&format!(
+                "warning: job {job}: the mirror refused a heartbeat: {message}"
+            ));
         }
-        self.print(job, &candidate, outcome, None, Some(&report));
+        self.report(job, &candidate, outcome, None, Some(&report));
         Ok(status)
     }
 }
@@ -128,9 +141,9 @@ impl AuditJobs<'_> {
         candidate: &Candidate,
         cancel: precomp_builder::Cancel,
     ) -> anyhow::Result<Audited> {
-        let common = self.common;
+        let worker = self.worker;
         let build = &candidate.build;
-        let toolchain = common
+        let toolchain = worker
             .toolchain_for(&build.otp_major, &build.elixir, &build.target)
             .with_context(|| {
                 format!(
@@ -142,27 +155,20 @@ impl AuditJobs<'_> {
         let run = new_run_dir(&self.root)?;
         let run_dir = run.path().to_path_buf();
         let auditor = Auditor {
-            sandbox: common.sandbox,
+            sandbox: worker.sandbox,
             toolchain,
-            key: common.key,
-            client: common.client,
-            runtime: common.runtime,
-            mirror: common.args.mirror.clone(),
+            key: &worker.key,
+            client: &worker.client,
+            runtime: &worker.runtime,
+            mirror: worker.config.mirror.clone(),
             work: run_dir.clone(),
-            jobs: common.jobs,
+            jobs: worker.config.jobs,
             dry_run: false,
             keep_work: false,
             cancel: cancel.clone(),
         };
-        let heartbeat = Heartbeat::start(
-            common.client.base_url(),
-            &common.args.token,
-            job,
-            lease_seconds,
-            cancel,
-        )?;
-        // Progress and the result line on stderr; with --json, stdout has the job's line.
-        let report = auditor.audit_leased(candidate, &Reporter { json: false });
+        let heartbeat = worker.heartbeat(job, lease_seconds, cancel)?;
+        let report = auditor.audit_leased(candidate, worker.observer.audits());
         let lost = heartbeat.stop();
         // A failed rebuild's log is in the run directory: keep it for that.
         let keep = matches!(
@@ -172,16 +178,21 @@ impl AuditJobs<'_> {
                 ..
             })
         );
-        finish_run_dir(run, keep);
+        if keep {
+            worker.note(&format!(
+                "kept the audit's directory: {}",
+                run.keep().display()
+            ));
+        }
         Ok(Audited { report, lost })
     }
 
-    /// The job's line: JSON on stdout with --json, else a summary.
-    fn print(
+    /// The job's report: its line and a summary.
+    fn report(
         &self,
         job: u64,
         candidate: &Candidate,
-        outcome: &str,
+        outcome: &'static str,
         error: Option<&str>,
         report: Option<&AuditReport>,
     ) {
@@ -190,29 +201,22 @@ impl AuditJobs<'_> {
             &candidate.build.version,
             &candidate.build.key,
         );
-        if self.common.args.json {
-            let mut line = serde_json::json!({
-                "job": job,
-                "kind": JobKind::Audit,
-                "package": package,
-                "version": version,
-                "key": key,
-                "outcome": outcome,
-            });
-            if let Some(error) = error {
-                line["reason"] = error.into();
-            }
-            if let Some(report) = report {
-                let audit = report.to_json();
-                for field in ["reason", "log"] {
-                    if let Some(value) = audit.get(field) {
-                        line[field] = value.clone();
-                    }
-                }
-                line["audit"] = audit;
-            }
-            println!("{line}");
-            return;
+        let mut line = AuditJobLine {
+            audit: None,
+            job,
+            key: key.clone(),
+            kind: JobKind::Audit,
+            log: None,
+            outcome,
+            package: package.clone(),
+            reason: error.map(str::to_string),
+            version: version.clone(),
+        };
+        if let Some(report) = report {
+            let audit = report.line();
+            line.reason = audit.reason.clone().or(line.reason);
+            line.log = audit.log.clone();
+            line.audit = Some(audit);
         }
         let detail = match (error, report.map(|r| &r.outcome)) {
             (Some(error), _) if outcome == "lease_lost" => format!(": {error}"),
@@ -232,7 +236,10 @@ impl AuditJobs<'_> {
             (None, Some(Outcome::Skipped { reason })) => format!(": {reason}; released"),
             (None, None) => String::new(),
         };
-        println!("job {job}: {outcome} {package} {version} (key {key}){detail}");
+        self.worker.observer.report(&JobReport {
+            line: JobLine::Audit(line),
+            summary: format!("job {job}: {outcome} {package} {version} (key {key}){detail}"),
+        });
     }
 }
 

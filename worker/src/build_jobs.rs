@@ -1,46 +1,46 @@
 //! Build jobs: an open miss, built in the sandbox as `precomp build --missing` builds it —
 //! with the toolchain of its tuple, and with the consumer's compile-time values when it is a
-//! config variant ([`super::super::variants`]) — published (or its failure recorded) with the
+//! config variant ([`crate::variants`]) — published (or its failure recorded) with the
 //! worker's token.
 
 use std::path::Path;
-use std::process::ExitCode;
 
 use anyhow::Context as _;
-use precomp_artifacts::{FailureReport, Lease, LeaseRequest, Miss};
 use precomp_builder::build::BuildContext;
 use precomp_builder::config::SandboxedConfig;
 use precomp_builder::run::{self, CompileEnvSource, PackageResult, Status};
 use precomp_builder::sources::SourceCache;
 use precomp_builder::store::BuildStore;
+use precomp_proto::api::{FailureReport, Lease, LeaseRequest, Miss};
 use precomp_proto::lock::MixLock;
 use precomp_proto::manifest::ArtifactPublicKey;
 
-use super::super::build::{
-    app_for, build_and_publish, json_line, miss_managers, publish_fields, settle_miss,
-    trusted_keys, work_root, LockBuild, Reporter,
+use crate::output::{BuildJobLine, JobLine, JobReport, PackageLine};
+use crate::publish::{
+    app_for, build_and_publish, miss_managers, settle_miss, work_root, LockBuild,
 };
-use super::super::variants::{self, MissConfig};
-use super::{lease_loop, Common, Heartbeat, Jobs};
+use crate::variants::{self, MissConfig};
+use crate::{JobStatus, Jobs, RunEnd, Worker};
 
 /// Sets up the builder (its store in DATA/builds, sources from the mirror, a build context
 /// per toolchain) and builds leased misses.
-pub(super) fn run(common: &Common<'_>, request: &LeaseRequest) -> anyhow::Result<ExitCode> {
-    let args = common.args;
-    let data = &common.data;
-    let trusted = trusted_keys(common.key, &args.trust)?;
+pub(crate) fn run(worker: &Worker<'_>, request: &LeaseRequest) -> anyhow::Result<RunEnd> {
+    let config = &worker.config;
+    let data = &config.data;
+    let mut trusted = vec![worker.key.public_key()];
+    trusted.extend(config.trust.iter().cloned());
     let store = BuildStore::open(&data.join("builds"))?;
-    let sources = SourceCache::new(data.join("builds/sources"), &args.mirror)?;
-    let work_root = work_root(common.sandbox, data, args.work_dir.as_deref())?;
-    let contexts: Vec<BuildContext<'_>> = common
+    let sources = SourceCache::new(data.join("builds/sources"), &config.mirror)?;
+    let work_root = work_root(worker.sandbox, data, config.work_dir.as_deref())?;
+    let contexts: Vec<BuildContext<'_>> = worker
         .toolchains
         .iter()
         .map(|t| BuildContext {
-            sandbox: common.sandbox,
+            sandbox: worker.sandbox,
             toolchain: &t.toolchain,
             sources: &sources,
-            key: common.key,
-            mix_env: args.mix_env.clone(),
+            key: &worker.key,
+            mix_env: config.mix_env.clone(),
             config_env: "prod".to_string(),
             // Workers have no config of their own: a miss with values is a config variant.
             config: None,
@@ -48,23 +48,23 @@ pub(super) fn run(common: &Common<'_>, request: &LeaseRequest) -> anyhow::Result
             keep_work: false,
             // Config evaluation (shared by jobs) stops on shutdown; each job's builds also
             // stop when its lease ends (`work_on`).
-            cancel: common.shutdown.clone(),
+            cancel: worker.shutdown.clone(),
         })
         .collect();
     let configs: Vec<SandboxedConfig<'_>> = contexts.iter().map(SandboxedConfig::new).collect();
     let jobs = BuildJobs {
-        common,
+        worker,
         contexts: &contexts,
         configs: &configs,
         store: &store,
         trusted: &trusted,
     };
-    lease_loop(common, request, &jobs)
+    worker.lease_loop(request, &jobs)
 }
 
 struct BuildJobs<'a> {
-    common: &'a Common<'a>,
-    /// One per toolchain, in `common.toolchains`' order.
+    worker: &'a Worker<'a>,
+    /// One per toolchain, in `worker.toolchains`' order.
     contexts: &'a [BuildContext<'a>],
     /// Each context's (empty) config, evaluated once for all jobs.
     configs: &'a [SandboxedConfig<'a>],
@@ -73,10 +73,11 @@ struct BuildJobs<'a> {
 }
 
 impl Jobs for BuildJobs<'_> {
-    /// Builds one leased miss and reports it: success when the result was reported (a
-    /// publish or a failure record, which closes the miss).
-    fn work_on(&self, lease: &Lease) -> anyhow::Result<ExitCode> {
-        let (args, client, runtime) = (self.common.args, self.common.client, self.common.runtime);
+    /// Builds one leased miss and reports it: done when the result was reported (a publish
+    /// or a failure record, which closes the miss).
+    fn work_on(&self, lease: &Lease) -> anyhow::Result<JobStatus> {
+        let worker = self.worker;
+        let (client, runtime) = (&worker.client, &worker.runtime);
         let job = lease.job;
         let miss = lease.miss.as_ref().with_context(|| {
             format!(
@@ -84,8 +85,7 @@ impl Jobs for BuildJobs<'_> {
                 lease.kind
             )
         })?;
-        let Some(index) = self
-            .common
+        let Some(index) = worker
             .toolchains
             .iter()
             .position(|t| t.builds(&miss.otp_major, &miss.elixir, &miss.target))
@@ -100,7 +100,7 @@ impl Jobs for BuildJobs<'_> {
         };
         let base_context = &self.contexts[index];
         let toolchain = base_context.toolchain;
-        eprintln!(
+        worker.note(&format!(
             "job {job}: building {} {} ({}, reported {} times) for OTP {}, Elixir {}, target {} \
              with toolchain {}",
             miss.package,
@@ -111,15 +111,9 @@ impl Jobs for BuildJobs<'_> {
             miss.elixir,
             miss.target,
             toolchain.id
-        );
-        let cancel = self.common.shutdown.child();
-        let heartbeat = Heartbeat::start(
-            client.base_url(),
-            &args.token,
-            job,
-            lease.lease_seconds,
-            cancel.clone(),
-        )?;
+        ));
+        let cancel = worker.shutdown.child();
+        let heartbeat = worker.heartbeat(job, lease.lease_seconds, cancel.clone())?;
         let context = BuildContext {
             cancel,
             ..base_context.clone()
@@ -136,12 +130,12 @@ impl Jobs for BuildJobs<'_> {
         let variant = match prepared {
             Ok(MissConfig::Builder) => None,
             Ok(MissConfig::Variant(variant)) => {
-                eprintln!(
+                worker.note(&format!(
                     "job {job}: a config variant: building with the {} compile-time value{} \
                      the miss carries",
                     variant.values,
                     if variant.values == 1 { "" } else { "s" }
-                );
+                ));
                 Some(variant)
             }
             Err(reason) => {
@@ -208,21 +202,24 @@ impl Jobs for BuildJobs<'_> {
                 managers: &managers,
                 apps: std::slice::from_ref(&app),
             },
-            self.common.jobs,
-            &Reporter { json: args.json },
+            worker.config.jobs,
+            worker.observer.builds(),
             Some((runtime, client)),
         );
         let lost = heartbeat.stop();
         let results = built?;
         if let Some(message) = &lost {
-            eprintln!("warning: job {job}: lost the lease while building ({message}); reported the result anyway");
+            worker.note(&format!(
+                "warning: job {job}: lost the lease while building ({message}); reported the \
+                 result anyway"
+            ));
         }
         for (result, published) in &results {
             if let Some(Err(e)) = published {
-                eprintln!(
+                worker.note(&format!(
                     "error: publishing {} {}: {e:#}",
                     result.package.name, result.package.version
-                );
+                ));
             }
         }
         let (target, published) = results
@@ -231,18 +228,17 @@ impl Jobs for BuildJobs<'_> {
             .with_context(|| format!("the build of {app} gave no result"))?;
         // Stopped: nothing of it is reported; on shutdown the job goes back to the queue.
         if let Status::Cancelled { reason } = &target.status {
-            let outcome = self.common.give_back(job);
-            if args.json {
-                let mut line = job_line(lease, miss, toolchain, outcome, lost.is_some());
-                line["reason"] = reason.as_str().into();
-                println!("{line}");
-            } else {
-                println!(
+            let outcome = worker.give_back(job);
+            let mut line = BuildJobLine::new(job, miss, &toolchain.id, outcome, lost.is_some());
+            line.reason = Some(reason.clone());
+            worker.observer.report(&JobReport {
+                line: JobLine::Build(line),
+                summary: format!(
                     "job {job}: {} {} {outcome}: {reason}",
                     miss.package, miss.version
-                );
-            }
-            return Ok(ExitCode::FAILURE);
+                ),
+            });
+            return Ok(JobStatus::Failed);
         }
         // A package that was not built (a dependency failed) is recorded as failed under the
         // miss's base key, with the reason as its log, so the miss does not come back forever.
@@ -268,7 +264,7 @@ impl Jobs for BuildJobs<'_> {
                     settle_miss(runtime, client, toolchain, miss, target, published.as_ref()).map(
                         |note| {
                             if let Some(note) = note {
-                                eprintln!("job {job}: {note}");
+                                worker.note(&format!("job {job}: {note}"));
                             }
                         },
                     )
@@ -286,31 +282,31 @@ impl Jobs for BuildJobs<'_> {
             (Ok(()), _, Some(_)) => "published",
             (Ok(()), _, None) => "failed",
         };
-        if args.json {
-            let lines: Vec<serde_json::Value> = results
+        let mut line = BuildJobLine::new(job, miss, &toolchain.id, outcome, lost.is_some());
+        line.results = Some(
+            results
                 .iter()
                 .map(|(result, published)| {
-                    let mut line = json_line(result, None);
-                    if let Some(published) = published {
-                        publish_fields(&mut line, published);
+                    let line = PackageLine::new(result);
+                    match published {
+                        Some(published) => line.with_published(published),
+                        None => line,
                     }
-                    line
                 })
-                .collect();
-            let mut line = job_line(lease, miss, toolchain, outcome, lost.is_some());
-            line["results"] = lines.into();
-            if let Some(build) = &target.build {
-                line["key"] = build.manifest.key.clone().into();
-            }
-            println!("{line}");
-        } else {
-            println!("{}", summary(job, target, outcome, &reported));
-        }
+                .collect(),
+        );
+        line.key = target.build.as_ref().map(|b| b.manifest.key.clone());
+        worker.observer.report(&JobReport {
+            line: JobLine::Build(line),
+            summary: summary(job, target, outcome, &reported),
+        });
         match reported {
-            Ok(()) => Ok(ExitCode::SUCCESS),
+            Ok(()) => Ok(JobStatus::Done),
             Err(e) if superseded => {
-                eprintln!("warning: job {job}: not reported, the lease was lost: {e:#}");
-                Ok(ExitCode::SUCCESS)
+                worker.note(&format!(
+                    "warning: job {job}: not reported, the lease was lost: {e:#}"
+                ));
+                Ok(JobStatus::Done)
             }
             Err(e) => Err(e.context(format!(
                 "reporting the result of {} {} to the mirror",
@@ -329,50 +325,21 @@ impl BuildJobs<'_> {
         miss: &Miss,
         toolchain: &precomp_sandbox::toolchain::Toolchain,
         reason: &str,
-    ) -> anyhow::Result<ExitCode> {
+    ) -> anyhow::Result<JobStatus> {
         let job = lease.job;
-        variants::record_not_built(
-            self.common.runtime,
-            self.common.client,
-            toolchain,
-            miss,
-            reason,
-        )?;
-        if self.common.args.json {
-            let mut line = job_line(lease, miss, toolchain, "not_buildable", false);
-            line["reason"] = reason.into();
-            println!("{line}");
-        } else {
-            println!(
+        let worker = self.worker;
+        variants::record_not_built(&worker.runtime, &worker.client, toolchain, miss, reason)?;
+        let mut line = BuildJobLine::new(job, miss, &toolchain.id, "not_buildable", false);
+        line.reason = Some(reason.to_string());
+        worker.observer.report(&JobReport {
+            line: JobLine::Build(line),
+            summary: format!(
                 "job {job}: {} {} not built, recorded as failed: {reason}",
                 miss.package, miss.version
-            );
-        }
-        Ok(ExitCode::SUCCESS)
+            ),
+        });
+        Ok(JobStatus::Done)
     }
-}
-
-/// The `--json` fields every job line has: which job, which miss, which toolchain, and how
-/// it ended.
-fn job_line(
-    lease: &Lease,
-    miss: &Miss,
-    toolchain: &precomp_sandbox::toolchain::Toolchain,
-    outcome: &str,
-    lease_lost: bool,
-) -> serde_json::Value {
-    serde_json::json!({
-        "job": lease.job,
-        "kind": lease.kind,
-        "package": miss.package,
-        "version": miss.version,
-        "base_key": miss.base_key,
-        "request_key": miss.request_key,
-        "variant_key": miss.variant_key,
-        "toolchain": toolchain.id,
-        "outcome": outcome,
-        "lease_lost": lease_lost,
-    })
 }
 
 fn summary(
