@@ -34,9 +34,21 @@ pub const BOOT_FILE: &str = "atoms.boot";
 /// A boot script larger than this is refused (a few MB for the largest packages we know).
 pub const MAX_BOOT_BYTES: u64 = 64 << 20;
 
+/// The fallback record a predicted pass writes when its compile created atoms the
+/// prediction did not hold (in [`DIR`]; carried to the second pass as [`BOOT_FILE`]).
+pub const FALLBACK_FILE: &str = "fallback.boot";
+
+/// Where a predicted pass finds (or, the first time, writes) the toolchain's atoms, in [`DIR`].
+pub const TOOLCHAIN_ATOMS_FILE: &str = "toolchain.atoms";
+
 /// Which pass a sandbox run is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pass {
+    /// Predict the atom list from the inputs (a VM of its own), then compile once with every
+    /// VM booted from it; the check says whether that one pass is the build's proof
+    /// ([`created_later`] is 0) or a second pass is needed (docs/builder.md "One pass from
+    /// a predicted atom list").
+    Predicted,
     /// Compile and record the atom table.
     Record,
     /// Compile with every recorded atom created at boot.
@@ -153,19 +165,92 @@ pub fn write_hook(project: &Path) -> Result<()> {
     std::fs::write(&path, HOOK).map_err(io(&path))
 }
 
-/// The command of `pass`: `mix deps.compile <app>` in a VM that loads the hook first.
-pub fn command(app: &str) -> Vec<String> {
-    let hook = format!("{}/{DIR}/{HOOK_FILE}", precomp_sandbox::BUILD_DIR);
+/// The command of `pass`: `mix deps.compile <app>` in a VM that loads the hook first; for a
+/// predicted pass, after a VM that writes the predicted boot script (both in one sandbox run:
+/// `sh -c`, the app passed as `$0`).
+pub fn command(pass: Pass, app: &str) -> Vec<String> {
+    let build = precomp_sandbox::BUILD_DIR;
+    let hook = format!("{build}/{DIR}/{HOOK_FILE}");
+    if pass == Pass::Predicted {
+        let boot = format!("{build}/{DIR}/{}", BOOT_FILE.trim_end_matches(".boot"));
+        let script = format!(
+            "elixir -r {hook} -e 'Precomp.BuildAtoms.predict(hd(System.argv()))' \"$0\" && \
+             PRECOMP_ATOMS=check ERL_AFLAGS='-boot {boot}' exec elixir -r {hook} -S mix deps.compile \"$0\""
+        );
+        return vec!["sh".into(), "-c".into(), script, app.into()];
+    }
     ["elixir", "-r", &hook, "-S", "mix", "deps.compile", app]
         .map(String::from)
         .to_vec()
+}
+
+/// What a checked pass's hook reported: how many atoms its compile created after the boot
+/// script's (`created later: N`); `None` when the hook printed no report (it did not run).
+pub fn created_later(stderr: &[u8]) -> Option<usize> {
+    let text = String::from_utf8_lossy(stderr);
+    let line = text.lines().rev().find(|l| l.starts_with("precomp: ") && l.contains("; created later: "))?;
+    let count = line.split("; created later: ").nth(1)?;
+    count.split_whitespace().next()?.parse().ok()
+}
+
+/// The report line of a checked pass (for the log's pass header), shortened.
+pub fn late_report(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let line = text.lines().rev().find(|l| l.contains("; created later: ")).unwrap_or("");
+    let late = line.split("; created later: ").nth(1).unwrap_or("");
+    late.chars().take(300).collect()
+}
+
+/// The file name under which the toolchain's atoms are cached for `toolchain_digest`: the
+/// digest of the toolchain and of the hook that computed them.
+pub fn toolchain_atoms_cache_name(toolchain_digest: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(toolchain_digest.as_bytes())
+        .chain_update([0])
+        .chain_update(HOOK.as_bytes())
+        .finalize();
+    format!("{}.atoms", hex::encode(&digest[..16]))
+}
+
+/// Copies the cached toolchain atoms (if any) into `project`'s [`DIR`] before a predicted pass.
+pub fn restore_toolchain_atoms(cache: &Path, project: &Path) -> Result<bool> {
+    if !cache.is_file() {
+        return Ok(false);
+    }
+    let to = project.join(DIR).join(TOOLCHAIN_ATOMS_FILE);
+    std::fs::copy(cache, &to).map_err(io(&to))?;
+    Ok(true)
+}
+
+/// After a predicted pass that computed the toolchain's atoms, keeps them in `cache` (bounded;
+/// written to a temporary file, then renamed, so concurrent builds never see half a file).
+pub fn save_toolchain_atoms(project: &Path, cache: &Path) -> Result<()> {
+    let from = project.join(DIR).join(TOOLCHAIN_ATOMS_FILE);
+    match std::fs::metadata(&from) {
+        Ok(meta) if meta.len() <= MAX_BOOT_BYTES => {}
+        _ => return Ok(()),
+    }
+    let dir = cache.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let tmp = cache.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::copy(&from, &tmp).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, cache).map_err(io(cache))
 }
 
 /// The environment `pass` adds to the build's: the hook's mode and paths, and for pass 2
 /// the boot script for every VM the build starts (Mix's, rebar3's, erlc's).
 pub fn env(pass: Pass, app_ebin: &str) -> Vec<(&'static str, String)> {
     let boot = format!("{}/{DIR}/{BOOT_FILE}", precomp_sandbox::BUILD_DIR);
+    let dir = format!("{}/{DIR}", precomp_sandbox::BUILD_DIR);
     match pass {
+        // PRECOMP_ATOMS and ERL_AFLAGS are set by the command, for the compile's VM only.
+        Pass::Predicted => vec![
+            ("PRECOMP_ATOMS_BOOT", boot),
+            ("PRECOMP_APP_EBIN", app_ebin.to_string()),
+            ("PRECOMP_TOOLCHAIN_ATOMS", format!("{dir}/{TOOLCHAIN_ATOMS_FILE}")),
+            ("PRECOMP_ATOMS_FALLBACK", format!("{dir}/{FALLBACK_FILE}")),
+        ],
         Pass::Record => vec![
             ("PRECOMP_ATOMS", "record".into()),
             ("PRECOMP_ATOMS_BOOT", boot),
@@ -184,15 +269,16 @@ pub fn env(pass: Pass, app_ebin: &str) -> Vec<(&'static str, String)> {
     }
 }
 
-/// Moves pass 1's boot script from its project into pass 2's. The file comes from inside the
+/// Moves pass 1's boot script (`file` in its [`DIR`]: [`BOOT_FILE`], or [`FALLBACK_FILE`]
+/// after a predicted pass) from its project into pass 2's. The file comes from inside the
 /// sandbox: it is bounded, and its contents only ever go back into a sandbox.
-pub fn carry_boot_file(pass1: &Path, pass2: &Path) -> Result<()> {
-    let from = pass1.join(DIR).join(BOOT_FILE);
+pub fn carry_boot_file(pass1: &Path, file: &str, pass2: &Path) -> Result<()> {
+    let from = pass1.join(DIR).join(file);
     let size = match std::fs::metadata(&from) {
         Ok(meta) => meta.len(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(BuildError::Invalid(format!(
-                "pass 1 compiled but wrote no {DIR}/{BOOT_FILE} (the VM exited without running \
+                "pass 1 compiled but wrote no {DIR}/{file} (the VM exited without running \
                  its at-exit hooks?); the build cannot be made reproducible"
             )))
         }
@@ -200,7 +286,7 @@ pub fn carry_boot_file(pass1: &Path, pass2: &Path) -> Result<()> {
     };
     if size > MAX_BOOT_BYTES {
         return Err(BuildError::Invalid(format!(
-            "pass 1 wrote a {size}-byte {DIR}/{BOOT_FILE}, more than the {MAX_BOOT_BYTES} allowed"
+            "pass 1 wrote a {size}-byte {DIR}/{file}, more than the {MAX_BOOT_BYTES} allowed"
         )));
     }
     let dir = pass2.join(DIR);
@@ -232,7 +318,7 @@ mod tests {
         );
         assert_eq!(get(&record, "ERL_AFLAGS"), None);
         assert_eq!(
-            command("x"),
+            command(Pass::Record, "x"),
             [
                 "elixir",
                 "-r",
@@ -317,7 +403,7 @@ mod tests {
     #[test]
     fn a_missing_or_oversized_boot_file_is_an_error_naming_it() {
         let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let err = carry_boot_file(one.path(), two.path()).unwrap_err();
+        let err = carry_boot_file(one.path(), BOOT_FILE, two.path()).unwrap_err();
         assert!(
             err.to_string().contains("wrote no .precomp/atoms.boot"),
             "{err}"
@@ -325,10 +411,10 @@ mod tests {
         std::fs::create_dir_all(one.path().join(DIR)).unwrap();
         let file = std::fs::File::create(one.path().join(DIR).join(BOOT_FILE)).unwrap();
         file.set_len(MAX_BOOT_BYTES + 1).unwrap();
-        let err = carry_boot_file(one.path(), two.path()).unwrap_err();
+        let err = carry_boot_file(one.path(), BOOT_FILE, two.path()).unwrap_err();
         assert!(err.to_string().contains("more than"), "{err}");
         file.set_len(10).unwrap();
-        carry_boot_file(one.path(), two.path()).unwrap();
+        carry_boot_file(one.path(), BOOT_FILE, two.path()).unwrap();
         assert_eq!(
             std::fs::metadata(two.path().join(DIR).join(BOOT_FILE))
                 .unwrap()
