@@ -1,4 +1,5 @@
-//! Reproducible atom tables: every package compiles twice (docs/builder.md "Reproducibility").
+//! Reproducible atom tables: every VM of a build boots with the atoms its compile creates
+//! already created, in sorted order (docs/builder.md "Reproducibility").
 //!
 //! The order in which a map with atom keys is iterated follows the atoms' indices in the VM's
 //! atom table — by hash of the index in a hash map (more than 32 keys), by the index itself
@@ -13,6 +14,10 @@
 //! creates all those atoms, in that order, before init loads a module, so the compile finds
 //! them existing and their indices no longer depend on scheduling. Pass 2's artifact is the
 //! build's.
+//!
+//! A Mix package first takes a [`Pass::Predicted`]: the list is predicted from the inputs
+//! without compiling, and the compile booted from it is checked as pass 2 is; when it created
+//! no other atom it is the build's only pass, otherwise it is pass 1 of 2.
 
 use std::path::Path;
 
@@ -188,7 +193,10 @@ pub fn command(pass: Pass, app: &str) -> Vec<String> {
 /// script's (`created later: N`); `None` when the hook printed no report (it did not run).
 pub fn created_later(stderr: &[u8]) -> Option<usize> {
     let text = String::from_utf8_lossy(stderr);
-    let line = text.lines().rev().find(|l| l.starts_with("precomp: ") && l.contains("; created later: "))?;
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("precomp: ") && l.contains("; created later: "))?;
     let count = line.split("; created later: ").nth(1)?;
     count.split_whitespace().next()?.parse().ok()
 }
@@ -196,7 +204,11 @@ pub fn created_later(stderr: &[u8]) -> Option<usize> {
 /// The report line of a checked pass (for the log's pass header), shortened.
 pub fn late_report(stderr: &[u8]) -> String {
     let text = String::from_utf8_lossy(stderr);
-    let line = text.lines().rev().find(|l| l.contains("; created later: ")).unwrap_or("");
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("; created later: "))
+        .unwrap_or("");
     let late = line.split("; created later: ").nth(1).unwrap_or("");
     late.chars().take(300).collect()
 }
@@ -248,7 +260,10 @@ pub fn env(pass: Pass, app_ebin: &str) -> Vec<(&'static str, String)> {
         Pass::Predicted => vec![
             ("PRECOMP_ATOMS_BOOT", boot),
             ("PRECOMP_APP_EBIN", app_ebin.to_string()),
-            ("PRECOMP_TOOLCHAIN_ATOMS", format!("{dir}/{TOOLCHAIN_ATOMS_FILE}")),
+            (
+                "PRECOMP_TOOLCHAIN_ATOMS",
+                format!("{dir}/{TOOLCHAIN_ATOMS_FILE}"),
+            ),
             ("PRECOMP_ATOMS_FALLBACK", format!("{dir}/{FALLBACK_FILE}")),
         ],
         Pass::Record => vec![
@@ -329,6 +344,46 @@ mod tests {
                 "x"
             ]
         );
+    }
+
+    #[test]
+    fn a_predicted_pass_predicts_then_compiles_with_the_check_and_reads_its_report() {
+        let command = command(Pass::Predicted, "my_app");
+        assert_eq!(command[..2], ["sh", "-c"]);
+        assert_eq!(command[3], "my_app");
+        let script = &command[2];
+        let predict = script.find("Precomp.BuildAtoms.predict").unwrap();
+        let compile = script
+            .find("PRECOMP_ATOMS=check ERL_AFLAGS='-boot /build/.precomp/atoms' exec elixir")
+            .unwrap();
+        assert!(predict < compile && script.contains("&&"), "{script}");
+        // The predicting VM runs neither the check nor from the boot script it writes.
+        let vars = env(Pass::Predicted, "/build/_build/prod/lib/my_app/ebin");
+        assert!(!vars
+            .iter()
+            .any(|(n, _)| *n == "PRECOMP_ATOMS" || *n == "ERL_AFLAGS"));
+        for name in [
+            "PRECOMP_ATOMS_BOOT",
+            "PRECOMP_TOOLCHAIN_ATOMS",
+            "PRECOMP_ATOMS_FALLBACK",
+        ] {
+            assert!(vars.iter().any(|(n, _)| *n == name), "{name}");
+        }
+
+        let report = b"==> my_app\nCompiling 1 file (.ex)\nprecomp: 65197 atoms created at boot; created later: 0\n";
+        assert_eq!(created_later(report), Some(0));
+        let report =
+            b"precomp: 65630 atoms created at boot; created later: 3591 :watch_01_0 :watch_01_1\n";
+        assert_eq!(created_later(report), Some(3591));
+        assert_eq!(late_report(report), "3591 :watch_01_0 :watch_01_1");
+        assert_eq!(created_later(b"** (CompileError) nothing reported\n"), None);
+
+        // The cache name follows the toolchain (and the hook, which decides what is in it).
+        assert_ne!(
+            toolchain_atoms_cache_name("aaaa"),
+            toolchain_atoms_cache_name("aaab")
+        );
+        assert!(toolchain_atoms_cache_name("aaaa").ends_with(".atoms"));
     }
 
     #[test]

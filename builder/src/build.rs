@@ -149,7 +149,8 @@ pub fn build_package(
             Pass::Record => pass1.as_ref().unwrap().path().to_path_buf(),
             Pass::Precreated if pass1.is_some() => {
                 let recorded = pass1.take().unwrap();
-                let carried = atoms::carry_boot_file(recorded.path(), atoms::BOOT_FILE, work.path());
+                let carried =
+                    atoms::carry_boot_file(recorded.path(), atoms::BOOT_FILE, work.path());
                 keep_if_asked(context, recorded);
                 if let Err(e) = carried {
                     keep_if_asked(context, work);
@@ -242,8 +243,11 @@ pub fn build_package(
                         let second = work_dir(context, app)?;
                         lay_out(context, lock, managers, &members, second.path())?;
                         install_dependencies(context, dependencies, second.path())?;
-                        let carried =
-                            atoms::carry_boot_file(work.path(), atoms::FALLBACK_FILE, second.path());
+                        let carried = atoms::carry_boot_file(
+                            work.path(),
+                            atoms::FALLBACK_FILE,
+                            second.path(),
+                        );
                         keep_if_asked(context, std::mem::replace(&mut work, second));
                         if let Err(e) = carried {
                             keep_if_asked(context, work);
@@ -310,14 +314,18 @@ fn pass_spec(context: &BuildContext<'_>, app: &str, dir: &Path, pass: Pass) -> S
         precomp_sandbox::BUILD_DIR,
         context.config_env
     );
-    let mut spec = Spec::build(context.toolchain.sandbox_root(), dir, atoms::command(pass, app))
-        .env("MIX_ENV", &context.config_env)
-        // Debian's /usr/bin/rebar3, or where an imported image has it (/usr/local/bin).
-        .env("MIX_REBAR3", context.toolchain.rebar3_command())
-        .env("HEX_OFFLINE", "1")
-        // Builds run side by side: schedulers that spin while idle would take the CPU from
-        // the other builds. (Scheduler flags do not change what the compiler emits.)
-        .env("ERL_FLAGS", "+sbwt none +sbwtdcpu none +sbwtdio none");
+    let mut spec = Spec::build(
+        context.toolchain.sandbox_root(),
+        dir,
+        atoms::command(pass, app),
+    )
+    .env("MIX_ENV", &context.config_env)
+    // Debian's /usr/bin/rebar3, or where an imported image has it (/usr/local/bin).
+    .env("MIX_REBAR3", context.toolchain.rebar3_command())
+    .env("HEX_OFFLINE", "1")
+    // Builds run side by side: schedulers that spin while idle would take the CPU from
+    // the other builds. (Scheduler flags do not change what the compiler emits.)
+    .env("ERL_FLAGS", "+sbwt none +sbwtdcpu none +sbwtdio none");
     for (name, value) in atoms::env(pass, &app_ebin) {
         spec = spec.env(name, value);
     }
