@@ -320,6 +320,15 @@ defmodule Precomp.BuildAtoms do
         Enum.reduce(1..length(parts), acc, &put_atom(Module.concat(Enum.take(parts, &1)), &2))
       end)
 
+    # An alias segment also comes back lowercased and underscored ("#{__MODULE__}" in a
+    # string makes the last segment, downcased, an atom).
+    segments = for parts <- aliases, part <- parts, is_atom(part), uniq: true, do: Atom.to_string(part)
+
+    acc =
+      Enum.reduce(segments, acc, fn segment, acc ->
+        put_atoms(acc, [String.to_atom(String.downcase(segment)), String.to_atom(Macro.underscore(segment))])
+      end)
+
     for outer <- prefixes, Enum.all?(outer, &is_atom/1), inner <- aliases, reduce: acc do
       acc ->
         acc = put_atom(Module.concat(outer ++ inner), acc)
