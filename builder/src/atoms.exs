@@ -93,6 +93,9 @@ defmodule Precomp.BuildAtoms do
     # generated project add the names the build's Mix creates for them.
     Mix.start()
     Code.compile_file(Path.join(build, "mix.exs"))
+    # NIF libraries create atoms of their own when loaded (crypto's resource types and
+    # options, which no beam spells); Mix loads crypto on OTP 27 / Elixir 1.18.
+    for nif <- [:crypto, :asn1rt_nif], do: :code.ensure_loaded(nif)
     tasks = for task <- Mix.Task.load_all(), do: String.to_atom(Mix.Task.task_name(task))
 
     lib = Path.join([build, "_build", System.get_env("MIX_ENV", "prod"), "lib"])
