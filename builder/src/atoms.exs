@@ -127,8 +127,9 @@ defmodule Precomp.BuildAtoms do
     write_boot(System.fetch_env!("PRECOMP_ATOMS_BOOT"), atoms)
   end
 
-  # Every atom of every beam of the toolchain (OTP's, Elixir's), computed once per toolchain.
-  defp toolchain_atoms do
+  # Every atom of every beam of the toolchain (OTP's, Elixir's), computed once per toolchain
+  # (the builder runs it in a sandbox of its own, where no package code runs, and caches it).
+  def toolchain_atoms do
     cache = System.fetch_env!("PRECOMP_TOOLCHAIN_ATOMS")
 
     case File.read(cache) do

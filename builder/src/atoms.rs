@@ -235,13 +235,32 @@ pub fn restore_toolchain_atoms(cache: &Path, project: &Path) -> Result<bool> {
     Ok(true)
 }
 
-/// After a predicted pass that computed the toolchain's atoms, keeps them in `cache` (bounded;
-/// written to a temporary file, then renamed, so concurrent builds never see half a file).
+/// The command that computes the toolchain's atoms into [`TOOLCHAIN_ATOMS_FILE`], in a
+/// project directory holding only the hook (no package code runs there: the file is cached
+/// and used by every later build with this toolchain).
+pub fn toolchain_atoms_command() -> Vec<String> {
+    let hook = format!("{}/{DIR}/{HOOK_FILE}", precomp_sandbox::BUILD_DIR);
+    [
+        "elixir",
+        "-r",
+        &hook,
+        "-e",
+        "Precomp.BuildAtoms.toolchain_atoms()",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Keeps the toolchain's atoms computed in `project` (by [`toolchain_atoms_command`]) in
+/// `cache`: bounded, written to a temporary file and renamed, so concurrent builds never see
+/// half a file.
 pub fn save_toolchain_atoms(project: &Path, cache: &Path) -> Result<()> {
     let from = project.join(DIR).join(TOOLCHAIN_ATOMS_FILE);
-    match std::fs::metadata(&from) {
-        Ok(meta) if meta.len() <= MAX_BOOT_BYTES => {}
-        _ => return Ok(()),
+    let size = std::fs::metadata(&from).map_err(io(&from))?.len();
+    if size > MAX_BOOT_BYTES {
+        return Err(BuildError::Invalid(format!(
+            "the toolchain's atom list is {size} bytes, more than the {MAX_BOOT_BYTES} allowed"
+        )));
     }
     let dir = cache.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io(dir))?;

@@ -162,6 +162,11 @@ pub fn build_package(
                 work.path().to_path_buf()
             }
             Pass::Predicted => {
+                if !toolchain_atoms.is_file() {
+                    if let Some(reason) = compute_toolchain_atoms(context, &toolchain_atoms)? {
+                        return Ok(BuildOutcome::Cancelled { reason });
+                    }
+                }
                 atoms::restore_toolchain_atoms(&toolchain_atoms, work.path())?;
                 work.path().to_path_buf()
             }
@@ -224,9 +229,6 @@ pub fn build_package(
         pass = match pass {
             Pass::Record => Pass::Precreated,
             Pass::Predicted => {
-                if !toolchain_atoms.is_file() {
-                    atoms::save_toolchain_atoms(work.path(), &toolchain_atoms)?;
-                }
                 match late {
                     Some(0) => break,
                     // No report: the hook did not run, so nothing proves the atom order.
@@ -330,6 +332,40 @@ fn pass_spec(context: &BuildContext<'_>, app: &str, dir: &Path, pass: Pass) -> S
         spec = spec.env(name, value);
     }
     spec
+}
+
+/// Computes the toolchain's atoms (crate::atoms::toolchain_atoms_command) in a sandbox run of
+/// their own, in a directory holding only the hook, and caches them at `cache`. Never from a
+/// package's run: code a package runs at compile time could rewrite the file, and every
+/// later build with the toolchain trusts it. `Some(reason)` when the run was cancelled.
+fn compute_toolchain_atoms(context: &BuildContext<'_>, cache: &Path) -> Result<Option<String>> {
+    let dir = WorkDir::create(&context.work_root, "toolchain-atoms-", 0o755)?;
+    atoms::write_hook(dir.path())?;
+    let file = format!(
+        "{}/{}/{}",
+        precomp_sandbox::BUILD_DIR,
+        atoms::DIR,
+        atoms::TOOLCHAIN_ATOMS_FILE
+    );
+    let spec = Spec::build(
+        context.toolchain.sandbox_root(),
+        dir.path(),
+        atoms::toolchain_atoms_command(),
+    )
+    .env("PRECOMP_TOOLCHAIN_ATOMS", file);
+    let outcome = context.sandbox.run_cancellable(&spec, &context.cancel)?;
+    if let Status::Cancelled { reason } = outcome.status {
+        return Ok(Some(reason));
+    }
+    if !outcome.status.success() {
+        return Err(BuildError::Invalid(format!(
+            "computing the toolchain's atoms failed ({}): {}",
+            outcome.status,
+            String::from_utf8_lossy(&outcome.stderr.bytes)
+        )));
+    }
+    atoms::save_toolchain_atoms(dir.path(), cache)?;
+    Ok(None)
 }
 
 /// With `--keep-work`, leaves a project directory of the build behind; otherwise removes it.
