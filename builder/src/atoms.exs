@@ -51,7 +51,16 @@ defmodule Precomp.BuildAtoms do
         if :erlang.is_map_key(atom, boot), do: index, else: last
       end)
 
-    late = Enum.reject(Enum.drop(table, last + 1), &pooled?/1)
+    # That holds only if this VM booted from the script (init takes the first -boot): a VM
+    # that did not has the list's atoms scattered through its table, the last of them late,
+    # and would seem to have created nothing later. Then every atom counts as created later.
+    expected = String.to_charlist(String.trim_trailing(System.fetch_env!("PRECOMP_ATOMS_BOOT"), ".boot"))
+
+    late =
+      case :init.get_argument(:boot) do
+        {:ok, [[^expected] | _]} -> Enum.reject(Enum.drop(table, last + 1), &pooled?/1)
+        _ -> Enum.reject(table, &pooled?/1)
+      end
 
     IO.puts(:stderr, [
       "precomp: #{length(atoms)} atoms created at boot; created later: #{length(late)}",
