@@ -13,6 +13,15 @@
 #
 # PRECOMP_ATOMS=check (pass 2): prints the atoms this VM created that the boot script did not
 # hold (their indices, and so the order of maps keyed by them, may still vary).
+#
+# `Precomp.BuildAtoms.predict(app)` (run in a VM of its own before a one-pass build): writes
+# PRECOMP_ATOMS_BOOT from the inputs alone, without compiling: the atoms of every beam of the
+# toolchain (cached in PRECOMP_TOOLCHAIN_ATOMS), of the closure's beams and .app files, of
+# the package's sources and the names the compilers derive from them, and of this VM once it
+# has started as the build's VM does. The build then boots from it with PRECOMP_ATOMS=check
+# and PRECOMP_ATOMS_FALLBACK set: if its compile created no atom later, the proof is the same
+# as pass 2's and the build is done; otherwise the check writes PRECOMP_ATOMS_FALLBACK (the
+# predicted atoms and every atom this VM holds: a pass 1's record) for a second pass.
 defmodule Precomp.BuildAtoms do
   @moduledoc false
 
@@ -25,16 +34,8 @@ defmodule Precomp.BuildAtoms do
   end
 
   defp record do
-    ebin = System.fetch_env!("PRECOMP_APP_EBIN")
-
-    for beam <- Path.wildcard(Path.join(ebin, "*.beam")) do
-      {:ok, _} = :beam_lib.chunks(String.to_charlist(beam), [:atoms])
-    end
-
-    atoms = Enum.sort(Enum.reject(all_atoms(), &pooled?/1))
-    {:script, id, instructions} = read_boot(Path.join(:code.root_dir(), "bin/no_dot_erlang.boot"))
-    boot = {:script, id, [{:preLoaded, atoms} | instructions]}
-    File.write!(System.fetch_env!("PRECOMP_ATOMS_BOOT"), :erlang.term_to_binary(boot))
+    built = built_atoms()
+    write_boot(System.fetch_env!("PRECOMP_ATOMS_BOOT"), all_atoms() ++ built)
   end
 
   defp check do
@@ -50,13 +51,368 @@ defmodule Precomp.BuildAtoms do
         if :erlang.is_map_key(atom, boot), do: index, else: last
       end)
 
-    late = Enum.reject(Enum.drop(table, last + 1), &pooled?/1)
+    # That holds only if this VM booted from the script (init takes the first -boot): a VM
+    # that did not has the list's atoms scattered through its table, the last of them late,
+    # and would seem to have created nothing later. Then every atom counts as created later.
+    expected = String.to_charlist(String.trim_trailing(System.fetch_env!("PRECOMP_ATOMS_BOOT"), ".boot"))
+
+    late =
+      case :init.get_argument(:boot) do
+        {:ok, [[^expected] | _]} -> Enum.reject(Enum.drop(table, last + 1), &pooled?/1)
+        _ -> Enum.reject(table, &pooled?/1)
+      end
 
     IO.puts(:stderr, [
-      "precomp: #{length(atoms)} atoms of pass 1 created at boot; created later: #{length(late)}",
+      "precomp: #{length(atoms)} atoms created at boot; created later: #{length(late)}",
       Enum.map(Enum.take(late, 20), &[" ", inspect(&1)])
     ])
+
+    if late != [] do
+      case System.get_env("PRECOMP_ATOMS_FALLBACK") do
+        nil -> :ok
+        path -> write_boot(path, atoms ++ all_atoms() ++ built_atoms())
+      end
+    end
   end
+
+  defp built_atoms do
+    case System.get_env("PRECOMP_APP_EBIN") do
+      nil ->
+        []
+
+      ebin ->
+        for beam <- Path.wildcard(Path.join(ebin, "*.beam")),
+            {:ok, {_, [atoms: atoms]}} = :beam_lib.chunks(String.to_charlist(beam), [:atoms]),
+            {_, atom} <- atoms,
+            do: atom
+    end
+  end
+
+  defp write_boot(path, atoms) do
+    atoms = atoms |> Enum.reject(&pooled?/1) |> Enum.uniq() |> Enum.sort()
+    {:script, id, instructions} = read_boot(Path.join(:code.root_dir(), "bin/no_dot_erlang.boot"))
+    File.write!(path, :erlang.term_to_binary({:script, id, [{:preLoaded, atoms} | instructions]}))
+  end
+
+  ## Prediction (one pass): the atoms a build will create, from its inputs.
+
+  def predict(app) do
+    build = File.cwd!()
+    # This VM started as the build's does (boot, logger, this hook compiled); Mix and the
+    # generated project add the names the build's Mix creates for them.
+    Mix.start()
+    Code.compile_file(Path.join(build, "mix.exs"))
+    # NIF libraries create atoms of their own when loaded (crypto's resource types and
+    # options, which no beam spells); Mix loads crypto on OTP 27 / Elixir 1.18.
+    for nif <- [:crypto, :asn1rt_nif], do: :code.ensure_loaded(nif)
+    tasks = for task <- Mix.Task.load_all(), do: String.to_atom(Mix.Task.task_name(task))
+
+    lib = Path.join([build, "_build", System.get_env("MIX_ENV", "prod"), "lib"])
+    closure = Path.wildcard(Path.join(lib, "*/ebin/*.beam")) -- Path.wildcard(Path.join([lib, app, "ebin/*.beam"]))
+    closure_atoms = Enum.reduce(closure, %{}, &beam_atoms(&1, &2, :all))
+    apps = Enum.reduce(Path.wildcard(Path.join(lib, "*/ebin/*.app")), %{}, &consulted/2)
+
+    # The package's files, the project's, and the closure's headers (Record.extract and
+    # Erlang includes read them).
+    sources =
+      Path.wildcard(Path.join([build, "deps", app, "**", "*"]), match_dot: true) ++
+        [Path.join(build, "mix.exs") | Path.wildcard(Path.join(build, "config/**/*.exs"))] ++
+        Path.wildcard(Path.join(build, "deps/*/include/**/*.hrl"))
+
+    source_atoms = Enum.reduce(Enum.sort(sources), %{}, &source_atoms/2)
+
+    # A custom compiler named in the package's mix.exs runs as the task compile.NAME.
+    compilers =
+      case :file.read_file(Path.join([build, "deps", app, "mix.exs"])) do
+        {:ok, text} -> for {atom, true} <- source_atoms(text), do: :"compile.#{atom}"
+        _ -> []
+      end
+
+    atoms =
+      Map.keys(toolchain_atoms()) ++
+        Map.keys(closure_atoms) ++ Map.keys(apps) ++ Map.keys(source_atoms) ++ compilers ++ tasks ++
+        preprocessor() ++ all_atoms()
+
+    write_boot(System.fetch_env!("PRECOMP_ATOMS_BOOT"), atoms)
+  end
+
+  # Every atom of every beam of the toolchain (OTP's, Elixir's), computed once per toolchain
+  # (the builder runs it in a sandbox of its own, where no package code runs, and caches it).
+  def toolchain_atoms do
+    cache = System.fetch_env!("PRECOMP_TOOLCHAIN_ATOMS")
+
+    case File.read(cache) do
+      {:ok, binary} ->
+        :maps.from_keys(:erlang.binary_to_term(binary), true)
+
+      {:error, _} ->
+        root = List.to_string(:code.root_dir())
+
+        dirs =
+          Enum.map(:code.get_path(), &List.to_string/1) ++
+            Path.wildcard(Path.join(root, "lib/*/ebin")) ++ Path.wildcard(Path.join(root, "erts-*/ebin"))
+
+        beams = dirs |> Enum.uniq() |> Enum.flat_map(&Path.wildcard(Path.join(&1, "*.beam"))) |> Enum.uniq()
+        atoms = Enum.reduce(beams, %{}, &beam_atoms(&1, &2, :loaded))
+        File.write!(cache <> ".tmp", :erlang.term_to_binary(Enum.sort(Map.keys(atoms))))
+        File.rename!(cache <> ".tmp", cache)
+        atoms
+    end
+  end
+
+  # A beam's atoms as loading it creates them (atom table, literals) and as reading its
+  # attributes, compile info and checker chunk does; with :all also its debug info and docs
+  # (a closure member's macros read them).
+  defp beam_atoms(file, acc, which) do
+    wanted =
+      if which == :all,
+        do: [~c"Attr", ~c"CInf", ~c"ExCk", ~c"Dbgi", ~c"Docs"],
+        else: [~c"Attr", ~c"CInf", ~c"ExCk"]
+
+    case :beam_lib.all_chunks(String.to_charlist(file)) do
+      {:ok, _, chunks} ->
+        Enum.reduce(chunks, acc, fn
+          {id, _}, acc when id in [~c"AtU8", ~c"Atom"] ->
+            {:ok, {_, [atoms: atoms]}} = :beam_lib.chunks(String.to_charlist(file), [:atoms])
+            Enum.reduce(atoms, acc, fn {_, atom}, acc -> Map.put(acc, atom, true) end)
+
+          {~c"LitT", <<_size::32, compressed::binary>>}, acc ->
+            <<count::32, literals::binary>> = :zlib.uncompress(compressed)
+            literal_atoms(literals, count, acc)
+
+          {id, binary}, acc ->
+            if id in wanted, do: term_atoms(safe_term(binary), acc), else: acc
+        end)
+
+      {:error, _, _} ->
+        acc
+    end
+  end
+
+  defp literal_atoms(_, 0, acc), do: acc
+
+  defp literal_atoms(<<size::32, term::binary-size(size), rest::binary>>, count, acc),
+    do: literal_atoms(rest, count - 1, term_atoms(:erlang.binary_to_term(term), acc))
+
+  defp safe_term(binary) do
+    :erlang.binary_to_term(binary)
+  rescue
+    _ -> nil
+  end
+
+  defp consulted(path, acc) do
+    case :file.consult(String.to_charlist(path)) do
+      {:ok, terms} -> term_atoms(terms, acc)
+      _ -> acc
+    end
+  end
+
+  defp term_atoms(term, acc) when is_atom(term), do: Map.put(acc, term, true)
+  defp term_atoms([head | tail], acc), do: term_atoms(tail, term_atoms(head, acc))
+  defp term_atoms(term, acc) when is_tuple(term), do: term_atoms(Tuple.to_list(term), acc)
+  defp term_atoms(term, acc) when is_map(term), do: term_atoms(:maps.to_list(term), acc)
+  defp term_atoms(_, acc), do: acc
+
+  # The macros epp predefines (an Erlang header read by Record.extract or an include).
+  defp preprocessor, do: [:BEAM, :MODULE, :MODULE_STRING, :FILE, :LINE, :MACHINE, :FUNCTION_NAME,
+                 :FUNCTION_ARITY, :OTP_RELEASE, :FEATURE_AVAILABLE, :FEATURE_ENABLED]
+
+  defp source_atoms(text) when is_binary(text) do
+    case Code.string_to_quoted(text, existing_atoms_only: false) do
+      {:ok, ast} -> elixir_atoms(ast, %{})
+      {:error, _} -> %{}
+    end
+  end
+
+  defp source_atoms(path, acc) do
+    cond do
+      not File.regular?(path) ->
+        acc
+
+      String.ends_with?(path, [".ex", ".exs"]) ->
+        case Code.string_to_quoted(File.read!(path), existing_atoms_only: false, file: path) do
+          {:ok, ast} -> elixir_atoms(ast, acc)
+          {:error, _} -> acc
+        end
+
+      String.ends_with?(path, [".erl", ".hrl"]) ->
+        case :erl_scan.string(String.to_charlist(File.read!(path))) do
+          {:ok, tokens, _} ->
+            Enum.reduce(tokens, acc, fn
+              {kind, _, atom}, acc when kind in [:atom, :var] -> Map.put(acc, atom, true)
+              _, acc -> acc
+            end)
+
+          _ ->
+            acc
+        end
+
+      String.ends_with?(path, [".app.src", ".app"]) ->
+        consulted(path, acc)
+
+      true ->
+        acc
+    end
+  end
+
+  # The atoms an Elixir file spells (atoms, identifiers, aliases, words of its strings) and
+  # the names Elixir and the Erlang compiler derive from them: module names (aliases joined,
+  # nested and multi-aliases, alias expansion), `MACRO-name`, Erlang variables
+  # (`_name@N`, `_@N`: elixir_erl_var), default-argument variables (`xN`: elixir_def), and
+  # lambda and inlining names (`-name/arity-fun-N-`, ...).
+  defp elixir_atoms(ast, acc) do
+    {_, {acc, aliases, prefixes, variables}} =
+      Macro.prewalk(ast, {acc, [], [], []}, fn
+        {:__aliases__, _, parts} = node, {acc, aliases, prefixes, variables} ->
+          acc = Enum.reduce(parts, acc, &put_atom/2)
+          aliases = if Enum.all?(parts, &is_atom/1), do: [parts | aliases], else: aliases
+          {node, {acc, aliases, prefixes, variables}}
+
+        {kind, _, [target | _]} = node, {acc, aliases, prefixes, variables}
+        when kind in [:defmodule, :alias] ->
+          prefixes =
+            case target do
+              {:__aliases__, _, parts} -> [parts | prefixes]
+              {{:., _, [{:__aliases__, _, parts}, :{}]}, _, _} -> [parts | prefixes]
+              _ -> prefixes
+            end
+
+          {node, {put_atom(kind, acc), aliases, prefixes, variables}}
+
+        {name, _, context} = node, {acc, aliases, prefixes, variables}
+        when is_atom(name) and is_atom(context) ->
+          acc = put_atoms(acc, [name, context])
+          {node, {acc, aliases, prefixes, [name | variables]}}
+
+        {call, _, [name | _]} = node, {acc, aliases, prefixes, variables}
+        when is_atom(name) and name not in [nil, true, false] and
+               (call in [:defrecord, :defrecordp] or
+                  (is_tuple(call) and tuple_size(call) == 3 and elem(call, 0) == :.)) ->
+          record = if is_atom(call), do: call, else: List.last(elem(call, 2))
+          acc = put_atoms(acc, [record, name])
+          acc = if record in [:defrecord, :defrecordp], do: put_atom(:"MACRO-#{name}", acc), else: acc
+          {node, {acc, aliases, prefixes, variables}}
+
+        {name, _, args} = node, {acc, aliases, prefixes, variables}
+        when is_atom(name) and is_list(args) ->
+          {node, {put_atom(name, acc), aliases, prefixes, variables}}
+
+        atom, {acc, aliases, prefixes, variables} when is_atom(atom) ->
+          {atom, {put_atom(atom, acc), aliases, prefixes, variables}}
+
+        binary, {acc, aliases, prefixes, variables}
+        when is_binary(binary) and byte_size(binary) < 65536 ->
+          words = for word <- String.split(binary), byte_size(word) < 256, do: String.to_atom(word)
+          {binary, {Enum.reduce(words, acc, &put_atom/2), aliases, prefixes, variables}}
+
+        node, state ->
+          {node, state}
+      end)
+
+    acc = module_names(Enum.uniq(aliases), Enum.uniq(prefixes), acc)
+    # A module's body is compiled as the function __MODULE__/1 (elixir_compiler).
+    acc = function_names(:__MODULE__, 1, node_count(ast), acc)
+    {_, {acc, largest}} = Macro.prewalk(ast, {acc, 0}, &definition_names/2)
+
+    acc =
+      Enum.reduce(1..max(largest, 8), acc, fn n, acc ->
+        put_atoms(acc, [:"_@#{n}", :"x#{n}", :"Argument__#{n}"])
+      end)
+
+    for var <- Enum.uniq(variables), is_atom(var), n <- 1..8, reduce: acc do
+      acc -> put_atom(:"_#{var}@#{n}", acc)
+    end
+  end
+
+  # Every module name the aliases of a file can make: each alias joined (and its prefixes),
+  # and joined after each module the file defines or aliases (nested modules,
+  # `alias A.{B, C}`, `alias A.B` then `B.C`).
+  defp module_names(aliases, prefixes, acc) do
+    acc =
+      Enum.reduce(aliases, acc, fn parts, acc ->
+        Enum.reduce(1..length(parts), acc, &put_atom(Module.concat(Enum.take(parts, &1)), &2))
+      end)
+
+    # An alias segment also comes back lowercased and underscored ("#{__MODULE__}" in a
+    # string makes the last segment, downcased, an atom).
+    segments = for parts <- aliases, part <- parts, is_atom(part), uniq: true, do: Atom.to_string(part)
+
+    acc =
+      Enum.reduce(segments, acc, fn segment, acc ->
+        put_atoms(acc, [String.to_atom(String.downcase(segment)), String.to_atom(Macro.underscore(segment))])
+      end)
+
+    for outer <- prefixes, Enum.all?(outer, &is_atom/1), inner <- aliases, reduce: acc do
+      acc ->
+        acc = put_atom(Module.concat(outer ++ inner), acc)
+
+        if List.last(outer) == hd(inner),
+          do: put_atom(Module.concat(outer ++ tl(inner)), acc),
+          else: acc
+    end
+  end
+
+  @definitions [:def, :defp, :defmacro, :defmacrop, :defguard, :defguardp, :defn, :defnp]
+  @generated [__info__: 1, __struct__: 0, __struct__: 1, __impl__: 1, __protocol__: 1, __impl_for__: 1]
+
+  defp definition_names({kind, _, [head | _]} = node, {acc, largest}) when kind in @definitions do
+    call = with {:when, _, [call | _]} <- head, do: call
+
+    case call do
+      {name, _, args} when is_atom(name) and (is_list(args) or is_atom(args)) ->
+        args = if is_list(args), do: args, else: []
+        defaults = Enum.count(args, &match?({:\\, _, _}, &1))
+        size = node_count(node)
+        macro? = kind in [:defmacro, :defmacrop]
+        name = if macro?, do: :"MACRO-#{name}", else: name
+        extra = if macro?, do: 1, else: 0
+
+        acc =
+          for arity <- (length(args) - defaults)..length(args), reduce: put_atom(name, acc) do
+            acc -> function_names(name, arity + extra, size, acc)
+          end
+
+        {node, {acc, max(largest, size)}}
+
+      _ ->
+        {node, {acc, largest}}
+    end
+  end
+
+  defp definition_names({:defstruct, _, _} = node, {acc, largest}) do
+    acc = Enum.reduce(@generated, acc, fn {name, arity}, acc -> function_names(name, arity, 4, acc) end)
+    {node, {acc, largest}}
+  end
+
+  defp definition_names(node, state), do: {node, state}
+
+  # What the Erlang compiler names after a function: its lambdas, comprehensions and what it
+  # inlines (v3_core, sys_core_fold), numbered within the function.
+  defp function_names(name, arity, size, acc) do
+    fa = "#{name}/#{arity}"
+    n = min(size, 64)
+    acc = put_atom(:"-inlined-#{fa}-", acc)
+
+    Enum.reduce(0..n, acc, fn i, acc ->
+      put_atoms(acc, [
+        :"-#{fa}-fun-#{i}-",
+        :"-#{fa}-inlined-#{i}-",
+        :"-#{fa}-lc$^#{i}/1-0-",
+        :"-#{fa}-lbc$^#{i}/1-0-",
+        :"-#{fa}-lc$^#{i}/1-1-"
+      ])
+    end)
+  end
+
+  defp node_count(ast) do
+    {_, count} = Macro.prewalk(ast, 0, fn node, count -> {node, count + 1} end)
+    count
+  end
+
+  defp put_atoms(acc, atoms), do: Enum.reduce(atoms, acc, &put_atom/2)
+
+  defp put_atom(atom, acc) when is_atom(atom), do: Map.put(acc, atom, true)
+  defp put_atom(_, acc), do: acc
 
   # Every atom of the atom table, by index (the external format's internal atom reference,
   # tag 75, is an index into the table: erts external.c, dec_atom).

@@ -1,4 +1,5 @@
-//! Reproducible atom tables: every package compiles twice (docs/builder.md "Reproducibility").
+//! Reproducible atom tables: every VM of a build boots with the atoms its compile creates
+//! already created, in sorted order (docs/builder.md "Reproducibility").
 //!
 //! The order in which a map with atom keys is iterated follows the atoms' indices in the VM's
 //! atom table — by hash of the index in a hash map (more than 32 keys), by the index itself
@@ -13,6 +14,10 @@
 //! creates all those atoms, in that order, before init loads a module, so the compile finds
 //! them existing and their indices no longer depend on scheduling. Pass 2's artifact is the
 //! build's.
+//!
+//! A Mix package first takes a [`Pass::Predicted`]: the list is predicted from the inputs
+//! without compiling, and the compile booted from it is checked as pass 2 is; when it created
+//! no other atom it is the build's only pass, otherwise it is pass 1 of 2.
 
 use std::path::Path;
 
@@ -34,9 +39,21 @@ pub const BOOT_FILE: &str = "atoms.boot";
 /// A boot script larger than this is refused (a few MB for the largest packages we know).
 pub const MAX_BOOT_BYTES: u64 = 64 << 20;
 
+/// The fallback record a predicted pass writes when its compile created atoms the
+/// prediction did not hold (in [`DIR`]; carried to the second pass as [`BOOT_FILE`]).
+pub const FALLBACK_FILE: &str = "fallback.boot";
+
+/// Where a predicted pass finds (or, the first time, writes) the toolchain's atoms, in [`DIR`].
+pub const TOOLCHAIN_ATOMS_FILE: &str = "toolchain.atoms";
+
 /// Which pass a sandbox run is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pass {
+    /// Predict the atom list from the inputs (a VM of its own), then compile once with every
+    /// VM booted from it; the check says whether that one pass is the build's proof
+    /// ([`created_later`] is 0) or a second pass is needed (docs/builder.md "One pass from
+    /// a predicted atom list").
+    Predicted,
     /// Compile and record the atom table.
     Record,
     /// Compile with every recorded atom created at boot.
@@ -153,19 +170,121 @@ pub fn write_hook(project: &Path) -> Result<()> {
     std::fs::write(&path, HOOK).map_err(io(&path))
 }
 
-/// The command of `pass`: `mix deps.compile <app>` in a VM that loads the hook first.
-pub fn command(app: &str) -> Vec<String> {
-    let hook = format!("{}/{DIR}/{HOOK_FILE}", precomp_sandbox::BUILD_DIR);
+/// The command of `pass`: `mix deps.compile <app>` in a VM that loads the hook first; for a
+/// predicted pass, after a VM that writes the predicted boot script (both in one sandbox run:
+/// `sh -c`, the app passed as `$0`).
+pub fn command(pass: Pass, app: &str) -> Vec<String> {
+    let build = precomp_sandbox::BUILD_DIR;
+    let hook = format!("{build}/{DIR}/{HOOK_FILE}");
+    if pass == Pass::Predicted {
+        let boot = format!("{build}/{DIR}/{}", BOOT_FILE.trim_end_matches(".boot"));
+        let script = format!(
+            "elixir -r {hook} -e 'Precomp.BuildAtoms.predict(hd(System.argv()))' \"$0\" && \
+             PRECOMP_ATOMS=check ERL_AFLAGS='-boot {boot}' exec elixir -r {hook} -S mix deps.compile \"$0\""
+        );
+        return vec!["sh".into(), "-c".into(), script, app.into()];
+    }
     ["elixir", "-r", &hook, "-S", "mix", "deps.compile", app]
         .map(String::from)
         .to_vec()
+}
+
+/// What a checked pass's hook reported: how many atoms its compile created after the boot
+/// script's (`created later: N`); `None` when the hook printed no report (it did not run).
+pub fn created_later(stderr: &[u8]) -> Option<usize> {
+    let text = String::from_utf8_lossy(stderr);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("precomp: ") && l.contains("; created later: "))?;
+    let count = line.split("; created later: ").nth(1)?;
+    count.split_whitespace().next()?.parse().ok()
+}
+
+/// The report line of a checked pass (for the log's pass header), shortened.
+pub fn late_report(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("; created later: "))
+        .unwrap_or("");
+    let late = line.split("; created later: ").nth(1).unwrap_or("");
+    late.chars().take(300).collect()
+}
+
+/// The file name under which the toolchain's atoms are cached for `toolchain_digest`: the
+/// digest of the toolchain and of the hook that computed them.
+pub fn toolchain_atoms_cache_name(toolchain_digest: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(toolchain_digest.as_bytes())
+        .chain_update([0])
+        .chain_update(HOOK.as_bytes())
+        .finalize();
+    format!("{}.atoms", hex::encode(&digest[..16]))
+}
+
+/// Copies the cached toolchain atoms (if any) into `project`'s [`DIR`] before a predicted pass.
+pub fn restore_toolchain_atoms(cache: &Path, project: &Path) -> Result<bool> {
+    if !cache.is_file() {
+        return Ok(false);
+    }
+    let to = project.join(DIR).join(TOOLCHAIN_ATOMS_FILE);
+    std::fs::copy(cache, &to).map_err(io(&to))?;
+    Ok(true)
+}
+
+/// The command that computes the toolchain's atoms into [`TOOLCHAIN_ATOMS_FILE`], in a
+/// project directory holding only the hook (no package code runs there: the file is cached
+/// and used by every later build with this toolchain).
+pub fn toolchain_atoms_command() -> Vec<String> {
+    let hook = format!("{}/{DIR}/{HOOK_FILE}", precomp_sandbox::BUILD_DIR);
+    [
+        "elixir",
+        "-r",
+        &hook,
+        "-e",
+        "Precomp.BuildAtoms.toolchain_atoms()",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Keeps the toolchain's atoms computed in `project` (by [`toolchain_atoms_command`]) in
+/// `cache`: bounded, written to a temporary file and renamed, so concurrent builds never see
+/// half a file.
+pub fn save_toolchain_atoms(project: &Path, cache: &Path) -> Result<()> {
+    let from = project.join(DIR).join(TOOLCHAIN_ATOMS_FILE);
+    let size = std::fs::metadata(&from).map_err(io(&from))?.len();
+    if size > MAX_BOOT_BYTES {
+        return Err(BuildError::Invalid(format!(
+            "the toolchain's atom list is {size} bytes, more than the {MAX_BOOT_BYTES} allowed"
+        )));
+    }
+    let dir = cache.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let tmp = cache.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::copy(&from, &tmp).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, cache).map_err(io(cache))
 }
 
 /// The environment `pass` adds to the build's: the hook's mode and paths, and for pass 2
 /// the boot script for every VM the build starts (Mix's, rebar3's, erlc's).
 pub fn env(pass: Pass, app_ebin: &str) -> Vec<(&'static str, String)> {
     let boot = format!("{}/{DIR}/{BOOT_FILE}", precomp_sandbox::BUILD_DIR);
+    let dir = format!("{}/{DIR}", precomp_sandbox::BUILD_DIR);
     match pass {
+        // PRECOMP_ATOMS and ERL_AFLAGS are set by the command, for the compile's VM only.
+        Pass::Predicted => vec![
+            ("PRECOMP_ATOMS_BOOT", boot),
+            ("PRECOMP_APP_EBIN", app_ebin.to_string()),
+            (
+                "PRECOMP_TOOLCHAIN_ATOMS",
+                format!("{dir}/{TOOLCHAIN_ATOMS_FILE}"),
+            ),
+            ("PRECOMP_ATOMS_FALLBACK", format!("{dir}/{FALLBACK_FILE}")),
+        ],
         Pass::Record => vec![
             ("PRECOMP_ATOMS", "record".into()),
             ("PRECOMP_ATOMS_BOOT", boot),
@@ -184,15 +303,16 @@ pub fn env(pass: Pass, app_ebin: &str) -> Vec<(&'static str, String)> {
     }
 }
 
-/// Moves pass 1's boot script from its project into pass 2's. The file comes from inside the
+/// Moves pass 1's boot script (`file` in its [`DIR`]: [`BOOT_FILE`], or [`FALLBACK_FILE`]
+/// after a predicted pass) from its project into pass 2's. The file comes from inside the
 /// sandbox: it is bounded, and its contents only ever go back into a sandbox.
-pub fn carry_boot_file(pass1: &Path, pass2: &Path) -> Result<()> {
-    let from = pass1.join(DIR).join(BOOT_FILE);
+pub fn carry_boot_file(pass1: &Path, file: &str, pass2: &Path) -> Result<()> {
+    let from = pass1.join(DIR).join(file);
     let size = match std::fs::metadata(&from) {
         Ok(meta) => meta.len(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(BuildError::Invalid(format!(
-                "pass 1 compiled but wrote no {DIR}/{BOOT_FILE} (the VM exited without running \
+                "pass 1 compiled but wrote no {DIR}/{file} (the VM exited without running \
                  its at-exit hooks?); the build cannot be made reproducible"
             )))
         }
@@ -200,7 +320,7 @@ pub fn carry_boot_file(pass1: &Path, pass2: &Path) -> Result<()> {
     };
     if size > MAX_BOOT_BYTES {
         return Err(BuildError::Invalid(format!(
-            "pass 1 wrote a {size}-byte {DIR}/{BOOT_FILE}, more than the {MAX_BOOT_BYTES} allowed"
+            "pass 1 wrote a {size}-byte {DIR}/{file}, more than the {MAX_BOOT_BYTES} allowed"
         )));
     }
     let dir = pass2.join(DIR);
@@ -232,7 +352,7 @@ mod tests {
         );
         assert_eq!(get(&record, "ERL_AFLAGS"), None);
         assert_eq!(
-            command("x"),
+            command(Pass::Record, "x"),
             [
                 "elixir",
                 "-r",
@@ -243,6 +363,46 @@ mod tests {
                 "x"
             ]
         );
+    }
+
+    #[test]
+    fn a_predicted_pass_predicts_then_compiles_with_the_check_and_reads_its_report() {
+        let command = command(Pass::Predicted, "my_app");
+        assert_eq!(command[..2], ["sh", "-c"]);
+        assert_eq!(command[3], "my_app");
+        let script = &command[2];
+        let predict = script.find("Precomp.BuildAtoms.predict").unwrap();
+        let compile = script
+            .find("PRECOMP_ATOMS=check ERL_AFLAGS='-boot /build/.precomp/atoms' exec elixir")
+            .unwrap();
+        assert!(predict < compile && script.contains("&&"), "{script}");
+        // The predicting VM runs neither the check nor from the boot script it writes.
+        let vars = env(Pass::Predicted, "/build/_build/prod/lib/my_app/ebin");
+        assert!(!vars
+            .iter()
+            .any(|(n, _)| *n == "PRECOMP_ATOMS" || *n == "ERL_AFLAGS"));
+        for name in [
+            "PRECOMP_ATOMS_BOOT",
+            "PRECOMP_TOOLCHAIN_ATOMS",
+            "PRECOMP_ATOMS_FALLBACK",
+        ] {
+            assert!(vars.iter().any(|(n, _)| *n == name), "{name}");
+        }
+
+        let report = b"==> my_app\nCompiling 1 file (.ex)\nprecomp: 65197 atoms created at boot; created later: 0\n";
+        assert_eq!(created_later(report), Some(0));
+        let report =
+            b"precomp: 65630 atoms created at boot; created later: 3591 :watch_01_0 :watch_01_1\n";
+        assert_eq!(created_later(report), Some(3591));
+        assert_eq!(late_report(report), "3591 :watch_01_0 :watch_01_1");
+        assert_eq!(created_later(b"** (CompileError) nothing reported\n"), None);
+
+        // The cache name follows the toolchain (and the hook, which decides what is in it).
+        assert_ne!(
+            toolchain_atoms_cache_name("aaaa"),
+            toolchain_atoms_cache_name("aaab")
+        );
+        assert!(toolchain_atoms_cache_name("aaaa").ends_with(".atoms"));
     }
 
     #[test]
@@ -317,7 +477,7 @@ mod tests {
     #[test]
     fn a_missing_or_oversized_boot_file_is_an_error_naming_it() {
         let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let err = carry_boot_file(one.path(), two.path()).unwrap_err();
+        let err = carry_boot_file(one.path(), BOOT_FILE, two.path()).unwrap_err();
         assert!(
             err.to_string().contains("wrote no .precomp/atoms.boot"),
             "{err}"
@@ -325,10 +485,10 @@ mod tests {
         std::fs::create_dir_all(one.path().join(DIR)).unwrap();
         let file = std::fs::File::create(one.path().join(DIR).join(BOOT_FILE)).unwrap();
         file.set_len(MAX_BOOT_BYTES + 1).unwrap();
-        let err = carry_boot_file(one.path(), two.path()).unwrap_err();
+        let err = carry_boot_file(one.path(), BOOT_FILE, two.path()).unwrap_err();
         assert!(err.to_string().contains("more than"), "{err}");
         file.set_len(10).unwrap();
-        carry_boot_file(one.path(), two.path()).unwrap();
+        carry_boot_file(one.path(), BOOT_FILE, two.path()).unwrap();
         assert_eq!(
             std::fs::metadata(two.path().join(DIR).join(BOOT_FILE))
                 .unwrap()

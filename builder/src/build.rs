@@ -106,42 +106,51 @@ pub fn build_package(
     let members: Vec<(String, PackageRef)> = std::iter::once((app.to_string(), package.clone()))
         .chain(closure.iter().map(|(a, p)| (a.clone(), p.clone())))
         .collect();
-    // `work` gives the artifact. Mix packages, and rebar3 ones whose compile runs code of
-    // their own, compile twice (crate::atoms): pass 1 in a project of its own, thrown away
-    // once its atom table is recorded, pass 2 in `work`; both at /build in the sandbox.
-    // Others compile once (docs/builder.md "One pass for rebar3 packages").
-    let work = work_dir(context, app)?;
+    // `work` gives the artifact. Mix packages compile once with an atom list predicted from
+    // their inputs, and a second time (in a fresh project, with the first one's record) only
+    // if that compile created atoms the list did not hold (docs/builder.md "One pass from a
+    // predicted atom list"). make packages, and rebar3 ones whose compile runs code of their
+    // own, compile twice (crate::atoms): pass 1 in a project of its own, thrown away once its
+    // atom table is recorded, pass 2 in `work`. Other rebar3 packages compile once
+    // (docs/builder.md "One pass for rebar3 packages"). All at /build in the sandbox.
+    let mut work = work_dir(context, app)?;
     lay_out(context, lock, managers, &members, work.path())?;
     install_dependencies(context, dependencies, work.path())?;
     let twice = match manager {
-        Manager::Mix => Some("Mix compiles it, running Elixir code".to_string()),
+        Manager::Mix => None,
         Manager::Make => Some("make runs whatever its Makefile says".to_string()),
         Manager::Rebar3 => atoms::erlang_compile_runs_code(work.path(), app, closure.keys())?,
     };
     let mut pass1 = None;
-    if twice.is_some() {
+    let mut pass = match (manager, &twice) {
+        (Manager::Mix, _) => Pass::Predicted,
+        (_, Some(_)) => Pass::Record,
+        (_, None) => Pass::Only,
+    };
+    if pass == Pass::Record {
         let dir = work_dir(context, app)?;
         lay_out(context, lock, managers, &members, dir.path())?;
         install_dependencies(context, dependencies, dir.path())?;
         pass1 = Some(dir);
     }
+    let toolchain_atoms = context
+        .work_root
+        .join(".toolchain-atoms")
+        .join(atoms::toolchain_atoms_cache_name(&context.toolchain.digest));
     let prepared = started.elapsed();
-    let passes: &[Pass] = match twice {
-        Some(_) => &[Pass::Record, Pass::Precreated],
-        None => &[Pass::Only],
-    };
 
     let mut log = Vec::new();
-    for &pass in passes {
+    loop {
         // Fetching sources (or pass 1) may have taken a while: look again before starting.
         if let Some(reason) = context.cancel.reason() {
             return Ok(BuildOutcome::Cancelled { reason });
         }
         let dir = match pass {
             Pass::Record => pass1.as_ref().unwrap().path().to_path_buf(),
-            Pass::Precreated => {
+            Pass::Precreated if pass1.is_some() => {
                 let recorded = pass1.take().unwrap();
-                let carried = atoms::carry_boot_file(recorded.path(), work.path());
+                let carried =
+                    atoms::carry_boot_file(recorded.path(), atoms::BOOT_FILE, work.path());
                 keep_if_asked(context, recorded);
                 if let Err(e) = carried {
                     keep_if_asked(context, work);
@@ -152,7 +161,16 @@ pub fn build_package(
                 }
                 work.path().to_path_buf()
             }
-            Pass::Only => work.path().to_path_buf(),
+            Pass::Predicted => {
+                if !toolchain_atoms.is_file() {
+                    if let Some(reason) = compute_toolchain_atoms(context, &toolchain_atoms)? {
+                        return Ok(BuildOutcome::Cancelled { reason });
+                    }
+                }
+                atoms::restore_toolchain_atoms(&toolchain_atoms, work.path())?;
+                work.path().to_path_buf()
+            }
+            Pass::Precreated | Pass::Only => work.path().to_path_buf(),
         };
         let outcome = context
             .sandbox
@@ -170,7 +188,18 @@ pub fn build_package(
             tracing::info!(app, %reason, "build cancelled");
             return Ok(BuildOutcome::Cancelled { reason });
         }
+        let late = atoms::created_later(&outcome.stderr.bytes);
         match pass {
+            Pass::Predicted if late == Some(0) => log.extend_from_slice(
+                b"== precomp: one pass, with the atom list predicted from its inputs created at boot: its compile created no other atom ==\n",
+            ),
+            Pass::Predicted => log.extend_from_slice(
+                format!(
+                    "== precomp: pass 1 of 2, with the atom list predicted from its inputs created at boot; its compile created atoms the prediction did not hold ({}), so it records the atom table ==\n",
+                    atoms::late_report(&outcome.stderr.bytes)
+                )
+                .as_bytes(),
+            ),
             Pass::Record => log.extend_from_slice(
                 format!(
                     "== precomp: pass 1 of 2, records the atom table (two passes: {}) ==\n",
@@ -197,6 +226,44 @@ pub fn build_package(
                 log,
             });
         }
+        pass = match pass {
+            Pass::Record => Pass::Precreated,
+            Pass::Predicted => {
+                match late {
+                    Some(0) => break,
+                    // No report: the hook did not run, so nothing proves the atom order.
+                    None => {
+                        keep_if_asked(context, work);
+                        return Ok(BuildOutcome::Failed {
+                            reason: format!("mix deps.compile {app}: the atom check reported nothing (did the VM run its at-exit hooks?); the build cannot be shown reproducible"),
+                            log,
+                        });
+                    }
+                    // The run just done is pass 1: pass 2 compiles a fresh project with its
+                    // record.
+                    Some(_) => {
+                        let second = work_dir(context, app)?;
+                        lay_out(context, lock, managers, &members, second.path())?;
+                        install_dependencies(context, dependencies, second.path())?;
+                        let carried = atoms::carry_boot_file(
+                            work.path(),
+                            atoms::FALLBACK_FILE,
+                            second.path(),
+                        );
+                        keep_if_asked(context, std::mem::replace(&mut work, second));
+                        if let Err(e) = carried {
+                            keep_if_asked(context, work);
+                            return Ok(BuildOutcome::Failed {
+                                reason: e.to_string(),
+                                log,
+                            });
+                        }
+                        Pass::Precreated
+                    }
+                }
+            }
+            Pass::Precreated | Pass::Only => break,
+        };
     }
     let result = finish(
         context,
@@ -249,18 +316,56 @@ fn pass_spec(context: &BuildContext<'_>, app: &str, dir: &Path, pass: Pass) -> S
         precomp_sandbox::BUILD_DIR,
         context.config_env
     );
-    let mut spec = Spec::build(context.toolchain.sandbox_root(), dir, atoms::command(app))
-        .env("MIX_ENV", &context.config_env)
-        // Debian's /usr/bin/rebar3, or where an imported image has it (/usr/local/bin).
-        .env("MIX_REBAR3", context.toolchain.rebar3_command())
-        .env("HEX_OFFLINE", "1")
-        // Builds run side by side: schedulers that spin while idle would take the CPU from
-        // the other builds. (Scheduler flags do not change what the compiler emits.)
-        .env("ERL_FLAGS", "+sbwt none +sbwtdcpu none +sbwtdio none");
+    let mut spec = Spec::build(
+        context.toolchain.sandbox_root(),
+        dir,
+        atoms::command(pass, app),
+    )
+    .env("MIX_ENV", &context.config_env)
+    // Debian's /usr/bin/rebar3, or where an imported image has it (/usr/local/bin).
+    .env("MIX_REBAR3", context.toolchain.rebar3_command())
+    .env("HEX_OFFLINE", "1")
+    // Builds run side by side: schedulers that spin while idle would take the CPU from
+    // the other builds. (Scheduler flags do not change what the compiler emits.)
+    .env("ERL_FLAGS", "+sbwt none +sbwtdcpu none +sbwtdio none");
     for (name, value) in atoms::env(pass, &app_ebin) {
         spec = spec.env(name, value);
     }
     spec
+}
+
+/// Computes the toolchain's atoms (crate::atoms::toolchain_atoms_command) in a sandbox run of
+/// their own, in a directory holding only the hook, and caches them at `cache`. Never from a
+/// package's run: code a package runs at compile time could rewrite the file, and every
+/// later build with the toolchain trusts it. `Some(reason)` when the run was cancelled.
+fn compute_toolchain_atoms(context: &BuildContext<'_>, cache: &Path) -> Result<Option<String>> {
+    let dir = WorkDir::create(&context.work_root, "toolchain-atoms-", 0o755)?;
+    atoms::write_hook(dir.path())?;
+    let file = format!(
+        "{}/{}/{}",
+        precomp_sandbox::BUILD_DIR,
+        atoms::DIR,
+        atoms::TOOLCHAIN_ATOMS_FILE
+    );
+    let spec = Spec::build(
+        context.toolchain.sandbox_root(),
+        dir.path(),
+        atoms::toolchain_atoms_command(),
+    )
+    .env("PRECOMP_TOOLCHAIN_ATOMS", file);
+    let outcome = context.sandbox.run_cancellable(&spec, &context.cancel)?;
+    if let Status::Cancelled { reason } = outcome.status {
+        return Ok(Some(reason));
+    }
+    if !outcome.status.success() {
+        return Err(BuildError::Invalid(format!(
+            "computing the toolchain's atoms failed ({}): {}",
+            outcome.status,
+            String::from_utf8_lossy(&outcome.stderr.bytes)
+        )));
+    }
+    atoms::save_toolchain_atoms(dir.path(), cache)?;
+    Ok(None)
 }
 
 /// With `--keep-work`, leaves a project directory of the build behind; otherwise removes it.

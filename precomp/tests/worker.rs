@@ -905,7 +905,7 @@ fn a_work_directory_left_by_a_killed_worker_is_removed_by_the_next_one() {
             })
             .collect()
     };
-    // Two, in fact: the build's two passes (docs/builder.md, "Atom order").
+    // One or two: a second when the predicted pass falls back (docs/builder.md, "Atom order").
     assert!(
         !left_behind(&work).is_empty(),
         "the build works in directories under the work root"
