@@ -57,6 +57,9 @@ pub(super) mod history;
 // The schema: numbered migrations (refinery).
 mod migrations;
 
+// What gc, backup/restore and scrub need of the store.
+pub mod maintenance;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactStoreError {
     #[error("artifact database {path}: {source}")]
@@ -81,6 +84,12 @@ pub enum ArtifactStoreError {
         found: i64,
         known: i64,
     },
+    #[error("{} has no artifact store (artifacts.db): is --data the mirror's data directory?", dir.display())]
+    NoStore { dir: PathBuf },
+    #[error("{}: integrity check failed: {message}", path.display())]
+    Integrity { path: PathBuf, message: String },
+    #[error("artifact database {}: it stayed busy (another process kept writing); try again", path.display())]
+    Busy { path: PathBuf },
     #[error("artifact database {path}: its schema cannot be migrated: {message}")]
     Migration { path: PathBuf, message: String },
     #[error(
