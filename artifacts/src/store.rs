@@ -25,6 +25,15 @@
 //! The store owns its schema: numbered migrations (`artifacts/migrations/sqlite/`, run by
 //! refinery when the store is opened, in one transaction; [`migrations`]). Nothing else opens
 //! the database: what `precomp gc`, `backup` and `restore` need are methods here.
+//!
+//! Not yet behind a trait (for the PostgreSQL store multi-node mirrors need): the build and
+//! audit jobs ([`jobs`]), verdicts ([`verdicts`]) and manifest history ([`history`]) are
+//! still `impl Artifacts` blocks that run SQL on this store's connection. The way there: move
+//! their SQL into domain methods here (one transaction per method, typed errors, no SQL or
+//! HTTP status in the signatures: `lease_job`, `record_verdict`, `key_manifests`…), then
+//! extract those methods as a `MetadataStore` trait that `Artifacts` holds as
+//! `Arc<dyn MetadataStore>`, this type its SQLite implementation; blobs stay on disk beside
+//! either. The maintenance methods ([`maintenance`]) already have that shape.
 
 use parking_lot::Mutex;
 use std::collections::HashSet;
