@@ -92,6 +92,7 @@ pub use api::{
     VerdictSummary, Verdicts,
 };
 pub use store::history::KeyManifest;
+pub use store::maintenance;
 pub use store::verdicts::files_json as verdict_files_json;
 pub use store::{
     ArtifactCheck, ArtifactStore, ArtifactStoreError, ManifestPut, ManifestRecord, MissOutcome,

@@ -21,6 +21,19 @@
 //! are one transaction. Several processes may share the store (`precomp serve` and `precomp
 //! token`): SQLite in WAL mode with a busy timeout serialises their writes, and `tmp/` is
 //! emptied only by a process that has the store to itself.
+//!
+//! The store owns its schema: numbered migrations (`artifacts/migrations/sqlite/`, run by
+//! refinery when the store is opened, in one transaction; [`migrations`]). Nothing else opens
+//! the database: what `precomp gc`, `backup` and `restore` need are methods here.
+//!
+//! Not yet behind a trait (for the PostgreSQL store multi-node mirrors need): the build and
+//! audit jobs ([`jobs`]), verdicts ([`verdicts`]) and manifest history ([`history`]) are
+//! still `impl Artifacts` blocks that run SQL on this store's connection. The way there: move
+//! their SQL into domain methods here (one transaction per method, typed errors, no SQL or
+//! HTTP status in the signatures: `lease_job`, `record_verdict`, `key_manifests`…), then
+//! extract those methods as a `MetadataStore` trait that `Artifacts` holds as
+//! `Arc<dyn MetadataStore>`, this type its SQLite implementation; blobs stay on disk beside
+//! either. The maintenance methods ([`maintenance`]) already have that shape.
 
 use parking_lot::Mutex;
 use std::collections::HashSet;
@@ -42,16 +55,19 @@ pub(crate) use precomp_proto::time::unix_now as now;
 
 // Audit verdicts: their table's queries and the API's checks (a child module, for the
 // store's connection).
-#[path = "verdicts.rs"]
 pub(super) mod verdicts;
 
 // Build and audit jobs leased to workers (`precomp worker [--audit]`): the `leases` table.
-#[path = "jobs.rs"]
 mod jobs;
 
 // Several manifests for one key: the `manifest_history` table (schema version 4).
-#[path = "history.rs"]
 pub(super) mod history;
+
+// The schema: numbered migrations (refinery).
+mod migrations;
+
+// What gc, backup/restore and scrub need of the store.
+pub mod maintenance;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactStoreError {
@@ -71,8 +87,20 @@ pub enum ArtifactStoreError {
         expected: String,
         actual: String,
     },
-    #[error("artifact database {path} has schema version {found}; this precomp knows {SCHEMA_VERSION}: use a newer precomp")]
-    NewerSchema { path: PathBuf, found: i64 },
+    #[error("artifact database {path} has schema version {found}, newer than this precomp knows ({known}): it was written by a newer precomp; run that one (or a newer), or restore a backup taken before the upgrade")]
+    NewerSchema {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    #[error("{} has no artifact store (artifacts.db): is --data the mirror's data directory?", dir.display())]
+    NoStore { dir: PathBuf },
+    #[error("{}: integrity check failed: {message}", path.display())]
+    Integrity { path: PathBuf, message: String },
+    #[error("artifact database {}: it stayed busy (another process kept writing); try again", path.display())]
+    Busy { path: PathBuf },
+    #[error("artifact database {path}: its schema cannot be migrated: {message}")]
+    Migration { path: PathBuf, message: String },
     #[error(
         "token name {0:?} must be 1 to 64 letters, digits, `-`, `_` and `.`, not starting with `.`"
     )]
@@ -86,179 +114,6 @@ pub enum ArtifactStoreError {
     #[error("token {name:?}: its stored key is not readable: {reason}")]
     StoredKey { name: String, reason: String },
 }
-
-/// The database's `user_version`: 2 since leases have a kind (build or audit jobs); 3 since
-/// key format v2 (manifests record their key format and base text, misses are identified by
-/// their base key or request key and carry what the key needs); 4 since several manifests
-/// are kept per key (`manifest_history`, [`history::HISTORY_SCHEMA`]) and since config
-/// variants and multi-toolchain workers (misses keep their request and variant keys and
-/// whether they hold compile-env values, `config_variants` bounds the variants per release,
-/// `worker_tuples` records what workers asked for). Older databases are migrated when they
-/// are opened ([`migrate`]).
-const SCHEMA_VERSION: i64 = 4;
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS tokens (
-    name       TEXT PRIMARY KEY NOT NULL,
-    sha256     BLOB NOT NULL UNIQUE,
-    key_pem    TEXT,
-    key_id     TEXT,
-    created_at INTEGER NOT NULL,
-    revoked_at INTEGER
-) STRICT;
-CREATE TABLE IF NOT EXISTS artifacts (
-    sha256      TEXT PRIMARY KEY NOT NULL,
-    size        INTEGER NOT NULL,
-    uploaded_by TEXT NOT NULL,
-    uploaded_at INTEGER NOT NULL
-) STRICT;
-CREATE TABLE IF NOT EXISTS manifests (
-    key             TEXT PRIMARY KEY NOT NULL,
-    base_key        TEXT NOT NULL,
-    package         TEXT NOT NULL,
-    version         TEXT NOT NULL,
-    otp_major       TEXT NOT NULL,
-    elixir          TEXT NOT NULL,
-    mix_env         TEXT NOT NULL,
-    target          TEXT NOT NULL,
-    artifact_sha256 TEXT NOT NULL,
-    artifact_size   INTEGER NOT NULL,
-    compile_env     TEXT NOT NULL,
-    signers         TEXT NOT NULL,
-    signed_manifest BLOB NOT NULL,
-    manifest_sha256 TEXT NOT NULL,
-    published_by    TEXT NOT NULL,
-    published_at    INTEGER NOT NULL,
-    key_format      INTEGER NOT NULL DEFAULT 1,
-    base_text       TEXT
-) STRICT;
-CREATE INDEX IF NOT EXISTS manifests_package ON manifests (package);
-CREATE INDEX IF NOT EXISTS manifests_base_key ON manifests (base_key);
-CREATE TABLE IF NOT EXISTS failures (
-    base_key       TEXT NOT NULL,
-    toolchain_id   TEXT NOT NULL,
-    package        TEXT NOT NULL,
-    version        TEXT NOT NULL,
-    log            TEXT NOT NULL,
-    log_sha256     TEXT NOT NULL,
-    reported_by    TEXT NOT NULL,
-    attempts       INTEGER NOT NULL,
-    first_reported INTEGER NOT NULL,
-    last_reported  INTEGER NOT NULL,
-    PRIMARY KEY (base_key, toolchain_id)
-) STRICT;
-CREATE INDEX IF NOT EXISTS failures_package ON failures (package);
-CREATE TABLE IF NOT EXISTS misses (
-    miss_key       TEXT PRIMARY KEY NOT NULL,
-    base_key       TEXT,
-    request_text   TEXT NOT NULL,
-    package        TEXT NOT NULL,
-    version        TEXT NOT NULL,
-    reason         TEXT NOT NULL,
-    otp_major      TEXT NOT NULL,
-    elixir         TEXT NOT NULL,
-    mix_env        TEXT NOT NULL,
-    target         TEXT NOT NULL,
-    lock           TEXT NOT NULL,
-    inputs         TEXT NOT NULL,
-    count          INTEGER NOT NULL,
-    first_reported INTEGER NOT NULL,
-    last_reported  INTEGER NOT NULL,
-    closed_at      INTEGER,
-    closed_by      TEXT,
-    request_key    TEXT,
-    variant_key    TEXT,
-    has_values     INTEGER NOT NULL DEFAULT 0
-) STRICT;
-CREATE INDEX IF NOT EXISTS misses_open ON misses (closed_at, count);
-CREATE INDEX IF NOT EXISTS misses_release ON misses (package, version, closed_at);
-CREATE TABLE IF NOT EXISTS verdicts (
-    key            TEXT NOT NULL,
-    auditor_id     TEXT NOT NULL,
-    result         TEXT NOT NULL,
-    summary        TEXT NOT NULL,
-    toolchain_id   TEXT NOT NULL,
-    signed_verdict BLOB NOT NULL,
-    verdict_sha256 TEXT NOT NULL,
-    reported_by    TEXT NOT NULL,
-    received_at    INTEGER NOT NULL,
-    PRIMARY KEY (key, auditor_id)
-) STRICT;
-CREATE TABLE IF NOT EXISTS leases (
-    job        INTEGER PRIMARY KEY AUTOINCREMENT,
-    base_key   TEXT NOT NULL,
-    worker     TEXT NOT NULL,
-    token_name TEXT NOT NULL,
-    lease_ms   INTEGER NOT NULL,
-    leased_at  INTEGER NOT NULL,
-    expires_ms INTEGER NOT NULL,
-    ended_at   INTEGER,
-    ended      TEXT,
-    kind       TEXT NOT NULL DEFAULT 'build',
-    key        TEXT,
-    auditor    TEXT,
-    reason     TEXT
-) STRICT;
-CREATE INDEX IF NOT EXISTS leases_base_key ON leases (base_key, ended_at);
-CREATE INDEX IF NOT EXISTS leases_key ON leases (key, ended_at);
-CREATE TABLE IF NOT EXISTS artifact_use (
-    sha256    TEXT PRIMARY KEY NOT NULL,
-    last_used INTEGER NOT NULL
-) STRICT;
-CREATE TABLE IF NOT EXISTS config_variants (
-    package    TEXT NOT NULL,
-    version    TEXT NOT NULL,
-    otp_major  TEXT NOT NULL,
-    elixir     TEXT NOT NULL,
-    mix_env    TEXT NOT NULL,
-    digest     TEXT NOT NULL,
-    first_seen INTEGER NOT NULL,
-    last_seen  INTEGER NOT NULL,
-    PRIMARY KEY (package, version, otp_major, elixir, mix_env, digest)
-) STRICT;
-CREATE TABLE IF NOT EXISTS worker_tuples (
-    kind       TEXT NOT NULL,
-    worker     TEXT NOT NULL,
-    token_name TEXT NOT NULL,
-    otp_major  TEXT NOT NULL,
-    elixir     TEXT NOT NULL,
-    mix_env    TEXT NOT NULL,
-    target     TEXT NOT NULL,
-    last_seen  INTEGER NOT NULL,
-    PRIMARY KEY (kind, worker, token_name, otp_major, elixir, mix_env, target)
-) STRICT;
-";
-
-/// Columns version 2 added to `leases` (audit jobs), as `ALTER TABLE … ADD COLUMN` takes them:
-/// the job's kind (`build`, `audit`), the audited build's key, the auditor key id it is for,
-/// and the reason a worker gave when it released the job as failed.
-const LEASES_V2_COLUMNS: &[(&str, &str)] = &[
-    ("kind", "kind TEXT NOT NULL DEFAULT 'build'"),
-    ("key", "key TEXT"),
-    ("auditor", "auditor TEXT"),
-    ("reason", "reason TEXT"),
-];
-
-/// Columns version 3 added to `manifests` (key format v2): the manifest's key format (1 for
-/// every manifest published before) and its base text, which misses are matched against.
-const MANIFESTS_V3_COLUMNS: &[(&str, &str)] = &[
-    ("key_format", "key_format INTEGER NOT NULL DEFAULT 1"),
-    ("base_text", "base_text TEXT"),
-];
-
-/// Columns version 4 added to `misses` (config variants): the request key (a miss with an
-/// unknown member key), the variant key (a miss carrying the package's own compile-env
-/// values, which it is then identified by), and whether its `inputs` hold compile-env values
-/// (erased after the retention: [`ArtifactStore::expire_miss_values`]).
-const MISSES_V4_COLUMNS: &[(&str, &str)] = &[
-    ("request_key", "request_key TEXT"),
-    ("variant_key", "variant_key TEXT"),
-    ("has_values", "has_values INTEGER NOT NULL DEFAULT 0"),
-];
-
-/// What closes the misses of key format v1 when a database is migrated to version 3: no
-/// build of key format v2 can satisfy them; clients report them again with v2 keys.
-const V1_MISSES_CLOSED_BY: &str = "key format v1: reported again with key format v2";
 
 /// `artifact_use.last_used` is written at most this often per artifact and process.
 const TOUCH_INTERVAL: i64 = 3600;
@@ -478,29 +333,29 @@ impl ArtifactStore {
         let tx = db
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db_err)?;
-        let found: i64 = tx
-            .query_row("PRAGMA user_version", [], |row| row.get(0))
-            .map_err(db_err)?;
-        if found > SCHEMA_VERSION {
-            return Err(ArtifactStoreError::NewerSchema {
-                path: db_path,
-                found,
-            });
-        }
-        if found < SCHEMA_VERSION {
-            migrate(&tx).map_err(db_err)?;
-        }
-        tx.execute_batch(SCHEMA).map_err(db_err)?;
-        // 3 → 4: its own step (a new table), so it can be renumbered on its own.
-        tx.execute_batch(history::HISTORY_SCHEMA).map_err(db_err)?;
-        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
-            .map_err(db_err)?;
+        let migrated = match migrations::migrate(&tx) {
+            Ok(migrated) => migrated,
+            Err(migrations::MigrateError::Db(source)) => return Err(db_err(source)),
+            Err(migrations::MigrateError::Newer { found }) => {
+                return Err(ArtifactStoreError::NewerSchema {
+                    path: db_path,
+                    found,
+                    known: migrations::latest_version(),
+                })
+            }
+            Err(migrations::MigrateError::Migration(e)) => {
+                return Err(ArtifactStoreError::Migration {
+                    path: db_path,
+                    message: e.to_string(),
+                })
+            }
+        };
         tx.commit().map_err(db_err)?;
-        if found != 0 && found < SCHEMA_VERSION {
+        if migrated.from != 0 && migrated.from < migrated.to {
             tracing::info!(
                 path = %db_path.display(),
-                from = found,
-                to = SCHEMA_VERSION,
+                from = migrated.from,
+                to = migrated.to,
                 "artifact database schema migrated"
             );
         }
@@ -1176,79 +1031,6 @@ impl ArtifactStore {
     }
 }
 
-/// Upgrades a database of an older schema version in `tx`, before [`SCHEMA`] runs (whose
-/// `IF NOT EXISTS` leaves existing tables as they are). A fresh database has no tables yet:
-/// nothing to do.
-fn migrate(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
-    let columns = |table: &str| -> rusqlite::Result<Vec<String>> {
-        let mut stmt = tx.prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?;
-        let rows = stmt.query_map([], |row| row.get(0))?;
-        rows.collect()
-    };
-    // 1 → 2: leases gain a kind and the audit job's columns; existing leases are build jobs.
-    let leases = columns("leases")?;
-    if leases.is_empty() {
-        return Ok(());
-    }
-    for (name, definition) in LEASES_V2_COLUMNS {
-        if !leases.iter().any(|c| c == name) {
-            tx.execute_batch(&format!("ALTER TABLE leases ADD COLUMN {definition}"))?;
-        }
-    }
-    // 2 → 3 (key format v2): manifests record their key format (the existing ones are v1)
-    // and base text.
-    let manifests = columns("manifests")?;
-    for (name, definition) in MANIFESTS_V3_COLUMNS {
-        if !manifests.is_empty() && !manifests.iter().any(|c| c == name) {
-            tx.execute_batch(&format!("ALTER TABLE manifests ADD COLUMN {definition}"))?;
-        }
-    }
-    // Misses are keyed by their miss key and carry their inputs: the table is rebuilt. The
-    // misses of key format v1 are kept for the record (and `precomp gc`'s recent locks) but
-    // closed: no v2 build can satisfy them, and clients report them again.
-    let misses = columns("misses")?;
-    if !misses.is_empty() && !misses.iter().any(|c| c == "miss_key") {
-        tx.execute_batch(
-            "ALTER TABLE misses RENAME TO misses_v2;
-             DROP INDEX IF EXISTS misses_open;",
-        )?;
-        tx.execute_batch(SCHEMA)?;
-        tx.execute(
-            "INSERT INTO misses (miss_key, base_key, request_text, package, version, reason,
-                otp_major, elixir, mix_env, target, lock, inputs, count, first_reported,
-                last_reported, closed_at, closed_by)
-             SELECT base_key, base_key, '', package, version, reason, otp_major, elixir,
-                mix_env, target, lock, '{}', count, first_reported, last_reported,
-                coalesce(closed_at, ?1), coalesce(closed_by, ?2)
-             FROM misses_v2",
-            params![now(), V1_MISSES_CLOSED_BY],
-        )?;
-        tx.execute_batch("DROP TABLE misses_v2")?;
-    }
-    migrate_3_to_4(tx, &columns("misses")?)?;
-    Ok(())
-}
-
-/// 3 → 4 (config variants, multi-toolchain workers), one step of its own: misses gain their
-/// request key, variant key and a flag for the compile-env values they hold; the new tables
-/// (`config_variants`, `worker_tuples`) are made by [`SCHEMA`]. Existing misses were
-/// identified by their base key or request key (their own compile env was not part of it):
-/// they keep it, with no variant key.
-fn migrate_3_to_4(tx: &rusqlite::Transaction<'_>, misses: &[String]) -> rusqlite::Result<()> {
-    if misses.is_empty() {
-        return Ok(());
-    }
-    for (name, definition) in MISSES_V4_COLUMNS {
-        if !misses.iter().any(|c| c == name) {
-            tx.execute_batch(&format!("ALTER TABLE misses ADD COLUMN {definition}"))?;
-        }
-    }
-    tx.execute_batch(
-        "UPDATE misses SET request_key = miss_key WHERE base_key IS NULL AND request_key IS NULL;
-         UPDATE misses SET has_values = 1 WHERE instr(inputs, '\"app\":') > 0;",
-    )
-}
-
 /// SQL: the miss row being updated on conflict was closed because its values expired; a new
 /// report opens it again with its own values.
 const REOPEN: &str = "(has_values = 0 AND closed_by LIKE 'expired%')";
@@ -1871,21 +1653,173 @@ mod schema_tests {
     use super::*;
     use crate::{Artifacts, ArtifactsConfig, HeartbeatRequest, JobKind};
 
-    /// The `leases` table as schema version 1 made it.
-    const LEASES_V1: &str = "
-        CREATE TABLE leases (
-            job        INTEGER PRIMARY KEY AUTOINCREMENT,
-            base_key   TEXT NOT NULL,
-            worker     TEXT NOT NULL,
-            token_name TEXT NOT NULL,
-            lease_ms   INTEGER NOT NULL,
-            leased_at  INTEGER NOT NULL,
-            expires_ms INTEGER NOT NULL,
-            ended_at   INTEGER,
-            ended      TEXT
-        ) STRICT;
-        CREATE INDEX leases_base_key ON leases (base_key, ended_at);
-        PRAGMA user_version = 1;";
+    /// The schema each older precomp wrote (its `SCHEMA`, verbatim, and its `user_version`),
+    /// by name: `tests/fixtures/legacy-schemas/`.
+    const LEGACY: &[(&str, &str)] = &[
+        (
+            "v1a",
+            include_str!("../tests/fixtures/legacy-schemas/v1a-e3bf253.sql"),
+        ),
+        (
+            "v1b",
+            include_str!("../tests/fixtures/legacy-schemas/v1b-c167051.sql"),
+        ),
+        (
+            "v1c",
+            include_str!("../tests/fixtures/legacy-schemas/v1c-babc19b.sql"),
+        ),
+        (
+            "v2",
+            include_str!("../tests/fixtures/legacy-schemas/v2-7881c9f.sql"),
+        ),
+        (
+            "v3",
+            include_str!("../tests/fixtures/legacy-schemas/v3-c3d7988.sql"),
+        ),
+        (
+            "v4a",
+            include_str!("../tests/fixtures/legacy-schemas/v4a-193e709.sql"),
+        ),
+        (
+            "v4b",
+            include_str!("../tests/fixtures/legacy-schemas/v4b-267b575.sql"),
+        ),
+    ];
+
+    /// A database in `dir` as the older precomp `name` wrote it.
+    fn legacy_database(dir: &Path, name: &str) -> Connection {
+        let (_, sql) = LEGACY.iter().find(|(n, _)| *n == name).unwrap();
+        let db = Connection::open(dir.join("artifacts.db")).unwrap();
+        db.execute_batch(sql).unwrap();
+        db
+    }
+
+    /// Every table's columns (name, type, not null, default, primary key) and indexes
+    /// (name, unique, columns), sorted: what a migration must get right, whatever the order
+    /// tables were made in.
+    fn schema_of(db: &Connection) -> Vec<String> {
+        let tables: Vec<String> = db
+            .prepare(
+                "SELECT name FROM sqlite_master WHERE type = 'table'
+                 AND name NOT LIKE 'sqlite_%' AND name != 'refinery_schema_history'",
+            )
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let mut schema = Vec::new();
+        for table in tables {
+            let mut columns = db
+                .prepare(&format!("SELECT name, type, \"notnull\", dflt_value, pk FROM pragma_table_info('{table}')"))
+                .unwrap();
+            for column in columns
+                .query_map([], |row| {
+                    Ok(format!(
+                        "{table}.{}: {} notnull={} default={:?} pk={}",
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, i64>(2)?,
+                        row.get::<_, Option<String>>(3)?,
+                        row.get::<_, i64>(4)?
+                    ))
+                })
+                .unwrap()
+            {
+                schema.push(column.unwrap());
+            }
+            let indexes: Vec<(String, i64)> = db
+                .prepare(&format!(
+                    "SELECT name, \"unique\" FROM pragma_index_list('{table}')"
+                ))
+                .unwrap()
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            for (index, unique) in indexes {
+                let columns: Vec<String> = db
+                    .prepare(&format!(
+                        "SELECT name FROM pragma_index_info('{index}') ORDER BY seqno"
+                    ))
+                    .unwrap()
+                    .query_map([], |row| row.get::<_, Option<String>>(0))
+                    .unwrap()
+                    .map(|c| c.unwrap().unwrap_or_default())
+                    .collect();
+                let name = if index.starts_with("sqlite_autoindex") {
+                    "auto"
+                } else {
+                    index.as_str()
+                };
+                schema.push(format!(
+                    "{table} index {name} unique={unique} ({})",
+                    columns.join(", ")
+                ));
+            }
+        }
+        schema.sort();
+        schema
+    }
+
+    fn user_version(db: &Connection) -> i64 {
+        db.query_row("PRAGMA user_version", [], |row| row.get(0))
+            .unwrap()
+    }
+
+    /// The migrations refinery recorded as applied.
+    fn recorded_migrations(db: &Connection) -> Vec<i64> {
+        db.prepare("SELECT version FROM refinery_schema_history ORDER BY version")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    /// Every schema an older precomp wrote (versions 1 to 4, in each shape they had) opens and
+    /// ends with exactly the schema of a new database, with every migration recorded; opening
+    /// it again changes nothing.
+    #[test]
+    fn every_older_database_migrates_to_the_schema_of_a_new_one() {
+        let fresh_dir = tempfile::tempdir().unwrap();
+        drop(ArtifactStore::open(fresh_dir.path()).unwrap());
+        let fresh = Connection::open(fresh_dir.path().join("artifacts.db")).unwrap();
+        let latest = migrations::latest_version();
+        assert_eq!(latest, 4);
+        assert_eq!(user_version(&fresh), latest);
+        assert_eq!(
+            recorded_migrations(&fresh),
+            (1..=latest).collect::<Vec<_>>()
+        );
+        let expected = schema_of(&fresh);
+        assert!(
+            expected.iter().any(|c| c.starts_with("misses.has_values")),
+            "{expected:?}"
+        );
+
+        for (name, _) in LEGACY {
+            let dir = tempfile::tempdir().unwrap();
+            let old = legacy_database(dir.path(), name);
+            assert_ne!(
+                schema_of(&old),
+                expected,
+                "{name} is already the new schema"
+            );
+            let store = ArtifactStore::open(dir.path()).unwrap_or_else(|e| panic!("{name}: {e}"));
+            store.check().unwrap();
+            assert_eq!(schema_of(&old), expected, "{name}");
+            assert_eq!(user_version(&old), latest, "{name}");
+            assert_eq!(
+                recorded_migrations(&old),
+                (1..=latest).collect::<Vec<_>>(),
+                "{name}"
+            );
+            drop(store);
+            ArtifactStore::open(dir.path()).unwrap();
+            assert_eq!(schema_of(&old), expected, "{name}, opened again");
+        }
+    }
 
     /// A version-1 database is migrated when it is opened: its leases are build jobs, live
     /// and renewable, and the database says version 2.
@@ -1893,8 +1827,7 @@ mod schema_tests {
     fn a_version_1_database_is_migrated_and_keeps_its_leases() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let old = Connection::open(dir.path().join("artifacts.db")).unwrap();
-            old.execute_batch(LEASES_V1).unwrap();
+            let old = legacy_database(dir.path(), "v1c");
             old.execute(
                 "INSERT INTO leases (base_key, worker, token_name, lease_ms, leased_at,
                     expires_ms) VALUES ('b1', 'w', 'w1', 60000, 0, ?1)",
@@ -1924,7 +1857,7 @@ mod schema_tests {
         let version: i64 = db
             .query_row("PRAGMA user_version", [], |row| row.get(0))
             .unwrap();
-        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(version, migrations::latest_version());
         let kind: String = db
             .query_row("SELECT kind FROM leases WHERE job = 1", [], |row| {
                 row.get(0)
@@ -1943,46 +1876,6 @@ mod schema_tests {
         assert_eq!(columns, 13);
     }
 
-    /// The tables version 2 had that version 3 changed (as version 2 made them).
-    const MANIFESTS_AND_MISSES_V2: &str = "
-        CREATE TABLE manifests (
-            key             TEXT PRIMARY KEY NOT NULL,
-            base_key        TEXT NOT NULL,
-            package         TEXT NOT NULL,
-            version         TEXT NOT NULL,
-            otp_major       TEXT NOT NULL,
-            elixir          TEXT NOT NULL,
-            mix_env         TEXT NOT NULL,
-            target          TEXT NOT NULL,
-            artifact_sha256 TEXT NOT NULL,
-            artifact_size   INTEGER NOT NULL,
-            compile_env     TEXT NOT NULL,
-            signers         TEXT NOT NULL,
-            signed_manifest BLOB NOT NULL,
-            manifest_sha256 TEXT NOT NULL,
-            published_by    TEXT NOT NULL,
-            published_at    INTEGER NOT NULL
-        ) STRICT;
-        CREATE INDEX manifests_package ON manifests (package);
-        CREATE INDEX manifests_base_key ON manifests (base_key);
-        CREATE TABLE misses (
-            base_key       TEXT PRIMARY KEY NOT NULL,
-            package        TEXT NOT NULL,
-            version        TEXT NOT NULL,
-            reason         TEXT NOT NULL,
-            otp_major      TEXT NOT NULL,
-            elixir         TEXT NOT NULL,
-            mix_env        TEXT NOT NULL,
-            target         TEXT NOT NULL,
-            lock           TEXT NOT NULL,
-            count          INTEGER NOT NULL,
-            first_reported INTEGER NOT NULL,
-            last_reported  INTEGER NOT NULL,
-            closed_at      INTEGER,
-            closed_by      TEXT
-        ) STRICT;
-        CREATE INDEX misses_open ON misses (closed_at, count);";
-
     /// A version-2 database (key format v1) is migrated when it is opened: its manifests stay
     /// served and indexed as key format 1, its misses are kept (with their locks) but closed,
     /// and new misses and manifests are recorded in the new tables.
@@ -1990,17 +1883,7 @@ mod schema_tests {
     fn a_version_2_database_is_migrated_keeping_its_v1_builds_and_closing_its_misses() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let old = Connection::open(dir.path().join("artifacts.db")).unwrap();
-            old.execute_batch(LEASES_V1).unwrap();
-            old.execute_batch(&format!(
-                "{MANIFESTS_AND_MISSES_V2};
-                 ALTER TABLE leases ADD COLUMN kind TEXT NOT NULL DEFAULT 'build';
-                 ALTER TABLE leases ADD COLUMN key TEXT;
-                 ALTER TABLE leases ADD COLUMN auditor TEXT;
-                 ALTER TABLE leases ADD COLUMN reason TEXT;
-                 PRAGMA user_version = 2;"
-            ))
-            .unwrap();
+            let old = legacy_database(dir.path(), "v2");
             old.execute(
                 "INSERT INTO manifests VALUES ('k1', 'b1', 'shapes', '1.0.0', '25', '1.14.0',
                     'prod', 'any', 'aa', 10, '[]', '[]', x'0a00', 'ss', 'builder', 5)",
@@ -2035,7 +1918,7 @@ mod schema_tests {
         let version: i64 = db
             .query_row("PRAGMA user_version", [], |row| row.get(0))
             .unwrap();
-        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(version, migrations::latest_version());
         // Opening it again changes nothing; the old table is gone.
         drop(store);
         ArtifactStore::open(dir.path()).unwrap();
@@ -2049,30 +1932,6 @@ mod schema_tests {
         assert_eq!(tables, 0);
     }
 
-    /// The `misses` table as version 3 made it.
-    const MISSES_V3: &str = "
-        CREATE TABLE misses (
-            miss_key       TEXT PRIMARY KEY NOT NULL,
-            base_key       TEXT,
-            request_text   TEXT NOT NULL,
-            package        TEXT NOT NULL,
-            version        TEXT NOT NULL,
-            reason         TEXT NOT NULL,
-            otp_major      TEXT NOT NULL,
-            elixir         TEXT NOT NULL,
-            mix_env        TEXT NOT NULL,
-            target         TEXT NOT NULL,
-            lock           TEXT NOT NULL,
-            inputs         TEXT NOT NULL,
-            count          INTEGER NOT NULL,
-            first_reported INTEGER NOT NULL,
-            last_reported  INTEGER NOT NULL,
-            closed_at      INTEGER,
-            closed_by      TEXT
-        ) STRICT;
-        CREATE INDEX misses_open ON misses (closed_at, count);
-        CREATE INDEX misses_release ON misses (package, version, closed_at);";
-
     /// A version-3 database is migrated when it is opened (one step, 3 → 4): its misses keep
     /// their keys — a request-key miss is listed with its request key, a base-key miss with
     /// its base key and no variant key — and those carrying values are known to, so they
@@ -2081,17 +1940,7 @@ mod schema_tests {
     fn a_version_3_database_is_migrated_keeping_its_misses() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let old = Connection::open(dir.path().join("artifacts.db")).unwrap();
-            old.execute_batch(LEASES_V1).unwrap();
-            old.execute_batch(&format!(
-                "{MISSES_V3};
-                 ALTER TABLE leases ADD COLUMN kind TEXT NOT NULL DEFAULT 'build';
-                 ALTER TABLE leases ADD COLUMN key TEXT;
-                 ALTER TABLE leases ADD COLUMN auditor TEXT;
-                 ALTER TABLE leases ADD COLUMN reason TEXT;
-                 PRAGMA user_version = 3;"
-            ))
-            .unwrap();
+            let old = legacy_database(dir.path(), "v3");
             let now = now();
             for (key, base_key, inputs) in [
                 (
@@ -2130,7 +1979,7 @@ mod schema_tests {
         let version: i64 = db
             .query_row("PRAGMA user_version", [], |row| row.get(0))
             .unwrap();
-        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(version, migrations::latest_version());
         let with_values: Vec<String> = db
             .prepare("SELECT miss_key FROM misses WHERE has_values = 1")
             .unwrap()
@@ -2257,7 +2106,6 @@ mod schema_tests {
         );
     }
 
-    /// A database of a newer precomp is refused, untouched.
     /// A panic while the database is locked (a bug in one request) must not turn every later
     /// request into an error, as a poisoned `std::sync::Mutex` did.
     #[test]
@@ -2279,17 +2127,85 @@ mod schema_tests {
         ));
     }
 
+    /// A database of a newer precomp is refused, untouched: by its `user_version` (what
+    /// precomps before refinery set) and by a migration refinery recorded that this precomp
+    /// does not know.
     #[test]
-    fn a_newer_database_is_refused() {
+    fn a_newer_database_is_refused_untouched() {
+        let latest = migrations::latest_version();
         let dir = tempfile::tempdir().unwrap();
-        Connection::open(dir.path().join("artifacts.db"))
-            .unwrap()
-            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
-            .unwrap();
+        let db = Connection::open(dir.path().join("artifacts.db")).unwrap();
+        db.pragma_update(None, "user_version", latest + 1).unwrap();
+        let error = ArtifactStore::open(dir.path()).err().expect("refused");
+        assert!(
+            matches!(error, ArtifactStoreError::NewerSchema { found, known, .. } if found == latest + 1 && known == latest),
+            "{error}"
+        );
+        assert!(error.to_string().contains("newer precomp"), "{error}");
+        assert_eq!(user_version(&db), latest + 1);
+        assert!(schema_of(&db).is_empty());
+
+        let dir = tempfile::tempdir().unwrap();
+        drop(ArtifactStore::open(dir.path()).unwrap());
+        let db = Connection::open(dir.path().join("artifacts.db")).unwrap();
+        db.execute(
+            "INSERT INTO refinery_schema_history (version, name, applied_on, checksum)
+             VALUES (?1, 'from_the_future', '2030-01-01T00:00:00Z', '1')",
+            params![latest + 1],
+        )
+        .unwrap();
         assert!(matches!(
             ArtifactStore::open(dir.path()),
             Err(ArtifactStoreError::NewerSchema { .. })
         ));
+        assert_eq!(user_version(&db), latest);
+    }
+
+    /// A migration that fails leaves the database as it was: the baseline, the earlier
+    /// migrations and the version are one transaction with it.
+    #[test]
+    fn a_failed_migration_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = legacy_database(dir.path(), "v2");
+        // Migration 3 rebuilds `misses`: without it, it fails.
+        old.execute_batch("DROP TABLE misses").unwrap();
+        let before = schema_of(&old);
+        let error = ArtifactStore::open(dir.path())
+            .err()
+            .expect("the migration fails");
+        assert!(
+            matches!(error, ArtifactStoreError::Migration { .. }),
+            "{error}"
+        );
+        assert_eq!(schema_of(&old), before);
+        assert_eq!(user_version(&old), 2);
+        let history: i64 = old
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'refinery_schema_history'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(history, 0);
+    }
+
+    /// An applied migration whose recorded checksum differs from the embedded one (it was
+    /// edited after it shipped) is refused, not run again or ignored.
+    #[test]
+    fn an_edited_migration_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(ArtifactStore::open(dir.path()).unwrap());
+        let db = Connection::open(dir.path().join("artifacts.db")).unwrap();
+        db.execute(
+            "UPDATE refinery_schema_history SET checksum = '1' WHERE version = 2",
+            [],
+        )
+        .unwrap();
+        let error = ArtifactStore::open(dir.path()).err().expect("refused");
+        assert!(
+            matches!(error, ArtifactStoreError::Migration { .. }),
+            "{error}"
+        );
     }
 }
 

@@ -29,6 +29,7 @@
 use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
 
+use precomp_artifacts::{maintenance, ArtifactStore, ArtifactStoreError};
 use precomp_proto::time::unix_now as now;
 use precomp_registry::blob_relative_path;
 use rusqlite::{Connection, OpenFlags};
@@ -54,6 +55,8 @@ pub enum BackupError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Store(#[from] ArtifactStoreError),
     #[error("database {path}: {source}")]
     Db {
         path: PathBuf,
@@ -188,10 +191,17 @@ fn write_backup(
                 }
                 let relative = format!("{part}/{db_name}");
                 let snapshot = staging.join(&relative);
-                snapshot_database(&db, &snapshot)?;
+                // The artifact store snapshots itself (and says which blobs the snapshot
+                // names); the mirror's cache database is copied here.
+                let names = if *part == "artifacts" {
+                    ArtifactStore::open_existing(&source)?.snapshot(&snapshot)?
+                } else {
+                    snapshot_database(&db, &snapshot)?;
+                    blob_names(&snapshot, part)?
+                };
                 files.push(describe(&snapshot, &relative)?);
                 databases.push(relative);
-                for sha in blob_names(&snapshot, part)? {
+                for sha in names {
                     let relative = format!("{part}/{}", blob_relative_path(&sha).display());
                     let from = options.data.join(&relative);
                     if !from.is_file() {
@@ -247,7 +257,7 @@ fn write_backup(
     })
 }
 
-/// A consistent copy of the database at `source` into `dest` (a new, self-contained file in
+/// A consistent copy of the mirror cache's database at `source` into `dest` (a new, self-contained file in
 /// rollback-journal mode), checked with `PRAGMA integrity_check`.
 fn snapshot_database(source: &Path, dest: &Path) -> Result<(), BackupError> {
     let db_err = |path: &Path| {
@@ -304,21 +314,19 @@ fn integrity_check(db: &Connection, path: &Path) -> Result<(), BackupError> {
     Ok(())
 }
 
-/// The blobs a database snapshot names (lowercase hex).
+/// The blobs a database snapshot names (lowercase hex): the artifact store's by
+/// [`maintenance::snapshot_blobs`], the mirror cache's `objects`.
 fn blob_names(snapshot: &Path, part: &str) -> Result<Vec<String>, BackupError> {
+    if part == "artifacts" {
+        return Ok(maintenance::snapshot_blobs(snapshot)?);
+    }
     let db_err = |source| BackupError::Db {
         path: snapshot.to_path_buf(),
         source,
     };
     let db =
         Connection::open_with_flags(snapshot, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(db_err)?;
-    let mut names: Vec<String> = if part == "artifacts" {
-        let mut stmt = db.prepare("SELECT sha256 FROM artifacts").map_err(db_err)?;
-        let rows = stmt
-            .query_map([], |row| row.get::<_, String>(0))
-            .map_err(db_err)?;
-        rows.collect::<Result<_, _>>().map_err(db_err)?
-    } else {
+    let mut names: Vec<String> = {
         let mut stmt = db
             .prepare("SELECT DISTINCT sha256 FROM objects")
             .map_err(db_err)?;
@@ -507,6 +515,10 @@ pub fn restore(from: &Path, data: &Path) -> Result<Summary, BackupError> {
         }
         for relative in &databases {
             let path = staging.join(relative);
+            if database_part(relative) == Some("artifacts") {
+                maintenance::check_snapshot(&path)?;
+                continue;
+            }
             let db = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(
                 |source| BackupError::Db {
                     path: path.clone(),

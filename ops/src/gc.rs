@@ -21,32 +21,22 @@
 //! "Several manifests for one key"). A miss reported again after its build went away opens
 //! again, so builders rebuild it.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeSet, HashSet};
+use std::path::PathBuf;
 
+use precomp_artifacts::maintenance::{GcDrop, GcView};
+use precomp_artifacts::{ArtifactStore, ArtifactStoreError};
 use precomp_proto::buildkey::PackageRef;
 use precomp_proto::lock::MixLock;
 use precomp_proto::manifest::{Manifest, SignedManifest};
-use precomp_registry::blob_relative_path;
 use prost::Message;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 const DAY: i64 = 86_400;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GcError {
-    #[error("{} has no artifact store (artifacts.db): is --data the mirror's data directory?", dir.display())]
-    NoStore { dir: PathBuf },
-    #[error("artifact database {path}: {source}")]
-    Db {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Store(#[from] ArtifactStoreError),
     #[error("kept lock {path}: {message}")]
     Lock { path: PathBuf, message: String },
 }
@@ -117,18 +107,10 @@ pub struct GcReport {
     pub missing_blobs: Vec<String>,
 }
 
-/// Plans and, with `apply`, performs a collection.
+/// Plans and, with `apply`, performs a collection, through the store's
+/// [`ArtifactStore::collect_garbage`]: the plan is made on what it reads in one transaction
+/// and carried out in that same transaction.
 pub fn collect(options: &GcOptions) -> Result<GcReport, GcError> {
-    let db_path = options.store.join("artifacts.db");
-    if !db_path.is_file() {
-        return Err(GcError::NoStore {
-            dir: options.store.clone(),
-        });
-    }
-    let db_err = |source| GcError::Db {
-        path: db_path.clone(),
-        source,
-    };
     let cutoff = options.now - i64::from(options.older_than_days) * DAY;
 
     let mut kept_locks = BTreeSet::new();
@@ -140,86 +122,28 @@ pub fn collect(options: &GcOptions) -> Result<GcReport, GcError> {
         kept_locks.extend(lock_closures(&lock));
     }
 
-    let mut db =
-        Connection::open_with_flags(&db_path, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(db_err)?;
-    db.busy_timeout(std::time::Duration::from_secs(30))
-        .map_err(db_err)?;
-    // Created by the store too; an older store may not have it yet.
-    db.execute_batch(
-        "CREATE TABLE IF NOT EXISTS artifact_use (
-            sha256    TEXT PRIMARY KEY NOT NULL,
-            last_used INTEGER NOT NULL
-        ) STRICT;",
-    )
-    .map_err(db_err)?;
-    // A write transaction when applying: nothing is published or recorded while the plan is
-    // made and carried out.
-    let tx = db
-        .transaction_with_behavior(if options.apply {
-            TransactionBehavior::Immediate
-        } else {
-            TransactionBehavior::Deferred
-        })
-        .map_err(db_err)?;
-
-    let mut miss_locks = BTreeSet::new();
-    {
-        let mut stmt = tx
-            .prepare("SELECT lock FROM misses WHERE last_reported >= ?1")
-            .map_err(db_err)?;
-        let rows = stmt
-            .query_map(params![cutoff], |row| row.get::<_, String>(0))
-            .map_err(db_err)?;
-        for text in rows {
-            let text = text.map_err(db_err)?;
-            if let Ok(lock) = MixLock::parse(&text) {
+    let store = ArtifactStore::open_existing(&options.store)?;
+    let mut kept = Kept::default();
+    let mut dropped_manifests = Vec::new();
+    let mut dropped_artifacts = Vec::new();
+    let mut needed_artifacts: HashSet<String> = HashSet::new();
+    let mut known_blobs: HashSet<String> = HashSet::new();
+    store.collect_garbage(cutoff, options.apply, &mut |view: &GcView| {
+        let mut miss_locks = BTreeSet::new();
+        for text in &view.miss_locks {
+            if let Ok(lock) = MixLock::parse(text) {
                 miss_locks.extend(lock_closures(&lock));
             }
         }
-    }
-
-    let last_used: HashMap<String, i64> = {
-        let mut stmt = tx
-            .prepare("SELECT sha256, last_used FROM artifact_use")
-            .map_err(db_err)?;
-        let rows = stmt
-            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
-            .map_err(db_err)?;
-        rows.collect::<Result<_, _>>().map_err(db_err)?
-    };
-
-    let mut kept = Kept::default();
-    let mut dropped_manifests = Vec::new();
-    let mut needed_artifacts: HashSet<String> = HashSet::new();
-    {
-        let mut stmt = tx
-            .prepare(
-                "SELECT key, package, version, artifact_sha256, published_at, signed_manifest
-                 FROM manifests ORDER BY package, version, key",
-            )
-            .map_err(db_err)?;
-        let rows = stmt
-            .query_map([], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, String>(3)?,
-                    row.get::<_, i64>(4)?,
-                    row.get::<_, Vec<u8>>(5)?,
-                ))
-            })
-            .map_err(db_err)?;
-        for row in rows {
-            let (key, package, version, artifact, published_at, signed) = row.map_err(db_err)?;
-            let used = last_used.get(&artifact).copied();
-            let keep = if published_at >= cutoff || used.is_some_and(|at| at >= cutoff) {
+        for build in &view.builds {
+            let used = build.last_used;
+            let keep = if build.published_at >= cutoff || used.is_some_and(|at| at >= cutoff) {
                 kept.recent += 1;
                 true
             } else {
-                match manifest_closure(&signed) {
+                match manifest_closure(&build.signed_manifest) {
                     None => {
-                        tracing::warn!(%key, "gc: keeping a manifest that does not decode");
+                        tracing::warn!(key = %build.key, "gc: keeping a manifest that does not decode");
                         kept.undecodable += 1;
                         true
                     }
@@ -235,127 +159,60 @@ pub fn collect(options: &GcOptions) -> Result<GcReport, GcError> {
                 }
             };
             if keep {
-                needed_artifacts.insert(artifact);
+                needed_artifacts.insert(build.artifact_sha256.clone());
             } else {
                 dropped_manifests.push(DroppedManifest {
-                    key,
-                    package,
-                    version,
-                    artifact_sha256: artifact,
-                    published_at,
+                    key: build.key.clone(),
+                    package: build.package.clone(),
+                    version: build.version.clone(),
+                    artifact_sha256: build.artifact_sha256.clone(),
+                    published_at: build.published_at,
                     last_used: used,
                 });
             }
         }
-    }
-
-    let mut dropped_artifacts = Vec::new();
-    let mut known_blobs: HashSet<String> = HashSet::new();
-    {
-        let mut stmt = tx
-            .prepare("SELECT sha256, size, uploaded_at FROM artifacts ORDER BY sha256")
-            .map_err(db_err)?;
-        let rows = stmt
-            .query_map([], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, i64>(1)?,
-                    row.get::<_, i64>(2)?,
-                ))
-            })
-            .map_err(db_err)?;
-        for row in rows {
-            let (sha256, size, uploaded_at) = row.map_err(db_err)?;
-            let used = last_used.get(&sha256).copied();
-            let recent = uploaded_at >= cutoff || used.is_some_and(|at| at >= cutoff);
-            if needed_artifacts.contains(&sha256) || recent {
-                known_blobs.insert(sha256);
+        for artifact in &view.artifacts {
+            let used = artifact.last_used;
+            let recent = artifact.uploaded_at >= cutoff || used.is_some_and(|at| at >= cutoff);
+            if needed_artifacts.contains(&artifact.sha256) || recent {
+                known_blobs.insert(artifact.sha256.clone());
             } else {
                 dropped_artifacts.push(DroppedArtifact {
-                    sha256,
-                    size: size.max(0) as u64,
-                    uploaded_at,
+                    sha256: artifact.sha256.clone(),
+                    size: artifact.size,
+                    uploaded_at: artifact.uploaded_at,
                     last_used: used,
                 });
             }
         }
-    }
+        GcDrop {
+            builds: dropped_manifests.iter().map(|m| m.key.clone()).collect(),
+            artifacts: dropped_artifacts.iter().map(|a| a.sha256.clone()).collect(),
+        }
+    })?;
 
-    let has_table = |name: &str| -> Result<bool, GcError> {
-        Ok(tx
-            .query_row(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
-                params![name],
-                |_| Ok(()),
-            )
-            .optional()
-            .map_err(db_err)?
-            .is_some())
-    };
-    let has_verdicts = has_table("verdicts")?;
-    let has_history = has_table("manifest_history")?;
-    if options.apply {
-        for manifest in &dropped_manifests {
-            tx.execute(
-                "DELETE FROM manifests WHERE key = ?1",
-                params![manifest.key],
-            )
-            .map_err(db_err)?;
-            if has_verdicts {
-                tx.execute("DELETE FROM verdicts WHERE key = ?1", params![manifest.key])
-                    .map_err(db_err)?;
-            }
-            // The key's other manifests (agreeing, conflicting, replaced) go with its build.
-            if has_history {
-                tx.execute(
-                    "DELETE FROM manifest_history WHERE key = ?1",
-                    params![manifest.key],
-                )
-                .map_err(db_err)?;
-            }
-        }
-        for artifact in &dropped_artifacts {
-            tx.execute(
-                "DELETE FROM artifacts WHERE sha256 = ?1",
-                params![artifact.sha256],
-            )
-            .map_err(db_err)?;
-            tx.execute(
-                "DELETE FROM artifact_use WHERE sha256 = ?1",
-                params![artifact.sha256],
-            )
-            .map_err(db_err)?;
-        }
-    }
-    tx.commit().map_err(db_err)?;
-    drop(db);
-
-    let blobs = options.store.join("blobs/sha256");
-    let mut bytes = 0;
-    for artifact in &dropped_artifacts {
-        bytes += artifact.size;
-        if options.apply {
-            remove_if_present(&options.store.join(blob_relative_path(&artifact.sha256)))?;
-        }
-    }
+    let mut bytes: u64 = dropped_artifacts.iter().map(|a| a.size).sum();
     let dropped: HashSet<&str> = dropped_artifacts
         .iter()
         .map(|a| a.sha256.as_str())
         .collect();
     let mut stray_blobs = Vec::new();
-    for (name, path, size, modified) in list_blobs(&blobs)? {
-        if known_blobs.contains(&name) || dropped.contains(name.as_str()) || modified >= cutoff {
+    for blob in store.blob_files()? {
+        if known_blobs.contains(&blob.sha256)
+            || dropped.contains(blob.sha256.as_str())
+            || blob.modified >= cutoff
+        {
             continue;
         }
-        bytes += size;
+        bytes += blob.size;
         if options.apply {
-            remove_if_present(&path)?;
+            store.remove_blob(&blob.sha256)?;
         }
-        stray_blobs.push(name);
+        stray_blobs.push(blob.sha256);
     }
     let mut missing_blobs: Vec<String> = needed_artifacts
         .iter()
-        .filter(|sha| !options.store.join(blob_relative_path(sha)).exists())
+        .filter(|sha| !store.blob_path(sha).exists())
         .cloned()
         .collect();
     missing_blobs.sort();
@@ -400,51 +257,4 @@ fn fingerprint(package: &PackageRef, mut closure: Vec<PackageRef>) -> String {
         text.push_str(&one(member));
     }
     text
-}
-
-/// Every `blobs/sha256/ab/abcd…` file: name, path, size, modification time.
-fn list_blobs(blobs: &Path) -> Result<Vec<(String, PathBuf, u64, i64)>, GcError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| GcError::Io { path, source }
-    };
-    let mut found = Vec::new();
-    let shards = match std::fs::read_dir(blobs) {
-        Ok(shards) => shards,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
-        Err(e) => return Err(io(blobs)(e)),
-    };
-    for shard in shards {
-        let shard = shard.map_err(io(blobs))?.path();
-        if !shard.is_dir() {
-            continue;
-        }
-        for entry in std::fs::read_dir(&shard).map_err(io(&shard))? {
-            let entry = entry.map_err(io(&shard))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.len() != 64 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
-                continue;
-            }
-            let meta = entry.metadata().map_err(io(&entry.path()))?;
-            let modified = meta
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_secs() as i64);
-            found.push((name, entry.path(), meta.len(), modified));
-        }
-    }
-    found.sort();
-    Ok(found)
-}
-
-fn remove_if_present(path: &Path) -> Result<(), GcError> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(GcError::Io {
-            path: path.to_path_buf(),
-            source,
-        }),
-    }
 }

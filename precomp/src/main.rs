@@ -58,6 +58,9 @@ enum Command {
     Audit(commands::audit::AuditArgs),
     /// Removes artifacts no recent lock needs (dry run by default).
     Gc(commands::gc::GcArgs),
+    /// The artifact store: re-verify every stored artifact (`scrub`).
+    #[command(subcommand)]
+    Store(commands::store::StoreCommand),
     /// A consistent snapshot of the data directory.
     Backup(commands::backup::BackupArgs),
     /// Restores a snapshot into an empty data directory.
@@ -108,6 +111,7 @@ fn main() -> ExitCode {
         Command::Worker(args) => commands::worker::run(&context, args),
         Command::Audit(args) => commands::audit::run(&context, args),
         Command::Gc(args) => commands::gc::run(&context, args),
+        Command::Store(command) => commands::store::run(&context, command),
         Command::Backup(args) => commands::backup::run_backup(&context, args),
         Command::Restore(args) => commands::backup::run_restore(&context, args),
         Command::Demo(args) => commands::demo::run(&context, args),

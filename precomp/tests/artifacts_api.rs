@@ -612,6 +612,11 @@ fn an_artifact_that_does_not_match_its_digest_is_refused_and_not_stored() {
     assert_eq!(get(&url_on(&server, &sent)).status, 404);
     assert!(stored_files(&data).is_empty(), "{:?}", stored_files(&data));
     assert_eq!(count_rows(&data, "artifacts"), 0);
+    // The refused upload's temporary file (written off the runtime) is gone too.
+    let tmp: Vec<_> = std::fs::read_dir(data.join("artifacts/tmp"))
+        .unwrap()
+        .collect();
+    assert!(tmp.is_empty(), "{tmp:?}");
 
     // An empty body is an artifact too: it must match its digest like any other.
     let empty = put(&url_on(&server, &claimed), Some(&token), b"");

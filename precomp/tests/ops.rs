@@ -639,3 +639,88 @@ fn a_backup_restored_into_an_empty_data_dir_serves_the_same_bytes() {
     );
     publish(&server, &token, &key, &[&later]);
 }
+
+/// `precomp store scrub` on a mirror's data directory: clean after publishing (exit 0); after
+/// a published build's artifact is overwritten, another deleted and a file no row names is
+/// added, it reports each of them by digest, in text and as JSON, and exits with status 1.
+#[test]
+fn store_scrub_reports_corrupt_missing_and_orphaned_artifacts() {
+    let scratch = tempfile::tempdir().unwrap();
+    let data = scratch.path().join("data");
+    let upstream = scratch.path().join("empty-upstream");
+    let upstream_key = scratch.path().join("repo.pem");
+    keygen(&upstream_key);
+    let upstream_key = scratch.path().join("repo.pem.pub");
+    let (key, token) = builder(&data, scratch.path());
+    let one = Build::new(
+        &inputs(package("one", "1.0.0", 0x11), vec![], "25", "1.14.0"),
+        "one",
+    );
+    let two = Build::new(
+        &inputs(package("two", "1.0.0", 0x22), vec![], "25", "1.14.0"),
+        "two",
+    );
+    let three = Build::new(
+        &inputs(package("three", "1.0.0", 0x33), vec![], "25", "1.14.0"),
+        "three",
+    );
+    {
+        let server = serve(&data, &upstream, &upstream_key);
+        publish(&server, &token, &key, &[&one, &two, &three]);
+    }
+    let scrub = |json: bool| {
+        let mut args = vec!["store", "scrub"];
+        if json {
+            args.push("--json");
+        }
+        precomp_data(&data, &args)
+    };
+    let clean = scrub(true);
+    assert!(clean.status.success(), "{clean:?}");
+    let report: serde_json::Value = serde_json::from_slice(&clean.stdout).unwrap();
+    assert_eq!(report["checked"], 3, "{report}");
+    for list in ["missing", "corrupt", "orphaned"] {
+        assert_eq!(report[list].as_array().unwrap().len(), 0, "{report}");
+    }
+
+    let sha = |build: &Build| sha256_hex(&build.artifact);
+    let mut damaged = std::fs::read(blob(&data, &sha(&one))).unwrap();
+    let last = damaged.len() - 1;
+    damaged[last] ^= 0xff;
+    std::fs::write(blob(&data, &sha(&one)), &damaged).unwrap();
+    std::fs::remove_file(blob(&data, &sha(&two))).unwrap();
+    let orphan = artifact_bytes("orphan");
+    let orphan_sha = sha256_hex(&orphan);
+    std::fs::create_dir_all(blob(&data, &orphan_sha).parent().unwrap()).unwrap();
+    std::fs::write(blob(&data, &orphan_sha), &orphan).unwrap();
+
+    let found = scrub(true);
+    assert_eq!(found.status.code(), Some(1), "{found:?}");
+    let report: serde_json::Value = serde_json::from_slice(&found.stdout).unwrap();
+    assert_eq!(listed(&report, "corrupt", "sha256"), vec![sha(&one)]);
+    assert_eq!(report["corrupt"][0]["actual"], sha256_hex(&damaged));
+    assert_eq!(listed(&report, "missing", "sha256"), vec![sha(&two)]);
+    assert_eq!(report["missing"][0]["builds"][0], two.key());
+    assert_eq!(
+        listed(&report, "orphaned", "sha256"),
+        vec![orphan_sha.clone()]
+    );
+    assert_eq!(report["checked"], 2);
+
+    let text = scrub(false);
+    assert_eq!(text.status.code(), Some(1));
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(
+        text.contains(&format!("corrupt: artifact {}", sha(&one))),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("missing: artifact {}", sha(&two))),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("orphaned: blob {orphan_sha}")),
+        "{text}"
+    );
+    assert!(text.contains("1 corrupt, 1 missing, 1 orphaned"), "{text}");
+}

@@ -11,6 +11,7 @@ pub mod keys;
 pub mod mirror;
 pub mod repo;
 pub mod serve;
+pub mod store;
 pub mod token;
 pub mod toolchain;
 pub mod worker;

@@ -15,7 +15,6 @@ use http::{HeaderMap, Method, StatusCode};
 use http_body_util::BodyExt;
 use precomp_artifacts::{Artifacts, Publisher, Refusal};
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 
 use crate::layers::{BodyBudget, BodyLimitError};
 use crate::respond::{labelled, refused, text};
@@ -282,17 +281,32 @@ pub async fn receive(
     mut body: Body,
     limit: u64,
 ) -> Result<(tempfile::NamedTempFile, [u8; 32], u64), Refusal> {
-    let tmp = blocking(artifacts, |a| {
-        let dir = a.store().tmp_dir();
-        tempfile::NamedTempFile::new_in(&dir)
-            .map_err(|e| Refusal::internal(format!("{}: {e}", dir.display())))
-    })
-    .await?;
-    let io_error = |e: std::io::Error| Refusal::internal(format!("{}: {e}", tmp.path().display()));
-    let mut file = tokio::fs::File::from_std(tmp.as_file().try_clone().map_err(io_error)?);
-    let mut hasher = Sha256::new();
+    // The body's frames go to a blocking task that hashes them and writes them into a file
+    // in `tmp/`: neither the SHA-256 of up to 256 MiB nor the file writes run on the runtime.
+    // The bounded channel makes a slow disk slow the reads down, not fill memory.
+    let (frames, mut received) = tokio::sync::mpsc::channel::<Bytes>(8);
+    let dir = artifacts.store().tmp_dir();
+    let writer = tokio::task::spawn_blocking(move || {
+        use std::io::Write as _;
+        let tmp = tempfile::NamedTempFile::new_in(&dir)
+            .map_err(|e| Refusal::internal(format!("{}: {e}", dir.display())))?;
+        let io_error =
+            |e: std::io::Error| Refusal::internal(format!("{}: {e}", tmp.path().display()));
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut file = tmp.as_file();
+        while let Some(data) = received.blocking_recv() {
+            hasher.update(&data);
+            file.write_all(&data).map_err(io_error)?;
+            size += data.len() as u64;
+        }
+        file.sync_all().map_err(io_error)?;
+        Ok::<_, Refusal>((tmp, hasher.finalize().into(), size))
+    });
     let mut size = 0u64;
     while let Some(frame) = body.frame().await {
+        // On an error the sender is dropped on return: the writer ends and its temporary
+        // file is removed when dropped.
         let frame = frame.map_err(|e| body_error(e, "the artifact"))?;
         let Ok(data) = frame.into_data() else {
             continue;
@@ -301,13 +315,24 @@ pub async fn receive(
         if size > limit {
             return Err(too_large("the artifact", limit));
         }
-        hasher.update(&data);
-        file.write_all(&data).await.map_err(io_error)?;
+        if frames.send(data).await.is_err() {
+            // The writer stopped (its error is returned below).
+            break;
+        }
     }
-    file.flush().await.map_err(io_error)?;
-    file.sync_all().await.map_err(io_error)?;
-    drop(file);
-    Ok((tmp, hasher.finalize().into(), size))
+    drop(frames);
+    let (tmp, digest, written) = writer.await.unwrap_or_else(|e| {
+        Err(Refusal::internal(format!(
+            "artifact upload task failed: {e}"
+        )))
+    })?;
+    if written != size {
+        return Err(Refusal::internal(format!(
+            "{}: {written} of {size} bytes written",
+            tmp.path().display()
+        )));
+    }
+    Ok((tmp, digest, size))
 }
 
 /// Bound on the body read and discarded before a refusal is sent, so that the client, still

@@ -23,9 +23,10 @@ use rusqlite::{params, OptionalExtension};
 
 use super::{from_json, to_json, ArtifactStore, ArtifactStoreError};
 
-/// The table schema version 4 added (one step, so a later migration can be renumbered on
-/// its own): created by [`SCHEMA`](super::SCHEMA)'s `IF NOT EXISTS` on older databases too.
-pub(super) const HISTORY_SCHEMA: &str = "
+/// The table as migration 4 makes it (`migrations/sqlite/V4__…sql`), for a database of the
+/// line of development that called its schema 4 without it (`migrations::legacy_baseline`).
+/// Frozen: a change to the table is a new migration.
+pub(super) const LEGACY_HISTORY_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS manifest_history (
     key             TEXT NOT NULL,
     manifest_digest TEXT NOT NULL,
