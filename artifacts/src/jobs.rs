@@ -1045,6 +1045,7 @@ mod tests {
             Publisher {
                 name: name.into(),
                 key: Some(self.auditors[n].public_key()),
+                scopes: None,
             }
         }
 
@@ -1261,6 +1262,7 @@ mod tests {
         let builder = Publisher {
             name: "builder".into(),
             key: Some(mirror.builder.public_key()),
+            scopes: None,
         };
         let refused = mirror.lease(&builder, ANY, 1).unwrap_err();
         assert_eq!(refused.status, 403, "{refused:?}");
@@ -1284,6 +1286,7 @@ mod tests {
         let unbound = Publisher {
             name: "unbound".into(),
             key: None,
+            scopes: None,
         };
         let refused = mirror.lease(&unbound, ANY, 1).unwrap_err();
         assert_eq!(refused.status, 422, "{refused:?}");
@@ -1313,6 +1316,7 @@ mod tests {
         let rebound = Publisher {
             name: "unbound".into(),
             key: Some(mirror.builder.public_key()),
+            scopes: None,
         };
         let refused = artifacts
             .heartbeat_job(lease.job, &HeartbeatRequest::default(), &rebound)
@@ -1335,7 +1339,7 @@ mod tests {
                 otp_major, elixir, mix_env, target, lock, inputs, count, first_reported,
                 last_reported)
              VALUES ('b1', 'b1', '', 'shapes', '1.0.0', 'not built', '25', '1.14.0', 'prod',
-                'any', '', '{}', 1, 0, 0)",
+                'any', '', '{}', 1, unixepoch(), unixepoch())",
             params![],
         );
         let build = artifacts.lease_job(&request, &builder).unwrap().unwrap();
@@ -1382,13 +1386,14 @@ mod tests {
                     otp_major, elixir, mix_env, target, lock, inputs, count, first_reported,
                     last_reported)
                  VALUES (?1, ?1, '', 'plain_ex', '1.0.0', 'not built', ?2, ?3, 'prod', 'any',
-                    '', '{}', ?4, 0, 0)",
+                    '', '{}', ?4, unixepoch(), unixepoch())",
                 params![key, otp, elixir, count],
             );
         }
         let builder = Publisher {
             name: "builder".into(),
             key: Some(mirror.builder.public_key()),
+            scopes: None,
         };
         let tuple = |otp: &str, elixir: &str| LeaseTuple {
             otp_major: otp.into(),

@@ -36,7 +36,9 @@ use super::api::{
     CompileEnvJson, Failure, FailureRecorded, FailureReport, IndexBuild, Miss, MissMember,
     MissRecorded, MissReport,
 };
-use super::token::{digests_equal, new_token, token_sha256, valid_token_name};
+use super::token::{
+    digests_equal, new_token, parse_scopes, scopes_text, token_sha256, valid_token_name, Scope,
+};
 use precomp_proto::buildkey::{compile_env_covers, request_satisfied_by, CompileEnvEntry};
 pub(crate) use precomp_proto::time::unix_now as now;
 
@@ -93,9 +95,9 @@ pub enum ArtifactStoreError {
 /// are kept per key (`manifest_history`, [`history::HISTORY_SCHEMA`]) and since config
 /// variants and multi-toolchain workers (misses keep their request and variant keys and
 /// whether they hold compile-env values, `config_variants` bounds the variants per release,
-/// `worker_tuples` records what workers asked for). Older databases are migrated when they
-/// are opened ([`migrate`]).
-const SCHEMA_VERSION: i64 = 4;
+/// `worker_tuples` records what workers asked for); 5 since tokens have scopes
+/// ([`TOKENS_V5_COLUMNS`]). Older databases are migrated when they are opened ([`migrate`]).
+const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tokens (
@@ -104,7 +106,8 @@ CREATE TABLE IF NOT EXISTS tokens (
     key_pem    TEXT,
     key_id     TEXT,
     created_at INTEGER NOT NULL,
-    revoked_at INTEGER
+    revoked_at INTEGER,
+    scopes     TEXT
 ) STRICT;
 CREATE TABLE IF NOT EXISTS artifacts (
     sha256      TEXT PRIMARY KEY NOT NULL,
@@ -256,6 +259,25 @@ const MISSES_V4_COLUMNS: &[(&str, &str)] = &[
     ("has_values", "has_values INTEGER NOT NULL DEFAULT 0"),
 ];
 
+// ---- Schema version 5 (token scopes): the one change of this version. -------------------
+/// Columns version 5 added to `tokens`: the token's scopes (`token::scopes_text`: `reader`,
+/// `builder`, `auditor`, `publisher`), or NULL for a token whose scopes follow from its key
+/// as they did before scopes existed (every token of a version-4 database; and `precomp
+/// token create` without `--scope`): builder when it may publish builds, auditor when it may
+/// post verdicts, reader always (`Artifacts::authenticate`).
+const TOKENS_V5_COLUMNS: &[(&str, &str)] = &[("scopes", "scopes TEXT")];
+
+/// 4 → 5: tokens gain their scopes (NULL: from their key, as before).
+fn migrate_4_to_5(tx: &rusqlite::Transaction<'_>, tokens: &[String]) -> rusqlite::Result<()> {
+    for (name, definition) in TOKENS_V5_COLUMNS {
+        if !tokens.is_empty() && !tokens.iter().any(|c| c == name) {
+            tx.execute_batch(&format!("ALTER TABLE tokens ADD COLUMN {definition}"))?;
+        }
+    }
+    Ok(())
+}
+// ---- End of schema version 5. ----------------------------------------------------------------
+
 /// What closes the misses of key format v1 when a database is migrated to version 3: no
 /// build of key format v2 can satisfy them; clients report them again with v2 keys.
 const V1_MISSES_CLOSED_BY: &str = "key format v1: reported again with key format v2";
@@ -271,6 +293,8 @@ const MAX_TOUCHED: usize = 100_000;
 pub struct Publisher {
     pub name: String,
     pub key: Option<ArtifactPublicKey>,
+    /// Its scopes as stored; `None`: they follow from its key (`Artifacts::authenticate`).
+    pub scopes: Option<Vec<Scope>>,
 }
 
 /// What a presented token is.
@@ -286,6 +310,8 @@ pub enum TokenLookup {
 pub struct TokenInfo {
     pub name: String,
     pub key_id: Option<String>,
+    /// `None`: its scopes follow from its key.
+    pub scopes: Option<Vec<Scope>>,
     pub created_at: i64,
     pub revoked_at: Option<i64>,
 }
@@ -357,8 +383,12 @@ pub struct MissPolicy {
     /// for one more is refused (422).
     pub max_config_variants: u32,
     /// Compile-env values a miss carries are kept this long after its last report, then
-    /// erased (an open miss is closed: it cannot be built without them).
+    /// erased (an open miss is closed: it cannot be built without them); an open miss nobody
+    /// reported for this long is closed too (a new report opens it again).
     pub retention_seconds: i64,
+    /// At most this many misses are open at once; a report that would open another is
+    /// refused ([`MissOutcome::TooManyOpen`], 429) while reports of open ones still count.
+    pub max_open: u64,
 }
 
 impl Default for MissPolicy {
@@ -366,9 +396,13 @@ impl Default for MissPolicy {
         MissPolicy {
             max_config_variants: DEFAULT_MAX_CONFIG_VARIANTS,
             retention_seconds: DEFAULT_MISS_RETENTION_DAYS * 86_400,
+            max_open: DEFAULT_MAX_OPEN_MISSES,
         }
     }
 }
+
+/// Default bound on the misses open at once.
+pub const DEFAULT_MAX_OPEN_MISSES: u64 = 10_000;
 
 /// Default bound on config variants per release and tuple.
 pub const DEFAULT_MAX_CONFIG_VARIANTS: u32 = 8;
@@ -386,6 +420,8 @@ pub enum MissOutcome {
         version: String,
         limit: u32,
     },
+    /// It would open one more miss than [`MissPolicy::max_open`].
+    TooManyOpen { limit: u64 },
 }
 
 /// Rows of `worker_tuples` older than this are removed (the job listing looks back much
@@ -552,6 +588,7 @@ impl ArtifactStore {
         &self,
         name: &str,
         key: Option<&ArtifactPublicKey>,
+        scopes: Option<&[Scope]>,
     ) -> Result<String, ArtifactStoreError> {
         if !valid_token_name(name) {
             return Err(ArtifactStoreError::BadTokenName(name.to_string()));
@@ -585,13 +622,15 @@ impl ArtifactStore {
             None => {}
         }
         tx.execute(
-            "INSERT INTO tokens (name, sha256, key_pem, key_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO tokens (name, sha256, key_pem, key_id, created_at, scopes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
                 name,
                 token_sha256(&token).as_slice(),
                 key_pem,
                 key.map(ArtifactPublicKey::key_id),
-                now()
+                now(),
+                scopes.map(scopes_text)
             ],
         )
         .map_err(self.db_err())?;
@@ -602,7 +641,9 @@ impl ArtifactStore {
     pub fn list_tokens(&self) -> Result<Vec<TokenInfo>, ArtifactStoreError> {
         let db = self.db.lock();
         let mut stmt = db
-            .prepare("SELECT name, key_id, created_at, revoked_at FROM tokens ORDER BY name")
+            .prepare(
+                "SELECT name, key_id, created_at, revoked_at, scopes FROM tokens ORDER BY name",
+            )
             .map_err(self.db_err())?;
         let rows = stmt
             .query_map([], |row| {
@@ -611,6 +652,7 @@ impl ArtifactStore {
                     key_id: row.get(1)?,
                     created_at: row.get(2)?,
                     revoked_at: row.get(3)?,
+                    scopes: row.get::<_, Option<String>>(4)?.as_deref().map(parse_scopes),
                 })
             })
             .map_err(self.db_err())?;
@@ -648,7 +690,7 @@ impl ArtifactStore {
         let db = self.db.lock();
         let row = db
             .query_row(
-                "SELECT name, sha256, key_pem, revoked_at FROM tokens WHERE sha256 = ?1",
+                "SELECT name, sha256, key_pem, revoked_at, scopes FROM tokens WHERE sha256 = ?1",
                 params![hash.as_slice()],
                 |row| {
                     Ok((
@@ -656,12 +698,13 @@ impl ArtifactStore {
                         row.get::<_, Vec<u8>>(1)?,
                         row.get::<_, Option<String>>(2)?,
                         row.get::<_, Option<i64>>(3)?,
+                        row.get::<_, Option<String>>(4)?,
                     ))
                 },
             )
             .optional()
             .map_err(self.db_err())?;
-        let Some((name, stored, key_pem, revoked_at)) = row else {
+        let Some((name, stored, key_pem, revoked_at, scopes)) = row else {
             return Ok(TokenLookup::Unknown);
         };
         if !digests_equal(&stored, &hash) {
@@ -679,7 +722,11 @@ impl ArtifactStore {
             })?),
             None => None,
         };
-        Ok(TokenLookup::Active(Publisher { name, key }))
+        Ok(TokenLookup::Active(Publisher {
+            name,
+            key,
+            scopes: scopes.as_deref().map(parse_scopes),
+        }))
     }
 
     // -----------------------------------------------------------------------------------------
@@ -1002,6 +1049,28 @@ impl ArtifactStore {
         if self.expiry_due(now, policy) {
             self.expire_in(&tx, now, policy).map_err(self.db_err())?;
         }
+        // A report of a miss already here only counts; a new one must fit the bound.
+        let known: bool = tx
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM misses WHERE miss_key = ?1 AND closed_at IS NULL)",
+                params![miss.miss_key],
+                |row| row.get(0),
+            )
+            .map_err(self.db_err())?;
+        if !known {
+            let open: i64 = tx
+                .query_row(
+                    "SELECT count(*) FROM misses WHERE closed_at IS NULL",
+                    [],
+                    |row| row.get(0),
+                )
+                .map_err(self.db_err())?;
+            if open as u64 >= policy.max_open {
+                return Ok(MissOutcome::TooManyOpen {
+                    limit: policy.max_open,
+                });
+            }
+        }
         if let Some(refused) =
             record_variants(&tx, report, &miss.variants, policy, now).map_err(self.db_err())?
         {
@@ -1226,6 +1295,7 @@ fn migrate(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
         tx.execute_batch("DROP TABLE misses_v2")?;
     }
     migrate_3_to_4(tx, &columns("misses")?)?;
+    migrate_4_to_5(tx, &columns("tokens")?)?;
     Ok(())
 }
 
@@ -1260,7 +1330,7 @@ const REOPEN_PUBLISHED: &str = "(?15 IS NULL AND closed_by LIKE 'published %')";
 /// What closes a miss whose compile-env values expired.
 fn expired_closed_by(retention_seconds: i64) -> String {
     format!(
-        "expired: its compile-time values are kept {} after the last report",
+        "expired: misses and their compile-time values are kept {} after the last report",
         describe_seconds(retention_seconds)
     )
 }
@@ -1365,6 +1435,13 @@ fn expire_values(
             params![miss_key, to_json(&inputs), now, closed_by],
         )?;
     }
+    // Open misses nobody reported within the retention: nobody waits for them any more (a
+    // new report opens one again, with the values it carries: `REOPEN`).
+    let unreported = tx.execute(
+        "UPDATE misses SET closed_at = ?2, closed_by = ?3
+         WHERE closed_at IS NULL AND last_reported < ?1",
+        params![cutoff, now, closed_by],
+    )?;
     tx.execute(
         "DELETE FROM config_variants WHERE last_seen < ?1",
         params![cutoff],
@@ -1373,7 +1450,7 @@ fn expire_values(
         "DELETE FROM worker_tuples WHERE last_seen < ?1",
         params![now - WORKER_TUPLES_KEPT],
     )?;
-    Ok(expired.len() as u64)
+    Ok((expired.len() + unreported) as u64)
 }
 
 /// Parsed compile-env records; `None` if one does not parse (then nothing is matched on it).
@@ -1911,6 +1988,7 @@ mod schema_tests {
         let worker = Publisher {
             name: "w1".into(),
             key: Some(builder),
+            scopes: None,
         };
         let renewed = artifacts
             .heartbeat_job(1, &HeartbeatRequest::default(), &worker)
@@ -2198,6 +2276,7 @@ mod schema_tests {
         let policy = MissPolicy {
             max_config_variants: 1,
             retention_seconds: 3600,
+            ..MissPolicy::default()
         };
         let recorded = |outcome: MissOutcome| match outcome {
             MissOutcome::Recorded(recorded) => recorded,
@@ -2264,7 +2343,7 @@ mod schema_tests {
     fn a_panic_while_the_database_is_locked_leaves_it_usable() {
         let dir = tempfile::tempdir().unwrap();
         let store = std::sync::Arc::new(ArtifactStore::open(dir.path()).unwrap());
-        let token = store.create_token("b1", None).unwrap();
+        let token = store.create_token("b1", None, None).unwrap();
         let panicking = std::sync::Arc::clone(&store);
         let result = std::thread::spawn(move || {
             let _db = panicking.db.lock();
