@@ -96,7 +96,8 @@ pub use store::verdicts::files_json as verdict_files_json;
 pub use store::{
     ArtifactCheck, ArtifactStore, ArtifactStoreError, ManifestPut, ManifestRecord, MissOutcome,
     MissPolicy, MissRecord, Publisher, TokenInfo, TokenLookup, VariantRef,
-    DEFAULT_MAX_CONFIG_VARIANTS, DEFAULT_MAX_OPEN_MISSES, DEFAULT_MISS_RETENTION_DAYS, WORKER_WINDOW_SECONDS,
+    DEFAULT_MAX_CONFIG_VARIANTS, DEFAULT_MAX_OPEN_MISSES, DEFAULT_MISS_RETENTION_DAYS,
+    WORKER_WINDOW_SECONDS,
 };
 pub use token::Scope;
 pub use trust_policy::{EffectiveKeys, TrustPolicy};
@@ -692,7 +693,10 @@ impl Artifacts {
                 ))
             }
             MissOutcome::TooManyOpen { limit } => {
-                tracing::warn!(limit, "a miss was refused: the open misses are at their bound");
+                tracing::warn!(
+                    limit,
+                    "a miss was refused: the open misses are at their bound"
+                );
                 Err(Refusal::too_many(
                     600,
                     format!(
@@ -1023,7 +1027,10 @@ impl LockedRelease {
                 self.package, self.version
             )))
         };
-        if !self.inner_checksum.eq_ignore_ascii_case(&hex::encode(inner)) {
+        if !self
+            .inner_checksum
+            .eq_ignore_ascii_case(&hex::encode(inner))
+        {
             return wrong("inner");
         }
         match (&self.outer_checksum, outer) {
@@ -1584,6 +1591,74 @@ mod tests {
         assert!(refused(&both).message.contains("exactly one"));
     }
 
+    /// A version-4 database (tokens without scopes) is migrated when it is opened: its
+    /// tokens keep working, with the scopes their keys give them (an auditor key's token is
+    /// an auditor, an unbound token builder and auditor); tokens made with scopes keep them.
+    #[test]
+    fn a_version_4_database_opens_and_its_tokens_get_their_scopes() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("artifacts");
+        let auditor = precomp_proto::manifest::ArtifactSigningKey::generate().public_key();
+        let builder = precomp_proto::manifest::ArtifactSigningKey::generate().public_key();
+        let (audit_token, unbound_token, builder_token) = {
+            let store = ArtifactStore::open(&data).unwrap();
+            (
+                store.create_token("a1", Some(&auditor), None).unwrap(),
+                store.create_token("u1", None, None).unwrap(),
+                store.create_token("b1", Some(&builder), None).unwrap(),
+            )
+        };
+        // As version 4 made it: no scopes column.
+        let db = rusqlite::Connection::open(data.join("artifacts.db")).unwrap();
+        db.execute_batch("ALTER TABLE tokens DROP COLUMN scopes; PRAGMA user_version = 4;")
+            .unwrap();
+        drop(db);
+        let artifacts = Artifacts::open(ArtifactsConfig {
+            data: data.clone(),
+            builder_keys: vec![builder.clone()],
+            auditor_keys: vec![auditor.clone()],
+            ..ArtifactsConfig::default()
+        })
+        .unwrap();
+        let db = rusqlite::Connection::open(data.join("artifacts.db")).unwrap();
+        let version: i64 = db
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, 5);
+        let scopes = |token: &str| {
+            artifacts
+                .authenticate(Some(&format!("Bearer {token}")))
+                .unwrap()
+                .scopes
+        };
+        assert_eq!(scopes(&audit_token), vec![Scope::Reader, Scope::Auditor]);
+        assert_eq!(scopes(&builder_token), vec![Scope::Reader, Scope::Builder]);
+        assert_eq!(
+            scopes(&unbound_token),
+            vec![Scope::Reader, Scope::Builder, Scope::Auditor]
+        );
+        let listed = artifacts.store().list_tokens().unwrap();
+        assert!(
+            listed.iter().all(|token| token.scopes.is_none()),
+            "{listed:?}"
+        );
+        // A token made now with scopes has those (and reads), whatever its key.
+        let reader = artifacts
+            .store()
+            .create_token("r1", Some(&builder), Some(&[Scope::Reader]))
+            .unwrap();
+        assert_eq!(scopes(&reader), vec![Scope::Reader]);
+        // Hex clients send the bare token.
+        assert_eq!(
+            artifacts
+                .authenticate(Some(&reader))
+                .unwrap()
+                .publisher
+                .name,
+            "r1"
+        );
+    }
+
     /// Two stores on one directory stand for `precomp serve` and `precomp token`.
     #[test]
     fn tokens_are_seen_and_revoked_across_processes() {
@@ -1608,7 +1683,9 @@ mod tests {
             server.lookup_token(&token).unwrap(),
             TokenLookup::Revoked { .. }
         ));
-        let renewed = cli.create_token("b1", None, Some(&[token::Scope::Builder])).unwrap();
+        let renewed = cli
+            .create_token("b1", None, Some(&[token::Scope::Builder]))
+            .unwrap();
         assert!(matches!(
             server.lookup_token(&token).unwrap(),
             TokenLookup::Unknown

@@ -421,7 +421,9 @@ pub enum MissOutcome {
         limit: u32,
     },
     /// It would open one more miss than [`MissPolicy::max_open`].
-    TooManyOpen { limit: u64 },
+    TooManyOpen {
+        limit: u64,
+    },
 }
 
 /// Rows of `worker_tuples` older than this are removed (the job listing looks back much
@@ -652,7 +654,10 @@ impl ArtifactStore {
                     key_id: row.get(1)?,
                     created_at: row.get(2)?,
                     revoked_at: row.get(3)?,
-                    scopes: row.get::<_, Option<String>>(4)?.as_deref().map(parse_scopes),
+                    scopes: row
+                        .get::<_, Option<String>>(4)?
+                        .as_deref()
+                        .map(parse_scopes),
                 })
             })
             .map_err(self.db_err())?;

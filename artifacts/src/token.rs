@@ -81,7 +81,12 @@ pub enum Scope {
 }
 
 impl Scope {
-    pub const ALL: [Scope; 4] = [Scope::Reader, Scope::Builder, Scope::Auditor, Scope::Publisher];
+    pub const ALL: [Scope; 4] = [
+        Scope::Reader,
+        Scope::Builder,
+        Scope::Auditor,
+        Scope::Publisher,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -126,7 +131,10 @@ mod tests {
     fn scopes_round_trip() {
         let scopes = [Scope::Auditor, Scope::Builder, Scope::Auditor];
         assert_eq!(scopes_text(&scopes), "builder auditor");
-        assert_eq!(parse_scopes("builder auditor future"), vec![Scope::Builder, Scope::Auditor]);
+        assert_eq!(
+            parse_scopes("builder auditor future"),
+            vec![Scope::Builder, Scope::Auditor]
+        );
         for scope in Scope::ALL {
             assert_eq!(Scope::parse(scope.as_str()), Some(scope));
         }

@@ -80,7 +80,8 @@ pub fn required(route: &str, method: &Method) -> Option<Access> {
         "/precomp/v1/verdicts/{key}" if read => Access::Read,
         "/precomp/v1/verdicts/{key}" if method == Method::POST => AUDITOR,
         "/precomp/v1/jobs" if read => WORKER,
-        "/precomp/v1/jobs/lease" | "/precomp/v1/jobs/{job}/heartbeat"
+        "/precomp/v1/jobs/lease"
+        | "/precomp/v1/jobs/{job}/heartbeat"
         | "/precomp/v1/jobs/{job}/release"
             if method == Method::POST =>
         {
@@ -145,7 +146,11 @@ fn permit(principal: Principal, needs: &[Scope], route: &str) -> Result<Principa
         return Ok(principal);
     }
     let needs: Vec<&str> = needs.iter().map(|scope| scope.as_str()).collect();
-    let has: Vec<&str> = principal.scopes.iter().map(|scope| scope.as_str()).collect();
+    let has: Vec<&str> = principal
+        .scopes
+        .iter()
+        .map(|scope| scope.as_str())
+        .collect();
     Err(Refusal::new(
         403,
         format!(
@@ -160,10 +165,9 @@ fn permit(principal: Principal, needs: &[Scope], route: &str) -> Result<Principa
 
 /// The authenticated token of a request [`authorize`] let through, if it needed one.
 pub fn principal(extensions: &http::Extensions) -> Result<Principal, Refusal> {
-    extensions
-        .get::<Principal>()
-        .cloned()
-        .ok_or_else(|| Refusal::internal("a route that needs a token has no row in the access table"))
+    extensions.get::<Principal>().cloned().ok_or_else(|| {
+        Refusal::internal("a route that needs a token has no row in the access table")
+    })
 }
 
 /// The access settings and the miss report bounds of a running server.
@@ -289,19 +293,28 @@ mod tests {
     #[test]
     fn writes_need_scopes_and_reads_follow_the_setting() {
         assert_eq!(required("/healthz", &Method::GET), Some(Access::Open));
-        assert_eq!(required("/packages/{name}", &Method::GET), Some(Access::Read));
+        assert_eq!(
+            required("/packages/{name}", &Method::GET),
+            Some(Access::Read)
+        );
         assert_eq!(required("/packages/{name}", &Method::POST), None);
         assert_eq!(
             required("/precomp/v1/artifacts/{sha256}", &Method::PUT),
             Some(BUILDER)
         );
         assert_eq!(required("/precomp/v1/misses", &Method::GET), Some(BUILDER));
-        assert_eq!(required("/precomp/v1/misses", &Method::POST), Some(Access::Read));
+        assert_eq!(
+            required("/precomp/v1/misses", &Method::POST),
+            Some(Access::Read)
+        );
         assert_eq!(
             required("/precomp/v1/verdicts/{key}", &Method::POST),
             Some(AUDITOR)
         );
-        assert_eq!(required("/precomp/v1/jobs/lease", &Method::POST), Some(WORKER));
+        assert_eq!(
+            required("/precomp/v1/jobs/lease", &Method::POST),
+            Some(WORKER)
+        );
     }
 
     #[test]

@@ -48,9 +48,8 @@ pub struct CreateArgs {
 }
 
 fn parse_scope(text: &str) -> Result<Scope, String> {
-    Scope::parse(text).ok_or_else(|| {
-        format!("{text:?} is not a scope: reader, builder, auditor or publisher")
-    })
+    Scope::parse(text)
+        .ok_or_else(|| format!("{text:?} is not a scope: reader, builder, auditor or publisher"))
 }
 
 /// Revokes a token: the mirror refuses it from its next request on.

@@ -101,17 +101,16 @@ pub async fn check_releases(
     let timeout = mirror.config().upstream_timeout;
     let check = async {
         // Held records first (no upstream request); then those not held, within the bound.
-        let held: Vec<(LockedRelease, ReleaseLookup)> =
-            stream::iter(releases.iter().cloned())
-                .map(|release| async move {
-                    let found = mirror
-                        .release_checksums(&release.package, &release.version, false)
-                        .await;
-                    (release, found)
-                })
-                .buffer_unordered(CONCURRENT_LOOKUPS)
-                .collect()
-                .await;
+        let held: Vec<(LockedRelease, ReleaseLookup)> = stream::iter(releases.iter().cloned())
+            .map(|release| async move {
+                let found = mirror
+                    .release_checksums(&release.package, &release.version, false)
+                    .await;
+                (release, found)
+            })
+            .buffer_unordered(CONCURRENT_LOOKUPS)
+            .collect()
+            .await;
         let mut missing = Vec::new();
         for (release, found) in held {
             match found {
