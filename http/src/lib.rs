@@ -63,7 +63,8 @@ pub struct Settings {
     pub backoff: Duration,
     /// Bound on one wait, `Retry-After` included.
     pub max_backoff: Duration,
-    /// Sent as `Authorization: Bearer` by requests that need it ([`Request::with_token`]).
+    /// Sent as `Authorization: Bearer` with every request; requests that need it
+    /// ([`Request::with_token`]) fail at once without it.
     pub token: Option<String>,
 }
 
@@ -368,10 +369,10 @@ impl Client {
     ) -> Result<Head, (Error, Failure, Option<Duration>)> {
         let url = request.url.as_str();
         let mut builder = self.http.request(request.method.clone(), url);
-        if request.token {
-            if let Some(token) = &self.settings.token {
-                builder = builder.bearer_auth(token);
-            }
+        // A configured token goes with every request: a mirror may require one to read
+        // (`precomp serve --require-read-token`).
+        if let Some(token) = &self.settings.token {
+            builder = builder.bearer_auth(token);
         }
         if let Some(content_type) = request.content_type {
             builder = builder.header(CONTENT_TYPE, HeaderValue::from_static(content_type));
