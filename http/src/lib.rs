@@ -63,8 +63,7 @@ pub struct Settings {
     pub backoff: Duration,
     /// Bound on one wait, `Retry-After` included.
     pub max_backoff: Duration,
-    /// Sent as `Authorization: Bearer` with every request; requests that need it
-    /// ([`Request::with_token`]) fail at once without it.
+    /// Sent as `Authorization: Bearer` by requests that need it ([`Request::with_token`]).
     pub token: Option<String>,
 }
 
@@ -132,6 +131,7 @@ pub struct Request {
     body: Option<Bytes>,
     content_type: Option<&'static str>,
     token: bool,
+    token_if_any: bool,
     limit: u64,
     idempotency: Idempotency,
     if_none_match: Option<String>,
@@ -146,6 +146,7 @@ impl Request {
             body: None,
             content_type: None,
             token: false,
+            token_if_any: false,
             limit: 0,
             idempotency,
             if_none_match: None,
@@ -191,6 +192,14 @@ impl Request {
     /// Sends the client's token; without one the call fails at once ([`Error::NoToken`]).
     pub fn with_token(mut self) -> Request {
         self.token = true;
+        self
+    }
+
+    /// Sends the client's token if it has one (a mirror may require one to read: `precomp
+    /// serve --require-read-token`); without one the call goes without. Only for requests
+    /// to the mirror the token is for.
+    pub fn with_token_if_any(mut self) -> Request {
+        self.token_if_any = true;
         self
     }
 
@@ -369,10 +378,10 @@ impl Client {
     ) -> Result<Head, (Error, Failure, Option<Duration>)> {
         let url = request.url.as_str();
         let mut builder = self.http.request(request.method.clone(), url);
-        // A configured token goes with every request: a mirror may require one to read
-        // (`precomp serve --require-read-token`).
-        if let Some(token) = &self.settings.token {
-            builder = builder.bearer_auth(token);
+        if request.token || request.token_if_any {
+            if let Some(token) = &self.settings.token {
+                builder = builder.bearer_auth(token);
+            }
         }
         if let Some(content_type) = request.content_type {
             builder = builder.header(CONTENT_TYPE, HeaderValue::from_static(content_type));

@@ -1778,6 +1778,24 @@ fn each_scope_is_allowed_and_refused_on_each_class_of_endpoint() {
         let code = status("GET", "/precomp/v1/jobs", Some(token), None);
         assert_eq!(!denied(code), allowed, "jobs: {code}");
     }
+    // The artifact client (`precomp fetch --token`) sends its token with reads and reports.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let with = ArtifactClient::new(server.0.base(), Some(reader.clone())).unwrap();
+        with.packages().await.unwrap();
+        assert!(with.trust_document(None).await.unwrap().is_none());
+        let recorded = with
+            .report_miss(&miss_report(&shape_user_base_key(), "1.14.0"))
+            .await
+            .unwrap();
+        assert_eq!(recorded.count, 2);
+        let without = ArtifactClient::new(server.0.base(), None).unwrap();
+        let error = without.packages().await.unwrap_err().to_string();
+        assert!(error.contains("needs a token"), "{error}");
+    });
     // The refusal names what is needed.
     let refused = request(
         "PUT",
