@@ -299,6 +299,7 @@ pub struct Publisher {
 
 /// What a presented token is.
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // looked up once per request, never stored
 pub enum TokenLookup {
     Active(Publisher),
     Revoked { name: String, revoked_at: i64 },
