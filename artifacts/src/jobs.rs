@@ -96,6 +96,25 @@ impl Artifacts {
         publisher: &Publisher,
     ) -> Result<Option<Lease>, Refusal> {
         check_lease_request(request)?;
+        // The scope the job's report needs (the access table let builders and auditors in):
+        // a job its token could not report is never handed out.
+        let needed = match request.kind {
+            JobKind::Build => crate::Scope::Builder,
+            JobKind::Audit => crate::Scope::Auditor,
+        };
+        if !self.scopes_of(publisher).contains(&needed) {
+            return Err(Refusal::new(
+                403,
+                format!(
+                    "token {:?} has no {needed} scope: it cannot lease {} jobs",
+                    publisher.name,
+                    match request.kind {
+                        JobKind::Build => "build",
+                        JobKind::Audit => "audit",
+                    }
+                ),
+            ));
+        }
         // Who may lease what; for audits, the auditor the lease is for, and the keys whose
         // signatures count as audits (the index's `auditors`).
         let (auditor, auditor_ids) = match request.kind {
@@ -1307,6 +1326,14 @@ mod tests {
             403
         );
         request.auditor = Some(mirror.auditor_id(1));
+        // The same token with only the builder scope cannot lease an audit job.
+        let scoped = Publisher {
+            scopes: Some(vec![crate::Scope::Builder]),
+            ..unbound.clone()
+        };
+        let refused = artifacts.lease_job(&request, &scoped).unwrap_err();
+        assert_eq!(refused.status, 403, "{refused:?}");
+        assert!(refused.message.contains("no auditor scope"), "{refused:?}");
         let lease = artifacts.lease_job(&request, &unbound).unwrap().unwrap();
         assert!(artifacts
             .heartbeat_job(lease.job, &HeartbeatRequest::default(), &unbound)

@@ -2342,6 +2342,71 @@ mod schema_tests {
         );
     }
 
+    /// An open miss nobody reports again expires too, values or not, and a new report opens
+    /// it again; open misses are bounded (a repeat of an open one still counts).
+    #[test]
+    fn unreported_open_misses_expire_and_open_misses_are_bounded() {
+        use crate::MissReport;
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(dir.path()).unwrap();
+        let report = MissReport {
+            package: "plain_ex".into(),
+            version: "1.0.0".into(),
+            base_key: Some("b".repeat(64)),
+            request_key: None,
+            variant_key: None,
+            reason: "not built".into(),
+            otp_major: "25".into(),
+            elixir: "1.14.0".into(),
+            mix_env: "prod".into(),
+            target: "any".into(),
+            lock: "LOCK".into(),
+            manager: "mix".into(),
+            compile_env: vec![],
+            closure: vec![],
+        };
+        let record = MissRecord {
+            report: &report,
+            miss_key: "b".repeat(64),
+            request_text: String::new(),
+            variant_key: None,
+            own_compile_env: Vec::new(),
+            variants: vec![],
+        };
+        let policy = MissPolicy {
+            retention_seconds: 3600,
+            max_open: 1,
+            ..MissPolicy::default()
+        };
+        let recorded = |outcome: MissOutcome| match outcome {
+            MissOutcome::Recorded(recorded) => recorded,
+            other => panic!("{other:?}"),
+        };
+        assert!(recorded(store.record_miss(&record, &policy, &|_| true).unwrap()).open);
+        let mut other = record.clone();
+        other.miss_key = "c".repeat(64);
+        assert_eq!(
+            store.record_miss(&other, &policy, &|_| true).unwrap(),
+            MissOutcome::TooManyOpen { limit: 1 }
+        );
+        assert_eq!(
+            recorded(store.record_miss(&record, &policy, &|_| true).unwrap()).count,
+            2
+        );
+        assert_eq!(store.expire_miss_values(now() + 60, 3600).unwrap(), 0);
+        assert_eq!(store.expire_miss_values(now() + 3601, 3600).unwrap(), 1);
+        assert!(store.open_misses(10, 1 << 20).unwrap().is_empty());
+        // The bound now lets another open; the expired one reopens when reported again.
+        assert!(recorded(store.record_miss(&other, &policy, &|_| true).unwrap()).open);
+        let policy = MissPolicy {
+            max_open: 2,
+            ..policy
+        };
+        let again = recorded(store.record_miss(&record, &policy, &|_| true).unwrap());
+        assert!(again.open, "{again:?}");
+        assert_eq!(again.count, 3);
+    }
+
     /// A database of a newer precomp is refused, untouched.
     /// A panic while the database is locked (a bug in one request) must not turn every later
     /// request into an error, as a poisoned `std::sync::Mutex` did.
