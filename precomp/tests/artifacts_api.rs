@@ -1737,14 +1737,14 @@ fn each_scope_is_allowed_and_refused_on_each_class_of_endpoint() {
         let code = status("GET", "/precomp/v1/misses", Some(token), None);
         assert_eq!(!denied(code), allowed, "misses list: {code}");
     }
-    // Uploads: builders.
+    // Artifact uploads: builders and auditors (who countersign).
     let artifact = artifact_bytes("scoped");
     let path = artifact_path(&sha256_hex(&artifact));
     for (token, allowed) in [
         (&reader, false),
-        (&auditor, false),
         (&publisher, false),
         (&builder, true),
+        (&auditor, true),
     ] {
         let code = status("PUT", &path, Some(token), Some(artifact.clone()));
         assert_eq!(!denied(code), allowed, "artifact upload: {code}");
@@ -1805,7 +1805,7 @@ fn each_scope_is_allowed_and_refused_on_each_class_of_endpoint() {
         &[],
     );
     assert!(
-        refused.text().contains("needs builder"),
+        refused.text().contains("needs builder or auditor"),
         "{}",
         refused.text()
     );

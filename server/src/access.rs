@@ -10,8 +10,8 @@
 //! | `artifacts/SHA256`, `manifests/KEY[/history]`, `index[/PACKAGE]`, `failures/PACKAGE`, `verdicts/KEY`, `trust[/VERSION]` | GET, HEAD | a reader when `require_read_token` |
 //! | `misses` | POST | a reader when `require_read_token` (a consumer's CI reports what it fetched with the credential it fetched with) |
 //! | `misses` | GET, HEAD | `builder` (misses carry consumers' compile-time values) |
-//! | `artifacts/SHA256`, `failures` | PUT, POST | `builder` |
-//! | `manifests/KEY` | PUT | `builder` or `auditor` (auditors countersign) |
+//! | `failures` | POST | `builder` |
+//! | `artifacts/SHA256`, `manifests/KEY` | PUT | `builder` or `auditor` (auditors countersign; the keys decide what is published) |
 //! | `verdicts/KEY` | POST | `auditor` |
 //! | `jobs`, `jobs/lease`, `jobs/ID/heartbeat`, `jobs/ID/release` | any | `builder` or `auditor` (build jobs need builder keys, audit jobs auditor keys) |
 //!
@@ -61,7 +61,9 @@ pub fn required(route: &str, method: &Method) -> Option<Access> {
             Access::Read
         }
         "/precomp/v1/artifacts/{sha256}" if read => Access::Read,
-        "/precomp/v1/artifacts/{sha256}" if method == Method::PUT => BUILDER,
+        // Content-addressed and meaningless without a manifest: auditors upload what they
+        // countersign, as builders do.
+        "/precomp/v1/artifacts/{sha256}" if method == Method::PUT => WORKER,
         "/precomp/v1/manifests/{key}" if read => Access::Read,
         "/precomp/v1/manifests/{key}" if method == Method::PUT => WORKER,
         "/precomp/v1/manifests/{key}/history"
@@ -300,6 +302,10 @@ mod tests {
         assert_eq!(required("/packages/{name}", &Method::POST), None);
         assert_eq!(
             required("/precomp/v1/artifacts/{sha256}", &Method::PUT),
+            Some(WORKER)
+        );
+        assert_eq!(
+            required("/precomp/v1/failures", &Method::POST),
             Some(BUILDER)
         );
         assert_eq!(required("/precomp/v1/misses", &Method::GET), Some(BUILDER));
