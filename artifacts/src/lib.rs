@@ -97,8 +97,10 @@ pub use store::verdicts::files_json as verdict_files_json;
 pub use store::{
     ArtifactCheck, ArtifactStore, ArtifactStoreError, ManifestPut, ManifestRecord, MissOutcome,
     MissPolicy, MissRecord, Publisher, TokenInfo, TokenLookup, VariantRef,
-    DEFAULT_MAX_CONFIG_VARIANTS, DEFAULT_MISS_RETENTION_DAYS, WORKER_WINDOW_SECONDS,
+    DEFAULT_MAX_CONFIG_VARIANTS, DEFAULT_MAX_OPEN_MISSES, DEFAULT_MISS_RETENTION_DAYS,
+    WORKER_WINDOW_SECONDS,
 };
+pub use token::Scope;
 pub use trust_policy::{EffectiveKeys, TrustPolicy};
 
 // The bounds the API carries: shared with every client (`precomp_proto::api`).
@@ -108,6 +110,20 @@ pub use api::{
     MAX_MISS_COMPILE_ENV, MAX_MISS_LOCK, MAX_MISS_MEMBERS, MAX_MISS_REASON, MAX_VERDICT_BODY,
     MIN_LEASE_SECONDS,
 };
+
+/// An authenticated token: whose it is (and the key it is bound to), and what it may do.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    pub publisher: Publisher,
+    /// Its scopes in effect ([`Artifacts::scopes_of`]); `reader` is always among them.
+    pub scopes: Vec<Scope>,
+}
+
+impl Principal {
+    pub fn has(&self, scope: Scope) -> bool {
+        self.scopes.contains(&scope)
+    }
+}
 
 /// Where the artifact store lives and which keys the mirror trusts for uploads, besides the
 /// trust document in `DATA/trust` ([`trust_policy`]).
@@ -136,6 +152,8 @@ pub struct ArtifactsConfig {
 pub struct Refusal {
     pub status: u16,
     pub message: String,
+    /// Seconds after which a retry may succeed (`Retry-After`), for 429 and 503.
+    pub retry_after: Option<u64>,
 }
 
 impl Refusal {
@@ -143,6 +161,15 @@ impl Refusal {
         Refusal {
             status,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// `429 Too Many Requests`, to be retried after `seconds`.
+    pub fn too_many(seconds: u64, message: impl Into<String>) -> Refusal {
+        Refusal {
+            retry_after: Some(seconds.max(1)),
+            ..Refusal::new(429, message)
         }
     }
 
@@ -256,23 +283,33 @@ impl Artifacts {
             .unwrap_or_default()
     }
 
-    /// The token of an `Authorization` header value: 401 when absent, malformed, unknown or
-    /// revoked.
-    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Publisher, Refusal> {
+    /// The token of an `Authorization` header value, with the scopes it has: 401 when
+    /// absent, malformed, unknown or revoked. `Bearer TOKEN`, or the bare token as Hex
+    /// clients send a repository's auth key (`mix hex.repo set hexpm --auth-key TOKEN`,
+    /// rebar3's `repo_key`).
+    ///
+    /// A token stored without scopes (made before scopes existed, or by `precomp token
+    /// create` without `--scope`) has the scopes its key gives it now, as it could do before:
+    /// bound to an effective auditor key that is no builder key, `auditor`; to a builder key
+    /// that is no auditor key, `builder`; else (bound to none, to both, or to neither) both,
+    /// the keys deciding the rest as before. Every token reads (`reader`).
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, Refusal> {
         let Some(header) = authorization else {
             return Err(Refusal::new(
                 401,
-                "this needs an upload token: send `Authorization: Bearer TOKEN`; an operator \
-                 creates one on the mirror with `precomp token create --name NAME`",
+                "this needs a token: send `Authorization: Bearer TOKEN`; an operator \
+                 creates one on the mirror with `precomp token create --name NAME --scope SCOPE`",
             ));
         };
-        let token = token::bearer(header).ok_or_else(|| {
-            Refusal::new(
-                401,
-                "the Authorization header is not `Bearer TOKEN`: send the token \
-                 `precomp token create` printed",
-            )
-        })?;
+        let token = token::bearer(header)
+            .or_else(|| Some(header.trim()).filter(|t| t.starts_with(token::TOKEN_PREFIX)))
+            .ok_or_else(|| {
+                Refusal::new(
+                    401,
+                    "the Authorization header is not `Bearer TOKEN`: send the token \
+                     `precomp token create` printed",
+                )
+            })?;
         if !token::well_formed(token) {
             return Err(Refusal::new(
                 401,
@@ -281,7 +318,10 @@ impl Artifacts {
             ));
         }
         match self.store.lookup_token(token)? {
-            TokenLookup::Active(publisher) => Ok(publisher),
+            TokenLookup::Active(publisher) => {
+                let scopes = self.scopes_of(&publisher);
+                Ok(Principal { publisher, scopes })
+            }
             TokenLookup::Revoked { name, .. } => Err(Refusal::new(
                 401,
                 format!(
@@ -296,6 +336,32 @@ impl Artifacts {
                  --name NAME` on the mirror makes a new one",
             )),
         }
+    }
+
+    /// The scopes `publisher`'s token has ([`Artifacts::authenticate`]): its stored ones, or
+    /// for a token stored without, those its key gives it now. `reader` always.
+    pub fn scopes_of(&self, publisher: &Publisher) -> Vec<Scope> {
+        let mut scopes = match &publisher.scopes {
+            Some(stored) => stored.clone(),
+            None => {
+                let keys = self.effective_keys().ok();
+                let (builder, auditor) = match (&publisher.key, &keys) {
+                    (Some(key), Some(keys)) => {
+                        (keys.builders().contains(key), keys.auditors().contains(key))
+                    }
+                    _ => (false, false),
+                };
+                match (builder, auditor) {
+                    (false, true) => vec![Scope::Auditor],
+                    (true, false) => vec![Scope::Builder],
+                    _ => vec![Scope::Builder, Scope::Auditor],
+                }
+            }
+        };
+        scopes.push(Scope::Reader);
+        scopes.sort();
+        scopes.dedup();
+        scopes
     }
 
     /// The keys whose signature on a manifest uploaded with `publisher`'s token can count
@@ -570,6 +636,22 @@ impl Artifacts {
     /// asking for a config variant past the bound is refused (422).
     pub fn record_miss(&self, report: &MissReport) -> Result<MissRecorded, Refusal> {
         let checked = check_miss(report)?;
+        self.record_checked_miss(report, checked)
+    }
+
+    /// Checks a miss as [`Artifacts::record_miss`] does, without recording it: the server
+    /// then checks [`CheckedMiss::releases`] against the mirror's registry records and
+    /// records it with [`Artifacts::record_checked_miss`].
+    pub fn check_miss(&self, report: &MissReport) -> Result<CheckedMiss, Refusal> {
+        check_miss(report)
+    }
+
+    /// Records a miss [`Artifacts::check_miss`] checked (`report` is the one it checked).
+    pub fn record_checked_miss(
+        &self,
+        report: &MissReport,
+        checked: CheckedMiss,
+    ) -> Result<MissRecorded, Refusal> {
         let keys = self.effective_keys().ok();
         let record = MissRecord {
             report,
@@ -608,6 +690,20 @@ impl Artifacts {
                          built (`precomp fetch` names them), or ask the mirror's operator to \
                          raise --max-config-variants",
                         report.otp_major, report.elixir, report.mix_env
+                    ),
+                ))
+            }
+            MissOutcome::TooManyOpen { limit } => {
+                tracing::warn!(
+                    limit,
+                    "a miss was refused: the open misses are at their bound"
+                );
+                Err(Refusal::too_many(
+                    600,
+                    format!(
+                        "the mirror holds {limit} open misses, its bound (--max-open-misses): \
+                         builders are behind, so no new miss is taken now; retry later (misses \
+                         already open still count)"
                     ),
                 ))
             }
@@ -890,14 +986,67 @@ fn check_failure(report: &FailureReport) -> Result<(), Refusal> {
 
 /// A miss, checked: what identifies it and what it asks builds for.
 #[derive(Debug)]
-struct CheckedMiss {
+pub struct CheckedMiss {
     /// Its variant key, else its base key, else its request key.
     miss_key: String,
     request_text: String,
     variant_key: Option<String>,
     own_compile_env: Vec<CompileEnvEntry>,
     variants: Vec<VariantRef>,
+    /// Every Hex release its lock pins, with the checksums the lock claims: checked against
+    /// the mirror's verified registry records before the miss is recorded.
+    releases: Vec<LockedRelease>,
 }
+
+impl CheckedMiss {
+    /// The Hex releases the miss's lock pins.
+    pub fn releases(&self) -> &[LockedRelease] {
+        &self.releases
+    }
+}
+
+/// A Hex release a miss's lock pins, with the checksums the lock claims for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockedRelease {
+    pub package: String,
+    pub version: String,
+    /// Lowercase hex, as the lock has it.
+    pub inner_checksum: String,
+    pub outer_checksum: Option<String>,
+}
+
+impl LockedRelease {
+    /// Whether the lock's checksums are the ones the verified registry record gives
+    /// (`inner`, `outer`: raw SHA-256 bytes); a 422 naming the release if not. Never names
+    /// the registry's checksums: a client must take them from its own verified registry.
+    pub fn check(&self, inner: &[u8], outer: Option<&[u8]>) -> Result<(), Refusal> {
+        let wrong = |which: &str| {
+            Err(unprocessable(format!(
+                "lock: the {which} checksum of {} {} is not the one the mirror's verified \
+                 registry record gives: fetch the package through this mirror (`mix deps.get`) \
+                 and report the miss with the lock that wrote",
+                self.package, self.version
+            )))
+        };
+        if !self
+            .inner_checksum
+            .eq_ignore_ascii_case(&hex::encode(inner))
+        {
+            return wrong("inner");
+        }
+        match (&self.outer_checksum, outer) {
+            (Some(claimed), Some(outer)) if !claimed.eq_ignore_ascii_case(&hex::encode(outer)) => {
+                wrong("outer")
+            }
+            (Some(_), None) => wrong("outer"),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A miss's lock may pin at most this many Hex releases (a package's closure: `precomp fetch`
+/// sends just that), each checked against the mirror's registry records.
+pub const MAX_MISS_LOCK_RELEASES: usize = 512;
 
 /// A miss must name a release its lock holds and carry, for the package and each closure
 /// member, what its key needs (manager, target when known, compile-env entries: plain data,
@@ -994,6 +1143,7 @@ fn check_miss(report: &MissReport) -> Result<CheckedMiss, Refusal> {
         .closure_by_app(&app)
         .map_err(|e| unprocessable(format!("lock: {e}")))?;
     let target = miss_target(&report.target)?;
+    let releases = locked_releases(&lock)?;
 
     // What each package's key needs, by app: the package's own, then each member's.
     let mut parts = BTreeMap::new();
@@ -1153,6 +1303,7 @@ fn check_miss(report: &MissReport) -> Result<CheckedMiss, Refusal> {
         variant_key,
         own_compile_env,
         variants,
+        releases,
     })
 }
 
@@ -1186,6 +1337,37 @@ pub fn miss_satisfied_by(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| unprocessable(format!("the miss's compile_env: {e}")))?;
     Ok(precomp_proto::buildkey::compile_env_covers(&own, built))
+}
+
+/// Every Hex release `lock` pins: of the default repository (`hexpm`, which the mirror
+/// serves; an organisation's `hexpm:ORG` is refused), at most [`MAX_MISS_LOCK_RELEASES`].
+fn locked_releases(lock: &MixLock) -> Result<Vec<LockedRelease>, Refusal> {
+    let mut releases = Vec::new();
+    for (app, entry) in &lock.entries {
+        let LockEntry::Hex(entry) = entry else {
+            continue;
+        };
+        if entry.repo != "hexpm" {
+            return Err(unprocessable(format!(
+                "lock: {app} ({} {}) comes from the Hex repository {:?}, which this mirror does \
+                 not serve: no build can be made of it here",
+                entry.package, entry.version, entry.repo
+            )));
+        }
+        if releases.len() == MAX_MISS_LOCK_RELEASES {
+            return Err(unprocessable(format!(
+                "lock: more than {MAX_MISS_LOCK_RELEASES} Hex packages; a miss carries the \
+                 package's closure only (as `precomp fetch` sends it)"
+            )));
+        }
+        releases.push(LockedRelease {
+            package: entry.package.clone(),
+            version: entry.version.clone(),
+            inner_checksum: entry.inner_checksum.clone(),
+            outer_checksum: entry.outer_checksum.clone(),
+        });
+    }
+    Ok(releases)
 }
 
 /// `any` or `ARCH-LIBC`, as a miss names a target.
@@ -1410,6 +1592,78 @@ mod tests {
         assert!(refused(&both).message.contains("exactly one"));
     }
 
+    /// A version-4 database (tokens without scopes) is migrated when it is opened: its
+    /// tokens keep working, with the scopes their keys give them (an auditor key's token is
+    /// an auditor, an unbound token builder and auditor); tokens made with scopes keep them.
+    #[test]
+    fn a_version_4_database_opens_and_its_tokens_get_their_scopes() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("artifacts");
+        let auditor = precomp_proto::manifest::ArtifactSigningKey::generate().public_key();
+        let builder = precomp_proto::manifest::ArtifactSigningKey::generate().public_key();
+        let (audit_token, unbound_token, builder_token) = {
+            let store = ArtifactStore::open(&data).unwrap();
+            (
+                store.create_token("a1", Some(&auditor), None).unwrap(),
+                store.create_token("u1", None, None).unwrap(),
+                store.create_token("b1", Some(&builder), None).unwrap(),
+            )
+        };
+        // As version 4 made it (migrations V1–V4 applied): no scopes column. (Databases of
+        // version 4 from before refinery are `store::schema_tests`' fixtures.)
+        let db = rusqlite::Connection::open(data.join("artifacts.db")).unwrap();
+        db.execute_batch(
+            "ALTER TABLE tokens DROP COLUMN scopes; PRAGMA user_version = 4;
+             DELETE FROM refinery_schema_history WHERE version = 5;",
+        )
+        .unwrap();
+        drop(db);
+        let artifacts = Artifacts::open(ArtifactsConfig {
+            data: data.clone(),
+            builder_keys: vec![builder.clone()],
+            auditor_keys: vec![auditor.clone()],
+            ..ArtifactsConfig::default()
+        })
+        .unwrap();
+        let db = rusqlite::Connection::open(data.join("artifacts.db")).unwrap();
+        let version: i64 = db
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, 5);
+        let scopes = |token: &str| {
+            artifacts
+                .authenticate(Some(&format!("Bearer {token}")))
+                .unwrap()
+                .scopes
+        };
+        assert_eq!(scopes(&audit_token), vec![Scope::Reader, Scope::Auditor]);
+        assert_eq!(scopes(&builder_token), vec![Scope::Reader, Scope::Builder]);
+        assert_eq!(
+            scopes(&unbound_token),
+            vec![Scope::Reader, Scope::Builder, Scope::Auditor]
+        );
+        let listed = artifacts.store().list_tokens().unwrap();
+        assert!(
+            listed.iter().all(|token| token.scopes.is_none()),
+            "{listed:?}"
+        );
+        // A token made now with scopes has those (and reads), whatever its key.
+        let reader = artifacts
+            .store()
+            .create_token("r1", Some(&builder), Some(&[Scope::Reader]))
+            .unwrap();
+        assert_eq!(scopes(&reader), vec![Scope::Reader]);
+        // Hex clients send the bare token.
+        assert_eq!(
+            artifacts
+                .authenticate(Some(&reader))
+                .unwrap()
+                .publisher
+                .name,
+            "r1"
+        );
+    }
+
     /// Two stores on one directory stand for `precomp serve` and `precomp token`.
     #[test]
     fn tokens_are_seen_and_revoked_across_processes() {
@@ -1417,7 +1671,7 @@ mod tests {
         let cli = ArtifactStore::open(dir.path()).unwrap();
         let server = ArtifactStore::open(dir.path()).unwrap();
         let key = precomp_proto::manifest::ArtifactSigningKey::generate().public_key();
-        let token = cli.create_token("b1", Some(&key)).unwrap();
+        let token = cli.create_token("b1", Some(&key), None).unwrap();
         match server.lookup_token(&token).unwrap() {
             TokenLookup::Active(publisher) => {
                 assert_eq!(publisher.name, "b1");
@@ -1434,7 +1688,9 @@ mod tests {
             server.lookup_token(&token).unwrap(),
             TokenLookup::Revoked { .. }
         ));
-        let renewed = cli.create_token("b1", None).unwrap();
+        let renewed = cli
+            .create_token("b1", None, Some(&[token::Scope::Builder]))
+            .unwrap();
         assert!(matches!(
             server.lookup_token(&token).unwrap(),
             TokenLookup::Unknown

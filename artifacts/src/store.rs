@@ -49,7 +49,9 @@ use super::api::{
     CompileEnvJson, Failure, FailureRecorded, FailureReport, IndexBuild, Miss, MissMember,
     MissRecorded, MissReport,
 };
-use super::token::{digests_equal, new_token, token_sha256, valid_token_name};
+use super::token::{
+    digests_equal, new_token, parse_scopes, scopes_text, token_sha256, valid_token_name, Scope,
+};
 use precomp_proto::buildkey::{compile_env_covers, request_satisfied_by, CompileEnvEntry};
 pub(crate) use precomp_proto::time::unix_now as now;
 
@@ -126,10 +128,13 @@ const MAX_TOUCHED: usize = 100_000;
 pub struct Publisher {
     pub name: String,
     pub key: Option<ArtifactPublicKey>,
+    /// Its scopes as stored; `None`: they follow from its key (`Artifacts::authenticate`).
+    pub scopes: Option<Vec<Scope>>,
 }
 
 /// What a presented token is.
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // looked up once per request, never stored
 pub enum TokenLookup {
     Active(Publisher),
     Revoked { name: String, revoked_at: i64 },
@@ -141,6 +146,8 @@ pub enum TokenLookup {
 pub struct TokenInfo {
     pub name: String,
     pub key_id: Option<String>,
+    /// `None`: its scopes follow from its key.
+    pub scopes: Option<Vec<Scope>>,
     pub created_at: i64,
     pub revoked_at: Option<i64>,
 }
@@ -212,8 +219,12 @@ pub struct MissPolicy {
     /// for one more is refused (422).
     pub max_config_variants: u32,
     /// Compile-env values a miss carries are kept this long after its last report, then
-    /// erased (an open miss is closed: it cannot be built without them).
+    /// erased (an open miss is closed: it cannot be built without them); an open miss nobody
+    /// reported for this long is closed too (a new report opens it again).
     pub retention_seconds: i64,
+    /// At most this many misses are open at once; a report that would open another is
+    /// refused ([`MissOutcome::TooManyOpen`], 429) while reports of open ones still count.
+    pub max_open: u64,
 }
 
 impl Default for MissPolicy {
@@ -221,9 +232,13 @@ impl Default for MissPolicy {
         MissPolicy {
             max_config_variants: DEFAULT_MAX_CONFIG_VARIANTS,
             retention_seconds: DEFAULT_MISS_RETENTION_DAYS * 86_400,
+            max_open: DEFAULT_MAX_OPEN_MISSES,
         }
     }
 }
+
+/// Default bound on the misses open at once.
+pub const DEFAULT_MAX_OPEN_MISSES: u64 = 10_000;
 
 /// Default bound on config variants per release and tuple.
 pub const DEFAULT_MAX_CONFIG_VARIANTS: u32 = 8;
@@ -240,6 +255,10 @@ pub enum MissOutcome {
         package: String,
         version: String,
         limit: u32,
+    },
+    /// It would open one more miss than [`MissPolicy::max_open`].
+    TooManyOpen {
+        limit: u64,
     },
 }
 
@@ -407,6 +426,7 @@ impl ArtifactStore {
         &self,
         name: &str,
         key: Option<&ArtifactPublicKey>,
+        scopes: Option<&[Scope]>,
     ) -> Result<String, ArtifactStoreError> {
         if !valid_token_name(name) {
             return Err(ArtifactStoreError::BadTokenName(name.to_string()));
@@ -440,13 +460,15 @@ impl ArtifactStore {
             None => {}
         }
         tx.execute(
-            "INSERT INTO tokens (name, sha256, key_pem, key_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO tokens (name, sha256, key_pem, key_id, created_at, scopes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
                 name,
                 token_sha256(&token).as_slice(),
                 key_pem,
                 key.map(ArtifactPublicKey::key_id),
-                now()
+                now(),
+                scopes.map(scopes_text)
             ],
         )
         .map_err(self.db_err())?;
@@ -457,7 +479,9 @@ impl ArtifactStore {
     pub fn list_tokens(&self) -> Result<Vec<TokenInfo>, ArtifactStoreError> {
         let db = self.db.lock();
         let mut stmt = db
-            .prepare("SELECT name, key_id, created_at, revoked_at FROM tokens ORDER BY name")
+            .prepare(
+                "SELECT name, key_id, created_at, revoked_at, scopes FROM tokens ORDER BY name",
+            )
             .map_err(self.db_err())?;
         let rows = stmt
             .query_map([], |row| {
@@ -466,6 +490,10 @@ impl ArtifactStore {
                     key_id: row.get(1)?,
                     created_at: row.get(2)?,
                     revoked_at: row.get(3)?,
+                    scopes: row
+                        .get::<_, Option<String>>(4)?
+                        .as_deref()
+                        .map(parse_scopes),
                 })
             })
             .map_err(self.db_err())?;
@@ -503,7 +531,7 @@ impl ArtifactStore {
         let db = self.db.lock();
         let row = db
             .query_row(
-                "SELECT name, sha256, key_pem, revoked_at FROM tokens WHERE sha256 = ?1",
+                "SELECT name, sha256, key_pem, revoked_at, scopes FROM tokens WHERE sha256 = ?1",
                 params![hash.as_slice()],
                 |row| {
                     Ok((
@@ -511,12 +539,13 @@ impl ArtifactStore {
                         row.get::<_, Vec<u8>>(1)?,
                         row.get::<_, Option<String>>(2)?,
                         row.get::<_, Option<i64>>(3)?,
+                        row.get::<_, Option<String>>(4)?,
                     ))
                 },
             )
             .optional()
             .map_err(self.db_err())?;
-        let Some((name, stored, key_pem, revoked_at)) = row else {
+        let Some((name, stored, key_pem, revoked_at, scopes)) = row else {
             return Ok(TokenLookup::Unknown);
         };
         if !digests_equal(&stored, &hash) {
@@ -534,7 +563,11 @@ impl ArtifactStore {
             })?),
             None => None,
         };
-        Ok(TokenLookup::Active(Publisher { name, key }))
+        Ok(TokenLookup::Active(Publisher {
+            name,
+            key,
+            scopes: scopes.as_deref().map(parse_scopes),
+        }))
     }
 
     // -----------------------------------------------------------------------------------------
@@ -857,6 +890,28 @@ impl ArtifactStore {
         if self.expiry_due(now, policy) {
             self.expire_in(&tx, now, policy).map_err(self.db_err())?;
         }
+        // A report of a miss already here only counts; a new one must fit the bound.
+        let known: bool = tx
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM misses WHERE miss_key = ?1 AND closed_at IS NULL)",
+                params![miss.miss_key],
+                |row| row.get(0),
+            )
+            .map_err(self.db_err())?;
+        if !known {
+            let open: i64 = tx
+                .query_row(
+                    "SELECT count(*) FROM misses WHERE closed_at IS NULL",
+                    [],
+                    |row| row.get(0),
+                )
+                .map_err(self.db_err())?;
+            if open as u64 >= policy.max_open {
+                return Ok(MissOutcome::TooManyOpen {
+                    limit: policy.max_open,
+                });
+            }
+        }
         if let Some(refused) =
             record_variants(&tx, report, &miss.variants, policy, now).map_err(self.db_err())?
         {
@@ -1042,7 +1097,7 @@ const REOPEN_PUBLISHED: &str = "(?15 IS NULL AND closed_by LIKE 'published %')";
 /// What closes a miss whose compile-env values expired.
 fn expired_closed_by(retention_seconds: i64) -> String {
     format!(
-        "expired: its compile-time values are kept {} after the last report",
+        "expired: misses and their compile-time values are kept {} after the last report",
         describe_seconds(retention_seconds)
     )
 }
@@ -1147,6 +1202,13 @@ fn expire_values(
             params![miss_key, to_json(&inputs), now, closed_by],
         )?;
     }
+    // Open misses nobody reported within the retention: nobody waits for them any more (a
+    // new report opens one again, with the values it carries: `REOPEN`).
+    let unreported = tx.execute(
+        "UPDATE misses SET closed_at = ?2, closed_by = ?3
+         WHERE closed_at IS NULL AND last_reported < ?1",
+        params![cutoff, now, closed_by],
+    )?;
     tx.execute(
         "DELETE FROM config_variants WHERE last_seen < ?1",
         params![cutoff],
@@ -1155,7 +1217,7 @@ fn expire_values(
         "DELETE FROM worker_tuples WHERE last_seen < ?1",
         params![now - WORKER_TUPLES_KEPT],
     )?;
-    Ok(expired.len() as u64)
+    Ok((expired.len() + unreported) as u64)
 }
 
 /// Parsed compile-env records; `None` if one does not parse (then nothing is matched on it).
@@ -1786,7 +1848,7 @@ mod schema_tests {
         drop(ArtifactStore::open(fresh_dir.path()).unwrap());
         let fresh = Connection::open(fresh_dir.path().join("artifacts.db")).unwrap();
         let latest = migrations::latest_version();
-        assert_eq!(latest, 4);
+        assert_eq!(latest, 5);
         assert_eq!(user_version(&fresh), latest);
         assert_eq!(
             recorded_migrations(&fresh),
@@ -1844,6 +1906,7 @@ mod schema_tests {
         let worker = Publisher {
             name: "w1".into(),
             key: Some(builder),
+            scopes: None,
         };
         let renewed = artifacts
             .heartbeat_job(1, &HeartbeatRequest::default(), &worker)
@@ -2047,6 +2110,7 @@ mod schema_tests {
         let policy = MissPolicy {
             max_config_variants: 1,
             retention_seconds: 3600,
+            ..MissPolicy::default()
         };
         let recorded = |outcome: MissOutcome| match outcome {
             MissOutcome::Recorded(recorded) => recorded,
@@ -2106,13 +2170,78 @@ mod schema_tests {
         );
     }
 
+    /// An open miss nobody reports again expires too, values or not, and a new report opens
+    /// it again; open misses are bounded (a repeat of an open one still counts).
+    #[test]
+    fn unreported_open_misses_expire_and_open_misses_are_bounded() {
+        use crate::MissReport;
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(dir.path()).unwrap();
+        let report = MissReport {
+            package: "plain_ex".into(),
+            version: "1.0.0".into(),
+            base_key: Some("b".repeat(64)),
+            request_key: None,
+            variant_key: None,
+            reason: "not built".into(),
+            otp_major: "25".into(),
+            elixir: "1.14.0".into(),
+            mix_env: "prod".into(),
+            target: "any".into(),
+            lock: "LOCK".into(),
+            manager: "mix".into(),
+            compile_env: vec![],
+            closure: vec![],
+        };
+        let record = MissRecord {
+            report: &report,
+            miss_key: "b".repeat(64),
+            request_text: String::new(),
+            variant_key: None,
+            own_compile_env: Vec::new(),
+            variants: vec![],
+        };
+        let policy = MissPolicy {
+            retention_seconds: 3600,
+            max_open: 1,
+            ..MissPolicy::default()
+        };
+        let recorded = |outcome: MissOutcome| match outcome {
+            MissOutcome::Recorded(recorded) => recorded,
+            other => panic!("{other:?}"),
+        };
+        assert!(recorded(store.record_miss(&record, &policy, &|_| true).unwrap()).open);
+        let mut other = record.clone();
+        other.miss_key = "c".repeat(64);
+        assert_eq!(
+            store.record_miss(&other, &policy, &|_| true).unwrap(),
+            MissOutcome::TooManyOpen { limit: 1 }
+        );
+        assert_eq!(
+            recorded(store.record_miss(&record, &policy, &|_| true).unwrap()).count,
+            2
+        );
+        assert_eq!(store.expire_miss_values(now() + 60, 3600).unwrap(), 0);
+        assert_eq!(store.expire_miss_values(now() + 3601, 3600).unwrap(), 1);
+        assert!(store.open_misses(10, 1 << 20).unwrap().is_empty());
+        // The bound now lets another open; the expired one reopens when reported again.
+        assert!(recorded(store.record_miss(&other, &policy, &|_| true).unwrap()).open);
+        let policy = MissPolicy {
+            max_open: 2,
+            ..policy
+        };
+        let again = recorded(store.record_miss(&record, &policy, &|_| true).unwrap());
+        assert!(again.open, "{again:?}");
+        assert_eq!(again.count, 3);
+    }
+
     /// A panic while the database is locked (a bug in one request) must not turn every later
     /// request into an error, as a poisoned `std::sync::Mutex` did.
     #[test]
     fn a_panic_while_the_database_is_locked_leaves_it_usable() {
         let dir = tempfile::tempdir().unwrap();
         let store = std::sync::Arc::new(ArtifactStore::open(dir.path()).unwrap());
-        let token = store.create_token("b1", None).unwrap();
+        let token = store.create_token("b1", None, None).unwrap();
         let panicking = std::sync::Arc::clone(&store);
         let result = std::thread::spawn(move || {
             let _db = panicking.db.lock();

@@ -60,8 +60,87 @@ pub fn valid_token_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
+/// What a token may do. Every scope also reads (`reader`): builders and auditors fetch
+/// sources and artifacts like anyone.
+///
+/// | scope | may |
+/// |---|---|
+/// | `reader` | read the Hex routes and the artifact API's public reads, and report misses, when the mirror requires a token for that (`--require-read-token`) |
+/// | `builder` | upload artifacts, publish manifests, report failed builds, list open misses, lease build jobs |
+/// | `auditor` | countersign published manifests, post verdicts, lease audit jobs |
+/// | `publisher` | reserved: publishing packages to an organisation's repository on the mirror (not served yet); today it reads only |
+///
+/// The keys still decide what a builder or auditor may sign (`trust_policy`): a scope lets
+/// a token use an endpoint at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scope {
+    Reader,
+    Builder,
+    Auditor,
+    Publisher,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 4] = [
+        Scope::Reader,
+        Scope::Builder,
+        Scope::Auditor,
+        Scope::Publisher,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Reader => "reader",
+            Scope::Builder => "builder",
+            Scope::Auditor => "auditor",
+            Scope::Publisher => "publisher",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Scope> {
+        Scope::ALL.into_iter().find(|scope| scope.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Scopes as the `tokens.scopes` column holds them: sorted, space-separated.
+pub fn scopes_text(scopes: &[Scope]) -> String {
+    let mut scopes = scopes.to_vec();
+    scopes.sort();
+    scopes.dedup();
+    scopes
+        .iter()
+        .map(|scope| scope.as_str())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The scopes of a `tokens.scopes` value; unknown words (a newer precomp's) are skipped.
+pub fn parse_scopes(text: &str) -> Vec<Scope> {
+    text.split_whitespace().filter_map(Scope::parse).collect()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn scopes_round_trip() {
+        let scopes = [Scope::Auditor, Scope::Builder, Scope::Auditor];
+        assert_eq!(scopes_text(&scopes), "builder auditor");
+        assert_eq!(
+            parse_scopes("builder auditor future"),
+            vec![Scope::Builder, Scope::Auditor]
+        );
+        for scope in Scope::ALL {
+            assert_eq!(Scope::parse(scope.as_str()), Some(scope));
+        }
+        assert_eq!(Scope::parse("admin"), None);
+    }
+
     use super::*;
 
     #[test]

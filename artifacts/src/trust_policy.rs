@@ -866,6 +866,7 @@ mod tests {
         Publisher {
             name: "t1".into(),
             key: key.map(ArtifactSigningKey::public_key),
+            scopes: None,
         }
     }
 

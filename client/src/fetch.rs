@@ -60,6 +60,9 @@ pub struct FetchOptions {
     pub retries: u32,
     /// The native target, instead of the one Erlang reports.
     pub target: Option<Target>,
+    /// A token sent with every request (a mirror that requires one to read:
+    /// `precomp serve --require-read-token`; any scope does).
+    pub token: Option<String>,
     /// Report misses to the mirror so builders make them.
     pub request_builds: bool,
 }
@@ -563,7 +566,8 @@ pub async fn fetch(
         total: AtomicU64::new(0),
         observer: observer.clone(),
     });
-    let client = mirror_client(&options.mirror, options.retries)?.with_counter(counter.clone());
+    let client = mirror_client(&options.mirror, options.retries, options.token.clone())?
+        .with_counter(counter.clone());
     let downloads = Arc::new(Downloads::new(client, options.policy.clone(), options.jobs));
 
     // The probe (an `elixir` VM) is the fixed cost of a fetch: what does not need its
@@ -706,11 +710,16 @@ pub async fn fetch(
 
 /// The client of the mirror's artifact API: `retries` extra attempts after a transient
 /// failure (`--retries`), each call bounded by the client's default deadline.
-pub fn mirror_client(url: &str, retries: u32) -> Result<ArtifactClient, ClientError> {
+pub fn mirror_client(
+    url: &str,
+    retries: u32,
+    token: Option<String>,
+) -> Result<ArtifactClient, ClientError> {
     ArtifactClient::with_settings(
         url,
         Settings {
             retries,
+            token,
             ..Settings::default()
         },
     )

@@ -123,7 +123,10 @@ impl ArtifactClient {
     pub async fn has_artifact(&self, sha256: &[u8; 32]) -> Result<bool, Error> {
         let url = self.url(&format!("artifacts/{}", hex::encode(sha256)));
         let mut nothing = Vec::new();
-        let found = self.client.send(&Request::head(url), &mut nothing).await;
+        let found = self
+            .client
+            .send(&Request::head(url).with_token_if_any(), &mut nothing)
+            .await;
         Ok(crate::not_found_is_none(found)?.is_some())
     }
 
@@ -169,6 +172,7 @@ impl ArtifactClient {
         }
         let body = serde_json::to_vec(&report).expect("plain data serialises");
         let request = Request::post(self.url("misses"), body, Idempotency::Idempotent)
+            .with_token_if_any()
             .json()
             .limit(MAX_ERROR_BODY);
         self.json(request).await
@@ -242,7 +246,8 @@ impl ArtifactClient {
 
     /// `GET index/PACKAGE`: every published build of the package (none is an empty list).
     pub async fn index(&self, package: &str) -> Result<Index, Error> {
-        let request = Request::get(self.url(&format!("index/{package}")), MAX_JSON_RESPONSE);
+        let request = Request::get(self.url(&format!("index/{package}")), MAX_JSON_RESPONSE)
+            .with_token_if_any();
         match self.json(request).await {
             // The mirror answers an empty list; another server may say 404.
             Err(Error::Status { status: 404, .. }) => Ok(Index {
@@ -255,13 +260,14 @@ impl ArtifactClient {
 
     /// `GET index`: the packages with at least one build.
     pub async fn packages(&self) -> Result<Packages, Error> {
-        self.json(Request::get(self.url("index"), MAX_JSON_RESPONSE))
+        self.json(Request::get(self.url("index"), MAX_JSON_RESPONSE).with_token_if_any())
             .await
     }
 
     /// `GET verdicts/KEY`: the audit verdicts on a build.
     pub async fn verdicts(&self, key: &str) -> Result<Verdicts, Error> {
-        let request = Request::get(self.url(&format!("verdicts/{key}")), MAX_JSON_RESPONSE);
+        let request = Request::get(self.url(&format!("verdicts/{key}")), MAX_JSON_RESPONSE)
+            .with_token_if_any();
         self.json(request).await
     }
 
@@ -280,7 +286,8 @@ impl ArtifactClient {
 
     /// `GET failures/PACKAGE`.
     pub async fn failures(&self, package: &str) -> Result<Failures, Error> {
-        let request = Request::get(self.url(&format!("failures/{package}")), MAX_JSON_RESPONSE);
+        let request = Request::get(self.url(&format!("failures/{package}")), MAX_JSON_RESPONSE)
+            .with_token_if_any();
         self.json(request).await
     }
 
@@ -288,7 +295,7 @@ impl ArtifactClient {
     /// caller verifies it with the keys it trusts.
     pub async fn manifest(&self, key: &str) -> Result<Option<Bytes>, Error> {
         let url = self.url(&format!("manifests/{key}"));
-        self.client.get(&url, MAX_MANIFEST_SIZE).await
+        self.get(&url, MAX_MANIFEST_SIZE).await
     }
 
     /// `GET artifacts/SHA256`: the artifact, checked against `sha256`; `None` if absent.
@@ -310,7 +317,7 @@ impl ArtifactClient {
         // An exact size from a signed manifest: one allocation; the default bound: grow.
         let capacity = if size < MAX_ARTIFACT_SIZE { size } else { 0 };
         let mut sink = Digesting::with_capacity(capacity as usize);
-        let request = Request::get(url.clone(), limit);
+        let request = Request::get(url.clone(), limit).with_token_if_any();
         if crate::not_found_is_none(self.client.send(&request, &mut sink).await)?.is_none() {
             return Ok(None);
         }
@@ -332,7 +339,13 @@ impl ArtifactClient {
             Some(version) => self.url(&format!("trust/{version}")),
             None => self.url("trust"),
         };
-        self.client.get(&url, MAX_TRUST_DOCUMENT_SIZE).await
+        self.get(&url, MAX_TRUST_DOCUMENT_SIZE).await
+    }
+
+    /// `GET url` on the mirror, with the token if the client has one; `None` on 404.
+    async fn get(&self, url: &str, limit: u64) -> Result<Option<Bytes>, Error> {
+        let request = Request::get(url, limit).with_token_if_any();
+        crate::not_found_is_none(self.client.fetch(&request).await.map(|(_, body)| body))
     }
 }
 

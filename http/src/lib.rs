@@ -131,6 +131,7 @@ pub struct Request {
     body: Option<Bytes>,
     content_type: Option<&'static str>,
     token: bool,
+    token_if_any: bool,
     limit: u64,
     idempotency: Idempotency,
     if_none_match: Option<String>,
@@ -145,6 +146,7 @@ impl Request {
             body: None,
             content_type: None,
             token: false,
+            token_if_any: false,
             limit: 0,
             idempotency,
             if_none_match: None,
@@ -190,6 +192,14 @@ impl Request {
     /// Sends the client's token; without one the call fails at once ([`Error::NoToken`]).
     pub fn with_token(mut self) -> Request {
         self.token = true;
+        self
+    }
+
+    /// Sends the client's token if it has one (a mirror may require one to read: `precomp
+    /// serve --require-read-token`); without one the call goes without. Only for requests
+    /// to the mirror the token is for.
+    pub fn with_token_if_any(mut self) -> Request {
+        self.token_if_any = true;
         self
     }
 
@@ -368,7 +378,7 @@ impl Client {
     ) -> Result<Head, (Error, Failure, Option<Duration>)> {
         let url = request.url.as_str();
         let mut builder = self.http.request(request.method.clone(), url);
-        if request.token {
+        if request.token || request.token_if_any {
             if let Some(token) = &self.settings.token {
                 builder = builder.bearer_auth(token);
             }

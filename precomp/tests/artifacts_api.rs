@@ -31,7 +31,11 @@ use sha2::{Digest, Sha256};
 /// `any` with no compile env, OTP 25, Elixir 1.14.0, prod, any (proto's build key, whose
 /// vectors proto/tests/buildkey.rs checks).
 fn shape_user_base_key() -> String {
-    inputs("1.14.0", Vec::new()).base_key().unwrap().to_string()
+    shape_user_base_key_for("1.14.0")
+}
+
+fn shape_user_base_key_for(elixir: &str) -> String {
+    inputs(elixir, Vec::new()).base_key().unwrap().to_string()
 }
 
 /// A mix.lock holding shape_user and its closure (shapes), as in the test vector.
@@ -157,11 +161,18 @@ fn signing_key(dir: &Path, name: &str) -> (ArtifactSigningKey, PathBuf) {
 
 /// `precomp --data DATA token create --name NAME [--key KEY]`: the token it prints.
 fn create_token(data: &Path, name: &str, key: Option<&Path>) -> String {
+    create_scoped_token(data, name, key, &[])
+}
+
+fn create_scoped_token(data: &Path, name: &str, key: Option<&Path>, scopes: &[&str]) -> String {
     let mut command = precomp_command();
     command
         .arg("--data")
         .arg(data)
         .args(["token", "create", "--name", name]);
+    for scope in scopes {
+        command.args(["--scope", scope]);
+    }
     if let Some(key) = key {
         command.arg("--key").arg(key);
     }
@@ -182,18 +193,28 @@ fn token_cli(data: &Path, args: &[&str]) -> std::process::Output {
 // The server and HTTP
 // ---------------------------------------------------------------------------------------------
 
-/// A `precomp serve` on its own data directory, killed when dropped. Its upstream is an empty
-/// directory: these tests never ask it for a Hex object.
+/// A `precomp serve` on its own data directory, killed when dropped. Its upstream is a signed
+/// static repository holding the registry records of [`LOCK`]'s releases (what misses are
+/// checked against); these tests never ask it for a tarball.
 struct Server(ServeProcess);
 
 impl Server {
     fn start(data: &Path, args: &[&str]) -> Server {
+        Server::with_upstream(data, &[LOCK], args)
+    }
+
+    /// With an upstream holding the records of `locks`' releases.
+    fn with_upstream(data: &Path, locks: &[&str], args: &[&str]) -> Server {
+        let (upstream, upstream_key) =
+            signed_upstream(&data.parent().unwrap().join("signed-upstream"), locks);
         let mut command = precomp_command();
         command
             .arg("--data")
             .arg(data)
             .args(["serve", "--listen", "127.0.0.1:0", "--upstream"])
-            .arg(empty_upstream(data))
+            .arg(upstream)
+            .arg("--upstream-key")
+            .arg(upstream_key)
             .args(args);
         Server::spawn(command)
     }
@@ -1331,7 +1352,7 @@ fn config_variants_are_misses_of_their_own_bounded_and_shown_only_to_builders() 
     let as_auditor = request("GET", &url, Some(&auditor_token), None, &[]);
     assert_eq!(as_auditor.status, 403, "{}", as_auditor.text());
     assert!(
-        as_auditor.text().contains("builders"),
+        as_auditor.text().contains("needs builder"),
         "{}",
         as_auditor.text()
     );
@@ -1527,4 +1548,280 @@ fn the_artifact_client_speaks_the_api() {
         error.to_string().contains("is the mirror running"),
         "{error}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Misses against the registry, and scopes
+// ---------------------------------------------------------------------------------------------
+
+/// A miss's lock must pin releases with the checksums of the mirror's verified registry
+/// records (fetched from a signed upstream through the pull-through path): another checksum,
+/// or a release upstream does not have, is a 422 naming the package and never the checksum.
+#[test]
+fn misses_are_checked_against_the_verified_registry_records() {
+    let dir = tempfile::tempdir().unwrap();
+    // Upstream says shapes 2.0.0 has another inner checksum than LOCK claims.
+    let forged = LOCK.replace(&"b".repeat(64), &"c".repeat(64));
+    let data = dir.path().join("data");
+    let server = Server::with_upstream(&data, &[&forged], &[]);
+    let url = server.url("/precomp/v1/misses");
+    let answer = post_json(&url, None, &miss_report(&shape_user_base_key(), "1.14.0"));
+    assert_eq!(answer.status, 422, "{}", answer.text());
+    assert!(answer.text().contains("shapes 2.0.0"), "{}", answer.text());
+    assert!(
+        answer.text().contains("inner checksum"),
+        "{}",
+        answer.text()
+    );
+    assert!(
+        !answer.text().contains(&"c".repeat(64)),
+        "{}",
+        answer.text()
+    );
+    assert!(
+        !answer.text().contains(&shape_user_base_key()),
+        "{}",
+        answer.text()
+    );
+    // Nothing was stored.
+    let open: i64 = db(&data)
+        .query_row("SELECT count(*) FROM misses", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(open, 0);
+    drop(server);
+
+    // Upstream does not have shape_user at all.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let only_shapes = LOCK
+        .lines()
+        .filter(|line| !line.contains("shape_user"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let server = Server::with_upstream(&data, &[&only_shapes], &[]);
+    let url = server.url("/precomp/v1/misses");
+    let answer = post_json(&url, None, &miss_report(&shape_user_base_key(), "1.14.0"));
+    assert_eq!(answer.status, 422, "{}", answer.text());
+    assert!(
+        answer
+            .text()
+            .contains("shape_user 1.0.0 is not in the registry"),
+        "{}",
+        answer.text()
+    );
+    drop(server);
+
+    // The records match: recorded, and the mirror now holds the records it fetched.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &[]);
+    let url = server.url("/precomp/v1/misses");
+    let answer = post_json(&url, None, &miss_report(&shape_user_base_key(), "1.14.0"));
+    assert_eq!(answer.status, 201, "{}", answer.text());
+    let packages = get(&server.url("/packages/shapes"));
+    assert_eq!(packages.status, 200, "{}", packages.text());
+    // A record from another organisation's repository is refused by name.
+    let mut org = miss_report(&shape_user_base_key(), "1.14.0");
+    org.lock = LOCK.replace(r#""hexpm", "2222"#, r#""hexpm:acme", "2222"#);
+    let answer = post_json(&url, None, &org);
+    assert_eq!(answer.status, 422, "{}", answer.text());
+    assert!(answer.text().contains("hexpm:acme"), "{}", answer.text());
+}
+
+/// Miss reports past the bounds get 429 with Retry-After; open misses are bounded too.
+#[test]
+fn miss_reports_are_bounded_per_client_and_open_misses_in_total() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(
+        &data,
+        &["--miss-reports-per-client", "3", "--max-open-misses", "1"],
+    );
+    let url = server.url("/precomp/v1/misses");
+    let miss = miss_report(&shape_user_base_key(), "1.14.0");
+    assert_eq!(post_json(&url, None, &miss).status, 201);
+    // Deduplicated: the same miss counts, no new row, whatever the bound on open misses.
+    let again = post_json(&url, None, &miss);
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert_eq!(again.json()["count"], 2);
+    // Another miss would be the second open one.
+    let other = miss_report(&shape_user_base_key_for("1.15.0"), "1.15.0");
+    let refused = post_json(&url, None, &other);
+    assert_eq!(refused.status, 429, "{}", refused.text());
+    assert!(refused.text().contains("open misses"), "{}", refused.text());
+    assert!(refused.header("retry-after").parse::<u64>().unwrap() > 0);
+    // The fourth report this minute from this address.
+    let refused = post_json(&url, None, &miss);
+    assert_eq!(refused.status, 429, "{}", refused.text());
+    assert!(refused.text().contains("one address"), "{}", refused.text());
+    let retry: u64 = refused.header("retry-after").parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    let rows: i64 = db(&data)
+        .query_row("SELECT count(*) FROM misses", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(rows, 1);
+}
+
+/// Each scope on each class of endpoint: Hex reads and the API's reads (a token of any scope
+/// when reads need one), miss reports (likewise), the misses list (builder), uploads
+/// (builder), verdicts (auditor), jobs (builder or auditor); `publisher` only reads today.
+#[test]
+fn each_scope_is_allowed_and_refused_on_each_class_of_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (_auditor, auditor_pub) = signing_key(dir.path(), "auditor");
+    let (_builder, builder_pub) = signing_key(dir.path(), "builder");
+    let reader = create_scoped_token(&data, "reader", None, &["reader"]);
+    let builder = create_scoped_token(&data, "builder", None, &["builder"]);
+    let auditor = create_scoped_token(&data, "auditor", None, &["auditor"]);
+    let publisher = create_scoped_token(&data, "publisher", None, &["publisher"]);
+    // Made before scopes (no --scope), bound to an auditor key: an auditor.
+    let legacy_auditor = create_token(&data, "legacy", Some(&auditor_pub));
+    let list = ok(token_cli(&data, &["list"]));
+    assert!(
+        list.lines()
+            .any(|line| line.starts_with("builder\t") && line.contains("\tbuilder\t")),
+        "{list}"
+    );
+    assert!(list.contains("scopes-from-key"), "{list}");
+    let server = Server::start(
+        &data,
+        &[
+            "--require-read-token",
+            "--auditor-key",
+            auditor_pub.to_str().unwrap(),
+            "--builder-key",
+            builder_pub.to_str().unwrap(),
+        ],
+    );
+    let status = |method: &str, path: &str, token: Option<&str>, body: Option<Vec<u8>>| {
+        request(method, &server.url(path), token, body, &[]).status
+    };
+    let denied = |code: u16| code == 401 || code == 403;
+    let every = [&reader, &builder, &auditor, &publisher, &legacy_auditor];
+
+    // Reads: 401 without a token, any scope passes.
+    for path in ["/packages/shapes", "/precomp/v1/index", "/precomp/v1/trust"] {
+        assert_eq!(status("GET", path, None, None), 401, "{path}");
+        for token in every {
+            let code = status("GET", path, Some(token), None);
+            assert!(!denied(code), "{path}: {code}");
+        }
+    }
+    // Hex clients send the bare token as the repository's auth key.
+    let bare = request(
+        "GET",
+        &server.url("/packages/shapes"),
+        None,
+        None,
+        &[("authorization", reader.as_str())],
+    );
+    assert_eq!(bare.status, 200, "{}", bare.text());
+    // Miss reports: like reads.
+    let miss = serde_json::to_vec(&miss_report(&shape_user_base_key(), "1.14.0")).unwrap();
+    assert_eq!(
+        status("POST", "/precomp/v1/misses", None, Some(miss.clone())),
+        401
+    );
+    let reported = request(
+        "POST",
+        &server.url("/precomp/v1/misses"),
+        Some(&reader),
+        Some(miss),
+        &[("content-type", "application/json")],
+    );
+    assert_eq!(reported.status, 201, "{}", reported.text());
+    // The misses list: builders only.
+    for (token, allowed) in [
+        (&reader, false),
+        (&auditor, false),
+        (&publisher, false),
+        (&legacy_auditor, false),
+        (&builder, true),
+    ] {
+        let code = status("GET", "/precomp/v1/misses", Some(token), None);
+        assert_eq!(!denied(code), allowed, "misses list: {code}");
+    }
+    // Artifact uploads: builders and auditors (who countersign).
+    let artifact = artifact_bytes("scoped");
+    let path = artifact_path(&sha256_hex(&artifact));
+    for (token, allowed) in [
+        (&reader, false),
+        (&publisher, false),
+        (&builder, true),
+        (&auditor, true),
+    ] {
+        let code = status("PUT", &path, Some(token), Some(artifact.clone()));
+        assert_eq!(!denied(code), allowed, "artifact upload: {code}");
+    }
+    let code = status(
+        "POST",
+        "/precomp/v1/failures",
+        Some(&reader),
+        Some(b"{}".to_vec()),
+    );
+    assert_eq!(code, 403);
+    // Verdicts: auditors.
+    let verdict = format!("/precomp/v1/verdicts/{}", "a".repeat(64));
+    for (token, allowed) in [
+        (&reader, false),
+        (&builder, false),
+        (&publisher, false),
+        (&auditor, true),
+        (&legacy_auditor, true),
+    ] {
+        let code = status("POST", &verdict, Some(token), Some(b"x".to_vec()));
+        assert_eq!(!denied(code), allowed, "verdict: {code}");
+    }
+    // Jobs: builders and auditors.
+    for (token, allowed) in [
+        (&reader, false),
+        (&publisher, false),
+        (&builder, true),
+        (&auditor, true),
+    ] {
+        let code = status("GET", "/precomp/v1/jobs", Some(token), None);
+        assert_eq!(!denied(code), allowed, "jobs: {code}");
+    }
+    // The artifact client (`precomp fetch --token`) sends its token with reads and reports.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let with = ArtifactClient::new(server.0.base(), Some(reader.clone())).unwrap();
+        with.packages().await.unwrap();
+        assert!(with.trust_document(None).await.unwrap().is_none());
+        let recorded = with
+            .report_miss(&miss_report(&shape_user_base_key(), "1.14.0"))
+            .await
+            .unwrap();
+        assert_eq!(recorded.count, 2);
+        let without = ArtifactClient::new(server.0.base(), None).unwrap();
+        let error = without.packages().await.unwrap_err().to_string();
+        assert!(error.contains("needs a token"), "{error}");
+    });
+    // The refusal names what is needed.
+    let refused = request(
+        "PUT",
+        &server.url(&path),
+        Some(&reader),
+        Some(artifact),
+        &[],
+    );
+    assert!(
+        refused.text().contains("needs builder or auditor"),
+        "{}",
+        refused.text()
+    );
+    // Health is open whatever the setting.
+    assert_eq!(status("GET", "/healthz", None, None), 200);
+    drop(server);
+
+    // Without --require-read-token, reads and miss reports need nothing.
+    let server = Server::start(&data, &[]);
+    assert_eq!(get(&server.url("/precomp/v1/index")).status, 200);
+    assert_eq!(get(&server.url("/packages/shapes")).status, 200);
+    let upload = request("PUT", &server.url(&path), None, Some(b"x".to_vec()), &[]);
+    assert_eq!(upload.status, 401, "{}", upload.text());
 }

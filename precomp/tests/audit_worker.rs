@@ -495,12 +495,14 @@ fn audit_leases_are_exclusive_expire_and_end_with_a_verdict_or_a_failure() {
     );
     assert_eq!(status, 200, "{text}");
     assert!(text.contains("\"closed\""), "{text}");
-    // Build jobs are still the default kind: this auditor's token finds no open miss.
+    // Build jobs are still the default kind: this auditor's token (its scopes from its
+    // auditor key: `auditor`) may not lease them.
     let (status, text) = mirror.post(
         "/precomp/v1/jobs/lease",
         &mirror.auditor,
         &json!({"worker": "w", "otp_major": tuple.0, "elixir": tuple.1, "mix_env": "prod",
                 "targets": ["any"], "lease_seconds": 60}),
     );
-    assert_eq!(status, 204, "{text}");
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("no builder scope"), "{text}");
 }

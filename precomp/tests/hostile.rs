@@ -35,9 +35,16 @@ struct Server {
 
 impl Server {
     fn start(fds: u32, args: &[&str]) -> Server {
+        Server::start_with(fds, args, &[])
+    }
+
+    /// With a signed upstream holding the registry records of `locks`' releases
+    /// (`common::signed_upstream`).
+    fn start_with(fds: u32, args: &[&str], locks: &[&str]) -> Server {
         let data = tempfile::tempdir().unwrap();
         let upstream = data.path().join("empty-upstream");
         std::fs::create_dir_all(&upstream).unwrap();
+        let (_, upstream_key) = common::signed_upstream(&upstream, locks);
         let precomp = precomp_command();
         let mut command = Command::new("prlimit");
         command
@@ -55,6 +62,8 @@ impl Server {
             ])
             .arg("--upstream")
             .arg(format!("file://{}", upstream.display()))
+            .arg("--upstream-key")
+            .arg(upstream_key)
             .args(args);
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("PRECOMP_") {
@@ -524,6 +533,147 @@ async fn a_flood_of_misses_is_refused_not_buffered() {
         server.log()
     );
     assert_served(&server, Duration::from_secs(1)).await;
+}
+
+/// A one-entry mix.lock pinning the leaf package `name` 1.0.0 with these checksums.
+fn leaf_lock(name: &str, inner: &str, outer: &str) -> String {
+    format!("%{{\n  \"{name}\": {{:hex, :{name}, \"1.0.0\", \"{inner}\", [:mix], [], \"hexpm\", \"{outer}\"}},\n}}\n")
+}
+
+/// A miss report of the leaf `name` pinned by `lock` with `outer` checksum, with the base key
+/// its inputs give (so only the registry check can refuse it).
+fn leaf_miss(name: &str, lock: &str, outer: [u8; 32]) -> Vec<u8> {
+    use precomp_proto::buildkey::{BuildInputs, Manager, PackageRef, Target};
+    let key = BuildInputs {
+        package: PackageRef {
+            name: name.into(),
+            version: "1.0.0".into(),
+            outer_checksum: outer,
+        },
+        manager: Manager::Mix,
+        closure: vec![],
+        otp_major: "25".into(),
+        elixir: "1.14.0".into(),
+        mix_env: "prod".into(),
+        target: Target::Any,
+        compile_env: vec![],
+    }
+    .base_key()
+    .unwrap()
+    .to_string();
+    serde_json::to_vec(&serde_json::json!({
+        "package": name, "version": "1.0.0", "base_key": key, "reason": "not built",
+        "otp_major": "25", "elixir": "1.14.0", "mix_env": "prod", "target": "any",
+        "lock": lock, "manager": "mix", "compile_env": [], "closure": [],
+    }))
+    .unwrap()
+}
+
+/// A flood of misses: forged ones (keys consistent with their locks, checksums not the
+/// registry's) are refused by the registry check and never stored; real ones open at most
+/// `--max-open-misses` rows (429 past it), repeats only count, one address past its rate gets
+/// 429; the database stays bounded and other clients are served throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_real_and_forged_misses_keeps_the_database_bounded() {
+    let names: Vec<String> = (0..24).map(|i| format!("leaf_{i:02}")).collect();
+    let outer = |i: usize| [i as u8 + 1; 32];
+    let locks: Vec<String> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| leaf_lock(name, &"a".repeat(64), &hex::encode(outer(i))))
+        .collect();
+    let lock_refs: Vec<&str> = locks.iter().map(String::as_str).collect();
+    let server = Server::start_with(
+        1024,
+        &[
+            "--max-open-misses",
+            "8",
+            "--miss-reports-per-client",
+            "20",
+            "--miss-reports-total",
+            "1000",
+        ],
+        &lock_refs,
+    );
+    let mut statuses = std::collections::BTreeMap::<(&str, u16), u32>::new();
+    let mut clients = Vec::new();
+    // Forged: each of 100 reports from its own address claims other checksums for a
+    // release upstream has (its key computed from the forged lock).
+    for i in 0..100usize {
+        let name = names[i % names.len()].clone();
+        let forged_outer = [0xee; 32];
+        let lock = leaf_lock(&name, &"f".repeat(64), &hex::encode(forged_outer));
+        let body = leaf_miss(&name, &lock, forged_outer);
+        let to = server.main;
+        clients.push(tokio::spawn(async move {
+            let from = format!("127.0.2.{}", 1 + i % 200);
+            let answer = request(&from, to, "POST", "/precomp/v1/misses", &[], &body).await;
+            ("forged", answer)
+        }));
+    }
+    // Real: every leaf once, from 24 addresses.
+    for (i, name) in names.iter().enumerate() {
+        let body = leaf_miss(name, &locks[i], outer(i));
+        let to = server.main;
+        clients.push(tokio::spawn(async move {
+            let from = format!("127.0.3.{}", 1 + i);
+            let answer = request(&from, to, "POST", "/precomp/v1/misses", &[], &body).await;
+            ("real", answer)
+        }));
+    }
+    for client in clients {
+        let (kind, answer) = client.await.unwrap();
+        let (status, body) = answer.unwrap();
+        if kind == "forged" {
+            assert!(
+                status == 422 && body.contains("checksum") && !body.contains(&"a".repeat(64)),
+                "{status} {body}"
+            );
+        }
+        *statuses.entry((kind, status)).or_insert(0) += 1;
+    }
+    eprintln!("miss flood: {statuses:?}");
+    assert_eq!(statuses.get(&("real", 201)), Some(&8), "{statuses:?}");
+    assert_eq!(statuses.get(&("real", 429)), Some(&16), "{statuses:?}");
+    assert_served(&server, Duration::from_secs(1)).await;
+
+    // One address repeating an open miss: counted (200) up to its rate, then 429.
+    let db = rusqlite::Connection::open(server.data.path().join("artifacts/artifacts.db")).unwrap();
+    let open: String = db
+        .query_row("SELECT package FROM misses LIMIT 1", [], |row| row.get(0))
+        .unwrap();
+    let i = names.iter().position(|n| *n == open).unwrap();
+    let body = leaf_miss(&open, &locks[i], outer(i));
+    let mut answers = Vec::new();
+    for _ in 0..22 {
+        answers.push(
+            request(
+                "127.0.4.1",
+                server.main,
+                "POST",
+                "/precomp/v1/misses",
+                &[],
+                &body,
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    assert!(answers[..20].iter().all(|(s, _)| *s == 200), "{answers:?}");
+    assert!(
+        answers[20..]
+            .iter()
+            .all(|(s, b)| *s == 429 && b.contains("one address")),
+        "{answers:?}"
+    );
+    let (rows, counted): (i64, i64) = db
+        .query_row("SELECT count(*), max(count) FROM misses", [], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+        .unwrap();
+    assert_eq!((rows, counted), (8, 21));
+    assert_served(&server, Duration::from_secs(1)).await;
+    assert_healthy(&server, Duration::from_secs(1)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

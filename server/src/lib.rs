@@ -19,6 +19,7 @@
 //! Every limit is a field of [`ServerConfig`]; `docs/mirror.md` lists them with their
 //! defaults and settings.
 
+pub mod access;
 pub mod layers;
 pub mod listener;
 pub mod respond;
@@ -71,6 +72,16 @@ pub struct ServerConfig {
     pub max_header_bytes: u32,
     /// How long requests in flight may take to finish once shutdown begins.
     pub shutdown_grace: Duration,
+    /// Reads (the Hex routes, the artifact API's public reads) and miss reports need a token
+    /// (any scope: [`access`]).
+    pub require_read_token: bool,
+    /// Miss reports a client address may send per minute; more get 429.
+    pub miss_reports_per_client: u32,
+    /// Miss reports taken per minute from everyone together; more get 429.
+    pub miss_reports_total: u32,
+    /// Registry records (`/packages/NAME`) one miss report may make the mirror fetch
+    /// upstream to check its lock against; a lock needing more is refused (422).
+    pub miss_record_fetches: usize,
 }
 
 impl Default for ServerConfig {
@@ -90,6 +101,10 @@ impl Default for ServerConfig {
             h2_max_concurrent_streams: 128,
             max_header_bytes: 64 * 1024,
             shutdown_grace: Duration::from_secs(30),
+            require_read_token: false,
+            miss_reports_per_client: 120,
+            miss_reports_total: 1200,
+            miss_record_fetches: 32,
         }
     }
 }
@@ -99,6 +114,19 @@ impl Default for ServerConfig {
 pub struct AppState {
     pub mirror: Arc<Mirror>,
     pub artifacts: Arc<Artifacts>,
+    /// Who may read, and the bounds on miss reports: set from the [`ServerConfig`] when the
+    /// server starts ([`serve`]).
+    pub policy: Arc<access::Policy>,
+}
+
+impl AppState {
+    pub fn new(mirror: Arc<Mirror>, artifacts: Arc<Artifacts>) -> AppState {
+        AppState {
+            mirror,
+            artifacts,
+            policy: Arc::new(access::Policy::default()),
+        }
+    }
 }
 
 /// The listeners the server answers on.
@@ -130,5 +158,9 @@ pub async fn serve(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    let state = AppState {
+        policy: Arc::new(access::Policy::new(&config)),
+        ..state
+    };
     listener::run(state, Arc::new(config), listeners, shutdown).await
 }

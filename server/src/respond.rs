@@ -177,6 +177,11 @@ pub fn mirror_failure(route: &Route, outcome: Outcome, head: bool) -> Response {
 pub fn refused(refusal: Refusal, head: bool) -> Response {
     let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = text(status, &refusal.message, head);
+    if let Some(seconds) = refusal.retry_after {
+        response
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
     if status == StatusCode::UNAUTHORIZED {
         response.headers_mut().insert(
             WWW_AUTHENTICATE,

@@ -96,6 +96,25 @@ impl Artifacts {
         publisher: &Publisher,
     ) -> Result<Option<Lease>, Refusal> {
         check_lease_request(request)?;
+        // The scope the job's report needs (the access table let builders and auditors in):
+        // a job its token could not report is never handed out.
+        let needed = match request.kind {
+            JobKind::Build => crate::Scope::Builder,
+            JobKind::Audit => crate::Scope::Auditor,
+        };
+        if !self.scopes_of(publisher).contains(&needed) {
+            return Err(Refusal::new(
+                403,
+                format!(
+                    "token {:?} has no {needed} scope: it cannot lease {} jobs",
+                    publisher.name,
+                    match request.kind {
+                        JobKind::Build => "build",
+                        JobKind::Audit => "audit",
+                    }
+                ),
+            ));
+        }
         // Who may lease what; for audits, the auditor the lease is for, and the keys whose
         // signatures count as audits (the index's `auditors`).
         let (auditor, auditor_ids) = match request.kind {
@@ -1045,6 +1064,7 @@ mod tests {
             Publisher {
                 name: name.into(),
                 key: Some(self.auditors[n].public_key()),
+                scopes: None,
             }
         }
 
@@ -1261,6 +1281,7 @@ mod tests {
         let builder = Publisher {
             name: "builder".into(),
             key: Some(mirror.builder.public_key()),
+            scopes: None,
         };
         let refused = mirror.lease(&builder, ANY, 1).unwrap_err();
         assert_eq!(refused.status, 403, "{refused:?}");
@@ -1284,6 +1305,7 @@ mod tests {
         let unbound = Publisher {
             name: "unbound".into(),
             key: None,
+            scopes: None,
         };
         let refused = mirror.lease(&unbound, ANY, 1).unwrap_err();
         assert_eq!(refused.status, 422, "{refused:?}");
@@ -1304,6 +1326,14 @@ mod tests {
             403
         );
         request.auditor = Some(mirror.auditor_id(1));
+        // The same token with only the builder scope cannot lease an audit job.
+        let scoped = Publisher {
+            scopes: Some(vec![crate::Scope::Builder]),
+            ..unbound.clone()
+        };
+        let refused = artifacts.lease_job(&request, &scoped).unwrap_err();
+        assert_eq!(refused.status, 403, "{refused:?}");
+        assert!(refused.message.contains("no auditor scope"), "{refused:?}");
         let lease = artifacts.lease_job(&request, &unbound).unwrap().unwrap();
         assert!(artifacts
             .heartbeat_job(lease.job, &HeartbeatRequest::default(), &unbound)
@@ -1313,6 +1343,7 @@ mod tests {
         let rebound = Publisher {
             name: "unbound".into(),
             key: Some(mirror.builder.public_key()),
+            scopes: None,
         };
         let refused = artifacts
             .heartbeat_job(lease.job, &HeartbeatRequest::default(), &rebound)
@@ -1335,7 +1366,7 @@ mod tests {
                 otp_major, elixir, mix_env, target, lock, inputs, count, first_reported,
                 last_reported)
              VALUES ('b1', 'b1', '', 'shapes', '1.0.0', 'not built', '25', '1.14.0', 'prod',
-                'any', '', '{}', 1, 0, 0)",
+                'any', '', '{}', 1, unixepoch(), unixepoch())",
             params![],
         );
         let build = artifacts.lease_job(&request, &builder).unwrap().unwrap();
@@ -1382,13 +1413,14 @@ mod tests {
                     otp_major, elixir, mix_env, target, lock, inputs, count, first_reported,
                     last_reported)
                  VALUES (?1, ?1, '', 'plain_ex', '1.0.0', 'not built', ?2, ?3, 'prod', 'any',
-                    '', '{}', ?4, 0, 0)",
+                    '', '{}', ?4, unixepoch(), unixepoch())",
                 params![key, otp, elixir, count],
             );
         }
         let builder = Publisher {
             name: "builder".into(),
             key: Some(mirror.builder.public_key()),
+            scopes: None,
         };
         let tuple = |otp: &str, elixir: &str| LeaseTuple {
             otp_major: otp.into(),

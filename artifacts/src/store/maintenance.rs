@@ -580,7 +580,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = std::sync::Arc::new(ArtifactStore::open(dir.path()).unwrap());
         let kept = put(&store, b"kept");
-        let token = store.create_token("builder", None).unwrap();
+        let token = store.create_token("builder", None, None).unwrap();
         let panicking = std::sync::Arc::clone(&store);
         let sha = kept.clone();
         let result = std::thread::spawn(move || {

@@ -152,7 +152,7 @@ pub fn run(context: &Context, args: DemoArgs) -> anyhow::Result<ExitCode> {
         let listeners = precomp_server::Listeners::bind("127.0.0.1:0".parse()?, None).await?;
         let url = format!("http://{}", listeners.main.local_addr()?);
         let server = tokio::spawn(precomp_server::serve(
-            precomp_server::AppState { mirror, artifacts },
+            precomp_server::AppState::new(mirror, artifacts),
             precomp_server::ServerConfig::default(),
             listeners,
             async {

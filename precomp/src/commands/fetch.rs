@@ -41,6 +41,11 @@ pub struct FetchArgs {
     /// The Mix project directory.
     #[arg(long, default_value = ".")]
     project: PathBuf,
+    /// A token (any scope, e.g. `precomp token create --scope reader`) sent with every
+    /// request, for a mirror that requires one to read (`precomp serve
+    /// --require-read-token`) [default: none].
+    #[arg(long, env = "PRECOMP_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// The mirror's URL [env: PRECOMP_MIRROR, then HEX_MIRROR; else `mirror` in the config
     /// file].
     #[arg(long)]
@@ -186,7 +191,12 @@ pub fn run(_context: &Context, args: FetchArgs) -> anyhow::Result<ExitCode> {
     // The document's version, when it leaves no builder key in effect.
     let mut no_builders_in = None;
     if let Some(root) = &root_key {
-        let document = trust_document(&mirror, root, args.trust_cache.as_deref())?;
+        let document = trust_document(
+            &mirror,
+            args.token.clone(),
+            root,
+            args.trust_cache.as_deref(),
+        )?;
         if document.builders.is_empty() {
             no_builders_in = Some(document.version);
         }
@@ -247,6 +257,7 @@ pub fn run(_context: &Context, args: FetchArgs) -> anyhow::Result<ExitCode> {
         jobs,
         retries: args.retries.or(settings.retries).unwrap_or(3),
         target,
+        token: args.token.clone(),
         request_builds: args.request_builds,
     };
 
@@ -444,6 +455,7 @@ struct DocumentKeys {
 /// rotations from the cached version) and caches it: its builders, auditors and revocations.
 fn trust_document(
     mirror: &str,
+    token: Option<String>,
     root: &std::path::Path,
     cache: Option<&std::path::Path>,
 ) -> anyhow::Result<DocumentKeys> {
@@ -463,7 +475,7 @@ fn trust_document(
     let cached = cache.as_deref().and_then(trust::load_cache);
     let client = precomp_http::artifacts::ArtifactClient::with_timeout(
         mirror,
-        None,
+        token,
         std::time::Duration::from_secs(60),
     )?;
     let now = trust::unix_now();

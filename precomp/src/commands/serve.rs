@@ -83,6 +83,25 @@ pub struct ServeArgs {
     /// are erased and an open miss is closed [default: 30].
     #[arg(long, value_name = "DAYS", env = "PRECOMP_MISS_RETENTION_DAYS")]
     miss_retention_days: Option<u32>,
+    /// Misses open at once; a report that would open another is refused (429) while reports
+    /// of open misses still count [default: 10000].
+    #[arg(long, value_name = "N", env = "PRECOMP_MAX_OPEN_MISSES")]
+    max_open_misses: Option<u64>,
+    /// Miss reports one client address may send per minute; more get 429 [default: 120].
+    #[arg(long, value_name = "N", env = "PRECOMP_MISS_REPORTS_PER_CLIENT")]
+    miss_reports_per_client: Option<u32>,
+    /// Miss reports taken per minute from everyone together; more get 429 [default: 1200].
+    #[arg(long, value_name = "N", env = "PRECOMP_MISS_REPORTS_TOTAL")]
+    miss_reports_total: Option<u32>,
+    /// Registry records (/packages/NAME) the mirror does not hold that one miss report may
+    /// make it fetch upstream to check the report's lock against [default: 32].
+    #[arg(long, value_name = "N", env = "PRECOMP_MISS_RECORD_FETCHES")]
+    miss_record_fetches: Option<usize>,
+    /// Reads need a token (any scope): the Hex routes, the artifact API's reads and miss
+    /// reports. Mix sends it as the hexpm repository's auth key, rebar3 as `repo_key`,
+    /// `precomp fetch` with --token (docs/mirror.md, "Tokens and scopes") [default: off].
+    #[arg(long, env = "PRECOMP_REQUIRE_READ_TOKEN")]
+    require_read_token: bool,
     /// Address of a second listener that answers only /healthz and /metrics, outside the main
     /// listener's connection and request limits [default: none].
     #[arg(long, env = "PRECOMP_ADMIN_LISTEN")]
@@ -167,7 +186,7 @@ pub fn run(context: &Context, args: ServeArgs) -> anyhow::Result<ExitCode> {
             println!("precomp admin listening on http://{}", admin.local_addr()?);
         }
         tracing::info!(%address, upstream = %config.upstream, "mirror listening");
-        let state = AppState { mirror, artifacts };
+        let state = AppState::new(mirror, artifacts);
         precomp_server::serve(state, server, listeners, shutdown_signal()).await?;
         Ok::<_, anyhow::Error>(())
     })?;
@@ -229,6 +248,10 @@ fn resolve(context: &Context, args: ServeArgs) -> anyhow::Result<Resolved> {
         }
         misses.retention_seconds = i64::from(days) * 86_400;
     }
+    if let Some(max) = args.max_open_misses.or(file.max_open_misses) {
+        anyhow::ensure!(max > 0, "max_open_misses must be at least 1");
+        misses.max_open = max;
+    }
     let artifacts = ArtifactsConfig {
         data: data.join("artifacts"),
         builder_keys,
@@ -250,6 +273,10 @@ fn resolve(context: &Context, args: ServeArgs) -> anyhow::Result<Resolved> {
             max_connections_per_client: args.max_connections_per_client,
             trusted_proxies: args.trusted_proxies,
             proxy_protocol: args.proxy_protocol,
+            miss_reports_per_client: args.miss_reports_per_client,
+            miss_reports_total: args.miss_reports_total,
+            miss_record_fetches: args.miss_record_fetches,
+            require_read_token: args.require_read_token,
         },
     )?;
     let admin_listen = args.admin_listen.or(file.admin_listen);
@@ -269,6 +296,10 @@ struct ServerFlags {
     max_connections_per_client: Option<usize>,
     trusted_proxies: Vec<String>,
     proxy_protocol: bool,
+    miss_reports_per_client: Option<u32>,
+    miss_reports_total: Option<u32>,
+    miss_record_fetches: Option<usize>,
+    require_read_token: bool,
 }
 
 /// The server's limits: each from its flag or environment variable, else the file, else the
@@ -351,6 +382,30 @@ fn server_config(file: &FileConfig, flags: ServerFlags) -> anyhow::Result<Server
         })
         .collect::<anyhow::Result<_>>()?;
     config.proxy_protocol = flags.proxy_protocol || file.proxy_protocol.unwrap_or(false);
+    config.require_read_token =
+        flags.require_read_token || file.require_read_token.unwrap_or(false);
+    let rate = |name: &str, value: Option<u32>, into: &mut u32| -> anyhow::Result<()> {
+        if let Some(value) = value {
+            anyhow::ensure!(value > 0, "{name} must be at least 1");
+            *into = value;
+        }
+        Ok(())
+    };
+    rate(
+        "miss_reports_per_client",
+        flags
+            .miss_reports_per_client
+            .or(file.miss_reports_per_client),
+        &mut config.miss_reports_per_client,
+    )?;
+    rate(
+        "miss_reports_total",
+        flags.miss_reports_total.or(file.miss_reports_total),
+        &mut config.miss_reports_total,
+    )?;
+    if let Some(fetches) = flags.miss_record_fetches.or(file.miss_record_fetches) {
+        config.miss_record_fetches = fetches;
+    }
     Ok(config)
 }
 

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use precomp_artifacts::ArtifactStore;
+use precomp_artifacts::{ArtifactStore, Scope};
 use precomp_proto::manifest::ArtifactPublicKey;
 use precomp_proto::time::utc;
 
@@ -37,6 +37,19 @@ pub struct CreateArgs {
     /// NAME.pub).
     #[arg(long, value_name = "FILE.pub")]
     key: Option<PathBuf>,
+    /// What the token may do: `reader` (read when the mirror requires a token to), `builder`
+    /// (publish builds, lease build jobs, list misses), `auditor` (countersign, post
+    /// verdicts, lease audit jobs), `publisher` (reserved for organisation repositories).
+    /// Repeat for several; every scope reads. Without it the token has the scopes its key
+    /// gives it (an auditor key: auditor; a builder key: builder; no key: both), as tokens
+    /// always had.
+    #[arg(long = "scope", value_name = "SCOPE", value_parser = parse_scope)]
+    scopes: Vec<Scope>,
+}
+
+fn parse_scope(text: &str) -> Result<Scope, String> {
+    Scope::parse(text)
+        .ok_or_else(|| format!("{text:?} is not a scope: reader, builder, auditor or publisher"))
 }
 
 /// Revokes a token: the mirror refuses it from its next request on.
@@ -64,11 +77,13 @@ pub fn run(context: &Context, command: TokenCommand) -> anyhow::Result<ExitCode>
                 }
                 None => None,
             };
-            let token = store.create_token(&args.name, key.as_ref())?;
+            let scopes = (!args.scopes.is_empty()).then_some(args.scopes.as_slice());
+            let token = store.create_token(&args.name, key.as_ref(), scopes)?;
             println!("{token}");
             eprintln!(
-                "token {:?} created, {}. It is shown only this once: store it now.",
+                "token {:?} created with {}, {}. It is shown only this once: store it now.",
                 args.name,
+                describe_scopes(scopes),
                 match &key {
                     Some(key) => format!("bound to key {}", key.key_id()),
                     None =>
@@ -84,9 +99,13 @@ pub fn run(context: &Context, command: TokenCommand) -> anyhow::Result<ExitCode>
             }
             for token in tokens {
                 println!(
-                    "{}\t{}\tcreated {}\t{}",
+                    "{}\t{}\t{}\tcreated {}\t{}",
                     token.name,
                     token.key_id.as_deref().unwrap_or("any-builder-key"),
+                    match &token.scopes {
+                        Some(scopes) => precomp_artifacts::token::scopes_text(scopes),
+                        None => "scopes-from-key".to_string(),
+                    },
                     utc(token.created_at),
                     match token.revoked_at {
                         Some(at) => format!("revoked {}", utc(at)),
@@ -101,4 +120,14 @@ pub fn run(context: &Context, command: TokenCommand) -> anyhow::Result<ExitCode>
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn describe_scopes(scopes: Option<&[Scope]>) -> String {
+    match scopes {
+        Some(scopes) => format!(
+            "the scopes {}",
+            precomp_artifacts::token::scopes_text(scopes).replace(' ', ", ")
+        ),
+        None => "the scopes its key gives it".to_string(),
+    }
 }

@@ -489,3 +489,59 @@ impl FixtureRepo {
         ));
     }
 }
+
+/// One RSA key per test binary for the signed upstreams of [`signed_upstream`].
+fn upstream_signing_key() -> &'static precomp_proto::registry::RepoSigningKey {
+    static KEY: std::sync::OnceLock<precomp_proto::registry::RepoSigningKey> =
+        std::sync::OnceLock::new();
+    KEY.get_or_init(|| precomp_proto::registry::RepoSigningKey::generate(2048).unwrap())
+}
+
+/// A signed static upstream (`file://DIR`, repository `hexpm`) holding a verified
+/// `/packages/NAME` record for every Hex release of `locks`, with the checksums the locks give
+/// them: what a mirror checks misses' locks against. Returns the upstream's URL and the path
+/// of its public key (for `--upstream-key`).
+#[allow(dead_code)]
+pub fn signed_upstream(dir: &Path, locks: &[&str]) -> (String, PathBuf) {
+    use precomp_proto::lock::{LockEntry, MixLock};
+    use precomp_proto::registry::{encode_signed, Package, Release};
+    let key = upstream_signing_key();
+    let mut packages: std::collections::BTreeMap<String, Vec<Release>> = Default::default();
+    for lock in locks {
+        for entry in MixLock::parse(lock).unwrap().entries.into_values() {
+            let LockEntry::Hex(entry) = entry else {
+                continue;
+            };
+            let releases = packages.entry(entry.package.clone()).or_default();
+            if releases.iter().any(|r| r.version == entry.version) {
+                continue;
+            }
+            releases.push(Release {
+                version: entry.version.clone(),
+                inner_checksum: hex::decode(&entry.inner_checksum).unwrap(),
+                outer_checksum: entry
+                    .outer_checksum
+                    .as_deref()
+                    .map(|c| hex::decode(c).unwrap()),
+                ..Default::default()
+            });
+        }
+    }
+    std::fs::create_dir_all(dir.join("packages")).unwrap();
+    for (name, releases) in packages {
+        let package = Package {
+            releases,
+            name: name.clone(),
+            repository: "hexpm".into(),
+            advisories: vec![],
+        };
+        std::fs::write(
+            dir.join("packages").join(&name),
+            encode_signed(&package, key),
+        )
+        .unwrap();
+    }
+    let public = dir.join("upstream.pub");
+    std::fs::write(&public, key.public_key().to_spki_pem().unwrap()).unwrap();
+    (format!("file://{}", dir.display()), public)
+}

@@ -93,6 +93,27 @@ pub enum Outcome {
     Internal(String),
 }
 
+/// A release's checksums as the verified registry record gives them (raw SHA-256 bytes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReleaseChecksums {
+    /// Hex's inner checksum (what `mix.lock`'s fourth element holds).
+    pub inner: Vec<u8>,
+    /// The whole tarball's checksum (`mix.lock`'s last element); absent in old records.
+    pub outer: Option<Vec<u8>>,
+}
+
+/// What [`Mirror::release_checksums`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReleaseLookup {
+    Found(ReleaseChecksums),
+    /// Neither the package nor this version of it is in the registry.
+    NotFound,
+    /// The store holds no record with the version, and fetching was not allowed.
+    NotHeld,
+    /// Upstream failed or sent what failed verification, or the store failed.
+    Failed(String),
+}
+
 type SharedFetch = Shared<BoxFuture<'static, Outcome>>;
 
 pub struct Mirror {
@@ -346,6 +367,63 @@ impl Mirror {
             },
             Ok(upstream::Fetched::NotFound) => Outcome::NotFound,
             Err(e) => self.upstream_failed(route, existing, e).await,
+        }
+    }
+
+    /// The checksums the verified `/packages/NAME` record gives `name` `version`, for checking
+    /// what a client claims about a release (a miss's lock). A record the store holds is used
+    /// whatever its age (a release's checksums never change); one it does not hold, or that
+    /// lacks the version, is fetched through the normal pull-through path when `fetch` allows
+    /// it ([`ReleaseLookup::NotHeld`] otherwise). The caller bounds the time it waits.
+    pub async fn release_checksums(
+        self: &Arc<Self>,
+        name: &str,
+        version: &str,
+        fetch: bool,
+    ) -> ReleaseLookup {
+        if !routes::valid_name(name) {
+            return ReleaseLookup::NotFound;
+        }
+        let route = Route::Package(name.to_string());
+        let decode = |outcome: Outcome| -> Result<Option<ReleaseChecksums>, ReleaseLookup> {
+            let body = match outcome {
+                Outcome::Found { body, .. } => body,
+                Outcome::NotFound => return Err(ReleaseLookup::NotFound),
+                Outcome::BadGateway(reason) | Outcome::Internal(reason) => {
+                    return Err(ReleaseLookup::Failed(reason))
+                }
+            };
+            let decoded = registry::decode_package(
+                &body,
+                &self.config.upstream_key,
+                &self.config.upstream_repository,
+                name,
+            )
+            .map_err(|e| ReleaseLookup::Failed(format!("stored {route}: {e}")))?;
+            Ok(decoded
+                .releases
+                .into_iter()
+                .find(|r| r.version == version)
+                .map(|release| ReleaseChecksums {
+                    inner: release.inner_checksum,
+                    outer: release.outer_checksum,
+                }))
+        };
+        let held = match self.lookup(&route.object_path()).await {
+            Some(meta) => match decode(self.read(meta).await) {
+                Ok(Some(found)) => return ReleaseLookup::Found(found),
+                Ok(None) => true,
+                Err(failed) => return failed,
+            },
+            None => false,
+        };
+        if !fetch {
+            return ReleaseLookup::NotHeld;
+        }
+        match decode(self.registry_file(&route, held).await) {
+            Ok(Some(found)) => ReleaseLookup::Found(found),
+            Ok(None) => ReleaseLookup::NotFound,
+            Err(failed) => failed,
         }
     }
 

@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
-use http::header::{HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_LENGTH};
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH};
 use http::request::Parts;
 use http::{HeaderMap, Method, StatusCode};
 use http_body_util::BodyExt;
@@ -201,49 +201,32 @@ pub fn unknown(head: bool) -> Response {
     )
 }
 
-fn authorization(headers: &HeaderMap) -> Result<Option<String>, Refusal> {
-    match headers.get(AUTHORIZATION) {
-        None => Ok(None),
-        Some(value) => value
-            .to_str()
-            .map(|v| Some(v.to_string()))
-            .map_err(|_| Refusal::new(401, "the Authorization header is not ASCII")),
-    }
-}
-
-/// Authenticates the request's token and checks with `may` that it may do this at all, before
-/// any body is read.
+/// The request's token, authenticated by [`crate::access::authorize`] (which checked the
+/// route's scopes), checked further with `may` (what its keys allow) before any body is read.
 pub async fn token(
     artifacts: &Arc<Artifacts>,
-    headers: &HeaderMap,
+    parts: &Parts,
     may: fn(&Artifacts, &Publisher) -> Result<(), Refusal>,
 ) -> Result<Publisher, Refusal> {
-    let authorization = authorization(headers)?;
+    let principal = crate::access::principal(&parts.extensions)?;
     blocking(artifacts, move |a| {
-        let publisher = a.authenticate(authorization.as_deref())?;
-        may(a, &publisher)?;
-        Ok(publisher)
+        may(a, &principal.publisher)?;
+        Ok(principal.publisher)
     })
     .await
 }
 
 /// An upload: the token could publish something.
-pub async fn publisher(
-    artifacts: &Arc<Artifacts>,
-    headers: &HeaderMap,
-) -> Result<Publisher, Refusal> {
-    token(artifacts, headers, |a, publisher| {
+pub async fn publisher(artifacts: &Arc<Artifacts>, parts: &Parts) -> Result<Publisher, Refusal> {
+    token(artifacts, parts, |a, publisher| {
         a.trusted_for(publisher).map(drop)
     })
     .await
 }
 
-/// Any valid token (what it may do is checked later, e.g. by job kind).
-pub async fn any_token(
-    artifacts: &Arc<Artifacts>,
-    headers: &HeaderMap,
-) -> Result<Publisher, Refusal> {
-    token(artifacts, headers, |_, _| Ok(())).await
+/// The token (what it may do is checked later, e.g. by job kind).
+pub fn any_token(parts: &Parts) -> Result<Publisher, Refusal> {
+    crate::access::principal(&parts.extensions).map(|principal| principal.publisher)
 }
 
 fn declared_length(headers: &HeaderMap) -> Option<u64> {

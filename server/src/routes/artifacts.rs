@@ -87,7 +87,7 @@ async fn get(
 
 async fn put(app: &AppState, sha: &str, request: &mut ApiRequest) -> Result<Response, Refusal> {
     let artifacts = &app.artifacts;
-    let publisher = api::publisher(artifacts, request.headers()).await?;
+    let publisher = api::publisher(artifacts, &request.parts).await?;
     api::check_length(request.headers(), MAX_ARTIFACT_SIZE, "the artifact")?;
     let expected = parse_digest(sha);
     let body = request.take_body();

@@ -22,7 +22,7 @@ pub async fn report(State(app): State<AppState>, request: Request) -> Response {
 }
 
 async fn post(app: &AppState, request: &mut ApiRequest) -> Result<Response, Refusal> {
-    let publisher = api::publisher(&app.artifacts, request.headers()).await?;
+    let publisher = api::publisher(&app.artifacts, &request.parts).await?;
     let (bytes, _budget) = request
         .read_body(MAX_FAILURE_BODY, "the failure report")
         .await?;

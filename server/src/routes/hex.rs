@@ -43,6 +43,11 @@ impl tower::Service<Request> for HexRepository {
                 return Ok(super::api::unknown(request.method() == Method::HEAD));
             }
             let route = Route::parse(path);
+            let request =
+                match crate::access::check(&app, crate::access::HEX_REPOSITORY, request).await {
+                    Ok(request) => request,
+                    Err(refused) => return Ok(refused),
+                };
             Ok(object(&app, route, request).await)
         })
     }

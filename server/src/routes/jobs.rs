@@ -27,12 +27,16 @@ pub async fn listing(State(app): State<AppState>, request: Request) -> Response 
         return super::method_not_allowed(LISTING, request.method(), "GET, HEAD", request.head());
     }
     let head = request.head();
-    let result = list(&app, request.headers().clone(), head).await;
+    let result = list(&app, &request.parts, head).await;
     request.finish(LISTING, result).await
 }
 
-async fn list(app: &AppState, headers: http::HeaderMap, head: bool) -> Result<Response, Refusal> {
-    let publisher = api::any_token(&app.artifacts, &headers).await?;
+async fn list(
+    app: &AppState,
+    parts: &http::request::Parts,
+    head: bool,
+) -> Result<Response, Refusal> {
+    let publisher = api::any_token(parts)?;
     let listing = blocking(&app.artifacts, move |a| a.job_listing(&publisher)).await?;
     Ok(json(StatusCode::OK, &listing, "no-store", head))
 }
@@ -76,7 +80,7 @@ pub async fn release(State(app): State<AppState>, job: super::Param, request: Re
 
 /// `200` with the lease, `204` when no job matches.
 async fn post_lease(app: &AppState, request: &mut ApiRequest) -> Result<Response, Refusal> {
-    let publisher = api::any_token(&app.artifacts, request.headers()).await?;
+    let publisher = api::any_token(&request.parts)?;
     let (bytes, _budget) = request.read_body(MAX_JOB_BODY, "the lease request").await?;
     let lease_request: LeaseRequest = parse_json(&bytes, "lease request")?;
     let lease = blocking(&app.artifacts, move |a| {
@@ -101,7 +105,7 @@ async fn post_heartbeat(
     job: u64,
     request: &mut ApiRequest,
 ) -> Result<Response, Refusal> {
-    let publisher = api::any_token(&app.artifacts, request.headers()).await?;
+    let publisher = api::any_token(&request.parts)?;
     let (bytes, _budget) = request.read_body(MAX_JOB_BODY, "the heartbeat").await?;
     let heartbeat: HeartbeatRequest = optional_json(&bytes, "heartbeat")?;
     let renewed = blocking(&app.artifacts, move |a| {
@@ -116,7 +120,7 @@ async fn post_release(
     job: u64,
     request: &mut ApiRequest,
 ) -> Result<Response, Refusal> {
-    let publisher = api::any_token(&app.artifacts, request.headers()).await?;
+    let publisher = api::any_token(&request.parts)?;
     let (bytes, _budget) = request.read_body(MAX_JOB_BODY, "the release").await?;
     let release: ReleaseRequest = optional_json(&bytes, "release")?;
     let released = blocking(&app.artifacts, move |a| {

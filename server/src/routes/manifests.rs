@@ -72,7 +72,7 @@ async fn get(
 }
 
 async fn put(app: &AppState, key: String, request: &mut ApiRequest) -> Result<Response, Refusal> {
-    let publisher = api::publisher(&app.artifacts, request.headers()).await?;
+    let publisher = api::publisher(&app.artifacts, &request.parts).await?;
     let (bytes, _budget) = request
         .read_body(MAX_SIGNED_MANIFEST_SIZE, "the manifest")
         .await?;

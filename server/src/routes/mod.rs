@@ -72,6 +72,12 @@ pub fn router(state: AppState) -> Router {
         .route("/precomp/v1/jobs/lease", any(jobs::lease))
         .route("/precomp/v1/jobs/{job}/heartbeat", any(jobs::heartbeat))
         .route("/precomp/v1/jobs/{job}/release", any(jobs::release))
+        // Every route's requirement, checked before its handler: `crate::access` (the Hex
+        // repository, the fallback, checks its own with `access::check`).
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::access::authorize,
+        ))
         .fallback_service(hex::HexRepository(state.clone()))
         .with_state(state)
 }

@@ -34,7 +34,7 @@ pub async fn verdicts(
 }
 
 async fn post(app: &AppState, key: String, request: &mut ApiRequest) -> Result<Response, Refusal> {
-    let publisher = api::token(&app.artifacts, request.headers(), |a, publisher| {
+    let publisher = api::token(&app.artifacts, &request.parts, |a, publisher| {
         a.verdict_keys(publisher).map(drop)
     })
     .await?;

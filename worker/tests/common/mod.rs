@@ -135,7 +135,7 @@ impl TestMirror {
                 .unwrap();
             let url = format!("http://{}", listeners.main.local_addr().unwrap());
             tokio::spawn(precomp_server::serve(
-                precomp_server::AppState { mirror, artifacts },
+                precomp_server::AppState::new(mirror, artifacts),
                 precomp_server::ServerConfig::default(),
                 listeners,
                 async {
@@ -156,7 +156,7 @@ impl TestMirror {
     pub fn token(&self, name: &str, key: &ArtifactPublicKey) -> String {
         ArtifactStore::open(&self.data.path().join("artifacts"))
             .unwrap()
-            .create_token(name, Some(key))
+            .create_token(name, Some(key), None)
             .unwrap()
     }
 

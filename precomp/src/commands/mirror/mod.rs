@@ -79,6 +79,12 @@ pub struct FileConfig {
     /// `precomp serve`: config variants per release and tuple, and days miss values are kept.
     pub max_config_variants: Option<u32>,
     pub miss_retention_days: Option<u32>,
+    /// `precomp serve`: who may read, and the bounds on misses (docs/mirror.md, "Limits").
+    pub max_open_misses: Option<u64>,
+    pub miss_reports_per_client: Option<u32>,
+    pub miss_reports_total: Option<u32>,
+    pub miss_record_fetches: Option<usize>,
+    pub require_read_token: Option<bool>,
     /// `precomp serve`: the server's limits and timeouts (docs/mirror.md, "Limits").
     pub admin_listen: Option<SocketAddr>,
     pub header_read_timeout: Option<u64>,
