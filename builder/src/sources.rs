@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use precomp_http::blocking::BlockingClient;
-use precomp_http::Settings;
+use precomp_http::{not_found_is_none, Request, Settings};
 use sha2::{Digest, Sha256};
 
 use precomp_proto::buildkey::PackageRef;
@@ -22,10 +22,13 @@ pub struct SourceCache {
 impl SourceCache {
     /// `dir` holds `<outer checksum>.tar`; `mirror` is a Hex repository URL (the precomp
     /// mirror, or any Hex repository) or `file:///DIR`.
-    pub fn new(dir: PathBuf, mirror: &str) -> Result<SourceCache> {
+    /// `token`, if any, is sent with each download: a mirror may require one to read (`precomp
+    /// serve --require-read-token`).
+    pub fn new(dir: PathBuf, mirror: &str, token: Option<String>) -> Result<SourceCache> {
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let client = BlockingClient::new(Settings {
             server: "the mirror",
+            token,
             ..Settings::default()
         })?;
         Ok(SourceCache {
@@ -71,7 +74,8 @@ impl SourceCache {
                 }
             })?
         } else {
-            match self.client.get(&url, tarball::MAX_TARBALL_SIZE)? {
+            let request = Request::get(&url, tarball::MAX_TARBALL_SIZE).with_token_if_any();
+            match not_found_is_none(self.client.fetch(&request).map(|(_, bytes)| bytes))? {
                 Some(bytes) => bytes.to_vec(),
                 None => {
                     return Err(BuildError::Fetch {

@@ -105,6 +105,7 @@ impl Setup {
         let sources = SourceCache::new(
             self.builds().join("sources"),
             &format!("file://{}", self.dir.path().join("repo").display()),
+            None,
         )
         .unwrap();
         let context = BuildContext {

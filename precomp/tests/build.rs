@@ -867,3 +867,76 @@ fn a_closure_with_a_git_dependency_is_not_buildable_and_the_rest_builds() {
     );
     assert_eq!(lines.len(), 2, "{lines:?}");
 }
+
+/// A mirror that requires a token to read (`serve --require-read-token`): `precomp build`
+/// downloads its sources with its token and publishes; without the token the same download is
+/// refused (401), and the error says a token is needed.
+#[test]
+fn a_mirror_that_requires_a_read_token_gets_the_builders_token_for_sources() {
+    let fixture = Fixture::get();
+    let mirror_data = data_dir("precomp-build-read-token-mirror-");
+    let token = ok(precomp(&[
+        "--data",
+        mirror_data.path().to_str().unwrap(),
+        "token",
+        "create",
+        "--name",
+        "builder",
+        "--key",
+        fixture.0.key("builder.pub").to_str().unwrap(),
+    ]))
+    .trim()
+    .to_string();
+    let mut command = precomp_command();
+    command
+        .arg("--data")
+        .arg(mirror_data.path())
+        .args(["serve", "--require-read-token", "--listen", "127.0.0.1:0"])
+        .arg("--upstream")
+        .arg(fixture.mirror())
+        .arg("--upstream-key")
+        .arg(fixture.0.path("repo.pem.pub"));
+    let server = ServeProcess::spawn(command);
+    let lock_dir = data_dir("lock-read-token-");
+    let lock = fixture.lock(lock_dir.path(), &["plain_ex@1.0.0"]);
+
+    // Without a token: the source download is refused.
+    let data = data_dir("precomp-build-read-token-none-");
+    let output = precomp_command()
+        .arg("--data")
+        .arg(data.path())
+        .args(["build", "--json", "--lock"])
+        .arg(&lock)
+        .args(["--mirror", server.base(), "--key"])
+        .arg(fixture.key())
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "{}", describe(&output));
+    assert!(
+        describe(&output).contains("needs a token"),
+        "the refusal is named: {}",
+        describe(&output)
+    );
+
+    // With the builder's token: fetched, built and published.
+    let data = data_dir("precomp-build-read-token-");
+    let output = precomp_command()
+        .arg("--data")
+        .arg(data.path())
+        .args(["build", "--json", "--publish", "--lock"])
+        .arg(&lock)
+        .args(["--mirror", server.base(), "--token", &token, "--key"])
+        .arg(fixture.key())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", describe(&output));
+    let line: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(line["app"], "plain_ex", "{}", describe(&output));
+    assert_eq!(line["published"], true, "{}", describe(&output));
+}

@@ -30,7 +30,11 @@ pub(crate) fn run(worker: &Worker<'_>, request: &LeaseRequest) -> anyhow::Result
     let mut trusted = vec![worker.key.public_key()];
     trusted.extend(config.trust.iter().cloned());
     let store = BuildStore::open(&data.join("builds"))?;
-    let sources = SourceCache::new(data.join("builds/sources"), &config.mirror)?;
+    let sources = SourceCache::new(
+        data.join("builds/sources"),
+        &config.mirror,
+        Some(config.token.clone()),
+    )?;
     let work_root = work_root(worker.sandbox, data, config.work_dir.as_deref())?;
     let contexts: Vec<BuildContext<'_>> = worker
         .toolchains

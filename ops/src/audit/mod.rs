@@ -417,7 +417,11 @@ impl Auditor<'_> {
             std::fs::create_dir_all(&path).map_err(io(&path))?;
             set_mode(&path, 0o755)?;
         }
-        let sources = SourceCache::new(self.work.join("sources"), &self.mirror)?;
+        let sources = SourceCache::new(
+            self.work.join("sources"),
+            &self.mirror,
+            self.client.http().settings().token.clone(),
+        )?;
         let store = BuildStore::open(&self.work.join("store"))?;
         Ok((sources, store))
     }

@@ -151,7 +151,11 @@ pub fn run(context: &Context, args: BuildArgs) -> anyhow::Result<ExitCode> {
         }]
     };
     let store = BuildStore::open(&data.join("builds"))?;
-    let sources = SourceCache::new(data.join("builds/sources"), &args.mirror)?;
+    let sources = SourceCache::new(
+        data.join("builds/sources"),
+        &args.mirror,
+        args.token.clone(),
+    )?;
     let build_context = BuildContext {
         sandbox: &sandbox,
         toolchain: &toolchain,
