@@ -440,6 +440,42 @@ fn assert_rebar3_built_and_runs(output: &Output, scratch: &Path, mirror: &Mirror
     assert_consumer_runs(&scratch.join("rebar3_app/_build/default/lib"));
 }
 
+/// rebar3 against a mirror that requires a token to read (`--require-read-token`), as
+/// docs/mirror.md says to configure it: refused without `repo_key`, served with a reader
+/// token as `repo_key` (hex_core sends it as the `authorization` header, bare).
+#[test]
+fn rebar3_reads_a_mirror_that_requires_a_token_with_its_repo_key() {
+    let fixture = Fixture::get();
+    let nginx = Nginx::start(&fixture.root(), &NginxOptions::new());
+    let data = tempfile::tempdir().unwrap();
+    let token = ok(precomp(&[
+        "--data",
+        data.path().to_str().unwrap(),
+        "token",
+        "create",
+        "--name",
+        "ci",
+        "--scope",
+        "reader",
+    ]))
+    .trim()
+    .to_string();
+    let mirror = Mirror::start(
+        data.path(),
+        &nginx.url(),
+        &fixture.public_key(),
+        &["--require-read-token"],
+    );
+
+    let (output, scratch) = rebar3_compile(&mirror.url, &fixture.public_key());
+    assert!(!output.status.success(), "{}", describe(&output));
+    assert!(!fetched(scratch.path(), "erl_ids"));
+
+    let (output, scratch) =
+        rebar3_compile_with_repo_key(&mirror.url, &fixture.public_key(), Some(&token));
+    assert_rebar3_built_and_runs(&output, scratch.path(), &mirror);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 1. rebar3 through the mirror, then from its store
 // ---------------------------------------------------------------------------------------------

@@ -184,6 +184,16 @@ pub fn require_mix_hex_client() {
 /// it), with a fresh HOME and cache, against `url` (HEX_CDN), trusting `public_key` for the
 /// hexpm repository: signature and origin checks on.
 pub fn rebar3_compile(url: &str, public_key: &Path) -> (Output, tempfile::TempDir) {
+    rebar3_compile_with_repo_key(url, public_key, None)
+}
+
+/// [`rebar3_compile`], with `repo_key` (a mirror's token) as the hexpm repository's
+/// `repo_key`, which hex_core sends as the `authorization` header.
+pub fn rebar3_compile_with_repo_key(
+    url: &str,
+    public_key: &Path,
+    repo_key: Option<&str>,
+) -> (Output, tempfile::TempDir) {
     let scratch = tempfile::tempdir().unwrap();
     let project = scratch.path().join("rebar3_app");
     copy_dir(
@@ -197,8 +207,9 @@ pub fn rebar3_compile(url: &str, public_key: &Path) -> (Output, tempfile::TempDi
     std::fs::write(
         config_dir.join("rebar.config"),
         format!(
-            "{{hex, [{{repos, [#{{name => <<\"hexpm\">>, repo_public_key => <<\"{}\">>}}]}}]}}.\n",
-            pem.trim()
+            "{{hex, [{{repos, [#{{name => <<\"hexpm\">>, repo_public_key => <<\"{}\">>{}}}]}}]}}.\n",
+            pem.trim(),
+            repo_key.map_or(String::new(), |key| format!(", repo_key => <<\"{key}\">>"))
         ),
     )
     .unwrap();
