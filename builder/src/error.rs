@@ -13,8 +13,10 @@ pub enum BuildError {
     Lock(#[from] precomp_proto::buildkey::BuildKeyError),
     #[error("fetching {url}: {message}")]
     Fetch { url: String, message: String },
+    // Not a `#[source]`: the message already holds the HTTP error (which names the URL), and
+    // an error chain printed with `{:#}` would say it twice.
     #[error("fetching a package source: {0}")]
-    Http(#[from] precomp_http::Error),
+    Http(precomp_http::Error),
     #[error(
         "{package} {version}: the mirror served a tarball with SHA-256 {actual}, but mix.lock \
          says {expected}; refusing it (a tampered mirror or a wrong lock)"
@@ -66,5 +68,11 @@ pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Build
     move |source| BuildError::Io {
         path: path.to_path_buf(),
         source,
+    }
+}
+
+impl From<precomp_http::Error> for BuildError {
+    fn from(error: precomp_http::Error) -> BuildError {
+        BuildError::Http(error)
     }
 }

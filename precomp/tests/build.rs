@@ -912,9 +912,11 @@ fn a_mirror_that_requires_a_read_token_gets_the_builders_token_for_sources() {
         .output()
         .unwrap();
     assert!(!output.status.success(), "{}", describe(&output));
-    assert!(
-        describe(&output).contains("needs a token"),
-        "the refusal is named: {}",
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr.matches("needs a token").count(),
+        1,
+        "the refusal is named, once: {}",
         describe(&output)
     );
 
