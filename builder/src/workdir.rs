@@ -12,7 +12,6 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use rustix::fs::{flock, FlockOperation};
 
@@ -20,10 +19,6 @@ use crate::error::{io, Result};
 
 /// Left in a directory that is kept for the operator (failure logs): [`sweep`] leaves it.
 pub const KEPT_MARKER: &str = ".precomp-kept";
-
-/// A directory younger than this is never swept: another process may have just created it
-/// and not yet taken its lock.
-const MIN_AGE: Duration = Duration::from_secs(60);
 
 /// A fresh directory under a work root, locked while this value lives and removed on drop.
 #[derive(Debug)]
@@ -91,52 +86,16 @@ impl Drop for WorkDir {
 pub fn sweep(root: &Path) -> usize {
     // One-off sandbox runs (toolchain detection) keep their directories elsewhere.
     precomp_sandbox::sweep_scratch_dirs();
-    let Ok(entries) = std::fs::read_dir(root) else {
-        return 0;
-    };
-    let mut removed = 0;
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if !entry.file_type().is_ok_and(|t| t.is_dir()) || path.join(KEPT_MARKER).exists() {
-            continue;
-        }
-        let young = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .map(|modified| modified.elapsed().unwrap_or_default() < MIN_AGE)
-            .unwrap_or(true);
-        if young {
-            continue;
-        }
-        let Ok(file) = File::open(&path) else {
-            continue;
-        };
-        if flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
-            continue; // a live process works there
-        }
-        // Its owner is dead: a sandbox it started may still be there (see
-        // `precomp_sandbox::kill_leftovers`).
-        precomp_sandbox::kill_leftovers(&path);
-        match std::fs::remove_dir_all(&path) {
-            Ok(()) => {
-                removed += 1;
-                tracing::info!(
-                    "removed {}: its process ended without removing it",
-                    path.display()
-                );
-            }
-            Err(e) => tracing::warn!("removing the abandoned {}: {e}", path.display()),
-        }
-    }
-    removed
+    precomp_sandbox::sweep_abandoned(root, |entry| !entry.path().join(KEPT_MARKER).exists())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::process::{Command, Stdio};
+    use std::time::Duration;
 
-    /// Sets a directory's mtime to two hours ago (coreutils `touch`): past [`MIN_AGE`].
+    /// Sets a directory's mtime to two hours ago (coreutils `touch`): past the sweep's minute.
     fn age(path: &Path) {
         let status = Command::new("touch")
             .args(["-d", "2 hours ago"])
@@ -194,6 +153,15 @@ mod tests {
             .stdin(Stdio::null())
             .spawn()
             .expect("perl");
+        // `spawn` can return before the child's exec has replaced its command line.
+        let named = abandoned.join("deps/app").display().to_string();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !std::fs::read(format!("/proc/{}/cmdline", leftover.id()))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&named))
+        {
+            assert!(std::time::Instant::now() < deadline, "perl never started");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let young = root.path().join("young");
         std::fs::create_dir(&young).unwrap();
         let kept = WorkDir::create(root.path(), "kept-", 0o755).unwrap().keep();

@@ -21,8 +21,7 @@ use crate::{Error, Result};
 /// Every [`scratch_dir`]'s name starts with this, so a sweep knows what is ours.
 const SCRATCH_PREFIX: &str = "precomp-sandbox-";
 
-/// A scratch directory younger than this is never swept: its creator may not have locked it
-/// yet.
+/// A directory younger than this is never swept: its creator may not have locked it yet.
 const MIN_AGE: Duration = Duration::from_secs(60);
 
 /// A temporary directory for a one-off sandbox run (toolchain detection, `precomp toolchain
@@ -62,17 +61,28 @@ pub fn scratch_dir(prefix: &str) -> Result<ScratchDir> {
 /// removing them (nobody holds their lock; older than a minute), after killing what names
 /// them ([`kill_leftovers`]). How many it removed.
 pub fn sweep_scratch_dirs() -> usize {
-    let root = std::env::temp_dir();
-    let Ok(entries) = std::fs::read_dir(&root) else {
+    sweep_abandoned(&std::env::temp_dir(), |entry| {
+        entry
+            .file_name()
+            .to_str()
+            .is_some_and(|name| name.starts_with(SCRATCH_PREFIX))
+    })
+}
+
+/// Removes the directories under `root` that `candidate` accepts and no live process holds
+/// (each is locked with `flock` for as long as its process works there; the kernel drops the
+/// lock however the process dies), except those younger than a minute (another process may
+/// be about to lock them); first kills what the dead owner's sandboxes left naming them
+/// ([`kill_leftovers`]). How many it removed; one it cannot remove is logged and left. Shared
+/// by [`sweep_scratch_dirs`] and the builder's work directories
+/// (`precomp_builder::workdir::sweep`).
+pub fn sweep_abandoned(root: &Path, candidate: impl Fn(&std::fs::DirEntry) -> bool) -> usize {
+    let Ok(entries) = std::fs::read_dir(root) else {
         return 0;
     };
     let mut removed = 0;
     for entry in entries.flatten() {
-        let ours = entry
-            .file_name()
-            .to_str()
-            .is_some_and(|name| name.starts_with(SCRATCH_PREFIX));
-        if !ours || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) || !candidate(&entry) {
             continue;
         }
         let young = entry
@@ -85,7 +95,7 @@ pub fn sweep_scratch_dirs() -> usize {
             continue;
         };
         if young || flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
-            continue;
+            continue; // young, or a live process works there
         }
         kill_leftovers(&path);
         match std::fs::remove_dir_all(&path) {
@@ -167,6 +177,22 @@ mod tests {
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
 
+    /// Waits until process `pid`'s command line names `path`: `spawn` can return before the
+    /// child's exec has replaced its command line.
+    fn wait_until_named(pid: u32, path: &Path) {
+        let path = path.as_os_str().as_encoded_bytes();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| c.split(|&b| b == 0).any(|arg| names_path(arg, path)))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "process {pid} never named {path:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Sets a directory's mtime to two hours ago (coreutils `touch`): past [`MIN_AGE`].
     fn age(path: &Path) {
         let status = Command::new("touch")
@@ -204,6 +230,8 @@ mod tests {
             .unwrap()
             .to_string_lossy()
             .starts_with("precomp-sandbox-test-live-"));
+
+        wait_until_named(leftover.id(), &dead_path);
 
         assert!(sweep_scratch_dirs() >= 1);
         assert!(!dead_path.exists());

@@ -32,7 +32,7 @@ pub use bwrap::{arguments as bwrap_arguments, SHM_BYTES, SYSTEM_DIRS};
 pub use cancel::Cancel;
 pub use cgroup::Enforcement;
 pub use error::{Error, Result};
-pub use leftovers::{kill_leftovers, scratch_dir, sweep_scratch_dirs, ScratchDir};
+pub use leftovers::{kill_leftovers, scratch_dir, sweep_abandoned, sweep_scratch_dirs, ScratchDir};
 pub use run::{command_line, Captured, Identity, Outcome, Sandbox, Status};
 pub use spec::{
     build_env, Limits, Mount, Root, Spec, Stdio, BUILD_DIR, DEFAULT_SOURCE_DATE_EPOCH, HOME_DIR,
