@@ -618,12 +618,13 @@ fn artifact_app_file_parses() {
     assert_eq!(terms.len(), 1);
 }
 
-/// Builds fetched through `precomp serve` and published to it with a token: the mirror serves
-/// the same manifest and artifact bytes and indexes the keys; a compile error is recorded
-/// there with its log and nothing published; `--missing` builds what a client reported.
-#[test]
-fn builds_are_published_to_the_mirror_and_misses_are_built() {
-    let fixture = Fixture::get();
+/// `precomp serve` (with `extra` arguments) in front of the fixture repository, in a data
+/// directory of its own, with an upload token bound to the builder key: the directory, the
+/// server and the token.
+fn serve_with_builder_token(
+    fixture: &Fixture,
+    extra: &[&str],
+) -> (tempfile::TempDir, ServeProcess, String) {
     let mirror_data = data_dir("precomp-build-mirror-");
     let token = ok(precomp(&[
         "--data",
@@ -641,11 +642,23 @@ fn builds_are_published_to_the_mirror_and_misses_are_built() {
     command
         .arg("--data")
         .arg(mirror_data.path())
-        .args(["serve", "--listen", "127.0.0.1:0", "--upstream"])
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .arg("--upstream")
         .arg(fixture.mirror())
         .arg("--upstream-key")
         .arg(fixture.0.path("repo.pem.pub"));
     let server = ServeProcess::spawn(command);
+    (mirror_data, server, token)
+}
+
+/// Builds fetched through `precomp serve` and published to it with a token: the mirror serves
+/// the same manifest and artifact bytes and indexes the keys; a compile error is recorded
+/// there with its log and nothing published; `--missing` builds what a client reported.
+#[test]
+fn builds_are_published_to_the_mirror_and_misses_are_built() {
+    let fixture = Fixture::get();
+    let (_mirror_data, server, token) = serve_with_builder_token(fixture, &[]);
 
     let lock_dir = data_dir("lock-publish-");
     let lock = fixture.lock(
@@ -874,29 +887,8 @@ fn a_closure_with_a_git_dependency_is_not_buildable_and_the_rest_builds() {
 #[test]
 fn a_mirror_that_requires_a_read_token_gets_the_builders_token_for_sources() {
     let fixture = Fixture::get();
-    let mirror_data = data_dir("precomp-build-read-token-mirror-");
-    let token = ok(precomp(&[
-        "--data",
-        mirror_data.path().to_str().unwrap(),
-        "token",
-        "create",
-        "--name",
-        "builder",
-        "--key",
-        fixture.0.key("builder.pub").to_str().unwrap(),
-    ]))
-    .trim()
-    .to_string();
-    let mut command = precomp_command();
-    command
-        .arg("--data")
-        .arg(mirror_data.path())
-        .args(["serve", "--require-read-token", "--listen", "127.0.0.1:0"])
-        .arg("--upstream")
-        .arg(fixture.mirror())
-        .arg("--upstream-key")
-        .arg(fixture.0.path("repo.pem.pub"));
-    let server = ServeProcess::spawn(command);
+    let (_mirror_data, server, token) =
+        serve_with_builder_token(fixture, &["--require-read-token"]);
     let lock_dir = data_dir("lock-read-token-");
     let lock = fixture.lock(lock_dir.path(), &["plain_ex@1.0.0"]);
 
