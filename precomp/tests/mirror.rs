@@ -1372,6 +1372,10 @@ impl MixConsumer {
     }
 }
 
+/// `mix deps.get` through the mirror, Hex verifying the registry with the fixture's key.
+/// Ignored, as the other tests that need Mix's Hex client: run them where `mix local.hex` was
+/// run, or with a Hex built from its source in a scratch MIX_HOME (README, Tests):
+/// `MIX_HOME=DIR cargo test -p precomp --test mirror -- --ignored mix_`.
 #[test]
 #[ignore = "needs Mix's Hex client, which only hex.pm provides (`mix local.hex`)"]
 fn mix_deps_get_through_the_mirror() {

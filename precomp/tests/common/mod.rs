@@ -18,13 +18,22 @@ pub fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-/// `precomp` with none of the test environment's PRECOMP_* settings.
+/// `precomp` with none of the test environment's PRECOMP_* settings or Hex mirror variables.
 pub fn precomp_command() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_precomp"));
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("PRECOMP_") {
             command.env_remove(key);
         }
+    }
+    // `precomp fetch` takes its mirror from Hex's variables too: only a test sets them.
+    for name in [
+        "HEX_TRUSTED_MIRROR_URL",
+        "HEX_TRUSTED_MIRROR",
+        "HEX_MIRROR_URL",
+        "HEX_MIRROR",
+    ] {
+        command.env_remove(name);
     }
     command
 }
