@@ -1714,6 +1714,58 @@ fn transient_mirror_errors_are_retried() {
     assert!(fetched.reason("shapes").contains("503"));
 }
 
+/// Without `--mirror` or PRECOMP_MIRROR, `precomp fetch` reads from the mirror Mix's Hex uses:
+/// HEX_MIRROR, and a trusted mirror (HEX_TRUSTED_MIRROR, which a mirror requiring a read
+/// token needs, docs/client.md) before it, as Hex prefers it.
+#[test]
+fn without_a_mirror_flag_fetch_uses_the_mirror_hex_uses_a_trusted_one_first() {
+    let fixture = Fixture::get();
+    let mirror = Mirror::start(fixture);
+    mirror.publish(fixture, &["shapes"]);
+    // Nothing listens on port 9 (discard): a fetch from there is a miss, not a hit.
+    let nowhere = "http://127.0.0.1:9";
+    for (variables, hits) in [
+        (vec![("HEX_MIRROR", mirror.url.as_str())], true),
+        (
+            vec![
+                ("HEX_MIRROR", nowhere),
+                ("HEX_TRUSTED_MIRROR", mirror.url.as_str()),
+            ],
+            true,
+        ),
+        (
+            vec![
+                ("HEX_MIRROR", mirror.url.as_str()),
+                ("HEX_TRUSTED_MIRROR_URL", nowhere),
+            ],
+            false,
+        ),
+    ] {
+        let consumer = Consumer::new(fixture);
+        let mut fetch = precomp_command();
+        fetch
+            .args(["fetch", "--json", "--retries", "0", "--project"])
+            .arg(consumer.path())
+            .arg("--trust")
+            .arg(fixture.path("builder.pub"))
+            .env("MIX_ENV", "dev")
+            .envs(variables.iter().copied());
+        let fetched = Fetched::parse(output_within(fetch, Duration::from_secs(300)));
+        let expected = if hits { "installed" } else { "miss" };
+        assert_eq!(
+            fetched.status("shapes"),
+            expected,
+            "{variables:?}: {}",
+            fetched.describe()
+        );
+    }
+}
+
+/// docs/client.md's flow with Mix's real Hex client: `mix deps.get` through the mirror,
+/// `precomp fetch` installs every build, `mix compile` compiles none of them. Ignored: Hex
+/// comes only from hex.pm; run it where `mix local.hex` was run, or with a Hex built from its
+/// source in a scratch MIX_HOME (README, Tests):
+/// `MIX_HOME=DIR cargo test -p precomp --test fetch -- --ignored with_the_hex_client`.
 #[test]
 #[ignore = "needs Mix's Hex client, which only hex.pm provides (`mix local.hex`)"]
 fn with_the_hex_client_deps_get_fetch_and_compile_end_to_end() {
@@ -1737,6 +1789,19 @@ fn with_the_hex_client_deps_get_fetch_and_compile_end_to_end() {
             .env("HEX_HOME", &hex_home)
             .env("HEX_MIRROR", &mirror.url)
             .env("MIX_REBAR3", "/usr/bin/rebar3");
+        // Hex settings of the environment the test runs in would win over HEX_MIRROR or
+        // weaken its checks; MIX_HOME is kept: it is where the Hex archive is.
+        for name in [
+            "HEX_TRUSTED_MIRROR",
+            "HEX_TRUSTED_MIRROR_URL",
+            "HEX_MIRROR_URL",
+            "HEX_UNSAFE_REGISTRY",
+            "HEX_NO_VERIFY_REPO_ORIGIN",
+            "HEX_OFFLINE",
+            "HEX_REPOS_KEY",
+        ] {
+            command.env_remove(name);
+        }
         output_within(command, Duration::from_secs(300))
     };
     let pem = fixture.path("repo.pem.pub");

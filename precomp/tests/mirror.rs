@@ -1298,6 +1298,84 @@ fn serve_help_documents_every_setting() {
 // 8. Mix's Hex client
 // ---------------------------------------------------------------------------------------------
 
+/// A Mix project depending on erl_ids (and through it erl_counter), with its own HOME, HEX_HOME
+/// and MIX_HOME in a scratch directory; the installed Hex archive is used where it is
+/// (`MIX_ARCHIVES`, from the environment's MIX_HOME).
+struct MixConsumer {
+    scratch: tempfile::TempDir,
+    archives: String,
+}
+
+impl MixConsumer {
+    fn new() -> MixConsumer {
+        let archives = Command::new("elixir")
+            .args(["-e", "IO.puts(Mix.path_for(:archives))"])
+            .output()
+            .unwrap();
+        let archives = String::from_utf8(archives.stdout)
+            .unwrap()
+            .trim()
+            .to_string();
+        let scratch = tempfile::tempdir().unwrap();
+        let consumer = MixConsumer { scratch, archives };
+        std::fs::create_dir_all(consumer.project()).unwrap();
+        std::fs::write(
+            consumer.project().join("mix.exs"),
+            "defmodule Consumer.MixProject do\n  use Mix.Project\n\n  def project do\n    [app: :consumer, version: \"0.1.0\", deps: [{:erl_ids, \"~> 1.0\"}]]\n  end\nend\n",
+        )
+        .unwrap();
+        consumer
+    }
+
+    fn project(&self) -> PathBuf {
+        self.scratch.path().join("consumer")
+    }
+
+    /// `mix ARGS` in the project with `env` (and no Hex setting from the test's environment);
+    /// stdin is closed, so Hex's "authenticate now?" prompt is answered no.
+    fn mix(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut command = Command::new("mix");
+        command
+            .args(args)
+            .current_dir(self.project())
+            .env("HOME", self.scratch.path().join("home"))
+            .env("MIX_HOME", self.scratch.path().join("mix"))
+            .env("MIX_ARCHIVES", &self.archives)
+            .env("HEX_HOME", self.scratch.path().join("hex"));
+        for name in [
+            "HEX_MIRROR",
+            "HEX_MIRROR_URL",
+            "HEX_TRUSTED_MIRROR",
+            "HEX_TRUSTED_MIRROR_URL",
+            "HEX_UNSAFE_REGISTRY",
+            "HEX_NO_VERIFY_REPO_ORIGIN",
+            "HEX_OFFLINE",
+            "HEX_REPOS_KEY",
+            "HEX_API_KEY",
+            "HEX_API_URL",
+        ] {
+            command.env_remove(name);
+        }
+        command.envs(env.iter().copied());
+        output_within(command, Duration::from_secs(180))
+    }
+
+    /// `mix hex.repo set hexpm ARGS`, which must succeed.
+    fn set_hexpm(&self, args: &[&str]) {
+        let set = self.mix(&[&["hex.repo", "set", "hexpm"], args].concat(), &[]);
+        assert!(set.status.success(), "{}", describe(&set));
+    }
+
+    /// Whether Hex fetched `dep`: its `.hex` metadata file, written after the unpack.
+    fn fetched(&self, dep: &str) -> bool {
+        self.project().join("deps").join(dep).join(".hex").exists()
+    }
+}
+
+/// `mix deps.get` through the mirror, Hex verifying the registry with the fixture's key.
+/// Ignored, as the other tests that need Mix's Hex client: run them where `mix local.hex` was
+/// run, or with a Hex built from its source in a scratch MIX_HOME (README, Tests):
+/// `MIX_HOME=DIR cargo test -p precomp --test mirror -- --ignored mix_`.
 #[test]
 #[ignore = "needs Mix's Hex client, which only hex.pm provides (`mix local.hex`)"]
 fn mix_deps_get_through_the_mirror() {
@@ -1307,51 +1385,11 @@ fn mix_deps_get_through_the_mirror() {
     let data = tempfile::tempdir().unwrap();
     let mirror = Mirror::start(data.path(), &nginx.url(), &fixture.public_key(), &[]);
 
-    // Isolated Hex and Mix homes; the installed Hex archive is found where it is.
-    let archives = Command::new("elixir")
-        .args(["-e", "IO.puts(Mix.path_for(:archives))"])
-        .output()
-        .unwrap();
-    let archives = String::from_utf8(archives.stdout)
-        .unwrap()
-        .trim()
-        .to_string();
-    let scratch = tempfile::tempdir().unwrap();
-    let project = scratch.path().join("consumer");
-    std::fs::create_dir_all(&project).unwrap();
-    std::fs::write(
-        project.join("mix.exs"),
-        "defmodule Consumer.MixProject do\n  use Mix.Project\n\n  def project do\n    [app: :consumer, version: \"0.1.0\", deps: [{:erl_ids, \"~> 1.0\"}]]\n  end\nend\n",
-    )
-    .unwrap();
-    let mix = |args: &[&str]| {
-        let mut command = Command::new("mix");
-        command
-            .args(args)
-            .current_dir(&project)
-            .env("HOME", scratch.path().join("home"))
-            .env("MIX_HOME", scratch.path().join("mix"))
-            .env("MIX_ARCHIVES", &archives)
-            .env("HEX_HOME", scratch.path().join("hex"))
-            // A trailing slash, as users write it: Hex then asks for //packages/erl_ids.
-            .env("HEX_MIRROR", format!("{}/", mirror.url))
-            .env_remove("HEX_MIRROR_URL")
-            .env_remove("HEX_TRUSTED_MIRROR")
-            .env_remove("HEX_TRUSTED_MIRROR_URL")
-            .env_remove("HEX_UNSAFE_REGISTRY")
-            .env_remove("HEX_NO_VERIFY_REPO_ORIGIN")
-            .env_remove("HEX_OFFLINE");
-        output_within(command, Duration::from_secs(180))
-    };
-    let set_key = mix(&[
-        "hex.repo",
-        "set",
-        "hexpm",
-        "--public-key",
-        fixture.public_key().to_str().unwrap(),
-    ]);
-    assert!(set_key.status.success(), "{}", describe(&set_key));
-    let deps_get = mix(&["deps.get"]);
+    let consumer = MixConsumer::new();
+    consumer.set_hexpm(&["--public-key", fixture.public_key().to_str().unwrap()]);
+    // A trailing slash, as users write it: Hex then asks for //packages/erl_ids.
+    let mirror_url = format!("{}/", mirror.url);
+    let deps_get = consumer.mix(&["deps.get"], &[("HEX_MIRROR", &mirror_url)]);
     assert!(
         deps_get.status.success(),
         "mix deps.get through the mirror failed: {}\n{}",
@@ -1359,12 +1397,260 @@ fn mix_deps_get_through_the_mirror() {
         mirror.log()
     );
     for dep in ["erl_ids", "erl_counter"] {
-        assert!(
-            project.join("deps").join(dep).exists(),
-            "deps/{dep} missing"
-        );
+        assert!(consumer.fetched(dep), "deps/{dep} missing");
     }
-    let lock = std::fs::read_to_string(project.join("mix.lock")).unwrap();
+    let lock = std::fs::read_to_string(consumer.project().join("mix.lock")).unwrap();
     let outer = sha256_hex(&fixture.file("/tarballs/erl_ids-1.0.0.tar"));
     assert!(lock.contains(&outer), "mix.lock lacks {outer}: {lock}");
+}
+
+/// One request a client made: method, path, and its `Authorization` header if it sent one.
+#[derive(Clone, Debug)]
+struct SeenRequest {
+    method: String,
+    path: String,
+    authorization: Option<String>,
+}
+
+/// A loopback forwarder in front of the mirror that records each request's `Authorization`
+/// header, so a test can say what a client sent (the mirror logs no tokens). It passes the
+/// method, path, body and `Authorization` on, and the status, body, `content-type`, `etag`
+/// and `www-authenticate` back, one request per connection.
+struct AuthSpy {
+    url: String,
+    seen: Arc<std::sync::Mutex<Vec<SeenRequest>>>,
+}
+
+impl AuthSpy {
+    fn start(target: &str) -> AuthSpy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (target, record) = (target.to_string(), seen.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (target, record) = (target.clone(), record.clone());
+                std::thread::spawn(move || {
+                    let _ = AuthSpy::forward(stream, &target, &record);
+                });
+            }
+        });
+        AuthSpy { url, seen }
+    }
+
+    fn forward(
+        mut stream: TcpStream,
+        target: &str,
+        record: &std::sync::Mutex<Vec<SeenRequest>>,
+    ) -> std::io::Result<()> {
+        use std::io::BufRead;
+        let mut reader = std::io::BufReader::new(stream.try_clone()?);
+        let mut request_line = String::new();
+        reader.read_line(&mut request_line)?;
+        let mut parts = request_line.split_whitespace();
+        let method = parts.next().unwrap_or("GET").to_string();
+        let path = parts.next().unwrap_or("/").to_string();
+        let (mut length, mut authorization) = (0usize, None);
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line)? == 0 || line == "\r\n" {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap_or(0);
+                } else if name.eq_ignore_ascii_case("authorization") {
+                    authorization = Some(value.trim().to_string());
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body)?;
+        record.lock().unwrap().push(SeenRequest {
+            method: method.clone(),
+            path: path.clone(),
+            authorization: authorization.clone(),
+        });
+        let mut request = client()
+            .request(method.parse().unwrap(), format!("{target}{path}"))
+            .body(body);
+        if let Some(authorization) = authorization {
+            request = request.header("authorization", authorization);
+        }
+        let (status, headers, body) = match request.send() {
+            Ok(response) => (
+                response.status().as_u16(),
+                response.headers().clone(),
+                response.bytes().map(|b| b.to_vec()).unwrap_or_default(),
+            ),
+            Err(e) => (502, Default::default(), e.to_string().into_bytes()),
+        };
+        let mut head = format!(
+            "HTTP/1.1 {status} Forwarded\r\ncontent-length: {}\r\n",
+            body.len()
+        );
+        for name in ["content-type", "etag", "www-authenticate"] {
+            if let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) {
+                head.push_str(&format!("{name}: {value}\r\n"));
+            }
+        }
+        head.push_str("connection: close\r\n\r\n");
+        stream.write_all(head.as_bytes())?;
+        stream.write_all(&body)
+    }
+
+    /// Every request recorded so far; the record is then emptied.
+    fn take(&self) -> Vec<SeenRequest> {
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+}
+
+/// A mirror run with `--require-read-token` and Mix, as docs/mirror.md ("Tokens and scopes")
+/// and docs/client.md (CI) say. Hex sends the `hexpm` repository's auth key (`mix hex.repo set
+/// hexpm --auth-key TOKEN`) as the bare `authorization` header, and only to a mirror named
+/// trusted (`HEX_TRUSTED_MIRROR`): with `HEX_MIRROR` it sends nothing and is refused. Hex 2.4
+/// and later first try to exchange the hexpm repository's key for an OAuth token at Hex's API
+/// (sending the mirror's token there): `--no-oauth-exchange` makes them send it as it is.
+/// HEX_API_URL points at the spy, so nothing here goes to hex.pm.
+#[test]
+#[ignore = "needs Mix's Hex client, which only hex.pm provides (`mix local.hex`)"]
+fn mix_sends_the_read_token_only_to_a_trusted_mirror() {
+    let hex = require_mix_hex_client();
+    let exchanges_keys = hex >= (2, 4, 0);
+    let fixture = Fixture::get();
+    let nginx = Nginx::start(&fixture.root(), &NginxOptions::new());
+    let data = tempfile::tempdir().unwrap();
+    let token = ok(precomp(&[
+        "--data",
+        data.path().to_str().unwrap(),
+        "token",
+        "create",
+        "--name",
+        "ci",
+        "--scope",
+        "reader",
+    ]))
+    .trim()
+    .to_string();
+    let mirror = Mirror::start(
+        data.path(),
+        &nginx.url(),
+        &fixture.public_key(),
+        &["--require-read-token"],
+    );
+    let spy = AuthSpy::start(&mirror.url);
+    let api_url = format!("{}/api", spy.url);
+    let public_key = fixture.public_key();
+    let public_key = public_key.to_str().unwrap();
+    let registry_requests = |seen: &[SeenRequest]| -> Vec<SeenRequest> {
+        seen.iter()
+            .filter(|r| r.path.contains("/packages/") || r.path.contains("/tarballs/"))
+            .cloned()
+            .collect()
+    };
+
+    // No key: refused. Hex before 2.4 shows the mirror's 401 text, which says what to send;
+    // 2.4 and later show their own prompt to authenticate (answered no: stdin is closed) and
+    // that the package is not in the registry.
+    let consumer = MixConsumer::new();
+    consumer.set_hexpm(&["--public-key", public_key]);
+    let no_key = consumer.mix(
+        &["deps.get"],
+        &[("HEX_TRUSTED_MIRROR", &spy.url), ("HEX_API_URL", &api_url)],
+    );
+    let log = text(&no_key);
+    assert!(!no_key.status.success(), "{log}");
+    assert!(!consumer.fetched("erl_ids"), "{log}");
+    if exchanges_keys {
+        assert!(log.contains("No authenticated user found"), "{log}");
+    } else {
+        assert!(log.contains("this needs a token"), "{log}");
+        assert!(log.contains("precomp token create"), "{log}");
+    }
+    assert!(log.contains("No package with name erl_ids"), "{log}");
+    let seen = registry_requests(&spy.take());
+    assert!(!seen.is_empty(), "Hex asked the mirror for nothing");
+    assert!(seen.iter().all(|r| r.authorization.is_none()), "{seen:?}");
+
+    // The key, as the docs say to set it, and HEX_TRUSTED_MIRROR: every registry and tarball
+    // request carries it, bare, and deps.get succeeds.
+    let key_args: Vec<&str> = if exchanges_keys {
+        vec!["--auth-key", &token, "--no-oauth-exchange"]
+    } else {
+        vec!["--auth-key", &token]
+    };
+    let consumer = MixConsumer::new();
+    consumer.set_hexpm(&[&["--public-key", public_key][..], &key_args].concat());
+    let trusted = consumer.mix(
+        &["deps.get"],
+        &[("HEX_TRUSTED_MIRROR", &spy.url), ("HEX_API_URL", &api_url)],
+    );
+    assert!(
+        trusted.status.success(),
+        "{}\n{}",
+        describe(&trusted),
+        mirror.log()
+    );
+    for dep in ["erl_ids", "erl_counter"] {
+        assert!(consumer.fetched(dep), "deps/{dep} missing");
+    }
+    let seen = registry_requests(&spy.take());
+    for path in [
+        "/packages/erl_ids",
+        "/tarballs/erl_ids-1.0.0.tar",
+        "/tarballs/erl_counter-1.0.0.tar",
+    ] {
+        assert!(
+            seen.iter().any(|r| r.path.ends_with(path)),
+            "{path}: {seen:?}"
+        );
+    }
+    assert!(
+        seen.iter()
+            .all(|r| r.authorization.as_deref() == Some(token.as_str())),
+        "{seen:?}"
+    );
+
+    // The same key with HEX_MIRROR (not trusted): Hex sends no key, and is refused.
+    let consumer = MixConsumer::new();
+    consumer.set_hexpm(&[&["--public-key", public_key][..], &key_args].concat());
+    let untrusted = consumer.mix(
+        &["deps.get"],
+        &[("HEX_MIRROR", &spy.url), ("HEX_API_URL", &api_url)],
+    );
+    let log = text(&untrusted);
+    assert!(!untrusted.status.success(), "{log}");
+    assert!(!consumer.fetched("erl_ids"), "{log}");
+    let seen = spy.take();
+    assert!(!registry_requests(&seen).is_empty(), "{seen:?}");
+    assert!(seen.iter().all(|r| r.authorization.is_none()), "{seen:?}");
+
+    // Hex 2.4 and later, without --no-oauth-exchange: the key goes to Hex's API (here the spy)
+    // to be exchanged for an OAuth token, the exchange fails, and deps.get with it.
+    if exchanges_keys {
+        let consumer = MixConsumer::new();
+        consumer.set_hexpm(&["--public-key", public_key, "--auth-key", &token]);
+        let exchanged = consumer.mix(
+            &["deps.get"],
+            &[("HEX_TRUSTED_MIRROR", &spy.url), ("HEX_API_URL", &api_url)],
+        );
+        let log = text(&exchanged);
+        assert!(!exchanged.status.success(), "{log}");
+        assert!(
+            log.contains("Failed to exchange API key for OAuth token"),
+            "{log}"
+        );
+        let seen = spy.take();
+        assert!(
+            seen.iter()
+                .any(|r| r.method == "POST" && r.path.starts_with("/api/oauth")),
+            "{seen:?}"
+        );
+        assert!(
+            registry_requests(&seen)
+                .iter()
+                .all(|r| r.authorization.is_none()),
+            "{seen:?}"
+        );
+    }
 }

@@ -46,8 +46,9 @@ pub struct FetchArgs {
     /// --require-read-token`) [default: none].
     #[arg(long, env = "PRECOMP_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// The mirror's URL [env: PRECOMP_MIRROR, then HEX_MIRROR; else `mirror` in the config
-    /// file].
+    /// The mirror's URL [env: PRECOMP_MIRROR, then the mirror Mix's Hex uses:
+    /// HEX_TRUSTED_MIRROR_URL, HEX_TRUSTED_MIRROR, HEX_MIRROR_URL, HEX_MIRROR; else `mirror` in
+    /// the config file].
     #[arg(long)]
     mirror: Option<String>,
     /// A trusted public key file (PEM; may hold several keys). Repeatable; added to the
@@ -141,11 +142,15 @@ pub fn run(_context: &Context, args: FetchArgs) -> anyhow::Result<ExitCode> {
         .mirror
         .clone()
         .or_else(|| non_empty_env("PRECOMP_MIRROR"))
-        .or_else(|| non_empty_env("HEX_MIRROR"))
+        .or_else(|| {
+            HEX_MIRROR_VARIABLES
+                .iter()
+                .find_map(|name| non_empty_env(name))
+        })
         .or_else(|| settings.mirror.clone())
         .context(
-            "no mirror: pass --mirror URL, or set PRECOMP_MIRROR or HEX_MIRROR, or `mirror` in \
-             the config file",
+            "no mirror: pass --mirror URL, or set PRECOMP_MIRROR or HEX_MIRROR (or \
+             HEX_TRUSTED_MIRROR), or `mirror` in the config file",
         )?;
 
     let cwd = std::env::current_dir().context("the current directory")?;
@@ -549,6 +554,16 @@ fn trust_document(
     );
     Ok(keys)
 }
+
+/// The variables Mix's Hex takes its mirror from, in the order it prefers them (a trusted
+/// mirror, which gets the repository's auth key — a mirror run with `--require-read-token` —
+/// over a plain one), so `precomp fetch` reads from the mirror `mix deps.get` used.
+const HEX_MIRROR_VARIABLES: [&str; 4] = [
+    "HEX_TRUSTED_MIRROR_URL",
+    "HEX_TRUSTED_MIRROR",
+    "HEX_MIRROR_URL",
+    "HEX_MIRROR",
+];
 
 fn non_empty_env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())

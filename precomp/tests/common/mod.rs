@@ -18,13 +18,22 @@ pub fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-/// `precomp` with none of the test environment's PRECOMP_* settings.
+/// `precomp` with none of the test environment's PRECOMP_* settings or Hex mirror variables.
 pub fn precomp_command() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_precomp"));
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("PRECOMP_") {
             command.env_remove(key);
         }
+    }
+    // `precomp fetch` takes its mirror from Hex's variables too: only a test sets them.
+    for name in [
+        "HEX_TRUSTED_MIRROR_URL",
+        "HEX_TRUSTED_MIRROR",
+        "HEX_MIRROR_URL",
+        "HEX_MIRROR",
+    ] {
+        command.env_remove(name);
     }
     command
 }
@@ -159,10 +168,12 @@ impl Watched {
     }
 }
 
-/// Panics with what to do unless Mix's Hex client is installed. It comes only from hex.pm
-/// (`mix local.hex`), which CI cannot reach, so the tests that need it are `#[ignore]`d and run
-/// with `cargo test -p precomp --test FILE -- --ignored` where it is installed (README, Tests).
-pub fn require_mix_hex_client() {
+/// The version of Mix's Hex client (`(2, 5, 1)`); panics with what to do unless it is
+/// installed. It comes only from hex.pm (`mix local.hex`), which CI cannot reach, so the tests
+/// that need it are `#[ignore]`d and run with `cargo test -p precomp --test FILE -- --ignored`
+/// where it is installed — or with an archive built from Hex's source into a scratch
+/// `MIX_HOME`, which `mix` (and so these tests) takes from the environment (README, Tests).
+pub fn require_mix_hex_client() -> (u32, u32, u32) {
     let dir = tempfile::tempdir().unwrap();
     let mut probe = Command::new("mix");
     probe
@@ -174,10 +185,29 @@ pub fn require_mix_hex_client() {
     });
     assert!(
         output.status.success(),
-        "Mix's Hex client is not installed: install it with `mix local.hex` (from hex.pm). \
+        "Mix's Hex client is not installed: install it with `mix local.hex` (from hex.pm), or \
+         build it from Hex's source and install it into a MIX_HOME (README, Tests). \
          `mix hex.info` said: {}",
         String::from_utf8_lossy(&output.stderr).trim()
     );
+    // `Hex:    2.5.1` (a `-dev` or `-rc.N` suffix is ignored).
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let version = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("Hex:"))
+        .map(|v| v.trim().split(['-', '+']).next().unwrap_or("").to_string())
+        .unwrap_or_else(|| panic!("no `Hex:` line in `mix hex.info`: {stdout}"));
+    let parts: Vec<u32> = version
+        .split('.')
+        .map(|part| {
+            part.parse()
+                .unwrap_or_else(|_| panic!("Hex version {version:?}"))
+        })
+        .collect();
+    match parts[..] {
+        [major, minor, patch] => (major, minor, patch),
+        _ => panic!("Hex version {version:?} is not MAJOR.MINOR.PATCH"),
+    }
 }
 
 /// `rebar3 compile` in a fresh copy of the consumer project (erl_ids, and erl_counter through
