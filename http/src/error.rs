@@ -29,6 +29,8 @@ pub enum Error {
     Transport { url: String, reason: String },
     #[error("{url}: the token was refused: {message}")]
     Unauthorized { url: String, message: String },
+    #[error("{url}: this needs a token and none was sent: {message} (pass --token or set PRECOMP_TOKEN)")]
+    TokenRequired { url: String, message: String },
     #[error("{url}: refused: {message}")]
     Forbidden { url: String, message: String },
     #[error("{url}: refused ({status}): {message}")]
@@ -61,7 +63,7 @@ impl Error {
     /// The HTTP status of an answer that was an error, if it was one.
     pub fn status(&self) -> Option<u16> {
         match self {
-            Error::Unauthorized { .. } => Some(401),
+            Error::Unauthorized { .. } | Error::TokenRequired { .. } => Some(401),
             Error::Forbidden { .. } => Some(403),
             Error::Refused { status, .. } | Error::Status { status, .. } => Some(*status),
             _ => None,
@@ -77,6 +79,7 @@ impl Error {
             | Error::Timeout { url, .. }
             | Error::Transport { url, .. }
             | Error::Unauthorized { url, .. }
+            | Error::TokenRequired { url, .. }
             | Error::Forbidden { url, .. }
             | Error::Refused { url, .. }
             | Error::Status { url, .. }
@@ -97,11 +100,14 @@ impl Error {
         }
     }
 
-    /// The error an answer with a failure `status` means (`message`: the start of its body).
-    pub(crate) fn from_status(url: &str, status: u16, message: String) -> Error {
+    /// The error an answer with a failure `status` means (`message`: the start of its body;
+    /// `token_sent`: whether the request carried a token, which tells a refused token from a
+    /// missing one).
+    pub(crate) fn from_status(url: &str, status: u16, message: String, token_sent: bool) -> Error {
         let url = url.to_string();
         match status {
-            401 => Error::Unauthorized { url, message },
+            401 if token_sent => Error::Unauthorized { url, message },
+            401 => Error::TokenRequired { url, message },
             403 => Error::Forbidden { url, message },
             400 | 409 | 413 | 422 => Error::Refused {
                 url,

@@ -378,9 +378,11 @@ impl Client {
     ) -> Result<Head, (Error, Failure, Option<Duration>)> {
         let url = request.url.as_str();
         let mut builder = self.http.request(request.method.clone(), url);
+        let mut token_sent = false;
         if request.token || request.token_if_any {
             if let Some(token) = &self.settings.token {
                 builder = builder.bearer_auth(token);
+                token_sent = true;
             }
         }
         if let Some(content_type) = request.content_type {
@@ -407,7 +409,7 @@ impl Client {
                 .and_then(|value| retry::parse_retry_after(&value, SystemTime::now()));
             let message = error_message(&mut response).await;
             return Err((
-                Error::from_status(url, status, message),
+                Error::from_status(url, status, message, token_sent),
                 Failure::Status(status),
                 retry_after,
             ));

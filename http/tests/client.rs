@@ -234,12 +234,28 @@ async fn client_errors_are_never_retried() {
         assert!(!error.is_transient(), "{status}");
         assert_eq!(server.requests(), 1, "{status} is an answer, not a failure");
         match status {
-            401 => assert!(matches!(error, Error::Unauthorized { .. })),
+            401 => {
+                // No token was sent: the error says so rather than "refused".
+                assert!(matches!(error, Error::TokenRequired { .. }), "{error}");
+                assert!(error.to_string().contains("none was sent"), "{error}");
+            }
             403 => assert!(matches!(error, Error::Forbidden { .. })),
             400 | 409 | 413 | 422 => assert!(matches!(error, Error::Refused { .. })),
             _ => assert!(matches!(error, Error::Status { .. })),
         }
     }
+    // The same 401 to a request that carried a token: the token was refused.
+    let server = Server::start(vec![Answer::Status(401, "unknown token", None)]).await;
+    let with_token = Settings {
+        token: Some("pct_token".into()),
+        ..settings()
+    };
+    let error = client(with_token)
+        .fetch(&Request::get(server.url("/object"), 100).with_token())
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Unauthorized { .. }), "{error}");
+    assert!(error.to_string().contains("token was refused"), "{error}");
     let server = Server::start(vec![Answer::Status(404, "none", None)]).await;
     assert_eq!(
         client(settings())
