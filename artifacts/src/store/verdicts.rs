@@ -48,7 +48,7 @@ pub(super) fn attach(db: &Connection, builds: &mut [IndexBuild]) -> rusqlite::Re
 
 /// How storing a verdict ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum VerdictPut {
+pub enum VerdictPut {
     Stored {
         /// `created`, `replaced` or `unchanged`.
         how: &'static str,
@@ -65,7 +65,7 @@ pub(crate) enum VerdictPut {
 impl ArtifactStore {
     /// Stores a verified verdict, replacing the same auditor's earlier one, after checking it
     /// is about the manifest published under its key; one transaction.
-    pub(crate) fn put_verdict(
+    pub fn put_verdict(
         &self,
         verdict: &Verdict,
         bytes: &[u8],
