@@ -58,6 +58,7 @@
 use precomp_proto::api;
 mod jobs;
 mod store;
+mod verdicts;
 pub mod token;
 pub mod trust_policy;
 
