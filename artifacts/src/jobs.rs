@@ -163,9 +163,9 @@ impl Artifacts {
                 ),
             ));
         }
-        let end =
-            self.store
-                .end_lease(job, &publisher.name, request.outcome, reason, now_ms())?;
+        let end = self
+            .store
+            .end_lease(job, &publisher.name, request.outcome, reason, now_ms())?;
         let result = match end {
             LeaseEnd::AlreadyReleased => "already_released",
             LeaseEnd::Ended { closed: true } => "closed",
@@ -268,7 +268,6 @@ impl Artifacts {
         }
     }
 }
-
 
 pub(crate) fn ended_message(job: u64, ended: &str) -> String {
     match ended {

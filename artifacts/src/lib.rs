@@ -58,9 +58,9 @@
 use precomp_proto::api;
 mod jobs;
 mod store;
-mod verdicts;
 pub mod token;
 pub mod trust_policy;
+mod verdicts;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -95,19 +95,17 @@ pub use api::{
 };
 pub use store::contract;
 pub use store::history::KeyManifest;
-pub use store::jobs::{
-    Job, JobError, JobRecord, LeaseEnd, LeaseEnded, LeaseQuery, LeasedJob,
-};
+pub use store::jobs::{Job, JobError, JobRecord, LeaseEnd, LeaseEnded, LeaseQuery, LeasedJob};
 pub use store::maintenance;
-pub use store::verdicts::VerdictPut;
-pub use store::{Blobs, MetadataStore};
 pub use store::verdicts::files_json as verdict_files_json;
+pub use store::verdicts::VerdictPut;
 pub use store::{
     ArtifactCheck, ArtifactStore, ArtifactStoreError, ManifestPut, ManifestRecord, MissOutcome,
     MissPolicy, MissRecord, Publisher, TokenInfo, TokenLookup, VariantRef,
     DEFAULT_MAX_CONFIG_VARIANTS, DEFAULT_MAX_OPEN_MISSES, DEFAULT_MISS_RETENTION_DAYS,
     WORKER_WINDOW_SECONDS,
 };
+pub use store::{Blobs, MetadataStore};
 pub use token::Scope;
 pub use trust_policy::{EffectiveKeys, TrustPolicy};
 

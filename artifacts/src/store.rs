@@ -26,14 +26,22 @@
 //! refinery when the store is opened, in one transaction; [`migrations`]). Nothing else opens
 //! the database: what `precomp gc`, `backup` and `restore` need are methods here.
 //!
-//! Not yet behind a trait (for the PostgreSQL store multi-node mirrors need): the build and
-//! audit jobs ([`jobs`]), verdicts ([`verdicts`]) and manifest history ([`history`]) are
-//! still `impl Artifacts` blocks that run SQL on this store's connection. The way there: move
-//! their SQL into domain methods here (one transaction per method, typed errors, no SQL or
-//! HTTP status in the signatures: `lease_job`, `record_verdict`, `key_manifests`…), then
-//! extract those methods as a `MetadataStore` trait that `Artifacts` holds as
-//! `Arc<dyn MetadataStore>`, this type its SQLite implementation; blobs stay on disk beside
-//! either. The maintenance methods ([`maintenance`]) already have that shape.
+//! Behind a trait, for the PostgreSQL store multi-node mirrors need: [`MetadataStore`]
+//! ([`metadata`]) is every operation the service ([`crate::Artifacts`], which holds it as
+//! `Arc<dyn MetadataStore>`) asks of its metadata — tokens, artifact rows, manifests and their
+//! history ([`history`]), the index, failures, misses, verdicts ([`verdicts`]), job leases
+//! ([`jobs`]) and what gc reads and drops ([`maintenance`]) — as domain methods, each one
+//! transaction, with typed errors ([`ArtifactStoreError`], [`jobs::JobError`]) and neither SQL
+//! types nor HTTP statuses in their signatures (the service maps errors to statuses in one
+//! place: `impl From<ArtifactStoreError> for Refusal`). [`ArtifactStore`] is its SQLite
+//! implementation; its SQL stays in this module and its children. Times come from one clock
+//! ([`now`]) or, for leases, from the caller (`now_ms`). [`contract`] holds the behaviours
+//! any implementation must have, as functions on a `&dyn MetadataStore` (run here on SQLite).
+//!
+//! Artifact bodies are not metadata: they stay content-addressed files ([`Blobs`]) beside
+//! whichever store holds their rows. What only SQLite has — the file lock, the online backup
+//! ([`ArtifactStore::snapshot`]), scrub's walk of the blob directory — stays inherent to
+//! [`ArtifactStore`].
 
 use parking_lot::Mutex;
 use std::collections::HashSet;
@@ -171,7 +179,9 @@ pub struct TokenInfo {
 pub enum ArtifactCheck {
     Present,
     Missing,
-    SizeMismatch { stored: u64 },
+    SizeMismatch {
+        stored: u64,
+    },
     /// It is here, but its files are not the ones the manifest lists (why).
     FilesMismatch(String),
 }

@@ -1058,12 +1058,11 @@ fn walk_stream(input: impl io::BufRead, sink: &mut dyn Sink) -> Result<Walked, A
     let mut limited = archive.into_inner();
     io::copy(&mut limited, &mut io::sink()).map_err(|e| stream_error(&counter, &current, e))?;
     let mut rest = limited.into_inner().into_inner();
-    let following = io::copy(&mut rest, &mut io::sink()).map_err(|source| {
-        ArtifactError::Malformed {
+    let following =
+        io::copy(&mut rest, &mut io::sink()).map_err(|source| ArtifactError::Malformed {
             after: current.clone(),
             source,
-        }
-    })?;
+        })?;
     if following > 0 {
         return Err(ArtifactError::Malformed {
             after: current,

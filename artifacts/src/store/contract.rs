@@ -40,8 +40,14 @@ pub const ALL: &[(&str, fn(&dyn MetadataStore))] = &[
         "leases_are_leased_renewed_lost_and_released",
         leases_are_leased_renewed_lost_and_released,
     ),
-    ("verdicts_are_kept_per_auditor", verdicts_are_kept_per_auditor),
-    ("gc_reads_and_drops_in_one_step", gc_reads_and_drops_in_one_step),
+    (
+        "verdicts_are_kept_per_auditor",
+        verdicts_are_kept_per_auditor,
+    ),
+    (
+        "gc_reads_and_drops_in_one_step",
+        gc_reads_and_drops_in_one_step,
+    ),
 ];
 
 const COUNTS_ALL: &dyn Fn(&str) -> bool = &|_| true;
@@ -116,7 +122,10 @@ pub fn tokens_and_scopes(store: &dyn MetadataStore) {
 /// builder's identical build is kept as agreement; other bytes under the key are a finding
 /// kept in its history, never published.
 pub fn publishing_and_manifest_history(store: &dyn MetadataStore) {
-    let (first, second) = (ArtifactSigningKey::generate(), ArtifactSigningKey::generate());
+    let (first, second) = (
+        ArtifactSigningKey::generate(),
+        ArtifactSigningKey::generate(),
+    );
     let published = build("25", 1, 1, &first);
     assert_eq!(
         put(store, &published),
@@ -221,20 +230,35 @@ pub fn a_publish_or_a_failure_closes_misses(store: &dyn MetadataStore) {
     let policy = MissPolicy::default();
     let built = build("25", 1, 1, &builder);
     let report = miss_report("25");
-    assert!(recorded(store.record_miss(&miss(&report), &policy, COUNTS_ALL).unwrap()).open);
+    assert!(
+        recorded(
+            store
+                .record_miss(&miss(&report), &policy, COUNTS_ALL)
+                .unwrap()
+        )
+        .open
+    );
     assert_eq!(
         put(store, &built),
         ManifestPut::Created { closed_misses: 1 }
     );
-    let after = recorded(store.record_miss(&miss(&report), &policy, COUNTS_ALL).unwrap());
-    assert!(!after.open);
-    assert_eq!(
-        after.closed_by,
-        Some(format!("published {}", built.0.key))
+    let after = recorded(
+        store
+            .record_miss(&miss(&report), &policy, COUNTS_ALL)
+            .unwrap(),
     );
+    assert!(!after.open);
+    assert_eq!(after.closed_by, Some(format!("published {}", built.0.key)));
 
     let failing = miss_report("26");
-    assert!(recorded(store.record_miss(&miss(&failing), &policy, COUNTS_ALL).unwrap()).open);
+    assert!(
+        recorded(
+            store
+                .record_miss(&miss(&failing), &policy, COUNTS_ALL)
+                .unwrap()
+        )
+        .open
+    );
     let failure = FailureReport {
         package: "plain_ex".into(),
         version: "1.0.0".into(),
@@ -244,12 +268,22 @@ pub fn a_publish_or_a_failure_closes_misses(store: &dyn MetadataStore) {
     };
     let first = store.record_failure(&failure, "builder").unwrap();
     assert_eq!((first.attempts, first.closed_misses), (1, 1));
-    assert_eq!(store.record_failure(&failure, "builder").unwrap().attempts, 2);
+    assert_eq!(
+        store.record_failure(&failure, "builder").unwrap().attempts,
+        2
+    );
     let failures = store.failures("plain_ex").unwrap();
     assert_eq!(failures.len(), 1);
     assert_eq!(failures[0].log, failure.log);
     assert_eq!(failures[0].attempts, 2);
-    assert!(!recorded(store.record_miss(&miss(&failing), &policy, COUNTS_ALL).unwrap()).open);
+    assert!(
+        !recorded(
+            store
+                .record_miss(&miss(&failing), &policy, COUNTS_ALL)
+                .unwrap()
+        )
+        .open
+    );
     assert!(store.open_misses(10, usize::MAX).unwrap().is_empty());
 }
 
@@ -259,7 +293,11 @@ pub fn a_publish_or_a_failure_closes_misses(store: &dyn MetadataStore) {
 pub fn leases_are_leased_renewed_lost_and_released(store: &dyn MetadataStore) {
     let policy = MissPolicy::default();
     let report = miss_report("25");
-    recorded(store.record_miss(&miss(&report), &policy, COUNTS_ALL).unwrap());
+    recorded(
+        store
+            .record_miss(&miss(&report), &policy, COUNTS_ALL)
+            .unwrap(),
+    );
     let request = lease_request("25", 60);
     let query = |token: &'static str| LeaseQuery {
         request: &request,
@@ -268,7 +306,10 @@ pub fn leases_are_leased_renewed_lost_and_released(store: &dyn MetadataStore) {
         auditor_ids: &[],
     };
     let t0: i64 = 1_000_000_000_000;
-    let first = store.lease_job(&query("w1"), t0).unwrap().expect("an open miss");
+    let first = store
+        .lease_job(&query("w1"), t0)
+        .unwrap()
+        .expect("an open miss");
     assert_eq!(first.expires_ms, t0 + 60_000);
     match &first.work {
         Job::Build(leased) => assert_eq!(leased.miss_key(), report.base_key.clone().unwrap()),
@@ -283,23 +324,35 @@ pub fn leases_are_leased_renewed_lost_and_released(store: &dyn MetadataStore) {
 
     // Only its token renews it; renewed, it outlives its first expiry.
     assert_eq!(
-        store.renew_lease(first.job, "w2", None, t0 + 2).unwrap_err_job(),
+        store
+            .renew_lease(first.job, "w2", None, t0 + 2)
+            .unwrap_err_job(),
         JobError::NotYours {
             job: first.job,
             leased_by: "w1".into(),
             token: "w2".into()
         }
     );
-    let renewed = store.renew_lease(first.job, "w1", Some(120_000), t0 + 50_000).unwrap();
+    let renewed = store
+        .renew_lease(first.job, "w1", Some(120_000), t0 + 50_000)
+        .unwrap();
     assert_eq!((renewed.kind, renewed.lease_ms), (JobKind::Build, 120_000));
-    assert!(store.lease_job(&query("w2"), t0 + 100_000).unwrap().is_none());
+    assert!(store
+        .lease_job(&query("w2"), t0 + 100_000)
+        .unwrap()
+        .is_none());
 
     // Expired: leased again, and the first lease is lost.
     let expired = t0 + 50_000 + 120_001;
-    let second = store.lease_job(&query("w2"), expired).unwrap().expect("expired");
+    let second = store
+        .lease_job(&query("w2"), expired)
+        .unwrap()
+        .expect("expired");
     assert_ne!(second.job, first.job);
     assert_eq!(
-        store.renew_lease(first.job, "w1", None, expired).unwrap_err_job(),
+        store
+            .renew_lease(first.job, "w1", None, expired)
+            .unwrap_err_job(),
         JobError::Ended {
             job: first.job,
             ended: LeaseEnded::Lost
@@ -313,17 +366,32 @@ pub fn leases_are_leased_renewed_lost_and_released(store: &dyn MetadataStore) {
     // Released: back in the queue at once; releasing again changes nothing.
     assert_eq!(
         store
-            .end_lease(second.job, "w2", ReleaseOutcome::Released, Some("busy"), expired + 1)
+            .end_lease(
+                second.job,
+                "w2",
+                ReleaseOutcome::Released,
+                Some("busy"),
+                expired + 1
+            )
             .unwrap(),
         LeaseEnd::Ended { closed: false }
     );
     assert_eq!(
         store
-            .end_lease(second.job, "w2", ReleaseOutcome::Released, None, expired + 2)
+            .end_lease(
+                second.job,
+                "w2",
+                ReleaseOutcome::Released,
+                None,
+                expired + 2
+            )
             .unwrap(),
         LeaseEnd::AlreadyReleased
     );
-    let third = store.lease_job(&query("w1"), expired + 3).unwrap().expect("released");
+    let third = store
+        .lease_job(&query("w1"), expired + 3)
+        .unwrap()
+        .expect("released");
 
     // Closed by a failure: renewing is refused, ending says it was closed.
     store
@@ -348,12 +416,17 @@ pub fn leases_are_leased_renewed_lost_and_released(store: &dyn MetadataStore) {
             .unwrap(),
         LeaseEnd::Ended { closed: true }
     );
-    assert!(store.lease_job(&query("w1"), expired + 6).unwrap().is_none());
+    assert!(store
+        .lease_job(&query("w1"), expired + 6)
+        .unwrap()
+        .is_none());
 
     // No such job.
     assert_eq!(store.job(9_999_999).unwrap(), None);
     assert_eq!(
-        store.renew_lease(9_999_999, "w1", None, expired).unwrap_err_job(),
+        store
+            .renew_lease(9_999_999, "w1", None, expired)
+            .unwrap_err_job(),
         JobError::NotFound { job: 9_999_999 }
     );
     // The workers that asked are listed, by tuple.
@@ -366,7 +439,10 @@ pub fn leases_are_leased_renewed_lost_and_released(store: &dyn MetadataStore) {
 /// Verdicts: stored only about the published manifest, one per auditor (a later one
 /// replaces it), a mismatch flags the build, counted by result.
 pub fn verdicts_are_kept_per_auditor(store: &dyn MetadataStore) {
-    let (builder, auditor) = (ArtifactSigningKey::generate(), ArtifactSigningKey::generate());
+    let (builder, auditor) = (
+        ArtifactSigningKey::generate(),
+        ArtifactSigningKey::generate(),
+    );
     let built = build("25", 1, 1, &builder);
     put(store, &built);
     let manifest = Manifest::decode(built.1.manifest.as_slice()).unwrap();
@@ -376,7 +452,11 @@ pub fn verdicts_are_kept_per_auditor(store: &dyn MetadataStore) {
             manifest_sha256: manifest_digest(&built.1.manifest).to_vec(),
             result: result.into(),
             published_sha256: vec![1; 32],
-            rebuilt_sha256: if result == MATCH { vec![1; 32] } else { vec![2; 32] },
+            rebuilt_sha256: if result == MATCH {
+                vec![1; 32]
+            } else {
+                vec![2; 32]
+            },
             summary: "1 file differs".into(),
             ..Default::default()
         };
@@ -386,7 +466,10 @@ pub fn verdicts_are_kept_per_auditor(store: &dyn MetadataStore) {
             .put_verdict(&verified, &signed.encode_to_vec(), "auditor")
             .unwrap()
     };
-    assert_eq!(put_verdict(MISMATCH, &"0".repeat(64)), VerdictPut::NoManifest);
+    assert_eq!(
+        put_verdict(MISMATCH, &"0".repeat(64)),
+        VerdictPut::NoManifest
+    );
     assert_eq!(
         put_verdict(MISMATCH, &manifest.key),
         VerdictPut::Stored {
@@ -550,9 +633,18 @@ fn build(
     (record, signed)
 }
 
-fn put(store: &dyn MetadataStore, (record, signed): &(ManifestRecord, SignedManifest)) -> ManifestPut {
+fn put(
+    store: &dyn MetadataStore,
+    (record, signed): &(ManifestRecord, SignedManifest),
+) -> ManifestPut {
     store
-        .put_manifest(record, signed, &signed.encode_to_vec(), "builder", COUNTS_ALL)
+        .put_manifest(
+            record,
+            signed,
+            &signed.encode_to_vec(),
+            "builder",
+            COUNTS_ALL,
+        )
         .unwrap()
 }
 
@@ -623,13 +715,15 @@ mod sqlite {
         for (name, behaviour) in ALL {
             let dir = tempfile::tempdir().unwrap();
             let store = ArtifactStore::open(dir.path()).unwrap();
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                behaviour(&store)
-            }));
+            let result =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| behaviour(&store)));
             if result.is_err() {
                 failed.push(*name);
             }
         }
-        assert!(failed.is_empty(), "contract behaviours failed (see above): {failed:?}");
+        assert!(
+            failed.is_empty(),
+            "contract behaviours failed (see above): {failed:?}"
+        );
     }
 }

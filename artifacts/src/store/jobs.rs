@@ -177,7 +177,7 @@ impl ArtifactStore {
     /// Records the tuples `query`'s worker asked for, then leases it the next job: for a
     /// build job the most-reported open miss of one of its tuples with no live lease, for an
     /// audit job the matching published build with the fewest audits
-    /// ([`select_audit`]). An earlier lease of that work (expired) ends as lost. `None` when
+    /// (`select_audit`). An earlier lease of that work (expired) ends as lost. `None` when
     /// there is no such job. One transaction.
     pub fn lease_job(
         &self,
@@ -322,65 +322,65 @@ impl ArtifactStore {
         let mut db = self.db.lock();
         let tx = db.transaction().map_err(self.db_err())?;
         let listing = (|| -> rusqlite::Result<JobListing> {
-        let mut workers_by_tuple: std::collections::BTreeMap<
-            (String, String, String, String),
-            Vec<String>,
-        > = Default::default();
-        let mut seen: std::collections::BTreeMap<(String, String, String), WorkerSeen> =
-            Default::default();
-        {
-            let mut stmt = tx.prepare(
-                "SELECT kind, worker, token_name, otp_major, elixir, mix_env, target,
+            let mut workers_by_tuple: std::collections::BTreeMap<
+                (String, String, String, String),
+                Vec<String>,
+            > = Default::default();
+            let mut seen: std::collections::BTreeMap<(String, String, String), WorkerSeen> =
+                Default::default();
+            {
+                let mut stmt = tx.prepare(
+                    "SELECT kind, worker, token_name, otp_major, elixir, mix_env, target,
                     last_seen
                  FROM worker_tuples WHERE last_seen >= ?1
                  ORDER BY worker, token_name, kind, otp_major, elixir, mix_env, target",
-            )?;
-            let mut rows = stmt.query(params![since])?;
-            while let Some(row) = rows.next()? {
-                let kind: String = row.get(0)?;
-                let kind = if kind == "audit" {
-                    JobKind::Audit
-                } else {
-                    JobKind::Build
-                };
-                let (worker, token): (String, String) = (row.get(1)?, row.get(2)?);
-                let tuple: (String, String, String, String) =
-                    (row.get(3)?, row.get(4)?, row.get(5)?, row.get(6)?);
-                let last_seen: i64 = row.get(7)?;
-                if kind == JobKind::Build {
-                    let names = workers_by_tuple.entry(tuple.clone()).or_default();
-                    if !names.contains(&worker) {
-                        names.push(worker.clone());
+                )?;
+                let mut rows = stmt.query(params![since])?;
+                while let Some(row) = rows.next()? {
+                    let kind: String = row.get(0)?;
+                    let kind = if kind == "audit" {
+                        JobKind::Audit
+                    } else {
+                        JobKind::Build
+                    };
+                    let (worker, token): (String, String) = (row.get(1)?, row.get(2)?);
+                    let tuple: (String, String, String, String) =
+                        (row.get(3)?, row.get(4)?, row.get(5)?, row.get(6)?);
+                    let last_seen: i64 = row.get(7)?;
+                    if kind == JobKind::Build {
+                        let names = workers_by_tuple.entry(tuple.clone()).or_default();
+                        if !names.contains(&worker) {
+                            names.push(worker.clone());
+                        }
+                    }
+                    let entry = seen
+                        .entry((worker.clone(), token.clone(), kind.as_str().to_string()))
+                        .or_insert_with(|| WorkerSeen {
+                            worker,
+                            token,
+                            kind,
+                            tuples: Vec::new(),
+                            last_seen,
+                        });
+                    entry.last_seen = entry.last_seen.max(last_seen);
+                    let (otp_major, elixir, mix_env, target) = tuple;
+                    match entry.tuples.iter_mut().find(|t| {
+                        t.otp_major == otp_major && t.elixir == elixir && t.mix_env == mix_env
+                    }) {
+                        Some(existing) => existing.targets.push(target),
+                        None => entry.tuples.push(LeaseTuple {
+                            otp_major,
+                            elixir,
+                            mix_env,
+                            targets: vec![target],
+                        }),
                     }
                 }
-                let entry = seen
-                    .entry((worker.clone(), token.clone(), kind.as_str().to_string()))
-                    .or_insert_with(|| WorkerSeen {
-                        worker,
-                        token,
-                        kind,
-                        tuples: Vec::new(),
-                        last_seen,
-                    });
-                entry.last_seen = entry.last_seen.max(last_seen);
-                let (otp_major, elixir, mix_env, target) = tuple;
-                match entry.tuples.iter_mut().find(|t| {
-                    t.otp_major == otp_major && t.elixir == elixir && t.mix_env == mix_env
-                }) {
-                    Some(existing) => existing.targets.push(target),
-                    None => entry.tuples.push(LeaseTuple {
-                        otp_major,
-                        elixir,
-                        mix_env,
-                        targets: vec![target],
-                    }),
-                }
             }
-        }
-        let mut tuples = Vec::new();
-        {
-            let mut stmt = tx.prepare(
-                "SELECT m.otp_major, m.elixir, m.mix_env, m.target, count(*),
+            let mut tuples = Vec::new();
+            {
+                let mut stmt = tx.prepare(
+                    "SELECT m.otp_major, m.elixir, m.mix_env, m.target, count(*),
                     count(m.variant_key), sum(m.count), min(m.first_reported),
                     count(*) FILTER (WHERE EXISTS (SELECT 1 FROM leases l
                         WHERE l.kind = 'build' AND l.base_key = m.miss_key
@@ -388,32 +388,32 @@ impl ArtifactStore {
                  FROM misses m WHERE m.closed_at IS NULL
                  GROUP BY m.otp_major, m.elixir, m.mix_env, m.target
                  ORDER BY count(*) DESC, m.otp_major, m.elixir, m.mix_env, m.target",
-            )?;
-            let mut rows = stmt.query(params![now])?;
-            while let Some(row) = rows.next()? {
-                let tuple: (String, String, String, String) =
-                    (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?);
-                let workers = workers_by_tuple.get(&tuple).cloned().unwrap_or_default();
-                let (otp_major, elixir, mix_env, target) = tuple;
-                tuples.push(TupleDemand {
-                    otp_major,
-                    elixir,
-                    mix_env,
-                    target,
-                    open_misses: row.get::<_, i64>(4)? as u64,
-                    variants: row.get::<_, i64>(5)? as u64,
-                    reports: row.get::<_, i64>(6)? as u64,
-                    oldest_reported: row.get(7)?,
-                    leased: row.get::<_, i64>(8)? as u64,
-                    served: !workers.is_empty(),
-                    workers,
-                });
+                )?;
+                let mut rows = stmt.query(params![now])?;
+                while let Some(row) = rows.next()? {
+                    let tuple: (String, String, String, String) =
+                        (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?);
+                    let workers = workers_by_tuple.get(&tuple).cloned().unwrap_or_default();
+                    let (otp_major, elixir, mix_env, target) = tuple;
+                    tuples.push(TupleDemand {
+                        otp_major,
+                        elixir,
+                        mix_env,
+                        target,
+                        open_misses: row.get::<_, i64>(4)? as u64,
+                        variants: row.get::<_, i64>(5)? as u64,
+                        reports: row.get::<_, i64>(6)? as u64,
+                        oldest_reported: row.get(7)?,
+                        leased: row.get::<_, i64>(8)? as u64,
+                        served: !workers.is_empty(),
+                        workers,
+                    });
+                }
             }
-        }
-        let mut jobs = Vec::new();
-        {
-            let mut stmt = tx.prepare(
-                "SELECT l.job, l.kind, l.base_key, l.key, l.worker, l.token_name,
+            let mut jobs = Vec::new();
+            {
+                let mut stmt = tx.prepare(
+                    "SELECT l.job, l.kind, l.base_key, l.key, l.worker, l.token_name,
                     l.leased_at, l.expires_ms,
                     coalesce(mi.package, ma.package), coalesce(mi.version, ma.version),
                     coalesce(mi.otp_major, ma.otp_major), coalesce(mi.elixir, ma.elixir),
@@ -425,38 +425,38 @@ impl ArtifactStore {
                    AND (mi.closed_at IS NULL AND mi.miss_key IS NOT NULL
                         OR ma.key IS NOT NULL)
                  ORDER BY l.job",
-            )?;
-            let mut rows = stmt.query(params![now])?;
-            while let Some(row) = rows.next()? {
-                let kind: String = row.get(1)?;
-                jobs.push(LiveJob {
-                    job: row.get::<_, i64>(0)? as u64,
-                    kind: if kind == "audit" {
-                        JobKind::Audit
-                    } else {
-                        JobKind::Build
-                    },
-                    base_key: row.get(2)?,
-                    key: row.get(3)?,
-                    worker: row.get(4)?,
-                    token: row.get(5)?,
-                    leased_at: row.get(6)?,
-                    lease_expires_at: expires_at(row.get(7)?),
-                    package: row.get::<_, Option<String>>(8)?.unwrap_or_default(),
-                    version: row.get::<_, Option<String>>(9)?.unwrap_or_default(),
-                    otp_major: row.get::<_, Option<String>>(10)?.unwrap_or_default(),
-                    elixir: row.get::<_, Option<String>>(11)?.unwrap_or_default(),
-                    mix_env: row.get::<_, Option<String>>(12)?.unwrap_or_default(),
-                    target: row.get::<_, Option<String>>(13)?.unwrap_or_default(),
-                });
+                )?;
+                let mut rows = stmt.query(params![now])?;
+                while let Some(row) = rows.next()? {
+                    let kind: String = row.get(1)?;
+                    jobs.push(LiveJob {
+                        job: row.get::<_, i64>(0)? as u64,
+                        kind: if kind == "audit" {
+                            JobKind::Audit
+                        } else {
+                            JobKind::Build
+                        },
+                        base_key: row.get(2)?,
+                        key: row.get(3)?,
+                        worker: row.get(4)?,
+                        token: row.get(5)?,
+                        leased_at: row.get(6)?,
+                        lease_expires_at: expires_at(row.get(7)?),
+                        package: row.get::<_, Option<String>>(8)?.unwrap_or_default(),
+                        version: row.get::<_, Option<String>>(9)?.unwrap_or_default(),
+                        otp_major: row.get::<_, Option<String>>(10)?.unwrap_or_default(),
+                        elixir: row.get::<_, Option<String>>(11)?.unwrap_or_default(),
+                        mix_env: row.get::<_, Option<String>>(12)?.unwrap_or_default(),
+                        target: row.get::<_, Option<String>>(13)?.unwrap_or_default(),
+                    });
+                }
             }
-        }
-        Ok(JobListing {
-            window_seconds: WORKER_WINDOW_SECONDS as u64,
-            tuples,
-            workers: seen.into_values().collect(),
-            jobs,
-        })
+            Ok(JobListing {
+                window_seconds: WORKER_WINDOW_SECONDS as u64,
+                tuples,
+                workers: seen.into_values().collect(),
+                jobs,
+            })
         })()
         .map_err(self.db_err())?;
         tx.commit().map_err(self.db_err())?;
@@ -669,7 +669,10 @@ fn job_row(db: &rusqlite::Connection, job: u64) -> rusqlite::Result<Option<JobRe
                 key: row.get(2)?,
                 token: row.get(3)?,
                 lease_ms: row.get(4)?,
-                ended: row.get::<_, Option<String>>(5)?.as_deref().map(LeaseEnded::parse),
+                ended: row
+                    .get::<_, Option<String>>(5)?
+                    .as_deref()
+                    .map(LeaseEnded::parse),
                 closed_by: row.get(6)?,
             })
         },

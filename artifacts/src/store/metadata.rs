@@ -31,8 +31,7 @@ use super::{
     MissRecord, TokenInfo, TokenLookup,
 };
 use crate::api::{
-    Failure, FailureRecorded, FailureReport, IndexBuild, JobListing, Miss, ReleaseOutcome,
-    Verdicts,
+    Failure, FailureRecorded, FailureReport, IndexBuild, JobListing, Miss, ReleaseOutcome, Verdicts,
 };
 use crate::token::Scope;
 
@@ -102,8 +101,7 @@ pub trait MetadataStore: Send + Sync {
 
     /// Records a failed build (the latest log per base key and toolchain, counted) and closes
     /// the misses of its base key.
-    fn record_failure(&self, report: &FailureReport, reported_by: &str)
-        -> Result<FailureRecorded>;
+    fn record_failure(&self, report: &FailureReport, reported_by: &str) -> Result<FailureRecorded>;
     /// `package`'s failures, most recent first.
     fn failures(&self, package: &str) -> Result<Vec<Failure>>;
 
@@ -232,11 +230,7 @@ impl MetadataStore for ArtifactStore {
     fn packages(&self) -> Result<Vec<String>> {
         ArtifactStore::packages(self)
     }
-    fn record_failure(
-        &self,
-        report: &FailureReport,
-        reported_by: &str,
-    ) -> Result<FailureRecorded> {
+    fn record_failure(&self, report: &FailureReport, reported_by: &str) -> Result<FailureRecorded> {
         ArtifactStore::record_failure(self, report, reported_by)
     }
     fn failures(&self, package: &str) -> Result<Vec<Failure>> {

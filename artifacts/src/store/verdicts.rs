@@ -18,8 +18,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use sha2::{Digest, Sha256};
 
 use super::super::api::{
-    ChunkDifferenceJson, FileDifferenceJson, IndexBuild, VerdictRecord,
-    VerdictSummary, Verdicts,
+    ChunkDifferenceJson, FileDifferenceJson, IndexBuild, VerdictRecord, VerdictSummary, Verdicts,
 };
 use super::{now, ArtifactStore, ArtifactStoreError};
 
