@@ -131,3 +131,72 @@ impl<R: Read> Read for HashingReader<R> {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use precomp_proto::artifact::PackedArtifact;
+
+    /// A real artifact (`ebin/a.beam`, `priv/b.txt`) stored as a blob under its digest.
+    fn stored(blobs: &Blobs) -> PackedArtifact {
+        let project = tempfile::tempdir().unwrap();
+        let app = project.path().join("app");
+        std::fs::create_dir_all(app.join("ebin")).unwrap();
+        std::fs::create_dir_all(app.join("priv")).unwrap();
+        std::fs::write(app.join("ebin/a.beam"), b"FOR1 beam").unwrap();
+        std::fs::write(app.join("priv/b.txt"), b"data").unwrap();
+        let packed = precomp_proto::artifact::pack(&app, project.path()).unwrap();
+        std::fs::create_dir_all(blobs.tmp_dir()).unwrap();
+        let mut tmp = tempfile::NamedTempFile::new_in(blobs.tmp_dir()).unwrap();
+        std::io::Write::write_all(&mut tmp, &packed.bytes).unwrap();
+        assert!(blobs.persist(tmp, &packed.sha256).unwrap());
+        packed
+    }
+
+    /// The one streamed pass checks the files against the manifest and the bytes against
+    /// the blob's name: a blob damaged on disk is `Corrupt`, never indexed; a manifest whose
+    /// files differ is `FilesMismatch`; size and presence are checked first.
+    #[test]
+    fn a_blob_is_checked_against_its_manifest_and_its_name_in_one_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::new(dir.path());
+        let packed = stored(&blobs);
+        let output = packed.output();
+        assert_eq!(
+            blobs.check_artifact(&packed.sha256, &output).unwrap(),
+            ArtifactCheck::Present
+        );
+
+        let mut other_file = output.clone();
+        other_file.files[0].sha256 = vec![0; 32];
+        match blobs.check_artifact(&packed.sha256, &other_file).unwrap() {
+            ArtifactCheck::FilesMismatch(why) => assert!(why.contains("ebin/a.beam"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        let mut bigger = output.clone();
+        bigger.artifact_size += 1;
+        assert_eq!(
+            blobs.check_artifact(&packed.sha256, &bigger).unwrap(),
+            ArtifactCheck::SizeMismatch {
+                stored: output.artifact_size
+            }
+        );
+        assert_eq!(
+            blobs.check_artifact(&[9; 32], &output).unwrap(),
+            ArtifactCheck::Missing
+        );
+
+        // One byte flipped on disk, same size: the digest no longer matches the name.
+        let path = blobs.artifact_path(&packed.sha256);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        match blobs.check_artifact(&packed.sha256, &output) {
+            Err(ArtifactStoreError::Corrupt { expected, .. }) => {
+                assert_eq!(expected, hex::encode(packed.sha256))
+            }
+            other => panic!("a damaged blob is corrupt, not {other:?}"),
+        }
+    }
+}
