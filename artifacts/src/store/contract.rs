@@ -21,8 +21,11 @@ use super::{
 use crate::api::{FailureReport, JobKind, LeaseRequest, MissReport, ReleaseOutcome};
 use crate::token::Scope;
 
+/// One behaviour: a check run on a fresh, empty store.
+pub type Behaviour = fn(&dyn MetadataStore);
+
 /// Every behaviour, by name, for an implementation's test to run each on a fresh store.
-pub const ALL: &[(&str, fn(&dyn MetadataStore))] = &[
+pub const ALL: &[(&str, Behaviour)] = &[
     ("tokens_and_scopes", tokens_and_scopes),
     (
         "publishing_and_manifest_history",
@@ -529,7 +532,7 @@ pub fn gc_reads_and_drops_in_one_step(store: &dyn MetadataStore) {
         })
         .unwrap();
     assert_eq!(seen, (2, 3));
-    assert_eq!(planned.builds, [dropped.0.key.clone()]);
+    assert_eq!(planned.builds, std::slice::from_ref(&dropped.0.key));
     assert_eq!(
         store.index("plain_ex").unwrap().len(),
         2,
@@ -544,7 +547,7 @@ pub fn gc_reads_and_drops_in_one_step(store: &dyn MetadataStore) {
         .into_iter()
         .map(|b| b.key)
         .collect();
-    assert_eq!(left, [kept.0.key.clone()]);
+    assert_eq!(left, std::slice::from_ref(&kept.0.key));
     assert!(store.key_manifests(&dropped.0.key).unwrap().is_empty());
     let recorded: Vec<String> = store
         .recorded_artifacts()
