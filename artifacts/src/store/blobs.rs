@@ -90,6 +90,15 @@ impl Blobs {
         if stored != output.artifact_size {
             return Ok(ArtifactCheck::SizeMismatch { stored });
         }
+        // The bound `check` keeps on bytes in memory, kept on the stream (uploads are bounded
+        // by it already).
+        if stored > precomp_proto::artifact::MAX_ARTIFACT_SIZE {
+            let too_large = precomp_proto::artifact::ArtifactError::TooLarge {
+                what: "compressed size",
+                limit: precomp_proto::artifact::MAX_ARTIFACT_SIZE,
+            };
+            return Ok(ArtifactCheck::FilesMismatch(too_large.to_string()));
+        }
         let file = std::fs::File::open(&path).map_err(io(&path))?;
         let mut hashing = HashingReader {
             // One byte more than it should have, so growth shows as a digest mismatch.

@@ -17,13 +17,14 @@
 //!
 //! Both kinds lease the same way. A unit of work is leasable while it has no *live* lease: not
 //! ended, not expired, not closed. Leasing one whose earlier lease expired ends that lease as
-//! `lost`: a heartbeat on it is then `409`, so its worker stops. A heartbeat on an expired
-//! lease that nobody took since renews it; on a closed job it is `409`. A release ends the
+//! `lost`: renewing it is then [`JobError::Ended`] (the API's `409`), so its worker stops.
+//! Renewing an expired lease that nobody took since renews it; on a closed job it is
+//! [`JobError::Closed`] (`409`). A release ends the
 //! lease as `released` (back in the queue at once), or for an audit job as `failed` (with a
 //! reason: never offered to that token again; a failed rebuild says nothing about the
 //! published bytes, but offering it forever to the same machine is pointless). Only the token
-//! that leased a job renews or releases it. Times are kept in milliseconds so short leases
-//! expire on time.
+//! that leased a job renews or releases it ([`JobError::NotYours`]). Times are kept in
+//! milliseconds so short leases expire on time, and passed in by the caller (`now_ms`).
 
 use rusqlite::{params, OptionalExtension, Transaction, TransactionBehavior};
 
