@@ -56,9 +56,11 @@
 //! The index's `auditors` are the signers of a build that are effective auditor keys.
 
 use precomp_proto::api;
+mod jobs;
 mod store;
 pub mod token;
 pub mod trust_policy;
+mod verdicts;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -91,15 +93,19 @@ pub use api::{
     ChunkDifferenceJson, FileDifferenceJson, Packages, VerdictRecord, VerdictStored,
     VerdictSummary, Verdicts,
 };
+pub use store::contract;
 pub use store::history::KeyManifest;
+pub use store::jobs::{Job, JobError, JobRecord, LeaseEnd, LeaseEnded, LeaseQuery, LeasedJob};
 pub use store::maintenance;
 pub use store::verdicts::files_json as verdict_files_json;
+pub use store::verdicts::VerdictPut;
 pub use store::{
     ArtifactCheck, ArtifactStore, ArtifactStoreError, ManifestPut, ManifestRecord, MissOutcome,
     MissPolicy, MissRecord, Publisher, TokenInfo, TokenLookup, VariantRef,
     DEFAULT_MAX_CONFIG_VARIANTS, DEFAULT_MAX_OPEN_MISSES, DEFAULT_MISS_RETENTION_DAYS,
     WORKER_WINDOW_SECONDS,
 };
+pub use store::{Blobs, MetadataStore};
 pub use token::Scope;
 pub use trust_policy::{EffectiveKeys, TrustPolicy};
 
@@ -180,15 +186,45 @@ impl Refusal {
     }
 }
 
+/// The one place the store's errors become API answers: the domain errors a request can
+/// cause get their status and a message saying what to do; everything else is the mirror's
+/// own failure (500, logged).
 impl From<ArtifactStoreError> for Refusal {
     fn from(error: ArtifactStoreError) -> Refusal {
-        Refusal::internal(error)
+        match error {
+            ArtifactStoreError::Job(JobError::NotFound { job }) => Refusal::new(
+                404,
+                format!("no job {job} on this mirror: lease one with POST /precomp/v1/jobs/lease"),
+            ),
+            ArtifactStoreError::Job(JobError::NotYours {
+                job,
+                leased_by,
+                token,
+            }) => Refusal::new(
+                403,
+                format!(
+                    "job {job} was leased with token {leased_by:?}, not {token:?}: only the \
+                     token that leased a job renews or releases it"
+                ),
+            ),
+            ArtifactStoreError::Job(JobError::Ended { job, ended }) => {
+                Refusal::new(409, jobs::ended_message(job, ended.as_str()))
+            }
+            ArtifactStoreError::Job(JobError::Closed { job, closed_by }) => Refusal::new(
+                409,
+                format!("job {job} is closed ({closed_by}): stop working on it"),
+            ),
+            other => Refusal::internal(other),
+        }
     }
 }
 
 /// The artifact service: the store and the trust configuration.
 pub struct Artifacts {
-    store: ArtifactStore,
+    /// The metadata (SQLite today: [`ArtifactStore`]).
+    store: Arc<dyn MetadataStore>,
+    /// The artifact bodies, beside it.
+    blobs: Blobs,
     /// Which keys may sign what is uploaded: the configured keys and the trust document.
     trust: TrustPolicy,
     /// Bounds on what misses carry.
@@ -200,9 +236,15 @@ impl Artifacts {
     /// the trust document in effect (or why it cannot be used: uploads are then refused
     /// until it is fixed; serving goes on).
     pub fn open(config: ArtifactsConfig) -> Result<Arc<Artifacts>, ArtifactStoreError> {
-        let store = ArtifactStore::open(&config.data)?;
+        let store = Arc::new(ArtifactStore::open(&config.data)?);
+        Ok(Artifacts::with_store(store, config))
+    }
+
+    /// The service over `store` (any [`MetadataStore`]), its blobs in `config.data`.
+    pub fn with_store(store: Arc<dyn MetadataStore>, config: ArtifactsConfig) -> Arc<Artifacts> {
+        let blobs = Blobs::new(&config.data);
         let trust = TrustPolicy::new(
-            trust_dir_of(&store),
+            trust_dir_of(&blobs),
             config.builder_keys,
             config.auditor_keys,
             config.trust_root,
@@ -244,11 +286,12 @@ impl Artifacts {
                 "the trust document cannot be used: every upload is refused until it is fixed"
             ),
         }
-        Ok(Arc::new(Artifacts {
+        Arc::new(Artifacts {
             store,
+            blobs,
             trust,
             misses: config.misses,
-        }))
+        })
     }
 
     /// [`Artifacts::open`] with `auditor_keys` added to the configured auditor keys.
@@ -260,14 +303,35 @@ impl Artifacts {
         Artifacts::open(config)
     }
 
-    pub fn store(&self) -> &ArtifactStore {
-        &self.store
+    /// The metadata store.
+    pub fn store(&self) -> &dyn MetadataStore {
+        &*self.store
+    }
+
+    /// The artifact bodies.
+    pub fn blobs(&self) -> &Blobs {
+        &self.blobs
+    }
+
+    /// Moves a received, synced upload whose sha256 the caller computed into place (unless it
+    /// is there already), then records it: the row only once the blob is there. Whether the
+    /// blob was new.
+    pub fn put_artifact(
+        &self,
+        tmp: tempfile::NamedTempFile,
+        sha256: &[u8; 32],
+        size: u64,
+        uploaded_by: &str,
+    ) -> Result<bool, ArtifactStoreError> {
+        let created = self.blobs.persist(tmp, sha256)?;
+        self.store.record_artifact(sha256, size, uploaded_by)?;
+        Ok(created)
     }
 
     /// `DATA/trust` beside the store (`DATA/artifacts`): the trust document `precomp keys`
     /// issues, served as `GET /precomp/v1/trust[/VERSION]`.
     pub fn trust_dir(&self) -> PathBuf {
-        trust_dir_of(&self.store)
+        trust_dir_of(&self.blobs)
     }
 
     /// The keys in effect now: the configured ones and the trust document's
@@ -474,7 +538,8 @@ impl Artifacts {
             )
         })?;
         let sha_hex = hex::encode(sha256);
-        match self.store.check_artifact(&sha256, output.artifact_size)? {
+        // One streamed read of the blob, hashed once ([`Blobs::check_artifact`]).
+        match self.blobs.check_artifact(&sha256, output)? {
             // A manifest naming it is a use: `precomp gc` keeps it.
             ArtifactCheck::Present => self.store.touch_artifact(&sha256),
             ArtifactCheck::Missing => {
@@ -496,12 +561,13 @@ impl Artifacts {
                     ),
                 ))
             }
-        }
-        // The artifact holds exactly the files the manifest lists, with their digests.
-        if let Some(bytes) = self.store.read_artifact(&sha256)? {
-            precomp_proto::artifact::check(&bytes, output).map_err(|e| {
-                Refusal::new(422, format!("manifest refused: artifact check failed: {e}"))
-            })?;
+            // The artifact holds exactly the files the manifest lists, with their digests.
+            ArtifactCheck::FilesMismatch(e) => {
+                return Err(Refusal::new(
+                    422,
+                    format!("manifest refused: artifact check failed: {e}"),
+                ))
+            }
         }
         let record = ManifestRecord {
             key: manifest.key.clone(),
@@ -905,7 +971,7 @@ pub(crate) fn describe_difference(published: &Output, other: &Output) -> String 
 }
 
 /// `DATA/trust` beside the store (`DATA/artifacts`).
-fn trust_dir_of(store: &ArtifactStore) -> PathBuf {
+fn trust_dir_of(store: &Blobs) -> PathBuf {
     store
         .root()
         .parent()

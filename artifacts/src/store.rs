@@ -26,20 +26,27 @@
 //! refinery when the store is opened, in one transaction; [`migrations`]). Nothing else opens
 //! the database: what `precomp gc`, `backup` and `restore` need are methods here.
 //!
-//! Not yet behind a trait (for the PostgreSQL store multi-node mirrors need): the build and
-//! audit jobs ([`jobs`]), verdicts ([`verdicts`]) and manifest history ([`history`]) are
-//! still `impl Artifacts` blocks that run SQL on this store's connection. The way there: move
-//! their SQL into domain methods here (one transaction per method, typed errors, no SQL or
-//! HTTP status in the signatures: `lease_job`, `record_verdict`, `key_manifests`…), then
-//! extract those methods as a `MetadataStore` trait that `Artifacts` holds as
-//! `Arc<dyn MetadataStore>`, this type its SQLite implementation; blobs stay on disk beside
-//! either. The maintenance methods ([`maintenance`]) already have that shape.
+//! Behind a trait, for the PostgreSQL store multi-node mirrors need: [`MetadataStore`]
+//! ([`metadata`]) is every operation the service ([`crate::Artifacts`], which holds it as
+//! `Arc<dyn MetadataStore>`) asks of its metadata — tokens, artifact rows, manifests and their
+//! history ([`history`]), the index, failures, misses, verdicts ([`verdicts`]), job leases
+//! ([`jobs`]) and what gc reads and drops ([`maintenance`]) — as domain methods, each one
+//! transaction, with typed errors ([`ArtifactStoreError`], [`jobs::JobError`]) and neither SQL
+//! types nor HTTP statuses in their signatures (the service maps errors to statuses in one
+//! place: `impl From<ArtifactStoreError> for Refusal`). [`ArtifactStore`] is its SQLite
+//! implementation; its SQL stays in this module and its children. Times come from one clock
+//! ([`now`]) or, for leases, from the caller (`now_ms`). [`contract`] holds the behaviours
+//! any implementation must have, as functions on a `&dyn MetadataStore` (run here on SQLite).
+//!
+//! Artifact bodies are not metadata: they stay content-addressed files ([`Blobs`]) beside
+//! whichever store holds their rows. What only SQLite has — the file lock, the online backup
+//! ([`ArtifactStore::snapshot`]), scrub's walk of the blob directory — stays inherent to
+//! [`ArtifactStore`].
 
 use parking_lot::Mutex;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
 use precomp_proto::manifest::{ArtifactPublicKey, SignedManifest};
 use prost::Message;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
@@ -60,7 +67,14 @@ pub(crate) use precomp_proto::time::unix_now as now;
 pub(super) mod verdicts;
 
 // Build and audit jobs leased to workers (`precomp worker [--audit]`): the `leases` table.
-mod jobs;
+pub mod jobs;
+
+// The store's operations as a trait, for other implementations (PostgreSQL).
+mod metadata;
+pub use metadata::MetadataStore;
+
+// The behaviours every implementation must have, as tests any implementation can run.
+pub mod contract;
 
 // Several manifests for one key: the `manifest_history` table (schema version 4).
 pub(super) mod history;
@@ -71,12 +85,17 @@ mod migrations;
 // What gc, backup/restore and scrub need of the store.
 pub mod maintenance;
 
+// Artifact bodies on disk, beside the metadata.
+mod blobs;
+pub use blobs::Blobs;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactStoreError {
+    /// The database failed (SQLite's error, or another implementation's).
     #[error("artifact database {path}: {source}")]
     Db {
         path: PathBuf,
-        source: rusqlite::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("{path}: {source}")]
     Io {
@@ -115,6 +134,9 @@ pub enum ArtifactStoreError {
     AlreadyRevoked(String),
     #[error("token {name:?}: its stored key is not readable: {reason}")]
     StoredKey { name: String, reason: String },
+    /// A lease cannot be renewed or ended.
+    #[error(transparent)]
+    Job(#[from] jobs::JobError),
 }
 
 /// `artifact_use.last_used` is written at most this often per artifact and process.
@@ -157,7 +179,11 @@ pub struct TokenInfo {
 pub enum ArtifactCheck {
     Present,
     Missing,
-    SizeMismatch { stored: u64 },
+    SizeMismatch {
+        stored: u64,
+    },
+    /// It is here, but its files are not the ones the manifest lists (why).
+    FilesMismatch(String),
 }
 
 /// A verified manifest, as it is indexed.
@@ -325,6 +351,7 @@ pub enum ManifestPut {
 
 pub struct ArtifactStore {
     root: PathBuf,
+    blobs: Blobs,
     db_path: PathBuf,
     db: Mutex<Connection>,
     _lock: std::fs::File,
@@ -341,9 +368,9 @@ impl ArtifactStore {
             .map_err(|(path, source)| ArtifactStoreError::Io { path, source })?;
 
         let db_path = root.join("artifacts.db");
-        let db_err = |source| ArtifactStoreError::Db {
+        let db_err = |source: rusqlite::Error| ArtifactStoreError::Db {
             path: db_path.clone(),
-            source,
+            source: Box::new(source),
         };
         // FULL: a publish answered 201 survives a power cut.
         let mut db = precomp_registry::blob_dir::open_index(&db_path, "FULL").map_err(db_err)?;
@@ -380,6 +407,7 @@ impl ArtifactStore {
         }
         Ok(ArtifactStore {
             root: root.to_path_buf(),
+            blobs: Blobs::new(root),
             db_path,
             db: Mutex::new(db),
             _lock: lock,
@@ -406,13 +434,13 @@ impl ArtifactStore {
 
     /// Where uploads are received before they are verified.
     pub fn tmp_dir(&self) -> PathBuf {
-        self.root.join("tmp")
+        self.blobs.tmp_dir()
     }
 
     fn db_err(&self) -> impl Fn(rusqlite::Error) -> ArtifactStoreError + '_ {
-        |source| ArtifactStoreError::Db {
+        |source: rusqlite::Error| ArtifactStoreError::Db {
             path: self.db_path.clone(),
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -575,8 +603,12 @@ impl ArtifactStore {
     // -----------------------------------------------------------------------------------------
 
     pub fn artifact_path(&self, sha256: &[u8; 32]) -> PathBuf {
-        self.root
-            .join(precomp_registry::blob_relative_path(&hex::encode(sha256)))
+        self.blobs.artifact_path(sha256)
+    }
+
+    /// The blob directory beside the database.
+    pub fn blobs(&self) -> &Blobs {
+        &self.blobs
     }
 
     /// Moves a received, synced upload whose sha256 the caller computed into place (unless it
@@ -588,20 +620,18 @@ impl ArtifactStore {
         size: u64,
         uploaded_by: &str,
     ) -> Result<bool, ArtifactStoreError> {
-        let blob = self.artifact_path(sha256);
-        let created = !blob.exists();
-        if created {
-            let dir = blob.parent().expect("blob paths have a parent");
-            std::fs::create_dir_all(dir).map_err(io(dir))?;
-            tmp.persist(&blob).map_err(|e| ArtifactStoreError::Io {
-                path: blob.clone(),
-                source: e.error,
-            })?;
-            // The rename itself is durable once the directory is.
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io(dir))?;
-        }
+        let created = self.blobs.persist(tmp, sha256)?;
+        self.record_artifact(sha256, size, uploaded_by)?;
+        Ok(created)
+    }
+
+    /// Records a stored blob (its row; the blob is on disk already).
+    pub fn record_artifact(
+        &self,
+        sha256: &[u8; 32],
+        size: u64,
+        uploaded_by: &str,
+    ) -> Result<(), ArtifactStoreError> {
         self.db
             .lock()
             .execute(
@@ -610,26 +640,7 @@ impl ArtifactStore {
                 params![hex::encode(sha256), size as i64, uploaded_by, now()],
             )
             .map_err(self.db_err())?;
-        Ok(created)
-    }
-
-    /// The artifact's bytes, checked against their digest; `None` if absent.
-    pub fn read_artifact(&self, sha256: &[u8; 32]) -> Result<Option<Bytes>, ArtifactStoreError> {
-        let path = self.artifact_path(sha256);
-        let bytes = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io(&path)(e)),
-        };
-        let actual: [u8; 32] = Sha256::digest(&bytes).into();
-        if actual != *sha256 {
-            return Err(ArtifactStoreError::Corrupt {
-                path,
-                expected: hex::encode(sha256),
-                actual: hex::encode(actual),
-            });
-        }
-        Ok(Some(Bytes::from(bytes)))
+        Ok(())
     }
 
     /// Records that the artifact was used now (served, or named by a manifest being
@@ -673,38 +684,6 @@ impl ArtifactStore {
                 |row| Ok((row.get::<_, i64>(0)? as u64, row.get::<_, i64>(1)? as u64)),
             )
             .map_err(self.db_err())
-    }
-
-    /// Whether the artifact a manifest names is here with that size; its bytes are hashed
-    /// again, so a damaged blob is never indexed.
-    pub fn check_artifact(
-        &self,
-        sha256: &[u8; 32],
-        size: u64,
-    ) -> Result<ArtifactCheck, ArtifactStoreError> {
-        let path = self.artifact_path(sha256);
-        let stored = match std::fs::metadata(&path) {
-            Ok(meta) => meta.len(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(ArtifactCheck::Missing)
-            }
-            Err(e) => return Err(io(&path)(e)),
-        };
-        if stored != size {
-            return Ok(ArtifactCheck::SizeMismatch { stored });
-        }
-        let mut file = std::fs::File::open(&path).map_err(io(&path))?;
-        let mut hasher = Sha256::new();
-        std::io::copy(&mut file, &mut hasher).map_err(io(&path))?;
-        let actual: [u8; 32] = hasher.finalize().into();
-        if actual != *sha256 {
-            return Err(ArtifactStoreError::Corrupt {
-                path,
-                expected: hex::encode(sha256),
-                actual: hex::encode(actual),
-            });
-        }
-        Ok(ArtifactCheck::Present)
     }
 
     // -----------------------------------------------------------------------------------------

@@ -627,8 +627,39 @@ pub fn check(bytes: &[u8], output: &Output) -> Result<(), ArtifactError> {
     compare(bytes, &walked, output)
 }
 
+/// Everything [`check`] checks except the artifact's own size and SHA-256, reading the
+/// artifact as a stream (a stored blob, never held in memory whole): its structure, every
+/// file's path, SHA-256, size and executable bit, and native code. The caller checks the
+/// size and digest of the bytes it fed in (hashing them as they pass: one read, one hash).
+/// The reader is read to its end (nothing may follow the gzip stream) unless an error
+/// stops it first; the caller bounds it.
+pub fn check_files(reader: impl io::BufRead, output: &Output) -> Result<(), ArtifactError> {
+    let walked = walk_stream(reader, &mut ListOnly)?;
+    compare_files(&walked, output)
+}
+
 /// What [`check`] compares, once `bytes` were walked.
 fn compare(bytes: &[u8], walked: &Walked, output: &Output) -> Result<(), ArtifactError> {
+    compare_files(walked, output)?;
+    if bytes.len() as u64 != output.artifact_size {
+        return Err(ArtifactError::SizeMismatch {
+            expected: output.artifact_size,
+            actual: bytes.len() as u64,
+        });
+    }
+    let digest = Sha256::digest(bytes);
+    if digest.as_slice() != output.artifact_sha256.as_slice() {
+        return Err(ArtifactError::DigestMismatch {
+            expected: hex::encode(&output.artifact_sha256),
+            actual: hex::encode(digest),
+            files_match: true,
+        });
+    }
+    Ok(())
+}
+
+/// The files and native code of what was walked against a manifest's `Output`.
+fn compare_files(walked: &Walked, output: &Output) -> Result<(), ArtifactError> {
     let mut expected: Vec<&FileRecord> = output.files.iter().collect();
     expected.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
     let mut actual = walked.files.iter().peekable();
@@ -668,20 +699,6 @@ fn compare(bytes: &[u8], walked: &Walked, output: &Output) -> Result<(), Artifac
     if walked.native_code != output.native_code {
         return Err(ArtifactError::NativeCodeMismatch {
             actual: walked.native_code,
-        });
-    }
-    if bytes.len() as u64 != output.artifact_size {
-        return Err(ArtifactError::SizeMismatch {
-            expected: output.artifact_size,
-            actual: bytes.len() as u64,
-        });
-    }
-    let digest = Sha256::digest(bytes);
-    if digest.as_slice() != output.artifact_sha256.as_slice() {
-        return Err(ArtifactError::DigestMismatch {
-            expected: hex::encode(&output.artifact_sha256),
-            actual: hex::encode(digest),
-            files_match: true,
         });
     }
     Ok(())
@@ -863,7 +880,12 @@ fn walk(bytes: &[u8], sink: &mut dyn Sink) -> Result<Walked, ArtifactError> {
             limit: MAX_ARTIFACT_SIZE,
         });
     }
-    let (reader, counter) = Limited::new(GzDecoder::new(bytes), MAX_TAR_SIZE);
+    walk_stream(bytes, sink)
+}
+
+/// [`walk`] of a stream (its compressed size bounded by the caller).
+fn walk_stream(input: impl io::BufRead, sink: &mut dyn Sink) -> Result<Walked, ArtifactError> {
+    let (reader, counter) = Limited::new(GzDecoder::new(input), MAX_TAR_SIZE);
     let mut archive = tar::Archive::new(reader);
     let mut current: Option<String> = None;
     let stream_error = |counter: &Counter, after: &Option<String>, source: io::Error| {
@@ -1035,11 +1057,16 @@ fn walk(bytes: &[u8], sink: &mut dyn Sink) -> Result<Walked, ArtifactError> {
     // nothing follows it.
     let mut limited = archive.into_inner();
     io::copy(&mut limited, &mut io::sink()).map_err(|e| stream_error(&counter, &current, e))?;
-    let rest = limited.into_inner().into_inner();
-    if !rest.is_empty() {
+    let mut rest = limited.into_inner().into_inner();
+    let following =
+        io::copy(&mut rest, &mut io::sink()).map_err(|source| ArtifactError::Malformed {
+            after: current.clone(),
+            source,
+        })?;
+    if following > 0 {
         return Err(ArtifactError::Malformed {
             after: current,
-            source: io::Error::other(format!("{} bytes follow the gzip stream", rest.len())),
+            source: io::Error::other(format!("{following} bytes follow the gzip stream")),
         });
     }
     Ok(Walked { files, native_code })

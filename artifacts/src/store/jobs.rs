@@ -1,5 +1,7 @@
-//! Jobs leased to workers on other machines: `POST /precomp/v1/jobs/lease`,
-//! `POST /precomp/v1/jobs/ID/heartbeat`, `POST /precomp/v1/jobs/ID/release`, with a token.
+//! The SQLite store's leases of jobs to workers on other machines (the `leases` and
+//! `worker_tuples` tables): what `POST /precomp/v1/jobs/lease`, `POST
+//! /precomp/v1/jobs/ID/heartbeat` and `POST /precomp/v1/jobs/ID/release` ask of the store
+//! ([`crate::jobs`] checks requests and tokens), each one transaction.
 //!
 //! A job is one lease of one unit of work; the `leases` table holds one row per lease, its id
 //! the job id, its `kind` what the work is:
@@ -15,54 +17,59 @@
 //!
 //! Both kinds lease the same way. A unit of work is leasable while it has no *live* lease: not
 //! ended, not expired, not closed. Leasing one whose earlier lease expired ends that lease as
-//! `lost`: a heartbeat on it is then `409`, so its worker stops. A heartbeat on an expired
-//! lease that nobody took since renews it; on a closed job it is `409`. A release ends the
+//! `lost`: renewing it is then [`JobError::Ended`] (the API's `409`), so its worker stops.
+//! Renewing an expired lease that nobody took since renews it; on a closed job it is
+//! [`JobError::Closed`] (`409`). A release ends the
 //! lease as `released` (back in the queue at once), or for an audit job as `failed` (with a
 //! reason: never offered to that token again; a failed rebuild says nothing about the
 //! published bytes, but offering it forever to the same machine is pointless). Only the token
-//! that leased a job renews or releases it. Times are kept in milliseconds so short leases
-//! expire on time.
+//! that leased a job renews or releases it ([`JobError::NotYours`]). Times are kept in
+//! milliseconds so short leases expire on time, and passed in by the caller (`now_ms`).
 
-use precomp_proto::manifest::ArtifactPublicKey;
 use rusqlite::{params, OptionalExtension, Transaction, TransactionBehavior};
 
 use super::super::api::{
-    AuditBuild, HeartbeatRequest, JobKind, JobListing, Lease, LeaseReleased, LeaseRenewed,
-    LeaseRequest, LeaseTuple, LiveJob, Miss, ReleaseOutcome, ReleaseRequest, TupleDemand,
-    WorkerSeen, MAX_FEWER_THAN, MAX_LEASE_TUPLES, MAX_RELEASE_REASON,
+    AuditBuild, JobKind, JobListing, LeaseRequest, LeaseTuple, LiveJob, Miss, ReleaseOutcome,
+    TupleDemand, WorkerSeen,
 };
-use super::super::token::valid_token_name;
-use super::super::{Artifacts, Publisher, Refusal, MAX_LEASE_SECONDS, MIN_LEASE_SECONDS};
 use super::{
     index_build_row, miss_row, ArtifactStore, ArtifactStoreError, INDEX_BUILD_COLUMNS,
     MISS_COLUMNS, WORKER_WINDOW_SECONDS,
 };
 
-/// Bound on the targets one lease request names.
-const MAX_TARGETS: usize = 16;
-
-/// Bound on the `auditor` key id of a lease request.
-const MAX_AUDITOR_ID: usize = 128;
-
 /// SQL: the audit lease `l` is done, its auditor having posted a verdict on its build.
 const AUDIT_DONE: &str =
     "EXISTS (SELECT 1 FROM verdicts v WHERE v.key = l.key AND v.auditor_id = l.auditor)";
 
+/// What a lease asks the store for ([`crate::MetadataStore::lease_job`]); checked by the
+/// service.
+#[derive(Clone, Copy, Debug)]
+pub struct LeaseQuery<'a> {
+    pub request: &'a LeaseRequest,
+    /// The leasing token's name.
+    pub token: &'a str,
+    /// For an audit job: the auditor key id the lease is for.
+    pub auditor: Option<&'a str>,
+    /// For an audit job: the mirror's auditor keys, whose signatures count as audits.
+    pub auditor_ids: &'a [String],
+}
+
 /// What one lease is for.
-enum Job {
+#[derive(Clone, Debug)]
+pub enum Job {
     Build(Miss),
     Audit(AuditBuild),
 }
 
 impl Job {
-    fn kind(&self) -> JobKind {
+    pub fn kind(&self) -> JobKind {
         match self {
             Job::Build(_) => JobKind::Build,
             Job::Audit(_) => JobKind::Audit,
         }
     }
 
-    fn base_key(&self) -> &str {
+    pub fn base_key(&self) -> &str {
         match self {
             Job::Build(miss) => miss.miss_key(),
             Job::Audit(audit) => &audit.build.base_key,
@@ -70,14 +77,14 @@ impl Job {
     }
 
     /// The audited build's key.
-    fn key(&self) -> Option<&str> {
+    pub fn key(&self) -> Option<&str> {
         match self {
             Job::Build(_) => None,
             Job::Audit(audit) => Some(&audit.build.key),
         }
     }
 
-    fn package_version(&self) -> (&str, &str) {
+    pub fn package_version(&self) -> (&str, &str) {
         match self {
             Job::Build(miss) => (&miss.package, &miss.version),
             Job::Audit(audit) => (&audit.package, &audit.build.version),
@@ -85,73 +92,121 @@ impl Job {
     }
 }
 
-impl Artifacts {
-    /// Leases the next job `request` asks for to `publisher`'s token: for a build job the
-    /// most-reported open miss it matches, for an audit job the matching published build with
-    /// the fewest audits; `None` when there is none. A build job needs a token that may
-    /// publish, an audit job one that may post verdicts (`403` otherwise).
+/// A lease just granted.
+#[derive(Clone, Debug)]
+pub struct LeasedJob {
+    /// The job id.
+    pub job: u64,
+    pub work: Job,
+    /// When the lease expires, in Unix milliseconds.
+    pub expires_ms: i64,
+}
+
+/// A lease as the store holds it ([`crate::MetadataStore::job`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobRecord {
+    pub job: u64,
+    pub kind: JobKind,
+    pub base_key: String,
+    /// An audit job's build key.
+    pub key: Option<String>,
+    /// The name of the token that leased it.
+    pub token: String,
+    pub lease_ms: i64,
+    /// How its lease ended, if it did.
+    pub ended: Option<LeaseEnded>,
+    /// Set when the job is closed: what closed it.
+    pub closed_by: Option<String>,
+}
+
+/// How a lease ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseEnded {
+    /// It expired and the work was leased again.
+    Lost,
+    Released,
+    /// Released as failed (audit jobs): never offered to that token again.
+    Failed,
+}
+
+impl LeaseEnded {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaseEnded::Lost => "lost",
+            LeaseEnded::Released => "released",
+            LeaseEnded::Failed => "failed",
+        }
+    }
+
+    fn parse(text: &str) -> LeaseEnded {
+        match text {
+            "lost" => LeaseEnded::Lost,
+            "failed" => LeaseEnded::Failed,
+            _ => LeaseEnded::Released,
+        }
+    }
+}
+
+/// Why the store would not renew or end a lease: the API's 404, 403 and 409
+/// (`impl From<ArtifactStoreError> for Refusal`).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum JobError {
+    #[error("no job {job} on this mirror")]
+    NotFound { job: u64 },
+    #[error("job {job} was leased with token {leased_by:?}, not {token:?}")]
+    NotYours {
+        job: u64,
+        leased_by: String,
+        token: String,
+    },
+    #[error("job {job}: its lease ended ({})", ended.as_str())]
+    Ended { job: u64, ended: LeaseEnded },
+    #[error("job {job} is closed ({closed_by})")]
+    Closed { job: u64, closed_by: String },
+}
+
+/// How ending a lease went ([`crate::MetadataStore::end_lease`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseEnd {
+    /// It was released (or released as failed) before: nothing changed.
+    AlreadyReleased,
+    /// It ended now; `closed`: the job was closed already.
+    Ended { closed: bool },
+}
+
+impl ArtifactStore {
+    /// Records the tuples `query`'s worker asked for, then leases it the next job: for a
+    /// build job the most-reported open miss of one of its tuples with no live lease, for an
+    /// audit job the matching published build with the fewest audits
+    /// (`select_audit`). An earlier lease of that work (expired) ends as lost. `None` when
+    /// there is no such job. One transaction.
     pub fn lease_job(
         &self,
-        request: &LeaseRequest,
-        publisher: &Publisher,
-    ) -> Result<Option<Lease>, Refusal> {
-        check_lease_request(request)?;
-        // The scope the job's report needs (the access table let builders and auditors in):
-        // a job its token could not report is never handed out.
-        let needed = match request.kind {
-            JobKind::Build => crate::Scope::Builder,
-            JobKind::Audit => crate::Scope::Auditor,
-        };
-        if !self.scopes_of(publisher).contains(&needed) {
-            return Err(Refusal::new(
-                403,
-                format!(
-                    "token {:?} has no {needed} scope: it cannot lease {} jobs",
-                    publisher.name,
-                    match request.kind {
-                        JobKind::Build => "build",
-                        JobKind::Audit => "audit",
-                    }
-                ),
-            ));
-        }
-        // Who may lease what; for audits, the auditor the lease is for, and the keys whose
-        // signatures count as audits (the index's `auditors`).
-        let (auditor, auditor_ids) = match request.kind {
-            JobKind::Build => {
-                self.trusted_for(publisher)?;
-                (None, Vec::new())
-            }
-            JobKind::Audit => {
-                let auditor = self.lease_auditor(request, publisher)?;
-                let ids: Vec<String> = self
-                    .auditor_keys()
-                    .iter()
-                    .map(ArtifactPublicKey::key_id)
-                    .collect();
-                (Some(auditor), ids)
-            }
-        };
-        let store = &self.store;
-        let err = store.db_err();
-        if request.kind == JobKind::Build {
-            // Misses whose values expired are closed before one is handed out.
-            store.expire_if_due(&self.misses)?;
-        }
-        let now = now_ms();
-        let mut db = store.db.lock();
+        query: &LeaseQuery<'_>,
+        now_ms: i64,
+    ) -> Result<Option<LeasedJob>, ArtifactStoreError> {
+        let err = self.db_err();
+        let request = query.request;
+        let mut db = self.db.lock();
         let tx = db
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(&err)?;
         // What this worker can do, for the job listing's "which tuples have no worker".
-        record_worker_tuples(&tx, request, &publisher.name, now / 1000).map_err(&err)?;
-        let job = match &auditor {
-            None => select_miss(&tx, request, now)
+        record_worker_tuples(&tx, request, query.token, now_ms / 1000).map_err(&err)?;
+        let job = match query.auditor {
+            None => select_miss(&tx, request, now_ms)
                 .map_err(&err)?
                 .map(Job::Build),
-            Some(auditor) => select_audit(&tx, request, auditor, publisher, &auditor_ids, now)
-                .map_err(&err)?
-                .map(Job::Audit),
+            Some(auditor) => select_audit(
+                &tx,
+                request,
+                auditor,
+                query.token,
+                query.auditor_ids,
+                now_ms,
+            )
+            .map_err(&err)?
+            .map(Job::Audit),
         };
         let Some(job) = job else {
             tx.commit().map_err(&err)?;
@@ -162,74 +217,52 @@ impl Artifacts {
             &tx,
             &job,
             request,
-            publisher,
-            auditor.as_deref(),
-            now,
+            query.token,
+            query.auditor,
+            now_ms,
             lease_ms,
         )
         .map_err(&err)?;
         tx.commit().map_err(&err)?;
-        let (package, version) = job.package_version();
-        tracing::info!(
-            job = id,
-            kind = %job.kind(),
-            base_key = %job.base_key(),
-            key = job.key().unwrap_or(""),
-            package = %package,
-            version = %version,
-            worker = %request.worker,
-            token = %publisher.name,
-            "job leased"
-        );
-        let (miss, build) = match job {
-            Job::Build(miss) => (Some(miss), None),
-            Job::Audit(audit) => (None, Some(audit)),
-        };
-        Ok(Some(Lease {
+        Ok(Some(LeasedJob {
             job: id,
-            kind: request.kind,
-            lease_expires_at: expires_at(now + lease_ms),
-            lease_seconds: request.lease_seconds,
-            miss,
-            build,
+            work: job,
+            expires_ms: now_ms + lease_ms,
         }))
     }
 
-    /// Renews the lease of `job` for the token that leased it: `409` when it was lost (it
-    /// expired and was leased again), released, or the job is closed.
-    pub fn heartbeat_job(
+    /// The lease `job`, as it stands.
+    pub fn job(&self, job: u64) -> Result<Option<JobRecord>, ArtifactStoreError> {
+        let db = self.db.lock();
+        job_row(&db, job).map_err(self.db_err())
+    }
+
+    /// Renews the lease of `job` for `token` (which must have leased it) until `now_ms` plus
+    /// `lease_ms` (its last duration when `None`); the worker's tuples count as seen now.
+    /// [`JobError`] when it is not there, not `token`'s, ended or closed. One transaction.
+    pub fn renew_lease(
         &self,
         job: u64,
-        request: &HeartbeatRequest,
-        publisher: &Publisher,
-    ) -> Result<LeaseRenewed, Refusal> {
-        if let Some(seconds) = request.lease_seconds {
-            check_lease_seconds(seconds)?;
-        }
-        let store = &self.store;
-        let err = store.db_err();
-        let now = now_ms();
-        let mut db = store.db.lock();
+        token: &str,
+        lease_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<JobRecord, ArtifactStoreError> {
+        let err = self.db_err();
+        let mut db = self.db.lock();
         let tx = db
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(&err)?;
-        let held = held_job(store, &tx, job, publisher).map_err(Refusal::from)??;
-        self.may_work_on(held.kind, publisher)?;
-        if let Some(ended) = &held.ended {
-            return Err(Refusal::new(409, ended_message(job, ended)));
+        let mut held = held_job(&tx, job, token).map_err(&err)??;
+        if let Some(ended) = held.ended {
+            return Err(JobError::Ended { job, ended }.into());
         }
-        if let Some(closed_by) = &held.closed_by {
-            return Err(Refusal::new(
-                409,
-                format!("job {job} is closed ({closed_by}): stop working on it"),
-            ));
+        if let Some(closed_by) = held.closed_by {
+            return Err(JobError::Closed { job, closed_by }.into());
         }
-        let lease_ms = request
-            .lease_seconds
-            .map_or(held.lease_ms, |s| s as i64 * 1000);
+        let lease_ms = lease_ms.unwrap_or(held.lease_ms);
         tx.execute(
             "UPDATE leases SET expires_ms = ?2, lease_ms = ?3 WHERE job = ?1",
-            params![job as i64, now + lease_ms, lease_ms],
+            params![job as i64, now_ms + lease_ms, lease_ms],
         )
         .map_err(&err)?;
         // A worker busy with a job still serves the tuples it asked for.
@@ -237,95 +270,58 @@ impl Artifacts {
             "UPDATE worker_tuples SET last_seen = ?2
              WHERE (kind, worker, token_name) IN
                    (SELECT kind, worker, token_name FROM leases WHERE job = ?1)",
-            params![job as i64, now / 1000],
+            params![job as i64, now_ms / 1000],
         )
         .map_err(&err)?;
         tx.commit().map_err(&err)?;
-        Ok(LeaseRenewed {
-            job,
-            kind: held.kind,
-            base_key: held.base_key,
-            key: held.key,
-            lease_expires_at: expires_at(now + lease_ms),
-            lease_seconds: (lease_ms / 1000) as u64,
-        })
+        held.lease_ms = lease_ms;
+        Ok(held)
     }
 
-    /// Ends the lease of `job` (the token that leased it): `released` puts the work back in the
-    /// queue; `failed` (audit jobs) keeps it from this token for good.
-    pub fn release_job(
+    /// Ends the lease of `job` for `token` (which must have leased it) as `outcome`, with
+    /// `reason`: `Released` puts the work back in the queue, `Failed` keeps an audit job from
+    /// this token for good. A lease released before is left as it is; a lost one is
+    /// [`JobError::Ended`]. One transaction.
+    pub fn end_lease(
         &self,
         job: u64,
-        request: &ReleaseRequest,
-        publisher: &Publisher,
-    ) -> Result<LeaseReleased, Refusal> {
-        let reason = check_release_request(request)?;
-        let store = &self.store;
-        let err = store.db_err();
-        let now = now_ms();
-        let mut db = store.db.lock();
+        token: &str,
+        outcome: ReleaseOutcome,
+        reason: Option<&str>,
+        now_ms: i64,
+    ) -> Result<LeaseEnd, ArtifactStoreError> {
+        let err = self.db_err();
+        let mut db = self.db.lock();
         let tx = db
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(&err)?;
-        let held = held_job(store, &tx, job, publisher).map_err(Refusal::from)??;
-        self.may_work_on(held.kind, publisher)?;
-        if held.kind == JobKind::Build && request.outcome == ReleaseOutcome::Failed {
-            return Err(Refusal::new(
-                422,
-                format!(
-                    "job {job} is a build job: report a failed build with POST \
-                     /precomp/v1/failures (it keeps the log and closes the miss), or release \
-                     it without an outcome"
-                ),
-            ));
-        }
-        let result = match held.ended.as_deref() {
-            Some("released" | "failed") => "already_released",
-            Some(ended) => return Err(Refusal::new(409, ended_message(job, ended))),
+        let held = held_job(&tx, job, token).map_err(&err)??;
+        let end = match held.ended {
+            Some(LeaseEnded::Released | LeaseEnded::Failed) => LeaseEnd::AlreadyReleased,
+            Some(ended @ LeaseEnded::Lost) => return Err(JobError::Ended { job, ended }.into()),
             None => {
                 tx.execute(
                     "UPDATE leases SET ended_at = ?2, ended = ?3, reason = ?4 WHERE job = ?1",
-                    params![job as i64, now / 1000, request.outcome.as_str(), reason],
+                    params![job as i64, now_ms / 1000, outcome.as_str(), reason],
                 )
                 .map_err(&err)?;
-                if held.closed_by.is_some() {
-                    "closed"
-                } else {
-                    request.outcome.as_str()
+                LeaseEnd::Ended {
+                    closed: held.closed_by.is_some(),
                 }
             }
         };
         tx.commit().map_err(&err)?;
-        tracing::info!(
-            job,
-            kind = %held.kind,
-            base_key = %held.base_key,
-            key = held.key.as_deref().unwrap_or(""),
-            token = %publisher.name,
-            result,
-            reason = reason.unwrap_or(""),
-            "job released"
-        );
-        Ok(LeaseReleased {
-            job,
-            kind: held.kind,
-            base_key: held.base_key,
-            key: held.key,
-            result: result.to_string(),
-        })
+        Ok(end)
     }
 
     /// `GET jobs`: the open misses by tuple and whether a worker asked for that tuple within
-    /// [`WORKER_WINDOW_SECONDS`], the workers seen, and the live leases. For builders' tokens
-    /// (as `GET misses`); it shows no compile-env values.
-    pub fn job_listing(&self, publisher: &Publisher) -> Result<JobListing, Refusal> {
-        self.check_builder(publisher)?;
-        self.store.expire_if_due(&self.misses)?;
-        let store = &self.store;
-        let err = store.db_err();
-        let now = now_ms();
+    /// [`WORKER_WINDOW_SECONDS`] of `now_ms`, the workers seen, and the live leases. One read
+    /// transaction.
+    pub fn job_listing(&self, now_ms: i64) -> Result<JobListing, ArtifactStoreError> {
+        let now = now_ms;
         let since = now / 1000 - WORKER_WINDOW_SECONDS;
-        let db = store.db.lock();
+        let mut db = self.db.lock();
+        let tx = db.transaction().map_err(self.db_err())?;
         let listing = (|| -> rusqlite::Result<JobListing> {
             let mut workers_by_tuple: std::collections::BTreeMap<
                 (String, String, String, String),
@@ -334,11 +330,11 @@ impl Artifacts {
             let mut seen: std::collections::BTreeMap<(String, String, String), WorkerSeen> =
                 Default::default();
             {
-                let mut stmt = db.prepare(
+                let mut stmt = tx.prepare(
                     "SELECT kind, worker, token_name, otp_major, elixir, mix_env, target,
-                        last_seen
-                     FROM worker_tuples WHERE last_seen >= ?1
-                     ORDER BY worker, token_name, kind, otp_major, elixir, mix_env, target",
+                    last_seen
+                 FROM worker_tuples WHERE last_seen >= ?1
+                 ORDER BY worker, token_name, kind, otp_major, elixir, mix_env, target",
                 )?;
                 let mut rows = stmt.query(params![since])?;
                 while let Some(row) = rows.next()? {
@@ -384,15 +380,15 @@ impl Artifacts {
             }
             let mut tuples = Vec::new();
             {
-                let mut stmt = db.prepare(
+                let mut stmt = tx.prepare(
                     "SELECT m.otp_major, m.elixir, m.mix_env, m.target, count(*),
-                        count(m.variant_key), sum(m.count), min(m.first_reported),
-                        count(*) FILTER (WHERE EXISTS (SELECT 1 FROM leases l
-                            WHERE l.kind = 'build' AND l.base_key = m.miss_key
-                              AND l.ended_at IS NULL AND l.expires_ms > ?1))
-                     FROM misses m WHERE m.closed_at IS NULL
-                     GROUP BY m.otp_major, m.elixir, m.mix_env, m.target
-                     ORDER BY count(*) DESC, m.otp_major, m.elixir, m.mix_env, m.target",
+                    count(m.variant_key), sum(m.count), min(m.first_reported),
+                    count(*) FILTER (WHERE EXISTS (SELECT 1 FROM leases l
+                        WHERE l.kind = 'build' AND l.base_key = m.miss_key
+                          AND l.ended_at IS NULL AND l.expires_ms > ?1))
+                 FROM misses m WHERE m.closed_at IS NULL
+                 GROUP BY m.otp_major, m.elixir, m.mix_env, m.target
+                 ORDER BY count(*) DESC, m.otp_major, m.elixir, m.mix_env, m.target",
                 )?;
                 let mut rows = stmt.query(params![now])?;
                 while let Some(row) = rows.next()? {
@@ -417,19 +413,19 @@ impl Artifacts {
             }
             let mut jobs = Vec::new();
             {
-                let mut stmt = db.prepare(
+                let mut stmt = tx.prepare(
                     "SELECT l.job, l.kind, l.base_key, l.key, l.worker, l.token_name,
-                        l.leased_at, l.expires_ms,
-                        coalesce(mi.package, ma.package), coalesce(mi.version, ma.version),
-                        coalesce(mi.otp_major, ma.otp_major), coalesce(mi.elixir, ma.elixir),
-                        coalesce(mi.mix_env, ma.mix_env), coalesce(mi.target, ma.target)
-                     FROM leases l
-                     LEFT JOIN misses mi ON l.kind = 'build' AND mi.miss_key = l.base_key
-                     LEFT JOIN manifests ma ON l.kind = 'audit' AND ma.key = l.key
-                     WHERE l.ended_at IS NULL AND l.expires_ms > ?1
-                       AND (mi.closed_at IS NULL AND mi.miss_key IS NOT NULL
-                            OR ma.key IS NOT NULL)
-                     ORDER BY l.job",
+                    l.leased_at, l.expires_ms,
+                    coalesce(mi.package, ma.package), coalesce(mi.version, ma.version),
+                    coalesce(mi.otp_major, ma.otp_major), coalesce(mi.elixir, ma.elixir),
+                    coalesce(mi.mix_env, ma.mix_env), coalesce(mi.target, ma.target)
+                 FROM leases l
+                 LEFT JOIN misses mi ON l.kind = 'build' AND mi.miss_key = l.base_key
+                 LEFT JOIN manifests ma ON l.kind = 'audit' AND ma.key = l.key
+                 WHERE l.ended_at IS NULL AND l.expires_ms > ?1
+                   AND (mi.closed_at IS NULL AND mi.miss_key IS NOT NULL
+                        OR ma.key IS NOT NULL)
+                 ORDER BY l.job",
                 )?;
                 let mut rows = stmt.query(params![now])?;
                 while let Some(row) = rows.next()? {
@@ -463,53 +459,9 @@ impl Artifacts {
                 jobs,
             })
         })()
-        .map_err(&err)?;
+        .map_err(self.db_err())?;
+        tx.commit().map_err(self.db_err())?;
         Ok(listing)
-    }
-
-    /// The auditor key id an audit lease of `publisher`'s token is for: one of the keys it may
-    /// post verdicts with (`403` for a token that may post none), the one `request` names.
-    fn lease_auditor(
-        &self,
-        request: &LeaseRequest,
-        publisher: &Publisher,
-    ) -> Result<String, Refusal> {
-        let ids: Vec<String> = self
-            .verdict_keys(publisher)?
-            .iter()
-            .map(ArtifactPublicKey::key_id)
-            .collect();
-        match &request.auditor {
-            Some(id) if ids.contains(id) => Ok(id.clone()),
-            Some(id) => Err(Refusal::new(
-                403,
-                format!(
-                    "auditor {id:?} is not a key token {:?} may post verdicts with ({}): lease \
-                     with the key id of the key the worker signs with",
-                    publisher.name,
-                    ids.join(", ")
-                ),
-            )),
-            None if ids.len() == 1 => Ok(ids[0].clone()),
-            None => Err(Refusal::new(
-                422,
-                format!(
-                    "token {:?} may post verdicts signed by any of {} auditor keys: name the one \
-                     this worker signs with in `auditor` (its key id, `ed25519:…`)",
-                    publisher.name,
-                    ids.len()
-                ),
-            )),
-        }
-    }
-
-    /// Whether `publisher`'s token may (still) work on a job of `kind`: publish builds, or
-    /// post verdicts (`403` otherwise).
-    fn may_work_on(&self, kind: JobKind, publisher: &Publisher) -> Result<(), Refusal> {
-        match kind {
-            JobKind::Build => self.effective_keys()?.builder_keys_for(publisher).map(drop),
-            JobKind::Audit => self.verdict_keys(publisher).map(drop),
-        }
     }
 }
 
@@ -588,7 +540,7 @@ fn select_audit(
     tx: &Transaction<'_>,
     request: &LeaseRequest,
     auditor: &str,
-    publisher: &Publisher,
+    token: &str,
     auditor_ids: &[String],
     now: i64,
 ) -> rusqlite::Result<Option<AuditBuild>> {
@@ -622,7 +574,7 @@ fn select_audit(
                 auditor,
                 json_list(auditor_ids),
                 now,
-                publisher.name,
+                token,
                 request.fewer_than
             ],
             |row| row.get(0),
@@ -654,7 +606,7 @@ fn insert_lease(
     tx: &Transaction<'_>,
     job: &Job,
     request: &LeaseRequest,
-    publisher: &Publisher,
+    token: &str,
     auditor: Option<&str>,
     now: i64,
     lease_ms: i64,
@@ -684,7 +636,7 @@ fn insert_lease(
             job.key(),
             auditor,
             request.worker,
-            publisher.name,
+            token,
             lease_ms,
             now / 1000,
             now + lease_ms
@@ -693,214 +645,66 @@ fn insert_lease(
     Ok(tx.last_insert_rowid() as u64)
 }
 
-/// A lease row as a heartbeat or a release sees it.
-struct HeldJob {
-    kind: JobKind,
-    base_key: String,
-    /// An audit job's build key.
-    key: Option<String>,
-    lease_ms: i64,
-    /// `lost`, `released` or `failed`.
-    ended: Option<String>,
-    /// Set when the job is closed: what closed it.
-    closed_by: Option<String>,
+/// The lease `job` as it stands.
+fn job_row(db: &rusqlite::Connection, job: u64) -> rusqlite::Result<Option<JobRecord>> {
+    db.query_row(
+        &format!(
+            "SELECT l.kind, l.base_key, l.key, l.token_name, l.lease_ms, l.ended,
+               CASE l.kind
+                 WHEN 'audit' THEN CASE
+                   WHEN NOT EXISTS (SELECT 1 FROM manifests WHERE key = l.key)
+                     THEN 'the build is no longer published'
+                   WHEN {AUDIT_DONE} THEN 'verdict posted by ' || l.auditor
+                 END
+                 ELSE (SELECT coalesce(m.closed_by, 'closed') FROM misses m
+                       WHERE m.miss_key = l.base_key AND m.closed_at IS NOT NULL)
+               END
+             FROM leases l WHERE l.job = ?1"
+        ),
+        params![job as i64],
+        |row| {
+            Ok(JobRecord {
+                job,
+                kind: job_kind(&row.get::<_, String>(0)?),
+                base_key: row.get(1)?,
+                key: row.get(2)?,
+                token: row.get(3)?,
+                lease_ms: row.get(4)?,
+                ended: row
+                    .get::<_, Option<String>>(5)?
+                    .as_deref()
+                    .map(LeaseEnded::parse),
+                closed_by: row.get(6)?,
+            })
+        },
+    )
+    .optional()
 }
 
-/// The lease `job`, if it exists and `publisher`'s token leased it (`404`, `403` otherwise).
+/// The lease `job`, if it exists and `token` leased it.
 fn held_job(
-    store: &ArtifactStore,
     tx: &Transaction<'_>,
     job: u64,
-    publisher: &Publisher,
-) -> Result<Result<HeldJob, Refusal>, ArtifactStoreError> {
-    let row: Option<(String, HeldJob)> = tx
-        .query_row(
-            &format!(
-                "SELECT l.kind, l.base_key, l.key, l.token_name, l.lease_ms, l.ended,
-                   CASE l.kind
-                     WHEN 'audit' THEN CASE
-                       WHEN NOT EXISTS (SELECT 1 FROM manifests WHERE key = l.key)
-                         THEN 'the build is no longer published'
-                       WHEN {AUDIT_DONE} THEN 'verdict posted by ' || l.auditor
-                     END
-                     ELSE (SELECT coalesce(m.closed_by, 'closed') FROM misses m
-                           WHERE m.miss_key = l.base_key AND m.closed_at IS NOT NULL)
-                   END
-                 FROM leases l WHERE l.job = ?1"
-            ),
-            params![job as i64],
-            |row| {
-                let kind: String = row.get(0)?;
-                Ok((
-                    row.get(3)?,
-                    HeldJob {
-                        kind: if kind == "audit" {
-                            JobKind::Audit
-                        } else {
-                            JobKind::Build
-                        },
-                        base_key: row.get(1)?,
-                        key: row.get(2)?,
-                        lease_ms: row.get(4)?,
-                        ended: row.get(5)?,
-                        closed_by: row.get(6)?,
-                    },
-                ))
-            },
-        )
-        .optional()
-        .map_err(store.db_err())?;
-    let Some((token_name, held)) = row else {
-        return Ok(Err(Refusal::new(
-            404,
-            format!("no job {job} on this mirror: lease one with POST /precomp/v1/jobs/lease"),
-        )));
-    };
-    if token_name != publisher.name {
-        return Ok(Err(Refusal::new(
-            403,
-            format!(
-                "job {job} was leased with token {token_name:?}, not {:?}: only the token that \
-                 leased a job renews or releases it",
-                publisher.name
-            ),
-        )));
-    }
-    Ok(Ok(held))
+    token: &str,
+) -> rusqlite::Result<Result<JobRecord, ArtifactStoreError>> {
+    Ok(match job_row(tx, job)? {
+        None => Err(JobError::NotFound { job }.into()),
+        Some(held) if held.token != token => Err(JobError::NotYours {
+            job,
+            leased_by: held.token,
+            token: token.to_string(),
+        }
+        .into()),
+        Some(held) => Ok(held),
+    })
 }
 
-fn ended_message(job: u64, ended: &str) -> String {
-    match ended {
-        "lost" => format!(
-            "job {job}: the lease expired and the job was leased again; stop working on it \
-             (heartbeat more often than the lease lasts)"
-        ),
-        _ => format!("job {job} was released; lease a new job"),
+fn job_kind(text: &str) -> JobKind {
+    if text == "audit" {
+        JobKind::Audit
+    } else {
+        JobKind::Build
     }
-}
-
-fn check_lease_seconds(seconds: u64) -> Result<(), Refusal> {
-    if !(MIN_LEASE_SECONDS..=MAX_LEASE_SECONDS).contains(&seconds) {
-        return Err(Refusal::new(
-            422,
-            format!(
-                "lease_seconds {seconds} is not within {MIN_LEASE_SECONDS}..={MAX_LEASE_SECONDS}"
-            ),
-        ));
-    }
-    Ok(())
-}
-
-fn check_lease_request(request: &LeaseRequest) -> Result<(), Refusal> {
-    if !valid_token_name(&request.worker) {
-        return Err(Refusal::new(
-            422,
-            format!(
-                "worker {:?} must be 1 to 64 letters, digits, `-`, `_` and `.`, not starting \
-                 with `.`",
-                request.worker
-            ),
-        ));
-    }
-    if request.tuples.len() > MAX_LEASE_TUPLES {
-        return Err(Refusal::new(
-            422,
-            format!(
-                "tuples must list at most {MAX_LEASE_TUPLES} tuples (OTP major, Elixir, Mix env, \
-                 targets)"
-            ),
-        ));
-    }
-    for tuple in request.all_tuples() {
-        check_tuple(&tuple)?;
-    }
-    if request.kind == JobKind::Audit {
-        if !(1..=MAX_FEWER_THAN).contains(&request.fewer_than) {
-            return Err(Refusal::new(
-                422,
-                format!(
-                    "fewer_than {} is not within 1..={MAX_FEWER_THAN} (1: builds nobody audited)",
-                    request.fewer_than
-                ),
-            ));
-        }
-        if let Some(auditor) = &request.auditor {
-            if auditor.is_empty()
-                || auditor.len() > MAX_AUDITOR_ID
-                || auditor.chars().any(char::is_control)
-            {
-                return Err(Refusal::new(
-                    422,
-                    format!("auditor must be a key id (`ed25519:…`), 1 to {MAX_AUDITOR_ID} bytes"),
-                ));
-            }
-        }
-    }
-    check_lease_seconds(request.lease_seconds)
-}
-
-/// One tuple of a lease request: `otp_major`, `elixir`, `mix_env` 1 to 64 characters on one
-/// line, 1 to 16 targets, each `any` or ARCH-LIBC.
-fn check_tuple(tuple: &LeaseTuple) -> Result<(), Refusal> {
-    for (field, value) in [
-        ("otp_major", &tuple.otp_major),
-        ("elixir", &tuple.elixir),
-        ("mix_env", &tuple.mix_env),
-    ] {
-        if value.is_empty() || value.len() > 64 || value.chars().any(char::is_control) {
-            return Err(Refusal::new(
-                422,
-                format!("{field} must be 1 to 64 characters on one line"),
-            ));
-        }
-    }
-    if tuple.targets.is_empty() || tuple.targets.len() > MAX_TARGETS {
-        return Err(Refusal::new(
-            422,
-            format!("targets must list 1 to {MAX_TARGETS} targets (`any`, ARCH-LIBC)"),
-        ));
-    }
-    for target in &tuple.targets {
-        let valid = target == "any"
-            || (target.len() <= 64
-                && target
-                    .split_once('-')
-                    .is_some_and(|(a, l)| !a.is_empty() && !l.is_empty())
-                && target
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'));
-        if !valid {
-            return Err(Refusal::new(
-                422,
-                format!("target {target:?} is neither `any` nor ARCH-LIBC"),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// The release's reason, checked: one line of at most [`MAX_RELEASE_REASON`] bytes.
-fn check_release_request(request: &ReleaseRequest) -> Result<Option<&str>, Refusal> {
-    let reason = request.reason.as_deref().filter(|r| !r.is_empty());
-    if let Some(reason) = reason {
-        if reason.len() > MAX_RELEASE_REASON {
-            return Err(Refusal::new(
-                413,
-                format!(
-                    "the reason is {} bytes, over the limit of {MAX_RELEASE_REASON}: send its \
-                     first line, cut",
-                    reason.len()
-                ),
-            ));
-        }
-        if reason.chars().any(char::is_control) {
-            return Err(Refusal::new(
-                422,
-                "the reason must be one line of text (no control characters)",
-            ));
-        }
-    }
-    Ok(reason)
 }
 
 /// `values` as a JSON array, for `json_each(?)`.
@@ -909,15 +713,8 @@ fn json_list(values: &[String]) -> String {
 }
 
 /// Unix seconds at or after `ms`.
-fn expires_at(ms: i64) -> i64 {
+pub(crate) fn expires_at(ms: i64) -> i64 {
     (ms + 999) / 1000
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -925,8 +722,12 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::api::{
+        HeartbeatRequest, Lease, ReleaseRequest, MAX_FEWER_THAN, MAX_LEASE_TUPLES,
+        MAX_RELEASE_REASON,
+    };
     use crate::store::ManifestRecord;
-    use crate::ArtifactsConfig;
+    use crate::{Artifacts, ArtifactsConfig, Publisher, Refusal};
     use precomp_proto::buildkey::{BuildInputs, Manager, PackageRef, Target};
     use precomp_proto::manifest::{ArtifactSigningKey, Manifest, Output, SignedManifest};
     use prost::Message;
@@ -1029,8 +830,10 @@ mod tests {
             manifest.key
         }
 
+        /// Runs `sql` on the store's database (another connection, as `precomp token` has).
         fn sql(&self, sql: &str, params: impl rusqlite::Params) {
-            let db = self.artifacts.store().db.lock();
+            let store = ArtifactStore::open(self._dir.path()).unwrap();
+            let db = store.db.lock();
             db.execute(sql, params).unwrap();
         }
 

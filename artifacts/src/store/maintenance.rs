@@ -203,9 +203,9 @@ impl ArtifactStore {
     /// beside it), checked with `PRAGMA integrity_check` and synced. Returns the blobs the
     /// snapshot names: every one was in place before its row was committed.
     pub fn snapshot(&self, dest: &Path) -> Result<Vec<String>, ArtifactStoreError> {
-        let dest_err = |source| ArtifactStoreError::Db {
+        let dest_err = |source: rusqlite::Error| ArtifactStoreError::Db {
             path: dest.to_path_buf(),
-            source,
+            source: Box::new(source),
         };
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent).map_err(io(parent))?;
@@ -246,9 +246,9 @@ impl ArtifactStore {
 
 /// The blobs an artifact database snapshot (in a backup) names, sorted: opened read-only.
 pub fn snapshot_blobs(snapshot: &Path) -> Result<Vec<String>, ArtifactStoreError> {
-    let err = |source| ArtifactStoreError::Db {
+    let err = |source: rusqlite::Error| ArtifactStoreError::Db {
         path: snapshot.to_path_buf(),
-        source,
+        source: Box::new(source),
     };
     let db =
         Connection::open_with_flags(snapshot, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(err)?;
@@ -258,9 +258,9 @@ pub fn snapshot_blobs(snapshot: &Path) -> Result<Vec<String>, ArtifactStoreError
 /// `PRAGMA integrity_check` of an artifact database snapshot (in a backup being restored).
 pub fn check_snapshot(snapshot: &Path) -> Result<(), ArtifactStoreError> {
     let db = Connection::open_with_flags(snapshot, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(
-        |source| ArtifactStoreError::Db {
+        |source: rusqlite::Error| ArtifactStoreError::Db {
             path: snapshot.to_path_buf(),
-            source,
+            source: Box::new(source),
         },
     )?;
     integrity_check(&db, snapshot)
@@ -269,9 +269,9 @@ pub fn check_snapshot(snapshot: &Path) -> Result<(), ArtifactStoreError> {
 fn integrity_check(db: &Connection, path: &Path) -> Result<(), ArtifactStoreError> {
     let result: String = db
         .query_row("PRAGMA integrity_check", [], |row| row.get(0))
-        .map_err(|source| ArtifactStoreError::Db {
+        .map_err(|source: rusqlite::Error| ArtifactStoreError::Db {
             path: path.to_path_buf(),
-            source,
+            source: Box::new(source),
         })?;
     if result != "ok" {
         return Err(ArtifactStoreError::Integrity {

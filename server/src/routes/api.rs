@@ -268,7 +268,7 @@ pub async fn receive(
     // in `tmp/`: neither the SHA-256 of up to 256 MiB nor the file writes run on the runtime.
     // The bounded channel makes a slow disk slow the reads down, not fill memory.
     let (frames, mut received) = tokio::sync::mpsc::channel::<Bytes>(8);
-    let dir = artifacts.store().tmp_dir();
+    let dir = artifacts.blobs().tmp_dir();
     let writer = tokio::task::spawn_blocking(move || {
         use std::io::Write as _;
         let tmp = tempfile::NamedTempFile::new_in(&dir)

@@ -49,7 +49,7 @@ async fn get(
     head: bool,
 ) -> Result<Response, Refusal> {
     let digest = parse_digest(sha);
-    let path = app.artifacts.store().artifact_path(&digest);
+    let path = app.artifacts.blobs().artifact_path(&digest);
     let file = match tokio::fs::File::open(&path).await {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -104,7 +104,7 @@ async fn put(app: &AppState, sha: &str, request: &mut ApiRequest) -> Result<Resp
     }
     let name = publisher.name.clone();
     let created = blocking(artifacts, move |a| {
-        Ok(a.store().put_artifact(tmp, &actual, size, &name)?)
+        Ok(a.put_artifact(tmp, &actual, size, &name)?)
     })
     .await?;
     if created {
