@@ -15,7 +15,7 @@ use precomp_proto::manager::{self, Converger, Manager, TopLevelDep};
 use precomp_proto::term::{parse_erlang_terms, Term};
 
 use crate::error::ClientError;
-use crate::process::output_within;
+use crate::process::{spawn_marked, Marked, Reached, Tail};
 
 const PROBE: &str = include_str!("project_probe.exs");
 
@@ -56,9 +56,11 @@ pub struct Project {
     pub elixir_scm: Vec<u8>,
     /// The deps the project (or each umbrella child) declares.
     pub deps: Vec<DeclaredDep>,
-    /// The compile-time config dump the probe printed from the same VM
-    /// (`precomp_proto::config`), when the config evaluated.
-    pub config_dump: Option<String>,
+    /// The compile-time config dump the probe prints from the same VM
+    /// (`precomp_proto::config`) after its answer: [`Tail::wait`] waits for it (the probe
+    /// has usually ended by the time a lookup needs it). Empty when the config did not
+    /// evaluate.
+    pub config_dump: Tail,
 }
 
 /// A dependency declared in mix.exs.
@@ -76,10 +78,24 @@ pub struct DeclaredDep {
     pub custom: Vec<String>,
 }
 
+/// A probe of a Mix project started with [`Project::start_probe`]: its `elixir` VM runs
+/// while the caller does other work; [`ProbeRun::wait`] takes its answer.
+pub struct ProbeRun {
+    dir: PathBuf,
+    /// Holds the probe script and its answer file until the answer is read and the VM ended.
+    scratch: std::sync::Arc<tempfile::TempDir>,
+    child: Result<Marked, std::io::Error>,
+}
+
 impl Project {
     /// Evaluates `dir/mix.exs` with the local `elixir` for `mix_env` (and the MIX_TARGET of
     /// this process's environment).
     pub fn probe(dir: &Path, mix_env: &str) -> Result<Project, ClientError> {
+        Project::start_probe(dir, mix_env)?.wait()
+    }
+
+    /// Starts evaluating `dir/mix.exs` ([`Project::probe`]) and returns at once.
+    pub fn start_probe(dir: &Path, mix_env: &str) -> Result<ProbeRun, ClientError> {
         if !dir.join("mix.exs").is_file() {
             return Err(ClientError::NotAMixProject {
                 dir: dir.to_path_buf(),
@@ -92,40 +108,69 @@ impl Project {
         std::fs::write(&probe, PROBE).map_err(ClientError::io(&probe))?;
         std::fs::write(&dump, precomp_proto::config::DUMP_CONFIG_EXS)
             .map_err(ClientError::io(&dump))?;
+        // The line the probe prints once its answer is written: named after the scratch
+        // directory, which nothing in the project can know.
+        let answered = format!("precomp-probe-answered {}", scratch.path().display());
         let mut command = Command::new("elixir");
         command
             .arg(&probe)
             .arg(&out)
+            .arg(&answered)
             .arg(&dump)
             .current_dir(dir)
             .env("MIX_ENV", mix_env)
             .env_remove("MIX_EXS");
-        let failed = |reason: String| ClientError::Probe {
+        let scratch = std::sync::Arc::new(scratch);
+        Ok(ProbeRun {
             dir: dir.to_path_buf(),
+            child: spawn_marked(command, answered, PROBE_LIMIT, Box::new(scratch.clone())),
+            scratch,
+        })
+    }
+}
+
+impl std::fmt::Debug for ProbeRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProbeRun").field("dir", &self.dir).finish()
+    }
+}
+
+impl ProbeRun {
+    /// The probe's answer, as soon as it is written (the VM may still be printing the
+    /// config dump and ending).
+    pub fn wait(self) -> Result<Project, ClientError> {
+        let dir = self.dir;
+        let failed = |reason: String| ClientError::Probe {
+            dir: dir.clone(),
             reason,
         };
-        let output = output_within(command, PROBE_LIMIT).map_err(|e| match e.kind() {
+        let running = |e: std::io::Error| match e.kind() {
             std::io::ErrorKind::NotFound => failed(
                 "`elixir` is not on PATH; install Elixir (precomp fetch runs where `mix` runs)"
                     .into(),
             ),
             _ => failed(format!("running elixir: {e}")),
-        })?;
-        let text = std::fs::read_to_string(&out).map_err(|_| {
-            failed(format!(
-                "elixir exited with {}: {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            ))
-        })?;
-        let mut project = parse_probe(dir, &text).map_err(failed)?;
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        if stdout.contains(precomp_proto::config::DUMP_END) {
-            project.config_dump = Some(stdout.into_owned());
-        }
+        };
+        let reached = self.child.and_then(Marked::wait).map_err(running)?;
+        let out = self.scratch.path().join("project.term");
+        let (text, config_dump) = match reached {
+            Reached::Marker(tail) => (std::fs::read_to_string(&out).map_err(|e| {
+                failed(format!("reading the probe's answer {}: {e}", out.display()))
+            })?, tail),
+            Reached::Exited { status, stderr } => {
+                return Err(failed(format!(
+                    "elixir exited with {status}: {}",
+                    String::from_utf8_lossy(&stderr).trim()
+                )))
+            }
+        };
+        let mut project = parse_probe(&dir, &text).map_err(failed)?;
+        project.config_dump = config_dump;
         Ok(project)
     }
+}
 
+impl Project {
     /// `<build_path>/lib`: where deps are installed.
     pub fn lib_dir(&self) -> PathBuf {
         self.build_path.join("lib")
@@ -244,7 +289,7 @@ fn parse_probe(dir: &Path, text: &str) -> Result<Project, String> {
         hex_scm: map.string("hex_scm")?,
         elixir_scm,
         deps,
-        config_dump: None,
+        config_dump: Tail::ready(None),
     })
 }
 
