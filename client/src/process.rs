@@ -304,3 +304,89 @@ impl Marked {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Command {
+        let mut command = Command::new("sh");
+        command.arg("-c").arg(script);
+        command
+    }
+
+    fn marked(script: &str) -> Marked {
+        spawn_marked(
+            sh(script),
+            "ANSWERED".into(),
+            Duration::from_secs(30),
+            Box::new(()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_marker_returns_before_the_child_ends_and_its_tail_follows() {
+        let started = Instant::now();
+        let reached = marked("echo noise; echo ANSWERED; sleep 1; echo config; echo more")
+            .wait()
+            .unwrap();
+        assert!(started.elapsed() < Duration::from_millis(900), "waited for the child's end");
+        let Reached::Marker(tail) = reached else {
+            panic!("no marker: {reached:?}")
+        };
+        // What came before the marker is not in the tail.
+        assert_eq!(tail.wait(), "config\nmore\n");
+        assert!(started.elapsed() >= Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_stopped_tail_kills_the_child_and_drops_what_was_kept() {
+        let kept = std::sync::Arc::new(());
+        let child = spawn_marked(
+            sh("echo ANSWERED; exec sleep 30"),
+            "ANSWERED".into(),
+            Duration::from_secs(60),
+            Box::new(kept.clone()),
+        )
+        .unwrap();
+        let Reached::Marker(tail) = child.wait().unwrap() else {
+            panic!("no marker")
+        };
+        let started = Instant::now();
+        tail.stop();
+        assert_eq!(std::sync::Arc::strong_count(&kept), 1, "kept until stopped");
+        assert_eq!(tail.wait(), "");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn without_the_marker_the_exit_status_and_stderr_are_returned() {
+        // A line that only contains the marker is no marker.
+        match marked("echo 'not ANSWERED'; echo oops >&2; exit 3").wait().unwrap() {
+            Reached::Exited { status, stderr } => {
+                assert_eq!(status.code(), Some(3));
+                assert_eq!(stderr, b"oops\n");
+            }
+            other => panic!("{other:?}"),
+        }
+        // The marker as the last thing the child prints, just before it exits, is seen.
+        assert!(matches!(
+            marked("printf 'ANSWERED\\n'; exit 0").wait().unwrap(),
+            Reached::Marker(_)
+        ));
+    }
+
+    #[test]
+    fn a_child_past_its_limit_is_killed() {
+        let child = spawn_marked(
+            sh("sleep 30"),
+            "ANSWERED".into(),
+            Duration::from_millis(200),
+            Box::new(()),
+        )
+        .unwrap();
+        let error = child.wait().unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
+    }
+}

@@ -394,4 +394,190 @@ mod tests {
             Err("mix.exs has no :app".to_string())
         );
     }
+
+    fn write(root: &Path, files: &[(&str, &str)]) {
+        for (path, text) in files {
+            let path = root.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+    }
+
+    fn dep<'a>(project: &'a Project, app: &str) -> &'a DeclaredDep {
+        project
+            .declared(app)
+            .unwrap_or_else(|| panic!("{app} not in {:?}", project.deps))
+    }
+
+    // Each probe below runs the real `elixir` on a project of its own.
+
+    #[test]
+    fn the_probe_answers_what_mix_exs_says_and_its_config_comes_from_the_same_vm() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(
+            root,
+            &[
+                (
+                    "mix.exs",
+                    r#"defmodule Probed.MixProject do
+  use Mix.Project
+
+  def project do
+    # What mix.exs prints goes nowhere near the answer, even a line like the marker's.
+    IO.puts("precomp-probe-answered")
+    [app: :probed, version: "0.1.0", lockfile: "other.lock", build_path: "out/build",
+     config_path: "conf/main.exs", deps: deps()]
+  end
+
+  defp deps do
+    [
+      {:jason, "~> 1.0"},
+      {:plug, "~> 1.0", only: :test},
+      {:nif_thing, "~> 0.1", targets: [:rpi]},
+      {:tool, "~> 1.0", env: :dev, manager: :rebar3},
+      {:local, path: "../local"},
+      {:gitty, git: "https://example.invalid/gitty.git"},
+      {:opts_only, [only: [:dev, :test]]}
+    ]
+  end
+end
+"#,
+                ),
+                (
+                    "conf/main.exs",
+                    r#"import Config
+IO.puts("the config prints too")
+File.write!(Path.join(__DIR__, "evaluations"), "once\n", [:append])
+config :jason, level: 3
+"#,
+                ),
+            ],
+        );
+        let project = Project::probe(root, "dev").unwrap();
+        let root = std::fs::canonicalize(root).unwrap();
+        assert_eq!(project.apps, vec!["probed"]);
+        assert!(!project.umbrella);
+        assert_eq!(project.build_path, root.join("out/build/dev"));
+        assert_eq!(project.deps_path, root.join("deps"));
+        assert_eq!(project.lockfile, root.join("other.lock"));
+        assert_eq!(project.config_path, root.join("conf/main.exs"));
+        assert_eq!(
+            project.compile_locks,
+            vec![root.join("out/build/dev/lib/probed/.mix/compile.lock")]
+        );
+        assert_eq!((project.mix_env.as_str(), project.mix_target.as_str()), ("dev", "host"));
+        assert!(project.otp_major.parse::<u32>().is_ok(), "{}", project.otp_major);
+        assert!(project.native_target().is_ok());
+        assert_eq!(project.hex_scm, "Hex.SCM");
+        // term_to_binary({1, {Elixir, Otp}, 'Elixir.Hex.SCM'}): version 131, a 3-tuple.
+        assert_eq!(project.elixir_scm[..3], [131, 104, 3]);
+
+        let apps: Vec<&str> = project.deps.iter().map(|d| d.app.as_str()).collect();
+        assert_eq!(
+            apps,
+            ["jason", "plug", "nif_thing", "tool", "local", "gitty", "opts_only"]
+        );
+        let jason = dep(&project, "jason");
+        assert!(jason.active && jason.hex && jason.custom.is_empty());
+        assert_eq!(jason.env, "prod");
+        assert!(!dep(&project, "plug").active, "only: :test");
+        assert!(!dep(&project, "nif_thing").active, "targets: [:rpi]");
+        assert_eq!(dep(&project, "tool").env, "dev");
+        assert_eq!(dep(&project, "tool").custom, vec!["manager"]);
+        assert!(!dep(&project, "local").hex && !dep(&project, "gitty").hex);
+        assert!(dep(&project, "opts_only").active && dep(&project, "opts_only").hex);
+
+        // The compile-time config, printed by the probe's VM after its answer: evaluated
+        // once, with no second VM.
+        let config = crate::consumer_config::evaluate(&project).unwrap();
+        let env = config.app_env("jason").unwrap();
+        assert!(format!("{env:?}").contains('3'), "{env:?}");
+        let evaluations = std::fs::read_to_string(root.join("conf/evaluations")).unwrap();
+        assert_eq!(evaluations, "once\n");
+    }
+
+    #[test]
+    fn an_umbrellas_answer_holds_every_child() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let child = |app: &str, deps: &str| {
+            format!(
+                "defmodule {}.MixProject do\n  use Mix.Project\n  def project, do: [app: :{app}, \
+                 version: \"0.1.0\", build_path: \"../../_build\", config_path: \
+                 \"../../config/config.exs\", deps_path: \"../../deps\", lockfile: \
+                 \"../../mix.lock\", deps: {deps}]\nend\n",
+                app.to_uppercase()
+            )
+        };
+        write(
+            root,
+            &[
+                (
+                    "mix.exs",
+                    "defmodule Umb.MixProject do\n  use Mix.Project\n  def project, do: \
+                     [apps_path: \"apps\", deps: [{:credo, \"~> 1.0\", only: :test}]]\nend\n",
+                ),
+                ("apps/a/mix.exs", &child("a", "[{:jason, \"~> 1.0\"}]")),
+                (
+                    "apps/b/mix.exs",
+                    &child(
+                        "b",
+                        "[{:a, in_umbrella: true}, {:plug, \"~> 1.0\", only: :dev}, \
+                         {:jason, \"~> 1.0\"}]",
+                    ),
+                ),
+            ],
+        );
+        let project = Project::probe(root, "dev").unwrap();
+        let root = std::fs::canonicalize(root).unwrap();
+        assert!(project.umbrella);
+        assert_eq!(project.apps, vec!["a", "b"]);
+        assert_eq!(project.build_path, root.join("_build/dev"));
+        assert_eq!(
+            project.compile_locks,
+            vec![
+                root.join("_build/dev/lib/a/.mix/compile.lock"),
+                root.join("_build/dev/lib/b/.mix/compile.lock")
+            ]
+        );
+        // The children's deps, each once; the umbrella root's own are not a child's.
+        let apps: Vec<&str> = project.deps.iter().map(|d| d.app.as_str()).collect();
+        assert_eq!(apps, ["jason", "a", "plug"]);
+        assert!(!dep(&project, "a").hex);
+        assert!(dep(&project, "plug").active);
+        assert!(!Project::probe(&root, "prod").unwrap().declared("plug").unwrap().active);
+    }
+
+    #[test]
+    fn a_mix_exs_that_fails_is_an_error_saying_why() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            &[(
+                "mix.exs",
+                "defmodule Broken.MixProject do\n  use Mix.Project\n  def project, do: \
+                 raise \"broken on purpose\"\nend\n",
+            )],
+        );
+        let error = Project::probe(dir.path(), "dev").unwrap_err().to_string();
+        assert!(error.contains("broken on purpose"), "{error}");
+
+        write(
+            dir.path(),
+            &[(
+                "mix.exs",
+                "defmodule NoApp.MixProject do\n  use Mix.Project\n  def project, do: \
+                 [version: \"0.1.0\"]\nend\n",
+            )],
+        );
+        let error = Project::probe(dir.path(), "dev").unwrap_err().to_string();
+        assert!(error.contains("mix.exs has no :app"), "{error}");
+
+        let empty = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            Project::probe(empty.path(), "dev"),
+            Err(ClientError::NotAMixProject { .. })
+        ));
+    }
 }
