@@ -231,7 +231,9 @@ pub fn spawn_marked(
         let deadline = Instant::now() + limit;
         loop {
             {
-                let Ok(mut guard) = watched.lock() else { return };
+                let Ok(mut guard) = watched.lock() else {
+                    return;
+                };
                 let Some((child, _)) = guard.as_mut() else {
                     // Stopped (killed and reaped) by its tail.
                     let _ = events.send(Event::Failed(std::io::Error::other("stopped")));
@@ -331,7 +333,10 @@ mod tests {
         let reached = marked("echo noise; echo ANSWERED; sleep 1; echo config; echo more")
             .wait()
             .unwrap();
-        assert!(started.elapsed() < Duration::from_millis(900), "waited for the child's end");
+        assert!(
+            started.elapsed() < Duration::from_millis(900),
+            "waited for the child's end"
+        );
         let Reached::Marker(tail) = reached else {
             panic!("no marker: {reached:?}")
         };
@@ -363,7 +368,10 @@ mod tests {
     #[test]
     fn without_the_marker_the_exit_status_and_stderr_are_returned() {
         // A line that only contains the marker is no marker.
-        match marked("echo 'not ANSWERED'; echo oops >&2; exit 3").wait().unwrap() {
+        match marked("echo 'not ANSWERED'; echo oops >&2; exit 3")
+            .wait()
+            .unwrap()
+        {
             Reached::Exited { status, stderr } => {
                 assert_eq!(status.code(), Some(3));
                 assert_eq!(stderr, b"oops\n");

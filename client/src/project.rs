@@ -154,9 +154,12 @@ impl ProbeRun {
         let reached = self.child.and_then(Marked::wait).map_err(running)?;
         let out = self.scratch.path().join("project.term");
         let (text, config_dump) = match reached {
-            Reached::Marker(tail) => (std::fs::read_to_string(&out).map_err(|e| {
-                failed(format!("reading the probe's answer {}: {e}", out.display()))
-            })?, tail),
+            Reached::Marker(tail) => (
+                std::fs::read_to_string(&out).map_err(|e| {
+                    failed(format!("reading the probe's answer {}: {e}", out.display()))
+                })?,
+                tail,
+            ),
             Reached::Exited { status, stderr } => {
                 return Err(failed(format!(
                     "elixir exited with {status}: {}",
@@ -466,8 +469,15 @@ config :jason, level: 3
             project.compile_locks,
             vec![root.join("out/build/dev/lib/probed/.mix/compile.lock")]
         );
-        assert_eq!((project.mix_env.as_str(), project.mix_target.as_str()), ("dev", "host"));
-        assert!(project.otp_major.parse::<u32>().is_ok(), "{}", project.otp_major);
+        assert_eq!(
+            (project.mix_env.as_str(), project.mix_target.as_str()),
+            ("dev", "host")
+        );
+        assert!(
+            project.otp_major.parse::<u32>().is_ok(),
+            "{}",
+            project.otp_major
+        );
         assert!(project.native_target().is_ok());
         assert_eq!(project.hex_scm, "Hex.SCM");
         // term_to_binary({1, {Elixir, Otp}, 'Elixir.Hex.SCM'}): version 131, a 3-tuple.
@@ -476,7 +486,15 @@ config :jason, level: 3
         let apps: Vec<&str> = project.deps.iter().map(|d| d.app.as_str()).collect();
         assert_eq!(
             apps,
-            ["jason", "plug", "nif_thing", "tool", "local", "gitty", "opts_only"]
+            [
+                "jason",
+                "plug",
+                "nif_thing",
+                "tool",
+                "local",
+                "gitty",
+                "opts_only"
+            ]
         );
         let jason = dep(&project, "jason");
         assert!(jason.active && jason.hex && jason.custom.is_empty());
@@ -546,7 +564,13 @@ config :jason, level: 3
         assert_eq!(apps, ["jason", "a", "plug"]);
         assert!(!dep(&project, "a").hex);
         assert!(dep(&project, "plug").active);
-        assert!(!Project::probe(&root, "prod").unwrap().declared("plug").unwrap().active);
+        assert!(
+            !Project::probe(&root, "prod")
+                .unwrap()
+                .declared("plug")
+                .unwrap()
+                .active
+        );
     }
 
     #[test]
