@@ -30,7 +30,12 @@
 # FUNCTIONS=0 gives bench/builder's light modules), ROUNDS (default 5), COMPILE (1),
 # PRECOMP_BEFORE (unset), KEEP (0), REUSE (a directory an earlier run kept with KEEP=1: its
 # repository, published builds and project are used again, only the mirror is started),
-# PRECOMP (a precomp binary to measure instead of building one). Needs: cargo, elixir, rebar3, bubblewrap, curl (.ci/setup).
+# PRECOMP (a precomp binary to measure instead of building one), ASIDE (0: each step's _build
+# is deleted before the next step; 1: moved aside and deleted after the last round. On a
+# journal-less ext4, as on the bench machine, inodes freed in the last minute are skipped one
+# by one at every inode allocation (ext4's recently_deleted), so with ASIDE=0 each step pays
+# for what the steps before it deleted). Needs: cargo, elixir, rebar3, bubblewrap, curl
+# (.ci/setup).
 # Exits non-zero only if a step fails; a missed target is reported, not an error.
 set -euo pipefail
 export LC_ALL=C
@@ -108,8 +113,19 @@ while read -r line; do
   artifacts+=("$(echo "$line" | sed 's/.*"artifact":"\([^"]*\)".*/\1/')")
 done <"$SCRATCH/built.json"
 
+ASIDE=${ASIDE:-0}
+ASIDE_DIR="$SCRATCH/aside"
+empty_build() { # an empty _build for the next step (see ASIDE)
+  if [ "$ASIDE" = 1 ] && [ -d "$PROJECT/_build" ]; then
+    mkdir -p "$ASIDE_DIR"
+    mv "$PROJECT/_build" "$(mktemp -d "$ASIDE_DIR/XXXXXX")/"
+  else
+    rm -rf "$PROJECT/_build"
+  fi
+}
+
 fetch_with() { # BINARY LOG: one timed fetch from an empty _build; prints the seconds
-  rm -rf "$PROJECT/_build"
+  empty_build
   local start
   start=$(now)
   MIX_ENV=dev "$1" fetch --project "$PROJECT" --mirror "$URL" --trust "$SCRATCH/keys/bench.pub" \
@@ -117,12 +133,12 @@ fetch_with() { # BINARY LOG: one timed fetch from an empty _build; prints the se
   elapsed "$start" "$(now)"
 }
 
-echo "bench/fetch: $PACKAGES packages ($ARTIFACT_BYTES bytes of artifacts), $(nproc) CPUs, $ROUNDS rounds, load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "bench/fetch: $PACKAGES packages ($ARTIFACT_BYTES bytes of artifacts), $(nproc) CPUs, $ROUNDS rounds, ASIDE=$ASIDE, load $(cut -d' ' -f1-3 /proc/loadavg)"
 compile=(); fetch=(); before=(); untar=()
 for round in $(seq "$ROUNDS"); do
   line="  round $round:"
   if [ "$COMPILE" = 1 ]; then
-    rm -rf "$PROJECT/_build"
+    empty_build
     start=$(now)
     (cd "$PROJECT" && MIX_ENV=dev MIX_REBAR3=$(command -v rebar3) mix deps.compile >"$SCRATCH/compile.log" 2>&1) \
       || { cat "$SCRATCH/compile.log"; exit 1; }
@@ -137,7 +153,7 @@ for round in $(seq "$ROUNDS"); do
     line="$line (before: $(printf '%6.3f' "$tb") s)  "
   fi
 
-  rm -rf "$PROJECT/_build"
+  empty_build
   start=$(now)
   mkdir -p "${dirs[@]}"
   for i in "${!artifacts[@]}"; do
@@ -147,6 +163,7 @@ for round in $(seq "$ROUNDS"); do
   echo "$line tar -xzf $(printf '%6.3f' "$tt") s"
 done
 
+rm -rf "$ASIDE_DIR"
 f=$(printf '%s\n' "${fetch[@]}" | median)
 x=$(printf '%s\n' "${untar[@]}" | median)
 ratio=$(awk -v f="$f" -v x="$x" 'BEGIN { print f / x }')

@@ -15,9 +15,10 @@ const LIMIT: Duration = Duration::from_secs(120);
 
 /// Evaluates the project's config; the error says why, with elixir's output.
 pub fn evaluate(project: &Project) -> Result<AppConfig, String> {
-    // Usually the probe already printed it from its own VM.
-    if let Some(dump) = &project.config_dump {
-        if let Ok(config) = AppConfig::parse(dump) {
+    // Usually the probe prints it from its own VM, after its answer.
+    let dump = project.config_dump.wait();
+    if dump.contains(precomp_proto::config::DUMP_END) {
+        if let Ok(config) = AppConfig::parse(&dump) {
             return Ok(config);
         }
     }

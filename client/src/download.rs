@@ -66,6 +66,13 @@ pub(crate) struct Downloads {
     prepared: Mutex<HashMap<(String, String), PreparedCell>>,
     /// Held (shared) by every staging in progress; taken exclusively to wait for them.
     staging: Arc<RwLock<()>>,
+    /// Unpacks at a time. While the probe runs, one CPU fewer than the machine has: the
+    /// probe's VM is the critical path of a fetch and gets a CPU to itself, staging the
+    /// others (it is done long before the probe on any lock of a realistic size). Once the
+    /// probe answered, `jobs`.
+    unpacking: Semaphore,
+    /// Permits `unpacking` gets when the probe answered.
+    unpacking_later: std::sync::atomic::AtomicUsize,
     /// Speculative work, aborted and awaited before the lib directory is let go; `None` once
     /// stopped (nothing speculative starts any more).
     speculative: Mutex<Option<Vec<JoinHandle<()>>>>,
@@ -73,15 +80,29 @@ pub(crate) struct Downloads {
 
 impl Downloads {
     pub fn new(client: ArtifactClient, policy: TrustPolicy, jobs: usize) -> Downloads {
+        let jobs = jobs.max(1);
+        let beside_probe = std::thread::available_parallelism()
+            .map_or(1, |cpus| cpus.get().saturating_sub(1))
+            .clamp(1, jobs);
         Downloads {
             client,
             policy,
-            permits: Semaphore::new(jobs.max(1)),
+            permits: Semaphore::new(jobs),
+            unpacking: Semaphore::new(beside_probe),
+            unpacking_later: (jobs - beside_probe).into(),
             indexes: Mutex::default(),
             prepared: Mutex::default(),
             staging: Arc::default(),
             speculative: Mutex::new(Some(Vec::new())),
         }
+    }
+
+    /// The probe answered: staging may use `jobs` CPUs.
+    pub fn probe_answered(&self) {
+        let more = self
+            .unpacking_later
+            .swap(0, std::sync::atomic::Ordering::Relaxed);
+        self.unpacking.add_permits(more);
     }
 
     /// The builds of `package` the mirror lists (asked once per run).
@@ -216,6 +237,7 @@ impl Downloads {
         };
         // Unpacked beside its target, checked against the manifest's files in the same pass.
         let bytes = artifact.len() as u64;
+        let _unpacking = self.unpacking.acquire().await;
         let staging = self.staging.clone().read_owned().await;
         let (lib_dir, app_owned) = (lib_dir.to_path_buf(), app.to_string());
         let staged = tokio::task::spawn_blocking(move || {

@@ -41,11 +41,11 @@ use precomp_proto::api::{CompileEnvJson, IndexBuild, MissMember, MissReport};
 use crate::download::{Downloads, Early};
 use crate::error::ClientError;
 use crate::install;
-use crate::project::Project;
+use crate::project::{ProbeRun, Project};
 use crate::trust::{Refusal, TrustPolicy};
 
 /// Everything a fetch needs.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct FetchOptions {
     /// The Mix project (where mix.exs is).
     pub project_dir: PathBuf,
@@ -65,6 +65,10 @@ pub struct FetchOptions {
     pub token: Option<String>,
     /// Report misses to the mirror so builders make them.
     pub request_builds: bool,
+    /// The probe of `project_dir` for `mix_env`, when the caller started it already
+    /// ([`Project::start_probe`], as early as it can: it is the fixed cost of a fetch);
+    /// `None`: the fetch starts it.
+    pub probe: Option<ProbeRun>,
 }
 
 /// Progress callbacks (the CLI draws a progress bar with them).
@@ -558,10 +562,18 @@ impl Run {
 
 /// Runs a fetch in the project of `options`.
 pub async fn fetch(
-    options: FetchOptions,
+    mut options: FetchOptions,
     observer: Arc<dyn Observer>,
 ) -> Result<FetchReport, ClientError> {
     let started = Instant::now();
+    // The probe (an `elixir` VM) is the fixed cost of a fetch, so it starts first, and what
+    // does not need its answers starts beside it (indexes, and the likely builds verified and
+    // unpacked).
+    let probe = match options.probe.take() {
+        Some(probe) => Ok(probe),
+        None => Project::start_probe(&options.project_dir, &options.mix_env),
+    };
+    let probe = tokio::task::spawn_blocking(move || probe?.wait());
     let counter = Arc::new(Counter {
         total: AtomicU64::new(0),
         observer: observer.clone(),
@@ -569,12 +581,6 @@ pub async fn fetch(
     let client = mirror_client(&options.mirror, options.retries, options.token.clone())?
         .with_counter(counter.clone());
     let downloads = Arc::new(Downloads::new(client, options.policy.clone(), options.jobs));
-
-    // The probe (an `elixir` VM) is the fixed cost of a fetch: what does not need its
-    // answers starts beside it (indexes, and the likely builds verified and unpacked).
-    let dir = options.project_dir.clone();
-    let mix_env = options.mix_env.clone();
-    let probe = tokio::task::spawn_blocking(move || Project::probe(&dir, &mix_env));
     let early = Early::start(
         &downloads,
         &options.project_dir,
@@ -592,6 +598,8 @@ pub async fn fetch(
             return Err(ClientError::Internal(e.to_string()));
         }
     };
+    // The probe's VM is done with its part: staging may use every CPU now.
+    downloads.probe_answered();
     let lib_dir = project.lib_dir();
     let settled = early.settle(&downloads, &lib_dir).await?;
     let _guard = settled.guard;
@@ -690,6 +698,8 @@ pub async fn fetch(
         Requested::default()
     };
     drop(_guard);
+    // Its config dump is not needed any more: a probe VM still running is stopped.
+    run.project.config_dump.stop();
 
     Ok(FetchReport {
         deps,
@@ -2104,7 +2114,7 @@ mod tests {
             hex_scm: "Hex.SCM".into(),
             elixir_scm: vec![],
             deps,
-            config_dump: None,
+            config_dump: crate::process::Tail::ready(None),
         }
     }
 

@@ -15,7 +15,7 @@ use precomp_proto::manager::{self, Converger, Manager, TopLevelDep};
 use precomp_proto::term::{parse_erlang_terms, Term};
 
 use crate::error::ClientError;
-use crate::process::output_within;
+use crate::process::{spawn_marked, Marked, Reached, Tail};
 
 const PROBE: &str = include_str!("project_probe.exs");
 
@@ -56,9 +56,11 @@ pub struct Project {
     pub elixir_scm: Vec<u8>,
     /// The deps the project (or each umbrella child) declares.
     pub deps: Vec<DeclaredDep>,
-    /// The compile-time config dump the probe printed from the same VM
-    /// (`precomp_proto::config`), when the config evaluated.
-    pub config_dump: Option<String>,
+    /// The compile-time config dump the probe prints from the same VM
+    /// (`precomp_proto::config`) after its answer: [`Tail::wait`] waits for it (the probe
+    /// has usually ended by the time a lookup needs it). Empty when the config did not
+    /// evaluate.
+    pub config_dump: Tail,
 }
 
 /// A dependency declared in mix.exs.
@@ -76,10 +78,24 @@ pub struct DeclaredDep {
     pub custom: Vec<String>,
 }
 
+/// A probe of a Mix project started with [`Project::start_probe`]: its `elixir` VM runs
+/// while the caller does other work; [`ProbeRun::wait`] takes its answer.
+pub struct ProbeRun {
+    dir: PathBuf,
+    /// Holds the probe script and its answer file until the answer is read and the VM ended.
+    scratch: std::sync::Arc<tempfile::TempDir>,
+    child: Result<Marked, std::io::Error>,
+}
+
 impl Project {
     /// Evaluates `dir/mix.exs` with the local `elixir` for `mix_env` (and the MIX_TARGET of
     /// this process's environment).
     pub fn probe(dir: &Path, mix_env: &str) -> Result<Project, ClientError> {
+        Project::start_probe(dir, mix_env)?.wait()
+    }
+
+    /// Starts evaluating `dir/mix.exs` ([`Project::probe`]) and returns at once.
+    pub fn start_probe(dir: &Path, mix_env: &str) -> Result<ProbeRun, ClientError> {
         if !dir.join("mix.exs").is_file() {
             return Err(ClientError::NotAMixProject {
                 dir: dir.to_path_buf(),
@@ -92,40 +108,72 @@ impl Project {
         std::fs::write(&probe, PROBE).map_err(ClientError::io(&probe))?;
         std::fs::write(&dump, precomp_proto::config::DUMP_CONFIG_EXS)
             .map_err(ClientError::io(&dump))?;
+        // The line the probe prints once its answer is written: named after the scratch
+        // directory, which nothing in the project can know.
+        let answered = format!("precomp-probe-answered {}", scratch.path().display());
         let mut command = Command::new("elixir");
         command
             .arg(&probe)
             .arg(&out)
+            .arg(&answered)
             .arg(&dump)
             .current_dir(dir)
             .env("MIX_ENV", mix_env)
             .env_remove("MIX_EXS");
-        let failed = |reason: String| ClientError::Probe {
+        let scratch = std::sync::Arc::new(scratch);
+        Ok(ProbeRun {
             dir: dir.to_path_buf(),
+            child: spawn_marked(command, answered, PROBE_LIMIT, Box::new(scratch.clone())),
+            scratch,
+        })
+    }
+}
+
+impl std::fmt::Debug for ProbeRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProbeRun").field("dir", &self.dir).finish()
+    }
+}
+
+impl ProbeRun {
+    /// The probe's answer, as soon as it is written (the VM may still be printing the
+    /// config dump and ending).
+    pub fn wait(self) -> Result<Project, ClientError> {
+        let dir = self.dir;
+        let failed = |reason: String| ClientError::Probe {
+            dir: dir.clone(),
             reason,
         };
-        let output = output_within(command, PROBE_LIMIT).map_err(|e| match e.kind() {
+        let running = |e: std::io::Error| match e.kind() {
             std::io::ErrorKind::NotFound => failed(
                 "`elixir` is not on PATH; install Elixir (precomp fetch runs where `mix` runs)"
                     .into(),
             ),
             _ => failed(format!("running elixir: {e}")),
-        })?;
-        let text = std::fs::read_to_string(&out).map_err(|_| {
-            failed(format!(
-                "elixir exited with {}: {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            ))
-        })?;
-        let mut project = parse_probe(dir, &text).map_err(failed)?;
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        if stdout.contains(precomp_proto::config::DUMP_END) {
-            project.config_dump = Some(stdout.into_owned());
-        }
+        };
+        let reached = self.child.and_then(Marked::wait).map_err(running)?;
+        let out = self.scratch.path().join("project.term");
+        let (text, config_dump) = match reached {
+            Reached::Marker(tail) => (
+                std::fs::read_to_string(&out).map_err(|e| {
+                    failed(format!("reading the probe's answer {}: {e}", out.display()))
+                })?,
+                tail,
+            ),
+            Reached::Exited { status, stderr } => {
+                return Err(failed(format!(
+                    "elixir exited with {status}: {}",
+                    String::from_utf8_lossy(&stderr).trim()
+                )))
+            }
+        };
+        let mut project = parse_probe(&dir, &text).map_err(failed)?;
+        project.config_dump = config_dump;
         Ok(project)
     }
+}
 
+impl Project {
     /// `<build_path>/lib`: where deps are installed.
     pub fn lib_dir(&self) -> PathBuf {
         self.build_path.join("lib")
@@ -244,7 +292,7 @@ fn parse_probe(dir: &Path, text: &str) -> Result<Project, String> {
         hex_scm: map.string("hex_scm")?,
         elixir_scm,
         deps,
-        config_dump: None,
+        config_dump: Tail::ready(None),
     })
 }
 
@@ -348,5 +396,212 @@ mod tests {
             parse_probe(Path::new("/p"), r#"{error, <<"mix.exs has no :app">>}."#),
             Err("mix.exs has no :app".to_string())
         );
+    }
+
+    fn write(root: &Path, files: &[(&str, &str)]) {
+        for (path, text) in files {
+            let path = root.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+    }
+
+    fn dep<'a>(project: &'a Project, app: &str) -> &'a DeclaredDep {
+        project
+            .declared(app)
+            .unwrap_or_else(|| panic!("{app} not in {:?}", project.deps))
+    }
+
+    // Each probe below runs the real `elixir` on a project of its own.
+
+    #[test]
+    fn the_probe_answers_what_mix_exs_says_and_its_config_comes_from_the_same_vm() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(
+            root,
+            &[
+                (
+                    "mix.exs",
+                    r#"defmodule Probed.MixProject do
+  use Mix.Project
+
+  def project do
+    # What mix.exs prints goes nowhere near the answer, even a line like the marker's.
+    IO.puts("precomp-probe-answered")
+    [app: :probed, version: "0.1.0", lockfile: "other.lock", build_path: "out/build",
+     config_path: "conf/main.exs", deps: deps()]
+  end
+
+  defp deps do
+    [
+      {:jason, "~> 1.0"},
+      {:plug, "~> 1.0", only: :test},
+      {:nif_thing, "~> 0.1", targets: [:rpi]},
+      {:tool, "~> 1.0", env: :dev, manager: :rebar3},
+      {:local, path: "../local"},
+      {:gitty, git: "https://example.invalid/gitty.git"},
+      {:opts_only, [only: [:dev, :test]]}
+    ]
+  end
+end
+"#,
+                ),
+                (
+                    "conf/main.exs",
+                    r#"import Config
+IO.puts("the config prints too")
+File.write!(Path.join(__DIR__, "evaluations"), "once\n", [:append])
+config :jason, level: 3
+"#,
+                ),
+            ],
+        );
+        let project = Project::probe(root, "dev").unwrap();
+        let root = std::fs::canonicalize(root).unwrap();
+        assert_eq!(project.apps, vec!["probed"]);
+        assert!(!project.umbrella);
+        assert_eq!(project.build_path, root.join("out/build/dev"));
+        assert_eq!(project.deps_path, root.join("deps"));
+        assert_eq!(project.lockfile, root.join("other.lock"));
+        assert_eq!(project.config_path, root.join("conf/main.exs"));
+        assert_eq!(
+            project.compile_locks,
+            vec![root.join("out/build/dev/lib/probed/.mix/compile.lock")]
+        );
+        assert_eq!(
+            (project.mix_env.as_str(), project.mix_target.as_str()),
+            ("dev", "host")
+        );
+        assert!(
+            project.otp_major.parse::<u32>().is_ok(),
+            "{}",
+            project.otp_major
+        );
+        assert!(project.native_target().is_ok());
+        assert_eq!(project.hex_scm, "Hex.SCM");
+        // term_to_binary({1, {Elixir, Otp}, 'Elixir.Hex.SCM'}): version 131, a 3-tuple.
+        assert_eq!(project.elixir_scm[..3], [131, 104, 3]);
+
+        let apps: Vec<&str> = project.deps.iter().map(|d| d.app.as_str()).collect();
+        assert_eq!(
+            apps,
+            [
+                "jason",
+                "plug",
+                "nif_thing",
+                "tool",
+                "local",
+                "gitty",
+                "opts_only"
+            ]
+        );
+        let jason = dep(&project, "jason");
+        assert!(jason.active && jason.hex && jason.custom.is_empty());
+        assert_eq!(jason.env, "prod");
+        assert!(!dep(&project, "plug").active, "only: :test");
+        assert!(!dep(&project, "nif_thing").active, "targets: [:rpi]");
+        assert_eq!(dep(&project, "tool").env, "dev");
+        assert_eq!(dep(&project, "tool").custom, vec!["manager"]);
+        assert!(!dep(&project, "local").hex && !dep(&project, "gitty").hex);
+        assert!(dep(&project, "opts_only").active && dep(&project, "opts_only").hex);
+
+        // The compile-time config, printed by the probe's VM after its answer: evaluated
+        // once, with no second VM.
+        let config = crate::consumer_config::evaluate(&project).unwrap();
+        let env = config.app_env("jason").unwrap();
+        assert!(format!("{env:?}").contains('3'), "{env:?}");
+        let evaluations = std::fs::read_to_string(root.join("conf/evaluations")).unwrap();
+        assert_eq!(evaluations, "once\n");
+    }
+
+    #[test]
+    fn an_umbrellas_answer_holds_every_child() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let child = |app: &str, deps: &str| {
+            format!(
+                "defmodule {}.MixProject do\n  use Mix.Project\n  def project, do: [app: :{app}, \
+                 version: \"0.1.0\", build_path: \"../../_build\", config_path: \
+                 \"../../config/config.exs\", deps_path: \"../../deps\", lockfile: \
+                 \"../../mix.lock\", deps: {deps}]\nend\n",
+                app.to_uppercase()
+            )
+        };
+        write(
+            root,
+            &[
+                (
+                    "mix.exs",
+                    "defmodule Umb.MixProject do\n  use Mix.Project\n  def project, do: \
+                     [apps_path: \"apps\", deps: [{:credo, \"~> 1.0\", only: :test}]]\nend\n",
+                ),
+                ("apps/a/mix.exs", &child("a", "[{:jason, \"~> 1.0\"}]")),
+                (
+                    "apps/b/mix.exs",
+                    &child(
+                        "b",
+                        "[{:a, in_umbrella: true}, {:plug, \"~> 1.0\", only: :dev}, \
+                         {:jason, \"~> 1.0\"}]",
+                    ),
+                ),
+            ],
+        );
+        let project = Project::probe(root, "dev").unwrap();
+        let root = std::fs::canonicalize(root).unwrap();
+        assert!(project.umbrella);
+        assert_eq!(project.apps, vec!["a", "b"]);
+        assert_eq!(project.build_path, root.join("_build/dev"));
+        assert_eq!(
+            project.compile_locks,
+            vec![
+                root.join("_build/dev/lib/a/.mix/compile.lock"),
+                root.join("_build/dev/lib/b/.mix/compile.lock")
+            ]
+        );
+        // The children's deps, each once; the umbrella root's own are not a child's.
+        let apps: Vec<&str> = project.deps.iter().map(|d| d.app.as_str()).collect();
+        assert_eq!(apps, ["jason", "a", "plug"]);
+        assert!(!dep(&project, "a").hex);
+        assert!(dep(&project, "plug").active);
+        assert!(
+            !Project::probe(&root, "prod")
+                .unwrap()
+                .declared("plug")
+                .unwrap()
+                .active
+        );
+    }
+
+    #[test]
+    fn a_mix_exs_that_fails_is_an_error_saying_why() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            &[(
+                "mix.exs",
+                "defmodule Broken.MixProject do\n  use Mix.Project\n  def project, do: \
+                 raise \"broken on purpose\"\nend\n",
+            )],
+        );
+        let error = Project::probe(dir.path(), "dev").unwrap_err().to_string();
+        assert!(error.contains("broken on purpose"), "{error}");
+
+        write(
+            dir.path(),
+            &[(
+                "mix.exs",
+                "defmodule NoApp.MixProject do\n  use Mix.Project\n  def project, do: \
+                 [version: \"0.1.0\"]\nend\n",
+            )],
+        );
+        let error = Project::probe(dir.path(), "dev").unwrap_err().to_string();
+        assert!(error.contains("mix.exs has no :app"), "{error}");
+
+        let empty = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            Project::probe(empty.path(), "dev"),
+            Err(ClientError::NotAMixProject { .. })
+        ));
     }
 }

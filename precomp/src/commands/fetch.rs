@@ -126,6 +126,10 @@ pub struct FetchArgs {
 pub fn run(_context: &Context, args: FetchArgs) -> anyhow::Result<ExitCode> {
     let project_dir = std::path::absolute(&args.project)
         .with_context(|| format!("resolving {}", args.project.display()))?;
+    // The probe of the project (an `elixir` VM) is the fixed cost of a fetch: started before
+    // anything else, it runs while the settings, keys and mirror are read. A project it cannot
+    // start on is probed again by the fetch, which reports why.
+    let probe = precomp_client::project::Project::start_probe(&project_dir, &args.mix_env).ok();
     let settings_path = match &args.config {
         Some(path) => Some(path.clone()),
         None => Some(project_dir.join(PROJECT_CONFIG)).filter(|p| p.is_file()),
@@ -264,6 +268,7 @@ pub fn run(_context: &Context, args: FetchArgs) -> anyhow::Result<ExitCode> {
         target,
         token: args.token.clone(),
         request_builds: args.request_builds,
+        probe,
     };
 
     let progress = Arc::new(Progress::new(!args.json && std::io::stderr().is_terminal()));
