@@ -4,11 +4,11 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use precomp_builder::Cancel;
 use precomp_http::artifacts::ArtifactClient;
 use precomp_http::Error as ClientError;
 
+use crate::error::{Result, WorkerError};
 use crate::Observer;
 
 /// Renews a job's lease every third of its length on its own thread while the job runs.
@@ -28,14 +28,17 @@ impl Heartbeat {
         lease_seconds: u64,
         cancel: Cancel,
         observer: Arc<dyn Observer>,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self> {
         let interval = Duration::from_millis(lease_seconds * 1000 / 3);
         // An answer later than the interval is as good as none.
         let client = ArtifactClient::with_timeout(base_url, Some(token.to_string()), interval)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .context("starting the heartbeat's HTTP client")?;
+            .map_err(|source| WorkerError::Start {
+                what: "the heartbeat's HTTP client",
+                source,
+            })?;
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::spawn(move || loop {
             match stopped.recv_timeout(interval) {

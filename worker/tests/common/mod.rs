@@ -19,7 +19,9 @@ use precomp_proto::registry::{RepoPublicKey, RepoSigningKey};
 use precomp_registry::mirror::{Mirror, MirrorConfig};
 use precomp_registry::static_repo;
 use precomp_sandbox::Sandbox;
-use precomp_worker::{JobReport, Observer, RunEnd, Worker, WorkerConfig, WorkerToolchain};
+use precomp_worker::{
+    JobReport, Observer, RunEnd, Worker, WorkerConfig, WorkerError, WorkerToolchain,
+};
 
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -293,6 +295,12 @@ impl TestWorker {
         }
     }
 
+    /// Asks the mirror at `url` instead.
+    pub fn with_mirror(mut self, url: &str) -> TestWorker {
+        self.config.mirror = url.to_string();
+        self
+    }
+
     /// Works on jobs until the shutdown handle is cancelled, instead of on one.
     pub fn until_shutdown(mut self) -> TestWorker {
         self.config.once = false;
@@ -301,7 +309,7 @@ impl TestWorker {
     }
 
     /// Runs the worker (leases, works on one job, returns).
-    pub fn run(&self) -> anyhow::Result<RunEnd> {
+    pub fn run(&self) -> Result<RunEnd, WorkerError> {
         let sandbox = Sandbox::new().unwrap();
         let toolchain = host_toolchain(self.data.path(), &sandbox);
         let worker = Worker::new(
