@@ -16,9 +16,7 @@ use precomp_proto::manifest::ArtifactPublicKey;
 
 use crate::error::{chain, Result, WorkerError};
 use crate::output::{BuildJobLine, JobLine, JobReport, PackageLine};
-use crate::publish::{
-    app_for, build_and_publish, miss_managers, settle_miss, work_root, LockBuild,
-};
+use crate::publish::{app_for, miss_managers, publish_results, settle_miss, work_root};
 use crate::variants::{self, MissConfig};
 use crate::{JobStatus, Jobs, RunEnd, Worker};
 
@@ -198,26 +196,36 @@ impl Jobs for BuildJobs<'_> {
                 return Err(e);
             }
         };
-        let built = build_and_publish(
+        let built = run::build_lock(
             context,
             &reuse,
-            &LockBuild {
-                lock: &lock,
-                managers: &managers,
-                apps: std::slice::from_ref(&app),
-            },
+            &lock,
+            &managers,
+            std::slice::from_ref(&app),
             worker.config.jobs,
             worker.observer.builds(),
-            Some((runtime, client)),
         );
-        let lost = heartbeat.stop();
-        let mut results = built?;
+        // Refused while building: the lease was lost, or someone else's result closed the
+        // job (the build was cancelled unless it had just finished).
+        let lost = heartbeat.refused();
+        let built = match built {
+            Ok(built) => built,
+            Err(e) => {
+                heartbeat.stop();
+                return Err(e.into());
+            }
+        };
         if let Some(message) = &lost {
             worker.note(&format!(
-                "warning: job {job}: lost the lease while building ({message}); reported the \
+                "warning: job {job}: lost the lease while building ({message}); reporting the \
                  result anyway"
             ));
         }
+        // Renewed while the results are uploaded. A renewal refused from here on may be
+        // refused because this upload closed the job: only a report that then fails means
+        // the lease was lost.
+        let mut results = publish_results(built, toolchain, Some((runtime, client)));
+        let refused_while_reporting = heartbeat.stop().filter(|_| lost.is_none());
         for (result, published) in &results {
             if let Some(Err(e)) = published {
                 worker.note(&format!(
@@ -297,14 +305,22 @@ impl Jobs for BuildJobs<'_> {
         };
         // With the lease lost, another worker has (or had) the job: its publish wins, and a
         // different manifest for the same key (another build's duration) is refused.
-        let superseded = reported.is_err() && lost.is_some();
+        let superseded = reported.is_err() && (lost.is_some() || refused_while_reporting.is_some());
+        if let (Ok(()), Some(message)) = (&reported, &refused_while_reporting) {
+            tracing::debug!(
+                job,
+                message,
+                "a renewal refused once the result closed the job"
+            );
+        }
+        let lease_lost = lost.is_some() || superseded;
         let outcome = match (&reported, &target.status, &target.build) {
             (Err(_), _, _) if superseded => "lease_lost",
             (Err(_), _, _) => "error",
             (Ok(()), _, Some(_)) => "published",
             (Ok(()), _, None) => "failed",
         };
-        let mut line = BuildJobLine::new(job, miss, &toolchain.id, outcome, lost.is_some());
+        let mut line = BuildJobLine::new(job, miss, &toolchain.id, outcome, lease_lost);
         line.results = Some(package_lines);
         line.key = target.build.as_ref().map(|b| b.manifest.key.clone());
         worker.observer.report(&JobReport {

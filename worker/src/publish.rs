@@ -49,15 +49,29 @@ pub fn build_and_publish(
         jobs,
         progress,
     )?;
-    Ok(results
+    Ok(publish_results(
+        results,
+        build_context.toolchain,
+        publish_to,
+    ))
+}
+
+/// Each result published to the mirror when `publish_to` is given ([`publish`]), with how
+/// its publication went (`None` when not published): the second half of
+/// [`build_and_publish`].
+pub fn publish_results(
+    results: Vec<PackageResult>,
+    toolchain: &Toolchain,
+    publish_to: Option<(&tokio::runtime::Runtime, &ArtifactClient)>,
+) -> Vec<(PackageResult, Option<Result<Published>>)> {
+    results
         .into_iter()
         .map(|result| {
-            let published = publish_to.map(|(runtime, client)| {
-                publish(runtime, client, build_context.toolchain, &result)
-            });
+            let published =
+                publish_to.map(|(runtime, client)| publish(runtime, client, toolchain, &result));
             (result, published)
         })
-        .collect())
+        .collect()
 }
 
 /// The manager of each package of `lock`: the one the consumer's Mix uses, with `top_level`

@@ -306,3 +306,36 @@ fn a_refused_token_and_an_unreachable_mirror_are_typed_errors_that_say_what_to_d
     );
     assert!(error.mirror_error().is_some_and(|e| e.is_transient()));
 }
+
+/// The worker's own publish closes the job; a heartbeat sent after that (here: the mirror's
+/// answer to the manifest upload is held back for 2 s, longer than the 2 s lease's heartbeat
+/// interval) is refused with "job N is closed (published KEY)". That is the result the worker
+/// reported, not a lost lease: the job is `published`, `lease_lost` false, no warning.
+#[test]
+fn a_heartbeat_refused_because_the_workers_own_publish_closed_the_job_is_not_a_lost_lease() {
+    let fixture = Fixture::get();
+    let mirror = TestMirror::start();
+    let proxy = SlowPublishProxy::start(&mirror.url, Duration::from_secs(2));
+    let token = mirror.token("builder", &fixture.builder.public_key());
+    let worker = TestWorker::new(&mirror, JobKind::Build, &token, &fixture.builder, 2)
+        .with_mirror(&proxy.url);
+    let (otp, elixir) = worker.tuple();
+    let lock = fixture.lock(&["plain_ex@1.0.0"]);
+    let base_key = mirror.report_miss(&lock, "plain_ex", &otp, &elixir);
+
+    let end = worker.run().unwrap();
+    let notes = worker.recorder.notes.lock().unwrap().clone();
+    assert_eq!(end, RunEnd::Job(JobStatus::Done), "{notes:?}");
+    let line = worker.recorder.last_line();
+    assert_eq!(line["outcome"], "published", "{line}");
+    assert_eq!(line["base_key"], base_key.as_str());
+    assert_eq!(line["lease_lost"], false, "{line} {notes:?}");
+    assert!(
+        notes.iter().all(|n| !n.contains("lost the lease")),
+        "{notes:?}"
+    );
+    // The mirror did refuse a heartbeat meanwhile: the job was closed by the publish.
+    let client = mirror.client(Some(&token));
+    let misses = mirror.block_on(client.misses()).unwrap();
+    assert!(misses.misses.iter().all(|m| m.miss_key() != base_key));
+}

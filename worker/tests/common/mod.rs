@@ -335,3 +335,86 @@ impl TestWorker {
 pub fn copy_key(key: &ArtifactSigningKey) -> ArtifactSigningKey {
     ArtifactSigningKey::from_pem(&key.to_pem().unwrap()).unwrap()
 }
+
+/// A TCP proxy in front of a mirror that holds back the answer to each manifest upload
+/// (`PUT /precomp/v1/manifests/…`) for `delay` after the mirror gave it: the mirror has
+/// stored the manifest (and closed the misses it satisfies) while the uploader still waits.
+/// Every other exchange passes at once.
+pub struct SlowPublishProxy {
+    pub url: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    address: std::net::SocketAddr,
+}
+
+impl SlowPublishProxy {
+    pub fn start(upstream: &str, delay: std::time::Duration) -> SlowPublishProxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let upstream: std::net::SocketAddr = upstream
+            .trim_start_matches("http://")
+            .parse()
+            .expect("the mirror's address");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                let Ok(server) = std::net::TcpStream::connect(upstream) else {
+                    continue;
+                };
+                // Set when a manifest upload went up this connection: its answer (the next
+                // bytes down, HTTP/1.1 answering in order) is held back.
+                let uploaded = Arc::new(AtomicBool::new(false));
+                let (mut client_in, mut server_out) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let up = uploaded.clone();
+                std::thread::spawn(move || {
+                    let mut buffer = vec![0u8; 64 * 1024];
+                    while let Ok(n @ 1..) = std::io::Read::read(&mut client_in, &mut buffer) {
+                        let chunk = &buffer[..n];
+                        if chunk
+                            .windows(26)
+                            .any(|w| w == b"PUT /precomp/v1/manifests/")
+                        {
+                            up.store(true, Ordering::SeqCst);
+                        }
+                        if std::io::Write::write_all(&mut server_out, chunk).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = server_out.shutdown(std::net::Shutdown::Write);
+                });
+                let (mut server_in, mut client_out) = (server, client);
+                std::thread::spawn(move || {
+                    let mut buffer = vec![0u8; 64 * 1024];
+                    while let Ok(n @ 1..) = std::io::Read::read(&mut server_in, &mut buffer) {
+                        if uploaded.swap(false, Ordering::SeqCst) {
+                            std::thread::sleep(delay);
+                        }
+                        if std::io::Write::write_all(&mut client_out, &buffer[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = client_out.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        SlowPublishProxy {
+            url: format!("http://{address}"),
+            stop,
+            address,
+        }
+    }
+}
+
+impl Drop for SlowPublishProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wakes the accept loop, which then sees `stop`.
+        let _ = std::net::TcpStream::connect(self.address);
+    }
+}
