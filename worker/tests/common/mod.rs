@@ -19,24 +19,10 @@ use precomp_proto::registry::{RepoPublicKey, RepoSigningKey};
 use precomp_registry::mirror::{Mirror, MirrorConfig};
 use precomp_registry::static_repo;
 use precomp_sandbox::Sandbox;
+pub use precomp_testkit::{copy_dir, data_dir, workspace};
 use precomp_worker::{
     JobReport, Observer, RunEnd, Worker, WorkerConfig, WorkerError, WorkerToolchain,
 };
-
-pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// A directory the sandbox user can reach (tempfile makes them 0700).
-pub fn data_dir(prefix: &str) -> tempfile::TempDir {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    dir
-}
 
 /// The signed static repository of the fixture packages and slow_ex, and the builder's and
 /// the auditor's keys: made once per test process.
@@ -86,19 +72,6 @@ impl Fixture {
             .unwrap()
             .to_text()
             .unwrap()
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
     }
 }
 
