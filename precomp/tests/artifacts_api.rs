@@ -1001,6 +1001,37 @@ fn a_published_build_is_served_and_indexed() {
     );
     assert_eq!(delete.status, 405);
     assert_eq!(delete.header("allow"), "GET, HEAD, PUT");
+    // Each resource named by a digest: its other methods 405 with its `Allow`, a parameter
+    // that is no digest 404 (the API's), whatever the method.
+    let digest = "ab".repeat(32);
+    for (path, method, allow) in [
+        (
+            format!("/precomp/v1/manifests/{digest}"),
+            "DELETE",
+            "GET, HEAD, PUT",
+        ),
+        (
+            format!("/precomp/v1/manifests/{digest}/history"),
+            "PUT",
+            "GET, HEAD",
+        ),
+        (
+            format!("/precomp/v1/verdicts/{digest}"),
+            "PUT",
+            "GET, HEAD, POST",
+        ),
+    ] {
+        let answer = request(method, &server.url(&path), Some(&token), None, &[]);
+        assert_eq!(answer.status, 405, "{method} {path}");
+        assert_eq!(answer.header("allow"), allow, "{method} {path}");
+        let not_a_digest = path.replace(&digest, "not-a-digest");
+        let answer = request(method, &server.url(&not_a_digest), Some(&token), None, &[]);
+        assert_eq!(answer.status, 404, "{method} {not_a_digest}");
+        assert!(
+            answer.text().contains("the artifact API has"),
+            "{not_a_digest}"
+        );
+    }
     assert_eq!(get(&server.url("/healthz")).text(), "ok\n");
     assert_eq!(put(&server.url("/names"), None, b"x").status, 405);
 

@@ -9,29 +9,31 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context as _};
 use precomp_builder::workdir::{self, WorkDir};
 use precomp_http::Error as ClientError;
 use precomp_ops::audit::{AuditError, AuditReport, Auditor, Candidate, Outcome};
 use precomp_proto::api::{JobKind, Lease, LeaseRequest};
 
+use crate::error::{chain, Result, WorkerError};
 use crate::output::{AuditJobLine, JobLine, JobReport};
 use crate::{JobStatus, Jobs, RunEnd, Worker};
 
 /// Audits leased builds, each in its own run directory under DATA/audit.
-pub(crate) fn run(worker: &Worker<'_>, request: &LeaseRequest) -> anyhow::Result<RunEnd> {
+pub(crate) fn run(worker: &Worker<'_>, request: &LeaseRequest) -> Result<RunEnd> {
     let root = worker.config.data.join("audit");
-    std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    std::fs::create_dir_all(&root).map_err(WorkerError::io("creating", &root))?;
     worker.lease_loop(request, &AuditJobs { worker, root })
 }
 
 /// A new directory `root/run-…` for an audit run (`precomp audit`'s and an audit job's;
 /// 0755: the sandbox user reads its sources), removed when dropped — or, should this process
 /// be killed, by the next run's sweep of `root`, which runs first.
-pub fn new_run_dir(root: &Path) -> anyhow::Result<WorkDir> {
+pub fn new_run_dir(root: &Path) -> Result<WorkDir> {
     workdir::sweep(root);
-    WorkDir::create(root, "run-", 0o755)
-        .with_context(|| format!("creating a run directory in {}", root.display()))
+    WorkDir::create(root, "run-", 0o755).map_err(|source| WorkerError::RunDir {
+        root: root.to_path_buf(),
+        source: Box::new(source),
+    })
 }
 
 struct AuditJobs<'a> {
@@ -43,16 +45,15 @@ struct AuditJobs<'a> {
 impl Jobs for AuditJobs<'_> {
     /// Audits one leased build and reports it: done for a match, a mismatch for a mismatch,
     /// failed otherwise.
-    fn work_on(&self, lease: &Lease) -> anyhow::Result<JobStatus> {
+    fn work_on(&self, lease: &Lease) -> Result<JobStatus> {
         let worker = self.worker;
         let job = lease.job;
         let Some(build) = lease.build.clone().filter(|_| lease.kind == JobKind::Audit) else {
-            bail!(
-                "job {job} is a {} job without a build to audit: the mirror at {} does not know \
-                 audit jobs; upgrade it",
-                lease.kind,
-                worker.client.base_url()
-            );
+            return Err(WorkerError::NotAnAuditJob {
+                job,
+                kind: lease.kind,
+                mirror: worker.client.base_url().to_string(),
+            });
         };
         let candidate = Candidate::from(build);
         worker.note(&format!(
@@ -75,12 +76,13 @@ impl Jobs for AuditJobs<'_> {
                 self.report(job, &candidate, outcome, Some(&reason), None);
                 return Ok(JobStatus::Failed);
             }
-            Err(e) => {
-                let e = anyhow::Error::from(e).context(format!(
-                    "auditing {} {}",
-                    candidate.package, candidate.build.version
-                ));
-                self.report(job, &candidate, "error", Some(&format!("{e:#}")), None);
+            Err(source) => {
+                let e = WorkerError::Audit {
+                    package: candidate.package.clone(),
+                    version: candidate.build.version.clone(),
+                    source: Box::new(source),
+                };
+                self.report(job, &candidate, "error", Some(&chain(&e)), None);
                 return Err(e);
             }
         };
@@ -104,10 +106,9 @@ impl Jobs for AuditJobs<'_> {
                     Err(ClientError::Refused { status: 409, .. }) => {
                         ("lease_lost", JobStatus::Failed)
                     }
-                    Err(e) => {
-                        let e = anyhow::Error::from(e)
-                            .context(format!("reporting the failed audit of job {job}"));
-                        self.report(job, &candidate, "error", Some(&format!("{e:#}")), None);
+                    Err(source) => {
+                        let e = WorkerError::ReportFailedAudit { job, source };
+                        self.report(job, &candidate, "error", Some(&chain(&e)), None);
                         return Err(e);
                     }
                 }
@@ -140,17 +141,16 @@ impl AuditJobs<'_> {
         lease_seconds: u64,
         candidate: &Candidate,
         cancel: precomp_builder::Cancel,
-    ) -> anyhow::Result<Audited> {
+    ) -> Result<Audited> {
         let worker = self.worker;
         let build = &candidate.build;
         let toolchain = worker
             .toolchain_for(&build.otp_major, &build.elixir, &build.target)
-            .with_context(|| {
-                format!(
-                    "the mirror leased a build for OTP {}, Elixir {}, target {}: none of this \
-                     worker's toolchains has that tuple",
-                    build.otp_major, build.elixir, build.target
-                )
+            .ok_or_else(|| WorkerError::NoToolchainFor {
+                what: "build",
+                otp_major: build.otp_major.clone(),
+                elixir: build.elixir.clone(),
+                target: build.target.clone(),
             })?;
         let run = new_run_dir(&self.root)?;
         let run_dir = run.path().to_path_buf();

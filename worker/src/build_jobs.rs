@@ -5,7 +5,6 @@
 
 use std::path::Path;
 
-use anyhow::Context as _;
 use precomp_builder::build::BuildContext;
 use precomp_builder::config::SandboxedConfig;
 use precomp_builder::run::{self, CompileEnvSource, PackageResult, Status};
@@ -15,16 +14,15 @@ use precomp_proto::api::{FailureReport, Lease, LeaseRequest, Miss};
 use precomp_proto::lock::MixLock;
 use precomp_proto::manifest::ArtifactPublicKey;
 
+use crate::error::{chain, Result, WorkerError};
 use crate::output::{BuildJobLine, JobLine, JobReport, PackageLine};
-use crate::publish::{
-    app_for, build_and_publish, miss_managers, settle_miss, work_root, LockBuild,
-};
+use crate::publish::{app_for, miss_managers, publish_results, settle_miss, work_root};
 use crate::variants::{self, MissConfig};
 use crate::{JobStatus, Jobs, RunEnd, Worker};
 
 /// Sets up the builder (its store in DATA/builds, sources from the mirror, a build context
 /// per toolchain) and builds leased misses.
-pub(crate) fn run(worker: &Worker<'_>, request: &LeaseRequest) -> anyhow::Result<RunEnd> {
+pub(crate) fn run(worker: &Worker<'_>, request: &LeaseRequest) -> Result<RunEnd> {
     let config = &worker.config;
     let data = &config.data;
     let mut trusted = vec![worker.key.public_key()];
@@ -79,28 +77,25 @@ struct BuildJobs<'a> {
 impl Jobs for BuildJobs<'_> {
     /// Builds one leased miss and reports it: done when the result was reported (a publish
     /// or a failure record, which closes the miss).
-    fn work_on(&self, lease: &Lease) -> anyhow::Result<JobStatus> {
+    fn work_on(&self, lease: &Lease) -> Result<JobStatus> {
         let worker = self.worker;
         let (client, runtime) = (&worker.client, &worker.runtime);
         let job = lease.job;
-        let miss = lease.miss.as_ref().with_context(|| {
-            format!(
-                "job {job} is a {} job without a miss: this worker builds misses",
-                lease.kind
-            )
+        let miss = lease.miss.as_ref().ok_or(WorkerError::NotABuildJob {
+            job,
+            kind: lease.kind,
         })?;
         let Some(index) = worker
             .toolchains
             .iter()
             .position(|t| t.builds(&miss.otp_major, &miss.elixir, &miss.target))
         else {
-            anyhow::bail!(
-                "the mirror leased a miss for OTP {}, Elixir {}, target {}: none of this \
-                 worker's toolchains has that tuple",
-                miss.otp_major,
-                miss.elixir,
-                miss.target
-            );
+            return Err(WorkerError::NoToolchainFor {
+                what: "miss",
+                otp_major: miss.otp_major.clone(),
+                elixir: miss.elixir.clone(),
+                target: miss.target.clone(),
+            });
         };
         let base_context = &self.contexts[index];
         let toolchain = base_context.toolchain;
@@ -176,7 +171,10 @@ impl Jobs for BuildJobs<'_> {
             compile_env,
         };
         let parsed = MixLock::parse(&miss.lock)
-            .with_context(|| format!("the lock reported with the miss of {}", miss.package))
+            .map_err(|source| WorkerError::MissLock {
+                package: miss.package.clone(),
+                source,
+            })
             .and_then(|lock| {
                 let spec = format!("{}@{}", miss.package, miss.version);
                 let app = app_for(&lock, &spec, Path::new("the reported lock"))?;
@@ -198,38 +196,62 @@ impl Jobs for BuildJobs<'_> {
                 return Err(e);
             }
         };
-        let built = build_and_publish(
+        let built = run::build_lock(
             context,
             &reuse,
-            &LockBuild {
-                lock: &lock,
-                managers: &managers,
-                apps: std::slice::from_ref(&app),
-            },
+            &lock,
+            &managers,
+            std::slice::from_ref(&app),
             worker.config.jobs,
             worker.observer.builds(),
-            Some((runtime, client)),
         );
-        let lost = heartbeat.stop();
-        let results = built?;
+        // Refused while building: the lease was lost, or someone else's result closed the
+        // job (the build was cancelled unless it had just finished).
+        let lost = heartbeat.refused();
+        let built = match built {
+            Ok(built) => built,
+            Err(e) => {
+                heartbeat.stop();
+                return Err(e.into());
+            }
+        };
         if let Some(message) = &lost {
             worker.note(&format!(
-                "warning: job {job}: lost the lease while building ({message}); reported the \
+                "warning: job {job}: lost the lease while building ({message}); reporting the \
                  result anyway"
             ));
         }
+        // Renewed while the results are uploaded. A renewal refused from here on may be
+        // refused because this upload closed the job: only a report that then fails means
+        // the lease was lost.
+        let mut results = publish_results(built, toolchain, Some((runtime, client)));
+        let refused_while_reporting = heartbeat.stop().filter(|_| lost.is_none());
         for (result, published) in &results {
             if let Some(Err(e)) = published {
                 worker.note(&format!(
-                    "error: publishing {} {}: {e:#}",
-                    result.package.name, result.package.version
+                    "error: publishing {} {}: {}",
+                    result.package.name,
+                    result.package.version,
+                    chain(e)
                 ));
             }
         }
-        let (target, published) = results
+        let Some(target_index) = results.iter().position(|(result, _)| result.app == app) else {
+            return Err(WorkerError::NoResult { app });
+        };
+        // Each package's line, publish errors included, before the target's result is taken
+        // out of `results` (its publish error is what the report failed with).
+        let package_lines: Vec<PackageLine> = results
             .iter()
-            .find(|(result, _)| result.app == app)
-            .with_context(|| format!("the build of {app} gave no result"))?;
+            .map(|(result, published)| {
+                let line = PackageLine::new(result);
+                match published {
+                    Some(published) => line.with_published(published),
+                    None => line,
+                }
+            })
+            .collect();
+        let (target, published) = results.swap_remove(target_index);
         // Stopped: nothing of it is reported; on shutdown the job goes back to the queue.
         if let Status::Cancelled { reason } = &target.status {
             let outcome = worker.give_back(job);
@@ -260,62 +282,65 @@ impl Jobs for BuildJobs<'_> {
                     log: format!("precomp worker: not built: {reason}\n"),
                 }))
                 .map(|_| ())
-                .map_err(anyhow::Error::from),
+                .map_err(WorkerError::from),
             // The build or its failure is reported; close the miss too when that report does
             // not (`settle_miss`).
             None => match published {
-                Some(Ok(_)) => {
-                    settle_miss(runtime, client, toolchain, miss, target, published.as_ref()).map(
-                        |note| {
-                            if let Some(note) = note {
-                                worker.note(&format!("job {job}: {note}"));
-                            }
-                        },
-                    )
-                }
-                Some(Err(e)) => Err(anyhow::anyhow!("{e:#}")),
-                None => Err(anyhow::anyhow!("not published")),
+                Some(Ok(published)) => settle_miss(
+                    runtime,
+                    client,
+                    toolchain,
+                    miss,
+                    &target,
+                    Some(&Ok(published)),
+                )
+                .map(|note| {
+                    if let Some(note) = note {
+                        worker.note(&format!("job {job}: {note}"));
+                    }
+                }),
+                Some(Err(e)) => Err(e),
+                None => Err(WorkerError::NotPublished),
             },
         };
         // With the lease lost, another worker has (or had) the job: its publish wins, and a
         // different manifest for the same key (another build's duration) is refused.
-        let superseded = reported.is_err() && lost.is_some();
+        let superseded = reported.is_err() && (lost.is_some() || refused_while_reporting.is_some());
+        if let (Ok(()), Some(message)) = (&reported, &refused_while_reporting) {
+            tracing::debug!(
+                job,
+                message,
+                "a renewal refused once the result closed the job"
+            );
+        }
+        let lease_lost = lost.is_some() || superseded;
         let outcome = match (&reported, &target.status, &target.build) {
             (Err(_), _, _) if superseded => "lease_lost",
             (Err(_), _, _) => "error",
             (Ok(()), _, Some(_)) => "published",
             (Ok(()), _, None) => "failed",
         };
-        let mut line = BuildJobLine::new(job, miss, &toolchain.id, outcome, lost.is_some());
-        line.results = Some(
-            results
-                .iter()
-                .map(|(result, published)| {
-                    let line = PackageLine::new(result);
-                    match published {
-                        Some(published) => line.with_published(published),
-                        None => line,
-                    }
-                })
-                .collect(),
-        );
+        let mut line = BuildJobLine::new(job, miss, &toolchain.id, outcome, lease_lost);
+        line.results = Some(package_lines);
         line.key = target.build.as_ref().map(|b| b.manifest.key.clone());
         worker.observer.report(&JobReport {
             line: JobLine::Build(line),
-            summary: summary(job, target, outcome, &reported),
+            summary: summary(job, &target, outcome, &reported),
         });
         match reported {
             Ok(()) => Ok(JobStatus::Done),
             Err(e) if superseded => {
                 worker.note(&format!(
-                    "warning: job {job}: not reported, the lease was lost: {e:#}"
+                    "warning: job {job}: not reported, the lease was lost: {}",
+                    chain(&e)
                 ));
                 Ok(JobStatus::Done)
             }
-            Err(e) => Err(e.context(format!(
-                "reporting the result of {} {} to the mirror",
-                miss.package, miss.version
-            ))),
+            Err(e) => Err(WorkerError::Report {
+                package: miss.package.clone(),
+                version: miss.version.clone(),
+                source: Box::new(e),
+            }),
         }
     }
 }
@@ -329,7 +354,7 @@ impl BuildJobs<'_> {
         miss: &Miss,
         toolchain: &precomp_sandbox::toolchain::Toolchain,
         reason: &str,
-    ) -> anyhow::Result<JobStatus> {
+    ) -> Result<JobStatus> {
         let job = lease.job;
         let worker = self.worker;
         variants::record_not_built(&worker.runtime, &worker.client, toolchain, miss, reason)?;
@@ -346,15 +371,10 @@ impl BuildJobs<'_> {
     }
 }
 
-fn summary(
-    job: u64,
-    target: &PackageResult,
-    outcome: &str,
-    reported: &anyhow::Result<()>,
-) -> String {
+fn summary(job: u64, target: &PackageResult, outcome: &str, reported: &Result<()>) -> String {
     let what = format!("{} {}", target.package.name, target.package.version);
     match (&target.build, &target.status, reported) {
-        (_, _, Err(e)) => format!("job {job}: {what}: reporting failed: {e:#}"),
+        (_, _, Err(e)) => format!("job {job}: {what}: reporting failed: {}", chain(e)),
         (Some(build), _, Ok(())) => format!(
             "job {job}: published {what} (key {}, base key {})",
             build.manifest.key, build.manifest.base_key

@@ -27,6 +27,7 @@
 
 pub mod audit_jobs;
 pub mod build_jobs;
+pub mod error;
 pub mod heartbeat;
 pub mod output;
 pub mod publish;
@@ -38,7 +39,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
 use precomp_builder::Cancel;
 use precomp_http::artifacts::ArtifactClient;
 use precomp_proto::api::{
@@ -48,6 +48,7 @@ use precomp_proto::manifest::{ArtifactPublicKey, ArtifactSigningKey};
 use precomp_sandbox::toolchain::Toolchain;
 use precomp_sandbox::Sandbox;
 
+pub use error::{chain, WorkerError};
 pub use output::{JobLine, JobReport};
 pub use toolchains::WorkerToolchain;
 
@@ -105,12 +106,16 @@ impl WorkerConfig {
     }
 
     /// Refuses values the mirror would refuse, naming the flag.
-    pub fn check(&self) -> anyhow::Result<()> {
+    pub fn check(&self) -> error::Result<()> {
         if !(MIN_LEASE_SECONDS..=MAX_LEASE_SECONDS).contains(&self.lease_seconds) {
-            bail!("--lease-seconds must be within {MIN_LEASE_SECONDS}..={MAX_LEASE_SECONDS}");
+            return Err(WorkerError::LeaseSeconds {
+                given: self.lease_seconds,
+            });
         }
         if !(1..=MAX_FEWER_THAN).contains(&self.fewer_than) {
-            bail!("--fewer-than must be within 1..={MAX_FEWER_THAN} (1: builds nobody audited)");
+            return Err(WorkerError::FewerThan {
+                given: self.fewer_than,
+            });
         }
         Ok(())
     }
@@ -176,7 +181,7 @@ trait Jobs {
     /// Works on one leased job and reports its result to the mirror (and the observer).
     /// `Err` when the job could not be worked on here: the loop releases it for another
     /// worker.
-    fn work_on(&self, lease: &Lease) -> anyhow::Result<JobStatus>;
+    fn work_on(&self, lease: &Lease) -> error::Result<JobStatus>;
 }
 
 impl<'a> Worker<'a> {
@@ -188,17 +193,25 @@ impl<'a> Worker<'a> {
         key: ArtifactSigningKey,
         shutdown: Cancel,
         observer: Arc<dyn Observer>,
-    ) -> anyhow::Result<Worker<'a>> {
+    ) -> error::Result<Worker<'a>> {
         config.check()?;
         if toolchains.is_empty() {
-            bail!("a worker needs a toolchain");
+            return Err(WorkerError::NoToolchains);
         }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .context("starting the HTTP client")?;
-        let client = ArtifactClient::new(&config.mirror, Some(config.token.clone()))
-            .with_context(|| format!("the mirror URL {:?}", config.mirror))?;
+            .map_err(|source| WorkerError::Start {
+                what: "the HTTP client",
+                source,
+            })?;
+        let client =
+            ArtifactClient::new(&config.mirror, Some(config.token.clone())).map_err(|source| {
+                WorkerError::MirrorUrl {
+                    url: config.mirror.clone(),
+                    source,
+                }
+            })?;
         Ok(Worker {
             config,
             sandbox,
@@ -214,7 +227,7 @@ impl<'a> Worker<'a> {
     /// Leases jobs and works on them until `once` has done one, or the shutdown handle is
     /// cancelled. `Err` with `once` when the mirror could not be asked or the job could not
     /// be worked on (it was released).
-    pub fn run(&self) -> anyhow::Result<RunEnd> {
+    pub fn run(&self) -> error::Result<RunEnd> {
         let request = self.lease_request();
         match self.config.kind {
             JobKind::Build => build_jobs::run(self, &request),
@@ -287,7 +300,7 @@ impl<'a> Worker<'a> {
         job: u64,
         lease_seconds: u64,
         cancel: Cancel,
-    ) -> anyhow::Result<heartbeat::Heartbeat> {
+    ) -> error::Result<heartbeat::Heartbeat> {
         heartbeat::Heartbeat::start(
             self.client.base_url(),
             &self.config.token,
@@ -299,7 +312,7 @@ impl<'a> Worker<'a> {
     }
 
     /// Leases jobs of `request`'s kind and hands each to `jobs`, until `once` has done one.
-    fn lease_loop(&self, request: &LeaseRequest, jobs: &dyn Jobs) -> anyhow::Result<RunEnd> {
+    fn lease_loop(&self, request: &LeaseRequest, jobs: &dyn Jobs) -> error::Result<RunEnd> {
         let (config, client, runtime) = (&self.config, &self.client, &self.runtime);
         let poll = config.poll.max(Duration::from_secs(1));
         let what = describe(request);
@@ -320,7 +333,7 @@ impl<'a> Worker<'a> {
             }
             let lease = match runtime.block_on(client.lease(request)) {
                 Ok(lease) => lease,
-                Err(e) if config.once => return Err(e).context("leasing a job from the mirror"),
+                Err(source) if config.once => return Err(WorkerError::Lease { source }),
                 Err(e) => {
                     self.note(&format!(
                         "warning: leasing a job: {e}; asking again in {poll:?}"
@@ -359,9 +372,16 @@ impl<'a> Worker<'a> {
                         self.note(&format!("warning: releasing job {}: {release}", lease.job));
                     }
                     if config.once {
-                        return Err(e.context(format!("job {}", lease.job)));
+                        return Err(WorkerError::Job {
+                            job: lease.job,
+                            source: Box::new(e),
+                        });
                     }
-                    self.note(&format!("error: job {}: {e:#}; released it", lease.job));
+                    self.note(&format!(
+                        "error: job {}: {}; released it",
+                        lease.job,
+                        chain(&e)
+                    ));
                     pause(poll, &self.shutdown);
                 }
             }

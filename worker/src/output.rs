@@ -123,7 +123,7 @@ impl PackageLine {
     }
 
     /// With what publishing it did on the mirror, truly (a skipped package was not published).
-    pub fn with_published(mut self, published: &anyhow::Result<Published>) -> PackageLine {
+    pub fn with_published(mut self, published: &crate::error::Result<Published>) -> PackageLine {
         self.published = Some(false);
         match published {
             Ok(Published::Manifest(result)) => {
@@ -132,7 +132,7 @@ impl PackageLine {
             }
             Ok(Published::Failure) => self.publish_result = Some("failure_recorded".into()),
             Ok(Published::Nothing) => {}
-            Err(e) => self.publish_error = Some(format!("{e:#}")),
+            Err(e) => self.publish_error = Some(crate::error::chain(e)),
         }
         self
     }

@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context as _};
 use precomp_builder::build::BuildContext;
 use precomp_builder::managers::{self, Managers};
 use precomp_builder::run::{self, PackageResult, Progress, Status};
@@ -18,6 +17,8 @@ use precomp_proto::manager::{Manager, TopLevelDep};
 use precomp_artifacts::{miss_request_text, miss_satisfied_by};
 use precomp_sandbox::toolchain::Toolchain;
 use precomp_sandbox::Sandbox;
+
+use crate::error::{Result, WorkerError};
 
 /// What to build of one lock: the packages asked for (and their closures), each with the
 /// manager the consumer's Mix uses ([`lock_managers`]).
@@ -38,7 +39,7 @@ pub fn build_and_publish(
     jobs: usize,
     progress: &dyn Progress,
     publish_to: Option<(&tokio::runtime::Runtime, &ArtifactClient)>,
-) -> anyhow::Result<Vec<(PackageResult, Option<anyhow::Result<Published>>)>> {
+) -> Result<Vec<(PackageResult, Option<Result<Published>>)>> {
     let results = run::build_lock(
         build_context,
         reuse,
@@ -48,15 +49,29 @@ pub fn build_and_publish(
         jobs,
         progress,
     )?;
-    Ok(results
+    Ok(publish_results(
+        results,
+        build_context.toolchain,
+        publish_to,
+    ))
+}
+
+/// Each result published to the mirror when `publish_to` is given ([`publish`]), with how
+/// its publication went (`None` when not published): the second half of
+/// [`build_and_publish`].
+pub fn publish_results(
+    results: Vec<PackageResult>,
+    toolchain: &Toolchain,
+    publish_to: Option<(&tokio::runtime::Runtime, &ArtifactClient)>,
+) -> Vec<(PackageResult, Option<Result<Published>>)> {
+    results
         .into_iter()
         .map(|result| {
-            let published = publish_to.map(|(runtime, client)| {
-                publish(runtime, client, build_context.toolchain, &result)
-            });
+            let published =
+                publish_to.map(|(runtime, client)| publish(runtime, client, toolchain, &result));
             (result, published)
         })
-        .collect())
+        .collect()
 }
 
 /// The manager of each package of `lock`: the one the consumer's Mix uses, with `top_level`
@@ -65,24 +80,25 @@ pub fn lock_managers(
     context: &BuildContext<'_>,
     lock: &MixLock,
     top_level: Option<&[TopLevelDep]>,
-) -> anyhow::Result<Managers> {
+) -> Result<Managers> {
     for dep in top_level.unwrap_or_default() {
         if !lock.entries.contains_key(&dep.app) {
-            bail!("--top-level {}: the lock has no such dependency", dep.app);
+            return Err(WorkerError::TopLevel {
+                app: dep.app.clone(),
+            });
         }
     }
-    managers::for_lock(context.sources, lock, top_level, &context.toolchain.elixir)
-        .context("deciding each package's manager")
+    managers::for_lock(context.sources, lock, top_level, &context.toolchain.elixir).map_err(
+        |source| WorkerError::Managers {
+            source: Box::new(source),
+        },
+    )
 }
 
 /// The managers a reported miss carries (the client's, computed on its whole project: Mix's
 /// rule depends on more than the closure the miss comes with), for the package and each
 /// closure member; [`lock_managers`] for any the miss does not name.
-pub fn miss_managers(
-    context: &BuildContext<'_>,
-    lock: &MixLock,
-    miss: &Miss,
-) -> anyhow::Result<Managers> {
+pub fn miss_managers(context: &BuildContext<'_>, lock: &MixLock, miss: &Miss) -> Result<Managers> {
     let mut managers = lock_managers(context, lock, None)?;
     let reported = std::iter::once((&miss.package, &miss.manager)).chain(
         miss.closure
@@ -93,11 +109,10 @@ pub fn miss_managers(
         let Some((app, _)) = lock.hex().find(|(_, entry)| &entry.package == package) else {
             continue;
         };
-        let manager = Manager::parse(manager).with_context(|| {
-            format!(
-                "the miss of {} says {package}'s manager is {manager:?}",
-                miss.package
-            )
+        let manager = Manager::parse(manager).ok_or_else(|| WorkerError::MissManager {
+            package: miss.package.clone(),
+            member: package.clone(),
+            manager: manager.clone(),
         })?;
         managers.insert(app.to_string(), manager);
     }
@@ -106,28 +121,31 @@ pub fn miss_managers(
 
 /// The directory builds are made in: the sandbox user must reach it. Directories left there
 /// by builds whose process was killed are removed first.
-pub fn work_root(sandbox: &Sandbox, data: &Path, given: Option<&Path>) -> anyhow::Result<PathBuf> {
+pub fn work_root(sandbox: &Sandbox, data: &Path, given: Option<&Path>) -> Result<PathBuf> {
     let root = choose_work_root(sandbox, data, given)?;
     precomp_builder::workdir::sweep(&root);
     Ok(root)
 }
 
-fn choose_work_root(
-    sandbox: &Sandbox,
-    data: &Path,
-    given: Option<&Path>,
-) -> anyhow::Result<PathBuf> {
+fn choose_work_root(sandbox: &Sandbox, data: &Path, given: Option<&Path>) -> Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
-    let make = |dir: &Path| -> anyhow::Result<()> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
-            .with_context(|| format!("making {} searchable", dir.display()))
+    let make = |dir: &Path| -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(WorkerError::io("creating", dir))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(|source| {
+            WorkerError::NotSearchable {
+                path: dir.to_path_buf(),
+                source,
+            }
+        })
     };
     if let Some(dir) = given {
         make(dir)?;
         sandbox
             .check_readable(dir)
-            .with_context(|| format!("--work-dir {}", dir.display()))?;
+            .map_err(|source| WorkerError::WorkDir {
+                what: format!("--work-dir {}", dir.display()),
+                source,
+            })?;
         return Ok(dir.to_path_buf());
     }
     let preferred = data.join("builds/work");
@@ -139,7 +157,10 @@ fn choose_work_root(
             make(&fallback)?;
             sandbox
                 .check_readable(&fallback)
-                .with_context(|| format!("{e}; and {}", fallback.display()))?;
+                .map_err(|source| WorkerError::WorkDir {
+                    what: format!("{e}; and {}", fallback.display()),
+                    source,
+                })?;
             tracing::info!(
                 "the sandbox user cannot reach {} ({e}); building in {}",
                 preferred.display(),
@@ -151,25 +172,29 @@ fn choose_work_root(
 }
 
 /// The lock's app for `NAME@VERSION` (the package name; the app name may differ).
-pub fn app_for(lock: &MixLock, spec: &str, lock_path: &Path) -> anyhow::Result<String> {
-    let (name, version) = spec
-        .split_once('@')
-        .with_context(|| format!("{spec:?}: give the package as NAME@VERSION"))?;
+pub fn app_for(lock: &MixLock, spec: &str, lock_path: &Path) -> Result<String> {
+    let (name, version) = spec.split_once('@').ok_or_else(|| WorkerError::Spec {
+        spec: spec.to_string(),
+    })?;
     for (app, entry) in &lock.entries {
         if let LockEntry::Hex(entry) = entry {
             if entry.package == name {
                 if entry.version != version {
-                    bail!(
-                        "{} locks {name} at {}, not {version}",
-                        lock_path.display(),
-                        entry.version
-                    );
+                    return Err(WorkerError::LockedVersion {
+                        lock: lock_path.to_path_buf(),
+                        name: name.to_string(),
+                        locked: entry.version.clone(),
+                        asked: version.to_string(),
+                    });
                 }
                 return Ok(app.clone());
             }
         }
     }
-    bail!("{} has no Hex package {name}", lock_path.display())
+    Err(WorkerError::NotInLock {
+        lock: lock_path.to_path_buf(),
+        name: name.to_string(),
+    })
 }
 
 /// What publishing one package's result did on the mirror.
@@ -190,7 +215,7 @@ pub fn publish(
     client: &ArtifactClient,
     toolchain: &Toolchain,
     result: &PackageResult,
-) -> anyhow::Result<Published> {
+) -> Result<Published> {
     runtime.block_on(async {
         if let Some(build) = &result.build {
             let output = build
@@ -198,14 +223,14 @@ pub fn publish(
                 .output
                 .as_ref()
                 .expect("stored builds have an output");
-            let sha256: [u8; 32] = output
-                .artifact_sha256
+            let digest = &output.artifact_sha256;
+            let sha256: [u8; 32] = digest
                 .as_slice()
                 .try_into()
-                .context("artifact digest")?;
+                .map_err(|_| WorkerError::ArtifactDigest { len: digest.len() })?;
             if !client.has_artifact(&sha256).await? {
                 let bytes = std::fs::read(&build.artifact_path)
-                    .with_context(|| format!("reading {}", build.artifact_path.display()))?;
+                    .map_err(WorkerError::io("reading", &build.artifact_path))?;
                 client.upload_artifact(&sha256, bytes).await?;
             }
             let (_, stored) = client
@@ -213,7 +238,7 @@ pub fn publish(
                 .await?;
             Ok(Published::Manifest(stored.result))
         } else if let Status::Failed { log, base_key, .. } = &result.status {
-            let text = std::fs::read(log).with_context(|| format!("reading {}", log.display()))?;
+            let text = std::fs::read(log).map_err(WorkerError::io("reading", log))?;
             client
                 .record_failure(&FailureReport {
                     package: result.package.name.clone(),
@@ -244,8 +269,8 @@ pub fn settle_miss(
     toolchain: &Toolchain,
     miss: &Miss,
     result: &PackageResult,
-    published: Option<&anyhow::Result<Published>>,
-) -> anyhow::Result<Option<String>> {
+    published: Option<&Result<Published>>,
+) -> Result<Option<String>> {
     let log = match (&result.status, &result.build, published) {
         (
             Status::Failed {
@@ -260,13 +285,17 @@ pub fn settle_miss(
         (_, Some(build), Some(Ok(Published::Manifest(_)))) => {
             let inputs = build.manifest.inputs()?;
             let built = inputs.base_text()?;
-            if miss_satisfied_by(miss, &built, &inputs.compile_env)
-                .map_err(|refusal| anyhow::anyhow!("the miss: {}", refusal.message))?
-            {
+            if miss_satisfied_by(miss, &built, &inputs.compile_env).map_err(|refusal| {
+                WorkerError::Miss {
+                    message: refusal.message,
+                }
+            })? {
                 return Ok(None);
             }
-            let request = miss_request_text(&miss.report())
-                .map_err(|refusal| anyhow::anyhow!("the miss: {}", refusal.message))?;
+            let request =
+                miss_request_text(&miss.report()).map_err(|refusal| WorkerError::Miss {
+                    message: refusal.message,
+                })?;
             let why = if request_satisfied_by(&request, &built) {
                 "it read compile-time paths the miss carries no values for (or other values \
                  than it carries)"

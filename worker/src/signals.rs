@@ -1,20 +1,21 @@
 //! Stopping a worker on SIGTERM or SIGINT.
 
-use anyhow::Context as _;
 use precomp_builder::Cancel;
+
+use crate::error::{Result, WorkerError};
 
 /// Cancels `shutdown` on the first SIGTERM or SIGINT (a thread waits for them, so the worker
 /// finishes its job's clean-up: the job is released); exits the process at once, 130, on a
 /// second. `note` says what happens, for people.
-pub fn cancel_on_signals(
-    shutdown: &Cancel,
-    note: impl Fn(&str) + Send + 'static,
-) -> anyhow::Result<()> {
+pub fn cancel_on_signals(shutdown: &Cancel, note: impl Fn(&str) + Send + 'static) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("starting the signal watcher")?;
+        .map_err(|source| WorkerError::Start {
+            what: "the signal watcher",
+            source,
+        })?;
     // Registered before this returns: a signal from now on is seen.
     let (mut term, mut interrupt) = runtime
         .block_on(async {
@@ -23,7 +24,7 @@ pub fn cancel_on_signals(
                 signal(SignalKind::interrupt())?,
             ))
         })
-        .context("listening for SIGTERM and SIGINT")?;
+        .map_err(|source| WorkerError::Signals { source })?;
     let shutdown = shutdown.clone();
     std::thread::Builder::new()
         .name("signals".into())
@@ -47,6 +48,9 @@ pub fn cancel_on_signals(
                 }
             })
         })
-        .context("starting the signal watcher")?;
+        .map_err(|source| WorkerError::Start {
+            what: "the signal watcher",
+            source,
+        })?;
     Ok(())
 }

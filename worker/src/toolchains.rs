@@ -3,9 +3,10 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context as _};
 use precomp_sandbox::toolchain::{Store, Toolchain};
 use precomp_sandbox::Sandbox;
+
+use crate::error::{Result, WorkerError};
 
 /// The toolchain `spec` names (`host`, an image id, a digest prefix or a suite) in the store
 /// at `toolchains` (default: the data directory).
@@ -14,16 +15,15 @@ pub fn resolve_toolchain(
     toolchains: Option<&Path>,
     spec: &str,
     sandbox: &Sandbox,
-) -> anyhow::Result<Toolchain> {
-    let toolchains_dir = toolchains.unwrap_or(data);
-    Ok(Store::open(toolchains_dir)
-        .with_context(|| {
-            format!(
-                "opening the toolchain store in {}",
-                toolchains_dir.display()
-            )
-        })?
-        .resolve(spec, sandbox)?)
+) -> Result<Toolchain> {
+    Ok(open_store(toolchains.unwrap_or(data))?.resolve(spec, sandbox)?)
+}
+
+fn open_store(dir: &Path) -> Result<Store> {
+    Store::open(dir).map_err(|source| WorkerError::ToolchainStore {
+        dir: dir.to_path_buf(),
+        source,
+    })
 }
 
 /// A toolchain a worker works with, and the target its native code gets.
@@ -36,7 +36,7 @@ pub struct WorkerToolchain {
 
 impl WorkerToolchain {
     /// `toolchain` with its native target.
-    pub fn new(toolchain: Toolchain) -> anyhow::Result<WorkerToolchain> {
+    pub fn new(toolchain: Toolchain) -> Result<WorkerToolchain> {
         let native = precomp_builder::build::native_target(&toolchain.architecture)?.to_string();
         Ok(WorkerToolchain { toolchain, native })
     }
@@ -59,7 +59,7 @@ pub fn worker_toolchains(
     specs: &[String],
     all: bool,
     sandbox: &Sandbox,
-) -> anyhow::Result<(Vec<WorkerToolchain>, Vec<String>)> {
+) -> Result<(Vec<WorkerToolchain>, Vec<String>)> {
     let mut found = Vec::new();
     let given = if specs.is_empty() && !all {
         vec!["host".to_string()]
@@ -70,10 +70,7 @@ pub fn worker_toolchains(
         found.push(resolve_toolchain(data, store_dir, spec, sandbox)?);
     }
     if all {
-        let dir = store_dir.unwrap_or(data);
-        let store = Store::open(dir)
-            .with_context(|| format!("opening the toolchain store in {}", dir.display()))?;
-        found.extend(store.list(sandbox)?);
+        found.extend(open_store(store_dir.unwrap_or(data))?.list(sandbox)?);
     }
     let mut toolchains: Vec<WorkerToolchain> = Vec::new();
     let mut warnings = Vec::new();
@@ -101,7 +98,7 @@ pub fn worker_toolchains(
         toolchains.push(candidate);
     }
     if toolchains.is_empty() {
-        bail!("no toolchain: give --toolchain ID (or --all-toolchains with images in the store)");
+        return Err(WorkerError::NoToolchainGiven);
     }
     Ok((toolchains, warnings))
 }

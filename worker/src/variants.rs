@@ -18,7 +18,6 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context as _;
 use precomp_artifacts::compile_env_entry;
 use precomp_builder::run::CompileEnvSource;
 use precomp_builder::workdir::WorkDir;
@@ -26,6 +25,8 @@ use precomp_http::artifacts::ArtifactClient;
 use precomp_proto::api::{FailureReport, Miss};
 use precomp_proto::buildkey::{compile_env_digest, CompileEnvEntry};
 use precomp_sandbox::toolchain::Toolchain;
+
+use crate::error::{chain, Result, WorkerError};
 
 /// The config a miss is built with.
 pub enum MissConfig {
@@ -53,18 +54,18 @@ impl VariantConfig {
 }
 
 /// The compile-env entries `miss` carries (the package's and its members'), parsed.
-pub fn carried_entries(miss: &Miss) -> anyhow::Result<Vec<CompileEnvEntry>> {
+pub fn carried_entries(miss: &Miss) -> Result<Vec<CompileEnvEntry>> {
     miss.all_compile_env()
         .map(compile_env_entry)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!("the compile env the miss carries: {e}"))
+        .map_err(|message| WorkerError::MissCompileEnv { message })
 }
 
 /// The first carried entry `config` gives another value for: (the miss's, the config's).
 pub fn first_difference(
     carried: &[CompileEnvEntry],
     config: &dyn CompileEnvSource,
-) -> anyhow::Result<Option<(CompileEnvEntry, CompileEnvEntry)>> {
+) -> Result<Option<(CompileEnvEntry, CompileEnvEntry)>> {
     if carried.is_empty() {
         return Ok(None);
     }
@@ -83,7 +84,7 @@ pub fn miss_config(
     miss: &Miss,
     builder_config: &dyn CompileEnvSource,
     work_root: &Path,
-) -> anyhow::Result<Result<MissConfig, String>> {
+) -> Result<Result<MissConfig, String>> {
     let carried = carried_entries(miss)?;
     if carried.is_empty() {
         return Ok(Ok(MissConfig::Builder));
@@ -107,12 +108,15 @@ pub fn miss_config(
             )));
         }
     }
-    let dir = WorkDir::create(work_root, "variant-", 0o755)
-        .context("a directory for the variant's config")?;
+    let dir = WorkDir::create(work_root, "variant-", 0o755).map_err(|source| {
+        WorkerError::VariantDir {
+            source: Box::new(source),
+        }
+    })?;
     let path = dir.path().join("config.exs");
     let text = precomp_builder::config::config_exs(&carried)
         .unwrap_or_else(|| "import Config\n".to_string());
-    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::write(&path, text).map_err(WorkerError::io("writing", &path))?;
     Ok(Ok(MissConfig::Variant(VariantConfig {
         _dir: dir,
         path,
@@ -123,10 +127,7 @@ pub fn miss_config(
 /// Checks a variant's generated config, evaluated in the sandbox (`variant_config`): it must
 /// give every value `miss` carries. `Some(reason)` (naming the path, not the values) when it
 /// does not, or cannot be evaluated.
-pub fn check_variant(
-    miss: &Miss,
-    variant_config: &dyn CompileEnvSource,
-) -> anyhow::Result<Option<String>> {
+pub fn check_variant(miss: &Miss, variant_config: &dyn CompileEnvSource) -> Result<Option<String>> {
     let carried = carried_entries(miss)?;
     match first_difference(&carried, variant_config) {
         Ok(None) => Ok(None),
@@ -135,13 +136,15 @@ pub fn check_variant(
              of {}",
             theirs.describe_path(precomp_proto::term::Syntax::Elixir)
         ))),
-        Err(e) => match e.downcast_ref::<precomp_builder::BuildError>() {
-            Some(precomp_builder::BuildError::Cancelled { .. }) => Err(e),
-            _ => Ok(Some(format!(
-                "the config made from the miss's compile-time values cannot be evaluated: {}",
-                first_line(&format!("{e:#}"))
-            ))),
-        },
+        Err(WorkerError::Build(e))
+            if matches!(*e, precomp_builder::BuildError::Cancelled { .. }) =>
+        {
+            Err(WorkerError::Build(e))
+        }
+        Err(e) => Ok(Some(format!(
+            "the config made from the miss's compile-time values cannot be evaluated: {}",
+            first_line(&chain(&e))
+        ))),
     }
 }
 
@@ -153,7 +156,7 @@ pub fn record_not_built(
     toolchain: &Toolchain,
     miss: &Miss,
     reason: &str,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     runtime
         .block_on(client.record_failure(&FailureReport {
             package: miss.package.clone(),
@@ -162,11 +165,10 @@ pub fn record_not_built(
             toolchain_id: toolchain.id.clone(),
             log: format!("precomp: not built: {reason}\n"),
         }))
-        .with_context(|| {
-            format!(
-                "recording that the miss of {} {} is not built",
-                miss.package, miss.version
-            )
+        .map_err(|source| WorkerError::RecordNotBuilt {
+            package: miss.package.clone(),
+            version: miss.version.clone(),
+            source,
         })?;
     Ok(())
 }

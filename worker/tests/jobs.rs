@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use precomp_proto::api::{FailureReport, JobKind, LeaseRequest};
-use precomp_worker::{JobLine, JobStatus, RunEnd};
+use precomp_worker::{chain, JobLine, JobStatus, RunEnd, WorkerError};
 
 /// A build worker leases the reported miss of plain_ex, builds it in the sandbox with its
 /// lease renewed (2 s, so heartbeats must keep it), publishes it: the job and the miss are
@@ -254,4 +254,88 @@ fn an_audit_job_posts_its_verdict() {
     );
     assert_eq!(again.run().unwrap(), RunEnd::NoJobs);
     assert_eq!(again.recorder.last_line()["outcome"], "no_jobs");
+}
+
+/// `--once` against a mirror that refuses the token, then against no mirror at all: each is
+/// a `WorkerError::Lease` holding the mirror's HTTP error (`Unauthorized`, `Connect`), and
+/// the message says what was asked of which server, and what to check.
+#[test]
+fn a_refused_token_and_an_unreachable_mirror_are_typed_errors_that_say_what_to_do() {
+    let fixture = Fixture::get();
+    let mirror = TestMirror::start();
+    let worker = TestWorker::new(&mirror, JobKind::Build, "not-a-token", &fixture.builder, 60);
+    let error = worker.run().unwrap_err();
+    let WorkerError::Lease {
+        source: precomp_http::Error::Unauthorized { url, .. },
+    } = &error
+    else {
+        panic!("not a refused token: {error:?}");
+    };
+    assert_eq!(url, &format!("{}/precomp/v1/jobs/lease", mirror.url));
+    let message = chain(&error);
+    assert!(
+        message.starts_with(&format!(
+            "leasing a job from the mirror: {url}: the token was refused: "
+        )),
+        "{message}"
+    );
+    assert_eq!(error.mirror_error().and_then(|e| e.status()), Some(401));
+
+    // Nothing listens there once the mirror is stopped.
+    let url = mirror.url.clone();
+    drop(mirror);
+    let mirror = TestMirror::start();
+    let worker =
+        TestWorker::new(&mirror, JobKind::Build, "any", &fixture.builder, 60).with_mirror(&url);
+    let error = worker.run().unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            WorkerError::Lease {
+                source: precomp_http::Error::Connect { .. }
+            }
+        ),
+        "not an unreachable mirror: {error:?}"
+    );
+    let message = chain(&error);
+    assert!(
+        message.starts_with(&format!(
+            "leasing a job from the mirror: {url}/precomp/v1/jobs/lease: "
+        )) && message.ends_with("is the mirror running there? (check the URL)"),
+        "{message}"
+    );
+    assert!(error.mirror_error().is_some_and(|e| e.is_transient()));
+}
+
+/// The worker's own publish closes the job; a heartbeat sent after that (here: the mirror's
+/// answer to the manifest upload is held back for 2 s, longer than the 2 s lease's heartbeat
+/// interval) is refused with "job N is closed (published KEY)". That is the result the worker
+/// reported, not a lost lease: the job is `published`, `lease_lost` false, no warning.
+#[test]
+fn a_heartbeat_refused_because_the_workers_own_publish_closed_the_job_is_not_a_lost_lease() {
+    let fixture = Fixture::get();
+    let mirror = TestMirror::start();
+    let proxy = SlowPublishProxy::start(&mirror.url, Duration::from_secs(2));
+    let token = mirror.token("builder", &fixture.builder.public_key());
+    let worker = TestWorker::new(&mirror, JobKind::Build, &token, &fixture.builder, 2)
+        .with_mirror(&proxy.url);
+    let (otp, elixir) = worker.tuple();
+    let lock = fixture.lock(&["plain_ex@1.0.0"]);
+    let base_key = mirror.report_miss(&lock, "plain_ex", &otp, &elixir);
+
+    let end = worker.run().unwrap();
+    let notes = worker.recorder.notes.lock().unwrap().clone();
+    assert_eq!(end, RunEnd::Job(JobStatus::Done), "{notes:?}");
+    let line = worker.recorder.last_line();
+    assert_eq!(line["outcome"], "published", "{line}");
+    assert_eq!(line["base_key"], base_key.as_str());
+    assert_eq!(line["lease_lost"], false, "{line} {notes:?}");
+    assert!(
+        notes.iter().all(|n| !n.contains("lost the lease")),
+        "{notes:?}"
+    );
+    // The mirror did refuse a heartbeat meanwhile: the job was closed by the publish.
+    let client = mirror.client(Some(&token));
+    let misses = mirror.block_on(client.misses()).unwrap();
+    assert!(misses.misses.iter().all(|m| m.miss_key() != base_key));
 }

@@ -266,7 +266,11 @@ pub fn run(context: &Context, args: BuildArgs) -> anyhow::Result<ExitCode> {
                     Ok(None) => {}
                     Err(e) => {
                         failed += 1;
-                        eprintln!("error: closing the miss of {}: {e:#}", miss.package);
+                        eprintln!(
+                            "error: closing the miss of {}: {}",
+                            miss.package,
+                            precomp_worker::chain(&e)
+                        );
                     }
                 }
             }
@@ -288,8 +292,10 @@ pub fn run(context: &Context, args: BuildArgs) -> anyhow::Result<ExitCode> {
             if let Some(Err(e)) = published {
                 failed += 1;
                 eprintln!(
-                    "error: publishing {} {}: {e:#}",
-                    result.package.name, result.package.version
+                    "error: publishing {} {}: {}",
+                    result.package.name,
+                    result.package.version,
+                    precomp_worker::chain(e)
                 );
             }
             if args.json {
@@ -490,7 +496,7 @@ fn not_built(
     if let Some((runtime, client)) = publish_to {
         if let Err(e) = variants::record_not_built(runtime, client, toolchain, miss, reason) {
             *failed += 1;
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", precomp_worker::chain(&e));
         }
     }
 }

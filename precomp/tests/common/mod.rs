@@ -7,16 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use precomp_testkit::copy_dir;
 #[allow(unused_imports)] // each test crate uses its own subset
 pub use precomp_testkit::toolchain::{toolchain_cache, Suite};
-
-pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
+pub use precomp_testkit::{copy_dir, workspace};
 
 /// `precomp` with none of the test environment's PRECOMP_* settings or Hex mirror variables.
 pub fn precomp_command() -> Command {
@@ -449,12 +442,10 @@ mod exit_reaper {
     }
 }
 
-/// A directory the sandbox user can reach (tempfile makes them 0700): data directories and
-/// anything a build reads.
+/// `precomp_testkit::data_dir` (a directory the sandbox user can reach), removed even if the
+/// test process is killed ([`remove_at_exit`]).
 pub fn data_dir(prefix: &str) -> tempfile::TempDir {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = precomp_testkit::data_dir(prefix);
     remove_at_exit(dir.path());
     dir
 }

@@ -13,7 +13,7 @@ use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH};
 use http::request::Parts;
 use http::{HeaderMap, Method, StatusCode};
 use http_body_util::BodyExt;
-use precomp_artifacts::{Artifacts, Publisher, Refusal};
+use precomp_artifacts::{valid_digest, Artifacts, Publisher, Refusal};
 use sha2::{Digest, Sha256};
 
 use crate::layers::{BodyBudget, BodyLimitError};
@@ -185,6 +185,71 @@ fn body_error(error: axum::Error, what: &str) -> Refusal {
         ),
         None => Refusal::new(400, format!("reading {what}: {error}")),
     }
+}
+
+/// A request to a resource named by a digest, matched ([`digest_resource`]).
+pub enum Routed {
+    /// GET or HEAD of the resource named by the digest.
+    Read(String, ApiRequest),
+    /// The resource's write method.
+    Write(String, ApiRequest),
+    /// Answered already: not a digest (404), or a method the resource does not take (405).
+    Answered(Response),
+}
+
+/// How a resource named by a digest is written, if it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Writes {
+    Never,
+    Put,
+    Post,
+}
+
+impl Writes {
+    fn method(self) -> Option<Method> {
+        match self {
+            Writes::Never => None,
+            Writes::Put => Some(Method::PUT),
+            Writes::Post => Some(Method::POST),
+        }
+    }
+
+    /// The `Allow` header of such a resource.
+    fn allow(self) -> &'static str {
+        match self {
+            Writes::Never => "GET, HEAD",
+            Writes::Put => "GET, HEAD, PUT",
+            Writes::Post => "GET, HEAD, POST",
+        }
+    }
+}
+
+/// The method and path matching of a resource named by a digest (`…/SHA256`, `…/KEY`) that
+/// answers GET and HEAD and is written as `writes` says: a read or a write of the digest, or
+/// the answer already: `404` (the API's) when the parameter is not a digest, `405` with
+/// `Allow`, labelled `label`, for any other method.
+pub fn digest_resource(
+    param: super::Param,
+    request: Request,
+    writes: Writes,
+    label: &'static str,
+) -> Routed {
+    let request = ApiRequest::new(request);
+    let Some(digest) = super::param(param).filter(|digest| valid_digest(digest)) else {
+        return Routed::Answered(unknown(request.head()));
+    };
+    if request.read() {
+        return Routed::Read(digest, request);
+    }
+    if writes.method().as_ref() == Some(request.method()) {
+        return Routed::Write(digest, request);
+    }
+    Routed::Answered(super::method_not_allowed(
+        label,
+        request.method(),
+        writes.allow(),
+        request.head(),
+    ))
 }
 
 /// The API's 404 for paths it does not have, whatever the method.

@@ -4,10 +4,10 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::Response;
 use http::StatusCode;
-use precomp_artifacts::{valid_digest, ArtifactStored, Refusal, MAX_ARTIFACT_SIZE};
+use precomp_artifacts::{ArtifactStored, Refusal, MAX_ARTIFACT_SIZE};
 use tokio_util::io::ReaderStream;
 
-use super::api::{self, blocking, created_or_ok, parse_digest, ApiRequest};
+use super::api::{self, blocking, created_or_ok, parse_digest, ApiRequest, Routed, Writes};
 use super::IMMUTABLE;
 use crate::respond::{json, stored};
 use crate::AppState;
@@ -20,24 +20,17 @@ pub async fn artifact(
     sha: super::Param,
     request: Request,
 ) -> Response {
-    let mut request = ApiRequest::new(request);
-    let Some(sha) = super::param(sha).filter(|sha| valid_digest(sha)) else {
-        return api::unknown(request.head());
-    };
-    if request.read() {
-        let result = get(&app, &sha, request.headers().clone(), request.head()).await;
-        return request.finish(DOWNLOADS, result).await;
+    match api::digest_resource(sha, request, Writes::Put, DOWNLOADS) {
+        Routed::Read(sha, request) => {
+            let result = get(&app, &sha, request.headers().clone(), request.head()).await;
+            request.finish(DOWNLOADS, result).await
+        }
+        Routed::Write(sha, mut request) => {
+            let result = put(&app, &sha, &mut request).await;
+            request.finish(UPLOADS, result).await
+        }
+        Routed::Answered(answer) => answer,
     }
-    if request.method() == http::Method::PUT {
-        let result = put(&app, &sha, &mut request).await;
-        return request.finish(UPLOADS, result).await;
-    }
-    super::method_not_allowed(
-        DOWNLOADS,
-        request.method(),
-        "GET, HEAD, PUT",
-        request.head(),
-    )
 }
 
 /// The artifact, streamed from disk. Its digest was checked when it was stored (and `store

@@ -6,11 +6,11 @@
 use axum::extract::{Request, State};
 use axum::response::Response;
 use bytes::Bytes;
-use precomp_artifacts::{valid_digest, Refusal};
+use precomp_artifacts::Refusal;
 use precomp_proto::manifest::MAX_SIGNED_MANIFEST_SIZE;
 use sha2::{Digest, Sha256};
 
-use super::api::{self, blocking, created_or_ok, ApiRequest};
+use super::api::{self, blocking, created_or_ok, ApiRequest, Routed, Writes};
 use super::MANIFEST_CACHE;
 use crate::respond::{content, json, json_revalidated};
 use crate::AppState;
@@ -24,24 +24,17 @@ pub async fn manifest(
     key: super::Param,
     request: Request,
 ) -> Response {
-    let mut request = ApiRequest::new(request);
-    let Some(key) = super::param(key).filter(|key| valid_digest(key)) else {
-        return api::unknown(request.head());
-    };
-    if request.read() {
-        let result = get(&app, &key, request.headers().clone(), request.head()).await;
-        return request.finish(DOWNLOADS, result).await;
+    match api::digest_resource(key, request, Writes::Put, DOWNLOADS) {
+        Routed::Read(key, request) => {
+            let result = get(&app, &key, request.headers().clone(), request.head()).await;
+            request.finish(DOWNLOADS, result).await
+        }
+        Routed::Write(key, mut request) => {
+            let result = put(&app, key, &mut request).await;
+            request.finish(UPLOADS, result).await
+        }
+        Routed::Answered(answer) => answer,
     }
-    if request.method() == http::Method::PUT {
-        let result = put(&app, key, &mut request).await;
-        return request.finish(UPLOADS, result).await;
-    }
-    super::method_not_allowed(
-        DOWNLOADS,
-        request.method(),
-        "GET, HEAD, PUT",
-        request.head(),
-    )
 }
 
 async fn get(
@@ -92,13 +85,11 @@ async fn put(app: &AppState, key: String, request: &mut ApiRequest) -> Result<Re
 /// `GET`/`HEAD /precomp/v1/manifests/KEY/history`: JSON, revalidated with the ETag; `404`
 /// when nothing is published under the key.
 pub async fn history(State(app): State<AppState>, key: super::Param, request: Request) -> Response {
-    let request = ApiRequest::new(request);
-    let Some(key) = super::param(key).filter(|key| valid_digest(key)) else {
-        return api::unknown(request.head());
+    let (key, request) = match api::digest_resource(key, request, Writes::Never, HISTORY) {
+        Routed::Read(key, request) => (key, request),
+        Routed::Write(..) => unreachable!("a resource that is never written"),
+        Routed::Answered(answer) => return answer,
     };
-    if !request.read() {
-        return super::method_not_allowed(HISTORY, request.method(), "GET, HEAD", request.head());
-    }
     let owned = key.clone();
     let result = blocking(&app.artifacts, move |a| Ok(a.manifest_history(&owned)?))
         .await

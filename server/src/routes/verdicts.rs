@@ -3,9 +3,9 @@
 
 use axum::extract::{Request, State};
 use axum::response::Response;
-use precomp_artifacts::{valid_digest, Refusal, MAX_VERDICT_BODY};
+use precomp_artifacts::{Refusal, MAX_VERDICT_BODY};
 
-use super::api::{self, blocking, created_or_ok, ApiRequest};
+use super::api::{self, blocking, created_or_ok, ApiRequest, Routed, Writes};
 use crate::respond::{json, json_revalidated};
 use crate::AppState;
 
@@ -17,20 +17,18 @@ pub async fn verdicts(
     key: super::Param,
     request: Request,
 ) -> Response {
-    let mut request = ApiRequest::new(request);
-    let Some(key) = super::param(key).filter(|key| valid_digest(key)) else {
-        return api::unknown(request.head());
-    };
-    if request.read() {
-        let verdicts = blocking(&app.artifacts, move |a| Ok(a.verdicts(&key)?)).await;
-        let result = verdicts.map(|v| json_revalidated(&v, request.headers(), request.head()));
-        return request.finish(LIST, result).await;
+    match api::digest_resource(key, request, Writes::Post, LIST) {
+        Routed::Read(key, request) => {
+            let verdicts = blocking(&app.artifacts, move |a| Ok(a.verdicts(&key)?)).await;
+            let result = verdicts.map(|v| json_revalidated(&v, request.headers(), request.head()));
+            request.finish(LIST, result).await
+        }
+        Routed::Write(key, mut request) => {
+            let result = post(&app, key, &mut request).await;
+            request.finish(REPORTS, result).await
+        }
+        Routed::Answered(answer) => answer,
     }
-    if request.method() == http::Method::POST {
-        let result = post(&app, key, &mut request).await;
-        return request.finish(REPORTS, result).await;
-    }
-    super::method_not_allowed(LIST, request.method(), "GET, HEAD, POST", request.head())
 }
 
 async fn post(app: &AppState, key: String, request: &mut ApiRequest) -> Result<Response, Refusal> {

@@ -19,22 +19,10 @@ use precomp_proto::registry::{RepoPublicKey, RepoSigningKey};
 use precomp_registry::mirror::{Mirror, MirrorConfig};
 use precomp_registry::static_repo;
 use precomp_sandbox::Sandbox;
-use precomp_worker::{JobReport, Observer, RunEnd, Worker, WorkerConfig, WorkerToolchain};
-
-pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// A directory the sandbox user can reach (tempfile makes them 0700).
-pub fn data_dir(prefix: &str) -> tempfile::TempDir {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    dir
-}
+pub use precomp_testkit::{copy_dir, data_dir, workspace};
+use precomp_worker::{
+    JobReport, Observer, RunEnd, Worker, WorkerConfig, WorkerError, WorkerToolchain,
+};
 
 /// The signed static repository of the fixture packages and slow_ex, and the builder's and
 /// the auditor's keys: made once per test process.
@@ -84,19 +72,6 @@ impl Fixture {
             .unwrap()
             .to_text()
             .unwrap()
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
     }
 }
 
@@ -293,6 +268,12 @@ impl TestWorker {
         }
     }
 
+    /// Asks the mirror at `url` instead.
+    pub fn with_mirror(mut self, url: &str) -> TestWorker {
+        self.config.mirror = url.to_string();
+        self
+    }
+
     /// Works on jobs until the shutdown handle is cancelled, instead of on one.
     pub fn until_shutdown(mut self) -> TestWorker {
         self.config.once = false;
@@ -301,7 +282,7 @@ impl TestWorker {
     }
 
     /// Runs the worker (leases, works on one job, returns).
-    pub fn run(&self) -> anyhow::Result<RunEnd> {
+    pub fn run(&self) -> Result<RunEnd, WorkerError> {
         let sandbox = Sandbox::new().unwrap();
         let toolchain = host_toolchain(self.data.path(), &sandbox);
         let worker = Worker::new(
@@ -326,4 +307,87 @@ impl TestWorker {
 /// Signing keys are not `Clone` (one owner each): a copy through its PEM.
 pub fn copy_key(key: &ArtifactSigningKey) -> ArtifactSigningKey {
     ArtifactSigningKey::from_pem(&key.to_pem().unwrap()).unwrap()
+}
+
+/// A TCP proxy in front of a mirror that holds back the answer to each manifest upload
+/// (`PUT /precomp/v1/manifests/…`) for `delay` after the mirror gave it: the mirror has
+/// stored the manifest (and closed the misses it satisfies) while the uploader still waits.
+/// Every other exchange passes at once.
+pub struct SlowPublishProxy {
+    pub url: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    address: std::net::SocketAddr,
+}
+
+impl SlowPublishProxy {
+    pub fn start(upstream: &str, delay: std::time::Duration) -> SlowPublishProxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let upstream: std::net::SocketAddr = upstream
+            .trim_start_matches("http://")
+            .parse()
+            .expect("the mirror's address");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                let Ok(server) = std::net::TcpStream::connect(upstream) else {
+                    continue;
+                };
+                // Set when a manifest upload went up this connection: its answer (the next
+                // bytes down, HTTP/1.1 answering in order) is held back.
+                let uploaded = Arc::new(AtomicBool::new(false));
+                let (mut client_in, mut server_out) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let up = uploaded.clone();
+                std::thread::spawn(move || {
+                    let mut buffer = vec![0u8; 64 * 1024];
+                    while let Ok(n @ 1..) = std::io::Read::read(&mut client_in, &mut buffer) {
+                        let chunk = &buffer[..n];
+                        if chunk
+                            .windows(26)
+                            .any(|w| w == b"PUT /precomp/v1/manifests/")
+                        {
+                            up.store(true, Ordering::SeqCst);
+                        }
+                        if std::io::Write::write_all(&mut server_out, chunk).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = server_out.shutdown(std::net::Shutdown::Write);
+                });
+                let (mut server_in, mut client_out) = (server, client);
+                std::thread::spawn(move || {
+                    let mut buffer = vec![0u8; 64 * 1024];
+                    while let Ok(n @ 1..) = std::io::Read::read(&mut server_in, &mut buffer) {
+                        if uploaded.swap(false, Ordering::SeqCst) {
+                            std::thread::sleep(delay);
+                        }
+                        if std::io::Write::write_all(&mut client_out, &buffer[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = client_out.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        SlowPublishProxy {
+            url: format!("http://{address}"),
+            stop,
+            address,
+        }
+    }
+}
+
+impl Drop for SlowPublishProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wakes the accept loop, which then sees `stop`.
+        let _ = std::net::TcpStream::connect(self.address);
+    }
 }
