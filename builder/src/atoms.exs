@@ -89,7 +89,7 @@ defmodule Precomp.BuildAtoms do
   end
 
   defp write_boot(path, atoms) do
-    atoms = atoms |> Enum.reject(&pooled?/1) |> Enum.uniq() |> Enum.sort()
+    atoms = atoms |> :lists.usort() |> Enum.reject(&pooled?/1)
     {:script, id, instructions} = read_boot(Path.join(:code.root_dir(), "bin/no_dot_erlang.boot"))
     File.write!(path, :erlang.term_to_binary({:script, id, [{:preLoaded, atoms} | instructions]}))
   end
