@@ -481,11 +481,18 @@ mod tests {
         // beam, the predicting VM compiles the hook (its atom table is part of the list).
         let run = toolchain_atoms_command();
         assert_eq!(run[..2], ["sh", "-c"]);
-        assert!(run[2].contains("Precomp.BuildAtoms.toolchain_atoms()"), "{}", run[2]);
+        assert!(
+            run[2].contains("Precomp.BuildAtoms.toolchain_atoms()"),
+            "{}",
+            run[2]
+        );
         assert!(run[2].contains("elixirc -o /build/.precomp/ebin /build/.precomp/atoms.exs"));
         let script = &command(Pass::Predicted, "my_app")[2];
         let (predicting, compiling) = script.split_once("&&").unwrap();
-        assert!(predicting.contains("elixir -r /build/.precomp/atoms.exs"), "{script}");
+        assert!(
+            predicting.contains("elixir -r /build/.precomp/atoms.exs"),
+            "{script}"
+        );
         assert!(
             compiling.contains("elixir -pa /build/.precomp/ebin")
                 && compiling.contains("System.at_exit(&Precomp.BuildAtoms.at_exit/1)")
