@@ -189,12 +189,15 @@ pub fn command(pass: Pass, app: &str) -> Vec<String> {
         // The predicting VM compiles the hook (its atom table, which the list takes in, is
         // that of a VM that did); the compile VM loads the hook's beam compiled by the
         // toolchain's run, whose atoms are among those the compile created, and registers
-        // the check as the hook's last line does.
-        let ebin = format!("{build}/{DIR}/{HOOK_EBIN}");
+        // the check as the hook's last line does. Loaded from its bytes, not with `-pa`: on
+        // Elixir 1.18 a code path makes an atom of its directory's name (`:".precomp"`),
+        // which no list holds.
+        let beam = format!("{build}/{DIR}/{HOOK_EBIN}/{HOOK_BEAM}");
         let script = format!(
             "elixir -r {hook} -e 'Precomp.BuildAtoms.predict(hd(System.argv()))' \"$0\" && \
-             PRECOMP_ATOMS=check ERL_AFLAGS='-boot {boot}' exec elixir -pa {ebin} \
-             -e 'System.at_exit(&Precomp.BuildAtoms.at_exit/1)' -S mix deps.compile \"$0\""
+             PRECOMP_ATOMS=check ERL_AFLAGS='-boot {boot}' exec elixir \
+             -e '{{:module, _}} = :code.load_binary(Precomp.BuildAtoms, String.to_charlist(\"{beam}\"), File.read!(\"{beam}\")); System.at_exit(&Precomp.BuildAtoms.at_exit/1)' \
+             -S mix deps.compile \"$0\""
         );
         return vec!["sh".into(), "-c".into(), script, app.into()];
     }
@@ -494,9 +497,11 @@ mod tests {
             "{script}"
         );
         assert!(
-            compiling.contains("elixir -pa /build/.precomp/ebin")
+            compiling.contains(":code.load_binary(Precomp.BuildAtoms")
+                && compiling.contains("/build/.precomp/ebin/Elixir.Precomp.BuildAtoms.beam")
                 && compiling.contains("System.at_exit(&Precomp.BuildAtoms.at_exit/1)")
-                && !compiling.contains("-r /build"),
+                && !compiling.contains("-r /build")
+                && !compiling.contains("-pa"),
             "{script}"
         );
     }
