@@ -89,7 +89,9 @@ defmodule Precomp.BuildAtoms do
   end
 
   defp write_boot(path, atoms) do
-    atoms = atoms |> Enum.reject(&pooled?/1) |> Enum.uniq() |> Enum.sort()
+    # Duplicates dropped by a map first (hashing an atom is cheap, comparing two by name is
+    # not), then sorted by name: the same list as Enum.uniq and Enum.sort, in less time.
+    atoms = atoms |> :maps.from_keys(true) |> :maps.keys() |> :lists.sort() |> Enum.reject(&pooled?/1)
     {:script, id, instructions} = read_boot(Path.join(:code.root_dir(), "bin/no_dot_erlang.boot"))
     File.write!(path, :erlang.term_to_binary({:script, id, [{:preLoaded, atoms} | instructions]}))
   end
@@ -424,7 +426,13 @@ defmodule Precomp.BuildAtoms do
   # Elixir names the modules it evaluates code in elixir_compiler_0, _1, ... from a pool that
   # grows with how many evaluations overlapped (elixir_code_server): how many exist depends
   # on scheduling, so they are left out (they are never keys of a user's map).
-  defp pooled?(atom), do: String.match?(Atom.to_string(atom), ~r/\Aelixir_compiler_\d+\z/)
+  # (The regex only for names with the prefix: this runs on every atom of the table.)
+  defp pooled?(atom) do
+    case Atom.to_string(atom) do
+      "elixir_compiler_" <> _ -> String.match?(Atom.to_string(atom), ~r/\Aelixir_compiler_\d+\z/)
+      _ -> false
+    end
+  end
 
   defp read_boot(path), do: :erlang.binary_to_term(File.read!(path))
 end

@@ -46,6 +46,14 @@ pub const FALLBACK_FILE: &str = "fallback.boot";
 /// Where a predicted pass finds (or, the first time, writes) the toolchain's atoms, in [`DIR`].
 pub const TOOLCHAIN_ATOMS_FILE: &str = "toolchain.atoms";
 
+/// The hook compiled to a beam (by the toolchain's run, [`toolchain_atoms_command`]), in
+/// [`DIR`]`/`[`HOOK_EBIN`]: the compile VM of a predicted pass loads it instead of compiling
+/// the hook (~0.2 s of CPU per VM).
+pub const HOOK_BEAM: &str = "Elixir.Precomp.BuildAtoms.beam";
+
+/// The directory of [`HOOK_BEAM`] in [`DIR`] (a code path of its own).
+pub const HOOK_EBIN: &str = "ebin";
+
 /// Which pass a sandbox run is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pass {
@@ -178,9 +186,18 @@ pub fn command(pass: Pass, app: &str) -> Vec<String> {
     let hook = format!("{build}/{DIR}/{HOOK_FILE}");
     if pass == Pass::Predicted {
         let boot = format!("{build}/{DIR}/{}", BOOT_FILE.trim_end_matches(".boot"));
+        // The predicting VM compiles the hook (its atom table, which the list takes in, is
+        // that of a VM that did); the compile VM loads the hook's beam compiled by the
+        // toolchain's run, whose atoms are among those the compile created, and registers
+        // the check as the hook's last line does. Loaded from its bytes, not with `-pa`: on
+        // Elixir 1.18 a code path makes an atom of its directory's name (`:".precomp"`),
+        // which no list holds.
+        let beam = format!("{build}/{DIR}/{HOOK_EBIN}/{HOOK_BEAM}");
         let script = format!(
             "elixir -r {hook} -e 'Precomp.BuildAtoms.predict(hd(System.argv()))' \"$0\" && \
-             PRECOMP_ATOMS=check ERL_AFLAGS='-boot {boot}' exec elixir -r {hook} -S mix deps.compile \"$0\""
+             PRECOMP_ATOMS=check ERL_AFLAGS='-boot {boot}' exec elixir \
+             -e '{{:module, _}} = :code.load_binary(Precomp.BuildAtoms, String.to_charlist(\"{beam}\"), File.read!(\"{beam}\")); System.at_exit(&Precomp.BuildAtoms.at_exit/1)' \
+             -S mix deps.compile \"$0\""
         );
         return vec!["sh".into(), "-c".into(), script, app.into()];
     }
@@ -225,48 +242,68 @@ pub fn toolchain_atoms_cache_name(toolchain_digest: &str) -> String {
     format!("{}.atoms", hex::encode(&digest[..16]))
 }
 
-/// Copies the cached toolchain atoms (if any) into `project`'s [`DIR`] before a predicted pass.
+/// The cached hook beam that goes with the toolchain atoms cached at `cache` (same name,
+/// `.beam`).
+pub fn hook_beam_cache(cache: &Path) -> std::path::PathBuf {
+    cache.with_extension("beam")
+}
+
+/// Whether the toolchain's run has been cached at `cache`: its atoms and the hook's beam.
+pub fn toolchain_cached(cache: &Path) -> bool {
+    cache.is_file() && hook_beam_cache(cache).is_file()
+}
+
+/// Copies the cached toolchain atoms and hook beam (if cached) into `project`'s [`DIR`]
+/// before a predicted pass. The project's copies are the package's to spoil; the cache is
+/// outside every sandbox.
 pub fn restore_toolchain_atoms(cache: &Path, project: &Path) -> Result<bool> {
-    if !cache.is_file() {
+    if !toolchain_cached(cache) {
         return Ok(false);
     }
     let to = project.join(DIR).join(TOOLCHAIN_ATOMS_FILE);
     std::fs::copy(cache, &to).map_err(io(&to))?;
+    let ebin = project.join(DIR).join(HOOK_EBIN);
+    std::fs::create_dir_all(&ebin).map_err(io(&ebin))?;
+    let to = ebin.join(HOOK_BEAM);
+    std::fs::copy(hook_beam_cache(cache), &to).map_err(io(&to))?;
     Ok(true)
 }
 
-/// The command that computes the toolchain's atoms into [`TOOLCHAIN_ATOMS_FILE`], in a
-/// project directory holding only the hook (no package code runs there: the file is cached
-/// and used by every later build with this toolchain).
+/// The command that computes the toolchain's atoms into [`TOOLCHAIN_ATOMS_FILE`] and compiles
+/// the hook into [`HOOK_EBIN`], in a project directory holding only the hook (no package code
+/// runs there: both files are cached and used by every later build with this toolchain).
 pub fn toolchain_atoms_command() -> Vec<String> {
-    let hook = format!("{}/{DIR}/{HOOK_FILE}", precomp_sandbox::BUILD_DIR);
-    [
-        "elixir",
-        "-r",
-        &hook,
-        "-e",
-        "Precomp.BuildAtoms.toolchain_atoms()",
-    ]
-    .map(String::from)
-    .to_vec()
+    let dir = format!("{}/{DIR}", precomp_sandbox::BUILD_DIR);
+    let script = format!(
+        "elixir -r {dir}/{HOOK_FILE} -e 'Precomp.BuildAtoms.toolchain_atoms()' && \
+         exec elixirc -o {dir}/{HOOK_EBIN} {dir}/{HOOK_FILE}"
+    );
+    vec!["sh".into(), "-c".into(), script]
 }
 
-/// Keeps the toolchain's atoms computed in `project` (by [`toolchain_atoms_command`]) in
-/// `cache`: bounded, written to a temporary file and renamed, so concurrent builds never see
-/// half a file.
+/// Keeps the toolchain's atoms and the hook's beam made in `project` (by
+/// [`toolchain_atoms_command`]) in `cache` and [`hook_beam_cache`]: bounded, written to a
+/// temporary file and renamed, so concurrent builds never see half a file (the atoms last:
+/// [`toolchain_cached`] needs both).
 pub fn save_toolchain_atoms(project: &Path, cache: &Path) -> Result<()> {
+    let beam = project.join(DIR).join(HOOK_EBIN).join(HOOK_BEAM);
+    save_bounded(&beam, &hook_beam_cache(cache), "the hook's beam")?;
     let from = project.join(DIR).join(TOOLCHAIN_ATOMS_FILE);
-    let size = std::fs::metadata(&from).map_err(io(&from))?.len();
+    save_bounded(&from, cache, "the toolchain's atom list")
+}
+
+fn save_bounded(from: &Path, to: &Path, what: &str) -> Result<()> {
+    let size = std::fs::metadata(from).map_err(io(from))?.len();
     if size > MAX_BOOT_BYTES {
         return Err(BuildError::Invalid(format!(
-            "the toolchain's atom list is {size} bytes, more than the {MAX_BOOT_BYTES} allowed"
+            "{what} is {size} bytes, more than the {MAX_BOOT_BYTES} allowed"
         )));
     }
-    let dir = cache.parent().unwrap_or(Path::new("."));
+    let dir = to.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let tmp = cache.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::copy(&from, &tmp).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, cache).map_err(io(cache))
+    let tmp = to.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::copy(from, &tmp).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, to).map_err(io(to))
 }
 
 /// The environment `pass` adds to the build's: the hook's mode and paths, and for pass 2
@@ -403,6 +440,70 @@ mod tests {
             toolchain_atoms_cache_name("aaab")
         );
         assert!(toolchain_atoms_cache_name("aaaa").ends_with(".atoms"));
+    }
+
+    #[test]
+    fn the_toolchain_cache_needs_atoms_and_hook_beam_and_projects_get_copies() {
+        let root = tempfile::tempdir().unwrap();
+        let cache = root
+            .path()
+            .join(".toolchain-atoms")
+            .join(toolchain_atoms_cache_name("aaaa"));
+        let project = root.path().join("project");
+        std::fs::create_dir_all(project.join(DIR)).unwrap();
+        // Miss: nothing cached, nothing restored.
+        assert!(!toolchain_cached(&cache));
+        assert!(!restore_toolchain_atoms(&cache, &project).unwrap());
+
+        // The toolchain's run left both files in its project; saving caches both.
+        let run = root.path().join("toolchain-run");
+        std::fs::create_dir_all(run.join(DIR).join(HOOK_EBIN)).unwrap();
+        std::fs::write(run.join(DIR).join(TOOLCHAIN_ATOMS_FILE), b"atoms").unwrap();
+        std::fs::write(run.join(DIR).join(HOOK_EBIN).join(HOOK_BEAM), b"beam").unwrap();
+        save_toolchain_atoms(&run, &cache).unwrap();
+        assert!(toolchain_cached(&cache));
+        assert_eq!(std::fs::read(hook_beam_cache(&cache)).unwrap(), b"beam");
+
+        // Hit: the project gets copies; spoiling them (as a package's compile could) leaves
+        // the cache as it was.
+        assert!(restore_toolchain_atoms(&cache, &project).unwrap());
+        let beam = project.join(DIR).join(HOOK_EBIN).join(HOOK_BEAM);
+        let atoms = project.join(DIR).join(TOOLCHAIN_ATOMS_FILE);
+        assert_eq!(std::fs::read(&beam).unwrap(), b"beam");
+        std::fs::write(&beam, b"spoiled").unwrap();
+        std::fs::write(&atoms, b"spoiled").unwrap();
+        assert_eq!(std::fs::read(hook_beam_cache(&cache)).unwrap(), b"beam");
+        assert_eq!(std::fs::read(&cache).unwrap(), b"atoms");
+
+        // A cache from before the hook beam (atoms only) is a miss: the toolchain's run
+        // makes both again.
+        std::fs::remove_file(hook_beam_cache(&cache)).unwrap();
+        assert!(!toolchain_cached(&cache));
+
+        // The toolchain's run makes both; only the compile VM of a predicted pass loads the
+        // beam, the predicting VM compiles the hook (its atom table is part of the list).
+        let run = toolchain_atoms_command();
+        assert_eq!(run[..2], ["sh", "-c"]);
+        assert!(
+            run[2].contains("Precomp.BuildAtoms.toolchain_atoms()"),
+            "{}",
+            run[2]
+        );
+        assert!(run[2].contains("elixirc -o /build/.precomp/ebin /build/.precomp/atoms.exs"));
+        let script = &command(Pass::Predicted, "my_app")[2];
+        let (predicting, compiling) = script.split_once("&&").unwrap();
+        assert!(
+            predicting.contains("elixir -r /build/.precomp/atoms.exs"),
+            "{script}"
+        );
+        assert!(
+            compiling.contains(":code.load_binary(Precomp.BuildAtoms")
+                && compiling.contains("/build/.precomp/ebin/Elixir.Precomp.BuildAtoms.beam")
+                && compiling.contains("System.at_exit(&Precomp.BuildAtoms.at_exit/1)")
+                && !compiling.contains("-r /build")
+                && !compiling.contains("-pa"),
+            "{script}"
+        );
     }
 
     #[test]

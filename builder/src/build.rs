@@ -162,7 +162,7 @@ pub fn build_package(
                 work.path().to_path_buf()
             }
             Pass::Predicted => {
-                if !toolchain_atoms.is_file() {
+                if !atoms::toolchain_cached(&toolchain_atoms) {
                     if let Some(reason) = compute_toolchain_atoms(context, &toolchain_atoms)? {
                         return Ok(BuildOutcome::Cancelled { reason });
                     }
