@@ -29,7 +29,7 @@ pub enum Error {
     Transport { url: String, reason: String },
     #[error("{url}: the token was refused: {message}")]
     Unauthorized { url: String, message: String },
-    #[error("{url}: this needs a token and none was sent: {message} (pass --token or set PRECOMP_TOKEN)")]
+    #[error("{url}: refused without a token: {message} (pass --token or set PRECOMP_TOKEN)")]
     TokenRequired { url: String, message: String },
     #[error("{url}: refused: {message}")]
     Forbidden { url: String, message: String },
