@@ -237,7 +237,10 @@ async fn client_errors_are_never_retried() {
             401 => {
                 // No token was sent: the error says so rather than that a token was refused.
                 assert!(matches!(error, Error::TokenRequired { .. }), "{error}");
-                assert!(error.to_string().contains("refused without a token"), "{error}");
+                assert!(
+                    error.to_string().contains("refused without a token"),
+                    "{error}"
+                );
             }
             403 => assert!(matches!(error, Error::Forbidden { .. })),
             400 | 409 | 413 | 422 => assert!(matches!(error, Error::Refused { .. })),
