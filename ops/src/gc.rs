@@ -99,6 +99,9 @@ pub struct GcReport {
     pub artifacts: Vec<DroppedArtifact>,
     /// Blob files with no row, older than the cutoff.
     pub stray_blobs: Vec<String>,
+    /// Closed misses (built, failed or expired) last reported before the cutoff: deleted (or
+    /// that would be), as nothing reads them any more.
+    pub closed_misses: u64,
     /// Bytes of the artifacts and stray blobs removed (or that would be).
     pub bytes: u64,
     pub kept: Kept,
@@ -127,6 +130,7 @@ pub fn collect(options: &GcOptions) -> Result<GcReport, GcError> {
     let mut dropped_manifests = Vec::new();
     let mut dropped_artifacts = Vec::new();
     let mut needed_artifacts: HashSet<String> = HashSet::new();
+    let mut closed_misses = 0;
     let mut known_blobs: HashSet<String> = HashSet::new();
     store.collect_garbage(cutoff, options.apply, &mut |view: &GcView| {
         let mut miss_locks = BTreeSet::new();
@@ -185,9 +189,11 @@ pub fn collect(options: &GcOptions) -> Result<GcReport, GcError> {
                 });
             }
         }
+        closed_misses = view.old_closed_misses;
         GcDrop {
             builds: dropped_manifests.iter().map(|m| m.key.clone()).collect(),
             artifacts: dropped_artifacts.iter().map(|a| a.sha256.clone()).collect(),
+            old_closed_misses: true,
         }
     })?;
 
@@ -224,6 +230,7 @@ pub fn collect(options: &GcOptions) -> Result<GcReport, GcError> {
         manifests: dropped_manifests,
         artifacts: dropped_artifacts,
         stray_blobs,
+        closed_misses,
         bytes,
         kept,
         missing_blobs,

@@ -509,6 +509,13 @@ pub fn gc_reads_and_drops_in_one_step(store: &dyn MetadataStore) {
             .unwrap();
     }
     store.record_artifact(&[3; 32], 5, "builder").unwrap();
+    // A miss the kept build closes, and one that stays open.
+    let policy = MissPolicy::default();
+    for otp in ["25", "27"] {
+        store
+            .record_miss(&miss(&miss_report(otp)), &policy, COUNTS_ALL)
+            .unwrap();
+    }
     put(store, &kept);
     put(store, &dropped);
     let named: Vec<String> = store
@@ -524,6 +531,7 @@ pub fn gc_reads_and_drops_in_one_step(store: &dyn MetadataStore) {
     let plan = GcDrop {
         builds: vec![dropped.0.key.clone()],
         artifacts: vec![hex::encode([2; 32]), hex::encode([3; 32])],
+        ..GcDrop::default()
     };
     let planned = store
         .collect_garbage(0, false, &mut |view| {
@@ -556,6 +564,23 @@ pub fn gc_reads_and_drops_in_one_step(store: &dyn MetadataStore) {
         .map(|a| a.sha256)
         .collect();
     assert_eq!(recorded, [hex::encode([1; 32])]);
+
+    // Closed misses older than `misses_since` are counted, and deleted only when asked; an
+    // open one never is.
+    let mut old_closed = Vec::new();
+    for (apply, delete) in [(false, true), (true, false), (true, true), (true, true)] {
+        store
+            .collect_garbage(i64::MAX, apply, &mut |view| {
+                old_closed.push(view.old_closed_misses);
+                GcDrop {
+                    old_closed_misses: delete,
+                    ..GcDrop::default()
+                }
+            })
+            .unwrap();
+    }
+    assert_eq!(old_closed, [1, 1, 1, 0]);
+    assert_eq!(store.open_misses(10, usize::MAX).unwrap().len(), 1);
 }
 
 // Helpers -------------------------------------------------------------------------------------

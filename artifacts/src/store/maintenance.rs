@@ -48,6 +48,9 @@ pub struct GcView {
     pub builds: Vec<GcBuild>,
     /// Every stored artifact, by digest.
     pub artifacts: Vec<GcArtifact>,
+    /// Closed misses last reported before `misses_since`: built, failed or expired, and too
+    /// old for their lock to keep a build. Nothing reads them any more.
+    pub old_closed_misses: u64,
 }
 
 /// What gc drops: builds by key (with their verdicts and the other manifests kept for the
@@ -56,6 +59,9 @@ pub struct GcView {
 pub struct GcDrop {
     pub builds: Vec<String>,
     pub artifacts: Vec<String>,
+    /// Whether to delete the view's `old_closed_misses` (without it the table only grows: a
+    /// miss is closed, never deleted, when its build is published).
+    pub old_closed_misses: bool,
 }
 
 /// A file in the blob directory.
@@ -127,6 +133,13 @@ impl ArtifactStore {
                     )
                     .map_err(self.db_err())?;
                 }
+            }
+            if dropped.old_closed_misses {
+                tx.execute(
+                    &format!("DELETE FROM misses WHERE {OLD_CLOSED_MISSES}"),
+                    params![misses_since],
+                )
+                .map_err(self.db_err())?;
             }
         }
         tx.commit().map_err(self.db_err())?;
@@ -292,6 +305,11 @@ fn blob_names(db: &Connection) -> rusqlite::Result<Vec<String>> {
     Ok(names)
 }
 
+/// The closed misses gc may delete: closed (built, failed, or expired unreported) and last
+/// reported before the oldest report whose lock still counts. An open miss is never deleted
+/// here: expiry closes it first.
+const OLD_CLOSED_MISSES: &str = "closed_at IS NOT NULL AND last_reported < ?1";
+
 fn gc_view(tx: &rusqlite::Transaction<'_>, misses_since: i64) -> rusqlite::Result<GcView> {
     let miss_locks = {
         let mut stmt = tx.prepare("SELECT lock FROM misses WHERE last_reported >= ?1")?;
@@ -334,10 +352,16 @@ fn gc_view(tx: &rusqlite::Transaction<'_>, misses_since: i64) -> rusqlite::Resul
         })?;
         rows.collect::<Result<Vec<_>, _>>()?
     };
+    let old_closed_misses: i64 = tx.query_row(
+        &format!("SELECT count(*) FROM misses WHERE {OLD_CLOSED_MISSES}"),
+        params![misses_since],
+        |row| row.get(0),
+    )?;
     Ok(GcView {
         miss_locks,
         builds,
         artifacts,
+        old_closed_misses: old_closed_misses.max(0) as u64,
     })
 }
 
@@ -609,6 +633,7 @@ mod tests {
             .collect_garbage(0, true, &mut |view| GcDrop {
                 builds: vec![],
                 artifacts: view.artifacts.iter().map(|a| a.sha256.clone()).collect(),
+                ..GcDrop::default()
             })
             .unwrap();
         assert_eq!(dropped.artifacts, vec![kept.clone()]);

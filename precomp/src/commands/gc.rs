@@ -93,12 +93,13 @@ fn text(report: &GcReport) -> String {
         ));
     }
     out.push_str(&format!(
-        "precomp gc: {verb} {} build(s), {} artifact(s), {} stray blob(s), {} bytes; kept {} \
-         recent, {} for kept locks, {} for clients' recent misses{}, {} artifact(s) (cutoff {})\n",
+        "precomp gc: {verb} {} build(s), {} artifact(s), {} stray blob(s), {} bytes, {} closed \
+         miss(es); kept {} recent, {} for kept locks, {} for clients' recent misses{}, {} artifact(s) (cutoff {})\n",
         report.manifests.len(),
         report.artifacts.len(),
         report.stray_blobs.len(),
         report.bytes,
+        report.closed_misses,
         report.kept.recent,
         report.kept.kept_locks,
         report.kept.miss_locks,
@@ -113,7 +114,8 @@ fn text(report: &GcReport) -> String {
     if !report.applied
         && (!report.manifests.is_empty()
             || !report.artifacts.is_empty()
-            || !report.stray_blobs.is_empty())
+            || !report.stray_blobs.is_empty()
+            || report.closed_misses > 0)
     {
         out.push_str("dry run: nothing was changed; run again with --apply to remove them\n");
     }
