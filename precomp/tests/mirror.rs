@@ -440,12 +440,10 @@ fn assert_rebar3_built_and_runs(output: &Output, scratch: &Path, mirror: &Mirror
     assert_consumer_runs(&scratch.join("rebar3_app/_build/default/lib"));
 }
 
-/// rebar3 against a mirror that requires a token to read (`--require-read-token`), as
-/// docs/mirror.md says to configure it: refused without `repo_key`, served with a reader
-/// token as `repo_key` (hex_core sends it as the `authorization` header, bare).
-#[test]
-fn rebar3_reads_a_mirror_that_requires_a_token_with_its_repo_key() {
-    let fixture = Fixture::get();
+/// A mirror of `fixture`'s repository (served by nginx) run with `--require-read-token`, and a
+/// `reader` token made for it: what docs/mirror.md says to configure for reading with a token.
+/// The nginx and the data directory live as long as what is returned.
+fn read_token_mirror(fixture: &Fixture) -> (Nginx, tempfile::TempDir, Mirror, String) {
     let nginx = Nginx::start(&fixture.root(), &NginxOptions::new());
     let data = tempfile::tempdir().unwrap();
     let token = ok(precomp(&[
@@ -466,6 +464,16 @@ fn rebar3_reads_a_mirror_that_requires_a_token_with_its_repo_key() {
         &fixture.public_key(),
         &["--require-read-token"],
     );
+    (nginx, data, mirror, token)
+}
+
+/// rebar3 against a mirror that requires a token to read (`--require-read-token`), as
+/// docs/mirror.md says to configure it: refused without `repo_key`, served with a reader
+/// token as `repo_key` (hex_core sends it as the `authorization` header, bare).
+#[test]
+fn rebar3_reads_a_mirror_that_requires_a_token_with_its_repo_key() {
+    let fixture = Fixture::get();
+    let (_nginx, _data, mirror, token) = read_token_mirror(fixture);
 
     let (output, scratch) = rebar3_compile(&mirror.url, &fixture.public_key());
     assert!(!output.status.success(), "{}", describe(&output));
@@ -1518,26 +1526,7 @@ fn mix_sends_the_read_token_only_to_a_trusted_mirror() {
     let hex = require_mix_hex_client();
     let exchanges_keys = hex >= (2, 4, 0);
     let fixture = Fixture::get();
-    let nginx = Nginx::start(&fixture.root(), &NginxOptions::new());
-    let data = tempfile::tempdir().unwrap();
-    let token = ok(precomp(&[
-        "--data",
-        data.path().to_str().unwrap(),
-        "token",
-        "create",
-        "--name",
-        "ci",
-        "--scope",
-        "reader",
-    ]))
-    .trim()
-    .to_string();
-    let mirror = Mirror::start(
-        data.path(),
-        &nginx.url(),
-        &fixture.public_key(),
-        &["--require-read-token"],
-    );
+    let (_nginx, _data, mirror, token) = read_token_mirror(fixture);
     let spy = AuthSpy::start(&mirror.url);
     let api_url = format!("{}/api", spy.url);
     let public_key = fixture.public_key();
