@@ -599,7 +599,7 @@ impl<T: std::fmt::Debug> JobErrorOf for Result<T, ArtifactStoreError> {
     }
 }
 
-fn inputs(otp: &str) -> BuildInputs {
+pub(crate) fn inputs(otp: &str) -> BuildInputs {
     BuildInputs {
         package: PackageRef {
             name: "plain_ex".into(),
@@ -618,7 +618,7 @@ fn inputs(otp: &str) -> BuildInputs {
 
 /// A build of plain_ex for OTP `otp` whose artifact is `[artifact; 32]` (one file),
 /// `duration_ms` in its provenance (what differs between two identical builds).
-fn build(
+pub(crate) fn build(
     otp: &str,
     artifact: u8,
     duration_ms: u64,

@@ -241,74 +241,25 @@ impl ArtifactStore {
 
 #[cfg(test)]
 mod tests {
+    use super::super::contract;
     use super::super::{ManifestPut, ManifestRecord, MissOutcome, MissPolicy, MissRecord};
     use super::*;
     use crate::api::{MissRecorded, MissReport};
-    use precomp_proto::buildkey::{BuildInputs, Manager, PackageRef, Target};
-    use precomp_proto::manifest::{
-        ArtifactSigningKey, FileRecord, Manifest, Output, Provenance, SignedManifest,
-    };
+    use precomp_proto::buildkey::BuildInputs;
+    use precomp_proto::manifest::{ArtifactSigningKey, SignedManifest};
     use prost::Message as _;
 
-    fn inputs() -> BuildInputs {
-        BuildInputs {
-            package: PackageRef {
-                name: "plain_ex".into(),
-                version: "1.0.0".into(),
-                outer_checksum: [7; 32],
-            },
-            manager: Manager::Mix,
-            closure: vec![],
-            otp_major: "27".into(),
-            elixir: "1.18.3".into(),
-            mix_env: "prod".into(),
-            target: Target::Any,
-            compile_env: vec![],
-        }
-    }
-
-    /// A build of plain_ex whose artifact is `artifact` (one file with that digest), with a
-    /// provenance saying how long it took (what differs between two identical builds).
+    /// Builds of plain_ex for OTP 27 ([`contract::build`]'s, which the contract checks use).
     fn build(
         artifact: u8,
         duration_ms: u64,
         signer: &ArtifactSigningKey,
     ) -> (ManifestRecord, SignedManifest) {
-        let mut manifest = Manifest::default();
-        manifest.set_inputs(&inputs()).unwrap();
-        manifest.output = Some(Output {
-            artifact_sha256: vec![artifact; 32],
-            artifact_size: 10,
-            files: vec![FileRecord {
-                path: "ebin/Elixir.PlainEx.beam".into(),
-                sha256: vec![artifact; 32],
-                size: 10,
-                executable: false,
-            }],
-            native_code: false,
-        });
-        manifest.provenance = Some(Provenance {
-            build_duration_ms: duration_ms,
-            ..Default::default()
-        });
-        let signed = SignedManifest::sign(&manifest, signer);
-        let record = ManifestRecord {
-            key: manifest.key.clone(),
-            base_key: manifest.base_key.clone(),
-            package: "plain_ex".into(),
-            version: "1.0.0".into(),
-            otp_major: "27".into(),
-            elixir: "1.18.3".into(),
-            mix_env: "prod".into(),
-            target: "any".into(),
-            artifact_sha256: hex::encode([artifact; 32]),
-            artifact_size: 10,
-            compile_env: vec![],
-            signers: vec![signer.public_key().key_id()],
-            key_format: manifest.format,
-            base_text: inputs().base_text().unwrap(),
-        };
-        (record, signed)
+        contract::build("27", artifact, duration_ms, signer)
+    }
+
+    fn inputs() -> BuildInputs {
+        contract::inputs("27")
     }
 
     fn put(
