@@ -602,27 +602,9 @@ impl ArtifactStore {
     // Artifacts
     // -----------------------------------------------------------------------------------------
 
-    pub fn artifact_path(&self, sha256: &[u8; 32]) -> PathBuf {
-        self.blobs.artifact_path(sha256)
-    }
-
     /// The blob directory beside the database.
     pub fn blobs(&self) -> &Blobs {
         &self.blobs
-    }
-
-    /// Moves a received, synced upload whose sha256 the caller computed into place (unless it
-    /// is there already) and records it. Returns whether it was new.
-    pub fn put_artifact(
-        &self,
-        tmp: tempfile::NamedTempFile,
-        sha256: &[u8; 32],
-        size: u64,
-        uploaded_by: &str,
-    ) -> Result<bool, ArtifactStoreError> {
-        let created = self.blobs.persist(tmp, sha256)?;
-        self.record_artifact(sha256, size, uploaded_by)?;
-        Ok(created)
     }
 
     /// Records a stored blob (its row; the blob is on disk already).

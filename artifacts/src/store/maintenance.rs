@@ -544,8 +544,10 @@ mod tests {
         let mut tmp = tempfile::NamedTempFile::new_in(store.tmp_dir()).unwrap();
         tmp.write_all(bytes).unwrap();
         let sha: [u8; 32] = Sha256::digest(bytes).into();
+        // As `Artifacts::put_artifact` does: the blob, then its row.
+        store.blobs().persist(tmp, &sha).unwrap();
         store
-            .put_artifact(tmp, &sha, bytes.len() as u64, "builder")
+            .record_artifact(&sha, bytes.len() as u64, "builder")
             .unwrap();
         hex::encode(sha)
     }
