@@ -1451,29 +1451,12 @@ impl AuthSpy {
         target: &str,
         record: &std::sync::Mutex<Vec<SeenRequest>>,
     ) -> std::io::Result<()> {
-        use std::io::BufRead;
         let mut reader = std::io::BufReader::new(stream.try_clone()?);
-        let mut request_line = String::new();
-        reader.read_line(&mut request_line)?;
-        let mut parts = request_line.split_whitespace();
-        let method = parts.next().unwrap_or("GET").to_string();
-        let path = parts.next().unwrap_or("/").to_string();
-        let (mut length, mut authorization) = (0usize, None);
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line)? == 0 || line == "\r\n" {
-                break;
-            }
-            if let Some((name, value)) = line.split_once(':') {
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = value.trim().parse().unwrap_or(0);
-                } else if name.eq_ignore_ascii_case("authorization") {
-                    authorization = Some(value.trim().to_string());
-                }
-            }
-        }
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body)?;
+        let incoming = precomp_testkit::http::read_request(&mut reader)?;
+        let authorization = incoming.header("authorization").map(str::to_string);
+        let precomp_testkit::http::Request {
+            method, path, body, ..
+        } = incoming;
         record.lock().unwrap().push(SeenRequest {
             method: method.clone(),
             path: path.clone(),

@@ -5,6 +5,7 @@
 //! the installed `/usr/bin/rebar3` escript at run time and ask the real thing. Nothing from
 //! rebar3 is committed.
 
+pub mod http;
 mod nginx;
 pub mod oci_registry;
 pub mod toolchain;
