@@ -698,7 +698,7 @@ fn miss_report(otp: &str) -> MissReport {
     }
 }
 
-fn miss(report: &MissReport) -> MissRecord<'_> {
+pub(crate) fn miss(report: &MissReport) -> MissRecord<'_> {
     MissRecord {
         report,
         miss_key: report.base_key.clone().unwrap(),

@@ -241,11 +241,10 @@ impl ArtifactStore {
 
 #[cfg(test)]
 mod tests {
-    use super::super::contract;
+    use super::super::contract::{self, miss};
     use super::super::{ManifestPut, ManifestRecord, MissOutcome, MissPolicy, MissRecord};
     use super::*;
     use crate::api::{MissRecorded, MissReport};
-    use precomp_proto::buildkey::BuildInputs;
     use precomp_proto::manifest::{ArtifactSigningKey, SignedManifest};
     use prost::Message as _;
 
@@ -256,10 +255,6 @@ mod tests {
         signer: &ArtifactSigningKey,
     ) -> (ManifestRecord, SignedManifest) {
         contract::build("27", artifact, duration_ms, signer)
-    }
-
-    fn inputs() -> BuildInputs {
-        contract::inputs("27")
     }
 
     fn put(
@@ -498,17 +493,6 @@ mod tests {
             manager: "mix".into(),
             compile_env: vec![],
             closure: vec![],
-        }
-    }
-
-    fn miss(report: &MissReport) -> MissRecord<'_> {
-        MissRecord {
-            report,
-            miss_key: report.base_key.clone().unwrap(),
-            request_text: inputs().request_text().unwrap(),
-            variant_key: None,
-            own_compile_env: Vec::new(),
-            variants: Vec::new(),
         }
     }
 
