@@ -2,7 +2,7 @@
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use precomp_builder::Cancel;
 use precomp_http::artifacts::ArtifactClient;
@@ -11,7 +11,8 @@ use precomp_http::Error as ClientError;
 use crate::error::{Result, WorkerError};
 use crate::Observer;
 
-/// Renews a job's lease every third of its length on its own thread while the job runs.
+/// Renews a job's lease every third of its length (on a fixed cadence, each renewal given
+/// that long to be answered) on its own thread while the job runs.
 /// When the mirror refuses a renewal (the lease was lost or the job closed meanwhile) it
 /// cancels the job's handle, so its builds stop, and [`Heartbeat::refused`] and
 /// [`Heartbeat::stop`] say why.
@@ -37,7 +38,10 @@ impl Heartbeat {
         observer: Arc<dyn Observer>,
     ) -> Result<Self> {
         let interval = Duration::from_millis(lease_seconds * 1000 / 3);
-        // An answer later than the interval is as good as none.
+        // An answer later than the interval is as good as none: by then the next renewal is
+        // due. Renewals are sent on a fixed cadence from the start, not an interval after the
+        // previous answer, so that one renewal that times out still leaves another before the
+        // lease ends (sent at 2/3 of it, not at its end).
         let client = ArtifactClient::with_timeout(base_url, Some(token.to_string()), interval)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -49,11 +53,15 @@ impl Heartbeat {
         let (stop, stopped) = mpsc::channel::<()>();
         let refusal = Arc::new(Mutex::new(None));
         let refused = refusal.clone();
+        let mut due = Instant::now() + interval;
         let thread = std::thread::spawn(move || loop {
-            match stopped.recv_timeout(interval) {
+            match stopped.recv_timeout(due.saturating_duration_since(Instant::now())) {
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 _ => return,
             }
+            // The next one is due an interval after this one was, however long this takes
+            // (a renewal that took longer than its due time is followed at once by the next).
+            due += interval;
             match runtime.block_on(client.heartbeat(job, None)) {
                 Ok(renewed) => {
                     tracing::debug!(job, expires = renewed.lease_expires_at, "lease renewed")

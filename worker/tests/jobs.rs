@@ -7,8 +7,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use common::*;
+use precomp_builder::Cancel;
 use precomp_proto::api::{FailureReport, JobKind, LeaseRequest};
+use precomp_proto::manifest::ArtifactSigningKey;
+use precomp_worker::heartbeat::Heartbeat;
 use precomp_worker::{chain, JobLine, JobStatus, RunEnd, WorkerError};
 
 /// A build worker leases the reported miss of plain_ex, builds it in the sandbox with its
@@ -315,7 +320,12 @@ fn a_refused_token_and_an_unreachable_mirror_are_typed_errors_that_say_what_to_d
 fn a_heartbeat_refused_because_the_workers_own_publish_closed_the_job_is_not_a_lost_lease() {
     let fixture = Fixture::get();
     let mirror = TestMirror::start();
-    let proxy = SlowPublishProxy::start(&mirror.url, Duration::from_secs(2));
+    let proxy = HoldingProxy::start(
+        &mirror.url,
+        b"PUT /precomp/v1/manifests/",
+        usize::MAX,
+        Hold::Answer(Duration::from_secs(2)),
+    );
     let token = mirror.token("builder", &fixture.builder.public_key());
     let worker = TestWorker::new(&mirror, JobKind::Build, &token, &fixture.builder, 2)
         .with_mirror(&proxy.url);
@@ -338,4 +348,61 @@ fn a_heartbeat_refused_because_the_workers_own_publish_closed_the_job_is_not_a_l
     let client = mirror.client(Some(&token));
     let misses = mirror.block_on(client.misses()).unwrap();
     assert!(misses.misses.iter().all(|m| m.miss_key() != base_key));
+}
+
+/// A renewal lost on the way (a proxy never passes the first heartbeat on; the client gives
+/// up after the 2 s interval of a 6 s lease) is followed by the next one on the cadence, at
+/// 4 s, not an interval after giving up (6 s, when the lease has ended): another token asking
+/// for jobs all along never gets the job, and the lease is never refused.
+#[test]
+fn a_lost_renewal_is_followed_by_another_before_the_lease_ends() {
+    let fixture = Fixture::get();
+    let mirror = TestMirror::start();
+    let proxy = HoldingProxy::start(&mirror.url, b"/heartbeat", 1, Hold::Request);
+    let holder = mirror.token("holder", &fixture.builder.public_key());
+    let other = mirror.token("other", &ArtifactSigningKey::generate().public_key());
+    let lock = fixture.lock(&["plain_ex@1.0.0"]);
+    mirror.report_miss(&lock, "plain_ex", "25", "1.14.0");
+    let request = |worker: &str| -> LeaseRequest {
+        serde_json::from_value(serde_json::json!({
+            "kind": "build", "worker": worker, "otp_major": "25", "elixir": "1.14.0",
+            "mix_env": "prod", "targets": ["any"], "lease_seconds": 6,
+        }))
+        .unwrap()
+    };
+    let lease = mirror
+        .block_on(mirror.client(Some(&holder)).lease(&request("holder")))
+        .unwrap()
+        .expect("the miss's job");
+    let recorder = Arc::new(Recorder::default());
+    let heartbeat = Heartbeat::start(
+        &proxy.url,
+        &holder,
+        lease.job,
+        6,
+        Cancel::new(),
+        recorder.clone(),
+    )
+    .unwrap();
+
+    let other_client = mirror.client(Some(&other));
+    let until = Instant::now() + Duration::from_millis(7500);
+    while Instant::now() < until {
+        let taken = mirror
+            .block_on(other_client.lease(&request("other")))
+            .unwrap();
+        assert!(
+            taken.is_none(),
+            "the lease ended: {taken:?}; renewals seen {}",
+            proxy.seen()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Renewals at 2 s (lost), 4 s and 6 s.
+    assert!(proxy.seen() >= 3, "renewals seen: {}", proxy.seen());
+    assert!(
+        recorder.noted(&format!("warning: heartbeat of job {}", lease.job)),
+        "the lost renewal is a warning"
+    );
+    assert_eq!(heartbeat.stop(), None);
 }

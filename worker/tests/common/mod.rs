@@ -309,19 +309,30 @@ pub fn copy_key(key: &ArtifactSigningKey) -> ArtifactSigningKey {
     ArtifactSigningKey::from_pem(&key.to_pem().unwrap()).unwrap()
 }
 
-/// A TCP proxy in front of a mirror that holds back the answer to each manifest upload
-/// (`PUT /precomp/v1/manifests/…`) for `delay` after the mirror gave it: the mirror has
-/// stored the manifest (and closed the misses it satisfies) while the uploader still waits.
-/// Every other exchange passes at once.
-pub struct SlowPublishProxy {
+/// What a [`HoldingProxy`] does to a request it holds.
+#[derive(Clone, Copy, Debug)]
+pub enum Hold {
+    /// Passes it on, and holds the mirror's answer back this long: the mirror has acted on
+    /// the request while the client still waits (or gives up).
+    Answer(std::time::Duration),
+    /// Never passes it on (nor anything after it on that connection): lost on the way, the
+    /// client waits until it gives up.
+    Request,
+}
+
+/// A TCP proxy in front of a mirror that holds the first `times` requests whose bytes
+/// contain `needle` (e.g. `PUT /precomp/v1/manifests/`) as [`Hold`] says. Every other
+/// exchange passes at once; [`HoldingProxy::seen`] counts the matching requests.
+pub struct HoldingProxy {
     pub url: String,
+    seen: Arc<std::sync::atomic::AtomicUsize>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     address: std::net::SocketAddr,
 }
 
-impl SlowPublishProxy {
-    pub fn start(upstream: &str, delay: std::time::Duration) -> SlowPublishProxy {
-        use std::sync::atomic::{AtomicBool, Ordering};
+impl HoldingProxy {
+    pub fn start(upstream: &str, needle: &'static [u8], times: usize, hold: Hold) -> HoldingProxy {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
         let upstream: std::net::SocketAddr = upstream
             .trim_start_matches("http://")
             .parse()
@@ -329,7 +340,8 @@ impl SlowPublishProxy {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
+        let seen = Arc::new(AtomicUsize::new(0));
+        let (stopping, counted) = (stop.clone(), seen.clone());
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 if stopping.load(Ordering::SeqCst) {
@@ -339,21 +351,30 @@ impl SlowPublishProxy {
                 let Ok(server) = std::net::TcpStream::connect(upstream) else {
                     continue;
                 };
-                // Set when a manifest upload went up this connection: its answer (the next
+                // Set when a request to hold went up this connection: its answer (the next
                 // bytes down, HTTP/1.1 answering in order) is held back.
-                let uploaded = Arc::new(AtomicBool::new(false));
+                let matched = Arc::new(AtomicBool::new(false));
                 let (mut client_in, mut server_out) =
                     (client.try_clone().unwrap(), server.try_clone().unwrap());
-                let up = uploaded.clone();
+                let (up, counted) = (matched.clone(), counted.clone());
                 std::thread::spawn(move || {
                     let mut buffer = vec![0u8; 64 * 1024];
                     while let Ok(n @ 1..) = std::io::Read::read(&mut client_in, &mut buffer) {
                         let chunk = &buffer[..n];
-                        if chunk
-                            .windows(26)
-                            .any(|w| w == b"PUT /precomp/v1/manifests/")
+                        if chunk.windows(needle.len()).any(|w| w == needle)
+                            && counted.fetch_add(1, Ordering::SeqCst) < times
                         {
-                            up.store(true, Ordering::SeqCst);
+                            match hold {
+                                Hold::Answer(_) => up.store(true, Ordering::SeqCst),
+                                // Read on until the client gives up, forwarding nothing.
+                                Hold::Request => {
+                                    while let Ok(1..) =
+                                        std::io::Read::read(&mut client_in, &mut buffer)
+                                    {
+                                    }
+                                    break;
+                                }
+                            }
                         }
                         if std::io::Write::write_all(&mut server_out, chunk).is_err() {
                             break;
@@ -365,7 +386,9 @@ impl SlowPublishProxy {
                 std::thread::spawn(move || {
                     let mut buffer = vec![0u8; 64 * 1024];
                     while let Ok(n @ 1..) = std::io::Read::read(&mut server_in, &mut buffer) {
-                        if uploaded.swap(false, Ordering::SeqCst) {
+                        if let (true, Hold::Answer(delay)) =
+                            (matched.swap(false, Ordering::SeqCst), hold)
+                        {
                             std::thread::sleep(delay);
                         }
                         if std::io::Write::write_all(&mut client_out, &buffer[..n]).is_err() {
@@ -376,15 +399,21 @@ impl SlowPublishProxy {
                 });
             }
         });
-        SlowPublishProxy {
+        HoldingProxy {
             url: format!("http://{address}"),
+            seen,
             stop,
             address,
         }
     }
+
+    /// How many requests matching the needle went through so far.
+    pub fn seen(&self) -> usize {
+        self.seen.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
-impl Drop for SlowPublishProxy {
+impl Drop for HoldingProxy {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         // Wakes the accept loop, which then sees `stop`.
