@@ -824,7 +824,7 @@ impl Artifacts {
         }
         let keys = self.effective_keys().ok();
         let counts = |id: &str| counts(keys.as_ref(), id);
-        Ok(ArtifactStore::serving(&rows, &counts).map(|row| row.signed_manifest.clone()))
+        Ok(history::serving(&rows, &counts).map(|row| row.signed_manifest.clone()))
     }
 
     /// Every manifest kept for `key` (`GET manifests/KEY/history`): which one is served, and
@@ -837,7 +837,7 @@ impl Artifacts {
         let rows = self.store.key_manifests(key)?;
         let keys = self.effective_keys().ok();
         let counts_now = |id: &str| counts(keys.as_ref(), id);
-        let Some(served) = ArtifactStore::serving(&rows, &counts_now) else {
+        let Some(served) = history::serving(&rows, &counts_now) else {
             return Ok(None);
         };
         let served_digest = served.manifest_digest.clone();

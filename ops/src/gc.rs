@@ -25,7 +25,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
 
 use precomp_artifacts::maintenance::{GcDrop, GcView};
-use precomp_artifacts::{ArtifactStore, ArtifactStoreError};
+use precomp_artifacts::{ArtifactStore, ArtifactStoreError, MetadataStore};
 use precomp_proto::buildkey::PackageRef;
 use precomp_proto::lock::MixLock;
 use precomp_proto::manifest::{Manifest, SignedManifest};
@@ -111,7 +111,7 @@ pub struct GcReport {
 }
 
 /// Plans and, with `apply`, performs a collection, through the store's
-/// [`ArtifactStore::collect_garbage`]: the plan is made on what it reads in one transaction
+/// [`MetadataStore::collect_garbage`]: the plan is made on what it reads in one transaction
 /// and carried out in that same transaction.
 pub fn collect(options: &GcOptions) -> Result<GcReport, GcError> {
     let cutoff = options.now - i64::from(options.older_than_days) * DAY;

@@ -1,20 +1,20 @@
 //! What `precomp gc`, `precomp backup`/`restore` and `precomp store scrub` need of the store,
 //! as its methods: nothing else opens the database or knows its tables.
 //!
-//! - [`ArtifactStore::collect_garbage`]: what gc decides on, read in one transaction, and the
+//! - [`MetadataStore::collect_garbage`]: what gc decides on, read in one transaction, and the
 //!   builds and artifacts it drops deleted in that same transaction (then their blobs).
 //! - [`ArtifactStore::snapshot`]: a consistent copy of the database (SQLite's online backup
 //!   API, one read transaction), and the blobs that copy names.
 //! - [`snapshot_blobs`], [`check_snapshot`]: the same questions asked of a snapshot in a
 //!   backup being verified or restored.
 //! - [`ArtifactStore::blob_files`], [`ArtifactStore::remove_blob`],
-//!   [`ArtifactStore::recorded_artifacts`]: the blob directory and the rows that name it.
+//!   [`MetadataStore::recorded_artifacts`]: the blob directory and the rows that name it.
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
+use rusqlite::{params, Connection, OpenFlags};
 
-use super::{io, ArtifactStore, ArtifactStoreError};
+use super::{io, ArtifactStore, ArtifactStoreError, MetadataStore};
 
 /// A published build, as gc weighs it.
 #[derive(Clone, Debug)]
@@ -95,63 +95,6 @@ impl ArtifactStore {
         ArtifactStore::open(root)
     }
 
-    /// Reads what gc decides on (`misses_since`: the oldest miss whose lock counts), asks
-    /// `decide`, and — with `apply` — deletes what it returns in the same transaction (a write
-    /// transaction from the start, so nothing is published or recorded in between), then
-    /// removes the dropped artifacts' blobs. Rows go first: a crash in between leaves blobs
-    /// without rows, which [`ArtifactStore::blob_files`] shows gc next time.
-    pub fn collect_garbage(
-        &self,
-        misses_since: i64,
-        apply: bool,
-        decide: &mut dyn FnMut(&GcView) -> GcDrop,
-    ) -> Result<GcDrop, ArtifactStoreError> {
-        let mut db = self.db.lock();
-        let tx = db
-            .transaction_with_behavior(if apply {
-                TransactionBehavior::Immediate
-            } else {
-                TransactionBehavior::Deferred
-            })
-            .map_err(self.db_err())?;
-        let view = gc_view(&tx, misses_since).map_err(self.db_err())?;
-        let dropped = decide(&view);
-        if apply {
-            for key in &dropped.builds {
-                // The key's verdicts and its other manifests (agreeing, conflicting,
-                // replaced) go with its build.
-                for table in ["manifests", "verdicts", "manifest_history"] {
-                    tx.execute(&format!("DELETE FROM {table} WHERE key = ?1"), params![key])
-                        .map_err(self.db_err())?;
-                }
-            }
-            for sha256 in &dropped.artifacts {
-                for table in ["artifacts", "artifact_use"] {
-                    tx.execute(
-                        &format!("DELETE FROM {table} WHERE sha256 = ?1"),
-                        params![sha256],
-                    )
-                    .map_err(self.db_err())?;
-                }
-            }
-            if dropped.old_closed_misses {
-                tx.execute(
-                    &format!("DELETE FROM misses WHERE {OLD_CLOSED_MISSES}"),
-                    params![misses_since],
-                )
-                .map_err(self.db_err())?;
-            }
-        }
-        tx.commit().map_err(self.db_err())?;
-        drop(db);
-        if apply {
-            for sha256 in &dropped.artifacts {
-                self.remove_blob(sha256)?;
-            }
-        }
-        Ok(dropped)
-    }
-
     /// Every file in the blob directory named like a blob (64 hex digits), sorted.
     pub fn blob_files(&self) -> Result<Vec<BlobFile>, ArtifactStoreError> {
         list_blob_files(&self.root.join("blobs/sha256"))
@@ -171,43 +114,6 @@ impl ArtifactStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io(&path)(e)),
         }
-    }
-
-    /// Every artifact row (digest, size), by digest.
-    pub fn recorded_artifacts(&self) -> Result<Vec<RecordedArtifact>, ArtifactStoreError> {
-        let db = self.db.lock();
-        let mut stmt = db
-            .prepare("SELECT sha256, size FROM artifacts ORDER BY sha256")
-            .map_err(self.db_err())?;
-        let rows = stmt
-            .query_map([], |row| {
-                Ok(RecordedArtifact {
-                    sha256: row.get(0)?,
-                    size: row.get::<_, i64>(1)?.max(0) as u64,
-                })
-            })
-            .map_err(self.db_err())?;
-        rows.collect::<Result<_, _>>().map_err(self.db_err())
-    }
-
-    /// The artifacts published builds name (digest and size), by digest: each must be stored.
-    pub fn named_artifacts(&self) -> Result<Vec<RecordedArtifact>, ArtifactStoreError> {
-        let db = self.db.lock();
-        let mut stmt = db
-            .prepare(
-                "SELECT DISTINCT artifact_sha256, artifact_size FROM manifests
-                 ORDER BY artifact_sha256",
-            )
-            .map_err(self.db_err())?;
-        let rows = stmt
-            .query_map([], |row| {
-                Ok(RecordedArtifact {
-                    sha256: row.get(0)?,
-                    size: row.get::<_, i64>(1)?.max(0) as u64,
-                })
-            })
-            .map_err(self.db_err())?;
-        rows.collect::<Result<_, _>>().map_err(self.db_err())
     }
 
     /// Copies the database into `dest` (a new file, which must not exist) as one consistent
@@ -308,9 +214,12 @@ fn blob_names(db: &Connection) -> rusqlite::Result<Vec<String>> {
 /// The closed misses gc may delete: closed (built, failed, or expired unreported) and last
 /// reported before the oldest report whose lock still counts. An open miss is never deleted
 /// here: expiry closes it first.
-const OLD_CLOSED_MISSES: &str = "closed_at IS NOT NULL AND last_reported < ?1";
+pub(super) const OLD_CLOSED_MISSES: &str = "closed_at IS NOT NULL AND last_reported < ?1";
 
-fn gc_view(tx: &rusqlite::Transaction<'_>, misses_since: i64) -> rusqlite::Result<GcView> {
+pub(super) fn gc_view(
+    tx: &rusqlite::Transaction<'_>,
+    misses_since: i64,
+) -> rusqlite::Result<GcView> {
     let miss_locks = {
         let mut stmt = tx.prepare("SELECT lock FROM misses WHERE last_reported >= ?1")?;
         let rows = stmt.query_map(params![misses_since], |row| row.get::<_, String>(0))?;

@@ -27,8 +27,8 @@ use super::jobs::{JobRecord, LeaseEnd, LeaseQuery, LeasedJob};
 use super::maintenance::{GcDrop, GcView, RecordedArtifact};
 use super::verdicts::VerdictPut;
 use super::{
-    ArtifactStore, ArtifactStoreError, ManifestPut, ManifestRecord, MissOutcome, MissPolicy,
-    MissRecord, TokenInfo, TokenLookup,
+    ArtifactStoreError, ManifestPut, ManifestRecord, MissOutcome, MissPolicy, MissRecord,
+    TokenInfo, TokenLookup,
 };
 use crate::api::{
     Failure, FailureRecorded, FailureReport, IndexBuild, JobListing, Miss, ReleaseOutcome, Verdicts,
@@ -75,8 +75,19 @@ pub trait MetadataStore: Send + Sync {
 
     // Manifests, history and the index -------------------------------------------------------
 
-    /// Stores a verified manifest with the misses it closes ([`ArtifactStore::put_manifest`]
-    /// describes the outcomes).
+    /// Stores a verified manifest (`bytes`, decoded as `signed`), in one transaction with the
+    /// misses it closes. `counts` says whether a signer's signature counts on the mirror now
+    /// (its trust document does not exclude the key). Under a key nothing is published under,
+    /// it is published (`Created`). Under a published key (docs/protocol.md, "Several
+    /// manifests for one key", and `store::history`):
+    /// - the same bytes: `Unchanged`; the same manifest as the published one or an agreeing
+    ///   one, with new signatures: they are added to that envelope (`Countersigned`);
+    /// - when no manifest of the key has a signer that counts (revoked, expired): it is
+    ///   published in place of the old one, which is kept as `replaced` with its verdicts, and
+    ///   closes the misses it satisfies (`Replaced`);
+    /// - else, the same artifact: kept as `agreeing` (`Agreed`), or `Unchanged` when its
+    ///   signers already signed a manifest with that artifact;
+    /// - else, another artifact: kept as `conflicting`, with what differs (`Conflict`).
     fn put_manifest(
         &self,
         record: &ManifestRecord,
@@ -107,7 +118,13 @@ pub trait MetadataStore: Send + Sync {
 
     // Misses ---------------------------------------------------------------------------------
 
-    /// Counts a validated miss, bounded by `policy` ([`ArtifactStore::record_miss`]).
+    /// Counts a (validated) miss, by its key. The first report opens it, unless a build that
+    /// satisfies it is published with a signer that counts (`counts`: the mirror's trust
+    /// document does not exclude it) or a failure with its key is recorded already; later
+    /// reports count, and reopen a miss a publish closed when no such build satisfies it any
+    /// more (its signers were revoked, gc removed it). A miss whose values expired is opened
+    /// again by a new report, with the new report's values. A miss asking for a config variant
+    /// past `policy`'s bound is not recorded ([`MissOutcome::TooManyVariants`]).
     fn record_miss(
         &self,
         miss: &MissRecord<'_>,
@@ -175,138 +192,4 @@ pub trait MetadataStore: Send + Sync {
     fn recorded_artifacts(&self) -> Result<Vec<RecordedArtifact>>;
     /// The artifacts published builds name, by digest.
     fn named_artifacts(&self) -> Result<Vec<RecordedArtifact>>;
-}
-
-/// The SQLite store: each method is the inherent one of the same name.
-impl MetadataStore for ArtifactStore {
-    fn check(&self) -> Result<()> {
-        ArtifactStore::check(self)
-    }
-    fn create_token(
-        &self,
-        name: &str,
-        key: Option<&ArtifactPublicKey>,
-        scopes: Option<&[Scope]>,
-    ) -> Result<String> {
-        ArtifactStore::create_token(self, name, key, scopes)
-    }
-    fn list_tokens(&self) -> Result<Vec<TokenInfo>> {
-        ArtifactStore::list_tokens(self)
-    }
-    fn revoke_token(&self, name: &str) -> Result<()> {
-        ArtifactStore::revoke_token(self, name)
-    }
-    fn lookup_token(&self, token: &str) -> Result<TokenLookup> {
-        ArtifactStore::lookup_token(self, token)
-    }
-    fn record_artifact(&self, sha256: &[u8; 32], size: u64, uploaded_by: &str) -> Result<()> {
-        ArtifactStore::record_artifact(self, sha256, size, uploaded_by)
-    }
-    fn touch_artifact(&self, sha256: &[u8; 32]) {
-        ArtifactStore::touch_artifact(self, sha256)
-    }
-    fn put_manifest(
-        &self,
-        record: &ManifestRecord,
-        signed: &SignedManifest,
-        bytes: &[u8],
-        published_by: &str,
-        counts: &dyn Fn(&str) -> bool,
-    ) -> Result<ManifestPut> {
-        ArtifactStore::put_manifest(self, record, signed, bytes, published_by, counts)
-    }
-    fn manifest(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        ArtifactStore::manifest(self, key)
-    }
-    fn key_manifests(&self, key: &str) -> Result<Vec<KeyManifest>> {
-        ArtifactStore::key_manifests(self, key)
-    }
-    fn package_history(&self, package: &str) -> Result<Vec<KeyManifest>> {
-        ArtifactStore::package_history(self, package)
-    }
-    fn index(&self, package: &str) -> Result<Vec<IndexBuild>> {
-        ArtifactStore::index(self, package)
-    }
-    fn packages(&self) -> Result<Vec<String>> {
-        ArtifactStore::packages(self)
-    }
-    fn record_failure(&self, report: &FailureReport, reported_by: &str) -> Result<FailureRecorded> {
-        ArtifactStore::record_failure(self, report, reported_by)
-    }
-    fn failures(&self, package: &str) -> Result<Vec<Failure>> {
-        ArtifactStore::failures(self, package)
-    }
-    fn record_miss(
-        &self,
-        miss: &MissRecord<'_>,
-        policy: &MissPolicy,
-        counts: &dyn Fn(&str) -> bool,
-    ) -> Result<MissOutcome> {
-        ArtifactStore::record_miss(self, miss, policy, counts)
-    }
-    fn expire_miss_values(&self, now: i64, retention_seconds: i64) -> Result<u64> {
-        ArtifactStore::expire_miss_values(self, now, retention_seconds)
-    }
-    fn expire_if_due(&self, policy: &MissPolicy) -> Result<()> {
-        ArtifactStore::expire_if_due(self, policy)
-    }
-    fn open_misses(&self, limit: usize, max_bytes: usize) -> Result<Vec<Miss>> {
-        ArtifactStore::open_misses(self, limit, max_bytes)
-    }
-    fn put_verdict(
-        &self,
-        verdict: &Verdict,
-        bytes: &[u8],
-        reported_by: &str,
-    ) -> Result<VerdictPut> {
-        ArtifactStore::put_verdict(self, verdict, bytes, reported_by)
-    }
-    fn verdicts(&self, key: &str) -> Result<Verdicts> {
-        ArtifactStore::verdicts(self, key)
-    }
-    fn verdict_counts(&self) -> Result<(u64, u64)> {
-        ArtifactStore::verdict_counts(self)
-    }
-    fn lease_job(&self, query: &LeaseQuery<'_>, now_ms: i64) -> Result<Option<LeasedJob>> {
-        ArtifactStore::lease_job(self, query, now_ms)
-    }
-    fn job(&self, job: u64) -> Result<Option<JobRecord>> {
-        ArtifactStore::job(self, job)
-    }
-    fn renew_lease(
-        &self,
-        job: u64,
-        token: &str,
-        lease_ms: Option<i64>,
-        now_ms: i64,
-    ) -> Result<JobRecord> {
-        ArtifactStore::renew_lease(self, job, token, lease_ms, now_ms)
-    }
-    fn end_lease(
-        &self,
-        job: u64,
-        token: &str,
-        outcome: ReleaseOutcome,
-        reason: Option<&str>,
-        now_ms: i64,
-    ) -> Result<LeaseEnd> {
-        ArtifactStore::end_lease(self, job, token, outcome, reason, now_ms)
-    }
-    fn job_listing(&self, now_ms: i64) -> Result<JobListing> {
-        ArtifactStore::job_listing(self, now_ms)
-    }
-    fn collect_garbage(
-        &self,
-        misses_since: i64,
-        apply: bool,
-        decide: &mut dyn FnMut(&GcView) -> GcDrop,
-    ) -> Result<GcDrop> {
-        ArtifactStore::collect_garbage(self, misses_since, apply, decide)
-    }
-    fn recorded_artifacts(&self) -> Result<Vec<RecordedArtifact>> {
-        ArtifactStore::recorded_artifacts(self)
-    }
-    fn named_artifacts(&self) -> Result<Vec<RecordedArtifact>> {
-        ArtifactStore::named_artifacts(self)
-    }
 }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use precomp_artifacts::{ArtifactStore, Scope};
+use precomp_artifacts::{ArtifactStore, MetadataStore, Scope};
 use precomp_proto::manifest::ArtifactPublicKey;
 use precomp_proto::time::utc;
 

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use precomp_artifacts::{ArtifactStore, Artifacts, ArtifactsConfig};
+use precomp_artifacts::{ArtifactStore, Artifacts, ArtifactsConfig, MetadataStore};
 use precomp_proto::api::{JobKind, MissReport};
 use precomp_proto::buildkey::{KeyParts, KeyToolchain, Target};
 use precomp_proto::lock::MixLock;
