@@ -49,6 +49,7 @@
 use parking_lot::Mutex;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use precomp_proto::manifest::{ArtifactPublicKey, SignedManifest};
 use prost::Message;
@@ -63,7 +64,7 @@ use jobs::{
     expires_at, held_job, insert_lease, job_row, record_worker_tuples, select_audit, select_miss,
     Job, JobError, JobRecord, LeaseEnd, LeaseEnded, LeaseQuery, LeasedJob,
 };
-use maintenance::{gc_view, GcDrop, GcView, RecordedArtifact, OLD_CLOSED_MISSES};
+use maintenance::{gc_view, GcDrop, GcView, NamedArtifact, RecordedArtifact, OLD_CLOSED_MISSES};
 use verdicts::VerdictPut;
 
 use super::api::{
@@ -364,8 +365,24 @@ pub enum ManifestPut {
     },
 }
 
+/// Opens the metadata store of the artifact store directory `root` (`DATA/artifacts`),
+/// creating it if absent. The one place that chooses the implementation, for the service
+/// ([`crate::Artifacts::open`]) and the commands beside it (`precomp token`, `gc`, `store
+/// scrub`): SQLite (`root/artifacts.db`, `ArtifactStore`) today; a PostgreSQL store plugs
+/// in here. No other crate names the implementation.
+pub fn open_metadata(root: &Path) -> Result<Arc<dyn MetadataStore>, ArtifactStoreError> {
+    Ok(Arc::new(ArtifactStore::open(root)?))
+}
+
+/// [`open_metadata`], only if the store exists ([`ArtifactStoreError::NoStore`] otherwise): for
+/// the commands that act on an existing store (`precomp gc`, `store scrub`), so a wrong
+/// `--data` is an error, not a new empty store.
+pub fn open_existing_metadata(root: &Path) -> Result<Arc<dyn MetadataStore>, ArtifactStoreError> {
+    Ok(Arc::new(ArtifactStore::open_existing(root)?))
+}
+
+/// The SQLite metadata store ([`MetadataStore`]); opened through [`open_metadata`].
 pub struct ArtifactStore {
-    root: PathBuf,
     blobs: Blobs,
     db_path: PathBuf,
     db: Mutex<Connection>,
@@ -421,7 +438,6 @@ impl ArtifactStore {
             );
         }
         Ok(ArtifactStore {
-            root: root.to_path_buf(),
             blobs: Blobs::new(root),
             db_path,
             db: Mutex::new(db),
@@ -431,12 +447,16 @@ impl ArtifactStore {
         })
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-    /// Where uploads are received before they are verified.
-    pub fn tmp_dir(&self) -> PathBuf {
-        self.blobs.tmp_dir()
+    /// Opens the store under `root` only if it has a database: for the commands that act on
+    /// an existing store (`gc`, `store scrub`), so a wrong `--data` is an error, not a new
+    /// empty store.
+    pub fn open_existing(root: &Path) -> Result<ArtifactStore, ArtifactStoreError> {
+        if !root.join("artifacts.db").is_file() {
+            return Err(ArtifactStoreError::NoStore {
+                dir: root.to_path_buf(),
+            });
+        }
+        ArtifactStore::open(root)
     }
 
     fn db_err(&self) -> impl Fn(rusqlite::Error) -> ArtifactStoreError + '_ {
@@ -444,11 +464,6 @@ impl ArtifactStore {
             path: self.db_path.clone(),
             source: Box::new(source),
         }
-    }
-
-    /// The blob directory beside the database.
-    pub fn blobs(&self) -> &Blobs {
-        &self.blobs
     }
 
     /// Whether expiry is due now (and, if so, that it is done from now on).
@@ -1546,7 +1561,7 @@ impl MetadataStore for ArtifactStore {
         drop(db);
         if apply {
             for sha256 in &dropped.artifacts {
-                self.remove_blob(sha256)?;
+                self.blobs.remove(sha256)?;
             }
         }
         Ok(dropped)
@@ -1569,24 +1584,30 @@ impl MetadataStore for ArtifactStore {
         rows.collect::<Result<_, _>>().map_err(self.db_err())
     }
 
-    /// The artifacts published builds name (digest and size), by digest: each must be stored.
-    fn named_artifacts(&self) -> Result<Vec<RecordedArtifact>, ArtifactStoreError> {
+    fn named_artifacts(&self) -> Result<Vec<NamedArtifact>, ArtifactStoreError> {
         let db = self.db.lock();
         let mut stmt = db
             .prepare(
-                "SELECT DISTINCT artifact_sha256, artifact_size FROM manifests
-                 ORDER BY artifact_sha256",
+                "SELECT artifact_sha256, artifact_size, key FROM manifests
+                 ORDER BY artifact_sha256, artifact_size, key",
             )
             .map_err(self.db_err())?;
-        let rows = stmt
-            .query_map([], |row| {
-                Ok(RecordedArtifact {
-                    sha256: row.get(0)?,
-                    size: row.get::<_, i64>(1)?.max(0) as u64,
-                })
-            })
-            .map_err(self.db_err())?;
-        rows.collect::<Result<_, _>>().map_err(self.db_err())
+        let mut rows = stmt.query([]).map_err(self.db_err())?;
+        let mut named: Vec<NamedArtifact> = Vec::new();
+        while let Some(row) = rows.next().map_err(self.db_err())? {
+            let (sha256, size, key): (String, i64, String) =
+                (|| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))().map_err(self.db_err())?;
+            let size = size.max(0) as u64;
+            match named.last_mut() {
+                Some(last) if last.sha256 == sha256 && last.size == size => last.builds.push(key),
+                _ => named.push(NamedArtifact {
+                    sha256,
+                    size,
+                    builds: vec![key],
+                }),
+            }
+        }
+        Ok(named)
     }
 }
 

@@ -518,13 +518,19 @@ pub fn gc_reads_and_drops_in_one_step(store: &dyn MetadataStore) {
     }
     put(store, &kept);
     put(store, &dropped);
-    let named: Vec<String> = store
+    let named: Vec<(String, Vec<String>)> = store
         .named_artifacts()
         .unwrap()
         .into_iter()
-        .map(|a| a.sha256)
+        .map(|a| (a.sha256, a.builds))
         .collect();
-    assert_eq!(named, [hex::encode([1; 32]), hex::encode([2; 32])]);
+    assert_eq!(
+        named,
+        [
+            (hex::encode([1; 32]), vec![kept.0.key.clone()]),
+            (hex::encode([2; 32]), vec![dropped.0.key.clone()])
+        ]
+    );
     assert_eq!(store.recorded_artifacts().unwrap().len(), 3);
 
     let mut seen = (0, 0);

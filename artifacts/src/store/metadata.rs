@@ -24,7 +24,7 @@ use precomp_proto::verdict::Verdict;
 
 use super::history::KeyManifest;
 use super::jobs::{JobRecord, LeaseEnd, LeaseQuery, LeasedJob};
-use super::maintenance::{GcDrop, GcView, RecordedArtifact};
+use super::maintenance::{GcDrop, GcView, NamedArtifact, RecordedArtifact};
 use super::verdicts::VerdictPut;
 use super::{
     ArtifactStoreError, ManifestPut, ManifestRecord, MissOutcome, MissPolicy, MissRecord,
@@ -190,6 +190,7 @@ pub trait MetadataStore: Send + Sync {
     ) -> Result<GcDrop>;
     /// Every artifact row (digest, size), by digest.
     fn recorded_artifacts(&self) -> Result<Vec<RecordedArtifact>>;
-    /// The artifacts published builds name, by digest.
-    fn named_artifacts(&self) -> Result<Vec<RecordedArtifact>>;
+    /// The artifacts published builds name (digest and size, as their manifests say), by
+    /// digest, each with the keys of the builds that name it: each must be stored.
+    fn named_artifacts(&self) -> Result<Vec<NamedArtifact>>;
 }
