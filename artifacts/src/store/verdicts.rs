@@ -139,83 +139,11 @@ pub fn files_json(verdict: &Verdict) -> Vec<FileDifferenceJson> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::contract::{build, post_verdict, put, verdict};
     use super::*;
-    use crate::store::{ArtifactStore, ManifestRecord, MetadataStore};
-    use precomp_proto::buildkey::{BuildInputs, Manager, PackageRef, Target};
-    use precomp_proto::manifest::{ArtifactSigningKey, Output};
-    use precomp_proto::manifest::{Manifest, SignedManifest};
-    use precomp_proto::verdict::{manifest_digest, MATCH};
-
-    fn published(
-        store: &ArtifactStore,
-        builder: &ArtifactSigningKey,
-    ) -> (Manifest, SignedManifest) {
-        let mut manifest = Manifest::default();
-        manifest
-            .set_inputs(&BuildInputs {
-                package: PackageRef {
-                    name: "plain_ex".into(),
-                    version: "1.0.0".into(),
-                    outer_checksum: [7; 32],
-                },
-                manager: Manager::Mix,
-                closure: vec![],
-                otp_major: "25".into(),
-                elixir: "1.14.0".into(),
-                mix_env: "prod".into(),
-                target: Target::Any,
-                compile_env: vec![],
-            })
-            .unwrap();
-        manifest.output = Some(Output {
-            artifact_sha256: vec![1; 32],
-            artifact_size: 10,
-            ..Default::default()
-        });
-        let signed = SignedManifest::sign(&manifest, builder);
-        let record = ManifestRecord {
-            key: manifest.key.clone(),
-            base_key: manifest.base_key.clone(),
-            package: "plain_ex".into(),
-            version: "1.0.0".into(),
-            otp_major: "25".into(),
-            elixir: "1.14.0".into(),
-            mix_env: "prod".into(),
-            target: "any".into(),
-            artifact_sha256: hex::encode([1; 32]),
-            artifact_size: 10,
-            compile_env: vec![],
-            signers: vec![builder.public_key().key_id()],
-            key_format: manifest.format,
-            base_text: manifest.check_key().unwrap().base_text().unwrap(),
-        };
-        store
-            .put_manifest(
-                &record,
-                &signed,
-                &signed.encode_to_vec(),
-                "builder",
-                &|_| true,
-            )
-            .unwrap();
-        (manifest, signed)
-    }
-
-    fn verdict(manifest: &Manifest, signed: &SignedManifest, result: &str) -> Verdict {
-        Verdict {
-            key: manifest.key.clone(),
-            manifest_sha256: manifest_digest(&signed.manifest).to_vec(),
-            result: result.into(),
-            published_sha256: vec![1; 32],
-            rebuilt_sha256: if result == MATCH {
-                vec![1; 32]
-            } else {
-                vec![2; 32]
-            },
-            summary: "1 file differs: ebin/Elixir.PlainEx.beam (LitT)".into(),
-            ..Default::default()
-        }
-    }
+    use crate::store::{ArtifactStore, MetadataStore};
+    use precomp_proto::manifest::ArtifactSigningKey;
+    use precomp_proto::verdict::MATCH;
 
     #[test]
     fn verdicts_are_checked_against_the_published_manifest_and_flag_it() {
@@ -225,30 +153,26 @@ mod tests {
             ArtifactSigningKey::generate(),
             ArtifactSigningKey::generate(),
         );
-        let (manifest, signed) = published(&store, &builder);
-        let put = |v: Verdict| {
-            let signed = v.sign(&auditor).unwrap();
-            let verdict = signed.verify(&[auditor.public_key()]).unwrap();
-            store
-                .put_verdict(&verdict, &signed.encode_to_vec(), "auditor")
-                .unwrap()
-        };
+        let built = build("25", 1, 1, &builder);
+        put(&store, &built);
+        let key = &built.0.key;
+        let put = |v: Verdict| post_verdict(&store, &auditor, v);
 
-        let mut unknown = verdict(&manifest, &signed, MISMATCH);
+        let mut unknown = verdict(&built, MISMATCH);
         unknown.key = "0".repeat(64);
         assert_eq!(put(unknown), VerdictPut::NoManifest);
-        let mut other = verdict(&manifest, &signed, MISMATCH);
+        let mut other = verdict(&built, MISMATCH);
         other.manifest_sha256 = vec![9; 32];
         assert!(matches!(put(other), VerdictPut::OtherManifest { .. }));
-        let mut other_artifact = verdict(&manifest, &signed, MISMATCH);
+        let mut other_artifact = verdict(&built, MISMATCH);
         other_artifact.published_sha256 = vec![3; 32];
         assert!(matches!(
             put(other_artifact),
             VerdictPut::OtherArtifact { .. }
         ));
-        assert!(!store.verdicts(&manifest.key).unwrap().flagged);
+        assert!(!store.verdicts(key).unwrap().flagged);
 
-        let mismatch = verdict(&manifest, &signed, MISMATCH);
+        let mismatch = verdict(&built, MISMATCH);
         assert_eq!(
             put(mismatch.clone()),
             VerdictPut::Stored {
@@ -275,14 +199,14 @@ mod tests {
 
         // The same auditor's later match replaces its mismatch: no longer flagged.
         assert_eq!(
-            put(verdict(&manifest, &signed, MATCH)),
+            put(verdict(&built, MATCH)),
             VerdictPut::Stored {
                 how: "replaced",
                 flagged: false
             }
         );
         assert_eq!(store.verdict_counts().unwrap(), (1, 0));
-        let verdicts = store.verdicts(&manifest.key).unwrap();
+        let verdicts = store.verdicts(key).unwrap();
         assert!(!verdicts.flagged);
         assert_eq!(verdicts.verdicts.len(), 1);
         assert_eq!(verdicts.verdicts[0].result, MATCH);
