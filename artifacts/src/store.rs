@@ -34,17 +34,21 @@
 //! transaction, with typed errors ([`ArtifactStoreError`], [`jobs::JobError`]) and neither SQL
 //! types nor HTTP statuses in their signatures (the service maps errors to statuses in one
 //! place: `impl From<ArtifactStoreError> for Refusal`). [`ArtifactStore`] is its SQLite
-//! implementation: every operation is written once, in the `impl MetadataStore for
+//! implementation, and every operation is written once, in the `impl MetadataStore for
 //! ArtifactStore` block of this file (grouped as the trait is); the children hold the domain
-//! types and the SQL helpers those operations share, and [`ArtifactStore`]'s inherent methods
-//! are only what is not metadata (opening and migrating the database, the blob directory). Times come from one clock
-//! ([`now`]) or, for leases, from the caller (`now_ms`). [`contract`] holds the behaviours
-//! any implementation must have, as functions on a `&dyn MetadataStore` (run here on SQLite).
+//! types and the SQL helpers those operations share. Times come from one clock ([`now`]) or,
+//! for leases, from the caller (`now_ms`). [`contract`] holds the behaviours any
+//! implementation must have, as functions on a `&dyn MetadataStore` (run here on SQLite).
 //!
-//! Artifact bodies are not metadata: they stay content-addressed files ([`Blobs`]) beside
-//! whichever store holds their rows. What only SQLite has — the file lock, the online backup
-//! ([`ArtifactStore::snapshot`]), scrub's walk of the blob directory — stays inherent to
-//! [`ArtifactStore`].
+//! [`open_metadata`] (and [`open_existing_metadata`]) is the one place that chooses the
+//! implementation, for the service and for the commands beside it (`precomp token`, `gc`,
+//! `store scrub`): no other crate names [`ArtifactStore`], which is not exported. What only
+//! SQLite has stays inherent to it or SQLite-only by name: opening and migrating the
+//! database file under its lock, and the online backup of that file
+//! ([`maintenance::snapshot`], whose result `precomp restore` puts back as a file).
+//!
+//! Artifact bodies are not metadata: they stay content-addressed files ([`Blobs`]: stored,
+//! listed, removed) beside whichever store holds their rows.
 
 use parking_lot::Mutex;
 use std::collections::HashSet;
@@ -1514,7 +1518,7 @@ impl MetadataStore for ArtifactStore {
     /// `decide`, and — with `apply` — deletes what it returns in the same transaction (a write
     /// transaction from the start, so nothing is published or recorded in between), then
     /// removes the dropped artifacts' blobs. Rows go first: a crash in between leaves blobs
-    /// without rows, which [`ArtifactStore::blob_files`] shows gc next time.
+    /// without rows, which [`Blobs::files`] shows gc next time.
     fn collect_garbage(
         &self,
         misses_since: i64,
