@@ -500,9 +500,9 @@ impl ArtifactStore {
     }
 }
 
-/// The SQLite store: every operation of the service's metadata, each one transaction.
+/// The SQLite store: every operation of the service's metadata, each one transaction, in
+/// the order of the trait, whose documentation is their contract.
 impl MetadataStore for ArtifactStore {
-    /// Whether the database answers a query: for `/healthz`.
     fn check(&self) -> Result<(), ArtifactStoreError> {
         self.db
             .lock()
@@ -514,12 +514,8 @@ impl MetadataStore for ArtifactStore {
             .map_err(self.db_err())
     }
 
-    // -----------------------------------------------------------------------------------------
-    // Tokens
-    // -----------------------------------------------------------------------------------------
+    // Tokens ---------------------------------------------------------------------------------
 
-    /// Creates a token named `name`, bound to `key` if given, and returns it: the only time
-    /// it exists outside the caller. A revoked token's name can be reused.
     fn create_token(
         &self,
         name: &str,
@@ -622,8 +618,6 @@ impl MetadataStore for ArtifactStore {
         }
     }
 
-    /// Looks a presented token up by its SHA-256 (read from the database on every call, so a
-    /// `precomp token revoke` takes effect at once).
     fn lookup_token(&self, token: &str) -> Result<TokenLookup, ArtifactStoreError> {
         let hash = token_sha256(token);
         let db = self.db.lock();
@@ -668,11 +662,8 @@ impl MetadataStore for ArtifactStore {
         }))
     }
 
-    // -----------------------------------------------------------------------------------------
-    // Artifacts
-    // -----------------------------------------------------------------------------------------
+    // Artifacts ------------------------------------------------------------------------------
 
-    /// Records a stored blob (its row; the blob is on disk already).
     fn record_artifact(
         &self,
         sha256: &[u8; 32],
@@ -690,9 +681,6 @@ impl MetadataStore for ArtifactStore {
         Ok(())
     }
 
-    /// Records that the artifact was used now (served, or named by a manifest being
-    /// published), for `precomp gc`: at most once an hour per artifact and process. A failed
-    /// write is logged, never an error: it must not fail a download.
     fn touch_artifact(&self, sha256: &[u8; 32]) {
         let now = now();
         {
@@ -718,24 +706,7 @@ impl MetadataStore for ArtifactStore {
         }
     }
 
-    /// The stored audit verdicts (the latest per build and auditor) by result: `(matches,
-    /// mismatches)`, for the reproducibility rate on `/metrics`.
-    fn verdict_counts(&self) -> Result<(u64, u64), ArtifactStoreError> {
-        self.db
-            .lock()
-            .query_row(
-                "SELECT count(*) FILTER (WHERE result = 'match'),
-                        count(*) FILTER (WHERE result = 'mismatch')
-                 FROM verdicts",
-                [],
-                |row| Ok((row.get::<_, i64>(0)? as u64, row.get::<_, i64>(1)? as u64)),
-            )
-            .map_err(self.db_err())
-    }
-
-    // -----------------------------------------------------------------------------------------
-    // Manifests and the index
-    // -----------------------------------------------------------------------------------------
+    // Manifests, history and the index -------------------------------------------------------
 
     fn put_manifest(
         &self,
@@ -755,7 +726,6 @@ impl MetadataStore for ArtifactStore {
         Ok(outcome)
     }
 
-    /// The signed manifest published under `key`.
     fn manifest(&self, key: &str) -> Result<Option<Vec<u8>>, ArtifactStoreError> {
         self.db
             .lock()
@@ -768,7 +738,33 @@ impl MetadataStore for ArtifactStore {
             .map_err(self.db_err())
     }
 
-    /// Every build of `package`, by version (SemVer order), then key.
+    fn key_manifests(&self, key: &str) -> Result<Vec<KeyManifest>, ArtifactStoreError> {
+        let db = self.db.lock();
+        let Some(published) = published_row(&db, key).map_err(self.db_err())? else {
+            return Ok(Vec::new());
+        };
+        let mut all = vec![published];
+        all.extend(history_rows(&db, key).map_err(self.db_err())?);
+        Ok(all)
+    }
+
+    fn package_history(&self, package: &str) -> Result<Vec<KeyManifest>, ArtifactStoreError> {
+        let db = self.db.lock();
+        let mut stmt = db
+            .prepare(
+                "SELECT key, status, manifest_digest, x'', signers, artifact_sha256,
+                    published_by, published_at, changed_at, note, verdicts
+                 FROM manifest_history
+                 WHERE key IN (SELECT key FROM manifests WHERE package = ?1)
+                 ORDER BY key, published_at, manifest_digest",
+            )
+            .map_err(self.db_err())?;
+        let rows = stmt
+            .query_map(params![package], history_row)
+            .map_err(self.db_err())?;
+        rows.collect::<Result<_, _>>().map_err(self.db_err())
+    }
+
     fn index(&self, package: &str) -> Result<Vec<IndexBuild>, ArtifactStoreError> {
         let db = self.db.lock();
         let mut stmt = db
@@ -792,12 +788,19 @@ impl MetadataStore for ArtifactStore {
         Ok(builds)
     }
 
-    // -----------------------------------------------------------------------------------------
-    // Failures
-    // -----------------------------------------------------------------------------------------
+    fn packages(&self) -> Result<Vec<String>, ArtifactStoreError> {
+        let db = self.db.lock();
+        let mut stmt = db
+            .prepare("SELECT DISTINCT package FROM manifests ORDER BY package")
+            .map_err(self.db_err())?;
+        let rows = stmt
+            .query_map([], |row| row.get(0))
+            .map_err(self.db_err())?;
+        rows.collect::<Result<_, _>>().map_err(self.db_err())
+    }
 
-    /// Records a failed build (the latest log per base key and toolchain, with a count of
-    /// attempts) and closes the misses of its base key.
+    // Failures -------------------------------------------------------------------------------
+
     fn record_failure(
         &self,
         report: &FailureReport,
@@ -847,7 +850,6 @@ impl MetadataStore for ArtifactStore {
         })
     }
 
-    /// The failures recorded for `package`, most recent first.
     fn failures(&self, package: &str) -> Result<Vec<Failure>, ArtifactStoreError> {
         let db = self.db.lock();
         let mut stmt = db
@@ -877,9 +879,7 @@ impl MetadataStore for ArtifactStore {
         rows.collect::<Result<_, _>>().map_err(self.db_err())
     }
 
-    // -----------------------------------------------------------------------------------------
-    // Misses
-    // -----------------------------------------------------------------------------------------
+    // Misses ---------------------------------------------------------------------------------
 
     fn record_miss(
         &self,
@@ -998,11 +998,6 @@ impl MetadataStore for ArtifactStore {
         }))
     }
 
-    /// Erases the compile-env values of misses last reported more than `retention_seconds`
-    /// before `now` (an open one is closed: it cannot be built without them; its lock is
-    /// kept, for `precomp gc`), and forgets the config variants and worker tuples not seen
-    /// since. How many misses were erased. Runs by itself whenever misses are recorded,
-    /// listed or leased (at most once a minute per process).
     fn expire_miss_values(
         &self,
         now: i64,
@@ -1017,8 +1012,6 @@ impl MetadataStore for ArtifactStore {
         Ok(erased)
     }
 
-    /// [`MetadataStore::expire_miss_values`] with `policy`'s retention, when this process has
-    /// not done it in the last [`EXPIRY_INTERVAL`] seconds (or the retention, if shorter).
     fn expire_if_due(&self, policy: &MissPolicy) -> Result<(), ArtifactStoreError> {
         let now = now();
         if !self.expiry_due(now, policy) {
@@ -1032,8 +1025,6 @@ impl MetadataStore for ArtifactStore {
         tx.commit().map_err(self.db_err())
     }
 
-    /// The open misses, most reported first: at most `limit`, and no more once their locks
-    /// add up to `max_bytes` (the first is always listed).
     fn open_misses(&self, limit: usize, max_bytes: usize) -> Result<Vec<Miss>, ArtifactStoreError> {
         let db = self.db.lock();
         let mut stmt = db
@@ -1058,47 +1049,8 @@ impl MetadataStore for ArtifactStore {
         Ok(misses)
     }
 
-    // -----------------------------------------------------------------------------------------
-    // Manifest history
-    // -----------------------------------------------------------------------------------------
+    // Verdicts -------------------------------------------------------------------------------
 
-    /// Every manifest kept for `key`: the published one first, then the history rows, oldest
-    /// first. Empty when nothing is published under it.
-    fn key_manifests(&self, key: &str) -> Result<Vec<KeyManifest>, ArtifactStoreError> {
-        let db = self.db.lock();
-        let Some(published) = published_row(&db, key).map_err(self.db_err())? else {
-            return Ok(Vec::new());
-        };
-        let mut all = vec![published];
-        all.extend(history_rows(&db, key).map_err(self.db_err())?);
-        Ok(all)
-    }
-
-    /// The history rows of the builds of `package` (for the index: agreeing builders and
-    /// disagreements), without their envelopes.
-    fn package_history(&self, package: &str) -> Result<Vec<KeyManifest>, ArtifactStoreError> {
-        let db = self.db.lock();
-        let mut stmt = db
-            .prepare(
-                "SELECT key, status, manifest_digest, x'', signers, artifact_sha256,
-                    published_by, published_at, changed_at, note, verdicts
-                 FROM manifest_history
-                 WHERE key IN (SELECT key FROM manifests WHERE package = ?1)
-                 ORDER BY key, published_at, manifest_digest",
-            )
-            .map_err(self.db_err())?;
-        let rows = stmt
-            .query_map(params![package], history_row)
-            .map_err(self.db_err())?;
-        rows.collect::<Result<_, _>>().map_err(self.db_err())
-    }
-
-    // -----------------------------------------------------------------------------------------
-    // Verdicts
-    // -----------------------------------------------------------------------------------------
-
-    /// Stores a verified verdict, replacing the same auditor's earlier one, after checking it
-    /// is about the manifest published under its key; one transaction.
     fn put_verdict(
         &self,
         verdict: &Verdict,
@@ -1192,7 +1144,6 @@ impl MetadataStore for ArtifactStore {
         Ok(VerdictPut::Stored { how, flagged })
     }
 
-    /// Every verdict on `key`, by auditor.
     fn verdicts(&self, key: &str) -> Result<Verdicts, ArtifactStoreError> {
         let db = self.db.lock();
         let verdicts = verdicts::records(&db, key).map_err(self.db_err())?;
@@ -1205,27 +1156,21 @@ impl MetadataStore for ArtifactStore {
         })
     }
 
-    /// The packages with at least one published build, sorted.
-    fn packages(&self) -> Result<Vec<String>, ArtifactStoreError> {
-        let db = self.db.lock();
-        let mut stmt = db
-            .prepare("SELECT DISTINCT package FROM manifests ORDER BY package")
-            .map_err(self.db_err())?;
-        let rows = stmt
-            .query_map([], |row| row.get(0))
-            .map_err(self.db_err())?;
-        rows.collect::<Result<_, _>>().map_err(self.db_err())
+    fn verdict_counts(&self) -> Result<(u64, u64), ArtifactStoreError> {
+        self.db
+            .lock()
+            .query_row(
+                "SELECT count(*) FILTER (WHERE result = 'match'),
+                        count(*) FILTER (WHERE result = 'mismatch')
+                 FROM verdicts",
+                [],
+                |row| Ok((row.get::<_, i64>(0)? as u64, row.get::<_, i64>(1)? as u64)),
+            )
+            .map_err(self.db_err())
     }
 
-    // -----------------------------------------------------------------------------------------
-    // Leases
-    // -----------------------------------------------------------------------------------------
+    // Leases ---------------------------------------------------------------------------------
 
-    /// Records the tuples `query`'s worker asked for, then leases it the next job: for a
-    /// build job the most-reported open miss of one of its tuples with no live lease, for an
-    /// audit job the matching published build with the fewest audits
-    /// (`select_audit`). An earlier lease of that work (expired) ends as lost. `None` when
-    /// there is no such job. One transaction.
     fn lease_job(
         &self,
         query: &LeaseQuery<'_>,
@@ -1277,15 +1222,11 @@ impl MetadataStore for ArtifactStore {
         }))
     }
 
-    /// The lease `job`, as it stands.
     fn job(&self, job: u64) -> Result<Option<JobRecord>, ArtifactStoreError> {
         let db = self.db.lock();
         job_row(&db, job).map_err(self.db_err())
     }
 
-    /// Renews the lease of `job` for `token` (which must have leased it) until `now_ms` plus
-    /// `lease_ms` (its last duration when `None`); the worker's tuples count as seen now.
-    /// [`JobError`] when it is not there, not `token`'s, ended or closed. One transaction.
     fn renew_lease(
         &self,
         job: u64,
@@ -1324,10 +1265,6 @@ impl MetadataStore for ArtifactStore {
         Ok(held)
     }
 
-    /// Ends the lease of `job` for `token` (which must have leased it) as `outcome`, with
-    /// `reason`: `Released` puts the work back in the queue, `Failed` keeps an audit job from
-    /// this token for good. A lease released before is left as it is; a lost one is
-    /// [`JobError::Ended`]. One transaction.
     fn end_lease(
         &self,
         job: u64,
@@ -1360,9 +1297,6 @@ impl MetadataStore for ArtifactStore {
         Ok(end)
     }
 
-    /// `GET jobs`: the open misses by tuple and whether a worker asked for that tuple within
-    /// [`WORKER_WINDOW_SECONDS`] of `now_ms`, the workers seen, and the live leases. One read
-    /// transaction.
     fn job_listing(&self, now_ms: i64) -> Result<JobListing, ArtifactStoreError> {
         let now = now_ms;
         let since = now / 1000 - WORKER_WINDOW_SECONDS;
@@ -1510,15 +1444,8 @@ impl MetadataStore for ArtifactStore {
         Ok(listing)
     }
 
-    // -----------------------------------------------------------------------------------------
-    // What gc needs
-    // -----------------------------------------------------------------------------------------
+    // What gc needs --------------------------------------------------------------------------
 
-    /// Reads what gc decides on (`misses_since`: the oldest miss whose lock counts), asks
-    /// `decide`, and — with `apply` — deletes what it returns in the same transaction (a write
-    /// transaction from the start, so nothing is published or recorded in between), then
-    /// removes the dropped artifacts' blobs. Rows go first: a crash in between leaves blobs
-    /// without rows, which [`Blobs::files`] shows gc next time.
     fn collect_garbage(
         &self,
         misses_since: i64,
@@ -1571,7 +1498,6 @@ impl MetadataStore for ArtifactStore {
         Ok(dropped)
     }
 
-    /// Every artifact row (digest, size), by digest.
     fn recorded_artifacts(&self) -> Result<Vec<RecordedArtifact>, ArtifactStoreError> {
         let db = self.db.lock();
         let mut stmt = db

@@ -63,14 +63,18 @@ pub trait MetadataStore: Send + Sync {
     /// Revokes the token `name` ([`ArtifactStoreError::NoSuchToken`],
     /// [`ArtifactStoreError::AlreadyRevoked`]).
     fn revoke_token(&self, name: &str) -> Result<()>;
-    /// What a presented token is, read on every call (a revoke takes effect at once).
+    /// What a presented token is, looked up by its SHA-256 and read on every call (a `precomp
+    /// token revoke` takes effect at once).
     fn lookup_token(&self, token: &str) -> Result<TokenLookup>;
 
     // Artifacts ------------------------------------------------------------------------------
 
     /// Records a blob that is in place (idempotent).
     fn record_artifact(&self, sha256: &[u8; 32], size: u64, uploaded_by: &str) -> Result<()>;
-    /// Records that an artifact was used now, for gc; best effort (never fails a download).
+    /// Records that an artifact was used now (served, or named by a manifest being
+    /// published), for gc; may be throttled (the SQLite store writes at most once an hour per
+    /// artifact and process). Best effort: a failed write is logged, never an error (it must
+    /// not fail a download).
     fn touch_artifact(&self, sha256: &[u8; 32]);
 
     // Manifests, history and the index -------------------------------------------------------
@@ -101,7 +105,8 @@ pub trait MetadataStore: Send + Sync {
     /// Every manifest kept for `key`: the published one first, then its history, oldest
     /// first; empty when nothing is published.
     fn key_manifests(&self, key: &str) -> Result<Vec<KeyManifest>>;
-    /// The history rows of `package`'s builds, without their envelopes.
+    /// The history rows of `package`'s builds (for the index: agreeing builders and
+    /// disagreements), without their envelopes.
     fn package_history(&self, package: &str) -> Result<Vec<KeyManifest>>;
     /// Every build of `package` with its verdict summary, by version (SemVer), then key.
     fn index(&self, package: &str) -> Result<Vec<IndexBuild>>;
@@ -110,8 +115,8 @@ pub trait MetadataStore: Send + Sync {
 
     // Failures -------------------------------------------------------------------------------
 
-    /// Records a failed build (the latest log per base key and toolchain, counted) and closes
-    /// the misses of its base key.
+    /// Records a failed build (the latest log per base key and toolchain, with a count of
+    /// attempts) and closes the misses of its base key.
     fn record_failure(&self, report: &FailureReport, reported_by: &str) -> Result<FailureRecorded>;
     /// `package`'s failures, most recent first.
     fn failures(&self, package: &str) -> Result<Vec<Failure>>;
@@ -131,11 +136,15 @@ pub trait MetadataStore: Send + Sync {
         policy: &MissPolicy,
         counts: &dyn Fn(&str) -> bool,
     ) -> Result<MissOutcome>;
-    /// Erases the values of misses last reported more than `retention_seconds` before `now`
-    /// (closing the open ones); how many.
+    /// Erases the compile-env values of misses last reported more than `retention_seconds`
+    /// before `now` (an open one is closed: it cannot be built without them; its lock is
+    /// kept, for gc), and forgets the config variants and worker tuples not seen since. How
+    /// many misses were erased.
     fn expire_miss_values(&self, now: i64, retention_seconds: i64) -> Result<u64>;
     /// [`MetadataStore::expire_miss_values`] with `policy`'s retention, when this process has
-    /// not done it lately.
+    /// not done it lately (the SQLite store: in the last minute, or the retention if shorter).
+    /// Misses are expired so whenever they are recorded ([`MetadataStore::record_miss`], in
+    /// its transaction), listed or leased.
     fn expire_if_due(&self, policy: &MissPolicy) -> Result<()>;
     /// The open misses, most reported first: at most `limit`, and no more once their locks
     /// add up to `max_bytes` (the first is always listed).
@@ -144,21 +153,28 @@ pub trait MetadataStore: Send + Sync {
     // Verdicts -------------------------------------------------------------------------------
 
     /// Stores a verified verdict (replacing its auditor's earlier one) if it is about the
-    /// manifest published under its key.
+    /// manifest published under its key (or an agreeing one: they hold the same artifact) and
+    /// its artifact; says whether the build is now flagged (a `mismatch` verdict on it).
     fn put_verdict(&self, verdict: &Verdict, bytes: &[u8], reported_by: &str)
         -> Result<VerdictPut>;
     /// Every verdict on `key`, by auditor.
     fn verdicts(&self, key: &str) -> Result<Verdicts>;
-    /// The latest verdicts by result: `(matches, mismatches)`.
+    /// The stored verdicts (the latest per build and auditor) by result: `(matches,
+    /// mismatches)`, for the reproducibility rate on `/metrics`.
     fn verdict_counts(&self) -> Result<(u64, u64)>;
 
     // Leases ---------------------------------------------------------------------------------
 
-    /// Records the worker's tuples and leases it the next job, if any.
+    /// Records the tuples `query`'s worker asked for, then leases it the next job: for a
+    /// build job the most-reported open miss of one of its tuples with no live lease, for an
+    /// audit job the matching published build with the fewest audits. An earlier lease of
+    /// that work (expired) ends as lost. `None` when there is no such job.
     fn lease_job(&self, query: &LeaseQuery<'_>, now_ms: i64) -> Result<Option<LeasedJob>>;
     /// The lease `job` as it stands.
     fn job(&self, job: u64) -> Result<Option<JobRecord>>;
-    /// Renews `token`'s lease of `job` ([`JobError`] when not there, not its, ended, closed).
+    /// Renews the lease of `job` for `token` (which must have leased it) until `now_ms` plus
+    /// `lease_ms` (its last duration when `None`); the worker's tuples count as seen now.
+    /// [`JobError`] when it is not there, not `token`'s, ended or closed.
     fn renew_lease(
         &self,
         job: u64,
@@ -166,7 +182,10 @@ pub trait MetadataStore: Send + Sync {
         lease_ms: Option<i64>,
         now_ms: i64,
     ) -> Result<JobRecord>;
-    /// Ends `token`'s lease of `job` as `outcome`.
+    /// Ends the lease of `job` for `token` (which must have leased it) as `outcome`, with
+    /// `reason`: `Released` puts the work back in the queue, `Failed` keeps an audit job from
+    /// this token for good. A lease released before is left as it is; a lost one is
+    /// [`JobError::Ended`].
     fn end_lease(
         &self,
         job: u64,
@@ -175,13 +194,17 @@ pub trait MetadataStore: Send + Sync {
         reason: Option<&str>,
         now_ms: i64,
     ) -> Result<LeaseEnd>;
-    /// `GET jobs`: demand by tuple, workers seen, live leases.
+    /// `GET jobs`: the open misses by tuple and whether a worker asked for that tuple within
+    /// [`crate::WORKER_WINDOW_SECONDS`] of `now_ms`, the workers seen, and the live leases.
     fn job_listing(&self, now_ms: i64) -> Result<JobListing>;
 
     // What gc needs --------------------------------------------------------------------------
 
-    /// Reads what gc decides on, asks `decide`, and with `apply` deletes what it returns in
-    /// the same transaction, then the dropped artifacts' blobs.
+    /// Reads what gc decides on (`misses_since`: the oldest miss whose lock counts), asks
+    /// `decide`, and — with `apply` — deletes what it returns in the same transaction (a write
+    /// transaction from the start, so nothing is published or recorded in between), then
+    /// removes the dropped artifacts' blobs. Rows go first: a crash in between leaves blobs
+    /// without rows, which [`super::Blobs::files`] shows gc next time.
     fn collect_garbage(
         &self,
         misses_since: i64,
