@@ -100,9 +100,9 @@ pub use store::maintenance;
 pub use store::verdicts::files_json as verdict_files_json;
 pub use store::verdicts::VerdictPut;
 pub use store::{
-    ArtifactCheck, ArtifactStore, ArtifactStoreError, ManifestPut, ManifestRecord, MissOutcome,
-    MissPolicy, MissRecord, Publisher, TokenInfo, TokenLookup, VariantRef,
-    DEFAULT_MAX_CONFIG_VARIANTS, DEFAULT_MAX_OPEN_MISSES, DEFAULT_MISS_RETENTION_DAYS,
+    open_existing_metadata, open_metadata, ArtifactCheck, ArtifactStoreError, ManifestPut,
+    ManifestRecord, MissOutcome, MissPolicy, MissRecord, Publisher, TokenInfo, TokenLookup,
+    VariantRef, DEFAULT_MAX_CONFIG_VARIANTS, DEFAULT_MAX_OPEN_MISSES, DEFAULT_MISS_RETENTION_DAYS,
     WORKER_WINDOW_SECONDS,
 };
 pub use store::{Blobs, MetadataStore};
@@ -221,7 +221,7 @@ impl From<ArtifactStoreError> for Refusal {
 
 /// The artifact service: the store and the trust configuration.
 pub struct Artifacts {
-    /// The metadata (SQLite today: [`ArtifactStore`]).
+    /// The metadata ([`open_metadata`]: SQLite today).
     store: Arc<dyn MetadataStore>,
     /// The artifact bodies, beside it.
     blobs: Blobs,
@@ -236,7 +236,7 @@ impl Artifacts {
     /// the trust document in effect (or why it cannot be used: uploads are then refused
     /// until it is fixed; serving goes on).
     pub fn open(config: ArtifactsConfig) -> Result<Arc<Artifacts>, ArtifactStoreError> {
-        let store = Arc::new(ArtifactStore::open(&config.data)?);
+        let store = open_metadata(&config.data)?;
         Ok(Artifacts::with_store(store, config))
     }
 
@@ -824,7 +824,7 @@ impl Artifacts {
         }
         let keys = self.effective_keys().ok();
         let counts = |id: &str| counts(keys.as_ref(), id);
-        Ok(ArtifactStore::serving(&rows, &counts).map(|row| row.signed_manifest.clone()))
+        Ok(history::serving(&rows, &counts).map(|row| row.signed_manifest.clone()))
     }
 
     /// Every manifest kept for `key` (`GET manifests/KEY/history`): which one is served, and
@@ -837,7 +837,7 @@ impl Artifacts {
         let rows = self.store.key_manifests(key)?;
         let keys = self.effective_keys().ok();
         let counts_now = |id: &str| counts(keys.as_ref(), id);
-        let Some(served) = ArtifactStore::serving(&rows, &counts_now) else {
+        let Some(served) = history::serving(&rows, &counts_now) else {
             return Ok(None);
         };
         let served_digest = served.manifest_digest.clone();
@@ -1668,7 +1668,7 @@ mod tests {
         let auditor = precomp_proto::manifest::ArtifactSigningKey::generate().public_key();
         let builder = precomp_proto::manifest::ArtifactSigningKey::generate().public_key();
         let (audit_token, unbound_token, builder_token) = {
-            let store = ArtifactStore::open(&data).unwrap();
+            let store = open_metadata(&data).unwrap();
             (
                 store.create_token("a1", Some(&auditor), None).unwrap(),
                 store.create_token("u1", None, None).unwrap(),
@@ -1734,8 +1734,8 @@ mod tests {
     #[test]
     fn tokens_are_seen_and_revoked_across_processes() {
         let dir = tempfile::tempdir().unwrap();
-        let cli = ArtifactStore::open(dir.path()).unwrap();
-        let server = ArtifactStore::open(dir.path()).unwrap();
+        let cli = open_metadata(dir.path()).unwrap();
+        let server = open_metadata(dir.path()).unwrap();
         let key = precomp_proto::manifest::ArtifactSigningKey::generate().public_key();
         let token = cli.create_token("b1", Some(&key), None).unwrap();
         match server.lookup_token(&token).unwrap() {

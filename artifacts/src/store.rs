@@ -34,27 +34,47 @@
 //! transaction, with typed errors ([`ArtifactStoreError`], [`jobs::JobError`]) and neither SQL
 //! types nor HTTP statuses in their signatures (the service maps errors to statuses in one
 //! place: `impl From<ArtifactStoreError> for Refusal`). [`ArtifactStore`] is its SQLite
-//! implementation; its SQL stays in this module and its children. Times come from one clock
-//! ([`now`]) or, for leases, from the caller (`now_ms`). [`contract`] holds the behaviours
-//! any implementation must have, as functions on a `&dyn MetadataStore` (run here on SQLite).
+//! implementation, and every operation is written once, in the `impl MetadataStore for
+//! ArtifactStore` block of this file (grouped as the trait is); the children hold the domain
+//! types and the SQL helpers those operations share. Times come from one clock ([`now`]) or,
+//! for leases, from the caller (`now_ms`). [`contract`] holds the behaviours any
+//! implementation must have, as functions on a `&dyn MetadataStore` (run here on SQLite).
 //!
-//! Artifact bodies are not metadata: they stay content-addressed files ([`Blobs`]) beside
-//! whichever store holds their rows. What only SQLite has — the file lock, the online backup
-//! ([`ArtifactStore::snapshot`]), scrub's walk of the blob directory — stays inherent to
-//! [`ArtifactStore`].
+//! [`open_metadata`] (and [`open_existing_metadata`]) is the one place that chooses the
+//! implementation, for the service and for the commands beside it (`precomp token`, `gc`,
+//! `store scrub`): no other crate names [`ArtifactStore`], which is not exported. What only
+//! SQLite has stays inherent to it or SQLite-only by name: opening and migrating the
+//! database file under its lock, and the online backup of that file
+//! ([`maintenance::snapshot`], whose result `precomp restore` puts back as a file).
+//!
+//! Artifact bodies are not metadata: they stay content-addressed files ([`Blobs`]: stored,
+//! listed, removed) beside whichever store holds their rows.
 
 use parking_lot::Mutex;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use precomp_proto::manifest::{ArtifactPublicKey, SignedManifest};
 use prost::Message;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use sha2::{Digest, Sha256};
 
+use precomp_proto::manifest::Manifest;
+use precomp_proto::verdict::{Verdict, MISMATCH};
+
+use history::{history_row, history_rows, published_row, KeyManifest};
+use jobs::{
+    expires_at, held_job, insert_lease, job_row, record_worker_tuples, select_audit, select_miss,
+    Job, JobError, JobRecord, LeaseEnd, LeaseEnded, LeaseQuery, LeasedJob,
+};
+use maintenance::{gc_view, GcDrop, GcView, NamedArtifact, RecordedArtifact, OLD_CLOSED_MISSES};
+use verdicts::VerdictPut;
+
 use super::api::{
-    CompileEnvJson, Failure, FailureRecorded, FailureReport, IndexBuild, Miss, MissMember,
-    MissRecorded, MissReport,
+    CompileEnvJson, Failure, FailureRecorded, FailureReport, IndexBuild, JobKind, JobListing,
+    LeaseTuple, LiveJob, Miss, MissMember, MissRecorded, MissReport, ReleaseOutcome, TupleDemand,
+    Verdicts, WorkerSeen,
 };
 use super::token::{
     digests_equal, new_token, parse_scopes, scopes_text, token_sha256, valid_token_name, Scope,
@@ -208,7 +228,7 @@ pub struct ManifestRecord {
     pub base_text: String,
 }
 
-/// A validated miss, as [`ArtifactStore::record_miss`] records it.
+/// A validated miss, as [`MetadataStore::record_miss`] records it.
 #[derive(Clone, Debug)]
 pub struct MissRecord<'a> {
     pub report: &'a MissReport,
@@ -309,7 +329,7 @@ struct MissInputs {
     closure: Vec<MissMember>,
 }
 
-/// How storing a manifest ended ([`ArtifactStore::put_manifest`]).
+/// How storing a manifest ended ([`MetadataStore::put_manifest`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ManifestPut {
     Created {
@@ -349,15 +369,31 @@ pub enum ManifestPut {
     },
 }
 
+/// Opens the metadata store of the artifact store directory `root` (`DATA/artifacts`),
+/// creating it if absent. The one place that chooses the implementation, for the service
+/// ([`crate::Artifacts::open`]) and the commands beside it (`precomp token`, `gc`, `store
+/// scrub`): SQLite (`root/artifacts.db`, `ArtifactStore`) today; a PostgreSQL store plugs
+/// in here. No other crate names the implementation.
+pub fn open_metadata(root: &Path) -> Result<Arc<dyn MetadataStore>, ArtifactStoreError> {
+    Ok(Arc::new(ArtifactStore::open(root)?))
+}
+
+/// [`open_metadata`], only if the store exists ([`ArtifactStoreError::NoStore`] otherwise): for
+/// the commands that act on an existing store (`precomp gc`, `store scrub`), so a wrong
+/// `--data` is an error, not a new empty store.
+pub fn open_existing_metadata(root: &Path) -> Result<Arc<dyn MetadataStore>, ArtifactStoreError> {
+    Ok(Arc::new(ArtifactStore::open_existing(root)?))
+}
+
+/// The SQLite metadata store ([`MetadataStore`]); opened through [`open_metadata`].
 pub struct ArtifactStore {
-    root: PathBuf,
     blobs: Blobs,
     db_path: PathBuf,
     db: Mutex<Connection>,
     _lock: std::fs::File,
     /// When this process last wrote `artifact_use` for an artifact (throttles the writes).
     touched: Mutex<std::collections::HashMap<[u8; 32], i64>>,
-    /// When this process last erased expired miss values ([`ArtifactStore::expire_miss_values`]).
+    /// When this process last erased expired miss values ([`MetadataStore::expire_miss_values`]).
     expired_at: std::sync::atomic::AtomicI64,
 }
 
@@ -406,7 +442,6 @@ impl ArtifactStore {
             );
         }
         Ok(ArtifactStore {
-            root: root.to_path_buf(),
             blobs: Blobs::new(root),
             db_path,
             db: Mutex::new(db),
@@ -416,12 +451,59 @@ impl ArtifactStore {
         })
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
+    /// Opens the store under `root` only if it has a database: for the commands that act on
+    /// an existing store (`gc`, `store scrub`), so a wrong `--data` is an error, not a new
+    /// empty store.
+    pub fn open_existing(root: &Path) -> Result<ArtifactStore, ArtifactStoreError> {
+        if !root.join("artifacts.db").is_file() {
+            return Err(ArtifactStoreError::NoStore {
+                dir: root.to_path_buf(),
+            });
+        }
+        ArtifactStore::open(root)
     }
 
-    /// Whether the database answers a query: for `/healthz`.
-    pub fn check(&self) -> Result<(), ArtifactStoreError> {
+    fn db_err(&self) -> impl Fn(rusqlite::Error) -> ArtifactStoreError + '_ {
+        |source: rusqlite::Error| ArtifactStoreError::Db {
+            path: self.db_path.clone(),
+            source: Box::new(source),
+        }
+    }
+
+    /// Whether expiry is due now (and, if so, that it is done from now on).
+    fn expiry_due(&self, now: i64, policy: &MissPolicy) -> bool {
+        use std::sync::atomic::Ordering;
+        let last = self.expired_at.load(Ordering::Relaxed);
+        let interval = EXPIRY_INTERVAL.min(policy.retention_seconds.max(1));
+        if last != i64::MIN && now - last < interval {
+            return false;
+        }
+        self.expired_at.store(now, Ordering::Relaxed);
+        true
+    }
+
+    fn expire_in(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        now: i64,
+        policy: &MissPolicy,
+    ) -> rusqlite::Result<()> {
+        let erased = expire_values(tx, now, policy.retention_seconds)?;
+        if erased > 0 {
+            tracing::info!(
+                erased,
+                retention_seconds = policy.retention_seconds,
+                "erased the compile-env values of misses past their retention"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The SQLite store: every operation of the service's metadata, each one transaction, in
+/// the order of the trait, whose documentation is their contract.
+impl MetadataStore for ArtifactStore {
+    fn check(&self) -> Result<(), ArtifactStoreError> {
         self.db
             .lock()
             .query_row(
@@ -432,25 +514,9 @@ impl ArtifactStore {
             .map_err(self.db_err())
     }
 
-    /// Where uploads are received before they are verified.
-    pub fn tmp_dir(&self) -> PathBuf {
-        self.blobs.tmp_dir()
-    }
+    // Tokens ---------------------------------------------------------------------------------
 
-    fn db_err(&self) -> impl Fn(rusqlite::Error) -> ArtifactStoreError + '_ {
-        |source: rusqlite::Error| ArtifactStoreError::Db {
-            path: self.db_path.clone(),
-            source: Box::new(source),
-        }
-    }
-
-    // -----------------------------------------------------------------------------------------
-    // Tokens
-    // -----------------------------------------------------------------------------------------
-
-    /// Creates a token named `name`, bound to `key` if given, and returns it: the only time
-    /// it exists outside the caller. A revoked token's name can be reused.
-    pub fn create_token(
+    fn create_token(
         &self,
         name: &str,
         key: Option<&ArtifactPublicKey>,
@@ -504,7 +570,7 @@ impl ArtifactStore {
         Ok(token)
     }
 
-    pub fn list_tokens(&self) -> Result<Vec<TokenInfo>, ArtifactStoreError> {
+    fn list_tokens(&self) -> Result<Vec<TokenInfo>, ArtifactStoreError> {
         let db = self.db.lock();
         let mut stmt = db
             .prepare(
@@ -528,7 +594,7 @@ impl ArtifactStore {
         rows.collect::<Result<_, _>>().map_err(self.db_err())
     }
 
-    pub fn revoke_token(&self, name: &str) -> Result<(), ArtifactStoreError> {
+    fn revoke_token(&self, name: &str) -> Result<(), ArtifactStoreError> {
         let db = self.db.lock();
         let revoked: Option<Option<i64>> = db
             .query_row(
@@ -552,9 +618,7 @@ impl ArtifactStore {
         }
     }
 
-    /// Looks a presented token up by its SHA-256 (read from the database on every call, so a
-    /// `precomp token revoke` takes effect at once).
-    pub fn lookup_token(&self, token: &str) -> Result<TokenLookup, ArtifactStoreError> {
+    fn lookup_token(&self, token: &str) -> Result<TokenLookup, ArtifactStoreError> {
         let hash = token_sha256(token);
         let db = self.db.lock();
         let row = db
@@ -598,17 +662,9 @@ impl ArtifactStore {
         }))
     }
 
-    // -----------------------------------------------------------------------------------------
-    // Artifacts
-    // -----------------------------------------------------------------------------------------
+    // Artifacts ------------------------------------------------------------------------------
 
-    /// The blob directory beside the database.
-    pub fn blobs(&self) -> &Blobs {
-        &self.blobs
-    }
-
-    /// Records a stored blob (its row; the blob is on disk already).
-    pub fn record_artifact(
+    fn record_artifact(
         &self,
         sha256: &[u8; 32],
         size: u64,
@@ -625,10 +681,7 @@ impl ArtifactStore {
         Ok(())
     }
 
-    /// Records that the artifact was used now (served, or named by a manifest being
-    /// published), for `precomp gc`: at most once an hour per artifact and process. A failed
-    /// write is logged, never an error: it must not fail a download.
-    pub fn touch_artifact(&self, sha256: &[u8; 32]) {
+    fn touch_artifact(&self, sha256: &[u8; 32]) {
         let now = now();
         {
             let mut touched = self.touched.lock();
@@ -653,39 +706,9 @@ impl ArtifactStore {
         }
     }
 
-    /// The stored audit verdicts (the latest per build and auditor) by result: `(matches,
-    /// mismatches)`, for the reproducibility rate on `/metrics`.
-    pub fn verdict_counts(&self) -> Result<(u64, u64), ArtifactStoreError> {
-        self.db
-            .lock()
-            .query_row(
-                "SELECT count(*) FILTER (WHERE result = 'match'),
-                        count(*) FILTER (WHERE result = 'mismatch')
-                 FROM verdicts",
-                [],
-                |row| Ok((row.get::<_, i64>(0)? as u64, row.get::<_, i64>(1)? as u64)),
-            )
-            .map_err(self.db_err())
-    }
+    // Manifests, history and the index -------------------------------------------------------
 
-    // -----------------------------------------------------------------------------------------
-    // Manifests and the index
-    // -----------------------------------------------------------------------------------------
-
-    /// Stores a verified manifest (`bytes`, decoded as `signed`), in one transaction with the
-    /// misses it closes. `counts` says whether a signer's signature counts on the mirror now
-    /// (its trust document does not exclude the key). Under a key nothing is published under,
-    /// it is published (`Created`). Under a published key (docs/protocol.md, "Several
-    /// manifests for one key", and [`history`]):
-    /// - the same bytes: `Unchanged`; the same manifest as the published one or an agreeing
-    ///   one, with new signatures: they are added to that envelope (`Countersigned`);
-    /// - when no manifest of the key has a signer that counts (revoked, expired): it is
-    ///   published in place of the old one, which is kept as `replaced` with its verdicts, and
-    ///   closes the misses it satisfies (`Replaced`);
-    /// - else, the same artifact: kept as `agreeing` (`Agreed`), or `Unchanged` when its
-    ///   signers already signed a manifest with that artifact;
-    /// - else, another artifact: kept as `conflicting`, with what differs (`Conflict`).
-    pub fn put_manifest(
+    fn put_manifest(
         &self,
         record: &ManifestRecord,
         signed: &SignedManifest,
@@ -703,8 +726,7 @@ impl ArtifactStore {
         Ok(outcome)
     }
 
-    /// The signed manifest published under `key`.
-    pub fn manifest(&self, key: &str) -> Result<Option<Vec<u8>>, ArtifactStoreError> {
+    fn manifest(&self, key: &str) -> Result<Option<Vec<u8>>, ArtifactStoreError> {
         self.db
             .lock()
             .query_row(
@@ -716,8 +738,34 @@ impl ArtifactStore {
             .map_err(self.db_err())
     }
 
-    /// Every build of `package`, by version (SemVer order), then key.
-    pub fn index(&self, package: &str) -> Result<Vec<IndexBuild>, ArtifactStoreError> {
+    fn key_manifests(&self, key: &str) -> Result<Vec<KeyManifest>, ArtifactStoreError> {
+        let db = self.db.lock();
+        let Some(published) = published_row(&db, key).map_err(self.db_err())? else {
+            return Ok(Vec::new());
+        };
+        let mut all = vec![published];
+        all.extend(history_rows(&db, key).map_err(self.db_err())?);
+        Ok(all)
+    }
+
+    fn package_history(&self, package: &str) -> Result<Vec<KeyManifest>, ArtifactStoreError> {
+        let db = self.db.lock();
+        let mut stmt = db
+            .prepare(
+                "SELECT key, status, manifest_digest, x'', signers, artifact_sha256,
+                    published_by, published_at, changed_at, note, verdicts
+                 FROM manifest_history
+                 WHERE key IN (SELECT key FROM manifests WHERE package = ?1)
+                 ORDER BY key, published_at, manifest_digest",
+            )
+            .map_err(self.db_err())?;
+        let rows = stmt
+            .query_map(params![package], history_row)
+            .map_err(self.db_err())?;
+        rows.collect::<Result<_, _>>().map_err(self.db_err())
+    }
+
+    fn index(&self, package: &str) -> Result<Vec<IndexBuild>, ArtifactStoreError> {
         let db = self.db.lock();
         let mut stmt = db
             .prepare(&format!(
@@ -740,13 +788,20 @@ impl ArtifactStore {
         Ok(builds)
     }
 
-    // -----------------------------------------------------------------------------------------
-    // Failures
-    // -----------------------------------------------------------------------------------------
+    fn packages(&self) -> Result<Vec<String>, ArtifactStoreError> {
+        let db = self.db.lock();
+        let mut stmt = db
+            .prepare("SELECT DISTINCT package FROM manifests ORDER BY package")
+            .map_err(self.db_err())?;
+        let rows = stmt
+            .query_map([], |row| row.get(0))
+            .map_err(self.db_err())?;
+        rows.collect::<Result<_, _>>().map_err(self.db_err())
+    }
 
-    /// Records a failed build (the latest log per base key and toolchain, with a count of
-    /// attempts) and closes the misses of its base key.
-    pub fn record_failure(
+    // Failures -------------------------------------------------------------------------------
+
+    fn record_failure(
         &self,
         report: &FailureReport,
         reported_by: &str,
@@ -795,8 +850,7 @@ impl ArtifactStore {
         })
     }
 
-    /// The failures recorded for `package`, most recent first.
-    pub fn failures(&self, package: &str) -> Result<Vec<Failure>, ArtifactStoreError> {
+    fn failures(&self, package: &str) -> Result<Vec<Failure>, ArtifactStoreError> {
         let db = self.db.lock();
         let mut stmt = db
             .prepare(
@@ -825,18 +879,9 @@ impl ArtifactStore {
         rows.collect::<Result<_, _>>().map_err(self.db_err())
     }
 
-    // -----------------------------------------------------------------------------------------
-    // Misses
-    // -----------------------------------------------------------------------------------------
+    // Misses ---------------------------------------------------------------------------------
 
-    /// Counts a (validated) miss, by its key. The first report opens it, unless a build that
-    /// satisfies it is published with a signer that counts (`counts`: the mirror's trust
-    /// document does not exclude it) or a failure with its key is recorded already; later
-    /// reports count, and reopen a miss a publish closed when no such build satisfies it any
-    /// more (its signers were revoked, gc removed it). A miss whose values expired is opened
-    /// again by a new report, with the new report's values. A miss asking for a config variant
-    /// past `policy`'s bound is not recorded ([`MissOutcome::TooManyVariants`]).
-    pub fn record_miss(
+    fn record_miss(
         &self,
         miss: &MissRecord<'_>,
         policy: &MissPolicy,
@@ -953,12 +998,7 @@ impl ArtifactStore {
         }))
     }
 
-    /// Erases the compile-env values of misses last reported more than `retention_seconds`
-    /// before `now` (an open one is closed: it cannot be built without them; its lock is
-    /// kept, for `precomp gc`), and forgets the config variants and worker tuples not seen
-    /// since. How many misses were erased. Runs by itself whenever misses are recorded,
-    /// listed or leased (at most once a minute per process).
-    pub fn expire_miss_values(
+    fn expire_miss_values(
         &self,
         now: i64,
         retention_seconds: i64,
@@ -972,9 +1012,7 @@ impl ArtifactStore {
         Ok(erased)
     }
 
-    /// [`ArtifactStore::expire_miss_values`] with `policy`'s retention, when this process has
-    /// not done it in the last [`EXPIRY_INTERVAL`] seconds (or the retention, if shorter).
-    pub fn expire_if_due(&self, policy: &MissPolicy) -> Result<(), ArtifactStoreError> {
+    fn expire_if_due(&self, policy: &MissPolicy) -> Result<(), ArtifactStoreError> {
         let now = now();
         if !self.expiry_due(now, policy) {
             return Ok(());
@@ -987,42 +1025,7 @@ impl ArtifactStore {
         tx.commit().map_err(self.db_err())
     }
 
-    /// Whether expiry is due now (and, if so, that it is done from now on).
-    fn expiry_due(&self, now: i64, policy: &MissPolicy) -> bool {
-        use std::sync::atomic::Ordering;
-        let last = self.expired_at.load(Ordering::Relaxed);
-        let interval = EXPIRY_INTERVAL.min(policy.retention_seconds.max(1));
-        if last != i64::MIN && now - last < interval {
-            return false;
-        }
-        self.expired_at.store(now, Ordering::Relaxed);
-        true
-    }
-
-    fn expire_in(
-        &self,
-        tx: &rusqlite::Transaction<'_>,
-        now: i64,
-        policy: &MissPolicy,
-    ) -> rusqlite::Result<()> {
-        let erased = expire_values(tx, now, policy.retention_seconds)?;
-        if erased > 0 {
-            tracing::info!(
-                erased,
-                retention_seconds = policy.retention_seconds,
-                "erased the compile-env values of misses past their retention"
-            );
-        }
-        Ok(())
-    }
-
-    /// The open misses, most reported first: at most `limit`, and no more once their locks
-    /// add up to `max_bytes` (the first is always listed).
-    pub fn open_misses(
-        &self,
-        limit: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<Miss>, ArtifactStoreError> {
+    fn open_misses(&self, limit: usize, max_bytes: usize) -> Result<Vec<Miss>, ArtifactStoreError> {
         let db = self.db.lock();
         let mut stmt = db
             .prepare(&format!(
@@ -1044,6 +1047,497 @@ impl ArtifactStore {
             misses.push(miss);
         }
         Ok(misses)
+    }
+
+    // Verdicts -------------------------------------------------------------------------------
+
+    fn put_verdict(
+        &self,
+        verdict: &Verdict,
+        bytes: &[u8],
+        reported_by: &str,
+    ) -> Result<VerdictPut, ArtifactStoreError> {
+        let mut db = self.db.lock();
+        let tx = db
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.db_err())?;
+        // The published manifest, or an agreeing one (the one served while every signer of
+        // the published one is excluded): a verdict may name either, they hold the same
+        // artifact.
+        let Some(published) = published_row(&tx, &verdict.key).map_err(self.db_err())? else {
+            return Ok(VerdictPut::NoManifest);
+        };
+        let agreeing = history_rows(&tx, &verdict.key)
+            .map_err(self.db_err())?
+            .into_iter()
+            .filter(|row| row.status == history::AGREEING);
+        let named = hex::encode(&verdict.manifest_sha256);
+        let Some(stored) = std::iter::once(published.clone())
+            .chain(agreeing)
+            .find(|row| row.manifest_digest == named)
+            .map(|row| row.signed_manifest)
+        else {
+            return Ok(VerdictPut::OtherManifest {
+                published: published.manifest_digest,
+            });
+        };
+        // Stored manifests were verified when they were published.
+        let signed = SignedManifest::decode(stored.as_slice()).ok();
+        let manifest_bytes = signed
+            .as_ref()
+            .map(|s| s.manifest.as_slice())
+            .unwrap_or(&[]);
+        let artifact = Manifest::decode(manifest_bytes)
+            .ok()
+            .and_then(|m| m.output)
+            .map(|o| o.artifact_sha256)
+            .unwrap_or_default();
+        if artifact != verdict.published_sha256 {
+            return Ok(VerdictPut::OtherArtifact {
+                published: hex::encode(artifact),
+            });
+        }
+        let sha256 = hex::encode(Sha256::digest(bytes));
+        let previous: Option<String> = tx
+            .query_row(
+                "SELECT verdict_sha256 FROM verdicts WHERE key = ?1 AND auditor_id = ?2",
+                params![verdict.key, verdict.auditor_id],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(self.db_err())?;
+        let how = match previous {
+            Some(previous) if previous == sha256 => "unchanged",
+            Some(_) => "replaced",
+            None => "created",
+        };
+        if how != "unchanged" {
+            tx.execute(
+                "INSERT INTO verdicts (key, auditor_id, result, summary, toolchain_id,
+                    signed_verdict, verdict_sha256, reported_by, received_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT(key, auditor_id) DO UPDATE SET result = ?3, summary = ?4,
+                    toolchain_id = ?5, signed_verdict = ?6, verdict_sha256 = ?7,
+                    reported_by = ?8, received_at = ?9",
+                params![
+                    verdict.key,
+                    verdict.auditor_id,
+                    verdict.result,
+                    verdict.summary,
+                    verdict.toolchain_id,
+                    bytes,
+                    sha256,
+                    reported_by,
+                    now()
+                ],
+            )
+            .map_err(self.db_err())?;
+        }
+        let flagged: bool = tx
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM verdicts WHERE key = ?1 AND result = ?2)",
+                params![verdict.key, MISMATCH],
+                |row| row.get(0),
+            )
+            .map_err(self.db_err())?;
+        tx.commit().map_err(self.db_err())?;
+        Ok(VerdictPut::Stored { how, flagged })
+    }
+
+    fn verdicts(&self, key: &str) -> Result<Verdicts, ArtifactStoreError> {
+        let db = self.db.lock();
+        let verdicts = verdicts::records(&db, key).map_err(self.db_err())?;
+        let flagged = verdicts.iter().any(|v| v.result == MISMATCH);
+        Ok(Verdicts {
+            key: key.to_string(),
+            flagged,
+            verdicts,
+            disagreements: Vec::new(),
+        })
+    }
+
+    fn verdict_counts(&self) -> Result<(u64, u64), ArtifactStoreError> {
+        self.db
+            .lock()
+            .query_row(
+                "SELECT count(*) FILTER (WHERE result = 'match'),
+                        count(*) FILTER (WHERE result = 'mismatch')
+                 FROM verdicts",
+                [],
+                |row| Ok((row.get::<_, i64>(0)? as u64, row.get::<_, i64>(1)? as u64)),
+            )
+            .map_err(self.db_err())
+    }
+
+    // Leases ---------------------------------------------------------------------------------
+
+    fn lease_job(
+        &self,
+        query: &LeaseQuery<'_>,
+        now_ms: i64,
+    ) -> Result<Option<LeasedJob>, ArtifactStoreError> {
+        let err = self.db_err();
+        let request = query.request;
+        let mut db = self.db.lock();
+        let tx = db
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(&err)?;
+        // What this worker can do, for the job listing's "which tuples have no worker".
+        record_worker_tuples(&tx, request, query.token, now_ms / 1000).map_err(&err)?;
+        let job = match query.auditor {
+            None => select_miss(&tx, request, now_ms)
+                .map_err(&err)?
+                .map(Job::Build),
+            Some(auditor) => select_audit(
+                &tx,
+                request,
+                auditor,
+                query.token,
+                query.auditor_ids,
+                now_ms,
+            )
+            .map_err(&err)?
+            .map(Job::Audit),
+        };
+        let Some(job) = job else {
+            tx.commit().map_err(&err)?;
+            return Ok(None);
+        };
+        let lease_ms = request.lease_seconds as i64 * 1000;
+        let id = insert_lease(
+            &tx,
+            &job,
+            request,
+            query.token,
+            query.auditor,
+            now_ms,
+            lease_ms,
+        )
+        .map_err(&err)?;
+        tx.commit().map_err(&err)?;
+        Ok(Some(LeasedJob {
+            job: id,
+            work: job,
+            expires_ms: now_ms + lease_ms,
+        }))
+    }
+
+    fn job(&self, job: u64) -> Result<Option<JobRecord>, ArtifactStoreError> {
+        let db = self.db.lock();
+        job_row(&db, job).map_err(self.db_err())
+    }
+
+    fn renew_lease(
+        &self,
+        job: u64,
+        token: &str,
+        lease_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<JobRecord, ArtifactStoreError> {
+        let err = self.db_err();
+        let mut db = self.db.lock();
+        let tx = db
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(&err)?;
+        let mut held = held_job(&tx, job, token).map_err(&err)??;
+        if let Some(ended) = held.ended {
+            return Err(JobError::Ended { job, ended }.into());
+        }
+        if let Some(closed_by) = held.closed_by {
+            return Err(JobError::Closed { job, closed_by }.into());
+        }
+        let lease_ms = lease_ms.unwrap_or(held.lease_ms);
+        tx.execute(
+            "UPDATE leases SET expires_ms = ?2, lease_ms = ?3 WHERE job = ?1",
+            params![job as i64, now_ms + lease_ms, lease_ms],
+        )
+        .map_err(&err)?;
+        // A worker busy with a job still serves the tuples it asked for.
+        tx.execute(
+            "UPDATE worker_tuples SET last_seen = ?2
+             WHERE (kind, worker, token_name) IN
+                   (SELECT kind, worker, token_name FROM leases WHERE job = ?1)",
+            params![job as i64, now_ms / 1000],
+        )
+        .map_err(&err)?;
+        tx.commit().map_err(&err)?;
+        held.lease_ms = lease_ms;
+        Ok(held)
+    }
+
+    fn end_lease(
+        &self,
+        job: u64,
+        token: &str,
+        outcome: ReleaseOutcome,
+        reason: Option<&str>,
+        now_ms: i64,
+    ) -> Result<LeaseEnd, ArtifactStoreError> {
+        let err = self.db_err();
+        let mut db = self.db.lock();
+        let tx = db
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(&err)?;
+        let held = held_job(&tx, job, token).map_err(&err)??;
+        let end = match held.ended {
+            Some(LeaseEnded::Released | LeaseEnded::Failed) => LeaseEnd::AlreadyReleased,
+            Some(ended @ LeaseEnded::Lost) => return Err(JobError::Ended { job, ended }.into()),
+            None => {
+                tx.execute(
+                    "UPDATE leases SET ended_at = ?2, ended = ?3, reason = ?4 WHERE job = ?1",
+                    params![job as i64, now_ms / 1000, outcome.as_str(), reason],
+                )
+                .map_err(&err)?;
+                LeaseEnd::Ended {
+                    closed: held.closed_by.is_some(),
+                }
+            }
+        };
+        tx.commit().map_err(&err)?;
+        Ok(end)
+    }
+
+    fn job_listing(&self, now_ms: i64) -> Result<JobListing, ArtifactStoreError> {
+        let now = now_ms;
+        let since = now / 1000 - WORKER_WINDOW_SECONDS;
+        let mut db = self.db.lock();
+        let tx = db.transaction().map_err(self.db_err())?;
+        let listing = (|| -> rusqlite::Result<JobListing> {
+            let mut workers_by_tuple: std::collections::BTreeMap<
+                (String, String, String, String),
+                Vec<String>,
+            > = Default::default();
+            let mut seen: std::collections::BTreeMap<(String, String, String), WorkerSeen> =
+                Default::default();
+            {
+                let mut stmt = tx.prepare(
+                    "SELECT kind, worker, token_name, otp_major, elixir, mix_env, target,
+                    last_seen
+                 FROM worker_tuples WHERE last_seen >= ?1
+                 ORDER BY worker, token_name, kind, otp_major, elixir, mix_env, target",
+                )?;
+                let mut rows = stmt.query(params![since])?;
+                while let Some(row) = rows.next()? {
+                    let kind: String = row.get(0)?;
+                    let kind = if kind == "audit" {
+                        JobKind::Audit
+                    } else {
+                        JobKind::Build
+                    };
+                    let (worker, token): (String, String) = (row.get(1)?, row.get(2)?);
+                    let tuple: (String, String, String, String) =
+                        (row.get(3)?, row.get(4)?, row.get(5)?, row.get(6)?);
+                    let last_seen: i64 = row.get(7)?;
+                    if kind == JobKind::Build {
+                        let names = workers_by_tuple.entry(tuple.clone()).or_default();
+                        if !names.contains(&worker) {
+                            names.push(worker.clone());
+                        }
+                    }
+                    let entry = seen
+                        .entry((worker.clone(), token.clone(), kind.as_str().to_string()))
+                        .or_insert_with(|| WorkerSeen {
+                            worker,
+                            token,
+                            kind,
+                            tuples: Vec::new(),
+                            last_seen,
+                        });
+                    entry.last_seen = entry.last_seen.max(last_seen);
+                    let (otp_major, elixir, mix_env, target) = tuple;
+                    match entry.tuples.iter_mut().find(|t| {
+                        t.otp_major == otp_major && t.elixir == elixir && t.mix_env == mix_env
+                    }) {
+                        Some(existing) => existing.targets.push(target),
+                        None => entry.tuples.push(LeaseTuple {
+                            otp_major,
+                            elixir,
+                            mix_env,
+                            targets: vec![target],
+                        }),
+                    }
+                }
+            }
+            let mut tuples = Vec::new();
+            {
+                let mut stmt = tx.prepare(
+                    "SELECT m.otp_major, m.elixir, m.mix_env, m.target, count(*),
+                    count(m.variant_key), sum(m.count), min(m.first_reported),
+                    count(*) FILTER (WHERE EXISTS (SELECT 1 FROM leases l
+                        WHERE l.kind = 'build' AND l.base_key = m.miss_key
+                          AND l.ended_at IS NULL AND l.expires_ms > ?1))
+                 FROM misses m WHERE m.closed_at IS NULL
+                 GROUP BY m.otp_major, m.elixir, m.mix_env, m.target
+                 ORDER BY count(*) DESC, m.otp_major, m.elixir, m.mix_env, m.target",
+                )?;
+                let mut rows = stmt.query(params![now])?;
+                while let Some(row) = rows.next()? {
+                    let tuple: (String, String, String, String) =
+                        (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?);
+                    let workers = workers_by_tuple.get(&tuple).cloned().unwrap_or_default();
+                    let (otp_major, elixir, mix_env, target) = tuple;
+                    tuples.push(TupleDemand {
+                        otp_major,
+                        elixir,
+                        mix_env,
+                        target,
+                        open_misses: row.get::<_, i64>(4)? as u64,
+                        variants: row.get::<_, i64>(5)? as u64,
+                        reports: row.get::<_, i64>(6)? as u64,
+                        oldest_reported: row.get(7)?,
+                        leased: row.get::<_, i64>(8)? as u64,
+                        served: !workers.is_empty(),
+                        workers,
+                    });
+                }
+            }
+            let mut jobs = Vec::new();
+            {
+                let mut stmt = tx.prepare(
+                    "SELECT l.job, l.kind, l.base_key, l.key, l.worker, l.token_name,
+                    l.leased_at, l.expires_ms,
+                    coalesce(mi.package, ma.package), coalesce(mi.version, ma.version),
+                    coalesce(mi.otp_major, ma.otp_major), coalesce(mi.elixir, ma.elixir),
+                    coalesce(mi.mix_env, ma.mix_env), coalesce(mi.target, ma.target)
+                 FROM leases l
+                 LEFT JOIN misses mi ON l.kind = 'build' AND mi.miss_key = l.base_key
+                 LEFT JOIN manifests ma ON l.kind = 'audit' AND ma.key = l.key
+                 WHERE l.ended_at IS NULL AND l.expires_ms > ?1
+                   AND (mi.closed_at IS NULL AND mi.miss_key IS NOT NULL
+                        OR ma.key IS NOT NULL)
+                 ORDER BY l.job",
+                )?;
+                let mut rows = stmt.query(params![now])?;
+                while let Some(row) = rows.next()? {
+                    let kind: String = row.get(1)?;
+                    jobs.push(LiveJob {
+                        job: row.get::<_, i64>(0)? as u64,
+                        kind: if kind == "audit" {
+                            JobKind::Audit
+                        } else {
+                            JobKind::Build
+                        },
+                        base_key: row.get(2)?,
+                        key: row.get(3)?,
+                        worker: row.get(4)?,
+                        token: row.get(5)?,
+                        leased_at: row.get(6)?,
+                        lease_expires_at: expires_at(row.get(7)?),
+                        package: row.get::<_, Option<String>>(8)?.unwrap_or_default(),
+                        version: row.get::<_, Option<String>>(9)?.unwrap_or_default(),
+                        otp_major: row.get::<_, Option<String>>(10)?.unwrap_or_default(),
+                        elixir: row.get::<_, Option<String>>(11)?.unwrap_or_default(),
+                        mix_env: row.get::<_, Option<String>>(12)?.unwrap_or_default(),
+                        target: row.get::<_, Option<String>>(13)?.unwrap_or_default(),
+                    });
+                }
+            }
+            Ok(JobListing {
+                window_seconds: WORKER_WINDOW_SECONDS as u64,
+                tuples,
+                workers: seen.into_values().collect(),
+                jobs,
+            })
+        })()
+        .map_err(self.db_err())?;
+        tx.commit().map_err(self.db_err())?;
+        Ok(listing)
+    }
+
+    // What gc needs --------------------------------------------------------------------------
+
+    fn collect_garbage(
+        &self,
+        misses_since: i64,
+        apply: bool,
+        decide: &mut dyn FnMut(&GcView) -> GcDrop,
+    ) -> Result<GcDrop, ArtifactStoreError> {
+        let mut db = self.db.lock();
+        let tx = db
+            .transaction_with_behavior(if apply {
+                TransactionBehavior::Immediate
+            } else {
+                TransactionBehavior::Deferred
+            })
+            .map_err(self.db_err())?;
+        let view = gc_view(&tx, misses_since).map_err(self.db_err())?;
+        let dropped = decide(&view);
+        if apply {
+            for key in &dropped.builds {
+                // The key's verdicts and its other manifests (agreeing, conflicting,
+                // replaced) go with its build.
+                for table in ["manifests", "verdicts", "manifest_history"] {
+                    tx.execute(&format!("DELETE FROM {table} WHERE key = ?1"), params![key])
+                        .map_err(self.db_err())?;
+                }
+            }
+            for sha256 in &dropped.artifacts {
+                for table in ["artifacts", "artifact_use"] {
+                    tx.execute(
+                        &format!("DELETE FROM {table} WHERE sha256 = ?1"),
+                        params![sha256],
+                    )
+                    .map_err(self.db_err())?;
+                }
+            }
+            if dropped.old_closed_misses {
+                tx.execute(
+                    &format!("DELETE FROM misses WHERE {OLD_CLOSED_MISSES}"),
+                    params![misses_since],
+                )
+                .map_err(self.db_err())?;
+            }
+        }
+        tx.commit().map_err(self.db_err())?;
+        drop(db);
+        if apply {
+            for sha256 in &dropped.artifacts {
+                self.blobs.remove(sha256)?;
+            }
+        }
+        Ok(dropped)
+    }
+
+    fn recorded_artifacts(&self) -> Result<Vec<RecordedArtifact>, ArtifactStoreError> {
+        let db = self.db.lock();
+        let mut stmt = db
+            .prepare("SELECT sha256, size FROM artifacts ORDER BY sha256")
+            .map_err(self.db_err())?;
+        let rows = stmt
+            .query_map([], |row| {
+                Ok(RecordedArtifact {
+                    sha256: row.get(0)?,
+                    size: row.get::<_, i64>(1)?.max(0) as u64,
+                })
+            })
+            .map_err(self.db_err())?;
+        rows.collect::<Result<_, _>>().map_err(self.db_err())
+    }
+
+    fn named_artifacts(&self) -> Result<Vec<NamedArtifact>, ArtifactStoreError> {
+        let db = self.db.lock();
+        let mut stmt = db
+            .prepare(
+                "SELECT artifact_sha256, artifact_size, key FROM manifests
+                 ORDER BY artifact_sha256, artifact_size, key",
+            )
+            .map_err(self.db_err())?;
+        let mut rows = stmt.query([]).map_err(self.db_err())?;
+        let mut named: Vec<NamedArtifact> = Vec::new();
+        while let Some(row) = rows.next().map_err(self.db_err())? {
+            let (sha256, size, key): (String, i64, String) =
+                (|| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))().map_err(self.db_err())?;
+            let size = size.max(0) as u64;
+            match named.last_mut() {
+                Some(last) if last.sha256 == sha256 && last.size == size => last.builds.push(key),
+                _ => named.push(NamedArtifact {
+                    sha256,
+                    size,
+                    builds: vec![key],
+                }),
+            }
+        }
+        Ok(named)
     }
 }
 
@@ -1252,17 +1746,16 @@ fn published_satisfying(
         }
     }
     for key in satisfying {
-        let mut rows: Vec<history::KeyManifest> =
-            history::published_row(tx, &key)?.into_iter().collect();
-        rows.extend(history::history_rows(tx, &key)?);
-        if ArtifactStore::serving(&rows, counts).is_some_and(|row| row.in_good_standing(counts)) {
+        let mut rows: Vec<history::KeyManifest> = published_row(tx, &key)?.into_iter().collect();
+        rows.extend(history_rows(tx, &key)?);
+        if history::serving(&rows, counts).is_some_and(|row| row.in_good_standing(counts)) {
             return Ok(Some(key));
         }
     }
     Ok(None)
 }
 
-/// [`ArtifactStore::put_manifest`] in `tx`.
+/// [`MetadataStore::put_manifest`] in `tx`.
 fn put_manifest_in(
     tx: &rusqlite::Transaction<'_>,
     record: &ManifestRecord,
@@ -1272,7 +1765,7 @@ fn put_manifest_in(
     counts: &dyn Fn(&str) -> bool,
 ) -> rusqlite::Result<ManifestPut> {
     let now = now();
-    let Some(published) = history::published_row(tx, &record.key)? else {
+    let Some(published) = published_row(tx, &record.key)? else {
         insert_manifest_row(tx, record, bytes, published_by, now)?;
         let closed_misses = close_satisfied_misses(tx, record)?;
         return Ok(ManifestPut::Created { closed_misses });
@@ -1282,7 +1775,7 @@ fn put_manifest_in(
             signers: published.signers,
         });
     }
-    let history = history::history_rows(tx, &record.key)?;
+    let history = history_rows(tx, &record.key)?;
     let digest = hex::encode(Sha256::digest(&signed.manifest));
     // The same manifest as the published one or an agreeing one: its new signatures join
     // that envelope (an auditor countersigning).
@@ -1381,7 +1874,7 @@ fn put_manifest_in(
     };
     let difference =
         super::describe_difference(&output_of(&current.signed_manifest), &output_of(bytes));
-    let kept = history::history_rows(tx, &record.key)?;
+    let kept = history_rows(tx, &record.key)?;
     let recorded = kept.iter().any(|row| row.manifest_digest == digest)
         || (kept
             .iter()

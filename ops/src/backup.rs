@@ -29,7 +29,7 @@
 use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
 
-use precomp_artifacts::{maintenance, ArtifactStore, ArtifactStoreError};
+use precomp_artifacts::{maintenance, ArtifactStoreError};
 use precomp_proto::time::unix_now as now;
 use precomp_registry::blob_relative_path;
 use rusqlite::{Connection, OpenFlags};
@@ -194,7 +194,7 @@ fn write_backup(
                 // The artifact store snapshots itself (and says which blobs the snapshot
                 // names); the mirror's cache database is copied here.
                 let names = if *part == "artifacts" {
-                    ArtifactStore::open_existing(&source)?.snapshot(&snapshot)?
+                    maintenance::snapshot(&source, &snapshot)?
                 } else {
                     snapshot_database(&db, &snapshot)?;
                     blob_names(&snapshot, part)?

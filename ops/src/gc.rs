@@ -25,7 +25,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
 
 use precomp_artifacts::maintenance::{GcDrop, GcView};
-use precomp_artifacts::{ArtifactStore, ArtifactStoreError};
+use precomp_artifacts::{open_existing_metadata, ArtifactStoreError, Blobs};
 use precomp_proto::buildkey::PackageRef;
 use precomp_proto::lock::MixLock;
 use precomp_proto::manifest::{Manifest, SignedManifest};
@@ -111,8 +111,8 @@ pub struct GcReport {
 }
 
 /// Plans and, with `apply`, performs a collection, through the store's
-/// [`ArtifactStore::collect_garbage`]: the plan is made on what it reads in one transaction
-/// and carried out in that same transaction.
+/// [`precomp_artifacts::MetadataStore::collect_garbage`]: the plan is made on what it reads
+/// in one transaction and carried out in that same transaction.
 pub fn collect(options: &GcOptions) -> Result<GcReport, GcError> {
     let cutoff = options.now - i64::from(options.older_than_days) * DAY;
 
@@ -125,7 +125,8 @@ pub fn collect(options: &GcOptions) -> Result<GcReport, GcError> {
         kept_locks.extend(lock_closures(&lock));
     }
 
-    let store = ArtifactStore::open_existing(&options.store)?;
+    let store = open_existing_metadata(&options.store)?;
+    let blobs = Blobs::new(&options.store);
     let mut kept = Kept::default();
     let mut dropped_manifests = Vec::new();
     let mut dropped_artifacts = Vec::new();
@@ -203,7 +204,7 @@ pub fn collect(options: &GcOptions) -> Result<GcReport, GcError> {
         .map(|a| a.sha256.as_str())
         .collect();
     let mut stray_blobs = Vec::new();
-    for blob in store.blob_files()? {
+    for blob in blobs.files()? {
         if known_blobs.contains(&blob.sha256)
             || dropped.contains(blob.sha256.as_str())
             || blob.modified >= cutoff
@@ -212,13 +213,13 @@ pub fn collect(options: &GcOptions) -> Result<GcReport, GcError> {
         }
         bytes += blob.size;
         if options.apply {
-            store.remove_blob(&blob.sha256)?;
+            blobs.remove(&blob.sha256)?;
         }
         stray_blobs.push(blob.sha256);
     }
     let mut missing_blobs: Vec<String> = needed_artifacts
         .iter()
-        .filter(|sha| !store.blob_path(sha).exists())
+        .filter(|sha| !blobs.path(sha).exists())
         .cloned()
         .collect();
     missing_blobs.sort();

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use precomp_proto::manifest::Output;
 use sha2::{Digest, Sha256};
 
+use super::maintenance::BlobFile;
 use super::{io, ArtifactCheck, ArtifactStoreError};
 
 /// The blob directory of a store (`DATA/artifacts`).
@@ -35,8 +36,28 @@ impl Blobs {
     }
 
     pub fn artifact_path(&self, sha256: &[u8; 32]) -> PathBuf {
+        self.path(&hex::encode(sha256))
+    }
+
+    /// Where the blob named `sha256_hex` is (or would be).
+    pub fn path(&self, sha256_hex: &str) -> PathBuf {
         self.root
-            .join(precomp_registry::blob_relative_path(&hex::encode(sha256)))
+            .join(precomp_registry::blob_relative_path(sha256_hex))
+    }
+
+    /// Every file in the blob directory named like a blob (64 hex digits), sorted.
+    pub fn files(&self) -> Result<Vec<BlobFile>, ArtifactStoreError> {
+        super::maintenance::list_blob_files(&self.root.join("blobs/sha256"))
+    }
+
+    /// Removes a blob; absent is fine.
+    pub fn remove(&self, sha256_hex: &str) -> Result<(), ArtifactStoreError> {
+        let path = self.path(sha256_hex);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(&path)(e)),
+        }
     }
 
     /// Moves a received, synced upload whose sha256 the caller computed into place, unless it

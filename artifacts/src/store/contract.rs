@@ -8,7 +8,7 @@
 
 use precomp_proto::buildkey::{BuildInputs, Manager, PackageRef, Target};
 use precomp_proto::manifest::{ArtifactSigningKey, FileRecord, Manifest, Output, SignedManifest};
-use precomp_proto::verdict::{manifest_digest, MATCH, MISMATCH};
+use precomp_proto::verdict::{manifest_digest, Verdict, MATCH, MISMATCH};
 use prost::Message as _;
 
 use super::jobs::{Job, JobError, LeaseEnd, LeaseEnded, LeaseQuery};
@@ -450,24 +450,9 @@ pub fn verdicts_are_kept_per_auditor(store: &dyn MetadataStore) {
     put(store, &built);
     let manifest = Manifest::decode(built.1.manifest.as_slice()).unwrap();
     let put_verdict = |result: &str, key: &str| {
-        let verdict = precomp_proto::verdict::Verdict {
-            key: key.to_string(),
-            manifest_sha256: manifest_digest(&built.1.manifest).to_vec(),
-            result: result.into(),
-            published_sha256: vec![1; 32],
-            rebuilt_sha256: if result == MATCH {
-                vec![1; 32]
-            } else {
-                vec![2; 32]
-            },
-            summary: "1 file differs".into(),
-            ..Default::default()
-        };
-        let signed = verdict.sign(&auditor).unwrap();
-        let verified = signed.verify(&[auditor.public_key()]).unwrap();
-        store
-            .put_verdict(&verified, &signed.encode_to_vec(), "auditor")
-            .unwrap()
+        let mut verdict = verdict(&built, result);
+        verdict.key = key.to_string();
+        post_verdict(store, &auditor, verdict)
     };
     assert_eq!(
         put_verdict(MISMATCH, &"0".repeat(64)),
@@ -518,13 +503,19 @@ pub fn gc_reads_and_drops_in_one_step(store: &dyn MetadataStore) {
     }
     put(store, &kept);
     put(store, &dropped);
-    let named: Vec<String> = store
+    let named: Vec<(String, Vec<String>)> = store
         .named_artifacts()
         .unwrap()
         .into_iter()
-        .map(|a| a.sha256)
+        .map(|a| (a.sha256, a.builds))
         .collect();
-    assert_eq!(named, [hex::encode([1; 32]), hex::encode([2; 32])]);
+    assert_eq!(
+        named,
+        [
+            (hex::encode([1; 32]), vec![kept.0.key.clone()]),
+            (hex::encode([2; 32]), vec![dropped.0.key.clone()])
+        ]
+    );
     assert_eq!(store.recorded_artifacts().unwrap().len(), 3);
 
     let mut seen = (0, 0);
@@ -661,7 +652,41 @@ pub(crate) fn build(
     (record, signed)
 }
 
-fn put(
+/// An auditor's verdict on `built` (as [`build`] makes it): `result` ([`MATCH`], or
+/// [`MISMATCH`] with other rebuilt bytes), with the summary an audit gives a one-file
+/// difference.
+pub(crate) fn verdict(built: &(ManifestRecord, SignedManifest), result: &str) -> Verdict {
+    let published = hex::decode(&built.0.artifact_sha256).unwrap();
+    let rebuilt = if result == MATCH {
+        published.clone()
+    } else {
+        published.iter().map(|byte| !byte).collect()
+    };
+    Verdict {
+        key: built.0.key.clone(),
+        manifest_sha256: manifest_digest(&built.1.manifest).to_vec(),
+        result: result.into(),
+        published_sha256: published,
+        rebuilt_sha256: rebuilt,
+        summary: "1 file differs: ebin/Elixir.PlainEx.beam (LitT)".into(),
+        ..Default::default()
+    }
+}
+
+/// Signs `verdict` as `auditor`, verifies it as the service does, and stores it.
+pub(crate) fn post_verdict(
+    store: &dyn MetadataStore,
+    auditor: &ArtifactSigningKey,
+    verdict: Verdict,
+) -> VerdictPut {
+    let signed = verdict.sign(auditor).unwrap();
+    let verified = signed.verify(&[auditor.public_key()]).unwrap();
+    store
+        .put_verdict(&verified, &signed.encode_to_vec(), "auditor")
+        .unwrap()
+}
+
+pub(crate) fn put(
     store: &dyn MetadataStore,
     (record, signed): &(ManifestRecord, SignedManifest),
 ) -> ManifestPut {

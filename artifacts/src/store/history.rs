@@ -21,7 +21,7 @@
 
 use rusqlite::{params, OptionalExtension};
 
-use super::{from_json, to_json, ArtifactStore, ArtifactStoreError};
+use super::{from_json, to_json};
 
 /// The table as migration 4 makes it (`migrations/sqlite/V4__…sql`), for a database of the
 /// line of development that called its schema 4 without it (`migrations::legacy_baseline`).
@@ -189,60 +189,30 @@ pub(super) fn put_history(
     Ok(())
 }
 
-impl ArtifactStore {
-    /// Every manifest kept for `key`: the published one first, then the history rows, oldest
-    /// first. Empty when nothing is published under it.
-    pub fn key_manifests(&self, key: &str) -> Result<Vec<KeyManifest>, ArtifactStoreError> {
-        let db = self.db.lock();
-        let Some(published) = published_row(&db, key).map_err(self.db_err())? else {
-            return Ok(Vec::new());
-        };
-        let mut all = vec![published];
-        all.extend(history_rows(&db, key).map_err(self.db_err())?);
-        Ok(all)
+/// The signed envelope to serve for `key` among `rows` ([`super::MetadataStore::key_manifests`]):
+/// the published one while one of its signers counts (`counts`), else the oldest agreeing
+/// one with a signer that counts, else the published one (clients then say why they
+/// refuse it). `None` when nothing is published. The same for every store: not a query.
+pub fn serving<'a>(
+    rows: &'a [KeyManifest],
+    counts: &dyn Fn(&str) -> bool,
+) -> Option<&'a KeyManifest> {
+    let published = rows.first().filter(|row| row.status == PUBLISHED)?;
+    if published.in_good_standing(counts) {
+        return Some(published);
     }
-
-    /// The history rows of the builds of `package` (for the index: agreeing builders and
-    /// disagreements), without their envelopes.
-    pub fn package_history(&self, package: &str) -> Result<Vec<KeyManifest>, ArtifactStoreError> {
-        let db = self.db.lock();
-        let mut stmt = db
-            .prepare(
-                "SELECT key, status, manifest_digest, x'', signers, artifact_sha256,
-                    published_by, published_at, changed_at, note, verdicts
-                 FROM manifest_history
-                 WHERE key IN (SELECT key FROM manifests WHERE package = ?1)
-                 ORDER BY key, published_at, manifest_digest",
-            )
-            .map_err(self.db_err())?;
-        let rows = stmt
-            .query_map(params![package], history_row)
-            .map_err(self.db_err())?;
-        rows.collect::<Result<_, _>>().map_err(self.db_err())
-    }
-
-    /// The signed envelope to serve for `key` among `rows` ([`ArtifactStore::key_manifests`]):
-    /// the published one while one of its signers counts (`counts`), else the oldest agreeing
-    /// one with a signer that counts, else the published one (clients then say why they
-    /// refuse it). `None` when nothing is published.
-    pub fn serving<'a>(
-        rows: &'a [KeyManifest],
-        counts: &dyn Fn(&str) -> bool,
-    ) -> Option<&'a KeyManifest> {
-        let published = rows.first().filter(|row| row.status == PUBLISHED)?;
-        if published.in_good_standing(counts) {
-            return Some(published);
-        }
-        rows.iter()
-            .find(|row| row.status == AGREEING && row.in_good_standing(counts))
-            .or(Some(published))
-    }
+    rows.iter()
+        .find(|row| row.status == AGREEING && row.in_good_standing(counts))
+        .or(Some(published))
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::contract::{self, miss};
-    use super::super::{ManifestPut, ManifestRecord, MissOutcome, MissPolicy, MissRecord};
+    use super::super::{
+        ArtifactStore, ManifestPut, ManifestRecord, MetadataStore, MissOutcome, MissPolicy,
+        MissRecord,
+    };
     use super::*;
     use crate::api::{MissRecorded, MissReport};
     use precomp_proto::manifest::{ArtifactSigningKey, SignedManifest};
@@ -317,7 +287,7 @@ mod tests {
         // What is served is still the first builder's manifest.
         let rows = store.key_manifests(&key).unwrap();
         assert_eq!(
-            ArtifactStore::serving(&rows, ALL).unwrap().signed_manifest,
+            serving(&rows, ALL).unwrap().signed_manifest,
             first.1.encode_to_vec()
         );
         // An auditor countersigning the agreeing manifest: its envelope gains the signature.
@@ -406,9 +376,7 @@ mod tests {
         put(&store, &agreeing, ALL);
         let rows = store.key_manifests(&key).unwrap();
         assert_eq!(
-            ArtifactStore::serving(&rows, &without_one)
-                .unwrap()
-                .signed_manifest,
+            serving(&rows, &without_one).unwrap().signed_manifest,
             agreeing.1.encode_to_vec()
         );
         // Another build of other bytes is a conflict with the agreeing (served) one.
@@ -496,7 +464,7 @@ mod tests {
         }
     }
 
-    /// [`ArtifactStore::record_miss`] with the default bounds; the miss is recorded.
+    /// [`MetadataStore::record_miss`] with the default bounds; the miss is recorded.
     fn record(
         store: &ArtifactStore,
         miss: &MissRecord<'_>,

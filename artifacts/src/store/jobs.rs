@@ -1,7 +1,8 @@
-//! The SQLite store's leases of jobs to workers on other machines (the `leases` and
-//! `worker_tuples` tables): what `POST /precomp/v1/jobs/lease`, `POST
-//! /precomp/v1/jobs/ID/heartbeat` and `POST /precomp/v1/jobs/ID/release` ask of the store
-//! ([`crate::jobs`] checks requests and tokens), each one transaction.
+//! Leases of jobs to workers on other machines (the `leases` and `worker_tuples` tables):
+//! what `POST /precomp/v1/jobs/lease`, `POST /precomp/v1/jobs/ID/heartbeat` and `POST
+//! /precomp/v1/jobs/ID/release` ask of the store ([`crate::jobs`] checks requests and tokens),
+//! each one transaction: the types, and the SQL the SQLite store's lease operations
+//! (`MetadataStore::lease_job`, `renew_lease`, `end_lease`, `job_listing`, in `store.rs`) share.
 //!
 //! A job is one lease of one unit of work; the `leases` table holds one row per lease, its id
 //! the job id, its `kind` what the work is:
@@ -26,16 +27,10 @@
 //! that leased a job renews or releases it ([`JobError::NotYours`]). Times are kept in
 //! milliseconds so short leases expire on time, and passed in by the caller (`now_ms`).
 
-use rusqlite::{params, OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite::{params, OptionalExtension, Transaction};
 
-use super::super::api::{
-    AuditBuild, JobKind, JobListing, LeaseRequest, LeaseTuple, LiveJob, Miss, ReleaseOutcome,
-    TupleDemand, WorkerSeen,
-};
-use super::{
-    index_build_row, miss_row, ArtifactStore, ArtifactStoreError, INDEX_BUILD_COLUMNS,
-    MISS_COLUMNS, WORKER_WINDOW_SECONDS,
-};
+use super::super::api::{AuditBuild, JobKind, LeaseRequest, Miss};
+use super::{index_build_row, miss_row, ArtifactStoreError, INDEX_BUILD_COLUMNS, MISS_COLUMNS};
 
 /// SQL: the audit lease `l` is done, its auditor having posted a verdict on its build.
 const AUDIT_DONE: &str =
@@ -174,297 +169,6 @@ pub enum LeaseEnd {
     Ended { closed: bool },
 }
 
-impl ArtifactStore {
-    /// Records the tuples `query`'s worker asked for, then leases it the next job: for a
-    /// build job the most-reported open miss of one of its tuples with no live lease, for an
-    /// audit job the matching published build with the fewest audits
-    /// (`select_audit`). An earlier lease of that work (expired) ends as lost. `None` when
-    /// there is no such job. One transaction.
-    pub fn lease_job(
-        &self,
-        query: &LeaseQuery<'_>,
-        now_ms: i64,
-    ) -> Result<Option<LeasedJob>, ArtifactStoreError> {
-        let err = self.db_err();
-        let request = query.request;
-        let mut db = self.db.lock();
-        let tx = db
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(&err)?;
-        // What this worker can do, for the job listing's "which tuples have no worker".
-        record_worker_tuples(&tx, request, query.token, now_ms / 1000).map_err(&err)?;
-        let job = match query.auditor {
-            None => select_miss(&tx, request, now_ms)
-                .map_err(&err)?
-                .map(Job::Build),
-            Some(auditor) => select_audit(
-                &tx,
-                request,
-                auditor,
-                query.token,
-                query.auditor_ids,
-                now_ms,
-            )
-            .map_err(&err)?
-            .map(Job::Audit),
-        };
-        let Some(job) = job else {
-            tx.commit().map_err(&err)?;
-            return Ok(None);
-        };
-        let lease_ms = request.lease_seconds as i64 * 1000;
-        let id = insert_lease(
-            &tx,
-            &job,
-            request,
-            query.token,
-            query.auditor,
-            now_ms,
-            lease_ms,
-        )
-        .map_err(&err)?;
-        tx.commit().map_err(&err)?;
-        Ok(Some(LeasedJob {
-            job: id,
-            work: job,
-            expires_ms: now_ms + lease_ms,
-        }))
-    }
-
-    /// The lease `job`, as it stands.
-    pub fn job(&self, job: u64) -> Result<Option<JobRecord>, ArtifactStoreError> {
-        let db = self.db.lock();
-        job_row(&db, job).map_err(self.db_err())
-    }
-
-    /// Renews the lease of `job` for `token` (which must have leased it) until `now_ms` plus
-    /// `lease_ms` (its last duration when `None`); the worker's tuples count as seen now.
-    /// [`JobError`] when it is not there, not `token`'s, ended or closed. One transaction.
-    pub fn renew_lease(
-        &self,
-        job: u64,
-        token: &str,
-        lease_ms: Option<i64>,
-        now_ms: i64,
-    ) -> Result<JobRecord, ArtifactStoreError> {
-        let err = self.db_err();
-        let mut db = self.db.lock();
-        let tx = db
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(&err)?;
-        let mut held = held_job(&tx, job, token).map_err(&err)??;
-        if let Some(ended) = held.ended {
-            return Err(JobError::Ended { job, ended }.into());
-        }
-        if let Some(closed_by) = held.closed_by {
-            return Err(JobError::Closed { job, closed_by }.into());
-        }
-        let lease_ms = lease_ms.unwrap_or(held.lease_ms);
-        tx.execute(
-            "UPDATE leases SET expires_ms = ?2, lease_ms = ?3 WHERE job = ?1",
-            params![job as i64, now_ms + lease_ms, lease_ms],
-        )
-        .map_err(&err)?;
-        // A worker busy with a job still serves the tuples it asked for.
-        tx.execute(
-            "UPDATE worker_tuples SET last_seen = ?2
-             WHERE (kind, worker, token_name) IN
-                   (SELECT kind, worker, token_name FROM leases WHERE job = ?1)",
-            params![job as i64, now_ms / 1000],
-        )
-        .map_err(&err)?;
-        tx.commit().map_err(&err)?;
-        held.lease_ms = lease_ms;
-        Ok(held)
-    }
-
-    /// Ends the lease of `job` for `token` (which must have leased it) as `outcome`, with
-    /// `reason`: `Released` puts the work back in the queue, `Failed` keeps an audit job from
-    /// this token for good. A lease released before is left as it is; a lost one is
-    /// [`JobError::Ended`]. One transaction.
-    pub fn end_lease(
-        &self,
-        job: u64,
-        token: &str,
-        outcome: ReleaseOutcome,
-        reason: Option<&str>,
-        now_ms: i64,
-    ) -> Result<LeaseEnd, ArtifactStoreError> {
-        let err = self.db_err();
-        let mut db = self.db.lock();
-        let tx = db
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(&err)?;
-        let held = held_job(&tx, job, token).map_err(&err)??;
-        let end = match held.ended {
-            Some(LeaseEnded::Released | LeaseEnded::Failed) => LeaseEnd::AlreadyReleased,
-            Some(ended @ LeaseEnded::Lost) => return Err(JobError::Ended { job, ended }.into()),
-            None => {
-                tx.execute(
-                    "UPDATE leases SET ended_at = ?2, ended = ?3, reason = ?4 WHERE job = ?1",
-                    params![job as i64, now_ms / 1000, outcome.as_str(), reason],
-                )
-                .map_err(&err)?;
-                LeaseEnd::Ended {
-                    closed: held.closed_by.is_some(),
-                }
-            }
-        };
-        tx.commit().map_err(&err)?;
-        Ok(end)
-    }
-
-    /// `GET jobs`: the open misses by tuple and whether a worker asked for that tuple within
-    /// [`WORKER_WINDOW_SECONDS`] of `now_ms`, the workers seen, and the live leases. One read
-    /// transaction.
-    pub fn job_listing(&self, now_ms: i64) -> Result<JobListing, ArtifactStoreError> {
-        let now = now_ms;
-        let since = now / 1000 - WORKER_WINDOW_SECONDS;
-        let mut db = self.db.lock();
-        let tx = db.transaction().map_err(self.db_err())?;
-        let listing = (|| -> rusqlite::Result<JobListing> {
-            let mut workers_by_tuple: std::collections::BTreeMap<
-                (String, String, String, String),
-                Vec<String>,
-            > = Default::default();
-            let mut seen: std::collections::BTreeMap<(String, String, String), WorkerSeen> =
-                Default::default();
-            {
-                let mut stmt = tx.prepare(
-                    "SELECT kind, worker, token_name, otp_major, elixir, mix_env, target,
-                    last_seen
-                 FROM worker_tuples WHERE last_seen >= ?1
-                 ORDER BY worker, token_name, kind, otp_major, elixir, mix_env, target",
-                )?;
-                let mut rows = stmt.query(params![since])?;
-                while let Some(row) = rows.next()? {
-                    let kind: String = row.get(0)?;
-                    let kind = if kind == "audit" {
-                        JobKind::Audit
-                    } else {
-                        JobKind::Build
-                    };
-                    let (worker, token): (String, String) = (row.get(1)?, row.get(2)?);
-                    let tuple: (String, String, String, String) =
-                        (row.get(3)?, row.get(4)?, row.get(5)?, row.get(6)?);
-                    let last_seen: i64 = row.get(7)?;
-                    if kind == JobKind::Build {
-                        let names = workers_by_tuple.entry(tuple.clone()).or_default();
-                        if !names.contains(&worker) {
-                            names.push(worker.clone());
-                        }
-                    }
-                    let entry = seen
-                        .entry((worker.clone(), token.clone(), kind.as_str().to_string()))
-                        .or_insert_with(|| WorkerSeen {
-                            worker,
-                            token,
-                            kind,
-                            tuples: Vec::new(),
-                            last_seen,
-                        });
-                    entry.last_seen = entry.last_seen.max(last_seen);
-                    let (otp_major, elixir, mix_env, target) = tuple;
-                    match entry.tuples.iter_mut().find(|t| {
-                        t.otp_major == otp_major && t.elixir == elixir && t.mix_env == mix_env
-                    }) {
-                        Some(existing) => existing.targets.push(target),
-                        None => entry.tuples.push(LeaseTuple {
-                            otp_major,
-                            elixir,
-                            mix_env,
-                            targets: vec![target],
-                        }),
-                    }
-                }
-            }
-            let mut tuples = Vec::new();
-            {
-                let mut stmt = tx.prepare(
-                    "SELECT m.otp_major, m.elixir, m.mix_env, m.target, count(*),
-                    count(m.variant_key), sum(m.count), min(m.first_reported),
-                    count(*) FILTER (WHERE EXISTS (SELECT 1 FROM leases l
-                        WHERE l.kind = 'build' AND l.base_key = m.miss_key
-                          AND l.ended_at IS NULL AND l.expires_ms > ?1))
-                 FROM misses m WHERE m.closed_at IS NULL
-                 GROUP BY m.otp_major, m.elixir, m.mix_env, m.target
-                 ORDER BY count(*) DESC, m.otp_major, m.elixir, m.mix_env, m.target",
-                )?;
-                let mut rows = stmt.query(params![now])?;
-                while let Some(row) = rows.next()? {
-                    let tuple: (String, String, String, String) =
-                        (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?);
-                    let workers = workers_by_tuple.get(&tuple).cloned().unwrap_or_default();
-                    let (otp_major, elixir, mix_env, target) = tuple;
-                    tuples.push(TupleDemand {
-                        otp_major,
-                        elixir,
-                        mix_env,
-                        target,
-                        open_misses: row.get::<_, i64>(4)? as u64,
-                        variants: row.get::<_, i64>(5)? as u64,
-                        reports: row.get::<_, i64>(6)? as u64,
-                        oldest_reported: row.get(7)?,
-                        leased: row.get::<_, i64>(8)? as u64,
-                        served: !workers.is_empty(),
-                        workers,
-                    });
-                }
-            }
-            let mut jobs = Vec::new();
-            {
-                let mut stmt = tx.prepare(
-                    "SELECT l.job, l.kind, l.base_key, l.key, l.worker, l.token_name,
-                    l.leased_at, l.expires_ms,
-                    coalesce(mi.package, ma.package), coalesce(mi.version, ma.version),
-                    coalesce(mi.otp_major, ma.otp_major), coalesce(mi.elixir, ma.elixir),
-                    coalesce(mi.mix_env, ma.mix_env), coalesce(mi.target, ma.target)
-                 FROM leases l
-                 LEFT JOIN misses mi ON l.kind = 'build' AND mi.miss_key = l.base_key
-                 LEFT JOIN manifests ma ON l.kind = 'audit' AND ma.key = l.key
-                 WHERE l.ended_at IS NULL AND l.expires_ms > ?1
-                   AND (mi.closed_at IS NULL AND mi.miss_key IS NOT NULL
-                        OR ma.key IS NOT NULL)
-                 ORDER BY l.job",
-                )?;
-                let mut rows = stmt.query(params![now])?;
-                while let Some(row) = rows.next()? {
-                    let kind: String = row.get(1)?;
-                    jobs.push(LiveJob {
-                        job: row.get::<_, i64>(0)? as u64,
-                        kind: if kind == "audit" {
-                            JobKind::Audit
-                        } else {
-                            JobKind::Build
-                        },
-                        base_key: row.get(2)?,
-                        key: row.get(3)?,
-                        worker: row.get(4)?,
-                        token: row.get(5)?,
-                        leased_at: row.get(6)?,
-                        lease_expires_at: expires_at(row.get(7)?),
-                        package: row.get::<_, Option<String>>(8)?.unwrap_or_default(),
-                        version: row.get::<_, Option<String>>(9)?.unwrap_or_default(),
-                        otp_major: row.get::<_, Option<String>>(10)?.unwrap_or_default(),
-                        elixir: row.get::<_, Option<String>>(11)?.unwrap_or_default(),
-                        mix_env: row.get::<_, Option<String>>(12)?.unwrap_or_default(),
-                        target: row.get::<_, Option<String>>(13)?.unwrap_or_default(),
-                    });
-                }
-            }
-            Ok(JobListing {
-                window_seconds: WORKER_WINDOW_SECONDS as u64,
-                tuples,
-                workers: seen.into_values().collect(),
-                jobs,
-            })
-        })()
-        .map_err(self.db_err())?;
-        tx.commit().map_err(self.db_err())?;
-        Ok(listing)
-    }
-}
-
 /// SQL: the row aliased `m` (its `otp_major`, `elixir`, `mix_env`, `target`) is of one of the
 /// tuples in the JSON array bound to `?1`.
 const OF_A_TUPLE: &str = "EXISTS (SELECT 1 FROM json_each(?1) t
@@ -474,7 +178,7 @@ const OF_A_TUPLE: &str = "EXISTS (SELECT 1 FROM json_each(?1) t
       AND m.target IN (SELECT value FROM json_each(t.value, '$.targets')))";
 
 /// Records that `worker` (with `token`'s token) asked for each of `request`'s tuples now.
-fn record_worker_tuples(
+pub(super) fn record_worker_tuples(
     tx: &Transaction<'_>,
     request: &LeaseRequest,
     token: &str,
@@ -506,7 +210,7 @@ fn record_worker_tuples(
 /// The open miss a build lease gets: exactly one of the request's tuples (OTP major, Elixir,
 /// Mix env, a target among its targets), no live build lease; most reported first, then
 /// oldest, then by miss key. (A build lease's `base_key` column holds the miss key.)
-fn select_miss(
+pub(super) fn select_miss(
     tx: &Transaction<'_>,
     request: &LeaseRequest,
     now: i64,
@@ -536,7 +240,7 @@ fn tuples_json(request: &LeaseRequest) -> String {
 /// auditors among its signers and its verdicts' authors), none by `auditor`, no live audit
 /// lease, not released as failed by this token, of key format v2 (a rebuild cannot give a
 /// v1 key); fewest audits first, then oldest published, then by key. `auditor_ids` are the mirror's auditor keys, whose signatures count as audits.
-fn select_audit(
+pub(super) fn select_audit(
     tx: &Transaction<'_>,
     request: &LeaseRequest,
     auditor: &str,
@@ -602,7 +306,7 @@ fn select_audit(
 
 /// Ends the earlier leases of `job`'s work, which expired (it was leasable): their workers
 /// lost them. Then leases it to `publisher`'s token; the new job id.
-fn insert_lease(
+pub(super) fn insert_lease(
     tx: &Transaction<'_>,
     job: &Job,
     request: &LeaseRequest,
@@ -646,7 +350,7 @@ fn insert_lease(
 }
 
 /// The lease `job` as it stands.
-fn job_row(db: &rusqlite::Connection, job: u64) -> rusqlite::Result<Option<JobRecord>> {
+pub(super) fn job_row(db: &rusqlite::Connection, job: u64) -> rusqlite::Result<Option<JobRecord>> {
     db.query_row(
         &format!(
             "SELECT l.kind, l.base_key, l.key, l.token_name, l.lease_ms, l.ended,
@@ -682,7 +386,7 @@ fn job_row(db: &rusqlite::Connection, job: u64) -> rusqlite::Result<Option<JobRe
 }
 
 /// The lease `job`, if it exists and `token` leased it.
-fn held_job(
+pub(super) fn held_job(
     tx: &Transaction<'_>,
     job: u64,
     token: &str,
@@ -723,10 +427,10 @@ mod tests {
 
     use super::*;
     use crate::api::{
-        HeartbeatRequest, Lease, ReleaseRequest, MAX_FEWER_THAN, MAX_LEASE_TUPLES,
-        MAX_RELEASE_REASON,
+        HeartbeatRequest, JobListing, Lease, LeaseTuple, ReleaseOutcome, ReleaseRequest,
+        MAX_FEWER_THAN, MAX_LEASE_TUPLES, MAX_RELEASE_REASON,
     };
-    use crate::store::ManifestRecord;
+    use crate::store::{ArtifactStore, ManifestRecord, WORKER_WINDOW_SECONDS};
     use crate::{Artifacts, ArtifactsConfig, Publisher, Refusal};
     use precomp_proto::buildkey::{BuildInputs, Manager, PackageRef, Target};
     use precomp_proto::manifest::{ArtifactSigningKey, Manifest, Output, SignedManifest};

@@ -1,20 +1,22 @@
-//! What `precomp gc`, `precomp backup`/`restore` and `precomp store scrub` need of the store,
-//! as its methods: nothing else opens the database or knows its tables.
+//! What `precomp gc`, `precomp backup`/`restore` and `precomp store scrub` need of the store:
+//! nothing else opens the database or knows its tables. They open it with
+//! [`crate::open_existing_metadata`] and go through [`MetadataStore`], except the backup of
+//! the SQLite file, which is SQLite's alone.
 //!
-//! - [`ArtifactStore::collect_garbage`]: what gc decides on, read in one transaction, and the
+//! - [`MetadataStore::collect_garbage`]: what gc decides on, read in one transaction, and the
 //!   builds and artifacts it drops deleted in that same transaction (then their blobs).
-//! - [`ArtifactStore::snapshot`]: a consistent copy of the database (SQLite's online backup
-//!   API, one read transaction), and the blobs that copy names.
-//! - [`snapshot_blobs`], [`check_snapshot`]: the same questions asked of a snapshot in a
-//!   backup being verified or restored.
-//! - [`ArtifactStore::blob_files`], [`ArtifactStore::remove_blob`],
-//!   [`ArtifactStore::recorded_artifacts`]: the blob directory and the rows that name it.
+//! - [`scrub`]: every blob ([`Blobs::files`]) hashed again and compared with the rows that name
+//!   it ([`MetadataStore::recorded_artifacts`], [`MetadataStore::named_artifacts`]).
+//! - SQLite only: [`snapshot`], a consistent copy of the database file (SQLite's online backup
+//!   API, one read transaction), and the blobs that copy names; [`snapshot_blobs`],
+//!   [`check_snapshot`]: the same questions asked of a snapshot in a backup being verified or
+//!   restored.
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
+use rusqlite::{params, Connection, OpenFlags};
 
-use super::{io, ArtifactStore, ArtifactStoreError};
+use super::{io, ArtifactStore, ArtifactStoreError, Blobs, MetadataStore};
 
 /// A published build, as gc weighs it.
 #[derive(Clone, Debug)]
@@ -82,134 +84,31 @@ pub struct RecordedArtifact {
     pub size: u64,
 }
 
+/// An artifact published builds name ([`MetadataStore::named_artifacts`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamedArtifact {
+    pub sha256: String,
+    /// The size their manifests give it.
+    pub size: u64,
+    /// The keys of the published builds that name it, sorted.
+    pub builds: Vec<String>,
+}
+
+/// Snapshots the SQLite database of the artifact store under `root` (`DATA/artifacts`) into
+/// `dest`, for `precomp backup` (`ArtifactStore::snapshot`); returns the blobs the snapshot
+/// names.
+///
+/// SQLite only, by design: the backup holds the metadata as the file `artifacts/artifacts.db`
+/// that `restore` puts back ([`snapshot_blobs`] and [`check_snapshot`] read it), which only a
+/// store whose metadata is that file can give. A store without it — none yet, or one whose
+/// metadata is elsewhere, as a PostgreSQL store's will be (backed up with PostgreSQL's own
+/// tools) — is [`ArtifactStoreError::NoStore`]. Not a [`MetadataStore`] method for that
+/// reason: the trait is what every store does.
+pub fn snapshot(root: &Path, dest: &Path) -> Result<Vec<String>, ArtifactStoreError> {
+    ArtifactStore::open_existing(root)?.snapshot(dest)
+}
+
 impl ArtifactStore {
-    /// Opens the store under `root` only if it has a database: for the commands that act on
-    /// an existing store (`gc`, `store scrub`), so a wrong `--data` is an error, not a new
-    /// empty store.
-    pub fn open_existing(root: &Path) -> Result<ArtifactStore, ArtifactStoreError> {
-        if !root.join("artifacts.db").is_file() {
-            return Err(ArtifactStoreError::NoStore {
-                dir: root.to_path_buf(),
-            });
-        }
-        ArtifactStore::open(root)
-    }
-
-    /// Reads what gc decides on (`misses_since`: the oldest miss whose lock counts), asks
-    /// `decide`, and — with `apply` — deletes what it returns in the same transaction (a write
-    /// transaction from the start, so nothing is published or recorded in between), then
-    /// removes the dropped artifacts' blobs. Rows go first: a crash in between leaves blobs
-    /// without rows, which [`ArtifactStore::blob_files`] shows gc next time.
-    pub fn collect_garbage(
-        &self,
-        misses_since: i64,
-        apply: bool,
-        decide: &mut dyn FnMut(&GcView) -> GcDrop,
-    ) -> Result<GcDrop, ArtifactStoreError> {
-        let mut db = self.db.lock();
-        let tx = db
-            .transaction_with_behavior(if apply {
-                TransactionBehavior::Immediate
-            } else {
-                TransactionBehavior::Deferred
-            })
-            .map_err(self.db_err())?;
-        let view = gc_view(&tx, misses_since).map_err(self.db_err())?;
-        let dropped = decide(&view);
-        if apply {
-            for key in &dropped.builds {
-                // The key's verdicts and its other manifests (agreeing, conflicting,
-                // replaced) go with its build.
-                for table in ["manifests", "verdicts", "manifest_history"] {
-                    tx.execute(&format!("DELETE FROM {table} WHERE key = ?1"), params![key])
-                        .map_err(self.db_err())?;
-                }
-            }
-            for sha256 in &dropped.artifacts {
-                for table in ["artifacts", "artifact_use"] {
-                    tx.execute(
-                        &format!("DELETE FROM {table} WHERE sha256 = ?1"),
-                        params![sha256],
-                    )
-                    .map_err(self.db_err())?;
-                }
-            }
-            if dropped.old_closed_misses {
-                tx.execute(
-                    &format!("DELETE FROM misses WHERE {OLD_CLOSED_MISSES}"),
-                    params![misses_since],
-                )
-                .map_err(self.db_err())?;
-            }
-        }
-        tx.commit().map_err(self.db_err())?;
-        drop(db);
-        if apply {
-            for sha256 in &dropped.artifacts {
-                self.remove_blob(sha256)?;
-            }
-        }
-        Ok(dropped)
-    }
-
-    /// Every file in the blob directory named like a blob (64 hex digits), sorted.
-    pub fn blob_files(&self) -> Result<Vec<BlobFile>, ArtifactStoreError> {
-        list_blob_files(&self.root.join("blobs/sha256"))
-    }
-
-    /// Where the blob named `sha256_hex` is (or would be).
-    pub fn blob_path(&self, sha256_hex: &str) -> PathBuf {
-        self.root
-            .join(precomp_registry::blob_relative_path(sha256_hex))
-    }
-
-    /// Removes a blob; absent is fine.
-    pub fn remove_blob(&self, sha256_hex: &str) -> Result<(), ArtifactStoreError> {
-        let path = self.blob_path(sha256_hex);
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io(&path)(e)),
-        }
-    }
-
-    /// Every artifact row (digest, size), by digest.
-    pub fn recorded_artifacts(&self) -> Result<Vec<RecordedArtifact>, ArtifactStoreError> {
-        let db = self.db.lock();
-        let mut stmt = db
-            .prepare("SELECT sha256, size FROM artifacts ORDER BY sha256")
-            .map_err(self.db_err())?;
-        let rows = stmt
-            .query_map([], |row| {
-                Ok(RecordedArtifact {
-                    sha256: row.get(0)?,
-                    size: row.get::<_, i64>(1)?.max(0) as u64,
-                })
-            })
-            .map_err(self.db_err())?;
-        rows.collect::<Result<_, _>>().map_err(self.db_err())
-    }
-
-    /// The artifacts published builds name (digest and size), by digest: each must be stored.
-    pub fn named_artifacts(&self) -> Result<Vec<RecordedArtifact>, ArtifactStoreError> {
-        let db = self.db.lock();
-        let mut stmt = db
-            .prepare(
-                "SELECT DISTINCT artifact_sha256, artifact_size FROM manifests
-                 ORDER BY artifact_sha256",
-            )
-            .map_err(self.db_err())?;
-        let rows = stmt
-            .query_map([], |row| {
-                Ok(RecordedArtifact {
-                    sha256: row.get(0)?,
-                    size: row.get::<_, i64>(1)?.max(0) as u64,
-                })
-            })
-            .map_err(self.db_err())?;
-        rows.collect::<Result<_, _>>().map_err(self.db_err())
-    }
-
     /// Copies the database into `dest` (a new file, which must not exist) as one consistent
     /// snapshot — SQLite's online backup API in a single step, one read transaction, while
     /// the mirror keeps serving and accepting uploads — in rollback-journal mode (no `-wal`
@@ -308,9 +207,12 @@ fn blob_names(db: &Connection) -> rusqlite::Result<Vec<String>> {
 /// The closed misses gc may delete: closed (built, failed, or expired unreported) and last
 /// reported before the oldest report whose lock still counts. An open miss is never deleted
 /// here: expiry closes it first.
-const OLD_CLOSED_MISSES: &str = "closed_at IS NOT NULL AND last_reported < ?1";
+pub(super) const OLD_CLOSED_MISSES: &str = "closed_at IS NOT NULL AND last_reported < ?1";
 
-fn gc_view(tx: &rusqlite::Transaction<'_>, misses_since: i64) -> rusqlite::Result<GcView> {
+pub(super) fn gc_view(
+    tx: &rusqlite::Transaction<'_>,
+    misses_since: i64,
+) -> rusqlite::Result<GcView> {
     let miss_locks = {
         let mut stmt = tx.prepare("SELECT lock FROM misses WHERE last_reported >= ?1")?;
         let rows = stmt.query_map(params![misses_since], |row| row.get::<_, String>(0))?;
@@ -366,7 +268,7 @@ fn gc_view(tx: &rusqlite::Transaction<'_>, misses_since: i64) -> rusqlite::Resul
 }
 
 /// Every `blobs/sha256/ab/abcd…` file under `blobs`, sorted by name.
-fn list_blob_files(blobs: &Path) -> Result<Vec<BlobFile>, ArtifactStoreError> {
+pub(super) fn list_blob_files(blobs: &Path) -> Result<Vec<BlobFile>, ArtifactStoreError> {
     let mut found = Vec::new();
     let shards = match std::fs::read_dir(blobs) {
         Ok(shards) => shards,
@@ -453,76 +355,69 @@ pub struct OrphanedBlob {
     pub modified: i64,
 }
 
-impl ArtifactStore {
-    /// Hashes every blob again and compares it with its name and the rows: blobs that are
-    /// missing, corrupt (bytes or size not what the name and row say) or orphaned (no row).
-    /// The files are listed before the rows are read, so an upload finishing meanwhile (its
-    /// blob renamed into place just before its row is committed) is not called orphaned.
-    pub fn scrub(&self) -> Result<ScrubReport, ArtifactStoreError> {
-        use std::collections::{BTreeMap, HashSet};
-        let files = self.blob_files()?;
-        let recorded: BTreeMap<String, u64> = self
-            .recorded_artifacts()?
+/// Hashes every blob again and compares it with its name and the rows: blobs that are
+/// missing, corrupt (bytes or size not what the name and row say) or orphaned (no row).
+/// The files are listed before the rows are read, so an upload finishing meanwhile (its
+/// blob renamed into place just before its row is committed) is not called orphaned.
+pub fn scrub(store: &dyn MetadataStore, blobs: &Blobs) -> Result<ScrubReport, ArtifactStoreError> {
+    use std::collections::{BTreeMap, HashSet};
+    let files = blobs.files()?;
+    let recorded: BTreeMap<String, u64> = store
+        .recorded_artifacts()?
+        .into_iter()
+        .map(|a| (a.sha256, a.size))
+        .collect();
+    let named: BTreeMap<String, Vec<String>> =
+        store
+            .named_artifacts()?
             .into_iter()
-            .map(|a| (a.sha256, a.size))
-            .collect();
-        let mut named: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        {
-            let db = self.db.lock();
-            let mut stmt = db
-                .prepare("SELECT artifact_sha256, key FROM manifests ORDER BY artifact_sha256, key")
-                .map_err(self.db_err())?;
-            let rows = stmt
-                .query_map([], |row| {
-                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-                })
-                .map_err(self.db_err())?;
-            for row in rows {
-                let (sha256, key) = row.map_err(self.db_err())?;
-                named.entry(sha256).or_default().push(key);
-            }
+            .fold(BTreeMap::new(), |mut named, artifact| {
+                named
+                    .entry(artifact.sha256)
+                    .or_insert_with(Vec::new)
+                    .extend(artifact.builds);
+                named
+            });
+    let mut report = ScrubReport::default();
+    let present: HashSet<&str> = files.iter().map(|f| f.sha256.as_str()).collect();
+    for file in &files {
+        let Some(&recorded_size) = recorded.get(&file.sha256) else {
+            report.orphaned.push(OrphanedBlob {
+                sha256: file.sha256.clone(),
+                size: file.size,
+                modified: file.modified,
+            });
+            continue;
+        };
+        let (size, actual) = hash_file(&file.path)?;
+        report.checked += 1;
+        report.bytes += size;
+        if actual != file.sha256.to_ascii_lowercase() || size != recorded_size {
+            report.corrupt.push(CorruptBlob {
+                sha256: file.sha256.clone(),
+                actual,
+                size,
+                recorded_size: Some(recorded_size),
+            });
         }
-        let mut report = ScrubReport::default();
-        let present: HashSet<&str> = files.iter().map(|f| f.sha256.as_str()).collect();
-        for file in &files {
-            let Some(&recorded_size) = recorded.get(&file.sha256) else {
-                report.orphaned.push(OrphanedBlob {
-                    sha256: file.sha256.clone(),
-                    size: file.size,
-                    modified: file.modified,
-                });
-                continue;
-            };
-            let (size, actual) = hash_file(&file.path)?;
-            report.checked += 1;
-            report.bytes += size;
-            if actual != file.sha256.to_ascii_lowercase() || size != recorded_size {
-                report.corrupt.push(CorruptBlob {
-                    sha256: file.sha256.clone(),
-                    actual,
-                    size,
-                    recorded_size: Some(recorded_size),
-                });
-            }
-        }
-        let mut wanted: BTreeMap<&str, bool> = BTreeMap::new();
-        for sha256 in recorded.keys() {
-            wanted.insert(sha256, true);
-        }
-        for sha256 in named.keys() {
-            wanted.entry(sha256).or_insert(false);
-        }
-        for (sha256, is_recorded) in wanted {
-            if !present.contains(sha256) {
-                report.missing.push(MissingBlob {
-                    sha256: sha256.to_string(),
-                    recorded: is_recorded,
-                    builds: named.get(sha256).cloned().unwrap_or_default(),
-                });
-            }
-        }
-        Ok(report)
     }
+    let mut wanted: BTreeMap<&str, bool> = BTreeMap::new();
+    for sha256 in recorded.keys() {
+        wanted.insert(sha256, true);
+    }
+    for sha256 in named.keys() {
+        wanted.entry(sha256).or_insert(false);
+    }
+    for (sha256, is_recorded) in wanted {
+        if !present.contains(sha256) {
+            report.missing.push(MissingBlob {
+                sha256: sha256.to_string(),
+                recorded: is_recorded,
+                builds: named.get(sha256).cloned().unwrap_or_default(),
+            });
+        }
+    }
+    Ok(report)
 }
 
 /// (size, lowercase hex SHA-256) of a file, read in blocks.
@@ -541,11 +436,11 @@ mod tests {
     use std::io::Write;
 
     fn put(store: &ArtifactStore, bytes: &[u8]) -> String {
-        let mut tmp = tempfile::NamedTempFile::new_in(store.tmp_dir()).unwrap();
+        let mut tmp = tempfile::NamedTempFile::new_in(store.blobs.tmp_dir()).unwrap();
         tmp.write_all(bytes).unwrap();
         let sha: [u8; 32] = Sha256::digest(bytes).into();
         // As `Artifacts::put_artifact` does: the blob, then its row.
-        store.blobs().persist(tmp, &sha).unwrap();
+        store.blobs.persist(tmp, &sha).unwrap();
         store
             .record_artifact(&sha, bytes.len() as u64, "builder")
             .unwrap();
@@ -562,20 +457,20 @@ mod tests {
         let a = put(&store, b"artifact a");
         let b = put(&store, b"artifact b");
         let c = put(&store, b"artifact c");
-        let clean = store.scrub().unwrap();
+        let clean = scrub(&store, &store.blobs).unwrap();
         assert!(clean.clean(), "{clean:?}");
         assert_eq!((clean.checked, clean.bytes), (3, 30));
 
         // Same size, other bytes: only the digest can tell.
-        std::fs::write(store.blob_path(&a), b"artifact x").unwrap();
-        std::fs::remove_file(store.blob_path(&b)).unwrap();
+        std::fs::write(store.blobs.path(&a), b"artifact x").unwrap();
+        std::fs::remove_file(store.blobs.path(&b)).unwrap();
         let orphan_bytes = b"nobody uploaded this";
         let orphan = hex::encode(Sha256::digest(orphan_bytes));
-        let orphan_path = store.blob_path(&orphan);
+        let orphan_path = store.blobs.path(&orphan);
         std::fs::create_dir_all(orphan_path.parent().unwrap()).unwrap();
         std::fs::write(&orphan_path, orphan_bytes).unwrap();
 
-        let report = store.scrub().unwrap();
+        let report = scrub(&store, &store.blobs).unwrap();
         assert!(!report.clean());
         assert_eq!(report.checked, 2, "{report:?}");
         assert_eq!(report.corrupt.len(), 1, "{report:?}");
@@ -640,11 +535,12 @@ mod tests {
             .unwrap();
         assert_eq!(dropped.artifacts, vec![kept.clone()]);
         assert!(store.recorded_artifacts().unwrap().is_empty());
-        assert!(!store.blob_path(&kept).exists());
+        assert!(!store.blobs.path(&kept).exists());
     }
 
-    /// The snapshot is a self-contained database (no `-wal` needed) that names the stored
-    /// blobs and passes its integrity check.
+    /// The snapshot (taken while the store is open, as beside a live mirror) is a
+    /// self-contained database (no `-wal` needed) that names the stored blobs and passes its
+    /// integrity check; a directory without a store has nothing to snapshot.
     #[test]
     fn a_snapshot_names_the_stored_blobs() {
         let dir = tempfile::tempdir().unwrap();
@@ -653,7 +549,7 @@ mod tests {
         expected.sort();
         let out = tempfile::tempdir().unwrap();
         let snapshot = out.path().join("copy/artifacts.db");
-        assert_eq!(store.snapshot(&snapshot).unwrap(), expected);
+        assert_eq!(super::snapshot(dir.path(), &snapshot).unwrap(), expected);
         assert!(!out.path().join("copy/artifacts.db-wal").exists());
         check_snapshot(&snapshot).unwrap();
         assert_eq!(snapshot_blobs(&snapshot).unwrap(), expected);
@@ -662,8 +558,9 @@ mod tests {
         let reopened = ArtifactStore::open_existing(&restored).unwrap();
         assert_eq!(reopened.recorded_artifacts().unwrap().len(), 2);
         assert!(matches!(
-            ArtifactStore::open_existing(&out.path().join("nothing")),
+            super::snapshot(&out.path().join("nothing"), &out.path().join("none.db")),
             Err(ArtifactStoreError::NoStore { .. })
         ));
+        assert!(!out.path().join("none.db").exists());
     }
 }

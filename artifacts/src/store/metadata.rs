@@ -24,11 +24,11 @@ use precomp_proto::verdict::Verdict;
 
 use super::history::KeyManifest;
 use super::jobs::{JobRecord, LeaseEnd, LeaseQuery, LeasedJob};
-use super::maintenance::{GcDrop, GcView, RecordedArtifact};
+use super::maintenance::{GcDrop, GcView, NamedArtifact, RecordedArtifact};
 use super::verdicts::VerdictPut;
 use super::{
-    ArtifactStore, ArtifactStoreError, ManifestPut, ManifestRecord, MissOutcome, MissPolicy,
-    MissRecord, TokenInfo, TokenLookup,
+    ArtifactStoreError, ManifestPut, ManifestRecord, MissOutcome, MissPolicy, MissRecord,
+    TokenInfo, TokenLookup,
 };
 use crate::api::{
     Failure, FailureRecorded, FailureReport, IndexBuild, JobListing, Miss, ReleaseOutcome, Verdicts,
@@ -63,20 +63,35 @@ pub trait MetadataStore: Send + Sync {
     /// Revokes the token `name` ([`ArtifactStoreError::NoSuchToken`],
     /// [`ArtifactStoreError::AlreadyRevoked`]).
     fn revoke_token(&self, name: &str) -> Result<()>;
-    /// What a presented token is, read on every call (a revoke takes effect at once).
+    /// What a presented token is, looked up by its SHA-256 and read on every call (a `precomp
+    /// token revoke` takes effect at once).
     fn lookup_token(&self, token: &str) -> Result<TokenLookup>;
 
     // Artifacts ------------------------------------------------------------------------------
 
     /// Records a blob that is in place (idempotent).
     fn record_artifact(&self, sha256: &[u8; 32], size: u64, uploaded_by: &str) -> Result<()>;
-    /// Records that an artifact was used now, for gc; best effort (never fails a download).
+    /// Records that an artifact was used now (served, or named by a manifest being
+    /// published), for gc; may be throttled (the SQLite store writes at most once an hour per
+    /// artifact and process). Best effort: a failed write is logged, never an error (it must
+    /// not fail a download).
     fn touch_artifact(&self, sha256: &[u8; 32]);
 
     // Manifests, history and the index -------------------------------------------------------
 
-    /// Stores a verified manifest with the misses it closes ([`ArtifactStore::put_manifest`]
-    /// describes the outcomes).
+    /// Stores a verified manifest (`bytes`, decoded as `signed`), in one transaction with the
+    /// misses it closes. `counts` says whether a signer's signature counts on the mirror now
+    /// (its trust document does not exclude the key). Under a key nothing is published under,
+    /// it is published (`Created`). Under a published key (docs/protocol.md, "Several
+    /// manifests for one key", and `store::history`):
+    /// - the same bytes: `Unchanged`; the same manifest as the published one or an agreeing
+    ///   one, with new signatures: they are added to that envelope (`Countersigned`);
+    /// - when no manifest of the key has a signer that counts (revoked, expired): it is
+    ///   published in place of the old one, which is kept as `replaced` with its verdicts, and
+    ///   closes the misses it satisfies (`Replaced`);
+    /// - else, the same artifact: kept as `agreeing` (`Agreed`), or `Unchanged` when its
+    ///   signers already signed a manifest with that artifact;
+    /// - else, another artifact: kept as `conflicting`, with what differs (`Conflict`).
     fn put_manifest(
         &self,
         record: &ManifestRecord,
@@ -90,7 +105,8 @@ pub trait MetadataStore: Send + Sync {
     /// Every manifest kept for `key`: the published one first, then its history, oldest
     /// first; empty when nothing is published.
     fn key_manifests(&self, key: &str) -> Result<Vec<KeyManifest>>;
-    /// The history rows of `package`'s builds, without their envelopes.
+    /// The history rows of `package`'s builds (for the index: agreeing builders and
+    /// disagreements), without their envelopes.
     fn package_history(&self, package: &str) -> Result<Vec<KeyManifest>>;
     /// Every build of `package` with its verdict summary, by version (SemVer), then key.
     fn index(&self, package: &str) -> Result<Vec<IndexBuild>>;
@@ -99,26 +115,36 @@ pub trait MetadataStore: Send + Sync {
 
     // Failures -------------------------------------------------------------------------------
 
-    /// Records a failed build (the latest log per base key and toolchain, counted) and closes
-    /// the misses of its base key.
+    /// Records a failed build (the latest log per base key and toolchain, with a count of
+    /// attempts) and closes the misses of its base key.
     fn record_failure(&self, report: &FailureReport, reported_by: &str) -> Result<FailureRecorded>;
     /// `package`'s failures, most recent first.
     fn failures(&self, package: &str) -> Result<Vec<Failure>>;
 
     // Misses ---------------------------------------------------------------------------------
 
-    /// Counts a validated miss, bounded by `policy` ([`ArtifactStore::record_miss`]).
+    /// Counts a (validated) miss, by its key. The first report opens it, unless a build that
+    /// satisfies it is published with a signer that counts (`counts`: the mirror's trust
+    /// document does not exclude it) or a failure with its key is recorded already; later
+    /// reports count, and reopen a miss a publish closed when no such build satisfies it any
+    /// more (its signers were revoked, gc removed it). A miss whose values expired is opened
+    /// again by a new report, with the new report's values. A miss asking for a config variant
+    /// past `policy`'s bound is not recorded ([`MissOutcome::TooManyVariants`]).
     fn record_miss(
         &self,
         miss: &MissRecord<'_>,
         policy: &MissPolicy,
         counts: &dyn Fn(&str) -> bool,
     ) -> Result<MissOutcome>;
-    /// Erases the values of misses last reported more than `retention_seconds` before `now`
-    /// (closing the open ones); how many.
+    /// Erases the compile-env values of misses last reported more than `retention_seconds`
+    /// before `now` (an open one is closed: it cannot be built without them; its lock is
+    /// kept, for gc), and forgets the config variants and worker tuples not seen since. How
+    /// many misses were erased.
     fn expire_miss_values(&self, now: i64, retention_seconds: i64) -> Result<u64>;
     /// [`MetadataStore::expire_miss_values`] with `policy`'s retention, when this process has
-    /// not done it lately.
+    /// not done it lately (the SQLite store: in the last minute, or the retention if shorter).
+    /// Misses are expired so whenever they are recorded ([`MetadataStore::record_miss`], in
+    /// its transaction), listed or leased.
     fn expire_if_due(&self, policy: &MissPolicy) -> Result<()>;
     /// The open misses, most reported first: at most `limit`, and no more once their locks
     /// add up to `max_bytes` (the first is always listed).
@@ -127,21 +153,28 @@ pub trait MetadataStore: Send + Sync {
     // Verdicts -------------------------------------------------------------------------------
 
     /// Stores a verified verdict (replacing its auditor's earlier one) if it is about the
-    /// manifest published under its key.
+    /// manifest published under its key (or an agreeing one: they hold the same artifact) and
+    /// its artifact; says whether the build is now flagged (a `mismatch` verdict on it).
     fn put_verdict(&self, verdict: &Verdict, bytes: &[u8], reported_by: &str)
         -> Result<VerdictPut>;
     /// Every verdict on `key`, by auditor.
     fn verdicts(&self, key: &str) -> Result<Verdicts>;
-    /// The latest verdicts by result: `(matches, mismatches)`.
+    /// The stored verdicts (the latest per build and auditor) by result: `(matches,
+    /// mismatches)`, for the reproducibility rate on `/metrics`.
     fn verdict_counts(&self) -> Result<(u64, u64)>;
 
     // Leases ---------------------------------------------------------------------------------
 
-    /// Records the worker's tuples and leases it the next job, if any.
+    /// Records the tuples `query`'s worker asked for, then leases it the next job: for a
+    /// build job the most-reported open miss of one of its tuples with no live lease, for an
+    /// audit job the matching published build with the fewest audits. An earlier lease of
+    /// that work (expired) ends as lost. `None` when there is no such job.
     fn lease_job(&self, query: &LeaseQuery<'_>, now_ms: i64) -> Result<Option<LeasedJob>>;
     /// The lease `job` as it stands.
     fn job(&self, job: u64) -> Result<Option<JobRecord>>;
-    /// Renews `token`'s lease of `job` ([`JobError`] when not there, not its, ended, closed).
+    /// Renews the lease of `job` for `token` (which must have leased it) until `now_ms` plus
+    /// `lease_ms` (its last duration when `None`); the worker's tuples count as seen now.
+    /// [`JobError`] when it is not there, not `token`'s, ended or closed.
     fn renew_lease(
         &self,
         job: u64,
@@ -149,7 +182,10 @@ pub trait MetadataStore: Send + Sync {
         lease_ms: Option<i64>,
         now_ms: i64,
     ) -> Result<JobRecord>;
-    /// Ends `token`'s lease of `job` as `outcome`.
+    /// Ends the lease of `job` for `token` (which must have leased it) as `outcome`, with
+    /// `reason`: `Released` puts the work back in the queue, `Failed` keeps an audit job from
+    /// this token for good. A lease released before is left as it is; a lost one is
+    /// [`JobError::Ended`].
     fn end_lease(
         &self,
         job: u64,
@@ -158,13 +194,17 @@ pub trait MetadataStore: Send + Sync {
         reason: Option<&str>,
         now_ms: i64,
     ) -> Result<LeaseEnd>;
-    /// `GET jobs`: demand by tuple, workers seen, live leases.
+    /// `GET jobs`: the open misses by tuple and whether a worker asked for that tuple within
+    /// [`crate::WORKER_WINDOW_SECONDS`] of `now_ms`, the workers seen, and the live leases.
     fn job_listing(&self, now_ms: i64) -> Result<JobListing>;
 
     // What gc needs --------------------------------------------------------------------------
 
-    /// Reads what gc decides on, asks `decide`, and with `apply` deletes what it returns in
-    /// the same transaction, then the dropped artifacts' blobs.
+    /// Reads what gc decides on (`misses_since`: the oldest miss whose lock counts), asks
+    /// `decide`, and — with `apply` — deletes what it returns in the same transaction (a write
+    /// transaction from the start, so nothing is published or recorded in between), then
+    /// removes the dropped artifacts' blobs. Rows go first: a crash in between leaves blobs
+    /// without rows, which [`super::Blobs::files`] shows gc next time.
     fn collect_garbage(
         &self,
         misses_since: i64,
@@ -173,140 +213,7 @@ pub trait MetadataStore: Send + Sync {
     ) -> Result<GcDrop>;
     /// Every artifact row (digest, size), by digest.
     fn recorded_artifacts(&self) -> Result<Vec<RecordedArtifact>>;
-    /// The artifacts published builds name, by digest.
-    fn named_artifacts(&self) -> Result<Vec<RecordedArtifact>>;
-}
-
-/// The SQLite store: each method is the inherent one of the same name.
-impl MetadataStore for ArtifactStore {
-    fn check(&self) -> Result<()> {
-        ArtifactStore::check(self)
-    }
-    fn create_token(
-        &self,
-        name: &str,
-        key: Option<&ArtifactPublicKey>,
-        scopes: Option<&[Scope]>,
-    ) -> Result<String> {
-        ArtifactStore::create_token(self, name, key, scopes)
-    }
-    fn list_tokens(&self) -> Result<Vec<TokenInfo>> {
-        ArtifactStore::list_tokens(self)
-    }
-    fn revoke_token(&self, name: &str) -> Result<()> {
-        ArtifactStore::revoke_token(self, name)
-    }
-    fn lookup_token(&self, token: &str) -> Result<TokenLookup> {
-        ArtifactStore::lookup_token(self, token)
-    }
-    fn record_artifact(&self, sha256: &[u8; 32], size: u64, uploaded_by: &str) -> Result<()> {
-        ArtifactStore::record_artifact(self, sha256, size, uploaded_by)
-    }
-    fn touch_artifact(&self, sha256: &[u8; 32]) {
-        ArtifactStore::touch_artifact(self, sha256)
-    }
-    fn put_manifest(
-        &self,
-        record: &ManifestRecord,
-        signed: &SignedManifest,
-        bytes: &[u8],
-        published_by: &str,
-        counts: &dyn Fn(&str) -> bool,
-    ) -> Result<ManifestPut> {
-        ArtifactStore::put_manifest(self, record, signed, bytes, published_by, counts)
-    }
-    fn manifest(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        ArtifactStore::manifest(self, key)
-    }
-    fn key_manifests(&self, key: &str) -> Result<Vec<KeyManifest>> {
-        ArtifactStore::key_manifests(self, key)
-    }
-    fn package_history(&self, package: &str) -> Result<Vec<KeyManifest>> {
-        ArtifactStore::package_history(self, package)
-    }
-    fn index(&self, package: &str) -> Result<Vec<IndexBuild>> {
-        ArtifactStore::index(self, package)
-    }
-    fn packages(&self) -> Result<Vec<String>> {
-        ArtifactStore::packages(self)
-    }
-    fn record_failure(&self, report: &FailureReport, reported_by: &str) -> Result<FailureRecorded> {
-        ArtifactStore::record_failure(self, report, reported_by)
-    }
-    fn failures(&self, package: &str) -> Result<Vec<Failure>> {
-        ArtifactStore::failures(self, package)
-    }
-    fn record_miss(
-        &self,
-        miss: &MissRecord<'_>,
-        policy: &MissPolicy,
-        counts: &dyn Fn(&str) -> bool,
-    ) -> Result<MissOutcome> {
-        ArtifactStore::record_miss(self, miss, policy, counts)
-    }
-    fn expire_miss_values(&self, now: i64, retention_seconds: i64) -> Result<u64> {
-        ArtifactStore::expire_miss_values(self, now, retention_seconds)
-    }
-    fn expire_if_due(&self, policy: &MissPolicy) -> Result<()> {
-        ArtifactStore::expire_if_due(self, policy)
-    }
-    fn open_misses(&self, limit: usize, max_bytes: usize) -> Result<Vec<Miss>> {
-        ArtifactStore::open_misses(self, limit, max_bytes)
-    }
-    fn put_verdict(
-        &self,
-        verdict: &Verdict,
-        bytes: &[u8],
-        reported_by: &str,
-    ) -> Result<VerdictPut> {
-        ArtifactStore::put_verdict(self, verdict, bytes, reported_by)
-    }
-    fn verdicts(&self, key: &str) -> Result<Verdicts> {
-        ArtifactStore::verdicts(self, key)
-    }
-    fn verdict_counts(&self) -> Result<(u64, u64)> {
-        ArtifactStore::verdict_counts(self)
-    }
-    fn lease_job(&self, query: &LeaseQuery<'_>, now_ms: i64) -> Result<Option<LeasedJob>> {
-        ArtifactStore::lease_job(self, query, now_ms)
-    }
-    fn job(&self, job: u64) -> Result<Option<JobRecord>> {
-        ArtifactStore::job(self, job)
-    }
-    fn renew_lease(
-        &self,
-        job: u64,
-        token: &str,
-        lease_ms: Option<i64>,
-        now_ms: i64,
-    ) -> Result<JobRecord> {
-        ArtifactStore::renew_lease(self, job, token, lease_ms, now_ms)
-    }
-    fn end_lease(
-        &self,
-        job: u64,
-        token: &str,
-        outcome: ReleaseOutcome,
-        reason: Option<&str>,
-        now_ms: i64,
-    ) -> Result<LeaseEnd> {
-        ArtifactStore::end_lease(self, job, token, outcome, reason, now_ms)
-    }
-    fn job_listing(&self, now_ms: i64) -> Result<JobListing> {
-        ArtifactStore::job_listing(self, now_ms)
-    }
-    fn collect_garbage(
-        &self,
-        misses_since: i64,
-        apply: bool,
-        decide: &mut dyn FnMut(&GcView) -> GcDrop,
-    ) -> Result<GcDrop> {
-        ArtifactStore::collect_garbage(self, misses_since, apply, decide)
-    }
-    fn recorded_artifacts(&self) -> Result<Vec<RecordedArtifact>> {
-        ArtifactStore::recorded_artifacts(self)
-    }
-    fn named_artifacts(&self) -> Result<Vec<RecordedArtifact>> {
-        ArtifactStore::named_artifacts(self)
-    }
+    /// The artifacts published builds name (digest and size, as their manifests say), by
+    /// digest, each with the keys of the builds that name it: each must be stored.
+    fn named_artifacts(&self) -> Result<Vec<NamedArtifact>>;
 }

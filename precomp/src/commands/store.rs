@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use precomp_artifacts::maintenance::ScrubReport;
-use precomp_artifacts::ArtifactStore;
+use precomp_artifacts::maintenance::{self, ScrubReport};
+use precomp_artifacts::{open_existing_metadata, Blobs};
 use precomp_ops::trust::utc;
 
 use crate::Context;
@@ -38,9 +38,8 @@ pub fn run(context: &Context, command: StoreCommand) -> anyhow::Result<ExitCode>
 
 fn scrub(context: &Context, args: ScrubArgs) -> anyhow::Result<ExitCode> {
     let dir = context.data().join("artifacts");
-    let store = ArtifactStore::open_existing(&dir)?;
-    let report = store
-        .scrub()
+    let store = open_existing_metadata(&dir)?;
+    let report = maintenance::scrub(&*store, &Blobs::new(&dir))
         .with_context(|| format!("scrubbing the artifact store {}", dir.display()))?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use precomp_artifacts::{ArtifactStore, Scope};
+use precomp_artifacts::{open_metadata, Scope};
 use precomp_proto::manifest::ArtifactPublicKey;
 use precomp_proto::time::utc;
 
@@ -60,7 +60,7 @@ pub struct RevokeArgs {
 
 pub fn run(context: &Context, command: TokenCommand) -> anyhow::Result<ExitCode> {
     let dir = context.data().join("artifacts");
-    let store = ArtifactStore::open(&dir)
+    let store = open_metadata(&dir)
         .with_context(|| format!("opening the artifact store {}", dir.display()))?;
     match command {
         TokenCommand::Create(args) => {

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use precomp_artifacts::{ArtifactStore, Artifacts, ArtifactsConfig};
+use precomp_artifacts::{open_metadata, Artifacts, ArtifactsConfig};
 use precomp_proto::api::{JobKind, MissReport};
 use precomp_proto::buildkey::{KeyParts, KeyToolchain, Target};
 use precomp_proto::lock::MixLock;
@@ -129,7 +129,7 @@ impl TestMirror {
 
     /// A token named `name` bound to `key` (`precomp token create --key`).
     pub fn token(&self, name: &str, key: &ArtifactPublicKey) -> String {
-        ArtifactStore::open(&self.data.path().join("artifacts"))
+        open_metadata(&self.data.path().join("artifacts"))
             .unwrap()
             .create_token(name, Some(key), None)
             .unwrap()
