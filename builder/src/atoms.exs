@@ -238,8 +238,10 @@ defmodule Precomp.BuildAtoms do
   defp walk_names(ast, acc) do
     {acc, aliases, prefixes, variables} = walk(ast, {acc, [], [], []})
     acc = module_names(Enum.uniq(aliases), Enum.uniq(prefixes), acc)
-    # A module's body is compiled as the function __MODULE__/1 (elixir_compiler).
-    acc = function_names("__MODULE__", 1, node_count(ast), acc)
+    # A module's body is compiled as the function __MODULE__/1, a file's top level as
+    # __FILE__/1 (elixir_compiler).
+    size = node_count(ast)
+    acc = function_names("__FILE__", 1, size, function_names("__MODULE__", 1, size, acc))
     {acc, largest} = definitions(ast, {acc, 0})
 
     acc =
@@ -270,9 +272,17 @@ defmodule Precomp.BuildAtoms do
         _ -> prefixes
       end
 
+    # defrecord(:name, ...) and Record.defrecord(:name, ...) define the macro name/1..2.
+    kind =
+      case form do
+        {@name, kind} -> kind
+        {:., _, [_, {@name, kind}]} -> kind
+        _ -> nil
+      end
+
     acc =
-      case {form, args} do
-        {{@name, kind}, [{@name, name} | _]} when kind in ["defrecord", "defrecordp"] -> put(acc, "MACRO-" <> name)
+      case args do
+        [{@name, name} | _] when kind in ["defrecord", "defrecordp"] -> put(acc, "MACRO-" <> name)
         _ -> acc
       end
 
@@ -429,6 +439,22 @@ defmodule Precomp.BuildAtoms do
     for nif <- [:crypto, :asn1rt_nif], do: :code.ensure_loaded(nif)
     tasks = Enum.map(Mix.Task.load_all(), &Mix.Task.task_name/1)
     Enum.each(tasks, &String.to_atom/1)
+    # Running the compilers makes atoms of their own at run time (the Erlang compiler's
+    # `no_ssa_opt_*` options, among others), whatever they compile.
+    Code.compile_string("""
+    defmodule Precomp.BuildAtoms.Sample do
+      defstruct [:field]
+      defmacro twice(x), do: quote(do: unquote(x) * 2)
+      def run(list) when is_list(list), do: for(x <- list, do: fn y -> {x, y, %__MODULE__{field: x}} end)
+      def run(<<byte, rest::binary>>) do
+        try do
+          {byte, rest}
+        rescue
+          _ -> :error
+        end
+      end
+    end
+    """)
     root = List.to_string(:code.root_dir())
 
     dirs =

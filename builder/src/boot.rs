@@ -139,6 +139,7 @@ pub fn base_atoms(toolchain_atoms: &[u8], lib: &Path, app: &str) -> Result<BTree
         .collect();
     closure_atoms(lib, app, &mut atoms)?;
     atoms.extend(PREPROCESSOR.iter().map(|name| name.to_string()));
+    atoms.insert(FIRST_POOLED.to_string());
     for letter in ('a'..='z').chain('A'..='Z') {
         atoms.insert(format!("sigil_{letter}"));
     }
@@ -146,16 +147,24 @@ pub fn base_atoms(toolchain_atoms: &[u8], lib: &Path, app: &str) -> Result<BTree
 }
 
 /// Elixir's pool of modules to evaluate code in (`elixir_compiler_0`, …): how many a compile
-/// makes depends on scheduling, so no list holds them (as the hook's `pooled?/1`).
+/// makes depends on scheduling, so no list holds them (as the hook's `pooled?/1`) — except
+/// [`FIRST_POOLED`].
 fn pooled(name: &str) -> bool {
-    name.strip_prefix("elixir_compiler_")
-        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    name != FIRST_POOLED
+        && name
+            .strip_prefix("elixir_compiler_")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
+
+/// The first pooled name: every compile VM makes it evaluating its `-e` code, before the
+/// phase, the same way on every run. Listed so that it exists from the boot on and is not
+/// made between the boot script's atoms and the phase's (which the phase's check refuses).
+const FIRST_POOLED: &str = "elixir_compiler_0";
 
 /// The toolchain's `no_dot_erlang.boot` (`{script, Id, Instructions}`, `term_to_binary`
 /// form) with `{preLoaded, Atoms}` in front of its instructions, as the hook's `write_boot`
 /// writes it: decoding it creates `atoms` in their order before init loads a module. Pooled
-/// names and names no atom can have (over 255 characters) are left out.
+/// names but the first and names no atom can have (over 255 characters) are left out.
 pub fn boot_script(no_dot_erlang: &[u8], atoms: &BTreeSet<String>) -> Result<Vec<u8>> {
     let invalid = |what: &str| {
         BuildError::Invalid(format!(
@@ -237,7 +246,8 @@ mod tests {
 
     #[test]
     fn pooled_names_are_only_the_numbered_ones() {
-        assert!(pooled("elixir_compiler_0") && pooled("elixir_compiler_12"));
+        assert!(pooled("elixir_compiler_1") && pooled("elixir_compiler_12"));
+        assert!(!pooled("elixir_compiler_0"), "listed: the -e code makes it");
         assert!(!pooled("elixir_compiler_") && !pooled("elixir_compiler_x1"));
         assert!(!pooled("elixir_compiler"));
     }

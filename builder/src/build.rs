@@ -145,8 +145,18 @@ pub fn build_package(
         if let Some(reason) = context.cancel.reason() {
             return Ok(BuildOutcome::Cancelled { reason });
         }
+        // Every pass but Only loads the hook's beam, compiled by the toolchain's own run.
+        if pass != Pass::Only && !atoms::toolchain_cached(&toolchain_atoms) {
+            if let Some(reason) = compute_toolchain_atoms(context, &toolchain_atoms)? {
+                return Ok(BuildOutcome::Cancelled { reason });
+            }
+        }
         let dir = match pass {
-            Pass::Record => pass1.as_ref().unwrap().path().to_path_buf(),
+            Pass::Record => {
+                let dir = pass1.as_ref().unwrap().path().to_path_buf();
+                atoms::restore_hook_beam(&toolchain_atoms, &dir)?;
+                dir
+            }
             Pass::Precreated if pass1.is_some() => {
                 let recorded = pass1.take().unwrap();
                 let carried =
@@ -159,14 +169,10 @@ pub fn build_package(
                         log,
                     });
                 }
+                atoms::restore_hook_beam(&toolchain_atoms, work.path())?;
                 work.path().to_path_buf()
             }
             Pass::Predicted => {
-                if !atoms::toolchain_cached(&toolchain_atoms) {
-                    if let Some(reason) = compute_toolchain_atoms(context, &toolchain_atoms)? {
-                        return Ok(BuildOutcome::Cancelled { reason });
-                    }
-                }
                 atoms::restore_hook_beam(&toolchain_atoms, work.path())?;
                 let lib = work
                     .path()
@@ -176,7 +182,11 @@ pub fn build_package(
                 atoms::write_predicted_boot(&toolchain_atoms, work.path(), &lib, app)?;
                 work.path().to_path_buf()
             }
-            Pass::Precreated | Pass::Only => work.path().to_path_buf(),
+            Pass::Precreated => {
+                atoms::restore_hook_beam(&toolchain_atoms, work.path())?;
+                work.path().to_path_buf()
+            }
+            Pass::Only => work.path().to_path_buf(),
         };
         let outcome = context
             .sandbox
