@@ -440,21 +440,12 @@ defmodule Precomp.BuildAtoms do
     tasks = Enum.map(Mix.Task.load_all(), &Mix.Task.task_name/1)
     Enum.each(tasks, &String.to_atom/1)
     # Running the compilers makes atoms of their own at run time (the Erlang compiler's
-    # `no_ssa_opt_*` options, among others), whatever they compile.
-    Code.compile_string("""
-    defmodule Precomp.BuildAtoms.Sample do
-      defstruct [:field]
-      defmacro twice(x), do: quote(do: unquote(x) * 2)
-      def run(list) when is_list(list), do: for(x <- list, do: fn y -> {x, y, %__MODULE__{field: x}} end)
-      def run(<<byte, rest::binary>>) do
-        try do
-          {byte, rest}
-        rescue
-          _ -> :error
-        end
-      end
-    end
-    """)
+    # `no_ssa_opt_*` options; variables Elixir's expansion introduces, `_capture@1` on 1.18),
+    # whatever they compile: this hook's source, as a module of another name, is the sample
+    # (what the two-VM predicted pass's predicting VM compiled too).
+    hook = Path.join(System.fetch_env!("PRECOMP_HOOK_DIR"), "atoms.exs")
+    source = String.replace(File.read!(hook), "defmodule Precomp.BuildAtoms do", "defmodule Precomp.BuildAtoms.Sample do")
+    Code.compile_string(String.replace(source, "System.at_exit(&Precomp.BuildAtoms.at_exit/1)", ""))
     root = List.to_string(:code.root_dir())
 
     dirs =

@@ -345,6 +345,8 @@ pub fn toolchain_atoms_env() -> Vec<(&'static str, String)> {
             "PRECOMP_TOOLCHAIN_BOOT",
             format!("{dir}/{TOOLCHAIN_BOOT_FILE}"),
         ),
+        // The hook's source, which the run compiles as a sample.
+        ("PRECOMP_HOOK_DIR", dir),
     ]
 }
 
@@ -473,7 +475,10 @@ mod tests {
         // Both passes load the hook's beam (a pass 2 after a predicted pass must not compile
         // it: its list lacks the names that makes); only a rebar3 Only pass compiles it.
         assert_eq!(command(Pass::Record, "x"), command(Pass::Predicted, "x"));
-        assert_eq!(command(Pass::Precreated, "x"), command(Pass::Predicted, "x"));
+        assert_eq!(
+            command(Pass::Precreated, "x"),
+            command(Pass::Predicted, "x")
+        );
         assert_eq!(
             command(Pass::Only, "x"),
             [

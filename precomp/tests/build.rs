@@ -412,7 +412,10 @@ fn host_an_atom_made_before_the_phase_sends_the_build_to_two_passes() {
         "host",
         &lock,
         &[],
-        &[("PRECOMP_TEST_PHASE_ATOM", "precomp_test_phase_atom_made_early")],
+        &[(
+            "PRECOMP_TEST_PHASE_ATOM",
+            "precomp_test_phase_atom_made_early",
+        )],
     );
     assert!(output.status.success(), "{}", describe(&output));
     let two = lines["plain_ex"].clone();
