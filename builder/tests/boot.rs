@@ -53,7 +53,7 @@ fn erlang_atoms(beam: &Path) -> BTreeSet<String> {
         halt().
     "#;
     let out = run(Command::new("erl")
-        .args(["-noshell", "-eval", &script, "-extra"])
+        .args(["-noshell", "-eval", script, "-extra"])
         .arg(beam));
     String::from_utf8(out)
         .unwrap()
