@@ -16,7 +16,9 @@
 //! build's.
 //!
 //! A Mix package first takes a [`Pass::Predicted`]: the list is predicted from the inputs
-//! without compiling, and the compile booted from it is checked as pass 2 is; when it created
+//! without compiling (the builder writes the boot script from the toolchain's and the
+//! closure's atoms, the compile VM's phase creates the names the sources make, in sorted
+//! order, and checks nothing else came in between), and the compile is checked as pass 2 is; when it created
 //! no other atom it is the build's only pass, otherwise it is pass 1 of 2.
 
 use std::path::Path;
@@ -43,8 +45,17 @@ pub const MAX_BOOT_BYTES: u64 = 64 << 20;
 /// prediction did not hold (in [`DIR`]; carried to the second pass as [`BOOT_FILE`]).
 pub const FALLBACK_FILE: &str = "fallback.boot";
 
-/// Where a predicted pass finds (or, the first time, writes) the toolchain's atoms, in [`DIR`].
+/// Where the toolchain's run writes the toolchain's atoms, in [`DIR`].
 pub const TOOLCHAIN_ATOMS_FILE: &str = "toolchain.atoms";
+
+/// Where the toolchain's run writes a copy of the toolchain's `bin/no_dot_erlang.boot`, in
+/// [`DIR`]: every predicted boot script is that script with the list in front.
+pub const TOOLCHAIN_BOOT_FILE: &str = "toolchain.boot";
+
+/// Passed into a predicted pass's sandbox from the builder's environment by debug builds
+/// only: the phase makes an atom of this name before its own, which its check must catch
+/// (`precomp/tests/build.rs`).
+pub const TEST_PHASE_ATOM: &str = "PRECOMP_TEST_PHASE_ATOM";
 
 /// The hook compiled to a beam (by the toolchain's run, [`toolchain_atoms_command`]), in
 /// [`DIR`]`/`[`HOOK_EBIN`]: the compile VM of a predicted pass loads it instead of compiling
@@ -57,8 +68,8 @@ pub const HOOK_EBIN: &str = "ebin";
 /// Which pass a sandbox run is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pass {
-    /// Predict the atom list from the inputs (a VM of its own), then compile once with every
-    /// VM booted from it; the check says whether that one pass is the build's proof
+    /// Compile once, every VM booted from an atom list predicted from the inputs (the builder
+    /// writes its base, [`crate::boot`]; the compile VM's phase adds the sources' names); the check says whether that one pass is the build's proof
     /// ([`created_later`] is 0) or a second pass is needed (docs/builder.md "One pass from
     /// a predicted atom list").
     Predicted,
@@ -67,7 +78,8 @@ pub enum Pass {
     /// Compile with every recorded atom created at boot.
     Precreated,
     /// The only pass of a package whose compile runs no code of its own
-    /// ([`erlang_compile_runs_code`] found none): its output cannot follow atom order.
+    /// ([`erlang_compile_runs_code`] found none): its output cannot follow atom order. The
+    /// hook, compiled from its source, does nothing.
     Only,
 }
 
@@ -178,29 +190,42 @@ pub fn write_hook(project: &Path) -> Result<()> {
     std::fs::write(&path, HOOK).map_err(io(&path))
 }
 
-/// The command of `pass`: `mix deps.compile <app>` in a VM that loads the hook first; for a
-/// predicted pass, after a VM that writes the predicted boot script (both in one sandbox run:
-/// `sh -c`, the app passed as `$0`).
+/// The `-e` code of a predicted pass's compile VM (and of the toolchain's run, whose VM must
+/// start as that one does): load the hook from its beam, run the phase
+/// (`Precomp.BuildAtoms.prime/0`), register the check as the hook's last line does. Loaded
+/// from its bytes, not with `-pa`: on Elixir 1.18 a code path makes an atom of its
+/// directory's name (`:".precomp"`), which no list holds.
+fn compile_vm_eval() -> String {
+    let beam = format!(
+        "{}/{DIR}/{HOOK_EBIN}/{HOOK_BEAM}",
+        precomp_sandbox::BUILD_DIR
+    );
+    format!(
+        "{{:module, _}} = :code.load_binary(Precomp.BuildAtoms, String.to_charlist(\"{beam}\"), File.read!(\"{beam}\")); \
+         Precomp.BuildAtoms.prime(); System.at_exit(&Precomp.BuildAtoms.at_exit/1)"
+    )
+}
+
+/// The command of `pass`: `mix deps.compile <app>` in a VM that loads the hook first (from
+/// the beam the toolchain's run compiled, [`restore_hook_beam`], but in a pass that runs no
+/// check). A predicted pass is that one VM, booted from the boot script the builder wrote
+/// ([`crate::boot`]), with the phase before Mix starts. Pass 1 and 2 load the same beam: a
+/// pass 2 after a predicted pass must not compile the hook, whose names its list lacks.
 pub fn command(pass: Pass, app: &str) -> Vec<String> {
-    let build = precomp_sandbox::BUILD_DIR;
-    let hook = format!("{build}/{DIR}/{HOOK_FILE}");
-    if pass == Pass::Predicted {
-        let boot = format!("{build}/{DIR}/{}", BOOT_FILE.trim_end_matches(".boot"));
-        // The predicting VM compiles the hook (its atom table, which the list takes in, is
-        // that of a VM that did); the compile VM loads the hook's beam compiled by the
-        // toolchain's run, whose atoms are among those the compile created, and registers
-        // the check as the hook's last line does. Loaded from its bytes, not with `-pa`: on
-        // Elixir 1.18 a code path makes an atom of its directory's name (`:".precomp"`),
-        // which no list holds.
-        let beam = format!("{build}/{DIR}/{HOOK_EBIN}/{HOOK_BEAM}");
-        let script = format!(
-            "elixir -r {hook} -e 'Precomp.BuildAtoms.predict(hd(System.argv()))' \"$0\" && \
-             PRECOMP_ATOMS=check ERL_AFLAGS='-boot {boot}' exec elixir \
-             -e '{{:module, _}} = :code.load_binary(Precomp.BuildAtoms, String.to_charlist(\"{beam}\"), File.read!(\"{beam}\")); System.at_exit(&Precomp.BuildAtoms.at_exit/1)' \
-             -S mix deps.compile \"$0\""
-        );
-        return vec!["sh".into(), "-c".into(), script, app.into()];
+    if pass != Pass::Only {
+        return [
+            "elixir",
+            "-e",
+            &compile_vm_eval(),
+            "-S",
+            "mix",
+            "deps.compile",
+            app,
+        ]
+        .map(String::from)
+        .to_vec();
     }
+    let hook = format!("{}/{DIR}/{HOOK_FILE}", precomp_sandbox::BUILD_DIR);
     ["elixir", "-r", &hook, "-S", "mix", "deps.compile", app]
         .map(String::from)
         .to_vec()
@@ -231,13 +256,16 @@ pub fn late_report(stderr: &[u8]) -> String {
 }
 
 /// The file name under which the toolchain's atoms are cached for `toolchain_digest`: the
-/// digest of the toolchain and of the hook that computed them.
+/// digest of the toolchain, of the hook that computed them and of the form of the cache (the
+/// atoms of the compile VM's start, the boot script: caches of the two-VM predicted pass
+/// miss).
 pub fn toolchain_atoms_cache_name(toolchain_digest: &str) -> String {
     use sha2::{Digest, Sha256};
     let digest = Sha256::new()
         .chain_update(toolchain_digest.as_bytes())
         .chain_update([0])
         .chain_update(HOOK.as_bytes())
+        .chain_update(b"\0one compile VM, boot script written by the builder")
         .finalize();
     format!("{}.atoms", hex::encode(&digest[..16]))
 }
@@ -248,46 +276,93 @@ pub fn hook_beam_cache(cache: &Path) -> std::path::PathBuf {
     cache.with_extension("beam")
 }
 
-/// Whether the toolchain's run has been cached at `cache`: its atoms and the hook's beam.
-pub fn toolchain_cached(cache: &Path) -> bool {
-    cache.is_file() && hook_beam_cache(cache).is_file()
+/// The cached copy of the toolchain's `no_dot_erlang.boot` (same name, `.boot`).
+pub fn toolchain_boot_cache(cache: &Path) -> std::path::PathBuf {
+    cache.with_extension("boot")
 }
 
-/// Copies the cached toolchain atoms and hook beam (if cached) into `project`'s [`DIR`]
-/// before a predicted pass. The project's copies are the package's to spoil; the cache is
-/// outside every sandbox.
-pub fn restore_toolchain_atoms(cache: &Path, project: &Path) -> Result<bool> {
-    if !toolchain_cached(cache) {
-        return Ok(false);
-    }
-    let to = project.join(DIR).join(TOOLCHAIN_ATOMS_FILE);
-    std::fs::copy(cache, &to).map_err(io(&to))?;
+/// Whether the toolchain's run has been cached at `cache`: its atoms, the hook's beam and
+/// the toolchain's boot script.
+pub fn toolchain_cached(cache: &Path) -> bool {
+    cache.is_file() && hook_beam_cache(cache).is_file() && toolchain_boot_cache(cache).is_file()
+}
+
+/// Copies the cached hook beam into `project`'s [`DIR`] before a predicted pass. The
+/// project's copy is the package's to spoil; the cache is outside every sandbox.
+pub fn restore_hook_beam(cache: &Path, project: &Path) -> Result<()> {
     let ebin = project.join(DIR).join(HOOK_EBIN);
     std::fs::create_dir_all(&ebin).map_err(io(&ebin))?;
     let to = ebin.join(HOOK_BEAM);
     std::fs::copy(hook_beam_cache(cache), &to).map_err(io(&to))?;
-    Ok(true)
+    Ok(())
 }
 
-/// The command that computes the toolchain's atoms into [`TOOLCHAIN_ATOMS_FILE`] and compiles
-/// the hook into [`HOOK_EBIN`], in a project directory holding only the hook (no package code
-/// runs there: both files are cached and used by every later build with this toolchain).
+/// Writes a predicted pass's boot script into `project`'s [`BOOT_FILE`], from the toolchain's
+/// run cached at `cache` and the closure installed under `lib` (`_build/<env>/lib`), `app`'s
+/// own directory left out ([`crate::boot`]). All of it is read outside the sandbox.
+pub fn write_predicted_boot(cache: &Path, project: &Path, lib: &Path, app: &str) -> Result<()> {
+    let read = |path: &Path| -> Result<Vec<u8>> {
+        let size = std::fs::metadata(path).map_err(io(path))?.len();
+        if size > MAX_BOOT_BYTES {
+            return Err(BuildError::Invalid(format!(
+                "{} is {size} bytes, more than the {MAX_BOOT_BYTES} allowed",
+                path.display()
+            )));
+        }
+        std::fs::read(path).map_err(io(path))
+    };
+    let atoms = crate::boot::base_atoms(&read(cache)?, lib, app)?;
+    let script = crate::boot::boot_script(&read(&toolchain_boot_cache(cache))?, &atoms)?;
+    let dir = project.join(DIR);
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    let path = dir.join(BOOT_FILE);
+    std::fs::write(&path, script).map_err(io(&path))
+}
+
+/// The command that records the toolchain's atoms into [`TOOLCHAIN_ATOMS_FILE`] (and a copy
+/// of its boot script into [`TOOLCHAIN_BOOT_FILE`]) and compiles the hook into
+/// [`HOOK_EBIN`], in a project directory holding only the hook (no package code runs there:
+/// the files are cached and used by every later build with this toolchain). The recording
+/// VM starts as a predicted pass's compile VM does, with the same `-e` code.
 pub fn toolchain_atoms_command() -> Vec<String> {
     let dir = format!("{}/{DIR}", precomp_sandbox::BUILD_DIR);
     let script = format!(
-        "elixir -r {dir}/{HOOK_FILE} -e 'Precomp.BuildAtoms.toolchain_atoms()' && \
-         exec elixirc -o {dir}/{HOOK_EBIN} {dir}/{HOOK_FILE}"
+        "elixirc -o {dir}/{HOOK_EBIN} {dir}/{HOOK_FILE} && \
+         PRECOMP_ATOMS=toolchain exec elixir -e \"$0\""
     );
-    vec!["sh".into(), "-c".into(), script]
+    vec!["sh".into(), "-c".into(), script, compile_vm_eval()]
 }
 
-/// Keeps the toolchain's atoms and the hook's beam made in `project` (by
-/// [`toolchain_atoms_command`]) in `cache` and [`hook_beam_cache`]: bounded, written to a
-/// temporary file and renamed, so concurrent builds never see half a file (the atoms last:
-/// [`toolchain_cached`] needs both).
+/// The environment of the toolchain's run ([`toolchain_atoms_command`]).
+pub fn toolchain_atoms_env() -> Vec<(&'static str, String)> {
+    let dir = format!("{}/{DIR}", precomp_sandbox::BUILD_DIR);
+    vec![
+        (
+            "PRECOMP_TOOLCHAIN_ATOMS",
+            format!("{dir}/{TOOLCHAIN_ATOMS_FILE}"),
+        ),
+        (
+            "PRECOMP_TOOLCHAIN_BOOT",
+            format!("{dir}/{TOOLCHAIN_BOOT_FILE}"),
+        ),
+        // The hook's source, which the run compiles as a sample.
+        ("PRECOMP_HOOK_DIR", dir),
+    ]
+}
+
+/// Keeps the toolchain's atoms, its boot script and the hook's beam made in `project` (by
+/// [`toolchain_atoms_command`]) in `cache`, [`toolchain_boot_cache`] and
+/// [`hook_beam_cache`]: bounded, written to a temporary file and renamed, so concurrent
+/// builds never see half a file (the atoms last: [`toolchain_cached`] needs all three).
 pub fn save_toolchain_atoms(project: &Path, cache: &Path) -> Result<()> {
     let beam = project.join(DIR).join(HOOK_EBIN).join(HOOK_BEAM);
     save_bounded(&beam, &hook_beam_cache(cache), "the hook's beam")?;
+    let boot = project.join(DIR).join(TOOLCHAIN_BOOT_FILE);
+    save_bounded(
+        &boot,
+        &toolchain_boot_cache(cache),
+        "the toolchain's boot script",
+    )?;
     let from = project.join(DIR).join(TOOLCHAIN_ATOMS_FILE);
     save_bounded(&from, cache, "the toolchain's atom list")
 }
@@ -306,22 +381,31 @@ fn save_bounded(from: &Path, to: &Path, what: &str) -> Result<()> {
     std::fs::rename(&tmp, to).map_err(io(to))
 }
 
-/// The environment `pass` adds to the build's: the hook's mode and paths, and for pass 2
-/// the boot script for every VM the build starts (Mix's, rebar3's, erlc's).
-pub fn env(pass: Pass, app_ebin: &str) -> Vec<(&'static str, String)> {
+/// The environment `pass` adds to the build's: the hook's mode and paths, and for pass 2 and
+/// a predicted pass the boot script for every VM the build starts (Mix's, rebar3's, erlc's).
+pub fn env(pass: Pass, app: &str, app_ebin: &str) -> Vec<(&'static str, String)> {
     let boot = format!("{}/{DIR}/{BOOT_FILE}", precomp_sandbox::BUILD_DIR);
     let dir = format!("{}/{DIR}", precomp_sandbox::BUILD_DIR);
     match pass {
-        // PRECOMP_ATOMS and ERL_AFLAGS are set by the command, for the compile's VM only.
-        Pass::Predicted => vec![
-            ("PRECOMP_ATOMS_BOOT", boot),
-            ("PRECOMP_APP_EBIN", app_ebin.to_string()),
-            (
-                "PRECOMP_TOOLCHAIN_ATOMS",
-                format!("{dir}/{TOOLCHAIN_ATOMS_FILE}"),
-            ),
-            ("PRECOMP_ATOMS_FALLBACK", format!("{dir}/{FALLBACK_FILE}")),
-        ],
+        Pass::Predicted => {
+            let mut vars = vec![
+                ("PRECOMP_ATOMS", "check".to_string()),
+                (
+                    "ERL_AFLAGS",
+                    format!("-boot {}", boot.trim_end_matches(".boot")),
+                ),
+                ("PRECOMP_ATOMS_BOOT", boot),
+                ("PRECOMP_APP", app.to_string()),
+                ("PRECOMP_APP_EBIN", app_ebin.to_string()),
+                ("PRECOMP_ATOMS_FALLBACK", format!("{dir}/{FALLBACK_FILE}")),
+            ];
+            if cfg!(debug_assertions) {
+                if let Ok(name) = std::env::var(TEST_PHASE_ATOM) {
+                    vars.push((TEST_PHASE_ATOM, name));
+                }
+            }
+            vars
+        }
         Pass::Record => vec![
             ("PRECOMP_ATOMS", "record".into()),
             ("PRECOMP_ATOMS_BOOT", boot),
@@ -373,8 +457,8 @@ mod tests {
 
     #[test]
     fn pass_two_boots_from_the_file_pass_one_writes() {
-        let record: Vec<_> = env(Pass::Record, "/build/_build/prod/lib/x/ebin");
-        let precreated: Vec<_> = env(Pass::Precreated, "/build/_build/prod/lib/x/ebin");
+        let record: Vec<_> = env(Pass::Record, "x", "/build/_build/prod/lib/x/ebin");
+        let precreated: Vec<_> = env(Pass::Precreated, "x", "/build/_build/prod/lib/x/ebin");
         let get = |vars: &[(&str, String)], name: &str| {
             vars.iter()
                 .find(|(n, _)| *n == name)
@@ -388,8 +472,15 @@ mod tests {
             "-boot /build/.precomp/atoms"
         );
         assert_eq!(get(&record, "ERL_AFLAGS"), None);
+        // Both passes load the hook's beam (a pass 2 after a predicted pass must not compile
+        // it: its list lacks the names that makes); only a rebar3 Only pass compiles it.
+        assert_eq!(command(Pass::Record, "x"), command(Pass::Predicted, "x"));
         assert_eq!(
-            command(Pass::Record, "x"),
+            command(Pass::Precreated, "x"),
+            command(Pass::Predicted, "x")
+        );
+        assert_eq!(
+            command(Pass::Only, "x"),
             [
                 "elixir",
                 "-r",
@@ -403,30 +494,44 @@ mod tests {
     }
 
     #[test]
-    fn a_predicted_pass_predicts_then_compiles_with_the_check_and_reads_its_report() {
+    fn a_predicted_pass_is_one_vm_booted_from_the_script_and_reads_its_report() {
         let command = command(Pass::Predicted, "my_app");
-        assert_eq!(command[..2], ["sh", "-c"]);
-        assert_eq!(command[3], "my_app");
-        let script = &command[2];
-        let predict = script.find("Precomp.BuildAtoms.predict").unwrap();
-        let compile = script
-            .find("PRECOMP_ATOMS=check ERL_AFLAGS='-boot /build/.precomp/atoms' exec elixir")
+        assert_eq!(command[0], "elixir");
+        assert_eq!(command[1], "-e");
+        assert_eq!(command[3..], ["-S", "mix", "deps.compile", "my_app"]);
+        // The compile VM loads the hook's beam (not with -pa), runs the phase, then the check.
+        let eval = &command[2];
+        let load = eval.find(":code.load_binary(Precomp.BuildAtoms").unwrap();
+        let prime = eval.find("Precomp.BuildAtoms.prime()").unwrap();
+        let check = eval
+            .find("System.at_exit(&Precomp.BuildAtoms.at_exit/1)")
             .unwrap();
-        assert!(predict < compile && script.contains("&&"), "{script}");
-        // The predicting VM runs neither the check nor from the boot script it writes.
-        let vars = env(Pass::Predicted, "/build/_build/prod/lib/my_app/ebin");
-        assert!(!vars
-            .iter()
-            .any(|(n, _)| *n == "PRECOMP_ATOMS" || *n == "ERL_AFLAGS"));
-        for name in [
-            "PRECOMP_ATOMS_BOOT",
-            "PRECOMP_TOOLCHAIN_ATOMS",
-            "PRECOMP_ATOMS_FALLBACK",
-        ] {
-            assert!(vars.iter().any(|(n, _)| *n == name), "{name}");
-        }
+        assert!(load < prime && prime < check, "{eval}");
+        assert!(eval.contains("/build/.precomp/ebin/Elixir.Precomp.BuildAtoms.beam"));
+        // Booted from the script the builder wrote, checked, the phase told the app.
+        let vars = env(
+            Pass::Predicted,
+            "my_app",
+            "/build/_build/prod/lib/my_app/ebin",
+        );
+        let get = |name: &str| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("PRECOMP_ATOMS"), Some("check"));
+        assert_eq!(get("ERL_AFLAGS"), Some("-boot /build/.precomp/atoms"));
+        assert_eq!(
+            get("PRECOMP_ATOMS_BOOT"),
+            Some("/build/.precomp/atoms.boot")
+        );
+        assert_eq!(get("PRECOMP_APP"), Some("my_app"));
+        assert_eq!(
+            get("PRECOMP_ATOMS_FALLBACK"),
+            Some("/build/.precomp/fallback.boot")
+        );
 
-        let report = b"==> my_app\nCompiling 1 file (.ex)\nprecomp: 65197 atoms created at boot; created later: 0\n";
+        let report = b"==> my_app\nCompiling 1 file (.ex)\nprecomp: 65197 atoms created at boot and 12 by the phase; created later: 0\n";
         assert_eq!(created_later(report), Some(0));
         let report =
             b"precomp: 65630 atoms created at boot; created later: 3591 :watch_01_0 :watch_01_1\n";
@@ -443,7 +548,7 @@ mod tests {
     }
 
     #[test]
-    fn the_toolchain_cache_needs_atoms_and_hook_beam_and_projects_get_copies() {
+    fn the_toolchain_cache_needs_all_three_files_and_projects_get_copies() {
         let root = tempfile::tempdir().unwrap();
         let cache = root
             .path()
@@ -451,59 +556,45 @@ mod tests {
             .join(toolchain_atoms_cache_name("aaaa"));
         let project = root.path().join("project");
         std::fs::create_dir_all(project.join(DIR)).unwrap();
-        // Miss: nothing cached, nothing restored.
         assert!(!toolchain_cached(&cache));
-        assert!(!restore_toolchain_atoms(&cache, &project).unwrap());
 
-        // The toolchain's run left both files in its project; saving caches both.
+        // The toolchain's run left its files in its project; saving caches them.
         let run = root.path().join("toolchain-run");
         std::fs::create_dir_all(run.join(DIR).join(HOOK_EBIN)).unwrap();
         std::fs::write(run.join(DIR).join(TOOLCHAIN_ATOMS_FILE), b"atoms").unwrap();
+        std::fs::write(run.join(DIR).join(TOOLCHAIN_BOOT_FILE), b"boot").unwrap();
         std::fs::write(run.join(DIR).join(HOOK_EBIN).join(HOOK_BEAM), b"beam").unwrap();
         save_toolchain_atoms(&run, &cache).unwrap();
         assert!(toolchain_cached(&cache));
         assert_eq!(std::fs::read(hook_beam_cache(&cache)).unwrap(), b"beam");
+        assert_eq!(
+            std::fs::read(toolchain_boot_cache(&cache)).unwrap(),
+            b"boot"
+        );
 
-        // Hit: the project gets copies; spoiling them (as a package's compile could) leaves
-        // the cache as it was.
-        assert!(restore_toolchain_atoms(&cache, &project).unwrap());
+        // The project gets a copy of the beam; spoiling it (as a package's compile could)
+        // leaves the cache as it was.
+        restore_hook_beam(&cache, &project).unwrap();
         let beam = project.join(DIR).join(HOOK_EBIN).join(HOOK_BEAM);
-        let atoms = project.join(DIR).join(TOOLCHAIN_ATOMS_FILE);
         assert_eq!(std::fs::read(&beam).unwrap(), b"beam");
         std::fs::write(&beam, b"spoiled").unwrap();
-        std::fs::write(&atoms, b"spoiled").unwrap();
         assert_eq!(std::fs::read(hook_beam_cache(&cache)).unwrap(), b"beam");
-        assert_eq!(std::fs::read(&cache).unwrap(), b"atoms");
 
-        // A cache from before the hook beam (atoms only) is a miss: the toolchain's run
-        // makes both again.
-        std::fs::remove_file(hook_beam_cache(&cache)).unwrap();
+        // Any file missing is a miss: the toolchain's run makes them all again.
+        std::fs::remove_file(toolchain_boot_cache(&cache)).unwrap();
         assert!(!toolchain_cached(&cache));
 
-        // The toolchain's run makes both; only the compile VM of a predicted pass loads the
-        // beam, the predicting VM compiles the hook (its atom table is part of the list).
+        // The toolchain's run compiles the hook, then records in a VM started with the
+        // compile VM's own -e code.
         let run = toolchain_atoms_command();
         assert_eq!(run[..2], ["sh", "-c"]);
-        assert!(
-            run[2].contains("Precomp.BuildAtoms.toolchain_atoms()"),
-            "{}",
-            run[2]
-        );
-        assert!(run[2].contains("elixirc -o /build/.precomp/ebin /build/.precomp/atoms.exs"));
-        let script = &command(Pass::Predicted, "my_app")[2];
-        let (predicting, compiling) = script.split_once("&&").unwrap();
-        assert!(
-            predicting.contains("elixir -r /build/.precomp/atoms.exs"),
-            "{script}"
-        );
-        assert!(
-            compiling.contains(":code.load_binary(Precomp.BuildAtoms")
-                && compiling.contains("/build/.precomp/ebin/Elixir.Precomp.BuildAtoms.beam")
-                && compiling.contains("System.at_exit(&Precomp.BuildAtoms.at_exit/1)")
-                && !compiling.contains("-r /build")
-                && !compiling.contains("-pa"),
-            "{script}"
-        );
+        assert!(run[2].starts_with("elixirc -o /build/.precomp/ebin /build/.precomp/atoms.exs && "));
+        assert!(run[2].contains("PRECOMP_ATOMS=toolchain exec elixir -e \"$0\""));
+        assert_eq!(run[3], command(Pass::Predicted, "my_app")[2]);
+        let vars = toolchain_atoms_env();
+        assert!(vars
+            .iter()
+            .any(|(n, v)| *n == "PRECOMP_TOOLCHAIN_BOOT" && v == "/build/.precomp/toolchain.boot"));
     }
 
     #[test]

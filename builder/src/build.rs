@@ -145,8 +145,18 @@ pub fn build_package(
         if let Some(reason) = context.cancel.reason() {
             return Ok(BuildOutcome::Cancelled { reason });
         }
+        // Every pass but Only loads the hook's beam, compiled by the toolchain's own run.
+        if pass != Pass::Only && !atoms::toolchain_cached(&toolchain_atoms) {
+            if let Some(reason) = compute_toolchain_atoms(context, &toolchain_atoms)? {
+                return Ok(BuildOutcome::Cancelled { reason });
+            }
+        }
         let dir = match pass {
-            Pass::Record => pass1.as_ref().unwrap().path().to_path_buf(),
+            Pass::Record => {
+                let dir = pass1.as_ref().unwrap().path().to_path_buf();
+                atoms::restore_hook_beam(&toolchain_atoms, &dir)?;
+                dir
+            }
             Pass::Precreated if pass1.is_some() => {
                 let recorded = pass1.take().unwrap();
                 let carried =
@@ -159,18 +169,24 @@ pub fn build_package(
                         log,
                     });
                 }
+                atoms::restore_hook_beam(&toolchain_atoms, work.path())?;
                 work.path().to_path_buf()
             }
             Pass::Predicted => {
-                if !atoms::toolchain_cached(&toolchain_atoms) {
-                    if let Some(reason) = compute_toolchain_atoms(context, &toolchain_atoms)? {
-                        return Ok(BuildOutcome::Cancelled { reason });
-                    }
-                }
-                atoms::restore_toolchain_atoms(&toolchain_atoms, work.path())?;
+                atoms::restore_hook_beam(&toolchain_atoms, work.path())?;
+                let lib = work
+                    .path()
+                    .join("_build")
+                    .join(&context.config_env)
+                    .join("lib");
+                atoms::write_predicted_boot(&toolchain_atoms, work.path(), &lib, app)?;
                 work.path().to_path_buf()
             }
-            Pass::Precreated | Pass::Only => work.path().to_path_buf(),
+            Pass::Precreated => {
+                atoms::restore_hook_beam(&toolchain_atoms, work.path())?;
+                work.path().to_path_buf()
+            }
+            Pass::Only => work.path().to_path_buf(),
         };
         let outcome = context
             .sandbox
@@ -328,7 +344,7 @@ fn pass_spec(context: &BuildContext<'_>, app: &str, dir: &Path, pass: Pass) -> S
     // Builds run side by side: schedulers that spin while idle would take the CPU from
     // the other builds. (Scheduler flags do not change what the compiler emits.)
     .env("ERL_FLAGS", "+sbwt none +sbwtdcpu none +sbwtdio none");
-    for (name, value) in atoms::env(pass, &app_ebin) {
+    for (name, value) in atoms::env(pass, app, &app_ebin) {
         spec = spec.env(name, value);
     }
     spec
@@ -341,18 +357,18 @@ fn pass_spec(context: &BuildContext<'_>, app: &str, dir: &Path, pass: Pass) -> S
 fn compute_toolchain_atoms(context: &BuildContext<'_>, cache: &Path) -> Result<Option<String>> {
     let dir = WorkDir::create(&context.work_root, "toolchain-atoms-", 0o755)?;
     atoms::write_hook(dir.path())?;
-    let file = format!(
-        "{}/{}/{}",
-        precomp_sandbox::BUILD_DIR,
-        atoms::DIR,
-        atoms::TOOLCHAIN_ATOMS_FILE
-    );
-    let spec = Spec::build(
+    let mut spec = Spec::build(
         context.toolchain.sandbox_root(),
         dir.path(),
         atoms::toolchain_atoms_command(),
     )
-    .env("PRECOMP_TOOLCHAIN_ATOMS", file);
+    // As a build's VMs run (pass_spec), but no MIX_ENV: the cache is the toolchain's alone
+    // (an env name no list holds is created by Mix after the phase, and caught at exit).
+    .env("HEX_OFFLINE", "1")
+    .env("ERL_FLAGS", "+sbwt none +sbwtdcpu none +sbwtdio none");
+    for (name, value) in atoms::toolchain_atoms_env() {
+        spec = spec.env(name, value);
+    }
     let outcome = context.sandbox.run_cancellable(&spec, &context.cancel)?;
     if let Status::Cancelled { reason } = outcome.status {
         return Ok(Some(reason));

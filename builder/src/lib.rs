@@ -14,6 +14,7 @@
 //! [`run::Status::Cancelled`].
 
 pub mod atoms;
+pub mod boot;
 pub mod build;
 pub mod config;
 pub mod error;

@@ -109,8 +109,20 @@ fn build(
     lock: &Path,
     extra: &[&str],
 ) -> (BTreeMap<String, Line>, Output) {
+    build_with_env(data, toolchain, lock, extra, &[])
+}
+
+/// [`build`] with `env` set for `precomp`.
+fn build_with_env(
+    data: &Path,
+    toolchain: &str,
+    lock: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (BTreeMap<String, Line>, Output) {
     let fixture = Fixture::get();
     let mut command = precomp_command();
+    command.envs(env.iter().copied());
     command
         .arg("--data")
         .arg(data)
@@ -365,6 +377,65 @@ fn atom_order_is_reproducible(toolchain: &str) {
             "{40, [:jade_vole_drifted, :jade_vole_refused, :jade_vole_stalled], 12, 41, true}"
         ),
         "{out}"
+    );
+}
+
+/// The predicted pass's phase checks that nothing but its own names came after the boot
+/// script's atoms. An atom made before them (here by the hook itself, told by the
+/// test-only `PRECOMP_TEST_PHASE_ATOM`, which only a debug build of the builder passes into
+/// the sandbox) fails that check: the build falls back to two passes and gives the same
+/// artifact as the one pass without it.
+#[test]
+fn host_an_atom_made_before_the_phase_sends_the_build_to_two_passes() {
+    let fixture = Fixture::get();
+    let lock_dir = data_dir("lock-phase-");
+    let lock = fixture.lock(lock_dir.path(), &["plain_ex@1.0.0"]);
+    let log = |data: &Path, line: &Line| {
+        std::fs::read_to_string(
+            data.join("builds/logs")
+                .join(format!("{}.log", line.str("key"))),
+        )
+        .unwrap()
+    };
+    let plain = data_dir("precomp-build-phase-a-");
+    let one = build_ok(plain.path(), "host", &lock, &[])["plain_ex"].clone();
+    let one_log = log(plain.path(), &one);
+    assert!(
+        one_log.contains("== precomp: one pass, with the atom list predicted")
+            && one_log.contains(" by the phase; created later: 0"),
+        "{one_log}"
+    );
+
+    let provoked = data_dir("precomp-build-phase-b-");
+    let (lines, output) = build_with_env(
+        provoked.path(),
+        "host",
+        &lock,
+        &[],
+        &[(
+            "PRECOMP_TEST_PHASE_ATOM",
+            "precomp_test_phase_atom_made_early",
+        )],
+    );
+    assert!(output.status.success(), "{}", describe(&output));
+    let two = lines["plain_ex"].clone();
+    let two_log = log(provoked.path(), &two);
+    assert!(
+        two_log.contains("== precomp: pass 1 of 2, with the atom list predicted")
+            && two_log.contains("(the phase's check failed); created later: ")
+            && two_log.contains(":precomp_test_phase_atom_made_early"),
+        "{two_log}"
+    );
+    assert!(
+        two_log
+            .split("== precomp: pass 2 of 2")
+            .nth(1)
+            .is_some_and(|pass2| pass2.contains("; created later: 0")),
+        "{two_log}"
+    );
+    assert_eq!(
+        (two.str("key"), two.str("artifact_sha256")),
+        (one.str("key"), one.str("artifact_sha256"))
     );
 }
 

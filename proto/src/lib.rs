@@ -27,8 +27,10 @@
 
 pub mod api;
 pub mod artifact;
+pub mod beam;
 pub mod buildkey;
 pub mod config;
+pub mod etf;
 pub mod file;
 pub mod lock;
 pub mod manager;

@@ -26,7 +26,7 @@
 
 pub mod beam;
 pub mod diff;
-pub mod etf;
+pub use precomp_proto::etf;
 pub mod inputs;
 
 use std::path::{Path, PathBuf};

@@ -76,12 +76,68 @@ pub fn decode(bytes: &[u8]) -> Result<Etf, EtfError> {
     } else {
         body
     };
-    let mut reader = Reader { bytes: body, at: 0 };
+    let mut reader = Reader {
+        bytes: body,
+        at: 0,
+        atoms: None,
+    };
     let term = reader.term(0)?;
     if reader.at != body.len() {
         return Err(EtfError::Trailing(body.len() - reader.at));
     }
     Ok(term)
+}
+
+/// Every atom of one whole `term_to_binary` result, in the order they are encoded, those
+/// inside funs (module, free variables) and pids, ports and references (node) included: the
+/// atoms `binary_to_term` creates decoding it.
+pub fn atoms(bytes: &[u8]) -> Result<Vec<String>, EtfError> {
+    let (body, inflated);
+    match bytes.first() {
+        Some(131) => {}
+        Some(&other) => return Err(EtfError::Version(other)),
+        None => return Err(EtfError::Truncated),
+    }
+    if bytes.get(1) == Some(&80) {
+        let size = u32::from_be_bytes(
+            bytes
+                .get(2..6)
+                .ok_or(EtfError::Truncated)?
+                .try_into()
+                .unwrap(),
+        ) as usize;
+        if size > MAX_INFLATED {
+            return Err(EtfError::Inflate(format!(
+                "{size} bytes decompressed, over the limit of {MAX_INFLATED}"
+            )));
+        }
+        inflated = inflate(&bytes[6..], size)?;
+        body = inflated.as_slice();
+    } else {
+        body = &bytes[1..];
+    }
+    let mut reader = Reader {
+        bytes: body,
+        at: 0,
+        atoms: Some(Vec::new()),
+    };
+    reader.term(0)?;
+    if reader.at != body.len() {
+        return Err(EtfError::Trailing(body.len() - reader.at));
+    }
+    Ok(reader.atoms.unwrap_or_default())
+}
+
+/// The size in bytes of the one term at the start of `body` (an external term without its
+/// version byte), which is decoded to find it.
+pub fn term_size(body: &[u8]) -> Result<usize, EtfError> {
+    let mut reader = Reader {
+        bytes: body,
+        at: 0,
+        atoms: None,
+    };
+    reader.term(0)?;
+    Ok(reader.at)
 }
 
 /// zlib-inflates `data`, which must give exactly `size` bytes.
@@ -103,6 +159,8 @@ pub fn inflate(data: &[u8], size: usize) -> Result<Vec<u8>, EtfError> {
 struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
+    /// With `Some`, every atom decoded is also collected here, and funs are decoded whole.
+    atoms: Option<Vec<String>>,
 }
 
 impl<'a> Reader<'a> {
@@ -153,11 +211,11 @@ impl<'a> Reader<'a> {
             }
             100 | 118 => {
                 let n = self.u16()?;
-                Etf::Atom(String::from_utf8_lossy(self.take(n)?).into_owned())
+                self.atom(n, tag)?
             }
             115 | 119 => {
                 let n = self.u8()? as usize;
-                Etf::Atom(String::from_utf8_lossy(self.take(n)?).into_owned())
+                self.atom(n, tag)?
             }
             104 => {
                 let n = self.u8()? as usize;
@@ -231,7 +289,22 @@ impl<'a> Reader<'a> {
                 if size < 4 {
                     return Err(EtfError::Truncated);
                 }
-                self.take(size - 4)?;
+                let end = self.at + size - 4;
+                if self.atoms.is_some() {
+                    // Arity, Uniq, Index, NumFree, then Module, OldIndex, OldUniq, Pid and
+                    // the free variables.
+                    self.take(1 + 16 + 4)?;
+                    let free = self.u32()?;
+                    let free = self.count(free)?;
+                    for _ in 0..4 + free {
+                        self.term(depth + 1)?;
+                    }
+                    if self.at != end {
+                        return Err(EtfError::Truncated);
+                    }
+                } else {
+                    self.take(size - 4)?;
+                }
                 Etf::Opaque("#Fun".into())
             }
             88 | 103 => {
@@ -257,6 +330,20 @@ impl<'a> Reader<'a> {
             }
             other => return Err(EtfError::Tag(other)),
         })
+    }
+
+    /// An atom of `n` bytes (latin-1 for the old tags 100 and 115, UTF-8 otherwise).
+    fn atom(&mut self, n: usize, tag: u8) -> Result<Etf, EtfError> {
+        let bytes = self.take(n)?;
+        let name = if tag == 100 || tag == 115 {
+            bytes.iter().map(|&b| b as char).collect()
+        } else {
+            String::from_utf8_lossy(bytes).into_owned()
+        };
+        if let Some(atoms) = &mut self.atoms {
+            atoms.push(name.clone());
+        }
+        Ok(Etf::Atom(name))
     }
 
     fn tuple(&mut self, n: usize, depth: usize) -> Result<Etf, EtfError> {
