@@ -596,6 +596,7 @@ impl Artifacts {
                 .inputs()
                 .and_then(|inputs| Ok(inputs.base_text()?))
                 .map_err(|e| Refusal::new(422, format!("manifest refused: {e}")))?,
+            recipe: manifest.provenance.as_ref().and_then(|p| p.recipe.clone()),
         };
         let counts = |id: &str| keys.exclusion(id).is_none();
         let (result, signers, closed_misses, replaced) =

@@ -206,6 +206,9 @@ pub struct ManifestRecord {
     pub key_format: u32,
     /// The base text of its key (`BuildInputs::base_text`): which misses it satisfies.
     pub base_text: String,
+    /// The build recipe its provenance records (`Provenance.recipe`); `None`: unknown.
+    /// Audit leases offer it only to auditors of the same recipe.
+    pub recipe: Option<String>,
 }
 
 /// A validated miss, as [`ArtifactStore::record_miss`] records it.
@@ -1489,9 +1492,9 @@ fn insert_manifest_row(
         "INSERT INTO manifests (key, base_key, package, version, otp_major, elixir,
             mix_env, target, artifact_sha256, artifact_size, compile_env, signers,
             signed_manifest, manifest_sha256, published_by, published_at,
-            key_format, base_text)
+            key_format, base_text, recipe)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-            ?17, ?18)",
+            ?17, ?18, ?19)",
         params![
             record.key,
             record.base_key,
@@ -1510,7 +1513,8 @@ fn insert_manifest_row(
             published_by,
             now,
             record.key_format,
-            record.base_text
+            record.base_text,
+            record.recipe
         ],
     )?;
     Ok(())
@@ -1613,7 +1617,7 @@ fn miss_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Miss> {
 
 /// The columns [`index_build_row`] reads, in its order.
 const INDEX_BUILD_COLUMNS: &str = "version, key, base_key, otp_major, elixir, \
-    mix_env, target, artifact_sha256, artifact_size, compile_env, signers, key_format";
+    mix_env, target, artifact_sha256, artifact_size, compile_env, signers, key_format, recipe";
 
 /// A `manifests` row selected as [`INDEX_BUILD_COLUMNS`]; `auditors`, `flagged` and
 /// `verdicts` are left for the caller.
@@ -1631,6 +1635,7 @@ fn index_build_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<IndexBuild> {
         compile_env: from_json(&row.get::<_, String>(9)?),
         signers: from_json(&row.get::<_, String>(10)?),
         key_format: row.get(11)?,
+        recipe: row.get(12)?,
         auditors: Vec::new(),
         flagged: false,
         verdicts: Vec::new(),

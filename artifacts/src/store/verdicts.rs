@@ -314,6 +314,7 @@ mod tests {
             signers: vec![builder.public_key().key_id()],
             key_format: manifest.format,
             base_text: manifest.check_key().unwrap().base_text().unwrap(),
+            recipe: None,
         };
         store
             .put_manifest(
