@@ -1676,12 +1676,13 @@ mod tests {
                 store.create_token("b1", Some(&builder), None).unwrap(),
             )
         };
-        // As version 4 made it (migrations V1–V4 applied): no scopes column. (Databases of
-        // version 4 from before refinery are `store::schema_tests`' fixtures.)
+        // As version 4 made it (migrations V1–V4 applied): no scopes column (nor the later
+        // manifests' recipe). (Databases of version 4 from before refinery are
+        // `store::schema_tests`' fixtures.)
         let db = rusqlite::Connection::open(data.join("artifacts.db")).unwrap();
         db.execute_batch(
-            "ALTER TABLE tokens DROP COLUMN scopes; PRAGMA user_version = 4;
-             DELETE FROM refinery_schema_history WHERE version = 5;",
+            "ALTER TABLE tokens DROP COLUMN scopes; ALTER TABLE manifests DROP COLUMN recipe;
+             PRAGMA user_version = 4; DELETE FROM refinery_schema_history WHERE version >= 5;",
         )
         .unwrap();
         drop(db);
@@ -1696,7 +1697,7 @@ mod tests {
         let version: i64 = db
             .query_row("PRAGMA user_version", [], |row| row.get(0))
             .unwrap();
-        assert_eq!(version, 5);
+        assert_eq!(version, 6);
         let scopes = |token: &str| {
             artifacts
                 .authenticate(Some(&format!("Bearer {token}")))

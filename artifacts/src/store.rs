@@ -1814,7 +1814,7 @@ mod schema_tests {
         drop(ArtifactStore::open(fresh_dir.path()).unwrap());
         let fresh = Connection::open(fresh_dir.path().join("artifacts.db")).unwrap();
         let latest = migrations::latest_version();
-        assert_eq!(latest, 5);
+        assert_eq!(latest, 6);
         assert_eq!(user_version(&fresh), latest);
         assert_eq!(
             recorded_migrations(&fresh),
@@ -2220,6 +2220,41 @@ mod schema_tests {
             store.lookup_token(&token).unwrap(),
             TokenLookup::Active(_)
         ));
+    }
+
+    /// A database from before `manifests.recipe` (version 5) gets each row's recipe from its
+    /// signed manifest: a builder newer than its mirror recorded one the mirror did not know.
+    #[test]
+    fn a_version_5_database_gets_the_recipes_its_manifests_record() {
+        use super::contract::build_of_recipe;
+        let dir = tempfile::tempdir().unwrap();
+        let builder = precomp_proto::manifest::ArtifactSigningKey::generate();
+        {
+            let store = ArtifactStore::open(dir.path()).unwrap();
+            for (otp, recipe) in [("25", Some("precomp-build-recipe-3")), ("26", None)] {
+                let (mut record, signed) = build_of_recipe(otp, recipe, &builder);
+                // As a version 5 mirror stored it: the recipe in the bytes only.
+                record.recipe = None;
+                store
+                    .put_manifest(&record, &signed, &signed.encode_to_vec(), "b", &|_| true)
+                    .unwrap();
+            }
+        }
+        {
+            // Back to version 5's schema.
+            let db = Connection::open(dir.path().join("artifacts.db")).unwrap();
+            db.execute_batch(
+                "ALTER TABLE manifests DROP COLUMN recipe;
+                 DELETE FROM refinery_schema_history WHERE version = 6;
+                 PRAGMA user_version = 5;",
+            )
+            .unwrap();
+        }
+        let store = ArtifactStore::open(dir.path()).unwrap();
+        let mut index = store.index("plain_ex").unwrap();
+        index.sort_by(|a, b| a.otp_major.cmp(&b.otp_major));
+        let recipes: Vec<Option<&str>> = index.iter().map(|b| b.recipe.as_deref()).collect();
+        assert_eq!(recipes, [Some("precomp-build-recipe-3"), None]);
     }
 
     /// A database of a newer precomp is refused, untouched: by its `user_version` (what
