@@ -238,7 +238,7 @@ impl AuditJobs<'_> {
             let audit = report.line();
             line.reason = audit.reason.clone().or(line.reason);
             line.log = audit.log.clone();
-            line.audit = Some(audit);
+            line.audit = Some(Box::new(audit));
         }
         let detail = match (error, report.map(|r| &r.outcome)) {
             (Some(error), _) if outcome == "lease_lost" => format!(": {error}"),
