@@ -159,20 +159,26 @@ impl Mirror {
         key
     }
 
-    /// `precomp audit --json --package PACKAGE` with the auditor's key and token, in a fresh
-    /// data directory: its one JSON line and the output.
-    fn audit(&self, package: &str) -> (Value, Output) {
+    /// `precomp audit --package PACKAGE` with the auditor's key and token, in a fresh data
+    /// directory, with `flags`.
+    fn audit_output(&self, package: &str, flags: &[&str]) -> Output {
         let data = data_dir("precomp-recipe-auditor-");
         let mut command = precomp_command();
         command
             .arg("--data")
             .arg(data.path())
-            .args(["audit", "--json", "--mirror", self.server.base(), "--token"])
+            .args(["audit", "--mirror", self.server.base(), "--token"])
             .arg(&self.auditor_token)
             .arg("--key")
             .arg(self.keys.path().join("auditor.key"))
-            .args(["--package", package]);
-        let output = output_within(command, Duration::from_secs(300));
+            .args(["--package", package])
+            .args(flags);
+        output_within(command, Duration::from_secs(300))
+    }
+
+    /// `precomp audit --json --package PACKAGE`: its one JSON line and the output.
+    fn audit(&self, package: &str) -> (Value, Output) {
+        let output = self.audit_output(package, &["--json"]);
         let stdout = String::from_utf8_lossy(&output.stdout).to_string();
         let lines: Vec<&str> = stdout.lines().collect();
         assert_eq!(lines.len(), 1, "{}", describe(&output));
@@ -287,6 +293,20 @@ fn audits_compare_builds_of_one_recipe_only() {
     assert!(
         reason.contains(&format!("builds with recipe {ours}")),
         "{reason}"
+    );
+    // Without --json: the line and the summary say it.
+    let output = mirror.audit_output("other_recipe_ex", &[]);
+    assert_eq!(output.status.code(), Some(3), "{}", describe(&output));
+    let stderr = text(&output);
+    assert!(
+        stderr.contains(&format!(
+            "NOT AUDITED other_recipe_ex 1.0.0: {expected}; nothing posted"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("0 matched, 0 mismatched, 0 failed, 0 skipped, 1 of another recipe"),
+        "{stderr}"
     );
     // Nothing was posted: no verdict, not flagged, not countersigned.
     for package in ["other_recipe_ex", "unknown_recipe_ex"] {
