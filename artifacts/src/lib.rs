@@ -610,6 +610,19 @@ impl Artifacts {
                 ManifestPut::Unchanged { signers } => ("unchanged", signers, 0, None),
                 ManifestPut::Countersigned { signers } => ("countersigned", signers, 0, None),
                 ManifestPut::Agreed { signers } => ("agreed", signers, 0, None),
+                ManifestPut::OtherRecipe {
+                    published_recipe,
+                    signers,
+                } => {
+                    tracing::info!(
+                        key = %record.key,
+                        publisher = %publisher.name,
+                        published_recipe = published_recipe.as_deref().unwrap_or("unknown"),
+                        recipe = record.recipe.as_deref().unwrap_or("unknown"),
+                        "a build of another recipe of a published key: not stored, not a finding"
+                    );
+                    ("other_recipe", signers, 0, None)
+                }
                 ManifestPut::Replaced {
                     closed_misses,
                     replaced,

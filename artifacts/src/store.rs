@@ -337,6 +337,14 @@ pub enum ManifestPut {
         /// The digest of the manifest it replaced.
         replaced: String,
     },
+    /// A manifest of another build recipe (or of none) with another artifact is published
+    /// under this key: two ways of compiling, both correct, so not a reproducibility finding
+    /// (docs/builder.md "The build recipe"). Nothing stored; the published one stays.
+    OtherRecipe {
+        /// The published manifest's recipe (`None`: it records none) and signers.
+        published_recipe: Option<String>,
+        signers: Vec<String>,
+    },
     /// A manifest with another artifact is published under this key: this one is recorded
     /// as a reproducibility finding, not published.
     Conflict {
@@ -687,6 +695,8 @@ impl ArtifactStore {
     ///   closes the misses it satisfies (`Replaced`);
     /// - else, the same artifact: kept as `agreeing` (`Agreed`), or `Unchanged` when its
     ///   signers already signed a manifest with that artifact;
+    /// - else, another artifact of another build recipe than the published one's (or of
+    ///   none): nothing stored (`OtherRecipe`);
     /// - else, another artifact: kept as `conflicting`, with what differs (`Conflict`).
     pub fn put_manifest(
         &self,
@@ -1372,13 +1382,24 @@ fn put_manifest_in(
             signers: record.signers.clone(),
         });
     }
+    let manifest_of = |envelope: &[u8]| {
+        SignedManifest::decode(envelope).ok().and_then(|s| {
+            <precomp_proto::manifest::Manifest as Message>::decode(s.manifest.as_slice()).ok()
+        })
+    };
+    // Other bytes by another way of compiling: both builds are correct, neither is a finding.
+    let published_recipe = manifest_of(&current.signed_manifest)
+        .and_then(|m| m.provenance)
+        .and_then(|p| p.recipe);
+    if published_recipe != record.recipe {
+        return Ok(ManifestPut::OtherRecipe {
+            published_recipe,
+            signers: current.signers.clone(),
+        });
+    }
     // Other bytes for the same inputs: a reproducibility finding, recorded.
     let output_of = |envelope: &[u8]| {
-        SignedManifest::decode(envelope)
-            .ok()
-            .and_then(|s| {
-                <precomp_proto::manifest::Manifest as Message>::decode(s.manifest.as_slice()).ok()
-            })
+        manifest_of(envelope)
             .and_then(|m| m.output)
             .unwrap_or_default()
     };
@@ -2232,7 +2253,7 @@ mod schema_tests {
         {
             let store = ArtifactStore::open(dir.path()).unwrap();
             for (otp, recipe) in [("25", Some("precomp-build-recipe-3")), ("26", None)] {
-                let (mut record, signed) = build_of_recipe(otp, recipe, &builder);
+                let (mut record, signed) = build_of_recipe(otp, 1, recipe, &builder);
                 // As a version 5 mirror stored it: the recipe in the bytes only.
                 record.recipe = None;
                 store

@@ -56,12 +56,12 @@ fn token(data: &Path, keys: &Path, name: &str) -> String {
 }
 
 /// A build of `package` 1.0.0 for the host toolchain's tuple (OTP 25, Elixir 1.14.0), with a
-/// real artifact, recording `recipe`: its key and (artifact, manifest).
-fn build(package: &str, recipe: Option<&str>) -> (String, Vec<u8>, Manifest) {
+/// real artifact whose beam says `tag`, recording `recipe`: its key and (artifact, manifest).
+fn build(package: &str, tag: &str, recipe: Option<&str>) -> (String, Vec<u8>, Manifest) {
     let dir = tempfile::tempdir().unwrap();
     let app = dir.path().join("app");
     std::fs::create_dir_all(app.join("ebin")).unwrap();
-    std::fs::write(app.join("ebin/app.beam"), format!("{package} beam")).unwrap();
+    std::fs::write(app.join("ebin/app.beam"), format!("{package} beam {tag}")).unwrap();
     let artifact = precomp_proto::artifact::pack(&app, dir.path())
         .unwrap()
         .bytes;
@@ -143,7 +143,19 @@ impl Mirror {
 
     /// Publishes a build signed by the builder; its key.
     fn publish(&self, package: &str, recipe: Option<&str>) -> String {
-        let (key, artifact, manifest) = build(package, recipe);
+        let key = build(package, "", recipe).0;
+        self.upload(package, "", recipe).expect("published");
+        key
+    }
+
+    /// Uploads a build signed by the builder: the mirror's `result`, or its refusal.
+    fn upload(
+        &self,
+        package: &str,
+        tag: &str,
+        recipe: Option<&str>,
+    ) -> Result<String, precomp_http::Error> {
+        let (key, artifact, manifest) = build(package, tag, recipe);
         let client =
             ArtifactClient::new(self.server.base(), Some(self.builder_token.clone())).unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -154,9 +166,18 @@ impl Mirror {
             let sha: [u8; 32] = Sha256::digest(&artifact).into();
             client.upload_artifact(&sha, artifact).await.unwrap();
             let signed = SignedManifest::sign(&manifest, &self.builder).encode_to_vec();
-            client.upload_manifest(&key, signed).await.unwrap();
-        });
-        key
+            let (_, stored) = client.upload_manifest(&key, signed).await?;
+            Ok(stored.result)
+        })
+    }
+
+    /// The signed manifest served for `key`.
+    fn manifest(&self, key: &str) -> Vec<u8> {
+        let response =
+            reqwest::blocking::get(self.server.url(&format!("/precomp/v1/manifests/{key}")))
+                .unwrap();
+        assert!(response.status().is_success());
+        response.bytes().unwrap().to_vec()
     }
 
     /// `precomp audit --package PACKAGE` with the auditor's key and token, in a fresh data
@@ -323,4 +344,41 @@ fn audits_compare_builds_of_one_recipe_only() {
     assert_eq!(mirror.leased("w3", Some(OTHER)), Some(other_key));
     assert_eq!(mirror.leased("w4", None), Some(unknown_key));
     assert_eq!(mirror.leased("w5", None), None);
+}
+
+/// A second builder's other bytes for a published key are a disagreement only within one
+/// recipe: of another recipe (or none) the upload is answered `other_recipe` and not kept.
+#[test]
+fn other_bytes_of_another_recipe_are_not_a_disagreement() {
+    let mirror = Mirror::start();
+    let ours = precomp_builder::RECIPE;
+    let key = mirror.publish("two_recipes_ex", Some(ours));
+    let served = mirror.manifest(&key);
+    for recipe in [Some(OTHER), None] {
+        let result = mirror.upload("two_recipes_ex", "other bytes", recipe);
+        assert_eq!(result.unwrap(), "other_recipe");
+    }
+    assert_eq!(
+        mirror.manifest(&key),
+        served,
+        "the published build is still served"
+    );
+    let build = mirror.build("two_recipes_ex");
+    assert_eq!(build.get("disagreements"), None, "{build}");
+    assert_eq!(build.get("flagged"), None, "{build}");
+    // The same recipe, other bytes: a reproducibility finding (409), flagged.
+    let refused = mirror
+        .upload("two_recipes_ex", "other bytes", Some(ours))
+        .unwrap_err();
+    assert!(
+        matches!(refused, precomp_http::Error::Refused { status: 409, .. }),
+        "{refused}"
+    );
+    let build = mirror.build("two_recipes_ex");
+    assert_eq!(build["flagged"], true, "{build}");
+    assert_eq!(
+        build["disagreements"].as_array().unwrap().len(),
+        1,
+        "{build}"
+    );
 }

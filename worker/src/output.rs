@@ -127,7 +127,8 @@ impl PackageLine {
         self.published = Some(false);
         match published {
             Ok(Published::Manifest(result)) => {
-                self.published = Some(true);
+                // `other_recipe`: the key is served by another recipe's build, not this one.
+                self.published = Some(result != "other_recipe");
                 self.publish_result = Some(result.clone());
             }
             Ok(Published::Failure) => self.publish_result = Some("failure_recorded".into()),

@@ -48,6 +48,10 @@ pub const ALL: &[(&str, Behaviour)] = &[
         audit_leases_offer_builds_of_the_auditors_recipe,
     ),
     (
+        "another_recipes_bytes_are_not_a_finding",
+        another_recipes_bytes_are_not_a_finding,
+    ),
+    (
         "verdicts_are_kept_per_auditor",
         verdicts_are_kept_per_auditor,
     ),
@@ -454,7 +458,7 @@ pub fn audit_leases_offer_builds_of_the_auditors_recipe(store: &dyn MetadataStor
     let recipes = [("25", Some(OURS)), ("26", Some(OTHER)), ("27", None)];
     let mut keys = Vec::new();
     for (otp, recipe) in recipes {
-        let built = build_of_recipe(otp, recipe, &builder);
+        let built = build_of_recipe(otp, 1, recipe, &builder);
         keys.push(built.0.key.clone());
         assert!(matches!(put(store, &built), ManifestPut::Created { .. }));
     }
@@ -507,6 +511,40 @@ pub fn audit_leases_offer_builds_of_the_auditors_recipe(store: &dyn MetadataStor
     );
     assert_eq!(lease("ed25519:d", None, t0 + 3), Some(keys[2].clone()));
     assert_eq!(lease("ed25519:e", None, t0 + 4), None);
+}
+
+/// A second build of a published key with other bytes is a finding only when it was built
+/// with the same recipe: of another recipe (or of none, against one), nothing is stored and
+/// the published build stays unflagged.
+pub fn another_recipes_bytes_are_not_a_finding(store: &dyn MetadataStore) {
+    const OURS: &str = "precomp-build-recipe-3";
+    let published = build_of_recipe("25", 1, Some(OURS), &ArtifactSigningKey::generate());
+    let key = published.0.key.clone();
+    assert!(matches!(
+        put(store, &published),
+        ManifestPut::Created { .. }
+    ));
+    let other_builder = ArtifactSigningKey::generate();
+    for recipe in [Some("precomp-build-recipe-4"), None] {
+        let other = build_of_recipe("25", 2, recipe, &other_builder);
+        assert_eq!(other.0.key, key);
+        assert_eq!(
+            put(store, &other),
+            ManifestPut::OtherRecipe {
+                published_recipe: Some(OURS.into()),
+                signers: published.0.signers.clone(),
+            }
+        );
+    }
+    // No `conflicting` manifest: nothing for the service to flag the build with.
+    assert_eq!(store.key_manifests(&key).unwrap().len(), 1, "nothing kept");
+    // The same recipe with other bytes: a finding, as ever.
+    let conflicting = build_of_recipe("25", 3, Some(OURS), &other_builder);
+    assert!(matches!(
+        put(store, &conflicting),
+        ManifestPut::Conflict { recorded: true, .. }
+    ));
+    assert_eq!(store.key_manifests(&key).unwrap().len(), 2);
 }
 
 /// Verdicts: stored only about the published manifest, one per auditor (a later one
@@ -732,13 +770,14 @@ pub(crate) fn build(
     (record, signed)
 }
 
-/// [`build`] (artifact 1) with `recipe` recorded in its provenance and its record.
+/// [`build`] of artifact `artifact` with `recipe` recorded in its provenance and its record.
 pub(crate) fn build_of_recipe(
     otp: &str,
+    artifact: u8,
     recipe: Option<&str>,
     signer: &ArtifactSigningKey,
 ) -> (ManifestRecord, SignedManifest) {
-    let (mut record, signed) = build(otp, 1, 1, signer);
+    let (mut record, signed) = build(otp, artifact, 1, signer);
     let mut manifest = Manifest::decode(signed.manifest.as_slice()).unwrap();
     let provenance = manifest.provenance.get_or_insert_with(Default::default);
     provenance.recipe = recipe.map(str::to_string);
