@@ -596,6 +596,7 @@ impl Artifacts {
                 .inputs()
                 .and_then(|inputs| Ok(inputs.base_text()?))
                 .map_err(|e| Refusal::new(422, format!("manifest refused: {e}")))?,
+            recipe: manifest.provenance.as_ref().and_then(|p| p.recipe.clone()),
         };
         let counts = |id: &str| keys.exclusion(id).is_none();
         let (result, signers, closed_misses, replaced) =
@@ -609,6 +610,19 @@ impl Artifacts {
                 ManifestPut::Unchanged { signers } => ("unchanged", signers, 0, None),
                 ManifestPut::Countersigned { signers } => ("countersigned", signers, 0, None),
                 ManifestPut::Agreed { signers } => ("agreed", signers, 0, None),
+                ManifestPut::OtherRecipe {
+                    published_recipe,
+                    signers,
+                } => {
+                    tracing::info!(
+                        key = %record.key,
+                        publisher = %publisher.name,
+                        published_recipe = published_recipe.as_deref().unwrap_or("unknown"),
+                        recipe = record.recipe.as_deref().unwrap_or("unknown"),
+                        "a build of another recipe of a published key: not stored, not a finding"
+                    );
+                    ("other_recipe", signers, 0, None)
+                }
                 ManifestPut::Replaced {
                     closed_misses,
                     replaced,
@@ -1675,12 +1689,13 @@ mod tests {
                 store.create_token("b1", Some(&builder), None).unwrap(),
             )
         };
-        // As version 4 made it (migrations V1–V4 applied): no scopes column. (Databases of
-        // version 4 from before refinery are `store::schema_tests`' fixtures.)
+        // As version 4 made it (migrations V1–V4 applied): no scopes column (nor the later
+        // manifests' recipe). (Databases of version 4 from before refinery are
+        // `store::schema_tests`' fixtures.)
         let db = rusqlite::Connection::open(data.join("artifacts.db")).unwrap();
         db.execute_batch(
-            "ALTER TABLE tokens DROP COLUMN scopes; PRAGMA user_version = 4;
-             DELETE FROM refinery_schema_history WHERE version = 5;",
+            "ALTER TABLE tokens DROP COLUMN scopes; ALTER TABLE manifests DROP COLUMN recipe;
+             PRAGMA user_version = 4; DELETE FROM refinery_schema_history WHERE version >= 5;",
         )
         .unwrap();
         drop(db);
@@ -1695,7 +1710,7 @@ mod tests {
         let version: i64 = db
             .query_row("PRAGMA user_version", [], |row| row.get(0))
             .unwrap();
-        assert_eq!(version, 5);
+        assert_eq!(version, 6);
         let scopes = |token: &str| {
             artifacts
                 .authenticate(Some(&format!("Bearer {token}")))

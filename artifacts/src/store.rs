@@ -226,6 +226,9 @@ pub struct ManifestRecord {
     pub key_format: u32,
     /// The base text of its key (`BuildInputs::base_text`): which misses it satisfies.
     pub base_text: String,
+    /// The build recipe its provenance records (`Provenance.recipe`); `None`: unknown.
+    /// Audit leases offer it only to auditors of the same recipe.
+    pub recipe: Option<String>,
 }
 
 /// A validated miss, as [`MetadataStore::record_miss`] records it.
@@ -353,6 +356,14 @@ pub enum ManifestPut {
         closed_misses: u64,
         /// The digest of the manifest it replaced.
         replaced: String,
+    },
+    /// A manifest of another build recipe (or of none) with another artifact is published
+    /// under this key: two ways of compiling, both correct, so not a reproducibility finding
+    /// (docs/builder.md "The build recipe"). Nothing stored; the published one stays.
+    OtherRecipe {
+        /// The published manifest's recipe (`None`: it records none) and signers.
+        published_recipe: Option<String>,
+        signers: Vec<String>,
     },
     /// A manifest with another artifact is published under this key: this one is recorded
     /// as a reproducibility finding, not published.
@@ -1862,13 +1873,24 @@ fn put_manifest_in(
             signers: record.signers.clone(),
         });
     }
+    let manifest_of = |envelope: &[u8]| {
+        SignedManifest::decode(envelope).ok().and_then(|s| {
+            <precomp_proto::manifest::Manifest as Message>::decode(s.manifest.as_slice()).ok()
+        })
+    };
+    // Other bytes by another way of compiling: both builds are correct, neither is a finding.
+    let published_recipe = manifest_of(&current.signed_manifest)
+        .and_then(|m| m.provenance)
+        .and_then(|p| p.recipe);
+    if published_recipe != record.recipe {
+        return Ok(ManifestPut::OtherRecipe {
+            published_recipe,
+            signers: current.signers.clone(),
+        });
+    }
     // Other bytes for the same inputs: a reproducibility finding, recorded.
     let output_of = |envelope: &[u8]| {
-        SignedManifest::decode(envelope)
-            .ok()
-            .and_then(|s| {
-                <precomp_proto::manifest::Manifest as Message>::decode(s.manifest.as_slice()).ok()
-            })
+        manifest_of(envelope)
             .and_then(|m| m.output)
             .unwrap_or_default()
     };
@@ -1982,9 +2004,9 @@ fn insert_manifest_row(
         "INSERT INTO manifests (key, base_key, package, version, otp_major, elixir,
             mix_env, target, artifact_sha256, artifact_size, compile_env, signers,
             signed_manifest, manifest_sha256, published_by, published_at,
-            key_format, base_text)
+            key_format, base_text, recipe)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-            ?17, ?18)",
+            ?17, ?18, ?19)",
         params![
             record.key,
             record.base_key,
@@ -2003,7 +2025,8 @@ fn insert_manifest_row(
             published_by,
             now,
             record.key_format,
-            record.base_text
+            record.base_text,
+            record.recipe
         ],
     )?;
     Ok(())
@@ -2106,7 +2129,7 @@ fn miss_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Miss> {
 
 /// The columns [`index_build_row`] reads, in its order.
 const INDEX_BUILD_COLUMNS: &str = "version, key, base_key, otp_major, elixir, \
-    mix_env, target, artifact_sha256, artifact_size, compile_env, signers, key_format";
+    mix_env, target, artifact_sha256, artifact_size, compile_env, signers, key_format, recipe";
 
 /// A `manifests` row selected as [`INDEX_BUILD_COLUMNS`]; `auditors`, `flagged` and
 /// `verdicts` are left for the caller.
@@ -2124,6 +2147,7 @@ fn index_build_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<IndexBuild> {
         compile_env: from_json(&row.get::<_, String>(9)?),
         signers: from_json(&row.get::<_, String>(10)?),
         key_format: row.get(11)?,
+        recipe: row.get(12)?,
         auditors: Vec::new(),
         flagged: false,
         verdicts: Vec::new(),
@@ -2302,7 +2326,7 @@ mod schema_tests {
         drop(ArtifactStore::open(fresh_dir.path()).unwrap());
         let fresh = Connection::open(fresh_dir.path().join("artifacts.db")).unwrap();
         let latest = migrations::latest_version();
-        assert_eq!(latest, 5);
+        assert_eq!(latest, 6);
         assert_eq!(user_version(&fresh), latest);
         assert_eq!(
             recorded_migrations(&fresh),
@@ -2708,6 +2732,41 @@ mod schema_tests {
             store.lookup_token(&token).unwrap(),
             TokenLookup::Active(_)
         ));
+    }
+
+    /// A database from before `manifests.recipe` (version 5) gets each row's recipe from its
+    /// signed manifest: a builder newer than its mirror recorded one the mirror did not know.
+    #[test]
+    fn a_version_5_database_gets_the_recipes_its_manifests_record() {
+        use super::contract::build_of_recipe;
+        let dir = tempfile::tempdir().unwrap();
+        let builder = precomp_proto::manifest::ArtifactSigningKey::generate();
+        {
+            let store = ArtifactStore::open(dir.path()).unwrap();
+            for (otp, recipe) in [("25", Some("precomp-build-recipe-3")), ("26", None)] {
+                let (mut record, signed) = build_of_recipe(otp, 1, recipe, &builder);
+                // As a version 5 mirror stored it: the recipe in the bytes only.
+                record.recipe = None;
+                store
+                    .put_manifest(&record, &signed, &signed.encode_to_vec(), "b", &|_| true)
+                    .unwrap();
+            }
+        }
+        {
+            // Back to version 5's schema.
+            let db = Connection::open(dir.path().join("artifacts.db")).unwrap();
+            db.execute_batch(
+                "ALTER TABLE manifests DROP COLUMN recipe;
+                 DELETE FROM refinery_schema_history WHERE version = 6;
+                 PRAGMA user_version = 5;",
+            )
+            .unwrap();
+        }
+        let store = ArtifactStore::open(dir.path()).unwrap();
+        let mut index = store.index("plain_ex").unwrap();
+        index.sort_by(|a, b| a.otp_major.cmp(&b.otp_major));
+        let recipes: Vec<Option<&str>> = index.iter().map(|b| b.recipe.as_deref()).collect();
+        assert_eq!(recipes, [Some("precomp-build-recipe-3"), None]);
     }
 
     /// A database of a newer precomp is refused, untouched: by its `user_version` (what

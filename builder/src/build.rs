@@ -470,6 +470,7 @@ fn finish(
         builder_id: context.key.public_key().key_id(),
         build_duration_ms: started.elapsed().as_millis() as u64,
         build_log_sha256: Sha256::digest(&log).to_vec(),
+        recipe: Some(crate::RECIPE.into()),
     });
     let signed = SignedManifest::sign(&manifest, context.key);
     Ok(BuildOutcome::Built(Box::new(Built {

@@ -8,6 +8,7 @@
 //! - [`run`]: a lock's packages as a DAG, in parallel, reusing stored builds.
 //! - [`store`]: the local store of artifacts, manifests and failure logs.
 //! - [`workdir`]: work directories removed even when their process is killed.
+//! - [`recipe`]: [`RECIPE`], how this builder compiles, recorded in every manifest.
 //!
 //! A run is cancelled through the [`Cancel`] handle in its [`build::BuildContext`]: nothing
 //! new starts, running sandboxes are killed, and those packages end as
@@ -20,6 +21,7 @@ pub mod config;
 pub mod error;
 pub mod managers;
 pub mod project;
+pub mod recipe;
 pub mod run;
 pub mod sources;
 pub mod store;
@@ -27,3 +29,4 @@ pub mod workdir;
 
 pub use error::{BuildError, Result};
 pub use precomp_sandbox::Cancel;
+pub use recipe::RECIPE;

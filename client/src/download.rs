@@ -593,6 +593,7 @@ mod tests {
             artifact_size: 0,
             compile_env: vec![],
             key_format: 2,
+            recipe: None,
             signers: vec![],
             agreed_by: vec![],
             auditors: vec![],

@@ -143,6 +143,7 @@ fn manifest(inputs: &BuildInputs, artifact: &[u8]) -> Manifest {
         builder_id: "test".into(),
         build_duration_ms: 1,
         build_log_sha256: vec![0; 32],
+        recipe: None,
     });
     manifest
 }

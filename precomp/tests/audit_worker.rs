@@ -158,14 +158,15 @@ impl Mirror {
         (response.status().as_u16(), response.text().unwrap())
     }
 
-    /// `POST jobs/lease` for audit jobs on the host toolchain's tuple.
+    /// `POST jobs/lease` for audit jobs on the host toolchain's tuple, of this precomp's build
+    /// recipe (the builder's: the fixture's builds record it).
     fn lease(&self, token: &str, tuple: &(String, String), seconds: u64) -> (u16, String) {
         self.post(
             "/precomp/v1/jobs/lease",
             token,
             &json!({"kind": "audit", "worker": "api-test", "otp_major": tuple.0,
                     "elixir": tuple.1, "mix_env": "prod", "targets": ["any"],
-                    "lease_seconds": seconds}),
+                    "lease_seconds": seconds, "recipe": precomp_builder::RECIPE}),
         )
     }
 

@@ -245,6 +245,7 @@ impl Fixture {
                 builder_id: fixture.builder.public_key().key_id(),
                 build_duration_ms: 1,
                 build_log_sha256: vec![0; 32],
+                recipe: None,
             });
             if MIX_BUILT.contains(&app) {
                 scm.insert(

@@ -95,6 +95,7 @@ fn manifest(packed: &PackedArtifact) -> Manifest {
             builder_id: "builder-1".into(),
             build_duration_ms: 4321,
             build_log_sha256: vec![0x33; 32],
+            recipe: Some(precomp_builder::RECIPE.into()),
         }),
         ..Manifest::default()
     };
@@ -184,6 +185,10 @@ fn a_signed_manifest_shows_every_field_and_which_signatures_verify() {
         "builder          builder-1".into(),
         "build duration   4321 ms".into(),
         format!("build log sha256 {}", "33".repeat(32)),
+        format!(
+            "recipe           {} (this precomp's)",
+            precomp_builder::RECIPE
+        ),
         "signatures       2".into(),
         format!("  {}  verified with {builder_pub}", f.builder_id),
         format!(
@@ -234,6 +239,10 @@ fn a_signed_manifest_shows_every_field_and_which_signatures_verify() {
     );
     assert_eq!(report["manifest"]["output"]["native_code"], false);
     assert_eq!(report["manifest"]["provenance"]["builder_id"], "builder-1");
+    assert_eq!(
+        report["manifest"]["provenance"]["recipe"],
+        precomp_builder::RECIPE
+    );
     let signatures = report["signatures"].as_array().unwrap();
     assert_eq!(signatures.len(), 2);
     for (signature, id) in signatures.iter().zip([&f.builder_id, &f.auditor_id]) {
@@ -251,6 +260,46 @@ fn a_signed_manifest_shows_every_field_and_which_signatures_verify() {
     let report = json(&inspect(&[&f.manifest_file], &["--json"]));
     assert_eq!(report["ok"], true);
     assert_eq!(report["signatures"][0]["status"], "unchecked");
+}
+
+#[test]
+fn the_build_recipe_is_shown_against_this_precomps() {
+    let f = fixture();
+    let key = signing_key(&f.dir.path().join("keys/builder.key"));
+    for (name, recipe, text_line, json_value) in [
+        (
+            "other",
+            Some("precomp-build-recipe-2"),
+            format!(
+                "recipe           precomp-build-recipe-2 (this precomp builds with {}: audit it \
+                 with a precomp of precomp-build-recipe-2)",
+                precomp_builder::RECIPE
+            ),
+            Value::from("precomp-build-recipe-2"),
+        ),
+        (
+            "unknown",
+            None,
+            format!(
+                "recipe           unknown (built before recipes were recorded; this precomp \
+                 builds with {})",
+                precomp_builder::RECIPE
+            ),
+            Value::Null,
+        ),
+    ] {
+        let mut manifest = f.manifest.clone();
+        manifest.provenance.as_mut().unwrap().recipe = recipe.map(str::to_string);
+        let file = f.dir.path().join(format!("{name}.manifest"));
+        std::fs::write(&file, SignedManifest::sign(&manifest, &key).encode_to_vec()).unwrap();
+        let stdout = ok(inspect(&[&file], &[]));
+        assert!(
+            stdout.contains(&text_line),
+            "missing {text_line:?} in:\n{stdout}"
+        );
+        let report = json(&inspect(&[&file], &["--json"]));
+        assert_eq!(report["manifest"]["provenance"]["recipe"], json_value);
+    }
 }
 
 #[test]

@@ -95,6 +95,7 @@ impl Build {
             builder_id: "ops-test".into(),
             build_duration_ms: 1,
             build_log_sha256: vec![0; 32],
+            recipe: None,
         });
         Build { artifact, manifest }
     }

@@ -127,6 +127,7 @@ impl Fixture {
             builder_id: "trust-test".into(),
             build_duration_ms: 1,
             build_log_sha256: vec![0; 32],
+            recipe: None,
         });
         Fixture {
             artifact: packed.bytes,
@@ -1194,6 +1195,7 @@ impl Build {
             builder_id: "trust-test".into(),
             build_duration_ms: 1,
             build_log_sha256: vec![0; 32],
+            recipe: None,
         });
         Build {
             artifact: packed.bytes,

@@ -86,6 +86,12 @@ pub struct IndexBuild {
     /// keys clients do not compute any more (absent from older mirrors' indexes: 1).
     #[serde(default = "key_format_v1")]
     pub key_format: u32,
+    /// The build recipe its manifest records (`Provenance.recipe`, `precomp_builder::RECIPE`):
+    /// how it was compiled, which auditors must share to compare bytes. Absent when the
+    /// manifest records none (builders from before recipes were recorded) and from older
+    /// mirrors' indexes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe: Option<String>,
     /// Key ids of the signatures the mirror verified when it accepted the manifest.
     pub signers: Vec<String>,
     /// Of `signers`, the mirror's auditor keys (`precomp serve --auditor-key`): auditors who
@@ -609,6 +615,12 @@ pub struct LeaseRequest {
     /// when the token allows a single auditor key (a token bound to it); else required.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auditor: Option<String>,
+    /// Audit jobs: the build recipe the worker rebuilds with (`precomp_builder::RECIPE`): only
+    /// builds whose manifest records this recipe are offered. Absent (workers from before
+    /// recipes were recorded): only builds whose manifest records none. Ignored for build
+    /// jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe: Option<String>,
 }
 
 impl LeaseRequest {

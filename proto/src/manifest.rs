@@ -142,6 +142,13 @@ pub struct Provenance {
     pub build_duration_ms: u64,
     #[prost(bytes = "vec", tag = "5")]
     pub build_log_sha256: Vec<u8>,
+    /// How the builder compiles (`precomp_builder::RECIPE`, e.g. `precomp-build-recipe-3`):
+    /// what can change an artifact's bytes for the same key without changing the key (the
+    /// atom list a package boots from, the sandbox's flags and environment, the project
+    /// layout, the artifact's encoding). Auditors rebuild only builds of their own recipe.
+    /// Absent in manifests of builders from before it was recorded: an unknown recipe.
+    #[prost(string, optional, tag = "6")]
+    pub recipe: Option<String>,
 }
 
 /// The signed envelope: the manifest's exact bytes and the signatures over them.

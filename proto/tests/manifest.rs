@@ -91,6 +91,7 @@ fn manifest() -> Manifest {
             builder_id: "builder-1".into(),
             build_duration_ms: 4200,
             build_log_sha256: vec![5; 32],
+            recipe: Some("precomp-build-recipe-3".into()),
         }),
         ..Default::default()
     };
@@ -132,6 +133,73 @@ fn a_signed_manifest_round_trips_and_lists_its_signers() {
     // Trusting only the auditor still verifies, naming only the auditor.
     let (_, signers) = decoded.verify(&[auditor.public_key()]).unwrap();
     assert_eq!(signers, [auditor.public_key().key_id()]);
+}
+
+/// `Provenance` as builders wrote it before the build recipe (field 6) existed.
+#[derive(Clone, PartialEq, Message)]
+struct ProvenanceBeforeRecipe {
+    #[prost(string, tag = "1")]
+    toolchain_id: String,
+    #[prost(string, tag = "2")]
+    toolchain_digest: String,
+    #[prost(string, tag = "3")]
+    builder_id: String,
+    #[prost(uint64, tag = "4")]
+    build_duration_ms: u64,
+    #[prost(bytes = "vec", tag = "5")]
+    build_log_sha256: Vec<u8>,
+}
+
+#[test]
+fn the_build_recipe_round_trips_and_older_manifests_have_none() {
+    let builder = ArtifactSigningKey::generate();
+    let trusted = [builder.public_key()];
+    // With a recipe: signed, decoded, the same.
+    let signed = SignedManifest::sign(&manifest(), &builder);
+    let (read, _) = SignedManifest::decode(&signed.encode_to_vec())
+        .unwrap()
+        .verify(&trusted)
+        .unwrap();
+    let recipe = read.provenance.as_ref().unwrap().recipe.as_deref();
+    assert_eq!(recipe, Some("precomp-build-recipe-3"));
+
+    // Without one: absent after decoding too (not an empty string), and the bytes are those
+    // of a builder from before the field: nothing is written for it.
+    let mut without = manifest();
+    without.provenance.as_mut().unwrap().recipe = None;
+    let signed = SignedManifest::sign(&without, &builder);
+    let (read, _) = SignedManifest::decode(&signed.encode_to_vec())
+        .unwrap()
+        .verify(&trusted)
+        .unwrap();
+    assert_eq!(read.provenance.as_ref().unwrap().recipe, None);
+    assert_eq!(read, without);
+
+    // An older builder's provenance bytes decode, as an unknown recipe.
+    let old = ProvenanceBeforeRecipe {
+        toolchain_id: "bookworm".into(),
+        toolchain_digest: "sha256:abcd".into(),
+        builder_id: "builder-1".into(),
+        build_duration_ms: 4200,
+        build_log_sha256: vec![5; 32],
+    };
+    let decoded = Provenance::decode(old.encode_to_vec().as_slice()).unwrap();
+    assert_eq!(decoded, without.provenance.clone().unwrap());
+    assert_eq!(old.encode_to_vec(), decoded.encode_to_vec());
+    // And an older reader (a client or mirror from before) reads a new one, recipe aside.
+    let new = manifest().provenance.unwrap();
+    let read_by_old = ProvenanceBeforeRecipe::decode(new.encode_to_vec().as_slice()).unwrap();
+    assert_eq!(read_by_old, old);
+
+    // The recipe is signed: changing it breaks the builder's signature.
+    let mut signed = SignedManifest::sign(&manifest(), &builder);
+    let mut changed = Manifest::decode(signed.manifest.as_slice()).unwrap();
+    changed.provenance.as_mut().unwrap().recipe = Some("precomp-build-recipe-4".into());
+    signed.manifest = changed.encode_to_vec();
+    assert!(matches!(
+        signed.verify(&trusted),
+        Err(ManifestError::BadSignature { .. })
+    ));
 }
 
 #[test]

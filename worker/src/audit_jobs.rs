@@ -5,13 +5,17 @@
 //! The result is reported by what the auditor posts: a match by its countersignature and
 //! `match` verdict, a mismatch by its verdict; either closes the job on the mirror. A failed
 //! rebuild releases the job as `failed` with the reason (the mirror does not offer it to this
-//! token again); one this toolchain cannot rebuild is released plainly.
+//! token again), and so does a build of another build recipe (which a mirror that knows
+//! recipes never leases: the lease names this precomp's); one this toolchain cannot rebuild
+//! is released plainly.
 
 use std::path::{Path, PathBuf};
 
 use precomp_builder::workdir::{self, WorkDir};
 use precomp_http::Error as ClientError;
-use precomp_ops::audit::{AuditError, AuditReport, Auditor, Candidate, Outcome};
+use precomp_ops::audit::{
+    other_recipe_reason, AuditError, AuditReport, Auditor, Candidate, Outcome,
+};
 use precomp_proto::api::{JobKind, Lease, LeaseRequest};
 
 use crate::error::{chain, Result, WorkerError};
@@ -100,6 +104,22 @@ impl Jobs for AuditJobs<'_> {
                 ));
                 ("skipped", JobStatus::Failed)
             }
+            // A build of another recipe (offered by a mirror that predates recipes in leases):
+            // released as failed with the reason, so this token is not offered it again.
+            Outcome::OtherRecipe { recipe } => {
+                let reason = other_recipe_reason(&candidate.build.key, recipe.as_deref());
+                match runtime.block_on(client.release_failed(job, &reason)) {
+                    Ok(_) => ("other_recipe", JobStatus::Failed),
+                    Err(ClientError::Refused { status: 409, .. }) => {
+                        ("lease_lost", JobStatus::Failed)
+                    }
+                    Err(source) => {
+                        let e = WorkerError::ReportFailedAudit { job, source };
+                        self.report(job, &candidate, "error", Some(&chain(&e)), None);
+                        return Err(e);
+                    }
+                }
+            }
             Outcome::Failed { reason, .. } => {
                 match runtime.block_on(client.release_failed(job, reason)) {
                     Ok(_) => ("failed", JobStatus::Failed),
@@ -114,7 +134,9 @@ impl Jobs for AuditJobs<'_> {
                 }
             }
         };
-        if let (Some(message), "failed" | "skipped" | "lease_lost") = (&lost, outcome) {
+        if let (Some(message), "failed" | "skipped" | "other_recipe" | "lease_lost") =
+            (&lost, outcome)
+        {
             worker.note(&format!(
                 "warning: job {job}: the mirror refused a heartbeat: {message}"
             ));
@@ -216,7 +238,7 @@ impl AuditJobs<'_> {
             let audit = report.line();
             line.reason = audit.reason.clone().or(line.reason);
             line.log = audit.log.clone();
-            line.audit = Some(audit);
+            line.audit = Some(Box::new(audit));
         }
         let detail = match (error, report.map(|r| &r.outcome)) {
             (Some(error), _) if outcome == "lease_lost" => format!(": {error}"),
@@ -234,6 +256,10 @@ impl AuditJobs<'_> {
                 format!(": {reason}; released as failed")
             }
             (None, Some(Outcome::Skipped { reason })) => format!(": {reason}; released"),
+            (None, Some(Outcome::OtherRecipe { recipe })) => format!(
+                ": {}; released as failed",
+                other_recipe_reason(key, recipe.as_deref())
+            ),
             (None, None) => String::new(),
         };
         self.worker.observer.report(&JobReport {

@@ -261,6 +261,8 @@ impl<'a> Worker<'a> {
             lease_seconds: config.lease_seconds,
             fewer_than: config.fewer_than,
             auditor: (config.kind == JobKind::Audit).then(|| self.key.public_key().key_id()),
+            // An auditor rebuilds with this precomp's recipe: only builds of it compare.
+            recipe: (config.kind == JobKind::Audit).then(|| precomp_builder::RECIPE.to_string()),
         }
     }
 

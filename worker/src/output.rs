@@ -127,7 +127,8 @@ impl PackageLine {
         self.published = Some(false);
         match published {
             Ok(Published::Manifest(result)) => {
-                self.published = Some(true);
+                // `other_recipe`: the key is served by another recipe's build, not this one.
+                self.published = Some(result != "other_recipe");
                 self.publish_result = Some(result.clone());
             }
             Ok(Published::Failure) => self.publish_result = Some("failure_recorded".into()),
@@ -191,13 +192,13 @@ impl BuildJobLine {
 }
 
 /// An audit job's line (`precomp worker --audit --json`): the job, the build, how it ended
-/// (`outcome`: `match`, `mismatch`, `failed`, `skipped`, `lease_lost`, `error`), `reason`
-/// (and `log`) for `failed`, `skipped` and `error`, and `audit`, the build's
-/// `precomp audit --json` line.
+/// (`outcome`: `match`, `mismatch`, `failed`, `skipped`, `other_recipe`, `lease_lost`,
+/// `error`), `reason` (and `log`) for `failed`, `skipped`, `other_recipe` and `error`, and
+/// `audit`, the build's `precomp audit --json` line.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct AuditJobLine {
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub audit: Option<AuditLine>,
+    pub audit: Option<Box<AuditLine>>,
     pub job: u64,
     pub key: String,
     pub kind: JobKind,

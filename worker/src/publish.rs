@@ -200,8 +200,9 @@ pub fn app_for(lock: &MixLock, spec: &str, lock_path: &Path) -> Result<String> {
 /// What publishing one package's result did on the mirror.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Published {
-    /// Its manifest is on the mirror: the mirror's `result` (`created`, `unchanged`,
-    /// `countersigned`, `agreed`, `replaced`).
+    /// The mirror took its manifest: its `result` (`created`, `unchanged`, `countersigned`,
+    /// `agreed`, `replaced`; or `other_recipe`: the key is served by a build of another
+    /// build recipe, and this one was not stored).
     Manifest(String),
     /// Its failure was recorded with its log.
     Failure,

@@ -44,6 +44,14 @@ pub const ALL: &[(&str, Behaviour)] = &[
         leases_are_leased_renewed_lost_and_released,
     ),
     (
+        "audit_leases_offer_builds_of_the_auditors_recipe",
+        audit_leases_offer_builds_of_the_auditors_recipe,
+    ),
+    (
+        "another_recipes_bytes_are_not_a_finding",
+        another_recipes_bytes_are_not_a_finding,
+    ),
+    (
         "verdicts_are_kept_per_auditor",
         verdicts_are_kept_per_auditor,
     ),
@@ -439,6 +447,106 @@ pub fn leases_are_leased_renewed_lost_and_released(store: &dyn MetadataStore) {
     assert!(listing.jobs.is_empty());
 }
 
+/// Audit leases compare like with like: an auditor gets only builds whose manifest records
+/// its build recipe, and one that names no recipe (a worker from before recipes) only
+/// builds that record none; the index shows each build's recipe.
+pub fn audit_leases_offer_builds_of_the_auditors_recipe(store: &dyn MetadataStore) {
+    const OURS: &str = "precomp-build-recipe-3";
+    const OTHER: &str = "precomp-build-recipe-4";
+    let builder = ArtifactSigningKey::generate();
+    // One build per OTP major (so each has its own key): ours, another recipe's, none.
+    let recipes = [("25", Some(OURS)), ("26", Some(OTHER)), ("27", None)];
+    let mut keys = Vec::new();
+    for (otp, recipe) in recipes {
+        let built = build_of_recipe(otp, 1, recipe, &builder);
+        keys.push(built.0.key.clone());
+        assert!(matches!(put(store, &built), ManifestPut::Created { .. }));
+    }
+    let mut index = store.index("plain_ex").unwrap();
+    index.sort_by(|a, b| a.otp_major.cmp(&b.otp_major));
+    let indexed: Vec<Option<&str>> = index.iter().map(|b| b.recipe.as_deref()).collect();
+    assert_eq!(indexed, [Some(OURS), Some(OTHER), None]);
+
+    let t0: i64 = 1_000_000_000_000;
+    let lease = |auditor: &str, recipe: Option<&str>, now: i64| {
+        let mut request = lease_request("25", 60);
+        request.kind = JobKind::Audit;
+        request.tuples = recipes
+            .iter()
+            .map(|(otp, _)| crate::api::LeaseTuple {
+                otp_major: otp.to_string(),
+                elixir: "1.18.3".into(),
+                mix_env: "prod".into(),
+                targets: vec!["any".into()],
+            })
+            .collect();
+        request.recipe = recipe.map(str::to_string);
+        let leased = store
+            .lease_job(
+                &LeaseQuery {
+                    request: &request,
+                    token: "auditor",
+                    auditor: Some(auditor),
+                    auditor_ids: &[],
+                },
+                now,
+            )
+            .unwrap();
+        leased.map(|leased| match leased.work {
+            Job::Audit(audit) => {
+                assert_eq!(audit.build.recipe.as_deref(), recipe);
+                audit.build.key
+            }
+            other => panic!("an audit lease is a build, not {other:?}"),
+        })
+    };
+    // Our recipe: our build, and once it is leased, nothing else (not the other recipe's,
+    // not the unknown one, though both are unaudited and of a tuple asked for).
+    assert_eq!(lease("ed25519:a", Some(OURS), t0), Some(keys[0].clone()));
+    assert_eq!(lease("ed25519:b", Some(OURS), t0 + 1), None);
+    // The other recipe's auditor gets the other build; one that names none, the unknown one.
+    assert_eq!(
+        lease("ed25519:c", Some(OTHER), t0 + 2),
+        Some(keys[1].clone())
+    );
+    assert_eq!(lease("ed25519:d", None, t0 + 3), Some(keys[2].clone()));
+    assert_eq!(lease("ed25519:e", None, t0 + 4), None);
+}
+
+/// A second build of a published key with other bytes is a finding only when it was built
+/// with the same recipe: of another recipe (or of none, against one), nothing is stored and
+/// the published build stays unflagged.
+pub fn another_recipes_bytes_are_not_a_finding(store: &dyn MetadataStore) {
+    const OURS: &str = "precomp-build-recipe-3";
+    let published = build_of_recipe("25", 1, Some(OURS), &ArtifactSigningKey::generate());
+    let key = published.0.key.clone();
+    assert!(matches!(
+        put(store, &published),
+        ManifestPut::Created { .. }
+    ));
+    let other_builder = ArtifactSigningKey::generate();
+    for recipe in [Some("precomp-build-recipe-4"), None] {
+        let other = build_of_recipe("25", 2, recipe, &other_builder);
+        assert_eq!(other.0.key, key);
+        assert_eq!(
+            put(store, &other),
+            ManifestPut::OtherRecipe {
+                published_recipe: Some(OURS.into()),
+                signers: published.0.signers.clone(),
+            }
+        );
+    }
+    // No `conflicting` manifest: nothing for the service to flag the build with.
+    assert_eq!(store.key_manifests(&key).unwrap().len(), 1, "nothing kept");
+    // The same recipe with other bytes: a finding, as ever.
+    let conflicting = build_of_recipe("25", 3, Some(OURS), &other_builder);
+    assert!(matches!(
+        put(store, &conflicting),
+        ManifestPut::Conflict { recorded: true, .. }
+    ));
+    assert_eq!(store.key_manifests(&key).unwrap().len(), 2);
+}
+
 /// Verdicts: stored only about the published manifest, one per auditor (a later one
 /// replaces it), a mismatch flags the build, counted by result.
 pub fn verdicts_are_kept_per_auditor(store: &dyn MetadataStore) {
@@ -648,6 +756,7 @@ pub(crate) fn build(
         signers: vec![signer.public_key().key_id()],
         key_format: manifest.format,
         base_text: inputs(otp).base_text().unwrap(),
+        recipe: None,
     };
     (record, signed)
 }
@@ -684,6 +793,21 @@ pub(crate) fn post_verdict(
     store
         .put_verdict(&verified, &signed.encode_to_vec(), "auditor")
         .unwrap()
+}
+
+/// [`build`] of artifact `artifact` with `recipe` recorded in its provenance and its record.
+pub(crate) fn build_of_recipe(
+    otp: &str,
+    artifact: u8,
+    recipe: Option<&str>,
+    signer: &ArtifactSigningKey,
+) -> (ManifestRecord, SignedManifest) {
+    let (mut record, signed) = build(otp, artifact, 1, signer);
+    let mut manifest = Manifest::decode(signed.manifest.as_slice()).unwrap();
+    let provenance = manifest.provenance.get_or_insert_with(Default::default);
+    provenance.recipe = recipe.map(str::to_string);
+    record.recipe = provenance.recipe.clone();
+    (record, SignedManifest::sign(&manifest, signer))
 }
 
 pub(crate) fn put(
@@ -753,6 +877,7 @@ fn lease_request(otp: &str, lease_seconds: u64) -> LeaseRequest {
         lease_seconds,
         fewer_than: 1,
         auditor: None,
+        recipe: None,
     }
 }
 

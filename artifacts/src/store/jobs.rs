@@ -12,9 +12,10 @@
 //!   key, or `POST failures`).
 //! - **audit** (`precomp worker --audit`, a token that may post verdicts): a published build
 //!   that fewer than `fewer_than` distinct auditors have audited (countersigned or posted a
-//!   verdict on), that the leasing auditor key has not audited and the leasing token has not
-//!   released as failed ([`select_audit`]). The job is closed once that auditor posts a verdict
-//!   on the build (`POST verdicts/KEY`), or the build is no longer published.
+//!   verdict on), of the auditor's build recipe, that the leasing auditor key has not audited
+//!   and the leasing token has not released as failed ([`select_audit`]). The job is closed
+//!   once that auditor posts a verdict on the build (`POST verdicts/KEY`), or the build is no
+//!   longer published.
 //!
 //! Both kinds lease the same way. A unit of work is leasable while it has no *live* lease: not
 //! ended, not expired, not closed. Leasing one whose earlier lease expired ends that lease as
@@ -239,7 +240,10 @@ fn tuples_json(request: &LeaseRequest) -> String {
 /// Elixir and Mix env, a target among its targets, fewer than `fewer_than` audits (distinct
 /// auditors among its signers and its verdicts' authors), none by `auditor`, no live audit
 /// lease, not released as failed by this token, of key format v2 (a rebuild cannot give a
-/// v1 key); fewest audits first, then oldest published, then by key. `auditor_ids` are the mirror's auditor keys, whose signatures count as audits.
+/// v1 key), of the request's build recipe (`manifests.recipe`: a rebuild with another recipe
+/// may differ in bytes that depend on how it compiles; a request without one gets builds
+/// whose manifest records none); fewest audits first, then oldest published, then by key.
+/// `auditor_ids` are the mirror's auditor keys, whose signatures count as audits.
 pub(super) fn select_audit(
     tx: &Transaction<'_>,
     request: &LeaseRequest,
@@ -261,6 +265,7 @@ pub(super) fn select_audit(
                    FROM manifests m
                    WHERE {OF_A_TUPLE}
                      AND m.key_format = 2
+                     AND m.recipe IS ?7
                      AND NOT EXISTS (SELECT 1 FROM verdicts v
                                      WHERE v.key = m.key AND v.auditor_id = ?2)
                      AND NOT EXISTS (SELECT 1 FROM json_each(m.signers) s WHERE s.value = ?2)
@@ -279,7 +284,8 @@ pub(super) fn select_audit(
                 json_list(auditor_ids),
                 now,
                 token,
-                request.fewer_than
+                request.fewer_than,
+                request.recipe
             ],
             |row| row.get(0),
         )
@@ -516,6 +522,7 @@ mod tests {
                 signers: vec![self.builder.public_key().key_id()],
                 key_format: manifest.format,
                 base_text: manifest.check_key().unwrap().base_text().unwrap(),
+                recipe: None,
             };
             let store = self.artifacts.store();
             store
@@ -598,6 +605,7 @@ mod tests {
                     lease_seconds: 60,
                     fewer_than,
                     auditor: None,
+                    recipe: None,
                 },
                 publisher,
             )
@@ -827,6 +835,7 @@ mod tests {
             lease_seconds: 60,
             fewer_than: 1,
             auditor: Some("ed25519:0000000000000000".into()),
+            recipe: None,
         };
         assert_eq!(
             artifacts.lease_job(&request, &unbound).unwrap_err().status,

@@ -91,6 +91,8 @@ pub trait MetadataStore: Send + Sync {
     ///   closes the misses it satisfies (`Replaced`);
     /// - else, the same artifact: kept as `agreeing` (`Agreed`), or `Unchanged` when its
     ///   signers already signed a manifest with that artifact;
+    /// - else, another artifact of another build recipe than the published one's (or of
+    ///   none): nothing stored (`OtherRecipe`);
     /// - else, another artifact: kept as `conflicting`, with what differs (`Conflict`).
     fn put_manifest(
         &self,

@@ -94,11 +94,46 @@ pub(crate) fn migrate(tx: &Transaction<'_>) -> Result<Migrated, MigrateError> {
             .run(&mut conn)?;
     }
     runner().run(&mut conn)?;
+    if found > 0 && found < RECIPE_VERSION {
+        fill_recipes(tx)?;
+    }
     tx.pragma_update(None, "user_version", latest)?;
     Ok(Migrated {
         from: found,
         to: latest,
     })
+}
+
+/// The migration that added `manifests.recipe`.
+const RECIPE_VERSION: i64 = 6;
+
+/// Fills in `manifests.recipe` of the rows a database from before [`RECIPE_VERSION`] holds,
+/// from each signed manifest's `Provenance.recipe`: a mirror older than the builders that
+/// published to it stored their recipe in the manifest's bytes without knowing it. A row
+/// whose manifest records none (or, which the mirror never stores, does not decode) stays
+/// NULL: an unknown recipe.
+fn fill_recipes(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    use precomp_proto::manifest::{Manifest, SignedManifest};
+    use prost::Message;
+    let rows: Vec<(String, Vec<u8>)> = {
+        let mut stmt = tx.prepare("SELECT key, signed_manifest FROM manifests")?;
+        let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    for (key, bytes) in rows {
+        let recipe = SignedManifest::decode(bytes.as_slice())
+            .ok()
+            .and_then(|signed| Manifest::decode(signed.manifest.as_slice()).ok())
+            .and_then(|manifest| manifest.provenance)
+            .and_then(|provenance| provenance.recipe);
+        if let Some(recipe) = recipe {
+            tx.execute(
+                "UPDATE manifests SET recipe = ?2 WHERE key = ?1",
+                rusqlite::params![key, recipe],
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// The latest migration refinery recorded; `None` when it never ran on this database.

@@ -19,6 +19,10 @@
 //!   reported as **failed**; nothing is posted: that says nothing about the published bytes.
 //! - A build for another OTP/Elixir or native target than the auditor's toolchain is
 //!   **skipped**.
+//! - A build whose manifest records another build recipe than this precomp's
+//!   ([`precomp_builder::RECIPE`]), or none, is **other_recipe**: not rebuilt, nothing
+//!   posted. Its rebuild may differ in bytes that depend on how it is compiled (the atom list
+//!   it boots from), not on what: only an auditor of its recipe can compare it.
 //!
 //! `precomp audit` selects builds from the index ([`select`]) and audits them all
 //! ([`Auditor::audit`]); `precomp worker --audit` audits the builds the mirror leases to it,
@@ -112,7 +116,8 @@ pub struct Selection {
     /// Only builds with fewer than this many audits (auditors who countersigned or posted a
     /// verdict).
     pub fewer_than: Option<usize>,
-    /// Then a random sample of this many (among those the toolchain can rebuild).
+    /// Then a random sample of this many (among those the toolchain can rebuild, of this
+    /// precomp's build recipe).
     pub sample: Option<usize>,
 }
 
@@ -163,7 +168,9 @@ pub fn select(
         .filter(|(_, b)| selection.fewer_than.is_none_or(|n| audits(b) < n))
         .collect();
     if let Some(n) = selection.sample {
-        builds.retain(|(_, b)| fits(b, toolchain).is_ok());
+        builds.retain(|(_, b)| {
+            fits(b, toolchain).is_ok() && b.recipe.as_deref() == Some(precomp_builder::RECIPE)
+        });
         shuffle(&mut builds);
         builds.truncate(n);
     }
@@ -252,6 +259,9 @@ pub enum Outcome {
     },
     /// The toolchain cannot rebuild it.
     Skipped { reason: String },
+    /// Built with another build recipe than this precomp's, or an unknown one (`recipe`:
+    /// the manifest's, `None` when it records none): not rebuilt, nothing posted.
+    OtherRecipe { recipe: Option<String> },
     /// No comparison: the rebuild failed, or its inputs could not be reproduced, or the
     /// mirror did not answer.
     Failed {
@@ -276,6 +286,7 @@ impl AuditReport {
             Outcome::Match { .. } => "match",
             Outcome::Mismatch { .. } => "mismatch",
             Outcome::Skipped { .. } => "skipped",
+            Outcome::OtherRecipe { .. } => "other_recipe",
             Outcome::Failed { .. } => "failed",
         }
     }
@@ -294,6 +305,7 @@ impl AuditReport {
             published_sha256: None,
             reason: None,
             rebuilt_sha256: None,
+            recipe: None,
             result: self.result(),
             summary: None,
             version: self.version.clone(),
@@ -309,6 +321,10 @@ impl AuditReport {
                 line.flagged = Some(*flagged);
             }
             Outcome::Skipped { reason } => line.reason = Some(reason.clone()),
+            Outcome::OtherRecipe { recipe } => {
+                line.reason = Some(other_recipe_reason(&self.key, recipe.as_deref()));
+                line.recipe = Some(recipe.clone());
+            }
             Outcome::Failed { reason, log } => {
                 line.reason = Some(reason.clone());
                 line.log = log.as_ref().map(|log| log.display().to_string());
@@ -319,9 +335,10 @@ impl AuditReport {
 }
 
 /// A `precomp audit --json` line (docs/audit.md): the build, `result` (`match`, `mismatch`,
-/// `skipped`, `failed`) and what that result has — `countersigned` for a match (the mirror's
-/// answer, null in a dry run); `summary`, `chunks`, `published_sha256`, `rebuilt_sha256`,
-/// `files` and `flagged` (null in a dry run) for a mismatch; `reason` (and `log`) otherwise.
+/// `skipped`, `other_recipe`, `failed`) and what that result has — `countersigned` for a
+/// match (the mirror's answer, null in a dry run); `summary`, `chunks`, `published_sha256`,
+/// `rebuilt_sha256`, `files` and `flagged` (null in a dry run) for a mismatch; `recipe` (the
+/// build's, null when unknown) for `other_recipe`; `reason` (and `log`) otherwise.
 /// Fields in name order, as the lines have always been printed.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct AuditLine {
@@ -344,6 +361,8 @@ pub struct AuditLine {
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rebuilt_sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recipe: Option<Option<String>>,
     pub result: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub summary: Option<String>,
@@ -487,6 +506,11 @@ impl Auditor<'_> {
                 "the mirror served manifest {} for key {}",
                 manifest.key, build.key
             )));
+        }
+        // Like with like: a rebuild with another recipe proves nothing about these bytes.
+        let recipe = manifest.provenance.as_ref().and_then(|p| p.recipe.clone());
+        if recipe.as_deref() != Some(precomp_builder::RECIPE) {
+            return Ok(Outcome::OtherRecipe { recipe });
         }
         let output = manifest
             .output
@@ -691,6 +715,24 @@ impl Auditor<'_> {
             verdict: Box::new(verdict),
             flagged,
         })
+    }
+}
+
+/// Why a build of another recipe (`recipe`; `None`: unknown) is not audited, and by whom it
+/// can be.
+pub fn other_recipe_reason(key: &str, recipe: Option<&str>) -> String {
+    let ours = precomp_builder::RECIPE;
+    match recipe {
+        Some(recipe) => format!(
+            "{key} was built with recipe {recipe}; this precomp builds with recipe {ours}, so \
+             its rebuild may differ in bytes that depend on how it compiles, not on what: audit \
+             it with a precomp of recipe {recipe}"
+        ),
+        None => format!(
+            "{key} records no build recipe (its builder predates recipes); this precomp builds \
+             with recipe {ours}, so its rebuild may differ in bytes that depend on how it \
+             compiles, not on what: audit it with a precomp of the version that built it"
+        ),
     }
 }
 

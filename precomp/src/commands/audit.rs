@@ -20,6 +20,11 @@ use crate::Context;
 /// and `precomp worker --audit --once`).
 pub(crate) const MISMATCH: u8 = 2;
 
+/// Exit status when some build was not audited because its manifest records another build
+/// recipe than this precomp's, or none (and nothing mismatched or failed): not a mismatch,
+/// not a success either — an auditor of its recipe must audit it.
+pub(crate) const OTHER_RECIPE: u8 = 3;
+
 /// Rebuilds published artifacts independently and compares them byte for byte.
 ///
 /// Each selected build is rebuilt from the inputs its signed manifest lists — the lock is
@@ -33,8 +38,14 @@ pub(crate) const MISMATCH: u8 = 2;
 /// --key naming every differing file and, for beams, chunk (with the decoded difference, e.g.
 /// an absolute path in Dbgi or a literal in LitT) is posted, and the mirror flags the build.
 ///
+/// A build whose manifest records another build recipe than this precomp's (or none, from a
+/// builder before recipes) is not rebuilt: its bytes may depend on how it was compiled, not
+/// only on what. It is reported as `other_recipe`, nothing is posted: audit it with a precomp
+/// of its recipe.
+///
 /// Exit status: 0 when every audited build matched (skipped ones aside), 2 when any
-/// mismatched, 1 when a rebuild failed or the audit could not run.
+/// mismatched, 1 when a rebuild failed or the audit could not run, 3 when none of that but
+/// some build was of another recipe.
 #[derive(Args)]
 pub struct AuditArgs {
     /// The mirror: its index, manifests, artifacts and sources.
@@ -54,7 +65,8 @@ pub struct AuditArgs {
     /// Audit every build of the mirror.
     #[arg(long, conflicts_with = "package")]
     all: bool,
-    /// Audit a random sample of N builds (of those the toolchain can rebuild).
+    /// Audit a random sample of N builds (of those the toolchain can rebuild, of this
+    /// precomp's build recipe).
     #[arg(long, value_name = "N")]
     sample: Option<usize>,
     /// Audit the builds fewer than N auditors have countersigned or posted a verdict on.
@@ -77,7 +89,8 @@ pub struct AuditArgs {
     #[arg(long)]
     keep_work: bool,
     /// One JSON object per audited build on stdout: package, version, key, result (match,
-    /// mismatch, skipped, failed), and for a mismatch the summary, chunks and files.
+    /// mismatch, skipped, other_recipe, failed), and for a mismatch the summary, chunks and
+    /// files.
     #[arg(long)]
     json: bool,
 }
@@ -155,27 +168,32 @@ pub fn run(context: &Context, args: AuditArgs) -> anyhow::Result<ExitCode> {
     let reports = reports?;
 
     let count = |result: &str| reports.iter().filter(|r| r.result() == result).count();
-    let (matched, mismatched, skipped, failed) = (
+    let (matched, mismatched, skipped, failed, other_recipe) = (
         count("match"),
         count("mismatch"),
         count("skipped"),
         count("failed"),
+        count("other_recipe"),
     );
     if !args.json {
         eprintln!(
-            "audited {} build{} with toolchain {} (OTP {}, Elixir {}): {matched} matched, \
-             {mismatched} mismatched, {failed} failed, {skipped} skipped",
+            "audited {} build{} with toolchain {} (OTP {}, Elixir {}) and recipe {}: \
+             {matched} matched, {mismatched} mismatched, {failed} failed, {skipped} skipped, \
+             {other_recipe} of another recipe",
             reports.len(),
             if reports.len() == 1 { "" } else { "s" },
             toolchain.id,
             toolchain.otp,
-            toolchain.elixir
+            toolchain.elixir,
+            precomp_builder::RECIPE,
         );
     }
     Ok(if mismatched > 0 {
         ExitCode::from(MISMATCH)
     } else if failed > 0 {
         ExitCode::FAILURE
+    } else if other_recipe > 0 {
+        ExitCode::from(OTHER_RECIPE)
     } else {
         ExitCode::SUCCESS
     })
@@ -247,6 +265,10 @@ impl audit::Progress for Reporter {
                 text
             }
             Outcome::Skipped { reason } => format!("skipped    {what}: {reason}"),
+            Outcome::OtherRecipe { recipe } => format!(
+                "NOT AUDITED {what}: {}; nothing posted",
+                audit::other_recipe_reason(&report.key, recipe.as_deref())
+            ),
             Outcome::Failed { reason, log } => format!(
                 "FAILED     {what}: {reason}{}",
                 log.as_ref()

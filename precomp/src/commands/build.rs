@@ -289,6 +289,17 @@ pub fn run(context: &Context, args: BuildArgs) -> anyhow::Result<ExitCode> {
                 // Expected for git and path deps: reported, not an error.
                 Status::NotBuildable { .. } => counts[3] += 1,
             }
+            if let (Some(Ok(precomp_worker::publish::Published::Manifest(how))), false) =
+                (published, args.json)
+            {
+                if how == "other_recipe" {
+                    eprintln!(
+                        "note: {} {}: the mirror serves a build of another build recipe under \
+                         this key (not a reproducibility finding); this one was not published",
+                        result.package.name, result.package.version
+                    );
+                }
+            }
             if let Some(Err(e)) = published {
                 failed += 1;
                 eprintln!(

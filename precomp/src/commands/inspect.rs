@@ -284,6 +284,7 @@ fn manifest_text(file: &Path, checked: &CheckedManifest) -> String {
         let _ = writeln!(out, "builder          {}", p.builder_id);
         let _ = writeln!(out, "build duration   {} ms", p.build_duration_ms);
         let _ = writeln!(out, "build log sha256 {}", hex::encode(&p.build_log_sha256));
+        let _ = writeln!(out, "recipe           {}", recipe_text(p.recipe.as_deref()));
     }
     let _ = writeln!(out, "signatures       {}", checked.signatures.len());
     for (key_id, status) in &checked.signatures {
@@ -516,6 +517,8 @@ struct ProvenanceJson {
     build_duration_ms: u64,
     build_log_sha256: String,
     builder_id: String,
+    /// The build recipe (`precomp_builder::RECIPE`); null when the builder recorded none.
+    recipe: Option<String>,
     toolchain_digest: String,
     toolchain_id: String,
 }
@@ -611,6 +614,7 @@ impl ManifestReport {
                     build_duration_ms: p.build_duration_ms,
                     build_log_sha256: hex::encode(&p.build_log_sha256),
                     builder_id: p.builder_id.clone(),
+                    recipe: p.recipe.clone(),
                     toolchain_digest: p.toolchain_digest.clone(),
                     toolchain_id: p.toolchain_id.clone(),
                 }),
@@ -644,5 +648,20 @@ impl ManifestReport {
                 })
                 .collect(),
         }
+    }
+}
+
+/// The manifest's build recipe, and whether this precomp builds (and audits) with it.
+fn recipe_text(recipe: Option<&str>) -> String {
+    match recipe {
+        Some(recipe) if recipe == precomp_builder::RECIPE => format!("{recipe} (this precomp's)"),
+        Some(recipe) => format!(
+            "{recipe} (this precomp builds with {}: audit it with a precomp of {recipe})",
+            precomp_builder::RECIPE
+        ),
+        None => format!(
+            "unknown (built before recipes were recorded; this precomp builds with {})",
+            precomp_builder::RECIPE
+        ),
     }
 }
