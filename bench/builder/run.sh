@@ -19,8 +19,9 @@
 #      mix.lock --toolchain TOOLCHAIN` (every package in the sandbox, as a DAG, --jobs =
 #      CPUs);
 #   3 and 4 run back to back ROUNDS times, in alternating order;
-#   5. prints each round with its ratio, and the median of the rounds' ratios precomp /
-#      baseline (target: <= TARGET, default 1.00).
+#   5. prints each round with its ratio and the CPU seconds the machine spent during each
+#      run ("machine CPU", from /proc/stat: the run's own only when nothing else runs), and
+#      the median of the rounds' ratios precomp / baseline (target: <= TARGET, default 1.00).
 #
 # Settings (environment): SYNTHETIC=stack (instead of the fixture lock, a generated
 # Phoenix-sized stack as heavy as the real one: 29 packages, Mix, rebar3 and erlang.mk-style,
@@ -79,9 +80,16 @@ echo "bench/builder: $PACKAGES packages, toolchain $TOOLCHAIN, $(nproc) CPUs, $R
 # from elsewhere on a shared machine falls on both alike; each round's ratio is printed.
 # The baseline runs outside any sandbox on the host toolchain; on an image (OTP 27 on
 # trixie) it runs in one `precomp toolchain run` of that image, the project writable.
+# CPU seconds the whole machine has spent (user, nice, system, irq), from /proc/stat: a
+# run's share only when nothing else runs, so the rounds print it as "machine CPU".
+TICKS=$(getconf CLK_TCK)
+busy() { awk -v hz="$TICKS" '/^cpu / { print ($2 + $3 + $4 + $7 + $8) / hz }' /proc/stat; }
+
+# Each round prints "WALL CPU" (seconds).
 baseline_round() {
   rm -rf "$SCRATCH/project/_build"
-  local start end
+  local start end cpu
+  cpu=$(busy)
   start=$(now)
   if [ "$TOOLCHAIN" = host ]; then
     (cd "$SCRATCH/project" && ERL_COMPILER_OPTIONS=deterministic MIX_ENV=prod \
@@ -90,21 +98,29 @@ baseline_round() {
     "$PRECOMP" --data "${TOOLCHAINS:-$SCRATCH/prepare-data}" toolchain run "$TOOLCHAIN" \
       --output "$SCRATCH/project" --env MIX_ENV=prod --env MIX_REBAR3=/usr/bin/rebar3 \
       --env HEX_OFFLINE=1 -- mix deps.compile >"$SCRATCH/baseline.log" 2>&1
-  fi || { cat "$SCRATCH/baseline.log"; exit 1; }
+  fi || { cat "$SCRATCH/baseline.log" >&2; echo "mix deps.compile failed" >&2; return 1; }
   end=$(now)
-  elapsed "$start" "$end"
+  echo "$(elapsed "$start" "$end") $(elapsed "$cpu" "$(busy)")"
 }
 precomp_round() {
-  local data="$SCRATCH/data-$1" binary=${2:-$PRECOMP} start end
+  local data="$SCRATCH/data-$1" binary=${2:-$PRECOMP} start end cpu
   rm -rf "$data"
   mkdir -p "$data/builds" && chmod 755 "$data"
   cp -r "$SCRATCH/sources" "$data/builds/sources"
+  cpu=$(busy)
   start=$(now)
   "$binary" --data "$data" "${build_args[@]}" >"$SCRATCH/precomp.log" 2>&1 || {
-    cat "$SCRATCH/precomp.log"; exit 1; }
+    cat "$SCRATCH/precomp.log" >&2; echo "$binary build failed" >&2; return 1; }
   end=$(now)
+  echo "$(elapsed "$start" "$end") $(elapsed "$cpu" "$(busy)")"
   rm -rf "$data"
-  elapsed "$start" "$end"
+}
+# measure WALL_VAR CPU_VAR ROUND_FUNCTION ARGS...: runs a round, exits if it failed.
+measure() {
+  local wall_var=$1 cpu_var=$2 result
+  shift 2
+  result=$("$@") || exit 1
+  read -r "${wall_var?}" "${cpu_var?}" <<<"$result"
 }
 baseline=()
 precomp=()
@@ -115,23 +131,23 @@ for round in $(seq "$ROUNDS"); do
   load=$(cut -d' ' -f1 /proc/loadavg)
   o=
   if [ $((round % 2)) = 1 ]; then
-    b=$(baseline_round); p=$(precomp_round "$round")
+    measure b bc baseline_round; measure p pc precomp_round "$round"
     # Another precomp binary (e.g. before a change): last in odd rounds, first in even ones.
-    if [ -n "${PRECOMP_BEFORE:-}" ]; then o=$(precomp_round "$round-before" "$PRECOMP_BEFORE"); fi
+    if [ -n "${PRECOMP_BEFORE:-}" ]; then measure o oc precomp_round "$round-before" "$PRECOMP_BEFORE"; fi
   else
-    if [ -n "${PRECOMP_BEFORE:-}" ]; then o=$(precomp_round "$round-before" "$PRECOMP_BEFORE"); fi
-    p=$(precomp_round "$round"); b=$(baseline_round)
+    if [ -n "${PRECOMP_BEFORE:-}" ]; then measure o oc precomp_round "$round-before" "$PRECOMP_BEFORE"; fi
+    measure p pc precomp_round "$round"; measure b bc baseline_round
   fi
   baseline+=("$b"); precomp+=("$p")
   r=$(awk -v p="$p" -v b="$b" 'BEGIN { print p / b }')
   ratios+=("$r")
-  printf '  round %d (load %s): mix deps.compile %6.2f s, precomp build (sandbox) %6.2f s, ratio %.2fx\n' \
-    "$round" "$load" "$b" "$p" "$r"
+  printf '  round %d (load %s): mix deps.compile %6.2f s, precomp build (sandbox) %6.2f s, ratio %.2fx (machine CPU %.1f s and %.1f s)\n' \
+    "$round" "$load" "$b" "$p" "$r" "$bc" "$pc"
   if [ -n "$o" ]; then
     before+=("$o")
     ro=$(awk -v p="$o" -v b="$b" 'BEGIN { print p / b }')
     before_ratios+=("$ro")
-    printf '  round %d: PRECOMP_BEFORE build %6.2f s, ratio %.2fx\n' "$round" "$o" "$ro"
+    printf '  round %d: PRECOMP_BEFORE build %6.2f s, ratio %.2fx (machine CPU %.1f s)\n' "$round" "$o" "$ro" "$oc"
   fi
 done
 

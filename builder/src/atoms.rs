@@ -376,9 +376,18 @@ fn save_bounded(from: &Path, to: &Path, what: &str) -> Result<()> {
     }
     let dir = to.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let tmp = to.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::copy(from, &tmp).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, to).map_err(io(to))
+    // A temporary file of its own (not one name per process: the three files of one save
+    // shared `NAME.tmpPID`, and two builds saving at once renamed each other's files).
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io(dir))?;
+    let mut source = std::fs::File::open(from).map_err(io(from))?;
+    std::io::copy(&mut source, tmp.as_file_mut()).map_err(io(tmp.path()))?;
+    // The mode `from` has (a temporary file is 0600): projects get copies the sandbox reads.
+    let mode = source.metadata().map_err(io(from))?.permissions();
+    tmp.as_file()
+        .set_permissions(mode)
+        .map_err(io(tmp.path()))?;
+    tmp.persist(to).map_err(|e| io(to)(e.error))?;
+    Ok(())
 }
 
 /// The environment `pass` adds to the build's: the hook's mode and paths, and for pass 2 and
@@ -545,6 +554,57 @@ mod tests {
             toolchain_atoms_cache_name("aaab")
         );
         assert!(toolchain_atoms_cache_name("aaaa").ends_with(".atoms"));
+    }
+
+    /// Builds that start together all find the cache missing; the builder lets one of them
+    /// compute it, but saves must stay whole even side by side (each file its own temporary
+    /// file: with one `NAME.tmpPID` for all three, two threads saving at once renamed each
+    /// other's files and one failed with "No such file or directory").
+    #[test]
+    fn saves_side_by_side_leave_each_cache_file_whole_with_its_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let cache = root.path().join(".toolchain-atoms").join("t.atoms");
+        let runs: Vec<_> = (0..8)
+            .map(|i| {
+                let run = root.path().join(format!("run-{i}"));
+                std::fs::create_dir_all(run.join(DIR).join(HOOK_EBIN)).unwrap();
+                for (file, what) in [
+                    (run.join(DIR).join(TOOLCHAIN_ATOMS_FILE), "atoms"),
+                    (run.join(DIR).join(TOOLCHAIN_BOOT_FILE), "boot"),
+                    (run.join(DIR).join(HOOK_EBIN).join(HOOK_BEAM), "beam"),
+                ] {
+                    std::fs::write(&file, format!("{what} of run {i}").repeat(50_000)).unwrap();
+                    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644))
+                        .unwrap();
+                }
+                run
+            })
+            .collect();
+        std::thread::scope(|scope| {
+            for run in &runs {
+                let cache = &cache;
+                scope.spawn(move || save_toolchain_atoms(run, cache).unwrap());
+            }
+        });
+        for (file, what) in [
+            (cache.clone(), "atoms"),
+            (toolchain_boot_cache(&cache), "boot"),
+            (hook_beam_cache(&cache), "beam"),
+        ] {
+            let text = String::from_utf8(std::fs::read(&file).unwrap()).unwrap();
+            let first = text.split_once(" of run ").unwrap().0;
+            assert_eq!(first, what, "{}", file.display());
+            let one = &text[..text.len() / 50_000];
+            assert_eq!(text, one.repeat(50_000), "{} is whole", file.display());
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o644, "{}", file.display());
+        }
+        let left: Vec<_> = std::fs::read_dir(cache.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left.len(), 3, "no temporary file left: {left:?}");
     }
 
     #[test]

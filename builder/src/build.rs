@@ -147,7 +147,7 @@ pub fn build_package(
         }
         // Every pass but Only loads the hook's beam, compiled by the toolchain's own run.
         if pass != Pass::Only && !atoms::toolchain_cached(&toolchain_atoms) {
-            if let Some(reason) = compute_toolchain_atoms(context, &toolchain_atoms)? {
+            if let Some(reason) = toolchain_atoms_once(context, &toolchain_atoms)? {
                 return Ok(BuildOutcome::Cancelled { reason });
             }
         }
@@ -348,6 +348,23 @@ fn pass_spec(context: &BuildContext<'_>, app: &str, dir: &Path, pass: Pass) -> S
         spec = spec.env(name, value);
     }
     spec
+}
+
+/// [`compute_toolchain_atoms`] unless another build already did: the first builds of a run
+/// (and builds of other processes sharing the work root) all find the cache missing, so one
+/// computes while the others wait for it on a lock beside the cache, then find it there.
+fn toolchain_atoms_once(context: &BuildContext<'_>, cache: &Path) -> Result<Option<String>> {
+    let dir = cache.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let lock_path = cache.with_extension("lock");
+    let lock = std::fs::File::create(&lock_path).map_err(io(&lock_path))?;
+    // Released when `lock` is closed, however this returns; the computation takes seconds.
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| io(&lock_path)(e.into()))?;
+    if atoms::toolchain_cached(cache) {
+        return Ok(None);
+    }
+    compute_toolchain_atoms(context, cache)
 }
 
 /// Computes the toolchain's atoms (crate::atoms::toolchain_atoms_command) in a sandbox run of
