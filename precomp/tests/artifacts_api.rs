@@ -16,7 +16,7 @@ use precomp_http::Error as ClientError;
 use precomp_proto::buildkey::{
     BuildInputs, ClosureMember, CompileEnvEntry, Manager, PackageRef, Target,
 };
-use precomp_proto::manifest::{ArtifactSigningKey, Manifest, Output, Provenance, SignedManifest};
+use precomp_proto::manifest::{ArtifactSigningKey, Manifest, Output, SignedManifest};
 use precomp_proto::term::Term;
 use prost::Message;
 use reqwest::blocking::Client;
@@ -128,24 +128,14 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 /// A manifest of `inputs` whose output is `artifact`.
 fn manifest(inputs: &BuildInputs, artifact: &[u8]) -> Manifest {
-    let mut manifest = Manifest::default();
-    manifest.set_inputs(inputs).unwrap();
-    manifest.output = Some(Output {
+    let output = Output {
         artifact_sha256: sha256(artifact).to_vec(),
         artifact_size: artifact.len() as u64,
         // What the artifact holds, when it is one (a test may name bytes never uploaded).
         files: precomp_proto::artifact::list(artifact).unwrap_or_default(),
         native_code: false,
-    });
-    manifest.provenance = Some(Provenance {
-        toolchain_id: "host".into(),
-        toolchain_digest: "0".repeat(64),
-        builder_id: "test".into(),
-        build_duration_ms: 1,
-        build_log_sha256: vec![0; 32],
-        recipe: None,
-    });
-    manifest
+    };
+    test_manifest(inputs, output, "test", None)
 }
 
 fn signed(manifest: &Manifest, key: &ArtifactSigningKey) -> Vec<u8> {

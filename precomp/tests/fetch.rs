@@ -32,7 +32,7 @@ use precomp_proto::artifact;
 use precomp_proto::buildkey::{BuildInputs, BuildKey, ClosureMember, Target};
 use precomp_proto::lock::MixLock;
 use precomp_proto::manager::{lock_roots, mix_managers, Converger, Manager};
-use precomp_proto::manifest::{ArtifactSigningKey, Manifest, Provenance, SignedManifest};
+use precomp_proto::manifest::{ArtifactSigningKey, Manifest, SignedManifest};
 use prost::Message;
 use sha2::{Digest, Sha256};
 
@@ -236,17 +236,12 @@ impl Fixture {
                 },
                 compile_env,
             };
-            let mut manifest = Manifest::default();
-            manifest.set_inputs(&inputs).unwrap();
-            manifest.output = Some(packed.output());
-            manifest.provenance = Some(Provenance {
-                toolchain_id: "host".into(),
-                toolchain_digest: "0".repeat(64),
-                builder_id: fixture.builder.public_key().key_id(),
-                build_duration_ms: 1,
-                build_log_sha256: vec![0; 32],
-                recipe: None,
-            });
+            let manifest = test_manifest(
+                &inputs,
+                packed.output(),
+                &fixture.builder.public_key().key_id(),
+                None,
+            );
             if MIX_BUILT.contains(&app) {
                 scm.insert(
                     app.to_string(),

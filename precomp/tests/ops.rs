@@ -13,7 +13,7 @@ use std::time::Duration;
 use precomp_http::artifacts::ArtifactClient;
 use precomp_proto::buildkey::{BuildInputs, BuildKey, ClosureMember, Manager, PackageRef, Target};
 use precomp_proto::manifest::{
-    ArtifactSigningKey, Manifest, Output as BuildOutput, Provenance, SignedManifest,
+    ArtifactSigningKey, Manifest, Output as BuildOutput, SignedManifest,
 };
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -81,22 +81,13 @@ struct Build {
 impl Build {
     fn new(inputs: &BuildInputs, tag: &str) -> Build {
         let artifact = artifact_bytes(tag);
-        let mut manifest = Manifest::default();
-        manifest.set_inputs(inputs).unwrap();
-        manifest.output = Some(BuildOutput {
+        let output = BuildOutput {
             artifact_sha256: Sha256::digest(&artifact).to_vec(),
             artifact_size: artifact.len() as u64,
             files: precomp_proto::artifact::list(&artifact).unwrap(),
             native_code: false,
-        });
-        manifest.provenance = Some(Provenance {
-            toolchain_id: "host".into(),
-            toolchain_digest: "0".repeat(64),
-            builder_id: "ops-test".into(),
-            build_duration_ms: 1,
-            build_log_sha256: vec![0; 32],
-            recipe: None,
-        });
+        };
+        let manifest = test_manifest(inputs, output, "ops-test", None);
         Build { artifact, manifest }
     }
 

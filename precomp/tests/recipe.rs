@@ -16,7 +16,7 @@ use common::*;
 use precomp_http::artifacts::ArtifactClient;
 use precomp_proto::buildkey::{BuildInputs, Manager, PackageRef, Target};
 use precomp_proto::manifest::{
-    ArtifactSigningKey, Manifest, Output as BuildOutput, Provenance, SignedManifest,
+    ArtifactSigningKey, Manifest, Output as BuildOutput, SignedManifest,
 };
 use prost::Message;
 use serde_json::{json, Value};
@@ -65,37 +65,27 @@ fn build(package: &str, tag: &str, recipe: Option<&str>) -> (String, Vec<u8>, Ma
     let artifact = precomp_proto::artifact::pack(&app, dir.path())
         .unwrap()
         .bytes;
-    let mut manifest = Manifest::default();
-    manifest
-        .set_inputs(&BuildInputs {
-            package: PackageRef {
-                name: package.into(),
-                version: "1.0.0".into(),
-                outer_checksum: [0x11; 32],
-            },
-            manager: Manager::Mix,
-            closure: vec![],
-            otp_major: "25".into(),
-            elixir: "1.14.0".into(),
-            mix_env: "prod".into(),
-            target: Target::Any,
-            compile_env: vec![],
-        })
-        .unwrap();
-    manifest.output = Some(BuildOutput {
+    let inputs = BuildInputs {
+        package: PackageRef {
+            name: package.into(),
+            version: "1.0.0".into(),
+            outer_checksum: [0x11; 32],
+        },
+        manager: Manager::Mix,
+        closure: vec![],
+        otp_major: "25".into(),
+        elixir: "1.14.0".into(),
+        mix_env: "prod".into(),
+        target: Target::Any,
+        compile_env: vec![],
+    };
+    let output = BuildOutput {
         artifact_sha256: Sha256::digest(&artifact).to_vec(),
         artifact_size: artifact.len() as u64,
         files: precomp_proto::artifact::list(&artifact).unwrap(),
         native_code: false,
-    });
-    manifest.provenance = Some(Provenance {
-        toolchain_id: "host".into(),
-        toolchain_digest: "0".repeat(64),
-        builder_id: "recipe-test".into(),
-        build_duration_ms: 1,
-        build_log_sha256: vec![0; 32],
-        recipe: recipe.map(str::to_string),
-    });
+    };
+    let manifest = test_manifest(&inputs, output, "recipe-test", recipe);
     (manifest.key.clone(), artifact, manifest)
 }
 

@@ -25,7 +25,7 @@ use std::time::Duration;
 use precomp_http::artifacts::ArtifactClient;
 use precomp_proto::buildkey::{BuildInputs, Manager, PackageRef, Target};
 use precomp_proto::lock::MixLock;
-use precomp_proto::manifest::{ArtifactSigningKey, Manifest, Provenance, SignedManifest};
+use precomp_proto::manifest::{ArtifactSigningKey, Manifest, SignedManifest};
 use precomp_proto::verdict::{manifest_digest, Verdict, MATCH, MISMATCH};
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -118,17 +118,7 @@ impl Fixture {
             target: Target::Any,
             compile_env: Vec::new(),
         };
-        let mut manifest = Manifest::default();
-        manifest.set_inputs(&inputs).unwrap();
-        manifest.output = Some(packed.output());
-        manifest.provenance = Some(Provenance {
-            toolchain_id: "host".into(),
-            toolchain_digest: "0".repeat(64),
-            builder_id: "trust-test".into(),
-            build_duration_ms: 1,
-            build_log_sha256: vec![0; 32],
-            recipe: None,
-        });
+        let manifest = test_manifest(&inputs, packed.output(), "trust-test", None);
         Fixture {
             artifact: packed.bytes,
             manifest,
@@ -1186,17 +1176,7 @@ impl Build {
             target: Target::Any,
             compile_env: Vec::new(),
         };
-        let mut manifest = Manifest::default();
-        manifest.set_inputs(&inputs).unwrap();
-        manifest.output = Some(packed.output());
-        manifest.provenance = Some(Provenance {
-            toolchain_id: "host".into(),
-            toolchain_digest: "0".repeat(64),
-            builder_id: "trust-test".into(),
-            build_duration_ms: 1,
-            build_log_sha256: vec![0; 32],
-            recipe: None,
-        });
+        let manifest = test_manifest(&inputs, packed.output(), "trust-test", None);
         Build {
             artifact: packed.bytes,
             manifest,

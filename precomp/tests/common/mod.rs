@@ -577,3 +577,25 @@ pub fn signed_upstream(dir: &Path, locks: &[&str]) -> (String, PathBuf) {
     std::fs::write(&public, key.public_key().to_spki_pem().unwrap()).unwrap();
     (format!("file://{}", dir.display()), public)
 }
+
+/// A manifest of `inputs` whose output is `output`, with the provenance a test's builder
+/// `builder_id` records (the host toolchain, a 1 ms build, `recipe`): not yet signed.
+pub fn test_manifest(
+    inputs: &precomp_proto::buildkey::BuildInputs,
+    output: precomp_proto::manifest::Output,
+    builder_id: &str,
+    recipe: Option<&str>,
+) -> precomp_proto::manifest::Manifest {
+    let mut manifest = precomp_proto::manifest::Manifest::default();
+    manifest.set_inputs(inputs).unwrap();
+    manifest.output = Some(output);
+    manifest.provenance = Some(precomp_proto::manifest::Provenance {
+        toolchain_id: "host".into(),
+        toolchain_digest: "0".repeat(64),
+        builder_id: builder_id.into(),
+        build_duration_ms: 1,
+        build_log_sha256: vec![0; 32],
+        recipe: recipe.map(str::to_string),
+    });
+    manifest
+}
