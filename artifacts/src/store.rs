@@ -2190,6 +2190,7 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> ArtifactStoreError + '_ {
 
 #[cfg(test)]
 mod schema_tests {
+    use super::contract::record_miss;
     use super::*;
     use crate::{Artifacts, ArtifactsConfig, HeartbeatRequest, JobKind};
 
@@ -2590,11 +2591,7 @@ mod schema_tests {
             retention_seconds: 3600,
             ..MissPolicy::default()
         };
-        let recorded = |outcome: MissOutcome| match outcome {
-            MissOutcome::Recorded(recorded) => recorded,
-            other => panic!("{other:?}"),
-        };
-        assert!(recorded(store.record_miss(&record, &policy, &|_| true).unwrap()).open);
+        assert!(record_miss(&store, &record, &policy).open);
         // Another variant of the release is past the bound of 1.
         let mut other = record.clone();
         other.miss_key = "w".repeat(64);
@@ -2629,12 +2626,12 @@ mod schema_tests {
         assert_eq!(variants, 0);
 
         // The other variant now fits; the first, reported again, is open with its values.
-        assert!(recorded(store.record_miss(&other, &policy, &|_| true).unwrap()).open);
+        assert!(record_miss(&store, &other, &policy).open);
         let policy = MissPolicy {
             max_config_variants: 2,
             ..policy
         };
-        let again = recorded(store.record_miss(&record, &policy, &|_| true).unwrap());
+        let again = record_miss(&store, &record, &policy);
         assert!(again.open);
         assert_eq!(again.count, 2);
         let open = store.open_misses(10, 1 << 20).unwrap();
@@ -2684,31 +2681,24 @@ mod schema_tests {
             max_open: 1,
             ..MissPolicy::default()
         };
-        let recorded = |outcome: MissOutcome| match outcome {
-            MissOutcome::Recorded(recorded) => recorded,
-            other => panic!("{other:?}"),
-        };
-        assert!(recorded(store.record_miss(&record, &policy, &|_| true).unwrap()).open);
+        assert!(record_miss(&store, &record, &policy).open);
         let mut other = record.clone();
         other.miss_key = "c".repeat(64);
         assert_eq!(
             store.record_miss(&other, &policy, &|_| true).unwrap(),
             MissOutcome::TooManyOpen { limit: 1 }
         );
-        assert_eq!(
-            recorded(store.record_miss(&record, &policy, &|_| true).unwrap()).count,
-            2
-        );
+        assert_eq!(record_miss(&store, &record, &policy).count, 2);
         assert_eq!(store.expire_miss_values(now() + 60, 3600).unwrap(), 0);
         assert_eq!(store.expire_miss_values(now() + 3601, 3600).unwrap(), 1);
         assert!(store.open_misses(10, 1 << 20).unwrap().is_empty());
         // The bound now lets another open; the expired one reopens when reported again.
-        assert!(recorded(store.record_miss(&other, &policy, &|_| true).unwrap()).open);
+        assert!(record_miss(&store, &other, &policy).open);
         let policy = MissPolicy {
             max_open: 2,
             ..policy
         };
-        let again = recorded(store.record_miss(&record, &policy, &|_| true).unwrap());
+        let again = record_miss(&store, &record, &policy);
         assert!(again.open, "{again:?}");
         assert_eq!(again.count, 3);
     }

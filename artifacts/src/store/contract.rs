@@ -203,17 +203,17 @@ pub fn misses_are_deduplicated_bounded_and_expire(store: &dyn MetadataStore) {
     let a = miss_report("25");
     let b = miss_report("26");
     let c = miss_report("27");
-    let first = recorded(store.record_miss(&miss(&a), &policy, COUNTS_ALL).unwrap());
+    let first = record_miss(store, &miss(&a), &policy);
     assert_eq!((first.count, first.open), (1, true));
-    let again = recorded(store.record_miss(&miss(&a), &policy, COUNTS_ALL).unwrap());
+    let again = record_miss(store, &miss(&a), &policy);
     assert_eq!((again.count, again.open), (2, true));
-    recorded(store.record_miss(&miss(&b), &policy, COUNTS_ALL).unwrap());
+    record_miss(store, &miss(&b), &policy);
     assert_eq!(
         store.record_miss(&miss(&c), &policy, COUNTS_ALL).unwrap(),
         MissOutcome::TooManyOpen { limit: 2 }
     );
     // An open one still counts at the bound.
-    let third = recorded(store.record_miss(&miss(&b), &policy, COUNTS_ALL).unwrap());
+    let third = record_miss(store, &miss(&b), &policy);
     assert_eq!(third.count, 2);
 
     let open = store.open_misses(10, usize::MAX).unwrap();
@@ -229,7 +229,7 @@ pub fn misses_are_deduplicated_bounded_and_expire(store: &dyn MetadataStore) {
     assert!(store.expire_miss_values(now + 3601, 3600).unwrap() >= 2);
     assert!(store.open_misses(10, usize::MAX).unwrap().is_empty());
     // A new report opens an expired miss again.
-    let reopened = recorded(store.record_miss(&miss(&a), &policy, COUNTS_ALL).unwrap());
+    let reopened = record_miss(store, &miss(&a), &policy);
     assert!(reopened.open);
     assert_eq!(store.open_misses(10, usize::MAX).unwrap().len(), 1);
 }
@@ -241,35 +241,17 @@ pub fn a_publish_or_a_failure_closes_misses(store: &dyn MetadataStore) {
     let policy = MissPolicy::default();
     let built = build("25", 1, 1, &builder);
     let report = miss_report("25");
-    assert!(
-        recorded(
-            store
-                .record_miss(&miss(&report), &policy, COUNTS_ALL)
-                .unwrap()
-        )
-        .open
-    );
+    assert!(record_miss(store, &miss(&report), &policy).open);
     assert_eq!(
         put(store, &built),
         ManifestPut::Created { closed_misses: 1 }
     );
-    let after = recorded(
-        store
-            .record_miss(&miss(&report), &policy, COUNTS_ALL)
-            .unwrap(),
-    );
+    let after = record_miss(store, &miss(&report), &policy);
     assert!(!after.open);
     assert_eq!(after.closed_by, Some(format!("published {}", built.0.key)));
 
     let failing = miss_report("26");
-    assert!(
-        recorded(
-            store
-                .record_miss(&miss(&failing), &policy, COUNTS_ALL)
-                .unwrap()
-        )
-        .open
-    );
+    assert!(record_miss(store, &miss(&failing), &policy).open);
     let failure = FailureReport {
         package: "plain_ex".into(),
         version: "1.0.0".into(),
@@ -287,14 +269,7 @@ pub fn a_publish_or_a_failure_closes_misses(store: &dyn MetadataStore) {
     assert_eq!(failures.len(), 1);
     assert_eq!(failures[0].log, failure.log);
     assert_eq!(failures[0].attempts, 2);
-    assert!(
-        !recorded(
-            store
-                .record_miss(&miss(&failing), &policy, COUNTS_ALL)
-                .unwrap()
-        )
-        .open
-    );
+    assert!(!record_miss(store, &miss(&failing), &policy).open);
     assert!(store.open_misses(10, usize::MAX).unwrap().is_empty());
 }
 
@@ -304,11 +279,7 @@ pub fn a_publish_or_a_failure_closes_misses(store: &dyn MetadataStore) {
 pub fn leases_are_leased_renewed_lost_and_released(store: &dyn MetadataStore) {
     let policy = MissPolicy::default();
     let report = miss_report("25");
-    recorded(
-        store
-            .record_miss(&miss(&report), &policy, COUNTS_ALL)
-            .unwrap(),
-    );
+    record_miss(store, &miss(&report), &policy);
     let request = lease_request("25", 60);
     let query = |token: &'static str| LeaseQuery {
         request: &request,
@@ -858,8 +829,13 @@ pub(crate) fn miss(report: &MissReport) -> MissRecord<'_> {
     }
 }
 
-fn recorded(outcome: MissOutcome) -> crate::api::MissRecorded {
-    match outcome {
+/// Records `record` under `policy`, every signer counting; the miss must not be refused.
+pub(crate) fn record_miss(
+    store: &dyn MetadataStore,
+    record: &MissRecord,
+    policy: &MissPolicy,
+) -> crate::api::MissRecorded {
+    match store.record_miss(record, policy, COUNTS_ALL).unwrap() {
         MissOutcome::Recorded(recorded) => recorded,
         refused => panic!("the miss was refused: {refused:?}"),
     }
