@@ -423,19 +423,7 @@ fn write_term(term: &Etf, out: &mut String, budget: usize) {
             Some(text) => {
                 let _ = write!(out, "{text:?}");
             }
-            None => {
-                out.push('[');
-                for (i, b) in bytes.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    let _ = write!(out, "{b}");
-                    if out.len() > budget {
-                        break;
-                    }
-                }
-                out.push(']');
-            }
+            None => write_numbers(bytes, ("[", "]"), out, budget),
         },
         Etf::Tuple(items) => {
             out.push('{');
@@ -487,7 +475,12 @@ fn write_items(items: &[Etf], out: &mut String, budget: usize) {
 }
 
 fn write_bytes(bytes: &[u8], out: &mut String, budget: usize) {
-    out.push_str("<<");
+    write_numbers(bytes, ("<<", ">>"), out, budget);
+}
+
+/// `bytes` as comma-separated numbers between `brackets`, cut once `out` passes `budget`.
+fn write_numbers(bytes: &[u8], brackets: (&str, &str), out: &mut String, budget: usize) {
+    out.push_str(brackets.0);
     for (i, b) in bytes.iter().enumerate() {
         if i > 0 {
             out.push(',');
@@ -497,7 +490,7 @@ fn write_bytes(bytes: &[u8], out: &mut String, budget: usize) {
             break;
         }
     }
-    out.push_str(">>");
+    out.push_str(brackets.1);
 }
 
 fn atom_text(name: &str) -> String {
